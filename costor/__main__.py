@@ -1,0 +1,3 @@
+from costor.cli.main import main
+
+raise SystemExit(main())

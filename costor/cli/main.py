@@ -1,0 +1,87 @@
+"""Entry point: builds the argument parser from the verb modules and maps errors to exit
+codes. Verb modules import their heavy dependencies inside ``run`` so that
+``costor --help`` or ``costor validate`` do not pay for the engine, the database or
+(later) the web and SSH stacks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from costor.errors import CostorError
+
+# Verb name -> module (costor.cli.<module>). One file per verb.
+VERBS: dict[str, str] = {
+    "validate": "validate_cmd",
+    "apply": "apply_cmd",
+    "backup": "backup_cmd",
+    "snapshots": "snapshots_cmd",
+    "ls": "ls_cmd",
+    "restore": "restore_cmd",
+    "diff": "diff_cmd",
+    "check": "check_cmd",
+    "pool": "pool_cmd",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="costor",
+        description="Agentless, deduplicating, encrypted backups declared in TOML.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    for verb, module_name in VERBS.items():
+        module = importlib.import_module(f"costor.cli.{module_name}")
+        verb_parser = module.add_parser(sub)
+        verb_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def add_inventory_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--inventory",
+        metavar="FILE",
+        default=os.environ.get("COSTOR_INVENTORY", "inventory.toml"),
+        help="inventory file (default: $COSTOR_INVENTORY or ./inventory.toml)",
+    )
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout"
+    )
+
+
+def _version() -> str:
+    from costor import __version__
+
+    return f"costor {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except CostorError as error:
+        from costor.cli.output import print_error
+
+        print_error(error)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("costor: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # stdout closed early (e.g. `costor restore … - | head`): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

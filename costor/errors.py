@@ -1,0 +1,138 @@
+"""The one error tree of CoStor.
+
+Every error a user can meet is a :class:`CostorError` subclass. Its docstring is the
+message template (filled with the keyword arguments given when raised) and it carries
+the process exit code. Only ``costor.cli`` turns errors into exit codes, and (later)
+only ``costor.server`` turns them into HTTP statuses; everything else raises.
+
+Exit codes (DESIGN.md §4): 0 ok, 1 error, 2 "changes present" (plan), 3 damage found.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class CostorError(Exception):
+    """{message}"""
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str | None = None, **fields: Any) -> None:
+        self.fields = fields
+        if message is None:
+            template = (self.__doc__ or "{message}").strip().splitlines()[0]
+            try:
+                message = template.format(**fields)
+            except (KeyError, IndexError):
+                message = template
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- configuration -------------------------------------------------------------------
+
+
+class ConfigError(CostorError):
+    """Invalid configuration: {message}"""
+
+
+class InventoryInvalid(ConfigError):
+    """The inventory has {count} error(s)."""
+
+    def __init__(self, diagnostics: list[Any]) -> None:
+        self.diagnostics = diagnostics
+        super().__init__(count=len(diagnostics))
+
+
+class SecretUnavailable(ConfigError):
+    """Secret for {key} is not available: {reason}"""
+
+
+class UnknownResource(CostorError):
+    """No {kind} named {name!r} in the inventory."""
+
+
+# --- the pool ------------------------------------------------------------------------
+
+
+class PoolError(CostorError):
+    """Pool error: {message}"""
+
+
+class PoolNotFound(PoolError):
+    """No CoStor pool at {location} (identity file missing); run `costor apply` to initialise it."""
+
+
+class PoolExists(PoolError):
+    """A pool already exists at {location}."""
+
+
+class PoolMismatch(PoolError):
+    """Pool at {location} has UUID {found}, but the state expects {expected}: foreign or replaced pool."""
+
+
+class PoolFormatUnsupported(PoolError):
+    """Pool at {location} uses format version {version}; this CoStor reads versions {supported}."""
+
+
+class WrongPassphrase(PoolError):
+    """Wrong passphrase for pool {location}: no key slot opens with it."""
+
+
+class StorageFull(PoolError):
+    """Pool storage is full while writing {name}: {reason}. Nothing was committed."""
+
+
+class BackendError(PoolError):
+    """Storage backend error on {name}: {reason}"""
+
+
+class ObjectNotFound(BackendError):
+    """Object {name} does not exist in the pool."""
+
+
+class DataCorruption(PoolError):
+    """Damaged data in pack {pack}: {reason}"""
+
+    exit_code = 3
+
+
+class SnapshotNotFound(PoolError):
+    """No snapshot matches {ref!r}."""
+
+
+class AmbiguousSnapshot(PoolError):
+    """Snapshot reference {ref!r} matches {count} snapshots; give more characters."""
+
+
+class PathNotInSnapshot(PoolError):
+    """Path {path!r} is not in snapshot {snapshot}."""
+
+
+class DamageFound(CostorError):
+    """Check found {count} problem(s) in pool {pool}."""
+
+    exit_code = 3
+
+
+# --- operations ----------------------------------------------------------------------
+
+
+class BackupError(CostorError):
+    """Backup of {client} failed: {reason}"""
+
+
+class RestoreError(CostorError):
+    """Restore failed: {reason}"""
+
+
+class UsageError(CostorError):
+    """{message}"""
+
+
+class StateError(CostorError):
+    """State database error: {message}"""

@@ -1,0 +1,9 @@
+"""The pool engine: a library that stores deduplicated, compressed, encrypted snapshots in
+a backend. It knows nothing of the inventory, the database, SSH or HTTP.
+
+Modules, bottom up: ``backends`` (raw named objects) → ``crypto`` (keys, AEAD, blob ids)
+→ ``pack`` (blobs grouped into packs with an encrypted trailer) → ``index`` (blob →
+pack location) → ``pool`` (identity, keys, index, trees, snapshots) → ``tree`` and
+``snapshot`` (metadata encodings) → ``archiver`` (backup), ``restorer`` / ``archive``
+(restore), ``checker`` (verification).
+"""

@@ -1,0 +1,489 @@
+"""Backup: walk a local filesystem, store new content, write trees and a snapshot.
+
+Threads (the data path is all in libraries that release the GIL):
+
+* the **calling thread** walks directories (sorted, bytes names), compares each entry with
+  the parent snapshot's tree and builds tree blobs bottom-up;
+* **file workers** read and chunk new or changed files (pyfastcdc) and hash each chunk
+  (keyed BLAKE3); one FastCDC object per thread, as pyfastcdc's objects are not
+  thread-safe;
+* **blob workers** compress and seal new chunks (zstd, AEAD) and hand them to the pool's
+  pack builders, so even a single large file uses every core.
+
+A semaphore bounds the chunks in flight (``max_inflight``) so memory stays flat whatever
+the file sizes.
+
+Change detection: a file whose type, size, mtime, ctime and inode match the parent
+snapshot's node (and whose blobs are all still in the index) is not read again.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import grp
+import os
+import pwd
+import socket
+import stat
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from costor.errors import BackupError
+from costor.store.pack import BlobType
+from costor.store.pool import Pool
+from costor.store.progress import Progress
+from costor.store.snapshot import Snapshot
+from costor.store.tree import (
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    FIFO,
+    FILE,
+    SOCKET,
+    SYMLINK,
+    Node,
+)
+
+_TARGET = object()  # marks a path given to back up in full
+
+
+@dataclass
+class Counters:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    files_failed: int = 0
+    dirs: int = 0
+    bytes_read: int = 0
+    bytes_processed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **deltas: int) -> None:
+        with self.lock:
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+
+
+class ExcludeMatcher:
+    """restic-like exclude patterns: a pattern containing ``/`` is matched (fnmatch)
+    against the absolute path, any other against the entry's name. An excluded
+    directory is skipped with everything in it."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.path_patterns = [p.rstrip("/") for p in patterns if "/" in p]
+        self.name_patterns = [p for p in patterns if "/" not in p]
+
+    def excluded(self, path: bytes, name: bytes) -> bool:
+        text_path = os.fsdecode(path)
+        text_name = os.fsdecode(name)
+        return any(fnmatch.fnmatchcase(text_name, p) for p in self.name_patterns) or any(
+            fnmatch.fnmatchcase(text_path, p) for p in self.path_patterns
+        )
+
+
+class Archiver:
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        client: str,
+        paths: list[str],
+        exclude: Iterable[str] = (),
+        one_file_system: bool = False,
+        progress: Progress | None = None,
+        workers: int | None = None,
+        hostname: str | None = None,
+    ) -> None:
+        self.pool = pool
+        self.client = client
+        self.paths = _normalise_paths(paths)
+        self.matcher = ExcludeMatcher(exclude)
+        self.one_file_system = one_file_system
+        self.progress = progress or Progress()
+        cores = os.cpu_count() or 2
+        self.workers = workers or cores
+        self.hostname = hostname or socket.gethostname()
+        self.counters = Counters()
+        self.errors: list[dict[str, str]] = []
+        self._errors_lock = threading.Lock()
+        self._local = threading.local()
+        self._inflight = threading.BoundedSemaphore(self.workers * 4)
+        self._hardlinks: dict[tuple[int, int], Future[tuple[list[bytes], int]]] = {}
+        self._names_cache: dict[tuple[str, int], str] = {}
+
+    # --- entry point ------------------------------------------------------------------
+
+    def run(self, parent: Snapshot | None = None, *, scan_totals: bool = False) -> Snapshot:
+        started = time.monotonic()
+        spec: dict[bytes, Any] = {}
+        for path in self.paths:
+            parts = [p for p in os.fsencode(path).split(b"/") if p]
+            if not parts:
+                continue
+            level = spec
+            for part in parts[:-1]:
+                existing = level.setdefault(part, {})
+                if existing is _TARGET:
+                    break
+                level = existing
+            else:
+                level[parts[-1]] = _TARGET
+        if scan_totals:
+            threading.Thread(target=self._scan_totals, daemon=True).start()
+        parent_tree = bytes.fromhex(parent.tree) if parent else None
+        # Two executors: file workers wait on blob workers, never the reverse, so
+        # nesting cannot deadlock.
+        with (
+            ThreadPoolExecutor(max(4, self.workers * 2), thread_name_prefix="file") as files,
+            ThreadPoolExecutor(self.workers, thread_name_prefix="blob") as blobs,
+        ):
+            self._files, self._blobs = files, blobs
+            if self.paths == ["/"]:
+                root_tree = self._save_dir(b"/", parent_tree, os.lstat("/").st_dev)
+            else:
+                root_tree = self._save_virtual_dir(b"/", spec, parent_tree, root_device=None)
+        self.pool.flush()
+        counters = self.counters
+        snapshot = Snapshot(
+            client=self.client,
+            time=_rfc3339_now(),
+            paths=self.paths,
+            tree=root_tree.hex(),
+            hostname=self.hostname,
+            parent=parent.id if parent else None,
+            counters={
+                "files_new": counters.files_new,
+                "files_changed": counters.files_changed,
+                "files_unmodified": counters.files_unmodified,
+                "files_failed": counters.files_failed,
+                "dirs": counters.dirs,
+                "bytes_read": counters.bytes_read,
+                "bytes_processed": counters.bytes_processed,
+                "bytes_added": self.pool.bytes_added,
+                "bytes_transferred": counters.bytes_read,
+                "blobs_added": self.pool.blobs_added,
+            },
+            duration_s=time.monotonic() - started,
+        )
+        self.pool.save_snapshot(snapshot)
+        self.progress.close()
+        return snapshot
+
+    # --- walking --------------------------------------------------------------------
+
+    def _save_virtual_dir(
+        self, path: bytes, spec: dict[bytes, Any], parent_tree: bytes | None, root_device: int | None
+    ) -> bytes:
+        """A directory on the way to the backed-up paths: only the named children."""
+        parent_nodes = self._parent_nodes(parent_tree)
+        nodes: list[Node] = []
+        pending: list[tuple[Node, Future[tuple[list[bytes], int]]]] = []
+        for name, sub in sorted(spec.items()):
+            child = os.path.join(path, name)
+            try:
+                st = os.lstat(child)
+            except OSError as error:
+                self._fail(child, f"cannot stat: {error.strerror}")
+                continue
+            previous = parent_nodes.get(name)
+            if sub is _TARGET:
+                if self.matcher.excluded(child, name):
+                    continue
+                entry = self._save_entry(child, name, st, previous, st.st_dev)
+                if entry is None:
+                    continue
+                node, future = entry
+                if future is not None:
+                    pending.append((node, future))
+                nodes.append(node)
+            elif stat.S_ISDIR(st.st_mode):
+                node = self._node_from_stat(child, name, st)
+                node.subtree = self._save_virtual_dir(
+                    child, sub, previous.subtree if previous and previous.type == DIR else None,
+                    root_device,
+                )
+                nodes.append(node)
+            else:
+                self._fail(child, "is not a directory")
+        return self._finish_dir(nodes, pending)
+
+    def _save_dir(self, path: bytes, parent_tree: bytes | None, root_device: int) -> bytes:
+        parent_nodes = self._parent_nodes(parent_tree)
+        nodes: list[Node] = []
+        pending: list[tuple[Node, Future[tuple[list[bytes], int]]]] = []
+        try:
+            with os.scandir(path) as scan:
+                entries = sorted((entry.name, entry.path) for entry in scan)
+        except OSError as error:
+            self._fail(path, f"cannot list directory: {error.strerror}")
+            entries = []
+        for name, child in entries:
+            if self.matcher.excluded(child, name):
+                continue
+            try:
+                st = os.lstat(child)
+            except OSError as error:
+                self._fail(child, f"cannot stat: {error.strerror}")
+                continue
+            entry = self._save_entry(child, name, st, parent_nodes.get(name), root_device)
+            if entry is None:
+                continue
+            node, future = entry
+            if future is not None:
+                pending.append((node, future))
+            nodes.append(node)
+        return self._finish_dir(nodes, pending)
+
+    def _finish_dir(
+        self, nodes: list[Node], pending: list[tuple[Node, Future[tuple[list[bytes], int]]]]
+    ) -> bytes:
+        failed: set[int] = set()
+        for node, future in pending:
+            try:
+                node.content, node.size = future.result()
+            except _FileSkipped:
+                failed.add(id(node))
+        if failed:
+            nodes = [n for n in nodes if id(n) not in failed]
+        return self.pool.save_tree(nodes)
+
+    def _save_entry(
+        self,
+        path: bytes,
+        name: bytes,
+        st: os.stat_result,
+        previous: Node | None,
+        root_device: int,
+    ) -> tuple[Node, Future[tuple[list[bytes], int]] | None] | None:
+        node = self._node_from_stat(path, name, st)
+        if node.type == DIR:
+            self.counters.add(dirs=1)
+            if self.one_file_system and st.st_dev != root_device:
+                node.subtree = self.pool.save_tree([])
+            else:
+                node.subtree = self._save_dir(
+                    path, previous.subtree if previous and previous.type == DIR else None, root_device
+                )
+            return node, None
+        if node.type != FILE:
+            self.progress.advance(files=1)
+            return node, None
+        self.counters.add(bytes_processed=st.st_size)
+        if previous is not None and self._unchanged(previous, node):
+            node.content = previous.content
+            self.counters.add(files_unmodified=1)
+            self.progress.advance(files=1, size=st.st_size)
+            return node, None
+        self.counters.add(**{"files_changed" if previous is not None else "files_new": 1})
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            future = self._hardlinks.get(key)
+            if future is None:
+                future = self._hardlinks[key] = self._files.submit(self._read_file, path)
+            return node, future
+        return node, self._files.submit(self._read_file, path)
+
+    def _unchanged(self, previous: Node, node: Node) -> bool:
+        return (
+            previous.type == FILE
+            and previous.size == node.size
+            and previous.mtime_ns == node.mtime_ns
+            and previous.ctime_ns == node.ctime_ns
+            and previous.inode == node.inode
+            and all(blob in self.pool.index for blob in previous.content)
+        )
+
+    def _parent_nodes(self, parent_tree: bytes | None) -> dict[bytes, Node]:
+        if parent_tree is None:
+            return {}
+        try:
+            return {node.name: node for node in self.pool.load_tree(parent_tree)}
+        except Exception:  # a damaged parent only costs re-reading files
+            return {}
+
+    # --- file content (file workers) ------------------------------------------------
+
+    def _chunker(self) -> Any:
+        chunker = getattr(self._local, "chunker", None)
+        if chunker is None:
+            chunker = self._local.chunker = self.pool.make_chunker()
+        return chunker
+
+    def _read_file(self, path: bytes) -> tuple[list[bytes], int]:
+        try:
+            fd = _open_noatime(path)
+        except OSError as error:
+            self._fail(path, f"cannot read: {error.strerror}")
+            raise _FileSkipped() from error
+        content: list[bytes] = []
+        futures: list[Future[None]] = []
+        size = 0
+        try:
+            with os.fdopen(fd, "rb", buffering=0) as stream:
+                for chunk in self._chunker().cut_stream(stream):
+                    data = bytes(chunk.data)
+                    blob = self.pool.blob_id(data)
+                    content.append(blob)
+                    size += len(data)
+                    self.progress.advance(size=len(data))
+                    if self.pool.reserve(blob):
+                        self._inflight.acquire()
+                        futures.append(self._blobs.submit(self._store, blob, data))
+        except OSError as error:
+            for future in futures:
+                future.result()
+            self._fail(path, f"read error: {error.strerror}")
+            raise _FileSkipped() from error
+        for future in futures:
+            future.result()  # a storage error (disk full…) propagates and fails the backup
+        self.counters.add(bytes_read=size)
+        self.progress.advance(files=1)
+        return content, size
+
+    def _store(self, blob: bytes, data: bytes) -> None:
+        try:
+            self.pool.store_blob(BlobType.DATA, blob, data)
+        finally:
+            self._inflight.release()
+
+    # --- metadata -------------------------------------------------------------------
+
+    def _node_from_stat(self, path: bytes, name: bytes, st: os.stat_result) -> Node:
+        mode = st.st_mode
+        node = Node(
+            name=name,
+            type=_node_type(mode),
+            mode=stat.S_IMODE(mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            user=self._name("user", st.st_uid),
+            group=self._name("group", st.st_gid),
+            mtime_ns=st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns,
+            size=st.st_size if stat.S_ISREG(mode) else 0,
+            inode=st.st_ino,
+            device=st.st_dev,
+            links=st.st_nlink,
+        )
+        if node.type == SYMLINK:
+            try:
+                node.target = os.readlink(path)
+            except OSError as error:
+                self._fail(path, f"cannot read link: {error.strerror}")
+                node.target = b""
+        elif node.type in (CHARDEV, BLOCKDEV):
+            node.rdev = st.st_rdev
+        node.xattrs = self._xattrs(path)
+        return node
+
+    def _xattrs(self, path: bytes) -> dict[str, bytes]:
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        except OSError:
+            return {}
+        values: dict[str, bytes] = {}
+        for attribute in names:
+            try:
+                values[attribute] = os.getxattr(path, attribute, follow_symlinks=False)
+            except OSError as error:
+                if error.errno not in (errno.ENODATA, errno.ENOTSUP):
+                    self._fail(path, f"cannot read xattr {attribute}: {error.strerror}", count=False)
+        return values
+
+    def _name(self, kind: str, number: int) -> str:
+        key = (kind, number)
+        cached = self._names_cache.get(key)
+        if cached is None:
+            try:
+                cached = pwd.getpwuid(number).pw_name if kind == "user" else grp.getgrgid(number).gr_name
+            except KeyError:
+                cached = ""
+            self._names_cache[key] = cached
+        return cached
+
+    def _fail(self, path: bytes, message: str, *, count: bool = True) -> None:
+        text = os.fsdecode(path)
+        with self._errors_lock:
+            self.errors.append({"path": text, "error": message})
+        if count:
+            self.counters.add(files_failed=1)
+        self.progress.warning(text, message)
+
+    def _scan_totals(self) -> None:
+        """Count files and bytes for the progress bar's ETA, alongside the backup."""
+        files = size = 0
+        stack = [os.fsencode(p) for p in self.paths]
+        while stack:
+            path = stack.pop()
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                try:
+                    with os.scandir(path) as scan:
+                        for entry in scan:
+                            if not self.matcher.excluded(entry.path, entry.name):
+                                stack.append(entry.path)
+                except OSError:
+                    continue
+            else:
+                files += 1
+                size += st.st_size if stat.S_ISREG(st.st_mode) else 0
+        self.progress.set_total(files, size)
+
+
+class _FileSkipped(Exception):
+    """A file could not be read; it was reported and is left out of the snapshot."""
+
+
+def _open_noatime(path: bytes) -> int:
+    # O_NOATIME keeps backups from touching access times; only the owner or root may
+    # use it, so fall back to a plain open.
+    flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0)
+    try:
+        return os.open(path, flags)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
+
+
+def _node_type(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return FILE
+    if stat.S_ISDIR(mode):
+        return DIR
+    if stat.S_ISLNK(mode):
+        return SYMLINK
+    if stat.S_ISFIFO(mode):
+        return FIFO
+    if stat.S_ISCHR(mode):
+        return CHARDEV
+    if stat.S_ISBLK(mode):
+        return BLOCKDEV
+    if stat.S_ISSOCK(mode):
+        return SOCKET
+    raise BackupError(client="?", reason=f"unknown file type {mode:o}")
+
+
+def _normalise_paths(paths: list[str]) -> list[str]:
+    """Absolute, normalised, de-duplicated; a path inside another one is dropped."""
+    cleaned = sorted({os.path.normpath(p) for p in paths})
+    result: list[str] = []
+    for path in cleaned:
+        if not os.path.isabs(path):
+            raise BackupError(client="?", reason=f"path {path!r} is not absolute")
+        if any(path == kept or path.startswith(kept.rstrip("/") + "/") for kept in result):
+            continue
+        result.append(path)
+    return result
+
+
+def _rfc3339_now() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+

@@ -1,0 +1,108 @@
+"""The blob index: where each blob lives (pack, offset, length).
+
+In the pool, the index is a set of immutable **segments** (``index/<hash>``), each
+written by one backup session after its packs, listing those packs' blobs. A segment is
+``seal(zstd(records))`` where a record is ``pack_id (32) ‖ count (u32)`` followed by
+``count`` pack entries in the trailer format. Segments may overlap (a pack adopted after
+a crash can be listed twice); the union is the index. ``costor pool reindex`` replaces
+all segments with one rebuilt from the pack trailers.
+
+In memory the index is a dict keyed by the 32-byte blob id; pack ids are interned so
+each entry costs one tuple (about 120 bytes with the dict slot).
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import zstandard
+
+from costor.store.pack import ENTRY, BlobType, PackEntry
+
+PACK_RECORD = struct.Struct("<32sI")
+SEGMENT_AD = b"costor-index-segment"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    pack_id: str
+    type: BlobType
+    offset: int
+    length: int
+    raw_length: int
+
+
+class Index:
+    """Thread-safe in-memory union of index segments."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[bytes, tuple[str, int, int, int, int]] = {}
+        self._packs: dict[str, int] = {}  # pack id -> blob count
+        self._lock = threading.Lock()
+
+    def add_pack(self, pack_id: str, entries: Iterable[PackEntry]) -> None:
+        with self._lock:
+            pack_id = sys.intern(pack_id)
+            count = 0
+            for e in entries:
+                self._blobs.setdefault(
+                    e.blob_id, (pack_id, int(e.type), e.offset, e.length, e.raw_length)
+                )
+                count += 1
+            self._packs[pack_id] = count
+
+    def lookup(self, blob_identity: bytes) -> BlobLocation | None:
+        found = self._blobs.get(blob_identity)
+        if found is None:
+            return None
+        pack_id, blob_type, offset, length, raw_length = found
+        return BlobLocation(pack_id, BlobType(blob_type), offset, length, raw_length)
+
+    def __contains__(self, blob_identity: bytes) -> bool:
+        return blob_identity in self._blobs
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    @property
+    def pack_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._packs)
+
+    def items(self) -> Iterator[tuple[bytes, BlobLocation]]:
+        with self._lock:
+            snapshot = list(self._blobs.items())
+        for blob_identity, (pack_id, blob_type, offset, length, raw_length) in snapshot:
+            yield blob_identity, BlobLocation(
+                pack_id, BlobType(blob_type), offset, length, raw_length
+            )
+
+
+def encode_segment(packs: dict[str, list[PackEntry]]) -> bytes:
+    parts = []
+    for pack_id, entries in packs.items():
+        parts.append(PACK_RECORD.pack(bytes.fromhex(pack_id), len(entries)))
+        parts.extend(
+            ENTRY.pack(e.blob_id, e.type, e.offset, e.length, e.raw_length) for e in entries
+        )
+    return zstandard.ZstdCompressor(level=3).compress(b"".join(parts))
+
+
+def decode_segment(data: bytes) -> dict[str, list[PackEntry]]:
+    raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 31)
+    packs: dict[str, list[PackEntry]] = {}
+    position = 0
+    while position < len(raw):
+        pack_raw, count = PACK_RECORD.unpack_from(raw, position)
+        position += PACK_RECORD.size
+        entries = []
+        for _ in range(count):
+            blob_identity, blob_type, offset, length, raw_length = ENTRY.unpack_from(raw, position)
+            position += ENTRY.size
+            entries.append(PackEntry(blob_identity, BlobType(blob_type), offset, length, raw_length))
+        packs[pack_raw.hex()] = entries
+    return packs

@@ -1,0 +1,480 @@
+"""The pool: identity, key slots, the blob index, packs, trees and snapshots over one
+backend. This is the only module that knows the pool's object layout::
+
+    costor-pool.json          identity (plain JSON; reading it is the connectivity check)
+    keys/<slot>               key slots (master key wrapped per passphrase)
+    packs/xx/yy/<hash>        packs of data or tree blobs
+    index/<hash>              index segments
+    snapshots/<hash>          snapshot manifests
+
+Write ordering makes every write crash-safe: a pack is stored whole before the index
+segment naming it, and the index segment before the snapshot that needs it. A killed
+backup leaves at most packs no segment names; :meth:`Pool.adopt_orphan_packs` reads their
+trailers so the next backup reuses their blobs instead of storing them again.
+
+Thread safety: ``reserve``, ``store_blob``, ``read_blob`` and ``flush`` may be called
+from many threads; sealing and compression run outside the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from costor.errors import (
+    AmbiguousSnapshot,
+    BackendError,
+    DataCorruption,
+    ObjectNotFound,
+    PoolError,
+    PoolExists,
+    PoolFormatUnsupported,
+    PoolMismatch,
+    PoolNotFound,
+    SnapshotNotFound,
+)
+from costor.store import crypto
+from costor.store.backends.base import Backend
+from costor.store.index import SEGMENT_AD, BlobLocation, Index, decode_segment, encode_segment
+from costor.store.pack import (
+    FOOTER,
+    BlobCodec,
+    BlobCorrupt,
+    BlobType,
+    PackBuilder,
+    PackEntry,
+    pack_name,
+    parse_footer,
+    parse_trailer,
+)
+from costor.store.snapshot import Snapshot
+from costor.store.tree import Node, decode_tree, encode_tree
+
+IDENTITY_NAME = "costor-pool.json"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+SNAPSHOT_AD = b"costor-snapshot"
+
+# FastCDC 2020 as in pyfastcdc: the real average is avg_size + min_size (cut-point
+# skipping, FastCDC paper §3.4), so 512 KiB + 512 KiB gives the ~1 MiB average that
+# restic uses, with restic's 512 KiB minimum and an 8 MiB maximum.
+DEFAULT_CHUNKER = {
+    "algorithm": "fastcdc-2020",
+    "avg_size": 512 * 1024,
+    "min_size": 512 * 1024,
+    "max_size": 8 * 1024 * 1024,
+    "normalization": 1,
+}
+DEFAULT_PACK_SIZE = 32 * 1024 * 1024
+TREE_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class PoolIdentity:
+    uuid: str
+    version: int
+    encryption: str
+    compression: dict[str, Any]
+    chunker: dict[str, int | str]
+    pack_size: int
+    created: str
+
+    @classmethod
+    def from_bytes(cls, data: bytes, location: str) -> PoolIdentity:
+        try:
+            doc = json.loads(data)
+            if doc.get("format") != "costor-pool":
+                raise ValueError("not a costor pool identity")
+            version = int(doc["version"])
+            if version not in SUPPORTED_VERSIONS:
+                raise PoolFormatUnsupported(
+                    location=location, version=version, supported=SUPPORTED_VERSIONS
+                )
+            return cls(
+                uuid=doc["uuid"],
+                version=version,
+                encryption=doc["encryption"],
+                compression=doc["compression"],
+                chunker=doc["chunker"],
+                pack_size=int(doc["pack_size"]),
+                created=doc.get("created", ""),
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise PoolError(message=f"identity file at {location} is unreadable: {error}") from error
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "format": "costor-pool",
+            "version": self.version,
+            "uuid": self.uuid,
+            "created": self.created,
+            "encryption": self.encryption,
+            "id_hash": "blake3-keyed-256",
+            "object_hash": "blake3-256",
+            "compression": self.compression,
+            "chunker": self.chunker,
+            "pack_size": self.pack_size,
+        }
+        return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def read_identity(backend: Backend) -> PoolIdentity:
+    """Read the identity file: the cheapest proof that the pool is there and ours."""
+    try:
+        data = backend.get(IDENTITY_NAME)
+    except ObjectNotFound as error:
+        raise PoolNotFound(location=backend.location) from error
+    return PoolIdentity.from_bytes(data, backend.location)
+
+
+class Pool:
+    def __init__(self, backend: Backend, identity: PoolIdentity, master: crypto.MasterKey) -> None:
+        self.backend = backend
+        self.identity = identity
+        self.master = master
+        self.sealer = crypto.Sealer(identity.encryption, master.encryption_key)
+        compression = identity.compression
+        level = compression.get("level", 3) if compression.get("algorithm") == "zstd" else None
+        self.codec = BlobCodec(self.sealer, master.id_key, level)
+        self.index = Index()
+        self._lock = threading.Lock()
+        self._pending: set[bytes] = set()
+        self._builders: dict[BlobType, PackBuilder] = {}
+        self._unindexed: dict[str, list[PackEntry]] = {}  # written, not yet in a segment
+        self._tree_cache: OrderedDict[bytes, list[Node]] = OrderedDict()
+        self.bytes_added = 0
+        self.blobs_added = 0
+        self.packs_written = 0
+        # Called with (pack_id, size) after each pack is stored; the db layer hooks in.
+        self.on_pack_written: Callable[[str, int], None] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        *,
+        passphrase: str | None,
+        encryption: str = "aes-256-gcm",
+        kdf: str = "argon2id",
+        compression_level: int | None = 3,
+        pack_size: int = DEFAULT_PACK_SIZE,
+        chunk_avg: int | None = None,
+    ) -> Pool:
+        if backend.exists(IDENTITY_NAME):
+            raise PoolExists(location=backend.location)
+        if encryption not in crypto.CIPHERS:
+            raise PoolError(message=f"unknown encryption {encryption!r}")
+        if encryption != "none" and not passphrase:
+            raise PoolError(message="an encrypted pool needs a passphrase")
+        chunker = dict(DEFAULT_CHUNKER)
+        if chunk_avg:
+            chunker.update(avg_size=chunk_avg // 2, min_size=chunk_avg // 2, max_size=chunk_avg * 8)
+        identity = PoolIdentity(
+            uuid=str(uuid.uuid4()),
+            version=FORMAT_VERSION,
+            encryption=encryption,
+            compression=(
+                {"algorithm": "zstd", "level": compression_level}
+                if compression_level
+                else {"algorithm": "none"}
+            ),
+            chunker=chunker,
+            pack_size=pack_size,
+            created=_now(),
+        )
+        master = crypto.MasterKey.generate()
+        pool = cls(backend, identity, master)
+        # Key slot first, identity last: a pool without an identity file is "not there",
+        # so an init killed half-way can simply be run again.
+        pool.add_key_slot(passphrase or "", kdf)
+        backend.put(IDENTITY_NAME, identity.to_bytes())
+        return pool
+
+    @classmethod
+    def open(
+        cls, backend: Backend, passphrase: str | None, *, expected_uuid: str | None = None
+    ) -> Pool:
+        identity = read_identity(backend)
+        if expected_uuid and identity.uuid != expected_uuid:
+            raise PoolMismatch(
+                location=backend.location, found=identity.uuid, expected=expected_uuid
+            )
+        slots = [(info.name, backend.get(info.name)) for info in backend.list("keys/")]
+        if not slots:
+            raise PoolError(message=f"pool at {backend.location} has no key slots")
+        master = crypto.unlock(slots, passphrase or "", identity.uuid, backend.location)
+        return cls(backend, identity, master)
+
+    def add_key_slot(self, passphrase: str, kdf: str = "argon2id") -> str:
+        name = f"keys/{uuid.uuid4().hex}"
+        self.backend.put(name, crypto.make_key_slot(self.master, passphrase, kdf, self.identity.uuid))
+        return name
+
+    @property
+    def uuid(self) -> str:
+        return self.identity.uuid
+
+    @property
+    def location(self) -> str:
+        return self.backend.location
+
+    def make_chunker(self) -> Any:
+        from pyfastcdc import FastCDC
+
+        chunker = self.identity.chunker
+        return FastCDC(
+            int(chunker["avg_size"]),
+            min_size=int(chunker["min_size"]),
+            max_size=int(chunker["max_size"]),
+            normalized_chunking=int(chunker.get("normalization", 1)),  # type: ignore[arg-type]
+            seed=self.master.chunker_seed,
+        )
+
+    # --- index --------------------------------------------------------------------
+
+    def load_index(self) -> None:
+        for info in self.backend.list("index/"):
+            for pack_id, entries in self._read_segment(info.name).items():
+                self.index.add_pack(pack_id, entries)
+
+    def _read_segment(self, name: str) -> dict[str, list[PackEntry]]:
+        data = self.backend.get(name)
+        expected = name.rsplit("/", 1)[-1]
+        if crypto.object_hash(data) != expected:
+            raise DataCorruption(pack=name, reason="index segment does not match its name")
+        try:
+            return decode_segment(self.sealer.open(data, SEGMENT_AD))
+        except crypto.AuthenticationFailed as error:
+            raise DataCorruption(pack=name, reason=f"index segment: {error}") from error
+
+    def list_packs(self) -> dict[str, int]:
+        """Pack id -> size for every pack in the backend."""
+        return {
+            info.name.rsplit("/", 1)[-1]: info.size for info in self.backend.list("packs/")
+        }
+
+    def read_pack_entries(self, pack_id: str, size: int | None = None) -> list[PackEntry]:
+        """A pack's blob list from its trailer (two ranged reads, not the whole pack)."""
+        name = pack_name(pack_id)
+        if size is None:
+            size = next((i.size for i in self.backend.list(name) if i.name == name), None)
+            if size is None:
+                raise ObjectNotFound(name=name)
+        try:
+            if size < FOOTER.size:
+                raise BlobCorrupt("pack too short")
+            trailer_length = parse_footer(self.backend.get_range(name, size - FOOTER.size, FOOTER.size))
+            start = size - FOOTER.size - trailer_length
+            if start < 0:
+                raise BlobCorrupt("pack trailer length out of range")
+            sealed = self.backend.get_range(name, start, trailer_length)
+            return parse_trailer(self.sealer, sealed, size)
+        except BlobCorrupt as error:
+            raise DataCorruption(pack=pack_id, reason=str(error)) from error
+
+    def adopt_orphan_packs(self) -> int:
+        """Index packs that no segment names (left by a killed backup, or by another
+        backup still running): their blobs are reused, and the next segment lists them.
+        Packs that cannot be read are left for ``check`` to report."""
+        known = self.index.pack_ids
+        adopted = 0
+        for pack_id, size in self.list_packs().items():
+            if pack_id in known:
+                continue
+            try:
+                entries = self.read_pack_entries(pack_id, size)
+            except (DataCorruption, BackendError):
+                continue
+            self.index.add_pack(pack_id, entries)
+            with self._lock:
+                self._unindexed[pack_id] = entries
+            adopted += 1
+        return adopted
+
+    # --- writing blobs ------------------------------------------------------------
+
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        return self.codec.blob_id(data)
+
+    def reserve(self, blob_identity: bytes) -> bool:
+        """True if the blob is new and the caller must now store it; False if the pool
+        already has it or another thread is storing it."""
+        if blob_identity in self.index:
+            return False
+        with self._lock:
+            if blob_identity in self._pending or blob_identity in self.index:
+                return False
+            self._pending.add(blob_identity)
+            return True
+
+    def store_blob(self, blob_type: BlobType, blob_identity: bytes, data: bytes | memoryview) -> int:
+        """Seal a reserved blob and add it to a pack; returns the stored size."""
+        sealed = self.codec.seal(blob_type, blob_identity, data)
+        full: PackBuilder | None = None
+        with self._lock:
+            builder = self._builders.get(blob_type)
+            if builder is None:
+                builder = self._builders[blob_type] = PackBuilder(blob_type)
+            builder.add(blob_identity, sealed, len(data))
+            self.bytes_added += len(sealed)
+            self.blobs_added += 1
+            if builder.size >= self.identity.pack_size:
+                full = self._builders.pop(blob_type)
+        if full is not None:
+            self._write_pack(full)
+        return len(sealed)
+
+    def put_blob(self, blob_type: BlobType, data: bytes) -> bytes:
+        blob_identity = self.blob_id(data)
+        if self.reserve(blob_identity):
+            self.store_blob(blob_type, blob_identity, data)
+        return blob_identity
+
+    def _write_pack(self, builder: PackBuilder) -> None:
+        data = builder.finish(self.sealer)
+        pack_id = crypto.object_hash(data)
+        self.backend.put(pack_name(pack_id), data)
+        self.index.add_pack(pack_id, builder.entries)
+        with self._lock:
+            self._unindexed[pack_id] = builder.entries
+            for entry in builder.entries:
+                self._pending.discard(entry.blob_id)
+            self.packs_written += 1
+        if self.on_pack_written is not None:
+            self.on_pack_written(pack_id, len(data))
+
+    def flush(self) -> None:
+        """Store partly filled packs, then an index segment naming every pack written
+        since the last flush. After flush returns, every stored blob is findable."""
+        with self._lock:
+            builders = list(self._builders.values())
+            self._builders.clear()
+        for builder in builders:
+            if builder.entries:
+                self._write_pack(builder)
+        with self._lock:
+            unindexed, self._unindexed = self._unindexed, {}
+        if unindexed:
+            self.write_index_segment(unindexed)
+
+    def write_index_segment(self, packs: dict[str, list[PackEntry]]) -> str:
+        data = self.sealer.seal(encode_segment(packs), SEGMENT_AD)
+        name = f"index/{crypto.object_hash(data)}"
+        self.backend.put(name, data)
+        return name
+
+    # --- reading blobs ------------------------------------------------------------
+
+    def locate(self, blob_identity: bytes) -> BlobLocation:
+        location = self.index.lookup(blob_identity)
+        if location is None:
+            raise DataCorruption(
+                pack="(none)", reason=f"blob {blob_identity.hex()} is not in the index"
+            )
+        return location
+
+    def read_blob(self, blob_identity: bytes) -> bytes:
+        location = self.locate(blob_identity)
+        sealed = self.backend.get_range(pack_name(location.pack_id), location.offset, location.length)
+        try:
+            return self.codec.open(location.type, blob_identity, sealed, location.raw_length)
+        except BlobCorrupt as error:
+            raise DataCorruption(pack=location.pack_id, reason=str(error)) from error
+
+    # --- trees ----------------------------------------------------------------------
+
+    def save_tree(self, nodes: list[Node]) -> bytes:
+        return self.put_blob(BlobType.TREE, encode_tree(nodes))
+
+    def load_tree(self, tree_id: bytes) -> list[Node]:
+        with self._lock:
+            cached = self._tree_cache.get(tree_id)
+            if cached is not None:
+                self._tree_cache.move_to_end(tree_id)
+                return cached
+        nodes = decode_tree(self.read_blob(tree_id))
+        with self._lock:
+            self._tree_cache[tree_id] = nodes
+            if len(self._tree_cache) > TREE_CACHE_SIZE:
+                self._tree_cache.popitem(last=False)
+        return nodes
+
+    def walk(self, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
+        """Every node under a tree, depth first, with its path relative to the root
+        (``b"usr/share/doc"``)."""
+        for node in self.load_tree(tree_id):
+            path = prefix + b"/" + node.name if prefix else node.name
+            yield path, node
+            if node.type == "dir" and node.subtree is not None:
+                yield from self.walk(node.subtree, path)
+
+    def find_node(self, tree_id: bytes, path: str | bytes) -> Node | None:
+        """The node at ``path`` (``/usr/share``) in a snapshot's tree; for ``/`` a
+        synthetic directory node whose subtree is the root."""
+        raw = os.fsencode(path) if isinstance(path, str) else path
+        parts = [part for part in raw.split(b"/") if part and part != b"."]
+        node = Node(name=b"", type="dir", mode=0o755, subtree=tree_id)
+        for part in parts:
+            if node.type != "dir" or node.subtree is None:
+                return None
+            node_or_none = next((n for n in self.load_tree(node.subtree) if n.name == part), None)
+            if node_or_none is None:
+                return None
+            node = node_or_none
+        return node
+
+    # --- snapshots ------------------------------------------------------------------
+
+    def save_snapshot(self, snapshot: Snapshot) -> str:
+        data = self.sealer.seal(snapshot.to_bytes(), SNAPSHOT_AD)
+        snapshot_id = crypto.object_hash(data)
+        self.backend.put(f"snapshots/{snapshot_id}", data)
+        snapshot.id = snapshot_id
+        return snapshot_id
+
+    def load_snapshot(self, snapshot_id: str) -> Snapshot:
+        name = f"snapshots/{snapshot_id}"
+        data = self.backend.get(name)
+        if crypto.object_hash(data) != snapshot_id:
+            raise DataCorruption(pack=name, reason="snapshot does not match its name")
+        try:
+            return Snapshot.from_bytes(self.sealer.open(data, SNAPSHOT_AD), snapshot_id)
+        except crypto.AuthenticationFailed as error:
+            raise DataCorruption(pack=name, reason=f"snapshot: {error}") from error
+
+    def snapshot_ids(self) -> list[str]:
+        return [info.name.rsplit("/", 1)[-1] for info in self.backend.list("snapshots/")]
+
+    def list_snapshots(self, client: str | None = None) -> list[Snapshot]:
+        snapshots = [self.load_snapshot(sid) for sid in self.snapshot_ids()]
+        if client is not None:
+            snapshots = [s for s in snapshots if s.client == client]
+        return sorted(snapshots, key=lambda s: (s.time, s.id))
+
+    def find_snapshot(self, ref: str) -> Snapshot:
+        """A full id, a unique prefix, or ``CLIENT:latest``."""
+        if ref.endswith(":latest"):
+            client = ref[: -len(":latest")]
+            candidates = self.list_snapshots(client)
+            if not candidates:
+                raise SnapshotNotFound(ref=ref)
+            return candidates[-1]
+        matches = [sid for sid in self.snapshot_ids() if sid.startswith(ref)]
+        if not matches:
+            raise SnapshotNotFound(ref=ref)
+        if len(matches) > 1:
+            raise AmbiguousSnapshot(ref=ref, count=len(matches))
+        return self.load_snapshot(matches[0])
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,65 @@
+"""Snapshot manifests: the last object a backup writes (``snapshots/<hash>``, sealed JSON).
+
+A snapshot's id is the BLAKE3 hash of its stored bytes. It names the client, the time,
+the backed-up paths, the root tree and the backup's counters.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+COUNTER_FIELDS = (
+    "files_new",
+    "files_changed",
+    "files_unmodified",
+    "files_failed",
+    "dirs",
+    "bytes_read",
+    "bytes_processed",
+    "bytes_added",
+    "bytes_transferred",
+    "blobs_added",
+)
+
+
+@dataclass
+class Snapshot:
+    client: str
+    time: str  # RFC 3339, UTC, microseconds
+    paths: list[str]
+    tree: str  # root tree blob id, hex
+    hostname: str = ""
+    parent: str | None = None
+    tags: list[str] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+    duration_s: float = 0.0
+    id: str = ""  # filled from the object name, not stored
+
+    def to_bytes(self) -> bytes:
+        doc = asdict(self)
+        doc.pop("id")
+        doc["version"] = 1
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, snapshot_id: str) -> Snapshot:
+        doc: dict[str, Any] = json.loads(data)
+        doc.pop("version", None)
+        return cls(id=snapshot_id, **doc)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``snapshots --json`` document (DESIGN.md §4)."""
+        return {
+            "id": self.id,
+            "short_id": self.id[:12],
+            "client": self.client,
+            "time": self.time,
+            "paths": self.paths,
+            "hostname": self.hostname,
+            "parent": self.parent,
+            "tree": self.tree,
+            "duration_s": round(self.duration_s, 3),
+            **{name: self.counters.get(name, 0) for name in COUNTER_FIELDS},
+        }

@@ -11,7 +11,10 @@ import os
 import sys
 from collections.abc import Sequence
 
+from costor.cli.common import add_inventory_option, add_json_option
 from costor.errors import CostorError
+
+__all__ = ["add_inventory_option", "add_json_option", "build_parser", "main"]
 
 # Verb name -> module (costor.cli.<module>). One file per verb.
 VERBS: dict[str, str] = {
@@ -39,22 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
         verb_parser = module.add_parser(sub)
         verb_parser.set_defaults(_run=module.run)
     return parser
-
-
-def add_inventory_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--inventory",
-        metavar="FILE",
-        default=os.environ.get("COSTOR_INVENTORY", "inventory.toml"),
-        help="inventory file (default: $COSTOR_INVENTORY or ./inventory.toml)",
-    )
-
-
-def add_json_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON document on stdout"
-    )
 
 
 def _version() -> str:

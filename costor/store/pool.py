@@ -243,10 +243,10 @@ class Pool:
 
     def load_index(self) -> None:
         for info in self.backend.list("index/"):
-            for pack_id, entries in self._read_segment(info.name).items():
+            for pack_id, entries in self.read_segment(info.name).items():
                 self.index.add_pack(pack_id, entries)
 
-    def _read_segment(self, name: str) -> dict[str, list[PackEntry]]:
+    def read_segment(self, name: str) -> dict[str, list[PackEntry]]:
         data = self.backend.get(name)
         expected = name.rsplit("/", 1)[-1]
         if crypto.object_hash(data) != expected:

@@ -1,0 +1,70 @@
+"""costor check: verify pools (structure; with --read-data every byte)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from costor.cli.common import add_inventory_option, add_json_option, context
+from costor.cli.output import human_bytes, print_json
+from costor.cli.progress import make_progress
+from costor.errors import UsageError
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "check", help="verify pools; exit code 3 when damage is found"
+    )
+    add_inventory_option(parser)
+    add_json_option(parser)
+    parser.add_argument("--pool", metavar="P", help="only this pool (default: all)")
+    amount = parser.add_mutually_exclusive_group()
+    amount.add_argument("--read-data", action="store_true", help="read and verify every pack")
+    amount.add_argument(
+        "--read-data-subset", metavar="PCT", help="read a random share of packs, e.g. 5%%"
+    )
+    return parser
+
+
+def parse_percentage(text: str) -> float:
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise UsageError(message=f"--read-data-subset: {text!r} is not a percentage") from None
+    if not 0 < value <= 100:
+        raise UsageError(message=f"--read-data-subset: {text!r} must be above 0% and at most 100%")
+    return value / 100
+
+
+def run(args: argparse.Namespace) -> int:
+    from costor.ops.check import check_pools
+
+    subset = parse_percentage(args.read_data_subset) if args.read_data_subset else None
+    progress = make_progress("check", json_output=args.json)
+    reports = check_pools(
+        context(args), pool=args.pool, read_data=args.read_data, subset=subset, progress=progress
+    )
+    damaged = any(not report.ok for _name, report in reports)
+    if args.json:
+        print_json({"ok": not damaged, "pools": [report.to_json() for _n, report in reports]})
+        return 3 if damaged else 0
+    for name, report in reports:
+        print(
+            f"pool {name}: {report.snapshots} snapshot(s), {report.packs} pack(s), "
+            f"{report.trees_checked} tree(s) checked"
+            + (f", {report.packs_read} pack(s) read ({human_bytes(report.bytes_read)})"
+               if report.packs_read else "")
+        )
+        if report.unindexed_packs:
+            print(
+                f"  {len(report.unindexed_packs)} pack(s) not in the index (left by an "
+                "interrupted backup; the next backup reuses them, prune removes them)"
+            )
+        for problem in report.problems:
+            print(f"  DAMAGE {problem.kind} {problem.object}: {problem.message}")
+            for item in problem.affected:
+                print(f"    affects {item['client']} snapshot {item['snapshot'][:12]}: {item['path']}")
+            if problem.affected_count > len(problem.affected):
+                print(f"    … and {problem.affected_count - len(problem.affected)} more")
+        print("  no errors were found" if report.ok else f"  {len(report.problems)} problem(s) found")
+    return 3 if damaged else 0

@@ -1,0 +1,75 @@
+"""costor ls SNAPSHOT [PATH]: list what a snapshot holds."""
+
+from __future__ import annotations
+
+import argparse
+import stat
+import time
+from typing import Any
+
+from costor.cli.common import add_inventory_option, add_json_option, context
+from costor.cli.output import print_json
+from costor.errors import PathNotInSnapshot
+
+_TYPE_BITS = {
+    "file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "fifo": stat.S_IFIFO,
+    "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK, "socket": stat.S_IFSOCK,
+}
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser("ls", help="list files in a snapshot")
+    add_inventory_option(parser)
+    add_json_option(parser)
+    parser.add_argument("snapshot", metavar="SNAPSHOT", help="id, unique prefix or CLIENT:latest")
+    parser.add_argument("path", metavar="PATH", nargs="?", default="/", help="directory or file")
+    parser.add_argument("-l", "--long", action="store_true", help="mode, owner, size and time")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from costor.ops.snapshots import resolve
+
+    _name, pool, snapshot = resolve(context(args), args.snapshot, load_index=True)
+    node = pool.find_node(bytes.fromhex(snapshot.tree), args.path)
+    if node is None:
+        raise PathNotInSnapshot(path=args.path, snapshot=snapshot.id[:12])
+    base = "/" + "/".join(p for p in args.path.split("/") if p)
+    entries = []
+    if node.name:
+        entries.append((base, node))
+    if node.type == "dir" and node.subtree is not None:
+        prefix = base.rstrip("/")
+        for relative, child in pool.walk(node.subtree):
+            entries.append((prefix + "/" + relative.decode("utf-8", "surrogateescape"), child))
+    if args.json:
+        print_json([_entry_json(path, n) for path, n in entries])
+        return 0
+    for path, n in entries:
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        if args.long:
+            mode = stat.filemode(_TYPE_BITS[n.type] | n.mode)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(n.mtime_ns / 1e9))
+            owner = f"{n.user or n.uid}/{n.group or n.gid}"
+            suffix = f" -> {n.target.decode('utf-8', 'backslashreplace')}" if n.target else ""
+            print(f"{mode} {owner:>16} {n.size:>12} {when} {shown}{suffix}")
+        else:
+            print(shown)
+    return 0
+
+
+def _entry_json(path: str, node: Any) -> dict[str, Any]:
+    doc = {
+        "path": path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
+        "type": node.type,
+        "size": node.size,
+        "mode": node.mode,
+        "uid": node.uid,
+        "gid": node.gid,
+        "user": node.user,
+        "group": node.group,
+        "mtime_ns": node.mtime_ns,
+    }
+    if node.target is not None:
+        doc["target"] = node.target.decode("utf-8", "backslashreplace")
+    return doc

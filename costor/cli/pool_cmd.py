@@ -1,0 +1,60 @@
+"""costor pool …: pool maintenance (reindex, key slots)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from costor.cli.common import add_inventory_option, add_json_option, context
+from costor.cli.output import print_json
+from costor.errors import UsageError
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser("pool", help="pool maintenance")
+    actions = parser.add_subparsers(dest="pool_action", metavar="ACTION", required=True)
+    reindex = actions.add_parser(
+        "reindex", help="rebuild the index and the state's catalogue from the pool alone"
+    )
+    add_inventory_option(reindex)
+    add_json_option(reindex)
+    reindex.add_argument("--pool", metavar="P", required=True)
+    add_key = actions.add_parser("add-key", help="add a key slot for another passphrase")
+    add_inventory_option(add_key)
+    add_json_option(add_key)
+    add_key.add_argument("--pool", metavar="P", required=True)
+    add_key.add_argument(
+        "--new-passphrase-env", metavar="VAR", required=True,
+        help="environment variable holding the new passphrase (never on the command line)",
+    )
+    add_key.add_argument("--kdf", choices=("argon2id", "scrypt"), default="argon2id")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    ctx = context(args)
+    if args.pool_action == "reindex":
+        from costor.ops.check import reindex_pool
+
+        result = reindex_pool(ctx, args.pool)
+        if args.json:
+            print_json(result)
+        else:
+            print(
+                f"pool {args.pool}: index rebuilt from {result['packs']} pack(s) "
+                f"({result['blobs']} blobs), {result['snapshots']} snapshot(s) catalogued"
+            )
+            for pack in result["unreadable_packs"]:
+                print(f"  unreadable pack left out: {pack}")
+        return 0
+    new_passphrase = os.environ.get(args.new_passphrase_env)
+    if not new_passphrase:
+        raise UsageError(message=f"environment variable {args.new_passphrase_env} is not set")
+    pool = ctx.open_pool(args.pool, load_index=False)
+    slot = pool.add_key_slot(new_passphrase, args.kdf)
+    if args.json:
+        print_json({"pool": args.pool, "key_slot": slot})
+    else:
+        print(f"pool {args.pool}: added key slot {slot}")
+    return 0

@@ -1,0 +1,48 @@
+"""costor snapshots: list snapshots."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from costor.cli.common import add_inventory_option, add_json_option, context
+from costor.cli.output import human_bytes, print_json
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser("snapshots", help="list snapshots")
+    add_inventory_option(parser)
+    add_json_option(parser)
+    parser.add_argument("--client", metavar="C", help="only this client's snapshots")
+    parser.add_argument("--pool", metavar="P", help="only this pool")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from costor.ops.snapshots import list_snapshots
+
+    found = list_snapshots(context(args), client=args.client, pool=args.pool)
+    if args.json:
+        print_json([{**s.summary(), "pool": pool} for pool, s in found])
+        return 0
+    rows = [("ID", "TIME", "CLIENT", "POOL", "FILES", "SIZE", "ADDED", "PATHS")]
+    for pool, s in found:
+        c = s.counters
+        files = c.get("files_new", 0) + c.get("files_changed", 0) + c.get("files_unmodified", 0)
+        rows.append(
+            (
+                s.id[:12],
+                s.time[:19].replace("T", " "),
+                s.client,
+                pool,
+                str(files),
+                human_bytes(c.get("bytes_processed", 0)),
+                human_bytes(c.get("bytes_added", 0)),
+                ", ".join(s.paths),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    print(f"{len(found)} snapshot(s)")
+    return 0

@@ -1,0 +1,65 @@
+"""Run a backup of one declared client into its pool, and record it in the state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from costor.errors import BackupError
+from costor.ops.context import Context
+from costor.store.progress import Progress
+
+
+@dataclass
+class BackupOutcome:
+    pool: str
+    snapshot: Any  # costor.store.snapshot.Snapshot
+    errors: list[dict[str, str]] = field(default_factory=list)
+    orphans_adopted: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        counters = self.snapshot.counters
+        return {
+            "snapshot_id": self.snapshot.id,
+            "client": self.snapshot.client,
+            "pool": self.pool,
+            "time": self.snapshot.time,
+            "parent": self.snapshot.parent,
+            "paths": self.snapshot.paths,
+            **{name: counters.get(name, 0) for name in (
+                "files_new", "files_changed", "files_unmodified", "files_failed", "dirs",
+                "bytes_read", "bytes_processed", "bytes_added", "bytes_transferred",
+                "blobs_added",
+            )},
+            "duration_s": round(self.snapshot.duration_s, 3),
+            "errors": self.errors,
+        }
+
+
+def run_backup(
+    ctx: Context, client_name: str, *, progress: Progress | None = None, scan_totals: bool = False
+) -> BackupOutcome:
+    from costor.store.archiver import Archiver
+
+    client = ctx.client_config(client_name)
+    if client.transport != "local":
+        raise BackupError(
+            client=client_name, reason=f"transport {client.transport!r} is not available yet"
+        )
+    pool = ctx.open_pool(client.pool)
+    adopted = pool.adopt_orphan_packs()
+    previous = pool.list_snapshots(client_name)
+    parent = previous[-1] if previous else None
+    written: dict[str, int] = {}
+    pool.on_pack_written = written.__setitem__
+    archiver = Archiver(
+        pool,
+        client=client_name,
+        paths=list(client.paths),
+        exclude=list(client.exclude),
+        one_file_system=client.one_file_system,
+        progress=progress,
+    )
+    snapshot = archiver.run(parent, scan_totals=scan_totals)
+    ctx.record_snapshot(pool, snapshot, written)
+    return BackupOutcome(client.pool, snapshot, archiver.errors, adopted)

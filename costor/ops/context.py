@@ -1,0 +1,127 @@
+"""The context of one command: the loaded inventory, the state database (opened on
+first use) and the pools it names."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from costor.errors import PoolError, UnknownResource
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from costor.config.model import ClientConfig, Inventory, PoolConfig
+    from costor.store.backends.base import Backend
+    from costor.store.pool import Pool
+    from costor.store.snapshot import Snapshot
+
+
+class Context:
+    def __init__(self, inventory_path: str | Path) -> None:
+        from costor.config import load_inventory
+
+        self.inventory: Inventory = load_inventory(inventory_path)
+
+    # --- configuration --------------------------------------------------------------
+
+    @property
+    def database_url(self) -> str:
+        settings = self.inventory.costor
+        return settings.database or f"sqlite:///{Path(settings.state_dir) / 'state.db'}"
+
+    def pool_config(self, name: str) -> PoolConfig:
+        try:
+            return self.inventory.pools[name]
+        except KeyError:
+            raise UnknownResource(kind="pool", name=name) from None
+
+    def client_config(self, name: str) -> ClientConfig:
+        try:
+            return self.inventory.clients[name]
+        except KeyError:
+            raise UnknownResource(kind="client", name=name) from None
+
+    def pool_names(self, only: str | None = None) -> list[str]:
+        if only is not None:
+            self.pool_config(only)
+            return [only]
+        return sorted(self.inventory.pools)
+
+    # --- state ------------------------------------------------------------------------
+
+    @cached_property
+    def engine(self) -> Engine:
+        from costor.db.session import open_engine
+
+        return open_engine(self.database_url)
+
+    def recorded_pool_uuid(self, name: str) -> str | None:
+        from costor.db.models import PoolRow
+        from costor.db.session import session_scope
+
+        with session_scope(self.engine) as session:
+            row = session.get(PoolRow, name)
+            return row.uuid if row else None
+
+    # --- pools ------------------------------------------------------------------------
+
+    def backend(self, name: str) -> Backend:
+        config = self.pool_config(name)
+        if config.backend != "local" or config.path is None:
+            raise PoolError(message=f"pool {name}: backend {config.backend!r} is not available yet")
+        from costor.store.backends.local import LocalBackend
+
+        return LocalBackend(config.path)
+
+    def passphrase(self, name: str) -> str | None:
+        config = self.pool_config(name)
+        if config.passphrase is None:
+            return None
+        from costor.config import resolve_secret
+
+        return resolve_secret(config.passphrase, f"pools.{name}.passphrase")
+
+    def open_pool(self, name: str, *, load_index: bool = True) -> Pool:
+        """Open a declared pool; its UUID must match the one recorded at apply."""
+        from costor.store.pool import Pool
+
+        pool = Pool.open(
+            self.backend(name), self.passphrase(name), expected_uuid=self.recorded_pool_uuid(name)
+        )
+        if load_index:
+            pool.load_index()
+        return pool
+
+    # --- catalogue --------------------------------------------------------------------
+
+    def record_snapshot(self, pool: Pool, snapshot: Snapshot, packs: dict[str, int]) -> None:
+        from costor.db.models import PackRow
+        from costor.db.session import session_scope
+
+        with session_scope(self.engine) as session:
+            session.merge(snapshot_row(pool.uuid, snapshot))
+            for pack_id, size in packs.items():
+                session.merge(PackRow(pool_uuid=pool.uuid, pack_id=pack_id, size=size))
+
+
+def snapshot_row(pool_uuid: str, snapshot: Snapshot):  # type: ignore[no-untyped-def]
+    from costor.db.models import SnapshotRow
+
+    return SnapshotRow(
+        id=snapshot.id,
+        pool_uuid=pool_uuid,
+        client=snapshot.client,
+        time=snapshot.time,
+        tree=snapshot.tree,
+        paths=json.dumps(snapshot.paths),
+        counters=json.dumps(snapshot.counters, sort_keys=True),
+        duration_s=snapshot.duration_s,
+    )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

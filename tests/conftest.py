@@ -1,0 +1,171 @@
+"""Shared fixtures: real local pools, real inventories, the real CLI.
+
+Tests mirror the package tree (tests/store ↔ costor/store). Nothing is mocked: pools live
+on the real filesystem, the state database is a real SQLite file, and the CLI runs
+either in-process (``cli``) or as a separate ``costor`` process (``cli_process``) where
+kill -9, concurrency or exit codes of a real process matter.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from costor.cli.main import main
+from costor.store.backends import LocalBackend
+from costor.store.pool import Pool
+
+PASSPHRASE = "correct horse battery staple"
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+@dataclass
+class Site:
+    """A temporary inventory with one pool and clients backed by local directories."""
+
+    root: Path
+    inventory: Path
+    pool_path: Path
+
+    def cli(self, *args: str) -> CliResult:
+        out, err = io.StringIO(), io.StringIO()
+        verb, rest = args[0], list(args[1:])
+        argv = [verb]
+        if verb == "pool":
+            argv, rest = [verb, rest[0]], rest[1:]
+        argv += ["-c", str(self.inventory), *rest]
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(argv)
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    def process(self, *args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[bytes]:
+        verb, rest = args[0], list(args[1:])
+        argv = [verb]
+        if verb == "pool":
+            argv, rest = [verb, rest[0]], rest[1:]
+        argv += ["-c", str(self.inventory), *rest]
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.Popen(
+            [sys.executable, "-m", "costor", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            **kwargs,
+        )
+
+    def run_process(self, *args: str, timeout: float = 300, env: dict[str, str] | None = None) -> CliResult:
+        proc = self.process(*args, env=env)
+        out, err = proc.communicate(timeout=timeout)
+        return CliResult(proc.returncode, out.decode(), err.decode())
+
+
+def write_inventory(root: Path, clients: dict[str, list[Path]], *, extra_pool: str = "", excludes: dict[str, list[str]] | None = None) -> Path:
+    lines = [
+        "[costor]",
+        'state_dir = ".costor"',
+        "",
+        "[sites.hq]",
+        "",
+        "[pools.main]",
+        'site = "hq"',
+        'backend = "local"',
+        'path = "pool"',
+        'passphrase = { env = "COSTOR_TEST_PASSPHRASE" }',
+        "pack_size_mib = 4",
+        extra_pool,
+    ]
+    for name, paths in clients.items():
+        lines += [
+            "",
+            f"[clients.{name}]",
+            'site = "hq"',
+            'pool = "main"',
+            'transport = "local"',
+            "paths = [" + ", ".join(json.dumps(str(p)) for p in paths) + "]",
+        ]
+        if excludes and name in excludes:
+            lines.append("exclude = [" + ", ".join(json.dumps(e) for e in excludes[name]) + "]")
+    inventory = root / "inventory.toml"
+    inventory.write_text(textwrap.dedent("\n".join(lines)) + "\n")
+    return inventory
+
+
+@pytest.fixture(autouse=True)
+def _passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COSTOR_TEST_PASSPHRASE", PASSPHRASE)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """A small source tree with text, binary, nested and empty content."""
+    src = tmp_path / "src"
+    (src / "docs" / "deep" / "er").mkdir(parents=True)
+    (src / "docs" / "readme.txt").write_text("hello costor\n" * 100)
+    (src / "docs" / "deep" / "er" / "data.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    (src / "empty").write_bytes(b"")
+    (src / "emptydir").mkdir()
+    return src
+
+
+@pytest.fixture
+def site(tmp_path: Path, source: Path) -> Site:
+    inventory = write_inventory(tmp_path, {"alpha": [source]})
+    return Site(tmp_path, inventory, tmp_path / "pool")
+
+
+@pytest.fixture
+def applied(site: Site) -> Site:
+    result = site.cli("apply", "--auto-approve")
+    assert result.code == 0, result.stderr
+    return site
+
+
+def make_pool(path: Path, **kwargs: Any) -> Pool:
+    kwargs.setdefault("passphrase", PASSPHRASE)
+    kwargs.setdefault("pack_size", 4 * 1024 * 1024)
+    return Pool.init(LocalBackend(path), **kwargs)
+
+
+def open_pool(path: Path) -> Pool:
+    pool = Pool.open(LocalBackend(path), PASSPHRASE)
+    pool.load_index()
+    return pool
+
+
+def tree_digest(root: Path) -> dict[str, Any]:
+    """Everything a restore must reproduce, per relative path."""
+    result: dict[str, Any] = {}
+    for dirpath, dirnames, filenames in os.walk(os.fsencode(root)):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, os.fsencode(root))
+            st = os.lstat(full)
+            entry: dict[str, Any] = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid}
+            if not os.path.isdir(full) or os.path.islink(full):
+                entry["mtime_ns"] = st.st_mtime_ns
+            if os.path.islink(full):
+                entry["target"] = os.readlink(full)
+            elif os.path.isfile(full):
+                with open(full, "rb") as handle:
+                    entry["content"] = handle.read()
+            result[os.fsdecode(rel)] = entry
+    return result

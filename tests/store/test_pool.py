@@ -1,0 +1,171 @@
+"""The pool: keys, blobs, packs, index segments, orphan adoption and reindex."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import PASSPHRASE, make_pool, open_pool
+from costor.errors import DataCorruption, PoolExists, PoolMismatch, PoolNotFound, WrongPassphrase
+from costor.store.backends import LocalBackend, MemoryBackend
+from costor.store.checker import check, reindex
+from costor.store.pack import BlobType, pack_name, read_entries
+from costor.store.pool import IDENTITY_NAME, Pool
+
+
+@pytest.mark.parametrize("encryption", ["aes-256-gcm", "chacha20-poly1305", "none"])
+def test_blob_roundtrip_each_cipher(tmp_path: Path, encryption: str) -> None:
+    pool = make_pool(tmp_path / "p", encryption=encryption)
+    data = b"compressible " * 10_000
+    blob = pool.put_blob(BlobType.DATA, data)
+    noise = os.urandom(200_000)
+    noise_id = pool.put_blob(BlobType.DATA, noise)
+    pool.flush()
+    reopened = open_pool(tmp_path / "p")
+    assert reopened.read_blob(blob) == data
+    assert reopened.read_blob(noise_id) == noise
+    # zstd applied where it shrinks, skipped where it does not.
+    assert reopened.locate(blob).length < len(data) // 10
+    assert reopened.locate(noise_id).length >= len(noise)
+
+
+def test_encrypted_pool_leaks_no_plaintext(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "p")
+    pool.put_blob(BlobType.DATA, b"TOP-SECRET-MARKER" * 1000)
+    pool.flush()
+    for dirpath, _d, files in os.walk(tmp_path / "p"):
+        for name in files:
+            assert b"TOP-SECRET" not in Path(dirpath, name).read_bytes()
+
+
+def test_blob_ids_are_keyed(tmp_path: Path) -> None:
+    a = make_pool(tmp_path / "a")
+    b = make_pool(tmp_path / "b")
+    assert a.blob_id(b"same") != b.blob_id(b"same")
+
+
+def test_wrong_passphrase_and_several_key_slots(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "p", kdf="scrypt")
+    pool.add_key_slot("second passphrase", "argon2id")
+    backend = LocalBackend(tmp_path / "p")
+    assert Pool.open(backend, PASSPHRASE).master == pool.master
+    assert Pool.open(backend, "second passphrase").master == pool.master
+    with pytest.raises(WrongPassphrase) as raised:
+        Pool.open(backend, "nope")
+    assert raised.value.exit_code == 1
+    assert "Wrong passphrase" in str(raised.value)
+
+
+def test_key_slot_is_bound_to_its_pool(tmp_path: Path) -> None:
+    a = make_pool(tmp_path / "a")
+    make_pool(tmp_path / "b")
+    slot = next((tmp_path / "a" / "keys").iterdir())
+    target = tmp_path / "b" / "keys" / "moved"
+    target.write_bytes(slot.read_bytes())
+    for other in (tmp_path / "b" / "keys").iterdir():
+        if other != target:
+            other.unlink()
+    with pytest.raises(WrongPassphrase):
+        Pool.open(LocalBackend(tmp_path / "b"), PASSPHRASE)
+    assert a.uuid
+
+
+def test_identity_file_is_plain_and_versioned(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "p")
+    identity = json.loads((tmp_path / "p" / IDENTITY_NAME).read_text())
+    assert identity["version"] == 1
+    assert identity["uuid"] == pool.uuid
+    assert identity["chunker"]["algorithm"] == "fastcdc-2020"
+    with pytest.raises(PoolExists):
+        make_pool(tmp_path / "p")
+    with pytest.raises(PoolNotFound):
+        Pool.open(LocalBackend(tmp_path / "nothing"), PASSPHRASE)
+    with pytest.raises(PoolMismatch):
+        Pool.open(LocalBackend(tmp_path / "p"), PASSPHRASE, expected_uuid="another")
+
+
+def test_packs_separate_types_and_are_named_by_hash(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "p")
+    pool.put_blob(BlobType.DATA, b"d" * 1000)
+    pool.put_blob(BlobType.TREE, b'{"nodes":[]}')
+    pool.flush()
+    packs = pool.list_packs()
+    assert len(packs) == 2
+    from costor.store.crypto import object_hash
+
+    kinds = set()
+    for pack_id in packs:
+        data = (tmp_path / "p" / pack_name(pack_id)).read_bytes()
+        assert object_hash(data) == pack_id
+        entries = read_entries(pool.sealer, data)
+        kinds.add(frozenset(e.type for e in entries))
+    assert kinds == {frozenset({BlobType.DATA}), frozenset({BlobType.TREE})}
+
+
+def test_pack_size_bounds_packs(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "p", pack_size=4 * 1024 * 1024)
+    for _ in range(12):
+        pool.put_blob(BlobType.DATA, os.urandom(1024 * 1024))
+    pool.flush()
+    sizes = sorted(pool.list_packs().values())
+    assert len(sizes) == 3
+    assert all(size < 6 * 1024 * 1024 for size in sizes)
+
+
+def test_orphan_packs_are_adopted(tmp_path: Path) -> None:
+    """Packs written by a backup that died before its index segment are reused."""
+    pool = make_pool(tmp_path / "p")
+    blob = pool.put_blob(BlobType.DATA, os.urandom(1024 * 1024))
+    pool._write_pack(pool._builders.pop(BlobType.DATA))  # pack stored, no segment yet
+    assert not list(LocalBackend(tmp_path / "p").list("index/"))
+    fresh = open_pool(tmp_path / "p")
+    assert blob not in fresh.index
+    assert fresh.adopt_orphan_packs() == 1
+    assert blob in fresh.index
+    assert not fresh.reserve(blob)
+    fresh.flush()
+    assert blob in open_pool(tmp_path / "p").index
+
+
+def test_reindex_rebuilds_from_packs_alone(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "p")
+    blobs = [pool.put_blob(BlobType.DATA, os.urandom(100_000)) for _ in range(5)]
+    pool.flush()
+    for segment in (tmp_path / "p" / "index").iterdir():
+        segment.unlink()
+    assert len(open_pool(tmp_path / "p").index) == 0
+    report = reindex(Pool.open(LocalBackend(tmp_path / "p"), PASSPHRASE))
+    assert report.blobs == 5
+    rebuilt = open_pool(tmp_path / "p")
+    assert all(rebuilt.read_blob(b) for b in blobs)
+
+
+def test_corrupted_byte_is_detected_on_read(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "p")
+    blob = pool.put_blob(BlobType.DATA, os.urandom(300_000))
+    pool.flush()
+    pack_id = pool.locate(blob).pack_id
+    path = tmp_path / "p" / pack_name(pack_id)
+    data = bytearray(path.read_bytes())
+    data[1000] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataCorruption) as raised:
+        open_pool(tmp_path / "p").read_blob(blob)
+    assert pack_id in str(raised.value)
+    assert raised.value.exit_code == 3
+    report = check(Pool.open(LocalBackend(tmp_path / "p"), PASSPHRASE), read_data=True)
+    assert not report.ok
+    assert report.problems[0].object == pack_id
+
+
+def test_memory_backend_pool(tmp_path: Path) -> None:
+    backend = MemoryBackend()
+    pool = Pool.init(backend, passphrase="x")
+    blob = pool.put_blob(BlobType.DATA, b"in memory")
+    pool.flush()
+    again = Pool.open(backend, "x")
+    again.load_index()
+    assert again.read_blob(blob) == b"in memory"

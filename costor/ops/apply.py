@@ -92,7 +92,9 @@ def _apply_pool(ctx: Context, name: str, change: Change) -> None:
     passphrase = ctx.passphrase(name)
     if change.action == "create":
         location = str(config.path)
-        if os.path.isdir(location) and os.listdir(location):
+        # An init killed half-way leaves only keys/ (the identity file is written
+        # last); anything else means someone else's data.
+        if os.path.isdir(location) and set(os.listdir(location)) - {"keys"}:
             raise PoolError(
                 message=f"pool {name}: {location} is not empty and holds no CoStor pool; "
                 "refusing to initialise over other data"

@@ -57,7 +57,9 @@ class Site:
             code = main(argv)
         return CliResult(code, out.getvalue(), err.getvalue())
 
-    def process(self, *args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[bytes]:
+    def process(
+        self, *args: str, env: dict[str, str] | None = None, **kwargs: Any
+    ) -> subprocess.Popen[bytes]:
         verb, rest = args[0], list(args[1:])
         argv = [verb]
         if verb == "pool":
@@ -72,13 +74,21 @@ class Site:
             **kwargs,
         )
 
-    def run_process(self, *args: str, timeout: float = 300, env: dict[str, str] | None = None) -> CliResult:
+    def run_process(
+        self, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+    ) -> CliResult:
         proc = self.process(*args, env=env)
         out, err = proc.communicate(timeout=timeout)
         return CliResult(proc.returncode, out.decode(), err.decode())
 
 
-def write_inventory(root: Path, clients: dict[str, list[Path]], *, extra_pool: str = "", excludes: dict[str, list[str]] | None = None) -> Path:
+def write_inventory(
+    root: Path,
+    clients: dict[str, list[Path]],
+    *,
+    extra_pool: str = "",
+    excludes: dict[str, list[str]] | None = None,
+) -> Path:
     lines = [
         "[costor]",
         'state_dir = ".costor"',

@@ -52,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"pool {name}: {report.snapshots} snapshot(s), {report.packs} pack(s), "
             f"{report.trees_checked} tree(s) checked"
-            + (f", {report.packs_read} pack(s) read ({human_bytes(report.bytes_read)})"
-               if report.packs_read else "")
+            + (
+                f", {report.packs_read} pack(s) read ({human_bytes(report.bytes_read)})"
+                if report.packs_read
+                else ""
+            )
         )
         if report.unindexed_packs:
             print(
@@ -63,8 +66,12 @@ def run(args: argparse.Namespace) -> int:
         for problem in report.problems:
             print(f"  DAMAGE {problem.kind} {problem.object}: {problem.message}")
             for item in problem.affected:
-                print(f"    affects {item['client']} snapshot {item['snapshot'][:12]}: {item['path']}")
+                print(
+                    f"    affects {item['client']} snapshot {item['snapshot'][:12]}: {item['path']}"
+                )
             if problem.affected_count > len(problem.affected):
                 print(f"    … and {problem.affected_count - len(problem.affected)} more")
-        print("  no errors were found" if report.ok else f"  {len(report.problems)} problem(s) found")
+        print(
+            "  no errors were found" if report.ok else f"  {len(report.problems)} problem(s) found"
+        )
     return 3 if damaged else 0

@@ -39,8 +39,13 @@ def run(args: argparse.Namespace) -> int:
                 "first": first.id,
                 "second": second.id,
                 "changes": [
-                    {"change": d.change, "path": d.path, "type": d.type,
-                     "size_before": d.size_before, "size_after": d.size_after}
+                    {
+                        "change": d.change,
+                        "path": d.path,
+                        "type": d.type,
+                        "size_before": d.size_before,
+                        "size_after": d.size_after,
+                    }
                     for d in differences
                 ],
                 **counts,

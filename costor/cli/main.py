@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
-    for verb, module_name in VERBS.items():
+    for module_name in VERBS.values():
         module = importlib.import_module(f"costor.cli.{module_name}")
         verb_parser = module.add_parser(sub)
         verb_parser.set_defaults(_run=module.run)

@@ -25,7 +25,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add_json_option(add_key)
     add_key.add_argument("--pool", metavar="P", required=True)
     add_key.add_argument(
-        "--new-passphrase-env", metavar="VAR", required=True,
+        "--new-passphrase-env",
+        metavar="VAR",
+        required=True,
         help="environment variable holding the new passphrase (never on the command line)",
     )
     add_key.add_argument("--kdf", choices=("argon2id", "scrypt"), default="argon2id")

@@ -23,7 +23,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--target", metavar="DIR", help="restore into this directory")
     where.add_argument(
-        "--archive", metavar="FILE", help="write FILE.tar, FILE.tar.zst or FILE.zip; - for a tar on stdout"
+        "--archive",
+        metavar="FILE",
+        help="write FILE.tar, FILE.tar.zst or FILE.zip; - for a tar on stdout",
     )
     return parser
 

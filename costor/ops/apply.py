@@ -24,7 +24,12 @@ class Change:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"address": self.address, "action": self.action, "reason": self.reason, **self.details}
+        return {
+            "address": self.address,
+            "action": self.action,
+            "reason": self.reason,
+            **self.details,
+        }
 
 
 def changes(ctx: Context) -> list[Change]:
@@ -45,8 +50,12 @@ def changes(ctx: Context) -> list[Change]:
                 result.append(Change(address, "create", "no pool at the declared location"))
             elif row is None:
                 result.append(
-                    Change(address, "adopt", "a pool exists at the location but is not in the state",
-                           {"uuid": identity.uuid})
+                    Change(
+                        address,
+                        "adopt",
+                        "a pool exists at the location but is not in the state",
+                        {"uuid": identity.uuid},
+                    )
                 )
             elif row.uuid != identity.uuid:
                 raise PoolMismatch(

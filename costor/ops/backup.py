@@ -26,11 +26,21 @@ class BackupOutcome:
             "time": self.snapshot.time,
             "parent": self.snapshot.parent,
             "paths": self.snapshot.paths,
-            **{name: counters.get(name, 0) for name in (
-                "files_new", "files_changed", "files_unmodified", "files_failed", "dirs",
-                "bytes_read", "bytes_processed", "bytes_added", "bytes_transferred",
-                "blobs_added",
-            )},
+            **{
+                name: counters.get(name, 0)
+                for name in (
+                    "files_new",
+                    "files_changed",
+                    "files_unmodified",
+                    "files_failed",
+                    "dirs",
+                    "bytes_read",
+                    "bytes_processed",
+                    "bytes_added",
+                    "bytes_transferred",
+                    "blobs_added",
+                )
+            },
             "duration_s": round(self.snapshot.duration_s, 3),
             "errors": self.errors,
         }

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from costor.config.model import ClientConfig, Inventory, PoolConfig
+    from costor.db.models import SnapshotRow
     from costor.store.backends.base import Backend
     from costor.store.pool import Pool
     from costor.store.snapshot import Snapshot
@@ -108,7 +109,7 @@ class Context:
                 session.merge(PackRow(pool_uuid=pool.uuid, pack_id=pack_id, size=size))
 
 
-def snapshot_row(pool_uuid: str, snapshot: Snapshot):  # type: ignore[no-untyped-def]
+def snapshot_row(pool_uuid: str, snapshot: Snapshot) -> SnapshotRow:
     from costor.db.models import SnapshotRow
 
     return SnapshotRow(

@@ -177,7 +177,11 @@ class Archiver:
     # --- walking --------------------------------------------------------------------
 
     def _save_virtual_dir(
-        self, path: bytes, spec: dict[bytes, Any], parent_tree: bytes | None, root_device: int | None
+        self,
+        path: bytes,
+        spec: dict[bytes, Any],
+        parent_tree: bytes | None,
+        root_device: int | None,
     ) -> bytes:
         """A directory on the way to the backed-up paths: only the named children."""
         parent_nodes = self._parent_nodes(parent_tree)
@@ -204,7 +208,9 @@ class Archiver:
             elif stat.S_ISDIR(st.st_mode):
                 node = self._node_from_stat(child, name, st)
                 node.subtree = self._save_virtual_dir(
-                    child, sub, previous.subtree if previous and previous.type == DIR else None,
+                    child,
+                    sub,
+                    previous.subtree if previous and previous.type == DIR else None,
                     root_device,
                 )
                 nodes.append(node)
@@ -267,7 +273,9 @@ class Archiver:
                 node.subtree = self.pool.save_tree([])
             else:
                 node.subtree = self._save_dir(
-                    path, previous.subtree if previous and previous.type == DIR else None, root_device
+                    path,
+                    previous.subtree if previous and previous.type == DIR else None,
+                    root_device,
                 )
             return node, None
         if node.type != FILE:
@@ -351,7 +359,7 @@ class Archiver:
         the maximum chunk size per call, which dominated small-file backups (py-spy)."""
         head = _read_up_to(fd, WHOLE_FILE_LIMIT)
         if len(head) < WHOLE_FILE_LIMIT:
-            if len(head) <= self.pool.identity.chunker["min_size"]:
+            if len(head) <= int(self.pool.identity.chunker["min_size"]):
                 if head:
                     yield head
                 return
@@ -410,7 +418,9 @@ class Archiver:
                 values[attribute] = os.getxattr(path, attribute, follow_symlinks=False)
             except OSError as error:
                 if error.errno not in (errno.ENODATA, errno.ENOTSUP):
-                    self._fail(path, f"cannot read xattr {attribute}: {error.strerror}", count=False)
+                    self._fail(
+                        path, f"cannot read xattr {attribute}: {error.strerror}", count=False
+                    )
         return values
 
     def _name(self, kind: str, number: int) -> str:
@@ -418,7 +428,9 @@ class Archiver:
         cached = self._names_cache.get(key)
         if cached is None:
             try:
-                cached = pwd.getpwuid(number).pw_name if kind == "user" else grp.getgrgid(number).gr_name
+                cached = (
+                    pwd.getpwuid(number).pw_name if kind == "user" else grp.getgrgid(number).gr_name
+                )
             except KeyError:
                 cached = ""
             self._names_cache[key] = cached
@@ -536,4 +548,3 @@ def _normalise_paths(paths: list[str]) -> list[str]:
 def _rfc3339_now() -> str:
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
-

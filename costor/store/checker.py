@@ -171,7 +171,9 @@ def _read_pack(
         entries = read_entries(pool.sealer, data)
     except BlobCorrupt as error:
         return Problem(
-            "damaged_pack", pack_id, f"{reason or 'damaged pack'}; trailer: {error}",
+            "damaged_pack",
+            pack_id,
+            f"{reason or 'damaged pack'}; trailer: {error}",
             blobs=indexed_blobs,
         )
     bad: set[bytes] = set()
@@ -235,7 +237,9 @@ def _check_tree(
             problem = damaged.get(blob)
             if problem is None and blob not in pool.index:
                 problem = Problem(
-                    "missing_blob", blob.hex(), "blob referenced by a snapshot is not in the index",
+                    "missing_blob",
+                    blob.hex(),
+                    "blob referenced by a snapshot is not in the index",
                     blobs={blob},
                 )
                 report.problems.append(problem)

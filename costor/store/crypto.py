@@ -67,9 +67,7 @@ class MasterKey:
     @classmethod
     def from_json(cls, data: bytes) -> MasterKey:
         raw = json.loads(data)
-        return cls(
-            _unb64(raw["encryption_key"]), _unb64(raw["id_key"]), int(raw["chunker_seed"])
-        )
+        return cls(_unb64(raw["encryption_key"]), _unb64(raw["id_key"]), int(raw["chunker_seed"]))
 
 
 class Sealer:
@@ -183,7 +181,9 @@ def open_key_slot(slot_bytes: bytes, passphrase: str, pool_uuid: str) -> MasterK
     return MasterKey.from_json(plain)
 
 
-def unlock(slots: list[tuple[str, bytes]], passphrase: str, pool_uuid: str, location: str) -> MasterKey:
+def unlock(
+    slots: list[tuple[str, bytes]], passphrase: str, pool_uuid: str, location: str
+) -> MasterKey:
     """Try each key slot in turn; the first that opens gives the master key."""
     for _name, slot_bytes in slots:
         try:

@@ -28,7 +28,9 @@ class Difference:
         return {"added": "+", "removed": "-", "modified": "M", "metadata": "U"}[self.change]
 
 
-def diff_trees(pool_a: Pool, tree_a: bytes, pool_b: Pool, tree_b: bytes, prefix: bytes = b"") -> Iterator[Difference]:
+def diff_trees(
+    pool_a: Pool, tree_a: bytes, pool_b: Pool, tree_b: bytes, prefix: bytes = b""
+) -> Iterator[Difference]:
     if tree_a == tree_b and pool_a is pool_b:
         return
     before = {n.name: n for n in pool_a.load_tree(tree_a)}
@@ -57,13 +59,22 @@ def diff_trees(pool_a: Pool, tree_a: bytes, pool_b: Pool, tree_b: bytes, prefix:
 
 
 def _whole(pool: Pool, node: Node, path: bytes, change: str) -> Iterator[Difference]:
-    yield _difference(change, path, node, node.size if change == "removed" else 0,
-                      node.size if change == "added" else 0)
+    yield _difference(
+        change,
+        path,
+        node,
+        node.size if change == "removed" else 0,
+        node.size if change == "added" else 0,
+    )
     if node.type == DIR and node.subtree is not None:
         for relative, child in pool.walk(node.subtree):
-            yield _difference(change, path + b"/" + relative, child,
-                              child.size if change == "removed" else 0,
-                              child.size if change == "added" else 0)
+            yield _difference(
+                change,
+                path + b"/" + relative,
+                child,
+                child.size if change == "removed" else 0,
+                child.size if change == "added" else 0,
+            )
 
 
 def _metadata_differs(old: Node, new: Node) -> bool:

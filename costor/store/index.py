@@ -77,8 +77,9 @@ class Index:
         with self._lock:
             snapshot = list(self._blobs.items())
         for blob_identity, (pack_id, blob_type, offset, length, raw_length) in snapshot:
-            yield blob_identity, BlobLocation(
-                pack_id, BlobType(blob_type), offset, length, raw_length
+            yield (
+                blob_identity,
+                BlobLocation(pack_id, BlobType(blob_type), offset, length, raw_length),
             )
 
 
@@ -103,6 +104,8 @@ def decode_segment(data: bytes) -> dict[str, list[PackEntry]]:
         for _ in range(count):
             blob_identity, blob_type, offset, length, raw_length = ENTRY.unpack_from(raw, position)
             position += ENTRY.size
-            entries.append(PackEntry(blob_identity, BlobType(blob_type), offset, length, raw_length))
+            entries.append(
+                PackEntry(blob_identity, BlobType(blob_type), offset, length, raw_length)
+            )
         packs[pack_raw.hex()] = entries
     return packs

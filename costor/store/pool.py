@@ -82,7 +82,7 @@ class PoolIdentity:
     version: int
     encryption: str
     compression: dict[str, Any]
-    chunker: dict[str, int | str]
+    chunker: dict[str, Any]
     pack_size: int
     created: str
 
@@ -107,7 +107,9 @@ class PoolIdentity:
                 created=doc.get("created", ""),
             )
         except (ValueError, KeyError, TypeError) as error:
-            raise PoolError(message=f"identity file at {location} is unreadable: {error}") from error
+            raise PoolError(
+                message=f"identity file at {location} is unreadable: {error}"
+            ) from error
 
     def to_bytes(self) -> bytes:
         doc = {
@@ -216,7 +218,9 @@ class Pool:
 
     def add_key_slot(self, passphrase: str, kdf: str = "argon2id") -> str:
         name = f"keys/{uuid.uuid4().hex}"
-        self.backend.put(name, crypto.make_key_slot(self.master, passphrase, kdf, self.identity.uuid))
+        self.backend.put(
+            name, crypto.make_key_slot(self.master, passphrase, kdf, self.identity.uuid)
+        )
         return name
 
     @property
@@ -258,9 +262,7 @@ class Pool:
 
     def list_packs(self) -> dict[str, int]:
         """Pack id -> size for every pack in the backend."""
-        return {
-            info.name.rsplit("/", 1)[-1]: info.size for info in self.backend.list("packs/")
-        }
+        return {info.name.rsplit("/", 1)[-1]: info.size for info in self.backend.list("packs/")}
 
     def read_pack_entries(self, pack_id: str, size: int | None = None) -> list[PackEntry]:
         """A pack's blob list from its trailer (two ranged reads, not the whole pack)."""
@@ -272,7 +274,9 @@ class Pool:
         try:
             if size < FOOTER.size:
                 raise BlobCorrupt("pack too short")
-            trailer_length = parse_footer(self.backend.get_range(name, size - FOOTER.size, FOOTER.size))
+            trailer_length = parse_footer(
+                self.backend.get_range(name, size - FOOTER.size, FOOTER.size)
+            )
             start = size - FOOTER.size - trailer_length
             if start < 0:
                 raise BlobCorrupt("pack trailer length out of range")
@@ -316,7 +320,9 @@ class Pool:
             self._pending.add(blob_identity)
             return True
 
-    def store_blob(self, blob_type: BlobType, blob_identity: bytes, data: bytes | memoryview) -> int:
+    def store_blob(
+        self, blob_type: BlobType, blob_identity: bytes, data: bytes | memoryview
+    ) -> int:
         """Seal a reserved blob and add it to a pack; returns the stored size."""
         sealed = self.codec.seal(blob_type, blob_identity, data)
         full: PackBuilder | None = None
@@ -384,7 +390,9 @@ class Pool:
 
     def read_blob(self, blob_identity: bytes) -> bytes:
         location = self.locate(blob_identity)
-        sealed = self.backend.get_range(pack_name(location.pack_id), location.offset, location.length)
+        sealed = self.backend.get_range(
+            pack_name(location.pack_id), location.offset, location.length
+        )
         try:
             return self.codec.open(location.type, blob_identity, sealed, location.raw_length)
         except BlobCorrupt as error:

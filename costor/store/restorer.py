@@ -68,9 +68,7 @@ class Restorer:
                 base = os.path.join(target_bytes, node.name)
                 if node.type == DIR:
                     os.makedirs(base, exist_ok=True)
-            items = (
-                [(b"", node)] if node.type != DIR else [(b"", node)] + list(self._iter(node))
-            )
+            items = [(b"", node)] if node.type != DIR else [(b"", node)] + list(self._iter(node))
             for relative, item in items:
                 destination = os.path.join(base, relative) if relative else base
                 if item.type == DIR:

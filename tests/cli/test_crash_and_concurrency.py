@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Site, tree_digest, write_inventory
 
 MiB = 1024 * 1024
 
 
-def make_data(root: Path, *, seed: int, big_files: int = 6, big_size: int = 16 * MiB, small: int = 300) -> int:
+def make_data(
+    root: Path, *, seed: int, big_files: int = 6, big_size: int = 16 * MiB, small: int = 300
+) -> int:
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
     total = 0
@@ -72,7 +73,9 @@ def test_two_backups_into_one_pool_at_once(tmp_path: Path) -> None:
     beta = tmp_path / "beta"
     shutil.copytree(shared, beta / "copy")
     make_data(beta / "own", seed=3, big_files=2, small=50)
-    site = Site(tmp_path, write_inventory(tmp_path, {"alpha": [shared], "beta": [beta]}), tmp_path / "pool")
+    site = Site(
+        tmp_path, write_inventory(tmp_path, {"alpha": [shared], "beta": [beta]}), tmp_path / "pool"
+    )
     assert site.cli("apply", "--auto-approve").code == 0
     assert site.cli("backup", "alpha").code == 0  # the pool already holds alpha's data
     make_data(shared / "more", seed=4, big_files=2, small=20)

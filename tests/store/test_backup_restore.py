@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import make_pool, open_pool, tree_digest
+
 from costor.errors import DataCorruption, StorageFull
 from costor.store.archiver import Archiver
 from costor.store.backends import LocalBackend
@@ -179,7 +179,10 @@ def test_unreadable_file_as_unprivileged_user(tmp_path: Path) -> None:
             os.setuid(65534)
             pool = make_pool(base / "pool")
             snapshot, archiver = backup(pool, [src])
-            os.write(write, f"{snapshot.counters['files_failed']} {snapshot.counters['files_new']} {len(archiver.errors)}".encode())
+            os.write(
+                write,
+                f"{snapshot.counters['files_failed']} {snapshot.counters['files_new']} {len(archiver.errors)}".encode(),
+            )
         finally:
             os._exit(0)
     os.close(write)
@@ -195,9 +198,13 @@ def test_disk_full_fails_cleanly_and_pool_stays_valid(tmp_path: Path, source: Pa
 
     mount = tmp_path / "small"
     mount.mkdir()
-    mounted = IS_ROOT and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True
-    ).returncode == 0
+    mounted = (
+        IS_ROOT
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        == 0
+    )
     try:
         pool = make_pool(mount / "pool", compression_level=None, pack_size=4 * 1024 * 1024)
         small, _ = backup(pool, [source / "docs" / "readme.txt"])
@@ -209,7 +216,9 @@ def test_disk_full_fails_cleanly_and_pool_stays_valid(tmp_path: Path, source: Pa
             pool.backend = _QuotaBackend(backend, limit=6 * 1024 * 1024)  # type: ignore[assignment]
         with pytest.raises(StorageFull):
             backup(open_pool(mount / "pool"), [big])
-        report = check(Pool.open(LocalBackend(mount / "pool"), "correct horse battery staple"), read_data=True)
+        report = check(
+            Pool.open(LocalBackend(mount / "pool"), "correct horse battery staple"), read_data=True
+        )
         assert report.ok, report.problems
         reopened = open_pool(mount / "pool")
         assert [s.id for s in reopened.list_snapshots()] == [small.id]
@@ -239,9 +248,7 @@ def test_restore_of_damaged_data_fails_loudly(tmp_path: Path) -> None:
     (src / "victim").write_bytes(os.urandom(2 * 1024 * 1024))
     pool = make_pool(tmp_path / "pool", compression_level=None)
     snapshot, _ = backup(pool, [src])
-    data_packs = [
-        p for p, size in pool.list_packs().items() if size > 1024 * 1024
-    ]
+    data_packs = [p for p, size in pool.list_packs().items() if size > 1024 * 1024]
     path = tmp_path / "pool" / pack_name(data_packs[0])
     damaged = bytearray(path.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF

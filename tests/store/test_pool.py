@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import PASSPHRASE, make_pool, open_pool
+
 from costor.errors import DataCorruption, PoolExists, PoolMismatch, PoolNotFound, WrongPassphrase
 from costor.store.backends import LocalBackend, MemoryBackend
 from costor.store.checker import check, reindex

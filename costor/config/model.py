@@ -1,0 +1,590 @@
+"""The inventory as typed, frozen pydantic models (DESIGN.md §3).
+
+Each table of ``inventory.toml`` has a model here. Conventions, so errors read well:
+
+- ``extra="forbid"`` everywhere: an unknown key is an error, never silently ignored.
+- Scalars are strict (``StrictInt``, ``StrictBool``, ``StrictStr``): TOML is typed, so
+  ``level = "3"`` or ``sudo = 1`` is a mistake to report, not something to coerce.
+- Arrays become tuples (the models are frozen and hashable data).
+- Relative filesystem paths on *this* machine (``state_dir``, ``profile_paths``, a local
+  pool's ``path``, a secret ``file``) are resolved against the inventory's directory,
+  given as ``base_dir`` in the validation context. Paths on a client host (``paths``) are
+  not: they must be absolute.
+- Rules that involve several keys of one table (``path`` is required when
+  ``backend = "local"``) are checked in one ``after`` validator per model that collects
+  *all* its findings (:class:`_Findings`) and raises them together, each at its own key.
+- Features that later issues add (the ``s3`` backend, the ``ssh`` and ``agent``
+  transports) are modelled already, so that their keys parse, and then refused with
+  "not available yet" by one gate each (``AVAILABLE_BACKENDS``, ``AVAILABLE_TRANSPORTS``).
+
+Cross-references between tables (a client's ``pool`` names a declared pool) and secret
+availability are checked by :mod:`costor.config.loader`, which sees the whole inventory.
+Models built by hand (not through the loader) skip those checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from costor.config.diagnostics import INVALID_ERROR, MISSING_ERROR, Diagnostic
+from costor.config.positions import KeyPath
+
+# Gates for features that are modelled but not implemented yet. A later issue that adds
+# one extends the set; nothing else changes.
+AVAILABLE_BACKENDS = frozenset({"local"})
+AVAILABLE_TRANSPORTS = frozenset({"local"})
+
+# Names are addresses (``client.web1``) and may become file or directory names, so they
+# are kept to a safe alphabet: no "/", no "..", no leading dot or dash.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+# The kinds of resource a ``[[moved]]`` address can name -> their inventory table.
+RESOURCE_TABLES = {
+    "site": "sites",
+    "pool": "pools",
+    "client": "clients",
+    "policy": "policies",
+    "group": "groups",
+    "user": "users",
+}
+
+LITERAL_SECRET_MESSAGE = "secrets must be { env = … } or { file = … }, never literal"
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a resource name, or None if it can."""
+    if NAME_PATTERN.match(name) and ".." not in name:
+        return None
+    return (
+        f"invalid name {name!r}: use up to 63 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit"
+    )
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class _Findings:
+    """Collects the cross-field problems of one table so they are all reported at once.
+
+    Raising a ``ValidationError`` from a validator makes pydantic merge its line errors
+    into the outer error, with ``loc`` relative to this model: each finding lands on its
+    own key. The custom error types are mapped back to messages in
+    :func:`costor.config.diagnostics.problems_from_validation_error`.
+    """
+
+    def __init__(self, model: BaseModel) -> None:
+        self.title = type(model).__name__
+        self.errors: list[InitErrorDetails] = []
+
+    def missing(self, key: str, why: str) -> None:
+        self._add(MISSING_ERROR, key, f"missing required key {key!r} ({why})")
+
+    def invalid(self, key: str, message: str) -> None:
+        self._add(INVALID_ERROR, key, message)
+
+    def _add(self, kind: str, key: str, message: str) -> None:
+        # The template is "{message}" so braces in messages are never parsed as fields.
+        error = PydanticCustomError(kind, "{message}", {"message": message})
+        self.errors.append(InitErrorDetails(type=error, loc=(key,), input=None))
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise ValidationError.from_exception_data(self.title, self.errors)
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    context = info.context if isinstance(info.context, dict) else {}
+    base = context.get("base_dir")
+    return Path(base) if base is not None else Path.cwd()
+
+
+def _resolve_local_path(value: Any, info: ValidationInfo) -> Any:
+    """A path on this machine: relative to the inventory's directory, made absolute.
+
+    Only strings are resolved; anything else is left for pydantic to reject with a
+    type error. ``normpath`` rather than ``resolve()``: no symlinks are followed and the
+    path need not exist yet (the state dir and a new pool are created by ``apply``).
+    """
+    if isinstance(value, str):
+        if not value:
+            raise ValueError("must not be empty")
+        return Path(os.path.normpath(_base_dir(info) / value))
+    return value
+
+
+def _absolute_client_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"must be an absolute path, got {value!r}")
+    # "//srv" and "/srv/" name the same directory as "/srv"; keep one spelling.
+    return "/" + posixpath.normpath(value).lstrip("/")
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
+_CRON_NICKNAMES = frozenset(
+    {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+)
+
+
+def _cron_schedule(value: str) -> str:
+    """Shape check only (5 fields or a nickname); the scheduler parses it fully."""
+    fields = value.split()
+    if value.strip() in _CRON_NICKNAMES or (
+        len(fields) == 5 and all(_CRON_FIELD.match(field) for field in fields)
+    ):
+        return " ".join(fields) if len(fields) == 5 else value.strip()
+    raise ValueError(
+        f"invalid schedule {value!r} (expected 5 cron fields like '0 2 * * *', or '@daily')"
+    )
+
+
+_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
+
+
+def _percentage(value: str) -> str:
+    match = _PERCENT.match(value.strip())
+    if not match or not 0 < float(match.group(1)) <= 100:
+        raise ValueError(f"expected a percentage between 0% and 100% like '5%', got {value!r}")
+    return value.strip()
+
+
+_ADDRESS = re.compile(r"^(" + "|".join(RESOURCE_TABLES) + r")\.(.+)$")
+
+
+def _address(value: str) -> str:
+    match = _ADDRESS.match(value)
+    if not match or name_problem(match.group(2)):
+        kinds = ", ".join(RESOURCE_TABLES)
+        raise ValueError(f"invalid address {value!r} (expected KIND.NAME with KIND one of {kinds})")
+    return value
+
+
+AbsoluteClientPath = Annotated[StrictStr, AfterValidator(_absolute_client_path)]
+NonEmptyStr = Annotated[StrictStr, AfterValidator(_non_empty)]
+CronSchedule = Annotated[StrictStr, AfterValidator(_cron_schedule)]
+Percentage = Annotated[StrictStr, AfterValidator(_percentage)]
+Address = Annotated[StrictStr, AfterValidator(_address)]
+
+
+# --- secrets ---------------------------------------------------------------------------
+
+
+class SecretRef(_Model):
+    """Where a secret is kept: ``{ env = "NAME" }`` or ``{ file = "PATH" }``.
+
+    Never the secret itself: a literal value in a committed file is an error, and the
+    value is read only when needed, by :func:`costor.config.secret.resolve_secret`. Its
+    repr shows the variable name or file path, which are not secret.
+    """
+
+    env: NonEmptyStr | None = None
+    file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_literal(cls, data: Any) -> Any:
+        # The message must not quote `data`: it is probably the secret.
+        if not isinstance(data, dict):
+            raise ValueError(LITERAL_SECRET_MESSAGE)
+        return data
+
+    @field_validator("file", mode="before")
+    @classmethod
+    def _resolve_file(cls, value: Any, info: ValidationInfo) -> Any:
+        return _resolve_local_path(value, info)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a secret needs exactly one of 'env' or 'file'")
+        return self
+
+    def describe(self) -> str:
+        return f"environment variable {self.env}" if self.env is not None else f"file {self.file}"
+
+
+# --- [costor] --------------------------------------------------------------------------
+
+
+class CostorSettings(_Model):
+    """``[costor]``: where this installation keeps its state."""
+
+    # Defaults are strings resolved by the validators below, like values from the file.
+    state_dir: Path = Field(default=".costor", validate_default=True)
+    # Default: SQLite in state_dir. A relative sqlite path is relative to the inventory dir.
+    database: StrictStr | None = None
+    profile_paths: tuple[Path, ...] = Field(default=("profiles",), validate_default=True)
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _resolve_state_dir(cls, value: Any, info: ValidationInfo) -> Any:
+        return _resolve_local_path(value, info)
+
+    @field_validator("profile_paths", mode="before")
+    @classmethod
+    def _resolve_profile_paths(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(_resolve_local_path(item, info) for item in value)
+        return value
+
+    @field_validator("database", mode="after")
+    @classmethod
+    def _resolve_sqlite_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        prefix = "sqlite:///"
+        if value is None or not value.startswith(prefix):
+            return value
+        rest = value[len(prefix) :]
+        if rest.startswith("/") or rest.startswith(":memory:") or not rest:
+            return value
+        return prefix + os.path.normpath(_base_dir(info) / rest)
+
+    @model_validator(mode="after")
+    def _default_database(self) -> CostorSettings:
+        if self.database is None:
+            return self.model_copy(update={"database": f"sqlite:///{self.state_dir}/state.db"})
+        return self
+
+    @property
+    def database_url(self) -> str:
+        """The database URL, never None once validated."""
+        return self.database or f"sqlite:///{self.state_dir}/state.db"
+
+
+# --- [sites.NAME] ----------------------------------------------------------------------
+
+
+class SiteConfig(_Model):
+    """``[sites.NAME]``: one location with its own CoStor server and pools."""
+
+    name: StrictStr
+    url: StrictStr | None = None  # where peers and agents reach this site's server
+    replicate_to: tuple[StrictStr, ...] = ()
+    maintenance: StrictBool = False
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value
+
+
+# --- [pools.NAME] ----------------------------------------------------------------------
+
+
+class Compression(_Model):
+    algorithm: Literal["zstd", "none"] = "zstd"
+    # zstd level 3 is zstd's own default; DESIGN.md §11 measured 120-200 MB/s per core on
+    # text with it, already the ceiling of the data path.
+    level: Annotated[StrictInt, Field(ge=1, le=22)] = 3
+
+
+class RateLimit(_Model):
+    """At most ``requests`` storage requests every ``per_seconds`` seconds."""
+
+    requests: Annotated[StrictInt, Field(ge=1)]
+    per_seconds: Annotated[StrictInt, Field(ge=1)] = 1
+
+
+class PoolConfig(_Model):
+    """``[pools.NAME]``: where and how snapshots are stored."""
+
+    name: StrictStr
+    site: StrictStr
+    backend: Literal["local", "s3"]
+    # local backend
+    path: Path | None = None
+    # encryption and format
+    encryption: Literal["aes-256-gcm", "chacha20-poly1305", "none"] = "aes-256-gcm"
+    passphrase: SecretRef | None = None
+    kdf: Literal["argon2id", "scrypt"] = "argon2id"
+    compression: Compression = Compression()
+    # "Tens of MiB" (DESIGN.md §5): few objects and few requests on S3, little waste on
+    # a partial last pack. restic uses 16 MiB by default; 32 leans towards S3.
+    pack_size_mib: Annotated[StrictInt, Field(ge=4, le=512)] = 32
+    # None: the engine's default (~1 MiB, DESIGN.md §5).
+    chunk_avg_kib: StrictInt | None = None
+    prevent_destroy: StrictBool = True
+    # s3 backend (modelled now; the backend itself comes in a later issue)
+    bucket: NonEmptyStr | None = None
+    endpoint: StrictStr | None = None
+    region: StrictStr | None = None
+    prefix: StrictStr | None = None
+    access_key: SecretRef | None = None
+    secret_key: SecretRef | None = None
+    verify_writes: StrictBool = True  # read back after write (eventual consistency)
+    rate_limit: RateLimit | None = None
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_available(cls, value: str) -> str:
+        if value not in AVAILABLE_BACKENDS:
+            raise ValueError(f"backend {value!r} is not available yet")
+        return value
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _resolve_path(cls, value: Any, info: ValidationInfo) -> Any:
+        return _resolve_local_path(value, info)
+
+    @field_validator("chunk_avg_kib")
+    @classmethod
+    def _power_of_two(cls, value: int | None) -> int | None:
+        if value is not None and not (64 <= value <= 4096 and value & (value - 1) == 0):
+            raise ValueError(f"must be a power of two between 64 and 4096, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> PoolConfig:
+        findings = _Findings(self)
+        if self.backend == "local":
+            if self.path is None:
+                findings.missing("path", "backend 'local' stores the pool in a directory")
+            for key in ("bucket", "endpoint", "region", "prefix", "access_key", "secret_key"):
+                if getattr(self, key) is not None:
+                    findings.invalid(key, f"key {key!r} only applies to backend 's3'")
+        if self.backend == "s3":
+            if self.bucket is None:
+                findings.missing("bucket", "backend 's3' needs a bucket")
+            if self.path is not None:
+                findings.invalid("path", "key 'path' only applies to backend 'local'")
+        if self.encryption != "none" and self.passphrase is None:
+            findings.missing("passphrase", f"encryption is {self.encryption!r}")
+        if self.encryption == "none" and self.passphrase is not None:
+            findings.invalid("passphrase", "a passphrase is set but encryption is 'none'")
+        findings.raise_if_any()
+        return self
+
+
+# --- [clients.NAME] --------------------------------------------------------------------
+
+
+class SshOptions(_Model):
+    """``ssh = { … }`` of a client with ``transport = "ssh"``."""
+
+    user: NonEmptyStr | None = None  # None: ssh's own default
+    port: Annotated[StrictInt, Field(ge=1, le=65535)] = 22
+    key: SecretRef | None = None  # private key; None: the server's default keys
+    sudo: StrictBool = False
+    jump: NonEmptyStr | None = None  # jump host, [user@]host[:port]
+
+
+class Hooks(_Model):
+    """Commands run on the client before and after a backup; a failure fails the backup."""
+
+    before: tuple[NonEmptyStr, ...] = ()
+    after: tuple[NonEmptyStr, ...] = ()
+    # Per command. Generous enough for a database dump of a small site; raise it for
+    # large ones rather than let a hung hook block the schedule forever.
+    timeout_s: Annotated[StrictInt, Field(ge=1)] = 300
+
+
+class ClientConfig(_Model):
+    """``[clients.NAME]``: a host to back up, with its profiles already merged in."""
+
+    name: StrictStr
+    site: StrictStr
+    pool: StrictStr
+    policy: StrictStr | None = None  # None: backups only when asked (`costor backup`)
+    profiles: tuple[StrictStr, ...] = ()
+    transport: Literal["local", "ssh", "agent"] = "local"
+    host: NonEmptyStr | None = None
+    ssh: SshOptions | None = None
+    hooks: Hooks = Hooks()
+    paths: Annotated[tuple[AbsoluteClientPath, ...], Field(min_length=1)]
+    exclude: tuple[NonEmptyStr, ...] = ()
+    one_file_system: StrictBool = False
+
+    @field_validator("transport")
+    @classmethod
+    def _transport_available(cls, value: str) -> str:
+        if value not in AVAILABLE_TRANSPORTS:
+            raise ValueError(f"transport {value!r} is not available yet")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> ClientConfig:
+        findings = _Findings(self)
+        if self.transport in ("ssh", "agent") and self.host is None:
+            findings.missing("host", f"transport {self.transport!r} connects to a host")
+        if self.transport != "ssh" and self.ssh is not None:
+            findings.invalid("ssh", "key 'ssh' only applies to transport 'ssh'")
+        if self.transport == "local" and self.host is not None:
+            findings.invalid("host", "key 'host' does not apply to transport 'local'")
+        findings.raise_if_any()
+        return self
+
+
+# --- [policies.NAME] -------------------------------------------------------------------
+
+
+class Retention(_Model):
+    """How many snapshots to keep per period (restic/borg ``--keep-*`` semantics)."""
+
+    last: Annotated[StrictInt, Field(ge=0)] | None = None
+    hourly: Annotated[StrictInt, Field(ge=0)] | None = None
+    daily: Annotated[StrictInt, Field(ge=0)] | None = None
+    weekly: Annotated[StrictInt, Field(ge=0)] | None = None
+    monthly: Annotated[StrictInt, Field(ge=0)] | None = None
+    yearly: Annotated[StrictInt, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _keeps_something(self) -> Retention:
+        # A retention that keeps nothing would let `forget` delete every snapshot.
+        if not any(getattr(self, name) for name in type(self).model_fields):
+            keys = ", ".join(type(self).model_fields)
+            raise ValueError(f"retention keeps nothing: set at least one of {keys} above 0")
+        return self
+
+
+class CheckPolicy(_Model):
+    schedule: CronSchedule
+    # Share of pack data to read and verify on each check; None: metadata only.
+    read_data_subset: Percentage | None = None
+
+
+class PolicyConfig(_Model):
+    """``[policies.NAME]``: when clients back up, what is kept, when pools are checked."""
+
+    name: StrictStr
+    schedule: CronSchedule
+    retention: Retention | None = None  # None: keep every snapshot
+    check: CheckPolicy | None = None
+
+
+# --- [groups.NAME], [users.NAME] -------------------------------------------------------
+
+
+class GroupConfig(_Model):
+    name: StrictStr
+    # Role names are free text until the server (a later issue) defines its roles.
+    roles: tuple[NonEmptyStr, ...] = ()
+
+
+class UserConfig(_Model):
+    name: StrictStr
+    groups: tuple[StrictStr, ...] = ()
+    password: SecretRef
+    email: StrictStr | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _email_shape(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[^@\s]+@[^@\s]+$", value):
+            raise ValueError(f"expected an e-mail address, got {value!r}")
+        return value
+
+
+# --- [[moved]] -------------------------------------------------------------------------
+
+
+class MovedBlock(_Model):
+    """``[[moved]]``: resource ``from`` is now called ``to``; its history follows it."""
+
+    from_: Address = Field(alias="from")
+    to: Address
+
+    @model_validator(mode="after")
+    def _same_kind(self) -> MovedBlock:
+        findings = _Findings(self)
+        from_kind, to_kind = self.from_.split(".", 1)[0], self.to.split(".", 1)[0]
+        if from_kind != to_kind:
+            findings.invalid("to", f"cannot move a {from_kind} to a {to_kind}")
+        elif self.from_ == self.to:
+            findings.invalid("to", "'from' and 'to' are the same address")
+        findings.raise_if_any()
+        return self
+
+    @property
+    def kind(self) -> str:
+        return self.to.split(".", 1)[0]
+
+
+# --- the whole inventory ---------------------------------------------------------------
+
+
+class Inventory(_Model):
+    """The validated inventory: every table typed, profiles merged, paths resolved.
+
+    Built only by :func:`costor.config.load_inventory` / ``check_inventory``, which also
+    check cross-references. Secrets are references, never values.
+    """
+
+    path: Path  # the inventory file, absolute
+    base_dir: Path  # its directory: relative paths in it are relative to this
+    costor: CostorSettings
+    sites: dict[str, SiteConfig] = {}
+    pools: dict[str, PoolConfig] = {}
+    clients: dict[str, ClientConfig] = {}
+    policies: dict[str, PolicyConfig] = {}
+    groups: dict[str, GroupConfig] = {}
+    users: dict[str, UserConfig] = {}
+    moved: tuple[MovedBlock, ...] = ()
+    # Findings that do not make the inventory invalid; not part of the digest.
+    warnings: tuple[Diagnostic, ...] = Field(default=(), exclude=True)
+
+    def canonical_json(self) -> str:
+        """The resolved configuration as canonical JSON (sorted keys, no whitespace).
+
+        Leaves out where the file is (``path``, ``base_dir``): what the configuration
+        *says* is what matters, and the resolved paths in it already change if a moved
+        file makes them point elsewhere. Contains no secret values, only references.
+        """
+        document = self.model_dump(
+            mode="json", by_alias=True, exclude={"path", "base_dir", "warnings"}
+        )
+        return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    def digest(self) -> str:
+        """sha256 hex of :meth:`canonical_json`, for plan staleness checks."""
+        return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
+
+    def secret_refs(self) -> Iterator[tuple[KeyPath, SecretRef]]:
+        """Every secret reference with its key path, e.g. ``("pools", "main", "passphrase")``."""
+        for section in ("costor", "sites", "pools", "clients", "policies", "groups", "users"):
+            yield from iter_secret_refs(getattr(self, section), (section,))
+
+
+def iter_secret_refs(value: Any, path: KeyPath) -> Iterator[tuple[KeyPath, SecretRef]]:
+    """Walk models, dicts and tuples below ``path`` and yield each SecretRef found."""
+    if isinstance(value, SecretRef):
+        yield path, value
+    elif isinstance(value, BaseModel):
+        for field_name, field in type(value).model_fields.items():
+            key = field.alias or field_name
+            yield from iter_secret_refs(getattr(value, field_name), (*path, key))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from iter_secret_refs(item, (*path, key))
+    elif isinstance(value, tuple):
+        for index, item in enumerate(value):
+            yield from iter_secret_refs(item, (*path, index))

@@ -23,7 +23,10 @@ def run(args: argparse.Namespace) -> int:
 
     ctx = context(args)
     progress = make_progress(f"backup {args.client}", json_output=args.json)
-    outcome = run_backup(ctx, args.client, progress=progress, scan_totals=True)
+    try:
+        outcome = run_backup(ctx, args.client, progress=progress, scan_totals=True)
+    finally:
+        progress.close()
     document = outcome.to_json()
     if args.json:
         print_json(document)

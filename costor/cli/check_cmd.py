@@ -41,9 +41,16 @@ def run(args: argparse.Namespace) -> int:
 
     subset = parse_percentage(args.read_data_subset) if args.read_data_subset else None
     progress = make_progress("check", json_output=args.json)
-    reports = check_pools(
-        context(args), pool=args.pool, read_data=args.read_data, subset=subset, progress=progress
-    )
+    try:
+        reports = check_pools(
+            context(args),
+            pool=args.pool,
+            read_data=args.read_data,
+            subset=subset,
+            progress=progress,
+        )
+    finally:
+        progress.close()
     damaged = any(not report.ok for _name, report in reports)
     if args.json:
         print_json({"ok": not damaged, "pools": [report.to_json() for _n, report in reports]})

@@ -1,11 +1,14 @@
 """The terminal progress bar (files, bytes, rate, ETA) for backup, restore and check.
 
-Shown only when stderr is a terminal and ``--json`` is off; tqdm is imported only then.
-The engine reports from many threads, so updates go through one lock.
+Shown only when stderr is a terminal and ``--json`` is off; tqdm is imported only then,
+and the bar is drawn only once the engine reports work (so an early error is not
+printed after an empty bar). The engine reports from many threads, so updates go
+through one lock.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 from typing import Any
@@ -15,46 +18,69 @@ from costor.store.progress import Progress
 
 class BarProgress(Progress):
     def __init__(self, description: str) -> None:
-        from tqdm import tqdm
-
+        self._description = description
         self._lock = threading.Lock()
         self._files = 0
         self._total_files: int | None = None
-        self._bar: Any = tqdm(
-            desc=description,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            file=sys.stderr,
-            dynamic_ncols=True,
-            mininterval=0.2,
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-            "[{elapsed}<{remaining}, {rate_fmt}] {postfix}",
-        )
-        self.warnings: list[tuple[str, str]] = []
+        self._bar: Any = None
+        self._closed = False
+
+    def _ensure_bar(self) -> Any:
+        if self._bar is None and not self._closed:
+            from tqdm import tqdm
+
+            # A fresh pseudo-terminal reports 0×0; tqdm then computes -1 rows and draws
+            # nothing. shutil falls back to a sane size (and honours $COLUMNS/$LINES).
+            size = shutil.get_terminal_size((100, 24))
+            self._bar = tqdm(
+                desc=self._description,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                ncols=size.columns,
+                nrows=size.lines,
+                mininterval=0.2,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                "[{elapsed}<{remaining}, {rate_fmt}] {postfix}",
+            )
+        return self._bar
 
     def set_total(self, files: int, size: int) -> None:
         with self._lock:
+            bar = self._ensure_bar()
+            if bar is None:
+                return
             self._total_files = files
-            self._bar.total = size
-            self._bar.refresh()
+            bar.total = size
+            bar.refresh()
 
     def advance(self, files: int = 0, size: int = 0) -> None:
         with self._lock:
+            bar = self._ensure_bar()
+            if bar is None:
+                return
             self._files += files
             if size:
-                self._bar.update(size)
+                bar.update(size)
             if files:
                 total = f"/{self._total_files}" if self._total_files is not None else ""
-                self._bar.set_postfix_str(f"{self._files}{total} files", refresh=False)
+                bar.set_postfix_str(f"{self._files}{total} files", refresh=False)
 
     def warning(self, path: str, message: str) -> None:
         with self._lock:
-            self._bar.write(f"costor: warning: {path}: {message}", file=sys.stderr)
+            text = f"costor: warning: {path}: {message}"
+            if self._bar is not None:
+                self._bar.write(text, file=sys.stderr)
+            else:
+                print(text, file=sys.stderr)
 
     def close(self) -> None:
         with self._lock:
-            self._bar.close()
+            self._closed = True
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
 
 
 class WarningsOnly(Progress):

@@ -37,30 +37,33 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(message="--json and --archive - both want stdout; choose one")
     _name, pool, snapshot = resolve(context(args), args.snapshot, load_index=True)
     progress = make_progress("restore", json_output=args.json or args.archive == "-")
-    if args.target is not None:
-        from costor.store.restorer import Restorer
+    try:
+        if args.target is not None:
+            from costor.store.restorer import Restorer
 
-        result = Restorer(pool, progress=progress).restore(snapshot, args.target, args.path)
-        document = {
-            "snapshot_id": snapshot.id,
-            "target": args.target,
-            "files": result.files,
-            "dirs": result.dirs,
-            "bytes_written": result.bytes_written,
-            "skipped": result.skipped,
-        }
-    else:
-        from costor.store.archive import write_archive
+            result = Restorer(pool, progress=progress).restore(snapshot, args.target, args.path)
+            document = {
+                "snapshot_id": snapshot.id,
+                "target": args.target,
+                "files": result.files,
+                "dirs": result.dirs,
+                "bytes_written": result.bytes_written,
+                "skipped": result.skipped,
+            }
+        else:
+            from costor.store.archive import write_archive
 
-        destination: Any = sys.stdout.buffer if args.archive == "-" else args.archive
-        archived = write_archive(pool, snapshot, args.path, destination, progress=progress)
-        document = {
-            "snapshot_id": snapshot.id,
-            "archive": args.archive,
-            "files": archived.files,
-            "dirs": archived.dirs,
-            "bytes_written": archived.bytes_written,
-        }
+            destination: Any = sys.stdout.buffer if args.archive == "-" else args.archive
+            archived = write_archive(pool, snapshot, args.path, destination, progress=progress)
+            document = {
+                "snapshot_id": snapshot.id,
+                "archive": args.archive,
+                "files": archived.files,
+                "dirs": archived.dirs,
+                "bytes_written": archived.bytes_written,
+            }
+    finally:
+        progress.close()
     if args.json:
         print_json(document)
     elif args.archive != "-":

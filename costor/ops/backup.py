@@ -8,6 +8,7 @@ from typing import Any
 from costor.errors import BackupError
 from costor.ops.context import Context
 from costor.store.progress import Progress
+from costor.store.snapshot import COUNTER_FIELDS
 
 
 @dataclass
@@ -26,21 +27,7 @@ class BackupOutcome:
             "time": self.snapshot.time,
             "parent": self.snapshot.parent,
             "paths": self.snapshot.paths,
-            **{
-                name: counters.get(name, 0)
-                for name in (
-                    "files_new",
-                    "files_changed",
-                    "files_unmodified",
-                    "files_failed",
-                    "dirs",
-                    "bytes_read",
-                    "bytes_processed",
-                    "bytes_added",
-                    "bytes_transferred",
-                    "blobs_added",
-                )
-            },
+            **{name: counters.get(name, 0) for name in COUNTER_FIELDS},
             "duration_s": round(self.snapshot.duration_s, 3),
             "errors": self.errors,
         }

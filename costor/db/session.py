@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, inspect, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
 
 from costor.errors import StateError
@@ -30,11 +30,20 @@ def open_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # pysqlite runs DDL outside transactions; take transaction control back so
+            # a migration killed half-way rolls back whole (SQLAlchemy's documented
+            # recipe for pysqlite).
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=60000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection: Any) -> None:
+            immediate = connection.get_execution_options().get("sqlite_immediate")
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
     else:
         engine = create_engine(url, pool_pre_ping=True)
     try:
@@ -44,26 +53,40 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
-def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as connection:
-        if not inspect(connection).has_table("alembic_version"):
-            return None
-        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+def current_revision(connection: Connection) -> str | None:
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade_if_needed(engine: Engine) -> None:
-    if current_revision(engine) == HEAD_REVISION:
-        return
+    with engine.connect() as connection:
+        if current_revision(connection) == HEAD_REVISION:
+            return
     upgrade(engine)
 
 
+# Any constant: PostgreSQL advisory lock key serialising migrations across instances.
+MIGRATION_LOCK_KEY = 0x636F7374  # "cost"
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate in one transaction that holds the database's write lock (SQLite: BEGIN
+    IMMEDIATE; PostgreSQL: an advisory lock), so two processes starting at once migrate
+    once, and a process killed mid-way leaves the old schema intact."""
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
+    with (
+        engine.connect().execution_options(sqlite_immediate=True) as connection,
+        connection.begin(),
+    ):
+        if connection.dialect.name == "postgresql":
+            connection.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
+        if revision == "head" and current_revision(connection) == HEAD_REVISION:
+            return
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

@@ -36,7 +36,9 @@ def test_progress_bar_on_a_terminal_only(applied: Site, tmp_path: Path) -> None:
     code, screen = run_in_pty(["backup", "-c", inventory, "alpha"])
     assert code == 0, screen
     assert "backup alpha" in screen and "%|" in screen and "files" in screen
-    code, screen = run_in_pty(["restore", "-c", inventory, "alpha:latest", "--target", str(tmp_path / "r")])
+    code, screen = run_in_pty(
+        ["restore", "-c", inventory, "alpha:latest", "--target", str(tmp_path / "r")]
+    )
     assert code == 0 and "restore" in screen and "%|" in screen
     code, screen = run_in_pty(["check", "-c", inventory, "--read-data"])
     assert code == 0 and "check" in screen and "%|" in screen

@@ -1,0 +1,621 @@
+"""Restore a snapshot (or a path in it) as one archive: ``.tar``, ``.tar.zst``, ``.zip``,
+or a tar stream on stdout (``-``).
+
+The archives are written with the standard library's ``tarfile`` and ``zipfile``: both
+can stream (tar in ``w|`` mode never seeks; ``ZipFile.open(info, "w")`` writes one entry
+incrementally and falls back to data descriptors on an unseekable output), PAX tar covers
+everything a tree node holds (nanosecond mtimes, long and non-UTF-8 names, big ids and
+sizes, xattrs as ``SCHILY.xattr.*``), and neither adds a dependency; ``.tar.zst`` reuses
+``zstandard``, which the pool already needs for its blobs.
+
+Nothing is held whole in memory: file content goes from the pool to the archive blob by
+blob, and a small thread pool reads (fetches, decrypts, decompresses) a few blobs ahead,
+in order, so that work overlaps with compression and writing. A damaged blob raises
+:class:`~costor.errors.DataCorruption`; an archive written to a path is built under
+``<path>.partial`` and renamed only when complete, so a failed run leaves no file behind.
+On a stream (stdout) the output stops where the failure happened and is never finished:
+a tar ends inside the damaged file's data (readers report an unexpected end of data), a
+tar.zst also inside an unfinished zstd frame, and a zip has no central directory.
+
+What each format keeps:
+
+* tar (PAX): directories, files, symlinks, hard links (``LNKTYPE``, for names of one
+  inode), fifos, character and block devices (major/minor), mode, uid/gid, user/group
+  names, mtime to the nanosecond, xattrs. Sockets are skipped (tar has no type for them).
+* zip: directories, files, symlinks (Info-ZIP style: ``S_IFLNK`` mode, target as data),
+  mode, mtime (DOS time in local time, plus the extended-timestamp field to the second in
+  UTC), uid/gid (Info-ZIP ``ux`` field). Hard-linked names each get a full copy; user and
+  group names and xattrs are not kept; fifos, devices and sockets are skipped. Names that
+  are not valid UTF-8 are stored as their raw bytes without the UTF-8 flag, as Info-ZIP
+  does on POSIX.
+
+An archive holds every file's content whatever its original permissions, so a file
+destination is created mode 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import sys
+import tarfile
+import time
+import zipfile
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO, BinaryIO, cast
+
+import zstandard
+
+from costor.errors import DataCorruption, PathNotInSnapshot, RestoreError, UsageError
+from costor.store.pool import Pool
+from costor.store.progress import Progress
+from costor.store.snapshot import Snapshot
+from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
+
+FORMATS = ("tar", "tar.zst", "zip")
+READ_WORKERS = 4  # threads reading blobs ahead of the writer
+READ_AHEAD_BLOBS = 8  # blobs (about 1 MiB each, 8 MiB at most) read ahead, in order
+READ_AHEAD_ENTRIES = 256  # tree entries walked ahead while looking for blobs to read
+FILE_BUFFER = 1024 * 1024  # buffer of an archive file being written
+# tarfile copies content in pieces of this size and writes its stream in blocks of the
+# same size: equal sizes keep its bytes concatenation from going quadratic.
+TAR_BLOCK = 256 * 1024
+ZSTD_LEVEL = 3
+ZIP_LEVEL = 6
+# Deflate can grow incompressible data a little: switch to ZIP64 well before 2 GiB.
+ZIP64_FROM = 2 * 1024**3 - 128 * 1024**2
+_DOS_EPOCH = (1980, 1, 1, 0, 0, 0)
+_DOS_END = (2107, 12, 31, 23, 59, 58)
+
+
+@dataclass
+class ArchiveResult:
+    files: int = 0  # file entries, hard-link names included
+    dirs: int = 0
+    bytes_written: int = 0  # file content put into the archive (before compression)
+    skipped: int = 0  # entries the format cannot hold
+    archive_bytes: int = 0  # size of the archive itself
+
+
+def write_archive(
+    pool: Pool,
+    snapshot: Snapshot,
+    path: str,
+    destination: str | BinaryIO,
+    *,
+    format: str | None = None,
+    progress: Progress | None = None,
+) -> ArchiveResult:
+    """Write ``path`` of ``snapshot`` as an archive to ``destination``: a file name (format
+    from its extension unless ``format`` is given), ``-`` for a tar stream on stdout, or an
+    open binary stream (tar unless ``format`` is given).
+
+    As in a directory restore, ``/`` archives the whole snapshot with its absolute paths
+    (without the leading ``/``); any other path is archived under its own name.
+    """
+    chosen = _resolve_format(destination, format)
+    node = pool.find_node(bytes.fromhex(snapshot.tree), path)
+    if node is None:
+        raise PathNotInSnapshot(path=path, snapshot=snapshot.id[:12])
+    writer = _ArchiveWriter(pool, node, chosen, progress)
+    stream: IO[bytes]
+    if isinstance(destination, str):
+        if destination != "-":
+            return _write_to_file(writer, destination)
+        stream = sys.stdout.buffer
+    else:
+        stream = destination
+    if _is_terminal(stream):
+        raise UsageError(message="refusing to write an archive to a terminal; redirect stdout")
+    try:
+        result = writer.write(stream)
+        stream.flush()
+    except OSError as error:
+        raise RestoreError(reason=f"writing the archive: {error.strerror or error}") from error
+    return result
+
+
+def _resolve_format(destination: str | BinaryIO, format: str | None) -> str:
+    if format is not None:
+        chosen = format.lower().lstrip(".")
+        if chosen not in FORMATS:
+            raise UsageError(
+                message=f"unknown archive format {format!r}; choose one of {', '.join(FORMATS)}"
+            )
+        return chosen
+    if not isinstance(destination, str) or destination == "-":
+        return "tar"
+    name = destination.lower()
+    for candidate in ("tar.zst", "tar", "zip"):
+        if name.endswith("." + candidate):
+            return candidate
+    raise UsageError(
+        message=(
+            f"cannot tell the archive format of {destination!r}: "
+            "name it .tar, .tar.zst or .zip, or give the format"
+        )
+    )
+
+
+def _is_terminal(stream: IO[bytes]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _write_to_file(writer: _ArchiveWriter, destination: str) -> ArchiveResult:
+    partial = destination + ".partial"
+    try:
+        try:
+            os.unlink(partial)  # left by a killed run
+        except FileNotFoundError:
+            pass
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        raise RestoreError(reason=f"cannot create {partial}: {error.strerror}") from error
+    try:
+        with open(fd, "wb", buffering=FILE_BUFFER) as output:
+            result = writer.write(output)
+            output.flush()
+            os.fsync(output.fileno())
+        os.replace(partial, destination)
+    except BaseException as error:
+        try:
+            os.unlink(partial)
+        except FileNotFoundError:
+            pass
+        if isinstance(error, OSError):
+            raise RestoreError(
+                reason=f"writing {destination}: {error.strerror or error}"
+            ) from error
+        raise
+    return result
+
+
+# --- the walk -------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    name: bytes  # path in the archive
+    node: Node
+    link_to: bytes | None = None  # an earlier name of the same inode (tar hard link)
+
+    @property
+    def reads_content(self) -> bool:
+        return self.node.type == FILE and self.link_to is None
+
+
+def _entries(pool: Pool, node: Node, *, hardlinks: bool) -> Iterator[_Entry]:
+    """The selected node's entries in archive order, depth first, lazily."""
+    items: Iterator[tuple[bytes, Node]]
+    if node.name == b"":  # "/": the whole snapshot, no entry for the root itself
+        items = pool.walk(node.subtree) if node.subtree is not None else iter(())
+    else:
+        items = _under(pool, node)
+    first_names: dict[tuple[int, int], tuple[bytes, Node]] = {}
+    for name, item in items:
+        link_to = None
+        if hardlinks and item.type == FILE and item.links > 1 and item.inode:
+            key = (item.device, item.inode)
+            first = first_names.get(key)
+            # Same inode but other content cannot be one file: write both in full.
+            if first is None:
+                first_names[key] = (name, item)
+            elif first[1].content == item.content and first[1].size == item.size:
+                link_to = first[0]
+        yield _Entry(name, item, link_to)
+
+
+def _under(pool: Pool, node: Node) -> Iterator[tuple[bytes, Node]]:
+    yield node.name, node
+    if node.type == DIR and node.subtree is not None:
+        for relative, item in pool.walk(node.subtree):
+            yield node.name + b"/" + relative, item
+
+
+class _ReadAhead:
+    """Hands out the walk's entries and, in the same order, the content of those that
+    read content, with up to READ_AHEAD_BLOBS blobs being read by the executor ahead."""
+
+    def __init__(self, pool: Pool, entries: Iterator[_Entry], executor: ThreadPoolExecutor):
+        self._pool = pool
+        self._entries = entries
+        self._executor = executor
+        self._ahead: deque[_Entry] = deque()  # walked, not yet handed out
+        self._to_read: deque[bytes] = deque()  # blob ids of those entries, not yet started
+        self._reading: deque[tuple[bytes, Future[bytes]]] = deque()
+        self._walked_all = False
+
+    def __iter__(self) -> Iterator[_Entry]:
+        while self._ahead or self._walk_one():
+            entry = self._ahead.popleft()
+            self._fill()
+            yield entry
+
+    def read(self, blob_id: bytes) -> bytes:
+        """The next blob, which must be ``blob_id`` (the writer consumes in walk order)."""
+        self._fill()
+        expected, future = self._reading.popleft()
+        if expected != blob_id:  # a bug in the writer, never a property of the data
+            raise RuntimeError("archive read-ahead lost step with the writer")
+        data = future.result()  # DataCorruption propagates from here
+        self._fill()
+        return data
+
+    def cancel(self) -> None:
+        for _blob, future in self._reading:
+            future.cancel()
+        self._reading.clear()
+
+    def _walk_one(self) -> bool:
+        if self._walked_all:
+            return False
+        entry = next(self._entries, None)
+        if entry is None:
+            self._walked_all = True
+            return False
+        self._ahead.append(entry)
+        if entry.reads_content:
+            self._to_read.extend(entry.node.content)
+        return True
+
+    def _fill(self) -> None:
+        while len(self._reading) < READ_AHEAD_BLOBS:
+            if self._to_read:
+                blob = self._to_read.popleft()
+                self._reading.append((blob, self._executor.submit(self._pool.read_blob, blob)))
+            elif len(self._ahead) >= READ_AHEAD_ENTRIES or not self._walk_one():
+                return
+
+
+class _ContentReader:
+    """A file's content as the file object ``TarFile.addfile`` reads ``size`` bytes from."""
+
+    def __init__(self, entry: _Entry, blobs: _ReadAhead, progress: Progress) -> None:
+        self._entry = entry
+        self._ids = iter(entry.node.content)
+        self._blobs = blobs
+        self._progress = progress
+        self._buffer = memoryview(b"")
+        self._left = entry.node.size
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        parts: list[memoryview] = []
+        needed = size
+        while needed:
+            if not self._buffer:
+                blob = next(self._ids, None)
+                if blob is None:
+                    raise _size_mismatch(self._entry, "ends before")
+                data = self._blobs.read(blob)
+                self._progress.advance(size=len(data))
+                self._buffer = memoryview(data)
+            piece = self._buffer[:needed]
+            parts.append(piece)
+            self._buffer = self._buffer[len(piece) :]
+            needed -= len(piece)
+        self._left -= size
+        return b"".join(parts)
+
+    def finish(self) -> None:
+        if self._left or self._buffer or next(self._ids, None) is not None:
+            raise _size_mismatch(self._entry, "does not end at")
+
+
+def _size_mismatch(entry: _Entry, how: str) -> DataCorruption:
+    return DataCorruption(
+        pack="(tree)",
+        reason=(
+            f"content of {os.fsdecode(entry.name)!r} {how} its recorded size "
+            f"of {entry.node.size} bytes"
+        ),
+    )
+
+
+# --- the writers ----------------------------------------------------------------------
+
+
+class _Sink:
+    """The output as tarfile, zipfile and zstd see it. Counts the archive's size and,
+    once aborted, drops every write: the cleanup of a failed run (zipfile finishing an
+    entry, or writing its central directory when collected) can then never make a
+    truncated archive look complete. Positions are relative to where the output stood,
+    so a zip written into the middle of a stream is still self-contained."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.aborted = False
+        self.size = 0
+        self._position = 0
+        try:
+            self._start: int | None = raw.tell()
+        except (AttributeError, OSError, ValueError):
+            self._start = None  # a pipe: zipfile then writes data descriptors
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        length = len(data)
+        if not self.aborted:
+            self.raw.write(data)
+        self._position += length
+        self.size = max(self.size, self._position)
+        return length
+
+    def tell(self) -> int:
+        if self._start is None:
+            raise OSError("the archive output cannot tell its position")
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if self._start is None or whence != os.SEEK_SET:
+            raise OSError("the archive output cannot seek")
+        if not self.aborted:
+            self.raw.seek(self._start + offset)
+        self._position = offset
+        return offset
+
+    def flush(self) -> None:
+        if not self.aborted:
+            self.raw.flush()
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class _ArchiveWriter:
+    def __init__(self, pool: Pool, node: Node, format: str, progress: Progress | None) -> None:
+        self.pool = pool
+        self.node = node
+        self.format = format
+        self.count_totals = progress is not None  # costs a second walk of the trees
+        self.progress = progress or Progress()
+        self.result = ArchiveResult()
+        self._hardlinks = format != "zip"
+
+    def write(self, output: IO[bytes]) -> ArchiveResult:
+        if self.count_totals:
+            total_files = total_bytes = 0
+            for entry in _entries(self.pool, self.node, hardlinks=self._hardlinks):
+                if entry.node.type == FILE:
+                    total_files += 1
+                    total_bytes += entry.node.size if entry.reads_content else 0
+            self.progress.set_total(total_files, total_bytes)
+        sink = _Sink(output)
+        executor = ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="archive-read")
+        entries = _entries(self.pool, self.node, hardlinks=self._hardlinks)
+        blobs = _ReadAhead(self.pool, entries, executor)
+        try:
+            if self.format == "zip":
+                self._write_zip(sink, blobs)
+            elif self.format == "tar.zst":
+                compressor = zstandard.ZstdCompressor(
+                    level=ZSTD_LEVEL, threads=-1, write_checksum=True
+                )
+                compressed = compressor.stream_writer(cast(IO[bytes], sink), closefd=False)
+                try:
+                    self._write_tar(compressed, blobs)
+                except BaseException:
+                    # Push out what the partial tar holds, without ending the frame.
+                    _quietly(lambda: compressed.flush(zstandard.FLUSH_BLOCK))
+                    raise
+                compressed.close()  # ends the frame; closefd=False leaves the sink open
+            else:
+                self._write_tar(sink, blobs)
+        except BaseException:
+            sink.abort()
+            blobs.cancel()
+            raise
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+        self.result.archive_bytes = sink.size
+        self.progress.close()
+        return self.result
+
+    # --- tar -------------------------------------------------------------------------
+
+    def _write_tar(self, output: object, blobs: _ReadAhead) -> None:
+        tar = tarfile.open(  # noqa: SIM115 (closed only on success, see below)
+            fileobj=cast(IO[bytes], output),
+            mode="w|",
+            format=tarfile.PAX_FORMAT,
+            encoding="utf-8",
+            errors="surrogateescape",
+            bufsize=TAR_BLOCK,
+        )
+        tar.copybufsize = TAR_BLOCK  # type: ignore[attr-defined]  # TarFile(copybufsize=)
+        try:
+            self._add_tar_entries(tar, blobs)
+        except BaseException:
+            # Flush the buffered stream but not TarFile.close(), which would add the end
+            # marker: the output then stops inside the file that failed, where every
+            # reader notices, rather than perhaps between two members, where lenient
+            # readers (Python's tarfile among them) would take it for a whole archive.
+            _quietly(tar.fileobj.close)
+            raise
+        tar.close()
+
+    def _add_tar_entries(self, tar: tarfile.TarFile, blobs: _ReadAhead) -> None:
+        for entry in blobs:
+            info = self._tarinfo(entry)
+            if info is None:
+                continue
+            if entry.reads_content:
+                reader = _ContentReader(entry, blobs, self.progress)
+                tar.addfile(info, cast(IO[bytes], reader))
+                reader.finish()
+                self.result.bytes_written += entry.node.size
+            else:
+                tar.addfile(info)
+            # TarFile remembers every member for reading back; a writer never needs
+            # them, and a snapshot can hold millions of files.
+            tar.members.clear()  # type: ignore[attr-defined]
+            self._count(entry)
+
+    def _tarinfo(self, entry: _Entry) -> tarfile.TarInfo | None:
+        node = entry.node
+        info = tarfile.TarInfo(os.fsdecode(entry.name))
+        info.mode = node.mode & 0o7777
+        info.uid, info.gid = node.uid, node.gid
+        info.uname, info.gname = node.user, node.group
+        pax: dict[str, str] = {}
+        seconds, nanoseconds = divmod(node.mtime_ns, 1_000_000_000)
+        info.mtime = seconds
+        if nanoseconds:
+            pax["mtime"] = _pax_time(node.mtime_ns)
+        if node.type == DIR:
+            info.type = tarfile.DIRTYPE
+        elif node.type == FILE:
+            if entry.link_to is not None:
+                info.type = tarfile.LNKTYPE
+                info.linkname = os.fsdecode(entry.link_to)
+            else:
+                info.type = tarfile.REGTYPE
+                info.size = node.size
+        elif node.type == SYMLINK:
+            info.type = tarfile.SYMTYPE
+            info.linkname = os.fsdecode(node.target or b"")
+        elif node.type == FIFO:
+            info.type = tarfile.FIFOTYPE
+        elif node.type in (CHARDEV, BLOCKDEV):
+            info.type = tarfile.CHRTYPE if node.type == CHARDEV else tarfile.BLKTYPE
+            info.devmajor, info.devminor = os.major(node.rdev), os.minor(node.rdev)
+        else:
+            self._skip(entry, f"a {node.type} cannot be stored in a tar archive")
+            return None
+        for attribute, value in sorted(node.xattrs.items()):
+            try:
+                attribute.encode("utf-8")
+            except UnicodeEncodeError:
+                self.progress.warning(
+                    os.fsdecode(entry.name), f"xattr name {attribute!r} is not UTF-8; not archived"
+                )
+                continue
+            pax[f"SCHILY.xattr.{attribute}"] = value.decode("utf-8", "surrogateescape")
+        info.pax_headers = pax
+        return info
+
+    # --- zip -------------------------------------------------------------------------
+
+    def _write_zip(self, sink: _Sink, blobs: _ReadAhead) -> None:
+        archive = zipfile.ZipFile(
+            cast(IO[bytes], sink),
+            "w",
+            compression=zipfile.ZIP_DEFLATED,
+            compresslevel=ZIP_LEVEL,
+            allowZip64=True,
+        )
+        entry_output: IO[bytes] | None = None
+        try:
+            for entry in blobs:
+                node = entry.node
+                if node.type not in (DIR, FILE, SYMLINK):
+                    self._skip(entry, f"a {node.type} cannot be stored in a zip archive")
+                    continue
+                name = os.fsdecode(entry.name) + ("/" if node.type == DIR else "")
+                info = _RawNameZipInfo(name, _dos_time(node.mtime_ns))
+                info.extra = _zip_extra(node)
+                permissions = node.mode & 0o7777
+                if node.type == DIR:
+                    info.external_attr = ((stat.S_IFDIR | permissions) << 16) | 0x10  # MS-DOS dir
+                    info.CRC = info.compress_size = 0
+                    archive.mkdir(info)
+                elif node.type == SYMLINK:
+                    info.external_attr = (stat.S_IFLNK | (permissions or 0o777)) << 16
+                    archive.writestr(info, node.target or b"", compress_type=zipfile.ZIP_STORED)
+                else:
+                    info.external_attr = (stat.S_IFREG | permissions) << 16
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    info.file_size = node.size  # lets zipfile plan ZIP64 too
+                    # No `with`: on an error the entry must not be finished (see below).
+                    entry_output = archive.open(info, "w", force_zip64=node.size > ZIP64_FROM)
+                    written = 0
+                    for blob in node.content:
+                        data = blobs.read(blob)
+                        entry_output.write(data)
+                        written += len(data)
+                        self.progress.advance(size=len(data))
+                    if written != node.size:
+                        raise _size_mismatch(entry, "does not end at")
+                    entry_output.close()
+                    entry_output = None
+                    self.result.bytes_written += written
+                self._count(entry)
+        except BaseException:
+            # Finish the entry and the zip into the aborted sink, so that neither this
+            # nor ZipFile.__del__ writes a data descriptor or central directory that
+            # would make the truncated archive look whole.
+            sink.abort()
+            if entry_output is not None:
+                _quietly(entry_output.close)
+            _quietly(archive.close)
+            raise
+        archive.close()
+
+    # --- shared ----------------------------------------------------------------------
+
+    def _count(self, entry: _Entry) -> None:
+        if entry.node.type == DIR:
+            self.result.dirs += 1
+        elif entry.node.type == FILE:
+            self.result.files += 1
+            self.progress.advance(files=1)
+
+    def _skip(self, entry: _Entry, why: str) -> None:
+        self.result.skipped += 1
+        self.progress.warning(os.fsdecode(entry.name), f"{why}; skipped")
+
+
+def _quietly(action: Callable[[], object]) -> None:
+    """Clean-up on a path that is already failing: its own errors would only hide the
+    first one."""
+    try:
+        action()
+    except Exception:
+        pass
+
+
+def _pax_time(ns: int) -> str:
+    sign = "-" if ns < 0 else ""
+    seconds, fraction = divmod(abs(ns), 1_000_000_000)
+    return f"{sign}{seconds}.{fraction:09d}"
+
+
+class _RawNameZipInfo(zipfile.ZipInfo):
+    """A ZipInfo whose name, if not valid UTF-8, is written as its raw bytes without the
+    UTF-8 flag (zipfile itself would fail on the surrogate escapes)."""
+
+    __slots__ = ()
+
+    def _encodeFilenameFlags(self) -> tuple[bytes, int]:  # noqa: N802 (zipfile's name)
+        try:
+            return super()._encodeFilenameFlags()  # type: ignore[misc]
+        except UnicodeEncodeError:
+            return os.fsencode(self.filename), self.flag_bits
+
+
+def _dos_time(mtime_ns: int) -> tuple[int, int, int, int, int, int]:
+    try:
+        fields = time.localtime(mtime_ns // 1_000_000_000)[:6]
+    except (OverflowError, OSError, ValueError):
+        return _DOS_EPOCH
+    return min(max(fields, _DOS_EPOCH), _DOS_END)
+
+
+def _zip_extra(node: Node) -> bytes:
+    """Info-ZIP's extended timestamp (UT: mtime, UTC seconds) and Unix ids (ux)."""
+    extra = b""
+    seconds = node.mtime_ns // 1_000_000_000
+    if -(2**31) <= seconds < 2**31:
+        extra += struct.pack("<HHBi", 0x5455, 5, 1, seconds)
+    if 0 <= node.uid < 2**32 and 0 <= node.gid < 2**32:
+        extra += struct.pack("<HHBBIBI", 0x7875, 11, 1, 4, node.uid, 4, node.gid)
+    return extra
+
+
+__all__ = ["FORMATS", "ArchiveResult", "write_archive"]

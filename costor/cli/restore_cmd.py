@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
                 "files": archived.files,
                 "dirs": archived.dirs,
                 "bytes_written": archived.bytes_written,
+                "skipped": archived.skipped,
+                "archive_bytes": archived.archive_bytes,
             }
     finally:
         progress.close()

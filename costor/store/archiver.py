@@ -292,9 +292,11 @@ class Archiver:
             key = (st.st_dev, st.st_ino)
             future = self._hardlinks.get(key)
             if future is None:
-                future = self._hardlinks[key] = self._files.submit(self._read_file, path)
+                future = self._hardlinks[key] = self._files.submit(
+                    self._read_file, path, st.st_size
+                )
             return node, future
-        return node, self._files.submit(self._read_file, path)
+        return node, self._files.submit(self._read_file, path, st.st_size)
 
     def _unchanged(self, previous: Node, node: Node) -> bool:
         return (
@@ -322,7 +324,7 @@ class Archiver:
             chunker = self._local.chunker = self.pool.make_chunker()
         return chunker
 
-    def _read_file(self, path: bytes) -> tuple[list[bytes], int]:
+    def _read_file(self, path: bytes, expected_size: int) -> tuple[list[bytes], int]:
         try:
             fd = _open_noatime(path)
         except OSError as error:
@@ -332,7 +334,7 @@ class Archiver:
         futures: list[Future[None]] = []
         size = 0
         try:
-            for data in self._chunks(fd):
+            for data in self._chunks(fd, expected_size):
                 blob = self.pool.blob_id(data)
                 content.append(blob)
                 size += len(data)
@@ -353,11 +355,15 @@ class Archiver:
         self.progress.advance(files=1)
         return content, size
 
-    def _chunks(self, fd: int) -> Iterable[bytes | memoryview]:
+    def _chunks(self, fd: int, expected_size: int) -> Iterable[bytes | memoryview]:
         """Chunks of an open file. Most files are small: those are read whole and cut in
         memory, because pyfastcdc's ``cut_stream`` allocates a buffer of several times
         the maximum chunk size per call, which dominated small-file backups (py-spy)."""
-        head = _read_up_to(fd, WHOLE_FILE_LIMIT)
+        # Ask for the size lstat saw plus one byte (to notice growth): a read sized to
+        # the file avoids allocating a 16 MiB buffer for every small file.
+        head = _read_up_to(fd, min(expected_size + 1, WHOLE_FILE_LIMIT))
+        if len(head) == expected_size + 1 and len(head) < WHOLE_FILE_LIMIT:
+            head += _read_up_to(fd, WHOLE_FILE_LIMIT - len(head))  # grew since lstat
         if len(head) < WHOLE_FILE_LIMIT:
             if len(head) <= int(self.pool.identity.chunker["min_size"]):
                 if head:

@@ -134,14 +134,15 @@ class PackBuilder:
         )
         self.buffer += sealed
 
-    def finish(self, sealer: Sealer) -> bytes:
+    def finish(self, sealer: Sealer) -> bytearray:
+        """Close the pack; returns its bytes (the builder's own buffer, not a copy)."""
         trailer = b"".join(
             ENTRY.pack(e.blob_id, e.type, e.offset, e.length, e.raw_length) for e in self.entries
         )
         sealed_trailer = sealer.seal(trailer, TRAILER_AD)
         self.buffer += sealed_trailer
         self.buffer += FOOTER.pack(len(sealed_trailer), FOOTER_MAGIC)
-        return bytes(self.buffer)
+        return self.buffer
 
 
 def parse_footer(footer: bytes) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
 from costor.cli.output import human_bytes, print_json
-from costor.cli.progress import make_progress
+from costor.cli.progress import BarProgress, make_progress
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -24,7 +24,10 @@ def run(args: argparse.Namespace) -> int:
     ctx = context(args)
     progress = make_progress(f"backup {args.client}", json_output=args.json)
     try:
-        outcome = run_backup(ctx, args.client, progress=progress, scan_totals=True)
+        # Counting totals walks the tree a second time: only worth it for a bar's ETA.
+        outcome = run_backup(
+            ctx, args.client, progress=progress, scan_totals=isinstance(progress, BarProgress)
+        )
     finally:
         progress.close()
     document = outcome.to_json()

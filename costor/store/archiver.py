@@ -54,6 +54,9 @@ _TARGET = object()  # marks a path given to back up in full
 
 @dataclass
 class Counters:
+    """Backup counters. The walker alone updates the file and directory counts;
+    ``bytes_read`` and ``files_failed`` are also updated by workers, under ``lock``."""
+
     files_new: int = 0
     files_changed: int = 0
     files_unmodified: int = 0
@@ -63,10 +66,20 @@ class Counters:
     bytes_processed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, **deltas: int) -> None:
-        with self.lock:
-            for name, delta in deltas.items():
-                setattr(self, name, getattr(self, name) + delta)
+
+# Files queued for reading before the walker waits: enough to keep every worker busy
+# across directory boundaries, small enough that memory stays flat on huge trees.
+MAX_QUEUED_FILES = 1024
+
+
+@dataclass(eq=False)
+class _DirJob:
+    """A directory whose tree blob is not stored yet (see ``Archiver._release``)."""
+
+    node: Node
+    parent: _DirJob | None
+    nodes: list[Node] = field(default_factory=list)
+    pending: int = 1  # the walker's hold while it lists the directory
 
 
 class ExcludeMatcher:
@@ -113,6 +126,11 @@ class Archiver:
         self._errors_lock = threading.Lock()
         self._local = threading.local()
         self._inflight = threading.BoundedSemaphore(self.workers * 4)
+        # Files submitted and not yet done: bounds how far the walker runs ahead.
+        self._queued = threading.BoundedSemaphore(MAX_QUEUED_FILES)
+        self._jobs_lock = threading.Lock()
+        self._root_done = threading.Event()
+        self._fatal: BaseException | None = None
         self._hardlinks: dict[tuple[int, int], Future[tuple[list[bytes], int]]] = {}
         self._names_cache: dict[tuple[str, int], str] = {}
 
@@ -136,24 +154,34 @@ class Archiver:
         if scan_totals:
             threading.Thread(target=self._scan_totals, daemon=True).start()
         parent_tree = bytes.fromhex(parent.tree) if parent else None
-        # Two executors: file workers wait on blob workers, never the reverse, so
+        root = _DirJob(Node(name=b"", type=DIR), None)
+        # Two executors: file workers may wait on blob workers, never the reverse, so
         # nesting cannot deadlock.
         with (
-            ThreadPoolExecutor(max(4, self.workers * 2), thread_name_prefix="file") as files,
+            ThreadPoolExecutor(self.workers, thread_name_prefix="file") as files,
             ThreadPoolExecutor(self.workers, thread_name_prefix="blob") as blobs,
         ):
             self._files, self._blobs = files, blobs
-            if self.paths == ["/"]:
-                root_tree = self._save_dir(b"/", parent_tree, os.lstat("/").st_dev)
-            else:
-                root_tree = self._save_virtual_dir(b"/", spec, parent_tree, root_device=None)
+            try:
+                if self.paths == ["/"]:
+                    self._walk_dir(b"/", parent_tree, os.lstat("/").st_dev, root)
+                else:
+                    self._walk_virtual_dir(b"/", spec, parent_tree, root)
+                self._release(root)  # the walker's own hold on the root
+                while not self._root_done.wait(0.2):
+                    self._raise_fatal()
+                self._raise_fatal()
+            except BaseException:
+                self._fatal = self._fatal or BackupError(client=self.client, reason="aborted")
+                raise
+        assert root.node.subtree is not None
         self.pool.flush()
         counters = self.counters
         snapshot = Snapshot(
             client=self.client,
             time=_rfc3339_now(),
             paths=self.paths,
-            tree=root_tree.hex(),
+            tree=root.node.subtree.hex(),
             hostname=self.hostname,
             parent=parent.id if parent else None,
             counters={
@@ -174,19 +202,21 @@ class Archiver:
         self.progress.close()
         return snapshot
 
-    # --- walking --------------------------------------------------------------------
+    # --- walking (the calling thread) ------------------------------------------------
+    #
+    # The walker never waits for file content. Each directory is a _DirJob counting
+    # what is still outstanding in it (files being read, subdirectories being walked,
+    # plus one hold by the walker while it lists the directory). Whoever releases the
+    # last hold (the walker, or the worker finishing the last file) stores the
+    # directory's tree blob and releases one hold on the parent. So directories finish
+    # bottom-up as soon as their content is stored, and the walker runs ahead, bounded
+    # by ``_queued`` (files submitted but not yet done).
 
-    def _save_virtual_dir(
-        self,
-        path: bytes,
-        spec: dict[bytes, Any],
-        parent_tree: bytes | None,
-        root_device: int | None,
-    ) -> bytes:
+    def _walk_virtual_dir(
+        self, path: bytes, spec: dict[bytes, Any], parent_tree: bytes | None, job: _DirJob
+    ) -> None:
         """A directory on the way to the backed-up paths: only the named children."""
         parent_nodes = self._parent_nodes(parent_tree)
-        nodes: list[Node] = []
-        pending: list[tuple[Node, Future[tuple[list[bytes], int]]]] = []
         for name, sub in sorted(spec.items()):
             child = os.path.join(path, name)
             try:
@@ -196,32 +226,25 @@ class Archiver:
                 continue
             previous = parent_nodes.get(name)
             if sub is _TARGET:
-                if self.matcher.excluded(child, name):
-                    continue
-                entry = self._save_entry(child, name, st, previous, st.st_dev)
-                if entry is None:
-                    continue
-                node, future = entry
-                if future is not None:
-                    pending.append((node, future))
-                nodes.append(node)
+                if not self.matcher.excluded(child, name):
+                    self._add_entry(job, child, name, st, previous, st.st_dev)
             elif stat.S_ISDIR(st.st_mode):
                 node = self._node_from_stat(child, name, st)
-                node.subtree = self._save_virtual_dir(
+                child_job = self._open_child(job, node)
+                self._walk_virtual_dir(
                     child,
                     sub,
                     previous.subtree if previous and previous.type == DIR else None,
-                    root_device,
+                    child_job,
                 )
-                nodes.append(node)
+                self._release(child_job)
             else:
                 self._fail(child, "is not a directory")
-        return self._finish_dir(nodes, pending)
 
-    def _save_dir(self, path: bytes, parent_tree: bytes | None, root_device: int) -> bytes:
+    def _walk_dir(
+        self, path: bytes, parent_tree: bytes | None, root_device: int, job: _DirJob
+    ) -> None:
         parent_nodes = self._parent_nodes(parent_tree)
-        nodes: list[Node] = []
-        pending: list[tuple[Node, Future[tuple[list[bytes], int]]]] = []
         try:
             with os.scandir(path) as scan:
                 entries = sorted((entry.name, entry.path) for entry in scan)
@@ -236,67 +259,107 @@ class Archiver:
             except OSError as error:
                 self._fail(child, f"cannot stat: {error.strerror}")
                 continue
-            entry = self._save_entry(child, name, st, parent_nodes.get(name), root_device)
-            if entry is None:
-                continue
-            node, future = entry
-            if future is not None:
-                pending.append((node, future))
-            nodes.append(node)
-        return self._finish_dir(nodes, pending)
+            self._add_entry(job, child, name, st, parent_nodes.get(name), root_device)
 
-    def _finish_dir(
-        self, nodes: list[Node], pending: list[tuple[Node, Future[tuple[list[bytes], int]]]]
-    ) -> bytes:
-        failed: set[int] = set()
-        for node, future in pending:
-            try:
-                node.content, node.size = future.result()
-            except _FileSkipped:
-                failed.add(id(node))
-        if failed:
-            nodes = [n for n in nodes if id(n) not in failed]
-        return self.pool.save_tree(nodes)
-
-    def _save_entry(
+    def _add_entry(
         self,
+        job: _DirJob,
         path: bytes,
         name: bytes,
         st: os.stat_result,
         previous: Node | None,
         root_device: int,
-    ) -> tuple[Node, Future[tuple[list[bytes], int]] | None] | None:
+    ) -> None:
+        self._raise_fatal()
         node = self._node_from_stat(path, name, st)
+        counters = self.counters
         if node.type == DIR:
-            self.counters.add(dirs=1)
-            if self.one_file_system and st.st_dev != root_device:
-                node.subtree = self.pool.save_tree([])
-            else:
-                node.subtree = self._save_dir(
+            counters.dirs += 1
+            child_job = self._open_child(job, node)
+            if not (self.one_file_system and st.st_dev != root_device):
+                self._walk_dir(
                     path,
                     previous.subtree if previous and previous.type == DIR else None,
                     root_device,
+                    child_job,
                 )
-            return node, None
+            self._release(child_job)
+            return
+        job.nodes.append(node)
         if node.type != FILE:
             self.progress.advance(files=1)
-            return node, None
-        self.counters.add(bytes_processed=st.st_size)
+            return
+        counters.bytes_processed += st.st_size
         if previous is not None and self._unchanged(previous, node):
             node.content = previous.content
-            self.counters.add(files_unmodified=1)
+            counters.files_unmodified += 1
             self.progress.advance(files=1, size=st.st_size)
-            return node, None
-        self.counters.add(**{"files_changed" if previous is not None else "files_new": 1})
+            return
+        if previous is not None:
+            counters.files_changed += 1
+        else:
+            counters.files_new += 1
+        future: Future[tuple[list[bytes], int]] | None = None
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             future = self._hardlinks.get(key)
-            if future is None:
-                future = self._hardlinks[key] = self._files.submit(
-                    self._read_file, path, st.st_size
-                )
-            return node, future
-        return node, self._files.submit(self._read_file, path, st.st_size)
+        if future is None:
+            self._queued.acquire()
+            future = self._files.submit(self._read_file, path, st.st_size)
+            future.add_done_callback(lambda _f: self._queued.release())
+            if st.st_nlink > 1:
+                self._hardlinks[(st.st_dev, st.st_ino)] = future
+        with self._jobs_lock:
+            job.pending += 1
+        future.add_done_callback(lambda done: self._file_done(job, node, done))
+
+    def _open_child(self, job: _DirJob, node: Node) -> _DirJob:
+        with self._jobs_lock:
+            job.pending += 1
+        job.nodes.append(node)
+        return _DirJob(node, job)
+
+    def _file_done(self, job: _DirJob, node: Node, future: Future[tuple[list[bytes], int]]) -> None:
+        # Runs in a worker thread; concurrent.futures swallows exceptions raised in
+        # callbacks, so every failure is recorded as fatal for the walker to raise.
+        try:
+            error = future.exception()
+            if isinstance(error, _FileSkipped):
+                node.type = ""  # left out of the tree
+            elif error is not None:
+                self._set_fatal(error)
+                return
+            else:
+                node.content, node.size = future.result()
+            self._release(job)
+        except BaseException as unexpected:
+            self._set_fatal(unexpected)
+
+    def _release(self, released: _DirJob) -> None:
+        """Drop one hold on a directory; the last one stores its tree, then walks up."""
+        job: _DirJob | None = released
+        while job is not None:
+            with self._jobs_lock:
+                job.pending -= 1
+                if job.pending:
+                    return
+            if self._fatal is not None:
+                return
+            job.node.subtree = self.pool.save_tree([n for n in job.nodes if n.type])
+            if job.parent is None:
+                self._root_done.set()
+                return
+            job = job.parent
+
+    def _set_fatal(self, error: BaseException) -> None:
+        with self._jobs_lock:
+            if self._fatal is None:
+                self._fatal = error
+        self._root_done.set()
+
+    def _raise_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
 
     def _unchanged(self, previous: Node, node: Node) -> bool:
         return (
@@ -325,6 +388,8 @@ class Archiver:
         return chunker
 
     def _read_file(self, path: bytes, expected_size: int) -> tuple[list[bytes], int]:
+        if self._fatal is not None:
+            raise _FileSkipped()
         try:
             fd = _open_noatime(path)
         except OSError as error:
@@ -334,14 +399,19 @@ class Archiver:
         futures: list[Future[None]] = []
         size = 0
         try:
-            for data in self._chunks(fd, expected_size):
+            for data, single in self._chunks(fd, expected_size):
                 blob = self.pool.blob_id(data)
                 content.append(blob)
                 size += len(data)
                 self.progress.advance(size=len(data))
                 if self.pool.reserve(blob):
-                    self._inflight.acquire()
-                    futures.append(self._blobs.submit(self._store, blob, data))
+                    if single:
+                        # A one-chunk file is stored right here: handing it to another
+                        # thread costs more (futex wake-ups, switches) than sealing it.
+                        self.pool.store_blob(BlobType.DATA, blob, data)
+                    else:
+                        self._inflight.acquire()
+                        futures.append(self._blobs.submit(self._store, blob, data))
         except OSError as error:
             for future in futures:
                 future.result()
@@ -351,14 +421,16 @@ class Archiver:
             os.close(fd)
         for future in futures:
             future.result()  # a storage error (disk full…) propagates and fails the backup
-        self.counters.add(bytes_read=size)
+        with self.counters.lock:
+            self.counters.bytes_read += size
         self.progress.advance(files=1)
         return content, size
 
-    def _chunks(self, fd: int, expected_size: int) -> Iterable[bytes | memoryview]:
-        """Chunks of an open file. Most files are small: those are read whole and cut in
-        memory, because pyfastcdc's ``cut_stream`` allocates a buffer of several times
-        the maximum chunk size per call, which dominated small-file backups (py-spy)."""
+    def _chunks(self, fd: int, expected_size: int) -> Iterable[tuple[bytes | memoryview, bool]]:
+        """Chunks of an open file, each with "is this the file's only chunk". Most files
+        are small: those are read whole and cut in memory, because pyfastcdc's
+        ``cut_stream`` allocates a buffer of several times the maximum chunk size per
+        call, which dominated small-file backups (py-spy)."""
         # Ask for the size lstat saw plus one byte (to notice growth): a read sized to
         # the file avoids allocating a 16 MiB buffer for every small file.
         head = _read_up_to(fd, min(expected_size + 1, WHOLE_FILE_LIMIT))
@@ -367,15 +439,15 @@ class Archiver:
         if len(head) < WHOLE_FILE_LIMIT:
             if len(head) <= int(self.pool.identity.chunker["min_size"]):
                 if head:
-                    yield head
+                    yield head, True
                 return
             view = memoryview(head)
             for chunk in self._chunker().cut_buf(view):
-                yield view[chunk.offset : chunk.offset + chunk.length]
+                yield view[chunk.offset : chunk.offset + chunk.length], False
             return
         stream = _PrefixedReader(head, fd)
         for chunk in self._chunker().cut_stream(stream):
-            yield bytes(chunk.data)  # cut_stream reuses its buffer: copy
+            yield bytes(chunk.data), False  # cut_stream reuses its buffer: copy
 
     def _store(self, blob: bytes, data: bytes | memoryview) -> None:
         try:
@@ -447,7 +519,8 @@ class Archiver:
         with self._errors_lock:
             self.errors.append({"path": text, "error": message})
         if count:
-            self.counters.add(files_failed=1)
+            with self.counters.lock:
+                self.counters.files_failed += 1
         self.progress.warning(text, message)
 
     def _scan_totals(self) -> None:

@@ -31,6 +31,7 @@ TRAILER_AD = b"costor-pack-trailer"
 
 HEADER_RAW = 0
 HEADER_ZSTD = 1
+_HEADERS = {HEADER_RAW: b"\x00", HEADER_ZSTD: b"\x01"}
 
 
 class BlobType(IntEnum):
@@ -90,7 +91,7 @@ class BlobCodec:
             compressed = self._compressor().compress(data)
             if len(compressed) < len(data):
                 payload, header = compressed, HEADER_ZSTD
-        plaintext = bytes([header]) + bytes(payload)
+        plaintext = b"".join((_HEADERS[header], payload))  # one copy, not two
         return self.sealer.seal(plaintext, blob_ad(blob_type, blob_identity))
 
     def open(self, blob_type: int, blob_identity: bytes, sealed: bytes, raw_length: int) -> bytes:
@@ -116,33 +117,35 @@ class BlobCodec:
 
 
 class PackBuilder:
-    """Accumulates sealed blobs of one type in memory until the pack is big enough.
-    Not thread-safe: the pool serialises access to each builder."""
+    """Collects sealed blobs of one type until the pack is big enough. Not
+    thread-safe: the pool serialises ``add``; ``finish`` runs after the builder was
+    taken out of service, outside the pool's lock. Blobs are kept as a list and joined
+    once at the end, so adding never copies a growing buffer under the lock."""
 
     def __init__(self, blob_type: BlobType) -> None:
         self.blob_type = blob_type
-        self.buffer = bytearray()
+        self.pieces: list[bytes] = []
+        self.size = 0
         self.entries: list[PackEntry] = []
-
-    @property
-    def size(self) -> int:
-        return len(self.buffer)
 
     def add(self, blob_identity: bytes, sealed: bytes, raw_length: int) -> None:
         self.entries.append(
-            PackEntry(blob_identity, self.blob_type, len(self.buffer), len(sealed), raw_length)
+            PackEntry(blob_identity, self.blob_type, self.size, len(sealed), raw_length)
         )
-        self.buffer += sealed
+        self.pieces.append(sealed)
+        self.size += len(sealed)
 
-    def finish(self, sealer: Sealer) -> bytearray:
-        """Close the pack; returns its bytes (the builder's own buffer, not a copy)."""
+    def finish(self, sealer: Sealer) -> bytes:
+        """Close the pack and return its bytes."""
         trailer = b"".join(
             ENTRY.pack(e.blob_id, e.type, e.offset, e.length, e.raw_length) for e in self.entries
         )
         sealed_trailer = sealer.seal(trailer, TRAILER_AD)
-        self.buffer += sealed_trailer
-        self.buffer += FOOTER.pack(len(sealed_trailer), FOOTER_MAGIC)
-        return self.buffer
+        self.pieces.append(sealed_trailer)
+        self.pieces.append(FOOTER.pack(len(sealed_trailer), FOOTER_MAGIC))
+        data = b"".join(self.pieces)
+        self.pieces = []
+        return data
 
 
 def parse_footer(footer: bytes) -> int:

@@ -133,8 +133,14 @@ class Restorer:
             os.unlink(temporary)
             raise
         os.close(fd)
-        _remove_existing(destination)
-        os.rename(temporary, destination)
+        try:
+            # rename() replaces an existing file atomically; no lstat needed first.
+            os.rename(temporary, destination)
+        except IsADirectoryError as error:
+            os.unlink(temporary)
+            raise RestoreError(
+                reason=f"{os.fsdecode(destination)} exists and is a directory"
+            ) from error
         self._apply_metadata(destination, node)
         with self._lock:
             self.result.files += 1

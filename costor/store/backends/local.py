@@ -9,8 +9,11 @@ files, which ``list`` ignores and ``cleanup_temporaries`` removes.
 from __future__ import annotations
 
 import errno
+import io
 import os
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from costor.errors import BackendError, ObjectNotFound, StorageFull
 from costor.store.backends.base import ObjectInfo, validate_name
 
 _TMP_MARK = ".tmp-"
+_OPEN_PACKS_PER_THREAD = 16
 
 
 class LocalBackend:
@@ -25,6 +29,7 @@ class LocalBackend:
         self.root = Path(root)
         self.location = str(self.root)
         self.fsync = fsync
+        self._handles = threading.local()
 
     def _path(self, name: str) -> Path:
         return self.root / validate_name(name)
@@ -69,21 +74,40 @@ class LocalBackend:
             raise BackendError(name=name, reason=str(error)) from error
 
     def get_range(self, name: str, offset: int, length: int) -> bytes:
+        handle = self._open_cached(name)
         try:
-            fd = os.open(self._path(name), os.O_RDONLY)
-        except FileNotFoundError as error:
-            raise ObjectNotFound(name=name) from error
+            data = os.pread(handle.fileno(), length, offset)
         except OSError as error:
             raise BackendError(name=name, reason=str(error)) from error
-        try:
-            data = os.pread(fd, length, offset)
-        finally:
-            os.close(fd)
         if len(data) != length:
             raise BackendError(
                 name=name, reason=f"short read: {len(data)} of {length} bytes at {offset}"
             )
         return data
+
+    def _open_cached(self, name: str) -> io.FileIO:
+        """Restores read many blobs from each pack: opening the pack once per blob cost
+        ~19% of restore time (py-spy). Each thread keeps its own small LRU of open
+        packs, so no descriptor is ever closed under another thread's read; objects
+        are immutable, so a cached handle never reads stale data. Handles close when
+        evicted or when their thread ends."""
+        cache: OrderedDict[str, io.FileIO] | None = getattr(self._handles, "cache", None)
+        if cache is None:
+            cache = self._handles.cache = OrderedDict()
+        handle = cache.get(name)
+        if handle is not None:
+            cache.move_to_end(name)
+            return handle
+        try:
+            handle = io.FileIO(self._path(name), "r")
+        except FileNotFoundError as error:
+            raise ObjectNotFound(name=name) from error
+        except OSError as error:
+            raise BackendError(name=name, reason=str(error)) from error
+        cache[name] = handle
+        if len(cache) > _OPEN_PACKS_PER_THREAD:
+            cache.popitem(last=False)[1].close()
+        return handle
 
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()

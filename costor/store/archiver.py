@@ -67,9 +67,14 @@ class Counters:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
-# Files queued for reading before the walker waits: enough to keep every worker busy
-# across directory boundaries, small enough that memory stays flat on huge trees.
-MAX_QUEUED_FILES = 1024
+# Work items (large files or batches of small ones) queued before the walker waits:
+# enough to keep every worker busy across directories, small enough that memory stays
+# flat on huge trees.
+MAX_QUEUED_FILES = 256
+# Files up to SMALL_FILE are read in batches of BATCH_FILES files or BATCH_BYTES bytes.
+SMALL_FILE = 256 * 1024
+BATCH_FILES = 128
+BATCH_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -131,6 +136,8 @@ class Archiver:
         self._jobs_lock = threading.Lock()
         self._root_done = threading.Event()
         self._fatal: BaseException | None = None
+        self._batch: list[tuple[_DirJob, Node, bytes, int]] = []
+        self._batch_bytes = 0
         self._hardlinks: dict[tuple[int, int], Future[tuple[list[bytes], int]]] = {}
         self._names_cache: dict[tuple[str, int], str] = {}
 
@@ -167,6 +174,7 @@ class Archiver:
                     self._walk_dir(b"/", parent_tree, os.lstat("/").st_dev, root)
                 else:
                     self._walk_virtual_dir(b"/", spec, parent_tree, root)
+                self._flush_batch()
                 self._release(root)  # the walker's own hold on the root
                 while not self._root_done.wait(0.2):
                     self._raise_fatal()
@@ -299,6 +307,9 @@ class Archiver:
             counters.files_changed += 1
         else:
             counters.files_new += 1
+        if st.st_nlink == 1 and st.st_size <= SMALL_FILE:
+            self._add_to_batch(job, node, path, st.st_size)
+            return
         future: Future[tuple[list[bytes], int]] | None = None
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
@@ -312,6 +323,39 @@ class Archiver:
         with self._jobs_lock:
             job.pending += 1
         future.add_done_callback(lambda done: self._file_done(job, node, done))
+
+    def _add_to_batch(self, job: _DirJob, node: Node, path: bytes, size: int) -> None:
+        """Small files travel to the workers in batches: one hand-off per batch instead
+        of per file. Per-file hand-offs made 20,000 small files take 5 s instead of
+        ~1 s of real work (futex wake-ups and GIL hand-overs; perf and py-spy)."""
+        with self._jobs_lock:
+            job.pending += 1
+        self._batch.append((job, node, path, size))
+        self._batch_bytes += size
+        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+            self._flush_batch()
+
+    def _flush_batch(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        self._queued.acquire()
+        future = self._files.submit(self._read_batch, batch)
+        future.add_done_callback(self._batch_done)
+
+    def _batch_done(self, future: Future[None]) -> None:
+        self._queued.release()
+        error = future.exception()
+        if error is not None:
+            self._set_fatal(error)
+
+    def _read_batch(self, batch: list[tuple[_DirJob, Node, bytes, int]]) -> None:
+        for job, node, path, size in batch:
+            try:
+                node.content, node.size = self._read_file(path, size)
+            except _FileSkipped:
+                node.type = ""  # left out of the tree
+            self._release(job)
 
     def _open_child(self, job: _DirJob, node: Node) -> _DirJob:
         with self._jobs_lock:

@@ -225,7 +225,8 @@ def test_disk_full_fails_cleanly_and_pool_stays_valid(tmp_path: Path, source: Pa
         restore(reopened, small, tmp_path / "out")
     finally:
         if mounted:
-            subprocess.run(["umount", str(mount)], check=False)
+            # Lazy: open pack handles (cached per thread) may still pin the mount.
+            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 class _QuotaBackend:

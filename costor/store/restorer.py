@@ -122,12 +122,15 @@ class Restorer:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             position = 0
+            written_to = 0
             for blob in node.content:
                 data = self.pool.read_blob(blob)
-                _write_sparse(fd, data, position)
+                end = _write_sparse(fd, data, position)
                 position += len(data)
+                written_to = end or written_to
                 self.progress.advance(size=len(data))
-            os.ftruncate(fd, position)
+            if written_to != position:
+                os.ftruncate(fd, position)  # the file ends in a hole
             # Metadata through the open descriptor: no path lookups, and the times are
             # set last so nothing after them touches the file.
             self._apply_metadata(fd, node, destination)
@@ -197,16 +200,18 @@ class Restorer:
 HOLE_BLOCK = 64 * 1024
 
 
-def _write_sparse(fd: int, data: bytes, position: int) -> None:
-    """Write ``data`` at ``position``, leaving holes where it holds zero blocks."""
+def _write_sparse(fd: int, data: bytes, position: int) -> int:
+    """Write ``data`` at ``position``, leaving holes where it holds zero blocks.
+    Returns the file offset just after the last byte written (0 if none)."""
     if not (data[0] or data[-1]) and data == _ZEROS[: len(data)]:
-        return
+        return 0
     if len(data) <= HOLE_BLOCK:
         os.pwrite(fd, data, position)
-        return
+        return position + len(data)
     view = memoryview(data)
     zero_block = _ZEROS[:HOLE_BLOCK]
     run_start = None
+    end = 0
     for start in range(0, len(data), HOLE_BLOCK):
         # bytes slices compare with memcmp; memoryview comparison goes element by
         # element and was 50x slower on zero runs.
@@ -214,11 +219,14 @@ def _write_sparse(fd: int, data: bytes, position: int) -> None:
         if not (block[0] or block[-1]) and block == zero_block[: len(block)]:
             if run_start is not None:
                 os.pwrite(fd, view[run_start:start], position + run_start)
+                end = position + start
                 run_start = None
         elif run_start is None:
             run_start = start
     if run_start is not None:
         os.pwrite(fd, view[run_start:], position + run_start)
+        end = position + len(data)
+    return end
 
 
 def _remove_existing(path: bytes) -> None:

@@ -63,6 +63,9 @@ def build_rich_tree(root: Path) -> None:
         handle.write(b"end")
         handle.seek(8 * 1024 * 1024)
         handle.write(b"middle")
+    with open(root / "trailing-hole", "wb") as handle:
+        handle.write(b"start")
+        handle.truncate(10 * 1024 * 1024)  # ends in a hole: restore must ftruncate
     if _xattrs_supported(root / "plain.txt"):
         os.setxattr(root / "mode700", "user.comment", b"\x00binary\xff")
     if IS_ROOT:
@@ -93,6 +96,7 @@ def test_metadata_fidelity(tmp_path: Path) -> None:
         assert os.lstat(restored / "mode700").st_uid == 1234
         assert os.lstat(restored / "null").st_rdev == os.makedev(1, 3)
     # Sparse: the holes come back as holes (allocated blocks far below the size).
+    assert os.stat(restored / "trailing-hole").st_size == 10 * 1024 * 1024
     st = os.stat(restored / "sparse.img")
     assert st.st_size == 64 * 1024 * 1024 + 3
     assert st.st_blocks * 512 < 4 * 1024 * 1024

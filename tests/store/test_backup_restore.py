@@ -267,6 +267,27 @@ def test_restore_of_damaged_data_fails_loudly(tmp_path: Path) -> None:
     assert not list(victim.parent.glob("*.costor-restore"))
 
 
+def test_failed_restore_over_an_existing_file_keeps_it(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "victim").write_bytes(os.urandom(2 * 1024 * 1024))
+    pool = make_pool(tmp_path / "pool", compression_level=None)
+    snapshot, _ = backup(pool, [src])
+    target = tmp_path / "out"
+    restore(open_pool(tmp_path / "pool"), snapshot, target)
+    victim = target / str(src).lstrip("/") / "victim"
+    victim.write_bytes(b"the user's newer copy")
+    big = max(pool.list_packs().items(), key=lambda item: item[1])[0]
+    path = tmp_path / "pool" / pack_name(big)
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 3] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(DataCorruption):
+        restore(open_pool(tmp_path / "pool"), snapshot, target)
+    assert victim.read_bytes() == b"the user's newer copy"
+    assert not list(victim.parent.glob("*.costor-restore"))
+
+
 def test_restore_sub_path(tmp_path: Path, source: Path) -> None:
     pool = make_pool(tmp_path / "pool")
     snapshot, _ = backup(pool, [source])

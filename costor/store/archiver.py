@@ -1,17 +1,21 @@
 """Backup: walk a local filesystem, store new content, write trees and a snapshot.
 
-Threads (the data path is all in libraries that release the GIL):
+Threads (one worker per core in each pool; the data path is all in libraries that
+release the GIL):
 
-* the **calling thread** walks directories (sorted, bytes names), compares each entry with
-  the parent snapshot's tree and builds tree blobs bottom-up;
-* **file workers** read and chunk new or changed files (pyfastcdc) and hash each chunk
-  (keyed BLAKE3); one FastCDC object per thread, as pyfastcdc's objects are not
-  thread-safe;
-* **blob workers** compress and seal new chunks (zstd, AEAD) and hand them to the pool's
-  pack builders, so even a single large file uses every core.
+* the **calling thread** walks directories (sorted, bytes names) and compares each entry
+  with the parent snapshot's tree. It never waits for file content: each directory is a
+  ``_DirJob`` whose tree blob is stored by whichever thread finishes its last entry;
+* **file workers** read new or changed files, chunk them (pyfastcdc; one FastCDC object
+  per thread, as they are not thread-safe) and hash each chunk (keyed BLAKE3). Small
+  files arrive in batches and are sealed right there, since per-file hand-offs between
+  threads cost more than the work (measured: 20,000 small files went from 5.1 s to
+  ~1.5 s);
+* **blob workers** compress and seal the chunks of multi-chunk files (zstd, AEAD) and
+  hand them to the pool's pack builders, so even a single large file uses every core.
 
-A semaphore bounds the chunks in flight (``max_inflight``) so memory stays flat whatever
-the file sizes.
+Semaphores bound the chunks in flight and the work queued ahead of the workers, so
+memory stays flat whatever the file sizes and tree shapes.
 
 Change detection: a file whose type, size, mtime, ctime and inode match the parent
 snapshot's node (and whose blobs are all still in the index) is not read again.

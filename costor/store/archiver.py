@@ -89,6 +89,10 @@ class _DirJob:
     parent: _DirJob | None
     nodes: list[Node] = field(default_factory=list)
     pending: int = 1  # the walker's hold while it lists the directory
+    # The same directory in the parent snapshot: when the new node list equals it, its
+    # tree id is reused without encoding and hashing the tree again.
+    previous_tree: bytes | None = None
+    previous_nodes: list[Node] = field(default_factory=list)
 
 
 class ExcludeMatcher:
@@ -228,7 +232,7 @@ class Archiver:
         self, path: bytes, spec: dict[bytes, Any], parent_tree: bytes | None, job: _DirJob
     ) -> None:
         """A directory on the way to the backed-up paths: only the named children."""
-        parent_nodes = self._parent_nodes(parent_tree)
+        parent_nodes = self._remember_previous(job, parent_tree)
         for name, sub in sorted(spec.items()):
             child = os.path.join(path, name)
             try:
@@ -256,7 +260,7 @@ class Archiver:
     def _walk_dir(
         self, path: bytes, parent_tree: bytes | None, root_device: int, job: _DirJob
     ) -> None:
-        parent_nodes = self._parent_nodes(parent_tree)
+        parent_nodes = self._remember_previous(job, parent_tree)
         try:
             with os.scandir(path) as scan:
                 entries = sorted((entry.name, entry.path) for entry in scan)
@@ -393,7 +397,11 @@ class Archiver:
                     return
             if self._fatal is not None:
                 return
-            job.node.subtree = self.pool.save_tree([n for n in job.nodes if n.type])
+            nodes = [n for n in job.nodes if n.type]
+            if job.previous_tree is not None and nodes == job.previous_nodes:
+                job.node.subtree = job.previous_tree  # unchanged: no encoding, no hashing
+            else:
+                job.node.subtree = self.pool.save_tree(nodes)
             if job.parent is None:
                 self._root_done.set()
                 return
@@ -419,13 +427,17 @@ class Archiver:
             and all(blob in self.pool.index for blob in previous.content)
         )
 
-    def _parent_nodes(self, parent_tree: bytes | None) -> dict[bytes, Node]:
+    def _remember_previous(self, job: _DirJob, parent_tree: bytes | None) -> dict[bytes, Node]:
+        """Load the parent snapshot's version of this directory (by name, for change
+        detection) and keep it on the job (for tree reuse)."""
         if parent_tree is None:
             return {}
         try:
-            return {node.name: node for node in self.pool.load_tree(parent_tree)}
+            previous = self.pool.load_tree(parent_tree)
         except Exception:  # a damaged parent only costs re-reading files
             return {}
+        job.previous_tree, job.previous_nodes = parent_tree, previous
+        return {node.name: node for node in previous}
 
     # --- file content (file workers) ------------------------------------------------
 

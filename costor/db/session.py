@@ -92,10 +92,16 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 @contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
+def session_scope(engine: Engine, *, write: bool = True) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error; the
-    caller owns the transaction (one per use case)."""
-    with Session(engine, expire_on_commit=False) as session:
+    caller owns the transaction (one per use case).
+
+    On SQLite a writing transaction starts with BEGIN IMMEDIATE: a deferred one that
+    reads first and writes later cannot wait for another writer (SQLite answers
+    "database is locked" at once instead of using the busy timeout), which two
+    concurrent backups hit when recording their snapshots."""
+    bind = engine.execution_options(sqlite_immediate=True) if write else engine
+    with Session(bind, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()

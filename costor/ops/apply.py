@@ -38,7 +38,7 @@ def changes(ctx: Context) -> list[Change]:
     from costor.store.pool import read_identity
 
     result: list[Change] = []
-    with session_scope(ctx.engine) as session:
+    with session_scope(ctx.engine, write=False) as session:
         for name in ctx.pool_names():
             address = f"pool.{name}"
             row = session.get(PoolRow, name)

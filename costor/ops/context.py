@@ -64,7 +64,7 @@ class Context:
         from costor.db.models import PoolRow
         from costor.db.session import session_scope
 
-        with session_scope(self.engine) as session:
+        with session_scope(self.engine, write=False) as session:
             row = session.get(PoolRow, name)
             return row.uuid if row else None
 

@@ -1,0 +1,58 @@
+"""The state database on real SQLite: migrations and concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from sqlmodel import select
+
+from costor.db.models import SnapshotRow
+from costor.db.session import HEAD_REVISION, current_revision, open_engine, session_scope
+
+
+def test_migrates_once_and_reopens(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    engine = open_engine(url)
+    with engine.connect() as connection:
+        assert current_revision(connection) == HEAD_REVISION
+    again = open_engine(url)  # already at head: nothing to do, no error
+    with again.connect() as connection:
+        assert current_revision(connection) == HEAD_REVISION
+
+
+def test_concurrent_writers_all_succeed(tmp_path: Path) -> None:
+    """Writers that read before writing (as session.merge does) must wait for each
+    other, not fail with "database is locked"."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    open_engine(url)
+    errors: list[BaseException] = []
+
+    def writer(number: int) -> None:
+        engine = open_engine(url)  # its own connection pool, as another process has
+        try:
+            for i in range(15):
+                with session_scope(engine) as session:
+                    session.merge(
+                        SnapshotRow(
+                            id=f"{number:02d}-{i:02d}",
+                            pool_uuid="p",
+                            client=f"c{number}",
+                            time="t",
+                            tree="x",
+                            paths=json.dumps([]),
+                            counters="{}",
+                        )
+                    )
+        except BaseException as error:  # collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with session_scope(open_engine(url), write=False) as session:
+        assert len(session.exec(select(SnapshotRow)).all()) == 8 * 15

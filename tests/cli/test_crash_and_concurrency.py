@@ -35,31 +35,45 @@ def make_data(
     return total
 
 
+def _packs(pool: Path) -> int:
+    return len(list(pool.glob("packs/*/*/*")))
+
+
 @pytest.mark.slow
 def test_kill_9_at_any_point(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    total = make_data(data, seed=1)
+    total = make_data(data, seed=1, big_files=8)
     site = Site(tmp_path, write_inventory(tmp_path, {"alpha": [data]}), tmp_path / "pool")
     assert site.cli("apply", "--auto-approve").code == 0
-    killed_with_packs = 0
-    for delay in (0.8, 1.3, 1.9, 2.6):
+    rng = random.Random(5)
+    killed_mid_write = 0
+    # None: kill during start-up; a number: kill that long after the run's first new
+    # pack appears, i.e. while packs are being written.
+    for extra in (None, 0.0, 0.05, 0.15, 0.3):
+        before = _packs(site.pool_path)
         proc = site.process("backup", "alpha")
-        time.sleep(delay)
+        if extra is None:
+            time.sleep(0.3)
+        else:
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and _packs(site.pool_path) == before:
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            time.sleep(extra + rng.random() * 0.05)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
+            killed_mid_write += extra is not None
         proc.communicate()
         check = site.cli("check")
         assert check.code == 0, check.stdout + check.stderr
-        if list(site.pool_path.glob("packs/*/*/*")):
-            killed_with_packs += 1
-    assert killed_with_packs, "no kill happened after packs were written; raise the delays"
+    assert killed_mid_write >= 2, "backups finished before they could be killed"
     stored_before = sum(p.stat().st_size for p in site.pool_path.glob("packs/*/*/*"))
     final = site.cli("backup", "alpha", "--json")
     assert final.code == 0, final.stderr
     document = final.json()
     # The killed runs' packs were adopted: the last backup stored only the rest.
-    if stored_before > 8 * MiB:
-        assert document["bytes_added"] < total - stored_before // 2
+    assert stored_before > 4 * MiB
+    assert document["bytes_added"] < total - stored_before // 2
     assert site.cli("check", "--read-data").code == 0
     target = tmp_path / "restored"
     assert site.cli("restore", "alpha:latest", "--target", str(target)).code == 0

@@ -890,6 +890,23 @@ def dataset_table(
     lines.append(_row("Incremental, nothing changed (s)", sec["unchanged"], tools, 2))
     lines.append(_row("Incremental, 1% of files changed (s)", sec["changed"], tools, 2))
     lines.append(_row("Restore (s)", sec["restore"], tools, 2))
+    if any(len(runs[t].seconds["first"]) > 1 for t in tools):
+        # This VM's timings drift a lot between identical runs (page-cache reclaim);
+        # the spread shows which differences the medians can carry.
+        spread = []
+        for tool in tools:
+            parts = []
+            for metric, short in (
+                ("first", "first"),
+                ("unchanged", "unch."),
+                ("changed", "1%"),
+                ("restore", "rest."),
+            ):
+                values = runs[tool].seconds[metric]
+                if values:
+                    parts.append(f"{short} {min(values):.2f}–{max(values):.2f}")
+            spread.append("; ".join(parts))
+        lines.append("| Spread of the times, min–max (s) | " + " | ".join(spread) + " |")
     sizes = {t: (_median([float(s) for s in runs[t].size]) or 0) / MIB for t in tools}
     lines.append(_row("Repository size after 3 backups (MiB)", sizes, tools, 1))
     lines.append(_row("Peak RSS, first backup (MiB)", rss["first"], tools, 0))
@@ -1177,6 +1194,23 @@ def find_costor() -> str:
     return found
 
 
+def rerender(results: Path, out: Path | None) -> int:
+    """Rebuild the tables from a run's raw numbers (e.g. after changing how they are
+    shown), keeping everything else of that run's report."""
+    saved = json.loads(results.read_text())
+    report, raw = saved["report"], saved["raw"]
+    for dataset in report["datasets"]:
+        entry = raw[dataset["name"]]
+        runs = {tool: ToolRun(**fields) for tool, fields in entry["runs"].items()}
+        dataset["table"] = dataset_table(dataset["name"], entry["stats"], runs, report["tools"])
+    markdown = render(report)
+    if out:
+        out.write_text(markdown)
+    else:
+        print(markdown)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -1201,7 +1235,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--real-cap-mib", type=int, default=1024, help="cap for the /usr/lib copy")
     parser.add_argument("--keep", action="store_true", help="keep repositories after the run")
+    parser.add_argument(
+        "--render-from",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="only re-render the report from a previous run's results.json (no measuring)",
+    )
     args = parser.parse_args(argv)
+    if args.render_from:
+        return rerender(args.render_from, args.out)
 
     tools = [t for t in args.tools.split(",") if t]
     unknown = set(tools) - set(TOOLS)

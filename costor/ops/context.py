@@ -31,8 +31,9 @@ class Context:
 
     @property
     def database_url(self) -> str:
-        settings = self.inventory.costor
-        return settings.database or f"sqlite:///{Path(settings.state_dir) / 'state.db'}"
+        database = self.inventory.costor.database
+        assert database is not None  # the loader fills in the default: SQLite in state_dir
+        return database
 
     def pool_config(self, name: str) -> PoolConfig:
         try:

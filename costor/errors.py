@@ -95,6 +95,24 @@ class ObjectNotFound(BackendError):
     """Object {name} does not exist in the pool."""
 
 
+class BackendTransient(BackendError):
+    """Temporary storage failure on {name}: {reason}"""
+
+    def __init__(
+        self, message: str | None = None, *, retry_after: float | None = None, **fields: object
+    ) -> None:
+        super().__init__(message, **fields)
+        self.retry_after = retry_after  # seconds the server asked us to wait, if it said
+
+
+class BackendThrottled(BackendTransient):
+    """Storage is throttling requests ({name}): {reason}"""
+
+
+class WriteNotVerified(BackendError):
+    """Write of {name} could not be verified after {attempts} attempt(s): {reason}"""
+
+
 class DataCorruption(PoolError):
     """Damaged data in pack {pack}: {reason}"""
 

@@ -1,0 +1,58 @@
+"""``costor pool copy SRC DST``: resolve both ends, then copy the pool as stored."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from costor.errors import UsageError
+from costor.store.progress import Progress
+
+if TYPE_CHECKING:
+    from costor.ops.context import Context
+    from costor.store.backends.base import Backend
+    from costor.store.copy import CopyReport
+
+
+def resolve_location(ctx: Context | None, text: str) -> Backend:
+    """A declared pool's name, ``s3://bucket/prefix`` (endpoint and credentials from the
+    environment: ``COSTOR_S3_ENDPOINT`` or ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``; ``COSTOR_S3_PATH_STYLE=1``), ``file:///path``
+    or a directory path."""
+    if ctx is not None and text in ctx.inventory.pools:
+        return ctx.backend(text)
+    if text.startswith("s3://"):
+        from costor.store.backends.s3 import S3Backend
+
+        bucket, _, prefix = text.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise UsageError(message=f"{text!r}: no bucket in the S3 location")
+        return S3Backend(
+            bucket=bucket,
+            prefix=prefix,
+            endpoint=os.environ.get("COSTOR_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL"),
+            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+            access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            path_style=os.environ.get("COSTOR_S3_PATH_STYLE") == "1",
+        )
+    if "://" in text and not text.startswith("file://"):
+        raise UsageError(
+            message=f"{text!r}: unknown location scheme (use a path, file:// or s3://)"
+        )
+    from costor.store.backends.local import LocalBackend
+
+    return LocalBackend(Path(text.removeprefix("file://")).resolve())
+
+
+def copy(
+    ctx: Context | None, source: str, destination: str, *, progress: Progress | None = None
+) -> CopyReport:
+    from costor.store.copy import copy_pool
+
+    if source == destination:
+        raise UsageError(message="source and destination are the same")
+    return copy_pool(
+        resolve_location(ctx, source), resolve_location(ctx, destination), progress=progress
+    )

@@ -53,7 +53,7 @@ from costor.config.positions import KeyPath
 
 # Gates for features that are modelled but not implemented yet. A later issue that adds
 # one extends the set; nothing else changes.
-AVAILABLE_BACKENDS = frozenset({"local"})
+AVAILABLE_BACKENDS = frozenset({"local", "s3"})
 AVAILABLE_TRANSPORTS = frozenset({"local"})
 
 # Names are addresses (``client.web1``) and may become file or directory names, so they
@@ -334,14 +334,18 @@ class PoolConfig(_Model):
     # None: the engine's default (~1 MiB, DESIGN.md §5).
     chunk_avg_kib: StrictInt | None = None
     prevent_destroy: StrictBool = True
-    # s3 backend (modelled now; the backend itself comes in a later issue)
+    # s3 backend
     bucket: NonEmptyStr | None = None
     endpoint: StrictStr | None = None
     region: StrictStr | None = None
     prefix: StrictStr | None = None
     access_key: SecretRef | None = None
     secret_key: SecretRef | None = None
-    verify_writes: StrictBool = True  # read back after write (eventual consistency)
+    path_style: StrictBool = False  # bucket in the path, not the host name (MinIO, Ceph…)
+    # storage filters (any backend): read back after write, for eventually consistent
+    # stores; None = on for s3, off for local disks (where it would only double reads)
+    verify_writes: StrictBool | None = None
+    verify_delay_s: Annotated[float, Field(ge=0, le=60)] = 0.0  # wait before reading back
     rate_limit: RateLimit | None = None
 
     @field_validator("backend")
@@ -369,8 +373,16 @@ class PoolConfig(_Model):
         if self.backend == "local":
             if self.path is None:
                 findings.missing("path", "backend 'local' stores the pool in a directory")
-            for key in ("bucket", "endpoint", "region", "prefix", "access_key", "secret_key"):
-                if getattr(self, key) is not None:
+            for key in (
+                "bucket",
+                "endpoint",
+                "region",
+                "prefix",
+                "access_key",
+                "secret_key",
+                "path_style",
+            ):
+                if key in self.model_fields_set:  # written in the inventory (or a profile)
                     findings.invalid(key, f"key {key!r} only applies to backend 's3'")
         if self.backend == "s3":
             if self.bucket is None:

@@ -8,7 +8,6 @@ change list into a saved, serialisable plan; this module is where it plugs in.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,13 +99,13 @@ def _apply_pool(ctx: Context, name: str, change: Change) -> None:
     backend = ctx.backend(name)
     passphrase = ctx.passphrase(name)
     if change.action == "create":
-        location = str(config.path)
         # An init killed half-way leaves only keys/ (the identity file is written
         # last); anything else means someone else's data.
-        if os.path.isdir(location) and set(os.listdir(location)) - {"keys"}:
+        foreign = next((i.name for i in backend.list("") if not i.name.startswith("keys/")), None)
+        if foreign is not None:
             raise PoolError(
-                message=f"pool {name}: {location} is not empty and holds no CoStor pool; "
-                "refusing to initialise over other data"
+                message=f"pool {name}: {backend.location} is not empty (found {foreign}) and "
+                "holds no CoStor pool; refusing to initialise over other data"
             )
         pool = Pool.init(
             backend,

@@ -14,7 +14,7 @@ from costor.errors import PoolError, PoolMismatch, UnknownResource, WrongPassphr
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from costor.config.model import ClientConfig, Inventory, PoolConfig
+    from costor.config.model import ClientConfig, Inventory, PoolConfig, SecretRef
     from costor.db.models import SnapshotRow
     from costor.store.backends.base import Backend
     from costor.store.pool import Pool
@@ -72,20 +72,49 @@ class Context:
     # --- pools ------------------------------------------------------------------------
 
     def backend(self, name: str) -> Backend:
-        config = self.pool_config(name)
-        if config.backend != "local" or config.path is None:
-            raise PoolError(message=f"pool {name}: backend {config.backend!r} is not available yet")
-        from costor.store.backends.local import LocalBackend
+        """The pool's storage, wrapped in the filters its inventory entry asks for."""
+        from costor.store.backends.filters import wrap
 
-        return LocalBackend(config.path)
-
-    def passphrase(self, name: str) -> str | None:
         config = self.pool_config(name)
-        if config.passphrase is None:
+        inner: Backend
+        if config.backend == "s3":
+            from costor.store.backends.s3 import S3Backend
+
+            assert config.bucket is not None  # the model requires it for s3
+            inner = S3Backend(
+                bucket=config.bucket,
+                prefix=config.prefix or "",
+                endpoint=config.endpoint,
+                region=config.region,
+                access_key=self._secret(config.access_key, f"pools.{name}.access_key"),
+                secret_key=self._secret(config.secret_key, f"pools.{name}.secret_key"),
+                path_style=config.path_style,
+            )
+        elif config.path is not None:
+            from costor.store.backends.local import LocalBackend
+
+            inner = LocalBackend(config.path)
+        else:
+            raise PoolError(message=f"pool {name}: backend {config.backend!r} has no location")
+        verify = config.verify_writes
+        rate = config.rate_limit
+        return wrap(
+            inner,
+            verify_writes=(config.backend == "s3") if verify is None else verify,
+            verify_delay=config.verify_delay_s,
+            rate_limit=(rate.requests, float(rate.per_seconds)) if rate else None,
+            retry=config.backend == "s3",
+        )
+
+    def _secret(self, ref: SecretRef | None, key: str) -> str | None:
+        if ref is None:
             return None
         from costor.config import resolve_secret
 
-        return resolve_secret(config.passphrase, f"pools.{name}.passphrase")
+        return resolve_secret(ref, key)
+
+    def passphrase(self, name: str) -> str | None:
+        return self._secret(self.pool_config(name).passphrase, f"pools.{name}.passphrase")
 
     def open_pool(self, name: str, *, load_index: bool = True) -> Pool:
         """Open a declared pool; its UUID must match the one recorded at apply.

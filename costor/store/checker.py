@@ -217,7 +217,7 @@ def _check_tree(
     display = "/" + path.decode("utf-8", "backslashreplace")
     try:
         nodes = pool.load_tree(tree_id)
-    except DataCorruption as error:
+    except (DataCorruption, BackendError) as error:  # damaged, or its pack is missing
         problem = damaged.get(tree_id)
         if problem is None:
             problem = Problem("damaged_tree", tree_id.hex(), str(error), blobs={tree_id})

@@ -203,3 +203,12 @@ def test_pack_layout(applied: Site) -> None:
     assert applied.cli("backup", "alpha").code == 0
     for pack in applied.pool_path.glob("packs/*/*/*"):
         assert pack.relative_to(applied.pool_path).as_posix() == pack_name(pack.name)
+
+
+def test_apply_refuses_a_location_holding_other_data(site: Site) -> None:
+    site.pool_path.mkdir()
+    (site.pool_path / "precious.txt").write_text("not a pool")
+    result = site.cli("apply", "--auto-approve")
+    assert result.code == 1 and "not empty" in result.stderr
+    assert (site.pool_path / "precious.txt").read_text() == "not a pool"
+    assert not (site.pool_path / "costor-pool.json").exists()

@@ -46,5 +46,4 @@ def test_commented_out_keys_are_valid_too(tmp_path: Path, monkeypatch: pytest.Mo
 
     assert sorted((d.key, d.message) for d in diagnostics) == [
         ("clients.web1.transport", "transport 'ssh' is not available yet"),
-        ("pools.hq-s3.backend", "backend 's3' is not available yet"),
     ]

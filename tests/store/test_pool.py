@@ -169,3 +169,22 @@ def test_memory_backend_pool(tmp_path: Path) -> None:
     again = Pool.open(backend, "x")
     again.load_index()
     assert again.read_blob(blob) == b"in memory"
+
+
+def test_check_reports_a_missing_tree_pack(tmp_path: Path) -> None:
+    from costor.store.archiver import Archiver
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    pool = make_pool(tmp_path / "p")
+    Archiver(pool, client="c", paths=[str(src)]).run()
+    tree_pack = next(
+        pack
+        for pack in pool.list_packs()
+        if all(e.type == BlobType.TREE for e in pool.read_pack_entries(pack))
+    )
+    (tmp_path / "p" / pack_name(tree_pack)).unlink()
+    report = check(Pool.open(LocalBackend(tmp_path / "p"), PASSPHRASE))
+    kinds = {p.kind for p in report.problems}
+    assert "missing_pack" in kinds and not report.ok

@@ -17,6 +17,9 @@ class PoolRow(SQLModel, table=True):
     encryption: str
     created_at: datetime
     updated_at: datetime
+    # New data written by backups, before and after compression: the pool's ratio.
+    bytes_raw: int = 0
+    bytes_stored: int = 0
 
 
 class ClientRow(SQLModel, table=True):

@@ -20,7 +20,7 @@ from sqlmodel import Session, create_engine
 from costor.errors import StateError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 
 def open_engine(url: str) -> Engine:

@@ -28,6 +28,7 @@ class BackupOutcome:
             "parent": self.snapshot.parent,
             "paths": self.snapshot.paths,
             **{name: counters.get(name, 0) for name in COUNTER_FIELDS},
+            "compression_ratio": _ratio(counters),
             "duration_s": round(self.snapshot.duration_s, 3),
             "errors": self.errors,
         }
@@ -60,3 +61,9 @@ def run_backup(
     snapshot = archiver.run(parent, scan_totals=scan_totals)
     ctx.record_snapshot(pool, snapshot, written)
     return BackupOutcome(client.pool, snapshot, archiver.errors, adopted)
+
+
+def _ratio(counters: dict[str, int]) -> float | None:
+    """Plaintext bytes per stored byte of this backup's new data (None: nothing new)."""
+    stored = counters.get("bytes_added", 0)
+    return round(counters.get("bytes_added_raw", 0) / stored, 3) if stored else None

@@ -150,11 +150,22 @@ class Context:
     # --- catalogue --------------------------------------------------------------------
 
     def record_snapshot(self, pool: Pool, snapshot: Snapshot, packs: dict[str, int]) -> None:
-        from costor.db.models import PackRow
+        from sqlalchemy import update
+
+        from costor.db.models import PackRow, PoolRow
         from costor.db.session import session_scope
 
+        counters = snapshot.counters
         with session_scope(self.engine) as session:
             session.merge(snapshot_row(pool.uuid, snapshot))
+            session.execute(
+                update(PoolRow)
+                .where(PoolRow.uuid == pool.uuid)  # type: ignore[arg-type]
+                .values(
+                    bytes_raw=PoolRow.bytes_raw + counters.get("bytes_added_raw", 0),
+                    bytes_stored=PoolRow.bytes_stored + counters.get("bytes_added", 0),
+                )
+            )
             for pack_id, size in packs.items():
                 session.merge(PackRow(pool_uuid=pool.uuid, pack_id=pack_id, size=size))
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from costor.errors import BackupError
+from costor.store.compressibility import worth_compressing
 from costor.store.pack import BlobType
 from costor.store.pool import Pool
 from costor.store.progress import Progress
@@ -209,6 +210,8 @@ class Archiver:
                 "bytes_read": counters.bytes_read,
                 "bytes_processed": counters.bytes_processed,
                 "bytes_added": self.pool.bytes_added,
+                "bytes_added_raw": self.pool.raw_bytes_added,
+                "blobs_not_compressed": self.pool.blobs_not_compressed,
                 "bytes_transferred": counters.bytes_read,
                 "blobs_added": self.pool.blobs_added,
             },
@@ -458,8 +461,11 @@ class Archiver:
         content: list[bytes] = []
         futures: list[Future[None]] = []
         size = 0
+        compress = True
         try:
             for data, single in self._chunks(fd, expected_size):
+                if not size:  # the first chunk: decide for the whole file
+                    compress = worth_compressing(os.path.basename(path), data)
                 blob = self.pool.blob_id(data)
                 content.append(blob)
                 size += len(data)
@@ -468,10 +474,10 @@ class Archiver:
                     if single:
                         # A one-chunk file is stored right here: handing it to another
                         # thread costs more (futex wake-ups, switches) than sealing it.
-                        self.pool.store_blob(BlobType.DATA, blob, data)
+                        self.pool.store_blob(BlobType.DATA, blob, data, compress=compress)
                     else:
                         self._inflight.acquire()
-                        futures.append(self._blobs.submit(self._store, blob, data))
+                        futures.append(self._blobs.submit(self._store, blob, data, compress))
         except OSError as error:
             for future in futures:
                 future.result()
@@ -509,9 +515,9 @@ class Archiver:
         for chunk in self._chunker().cut_stream(stream):
             yield bytes(chunk.data), False  # cut_stream reuses its buffer: copy
 
-    def _store(self, blob: bytes, data: bytes | memoryview) -> None:
+    def _store(self, blob: bytes, data: bytes | memoryview, compress: bool) -> None:
         try:
-            self.pool.store_blob(BlobType.DATA, blob, data)
+            self.pool.store_blob(BlobType.DATA, blob, data, compress=compress)
         finally:
             self._inflight.release()
 

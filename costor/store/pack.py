@@ -84,10 +84,18 @@ class BlobCodec:
     def blob_id(self, data: bytes | memoryview) -> bytes:
         return blob_id(self.id_key, data)
 
-    def seal(self, blob_type: int, blob_identity: bytes, data: bytes | memoryview) -> bytes:
+    def seal(
+        self,
+        blob_type: int,
+        blob_identity: bytes,
+        data: bytes | memoryview,
+        *,
+        compress: bool = True,
+    ) -> bytes:
+        """Compress (unless told not to, or it does not shrink the data) and seal."""
         payload: bytes | memoryview = data
         header = HEADER_RAW
-        if self.compression_level is not None and len(data) > 64:
+        if compress and self.compression_level is not None and len(data) > 64:
             compressed = self._compressor().compress(data)
             if len(compressed) < len(data):
                 payload, header = compressed, HEADER_ZSTD

@@ -151,8 +151,10 @@ class Pool:
         self._builders: dict[BlobType, PackBuilder] = {}
         self._unindexed: dict[str, list[PackEntry]] = {}  # written, not yet in a segment
         self._tree_cache: OrderedDict[bytes, list[Node]] = OrderedDict()
-        self.bytes_added = 0
+        self.bytes_added = 0  # sealed bytes of new blobs (after compression)
+        self.raw_bytes_added = 0  # their plaintext size: the two give the compression ratio
         self.blobs_added = 0
+        self.blobs_not_compressed = 0  # skipped by the caller's hint (compressibility.py)
         self.packs_written = 0
         # Called with (pack_id, size) after each pack is stored; the db layer hooks in.
         self.on_pack_written: Callable[[str, int], None] | None = None
@@ -321,10 +323,16 @@ class Pool:
             return True
 
     def store_blob(
-        self, blob_type: BlobType, blob_identity: bytes, data: bytes | memoryview
+        self,
+        blob_type: BlobType,
+        blob_identity: bytes,
+        data: bytes | memoryview,
+        *,
+        compress: bool = True,
     ) -> int:
-        """Seal a reserved blob and add it to a pack; returns the stored size."""
-        sealed = self.codec.seal(blob_type, blob_identity, data)
+        """Seal a reserved blob and add it to a pack; returns the stored size.
+        ``compress=False`` skips the zstd attempt for content known to be compressed."""
+        sealed = self.codec.seal(blob_type, blob_identity, data, compress=compress)
         full: PackBuilder | None = None
         with self._lock:
             builder = self._builders.get(blob_type)
@@ -332,7 +340,9 @@ class Pool:
                 builder = self._builders[blob_type] = PackBuilder(blob_type)
             builder.add(blob_identity, sealed, len(data))
             self.bytes_added += len(sealed)
+            self.raw_bytes_added += len(data)
             self.blobs_added += 1
+            self.blobs_not_compressed += not compress
             if builder.size >= self.identity.pack_size:
                 full = self._builders.pop(blob_type)
         if full is not None:

@@ -19,8 +19,10 @@ COUNTER_FIELDS = (
     "bytes_read",
     "bytes_processed",
     "bytes_added",
+    "bytes_added_raw",
     "bytes_transferred",
     "blobs_added",
+    "blobs_not_compressed",
 )
 
 

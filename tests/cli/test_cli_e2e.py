@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import tarfile
 from pathlib import Path
 
@@ -45,6 +46,10 @@ def test_backup_snapshots_ls_diff_restore(applied: Site, source: Path, tmp_path:
     assert backup.code == 0, backup.stderr
     document = backup.json()
     assert set(document) >= DESIGN_BACKUP_FIELDS
+    assert document["compression_ratio"] > 1  # the text compressed, the random data did not
+    with sqlite3.connect(applied.root / ".costor" / "state.db") as db:
+        raw, stored = db.execute("SELECT bytes_raw, bytes_stored FROM pools").fetchone()
+    assert raw == document["bytes_added_raw"] and stored == document["bytes_added"]
     assert document["files_new"] == 3 and document["bytes_added"] > 0
 
     (source / "docs" / "new.txt").write_text("new file")

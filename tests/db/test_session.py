@@ -56,3 +56,26 @@ def test_concurrent_writers_all_succeed(tmp_path: Path) -> None:
     assert errors == []
     with session_scope(open_engine(url), write=False) as session:
         assert len(session.exec(select(SnapshotRow)).all()) == 8 * 15
+
+
+def test_upgrades_a_database_from_the_first_schema(tmp_path: Path) -> None:
+    """A state database made by 0.1's first schema is migrated in place, rows kept."""
+    from sqlalchemy import create_engine, text
+
+    from costor.db.session import upgrade
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    old = create_engine(url)
+    upgrade(old, "0001")
+    with old.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO pools (name, uuid, backend, location, encryption, created_at, "
+                "updated_at) VALUES ('main', 'u', 'local', '/p', 'none', '2026-01-01', '2026-01-01')"
+            )
+        )
+    engine = open_engine(url)
+    with engine.connect() as connection:
+        assert current_revision(connection) == HEAD_REVISION
+        row = connection.execute(text("SELECT name, bytes_raw, bytes_stored FROM pools")).one()
+    assert tuple(row) == ("main", 0, 0)

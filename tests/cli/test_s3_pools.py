@@ -1,0 +1,133 @@
+"""S3 pools declared in the inventory, driven through the CLI, on both S3 servers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import Site, tree_digest
+from s3servers import (  # noqa: F401  (moto_server, rclone_server: fixtures)
+    REGION,
+    S3Server,
+    dead_endpoint,
+    moto_server,
+    rclone_server,
+)
+
+
+def s3_site(
+    root: Path, source: Path, endpoint: str, bucket: str, *, prefix: str = "costor"
+) -> Site:
+    inventory = root / "inventory.toml"
+    inventory.write_text(
+        f"""
+[costor]
+state_dir = ".costor"
+
+[sites.hq]
+
+[pools.cloud]
+site = "hq"
+backend = "s3"
+bucket = "{bucket}"
+prefix = "{prefix}"
+endpoint = "{endpoint}"
+region = "{REGION}"
+path_style = true
+access_key = {{ env = "TEST_S3_ACCESS_KEY" }}
+secret_key = {{ env = "TEST_S3_SECRET_KEY" }}
+passphrase = {{ env = "COSTOR_TEST_PASSPHRASE" }}
+pack_size_mib = 4
+rate_limit = {{ requests = 500, per_seconds = 1 }}
+
+[clients.alpha]
+site = "hq"
+pool = "cloud"
+paths = ["{source}"]
+"""
+    )
+    return Site(root, inventory, root / "unused")
+
+
+@pytest.fixture(params=["moto", "rclone"])
+def server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    server: S3Server = request.getfixturevalue(f"{request.param}_server")
+    monkeypatch.setenv("TEST_S3_ACCESS_KEY", server.access_key)
+    monkeypatch.setenv("TEST_S3_SECRET_KEY", server.secret_key)
+    return server
+
+
+def test_s3_pool_end_to_end(server: S3Server, source: Path, tmp_path: Path) -> None:
+    (source / "big.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    site = s3_site(tmp_path, source, server.endpoint, server.new_bucket())
+    applied = site.cli("apply", "--auto-approve", "--json")
+    assert applied.code == 0, applied.stderr
+    assert site.cli("apply", "--auto-approve", "--json").json()["changes"] == 0
+    backup = site.cli("backup", "alpha", "--json")
+    assert backup.code == 0, backup.stderr
+    assert backup.json()["files_new"] == 4
+    assert site.cli("check", "--read-data").code == 0
+    target = tmp_path / "restored"
+    assert site.cli("restore", "alpha:latest", "--target", str(target)).code == 0
+    assert tree_digest(target / str(source).lstrip("/")) == tree_digest(source)
+    secret = server.secret_key
+    for result in (applied, backup):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_copy_between_local_and_s3(
+    server: S3Server, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = s3_site(tmp_path, source, server.endpoint, server.new_bucket())
+    assert site.cli("apply", "--auto-approve").code == 0
+    assert site.cli("backup", "alpha").code == 0
+    local_copy = tmp_path / "local-copy"
+    to_local = site.cli("pool", "copy", "cloud", str(local_copy), "--json")
+    assert to_local.code == 0, to_local.stderr
+    # ... and on to another bucket given as a location, credentials from the environment.
+    monkeypatch.setenv("COSTOR_S3_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("COSTOR_S3_PATH_STYLE", "1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    other = server.new_bucket()
+    to_s3 = site.cli("pool", "copy", str(local_copy), f"s3://{other}/copied", "--json")
+    assert to_s3.code == 0, to_s3.stderr
+    assert to_s3.json()["copied"] == to_local.json()["copied"]
+    # The second copy restores with the same passphrase.
+    (tmp_path / "second").mkdir()
+    copied_site = s3_site(tmp_path / "second", source, server.endpoint, other, prefix="copied")
+    target = tmp_path / "restored"
+    restored = copied_site.cli("restore", "alpha:latest", "--target", str(target))
+    assert restored.code == 0, restored.stderr
+    assert tree_digest(target / str(source).lstrip("/")) == tree_digest(source)
+
+
+def test_unreachable_s3_pool_is_a_clear_error(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_S3_ACCESS_KEY", "AKIAEXAMPLEEXAMPLE")
+    monkeypatch.setenv("TEST_S3_SECRET_KEY", "secret-example-secret-example")
+    site = s3_site(tmp_path, source, dead_endpoint(), "nowhere")
+    for verb in (("apply", "--auto-approve"), ("check",)):
+        result = site.cli(*verb)
+        assert result.code == 1, result.stdout
+        assert "Temporary storage failure" in result.stderr or "unreachable" in result.stderr
+        assert "secret-example" not in result.stderr
+
+
+def test_foreign_s3_pool_is_refused(server: S3Server, source: Path, tmp_path: Path) -> None:
+    bucket = server.new_bucket()
+    site = s3_site(tmp_path, source, server.endpoint, bucket)
+    assert site.cli("apply", "--auto-approve").code == 0
+    # Someone replaces the pool with another one under the same prefix.
+    from s3servers import make_s3_backend
+
+    from costor.store.pool import IDENTITY_NAME
+
+    backend = make_s3_backend(server, bucket, "costor")
+    identity = backend.get(IDENTITY_NAME).replace(b'"uuid": "', b'"uuid": "0', 1)
+    backend.put(IDENTITY_NAME, identity)
+    result = site.cli("check")
+    assert result.code == 1 and "UUID" in result.stderr

@@ -347,6 +347,8 @@ class PoolConfig(_Model):
     verify_writes: StrictBool | None = None
     verify_delay_s: Annotated[float, Field(ge=0, le=60)] = 0.0  # wait before reading back
     rate_limit: RateLimit | None = None
+    # stage packs in state_dir/staging/NAME and upload them in the background
+    staging: StrictBool = False
 
     @field_validator("backend")
     @classmethod

@@ -98,13 +98,20 @@ class Context:
             raise PoolError(message=f"pool {name}: backend {config.backend!r} has no location")
         verify = config.verify_writes
         rate = config.rate_limit
-        return wrap(
+        stack = wrap(
             inner,
             verify_writes=(config.backend == "s3") if verify is None else verify,
             verify_delay=config.verify_delay_s,
             rate_limit=(rate.requests, float(rate.per_seconds)) if rate else None,
             retry=config.backend == "s3",
         )
+        if config.staging:
+            # Outermost: uploads go through retry, rate limit and verification, and the
+            # barrier before index segments and snapshots waits for verified packs.
+            from costor.store.backends.staging import StagingBackend
+
+            stack = StagingBackend(stack, Path(self.inventory.costor.state_dir) / "staging" / name)
+        return stack
 
     def _secret(self, ref: SecretRef | None, key: str) -> str | None:
         if ref is None:

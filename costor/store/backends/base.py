@@ -61,3 +61,30 @@ def validate_name(name: str) -> str:
     if any(part in ("", ".", "..") for part in name.split("/")):
         raise BackendError(name=name, reason="invalid object name")
     return name
+
+
+class ForwardingBackend:
+    """Base for wrappers ("wrap, don't flag"): every operation goes to ``inner``
+    unchanged; a wrapper overrides only what it changes."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.location = inner.location
+
+    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        self.inner.put(name, data)
+
+    def get(self, name: str) -> bytes:
+        return self.inner.get(name)
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        return self.inner.get_range(name, offset, length)
+
+    def exists(self, name: str) -> bool:
+        return self.inner.exists(name)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, name: str) -> None:
+        self.inner.delete(name)

@@ -44,7 +44,7 @@ from costor.errors import (
     ObjectNotFound,
     WriteNotVerified,
 )
-from costor.store.backends.base import Backend, ObjectInfo
+from costor.store.backends.base import Backend, ForwardingBackend, ObjectInfo
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -294,7 +294,7 @@ class RateLimitedBackend:
 # --- verifying -----------------------------------------------------------------------
 
 
-class VerifyingBackend:
+class VerifyingBackend(ForwardingBackend):
     """Read every ``put`` back and compare its BLAKE3 digest with what was written.
 
     After each ``put`` (and a wait of ``delay`` seconds, for storage that makes new
@@ -318,8 +318,7 @@ class VerifyingBackend:
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
-        self.inner = inner
-        self.location = inner.location
+        super().__init__(inner)
         self.attempts = attempts
         self.delay = delay
         self.sleep = sleep
@@ -349,21 +348,6 @@ class VerifyingBackend:
             reason = f"read back {len(stored)} bytes that differ from the {len(data)} written"
         raise WriteNotVerified(name=name, attempts=self.attempts, reason=reason)
 
-    def get(self, name: str) -> bytes:
-        return self.inner.get(name)
-
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
-        return self.inner.get_range(name, offset, length)
-
-    def exists(self, name: str) -> bool:
-        return self.inner.exists(name)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, name: str) -> None:
-        self.inner.delete(name)
-
 
 # Packs, index segments and snapshots are named by the unkeyed BLAKE3-256 of their
 # stored bytes (DESIGN.md §5, ``costor.store.pool``): ``packs/6e/fa/<hex>``,
@@ -378,7 +362,7 @@ def content_address(name: str) -> str | None:
     return match.group(1) if match else None
 
 
-class ReadVerifyingBackend:
+class ReadVerifyingBackend(ForwardingBackend):
     """Re-read once a whole-object ``get`` whose bytes do not hash to their name.
 
     Only content-addressed names are checked (``expected_digest``, by default
@@ -403,8 +387,7 @@ class ReadVerifyingBackend:
         *,
         expected_digest: Callable[[str], str | None] = content_address,
     ) -> None:
-        self.inner = inner
-        self.location = inner.location
+        super().__init__(inner)
         self.expected_digest = expected_digest
         self.rereads = 0
         self.mismatches = 0
@@ -422,21 +405,6 @@ class ReadVerifyingBackend:
             with self._lock:
                 self.mismatches += 1
         return data
-
-    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
-        self.inner.put(name, data)
-
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
-        return self.inner.get_range(name, offset, length)
-
-    def exists(self, name: str) -> bool:
-        return self.inner.exists(name)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, name: str) -> None:
-        self.inner.delete(name)
 
 
 # --- composition ---------------------------------------------------------------------

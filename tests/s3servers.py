@@ -24,6 +24,7 @@ import os
 import secrets
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -361,6 +362,81 @@ class ConnectionCutter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class UploadCutter:
+    """A loopback TCP relay that resets the first ``cuts`` connections whose request
+    stream passes ``after_bytes`` (a large PUT or upload part): the client's upload is
+    cut mid-body, with a TCP reset, as a dropped network would. Everything else is
+    relayed both ways unchanged."""
+
+    def __init__(self, endpoint: str, *, cuts: int, after_bytes: int) -> None:
+        target = urlsplit(endpoint)
+        assert target.hostname == HOST and target.port
+        self.upstream = (target.hostname, target.port)
+        self.after_bytes = after_bytes
+        self.remaining = cuts
+        self.cut = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server((HOST, 0))
+        self.endpoint = f"http://{HOST}:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _take_cut(self) -> bool:
+        with self._lock:
+            if self.remaining <= 0:
+                return False
+            self.remaining -= 1
+            self.cut += 1
+            return True
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.upstream, timeout=30)
+
+        def responses() -> None:
+            try:
+                while data := upstream.recv(65536):
+                    client.sendall(data)
+            except OSError:
+                pass
+            finally:
+                _close(client)
+
+        threading.Thread(target=responses, daemon=True).start()
+        forwarded = 0
+        try:
+            while data := client.recv(65536):
+                forwarded += len(data)
+                if forwarded > self.after_bytes and self._take_cut():
+                    for sock in (client, upstream):  # SO_LINGER 0: close with a reset
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                    break
+                upstream.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(upstream)
+            _close(client)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 @contextmanager

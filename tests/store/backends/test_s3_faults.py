@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (``src`` is a fixture imported from test_filters and used as an argument)
 """The fault cases of test_filters.py, injected over the REAL S3 backend on both
 servers (moto and rclone serve s3): every backup either completes (check --read-data
 clean, restore byte-identical) or fails with a clear error and leaves a pool that
@@ -13,6 +14,7 @@ from conftest import PASSPHRASE, tree_digest
 from faults import FaultyBackend
 from s3servers import (  # noqa: F401  (moto_server, rclone_server: fixtures)
     S3Server,
+    UploadCutter,
     make_s3_backend,
     moto_server,
     rclone_server,
@@ -37,7 +39,7 @@ def test_backup_to_s3_through_faults(
     kind: str,
     case_name: str,
     request: pytest.FixtureRequest,
-    src: Path,  # noqa: F811  (the fixture imported above)
+    src: Path,
     tmp_path: Path,
 ) -> None:
     case = S3_CASES[case_name]
@@ -66,3 +68,31 @@ def test_backup_to_s3_through_faults(
         assert str(outcome) and checked.snapshot_ids() == []
     if case.also is not None:
         case.also(stack, faulty)
+
+
+@pytest.mark.parametrize("kind", ["moto", "rclone"])
+def test_backup_survives_real_connection_resets_mid_upload(
+    kind: str,
+    request: pytest.FixtureRequest,
+    src: Path,
+    tmp_path: Path,
+) -> None:
+    """Real TCP resets in the middle of pack uploads (a relay cuts the first two
+    connections that carry more than 1 MiB): retried, the backup completes and the pool
+    is whole."""
+    server: S3Server = request.getfixturevalue(f"{kind}_server")
+    bucket = server.new_bucket()
+    Pool.init(make_s3_backend(server, bucket, "pool"), passphrase=PASSPHRASE, pack_size=4 * MIB)
+    cutter = UploadCutter(server.endpoint, cuts=2, after_bytes=1 * MIB)
+    try:
+        through_cutter = make_s3_backend(server, bucket, "pool", endpoint=cutter.endpoint)
+        outcome = backup_through(wrap(through_cutter, retry=True, retry_base_delay=0.02), src)
+    finally:
+        cutter.close()
+    assert cutter.cut == 2, "no upload was cut"
+    assert isinstance(outcome, Snapshot), outcome
+    direct = Pool.open(make_s3_backend(server, bucket, "pool"), PASSPHRASE)
+    assert check(direct, read_data=True).ok
+    direct.load_index()
+    Restorer(direct).restore(outcome, str(tmp_path / "restored"))
+    assert tree_digest(tmp_path / "restored" / str(src).lstrip("/")) == tree_digest(src)

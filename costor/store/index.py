@@ -42,18 +42,26 @@ class Index:
     def __init__(self) -> None:
         self._blobs: dict[bytes, tuple[str, int, int, int, int]] = {}
         self._packs: dict[str, int] = {}  # pack id -> blob count
+        self._data_ends: dict[str, int] = {}  # pack id -> end of its last blob
         self._lock = threading.Lock()
 
     def add_pack(self, pack_id: str, entries: Iterable[PackEntry]) -> None:
         with self._lock:
             pack_id = sys.intern(pack_id)
             count = 0
+            data_end = 0
             for e in entries:
                 self._blobs.setdefault(
                     e.blob_id, (pack_id, int(e.type), e.offset, e.length, e.raw_length)
                 )
                 count += 1
+                data_end = max(data_end, e.offset + e.length)
             self._packs[pack_id] = count
+            self._data_ends[pack_id] = max(data_end, self._data_ends.get(pack_id, 0))
+
+    def data_end(self, pack_id: str) -> int:
+        """Where the pack's blobs end (its trailer follows): reads may extend to here."""
+        return self._data_ends.get(pack_id, 0)
 
     def lookup(self, blob_identity: bytes) -> BlobLocation | None:
         found = self._blobs.get(blob_identity)

@@ -127,6 +127,68 @@ class PoolIdentity:
         return (json.dumps(doc, indent=2) + "\n").encode()
 
 
+# Blobs are read through aligned windows of a pack: restores and tree walks read blobs
+# in roughly the order the backup wrote them, so one ranged read serves many blobs. On
+# S3 a per-blob GET made a 20,000-file restore 11x slower than restic's
+# (docs/benchmarks-s3.md); locally it saves a syscall per blob. 4 MiB x 16 windows =
+# 64 MiB at most.
+READ_WINDOW = 4 * 1024 * 1024
+READ_WINDOWS_CACHED = 16
+
+
+class ReadWindows:
+    """An LRU of recently read pack windows, shared by all reading threads; a window
+    being fetched by one thread is waited for, not fetched again, by the others."""
+
+    def __init__(
+        self, backend: Backend, size: int = READ_WINDOW, capacity: int = READ_WINDOWS_CACHED
+    ) -> None:
+        self.backend = backend
+        self.size = size
+        self.capacity = capacity
+        self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._loading: dict[tuple[str, int], threading.Event] = {}
+        self._lock = threading.Lock()
+        self.reads = 0  # ranged reads made (for tests and reports)
+
+    def read(self, pack_id: str, offset: int, length: int, data_end: int) -> bytes:
+        if length >= self.size or data_end <= 0:
+            self.reads += 1
+            return self.backend.get_range(pack_name(pack_id), offset, length)
+        start = offset - offset % self.size
+        key = (pack_id, start)
+        while True:
+            with self._lock:
+                window = self._cache.get(key)
+                if window is not None and offset + length <= start + len(window):
+                    self._cache.move_to_end(key)
+                    return window[offset - start : offset - start + length]
+                loading = self._loading.get(key)
+                if loading is None:
+                    loading = self._loading[key] = threading.Event()
+                    break
+            loading.wait()  # another thread is fetching this window
+        try:
+            # The window may need to reach past its nominal end for a blob that
+            # straddles it; it never reaches past the last blob (the trailer follows).
+            end = min(max(start + self.size, offset + length), max(data_end, offset + length))
+            self.reads += 1
+            window = self.backend.get_range(pack_name(pack_id), start, end - start)
+            with self._lock:
+                self._cache[key] = window
+                while len(self._cache) > self.capacity:
+                    self._cache.popitem(last=False)
+        finally:
+            with self._lock:
+                self._loading.pop(key).set()
+        return window[offset - start : offset - start + length]
+
+    def forget(self, pack_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self._cache if k[0] == pack_id]:
+                del self._cache[key]
+
+
 def read_identity(backend: Backend) -> PoolIdentity:
     """Read the identity file: the cheapest proof that the pool is there and ours."""
     try:
@@ -156,6 +218,7 @@ class Pool:
         self.blobs_added = 0
         self.blobs_not_compressed = 0  # skipped by the caller's hint (compressibility.py)
         self.packs_written = 0
+        self._windows = ReadWindows(backend)
         # Called with (pack_id, size) after each pack is stored; the db layer hooks in.
         self.on_pack_written: Callable[[str, int], None] | None = None
 
@@ -400,6 +463,19 @@ class Pool:
 
     def read_blob(self, blob_identity: bytes) -> bytes:
         location = self.locate(blob_identity)
+        sealed = self._windows.read(
+            location.pack_id,
+            location.offset,
+            location.length,
+            self.index.data_end(location.pack_id),
+        )
+        try:
+            return self.codec.open(location.type, blob_identity, sealed, location.raw_length)
+        except BlobCorrupt:
+            pass
+        # A blob that fails to verify is read once more, alone and uncached: a transfer
+        # corrupted in transit is not damaged storage. Twice wrong is damage.
+        self._windows.forget(location.pack_id)
         sealed = self.backend.get_range(
             pack_name(location.pack_id), location.offset, location.length
         )

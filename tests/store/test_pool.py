@@ -188,3 +188,13 @@ def test_check_reports_a_missing_tree_pack(tmp_path: Path) -> None:
     report = check(Pool.open(LocalBackend(tmp_path / "p"), PASSPHRASE))
     kinds = {p.kind for p in report.problems}
     assert "missing_pack" in kinds and not report.ok
+
+
+def test_blob_reads_share_pack_windows(tmp_path: Path) -> None:
+    """Reading many small blobs costs a few ranged reads, not one per blob (S3 GETs)."""
+    pool = make_pool(tmp_path / "p", compression_level=None)
+    blobs = [pool.put_blob(BlobType.DATA, os.urandom(5000)) for _ in range(600)]
+    pool.flush()
+    reader = open_pool(tmp_path / "p")
+    assert all(len(reader.read_blob(blob)) == 5000 for blob in blobs)
+    assert reader._windows.reads <= 3  # ~3 MiB of blobs: one or two 4 MiB windows

@@ -30,7 +30,6 @@ from costor.errors import (
     BackendThrottled,
     BackendTransient,
     CostorError,
-    DataCorruption,
     ObjectNotFound,
     StorageFull,
     WriteNotVerified,
@@ -720,21 +719,21 @@ def _backed_up(tmp_path: Path, src: Path) -> tuple[Path, Snapshot]:
     return pool_path, Archiver(pool, client="c", paths=[str(src)]).run()
 
 
-def test_corrupted_ranged_read_fails_the_restore_with_data_corruption(
+def test_corrupted_ranged_read_is_read_again_and_the_restore_completes(
     tmp_path: Path, src: Path
 ) -> None:
-    """Restores read blobs by range; no filter can check a range, so the pool's AEAD
-    and blob-id check catch it: DataCorruption, and no wrong bytes under a real name."""
+    """Restores read blobs by range; no filter can check a range, but the pool checks
+    each blob (AEAD and id) and reads a failing one once more, alone: a transfer
+    corrupted once is healed, and damage that persists raises DataCorruption (see
+    tests/store/test_backup_restore.py)."""
     pool_path, snapshot = _backed_up(tmp_path, src)
     faulty = FaultyBackend(LocalBackend(pool_path), corrupt_reads=lambda n: n.startswith("packs/"))
     pool = Pool.open(wrap(faulty, verify_reads=True), PASSPHRASE)
     pool.load_index()
     target = tmp_path / "restored"
-    with pytest.raises(DataCorruption):
-        Restorer(pool).restore(snapshot, str(target))
+    Restorer(pool).restore(snapshot, str(target))
     assert faulty.corrupted_reads >= 1
-    restored_big = target / str(src).lstrip("/") / "big.bin"
-    assert not restored_big.exists() or restored_big.read_bytes() == (src / "big.bin").read_bytes()
+    assert tree_digest(target / str(src).lstrip("/")) == tree_digest(src)
     assert check(Pool.open(LocalBackend(pool_path), PASSPHRASE), read_data=True).ok
 
 

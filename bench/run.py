@@ -1085,6 +1085,12 @@ def render(report: dict[str, Any]) -> str:
     for note in report["notes"]:
         out.append(note)
     out.append("")
+    out.append(
+        "On S3 (CoStor vs restic on a loopback `rclone serve s3`: times, requests and objects "
+        "per GB, `verify_writes` on and off): [benchmarks-s3.md](benchmarks-s3.md), generated "
+        "by `bench/s3.py`."
+    )
+    out.append("")
     return "\n".join(out)
 
 

@@ -342,9 +342,11 @@ class PoolConfig(_Model):
     access_key: SecretRef | None = None
     secret_key: SecretRef | None = None
     path_style: StrictBool = False  # bucket in the path, not the host name (MinIO, Ceph…)
-    # storage filters (any backend): read back after write, for eventually consistent
-    # stores; None = on for s3, off for local disks (where it would only double reads)
-    verify_writes: StrictBool | None = None
+    # storage filters (any backend): read every object back after writing it, for
+    # stores that are only eventually consistent. Off by default: AWS S3 and the common
+    # S3 servers are strongly consistent and CoStor sends Content-MD5 with every PUT;
+    # reading back doubles the traffic of a backup (docs/benchmarks-s3.md).
+    verify_writes: StrictBool = False
     verify_delay_s: Annotated[float, Field(ge=0, le=60)] = 0.0  # wait before reading back
     rate_limit: RateLimit | None = None
     # stage packs in state_dir/staging/NAME and upload them in the background

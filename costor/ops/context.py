@@ -96,11 +96,10 @@ class Context:
             inner = LocalBackend(config.path)
         else:
             raise PoolError(message=f"pool {name}: backend {config.backend!r} has no location")
-        verify = config.verify_writes
         rate = config.rate_limit
         stack = wrap(
             inner,
-            verify_writes=(config.backend == "s3") if verify is None else verify,
+            verify_writes=config.verify_writes,
             verify_delay=config.verify_delay_s,
             rate_limit=(rate.requests, float(rate.per_seconds)) if rate else None,
             retry=config.backend == "s3",

@@ -157,31 +157,38 @@ class ReadWindows:
             return self.backend.get_range(pack_name(pack_id), offset, length)
         start = offset - offset % self.size
         key = (pack_id, start)
+        needed = offset + length
         while True:
             with self._lock:
                 window = self._cache.get(key)
-                if window is not None and offset + length <= start + len(window):
+                if window is not None and needed <= start + len(window):
                     self._cache.move_to_end(key)
-                    return window[offset - start : offset - start + length]
+                    return window[offset - start : needed - start]
                 loading = self._loading.get(key)
                 if loading is None:
                     loading = self._loading[key] = threading.Event()
                     break
-            loading.wait()  # another thread is fetching this window
+            loading.wait()  # another thread is fetching (part of) this window
         try:
-            # The window may need to reach past its nominal end for a blob that
-            # straddles it; it never reaches past the last blob (the trailer follows).
-            end = min(max(start + self.size, offset + length), max(data_end, offset + length))
+            have = b"" if window is None else window
+            # A window covers its aligned span up to the last blob (the trailer follows);
+            # a blob straddling its end extends it by just the missing tail, so no byte
+            # is fetched twice.
+            end = min(max(start + self.size, needed), max(data_end, needed))
             self.reads += 1
-            window = self.backend.get_range(pack_name(pack_id), start, end - start)
+            tail = self.backend.get_range(
+                pack_name(pack_id), start + len(have), end - start - len(have)
+            )
+            window = have + tail if have else tail
             with self._lock:
                 self._cache[key] = window
+                self._cache.move_to_end(key)
                 while len(self._cache) > self.capacity:
                     self._cache.popitem(last=False)
         finally:
             with self._lock:
                 self._loading.pop(key).set()
-        return window[offset - start : offset - start + length]
+        return window[offset - start : needed - start]
 
     def forget(self, pack_id: str) -> None:
         with self._lock:

@@ -40,6 +40,7 @@ secret_key = {{ env = "TEST_S3_SECRET_KEY" }}
 passphrase = {{ env = "COSTOR_TEST_PASSPHRASE" }}
 pack_size_mib = 4
 rate_limit = {{ requests = 500, per_seconds = 1 }}
+verify_writes = true
 
 [clients.alpha]
 site = "hq"

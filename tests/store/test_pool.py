@@ -198,3 +198,31 @@ def test_blob_reads_share_pack_windows(tmp_path: Path) -> None:
     reader = open_pool(tmp_path / "p")
     assert all(len(reader.read_blob(blob)) == 5000 for blob in blobs)
     assert reader._windows.reads <= 3  # ~3 MiB of blobs: one or two 4 MiB windows
+
+
+def test_windowed_reads_fetch_each_byte_about_once(tmp_path: Path) -> None:
+    """Blobs straddling a window's end extend it by the missing tail only: reading a
+    pack's blobs in order downloads about the pack, not twice it."""
+    import random
+
+    from costor.store.backends.base import ForwardingBackend
+
+    class Counting(ForwardingBackend):
+        fetched = 0
+
+        def get_range(self, name: str, offset: int, length: int) -> bytes:
+            Counting.fetched += length
+            return self.inner.get_range(name, offset, length)
+
+    pool = make_pool(tmp_path / "p", compression_level=None, pack_size=32 * 1024 * 1024)
+    rng = random.Random(3)
+    blobs = [
+        pool.put_blob(BlobType.DATA, rng.randbytes(rng.randint(1000, 900_000))) for _ in range(60)
+    ]
+    pool.flush()
+    stored = sum(pool.list_packs().values())
+    reader = Pool.open(Counting(LocalBackend(tmp_path / "p")), PASSPHRASE)
+    reader.load_index()
+    for blob in blobs:
+        reader.read_blob(blob)
+    assert Counting.fetched <= stored * 1.1

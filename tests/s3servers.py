@@ -19,6 +19,7 @@ Nothing here talks to anything but 127.0.0.1: servers and clients run with
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import secrets
@@ -302,17 +303,14 @@ def start_rclone(workdir: Path, *extra: str) -> S3Server:
     return server
 
 
-class ConnectionCutter:
-    """A loopback TCP relay in front of a server that passes at most ``limit`` bytes of
-    each response, then drops the connection: a real truncated body (``limit`` beyond
-    the headers) or a connection closed before any answer (``limit=0``). Requests are
-    relayed whole, so the server may well have acted on them."""
+class _LoopbackRelay(abc.ABC):
+    """A TCP relay on a free 127.0.0.1 port in front of ``endpoint``; one thread per
+    connection runs ``_relay``, which subclasses define."""
 
-    def __init__(self, endpoint: str, limit: int) -> None:
+    def __init__(self, endpoint: str) -> None:
         target = urlsplit(endpoint)
         assert target.hostname == HOST and target.port
         self.upstream = (target.hostname, target.port)
-        self.limit = limit
         self._listener = socket.create_server((HOST, 0))
         self.endpoint = f"http://{HOST}:{self._listener.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
@@ -324,6 +322,24 @@ class ConnectionCutter:
             except OSError:
                 return
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    @abc.abstractmethod
+    def _relay(self, client: socket.socket) -> None:
+        """Relay one client connection: each relay says what it does to the bytes."""
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+class ConnectionCutter(_LoopbackRelay):
+    """A loopback TCP relay in front of a server that passes at most ``limit`` bytes of
+    each response, then drops the connection: a real truncated body (``limit`` beyond
+    the headers) or a connection closed before any answer (``limit=0``). Requests are
+    relayed whole, so the server may well have acted on them."""
+
+    def __init__(self, endpoint: str, limit: int) -> None:
+        self.limit = limit
+        super().__init__(endpoint)
 
     def _relay(self, client: socket.socket) -> None:
         upstream = socket.create_connection(self.upstream, timeout=10)
@@ -354,9 +370,6 @@ class ConnectionCutter:
                     pass
                 sock.close()
 
-    def close(self) -> None:
-        self._listener.close()
-
     def __enter__(self) -> ConnectionCutter:
         return self
 
@@ -364,31 +377,18 @@ class ConnectionCutter:
         self.close()
 
 
-class UploadCutter:
+class UploadCutter(_LoopbackRelay):
     """A loopback TCP relay that resets the first ``cuts`` connections whose request
     stream passes ``after_bytes`` (a large PUT or upload part): the client's upload is
     cut mid-body, with a TCP reset, as a dropped network would. Everything else is
     relayed both ways unchanged."""
 
     def __init__(self, endpoint: str, *, cuts: int, after_bytes: int) -> None:
-        target = urlsplit(endpoint)
-        assert target.hostname == HOST and target.port
-        self.upstream = (target.hostname, target.port)
         self.after_bytes = after_bytes
         self.remaining = cuts
         self.cut = 0
         self._lock = threading.Lock()
-        self._listener = socket.create_server((HOST, 0))
-        self.endpoint = f"http://{HOST}:{self._listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+        super().__init__(endpoint)
 
     def _take_cut(self) -> bool:
         with self._lock:
@@ -427,9 +427,6 @@ class UploadCutter:
         finally:
             _close(upstream)
             _close(client)
-
-    def close(self) -> None:
-        self._listener.close()
 
 
 def _close(sock: socket.socket) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from costor.errors import DataCorruption, ObjectNotFound, PoolMismatch, WriteNotVerified
 from costor.store.backends.base import Backend
+from costor.store.backends.filters import content_address
 from costor.store.crypto import object_hash
 from costor.store.pool import IDENTITY_NAME, read_identity
 from costor.store.progress import Progress
@@ -106,7 +107,8 @@ def copy_pool(
 def _copy_one(source: Backend, destination: Backend, name: str, report: CopyReport) -> bool:
     """Runs on worker threads; ``list.append`` on the report is atomic in CPython."""
     data = source.get(name)
-    if name.startswith(HASH_NAMED) and object_hash(data) != name.rsplit("/", 1)[-1]:
+    expected = content_address(name)
+    if expected is not None and object_hash(data) != expected:
         report.damaged_in_source.append(name)
         return False
     _copy_object(source, destination, name, data=data, verify=_hash_or_bytes)
@@ -137,6 +139,5 @@ def _same_bytes(_name: str, written: bytes, stored: bytes) -> bool:
 
 
 def _hash_or_bytes(name: str, written: bytes, stored: bytes) -> bool:
-    if name.startswith(HASH_NAMED):
-        return object_hash(stored) == name.rsplit("/", 1)[-1]
-    return written == stored
+    expected = content_address(name)
+    return object_hash(stored) == expected if expected is not None else written == stored

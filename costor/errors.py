@@ -154,3 +154,34 @@ class UsageError(CostorError):
 
 class StateError(CostorError):
     """State database error: {message}"""
+
+
+class StateLocked(StateError):
+    """The state is locked: {holder}. Wait for it (--lock-timeout) or, if that process is gone, run `costor force-unlock {lock_id}`."""
+
+
+# --- plans ---------------------------------------------------------------------------
+
+
+class PlanError(CostorError):
+    """Plan error: {message}"""
+
+
+class PlanFileInvalid(PlanError):
+    """{path} is not a CoStor plan file: {reason}"""
+
+
+class PlanStale(PlanError):
+    """Saved plan {path} is stale: {reason}. Run `costor plan` again."""
+
+
+class PlanForeign(PlanError):
+    """Saved plan {path} was made against another state (lineage {plan_lineage}, this state is {state_lineage})."""
+
+
+class PlanBlocked(PlanError):
+    """Refusing to apply: {reason}"""
+
+
+class ApplyCancelled(CostorError):
+    """Apply cancelled."""

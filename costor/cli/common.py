@@ -25,3 +25,35 @@ def context(args: Any) -> Any:
     from costor.ops.context import Context
 
     return Context(args.inventory)
+
+
+def planning_context(args: Any) -> Any:
+    """The context of plan and apply: secrets must be readable (a missing variable is a
+    diagnostic naming its key), since the plan compares and apply uses them."""
+    from costor.ops.context import Context
+
+    return Context(args.inventory, resolve_secrets=True)
+
+
+def add_lock_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lock-timeout",
+        metavar="DURATION",
+        type=duration,
+        default=0.0,
+        help="wait this long for the state lock held by another apply, e.g. 30s or 5m "
+        "(default: 0, fail at once naming the holder)",
+    )
+
+
+def duration(text: str) -> float:
+    """``30``, ``30s``, ``5m``, ``1h`` -> seconds (argparse type)."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s or 5m") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value

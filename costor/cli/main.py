@@ -19,7 +19,10 @@ __all__ = ["add_inventory_option", "add_json_option", "build_parser", "main"]
 # Verb name -> module (costor.cli.<module>). One file per verb.
 VERBS: dict[str, str] = {
     "validate": "validate_cmd",
+    "fmt": "fmt_cmd",
+    "plan": "plan_cmd",
     "apply": "apply_cmd",
+    "show": "show_cmd",
     "backup": "backup_cmd",
     "snapshots": "snapshots_cmd",
     "ls": "ls_cmd",
@@ -27,6 +30,8 @@ VERBS: dict[str, str] = {
     "diff": "diff_cmd",
     "check": "check_cmd",
     "pool": "pool_cmd",
+    "db": "db_cmd",
+    "force-unlock": "force_unlock_cmd",
 }
 
 

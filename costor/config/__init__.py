@@ -12,6 +12,8 @@ Entry points: :func:`load_inventory` (raises :class:`costor.errors.InventoryInva
 from costor.config.diagnostics import Diagnostic, format_key
 from costor.config.loader import check_inventory, load_inventory
 from costor.config.model import (
+    BUILTIN_ROLES,
+    PERMISSIONS,
     CheckPolicy,
     ClientConfig,
     Compression,
@@ -23,7 +25,9 @@ from costor.config.model import (
     PolicyConfig,
     PoolConfig,
     RateLimit,
+    RemovedBlock,
     Retention,
+    RoleConfig,
     SecretRef,
     SiteConfig,
     SshOptions,
@@ -33,6 +37,8 @@ from costor.config.positions import KeyPath, Position, PositionMap, scan_positio
 from costor.config.secret import resolve_secret
 
 __all__ = [
+    "BUILTIN_ROLES",
+    "PERMISSIONS",
     "CheckPolicy",
     "ClientConfig",
     "Compression",
@@ -48,7 +54,9 @@ __all__ = [
     "Position",
     "PositionMap",
     "RateLimit",
+    "RemovedBlock",
     "Retention",
+    "RoleConfig",
     "SecretRef",
     "SiteConfig",
     "SshOptions",

@@ -38,6 +38,7 @@ from costor.config.diagnostics import (
     toml_type_name,
 )
 from costor.config.model import (
+    BUILTIN_ROLES,
     RESOURCE_TABLES,
     ClientConfig,
     CostorSettings,
@@ -46,12 +47,14 @@ from costor.config.model import (
     MovedBlock,
     PolicyConfig,
     PoolConfig,
+    RemovedBlock,
+    RoleConfig,
     SiteConfig,
     UserConfig,
     iter_secret_refs,
     name_problem,
 )
-from costor.config.positions import PositionMap, scan_positions
+from costor.config.positions import KeyPath, PositionMap, scan_positions
 from costor.config.profiles import Profile, find_profile_files, merge_client
 from costor.config.secret import resolve_secret, secret_file_warning
 from costor.errors import InventoryInvalid, SecretUnavailable
@@ -64,8 +67,9 @@ RESOURCE_MODELS: dict[str, type[BaseModel]] = {
     "policies": PolicyConfig,
     "groups": GroupConfig,
     "users": UserConfig,
+    "roles": RoleConfig,
 }
-TOP_LEVEL_KEYS = ("costor", *RESOURCE_MODELS, "moved")
+TOP_LEVEL_KEYS = ("costor", *RESOURCE_MODELS, "moved", "removed")
 
 
 def load_inventory(path: str | Path, *, resolve_secrets: bool = False) -> Inventory:
@@ -126,8 +130,9 @@ class _Check:
             name: self.validate_table(model, name, tables[name])
             for name, model in RESOURCE_MODELS.items()
         }
-        moved = self.validate_moved(data.get("moved"))
-        self.check_references(tables, data.get("moved"))
+        moved = self.validate_blocks(MovedBlock, "moved", data.get("moved"))
+        removed = self.validate_blocks(RemovedBlock, "removed", data.get("removed"))
+        self.check_references(tables, data.get("moved"), data.get("removed"))
         if self.resolve_secrets:
             self.check_secrets({"costor": costor, **resources})
 
@@ -139,6 +144,7 @@ class _Check:
             base_dir=self.base_dir,
             costor=costor,
             moved=moved,
+            removed=removed,
             warnings=tuple(diagnostics),
             **resources,
         )
@@ -165,7 +171,7 @@ class _Check:
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
-            line, column, message = _decode_error_position(error, text)
+            line, column, message = decode_error_position(error, text)
             self.diagnostics.append(
                 Diagnostic(display, line, column, "", f"invalid TOML: {message}")
             )
@@ -283,17 +289,18 @@ class _Check:
                 valid[name] = resource
         return valid
 
-    def validate_moved(self, moved: Any) -> tuple[MovedBlock, ...]:
-        if moved is None:
+    def validate_blocks(self, model: type[Any], key: str, blocks: Any) -> tuple[Any, ...]:
+        """``[[moved]]`` or ``[[removed]]``: each block validated on its own."""
+        if blocks is None:
             return ()
-        if not isinstance(moved, list):
-            message = f"expected an array of tables ([[moved]]), got {toml_type_name(moved)}"
-            self.problems.append(Problem(("moved",), message))
+        if not isinstance(blocks, list):
+            message = f"expected an array of tables ([[{key}]]), got {toml_type_name(blocks)}"
+            self.problems.append(Problem((key,), message))
             return ()
-        blocks = (self.validate(MovedBlock, block, ("moved", i)) for i, block in enumerate(moved))
-        return tuple(block for block in blocks if block is not None)
+        valid = (self.validate(model, block, (key, i)) for i, block in enumerate(blocks))
+        return tuple(block for block in valid if block is not None)
 
-    def check_references(self, tables: dict[str, Any], moved: Any) -> None:
+    def check_references(self, tables: dict[str, Any], moved: Any, removed: Any) -> None:
         """Names that must refer to declared resources; done on the merged raw data so a
         reference is checked even when its table has other errors.
 
@@ -329,6 +336,16 @@ class _Check:
         for name, user in _resources(tables["users"]):
             for index, group in _items(user.get("groups")):
                 check(("users", name, "groups", index), group, "groups", "group")
+        for name in declared["roles"] & set(BUILTIN_ROLES):
+            message = f"role {name!r} is built in and cannot be redeclared"
+            self.problems.append(Problem(("roles", name), message))
+        roles = declared["roles"] | set(BUILTIN_ROLES)
+        for name, group in _resources(tables["groups"]):
+            for index, role in _items(group.get("roles")):
+                if isinstance(role, str) and role not in roles:
+                    hint = _did_you_mean(role, roles) or f" (roles: {', '.join(sorted(roles))})"
+                    message = f"unknown role {role!r}{hint}"
+                    self.problems.append(Problem(("groups", name, "roles", index), message))
 
         seen_from: set[str] = set()
         for index, block in _items(moved):
@@ -350,6 +367,22 @@ class _Check:
             ):
                 message = f"{target!r} is not declared in the inventory"
                 self.problems.append(Problem(("moved", index, "to"), message))
+
+        seen_removed: set[str] = set()
+        for index, block in _items(removed):
+            source = block.get("from") if isinstance(block, dict) else None
+            if not isinstance(source, str):
+                continue
+            where: KeyPath = ("removed", index, "from")
+            if source in seen_removed:
+                self.problems.append(Problem(where, f"{source!r} is removed more than once"))
+            seen_removed.add(source)
+            if _is_declared(source, declared):
+                message = f"{source!r} is still declared; remove its table to remove it"
+                self.problems.append(Problem(where, message))
+            elif source in seen_from:
+                message = f"{source!r} is also the 'from' of a [[moved]] block"
+                self.problems.append(Problem(where, message))
 
     def check_secrets(self, resources: dict[str, Any]) -> None:
         for section, value in resources.items():
@@ -384,7 +417,7 @@ class _Check:
 _TOML_ERROR_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 
-def _decode_error_position(error: tomllib.TOMLDecodeError, text: str) -> tuple[int, int, str]:
+def decode_error_position(error: tomllib.TOMLDecodeError, text: str) -> tuple[int, int, str]:
     """Line, column and message of a tomllib error (3.11 puts them in the message)."""
     message = str(error)
     line = column = 0

@@ -68,7 +68,47 @@ RESOURCE_TABLES = {
     "policy": "policies",
     "group": "groups",
     "user": "users",
+    "role": "roles",
 }
+
+# Roles every installation has without declaring them; a group names them like declared
+# ones. ``[roles.NAME]`` adds more (a declared role may not reuse these names).
+BUILTIN_ROLES: dict[str, tuple[str, ...]] = {
+    "admin": ("admin",),
+    "operator": (
+        "snapshots.read",
+        "snapshots.restore",
+        "backups.run",
+        "jobs.read",
+        "jobs.manage",
+        "config.read",
+    ),
+    "viewer": ("snapshots.read", "jobs.read", "config.read"),
+}
+
+# What a role may grant. "admin" is everything, including users and the audit log.
+PERMISSIONS = (
+    "admin",
+    "snapshots.read",
+    "snapshots.restore",
+    "backups.run",
+    "jobs.read",
+    "jobs.manage",
+    "config.read",
+    "users.manage",
+    "audit.read",
+)
+Permission = Literal[
+    "admin",
+    "snapshots.read",
+    "snapshots.restore",
+    "backups.run",
+    "jobs.read",
+    "jobs.manage",
+    "config.read",
+    "users.manage",
+    "audit.read",
+]
 
 LITERAL_SECRET_MESSAGE = "secrets must be { env = … } or { file = … }, never literal"
 
@@ -500,9 +540,18 @@ class PolicyConfig(_Model):
 # --- [groups.NAME], [users.NAME] -------------------------------------------------------
 
 
+class RoleConfig(_Model):
+    """``[roles.NAME]``: a named set of permissions that groups grant their members."""
+
+    name: StrictStr
+    permissions: Annotated[tuple[Permission, ...], Field(min_length=1)]
+    description: StrictStr | None = None
+
+
 class GroupConfig(_Model):
     name: StrictStr
-    # Role names are free text until the server (a later issue) defines its roles.
+    # Built-in roles (admin, operator, viewer) or declared [roles.NAME]; checked by the
+    # loader, which sees the whole inventory.
     roles: tuple[NonEmptyStr, ...] = ()
 
 
@@ -545,6 +594,18 @@ class MovedBlock(_Model):
         return self.to.split(".", 1)[0]
 
 
+class RemovedBlock(_Model):
+    """``[[removed]]``: resource ``from`` is gone from the inventory on purpose.
+
+    ``destroy = false`` forgets it (the state drops it; a pool's data and a client's
+    snapshots stay where they are). ``destroy = true`` is the explicit flag that also
+    deletes what it holds: a pool's objects, a client's snapshots.
+    """
+
+    from_: Address = Field(alias="from")
+    destroy: StrictBool
+
+
 # --- the whole inventory ---------------------------------------------------------------
 
 
@@ -564,7 +625,9 @@ class Inventory(_Model):
     policies: dict[str, PolicyConfig] = {}
     groups: dict[str, GroupConfig] = {}
     users: dict[str, UserConfig] = {}
+    roles: dict[str, RoleConfig] = {}
     moved: tuple[MovedBlock, ...] = ()
+    removed: tuple[RemovedBlock, ...] = ()
     # Findings that do not make the inventory invalid; not part of the digest.
     warnings: tuple[Diagnostic, ...] = Field(default=(), exclude=True)
 
@@ -586,7 +649,16 @@ class Inventory(_Model):
 
     def secret_refs(self) -> Iterator[tuple[KeyPath, SecretRef]]:
         """Every secret reference with its key path, e.g. ``("pools", "main", "passphrase")``."""
-        for section in ("costor", "sites", "pools", "clients", "policies", "groups", "users"):
+        for section in (
+            "costor",
+            "sites",
+            "pools",
+            "clients",
+            "policies",
+            "groups",
+            "users",
+            "roles",
+        ):
             yield from iter_secret_refs(getattr(self, section), (section,))
 
 

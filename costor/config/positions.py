@@ -77,9 +77,22 @@ class PositionMap:
 
 def scan_positions(text: str) -> PositionMap:
     """Positions of every key in ``text``, which must be TOML that ``tomllib`` accepts."""
+    return scan_layout(text)[0]
+
+
+@dataclass(frozen=True)
+class Comment:
+    """A ``#`` comment: where it starts and its text (from ``#`` to the line's end)."""
+
+    position: Position
+    text: str
+
+
+def scan_layout(text: str) -> tuple[PositionMap, list[Comment]]:
+    """Positions of every key and every comment (``costor fmt`` keeps comments)."""
     scanner = _Scanner(text)
     scanner.scan_document()
-    return PositionMap(scanner.positions)
+    return PositionMap(scanner.positions), scanner.comments
 
 
 # Characters that can appear in a bare key (TOML 1.0 §Keys).
@@ -97,6 +110,7 @@ class _Scanner:
         # so that [[a]] ... [a.b] ... [[a]] puts `b` under the right element of `a`.
         self.array_counts: dict[KeyPath, int] = {}
         self.current_table: KeyPath = ()
+        self.comments: list[Comment] = []
         self._line_starts = [0] + [i + 1 for i, char in enumerate(text) if char == "\n"]
 
     # --- positions ---------------------------------------------------------------------
@@ -126,7 +140,10 @@ class _Scanner:
             if char in " \t\r\n":
                 self.pos += 1
             elif char == "#":
+                start = self.pos
                 self.skip_to_line_end()
+                comment = self.text[start : self.pos].rstrip("\r \t")
+                self.comments.append(Comment(self.position_of(start), comment))
             else:
                 return
 

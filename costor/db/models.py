@@ -23,6 +23,10 @@ class PoolRow(SQLModel, table=True):
 
 
 class ClientRow(SQLModel, table=True):
+    """A client as the engine needs it. A client removed from the inventory stays here,
+    ``retired_at`` set, so its snapshots keep a name and retention (its ``policy``) still
+    applies; a renamed one keeps its earlier names, under which its snapshots were taken."""
+
     __tablename__ = "clients"
 
     name: str = Field(primary_key=True)
@@ -32,6 +36,9 @@ class ClientRow(SQLModel, table=True):
     config_digest: str
     created_at: datetime
     updated_at: datetime
+    policy: str | None = None
+    former_names: str = "[]"  # JSON list, oldest first
+    retired_at: datetime | None = None
 
 
 class SnapshotRow(SQLModel, table=True):
@@ -54,3 +61,56 @@ class PackRow(SQLModel, table=True):
     pack_id: str = Field(primary_key=True)
     size: int
     last_verified: datetime | None = None
+
+
+class StateMetaRow(SQLModel, table=True):
+    """Key/value facts about the state itself: ``lineage`` (a UUID made with the state,
+    so a plan made against another state is recognised), ``serial`` (bumped by every
+    committed control-plane change, so a saved plan knows when it is stale) and
+    ``plan_key`` (HMAC key signing plan files)."""
+
+    __tablename__ = "state_meta"
+
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class ResourceRow(SQLModel, table=True):
+    """One declared resource as last applied. ``attributes`` is the JSON the plan
+    compared (secret references, never secret values); ``applied`` is the same as
+    apply last wrote it, written by apply only, so an edit made elsewhere (the API, SQL)
+    shows up in the next plan as drift, field by field."""
+
+    __tablename__ = "resources"
+
+    address: str = Field(primary_key=True)  # "client.web1"
+    type: str = Field(index=True)
+    name: str
+    attributes: str  # canonical JSON
+    applied: str  # canonical JSON
+    created_at: datetime
+    updated_at: datetime
+
+
+class StateLockRow(SQLModel, table=True):
+    """Who holds the state lock (one row while an apply runs)."""
+
+    __tablename__ = "state_lock"
+
+    name: str = Field(primary_key=True)  # "state"
+    lock_id: str
+    operation: str
+    who: str  # user@host
+    host: str
+    pid: int
+    created_at: datetime
+
+
+class UserRow(SQLModel, table=True):
+    """Web UI / API users: the password only as an argon2id PHC hash."""
+
+    __tablename__ = "users"
+
+    name: str = Field(primary_key=True)
+    password_hash: str
+    updated_at: datetime

@@ -7,7 +7,6 @@ schema is behind: Alembic is imported only then, so everyday commands don't pay 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,10 +19,21 @@ from sqlmodel import Session, create_engine
 from costor.errors import StateError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str, *, upgrade_schema: bool = True) -> Engine:
+    engine = _create(url)
+    if not upgrade_schema:
+        return engine
+    try:
+        upgrade_if_needed(engine)
+    except Exception as error:
+        raise StateError(message=f"cannot open state database {_safe_url(url)}: {error}") from error
+    return engine
+
+
+def _create(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 60})
@@ -45,11 +55,9 @@ def open_engine(url: str) -> Engine:
             immediate = connection.get_execution_options().get("sqlite_immediate")
             connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
     else:
-        engine = create_engine(url, pool_pre_ping=True)
-    try:
-        upgrade_if_needed(engine)
-    except Exception as error:
-        raise StateError(message=f"cannot open state database {_safe_url(url)}: {error}") from error
+        # Every session in UTC: timestamps are stored as UTC, and a column without a time
+        # zone must not be shifted by the server's or the role's TimeZone setting.
+        engine = create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
     return engine
 
 
@@ -91,6 +99,46 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
+def migrate(url: str) -> tuple[str | None, str]:
+    """``costor db upgrade``: (revision before, revision after)."""
+    engine = open_engine(url, upgrade_schema=False)
+    try:
+        with engine.connect() as connection:
+            before = current_revision(connection)
+        upgrade(engine)
+        with engine.connect() as connection:
+            after = current_revision(connection)
+    except Exception as error:
+        raise StateError(message=f"cannot upgrade {_safe_url(url)}: {error}") from error
+    finally:
+        engine.dispose()
+    return before, after or HEAD_REVISION
+
+
+def read_status(url: str) -> dict[str, object]:
+    """Schema revision and state identity, read without changing anything."""
+    engine = open_engine(url, upgrade_schema=False)
+    status: dict[str, object] = {"database": _safe_url(url), "revision": None}
+    try:
+        with engine.connect() as connection:
+            status["revision"] = current_revision(connection)
+            if inspect(connection).has_table("state_meta"):
+                rows: dict[str, str] = dict(
+                    connection.execute(text("SELECT key, value FROM state_meta")).tuples().all()
+                )
+                status["lineage"] = rows.get("lineage")
+                status["serial"] = int(rows["serial"]) if "serial" in rows else None
+    except Exception as error:
+        raise StateError(message=f"cannot read {_safe_url(url)}: {error}") from error
+    finally:
+        engine.dispose()
+    return status
+
+
+def describe_url(url: str) -> str:
+    return _safe_url(url)
+
+
 @contextmanager
 def session_scope(engine: Engine, *, write: bool = True) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error; the
@@ -111,8 +159,10 @@ def session_scope(engine: Engine, *, write: bool = True) -> Iterator[Session]:
 
 
 def _safe_url(url: str) -> str:
-    # Never print a password embedded in a database URL.
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return os.path.basename(url) if url.startswith("sqlite") else url
+    """The URL for messages: a password in it is never printed (SQLAlchemy's masking)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparseable URL: show only its scheme
+        return url.split("://", 1)[0] + "://…"

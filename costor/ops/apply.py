@@ -1,162 +1,524 @@
-"""Make the declared pools and clients real (first slice of plan/apply).
+"""Applying a plan: under the state lock, check it is still what the world looks like,
+then carry out each change in order, one transaction each.
 
-``changes`` compares the inventory with the state and the pools it observes, and returns
-what would change, each with a reason; ``apply`` carries those changes out. Running
-``apply`` twice changes nothing the second time. The later plan/apply issue turns the
-change list into a saved, serialisable plan; this module is where it plugs in.
+Apply never re-decides. It plans again inside the lock only to *compare*: a saved plan
+(or the one shown at the prompt) is applied only if a fresh plan would contain exactly
+the same changes (same operation, same desired attributes, same observed facts) and the
+binding (state lineage and serial, inventory and profile bytes, secrets) is unchanged.
+Otherwise the plan is stale and nothing is done.
+
+Each change commits with a serial bump, so a plan made before any of them is stale
+afterwards. A failure stops the apply; what was done stays recorded, and the next plan
+shows what is left. Storage is always touched before the state records it: a killed
+apply leaves at most an initialised pool the next plan adopts.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from costor.errors import PoolError, PoolMismatch, PoolNotFound
+from costor.errors import (
+    CostorError,
+    PlanBlocked,
+    PlanForeign,
+    PlanStale,
+    PoolError,
+    PoolMismatch,
+)
 from costor.ops.context import Context, utcnow
 
+if TYPE_CHECKING:
+    from sqlmodel import Session
 
-@dataclass(frozen=True)
-class Change:
-    address: str  # "pool.main", "client.web1"
-    action: str  # create | update | adopt | no-op
-    reason: str
-    details: dict[str, Any] = field(default_factory=dict)
+    from costor.config.model import PoolConfig
+    from costor.plan.model import Plan, ResourceChange
+
+
+@dataclass
+class ApplyReport:
+    applied: list[ResourceChange] = field(default_factory=list)
+    serial: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "address": self.address,
-            "action": self.action,
-            "reason": self.reason,
-            **self.details,
+            "applied": [
+                {
+                    "address": c.address,
+                    "type": c.type,
+                    "name": c.name,
+                    "actions": list(c.actions),
+                    "operation": c.operation,
+                    "previous_address": c.previous_address,
+                    "reason": c.reason,
+                }
+                for c in self.applied
+            ],
+            "changes": len(self.applied),
+            "serial": self.serial,
         }
 
 
-def changes(ctx: Context) -> list[Change]:
-    from costor.db.models import ClientRow, PoolRow
-    from costor.db.session import session_scope
-    from costor.store.pool import read_identity
+def check_applyable(plan: Plan) -> None:
+    if plan.errors:
+        raise PlanBlocked(reason="; ".join(plan.errors))
+    blocked = plan.blocked
+    if blocked:
+        reasons = "; ".join(c.blocked or "" for c in blocked)
+        raise PlanBlocked(reason=reasons)
 
-    result: list[Change] = []
-    with session_scope(ctx.engine, write=False) as session:
-        for name in ctx.pool_names():
-            address = f"pool.{name}"
-            row = session.get(PoolRow, name)
-            try:
-                identity = read_identity(ctx.backend(name))
-            except PoolNotFound:
-                identity = None
-            if identity is None:
-                result.append(Change(address, "create", "no pool at the declared location"))
-            elif row is None:
-                result.append(
-                    Change(
-                        address,
-                        "adopt",
-                        "a pool exists at the location but is not in the state",
-                        {"uuid": identity.uuid},
+
+def check_fresh(ctx: Context, plan: Plan, *, path: str) -> None:
+    """Raise :class:`PlanStale` / :class:`PlanForeign` unless ``plan`` is still current."""
+    from costor.ops.plan import make_plan, secrets_digest, source_digests
+
+    binding = plan.binding
+    from costor.db.state import ensure_meta
+
+    meta = ensure_meta(ctx.engine)
+    if binding.lineage != meta.lineage:
+        raise PlanForeign(path=path, plan_lineage=binding.lineage, state_lineage=meta.lineage)
+    if binding.serial != meta.serial:
+        raise PlanStale(
+            path=path,
+            reason=f"the state changed since it was made (serial {binding.serial} -> "
+            f"{meta.serial}: another apply ran, or this plan was applied already)",
+        )
+    sources = source_digests(ctx)
+    for name in sorted(set(sources) | set(binding.sources)):
+        if sources.get(name) != binding.sources.get(name):
+            what = (
+                "appeared"
+                if name not in binding.sources
+                else ("was removed" if name not in sources else "changed")
+            )
+            raise PlanStale(path=path, reason=f"{name} {what} since it was made")
+    if ctx.inventory.digest() != binding.inventory_digest:
+        raise PlanStale(path=path, reason="the resolved inventory changed since it was made")
+    if secrets_digest(ctx, meta.plan_key) != binding.secrets_digest:
+        raise PlanStale(path=path, reason="a secret's value changed since it was made")
+    fresh = make_plan(ctx, targets=plan.targets, refresh_only=plan.refresh_only)
+    mine = {c.address: c for c in plan.pending}
+    theirs = {c.address: c for c in fresh.pending}
+    for address in sorted(set(mine) | set(theirs)):
+        old, new = mine.get(address), theirs.get(address)
+        if old is None or new is None:
+            reason = f"{address} now {'needs a change' if old is None else 'needs no change'}"
+            raise PlanStale(path=path, reason=reason)
+        if (old.operation, old.previous_address, old.after_digest) != (
+            new.operation,
+            new.previous_address,
+            new.after_digest,
+        ):
+            raise PlanStale(path=path, reason=f"the change to {address} is no longer the same")
+        if old.facts_digest != new.facts_digest:
+            raise PlanStale(
+                path=path, reason=f"what was observed of {address} changed ({new.reason})"
+            )
+
+
+def apply_plan(
+    ctx: Context,
+    plan: Plan,
+    *,
+    path: str = "the plan",
+    on_change: Callable[[ResourceChange], None] | None = None,
+) -> ApplyReport:
+    """Carry out ``plan``; the caller holds the state lock (:func:`costor.db.state.state_lock`)."""
+    check_applyable(plan)
+    check_fresh(ctx, plan, path=path)
+    report = ApplyReport()
+    for change in plan.pending:
+        if on_change is not None:
+            on_change(change)
+        try:
+            report.serial = _Executor(ctx, change).run()
+        except CostorError as error:
+            done = len(report.applied)
+            error.message = (
+                f"{change.address}: {error.message} (apply stopped after {done} of "
+                f"{len(plan.pending)} change(s); run `costor plan` to see what is left)"
+            )
+            raise
+        report.applied.append(change)
+    return report
+
+
+# --- one change ------------------------------------------------------------------------------
+
+
+class _Executor:
+    def __init__(self, ctx: Context, change: ResourceChange) -> None:
+        self.ctx = ctx
+        self.change = change
+        self.now = utcnow()
+
+    def run(self) -> int:
+        handler = getattr(self, f"_{self.change.type}", None) or self._generic
+        return int(handler())
+
+    # --- shared pieces ---------------------------------------------------------------------
+
+    def desired(self) -> dict[str, Any]:
+        """The desired attributes from the inventory, proven to be what was planned."""
+        from costor.plan.resources import desired_resources, digest
+
+        for resource in desired_resources(self.ctx.inventory):
+            if resource.address == self.change.address:
+                if digest(resource.attributes) != self.change.after_digest:
+                    raise PlanStale(path="the plan", reason=f"{resource.address} changed")
+                return resource.attributes
+        raise PlanStale(path="the plan", reason=f"{self.change.address} is no longer declared")
+
+    def commit(self, work: Callable[[Session], None] | None = None, *, record: bool = True) -> int:
+        """One transaction: rename (a move), the type's own rows, the resource row, serial."""
+        from costor.db.models import ResourceRow
+        from costor.db.session import session_scope
+        from costor.db.state import bump_serial
+        from costor.plan.resources import canonical
+
+        change = self.change
+        with session_scope(self.ctx.engine) as session:
+            created = self.now
+            if change.previous_address:
+                old = session.get(ResourceRow, change.previous_address)
+                if old is not None:
+                    created = old.created_at
+                    session.delete(old)
+                    session.flush()
+            if work is not None:
+                work(session)
+            row = session.get(ResourceRow, change.address)
+            if record and change.operation != "refresh":
+                attributes = canonical(self.desired())
+                if row is None:
+                    row = ResourceRow(
+                        address=change.address,
+                        type=change.type,
+                        name=change.name,
+                        attributes=attributes,
+                        applied=attributes,
+                        created_at=created,
+                        updated_at=self.now,
                     )
-                )
-            elif row.uuid != identity.uuid:
-                raise PoolMismatch(
-                    location=ctx.backend(name).location, found=identity.uuid, expected=row.uuid
-                )
-            else:
-                result.append(Change(address, "no-op", "pool present with the recorded UUID"))
-        for name, client in sorted(ctx.inventory.clients.items()):
-            address = f"client.{name}"
-            digest = _client_digest(client)
-            crow = session.get(ClientRow, name)
-            if crow is None:
-                result.append(Change(address, "create", "client is not registered"))
-            elif crow.config_digest != digest:
-                result.append(Change(address, "update", "client configuration changed"))
-            else:
-                result.append(Change(address, "no-op", "client registered and unchanged"))
-    return result
+                else:
+                    row.attributes = row.applied = attributes
+                    row.updated_at = self.now
+                session.add(row)
+            elif record and row is not None:  # refresh: what is there becomes what was applied
+                row.applied = row.attributes
+                row.updated_at = self.now
+                session.add(row)
+            elif not record and row is not None:
+                session.delete(row)
+            return bump_serial(session)
 
+    # --- generic resources (site, role, group, policy) ---------------------------------------
 
-def apply(ctx: Context, planned: list[Change]) -> list[Change]:
-    """Carry out ``planned`` (from :func:`changes`); returns the changes made."""
-    done: list[Change] = []
-    for change in planned:
-        if change.action == "no-op":
-            continue
-        kind, name = change.address.split(".", 1)
-        if kind == "pool":
-            _apply_pool(ctx, name, change)
-        else:
-            _apply_client(ctx, name)
-        done.append(change)
-    return done
+    def _generic(self) -> int:
+        if self.change.operation in ("delete", "forget"):
+            return self.commit(record=False)
+        return self.commit()
 
+    # --- users ---------------------------------------------------------------------------------
 
-def _apply_pool(ctx: Context, name: str, change: Change) -> None:
-    from costor.db.models import PoolRow
-    from costor.db.session import session_scope
-    from costor.store.pool import Pool
+    def _user(self) -> int:
+        from costor.config import resolve_secret
+        from costor.db.models import UserRow
+        from costor.util.passwords import hash_password
 
-    config = ctx.pool_config(name)
-    backend = ctx.backend(name)
-    passphrase = ctx.passphrase(name)
-    if change.action == "create":
-        # An init killed half-way leaves only keys/ (the identity file is written
-        # last); anything else means someone else's data.
-        foreign = next((i.name for i in backend.list("") if not i.name.startswith("keys/")), None)
-        if foreign is not None:
-            raise PoolError(
-                message=f"pool {name}: {backend.location} is not empty (found {foreign}) and "
-                "holds no CoStor pool; refusing to initialise over other data"
-            )
-        pool = Pool.init(
-            backend,
-            passphrase=passphrase,
-            encryption=config.encryption,
-            kdf=config.kdf,
-            compression_level=config.compression.level
-            if config.compression.algorithm == "zstd"
-            else None,
-            pack_size=config.pack_size_mib * 1024 * 1024,
-            chunk_avg=config.chunk_avg_kib * 1024 if config.chunk_avg_kib else None,
-        )
-    else:  # adopt: prove the passphrase opens it before recording it
-        pool = Pool.open(backend, passphrase)
-    now = utcnow()
-    with session_scope(ctx.engine) as session:
-        session.merge(
-            PoolRow(
-                name=name,
-                uuid=pool.uuid,
-                backend=config.backend,
-                location=backend.location,
-                encryption=pool.identity.encryption,
-                created_at=now,
-                updated_at=now,
-            )
+        change = self.change
+        if change.operation in ("delete", "forget"):
+
+            def drop(session: Session) -> None:
+                row = session.get(UserRow, change.name)
+                if row is not None:
+                    session.delete(row)
+
+            return self.commit(drop, record=False)
+        if change.operation == "refresh":
+            return self.commit()
+        user = self.ctx.inventory.users[change.name]
+        password_hash = hash_password(
+            resolve_secret(user.password, f"users.{change.name}.password")
         )
 
-
-def _apply_client(ctx: Context, name: str) -> None:
-    from costor.db.models import ClientRow
-    from costor.db.session import session_scope
-
-    client = ctx.client_config(name)
-    now = utcnow()
-    with session_scope(ctx.engine) as session:
-        row = session.get(ClientRow, name)
-        if row is None:
-            row = ClientRow(
-                name=name,
-                pool=client.pool,
-                site=client.site,
-                transport=client.transport,
-                config_digest=_client_digest(client),
-                created_at=now,
-                updated_at=now,
+        def store(session: Session) -> None:
+            if change.previous_address:
+                old = session.get(UserRow, change.previous_address.split(".", 1)[1])
+                if old is not None:
+                    session.delete(old)
+                    session.flush()
+            row = session.get(UserRow, change.name) or UserRow(
+                name=change.name, password_hash=password_hash, updated_at=self.now
             )
-        else:
+            row.password_hash, row.updated_at = password_hash, self.now
+            session.add(row)
+
+        return self.commit(store)
+
+    # --- clients -------------------------------------------------------------------------------
+
+    def _client(self) -> int:
+        from costor.db.models import ClientRow
+
+        change = self.change
+        if change.operation in ("retire", "destroy", "forget", "delete"):
+            if change.operation == "destroy":
+                self._delete_client_snapshots()
+
+            def retire(session: Session) -> None:
+                row = session.get(ClientRow, change.name)
+                if row is not None:
+                    row.retired_at = self.now
+                    session.add(row)
+
+            return self.commit(retire, record=False)
+        if change.operation == "refresh":
+            return self.commit()
+        client = self.ctx.client_config(change.name)
+        config_digest = _client_digest(client)
+
+        def register(session: Session) -> None:
+            former: list[str] = []
+            created = self.now
+            if change.previous_address:
+                old_name = change.previous_address.split(".", 1)[1]
+                old = session.get(ClientRow, old_name)
+                if old is not None:
+                    former = [*json.loads(old.former_names), old_name]
+                    created = old.created_at
+                    session.delete(old)
+                    session.flush()
+            row = session.get(ClientRow, change.name)
+            if row is None:
+                row = ClientRow(
+                    name=change.name,
+                    pool=client.pool,
+                    transport=client.transport,
+                    config_digest=config_digest,
+                    created_at=created,
+                    updated_at=self.now,
+                )
+            else:
+                former = former or json.loads(row.former_names)
             row.pool, row.site, row.transport = client.pool, client.site, client.transport
-            row.config_digest, row.updated_at = _client_digest(client), now
+            row.policy, row.config_digest = client.policy, config_digest
+            row.former_names, row.retired_at, row.updated_at = json.dumps(former), None, self.now
+            session.add(row)
+
+        return self.commit(register)
+
+    def _delete_client_snapshots(self) -> None:
+        """``[[removed]] destroy = true`` on a client: delete its snapshot manifests (the
+        packs they alone used become unreferenced; prune reclaims them)."""
+        from sqlmodel import delete, select
+
+        from costor.db.models import ClientRow, PoolRow, ResourceRow, SnapshotRow
+        from costor.db.session import session_scope
+
+        name = self.change.name
+        with session_scope(self.ctx.engine, write=False) as session:
+            row = session.get(ClientRow, name)
+            names = [name, *json.loads(row.former_names)] if row else [name]
+            snapshots = list(
+                session.exec(select(SnapshotRow).where(SnapshotRow.client.in_(names)))  # type: ignore[attr-defined]
+            )
+            pool_row = session.get(PoolRow, row.pool) if row else None
+            resource = session.get(ResourceRow, f"pool.{row.pool}") if row else None
+        if not snapshots:
+            return
+        if pool_row is None:
+            raise PoolError(message=f"the pool of {name}'s snapshots is not in the state")
+        backend = self._pool_backend(pool_row.name, resource.attributes if resource else None)
+        for snapshot in snapshots:
+            backend.delete(f"snapshots/{snapshot.id}")
+        with session_scope(self.ctx.engine) as session:
+            session.exec(
+                delete(SnapshotRow).where(SnapshotRow.id.in_([s.id for s in snapshots]))  # type: ignore[attr-defined]
+            )
+
+    # --- pools ---------------------------------------------------------------------------------
+
+    def _pool(self) -> int:
+        operation = self.change.operation
+        if operation in ("create", "adopt"):
+            return self._pool_create()
+        if operation in ("update", "relocate", "none"):
+            return self._pool_update()
+        if operation == "replace":
+            self._destroy_storage(self._recorded_backend())
+            return self._pool_create(drop_catalogue=True)
+        if operation in ("delete", "destroy"):
+            self._destroy_storage(self._recorded_backend())
+            return self.commit(self._drop_pool_rows, record=False)
+        if operation == "forget":
+            return self.commit(self._drop_pool_rows, record=False)
+        if operation == "refresh":
+            return self._pool_refresh()
+        raise PoolError(message=f"unknown pool operation {operation!r}")
+
+    def _pool_create(self, *, drop_catalogue: bool = False) -> int:
+        from costor.store.pool import Pool
+
+        name = self.change.name
+        config = self.ctx.pool_config(name)
+        self.desired()  # proves the inventory entry is the planned one before touching storage
+        backend = self.ctx.backend(name)
+        passphrase = self.ctx.passphrase(name)
+        if self.change.operation == "adopt":
+            pool = Pool.open(backend, passphrase)  # proves the passphrase opens it
+            expected = (self.change.importing or {}).get("uuid")
+            if pool.uuid != expected:
+                raise PoolMismatch(location=backend.location, found=pool.uuid, expected=expected)
+        else:
+            foreign = next(
+                (i.name for i in backend.list("") if not i.name.startswith("keys/")), None
+            )
+            if foreign is not None:
+                raise PoolError(
+                    message=f"pool {name}: {backend.location} is not empty (found {foreign}) "
+                    "and holds no CoStor pool; refusing to initialise over other data"
+                )
+            pool = Pool.init(
+                backend,
+                passphrase=passphrase,
+                encryption=config.encryption,
+                kdf=config.kdf,
+                compression_level=config.compression.level
+                if config.compression.algorithm == "zstd"
+                else None,
+                pack_size=config.pack_size_mib * 1024 * 1024,
+                chunk_avg=config.chunk_avg_kib * 1024 if config.chunk_avg_kib else None,
+            )
+
+        def record(session: Session) -> None:
+            if drop_catalogue:
+                self._drop_pool_rows(session)
+            self._write_pool_row(
+                session, config, pool.uuid, backend.location, pool.identity.encryption
+            )
+
+        return self.commit(record)
+
+    def _pool_update(self) -> int:
+        from costor.db.models import PoolRow
+
+        config = self.ctx.pool_config(self.change.name)
+        location = self.ctx.backend(self.change.name).location
+
+        def record(session: Session) -> None:
+            old_name = (self.change.previous_address or self.change.address).split(".", 1)[1]
+            row = session.get(PoolRow, old_name)
+            if row is None:  # recorded by the first apply slice under this name
+                row = session.get(PoolRow, self.change.name)
+            if row is None:
+                raise PoolError(message=f"pool {self.change.name} has no row in the state")
+            uuid, encryption, created = row.uuid, row.encryption, row.created_at
+            raw, stored = row.bytes_raw, row.bytes_stored
+            if old_name != self.change.name:
+                session.delete(row)
+                session.flush()
+            self._write_pool_row(session, config, uuid, location, encryption, created, raw, stored)
+
+        return self.commit(record)
+
+    def _pool_refresh(self) -> int:
+        """Accept the pool found at the location (drift): prove the passphrase opens it,
+        then record its UUID."""
+        from costor.db.models import PoolRow
+        from costor.store.pool import Pool
+
+        name = self.change.name
+        backend = self.ctx.backend(name)
+        pool = Pool.open(backend, self.ctx.passphrase(name))
+
+        def record(session: Session) -> None:
+            row = session.get(PoolRow, name)
+            if row is not None:
+                row.uuid, row.location, row.updated_at = pool.uuid, backend.location, self.now
+                session.add(row)
+
+        return self.commit(record)
+
+    def _write_pool_row(
+        self,
+        session: Session,
+        config: PoolConfig,
+        uuid: str,
+        location: str,
+        encryption: str,
+        created: Any = None,
+        raw: int = 0,
+        stored: int = 0,
+    ) -> None:
+        from costor.db.models import PoolRow
+
+        row = session.get(PoolRow, config.name)
+        if row is None:
+            row = PoolRow(
+                name=config.name,
+                uuid=uuid,
+                backend=config.backend,
+                location=location,
+                encryption=encryption,
+                created_at=created or self.now,
+                updated_at=self.now,
+                bytes_raw=raw,
+                bytes_stored=stored,
+            )
+        row.uuid, row.backend, row.location = uuid, config.backend, location
+        row.encryption, row.updated_at = encryption, self.now
         session.add(row)
+
+    def _drop_pool_rows(self, session: Session) -> None:
+        from sqlmodel import delete
+
+        from costor.db.models import PackRow, PoolRow, SnapshotRow
+
+        row = session.get(PoolRow, self.change.name)
+        if row is None:
+            return
+        session.exec(delete(SnapshotRow).where(SnapshotRow.pool_uuid == row.uuid))  # type: ignore[arg-type]
+        session.exec(delete(PackRow).where(PackRow.pool_uuid == row.uuid))  # type: ignore[arg-type]
+        session.delete(row)
+        session.flush()
+
+    def _recorded_backend(self) -> Any:
+        from costor.db.models import ResourceRow
+        from costor.db.session import session_scope
+
+        with session_scope(self.ctx.engine, write=False) as session:
+            row = session.get(ResourceRow, self.change.previous_address or self.change.address)
+            attributes = row.attributes if row else None
+        return self._pool_backend(self.change.name, attributes)
+
+    def _pool_backend(self, name: str, attributes: str | None) -> Any:
+        """The storage of a pool as recorded at its last apply (the inventory may no
+        longer declare it, or declare it somewhere else)."""
+        from costor.config.model import PoolConfig
+
+        if attributes is None:
+            if name in self.ctx.inventory.pools:
+                return self.ctx.backend(name)
+            raise PoolError(message=f"pool {name}: the state does not record where it is")
+        config = PoolConfig.model_validate(
+            {**json.loads(attributes), "name": name},
+            context={"base_dir": self.ctx.inventory.base_dir},
+        )
+        return self.ctx.backend_for(config)
+
+    def _destroy_storage(self, backend: Any) -> None:
+        """Delete every object of the pool: the identity file first (from then on the
+        location holds no pool, so nothing uses a half-deleted one), key slots last."""
+        from costor.store.pool import IDENTITY_NAME
+
+        backend.delete(IDENTITY_NAME)
+        names = [info.name for info in backend.list("")]
+        for name in sorted(names, key=lambda n: n.startswith("keys/")):
+            backend.delete(name)
 
 
 def _client_digest(client: Any) -> str:

@@ -46,7 +46,8 @@ def run_backup(
         )
     pool = ctx.open_pool(client.pool)
     adopted = pool.adopt_orphan_packs()
-    previous = pool.list_snapshots(client_name)
+    # A renamed client's parent may carry its earlier name ([[moved]]).
+    previous = pool.list_snapshots(ctx.client_names(client_name))
     parent = previous[-1] if previous else None
     written: dict[str, int] = {}
     pool.on_pack_written = written.__setitem__

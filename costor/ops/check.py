@@ -56,5 +56,5 @@ def reindex_pool(ctx: Context, name: str) -> dict[str, Any]:
         "snapshots": len(snapshots),
         "segments_removed": report.segments_removed,
         "unreadable_packs": report.unreadable_packs,
-        "reindexed_at": utcnow().isoformat() + "Z",
+        "reindexed_at": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

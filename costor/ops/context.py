@@ -22,10 +22,13 @@ if TYPE_CHECKING:
 
 
 class Context:
-    def __init__(self, inventory_path: str | Path) -> None:
+    def __init__(self, inventory_path: str | Path, *, resolve_secrets: bool = False) -> None:
+        """``resolve_secrets``: also check that every secret can be read (plan, apply),
+        so a missing variable is a diagnostic naming file, line and key."""
         from costor.config import load_inventory
 
-        self.inventory: Inventory = load_inventory(inventory_path)
+        self.inventory_path = Path(inventory_path)
+        self.inventory: Inventory = load_inventory(inventory_path, resolve_secrets=resolve_secrets)
 
     # --- configuration --------------------------------------------------------------
 
@@ -61,6 +64,40 @@ class Context:
 
         return open_engine(self.database_url)
 
+    def client_names(self, name: str) -> list[str]:
+        """The client's name and the names it had before (``[[moved]]``), newest first:
+        its snapshots carry the name it had when each was taken."""
+        from costor.db.models import ClientRow
+        from costor.db.session import session_scope
+
+        with session_scope(self.engine, write=False) as session:
+            row = session.get(ClientRow, name)
+            return [name, *reversed(json.loads(row.former_names))] if row else [name]
+
+    def client_pool(self, name: str) -> str:
+        """A declared client's pool, or a retired one's (its snapshots stay listable)."""
+        from costor.db.models import ClientRow
+        from costor.db.session import session_scope
+
+        if name in self.inventory.clients:
+            return self.inventory.clients[name].pool
+        with session_scope(self.engine, write=False) as session:
+            row = session.get(ClientRow, name)
+        if row is None:
+            raise UnknownResource(kind="client", name=name)
+        return row.pool
+
+    def current_client_names(self) -> dict[str, str]:
+        """Former name -> current name, for every renamed client."""
+        from sqlmodel import select
+
+        from costor.db.models import ClientRow
+        from costor.db.session import session_scope
+
+        with session_scope(self.engine, write=False) as session:
+            rows = list(session.exec(select(ClientRow)))
+        return {old: row.name for row in rows for old in json.loads(row.former_names)}
+
     def recorded_pool_uuid(self, name: str) -> str | None:
         from costor.db.models import PoolRow
         from costor.db.session import session_scope
@@ -73,9 +110,13 @@ class Context:
 
     def backend(self, name: str) -> Backend:
         """The pool's storage, wrapped in the filters its inventory entry asks for."""
+        return self.backend_for(self.pool_config(name))
+
+    def backend_for(self, config: PoolConfig) -> Backend:
+        """The storage of a pool configuration (declared, or as recorded at its last apply)."""
         from costor.store.backends.filters import wrap
 
-        config = self.pool_config(name)
+        name = config.name
         inner: Backend
         if config.backend == "s3":
             from costor.store.backends.s3 import S3Backend
@@ -120,7 +161,10 @@ class Context:
         return resolve_secret(ref, key)
 
     def passphrase(self, name: str) -> str | None:
-        return self._secret(self.pool_config(name).passphrase, f"pools.{name}.passphrase")
+        return self.passphrase_for(self.pool_config(name))
+
+    def passphrase_for(self, config: PoolConfig) -> str | None:
+        return self._secret(config.passphrase, f"pools.{config.name}.passphrase")
 
     def open_pool(self, name: str, *, load_index: bool = True) -> Pool:
         """Open a declared pool; its UUID must match the one recorded at apply.
@@ -149,6 +193,13 @@ class Context:
         if pool is None:
             assert wrong is not None
             raise wrong
+        config = self.pool_config(name)
+        pool.configure_writes(
+            compression_level=config.compression.level
+            if config.compression.algorithm == "zstd"
+            else None,
+            pack_size=config.pack_size_mib * 1024 * 1024,
+        )
         if load_index:
             pool.load_index()
         return pool
@@ -192,4 +243,5 @@ def snapshot_row(pool_uuid: str, snapshot: Snapshot) -> SnapshotRow:
 
 
 def utcnow() -> datetime:
+    """Now, aware, in UTC (SQLModel stores aware datetimes as UTC)."""
     return datetime.now(UTC)

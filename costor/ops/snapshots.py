@@ -16,8 +16,11 @@ def list_snapshots(
     ctx: Context, *, client: str | None = None, pool: str | None = None
 ) -> list[tuple[str, Snapshot]]:
     names = ctx.pool_names(pool)
+    client_names: list[str] | None = None
     if client is not None:
-        names = [ctx.client_config(client).pool] if pool is None else names
+        names = [ctx.client_pool(client)] if pool is None else names
+        client_names = ctx.client_names(client)
+    renamed = ctx.current_client_names()
     result: list[tuple[str, Snapshot]] = []
     for name in names:
         try:
@@ -26,7 +29,12 @@ def list_snapshots(
             if pool is not None or client is not None:
                 raise
             continue  # a declared pool not yet applied holds no snapshots
-        result.extend((name, s) for s in opened.list_snapshots(client))
+        for snapshot in opened.list_snapshots(client_names):
+            if snapshot.client in renamed:
+                # Shown under the client's name now; the manifest keeps the old one.
+                snapshot.taken_as = snapshot.client
+                snapshot.client = renamed[snapshot.client]
+            result.append((name, snapshot))
     return sorted(result, key=lambda item: (item[1].time, item[1].id))
 
 
@@ -34,13 +42,16 @@ def resolve(
     ctx: Context, ref: str, *, pool: str | None = None, load_index: bool = True
 ) -> tuple[str, Pool, Snapshot]:
     """``ref`` is a full id, a unique prefix, or ``CLIENT:latest``."""
-    if ref.endswith(":latest") and pool is None:
-        pool = ctx.client_config(ref[: -len(":latest")]).pool
+    client_names = None
+    if ref.endswith(":latest"):
+        client = ref[: -len(":latest")]
+        pool = pool or ctx.client_pool(client)
+        client_names = ctx.client_names(client)
     found: list[tuple[str, Pool, Snapshot]] = []
     for name in ctx.pool_names(pool):
         try:
             opened = ctx.open_pool(name, load_index=False)
-            snapshot = opened.find_snapshot(ref)
+            snapshot = opened.find_snapshot(ref, client_names=client_names)
         except (SnapshotNotFound, PoolNotFound):
             continue
         found.append((name, opened, snapshot))

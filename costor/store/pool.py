@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,6 +214,7 @@ class Pool:
         compression = identity.compression
         level = compression.get("level", 3) if compression.get("algorithm") == "zstd" else None
         self.codec = BlobCodec(self.sealer, master.id_key, level)
+        self.pack_size = identity.pack_size
         self.index = Index()
         self._lock = threading.Lock()
         self._pending: set[bytes] = set()
@@ -287,6 +288,18 @@ class Pool:
             raise PoolError(message=f"pool at {backend.location} has no key slots")
         master = crypto.unlock(slots, passphrase or "", identity.uuid, backend.location)
         return cls(backend, identity, master)
+
+    def configure_writes(self, *, compression_level: int | None, pack_size: int) -> None:
+        """Compression and pack size for what is written from now on.
+
+        The identity file holds the values the pool was created with; the inventory may
+        change them later, and they apply to new blobs and packs only. Readers need
+        neither: every sealed blob records whether it is compressed, and a pack's
+        trailer lists its blobs whatever its size. Call before writing.
+        """
+        if compression_level != self.codec.compression_level:
+            self.codec = BlobCodec(self.sealer, self.master.id_key, compression_level)
+        self.pack_size = pack_size
 
     def add_key_slot(self, passphrase: str, kdf: str = "argon2id") -> str:
         name = f"keys/{uuid.uuid4().hex}"
@@ -413,7 +426,7 @@ class Pool:
             self.raw_bytes_added += len(data)
             self.blobs_added += 1
             self.blobs_not_compressed += not compress
-            if builder.size >= self.identity.pack_size:
+            if builder.size >= self.pack_size:
                 full = self._builders.pop(blob_type)
         if full is not None:
             self._write_pack(full)
@@ -555,17 +568,21 @@ class Pool:
     def snapshot_ids(self) -> list[str]:
         return [info.name.rsplit("/", 1)[-1] for info in self.backend.list("snapshots/")]
 
-    def list_snapshots(self, client: str | None = None) -> list[Snapshot]:
+    def list_snapshots(self, client: str | Collection[str] | None = None) -> list[Snapshot]:
+        """Snapshots, oldest first; ``client``: a name, or several (a renamed client's
+        snapshots carry the name it had when they were taken)."""
         snapshots = [self.load_snapshot(sid) for sid in self.snapshot_ids()]
         if client is not None:
-            snapshots = [s for s in snapshots if s.client == client]
+            names = {client} if isinstance(client, str) else set(client)
+            snapshots = [s for s in snapshots if s.client in names]
         return sorted(snapshots, key=lambda s: (s.time, s.id))
 
-    def find_snapshot(self, ref: str) -> Snapshot:
-        """A full id, a unique prefix, or ``CLIENT:latest``."""
+    def find_snapshot(self, ref: str, *, client_names: Collection[str] | None = None) -> Snapshot:
+        """A full id, a unique prefix, or ``CLIENT:latest`` (``client_names``: every name
+        the client had, if it was renamed)."""
         if ref.endswith(":latest"):
             client = ref[: -len(":latest")]
-            candidates = self.list_snapshots(client)
+            candidates = self.list_snapshots(client_names or client)
             if not candidates:
                 raise SnapshotNotFound(ref=ref)
             return candidates[-1]

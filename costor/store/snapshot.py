@@ -38,10 +38,12 @@ class Snapshot:
     counters: dict[str, int] = field(default_factory=dict)
     duration_s: float = 0.0
     id: str = ""  # filled from the object name, not stored
+    taken_as: str | None = None  # not stored: the name in the manifest, if since renamed
 
     def to_bytes(self) -> bytes:
         doc = asdict(self)
         doc.pop("id")
+        doc.pop("taken_as")
         doc["version"] = 1
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -57,6 +59,7 @@ class Snapshot:
             "id": self.id,
             "short_id": self.id[:12],
             "client": self.client,
+            **({"taken_as": self.taken_as} if self.taken_as else {}),
             "time": self.time,
             "paths": self.paths,
             "hostname": self.hostname,

@@ -28,10 +28,11 @@ DESIGN_BACKUP_FIELDS = {
 def test_apply_is_idempotent(site: Site) -> None:
     first = site.cli("apply", "--auto-approve", "--json")
     assert first.code == 0, first.stderr
-    assert {c["address"] for c in first.json()["applied"]} == {"pool.main", "client.alpha"}
+    applied = {c["address"] for c in first.json()["applied"]}
+    assert applied == {"site.hq", "pool.main", "client.alpha"}
     assert (site.pool_path / "costor-pool.json").is_file()
-    second = site.cli("apply", "--auto-approve", "--json")
-    assert second.json() == {"applied": [], "changes": 0}
+    second = site.cli("apply", "--auto-approve", "--json").json()
+    assert (second["applied"], second["changes"]) == ([], 0)
 
 
 def test_apply_refuses_without_approval_when_not_a_terminal(site: Site) -> None:
@@ -214,6 +215,6 @@ def test_apply_refuses_a_location_holding_other_data(site: Site) -> None:
     site.pool_path.mkdir()
     (site.pool_path / "precious.txt").write_text("not a pool")
     result = site.cli("apply", "--auto-approve")
-    assert result.code == 1 and "not empty" in result.stderr
+    assert result.code == 1 and "holds other data" in result.stderr
     assert (site.pool_path / "precious.txt").read_text() == "not a pool"
     assert not (site.pool_path / "costor-pool.json").exists()

@@ -1,0 +1,88 @@
+"""``costor plan``: show what apply would change, and why.
+
+``--detailed-exitcode`` exits 0 when nothing would change, 2 when something would
+(changes or drift), 1 on error (Terraform's contract). ``--out FILE`` saves the plan,
+signed, for ``costor apply FILE``; nothing secret is in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from costor.cli.common import add_inventory_option, add_json_option
+from costor.cli.output import print_json
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "plan",
+        help="show what apply would change",
+        description="Compare the inventory with the state and what is observed; show "
+        "every change with its reason. Changes nothing.",
+    )
+    add_inventory_option(parser)
+    add_json_option(parser)
+    add_planning_options(parser)
+    parser.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit 0: no changes, 2: changes or drift, 1: error",
+    )
+    parser.add_argument("--out", metavar="PLANFILE", help="save the plan for `costor apply`")
+    return parser
+
+
+def add_planning_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target",
+        metavar="ADDR",
+        action="append",
+        default=[],
+        help="only this resource (TYPE.NAME) and what it depends on; repeatable; for "
+        "exceptional use",
+    )
+    parser.add_argument(
+        "--refresh-only",
+        action="store_true",
+        help="only accept changes made outside CoStor (drift) into the state",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from costor.cli.common import planning_context
+    from costor.cli.plan_output import render_plan
+    from costor.ops.plan import make_plan
+
+    ctx = planning_context(args)
+    plan = make_plan(ctx, targets=tuple(args.target), refresh_only=args.refresh_only)
+    if args.out:
+        write_plan_file(ctx, plan, args.out)
+    if args.json:
+        print_json(plan.to_json())
+    else:
+        print(render_plan(plan))
+        if args.out:
+            print(f"\nSaved the plan to {args.out}. Apply exactly this plan with:")
+            print(f"    costor apply {args.out}")
+    if plan.errors or plan.blocked:
+        print("costor: warning: apply will refuse this plan (see above)", file=sys.stderr)
+    if args.detailed_exitcode:
+        return 2 if plan.has_changes else 0
+    return 0
+
+
+def write_plan_file(ctx: Any, plan: Any, path: str) -> None:
+    from costor.db.state import ensure_meta
+    from costor.plan.planfile import encode
+
+    data = encode(plan, ensure_meta(ctx.engine).plan_key)
+    # Written whole under a temporary name, then renamed: a reader never sees half a
+    # plan. Mode 0600: the plan lists the installation's layout.
+    temporary = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, path)

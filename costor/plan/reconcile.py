@@ -1,0 +1,587 @@
+"""Desired state (the inventory) + actual state (the database and observed facts) →
+a :class:`~costor.plan.model.Plan`. Pure: no I/O, no clock (the caller passes the time).
+
+Inputs, all plain data so that reconciler tests are data files
+(``tests/plan/cases/NAME/``):
+
+- ``desired``: :class:`~costor.plan.resources.Resource` list from the inventory;
+- ``recorded``: address → :class:`Recorded`, what the state holds; ``attributes`` is
+  the row as it is now, ``applied`` as the last apply wrote it (they differ when the
+  row was edited outside CoStor: drift);
+- ``facts``: address → what ``ops`` observed at plan time (a pool's identity file at its
+  location, snapshot counts in the catalogue, whether a user's password still matches);
+- ``moved`` / ``removed``: the inventory's ``[[moved]]`` and ``[[removed]]`` blocks.
+
+Decisions, each with its reason:
+
+- a declared resource missing from the state is created (a pool found at its location
+  is adopted instead of initialised; a location holding other data is refused);
+- a recorded one whose attributes differ is updated, unless an attribute fixed at
+  creation changed (replace);
+- a recorded one no longer declared is deleted: a client is *retired* (its snapshots
+  stay, retention still applies); a pool that holds snapshots is never deleted
+  implicitly (``blocked``) unless its recorded ``prevent_destroy`` is false or a
+  ``[[removed]]`` block says what to do (``destroy = true``: delete the data;
+  ``destroy = false``: forget it and keep the data);
+- ``[[moved]]`` renames a recorded resource (``previous_address``), so a client keeps
+  its snapshots and history;
+- drift (a row edited outside CoStor, a pool's identity file replaced or gone) is
+  reported; attribute drift is corrected by the normal update, a pool's is ``blocked``
+  until accepted with ``refresh_only``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from costor.plan.model import Binding, Drift, Plan, ResourceChange
+from costor.plan.resources import (
+    ORDER,
+    TYPES,
+    KeyPath,
+    Resource,
+    changed_fields,
+    digest,
+    masked,
+    sensitive_mirror,
+    sensitive_paths,
+    split_address,
+)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    type: str
+    name: str
+    attributes: dict[str, Any] | None  # None: recorded by an older CoStor, no attributes
+    applied: dict[str, Any] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.type}.{self.name}"
+
+    @property
+    def drifted(self) -> bool:
+        return self.attributes is not None and digest(self.attributes) != digest(self.applied)
+
+
+@dataclass(frozen=True)
+class Options:
+    targets: tuple[str, ...] = ()
+    refresh_only: bool = False
+
+
+def resolve_moves(
+    recorded: Iterable[str], moved: Iterable[tuple[str, str]]
+) -> tuple[dict[str, str], list[str]]:
+    """``{new address: recorded address}`` for the moves that apply, and errors.
+
+    A move whose ``from`` is not in the state is already done (or never existed) and is
+    ignored, as Terraform does, so ``[[moved]]`` blocks can stay in the inventory.
+    Chains (a→b, b→c) resolve whatever their order in the file.
+    """
+    current = {address: address for address in recorded}  # address now -> in the state
+    pending = list(moved)
+    errors: list[str] = []
+    progress = True
+    while pending and progress:
+        progress = False
+        for source, target in list(pending):
+            if source not in current:
+                continue
+            pending.remove((source, target))
+            progress = True
+            if target in current:
+                errors.append(
+                    f"cannot move {source} to {target}: the state already has {target}; "
+                    "remove one of them first"
+                )
+                continue
+            current[target] = current.pop(source)
+    return {now: was for now, was in current.items() if now != was}, errors
+
+
+def reconcile(
+    desired: list[Resource],
+    recorded: Mapping[str, Recorded],
+    facts: Mapping[str, Mapping[str, Any]],
+    *,
+    binding: Binding,
+    timestamp: str,
+    moved: Iterable[tuple[str, str]] = (),
+    removed: Mapping[str, bool] | None = None,
+    options: Options | None = None,
+    costor_version: str = "",
+) -> Plan:
+    options = options or Options()
+    removed = dict(removed or {})
+    moves, errors = resolve_moves(recorded, moved)
+    previous = {new: old for new, old in moves.items()}
+    consumed = set(moves.values())
+    by_address = {resource.address: resource for resource in desired}
+
+    changes: list[ResourceChange] = []
+    drift: list[Drift] = []
+    for resource in sorted(desired, key=lambda r: (ORDER[r.type], r.name)):
+        source = previous.get(resource.address, resource.address)
+        record = recorded.get(source)
+        if source != resource.address and record is None:
+            source = resource.address
+        decided = _Decide(resource, record, facts.get(resource.address, {}), previous)
+        change, found_drift = decided.run()
+        drift.extend(found_drift)
+        changes.append(change)
+
+    deletes = [
+        address for address in recorded if address not in by_address and address not in consumed
+    ]
+    for address in sorted(deletes, key=lambda a: (-ORDER[split_address(a)[0]], a)):
+        record = recorded[address]
+        changes.append(
+            _delete(record, facts.get(address, {}), removed.get(address), recorded, by_address)
+        )
+
+    if options.refresh_only:
+        changes = _refresh_only(changes, drift, recorded, previous)
+    if options.targets:
+        changes = _targeted(changes, options.targets, by_address)
+    return Plan(
+        changes=tuple(changes),
+        drift=tuple(drift),
+        binding=binding,
+        timestamp=timestamp,
+        targets=tuple(options.targets),
+        refresh_only=options.refresh_only,
+        costor_version=costor_version,
+        errors=tuple(errors),
+    )
+
+
+# --- one declared resource ---------------------------------------------------------------
+
+
+class _Decide:
+    def __init__(
+        self,
+        resource: Resource,
+        record: Recorded | None,
+        facts: Mapping[str, Any],
+        previous: Mapping[str, str],
+    ) -> None:
+        self.resource = resource
+        self.record = record
+        self.facts = facts
+        self.previous = previous.get(resource.address)
+        if record is None:
+            self.previous = None
+        self.drift: list[Drift] = []
+
+    def run(self) -> tuple[ResourceChange, list[Drift]]:
+        if self.resource.type == "pool":
+            change = self.pool()
+        else:
+            change = self.generic()
+        return change, self.drift
+
+    # --- shared ------------------------------------------------------------------------
+
+    def make(self, operation: str, reason: str, **extra: Any) -> ResourceChange:
+        resource = self.resource
+        before_raw = self.record.attributes if self.record else None
+        if operation == "create" or operation == "adopt":
+            before_raw = None
+        secret_paths = set(resource.sensitive) | set(sensitive_paths(before_raw))
+        facts_used = extra.pop("facts_used", None)
+        changed: list[KeyPath] = []
+        if before_raw is not None and operation != "none":
+            changed = [path for path, _o, _n in changed_fields(before_raw, resource.attributes)]
+        changed += [p for p in extra.pop("also_changed", ()) if p not in changed]
+        return ResourceChange(
+            address=resource.address,
+            type=resource.type,
+            name=resource.name,
+            operation=operation,
+            reason=reason,
+            before=masked(before_raw, secret_paths),
+            after=masked(resource.attributes, secret_paths),
+            before_sensitive=sensitive_mirror(before_raw, secret_paths)
+            if before_raw is not None
+            else None,
+            after_sensitive=sensitive_mirror(resource.attributes, secret_paths),
+            previous_address=self.previous,
+            changed_paths=tuple(changed),
+            after_digest=digest(resource.attributes),
+            facts_digest=digest(facts_used if facts_used is not None else dict(self.facts)),
+            **extra,
+        )
+
+    def note_attribute_drift(self) -> str:
+        """Record drift of the row itself; returns a phrase for the change's reason."""
+        record = self.record
+        if record is None or not record.drifted:
+            return ""
+        fields = [
+            _path_text(path)
+            for path, _old, _new in changed_fields(record.applied, record.attributes)
+        ]
+        secret = set(sensitive_paths(record.applied)) | set(sensitive_paths(record.attributes))
+        self.drift.append(
+            Drift(
+                address=self.resource.address,
+                type=self.resource.type,
+                name=self.resource.name,
+                reason=f"changed outside CoStor since the last apply: {', '.join(fields)}",
+                before=masked(record.applied, secret),
+                after=masked(record.attributes, secret),
+            )
+        )
+        return " (changed outside CoStor since the last apply)"
+
+    def differences(self) -> list[KeyPath]:
+        assert self.record is not None
+        return [
+            path
+            for path, _o, _n in changed_fields(self.record.attributes, self.resource.attributes)
+        ]
+
+    def generic(self) -> ResourceChange:
+        resource, record = self.resource, self.record
+        if record is None:
+            return self.make("create", f"{resource.type} {resource.name} is not in the state")
+        if record.attributes is None:
+            return self.make(
+                "update",
+                "recorded by an earlier CoStor without its configuration; apply records it",
+            )
+        drifted = self.note_attribute_drift()
+        fields = self.differences()
+        if resource.type == "user" and self.facts.get("password") in ("differs", "missing"):
+            why = "password changed" if self.facts["password"] == "differs" else "no password hash"
+            head = _changed_reason(fields, drifted) + "; " if fields else ""
+            return self.make(
+                "update",
+                f"{head}{why} (the value is not shown)",
+                facts_used=dict(self.facts),
+                also_changed=[("password",)],
+            )
+        if fields:
+            return self.make("update", _changed_reason(fields, drifted))
+        if self.previous:
+            return self.make("none", f"moved from {self.previous}; nothing else changed")
+        return self.make("none", _unchanged_reason(resource.type))
+
+    # --- pools -------------------------------------------------------------------------
+
+    def pool(self) -> ResourceChange:
+        resource, record, facts = self.resource, self.record, self.facts
+        location = facts.get("location", "its location")
+        status = facts.get("status")
+        found_uuid = facts.get("uuid")
+        state_uuid = facts.get("state_uuid")
+        identity_facts = {k: facts.get(k) for k in ("location", "status", "uuid", "state_uuid")}
+        encryption = resource.attributes.get("encryption")
+
+        if record is None:
+            if status == "pool":
+                return self.make(
+                    "adopt",
+                    f"a CoStor pool ({found_uuid}) already exists at {location}; apply adopts "
+                    "it once the passphrase opens it",
+                    importing={"uuid": found_uuid},
+                    facts_used=identity_facts,
+                )
+            if status == "foreign":
+                return self.make(
+                    "create",
+                    f"no pool at {location}",
+                    blocked=f"{resource.address}: {location} holds other data "
+                    f"({facts.get('found')}) and no CoStor pool; CoStor will not initialise "
+                    "a pool over it",
+                    facts_used=identity_facts,
+                )
+            return self.make(
+                "create",
+                f"no pool at {location}; apply initialises one ({encryption})",
+                facts_used=identity_facts,
+            )
+
+        if record.attributes is None:
+            base = "recorded by an earlier CoStor without its configuration; apply records it"
+            return self.pool_identity_checked("update", base, identity_facts)
+
+        drifted = self.note_attribute_drift()
+        fields = self.differences()
+        spec = TYPES["pool"]
+        moved_location = [p for p in fields if p[0] in spec.location]
+        fixed = [p for p in fields if p[0] in spec.immutable]
+        if moved_location and status == "pool" and found_uuid == state_uuid:
+            return self.make(
+                "relocate",
+                f"the pool moved: found at {location} with the recorded UUID "
+                f"({_fields_text(moved_location)} changed)",
+                facts_used=identity_facts,
+            )
+        if moved_location or fixed:
+            return self.pool_replace(moved_location, fixed, identity_facts)
+        return self.pool_identity_checked(
+            "update" if fields else "none",
+            _changed_reason(fields, drifted)
+            if fields
+            else (
+                f"moved from {self.previous}; pool present at {location} with the recorded UUID"
+                if self.previous
+                else f"pool present at {location} with the recorded UUID"
+            ),
+            identity_facts,
+        )
+
+    def pool_identity_checked(
+        self, operation: str, reason: str, identity_facts: dict[str, Any]
+    ) -> ResourceChange:
+        """The change, or a blocked one if the pool at its location is not the recorded."""
+        facts = self.facts
+        location = facts.get("location")
+        status, found_uuid, state_uuid = (
+            facts.get("status"),
+            facts.get("uuid"),
+            facts.get("state_uuid"),
+        )
+        if state_uuid is None or (status == "pool" and found_uuid == state_uuid):
+            return self.make(operation, reason, facts_used=identity_facts)
+        if status == "pool":
+            why = f"{location} holds pool {found_uuid}, not the recorded {state_uuid}"
+            hint = "restore the original, or accept the pool found there with `--refresh-only`"
+        elif status == "foreign":
+            why = f"the identity file at {location} is gone and other data is there ({facts.get('found')})"
+            hint = "restore the pool, or forget it with `--refresh-only`"
+        else:
+            why = f"the pool recorded at {location} is gone (no identity file)"
+            hint = (
+                "restore it or mount its storage; `--refresh-only` forgets it so that the "
+                "next apply creates a new one"
+            )
+        self.drift.append(
+            Drift(
+                address=self.resource.address,
+                type="pool",
+                name=self.resource.name,
+                reason=why,
+                before={"uuid": state_uuid, "location": location},
+                after={"uuid": found_uuid, "location": location, "status": status},
+                kind="update" if status == "pool" else "delete",
+            )
+        )
+        return self.make(
+            operation,
+            reason,
+            blocked=f"{self.resource.address}: {why}; {hint}",
+            facts_used=identity_facts,
+            details={"drift": status},
+        )
+
+    def pool_replace(
+        self, moved_location: list[KeyPath], fixed: list[KeyPath], identity_facts: dict[str, Any]
+    ) -> ResourceChange:
+        assert self.record is not None and self.record.attributes is not None
+        facts = self.facts
+        snapshots = int(facts.get("snapshots", 0))
+        if fixed:
+            reason = (
+                f"{_fields_text(fixed)} cannot change on an existing pool (fixed in its identity "
+                "file when it was initialised): the pool is destroyed and a new one initialised"
+            )
+        else:
+            reason = (
+                f"{_fields_text(moved_location)} changed and the recorded pool is not at "
+                f"{facts.get('location')}: the old pool is destroyed and a new one initialised "
+                "there"
+            )
+        blocked = None
+        if snapshots and self.record.attributes.get("prevent_destroy", True):
+            blocked = (
+                f"{self.resource.address}: replacing it would destroy {snapshots} snapshot(s) "
+                "and prevent_destroy is true; copy the pool (`costor pool copy`) to the new "
+                "location first, or set prevent_destroy = false and apply before this change"
+            )
+        elif facts.get("status") in ("pool", "foreign"):
+            blocked = (
+                f"{self.resource.address}: the new location {facts.get('location')} is not "
+                "empty; CoStor will not initialise a pool over other data"
+            )
+        return self.make(
+            "replace",
+            reason,
+            replace_paths=tuple(moved_location + fixed),
+            blocked=blocked,
+            facts_used={**identity_facts, "snapshots": snapshots},
+            details={"snapshots": snapshots},
+        )
+
+
+# --- resources no longer declared -----------------------------------------------------------
+
+
+def _delete(
+    record: Recorded,
+    facts: Mapping[str, Any],
+    removed: bool | None,
+    recorded: Mapping[str, Recorded],
+    declared: Mapping[str, Resource],
+) -> ResourceChange:
+    attributes = record.attributes
+    secret = sensitive_paths(attributes)
+    snapshots = int(facts.get("snapshots", 0))
+    base = dict(
+        address=record.address,
+        type=record.type,
+        name=record.name,
+        before=masked(attributes, secret),
+        before_sensitive=sensitive_mirror(attributes, secret) if attributes is not None else None,
+        facts_digest=digest(dict(facts)),
+    )
+    gone = "no longer in the inventory"
+    if record.type == "pool":
+        location = facts.get("location", (attributes or {}).get("path", "its location"))
+        if removed is False:
+            return ResourceChange(
+                operation="forget",
+                reason=f"[[removed]] with destroy = false: the state forgets it; its data at "
+                f"{location} ({snapshots} snapshot(s)) is left as it is",
+                **base,
+            )
+        prevent = (attributes or {}).get("prevent_destroy", True)
+        users = sorted(
+            address
+            for address, resource in declared.items()
+            if resource.type == "client" and resource.attributes.get("pool") == record.name
+        )
+        blocked = None
+        if users:
+            blocked = f"{record.address}: still used by {', '.join(users)}"
+        elif snapshots and removed is None and prevent:
+            blocked = (
+                f"{record.address} holds {snapshots} snapshot(s) and is never deleted "
+                "implicitly: set prevent_destroy = false and apply before removing it, or add "
+                '[[removed]] from = "' + record.address + '" with destroy = true (delete its '
+                "data) or destroy = false (forget it, keep the data)"
+            )
+        why = "[[removed]] with destroy = true" if removed else gone
+        held = f"its {snapshots} snapshot(s) and all data" if snapshots else "its (empty) storage"
+        return ResourceChange(
+            operation="destroy" if snapshots else "delete",
+            reason=f"{why}: apply deletes {held} at {location}",
+            blocked=blocked,
+            details={"snapshots": snapshots},
+            **base,
+        )
+    if record.type == "client":
+        pool = (attributes or {}).get("pool", "its pool")
+        if removed:
+            return ResourceChange(
+                operation="destroy",
+                reason=f"[[removed]] with destroy = true: no more backups, and its {snapshots} "
+                f"snapshot(s) in pool {pool} are deleted (prune reclaims the space)",
+                details={"snapshots": snapshots},
+                **base,
+            )
+        policy = (attributes or {}).get("policy")
+        retention = f" (retention of policy {policy} still applies)" if policy else ""
+        why = "[[removed]] with destroy = false" if removed is False else gone
+        return ResourceChange(
+            operation="retire",
+            reason=f"{why}: no more backups; its {snapshots} snapshot(s) in pool {pool} are "
+            f"kept{retention}",
+            details={"snapshots": snapshots},
+            **base,
+        )
+    why = "[[removed]]" if removed is not None else gone
+    return ResourceChange(operation="delete", reason=f"{why}: the state forgets it", **base)
+
+
+# --- refresh-only and targets ----------------------------------------------------------------
+
+
+def _refresh_only(
+    changes: list[ResourceChange],
+    drift: list[Drift],
+    recorded: Mapping[str, Recorded],
+    previous: Mapping[str, str],
+) -> list[ResourceChange]:
+    """Only accept what was observed: attribute edits become the recorded state, a
+    replaced pool's UUID is adopted, a vanished pool is forgotten."""
+    by_address = {change.address: change for change in changes}
+    result: list[ResourceChange] = []
+    for item in drift:
+        change = by_address.get(item.address)
+        if change is None:
+            continue
+        if item.type == "pool" and item.kind == "delete":
+            operation, reason = "forget", f"accept drift: {item.reason}; the state forgets the pool"
+        elif item.type == "pool" and change.details.get("drift") == "pool":
+            operation, reason = (
+                "refresh",
+                f"accept drift: {item.reason}; the state records the pool found there",
+            )
+        else:
+            operation, reason = "refresh", f"accept drift: {item.reason}"
+        result.append(
+            ResourceChange(
+                address=change.address,
+                type=change.type,
+                name=change.name,
+                operation=operation,
+                reason=reason,
+                before=item.before,
+                after=item.after,
+                previous_address=None,
+                facts_digest=change.facts_digest,
+                details={"drift": change.details.get("drift", "attributes")},
+            )
+        )
+    return result
+
+
+def _targeted(
+    changes: list[ResourceChange], targets: tuple[str, ...], declared: Mapping[str, Resource]
+) -> list[ResourceChange]:
+    """The targets and, for declared ones, everything they depend on (transitively)."""
+    wanted = set(targets)
+    stack = [t for t in targets if t in declared]
+    while stack:
+        for dependency in declared[stack.pop()].depends_on:
+            if dependency not in wanted:
+                wanted.add(dependency)
+                stack.append(dependency)
+    return [c for c in changes if c.address in wanted]
+
+
+# --- wording -----------------------------------------------------------------------------------
+
+
+def _path_text(path: KeyPath) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _fields_text(paths: list[KeyPath]) -> str:
+    return ", ".join(_path_text(p) for p in paths)
+
+
+def _changed_reason(fields: list[KeyPath], drifted: str) -> str:
+    return f"{_fields_text(fields)} changed{drifted}"
+
+
+_UNCHANGED = {
+    "client": "registered and unchanged",
+    "site": "unchanged",
+    "policy": "unchanged",
+    "user": "unchanged; password matches",
+}
+
+
+def _unchanged_reason(kind: str) -> str:
+    return _UNCHANGED.get(kind, "unchanged")

@@ -1,9 +1,11 @@
 """Shared fixtures: real local pools, real inventories, the real CLI.
 
 Tests mirror the package tree (tests/store ↔ costor/store). Nothing is mocked: pools live
-on the real filesystem, the state database is a real SQLite file, and the CLI runs
-either in-process (``cli``) or as a separate ``costor`` process (``cli_process``) where
-kill -9, concurrency or exit codes of a real process matter.
+on the real filesystem, the state database is a real SQLite file — or, when
+``COSTOR_TEST_DATABASE`` names a PostgreSQL server (``scripts/test.sh`` runs the whole
+suite a second time that way), a fresh real PostgreSQL database per inventory — and the
+CLI runs either in-process (``cli``) or as a separate ``costor`` process
+(``run_process``) where kill -9, concurrency or exit codes of a real process matter.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,59 @@ from costor.store.backends import LocalBackend
 from costor.store.pool import Pool
 
 PASSPHRASE = "correct horse battery staple"
+
+# e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres (a database to connect to
+# while creating the per-test ones); unset: SQLite in each inventory's state_dir.
+TEST_DATABASE = os.environ.get("COSTOR_TEST_DATABASE", "")
+_created_databases: list[str] = []
+
+
+def _admin_dsn() -> str:
+    return TEST_DATABASE.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def fresh_database_url() -> str | None:
+    """A new, empty PostgreSQL database for one inventory, or None on SQLite."""
+    if not TEST_DATABASE:
+        return None
+    import psycopg
+
+    name = f"costor_test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(_admin_dsn(), autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    _created_databases.append(name)
+    return TEST_DATABASE.rsplit("/", 1)[0] + "/" + name
+
+
+def recreate_database(url: str) -> None:
+    """Drop and create again the database of ``url`` (the state is lost)."""
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(_admin_dsn(), autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        connection.execute(f'CREATE DATABASE "{name}"')
+
+
+def costor_table(*lines: str) -> str:
+    """The ``[costor]`` table of a test inventory: state_dir, and the test database."""
+    url = fresh_database_url()
+    body = ["[costor]", 'state_dir = ".costor"', *lines]
+    if url:
+        body.append(f"database = {json.dumps(url)}")
+    return "\n".join(body) + "\n"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_databases() -> Any:
+    yield
+    if not _created_databases:
+        return
+    import psycopg
+
+    with psycopg.connect(_admin_dsn(), autocommit=True) as connection:
+        for name in _created_databases:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass
@@ -45,6 +101,35 @@ class Site:
     root: Path
     inventory: Path
     pool_path: Path
+
+    @property
+    def database_url(self) -> str:
+        from costor.config import load_inventory
+
+        return load_inventory(self.inventory).costor.database_url
+
+    def lose_state(self) -> None:
+        """The state database is gone (deleted file, or a dropped database)."""
+        url = self.database_url
+        if url.startswith("sqlite:///"):
+            database = Path(url.removeprefix("sqlite:///"))
+            for file in database.parent.glob(database.name + "*"):
+                file.unlink()
+        else:
+            recreate_database(url)
+
+    def sql(self, statement: str, **params: Any) -> list[Any]:
+        """Run one SQL statement on the state database (as another tool would)."""
+        from sqlalchemy import create_engine, text
+
+        url = self.database_url
+        engine = create_engine(url)
+        try:
+            with engine.begin() as connection:
+                result = connection.execute(text(statement), params)
+                return [tuple(row) for row in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
 
     def cli(self, *args: str) -> CliResult:
         out, err = io.StringIO(), io.StringIO()
@@ -90,9 +175,7 @@ def write_inventory(
     excludes: dict[str, list[str]] | None = None,
 ) -> Path:
     lines = [
-        "[costor]",
-        'state_dir = ".costor"',
-        "",
+        costor_table(),
         "[sites.hq]",
         "",
         "[pools.main]",
@@ -179,3 +262,9 @@ def tree_digest(root: Path) -> dict[str, Any]:
                     entry["content"] = handle.read()
             result[os.fsdecode(rel)] = entry
     return result
+
+
+@pytest.fixture
+def state_url(tmp_path: Path) -> str:
+    """A new, empty state database: PostgreSQL in the PostgreSQL pass, else SQLite."""
+    return fresh_database_url() or f"sqlite:///{tmp_path / 'state.db'}"

@@ -360,10 +360,15 @@ class _Check:
                 if _is_declared(source, declared):
                     message = f"{source!r} is still declared; after a move it exists only as 'to'"
                     self.problems.append(Problem(("moved", index, "from"), message))
+            moved_on = any(
+                isinstance(other, dict) and other.get("from") == target
+                for _i, other in _items(moved)
+            )
             if (
                 isinstance(target, str)
                 and _parse_address(target)
                 and not _is_declared(target, declared)
+                and not moved_on  # a step of a chain (a -> b, b -> c)
             ):
                 message = f"{target!r} is not declared in the inventory"
                 self.problems.append(Problem(("moved", index, "to"), message))

@@ -124,7 +124,7 @@ def read_status(url: str) -> dict[str, object]:
             status["revision"] = current_revision(connection)
             if inspect(connection).has_table("state_meta"):
                 rows: dict[str, str] = dict(
-                    connection.execute(text("SELECT key, value FROM state_meta")).tuples().all()
+                    connection.execute(text("SELECT key, value FROM state_meta")).all()
                 )
                 status["lineage"] = rows.get("lineage")
                 status["serial"] = int(rows["serial"]) if "serial" in rows else None

@@ -373,6 +373,8 @@ class _Decide:
                 kind="update" if status == "pool" else "delete",
             )
         )
+        if operation == "none":
+            reason = why
         return self.make(
             operation,
             reason,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import tarfile
 from pathlib import Path
 
@@ -48,8 +47,7 @@ def test_backup_snapshots_ls_diff_restore(applied: Site, source: Path, tmp_path:
     document = backup.json()
     assert set(document) >= DESIGN_BACKUP_FIELDS
     assert document["compression_ratio"] > 1  # the text compressed, the random data did not
-    with sqlite3.connect(applied.root / ".costor" / "state.db") as db:
-        raw, stored = db.execute("SELECT bytes_raw, bytes_stored FROM pools").fetchone()
+    [(raw, stored)] = applied.sql("SELECT bytes_raw, bytes_stored FROM pools")
     assert raw == document["bytes_added_raw"] and stored == document["bytes_added"]
     assert document["files_new"] == 3 and document["bytes_added"] > 0
 
@@ -162,9 +160,7 @@ def test_check_subset_reads_some_packs(applied: Site) -> None:
 def test_reindex_rebuilds_index_and_catalogue(applied: Site, tmp_path: Path, source: Path) -> None:
     assert applied.cli("backup", "alpha").code == 0
     shutil.rmtree(applied.pool_path / "index")
-    (applied.root / ".costor" / "state.db").unlink()
-    for leftover in (applied.root / ".costor").glob("state.db-*"):
-        leftover.unlink()
+    applied.lose_state()
     result = applied.cli("pool", "reindex", "--pool", "main", "--json")
     assert result.code == 0, result.stderr
     assert result.json()["snapshots"] == 1

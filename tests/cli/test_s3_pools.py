@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import Site, tree_digest
+from conftest import Site, costor_table, tree_digest
 from s3servers import (  # noqa: F401  (moto_server, rclone_server: fixtures)
     REGION,
     S3Server,
@@ -21,10 +21,8 @@ def s3_site(
 ) -> Site:
     inventory = root / "inventory.toml"
     inventory.write_text(
-        f"""
-[costor]
-state_dir = ".costor"
-
+        costor_table()
+        + f"""
 [sites.hq]
 
 [pools.cloud]

@@ -1,10 +1,10 @@
-"""The state database on real SQLite: migrations and concurrent writers."""
+"""The state database on real SQLite or PostgreSQL (the PostgreSQL pass of the suite):
+migrations and concurrent writers."""
 
 from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 
 from sqlmodel import select
 
@@ -12,8 +12,8 @@ from costor.db.models import SnapshotRow
 from costor.db.session import HEAD_REVISION, current_revision, open_engine, session_scope
 
 
-def test_migrates_once_and_reopens(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'state.db'}"
+def test_migrates_once_and_reopens(state_url: str) -> None:
+    url = state_url
     engine = open_engine(url)
     with engine.connect() as connection:
         assert current_revision(connection) == HEAD_REVISION
@@ -22,10 +22,10 @@ def test_migrates_once_and_reopens(tmp_path: Path) -> None:
         assert current_revision(connection) == HEAD_REVISION
 
 
-def test_concurrent_writers_all_succeed(tmp_path: Path) -> None:
+def test_concurrent_writers_all_succeed(state_url: str) -> None:
     """Writers that read before writing (as session.merge does) must wait for each
     other, not fail with "database is locked"."""
-    url = f"sqlite:///{tmp_path / 'state.db'}"
+    url = state_url
     open_engine(url)
     errors: list[BaseException] = []
 
@@ -58,13 +58,13 @@ def test_concurrent_writers_all_succeed(tmp_path: Path) -> None:
         assert len(session.exec(select(SnapshotRow)).all()) == 8 * 15
 
 
-def test_upgrades_a_database_from_the_first_schema(tmp_path: Path) -> None:
+def test_upgrades_a_database_from_the_first_schema(state_url: str) -> None:
     """A state database made by 0.1's first schema is migrated in place, rows kept."""
     from sqlalchemy import create_engine, text
 
     from costor.db.session import upgrade
 
-    url = f"sqlite:///{tmp_path / 'state.db'}"
+    url = state_url
     old = create_engine(url)
     upgrade(old, "0001")
     with old.begin() as connection:

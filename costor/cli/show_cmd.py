@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from costor.cli.common import add_json_option
+from costor.cli.common import add_inventory_option, add_json_option
 from costor.cli.output import print_json
 from costor.errors import PlanFileInvalid
 
@@ -15,8 +15,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "show",
         help="show a saved plan",
         description="Show a plan saved by `costor plan --out`. Needs no inventory or "
-        "state: the file is self-contained (and holds no secret).",
+        "state: the file is self-contained (and holds no secret); -c is accepted like "
+        "everywhere else and not read.",
     )
+    add_inventory_option(parser)
     add_json_option(parser)
     parser.add_argument("planfile", metavar="PLANFILE")
     return parser

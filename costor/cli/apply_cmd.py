@@ -64,11 +64,13 @@ def run(args: argparse.Namespace) -> int:
             shown_as = "the plan"
             if human:
                 print(render_plan(plan))
-            if plan.pending:
-                check_applyable(plan)
-                if not args.auto_approve:
-                    _confirm(len(plan.pending), json_output=args.json)
+            # Refused even with nothing to do: a blocked plan means the state and the
+            # world disagree (a pool gone or replaced), which a pipeline must see fail.
+            check_applyable(plan)
+            if plan.pending and not args.auto_approve:
+                _confirm(len(plan.pending), json_output=args.json)
         if not plan.pending:
+            check_applyable(plan)
             if args.json:
                 print_json({"applied": [], "changes": 0, "serial": plan.binding.serial})
             elif args.planfile:

@@ -392,6 +392,18 @@ class PoolConfig(_Model):
     # stage packs in state_dir/staging/NAME and upload them in the background
     staging: StrictBool = False
 
+    @classmethod
+    def from_recorded(cls, name: str, attributes: dict[str, Any], base_dir: Path) -> PoolConfig:
+        """A pool as the state recorded it at its last apply (all fields, defaults
+        included), e.g. to reach the storage of a pool the inventory no longer declares.
+        Keys at their default are left out, so they do not count as written."""
+        written = {
+            key: value
+            for key, value in attributes.items()
+            if key in cls.model_fields and value != cls.model_fields[key].default
+        }
+        return cls.model_validate({**written, "name": name}, context={"base_dir": base_dir})
+
     @field_validator("backend")
     @classmethod
     def _backend_available(cls, value: str) -> str:

@@ -504,10 +504,7 @@ class _Executor:
             if name in self.ctx.inventory.pools:
                 return self.ctx.backend(name)
             raise PoolError(message=f"pool {name}: the state does not record where it is")
-        config = PoolConfig.model_validate(
-            {**json.loads(attributes), "name": name},
-            context={"base_dir": self.ctx.inventory.base_dir},
-        )
+        config = PoolConfig.from_recorded(name, json.loads(attributes), self.ctx.inventory.base_dir)
         return self.ctx.backend_for(config)
 
     def _destroy_storage(self, backend: Any) -> None:

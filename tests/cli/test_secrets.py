@@ -1,0 +1,158 @@
+"""Secrets never leave their ``{ env }`` / ``{ file }``: not in plan output (text or JSON),
+plan files, ``show``, apply's output, error messages, or the state database in clear
+(a user's password is stored only as an argon2id hash).
+
+One inventory with every kind of secret — a pool passphrase, S3 access and secret keys
+(against moto's S3 server), a user password read from a file — driven through every
+command that could print one; then every byte written is searched for them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import Site, costor_table
+from s3servers import REGION, S3Server, moto_server  # noqa: F401  (fixture)
+
+PASSPHRASE = "pool-passphrase-7f3a91c2"
+WRONG_PASSPHRASE = "wrong-passphrase-55e1d0"
+PASSWORD = "alice-password-2b8e44d1"
+NEW_PASSWORD = "alice-password-9c0d11aa"
+
+
+def inventory(root: Path, source: Path, server: S3Server, bucket: str) -> Path:
+    path = root / "inventory.toml"
+    path.write_text(
+        costor_table()
+        + f"""
+[sites.hq]
+
+[pools.local]
+site = "hq"
+backend = "local"
+path = "pool"
+passphrase = {{ env = "SECRET_TEST_PASSPHRASE" }}
+
+[pools.cloud]
+site = "hq"
+backend = "s3"
+bucket = "{bucket}"
+endpoint = "{server.endpoint}"
+region = "{REGION}"
+path_style = true
+access_key = {{ env = "SECRET_TEST_S3_ACCESS" }}
+secret_key = {{ env = "SECRET_TEST_S3_SECRET" }}
+passphrase = {{ env = "SECRET_TEST_PASSPHRASE" }}
+
+[clients.alpha]
+site = "hq"
+pool = "local"
+paths = ["{source}"]
+
+[groups.ops]
+roles = ["admin"]
+
+[users.alice]
+groups = ["ops"]
+password = {{ file = "alice.secret" }}
+"""
+    )
+    secret_file = root / "alice.secret"
+    secret_file.write_text(PASSWORD + "\n")
+    secret_file.chmod(0o600)
+    return path
+
+
+def test_no_secret_is_ever_printed_or_stored(
+    moto_server: S3Server,  # noqa: F811
+    source: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SECRET_TEST_PASSPHRASE", PASSPHRASE)
+    monkeypatch.setenv("SECRET_TEST_S3_ACCESS", moto_server.access_key)
+    monkeypatch.setenv("SECRET_TEST_S3_SECRET", moto_server.secret_key)
+    site = Site(
+        tmp_path,
+        inventory(tmp_path, source, moto_server, moto_server.new_bucket()),
+        tmp_path / "pool",
+    )
+    secrets = [PASSPHRASE, WRONG_PASSPHRASE, PASSWORD, NEW_PASSWORD, moto_server.secret_key]
+    seen: list[str] = []
+
+    def run(*args: str, code: int = 0) -> str:
+        result = site.cli(*args)
+        assert result.code == code, result.stdout + result.stderr
+        seen.append(result.stdout + result.stderr)
+        return result.stdout
+
+    run("validate")
+    run("validate", "--json")
+    planfile = tmp_path / "first.plan"
+    run("plan")
+    document = json.loads(run("plan", "--json"))
+    passphrase = next(c for c in document["resource_changes"] if c["address"] == "pool.local")[
+        "change"
+    ]
+    assert passphrase["after"]["passphrase"] == "(sensitive)"
+    assert passphrase["after_sensitive"]["passphrase"] is True
+    run("plan", "--out", str(planfile))
+    run("show", str(planfile))
+    run("show", str(planfile), "--json")
+    run("apply", str(planfile))
+    run("apply", "--auto-approve", "--json")
+    run("backup", "alpha", "--json")
+
+    # A changed password is an update whose value is never shown.
+    (tmp_path / "alice.secret").write_text(NEW_PASSWORD)
+    changed = json.loads(run("plan", "--json"))
+    [update] = [c for c in changed["resource_changes"] if c["change"]["actions"] == ["update"]]
+    assert update["address"] == "user.alice" and "password changed" in update["reason"]
+    human = run("plan")
+    assert "~ password = (sensitive) -> (sensitive)" in human
+    second_plan = tmp_path / "second.plan"
+    run("plan", "--out", str(second_plan))
+    run("apply", str(second_plan), "--json")
+    [(stored_hash,)] = site.sql("SELECT password_hash FROM users WHERE name = 'alice'")
+    assert stored_hash.startswith("$argon2id$")
+
+    # Errors: a wrong passphrase while adopting the pool after the state was lost.
+    site.lose_state()
+    monkeypatch.setenv("SECRET_TEST_PASSPHRASE", WRONG_PASSPHRASE)
+    failed = site.run_process("apply", "--auto-approve")
+    assert failed.code == 1 and "Wrong passphrase" in failed.stderr
+    seen.append(failed.stdout + failed.stderr)
+    monkeypatch.setenv("SECRET_TEST_PASSPHRASE", PASSPHRASE)
+    run("apply", "--auto-approve")
+
+    written = [planfile.read_bytes().decode(), second_plan.read_bytes().decode()]
+    state_text = database_text(site)
+    for secret in secrets:
+        for text in seen + written:
+            assert secret not in text
+        assert secret not in state_text
+    assert PASSWORD not in state_text and "$argon2id$" in state_text  # hashed, not lost
+
+
+def database_text(site: Site) -> str:
+    """Every value in every table of the state, and (SQLite) the raw database files."""
+    url = site.database_url
+    if url.startswith("sqlite:///"):
+        database = Path(url.removeprefix("sqlite:///"))
+        raw = b"".join(f.read_bytes() for f in database.parent.glob(database.name + "*"))
+        tables = [
+            name for (name,) in site.sql("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+    else:
+        raw = b""
+        tables = [
+            name
+            for (name,) in site.sql(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            )
+        ]
+    rows = [str(site.sql(f'SELECT * FROM "{table}"')) for table in tables]
+    assert "resources" in tables and "users" in tables
+    return "\n".join(rows) + raw.decode("utf-8", errors="replace")

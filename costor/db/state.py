@@ -173,12 +173,16 @@ def state_lock(engine: Engine, operation: str, *, timeout: float = 0.0) -> Itera
                 row = session.get(StateLockRow, LOCK_NAME)
                 if row is not None and row.lock_id == me.lock_id:
                     session.delete(row)
-            if advisory is not None:
-                advisory.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": STATE_LOCK_KEY})
-                advisory.commit()
     finally:
         if advisory is not None:
-            advisory.close()
+            # This connection exists only for the lock: release whatever it holds (also
+            # when something failed between taking the lock and the block) before it goes
+            # back to the pool, where a session lock would otherwise live on.
+            try:
+                advisory.execute(text("SELECT pg_advisory_unlock_all()"))
+                advisory.commit()
+            finally:
+                advisory.close()
 
 
 def _try_lock(engine: Engine, advisory: Connection | None, me: LockInfo) -> LockInfo | None:

@@ -117,18 +117,14 @@ def reconcile(
 ) -> Plan:
     options = options or Options()
     removed = dict(removed or {})
-    moves, errors = resolve_moves(recorded, moved)
-    previous = {new: old for new, old in moves.items()}
-    consumed = set(moves.values())
+    previous, errors = resolve_moves(recorded, moved)  # new address -> recorded address
+    consumed = set(previous.values())
     by_address = {resource.address: resource for resource in desired}
 
     changes: list[ResourceChange] = []
     drift: list[Drift] = []
     for resource in sorted(desired, key=lambda r: (ORDER[r.type], r.name)):
-        source = previous.get(resource.address, resource.address)
-        record = recorded.get(source)
-        if source != resource.address and record is None:
-            source = resource.address
+        record = recorded.get(previous.get(resource.address, resource.address))
         decided = _Decide(resource, record, facts.get(resource.address, {}), previous)
         change, found_drift = decided.run()
         drift.extend(found_drift)
@@ -139,12 +135,10 @@ def reconcile(
     ]
     for address in sorted(deletes, key=lambda a: (-ORDER[split_address(a)[0]], a)):
         record = recorded[address]
-        changes.append(
-            _delete(record, facts.get(address, {}), removed.get(address), recorded, by_address)
-        )
+        changes.append(_delete(record, facts.get(address, {}), removed.get(address), by_address))
 
     if options.refresh_only:
-        changes = _refresh_only(changes, drift, recorded, previous)
+        changes = _refresh_only(changes, drift)
     if options.targets:
         changes = _targeted(changes, options.targets, by_address)
     return Plan(
@@ -173,9 +167,8 @@ class _Decide:
         self.resource = resource
         self.record = record
         self.facts = facts
-        self.previous = previous.get(resource.address)
-        if record is None:
-            self.previous = None
+        # The recorded address this resource had (a [[moved]]), if it is recorded at all.
+        self.previous = previous.get(resource.address) if record is not None else None
         self.drift: list[Drift] = []
 
     def run(self) -> tuple[ResourceChange, list[Drift]]:
@@ -429,7 +422,6 @@ def _delete(
     record: Recorded,
     facts: Mapping[str, Any],
     removed: bool | None,
-    recorded: Mapping[str, Recorded],
     declared: Mapping[str, Resource],
 ) -> ResourceChange:
     attributes = record.attributes
@@ -505,12 +497,7 @@ def _delete(
 # --- refresh-only and targets ----------------------------------------------------------------
 
 
-def _refresh_only(
-    changes: list[ResourceChange],
-    drift: list[Drift],
-    recorded: Mapping[str, Recorded],
-    previous: Mapping[str, str],
-) -> list[ResourceChange]:
+def _refresh_only(changes: list[ResourceChange], drift: list[Drift]) -> list[ResourceChange]:
     """Only accept what was observed: attribute edits become the recorded state, a
     replaced pool's UUID is adopted, a vanished pool is forgotten."""
     by_address = {change.address: change for change in changes}

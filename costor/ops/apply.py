@@ -127,14 +127,17 @@ def apply_plan(
     on_change: Callable[[ResourceChange], None] | None = None,
 ) -> ApplyReport:
     """Carry out ``plan``; the caller holds the state lock (:func:`costor.db.state.state_lock`)."""
+    from costor.plan.resources import desired_resources
+
     check_applyable(plan)
     check_fresh(ctx, plan, path=path)
+    desired = {r.address: r.attributes for r in desired_resources(ctx.inventory)}
     report = ApplyReport()
     for change in plan.pending:
         if on_change is not None:
             on_change(change)
         try:
-            report.serial = _Executor(ctx, change).run()
+            report.serial = _Executor(ctx, change, desired).run()
         except CostorError as error:
             done = len(report.applied)
             error.message = (
@@ -150,9 +153,12 @@ def apply_plan(
 
 
 class _Executor:
-    def __init__(self, ctx: Context, change: ResourceChange) -> None:
+    def __init__(
+        self, ctx: Context, change: ResourceChange, desired: dict[str, dict[str, Any]]
+    ) -> None:
         self.ctx = ctx
         self.change = change
+        self.declared = desired  # address -> desired attributes, from the inventory
         self.now = utcnow()
 
     def run(self) -> int:
@@ -163,14 +169,15 @@ class _Executor:
 
     def desired(self) -> dict[str, Any]:
         """The desired attributes from the inventory, proven to be what was planned."""
-        from costor.plan.resources import desired_resources, digest
+        from costor.plan.resources import digest
 
-        for resource in desired_resources(self.ctx.inventory):
-            if resource.address == self.change.address:
-                if digest(resource.attributes) != self.change.after_digest:
-                    raise PlanStale(path="the plan", reason=f"{resource.address} changed")
-                return resource.attributes
-        raise PlanStale(path="the plan", reason=f"{self.change.address} is no longer declared")
+        address = self.change.address
+        attributes = self.declared.get(address)
+        if attributes is None:
+            raise PlanStale(path="the plan", reason=f"{address} is no longer declared")
+        if digest(attributes) != self.change.after_digest:
+            raise PlanStale(path="the plan", reason=f"{address} changed")
+        return attributes
 
     def commit(self, work: Callable[[Session], None] | None = None, *, record: bool = True) -> int:
         """One transaction: rename (a move), the type's own rows, the resource row, serial."""

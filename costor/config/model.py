@@ -300,8 +300,10 @@ class CostorSettings(_Model):
     @classmethod
     def _resolve_sqlite_path(cls, value: str | None, info: ValidationInfo) -> str | None:
         prefix = "sqlite:///"
-        if value is None or not value.startswith(prefix):
+        if value is None:
             return value
+        if not value.startswith(prefix):
+            return _postgresql_url(value)
         rest = value[len(prefix) :]
         if rest.startswith("/") or rest.startswith(":memory:") or not rest:
             return value
@@ -317,6 +319,26 @@ class CostorSettings(_Model):
     def database_url(self) -> str:
         """The database URL, never None once validated."""
         return self.database or f"sqlite:///{self.state_dir}/state.db"
+
+
+def _postgresql_url(value: str) -> str:
+    """``postgresql+psycopg://`` (plain ``postgresql://`` means the same here: psycopg 3
+    is the driver CoStor ships). The password never goes in the URL: the inventory is
+    committed, and libpq reads it from ``~/.pgpass`` or ``PGPASSWORD``."""
+    scheme, separator, rest = value.partition("://")
+    if not separator or scheme not in ("postgresql", "postgresql+psycopg"):
+        raise ValueError(
+            f"unsupported database URL {scheme + '://' if separator else value!r}: expected "
+            "sqlite:///PATH or postgresql+psycopg://USER@HOST/DATABASE"
+        )
+    credentials = rest.split("@", 1)[0] if "@" in rest else ""
+    if ":" in credentials:
+        # Never quote the value: the part after ':' is a password.
+        raise ValueError(
+            "the database URL contains a password, a secret in a committed file: put it in "
+            "~/.pgpass or PGPASSWORD (read by PostgreSQL's client library) instead"
+        )
+    return "postgresql+psycopg://" + rest
 
 
 # --- [sites.NAME] ----------------------------------------------------------------------

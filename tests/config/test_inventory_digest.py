@@ -10,7 +10,7 @@ import inventory_helpers
 import pytest
 from pydantic import ValidationError
 
-from costor.config import load_inventory
+from costor.config import check_inventory, load_inventory
 
 WriteInventory = Callable[..., Path]
 write_inventory = inventory_helpers.write_inventory  # the fixture
@@ -80,3 +80,18 @@ def test_relative_sqlite_database_is_relative_to_the_inventory(
 ) -> None:
     inventory = load_inventory(write_inventory('[costor]\ndatabase = "sqlite:///db/state.db"\n'))
     assert inventory.costor.database == f"sqlite:///{tmp_path}/db/state.db"
+
+
+def test_postgresql_urls_use_psycopg_and_carry_no_password(write_inventory: WriteInventory) -> None:
+    plain = load_inventory(
+        write_inventory('[costor]\ndatabase = "postgresql://costor@db/costor"\n')
+    )
+    assert plain.costor.database == "postgresql+psycopg://costor@db/costor"
+    for bad, message in (
+        ("mysql://db/costor", "unsupported database URL 'mysql://'"),
+        ("postgresql+psycopg://costor:s3cret@db/costor", "contains a password"),
+    ):
+        inventory, diagnostics = check_inventory(write_inventory(f'[costor]\ndatabase = "{bad}"\n'))
+        assert inventory is None
+        assert [d.key for d in diagnostics] == ["costor.database"]
+        assert message in diagnostics[0].message and "s3cret" not in diagnostics[0].message

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pty
 import subprocess
 import sys
 import textwrap
@@ -268,3 +269,26 @@ def tree_digest(root: Path) -> dict[str, Any]:
 def state_url(tmp_path: Path) -> str:
     """A new, empty state database: PostgreSQL in the PostgreSQL pass, else SQLite."""
     return fresh_database_url() or f"sqlite:///{tmp_path / 'state.db'}"
+
+
+def run_in_pty(argv: list[str], answer: str | None = None) -> tuple[int, str]:
+    """Run ``costor ARGV`` with stdin/stdout/stderr on a pseudo-terminal; type
+    ``answer`` at apply's confirmation prompt if given. Returns (exit code, screen)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        os.environ["COLUMNS"] = "120"
+        os.execv(sys.executable, [sys.executable, "-m", "costor", *argv])
+    screen = b""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        screen += data
+        if answer is not None and b"Only 'yes' will be accepted" in screen:
+            os.write(fd, answer.encode() + b"\n")
+            answer = None
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), screen.decode(errors="replace")

@@ -29,6 +29,7 @@ import json
 import os
 import posixpath
 import re
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -87,17 +88,6 @@ BUILTIN_ROLES: dict[str, tuple[str, ...]] = {
 }
 
 # What a role may grant. "admin" is everything, including users and the audit log.
-PERMISSIONS = (
-    "admin",
-    "snapshots.read",
-    "snapshots.restore",
-    "backups.run",
-    "jobs.read",
-    "jobs.manage",
-    "config.read",
-    "users.manage",
-    "audit.read",
-)
 Permission = Literal[
     "admin",
     "snapshots.read",
@@ -109,6 +99,7 @@ Permission = Literal[
     "users.manage",
     "audit.read",
 ]
+PERMISSIONS: tuple[str, ...] = typing.get_args(Permission)
 
 LITERAL_SECRET_MESSAGE = "secrets must be { env = … } or { file = … }, never literal"
 

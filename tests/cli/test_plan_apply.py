@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Site
+from conftest import Site, run_in_pty
 
 USERS = """
 [groups.ops]
@@ -154,28 +153,6 @@ def test_saved_plan_takes_no_planning_flags(site: Site, tmp_path: Path) -> None:
     assert site.cli("plan", "--out", str(planfile)).code == 0
     result = site.cli("apply", str(planfile), "--target", "pool.main")
     assert result.code == 1 and "belong" in result.stderr
-
-
-def run_in_pty(argv: list[str], answer: str) -> tuple[int, str]:
-    """Run costor on a pseudo-terminal and type ``answer`` at its prompt."""
-    pid, fd = pty.fork()
-    if pid == 0:  # child
-        os.execv(sys.executable, [sys.executable, "-m", "costor", *argv])
-    screen = b""
-    answered = False
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        screen += data
-        if not answered and b"Only 'yes' will be accepted" in screen:
-            os.write(fd, answer.encode() + b"\n")
-            answered = True
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), screen.decode(errors="replace")
 
 
 def test_apply_asks_on_a_terminal_and_only_yes_proceeds(site: Site) -> None:

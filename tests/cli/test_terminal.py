@@ -3,32 +3,11 @@ and start-up that does not pay for stacks a command does not use."""
 
 from __future__ import annotations
 
-import os
-import pty
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Site
-
-
-def run_in_pty(argv: list[str]) -> tuple[int, str]:
-    """Run a command with stdout/stderr on a pseudo-terminal; return (code, screen)."""
-    pid, fd = pty.fork()
-    if pid == 0:  # child
-        os.environ["COLUMNS"] = "120"
-        os.execv(sys.executable, [sys.executable, "-m", "costor", *argv])
-    chunks = []
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
+from conftest import Site, run_in_pty
 
 
 def test_progress_bar_on_a_terminal_only(applied: Site, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option
 from costor.cli.output import print_json
+from costor.errors import UsageError
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -82,7 +83,12 @@ def write_plan_file(ctx: Any, plan: Any, path: str) -> None:
     # Written whole under a temporary name, then renamed: a reader never sees half a
     # plan. Mode 0600: the plan lists the installation's layout.
     temporary = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(temporary, path)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise UsageError(
+            message=f"--out {path}: cannot write the plan file ({error.strerror or error})"
+        ) from None

@@ -30,6 +30,7 @@ import os
 import posixpath
 import re
 import typing
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -323,7 +324,8 @@ def _postgresql_url(value: str) -> str:
             "sqlite:///PATH or postgresql+psycopg://USER@HOST/DATABASE"
         )
     credentials = rest.split("@", 1)[0] if "@" in rest else ""
-    if ":" in credentials:
+    query = urllib.parse.parse_qs(rest.partition("?")[2])
+    if ":" in credentials or "password" in query:
         # Never quote the value: the part after ':' is a password.
         raise ValueError(
             "the database URL contains a password, a secret in a committed file: put it in "

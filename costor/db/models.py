@@ -102,7 +102,11 @@ class StateLockRow(SQLModel, table=True):
     operation: str
     who: str  # user@host
     host: str
+    # hostname + boot id + PID namespace: "this host" means the same running kernel and
+    # PID space, not a container that happens to share the hostname.
+    host_id: str
     pid: int
+    started: int | None = None  # the holder's start time (clock ticks since boot)
     created_at: datetime
 
 

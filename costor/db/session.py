@@ -57,7 +57,19 @@ def _create(url: str) -> Engine:
     else:
         # Every session in UTC: timestamps are stored as UTC, and a column without a time
         # zone must not be shifted by the server's or the role's TimeZone setting.
-        engine = create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
+        # TCP keepalives: the session of a host that vanished (and the state lock it
+        # held) is dropped by the server within about a minute, not hours.
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            connect_args={
+                "options": "-c timezone=UTC",
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
+            },
+        )
     return engine
 
 
@@ -163,6 +175,9 @@ def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        # Query values may carry credentials too (?password=…, ?sslpassword=…).
+        shown = parsed.set(query={key: "***" for key in parsed.query})
+        return shown.render_as_string(hide_password=True)
     except Exception:  # an unparseable URL: show only its scheme
         return url.split("://", 1)[0] + "://…"

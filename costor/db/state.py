@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -99,6 +100,8 @@ class LockInfo:
     host: str
     pid: int
     created_at: datetime
+    host_id: str = ""
+    started: int | None = None
 
     def describe(self) -> str:
         return (
@@ -114,24 +117,55 @@ def lock_holder(engine: Engine) -> LockInfo | None:
 
 
 def _info(row: StateLockRow) -> LockInfo:
-    return LockInfo(row.lock_id, row.operation, row.who, row.host, row.pid, row.created_at)
+    return LockInfo(
+        row.lock_id,
+        row.operation,
+        row.who,
+        row.host,
+        row.pid,
+        row.created_at,
+        row.host_id,
+        row.started,
+    )
+
+
+def host_id() -> str:
+    """This host as a lock holder: hostname, boot id and PID namespace. Two containers
+    with one hostname, or the same host after a reboot, are different holders."""
+    parts = [socket.gethostname()]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    except OSError:
+        parts.append("?")
+    try:
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        parts.append("?")
+    return "|".join(parts)
+
+
+def process_started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot; /proc/PID/stat field 22),
+    or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def _holder_is_dead(row: StateLockRow) -> bool:
     """A lock row left by a process of this host that no longer runs (killed -9).
 
-    Only this host can tell: a holder on another host is trusted until it releases the
-    lock or someone runs ``costor force-unlock``.
+    Only this host can tell (same hostname, boot and PID namespace): a holder elsewhere
+    is trusted until it releases the lock or someone runs ``costor force-unlock``. A PID
+    that now belongs to a process started at another time is a reused PID: dead holder.
     """
-    if row.host != socket.gethostname():
+    if row.host_id != host_id():
         return False
-    try:
-        os.kill(row.pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    started = process_started(row.pid)
+    return started is None or (row.started is not None and started != row.started)
 
 
 @contextmanager
@@ -152,6 +186,8 @@ def state_lock(engine: Engine, operation: str, *, timeout: float = 0.0) -> Itera
         host=socket.gethostname(),
         pid=os.getpid(),
         created_at=_now().replace(microsecond=0),
+        host_id=host_id(),
+        started=process_started(os.getpid()),
     )
     advisory: Connection | None = None
     if engine.dialect.name == "postgresql":
@@ -217,13 +253,33 @@ def _row_fields(info: LockInfo) -> dict[str, Any]:
         "operation": info.operation,
         "who": info.who,
         "host": info.host,
+        "host_id": info.host_id,
         "pid": info.pid,
+        "started": info.started,
         "created_at": info.created_at,
     }
 
 
 def force_unlock(engine: Engine, lock_id: str) -> LockInfo:
-    """Remove the lock row if it has ``lock_id`` (the id the refused command printed)."""
+    """Remove the lock if it has ``lock_id`` (the id the refused command printed).
+
+    On PostgreSQL the lock is held by a database session: that session is ended
+    (``pg_terminate_backend``), or the lock would live on with a frozen or unreachable
+    holder's connection.
+    """
+    if engine.dialect.name == "postgresql":
+        holder = lock_holder(engine)
+        if holder is not None and holder.lock_id == lock_id:
+            with engine.connect() as connection:
+                connection.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE "
+                        "locktype = 'advisory' AND classid = 0 AND objid = :key AND granted "
+                        "AND pid <> pg_backend_pid()"
+                    ),
+                    {"key": STATE_LOCK_KEY},
+                )
+                connection.commit()
     with session_scope(engine) as session:
         row = session.get(StateLockRow, LOCK_NAME)
         if row is None:

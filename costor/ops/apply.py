@@ -27,6 +27,7 @@ from costor.errors import (
     PlanStale,
     PoolError,
     PoolMismatch,
+    PoolNotFound,
 )
 from costor.ops.context import Context, utcnow
 
@@ -319,33 +320,40 @@ class _Executor:
         return self.commit(register)
 
     def _delete_client_snapshots(self) -> None:
-        """``[[removed]] destroy = true`` on a client: delete its snapshot manifests (the
-        packs they alone used become unreferenced; prune reclaims them)."""
+        """``[[removed]] destroy = true`` on a client: delete its snapshot manifests in
+        every pool that has some (the packs they alone used become unreferenced; prune
+        reclaims them)."""
+        from collections import defaultdict
+
         from sqlmodel import delete, select
 
         from costor.db.models import ClientRow, PoolRow, ResourceRow, SnapshotRow
         from costor.db.session import session_scope
 
         name = self.change.name
+        by_pool: dict[str, list[str]] = defaultdict(list)
+        pools: dict[str, tuple[str, str | None]] = {}
         with session_scope(self.ctx.engine, write=False) as session:
             row = session.get(ClientRow, name)
             names = [name, *json.loads(row.former_names)] if row else [name]
-            snapshots = list(
-                session.exec(select(SnapshotRow).where(SnapshotRow.client.in_(names)))  # type: ignore[attr-defined]
-            )
-            pool_row = session.get(PoolRow, row.pool) if row else None
-            resource = session.get(ResourceRow, f"pool.{row.pool}") if row else None
-        if not snapshots:
-            return
-        if pool_row is None:
-            raise PoolError(message=f"the pool of {name}'s snapshots is not in the state")
-        backend = self._pool_backend(pool_row.name, resource.attributes if resource else None)
-        for snapshot in snapshots:
-            backend.delete(f"snapshots/{snapshot.id}")
-        with session_scope(self.ctx.engine) as session:
-            session.exec(
-                delete(SnapshotRow).where(SnapshotRow.id.in_([s.id for s in snapshots]))  # type: ignore[attr-defined]
-            )
+            query = select(SnapshotRow).where(SnapshotRow.client.in_(names))  # type: ignore[attr-defined]
+            for snapshot in session.exec(query):
+                by_pool[snapshot.pool_uuid].append(snapshot.id)
+            for pool_uuid, ids in by_pool.items():
+                pool_row = session.exec(select(PoolRow).where(PoolRow.uuid == pool_uuid)).first()
+                if pool_row is None:
+                    raise PoolError(
+                        message=f"{len(ids)} of {name}'s snapshots are in pool {pool_uuid}, "
+                        "which the state no longer knows; nothing was deleted"
+                    )
+                resource = session.get(ResourceRow, f"pool.{pool_row.name}")
+                pools[pool_uuid] = (pool_row.name, resource.attributes if resource else None)
+        for pool_uuid, snapshot_ids in by_pool.items():
+            backend = self._pool_backend(*pools[pool_uuid])
+            for snapshot_id in snapshot_ids:
+                backend.delete(f"snapshots/{snapshot_id}")
+            with session_scope(self.ctx.engine) as session:
+                session.exec(delete(SnapshotRow).where(SnapshotRow.id.in_(snapshot_ids)))  # type: ignore[attr-defined]
 
     # --- pools ---------------------------------------------------------------------------------
 
@@ -361,7 +369,7 @@ class _Executor:
         if operation in ("delete", "destroy"):
             self._destroy_storage(self._recorded_backend())
             return self.commit(self._drop_pool_rows, record=False)
-        if operation == "forget":
+        if operation == "forget":  # state only: the storage is not touched
             return self.commit(self._drop_pool_rows, record=False)
         if operation == "refresh":
             return self._pool_refresh()
@@ -401,17 +409,22 @@ class _Executor:
                 chunk_avg=config.chunk_avg_kib * 1024 if config.chunk_avg_kib else None,
             )
 
+        snapshots = pool.list_snapshots() if self.change.operation == "adopt" else []
+
         def record(session: Session) -> None:
             if drop_catalogue:
                 self._drop_pool_rows(session)
             self._write_pool_row(
                 session, config, pool.uuid, backend.location, pool.identity.encryption
             )
+            _catalogue(session, pool.uuid, snapshots)
 
         return self.commit(record)
 
     def _pool_update(self) -> int:
-        from costor.db.models import PoolRow
+        from sqlalchemy import update
+
+        from costor.db.models import ClientRow, PoolRow
 
         config = self.ctx.pool_config(self.change.name)
         location = self.ctx.backend(self.change.name).location
@@ -428,6 +441,12 @@ class _Executor:
             if old_name != self.change.name:
                 session.delete(row)
                 session.flush()
+                # Retired clients too: their snapshots are found through this name.
+                session.execute(
+                    update(ClientRow)
+                    .where(ClientRow.pool == old_name)  # type: ignore[arg-type]
+                    .values(pool=self.change.name)
+                )
             self._write_pool_row(session, config, uuid, location, encryption, created, raw, stored)
 
         return self.commit(record)
@@ -441,12 +460,23 @@ class _Executor:
         name = self.change.name
         backend = self.ctx.backend(name)
         pool = Pool.open(backend, self.ctx.passphrase(name))
+        snapshots = pool.list_snapshots()
 
         def record(session: Session) -> None:
             row = session.get(PoolRow, name)
             if row is not None:
-                row.uuid, row.location, row.updated_at = pool.uuid, backend.location, self.now
-                session.add(row)
+                # The catalogue of the pool that was there goes; the one found is listed.
+                created = row.created_at
+                self._drop_pool_rows(session)
+                self._write_pool_row(
+                    session,
+                    self.ctx.pool_config(name),
+                    pool.uuid,
+                    backend.location,
+                    pool.identity.encryption,
+                    created,
+                )
+            _catalogue(session, pool.uuid, snapshots)
 
         return self.commit(record)
 
@@ -516,13 +546,56 @@ class _Executor:
 
     def _destroy_storage(self, backend: Any) -> None:
         """Delete every object of the pool: the identity file first (from then on the
-        location holds no pool, so nothing uses a half-deleted one), key slots last."""
-        from costor.store.pool import IDENTITY_NAME
+        location holds no pool, so nothing uses a half-deleted one), key slots last.
 
+        Checked again just before, because nothing holds a backup off between plan and
+        here: the location must still hold the recorded pool (same UUID) with exactly the
+        snapshots the plan counted; anything else stops the apply with nothing deleted.
+        """
+        from costor.db.models import PoolRow
+        from costor.db.session import session_scope
+        from costor.store.pool import IDENTITY_NAME, count_snapshots, foreign_object, read_identity
+
+        with session_scope(self.ctx.engine, write=False) as session:
+            old_name = (self.change.previous_address or self.change.address).split(".", 1)[1]
+            row = session.get(PoolRow, old_name)
+            recorded_uuid = row.uuid if row else None
+        planned = int(self.change.details.get("snapshots", 0))
+        try:
+            identity = read_identity(backend)
+        except PoolNotFound:
+            leftover = foreign_object(backend)
+            if leftover is not None:
+                raise PoolError(
+                    message=f"{backend.location} holds {leftover} and no pool identity; "
+                    "refusing to delete anything there"
+                ) from None
+            identity = None
+        if identity is not None:
+            if identity.uuid != recorded_uuid:
+                raise PoolMismatch(
+                    location=backend.location, found=identity.uuid, expected=recorded_uuid
+                )
+            found = count_snapshots(backend)
+            if found != planned:
+                raise PlanStale(
+                    path="the plan",
+                    reason=f"{backend.location} now holds {found} snapshot(s), the plan "
+                    f"counted {planned}; nothing was deleted",
+                )
         backend.delete(IDENTITY_NAME)
         names = [info.name for info in backend.list("")]
         for name in sorted(names, key=lambda n: n.startswith("keys/")):
             backend.delete(name)
+
+
+def _catalogue(session: Session, pool_uuid: str, snapshots: list[Any]) -> None:
+    """Record a pool's snapshots in the catalogue (an adopted pool's, say), so that its
+    counts and listings include them."""
+    from costor.ops.context import snapshot_row
+
+    for snapshot in snapshots:
+        session.merge(snapshot_row(pool_uuid, snapshot))
 
 
 def _client_digest(client: Any) -> str:

@@ -25,15 +25,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from costor.errors import PoolNotFound, UsageError
+from costor.errors import CostorError, PoolNotFound, UsageError
 from costor.ops.context import Context
 
 if TYPE_CHECKING:
     from sqlmodel import Session
 
+    from costor.config.model import PoolConfig
     from costor.plan.model import Plan
     from costor.plan.reconcile import Recorded
     from costor.plan.resources import Resource
+    from costor.store.backends.base import Backend
 
 
 def make_plan(ctx: Context, *, targets: tuple[str, ...] = (), refresh_only: bool = False) -> Plan:
@@ -125,14 +127,20 @@ def gather_facts(
 
     facts: dict[str, dict[str, Any]] = {}
     with session_scope(ctx.engine, write=False) as session:
+        pool_names = _pool_names_by_uuid(session)
+        former = {old: current for current, names in client_names.items() for old in names[1:]}
         for resource in desired:
             was = moves.get(resource.address, resource.address)
             was_name = was.split(".", 1)[1]
             if resource.type == "pool":
-                facts[resource.address] = pool_facts(ctx, session, resource.name, was_name)
+                facts[resource.address] = pool_facts(
+                    ctx, session, ctx.pool_config(resource.name), was_name, pool_names
+                )
             elif resource.type == "client":
                 names = client_names.get(was_name, [was_name])
-                facts[resource.address] = {"snapshots": _snapshot_count(session, client=names)}
+                facts[resource.address] = _client_facts(session, names)
+                if resource.name in former and former[resource.name] != was_name:
+                    facts[resource.address]["former_name_of"] = former[resource.name]
             elif resource.type == "user" and was in recorded:
                 facts[resource.address] = {
                     "password": _password_fact(ctx, session, resource, was_name)
@@ -142,53 +150,158 @@ def gather_facts(
             if address in declared:
                 continue
             if record.type == "pool":
-                facts[address] = recorded_pool_facts(session, record.name, record.attributes)
+                facts[address] = recorded_pool_facts(
+                    ctx, session, record.name, record.attributes, pool_names
+                )
             elif record.type == "client":
                 names = client_names.get(record.name, [record.name])
-                facts[address] = {"snapshots": _snapshot_count(session, client=names)}
+                facts[address] = _client_facts(session, names)
+    # A pool to delete whose storage a declared pool now claims (same place or same
+    # UUID: a rename without [[moved]]) must not be destroyed.
+    for address, found in facts.items():
+        if not address.startswith("pool.") or address in {r.address for r in desired}:
+            continue
+        for resource in desired:
+            other = facts.get(resource.address, {})
+            if resource.type == "pool" and (
+                other.get("location") == found.get("location")
+                or (found.get("state_uuid") and other.get("uuid") == found.get("state_uuid"))
+            ):
+                found["claimed_by"] = resource.address
     return facts
 
 
-def pool_facts(ctx: Context, session: Session, name: str, state_name: str) -> dict[str, Any]:
+def pool_facts(
+    ctx: Context,
+    session: Session,
+    config: PoolConfig,
+    state_name: str,
+    pool_names: dict[str, str],
+) -> dict[str, Any]:
+    """What is at a declared pool's location, and whether its passphrase opens it."""
     from costor.db.models import PoolRow
-    from costor.store.pool import IDENTITY_NAME, read_identity
+    from costor.errors import WrongPassphrase
+    from costor.store.pool import DEFAULT_CHUNK_AVG_KIB, Pool
 
-    backend = ctx.backend(name)
+    backend = ctx.backend_for(config)
     row = session.get(PoolRow, state_name)
-    facts: dict[str, Any] = {"location": backend.location, "state_uuid": row.uuid if row else None}
-    try:
-        identity = read_identity(backend)
-        facts.update(status="pool", uuid=identity.uuid)
-    except PoolNotFound:
-        # An init killed half-way leaves only keys/ (the identity file is written last).
-        found = next(
-            (
-                i.name
-                for i in backend.list("")
-                if not i.name.startswith("keys/") and i.name != IDENTITY_NAME
-            ),
-            None,
-        )
-        facts.update(status="foreign" if found else "absent", uuid=None)
-        if found:
-            facts["found"] = found
-    facts["snapshots"] = _snapshot_count(session, pool_uuid=row.uuid) if row else 0
+    facts = _location_facts(backend, row.uuid if row else None, pool_names, state_name)
+    facts["default_chunk_avg_kib"] = DEFAULT_CHUNK_AVG_KIB
+    # The recorded pool's snapshots as catalogued: what a replacement would destroy
+    # even when the location now shows something else.
+    facts["state_snapshots"] = _snapshot_count(session, pool_uuid=row.uuid) if row else 0
+    if facts["status"] == "pool":
+        # The pool's own key slots are the only place a passphrase can be checked: a
+        # changed variable would otherwise be noticed only by the next backup. Costs one
+        # key derivation (argon2id, ~0.25 s) per pool.
+        try:
+            Pool.open(backend, ctx.passphrase_for(config))
+            facts["passphrase"] = "opens"
+        except WrongPassphrase:
+            facts["passphrase"] = "wrong"
     return facts
 
 
 def recorded_pool_facts(
-    session: Session, name: str, attributes: dict[str, Any] | None
+    ctx: Context,
+    session: Session,
+    name: str,
+    attributes: dict[str, Any] | None,
+    pool_names: dict[str, str],
 ) -> dict[str, Any]:
-    """A pool no longer declared: what the state knows (its storage is not visited; the
-    inventory no longer says how to reach it, only the recorded attributes do)."""
+    """A pool no longer declared: what is at the location the state recorded for it."""
+    from costor.config.model import PoolConfig
     from costor.db.models import PoolRow
 
     row = session.get(PoolRow, name)
-    return {
-        "location": row.location if row else (attributes or {}).get("path"),
-        "state_uuid": row.uuid if row else None,
-        "snapshots": _snapshot_count(session, pool_uuid=row.uuid) if row else 0,
+    state_uuid = row.uuid if row else None
+    if attributes is None:  # recorded by an earlier CoStor: only a local path is known
+        if row is None or row.backend != "local":
+            return {
+                "location": row.location if row else None,
+                "state_uuid": state_uuid,
+                "status": "unknown",
+                "snapshots": _snapshot_count(session, pool_uuid=state_uuid),
+            }
+        attributes = {"site": "-", "backend": "local", "path": row.location, "encryption": "none"}
+    try:
+        config = PoolConfig.from_recorded(name, attributes, ctx.inventory.base_dir)
+        return _location_facts(ctx.backend_for(config), state_uuid, pool_names, name)
+    except CostorError as error:
+        # Unreachable, or its credentials are gone: it cannot be deleted, but it can
+        # still be forgotten ([[removed]] destroy = false), which touches nothing.
+        return {
+            "location": row.location if row else attributes.get("path"),
+            "state_uuid": state_uuid,
+            "status": "unreachable",
+            "error": str(error),
+            "snapshots": _snapshot_count(session, pool_uuid=state_uuid),
+        }
+    except ValueError as error:  # recorded attributes this version cannot read
+        return {
+            "location": row.location if row else None,
+            "state_uuid": state_uuid,
+            "status": "unknown",
+            "error": str(error),
+            "snapshots": _snapshot_count(session, pool_uuid=state_uuid),
+        }
+
+
+def _location_facts(
+    backend: Backend, state_uuid: str | None, pool_names: dict[str, str], state_name: str
+) -> dict[str, Any]:
+    from costor.store.pool import chunk_avg_kib, count_snapshots, foreign_object, read_identity
+
+    facts: dict[str, Any] = {"location": backend.location, "state_uuid": state_uuid}
+    try:
+        identity = read_identity(backend)
+    except PoolNotFound:
+        found = foreign_object(backend)
+        facts.update(status="foreign" if found else "absent", uuid=None, snapshots=0)
+        if found:
+            facts["found"] = found
+        return facts
+    facts.update(
+        status="pool",
+        uuid=identity.uuid,
+        encryption=identity.encryption,
+        chunk_avg_kib=chunk_avg_kib(identity),
+        # Counted in the pool, not the catalogue: an adopted pool's snapshots, or ones
+        # written since the catalogue was filled, count as much as any.
+        snapshots=count_snapshots(backend),
+    )
+    owner = pool_names.get(identity.uuid)
+    if owner is not None and owner != state_name:
+        facts["recorded_as"] = f"pool.{owner}"
+    return facts
+
+
+def _pool_names_by_uuid(session: Session) -> dict[str, str]:
+    from sqlmodel import select
+
+    from costor.db.models import PoolRow
+
+    return {row.uuid: row.name for row in session.exec(select(PoolRow))}
+
+
+def _client_facts(session: Session, names: list[str]) -> dict[str, Any]:
+    """The client's snapshots in the catalogue, per pool (by name)."""
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from costor.db.models import PoolRow, SnapshotRow
+
+    query = (
+        select(PoolRow.name, func.count())
+        .select_from(SnapshotRow)
+        .join(PoolRow, PoolRow.uuid == SnapshotRow.pool_uuid, isouter=True)  # type: ignore[arg-type]
+        .where(SnapshotRow.client.in_(names))  # type: ignore[attr-defined]
+        .group_by(PoolRow.name)
+    )
+    per_pool = {
+        str(pool or "(a pool no longer recorded)"): int(n) for pool, n in session.exec(query)
     }
+    return {"snapshots": sum(per_pool.values()), "pools": dict(sorted(per_pool.items()))}
 
 
 def _snapshot_count(

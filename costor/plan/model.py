@@ -105,6 +105,8 @@ class ResourceChange:
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> ResourceChange:
         change = document["change"]
+        if document["operation"] not in ACTIONS:
+            raise ValueError(f"unknown operation {document['operation']!r}")
         return cls(
             address=document["address"],
             type=document["type"],

@@ -242,7 +242,17 @@ class _Decide:
     def generic(self) -> ResourceChange:
         resource, record = self.resource, self.record
         if record is None:
-            return self.make("create", f"{resource.type} {resource.name} is not in the state")
+            owner = self.facts.get("former_name_of")
+            blocked = None
+            if owner:
+                blocked = (
+                    f"{resource.address}: {resource.name!r} is a former name of client.{owner}, "
+                    f"whose snapshots taken under that name would be mixed with this one's; "
+                    f"choose another name, or rename client.{owner} back with [[moved]]"
+                )
+            return self.make(
+                "create", f"{resource.type} {resource.name} is not in the state", blocked=blocked
+            )
         if record.attributes is None:
             return self.make(
                 "update",
@@ -271,18 +281,37 @@ class _Decide:
         resource, record, facts = self.resource, self.record, self.facts
         location = facts.get("location", "its location")
         status = facts.get("status")
-        found_uuid = facts.get("uuid")
-        state_uuid = facts.get("state_uuid")
-        identity_facts = {k: facts.get(k) for k in ("location", "status", "uuid", "state_uuid")}
-        encryption = resource.attributes.get("encryption")
+        found_uuid, state_uuid = facts.get("uuid"), facts.get("state_uuid")
+        identity_facts = {
+            k: facts.get(k)
+            for k in (
+                "location",
+                "status",
+                "uuid",
+                "state_uuid",
+                "encryption",
+                "chunk_avg_kib",
+                "passphrase",
+                "recorded_as",
+            )
+        }
 
         if record is None:
             if status == "pool":
+                problems = self.pool_found_problems()
+                if facts.get("recorded_as"):
+                    problems.insert(
+                        0,
+                        f"{location} holds {facts['recorded_as']} ({found_uuid}); to rename "
+                        f'it, add [[moved]] from = "{facts["recorded_as"]}" to = '
+                        f'"{resource.address}"',
+                    )
                 return self.make(
                     "adopt",
                     f"a CoStor pool ({found_uuid}) already exists at {location}; apply adopts "
                     "it once the passphrase opens it",
                     importing={"uuid": found_uuid},
+                    blocked=self.blocked_text(problems),
                     facts_used=identity_facts,
                 )
             if status == "foreign":
@@ -296,7 +325,8 @@ class _Decide:
                 )
             return self.make(
                 "create",
-                f"no pool at {location}; apply initialises one ({encryption})",
+                f"no pool at {location}; apply initialises one "
+                f"({resource.attributes.get('encryption')})",
                 facts_used=identity_facts,
             )
 
@@ -308,32 +338,85 @@ class _Decide:
         fields = self.differences()
         spec = TYPES["pool"]
         moved_location = [p for p in fields if p[0] in spec.location]
-        fixed = [p for p in fields if p[0] in spec.immutable]
-        if moved_location and status == "pool" and found_uuid == state_uuid:
-            return self.make(
-                "relocate",
-                f"the pool moved: found at {location} with the recorded UUID "
-                f"({_fields_text(moved_location)} changed)",
-                facts_used=identity_facts,
-            )
-        if moved_location or fixed:
-            return self.pool_replace(moved_location, fixed, identity_facts)
-        return self.pool_identity_checked(
-            "update" if fields else "none",
-            _changed_reason(fields, drifted)
-            if fields
-            else (
+        if moved_location:
+            if status == "pool" and found_uuid == state_uuid:
+                return self.make(
+                    "relocate",
+                    f"the pool moved: found at {location} with the recorded UUID "
+                    f"({_fields_text(moved_location)} changed)",
+                    blocked=self.blocked_text(self.pool_found_problems()),
+                    facts_used=identity_facts,
+                )
+            return self.pool_replace(moved_location, [], identity_facts)
+        if status == "pool" and found_uuid == state_uuid:
+            # What the identity file says is the truth about what is fixed at init; the
+            # recorded attributes may only spell the same thing differently (an explicit
+            # default chunk size, say).
+            fixed = self.fixed_mismatches()
+            if fixed:
+                return self.pool_replace([], fixed, identity_facts)
+        if fields:
+            reason = _changed_reason(fields, drifted)
+        elif self.previous:
+            reason = (
                 f"moved from {self.previous}; pool present at {location} with the recorded UUID"
-                if self.previous
-                else f"pool present at {location} with the recorded UUID"
-            ),
-            identity_facts,
+            )
+        else:
+            reason = f"pool present at {location} with the recorded UUID"
+        return self.pool_identity_checked("update" if fields else "none", reason, identity_facts)
+
+    def fixed_mismatches(self) -> list[KeyPath]:
+        """Attributes fixed at init on which the inventory and the identity file differ."""
+        facts, attributes = self.facts, self.resource.attributes
+        if "encryption" not in facts:
+            # No identity facts (an older caller): the recorded attributes are all we know.
+            recorded = (self.record.attributes if self.record else None) or {}
+            return [
+                (key,)
+                for key in TYPES["pool"].immutable
+                if key in recorded and recorded.get(key) != attributes.get(key)
+            ]
+        mismatched: list[KeyPath] = []
+        if attributes.get("encryption") != facts["encryption"]:
+            mismatched.append(("encryption",))
+        wanted = attributes.get("chunk_avg_kib") or facts.get("default_chunk_avg_kib")
+        if facts.get("chunk_avg_kib") and wanted and wanted != facts["chunk_avg_kib"]:
+            mismatched.append(("chunk_avg_kib",))
+        return mismatched
+
+    def pool_found_problems(self) -> list[str]:
+        """Why a pool found at the location cannot be taken as the declared one."""
+        facts, attributes = self.facts, self.resource.attributes
+        problems = []
+        for path in self.fixed_mismatches():
+            key = str(path[0])
+            found = facts.get(key)
+            wanted = attributes.get(key) or facts.get(f"default_{key}")
+            problems.append(
+                f"the pool at {facts.get('location')} has {key} = {found!r} but the inventory "
+                f"says {wanted!r} (fixed when a pool is initialised): change the inventory to "
+                "match"
+            )
+        if facts.get("passphrase") == "wrong":
+            problems.append(self.wrong_passphrase())
+        return problems
+
+    def wrong_passphrase(self) -> str:
+        return (
+            f"the passphrase of pools.{self.resource.name}.passphrase does not open the pool "
+            f"at {self.facts.get('location')} (a wrong value, or its key slots were changed); "
+            "CoStor does not change a pool's key through apply: add a key slot for the new "
+            "passphrase with `costor pool add-key` while the old one still opens the pool"
         )
+
+    def blocked_text(self, problems: list[str]) -> str | None:
+        return f"{self.resource.address}: " + "; ".join(problems) if problems else None
 
     def pool_identity_checked(
         self, operation: str, reason: str, identity_facts: dict[str, Any]
     ) -> ResourceChange:
-        """The change, or a blocked one if the pool at its location is not the recorded."""
+        """The change, or a blocked one if the pool at its location is not the recorded
+        one, or its passphrase does not open it."""
         facts = self.facts
         location = facts.get("location")
         status, found_uuid, state_uuid = (
@@ -342,12 +425,18 @@ class _Decide:
             facts.get("state_uuid"),
         )
         if state_uuid is None or (status == "pool" and found_uuid == state_uuid):
-            return self.make(operation, reason, facts_used=identity_facts)
+            problems = [self.wrong_passphrase()] if facts.get("passphrase") == "wrong" else []
+            return self.make(
+                operation, reason, blocked=self.blocked_text(problems), facts_used=identity_facts
+            )
         if status == "pool":
             why = f"{location} holds pool {found_uuid}, not the recorded {state_uuid}"
             hint = "restore the original, or accept the pool found there with `--refresh-only`"
         elif status == "foreign":
-            why = f"the identity file at {location} is gone and other data is there ({facts.get('found')})"
+            why = (
+                f"the identity file at {location} is gone and other data is there "
+                f"({facts.get('found')})"
+            )
             hint = "restore the pool, or forget it with `--refresh-only`"
         else:
             why = f"the pool recorded at {location} is gone (no identity file)"
@@ -381,7 +470,9 @@ class _Decide:
     ) -> ResourceChange:
         assert self.record is not None and self.record.attributes is not None
         facts = self.facts
-        snapshots = int(facts.get("snapshots", 0))
+        # The snapshots that replacing destroys are the recorded pool's; at a new location
+        # those are not visible here, so the catalogue's count is the floor.
+        snapshots = max(int(facts.get("snapshots", 0)), int(facts.get("state_snapshots", 0)))
         if fixed:
             reason = (
                 f"{_fields_text(fixed)} cannot change on an existing pool (fixed in its identity "
@@ -393,23 +484,24 @@ class _Decide:
                 f"{facts.get('location')}: the old pool is destroyed and a new one initialised "
                 "there"
             )
-        blocked = None
+        problems = []
         if snapshots and self.record.attributes.get("prevent_destroy", True):
-            blocked = (
-                f"{self.resource.address}: replacing it would destroy {snapshots} snapshot(s) "
-                "and prevent_destroy is true; copy the pool (`costor pool copy`) to the new "
-                "location first, or set prevent_destroy = false and apply before this change"
+            problems.append(
+                f"replacing it would destroy {snapshots} snapshot(s) and prevent_destroy is "
+                "true; copy the pool (`costor pool copy`) to the new location first, or set "
+                "prevent_destroy = false and apply before this change"
             )
-        elif facts.get("status") in ("pool", "foreign"):
-            blocked = (
-                f"{self.resource.address}: the new location {facts.get('location')} is not "
-                "empty; CoStor will not initialise a pool over other data"
+        if moved_location and facts.get("status") in ("pool", "foreign"):
+            problems.append(
+                f"the new location {facts.get('location')} is not empty; CoStor will not "
+                "initialise a pool over other data"
             )
         return self.make(
             "replace",
             reason,
             replace_paths=tuple(moved_location + fixed),
-            blocked=blocked,
+            also_changed=fixed,
+            blocked=self.blocked_text(problems),
             facts_used={**identity_facts, "snapshots": snapshots},
             details={"snapshots": snapshots},
         )
@@ -437,46 +529,16 @@ def _delete(
     )
     gone = "no longer in the inventory"
     if record.type == "pool":
-        location = facts.get("location", (attributes or {}).get("path", "its location"))
-        if removed is False:
-            return ResourceChange(
-                operation="forget",
-                reason=f"[[removed]] with destroy = false: the state forgets it; its data at "
-                f"{location} ({snapshots} snapshot(s)) is left as it is",
-                **base,
-            )
-        prevent = (attributes or {}).get("prevent_destroy", True)
-        users = sorted(
-            address
-            for address, resource in declared.items()
-            if resource.type == "client" and resource.attributes.get("pool") == record.name
-        )
-        blocked = None
-        if users:
-            blocked = f"{record.address}: still used by {', '.join(users)}"
-        elif snapshots and removed is None and prevent:
-            blocked = (
-                f"{record.address} holds {snapshots} snapshot(s) and is never deleted "
-                "implicitly: set prevent_destroy = false and apply before removing it, or add "
-                '[[removed]] from = "' + record.address + '" with destroy = true (delete its '
-                "data) or destroy = false (forget it, keep the data)"
-            )
-        why = "[[removed]] with destroy = true" if removed else gone
-        held = f"its {snapshots} snapshot(s) and all data" if snapshots else "its (empty) storage"
-        return ResourceChange(
-            operation="destroy" if snapshots else "delete",
-            reason=f"{why}: apply deletes {held} at {location}",
-            blocked=blocked,
-            details={"snapshots": snapshots},
-            **base,
-        )
+        return _delete_pool(record, facts, removed, declared, base)
     if record.type == "client":
         pool = (attributes or {}).get("pool", "its pool")
+        pools = facts.get("pools") or {}
+        where = f"in pool {', '.join(pools) if pools else pool}"
         if removed:
             return ResourceChange(
                 operation="destroy",
                 reason=f"[[removed]] with destroy = true: no more backups, and its {snapshots} "
-                f"snapshot(s) in pool {pool} are deleted (prune reclaims the space)",
+                f"snapshot(s) {where} are deleted (prune reclaims the space)",
                 details={"snapshots": snapshots},
                 **base,
             )
@@ -485,13 +547,85 @@ def _delete(
         why = "[[removed]] with destroy = false" if removed is False else gone
         return ResourceChange(
             operation="retire",
-            reason=f"{why}: no more backups; its {snapshots} snapshot(s) in pool {pool} are "
+            reason=f"{why}: no more backups; its {snapshots} snapshot(s) {where} are "
             f"kept{retention}",
             details={"snapshots": snapshots},
             **base,
         )
     why = "[[removed]]" if removed is not None else gone
     return ResourceChange(operation="delete", reason=f"{why}: the state forgets it", **base)
+
+
+def _delete_pool(
+    record: Recorded,
+    facts: Mapping[str, Any],
+    removed: bool | None,
+    declared: Mapping[str, Resource],
+    base: dict[str, Any],
+) -> ResourceChange:
+    """A recorded pool no longer declared: forget, delete (empty), destroy, or refuse."""
+    location = facts.get("location") or "its recorded location"
+    status = facts.get("status")
+    snapshots = int(facts.get("snapshots", 0))
+    if removed is False:
+        return ResourceChange(
+            operation="forget",
+            reason=f"[[removed]] with destroy = false: the state forgets it; its data at "
+            f"{location} ({snapshots} snapshot(s)) is left as it is",
+            **base,
+        )
+    if status == "absent":
+        return ResourceChange(
+            operation="forget",
+            reason=f"no longer in the inventory, and its storage at {location} is already "
+            "gone: the state forgets it",
+            **base,
+        )
+    keep = (
+        f'add [[removed]] from = "{record.address}" with destroy = false to forget it without '
+        "touching the data"
+    )
+    problems: list[str] = []
+    users = sorted(
+        address
+        for address, resource in declared.items()
+        if resource.type == "client" and resource.attributes.get("pool") == record.name
+    )
+    if users:
+        problems.append(f"still used by {', '.join(users)}")
+    if facts.get("claimed_by"):
+        problems.append(
+            f"its storage at {location} is declared again, as {facts['claimed_by']}: to rename "
+            f'the pool add [[moved]] from = "{record.address}" to = "{facts["claimed_by"]}"'
+        )
+    if status in ("unreachable", "unknown"):
+        problems.append(f"CoStor cannot see what is at {location} ({facts.get('error')}); {keep}")
+    elif status == "foreign":
+        problems.append(
+            f"{location} now holds other data ({facts.get('found')}), not the recorded pool; "
+            f"refusing to delete it; {keep}"
+        )
+    elif status == "pool" and facts.get("uuid") != facts.get("state_uuid"):
+        problems.append(
+            f"{location} now holds another pool ({facts.get('uuid')}), not the recorded "
+            f"{facts.get('state_uuid')}; refusing to delete it; {keep}"
+        )
+    elif snapshots and removed is None and (record.attributes or {}).get("prevent_destroy", True):
+        problems.append(
+            f"it holds {snapshots} snapshot(s) and is never deleted implicitly: set "
+            "prevent_destroy = false and apply before removing it, or add [[removed]] from = "
+            f'"{record.address}" with destroy = true (delete its data) or destroy = false '
+            "(forget it, keep the data)"
+        )
+    why = "[[removed]] with destroy = true" if removed else "no longer in the inventory"
+    held = f"its {snapshots} snapshot(s) and all data" if snapshots else "its (empty) storage"
+    return ResourceChange(
+        operation="destroy" if snapshots else "delete",
+        reason=f"{why}: apply deletes {held} at {location}",
+        blocked=f"{record.address}: " + "; ".join(problems) if problems else None,
+        details={"snapshots": snapshots, "uuid": facts.get("state_uuid")},
+        **base,
+    )
 
 
 # --- refresh-only and targets ----------------------------------------------------------------
@@ -525,7 +659,8 @@ def _refresh_only(changes: list[ResourceChange], drift: list[Drift]) -> list[Res
                 before=item.before,
                 after=item.after,
                 previous_address=None,
-                facts_digest=change.facts_digest,
+                # What is accepted is what was seen: a second edit since makes it stale.
+                facts_digest=digest({"facts": change.facts_digest, "drift": item.to_json()}),
                 details={"drift": change.details.get("drift", "attributes")},
             )
         )

@@ -196,6 +196,36 @@ class ReadWindows:
                 del self._cache[key]
 
 
+def count_snapshots(backend: Backend) -> int:
+    """How many snapshot manifests the pool holds, counted without the key (listing)."""
+    return sum(1 for _info in backend.list("snapshots/"))
+
+
+def foreign_object(backend: Backend) -> str | None:
+    """The name of an object that no CoStor pool init leaves behind, or None.
+
+    With no identity file, a location holding only key slots is an init killed half-way
+    (the identity file is written last): it may be initialised again. Anything else is
+    someone else's data.
+    """
+    return next(
+        (
+            i.name
+            for i in backend.list("")
+            if not i.name.startswith("keys/") and i.name != IDENTITY_NAME
+        ),
+        None,
+    )
+
+
+def chunk_avg_kib(identity: PoolIdentity) -> int:
+    """The average chunk size an inventory's ``chunk_avg_kib`` names, for this pool."""
+    return int(identity.chunker["avg_size"]) * 2 // 1024
+
+
+DEFAULT_CHUNK_AVG_KIB = int(DEFAULT_CHUNKER["avg_size"]) * 2 // 1024  # type: ignore[call-overload]
+
+
 def read_identity(backend: Backend) -> PoolIdentity:
     """Read the identity file: the cheapest proof that the pool is there and ours."""
     try:

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import Site, make_pool, tree_digest
 
 
@@ -128,7 +129,9 @@ def test_pool_holding_data_is_never_deleted_implicitly(applied: Site) -> None:
     applied.inventory.write_text(text[: text.index("[pools.main]")])  # pool and client gone
 
     plan = applied.cli("plan")
-    assert "Blocked: pool.main holds 1 snapshot(s) and is never deleted implicitly" in plan.stdout
+    assert (
+        "Blocked: pool.main: it holds 1 snapshot(s) and is never deleted implicitly" in plan.stdout
+    )
     refused = applied.cli("apply", "--auto-approve")
     assert refused.code == 1 and "never deleted implicitly" in refused.stderr
     assert sorted(p.name for p in applied.pool_path.rglob("*")) == before
@@ -190,3 +193,139 @@ def test_state_from_an_earlier_costor_is_adopted(site: Site) -> None:
     assert site.cli("plan", "--detailed-exitcode").code == 0
     assert site.cli("backup", "alpha", "--json").json()["parent"] is not None
     assert open_engine and upgrade  # the schema path itself is tested in tests/db
+
+
+# --- found in review: each was a way to lose data --------------------------------------
+
+
+def drop_pool_and_clients(site: Site) -> None:
+    text = site.inventory.read_text()
+    site.inventory.write_text(text[: text.index("[pools.main]")])
+
+
+def test_an_adopted_pool_counts_its_snapshots_before_any_delete(applied: Site) -> None:
+    """The state is lost and rebuilt by adopting the pool: its snapshots are the pool's,
+    not the catalogue's, so removing it is still refused."""
+    assert applied.cli("backup", "alpha").code == 0
+    applied.lose_state()
+    assert applied.cli("apply", "--auto-approve").code == 0  # adopts the pool
+    assert len(applied.cli("snapshots", "--json").json()) == 1
+    drop_pool_and_clients(applied)
+    refused = applied.cli("apply", "--auto-approve")
+    assert refused.code == 1 and "holds 1 snapshot(s)" in refused.stderr
+    assert len(list((applied.pool_path / "snapshots").iterdir())) == 1
+
+
+def test_a_location_now_holding_other_data_is_not_destroyed(applied: Site) -> None:
+    replace(applied, "pack_size_mib = 4", "pack_size_mib = 4\nprevent_destroy = false")
+    assert applied.cli("apply", "--auto-approve").code == 0
+    shutil.rmtree(applied.pool_path)  # another disk is mounted there now
+    (applied.pool_path / "family-photos").mkdir(parents=True)
+    (applied.pool_path / "family-photos" / "img1.jpg").write_bytes(b"\xff\xd8 photo")
+    drop_pool_and_clients(applied)
+    refused = applied.cli("apply", "--auto-approve")
+    assert refused.code == 1 and "now holds other data" in refused.stderr
+    assert (applied.pool_path / "family-photos" / "img1.jpg").read_bytes() == b"\xff\xd8 photo"
+    # Forgetting it touches nothing.
+    applied.inventory.write_text(
+        applied.inventory.read_text() + '\n[[removed]]\nfrom = "pool.main"\ndestroy = false\n'
+    )
+    assert applied.cli("apply", "--auto-approve").code == 0
+    assert (applied.pool_path / "family-photos" / "img1.jpg").is_file()
+
+
+def test_rename_without_moved_at_the_same_location_destroys_nothing(applied: Site) -> None:
+    assert applied.cli("backup", "alpha").code == 0
+    before = sorted(p.name for p in applied.pool_path.rglob("*"))
+    replace(applied, "[pools.main]", "[pools.nas]")
+    replace(applied, 'pool = "main"', 'pool = "nas"')
+    plan = applied.cli("plan")
+    assert 'add [[moved]] from = "pool.main" to = "pool.nas"' in plan.stdout
+    refused = applied.cli("apply", "--auto-approve")
+    assert refused.code == 1
+    assert sorted(p.name for p in applied.pool_path.rglob("*")) == before
+    applied.inventory.write_text(
+        applied.inventory.read_text() + '\n[[moved]]\nfrom = "pool.main"\nto = "pool.nas"\n'
+    )
+    assert applied.cli("apply", "--auto-approve").code == 0
+    assert applied.cli("backup", "alpha", "--json").json()["parent"] is not None
+
+
+def test_a_former_name_cannot_be_given_to_another_client(applied: Site, tmp_path: Path) -> None:
+    assert applied.cli("backup", "alpha").code == 0
+    replace(applied, "[clients.alpha]", "[clients.beta]")
+    applied.inventory.write_text(
+        applied.inventory.read_text() + '\n[[moved]]\nfrom = "client.alpha"\nto = "client.beta"\n'
+    )
+    assert applied.cli("apply", "--auto-approve").code == 0
+    other = tmp_path / "other-host"
+    other.mkdir()
+    (other / "b").write_text("another host's file")
+    text = applied.inventory.read_text()
+    applied.inventory.write_text(
+        text[: text.index("[[moved]]")]
+        + f'[clients.alpha]\nsite = "hq"\npool = "main"\npaths = ["{other}"]\n'
+    )
+    refused = applied.cli("apply", "--auto-approve")
+    assert refused.code == 1 and "'alpha' is a former name of client.beta" in refused.stderr
+
+
+def test_a_pool_rename_keeps_a_retired_clients_snapshots_reachable(applied: Site) -> None:
+    first = applied.cli("backup", "alpha", "--json").json()
+    text = applied.inventory.read_text()
+    applied.inventory.write_text(text[: text.index("[clients.alpha]")])
+    assert applied.cli("apply", "--auto-approve").code == 0  # alpha retired
+    replace(applied, "[pools.main]", "[pools.nas]")
+    applied.inventory.write_text(
+        applied.inventory.read_text() + '\n[[moved]]\nfrom = "pool.main"\nto = "pool.nas"\n'
+    )
+    assert applied.cli("apply", "--auto-approve").code == 0
+    listed = applied.cli("snapshots", "--client", "alpha", "--json")
+    assert listed.code == 0, listed.stderr
+    assert [s["id"] for s in listed.json()] == [first["snapshot_id"]]
+    assert applied.cli("ls", "alpha:latest").code == 0
+
+
+def test_a_destroyed_client_loses_its_snapshots_in_every_pool(
+    applied: Site, tmp_path: Path
+) -> None:
+    assert applied.cli("backup", "alpha").code == 0
+    applied.inventory.write_text(
+        applied.inventory.read_text().replace(
+            "[clients.alpha]",
+            '[pools.second]\nsite = "hq"\nbackend = "local"\npath = "pool2"\n'
+            'passphrase = { env = "COSTOR_TEST_PASSPHRASE" }\n\n[clients.alpha]',
+        )
+    )
+    replace(applied, 'pool = "main"', 'pool = "second"')
+    assert applied.cli("apply", "--auto-approve").code == 0
+    assert applied.cli("backup", "alpha").code == 0
+    text = applied.inventory.read_text()
+    applied.inventory.write_text(
+        text[: text.index("[clients.alpha]")]
+        + '[[removed]]\nfrom = "client.alpha"\ndestroy = true\n'
+    )
+    [change] = pending(applied)
+    assert "2 snapshot(s) in pool main, second" in change["reason"]
+    assert applied.cli("apply", "--auto-approve").code == 0
+    for pool in (applied.pool_path, tmp_path / "pool2"):
+        assert list((pool / "snapshots").iterdir()) == []
+
+
+def test_a_pool_of_another_cipher_is_not_adopted(site: Site) -> None:
+    make_pool(site.pool_path, encryption="chacha20-poly1305")
+    refused = site.cli("apply", "--auto-approve")
+    assert refused.code == 1
+    assert "has encryption = 'chacha20-poly1305' but the inventory says 'aes-256-gcm'" in (
+        refused.stderr
+    )
+
+
+def test_a_passphrase_that_does_not_open_the_pool_is_caught_by_plan(
+    applied: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COSTOR_TEST_PASSPHRASE", "not the pool's passphrase")
+    plan = applied.cli("plan", "--detailed-exitcode")
+    assert "does not open the pool" in plan.stdout
+    refused = applied.cli("apply", "--auto-approve")
+    assert refused.code == 1 and "costor pool add-key" in refused.stderr

@@ -219,24 +219,52 @@ def test_lock_of_a_killed_apply_does_not_block_the_next(site: Site) -> None:
 
 
 def test_force_unlock_needs_the_lock_id(site: Site) -> None:
-    """A lock held from another host is trusted until released or force-unlocked."""
+    """A lock whose holder is alive but stuck (a frozen process, a host that stopped
+    answering) is trusted until force-unlocked with its id; on PostgreSQL that also ends
+    the holder's database session, which holds the advisory lock."""
+    holder, lock_id = hold_lock(site, 300)
+    os.kill(holder.pid, signal.SIGSTOP)
+    try:
+        refused = site.cli("apply", "--auto-approve")
+        assert refused.code == 1 and lock_id in refused.stderr
+        wrong = site.cli("force-unlock", "lock-999")
+        assert wrong.code == 1 and lock_id in wrong.stderr
+        unlocked = site.cli("force-unlock", lock_id)
+        assert unlocked.code == 0 and "test holder" in unlocked.stdout
+        applied = site.cli("apply", "--auto-approve")
+        assert applied.code == 0, applied.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_lock_row_from_another_host_is_not_taken_over(site: Site) -> None:
+    if not site.database_url.startswith("sqlite"):
+        pytest.skip("on PostgreSQL the advisory lock, not the row, is the lock")
     assert site.cli("plan").code == 0  # creates the state
     site.sql(
-        "INSERT INTO state_lock (name, lock_id, operation, who, host, pid, created_at) "
-        "VALUES ('state', 'lock-123', 'apply', 'bob@elsewhere', 'elsewhere', 4242, "
-        "'2026-12-01 10:00:00')"
+        "INSERT INTO state_lock (name, lock_id, operation, who, host, host_id, pid, "
+        "created_at) VALUES ('state', 'lock-123', 'apply', 'bob@elsewhere', 'elsewhere', "
+        "'elsewhere|boot|pid:[1]', 4242, '2026-12-01 10:00:00')"
     )
-    if not site.database_url.startswith("sqlite"):
-        # On PostgreSQL the advisory lock is the lock: a row without it is a dead
-        # session's and is taken over. Nothing more to show here.
-        assert site.cli("apply", "--auto-approve").code == 0
-        return
     refused = site.cli("apply", "--auto-approve")
     assert refused.code == 1 and "bob@elsewhere" in refused.stderr and "lock-123" in refused.stderr
-    wrong = site.cli("force-unlock", "lock-999")
-    assert wrong.code == 1 and "lock-123" in wrong.stderr
     assert site.cli("force-unlock", "lock-123").code == 0
     assert site.cli("apply", "--auto-approve").code == 0
+
+
+def test_plan_file_errors_are_clear(site: Site, tmp_path: Path) -> None:
+    missing_dir = site.cli("plan", "--out", str(tmp_path / "no-such-dir" / "p.plan"))
+    assert missing_dir.code == 1 and "cannot write the plan file" in missing_dir.stderr
+    planfile = tmp_path / "p.plan"
+    assert site.cli("plan", "--out", str(planfile)).code == 0
+    body = json.loads(planfile.read_text())
+    body["plan"]["resource_changes"][0]["operation"] = "zap"
+    planfile.write_text(json.dumps(body))
+    for verb in ("show", "apply"):
+        result = site.cli(verb, str(planfile))
+        assert result.code == 1 and "unknown operation 'zap'" in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def test_concurrent_applies_never_interleave(site: Site) -> None:

@@ -122,7 +122,7 @@ def test_no_secret_is_ever_printed_or_stored(
     site.lose_state()
     monkeypatch.setenv("SECRET_TEST_PASSPHRASE", WRONG_PASSPHRASE)
     failed = site.run_process("apply", "--auto-approve")
-    assert failed.code == 1 and "Wrong passphrase" in failed.stderr
+    assert failed.code == 1 and "does not open the pool" in failed.stderr
     seen.append(failed.stdout + failed.stderr)
     monkeypatch.setenv("SECRET_TEST_PASSPHRASE", PASSPHRASE)
     run("apply", "--auto-approve")

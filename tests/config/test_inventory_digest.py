@@ -90,6 +90,7 @@ def test_postgresql_urls_use_psycopg_and_carry_no_password(write_inventory: Writ
     for bad, message in (
         ("mysql://db/costor", "unsupported database URL 'mysql://'"),
         ("postgresql+psycopg://costor:s3cret@db/costor", "contains a password"),
+        ("postgresql://costor@db/costor?password=s3cret", "contains a password"),
     ):
         inventory, diagnostics = check_inventory(write_inventory(f'[costor]\ndatabase = "{bad}"\n'))
         assert inventory is None

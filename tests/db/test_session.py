@@ -79,3 +79,10 @@ def test_upgrades_a_database_from_the_first_schema(state_url: str) -> None:
         assert current_revision(connection) == HEAD_REVISION
         row = connection.execute(text("SELECT name, bytes_raw, bytes_stored FROM pools")).one()
     assert tuple(row) == ("main", 0, 0)
+
+
+def test_database_urls_in_messages_hide_credentials() -> None:
+    from costor.db.session import describe_url
+
+    shown = describe_url("postgresql+psycopg://costor:s3cret@db/costor?sslpassword=s3cret")
+    assert "s3cret" not in shown and "db/costor" in shown

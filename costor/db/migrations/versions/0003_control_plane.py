@@ -37,7 +37,9 @@ def upgrade() -> None:
         sa.Column("operation", sa.String(), nullable=False),
         sa.Column("who", sa.String(), nullable=False),
         sa.Column("host", sa.String(), nullable=False),
+        sa.Column("host_id", sa.String(), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("started", sa.BigInteger(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(

@@ -6,11 +6,17 @@ Without FILE: the inventory (``-c``) and every profile file in its ``profile_pat
 that is not valid TOML is reported as ``file:line:col`` and left alone (exit 1). The
 inventory's *meaning* is not checked here (that is ``costor validate``), so a file with
 an unknown key can still be formatted.
+
+A formatted file is UTF-8 without a byte-order mark, with LF line ends: the bytes are
+compared, so a CRLF or BOM file counts as unformatted (as with gofmt), wherever it runs.
+A file is replaced whole (temporary + rename) keeping its mode and, where allowed, its
+owner; a symlink is followed, the file it points to is rewritten and the link stays.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import sys
 import tomllib
@@ -33,31 +39,47 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.config.fmt import format_toml
+    from costor.config.fmt import FormatError, format_toml
     from costor.config.loader import decode_error_position
 
-    files = [Path(f) for f in args.files] or _default_files(Path(args.inventory))
+    files = _unique([Path(f) for f in args.files] or _default_files(Path(args.inventory)))
     unformatted: list[Path] = []
     failed = False
     for file in files:
         try:
-            text = file.read_text(encoding="utf-8-sig")
+            raw = file.read_bytes()
         except OSError as error:
             print(f"{file}:1:1: cannot read: {error.strerror}", file=sys.stderr)
             failed = True
             continue
         try:
-            formatted = format_toml(text)
+            text = raw.removeprefix(codecs.BOM_UTF8).decode("utf-8")
+        except UnicodeDecodeError as error:
+            line, column = _byte_position(raw, error.start + len(raw) - len(error.object))
+            print(f"{file}:{line}:{column}: not UTF-8: {error.reason}", file=sys.stderr)
+            failed = True
+            continue
+        try:
+            formatted = format_toml(text).encode("utf-8")
         except tomllib.TOMLDecodeError as error:
             line, column, message = decode_error_position(error, text)
             print(f"{file}:{line}:{column}: invalid TOML: {message}", file=sys.stderr)
             failed = True
             continue
-        if formatted == text:
+        except FormatError as error:
+            print(f"{file}:1:1: cannot format (left as it is): {error}", file=sys.stderr)
+            failed = True
+            continue
+        if formatted == raw:
             continue
         unformatted.append(file)
         if not args.check:
-            _write(file, formatted)
+            try:
+                _write(file, formatted)
+            except OSError as error:
+                print(f"{file}:1:1: cannot write: {error.strerror}", file=sys.stderr)
+                failed = True
+                continue
         print(file)
     if args.check and unformatted:
         print(
@@ -74,7 +96,7 @@ def _default_files(inventory: Path) -> list[Path]:
     files = [inventory]
     try:
         data = tomllib.loads(inventory.read_text(encoding="utf-8-sig"))
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, ValueError):  # TOMLDecodeError, UnicodeDecodeError
         return files  # reported when the inventory itself is read
     settings = data.get("costor")
     paths = (
@@ -87,9 +109,42 @@ def _default_files(inventory: Path) -> list[Path]:
     return files + [file for _name, file in find_profile_files(directories)]
 
 
-def _write(file: Path, text: str) -> None:
-    """Replace the file whole (temporary + rename), keeping its mode."""
-    temporary = file.with_name(f".{file.name}.fmt-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.chmod(temporary, file.stat().st_mode & 0o7777)
-    os.replace(temporary, file)
+def _unique(files: list[Path]) -> list[Path]:
+    """Each file once (a directory listed twice in profile_paths, a FILE given twice)."""
+    seen: set[str] = set()
+    result = []
+    for file in files:
+        key = os.path.realpath(file)
+        if key not in seen:
+            seen.add(key)
+            result.append(file)
+    return result
+
+
+def _byte_position(raw: bytes, offset: int) -> tuple[int, int]:
+    """1-based line and column (in bytes) of ``offset`` in ``raw``."""
+    line_start = raw.rfind(b"\n", 0, offset) + 1
+    return raw.count(b"\n", 0, offset) + 1, offset - line_start + 1
+
+
+def _write(file: Path, content: bytes) -> None:
+    """Replace the file whole (temporary + rename), keeping its mode and owner.
+
+    A symlink is followed: ``os.replace`` on the link itself would swap the link for a
+    regular file and leave the file it points to unformatted.
+    """
+    target = Path(os.path.realpath(file))
+    status = target.stat()
+    temporary = target.with_name(f".{target.name}.fmt-{os.getpid()}")
+    try:
+        temporary.write_bytes(content)
+        if (status.st_uid, status.st_gid) != (os.getuid(), os.getgid()):
+            try:
+                os.chown(temporary, status.st_uid, status.st_gid)
+            except PermissionError:
+                pass  # not ours to give away: the file becomes the writer's, as an editor's would
+        os.chmod(temporary, status.st_mode & 0o7777)  # after chown, which clears setuid bits
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -185,3 +185,26 @@ class PlanBlocked(PlanError):
 
 class ApplyCancelled(CostorError):
     """Apply cancelled."""
+
+
+# --- remote hosts --------------------------------------------------------------------
+
+
+class RemoteError(CostorError):
+    """{host}: {reason}"""
+
+
+class HostUnreachable(RemoteError):
+    """Cannot connect to {host}: {reason}"""
+
+
+class HostKeyUnknown(RemoteError):
+    """No host key is recorded for client {client} ({host}): run `costor apply` while the host is reachable to record it, or pin it as ssh.host_key in the inventory."""
+
+
+class HostKeyChanged(RemoteError):
+    """The host key of {host} (client {client}) has changed: recorded {recorded}, presented {presented}. If the host was reinstalled, accept the new key with `costor hostkey accept {client}`; otherwise someone may be intercepting the connection."""
+
+
+class HookFailed(BackupError):
+    """Backup of {client} failed: {phase} hook `{command}` exited with {rc}: {stderr}"""

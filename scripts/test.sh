@@ -4,7 +4,8 @@
 #
 # The suite runs twice: on SQLite (the embedded default), then on PostgreSQL
 # (COSTOR_TEST_DATABASE; each test inventory gets a database of its own). PostgreSQL is
-# installed and started here if it is not running on 127.0.0.1:5432.
+# installed and started here if it is not running on 127.0.0.1:5432; openssh-server is
+# installed for the SSH tests, which start their own sshd on a loopback port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,9 @@ need_apt=()
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v mount >/dev/null 2>&1 || need_apt+=(mount)
 command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)  # the SSH tests run a real sshd
+command -v pkill >/dev/null 2>&1 || need_apt+=(procps)
+command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)  # ssh.sudo = true, tested for real
 if ((${#need_apt[@]})); then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"

@@ -136,7 +136,7 @@ class Site:
         out, err = io.StringIO(), io.StringIO()
         verb, rest = args[0], list(args[1:])
         argv = [verb]
-        if verb in ("pool", "db"):  # verbs with an action: the action comes first
+        if verb in ("pool", "db", "hostkey"):  # verbs with an action: the action comes first
             argv, rest = [verb, rest[0]], rest[1:]
         argv += ["-c", str(self.inventory), *rest]
         with redirect_stdout(out), redirect_stderr(err):
@@ -148,7 +148,7 @@ class Site:
     ) -> subprocess.Popen[bytes]:
         verb, rest = args[0], list(args[1:])
         argv = [verb]
-        if verb in ("pool", "db"):
+        if verb in ("pool", "db", "hostkey"):
             argv, rest = [verb, rest[0]], rest[1:]
         argv += ["-c", str(self.inventory), *rest]
         full_env = {**os.environ, **(env or {})}

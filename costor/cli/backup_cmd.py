@@ -1,27 +1,46 @@
-"""costor backup CLIENT: back a client up now."""
+"""costor backup CLIENT | --all: back clients up now.
+
+``--all`` backs every declared client up, ``--parallel`` at a time (hosts are pulled
+concurrently; a local client is one more job); one client's failure does not stop the
+others, and the exit code is 1 if any failed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
 from costor.cli.output import human_bytes, print_json
 from costor.cli.progress import BarProgress, make_progress
+from costor.errors import UsageError
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser("backup", help="back up a client now")
+    parser: argparse.ArgumentParser = sub.add_parser("backup", help="back up clients now")
     add_inventory_option(parser)
     add_json_option(parser)
-    parser.add_argument("client", metavar="CLIENT", help="a client declared in the inventory")
+    parser.add_argument("client", metavar="CLIENT", nargs="?", help="a declared client")
+    parser.add_argument("--all", action="store_true", help="every declared client")
+    parser.add_argument(
+        "--parallel",
+        metavar="N",
+        type=int,
+        default=4,
+        help="with --all: how many clients at once (default 4)",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from costor.ops.backup import run_backup
 
+    if bool(args.client) == bool(args.all):
+        raise UsageError(message="name one CLIENT, or --all")
     ctx = context(args)
+    if args.all:
+        return _run_all(ctx, args)
     progress = make_progress(f"backup {args.client}", json_output=args.json)
     try:
         # Counting totals walks the tree a second time: only worth it for a bar's ETA.
@@ -34,15 +53,53 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(document)
         return 0
-    print(
-        f"snapshot {document['snapshot_id'][:12]} of {args.client} saved to pool {outcome.pool}\n"
+    print(_summary(args.client, outcome, document))
+    if outcome.errors:
+        print(f"  {len(outcome.errors)} item(s) could not be read (see warnings above)")
+    return 0
+
+
+def _run_all(ctx: Any, args: argparse.Namespace) -> int:
+    from costor.ops.backup import run_many
+
+    if args.parallel < 1:
+        raise UsageError(message="--parallel must be at least 1")
+    results = run_many(ctx, sorted(ctx.inventory.clients), parallel=args.parallel)
+    failed = [name for name, result in results.items() if isinstance(result, Exception)]
+    if args.json:
+        print_json(
+            {
+                "backups": [
+                    {"client": name, "ok": False, "error": str(result)}
+                    if isinstance(result, Exception)
+                    else {"ok": True, **result.to_json()}
+                    for name, result in results.items()
+                ],
+                "failed": len(failed),
+            }
+        )
+    else:
+        for name, result in results.items():
+            if isinstance(result, Exception):
+                print(f"{name}: FAILED: {result}", file=sys.stderr)
+            else:
+                print(_summary(name, result, result.to_json()))
+        print(f"{len(results) - len(failed)} of {len(results)} client(s) backed up")
+    return 1 if failed else 0
+
+
+def _summary(name: str, outcome: Any, document: dict[str, Any]) -> str:
+    transferred = (
+        f", {human_bytes(document['bytes_transferred'])} over the connection"
+        if document.get("transfer") in ("helper", "sftp")
+        else ""
+    )
+    return (
+        f"snapshot {document['snapshot_id'][:12]} of {name} saved to pool {outcome.pool}\n"
         f"  files: {document['files_new']} new, {document['files_changed']} changed, "
         f"{document['files_unmodified']} unmodified, {document['files_failed']} failed\n"
         f"  read {human_bytes(document['bytes_read'])} of "
         f"{human_bytes(document['bytes_processed'])}, "
-        f"added {human_bytes(document['bytes_added'])} to the pool "
+        f"added {human_bytes(document['bytes_added'])} to the pool{transferred} "
         f"in {document['duration_s']:.1f} s"
     )
-    if outcome.errors:
-        print(f"  {len(outcome.errors)} item(s) could not be read (see warnings above)")
-    return 0

@@ -31,6 +31,7 @@ VERBS: dict[str, str] = {
     "check": "check_cmd",
     "pool": "pool_cmd",
     "db": "db_cmd",
+    "hostkey": "hostkey_cmd",
     "force-unlock": "force_unlock_cmd",
 }
 

@@ -56,7 +56,7 @@ from costor.config.positions import KeyPath
 # Gates for features that are modelled but not implemented yet. A later issue that adds
 # one extends the set; nothing else changes.
 AVAILABLE_BACKENDS = frozenset({"local", "s3"})
-AVAILABLE_TRANSPORTS = frozenset({"local"})
+AVAILABLE_TRANSPORTS = frozenset({"local", "ssh"})
 
 # Names are addresses (``client.web1``) and may become file or directory names, so they
 # are kept to a safe alphabet: no "/", no "..", no leading dot or dash.
@@ -471,14 +471,32 @@ class PoolConfig(_Model):
 # --- [clients.NAME] --------------------------------------------------------------------
 
 
+_HOST_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-\S+) [A-Za-z0-9+/=]+$"
+)
+
+
+def _host_key(value: str) -> str:
+    text = " ".join(value.split()[:2])  # a trailing comment is dropped
+    if not _HOST_KEY.match(text):
+        raise ValueError(
+            "expected an OpenSSH public host key like 'ssh-ed25519 AAAA…' (from "
+            "`ssh-keyscan` or /etc/ssh/ssh_host_ed25519_key.pub)"
+        )
+    return text
+
+
 class SshOptions(_Model):
     """``ssh = { … }`` of a client with ``transport = "ssh"``."""
 
-    user: NonEmptyStr | None = None  # None: ssh's own default
+    user: NonEmptyStr | None = None  # None: the server's user name
     port: Annotated[StrictInt, Field(ge=1, le=65535)] = 22
-    key: SecretRef | None = None  # private key; None: the server's default keys
-    sudo: StrictBool = False
+    key: SecretRef | None = None  # private key; None: the server's default keys and agent
+    sudo: StrictBool = False  # run the helper (and hooks) under `sudo -n`
     jump: NonEmptyStr | None = None  # jump host, [user@]host[:port]
+    # Pinned host key; without it the key is recorded by `costor apply` on first contact.
+    host_key: Annotated[StrictStr, AfterValidator(_host_key)] | None = None
+    python: NonEmptyStr = "python3"  # the host's interpreter for the helper
 
 
 class Hooks(_Model):

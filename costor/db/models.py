@@ -118,3 +118,32 @@ class UserRow(SQLModel, table=True):
     name: str = Field(primary_key=True)
     password_hash: str
     updated_at: datetime
+
+
+class ContentDigestRow(SQLModel, table=True):
+    """Whole-file digests of content that reached a pool through a remote transport
+    (keyed BLAKE2b, ``Pool.transfer_key``) -> its blobs: a host's file with a known
+    digest is not sent again, whichever host sent it first. A cache: losing it costs
+    transfers, never data; an entry whose blobs are gone is not used."""
+
+    __tablename__ = "content_digests"
+
+    pool_uuid: str = Field(primary_key=True)
+    digest: str = Field(primary_key=True)  # hex
+    size: int
+    content: str  # blob ids, hex, concatenated
+    content_key: str = Field(index=True)  # sha256 of the blob ids: from a tree's file node
+    blocks: str | None = None  # base64 block hashes of a large file (in-place diffs)
+
+
+class HostKeyRow(SQLModel, table=True):
+    """The SSH host key recorded for a client on first contact (``costor apply``)."""
+
+    __tablename__ = "host_keys"
+
+    client: str = Field(primary_key=True)
+    host: str
+    port: int
+    key: str  # OpenSSH public key line
+    fingerprint: str
+    recorded_at: datetime

@@ -278,10 +278,13 @@ class _Executor:
                 self._delete_client_snapshots()
 
             def retire(session: Session) -> None:
+                from costor.ops.hosts import forget_host_key
+
                 row = session.get(ClientRow, change.name)
                 if row is not None:
                     row.retired_at = self.now
                     session.add(row)
+                forget_host_key(session, change.name)
 
             return self.commit(retire, record=False)
         if change.operation == "refresh":
@@ -316,8 +319,35 @@ class _Executor:
             row.policy, row.config_digest = client.policy, config_digest
             row.former_names, row.retired_at, row.updated_at = json.dumps(former), None, self.now
             session.add(row)
+            self._host_key(session, client)
 
         return self.commit(register)
+
+    def _host_key(self, session: Session, client: Any) -> None:
+        """Move a renamed client's host key; record the key the plan showed (first
+        contact) — exactly that one: a different key now made the plan stale."""
+        from costor.db.models import HostKeyRow
+        from costor.ops.hosts import record_host_key
+        from costor.remote.ssh import HostKey
+
+        if self.change.previous_address:
+            old = session.get(HostKeyRow, self.change.previous_address.split(".", 1)[1])
+            if old is not None and session.get(HostKeyRow, client.name) is None:
+                session.add(
+                    HostKeyRow(
+                        client=client.name,
+                        host=old.host,
+                        port=old.port,
+                        key=old.key,
+                        fingerprint=old.fingerprint,
+                        recorded_at=old.recorded_at,
+                    )
+                )
+                session.delete(old)
+                session.flush()
+        planned = self.change.details.get("host_key")
+        if planned and client.transport == "ssh":
+            record_host_key(session, client, HostKey.parse(planned))
 
     def _delete_client_snapshots(self) -> None:
         """``[[removed]] destroy = true`` on a client: delete its snapshot manifests in

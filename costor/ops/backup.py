@@ -17,6 +17,8 @@ class BackupOutcome:
     snapshot: Any  # costor.store.snapshot.Snapshot
     errors: list[dict[str, str]] = field(default_factory=list)
     orphans_adopted: int = 0
+    hooks: list[dict[str, Any]] = field(default_factory=list)
+    method: str = "local"  # "local" | "helper" | "sftp"
 
     def to_json(self) -> dict[str, Any]:
         counters = self.snapshot.counters
@@ -30,6 +32,11 @@ class BackupOutcome:
             **{name: counters.get(name, 0) for name in COUNTER_FIELDS},
             "compression_ratio": _ratio(counters),
             "duration_s": round(self.snapshot.duration_s, 3),
+            "transfer": self.method,
+            "hooks": [
+                {k: hook[k] for k in ("phase", "command", "rc", "duration_s")}
+                for hook in self.hooks
+            ],
             "errors": self.errors,
         }
 
@@ -40,7 +47,7 @@ def run_backup(
     from costor.store.archiver import Archiver
 
     client = ctx.client_config(client_name)
-    if client.transport != "local":
+    if client.transport not in ("local", "ssh"):
         raise BackupError(
             client=client_name, reason=f"transport {client.transport!r} is not available yet"
         )
@@ -51,6 +58,14 @@ def run_backup(
     parent = previous[-1] if previous else None
     written: dict[str, int] = {}
     pool.on_pack_written = written.__setitem__
+    if client.transport == "ssh":
+        from costor.ops.pull import pull
+
+        pulled = pull(ctx, client, pool, parent, progress=progress)
+        ctx.record_snapshot(pool, pulled.snapshot, written)
+        outcome = BackupOutcome(client.pool, pulled.snapshot, pulled.errors, adopted)
+        outcome.hooks, outcome.method = pulled.hooks, pulled.method
+        return outcome
     archiver = Archiver(
         pool,
         client=client_name,
@@ -68,3 +83,23 @@ def _ratio(counters: dict[str, int]) -> float | None:
     """Plaintext bytes per stored byte of this backup's new data (None: nothing new)."""
     stored = counters.get("bytes_added", 0)
     return round(counters.get("bytes_added_raw", 0) / stored, 3) if stored else None
+
+
+def run_many(
+    ctx: Context, names: list[str], *, parallel: int
+) -> dict[str, BackupOutcome | Exception]:
+    """Back up ``names``, ``parallel`` at a time; a failure is that client's result
+    (the others go on). Results in the order of ``names``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from costor.errors import CostorError
+
+    def one(name: str) -> BackupOutcome | Exception:
+        try:
+            return run_backup(ctx, name)
+        except CostorError as error:
+            return error
+
+    ctx.engine  # noqa: B018  (created once here, not raced for by the threads)
+    with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="backup") as executor:
+        return dict(zip(names, executor.map(one, names), strict=True))

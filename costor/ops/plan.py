@@ -124,8 +124,11 @@ def gather_facts(
     client_names: dict[str, list[str]],
 ) -> dict[str, dict[str, Any]]:
     from costor.db.session import session_scope
+    from costor.ops.hosts import probe_host_keys
 
     facts: dict[str, dict[str, Any]] = {}
+    declared_clients = [ctx.inventory.clients[r.name] for r in desired if r.type == "client"]
+    host_keys = probe_host_keys(ctx, declared_clients)
     with session_scope(ctx.engine, write=False) as session:
         pool_names = _pool_names_by_uuid(session)
         former = {old: current for current, names in client_names.items() for old in names[1:]}
@@ -139,6 +142,8 @@ def gather_facts(
             elif resource.type == "client":
                 names = client_names.get(was_name, [was_name])
                 facts[resource.address] = _client_facts(session, names)
+                if resource.name in host_keys:
+                    facts[resource.address]["ssh"] = host_keys[resource.name]
                 if resource.name in former and former[resource.name] != was_name:
                     facts[resource.address]["former_name_of"] = former[resource.name]
             elif resource.type == "user" and was in recorded:

@@ -239,27 +239,115 @@ class _Decide:
             for path, _o, _n in changed_fields(self.record.attributes, self.resource.attributes)
         ]
 
+    def host_key(self) -> tuple[list[str], str, dict[str, Any]]:
+        """An SSH client's host key: (problems, a phrase for the reason, details for
+        apply — the key to record, if any)."""
+        ssh = self.facts.get("ssh")
+        if not ssh:
+            return [], "", {}
+        host, presented = ssh.get("host"), ssh.get("presented")
+        if ssh.get("pinned"):
+            if presented and presented != ssh["pinned"]:
+                return (
+                    [f"{host} presents host key {presented}, not the pinned {ssh['pinned']}"],
+                    "",
+                    {},
+                )
+            return [], "", {}
+        recorded = ssh.get("recorded")
+        if presented is None:
+            if recorded:
+                return [], "", {}
+            return (
+                [],
+                f"; {host} is unreachable ({ssh.get('error')}): its host key is recorded by "
+                "an apply while it is reachable, and backups wait for that",
+                {},
+            )
+        if recorded is None:
+            return (
+                [],
+                f"; records the host key {host} presents, {presented} (first contact: "
+                "check it against the host's /etc/ssh/ssh_host_*_key.pub)",
+                {"host_key": ssh.get("presented_key"), "fingerprint": presented},
+            )
+        if recorded != presented:
+            return (
+                [
+                    f"the host key of {host} changed: recorded {recorded}, presented "
+                    f"{presented}; if the host was reinstalled, check the new key and run "
+                    f"`costor hostkey accept {self.resource.name}`"
+                ],
+                "",
+                {},
+            )
+        return [], "", {}
+
     def generic(self) -> ResourceChange:
         resource, record = self.resource, self.record
+        problems, key_note, key_details = self.host_key()
+        # A client's decision rests on these facts only: its snapshot counts change with
+        # every backup, which must not make a saved plan that edits the client stale.
+        used = (
+            {
+                "former_name_of": self.facts.get("former_name_of"),
+                "ssh": {
+                    k: (self.facts.get("ssh") or {}).get(k)
+                    for k in ("pinned", "recorded", "presented")
+                },
+            }
+            if resource.type == "client"
+            else None
+        )
         if record is None:
             owner = self.facts.get("former_name_of")
-            blocked = None
             if owner:
-                blocked = (
-                    f"{resource.address}: {resource.name!r} is a former name of client.{owner}, "
-                    f"whose snapshots taken under that name would be mixed with this one's; "
-                    f"choose another name, or rename client.{owner} back with [[moved]]"
+                problems.insert(
+                    0,
+                    f"{resource.name!r} is a former name of client.{owner}, whose snapshots "
+                    "taken under that name would be mixed with this one's; choose another "
+                    f"name, or rename client.{owner} back with [[moved]]",
                 )
             return self.make(
-                "create", f"{resource.type} {resource.name} is not in the state", blocked=blocked
+                "create",
+                f"{resource.type} {resource.name} is not in the state{key_note}",
+                blocked=self.blocked_text(problems),
+                facts_used=used,
+                details=key_details,
             )
         if record.attributes is None:
             return self.make(
                 "update",
-                "recorded by an earlier CoStor without its configuration; apply records it",
+                "recorded by an earlier CoStor without its configuration; apply records "
+                f"it{key_note}",
+                blocked=self.blocked_text(problems),
+                facts_used=used,
+                details=key_details,
             )
         drifted = self.note_attribute_drift()
         fields = self.differences()
+        if resource.type == "client":
+            blocked = self.blocked_text(problems)
+            if fields or key_details:
+                reason = _changed_reason(fields, drifted) if fields else "host key to record"
+                return self.make(
+                    "update",
+                    reason + key_note,
+                    blocked=blocked,
+                    facts_used=used,
+                    details=key_details,
+                    also_changed=[("host_key",)] if key_details else [],
+                )
+            if self.previous:
+                return self.make(
+                    "none",
+                    f"moved from {self.previous}; nothing else changed{key_note}",
+                    blocked=blocked,
+                    facts_used=used,
+                )
+            return self.make(
+                "none", _unchanged_reason("client") + key_note, blocked=blocked, facts_used=used
+            )
         if resource.type == "user" and self.facts.get("password") in ("differs", "missing"):
             why = "password changed" if self.facts["password"] == "differs" else "no password hash"
             head = _changed_reason(fields, drifted) + "; " if fields else ""

@@ -69,6 +69,16 @@ class MasterKey:
         raw = json.loads(data)
         return cls(_unb64(raw["encryption_key"]), _unb64(raw["id_key"]), int(raw["chunker_seed"]))
 
+    def derive(self, purpose: bytes) -> bytes:
+        """A 32-byte key for one purpose, from the id key (HKDF-SHA256): a key given out
+        (to a backed-up host, say) reveals nothing of the keys that protect the pool."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(
+            self.id_key
+        )
+
 
 class Sealer:
     """Seals and opens byte strings with the pool's cipher. Thread-safe (the AEAD
@@ -129,13 +139,16 @@ def _derive(passphrase: str, kdf: str, salt: bytes, params: dict[str, int]) -> b
     if kdf == "argon2id":
         from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-        return Argon2id(
-            salt=salt,
-            length=32,
-            iterations=params["iterations"],
-            lanes=params["lanes"],
-            memory_cost=params["memory_cost_kib"],
-        ).derive(secret)
+        from costor.util.argon2 import LOCK
+
+        with LOCK:  # concurrent argon2 derivations deadlock (costor/util/argon2.py)
+            return Argon2id(
+                salt=salt,
+                length=32,
+                iterations=params["iterations"],
+                lanes=params["lanes"],
+                memory_cost=params["memory_cost_kib"],
+            ).derive(secret)
     if kdf == "scrypt":
         from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 

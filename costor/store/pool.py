@@ -319,6 +319,12 @@ class Pool:
         master = crypto.unlock(slots, passphrase or "", identity.uuid, backend.location)
         return cls(backend, identity, master)
 
+    def transfer_key(self) -> bytes:
+        """The key of whole-file digests computed on backed-up hosts (keyed BLAKE2b):
+        the same for every host of this pool, so content seen on one is recognised on
+        another without being sent."""
+        return self.master.derive(b"costor transfer digest v1")
+
     def configure_writes(self, *, compression_level: int | None, pack_size: int) -> None:
         """Compression and pack size for what is written from now on.
 

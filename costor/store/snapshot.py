@@ -15,6 +15,7 @@ COUNTER_FIELDS = (
     "files_changed",
     "files_unmodified",
     "files_failed",
+    "files_deduplicated",  # content found in the pool by digest, not sent (remote hosts)
     "dirs",
     "bytes_read",
     "bytes_processed",

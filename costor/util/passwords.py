@@ -14,6 +14,8 @@ import os
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
+from costor.util.argon2 import LOCK  # concurrent argon2 calls deadlock: one at a time
+
 MEMORY_KIB = 19 * 1024
 ITERATIONS = 2
 LANES = 1
@@ -27,12 +29,14 @@ def hash_password(password: str) -> str:
         lanes=LANES,
         memory_cost=MEMORY_KIB,
     )
-    return kdf.derive_phc_encoded(password.encode("utf-8"))
+    with LOCK:
+        return kdf.derive_phc_encoded(password.encode("utf-8"))
 
 
 def verify_password(password: str, encoded: str) -> bool:
     try:
-        Argon2id.verify_phc_encoded(password.encode("utf-8"), encoded)
+        with LOCK:
+            Argon2id.verify_phc_encoded(password.encode("utf-8"), encoded)
     except (InvalidKey, ValueError):
         return False
     return True

@@ -1,0 +1,49 @@
+"""``costor hostkey accept CLIENT`` / ``costor hostkey show CLIENT``: the SSH host key
+recorded for a client.
+
+``accept`` records the key the host presents now, replacing the recorded one: run it
+after a host was reinstalled, once its new key was checked (``ssh-keygen -lf
+/etc/ssh/ssh_host_ed25519_key.pub`` on the host shows the fingerprint).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from costor.cli.common import add_inventory_option, add_json_option, add_lock_option, context
+from costor.cli.output import print_json
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser("hostkey", help="SSH host keys of clients")
+    actions = parser.add_subparsers(dest="hostkey_action", metavar="ACTION", required=True)
+    accept = actions.add_parser("accept", help="record the key the host presents now")
+    show = actions.add_parser("show", help="the recorded key and the one presented now")
+    for action in (accept, show):
+        add_inventory_option(action)
+        add_json_option(action)
+        action.add_argument("client", metavar="CLIENT")
+    add_lock_option(accept)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from costor.ops.hosts import accept_host_key, show_host_key
+
+    ctx = context(args)
+    if args.hostkey_action == "accept":
+        document = accept_host_key(ctx, args.client, lock_timeout=args.lock_timeout)
+        if not args.json:
+            before = document["previous"] or "nothing"
+            print(f"{args.client}: recorded {document['fingerprint']} (was {before})")
+    else:
+        document = show_host_key(ctx, args.client)
+        if not args.json:
+            print(f"{args.client} ({document['host']}):")
+            print(f"  recorded:  {document['recorded'] or '-'}")
+            print(f"  pinned:    {document['pinned'] or '-'}")
+            print(f"  presented: {document['presented'] or document.get('error')}")
+    if args.json:
+        print_json(document)
+    return 0

@@ -1,0 +1,281 @@
+"""Agentless pull over SSH: one backup of a host, through the helper or SFTP.
+
+The sequence (``docs/ssh.md`` has the user's view):
+
+1. connect, requiring the pinned host key (:mod:`costor.ops.hosts`);
+2. start the helper (``costor/remote/helper.py``) from memory; a host without python3
+   falls back to SFTP (:mod:`costor.ops.sftp_pull`);
+3. the helper runs the ``before`` hooks: one failing ends the backup here (after the
+   ``after`` hooks ran), with no snapshot and the hook's stderr in the error;
+4. the parent snapshot's file stat data and a Bloom filter of the pool's whole-file
+   digests go to the helper, which then walks and streams entries and only the content
+   the pool cannot already have (:class:`costor.store.ingest.Ingest` stores it);
+5. files whose digest turned out not to be in the pool (Bloom false positives, blobs
+   since pruned) are fetched;
+6. the ``after`` hooks run (the helper runs them itself if the connection breaks);
+7. the snapshot is saved, the new digests recorded.
+
+Bytes over the connection are counted on the helper's channel (frame headers included;
+SSH's own framing and encryption add a few percent on top).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from costor.errors import BackupError, HookFailed, RemoteError
+from costor.ops.context import Context
+from costor.store.progress import Progress
+
+if TYPE_CHECKING:
+    from costor.config.model import ClientConfig
+    from costor.remote.ssh import HelperProcess, Remote
+    from costor.store.ingest import Ingest
+    from costor.store.pool import Pool
+    from costor.store.snapshot import Snapshot
+
+PARENT_BATCH = 5000  # parent files per PARENT frame
+FETCH_BATCH = 500  # paths per FETCH command
+
+
+@dataclass
+class PullOutcome:
+    snapshot: Snapshot
+    errors: list[dict[str, str]] = field(default_factory=list)
+    hooks: list[dict[str, Any]] = field(default_factory=list)
+    method: str = "helper"  # or "sftp"
+
+
+def pull(
+    ctx: Context,
+    client: ClientConfig,
+    pool: Pool,
+    parent: Snapshot | None,
+    *,
+    progress: Progress | None = None,
+) -> PullOutcome:
+    from costor.ops.hosts import StateDigestIndex, target, trusted_host_key
+    from costor.remote.ssh import Remote
+
+    host_key = trusted_host_key(ctx, client)
+    index = StateDigestIndex(ctx, pool.uuid)
+    with Remote(target(ctx, client)) as remote:
+        remote.connect(host_key)
+        helper = remote.start_helper()
+        try:
+            outcome = _with_helper(ctx, client, pool, parent, remote, helper, index, progress)
+        except _NoPython as missing:
+            from costor.ops.sftp_pull import sftp_pull
+
+            helper.close()
+            outcome = sftp_pull(client, pool, parent, remote, index, progress, reason=str(missing))
+        else:
+            helper.close()
+    index.save()
+    return outcome
+
+
+class _NoPython(Exception):
+    pass
+
+
+def _hello(client: ClientConfig, pool: Pool) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "paths": list(client.paths),
+        "exclude": list(client.exclude),
+        "one_file_system": client.one_file_system,
+        "digest_key": pool.transfer_key().hex(),
+        "compress_level": 1,
+        "hooks_before": list(client.hooks.before),
+        "hooks_after": list(client.hooks.after),
+        "hook_timeout": client.hooks.timeout_s,
+    }
+
+
+def _with_helper(
+    ctx: Context,
+    client: ClientConfig,
+    pool: Pool,
+    parent: Snapshot | None,
+    remote: Remote,
+    helper: HelperProcess,
+    index: Any,
+    progress: Progress | None,
+) -> PullOutcome:
+    from costor.ops.hosts import bloom_filter
+    from costor.remote import helper as protocol
+    from costor.store.ingest import Ingest
+
+    try:
+        helper.send(protocol.HELLO, json.dumps(_hello(client, pool)).encode())
+        kind, payload = helper.recv()
+    except RemoteError as error:
+        status, stderr = helper.close()
+        if status == 127 or "not found" in stderr or "No such file" in stderr:
+            raise _NoPython(stderr.strip() or "python3 not found") from error
+        if client.ssh is not None and client.ssh.sudo and "sudo" in stderr:
+            raise RemoteError(
+                host=remote.target.display,
+                reason=f"sudo -n refused to run the helper: {stderr.strip()} (see the "
+                "sudoers line in docs/ssh.md)",
+            ) from None
+        detail = f": {stderr.strip()}" if stderr.strip() else ""
+        raise RemoteError(
+            host=remote.target.display, reason=f"the helper did not start (exit {status}){detail}"
+        ) from None
+    if kind != protocol.HELLO_REPLY:
+        raise RemoteError(host=remote.target.display, reason=f"unexpected reply {kind!r}")
+    hello = json.loads(payload)
+    hooks: list[dict[str, Any]] = []
+    while True:
+        kind, payload = helper.recv()
+        if kind == protocol.HOOK:
+            hooks.append(json.loads(payload))
+            continue
+        break
+    if kind == protocol.HOOK_FAILED:
+        failed = hooks[-1] if hooks else {"command": "?", "rc": "?", "stderr": ""}
+        _after_hooks(helper, hooks)  # they run whatever happened before
+        helper.send(protocol.QUIT)
+        raise HookFailed(
+            client=client.name,
+            phase="before",
+            command=failed["command"],
+            rc=failed["rc"],
+            stderr=(failed.get("stderr") or "").strip() or "(no stderr)",
+        )
+    if kind != protocol.READY:
+        raise RemoteError(host=remote.target.display, reason=f"unexpected reply {kind!r}")
+
+    ingest = Ingest(
+        pool,
+        client=client.name,
+        paths=list(client.paths),
+        hostname=str(hello.get("hostname") or client.host),
+        index=index,
+        parent=parent,
+        progress=progress,
+    )
+    try:
+        _send_parent(helper, ingest)
+        helper.send(protocol.BLOOM, bloom_filter(index.digests()))
+        helper.send(protocol.WALK)
+        _read_walk(helper, ingest)
+        missing = ingest.missing()
+        for start in range(0, len(missing), FETCH_BATCH):
+            helper.send(protocol.FETCH, json.dumps(missing[start : start + FETCH_BATCH]).encode())
+            _read_fetched(helper, ingest)
+        _after_hooks(helper, hooks)
+        helper.send(protocol.QUIT)
+        snapshot = ingest.finish(bytes_transferred=helper.bytes_sent + helper.bytes_received)
+    except BaseException:
+        ingest.abort()
+        raise
+    errors = list(ingest.errors)
+    for hook in hooks:
+        if hook["phase"] == "after" and hook["rc"] != 0:
+            errors.append(
+                {
+                    "path": "",
+                    "error": f"after hook `{hook['command']}` exited with {hook['rc']}: "
+                    f"{(hook.get('stderr') or '').strip()}",
+                }
+            )
+    return PullOutcome(snapshot, errors, hooks, "helper")
+
+
+def _send_parent(helper: HelperProcess, ingest: Ingest) -> None:
+    import base64
+
+    from costor.remote import helper as protocol
+
+    batch: list[list[Any]] = []
+    for item in ingest.parent_files():
+        blocks = base64.b64encode(item.blocks).decode() if item.blocks else None
+        batch.append([item.path, item.size, item.mtime_ns, item.ctime_ns, item.inode, blocks])
+        if len(batch) >= PARENT_BATCH:
+            helper.send(protocol.PARENT, zlib.compress(json.dumps(batch).encode(), 6))
+            batch = []
+    if batch:
+        helper.send(protocol.PARENT, zlib.compress(json.dumps(batch).encode(), 6))
+
+
+def _read_walk(helper: HelperProcess, ingest: Ingest) -> None:
+    from costor.remote import helper as protocol
+
+    while True:
+        kind, payload = helper.recv()
+        if kind == protocol.ENTRIES:
+            entries = json.loads(zlib.decompress(payload).decode("utf-8", "surrogateescape"))
+            for entry in entries:
+                state = ingest.entry(entry)
+                if state == "data":
+                    _read_content(helper, ingest.content(entry[0]))
+                elif state == "blocks":
+                    _read_content(helper, ingest.blocks(entry[0]))
+        elif kind == protocol.WALK_DONE:
+            return
+        elif kind == protocol.ERROR:
+            raise BackupError(
+                client=ingest.client, reason=f"helper: {json.loads(payload)['error']}"
+            )
+        else:
+            raise BackupError(client=ingest.client, reason=f"unexpected frame {kind!r} in the walk")
+
+
+def _read_fetched(helper: HelperProcess, ingest: Ingest) -> None:
+    from costor.remote import helper as protocol
+
+    while True:
+        kind, payload = helper.recv()
+        if kind == protocol.START:
+            _read_content(helper, ingest.content(json.loads(payload)))
+        elif kind == protocol.DONE:
+            return
+        elif kind == protocol.ERROR:
+            raise BackupError(
+                client=ingest.client, reason=f"helper: {json.loads(payload)['error']}"
+            )
+        else:
+            raise BackupError(client=ingest.client, reason=f"unexpected frame {kind!r} in a fetch")
+
+
+def _read_content(helper: HelperProcess, sink: Any) -> None:
+    import struct
+
+    from costor.remote import helper as protocol
+
+    while True:
+        kind, payload = helper.recv()
+        if kind == protocol.DATA:
+            sink.write(_unpack(payload))
+        elif kind == protocol.BLOCK:
+            (offset,) = struct.unpack(">Q", payload[:8])
+            sink.block(offset, _unpack(payload[8:]))
+        elif kind == protocol.END:
+            sink.finish(json.loads(payload))
+            return
+        else:
+            raise BackupError(client=sink.ingest.client, reason=f"unexpected frame {kind!r}")
+
+
+def _unpack(payload: bytes) -> bytes:
+    return zlib.decompress(payload[1:]) if payload[:1] == b"\x01" else payload[1:]
+
+
+def _after_hooks(helper: HelperProcess, hooks: list[dict[str, Any]]) -> None:
+    from costor.remote import helper as protocol
+
+    helper.send(protocol.AFTER)
+    while True:
+        kind, payload = helper.recv()
+        if kind == protocol.HOOK:
+            hooks.append(json.loads(payload))
+        elif kind == protocol.DONE:
+            return
+        else:
+            raise BackupError(client="?", reason=f"unexpected frame {kind!r} after the hooks")

@@ -1,0 +1,549 @@
+"""Backup from a stream of entries produced elsewhere (the helper on a host reached
+over SSH, or an SFTP walk): trees, content and the snapshot.
+
+The producer walks in depth-first order, children sorted by the bytes of their names,
+a directory before its children — the order the local archiver walks in — and sends one
+entry per file, directory, link or device with its stat data and a *state* saying what
+it knows of a regular file's content:
+
+``same``
+    stat data equal to the parent snapshot's: the parent's content is reused;
+``digest:HEX``
+    a whole-file digest (keyed BLAKE2b, :meth:`Pool.transfer_key`) that may already be
+    in the pool: looked up in a :class:`DigestIndex`; a miss is fetched later;
+``data``
+    the content follows (:meth:`Ingest.content`);
+``blocks``
+    a large file changed in place: only changed blocks follow
+    (:meth:`Ingest.blocks`), the rest is read back from the parent's version in the pool;
+``link:PATH``
+    another name of a file already sent in this walk;
+``error:MESSAGE``
+    the producer could not read it: counted, left out of the snapshot.
+
+Content is cut with the pool's chunker exactly as the local archiver cuts it, so the
+same bytes make the same blobs whichever way they arrived. Directories whose entries
+are all known are stored as soon as the walk leaves them; one that waits for fetched
+content is stored when it arrives.
+
+Thread safety: an :class:`Ingest` is driven by one thread; it stores sealed blobs on a
+pool of worker threads of its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from costor.errors import BackupError
+from costor.store.compressibility import worth_compressing
+from costor.store.pack import BlobType
+from costor.store.pool import Pool
+from costor.store.progress import Progress
+from costor.store.snapshot import Snapshot
+from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
+
+KINDS = {"f": FILE, "d": DIR, "l": SYMLINK, "p": FIFO, "c": CHARDEV, "b": BLOCKDEV, "s": SOCKET}
+BLOCK_SIZE = 1024 * 1024  # the producer's block size (costor/remote/helper.py)
+# Content is cut when this much is buffered: more than FastCDC's largest chunk, so
+# every chunk but the last in the buffer ends where it would in a stream.
+CUT_WINDOW = 32 * 1024 * 1024
+
+
+class DigestIndex(Protocol):
+    """Whole-file digests -> content, kept outside the pool (the state database)."""
+
+    def lookup(self, digest: bytes) -> tuple[list[bytes], int] | None: ...
+
+    def blocks(self, content: list[bytes]) -> bytes | None: ...
+
+    def record(
+        self, digest: bytes, content: list[bytes], size: int, blocks: bytes | None
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class ParentFile:
+    path: str
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    blocks: bytes | None  # block hashes of a large file, for in-place diffs
+
+
+@dataclass(eq=False)
+class _Dir:
+    path: str
+    node: Node
+    parent: _Dir | None
+    nodes: list[Node] = field(default_factory=list)
+    pending: int = 1  # the walk's hold until it leaves the directory, plus waiting entries
+    previous: dict[bytes, Node] = field(default_factory=dict)
+    previous_tree: bytes | None = None
+    previous_nodes: list[Node] = field(default_factory=list)
+
+
+@dataclass
+class _Waiting:
+    """A file whose content is not known yet (fetched later, or a link to one)."""
+
+    directory: _Dir
+    node: Node
+    links: list[tuple[_Dir, Node]] = field(default_factory=list)
+
+
+class Ingest:
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        client: str,
+        paths: list[str],
+        hostname: str,
+        index: DigestIndex,
+        parent: Snapshot | None = None,
+        progress: Progress | None = None,
+        workers: int | None = None,
+    ) -> None:
+        self.pool = pool
+        self.client = client
+        self.paths = paths
+        self.hostname = hostname
+        self.index = index
+        self.parent = parent
+        self.progress = progress or Progress()
+        self.key = pool.transfer_key()
+        self.started = time.monotonic()
+        self.counters = {
+            "files_new": 0,
+            "files_changed": 0,
+            "files_unmodified": 0,
+            "files_failed": 0,
+            "files_deduplicated": 0,
+            "dirs": 0,
+            "bytes_read": 0,
+            "bytes_processed": 0,
+        }
+        self.errors: list[dict[str, str]] = []
+        self._stack: list[_Dir] = []
+        self._root: _Dir | None = None
+        self._waiting: dict[str, _Waiting] = {}  # path -> waiting file
+        self._resolved: dict[str, Node] = {}  # files by path, for links
+        self._workers = ThreadPoolExecutor(
+            workers or os.cpu_count() or 2, thread_name_prefix="seal"
+        )
+        self._inflight = threading.BoundedSemaphore((workers or os.cpu_count() or 2) * 4)
+        self._futures: list[Future[None]] = []
+        self._chunker = pool.make_chunker()
+        self._done = False
+
+    # --- what the producer is told first -------------------------------------------------
+
+    def parent_files(self) -> Iterator[ParentFile]:
+        """Every regular file of the parent snapshot with its stat data (and block hashes
+        of large files), for the producer to recognise what did not change."""
+        if self.parent is None:
+            return
+        for path, node in self.pool.walk(bytes.fromhex(self.parent.tree)):
+            if node.type != FILE:
+                continue
+            blocks = self.index.blocks(node.content) if node.size >= BLOCK_SIZE * 64 else None
+            yield ParentFile(
+                os.fsdecode(b"/" + path.lstrip(b"/")),
+                node.size,
+                node.mtime_ns,
+                node.ctime_ns,
+                node.inode,
+                blocks,
+            )
+
+    # --- the entry stream ----------------------------------------------------------------
+
+    def entry(self, item: list[Any]) -> str:
+        """Take one entry; returns its state, so the caller knows what follows it."""
+        path, state = item[0], item[16]
+        if state.startswith("error:"):
+            self._fail(path, state[len("error:") :])
+            return "error"
+        if path == "/":
+            self._open_root()
+            return ""
+        parent_path, name = os.path.split(path)
+        self._close_until(parent_path)
+        directory = self._stack[-1]
+        node = self._node(item, os.fsencode(name))
+        if state.startswith("warning:"):
+            self._fail(path, state[len("warning:") :], count=False)
+        previous = directory.previous.get(node.name)
+        if node.type == DIR:
+            if self._inside_paths(path):  # not the directories leading to them
+                self.counters["dirs"] += 1
+            directory.nodes.append(node)
+            directory.pending += 1
+            child = _Dir(path, node, directory)
+            if previous is not None and previous.type == DIR and previous.subtree:
+                self._load_previous(child, previous.subtree)
+            self._stack.append(child)
+            return ""
+        directory.nodes.append(node)
+        if node.type != FILE:
+            self.progress.advance(files=1)
+            return ""
+        self.counters["bytes_processed"] += node.size
+        if state == "same" and previous is not None and self._reusable(previous):
+            node.content = previous.content
+            self.counters["files_unmodified"] += 1
+            self._resolved[path] = node
+            self.progress.advance(files=1, size=node.size)
+            return "same"
+        if state.startswith("link:"):
+            first = state[len("link:") :]
+            if first in self._resolved:
+                node.content = self._resolved[first].content
+                same = previous is not None and previous.content == node.content
+                kind = (
+                    "files_unmodified" if same else ("files_changed" if previous else "files_new")
+                )
+                self.counters[kind] += 1
+                return "link"
+        self.counters["files_changed" if previous is not None else "files_new"] += 1
+        if state.startswith("link:"):
+            if first in self._resolved:
+                node.content = self._resolved[first].content
+            elif first in self._waiting:
+                directory.pending += 1
+                self._waiting[first].links.append((directory, node))
+            else:
+                self._fail(path, f"hard link to {first}, which is not in the backup")
+                directory.nodes.remove(node)
+            return "link"
+        if state.startswith("digest:"):
+            found = self.index.lookup(bytes.fromhex(state[len("digest:") :]))
+            if found is not None and all(blob in self.pool.index for blob in found[0]):
+                node.content, node.size = found
+                self.counters["files_deduplicated"] += 1
+                self._resolved[path] = node
+                self.progress.advance(files=1, size=node.size)
+                return "deduplicated"
+        # Content follows at once ("data", "blocks"), or is fetched after the walk (a
+        # digest the pool lacks, a "same" whose blobs are gone): it waits until then.
+        directory.pending += 1
+        self._waiting[path] = _Waiting(directory, node)
+        return "wait" if state not in ("data", "blocks") else state
+
+    def missing(self) -> list[str]:
+        """Files whose content must still be sent (after the walk): the caller fetches
+        them and passes each to :meth:`content`."""
+        return sorted(self._waiting)
+
+    # --- content -------------------------------------------------------------------------
+
+    def content(self, path: str) -> ContentSink:
+        """A sink for the whole content of ``path``, which is waiting for it."""
+        return ContentSink(self, path, base=None)
+
+    def blocks(self, path: str) -> ContentSink:
+        """A sink for the changed blocks of ``path``; the rest comes from the parent's
+        version of the file, read back from the pool."""
+        waiting = self._waiting[path]
+        previous = waiting.directory.previous.get(waiting.node.name)
+        base = previous.content if previous is not None and previous.type == FILE else []
+        return ContentSink(self, path, base=base)
+
+    def _resolve(self, path: str, content: list[bytes] | None, size: int) -> None:
+        waiting = self._waiting.pop(path)
+        if content is None:
+            waiting.directory.nodes.remove(waiting.node)
+            for directory, node in waiting.links:
+                directory.nodes.remove(node)
+                self._release(directory)
+        else:
+            waiting.node.content, waiting.node.size = content, size
+            self._resolved[path] = waiting.node
+            for directory, node in waiting.links:
+                node.content, node.size = content, size
+                self._release(directory)
+        self._release(waiting.directory)
+
+    def _store(self, data: bytes | memoryview, compress: bool) -> bytes:
+        blob = self.pool.blob_id(data)
+        if self.pool.reserve(blob):
+            self._inflight.acquire()
+            future = self._workers.submit(self._seal, blob, bytes(data), compress)
+            self._futures.append(future)
+        return blob
+
+    def _seal(self, blob: bytes, data: bytes, compress: bool) -> None:
+        try:
+            self.pool.store_blob(BlobType.DATA, blob, data, compress=compress)
+        finally:
+            self._inflight.release()
+
+    def _check_workers(self) -> None:
+        still = []
+        for future in self._futures:
+            if future.done():
+                future.result()  # a storage error (disk full…) fails the backup here
+            else:
+                still.append(future)
+        self._futures = still
+
+    # --- the end -----------------------------------------------------------------------
+
+    def finish(self, *, bytes_transferred: int = 0) -> Snapshot:
+        if self._root is None:
+            raise BackupError(client=self.client, reason="the walk sent nothing")
+        for path in list(self._waiting):
+            self._fail(path, "its content never arrived")
+            self._resolve(path, None, 0)
+        self._close_until(None)
+        for future in self._futures:
+            future.result()
+        self._workers.shutdown()
+        if self._root.node.subtree is None:
+            raise BackupError(client=self.client, reason="the tree could not be completed")
+        self.pool.flush()
+        counters = dict(self.counters)
+        counters.update(
+            bytes_added=self.pool.bytes_added,
+            bytes_added_raw=self.pool.raw_bytes_added,
+            blobs_added=self.pool.blobs_added,
+            blobs_not_compressed=self.pool.blobs_not_compressed,
+            bytes_transferred=bytes_transferred,
+        )
+        snapshot = Snapshot(
+            client=self.client,
+            time=_rfc3339_now(),
+            paths=self.paths,
+            tree=self._root.node.subtree.hex(),
+            hostname=self.hostname,
+            parent=self.parent.id if self.parent else None,
+            counters=counters,
+            duration_s=time.monotonic() - self.started,
+        )
+        self.pool.save_snapshot(snapshot)
+        self._done = True
+        self.progress.close()
+        return snapshot
+
+    def abort(self) -> None:
+        self._workers.shutdown(cancel_futures=True)
+
+    # --- directories -------------------------------------------------------------------
+
+    def _open_root(self) -> None:
+        root = _Dir("/", Node(name=b"", type=DIR), None)
+        if self.parent is not None:
+            self._load_previous(root, bytes.fromhex(self.parent.tree))
+        self._root = root
+        self._stack = [root]
+
+    def _load_previous(self, directory: _Dir, tree: bytes) -> None:
+        try:
+            nodes = self.pool.load_tree(tree)
+        except Exception:  # a damaged parent only costs sending files again
+            return
+        directory.previous_tree, directory.previous_nodes = tree, nodes
+        directory.previous = {node.name: node for node in nodes}
+
+    def _close_until(self, path: str | None) -> None:
+        """Leave every open directory that is not ``path`` or one of its ancestors."""
+        if not self._stack:
+            raise BackupError(client=self.client, reason="an entry came before the root")
+        while self._stack and self._stack[-1].path != path:
+            directory = self._stack.pop()
+            self._release(directory)
+            if path is not None and not self._stack:
+                raise BackupError(client=self.client, reason=f"entry outside the walk: {path}")
+
+    def _release(self, released: _Dir) -> None:
+        directory: _Dir | None = released
+        while directory is not None:
+            directory.pending -= 1
+            if directory.pending:
+                return
+            nodes = [n for n in directory.nodes if n.type]
+            if directory.previous_tree is not None and nodes == directory.previous_nodes:
+                directory.node.subtree = directory.previous_tree
+            else:
+                directory.node.subtree = self.pool.save_tree(nodes)
+            directory.nodes = nodes
+            directory = directory.parent
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _inside_paths(self, path: str) -> bool:
+        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.paths)
+
+    def _reusable(self, previous: Node) -> bool:
+        return previous.type == FILE and all(blob in self.pool.index for blob in previous.content)
+
+    def _node(self, item: list[Any], name: bytes) -> Node:
+        (_p, kind, mode, uid, gid, user, group, size, mtime, ctime, ino, dev, nlink, rdev) = item[
+            :14
+        ]
+        target, xattrs = item[14], item[15]
+        return Node(
+            name=name,
+            type=KINDS[kind],
+            mode=int(mode),
+            uid=int(uid),
+            gid=int(gid),
+            user=str(user),
+            group=str(group),
+            mtime_ns=int(mtime),
+            ctime_ns=int(ctime),
+            size=int(size),
+            inode=int(ino),
+            device=int(dev),
+            links=int(nlink),
+            target=os.fsencode(target) if target is not None and kind == "l" else None,
+            rdev=int(rdev),
+            xattrs={k: base64.b64decode(v) for k, v in (xattrs or {}).items()},
+        )
+
+    def _fail(self, path: str, message: str, *, count: bool = True) -> None:
+        self.errors.append({"path": path, "error": message})
+        if count:
+            self.counters["files_failed"] += 1
+        self.progress.warning(path, message)
+
+
+class ContentSink:
+    """Bytes of one file as they arrive (whole, or changed blocks over a base), cut and
+    stored as they come; :meth:`finish` checks them against the producer's digest."""
+
+    def __init__(self, ingest: Ingest, path: str, *, base: list[bytes] | None) -> None:
+        self.ingest = ingest
+        self.path = path
+        self.buffer = bytearray()
+        self.content: list[bytes] = []
+        self.size = 0
+        self.digest = hashlib.blake2b(key=ingest.key, digest_size=32)
+        self.compress: bool | None = None
+        self.base = _BaseReader(ingest.pool, base) if base is not None else None
+        self.cursor = 0  # bytes of the new file produced so far
+
+    def write(self, data: bytes) -> None:
+        """The next bytes of the file (whole-content mode)."""
+        self._feed(data)
+
+    def block(self, offset: int, data: bytes) -> None:
+        """A changed block at ``offset``: the base's bytes before it, then the block."""
+        assert self.base is not None
+        if offset < self.cursor:
+            raise BackupError(client=self.ingest.client, reason=f"{self.path}: blocks out of order")
+        self._feed_base(offset - self.cursor)
+        self._feed(data)
+        self.base.skip(len(data))
+
+    def finish(self, end: dict[str, Any]) -> None:
+        ingest = self.ingest
+        if end.get("error"):
+            ingest._fail(self.path, str(end["error"]))
+            ingest._resolve(self.path, None, 0)
+            return
+        size = int(end["size"])
+        if self.base is not None and size > self.cursor:
+            self._feed_base(size - self.cursor)
+        self._cut(final=True)
+        if self.size != size or self.digest.hexdigest() != end.get("digest"):
+            ingest._fail(self.path, "content did not match the host's digest; not stored")
+            ingest._resolve(self.path, None, 0)
+            return
+        blocks = base64.b64decode(end["blocks"]) if end.get("blocks") else None
+        ingest.index.record(self.digest.digest(), self.content, size, blocks)
+        ingest.counters["bytes_read"] += size
+        ingest._check_workers()
+        ingest._resolve(self.path, self.content, size)
+        ingest.progress.advance(files=1)
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _feed_base(self, count: int) -> None:
+        assert self.base is not None
+        while count > 0:
+            data = self.base.read(min(count, CUT_WINDOW))
+            if not data:
+                break  # the new file is longer: the rest arrived as blocks
+            self._feed(data)
+            count -= len(data)
+
+    def _feed(self, data: bytes) -> None:
+        if self.compress is None and data:
+            self.compress = worth_compressing(os.fsencode(os.path.basename(self.path)), data)
+        self.digest.update(data)
+        self.buffer += data
+        self.size += len(data)
+        self.cursor += len(data)
+        self.ingest.progress.advance(size=len(data))
+        if len(self.buffer) >= CUT_WINDOW:
+            self._cut(final=False)
+
+    def _cut(self, *, final: bool) -> None:
+        """Cut the buffer; keep its last chunk unless this is the end of the file (the
+        next bytes may move that chunk's end)."""
+        if not self.buffer:
+            return
+        ingest = self.ingest
+        pool = ingest.pool
+        view = memoryview(self.buffer)
+        if final and len(view) <= int(pool.identity.chunker["min_size"]):
+            self.content.append(ingest._store(view, bool(self.compress)))
+            view.release()
+            self.buffer = bytearray()
+            return
+        chunks = list(ingest._chunker.cut_buf(view))
+        keep_from = len(view) if final else chunks[-1].offset
+        for chunk in chunks:
+            if chunk.offset >= keep_from:
+                break
+            piece = view[chunk.offset : chunk.offset + chunk.length]
+            self.content.append(ingest._store(piece, bool(self.compress)))
+        rest = bytes(view[keep_from:])
+        view.release()
+        self.buffer = bytearray(rest)
+
+
+class _BaseReader:
+    """The parent version of a file, read back from the pool in order."""
+
+    def __init__(self, pool: Pool, content: list[bytes]) -> None:
+        self.pool = pool
+        self.blobs = iter(content)
+        self.current = b""
+
+    def _fill(self) -> bool:
+        while not self.current:
+            blob = next(self.blobs, None)
+            if blob is None:
+                return False
+            self.current = self.pool.read_blob(blob)
+        return True
+
+    def read(self, count: int) -> bytes:
+        parts = []
+        while count and self._fill():
+            piece, self.current = self.current[:count], self.current[count:]
+            parts.append(piece)
+            count -= len(piece)
+        return b"".join(parts)
+
+    def skip(self, count: int) -> None:
+        while count and self._fill():
+            step = min(count, len(self.current))
+            self.current = self.current[step:]
+            count -= step
+
+
+def _rfc3339_now() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"

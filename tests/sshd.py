@@ -1,0 +1,159 @@
+"""A real OpenSSH server for the tests (DESIGN.md §12): Debian's ``/usr/sbin/sshd`` on a
+free loopback port, with its own host key and ``authorized_keys``.
+
+Users: ``root``; ``costortest`` (an ordinary user, created if missing: the tests run as
+root, as CI does); ``nopython`` (whose sessions get ``PATH=/nonexistent``, so that
+``python3`` is not found: the SFTP fallback). A test that needs root-only data read by
+``costortest`` uses ``sudo`` with the sudoers line of docs/ssh.md.
+
+Files a remote user must read cannot live under pytest's ``tmp_path`` (its parent is
+mode 0700): :func:`remote_dir` makes a world-readable directory in /tmp.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SSHD = "/usr/sbin/sshd"
+USERS = ("root", "costortest", "nopython")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_user(name: str) -> None:
+    if name == "root":
+        return
+    if subprocess.run(["id", name], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True)
+    # A new account's password field is "!" (locked), which sshd refuses without PAM;
+    # "*" allows key logins and no password.
+    subprocess.run(["usermod", "-p", "*", name], check=True)
+
+
+@dataclass
+class Sshd:
+    root: Path
+    port: int
+    client_key: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host_key(self) -> Path:
+        return self.root / "host_key"
+
+    def config(self) -> str:
+        return "\n".join(
+            [
+                f"Port {self.port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {self.host_key}",
+                f"AuthorizedKeysFile {self.root}/authorized_keys",
+                f"PidFile {self.root}/sshd.pid",
+                "UsePAM no",
+                "StrictModes no",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin prohibit-password",
+                "MaxStartups 100",
+                "MaxSessions 100",
+                "Subsystem sftp internal-sftp",
+                "Match User nopython",
+                "    SetEnv PATH=/nonexistent",
+                "",
+            ]
+        )
+
+    def start(self) -> None:
+        (self.root / "sshd_config").write_text(self.config())
+        log = open(self.root / "sshd.log", "ab")  # noqa: SIM115  (kept open for sshd)
+        self.process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(self.root / "sshd_config")], stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.05)
+        raise RuntimeError(f"sshd did not start:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def new_host_key(self) -> None:
+        """The host is "reinstalled": a new host key, sshd restarted."""
+        self.stop()
+        self.host_key.unlink()
+        Path(str(self.host_key) + ".pub").unlink()
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)], check=True
+        )
+        self.start()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join((self.root / "sshd.log").read_text().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def kill_sessions(self, user: str) -> None:
+        """Drop every SSH session of ``user`` (a network cut, seen from CoStor)."""
+        subprocess.run(["pkill", "-KILL", "-u", user, "-f", "stdin.buffer.readline"], check=False)
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[Sshd]:
+    if not os.path.exists(SSHD):
+        pytest.skip("openssh-server is not installed (scripts/test.sh installs it)")
+    if os.geteuid() != 0:
+        pytest.skip("the SSH tests create users and run sshd: they need root")
+    for user in USERS:
+        ensure_user(user)
+    Path("/run/sshd").mkdir(exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="costor-sshd-"))
+    root.chmod(0o755)
+    for name in ("host_key", "client_key"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True
+        )
+    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+    (root / "authorized_keys").chmod(0o644)
+    server = Sshd(root, free_port(), root / "client_key")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def remote_dir() -> Iterator[Path]:
+    """A directory every test user can read (and ``costortest`` can write)."""
+    path = Path(tempfile.mkdtemp(prefix="costor-remote-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -71,6 +71,7 @@ def pull(
             from costor.ops.sftp_pull import sftp_pull
 
             helper.close()
+            remote.connect(host_key, compress=True)  # SFTP sends files as they are
             outcome = sftp_pull(client, pool, parent, remote, index, progress, reason=str(missing))
         else:
             helper.close()

@@ -137,17 +137,23 @@ class Remote:
             raise HostUnreachable(host=self.target.display, reason="no host key presented")
         return HostKey(key.export_public_key().decode().strip(), key.get_fingerprint("sha256"))
 
-    def connect(self, host_key: HostKey) -> None:
-        """Connect, trusting only ``host_key``; a different key is :class:`HostKeyChanged`."""
-        self.connection = self.run(self._connect(host_key))
+    def connect(self, host_key: HostKey, *, compress: bool = False) -> None:
+        """Connect, trusting only ``host_key``; a different key is :class:`HostKeyChanged`.
+        ``compress``: SSH's zlib compression (for SFTP; the helper compresses itself).
+        A connection already open is closed first."""
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+        self.connection = self.run(self._connect(host_key, compress))
 
-    async def _connect(self, host_key: HostKey) -> asyncssh.SSHClientConnection:
+    async def _connect(self, host_key: HostKey, compress: bool) -> asyncssh.SSHClientConnection:
         target = self.target
         trusted = asyncssh.import_public_key(host_key.openssh)
         options: dict[str, Any] = {
             "port": target.port,
             "known_hosts": ([trusted], [], []),
             "encryption_algs": ENCRYPTION_ALGS,
+            "compression_algs": ["zlib@openssh.com", "zlib", "none"] if compress else ["none"],
             "keepalive_interval": 15,
             "keepalive_count_max": 4,
             "connect_timeout": CONNECT_TIMEOUT,

@@ -390,3 +390,63 @@ def test_sudo_runs_the_helper_as_root(
     restored = site.cli("restore", "web:latest", "--target", str(tmp_path / "r"))
     assert restored.code == 0
     assert (tmp_path / "r" / str(secret).lstrip("/")).read_text() == "root only\n"
+
+
+def restricted_key(sshd: Sshd, name: str, command: str) -> Path:  # noqa: F811
+    """A key added to authorized_keys as docs/ssh.md shows: restrict, from=, command=."""
+    import subprocess
+
+    key = sshd.root / name
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    public = Path(f"{key}.pub").read_text().strip()
+    quoted = command.replace('"', '\\"')
+    with open(sshd.root / "authorized_keys", "a") as handle:
+        handle.write(f'restrict,from="127.0.0.1",command="{quoted}" {public}\n')
+    return key
+
+
+def test_a_key_restricted_to_the_helper_backs_up_and_does_nothing_else(
+    sshd: Sshd,  # noqa: F811
+    remote_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    sudo_rule: str,
+) -> None:
+    import subprocess
+
+    from costor.remote.ssh import BOOTSTRAP
+
+    src = make_tree(remote_dir)
+    secret = src / "etc" / "root-only"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    key = restricted_key(sshd, "restricted_key", f'sudo -n {sudo_rule} -c "{BOOTSTRAP}"')
+    site = ssh_site(tmp_path, sshd, {"web": {"paths": [src], "user": "costortest"}})
+    site.inventory.write_text(site.inventory.read_text().replace(str(sshd.client_key), str(key)))
+    assert site.cli("apply", "--auto-approve").code == 0
+    backup = site.cli("backup", "web", "--json")
+    assert backup.code == 0, backup.stderr
+    assert backup.json()["files_failed"] == 0  # under sudo: root's 0600 file too
+    # The key runs the helper whatever is asked: no shell, no other command.
+    other = subprocess.run(
+        [
+            "ssh",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-i",
+            str(key),
+            "-p",
+            str(sshd.port),
+            "costortest@127.0.0.1",
+            "id",
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+    )
+    assert "uid=" not in other.stdout

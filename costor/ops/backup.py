@@ -51,17 +51,27 @@ def run_backup(
         raise BackupError(
             client=client_name, reason=f"transport {client.transport!r} is not available yet"
         )
-    pool = ctx.open_pool(client.pool)
-    adopted = pool.adopt_orphan_packs()
-    # A renamed client's parent may carry its earlier name ([[moved]]).
-    previous = pool.list_snapshots(ctx.client_names(client_name))
+    connection = None
+    if client.transport == "ssh":
+        from costor.ops.pull import Connection
+
+        connection = Connection(ctx, client)  # connects while the pool is opened
+    try:
+        pool = ctx.open_pool(client.pool)
+        adopted = pool.adopt_orphan_packs()
+        # A renamed client's parent may carry its earlier name ([[moved]]).
+        previous = pool.list_snapshots(ctx.client_names(client_name))
+    except BaseException:
+        if connection is not None:
+            connection.close()
+        raise
     parent = previous[-1] if previous else None
     written: dict[str, int] = {}
     pool.on_pack_written = written.__setitem__
-    if client.transport == "ssh":
+    if connection is not None:
         from costor.ops.pull import pull
 
-        pulled = pull(ctx, client, pool, parent, progress=progress)
+        pulled = pull(ctx, client, pool, parent, progress=progress, connection=connection)
         ctx.record_snapshot(pool, pulled.snapshot, written)
         outcome = BackupOutcome(client.pool, pulled.snapshot, pulled.errors, adopted)
         outcome.hooks, outcome.method = pulled.hooks, pulled.method

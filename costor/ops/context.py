@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from costor.errors import PoolError, PoolMismatch, UnknownResource, WrongPassphrase
 
@@ -29,6 +29,10 @@ class Context:
 
         self.inventory_path = Path(inventory_path)
         self.inventory: Inventory = load_inventory(inventory_path, resolve_secrets=resolve_secrets)
+        # Master keys of the pools opened by this process, by (pool name, UUID): a
+        # process that backs up many clients (backup --all, the scheduler) derives each
+        # pool's key once (~0.2 s of argon2id), not once per backup.
+        self._masters: dict[tuple[str, str], Any] = {}
 
     # --- configuration --------------------------------------------------------------
 
@@ -178,6 +182,12 @@ class Context:
         from costor.store.pool import Pool, read_identity
 
         backend = self.backend(name)
+        cached = self._cached_pool(name, backend)
+        if cached is not None:
+            self._configure(name, cached)
+            if load_index:
+                cached.load_index()
+            return cached
         passphrase = self.passphrase(name)
         wrong: WrongPassphrase | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="state") as executor:
@@ -193,6 +203,29 @@ class Context:
         if pool is None:
             assert wrong is not None
             raise wrong
+        self._masters[(name, pool.uuid)] = pool.master
+        self._configure(name, pool)
+        if load_index:
+            pool.load_index()
+        return pool
+
+    def _cached_pool(self, name: str, backend: Backend) -> Pool | None:
+        """The pool, opened with the key this process already derived for it (same name,
+        same UUID at the location, and the UUID the state recorded)."""
+        from costor.store.pool import Pool, read_identity
+
+        if not any(key[0] == name for key in self._masters):
+            return None
+        identity = read_identity(backend)
+        master = self._masters.get((name, identity.uuid))
+        if master is None:
+            return None
+        expected = self.recorded_pool_uuid(name)
+        if expected is not None and identity.uuid != expected:
+            raise PoolMismatch(location=backend.location, found=identity.uuid, expected=expected)
+        return Pool(backend, identity, master)
+
+    def _configure(self, name: str, pool: Pool) -> None:
         config = self.pool_config(name)
         pool.configure_writes(
             compression_level=config.compression.level
@@ -200,9 +233,6 @@ class Context:
             else None,
             pack_size=config.pack_size_mib * 1024 * 1024,
         )
-        if load_index:
-            pool.load_index()
-        return pool
 
     # --- catalogue --------------------------------------------------------------------
 

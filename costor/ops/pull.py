@@ -49,6 +49,33 @@ class PullOutcome:
     method: str = "helper"  # or "sftp"
 
 
+class Connection:
+    """Connecting and starting the helper, on a thread of its own: it overlaps with
+    opening the pool (a key derivation) and reading the state, which it does not need."""
+
+    def __init__(self, ctx: Context, client: ClientConfig) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from costor.ops.hosts import target, trusted_host_key
+        from costor.remote.ssh import Remote
+
+        self.host_key = trusted_host_key(ctx, client)
+        self.remote = Remote(target(ctx, client))
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="connect")
+        self._started = self._executor.submit(self._start)
+
+    def _start(self) -> HelperProcess:
+        self.remote.connect(self.host_key)
+        return self.remote.start_helper()
+
+    def helper(self) -> HelperProcess:
+        return self._started.result()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.remote.close()
+
+
 def pull(
     ctx: Context,
     client: ClientConfig,
@@ -56,15 +83,15 @@ def pull(
     parent: Snapshot | None,
     *,
     progress: Progress | None = None,
+    connection: Connection | None = None,
 ) -> PullOutcome:
-    from costor.ops.hosts import StateDigestIndex, target, trusted_host_key
-    from costor.remote.ssh import Remote
+    from costor.ops.hosts import StateDigestIndex
 
-    host_key = trusted_host_key(ctx, client)
     index = StateDigestIndex(ctx, pool.uuid)
-    with Remote(target(ctx, client)) as remote:
-        remote.connect(host_key)
-        helper = remote.start_helper()
+    connection = connection or Connection(ctx, client)
+    remote, host_key = connection.remote, connection.host_key
+    try:
+        helper = connection.helper()
         try:
             outcome = _with_helper(ctx, client, pool, parent, remote, helper, index, progress)
         except _NoPython as missing:
@@ -75,6 +102,8 @@ def pull(
             outcome = sftp_pull(client, pool, parent, remote, index, progress, reason=str(missing))
         else:
             helper.close()
+    finally:
+        connection.close()
     index.save()
     return outcome
 
@@ -114,6 +143,7 @@ def _with_helper(
     try:
         helper.send(protocol.HELLO, json.dumps(_hello(client, pool)).encode())
         kind, payload = helper.recv()
+        helper.start_reading()
     except RemoteError as error:
         status, stderr = helper.close()
         if status == 127 or "not found" in stderr or "No such file" in stderr:
@@ -167,8 +197,13 @@ def _with_helper(
         helper.send(protocol.WALK)
         _read_walk(helper, ingest)
         missing = ingest.missing()
-        for start in range(0, len(missing), FETCH_BATCH):
-            helper.send(protocol.FETCH, json.dumps(missing[start : start + FETCH_BATCH]).encode())
+        for start in range(0, len(missing.delta), FETCH_BATCH):
+            requests = [ingest.delta_request(p) for p in missing.delta[start : start + FETCH_BATCH]]
+            helper.send(protocol.DELTA, json.dumps(requests).encode())
+            _read_fetched(helper, ingest)
+        whole = missing.whole + ingest.retry
+        for start in range(0, len(whole), FETCH_BATCH):
+            helper.send(protocol.FETCH, json.dumps(whole[start : start + FETCH_BATCH]).encode())
             _read_fetched(helper, ingest)
         _after_hooks(helper, hooks)
         helper.send(protocol.QUIT)
@@ -190,19 +225,35 @@ def _with_helper(
 
 
 def _send_parent(helper: HelperProcess, ingest: Ingest) -> None:
+    """The parent's files as fingerprints (the helper recognises unchanged files without
+    their paths being sent: 12 bytes a file), and block hashes of its large files."""
     import base64
+    import hashlib
+    import struct
 
     from costor.remote import helper as protocol
 
-    batch: list[list[Any]] = []
+    key = ingest.key
+    fingerprints = bytearray()
+    large: list[list[str]] = []
     for item in ingest.parent_files():
-        blocks = base64.b64encode(item.blocks).decode() if item.blocks else None
-        batch.append([item.path, item.size, item.mtime_ns, item.ctime_ns, item.inode, blocks])
-        if len(batch) >= PARENT_BATCH:
-            helper.send(protocol.PARENT, zlib.compress(json.dumps(batch).encode(), 6))
-            batch = []
-    if batch:
-        helper.send(protocol.PARENT, zlib.compress(json.dumps(batch).encode(), 6))
+        path = item.path.encode("utf-8", "surrogateescape")
+        stat_key = (
+            path + b"\0" + struct.pack(">QQQQ", item.size, item.mtime_ns, item.ctime_ns, item.inode)
+        )
+        fingerprints += hashlib.blake2b(path, key=key, digest_size=8).digest()[:4]
+        fingerprints += hashlib.blake2b(stat_key, key=key, digest_size=8).digest()
+        if item.blocks:
+            large.append([item.path, base64.b64encode(item.blocks).decode()])
+        if len(fingerprints) >= 12 * PARENT_BATCH:
+            helper.send(protocol.PARENT, bytes(fingerprints))
+            fingerprints = bytearray()
+    if fingerprints:
+        helper.send(protocol.PARENT, bytes(fingerprints))
+    for start in range(0, len(large), 100):
+        helper.send(
+            protocol.PARENT_LARGE, zlib.compress(json.dumps(large[start : start + 100]).encode())
+        )
 
 
 def _read_walk(helper: HelperProcess, ingest: Ingest) -> None:
@@ -213,11 +264,8 @@ def _read_walk(helper: HelperProcess, ingest: Ingest) -> None:
         if kind == protocol.ENTRIES:
             entries = json.loads(zlib.decompress(payload).decode("utf-8", "surrogateescape"))
             for entry in entries:
-                state = ingest.entry(entry)
-                if state == "data":
+                if ingest.entry(entry) == "data":
                     _read_content(helper, ingest.content(entry[0]))
-                elif state == "blocks":
-                    _read_content(helper, ingest.blocks(entry[0]))
         elif kind == protocol.WALK_DONE:
             return
         elif kind == protocol.ERROR:
@@ -234,7 +282,9 @@ def _read_fetched(helper: HelperProcess, ingest: Ingest) -> None:
     while True:
         kind, payload = helper.recv()
         if kind == protocol.START:
-            _read_content(helper, ingest.content(json.loads(payload)))
+            sink = ingest.restart(json.loads(payload.decode("utf-8", "surrogateescape")))
+            if sink is not None:
+                _read_content(helper, sink)
         elif kind == protocol.DONE:
             return
         elif kind == protocol.ERROR:

@@ -75,7 +75,8 @@ def sftp_pull(
         walker = _Walker(remote, sftp, ingest, client, ExcludeMatcher(list(client.exclude)))
         try:
             walker.walk()
-            for path in ingest.missing():  # "same" files whose blobs the pool lost
+            missing = ingest.missing()  # "same" files whose blobs the pool lost
+            for path in missing.whole + missing.delta:
                 walker.send(path)
             snapshot = ingest.finish(bytes_transferred=walker.transferred)
         except BaseException:

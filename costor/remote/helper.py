@@ -7,12 +7,14 @@
 #
 # Protocol: frames on stdin/stdout, each `kind (1 byte) | length (u32 big-endian) |
 # payload`. The server speaks first (HELLO); from then on the helper answers one command
-# at a time. A walk is one stream with no round trips: the server sends, before it, the
-# stat data of the parent snapshot's files (and block hashes of large ones) and a Bloom
-# filter of the whole-file digests already in the pool, so the helper itself decides
-# which files are unchanged (nothing sent), which may already be in the pool (their
-# digest is sent), and which are new (their content is sent, zlib-compressed), and for a
-# large file changed in place which blocks changed (only those are sent).
+# at a time. A walk is one stream with no round trips: the server sends, before it,
+# fingerprints of the parent snapshot's files (keyed hashes of path and stat data; block
+# hashes of large files) and a Bloom filter of the whole-file digests already in the
+# pool, so the helper itself decides which files are unchanged (their path is sent),
+# which may already be in the pool (their digest is sent), which changed (their digest,
+# and for a large file which 1 MiB blocks changed: their content is fetched as a delta
+# afterwards, one round trip for all of them), and which are new (their content follows,
+# zlib-compressed).
 #
 # This module is also imported by the server (costor.remote) for the frame kinds and the
 # exclude rule, which must be the same on both sides.
@@ -33,14 +35,16 @@ import sys
 import time
 import zlib
 
-VERSION = 1
+VERSION = 2
 
 # Server -> helper
 HELLO = b"H"  # JSON: options, digest key, hooks
-PARENT = b"P"  # zlib(JSON list): parent files [path, size, mtime_ns, ctime_ns, ino, blocks]
+PARENT = b"P"  # parent files: 4-byte path fingerprint | 8-byte path+stat fingerprint, each
+PARENT_LARGE = b"L"  # zlib(JSON list): [path, base64 1 MiB block hashes] of large parent files
 BLOOM = b"B"  # the Bloom filter of digests in the pool: u32 k | bits
 WALK = b"W"  # walk the paths and stream entries
 FETCH = b"F"  # JSON list of paths: send their content (digests the pool did not have)
+DELTA = b"T"  # JSON list of [path, old_size, [[offset, length, block, base64 hashes]…]]
 AFTER = b"A"  # run the after hooks
 QUIT = b"Q"
 # Helper -> server
@@ -52,14 +56,13 @@ ENTRIES = b"M"  # zlib(JSON list of entries)
 DATA = b"D"  # flag (0 raw, 1 zlib) | bytes: the next bytes of the current file
 BLOCK = b"X"  # u64 offset | flag | bytes: a changed block of the current file
 END = b"d"  # JSON {size, digest, blocks, error}: the current file is complete
-START = b"S"  # JSON path: content of a FETCHed file follows
+START = b"S"  # JSON entry: the content of a FETCHed or DELTA file follows
 WALK_DONE = b"Z"  # JSON: counters of the walk
 DONE = b"z"  # a command without other output finished (AFTER, FETCH)
 ERROR = b"!"  # JSON {error}: the helper failed
 
 BLOCK_SIZE = 1024 * 1024  # reads, DATA frames and the blocks of large files
 LARGE_FILE = 64 * 1024 * 1024  # from this size, block hashes are kept for in-place diffs
-SMALL_READ = 256 * 1024
 
 FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET = "f", "d", "l", "p", "c", "b", "s"
 
@@ -132,7 +135,9 @@ class Helper(object):
         self.channel = channel
         self.users = {}
         self.groups = {}
-        self.parent = {}
+        self.unchanged = set()  # fingerprints of the parent's files (path and stat data)
+        self.known_paths = set()  # fingerprints of the parent's file paths
+        self.large = {}  # path -> 1 MiB block hashes of the parent's version
         self.bloom = Bloom(struct.pack(">I", 0))
         self.after_hooks = []
         self.after_done = False
@@ -170,16 +175,23 @@ class Helper(object):
         while True:
             kind, payload = self.channel.recv()
             if kind == PARENT:
-                for item in json.loads(zlib.decompress(payload).decode()):
-                    self.parent[item[0]] = item[1:]
+                for start in range(0, len(payload), 12):
+                    self.known_paths.add(payload[start : start + 4])
+                    self.unchanged.add(payload[start + 4 : start + 12])
+            elif kind == PARENT_LARGE:
+                for path, blocks in json.loads(zlib.decompress(payload).decode()):
+                    self.large[path] = base64.b64decode(blocks)
             elif kind == BLOOM:
                 self.bloom = Bloom(payload)
             elif kind == WALK:
                 self.walk()
             elif kind == FETCH:
                 for path in json.loads(payload.decode()):
-                    self.channel.send_json(START, path)
-                    self.send_content(path, want_blocks=True)
+                    self.fetch(path)
+                self.channel.send(DONE)
+            elif kind == DELTA:
+                for path, old_size, ranges in json.loads(payload.decode()):
+                    self.delta(path, old_size, ranges)
                 self.channel.send(DONE)
             elif kind == AFTER:
                 self.run_after_hooks()
@@ -297,7 +309,10 @@ class Helper(object):
 
     def add(self, path, st, root_device):
         if stat.S_ISDIR(st.st_mode):
-            self.emit(path, st, "")
+            if self.fingerprint(_stat_key(path, st)) in self.unchanged:
+                self.compact(path)  # its own metadata is the parent's; its entries may not be
+            else:
+                self.emit(path, st, "")
             if not (self.one_file_system and st.st_dev != root_device):
                 self.walk_dir(path, root_device)
             return
@@ -310,24 +325,32 @@ class Helper(object):
             if first != path:  # its content is the first link's, sent (or not) once
                 self.emit(path, st, "link:" + first)
                 return
-        known = self.parent.get(path)
-        if known is not None and known[:4] == [
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-            st.st_ino,
-        ]:
+        path_key = self.fingerprint(path.encode("utf-8", "surrogateescape"))
+        if self.fingerprint(_stat_key(path, st)) in self.unchanged:
             self.counters["unchanged"] += 1
-            self.emit(path, st, "same")
+            self.compact(path)
             return
-        if known is not None and known[4] and st.st_size >= LARGE_FILE:
-            self.emit(path, st, "blocks", last=True)
-            self.send_blocks(path, known[4])
+        had_parent = path_key[:4] in self.known_paths
+        if not had_parent and not self.bloom.size:
+            # New, and the pool has no digest to compare with: send at once.
+            self.emit(path, st, "data", last=True)
+            self.send_content(path, want_blocks=st.st_size >= LARGE_FILE)
             return
         try:
-            digest = self.digest(path)
+            digest, blocks = self.digest(path, want_blocks=st.st_size >= LARGE_FILE)
         except OSError as error:
             self.emit_error(path, "cannot read: %s" % error.strerror)
+            return
+        if had_parent:
+            self.counters["digests"] += 1
+            extra = {"digest": digest.hex()}
+            if blocks is not None:
+                extra["blocks"] = base64.b64encode(b"".join(blocks)).decode()
+                known = self.large.get(path, b"")
+                extra["changed_blocks"] = [
+                    i for i, block in enumerate(blocks) if known[16 * i : 16 * i + 16] != block
+                ]
+            self.emit(path, st, "changed", extra=extra)
             return
         if self.bloom.may_contain(digest):
             self.counters["digests"] += 1
@@ -336,17 +359,32 @@ class Helper(object):
         self.emit(path, st, "data", last=True)
         self.send_content(path, want_blocks=st.st_size >= LARGE_FILE)
 
+    def compact(self, path):
+        """An entry unchanged since the parent snapshot: its path alone (the server
+        copies the parent's entry)."""
+        self.batch.append([path])
+        self.batch_bytes += 8 + len(path)
+        if self.batch_bytes >= 64 * 1024:
+            self.flush_entries()
+
+    def fingerprint(self, data):
+        return hashlib.blake2b(data, key=self.key, digest_size=8).digest()
+
     # --- file content --------------------------------------------------------------------
 
-    def digest(self, path):
+    def digest(self, path, want_blocks=False):
+        """The whole-file digest, and the 1 MiB block hashes of a large file."""
         whole = hashlib.blake2b(key=self.key, digest_size=32)
+        blocks = [] if want_blocks else None  # type: list | None
         with open(path, "rb", buffering=0) as handle:
             while True:
                 data = handle.read(BLOCK_SIZE)
                 if not data:
                     break
                 whole.update(data)
-        return whole.digest()
+                if blocks is not None:
+                    blocks.append(hashlib.blake2b(data, key=self.key, digest_size=16).digest())
+        return whole.digest(), blocks
 
     def send_content(self, path, want_blocks):
         """The whole file in DATA frames, then END with its digest (and block hashes)."""
@@ -384,32 +422,46 @@ class Helper(object):
             },
         )
 
-    def send_blocks(self, path, known_blocks):
-        """A large file changed in place: only the blocks whose hash differs from the
-        parent's (or beyond its end) are sent; the server has the others."""
-        known = base64.b64decode(known_blocks)
-        whole = hashlib.blake2b(key=self.key, digest_size=32)
-        blocks = []
-        size = 0
-        compress = self.compress_level > 0
+    def fetch(self, path):
+        """A file the server needs whole: its entry again (stat now), then its content."""
         try:
+            st = os.lstat(path)
+        except OSError as error:
+            self.channel.send_json(
+                START, self.error_entry(path, "cannot stat: %s" % error.strerror)
+            )
+            return
+        self.channel.send_json(START, self.entry(path, st, "data"))
+        self.send_content(path, want_blocks=st.st_size >= LARGE_FILE)
+
+    def delta(self, path, old_size, ranges):
+        """A changed file: only the blocks that differ from the old version's hashes (the
+        server computed them from its copy), and what lies beyond its old end. The whole
+        file is read, for the digest that proves the server's reconstruction."""
+        try:
+            st = os.lstat(path)
             handle = open(path, "rb", buffering=0)
         except OSError as error:
-            self.channel.send_json(END, {"error": "cannot read: %s" % error.strerror})
+            self.channel.send_json(
+                START, self.error_entry(path, "cannot read: %s" % error.strerror)
+            )
             return
+        self.channel.send_json(START, self.entry(path, st, "delta"))
+        whole = hashlib.blake2b(key=self.key, digest_size=32)
+        blocks = [] if st.st_size >= LARGE_FILE else None  # type: list | None
+        compress = self.compress_level > 0
+        wanted = sorted((int(o), int(n), int(b), base64.b64decode(h)) for o, n, b, h in ranges)
+        position = 0
         try:
-            index = 0
             while True:
                 data = handle.read(BLOCK_SIZE)
                 if not data:
                     break
                 whole.update(data)
-                digest = hashlib.blake2b(data, key=self.key, digest_size=16).digest()
-                blocks.append(digest)
-                if known[16 * index : 16 * index + 16] != digest:
-                    compress = self.send_data(BLOCK, struct.pack(">Q", size), data, compress)
-                size += len(data)
-                index += 1
+                if blocks is not None:
+                    blocks.append(hashlib.blake2b(data, key=self.key, digest_size=16).digest())
+                compress = self.send_changed(position, data, old_size, wanted, compress)
+                position += len(data)
         except OSError as error:
             self.channel.send_json(END, {"error": "read error: %s" % error.strerror})
             return
@@ -419,11 +471,46 @@ class Helper(object):
         self.channel.send_json(
             END,
             {
-                "size": size,
+                "size": position,
                 "digest": whole.hexdigest(),
-                "blocks": base64.b64encode(b"".join(blocks)).decode(),
+                "blocks": base64.b64encode(b"".join(blocks)).decode()
+                if blocks is not None
+                else None,
             },
         )
+
+    def send_changed(self, position, data, old_size, wanted, compress):
+        """Of ``data`` (the file's bytes at ``position``; reads are 1 MiB and the ranges
+        1 MiB-aligned, so no sub-block spans two reads), send what the server lacks:
+        sub-blocks of the wanted ranges whose hash differs, and anything past the old end.
+        Adjacent pieces go in one frame."""
+        pieces = []
+        end = position + len(data)
+        for offset, length, block, hashes in wanted:
+            low, high = max(offset, position), min(offset + length, end, old_size)
+            cursor = low
+            while cursor < high:
+                index = (cursor - offset) // block
+                piece_end = min(offset + (index + 1) * block, high)
+                piece = data[cursor - position : piece_end - position]
+                if (
+                    hashes[8 * index : 8 * index + 8]
+                    != hashlib.blake2b(piece, key=self.key, digest_size=8).digest()
+                ):
+                    pieces.append((cursor, piece_end))
+                cursor = piece_end
+        if end > old_size:
+            pieces.append((max(position, old_size), end))
+        merged = []  # type: list
+        for start, stop in sorted(pieces):
+            if merged and merged[-1][1] == start:
+                merged[-1][1] = stop
+            else:
+                merged.append([start, stop])
+        for start, stop in merged:
+            chunk = data[start - position : stop - position]
+            compress = self.send_data(BLOCK, struct.pack(">Q", start), chunk, compress)
+        return compress
 
     def send_data(self, kind, prefix, data, compress):
         """One frame of file bytes, zlib-compressed unless that does not pay; returns
@@ -439,7 +526,15 @@ class Helper(object):
 
     # --- entries -------------------------------------------------------------------------
 
-    def emit(self, path, st, state, last=False):
+    def emit(self, path, st, state, last=False, extra=None):
+        self.batch.append(self.entry(path, st, state, extra))
+        self.batch_bytes += 80 + len(path)
+        # An entry whose content follows ends its batch, so the server reads the entries
+        # and then that content, in the order they were written.
+        if last or self.batch_bytes >= 64 * 1024:
+            self.flush_entries()
+
+    def entry(self, path, st, state, extra=None):
         mode = st.st_mode
         entry = [
             path,
@@ -467,25 +562,23 @@ class Helper(object):
                 self.counters["errors"] += 1
                 entry[14] = ""
                 entry[16] = "warning:cannot read link: %s" % error.strerror
-        self.batch.append(entry)
-        self.batch_bytes += 80 + len(path)
-        # An entry whose content follows ends its batch, so the server reads the entries
-        # and then that content, in the order they were written.
-        if last or self.batch_bytes >= 64 * 1024:
-            self.flush_entries()
+        if extra is not None:
+            entry.append(extra)
+        return entry
 
     def emit_error(self, path, message):
         self.counters["errors"] += 1
-        self.batch.append(
-            [path, "", 0, 0, 0, "", "", 0, 0, 0, 0, 0, 0, 0, None, None, "error:" + message]
-        )
+        self.batch.append(self.error_entry(path, message))
+
+    def error_entry(self, path, message):
+        return [path, "", 0, 0, 0, "", "", 0, 0, 0, 0, 0, 0, 0, None, None, "error:" + message]
 
     def flush_entries(self):
         if self.batch:
             payload = json.dumps(self.batch, separators=(",", ":")).encode(
                 "utf-8", "surrogateescape"
             )
-            self.channel.send(ENTRIES, zlib.compress(payload, 1))
+            self.channel.send(ENTRIES, zlib.compress(payload, 6))
             self.batch = []
             self.batch_bytes = 0
 
@@ -510,6 +603,17 @@ class Helper(object):
                 continue
             values[attribute] = base64.b64encode(value).decode()
         return values or None
+
+
+def _stat_key(path, st):
+    """What the parent fingerprint covers: the path and the stat data that any change of
+    content or metadata alters (ctime changes with mode, owner and xattrs too)."""
+    size = st.st_size if stat.S_ISREG(st.st_mode) else 0  # a directory's size says nothing
+    return (
+        path.encode("utf-8", "surrogateescape")
+        + b"\0"
+        + struct.pack(">QQQQ", size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    )
 
 
 def _kind(mode):

@@ -18,6 +18,7 @@ defaults.
 from __future__ import annotations
 
 import asyncio
+import queue
 import shlex
 import struct
 import threading
@@ -232,13 +233,39 @@ class NoPython(RemoteError):
 
 
 class HelperProcess:
-    """The helper on the host: frames in and out, every byte counted."""
+    """The helper on the host: frames in and out, every byte counted.
+
+    A reader task on the host's event loop reads frames as they arrive into a queue, so
+    the receiving thread takes them without a round trip through the loop each (that
+    hand-off cost ~0.1 ms per frame, most of an incremental pull of small files)."""
+
+    QUEUED_FRAMES = 256  # read ahead, bounded: a slow consumer holds the helper back
 
     def __init__(self, remote: Remote, process: Any) -> None:
         self.remote = remote
         self.process = process
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.frames: queue.Queue[tuple[bytes, bytes] | BaseException] = queue.Queue(
+            self.QUEUED_FRAMES
+        )
+        self.reader: asyncio.Future[None] | None = None
+
+    def start_reading(self) -> None:
+        self.reader = asyncio.run_coroutine_threadsafe(self._read_frames(), self.remote.loop)  # type: ignore[assignment]
+
+    async def _read_frames(self) -> None:
+        while True:
+            try:
+                item: tuple[bytes, bytes] | BaseException = await self._recv()
+            except BaseException as error:  # handed to the consumer, which raises it
+                item = error
+            try:
+                self.frames.put_nowait(item)
+            except queue.Full:
+                await asyncio.to_thread(self.frames.put, item)
+            if isinstance(item, BaseException):
+                return
 
     def send(self, kind: bytes, payload: bytes = b"") -> None:
         self.remote.run(self._send(kind, payload))
@@ -252,7 +279,13 @@ class HelperProcess:
         self.bytes_sent += 5 + len(payload)
 
     def recv(self) -> tuple[bytes, bytes]:
-        return self.remote.run(self._recv())
+        if self.reader is None:
+            return self.remote.run(self._recv())
+        item = self.frames.get()
+        if isinstance(item, BaseException):
+            self.frames.put(item)  # every later recv fails the same way
+            raise item
+        return item
 
     async def _recv(self) -> tuple[bytes, bytes]:
         try:

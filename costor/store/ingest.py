@@ -6,16 +6,18 @@ a directory before its children — the order the local archiver walks in — an
 entry per file, directory, link or device with its stat data and a *state* saying what
 it knows of a regular file's content:
 
-``same``
-    stat data equal to the parent snapshot's: the parent's content is reused;
+``[path]`` (an entry of one element)
+    path and stat data equal to the parent snapshot's (unchanged ctime: unchanged
+    metadata too): the parent's node is reused as it is;
 ``digest:HEX``
     a whole-file digest (keyed BLAKE2b, :meth:`Pool.transfer_key`) that may already be
     in the pool: looked up in a :class:`DigestIndex`; a miss is fetched later;
+``changed`` (with ``{"digest", "blocks", "changed_blocks"}``)
+    a file that was in the parent and changed: known digest → reused; otherwise its
+    content is fetched later as a *delta* against the parent's version (:meth:`missing`,
+    :meth:`delta_request`): only blocks whose hash differs are sent;
 ``data``
     the content follows (:meth:`Ingest.content`);
-``blocks``
-    a large file changed in place: only changed blocks follow
-    (:meth:`Ingest.blocks`), the rest is read back from the parent's version in the pool;
 ``link:PATH``
     another name of a file already sent in this walk;
 ``error:MESSAGE``
@@ -33,13 +35,14 @@ pool of worker threads of its own.
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import os
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from costor.errors import BackupError
@@ -51,7 +54,8 @@ from costor.store.snapshot import Snapshot
 from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
 
 KINDS = {"f": FILE, "d": DIR, "l": SYMLINK, "p": FIFO, "c": CHARDEV, "b": BLOCKDEV, "s": SOCKET}
-BLOCK_SIZE = 1024 * 1024  # the producer's block size (costor/remote/helper.py)
+BLOCK_SIZE = 1024 * 1024  # the producer's read and block size (costor/remote/helper.py)
+LARGE_FILE = 64 * 1024 * 1024  # from this size the producer keeps 1 MiB block hashes
 # Content is cut when this much is buffered: more than FastCDC's largest chunk, so
 # every chunk but the last in the buffer ends where it would in a stream.
 CUT_WINDOW = 32 * 1024 * 1024
@@ -98,6 +102,17 @@ class _Waiting:
     directory: _Dir
     node: Node
     links: list[tuple[_Dir, Node]] = field(default_factory=list)
+    base: Node | None = None  # the parent's version: fetched as a delta against it
+    changed_blocks: list[int] | None = None  # of a large file: its changed 1 MiB blocks
+    inline: bool = False  # its content follows in the walk
+
+
+@dataclass(frozen=True)
+class Missing:
+    """What the walk left to fetch: whole files, and files to fetch as deltas."""
+
+    whole: list[str]
+    delta: list[str]
 
 
 class Ingest:
@@ -144,6 +159,7 @@ class Ingest:
         self._futures: list[Future[None]] = []
         self._chunker = pool.make_chunker()
         self._done = False
+        self.retry: list[str] = []  # deltas to fetch whole after all (see ContentSink)
 
     # --- what the producer is told first -------------------------------------------------
 
@@ -155,7 +171,7 @@ class Ingest:
         for path, node in self.pool.walk(bytes.fromhex(self.parent.tree)):
             if node.type != FILE:
                 continue
-            blocks = self.index.blocks(node.content) if node.size >= BLOCK_SIZE * 64 else None
+            blocks = self.index.blocks(node.content) if node.size >= LARGE_FILE else None
             yield ParentFile(
                 os.fsdecode(b"/" + path.lstrip(b"/")),
                 node.size,
@@ -169,7 +185,10 @@ class Ingest:
 
     def entry(self, item: list[Any]) -> str:
         """Take one entry; returns its state, so the caller knows what follows it."""
-        path, state = item[0], item[16]
+        path = item[0]
+        if len(item) == 1:
+            return self._unchanged(path)
+        state = item[16]
         if state.startswith("error:"):
             self._fail(path, state[len("error:") :])
             return "error"
@@ -198,8 +217,11 @@ class Ingest:
             self.progress.advance(files=1)
             return ""
         self.counters["bytes_processed"] += node.size
-        if state == "same" and previous is not None and self._reusable(previous):
-            node.content = previous.content
+        base = previous if previous is not None and self._reusable(previous) else None
+        if state == "same" and base is not None:
+            # Unchanged by the producer's own rule (SFTP: size and mtime): the parent's
+            # content, with the metadata seen now.
+            node.content = base.content
             self.counters["files_unmodified"] += 1
             self._resolved[path] = node
             self.progress.advance(files=1, size=node.size)
@@ -214,49 +236,141 @@ class Ingest:
                 )
                 self.counters[kind] += 1
                 return "link"
-        self.counters["files_changed" if previous is not None else "files_new"] += 1
-        if state.startswith("link:"):
-            if first in self._resolved:
-                node.content = self._resolved[first].content
-            elif first in self._waiting:
+            self.counters["files_changed" if previous is not None else "files_new"] += 1
+            if first in self._waiting:
                 directory.pending += 1
                 self._waiting[first].links.append((directory, node))
             else:
                 self._fail(path, f"hard link to {first}, which is not in the backup")
                 directory.nodes.remove(node)
             return "link"
+        self.counters["files_changed" if previous is not None else "files_new"] += 1
+        digest = None
         if state.startswith("digest:"):
-            found = self.index.lookup(bytes.fromhex(state[len("digest:") :]))
+            digest = state[len("digest:") :]
+        elif state == "changed":
+            digest = item[17]["digest"]
+        if digest is not None:
+            found = self.index.lookup(bytes.fromhex(digest))
             if found is not None and all(blob in self.pool.index for blob in found[0]):
                 node.content, node.size = found
                 self.counters["files_deduplicated"] += 1
                 self._resolved[path] = node
                 self.progress.advance(files=1, size=node.size)
                 return "deduplicated"
-        # Content follows at once ("data", "blocks"), or is fetched after the walk (a
-        # digest the pool lacks, a "same" whose blobs are gone): it waits until then.
+        # Content follows at once ("data"), or is fetched after the walk: whole, or as
+        # a delta against the parent's version when there is one to compare with.
         directory.pending += 1
-        self._waiting[path] = _Waiting(directory, node)
-        return "wait" if state not in ("data", "blocks") else state
+        waiting = _Waiting(directory, node, inline=state == "data")
+        if base is not None and state != "data" and base.size:
+            waiting.base = base
+            if state == "changed" and "changed_blocks" in item[17]:
+                waiting.changed_blocks = [int(i) for i in item[17]["changed_blocks"]]
+        self._waiting[path] = waiting
+        return "data" if state == "data" else "wait"
 
-    def missing(self) -> list[str]:
-        """Files whose content must still be sent (after the walk): the caller fetches
-        them and passes each to :meth:`content`."""
-        return sorted(self._waiting)
+    def _unchanged(self, path: str) -> str:
+        """A file the producer found unchanged: the parent's node, as it was."""
+        parent_path, name = os.path.split(path)
+        self._close_until(parent_path)
+        directory = self._stack[-1]
+        previous = directory.previous.get(os.fsencode(name))
+        if previous is not None and self._reusable(previous):
+            node = replace(previous)
+            directory.nodes.append(node)
+            self.counters["files_unmodified"] += 1
+            self.counters["bytes_processed"] += node.size
+            self._resolved[path] = node
+            self.progress.advance(files=1, size=node.size)
+            return "same"
+        # Its blobs are gone (pruned, damaged): fetch it whole; the fetched entry brings
+        # its stat data.
+        node = Node(name=os.fsencode(name), type=FILE)
+        directory.nodes.append(node)
+        directory.pending += 1
+        self.counters["files_changed"] += 1
+        self._waiting[path] = _Waiting(directory, node)
+        return "wait"
+
+    def missing(self) -> Missing:
+        """Files whose content must still be sent, after the walk: whole, or as deltas
+        (:meth:`delta_request`). Each arrives with a fresh entry (:meth:`restart`)."""
+        whole: list[str] = []
+        delta: list[str] = []
+        for path, waiting in sorted(self._waiting.items()):
+            if waiting.inline:
+                continue
+            (delta if waiting.base is not None else whole).append(path)
+        return Missing(whole, delta)
+
+    def delta_request(self, path: str) -> list[Any]:
+        """``[path, old_size, ranges]`` for the producer: hashes of the parent version's
+        blocks in each range (``[offset, length, block size, base64 8-byte hashes]``);
+        the producer sends the blocks whose hash differs and anything past the old end.
+
+        A large file whose changed 1 MiB blocks are known: those blocks, in 4 KiB pieces.
+        Otherwise the whole old file, in blocks of about the square root of its size
+        (rsync's rule; powers of two from 512 B to 64 KiB, so that none spans the
+        producer's 1 MiB reads)."""
+        waiting = self._waiting[path]
+        base = waiting.base
+        assert base is not None
+        reader = RandomReader(self.pool, base.content)
+        ranges: list[list[Any]] = []
+        if waiting.changed_blocks is not None and base.size >= LARGE_FILE:
+            wanted = [
+                (i * BLOCK_SIZE, min(BLOCK_SIZE, base.size - i * BLOCK_SIZE), 4096)
+                for i in waiting.changed_blocks
+                if i * BLOCK_SIZE < base.size
+            ]
+        else:
+            block = 512
+            while block * block < base.size and block < 65536:
+                block *= 2
+            wanted = [(0, base.size, block)]
+        for offset, length, block in wanted:
+            data = reader.read(offset, length)
+            hashes = b"".join(
+                hashlib.blake2b(data[i : i + block], key=self.key, digest_size=8).digest()
+                for i in range(0, len(data), block)
+            )
+            ranges.append([offset, length, block, base64.b64encode(hashes).decode()])
+        return [path, base.size, ranges]
+
+    def restart(self, item: list[Any]) -> ContentSink | None:
+        """A fetched file's fresh entry: its node takes the stat data; returns the sink
+        its content goes to (None: it could not be read, reported)."""
+        path, state = item[0], item[16]
+        waiting = self._waiting[path]
+        if state.startswith("error:"):
+            self._fail(path, state[len("error:") :])
+            self._resolve(path, None, 0)
+            return None
+        fresh = self._node(item, waiting.node.name)
+        for key in (
+            "mode",
+            "uid",
+            "gid",
+            "user",
+            "group",
+            "mtime_ns",
+            "ctime_ns",
+            "size",
+            "inode",
+            "device",
+            "links",
+            "xattrs",
+        ):
+            setattr(waiting.node, key, getattr(fresh, key))
+        if state == "delta" and waiting.base is not None:
+            return ContentSink(self, path, base=waiting.base.content)
+        return ContentSink(self, path, base=None)
 
     # --- content -------------------------------------------------------------------------
 
     def content(self, path: str) -> ContentSink:
         """A sink for the whole content of ``path``, which is waiting for it."""
         return ContentSink(self, path, base=None)
-
-    def blocks(self, path: str) -> ContentSink:
-        """A sink for the changed blocks of ``path``; the rest comes from the parent's
-        version of the file, read back from the pool."""
-        waiting = self._waiting[path]
-        previous = waiting.directory.previous.get(waiting.node.name)
-        base = previous.content if previous is not None and previous.type == FILE else []
-        return ContentSink(self, path, base=base)
 
     def _resolve(self, path: str, content: list[bytes] | None, size: int) -> None:
         waiting = self._waiting.pop(path)
@@ -456,6 +570,12 @@ class ContentSink:
             self._feed_base(size - self.cursor)
         self._cut(final=True)
         if self.size != size or self.digest.hexdigest() != end.get("digest"):
+            if self.base is not None:
+                # A delta that does not rebuild the host's file (it changed meanwhile):
+                # fetch it whole instead.
+                ingest._waiting[self.path].base = None
+                ingest.retry.append(self.path)
+                return
             ingest._fail(self.path, "content did not match the host's digest; not stored")
             ingest._resolve(self.path, None, 0)
             return
@@ -542,6 +662,32 @@ class _BaseReader:
             step = min(count, len(self.current))
             self.current = self.current[step:]
             count -= step
+
+
+class RandomReader:
+    """Bytes at any offset of content stored as blobs (their sizes from the index)."""
+
+    def __init__(self, pool: Pool, content: list[bytes]) -> None:
+        self.pool = pool
+        self.content = content
+        self.starts: list[int] = []
+        position = 0
+        for blob in content:
+            self.starts.append(position)
+            position += pool.locate(blob).raw_length
+        self.size = position
+
+    def read(self, offset: int, length: int) -> bytes:
+        parts = []
+        end = min(offset + length, self.size)
+        index = max(bisect.bisect_right(self.starts, offset) - 1, 0)
+        while offset < end and index < len(self.content):
+            data = self.pool.read_blob(self.content[index])
+            start = self.starts[index]
+            parts.append(data[max(offset - start, 0) : end - start])
+            offset = start + len(data)
+            index += 1
+        return b"".join(parts)
 
 
 def _rfc3339_now() -> str:

@@ -442,9 +442,9 @@ def main() -> None:
             "date": _dt.date.today().isoformat(),
             "cpu": next(
                 (
-                    l.split(":", 1)[1].strip()
-                    for l in Path("/proc/cpuinfo").read_text().splitlines()
-                    if l.startswith("model name")
+                    line.split(":", 1)[1].strip()
+                    for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")
                 ),
                 platform.processor(),
             ),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from costor.errors import BackupError, HookFailed, RemoteError
@@ -192,7 +193,8 @@ def _with_helper(
         progress=progress,
     )
     try:
-        _send_parent(helper, ingest)
+        cache = _cache_dir(ctx, pool, client)
+        _send_parent(helper, ingest, cache)
         helper.send(protocol.BLOOM, bloom_filter(index.digests()))
         helper.send(protocol.WALK)
         _read_walk(helper, ingest)
@@ -211,6 +213,7 @@ def _with_helper(
     except BaseException:
         ingest.abort()
         raise
+    _write_cache(cache, ingest, snapshot.id)
     errors = list(ingest.errors)
     for hook in hooks:
         if hook["phase"] == "after" and hook["rc"] != 0:
@@ -224,36 +227,81 @@ def _with_helper(
     return PullOutcome(snapshot, errors, hooks, "helper")
 
 
-def _send_parent(helper: HelperProcess, ingest: Ingest) -> None:
-    """The parent's files as fingerprints (the helper recognises unchanged files without
-    their paths being sent: 12 bytes a file), and block hashes of its large files."""
+def _send_parent(helper: HelperProcess, ingest: Ingest, cache: Path | None) -> None:
+    """The parent's files and directories as fingerprints (the helper recognises what
+    did not change without its paths being sent: 12 bytes an entry), and block hashes
+    of its large files. From the cache the previous pull left, or by walking the
+    parent's trees."""
     import base64
-    import hashlib
-    import struct
 
     from costor.remote import helper as protocol
+    from costor.store.ingest import fingerprint
 
-    key = ingest.key
-    fingerprints = bytearray()
-    large: list[list[str]] = []
-    for item in ingest.parent_files():
-        path = item.path.encode("utf-8", "surrogateescape")
-        stat_key = (
-            path + b"\0" + struct.pack(">QQQQ", item.size, item.mtime_ns, item.ctime_ns, item.inode)
-        )
-        fingerprints += hashlib.blake2b(path, key=key, digest_size=8).digest()[:4]
-        fingerprints += hashlib.blake2b(stat_key, key=key, digest_size=8).digest()
-        if item.blocks:
-            large.append([item.path, base64.b64encode(item.blocks).decode()])
-        if len(fingerprints) >= 12 * PARENT_BATCH:
-            helper.send(protocol.PARENT, bytes(fingerprints))
-            fingerprints = bytearray()
-    if fingerprints:
-        helper.send(protocol.PARENT, bytes(fingerprints))
+    if ingest.parent is None:
+        return
+    cached = _read_cache(cache, ingest.parent.id)
+    if cached is not None:
+        fingerprints, large = cached
+    else:
+        built, large = bytearray(), []
+        for item in ingest.parent_files():
+            raw = item.path.encode("utf-8", "surrogateescape")
+            built += fingerprint(
+                ingest.key, raw, item.size, item.mtime_ns, item.ctime_ns, item.inode
+            )
+            if item.blocks:
+                large.append([item.path, base64.b64encode(item.blocks).decode()])
+        fingerprints = bytes(built)
+    for start in range(0, len(fingerprints), 12 * PARENT_BATCH):
+        helper.send(protocol.PARENT, fingerprints[start : start + 12 * PARENT_BATCH])
     for start in range(0, len(large), 100):
         helper.send(
             protocol.PARENT_LARGE, zlib.compress(json.dumps(large[start : start + 100]).encode())
         )
+
+
+def _cache_dir(ctx: Context, pool: Pool, client: ClientConfig) -> Path:
+    return Path(ctx.inventory.costor.state_dir) / "cache" / pool.uuid / client.name
+
+
+def _read_cache(cache: Path | None, snapshot_id: str) -> tuple[bytes, list[list[str]]] | None:
+    """The fingerprints a pull saved for ``snapshot_id`` (a cache: any doubt, None)."""
+    if cache is None:
+        return None
+    try:
+        fingerprints = (cache / f"{snapshot_id}.fp").read_bytes()
+        large = json.loads((cache / f"{snapshot_id}.large.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if len(fingerprints) % 12:
+        return None
+    return fingerprints, large
+
+
+def _write_cache(cache: Path, ingest: Ingest, snapshot_id: str) -> None:
+    """Keep this snapshot's fingerprints for the next pull; older ones go. Large files'
+    block hashes come from this pull or, for unchanged ones, the parent's cache."""
+    import base64
+    import os
+
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        large = {p: base64.b64encode(b).decode() for p, b in ingest.large_blocks.items()}
+        if ingest.parent is not None:
+            previous = _read_cache(cache, ingest.parent.id)
+            for path, blocks in previous[1] if previous else []:
+                large.setdefault(path, blocks)
+        for old in cache.iterdir():
+            old.unlink()
+        for name, data in (
+            (f"{snapshot_id}.large.json", json.dumps(sorted(large.items())).encode()),
+            (f"{snapshot_id}.fp", bytes(ingest.fingerprints)),
+        ):
+            temporary = cache / f".{name}.tmp"
+            temporary.write_bytes(data)
+            os.replace(temporary, cache / name)
+    except OSError:
+        pass  # a cache: the next pull walks the tree instead
 
 
 def _read_walk(helper: HelperProcess, ingest: Ingest) -> None:

@@ -38,6 +38,7 @@ import base64
 import bisect
 import hashlib
 import os
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -160,16 +161,21 @@ class Ingest:
         self._chunker = pool.make_chunker()
         self._done = False
         self.retry: list[str] = []  # deltas to fetch whole after all (see ContentSink)
+        # This snapshot's fingerprints (4-byte path | 8-byte path and stat), for the next
+        # pull's producer: kept by the caller so that it need not walk this tree again.
+        self.fingerprints = bytearray()
+        self.large_blocks: dict[str, bytes] = {}  # path -> block hashes of large files
 
     # --- what the producer is told first -------------------------------------------------
 
     def parent_files(self) -> Iterator[ParentFile]:
-        """Every regular file of the parent snapshot with its stat data (and block hashes
-        of large files), for the producer to recognise what did not change."""
+        """Every regular file and directory of the parent snapshot with its stat data
+        (and block hashes of large files), for the producer to recognise what did not
+        change."""
         if self.parent is None:
             return
         for path, node in self.pool.walk(bytes.fromhex(self.parent.tree)):
-            if node.type != FILE:
+            if node.type not in (FILE, DIR):
                 continue
             blocks = self.index.blocks(node.content) if node.size >= LARGE_FILE else None
             yield ParentFile(
@@ -202,6 +208,8 @@ class Ingest:
         if state.startswith("warning:"):
             self._fail(path, state[len("warning:") :], count=False)
         previous = directory.previous.get(node.name)
+        if node.type in (FILE, DIR):
+            self._fingerprint(path, node)
         if node.type == DIR:
             if self._inside_paths(path):  # not the directories leading to them
                 self.counters["dirs"] += 1
@@ -270,13 +278,26 @@ class Ingest:
         return "data" if state == "data" else "wait"
 
     def _unchanged(self, path: str) -> str:
-        """A file the producer found unchanged: the parent's node, as it was."""
+        """An entry the producer found unchanged: the parent's node, as it was."""
         parent_path, name = os.path.split(path)
         self._close_until(parent_path)
         directory = self._stack[-1]
         previous = directory.previous.get(os.fsencode(name))
+        if previous is not None and previous.type == DIR:
+            node = replace(previous, subtree=None)
+            self._fingerprint(path, node)
+            if self._inside_paths(path):
+                self.counters["dirs"] += 1
+            directory.nodes.append(node)
+            directory.pending += 1
+            child = _Dir(path, node, directory)
+            if previous.subtree:
+                self._load_previous(child, previous.subtree)
+            self._stack.append(child)
+            return ""
         if previous is not None and self._reusable(previous):
             node = replace(previous)
+            self._fingerprint(path, node)
             directory.nodes.append(node)
             self.counters["files_unmodified"] += 1
             self.counters["bytes_processed"] += node.size
@@ -494,6 +515,13 @@ class Ingest:
 
     # --- helpers -----------------------------------------------------------------------
 
+    def _fingerprint(self, path: str, node: Node) -> None:
+        raw = path.encode("utf-8", "surrogateescape")
+        size = node.size if node.type == FILE else 0
+        self.fingerprints += fingerprint(
+            self.key, raw, size, node.mtime_ns, node.ctime_ns, node.inode
+        )
+
     def _inside_paths(self, path: str) -> bool:
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.paths)
 
@@ -581,6 +609,8 @@ class ContentSink:
             return
         blocks = base64.b64decode(end["blocks"]) if end.get("blocks") else None
         ingest.index.record(self.digest.digest(), self.content, size, blocks)
+        if blocks:
+            ingest.large_blocks[self.path] = blocks
         ingest.counters["bytes_read"] += size
         ingest._check_workers()
         ingest._resolve(self.path, self.content, size)
@@ -662,6 +692,18 @@ class _BaseReader:
             step = min(count, len(self.current))
             self.current = self.current[step:]
             count -= step
+
+
+def fingerprint(
+    key: bytes, path: bytes, size: int, mtime_ns: int, ctime_ns: int, inode: int
+) -> bytes:
+    """The producer's view of an entry (costor/remote/helper.py ``_stat_key``): a 4-byte
+    keyed hash of its path and an 8-byte one of path and stat data."""
+    stat_key = path + b"\0" + struct.pack(">QQQQ", size, mtime_ns, ctime_ns, inode)
+    return (
+        hashlib.blake2b(path, key=key, digest_size=8).digest()[:4]
+        + hashlib.blake2b(stat_key, key=key, digest_size=8).digest()
+    )
 
 
 class RandomReader:

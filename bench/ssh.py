@@ -48,6 +48,16 @@ import run as local_bench  # noqa: E402  (the generator of bench/run.py)
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 CIPHER = "aes128-gcm@openssh.com"
+# Both tools log in as this user (created if missing, shell /bin/sh), as docs/ssh.md
+# recommends: a dedicated account, not root, whose shell starts in milliseconds (root's
+# login here sources pyenv, ~0.23 s a session, which both tools would pay).
+USER = "costorbench"
+
+
+def ensure_user() -> None:
+    if subprocess.run(["id", USER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--system", "-m", "-s", "/bin/sh", USER], check=True)
+    subprocess.run(["usermod", "-p", "*", USER], check=True)  # key logins only
 
 
 def log(message: str) -> None:
@@ -81,6 +91,10 @@ class Relay:
             except OSError:
                 return
             upstream = socket.create_connection(self.target)
+            # No Nagle: the relay must not add the 40 ms stalls of Nagle + delayed ACK
+            # to every small request/response exchange (both tools' own sockets set it).
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -136,8 +150,11 @@ def start_sshd(work: Path) -> tuple[subprocess.Popen[bytes], int, Path, Path]:
         )
     )
     Path("/run/sshd").mkdir(exist_ok=True)
+    keys.chmod(0o755)
+    (keys / "authorized_keys").chmod(0o644)
     process = subprocess.Popen(
-        ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL
+        ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+        stderr=open(work / "sshd.log", "ab"),  # noqa: SIM115  (sshd keeps it)
     )
     for _ in range(100):
         try:
@@ -170,7 +187,7 @@ class Rsync:
     def pull(self, source: Path, dest: Path) -> float:
         dest.mkdir(parents=True, exist_ok=True)
         return timed(
-            ["rsync", "-a", "--delete", "-e", self.ssh, f"root@127.0.0.1:{source}/", f"{dest}/"]
+            ["rsync", "-a", "--delete", "-e", self.ssh, f"{USER}@127.0.0.1:{source}/", f"{dest}/"]
         )
 
 
@@ -220,7 +237,7 @@ class Costor:
             lines += [f"[clients.{name}]", 'site = "bench"', 'pool = "bench"', 'transport = "ssh"']
             lines += ['host = "127.0.0.1"']
             lines += [
-                f'ssh = {{ user = "root", port = {self.port}, key = {{ file = "{self.key}" }}, python = "/usr/bin/python3" }}'
+                f'ssh = {{ user = "{USER}", port = {self.port}, key = {{ file = "{self.key}" }}, python = "/usr/bin/python3" }}'
             ]
             lines += [f'paths = ["{path}"]', ""]
         (self.work / "inventory.toml").write_text("\n".join(lines))
@@ -369,7 +386,8 @@ def render(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
         f"a {mib(info['image'])} image of random bytes",
         f"- command: `python bench/ssh.py --repeat {len(runs)} --out …`; medians of "
         f"{len(runs)} runs (min–max in brackets); both ends on this machine; bytes = TCP "
-        f"payload through one counting relay, both directions, cipher {CIPHER}",
+        f"payload through one counting relay, both directions, cipher {CIPHER}; both log in "
+        "as a dedicated user with /bin/sh",
         "",
         "| step | rsync -a | CoStor, server process | CoStor, `costor backup` | rsync bytes | CoStor bytes |",
         "|---|---|---|---|---|---|",
@@ -418,6 +436,8 @@ def main() -> None:
         raise SystemExit("needs rsync and openssh-server: apt-get install rsync openssh-server")
     work = args.work or Path(tempfile.mkdtemp(prefix="costor-ssh-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o755)  # the SSH user reads the data below it
+    ensure_user()
     process, port, key, _host_pub = start_sshd(work)
     relay = Relay(port)
     try:
@@ -427,6 +447,7 @@ def main() -> None:
             data = work / "data"
             params = local_bench.generated_params(args.quick)
             local_bench.generate(data, params)
+            subprocess.run(["chmod", "-R", "a+rX", str(data)], check=True)
             image = work / "image" / "disk.img"
             shutil.rmtree(image.parent, ignore_errors=True)
             image.parent.mkdir(parents=True)
@@ -434,6 +455,7 @@ def main() -> None:
             with open(image, "wb") as handle:
                 for _ in range(64 if args.quick else 512):
                     handle.write(rng.randbytes(MIB))
+            image.chmod(0o644)
             info_files = sum(1 for p in data.rglob("*") if p.is_file())
             info_bytes = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
             runs.append(one_run(work / "run", data, image, relay, port, key, seed=100 + repeat))

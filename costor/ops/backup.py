@@ -44,7 +44,6 @@ class BackupOutcome:
 def run_backup(
     ctx: Context, client_name: str, *, progress: Progress | None = None, scan_totals: bool = False
 ) -> BackupOutcome:
-    from costor.store.archiver import Archiver
 
     client = ctx.client_config(client_name)
     if client.transport not in ("local", "ssh"):
@@ -56,15 +55,39 @@ def run_backup(
         from costor.ops.pull import Connection
 
         connection = Connection(ctx, client)  # connects while the pool is opened
+    lease = None
     try:
-        pool = ctx.open_pool(client.pool)
+        pool = ctx.open_pool(client.pool, load_index=False)
+        # The lease before the index: a prune that condemns packs from now on waits for
+        # this backup, and packs it condemned before are not reused (store/leases.py).
+        lease = pool.lease("backup")
+        pool.load_index()
         adopted = pool.adopt_orphan_packs()
         # A renamed client's parent may carry its earlier name ([[moved]]).
         previous = pool.list_snapshots(ctx.client_names(client_name))
     except BaseException:
         if connection is not None:
             connection.close()
+        if lease is not None:
+            lease.release()
         raise
+    with lease:  # released after the snapshot is stored (or the backup failed)
+        return _run(ctx, client, pool, previous, adopted, connection, progress, scan_totals)
+
+
+def _run(
+    ctx: Context,
+    client: Any,
+    pool: Any,
+    previous: list[Any],
+    adopted: int,
+    connection: Any,
+    progress: Progress | None,
+    scan_totals: bool,
+) -> BackupOutcome:
+    from costor.store.archiver import Archiver
+
+    client_name = client.name
     parent = previous[-1] if previous else None
     written: dict[str, int] = {}
     pool.on_pack_written = written.__setitem__

@@ -42,7 +42,9 @@ from costor.errors import (
 )
 from costor.store import crypto
 from costor.store.backends.base import Backend
+from costor.store.condemned import CondemnedPack, read_condemned
 from costor.store.index import SEGMENT_AD, BlobLocation, Index, decode_segment, encode_segment
+from costor.store.leases import Lease
 from costor.store.pack import (
     FOOTER,
     BlobCodec,
@@ -246,6 +248,11 @@ class Pool:
         self.codec = BlobCodec(self.sealer, master.id_key, level)
         self.pack_size = identity.pack_size
         self.index = Index()
+        # Packs a prune condemned (costor/store/prune.py): not reused for new writes, but
+        # still read if a snapshot needs a blob only they hold (a backup that began
+        # before they were condemned); ``fallback`` indexes them.
+        self.condemned: dict[str, CondemnedPack] = {}
+        self.fallback = Index()
         self._lock = threading.Lock()
         self._pending: set[bytes] = set()
         self._builders: dict[BlobType, PackBuilder] = {}
@@ -367,9 +374,18 @@ class Pool:
     # --- index --------------------------------------------------------------------
 
     def load_index(self) -> None:
+        """Load every index segment. Packs a prune condemned go to ``fallback``: new
+        writes do not reuse them. A backup takes its lease before calling this (see
+        leases.py for why the order matters)."""
+        self.condemned = read_condemned(self)
         for info in self.backend.list("index/"):
             for pack_id, entries in self.read_segment(info.name).items():
-                self.index.add_pack(pack_id, entries)
+                target = self.fallback if pack_id in self.condemned else self.index
+                target.add_pack(pack_id, entries)
+
+    def lease(self, kind: str = "backup") -> Lease:
+        """Announce a writer (``with pool.lease(): ...``); see leases.py."""
+        return Lease(self, kind)
 
     def read_segment(self, name: str) -> dict[str, list[PackEntry]]:
         data = self.backend.get(name)
@@ -410,10 +426,10 @@ class Pool:
         """Index packs that no segment names (left by a killed backup, or by another
         backup still running): their blobs are reused, and the next segment lists them.
         Packs that cannot be read are left for ``check`` to report."""
-        known = self.index.pack_ids
+        known = self.index.pack_ids | self.fallback.pack_ids
         adopted = 0
         for pack_id, size in self.list_packs().items():
-            if pack_id in known:
+            if pack_id in known or pack_id in self.condemned:
                 continue
             try:
                 entries = self.read_pack_entries(pack_id, size)
@@ -510,7 +526,7 @@ class Pool:
     # --- reading blobs ------------------------------------------------------------
 
     def locate(self, blob_identity: bytes) -> BlobLocation:
-        location = self.index.lookup(blob_identity)
+        location = self.index.lookup(blob_identity) or self.fallback.lookup(blob_identity)
         if location is None:
             raise DataCorruption(
                 pack="(none)", reason=f"blob {blob_identity.hex()} is not in the index"
@@ -523,7 +539,7 @@ class Pool:
             location.pack_id,
             location.offset,
             location.length,
-            self.index.data_end(location.pack_id),
+            self.index.data_end(location.pack_id) or self.fallback.data_end(location.pack_id),
         )
         try:
             return self.codec.open(location.type, blob_identity, sealed, location.raw_length)
@@ -600,6 +616,11 @@ class Pool:
             return Snapshot.from_bytes(self.sealer.open(data, SNAPSHOT_AD), snapshot_id)
         except crypto.AuthenticationFailed as error:
             raise DataCorruption(pack=name, reason=f"snapshot: {error}") from error
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Remove a snapshot manifest (``forget``). Its data stays until ``prune``
+        finds it referenced by no other snapshot."""
+        self.backend.delete(f"snapshots/{snapshot_id}")
 
     def snapshot_ids(self) -> list[str]:
         return [info.name.rsplit("/", 1)[-1] for info in self.backend.list("snapshots/")]

@@ -71,8 +71,20 @@ def run(args: argparse.Namespace) -> int:
                 _confirm(len(plan.pending), json_output=args.json)
         if not plan.pending:
             check_applyable(plan)
+            from costor.ops.schedules import sync_schedules
+
+            # Nothing to change, but schedules still follow the applied inventory (e.g.
+            # after an upgrade that added them).
+            schedules = sync_schedules(ctx.engine, ctx.inventory)
             if args.json:
-                print_json({"applied": [], "changes": 0, "serial": plan.binding.serial})
+                print_json(
+                    {
+                        "applied": [],
+                        "changes": 0,
+                        "serial": plan.binding.serial,
+                        "schedules": schedules,
+                    }
+                )
             elif args.planfile:
                 print("No changes in this plan.")
             return 0

@@ -21,18 +21,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument("--read-data", action="store_true", help="read and verify every pack")
     amount.add_argument(
-        "--read-data-subset", metavar="PCT", help="read a random share of packs, e.g. 5%%"
+        "--read-data-subset",
+        metavar="PCT",
+        help="read a share of the packs, least recently verified first, e.g. 5%%",
     )
     return parser
 
 
-def parse_percentage(text: str) -> float:
+def parse_percentage(text: str, option: str = "--read-data-subset") -> float:
     try:
         value = float(text.strip().removesuffix("%"))
     except ValueError:
-        raise UsageError(message=f"--read-data-subset: {text!r} is not a percentage") from None
+        raise UsageError(message=f"{option}: {text!r} is not a percentage") from None
     if not 0 < value <= 100:
-        raise UsageError(message=f"--read-data-subset: {text!r} must be above 0% and at most 100%")
+        raise UsageError(message=f"{option}: {text!r} must be above 0% and at most 100%")
     return value / 100
 
 

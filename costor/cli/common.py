@@ -47,13 +47,10 @@ def add_lock_option(parser: argparse.ArgumentParser) -> None:
 
 
 def duration(text: str) -> float:
-    """``30``, ``30s``, ``5m``, ``1h`` -> seconds (argparse type)."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    """``30``, ``30s``, ``5m``, ``1h``, ``2d`` -> seconds (argparse type)."""
+    from costor.config.model import duration_seconds
+
     try:
-        value = float(number) * units[unit]
+        return duration_seconds(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s or 5m") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative")
-    return value

@@ -199,6 +199,27 @@ def _cron_schedule(value: str) -> str:
     )
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration_seconds(text: str) -> float:
+    """``"90s"``, ``"30m"``, ``"1h"``, ``"2d"``, ``"1w"`` or plain seconds, as seconds."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"expected a duration like '30m', '1h' or '2d', got {text!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _duration(value: str) -> str:
+    duration_seconds(value)
+    return value.strip()
+
+
+def percentage_fraction(text: str) -> float:
+    return float(text.strip().removesuffix("%")) / 100
+
+
 _PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
 
 
@@ -224,6 +245,7 @@ AbsoluteClientPath = Annotated[StrictStr, AfterValidator(_absolute_client_path)]
 NonEmptyStr = Annotated[StrictStr, AfterValidator(_non_empty)]
 CronSchedule = Annotated[StrictStr, AfterValidator(_cron_schedule)]
 Percentage = Annotated[StrictStr, AfterValidator(_percentage)]
+Duration = Annotated[StrictStr, AfterValidator(_duration)]
 Address = Annotated[StrictStr, AfterValidator(_address)]
 
 
@@ -370,6 +392,18 @@ class RateLimit(_Model):
     per_seconds: Annotated[StrictInt, Field(ge=1)] = 1
 
 
+class PrunePolicy(_Model):
+    """``prune = { ... }`` on a pool: when ``costor serve`` prunes it, and how."""
+
+    schedule: CronSchedule | None = None  # None: only when `costor prune` is run
+    # A pack no snapshot needs is deleted only after it has been unreferenced this long
+    # (and every backup running when it was found has finished).
+    safety_window: Duration = "1h"
+    # Repack a pack once this share of its bytes is no longer needed.
+    repack_threshold: Percentage = "50%"
+    max_repack_mib: Annotated[StrictInt, Field(ge=0)] = 1024  # repack work of one run
+
+
 class PoolConfig(_Model):
     """``[pools.NAME]``: where and how snapshots are stored."""
 
@@ -406,6 +440,8 @@ class PoolConfig(_Model):
     rate_limit: RateLimit | None = None
     # stage packs in state_dir/staging/NAME and upload them in the background
     staging: StrictBool = False
+    # scheduled prune (`costor serve`) and the defaults of `costor prune`
+    prune: PrunePolicy = Field(default_factory=lambda: PrunePolicy())
 
     @classmethod
     def from_recorded(cls, name: str, attributes: dict[str, Any], base_dir: Path) -> PoolConfig:
@@ -569,8 +605,26 @@ class Retention(_Model):
 
 class CheckPolicy(_Model):
     schedule: CronSchedule
-    # Share of pack data to read and verify on each check; None: metadata only.
+    # Share of pack data to read and verify on each check, least recently verified
+    # packs first; None: metadata only.
     read_data_subset: Percentage | None = None
+
+
+class SelfTestPolicy(_Model):
+    """``selftest = { schedule, files }``: restore a random sample of files from the
+    latest snapshot to a scratch area and verify them."""
+
+    schedule: CronSchedule
+    files: Annotated[StrictInt, Field(ge=1, le=10_000)] = 20
+
+
+class NotifyPolicy(_Model):
+    """``notify = { webhook = { env = "…" }, on = ["failure"] }``: a JSON POST per
+    finished job. The URL is a secret (webhook URLs carry their token)."""
+
+    webhook: SecretRef
+    on: tuple[Literal["failure", "success"], ...] = ("failure",)
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
 
 
 class PolicyConfig(_Model):
@@ -580,6 +634,11 @@ class PolicyConfig(_Model):
     schedule: CronSchedule
     retention: Retention | None = None  # None: keep every snapshot
     check: CheckPolicy | None = None
+    selftest: SelfTestPolicy | None = None
+    notify: NotifyPolicy | None = None
+    # How old the latest good backup may be before `status` calls the client late;
+    # None: twice the interval of `schedule`.
+    rpo: Duration | None = None
 
 
 # --- [groups.NAME], [users.NAME] -------------------------------------------------------

@@ -147,3 +147,76 @@ class HostKeyRow(SQLModel, table=True):
     key: str  # OpenSSH public key line
     fingerprint: str
     recorded_at: datetime
+
+
+class JobRow(SQLModel, table=True):
+    """One unit of work for ``costor serve``: a backup, forget, prune, check or
+    self-test. Claimed by one instance (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), run
+    in a child process, retried after a crash; the history is these rows."""
+
+    __tablename__ = "jobs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(index=True)  # backup | forget | prune | check | selftest
+    target: str = Field(index=True)  # a client's name (backup, forget, selftest) or a pool's
+    state: str = Field(index=True)  # queued | running | succeeded | failed | interrupted
+    trigger: str = "manual"  # schedule | manual | retry
+    schedule_key: str | None = None
+    site: str | None = None
+    run_after: datetime = Field(index=True)  # not claimed before this
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    max_attempts: int = 3
+    claimed_by: str | None = None  # instance id
+    heartbeat_at: datetime | None = None
+    pid: int | None = None  # the child process running it
+    params: str = "{}"  # JSON: e.g. {"read_data_subset": "5%"} for a check
+    result: str = "{}"  # JSON: the job's report (counters)
+    error: str | None = None
+    notified: bool = False
+
+
+class ScheduleRow(SQLModel, table=True):
+    """A recurring job derived from the applied inventory (policies' and pools'
+    ``schedule``); rewritten by ``costor apply``. ``next_run`` moves forward by compare-
+    and-set, so among several instances exactly one enqueues each run, and a run missed
+    during downtime is enqueued once, not once per missed slot."""
+
+    __tablename__ = "schedules"
+
+    key: str = Field(primary_key=True)  # e.g. "backup:web1", "prune:hq-disk"
+    kind: str
+    target: str
+    site: str | None = None
+    cron: str
+    params: str = "{}"  # JSON, copied to each job
+    next_run: datetime
+    updated_at: datetime
+
+
+class SiteStateRow(SQLModel, table=True):
+    """Maintenance mode set with ``costor maintenance on|off`` (the inventory's
+    ``maintenance = true`` is the other way in)."""
+
+    __tablename__ = "site_state"
+
+    site: str = Field(primary_key=True)
+    maintenance: bool = False
+    reason: str | None = None
+    changed_at: datetime
+
+
+class InstanceRow(SQLModel, table=True):
+    """A running ``costor serve``: its heartbeat tells the others (and ``status``) it is
+    alive; the jobs of an instance whose heartbeat stopped are taken over."""
+
+    __tablename__ = "instances"
+
+    id: str = Field(primary_key=True)
+    hostname: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    stopping: bool = False

@@ -19,7 +19,7 @@ from sqlmodel import Session, create_engine
 from costor.errors import StateError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 
 def open_engine(url: str, *, upgrade_schema: bool = True) -> Engine:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 class ApplyReport:
     applied: list[ResourceChange] = field(default_factory=list)
     serial: int = 0
+    schedules: dict[str, list[str]] = field(default_factory=dict)  # added/changed/removed
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +60,7 @@ class ApplyReport:
             ],
             "changes": len(self.applied),
             "serial": self.serial,
+            "schedules": self.schedules,
         }
 
 
@@ -147,6 +149,10 @@ def apply_plan(
             )
             raise
         report.applied.append(change)
+    from costor.ops.schedules import sync_schedules
+
+    # Schedules follow what is applied: a removed client's disappears with it.
+    report.schedules = sync_schedules(ctx.engine, ctx.inventory)
     return report
 
 

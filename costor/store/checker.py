@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -59,6 +60,7 @@ class CheckReport:
     trees_checked: int = 0
     unindexed_packs: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    verified: list[str] = field(default_factory=list, repr=False)  # packs read and sound
 
     @property
     def ok(self) -> bool:
@@ -87,7 +89,10 @@ def check(
     subset: float | None = None,
     progress: Progress | None = None,
     seed: int | None = None,
+    order: Callable[[list[str]], list[str]] | None = None,
 ) -> CheckReport:
+    """``order``: for ``subset``, puts the packs in the order to read them (e.g. least
+    recently verified first); the first share is read. Default: a random sample."""
     progress = progress or Progress()
     report = CheckReport(pool=pool.uuid, location=pool.location)
 
@@ -123,13 +128,18 @@ def check(
         candidates = sorted(set(stored) & indexed) + report.unindexed_packs
         if subset is not None and not read_data:
             count = min(len(candidates), max(1, math.ceil(len(candidates) * subset)))
-            candidates = random.Random(seed).sample(candidates, count) if candidates else []
+            if order is not None:
+                candidates = order(candidates)[:count]
+            else:
+                candidates = random.Random(seed).sample(candidates, count) if candidates else []
         total = sum(stored[p] for p in candidates)
         progress.set_total(len(candidates), total)
         for pack_id in candidates:
             problem = _read_pack(pool, pack_id, blobs_by_pack.get(pack_id, set()), report)
             if problem is not None:
                 report.problems.append(problem)
+            else:
+                report.verified.append(pack_id)
             progress.advance(files=1, size=stored[pack_id])
 
     # Tier 1b: snapshots and trees; tier 3: attribution of damaged blobs.

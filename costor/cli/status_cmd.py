@@ -1,0 +1,42 @@
+"""costor status: health per client (last good backup vs RPO, last check, last self-test)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from costor.cli.common import add_inventory_option, add_json_option, context
+from costor.cli.output import print_json
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "status", help="health of every client: backups against RPO, checks, self-tests"
+    )
+    add_inventory_option(parser)
+    add_json_option(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from costor.ops.status import status
+
+    document = status(context(args))
+    if args.json:
+        print_json(document)
+        return 0
+    print(f"health: {document['health']}")
+    for site in document["sites"]:
+        note = "  (maintenance: no new jobs start)" if site["maintenance"] else ""
+        print(f"site {site['site']}: {site['health']}{note}")
+    for client in document["clients"]:
+        last = (client["last_backup"] or "never")[:19].replace("T", " ")
+        print(f"  {client['client']:<20} {client['health']:<8} last backup {last}")
+        for problem in client["problems"]:
+            print(f"      {problem}")
+    jobs = document["jobs"]
+    print(
+        f"jobs: {jobs['queued']} queued, {jobs['running']} running; "
+        f"{len(document['instances'])} serve instance(s) alive"
+    )
+    return 0

@@ -1,0 +1,291 @@
+"""The job queue in the state database: enqueue, claim exactly once, finish, retry.
+
+PostgreSQL: a job is claimed with ``SELECT … FOR UPDATE SKIP LOCKED``, so several
+``costor serve`` instances take different jobs without waiting for each other. SQLite:
+writing transactions are serialised (``BEGIN IMMEDIATE``) and only one ``serve`` may
+run (serve.py holds a file lock), so the same query is safe there too.
+
+A job that was running when its process died (kill -9, a crash, a reboot) stops
+heart-beating; ``recover`` marks it ``interrupted`` and queues a retry, up to
+``max_attempts`` runs in all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from costor.db.models import JobRow, ScheduleRow
+from costor.db.session import session_scope
+from costor.ops.context import utcnow
+
+KINDS = ("backup", "forget", "prune", "check", "selftest")
+ACTIVE = ("queued", "running")
+FINISHED = ("succeeded", "failed", "interrupted")
+HEARTBEAT_EVERY = 5.0  # seconds between a running job's heartbeats
+STALE_AFTER = 60.0  # a running job not heard from this long is interrupted
+RETRY_DELAY = 30.0  # seconds before an interrupted job is tried again
+
+
+def enqueue(
+    engine: Engine,
+    kind: str,
+    target: str,
+    *,
+    site: str | None = None,
+    trigger: str = "manual",
+    params: dict[str, Any] | None = None,
+    schedule_key: str | None = None,
+    run_after: datetime | None = None,
+    max_attempts: int = 3,
+) -> int:
+    with session_scope(engine) as session:
+        row = JobRow(
+            kind=kind,
+            target=target,
+            state="queued",
+            trigger=trigger,
+            schedule_key=schedule_key,
+            site=site,
+            run_after=run_after or utcnow(),
+            created_at=utcnow(),
+            max_attempts=max_attempts,
+            params=json.dumps(params or {}, sort_keys=True),
+        )
+        session.add(row)
+        session.flush()
+        assert row.id is not None
+        return row.id
+
+
+def enqueue_due(engine: Engine, now: datetime | None = None) -> list[int]:
+    """Queue a job for every schedule whose time has come, and move the schedule to its
+    next time after ``now``: a schedule missed for days runs once. Moving it is a
+    compare-and-set on ``next_run``, so among instances ticking at once exactly one
+    queues each run. A run is skipped (the schedule still moves) while the previous job
+    of the same schedule is queued or running."""
+    from croniter import croniter
+    from sqlmodel import col, select, update
+
+    now = now or utcnow()
+    queued: list[int] = []
+    with session_scope(engine, write=False) as session:
+        due = session.exec(select(ScheduleRow).where(col(ScheduleRow.next_run) <= now)).all()
+    for schedule in due:
+        following = croniter(schedule.cron, now).get_next(datetime)
+        with session_scope(engine) as session:
+            moved = session.execute(
+                update(ScheduleRow)
+                .where(
+                    col(ScheduleRow.key) == schedule.key,
+                    col(ScheduleRow.next_run) == schedule.next_run,
+                )
+                .values(next_run=following)
+            )
+            if moved.rowcount != 1:  # type: ignore[attr-defined]
+                continue  # another instance took this run
+            busy = session.exec(
+                select(JobRow.id).where(
+                    col(JobRow.schedule_key) == schedule.key, col(JobRow.state).in_(ACTIVE)
+                )
+            ).first()
+            if busy is not None:
+                continue
+            row = JobRow(
+                kind=schedule.kind,
+                target=schedule.target,
+                state="queued",
+                trigger="schedule",
+                schedule_key=schedule.key,
+                site=schedule.site,
+                run_after=now,
+                created_at=now,
+                params=schedule.params,
+            )
+            session.add(row)
+            session.flush()
+            assert row.id is not None
+            queued.append(row.id)
+    return queued
+
+
+def claim(
+    engine: Engine,
+    instance: str,
+    *,
+    sites: Collection[str] | None = None,
+    paused_sites: Collection[str] = (),
+) -> JobRow | None:
+    """Take the oldest runnable job: queued, due, of a site this instance serves and not
+    in maintenance, and whose target has no job running (two backups of one client, or
+    two prunes of one pool, never run at once)."""
+    from sqlmodel import col, select
+
+    now = utcnow()
+    with session_scope(engine) as session:
+        running = select(JobRow.target).where(col(JobRow.state) == "running")
+        query = (
+            select(JobRow)
+            .where(
+                col(JobRow.state) == "queued",
+                col(JobRow.run_after) <= now,
+                col(JobRow.target).not_in(running),
+            )
+            .order_by(col(JobRow.run_after), col(JobRow.id))
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if sites is not None:
+            query = query.where(col(JobRow.site).in_(list(sites)) | col(JobRow.site).is_(None))
+        if paused_sites:
+            query = query.where(
+                col(JobRow.site).not_in(list(paused_sites)) | col(JobRow.site).is_(None)
+            )
+        job = session.exec(query).first()
+        if job is None:
+            return None
+        job.state = "running"
+        job.claimed_by = instance
+        job.started_at = now
+        job.heartbeat_at = now
+        job.attempts += 1
+        session.add(job)
+        session.flush()
+        session.refresh(job)
+        return job
+
+
+def heartbeat(engine: Engine, job_id: int, pid: int | None = None) -> None:
+    from sqlmodel import col, update
+
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if pid is not None:
+        values["pid"] = pid
+    with session_scope(engine) as session:
+        session.execute(
+            update(JobRow)
+            .where(col(JobRow.id) == job_id, col(JobRow.state) == "running")
+            .values(**values)
+        )
+
+
+def finish(
+    engine: Engine,
+    job_id: int,
+    state: str,
+    *,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+    retry_delay: float = RETRY_DELAY,
+) -> JobRow | None:
+    """Record the end of a running job; None if it was no longer running (taken over
+    by ``recover`` meanwhile). An ``interrupted`` job is queued again if it has runs
+    left."""
+    with session_scope(engine) as session:
+        job = session.get(JobRow, job_id, with_for_update=True)
+        if job is None or job.state != "running":
+            return None
+        job.state = state
+        job.finished_at = utcnow()
+        job.result = json.dumps(result or {}, sort_keys=True, default=str)
+        job.error = error
+        session.add(job)
+        if state == "interrupted":
+            _retry(session, job, retry_delay)
+        session.flush()
+        session.refresh(job)
+        return job
+
+
+def _retry(session: Any, job: JobRow, delay: float) -> None:
+    if job.attempts >= job.max_attempts:
+        job.error = f"{job.error or 'interrupted'} (gave up after {job.attempts} attempt(s))"
+        job.state = "failed"
+        session.add(job)
+        return
+    session.add(
+        JobRow(
+            kind=job.kind,
+            target=job.target,
+            state="queued",
+            trigger="retry",
+            schedule_key=job.schedule_key,
+            site=job.site,
+            run_after=utcnow() + timedelta(seconds=delay),
+            created_at=utcnow(),
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            params=job.params,
+        )
+    )
+
+
+def recover(
+    engine: Engine, *, stale_after: float = STALE_AFTER, retry_delay: float = RETRY_DELAY
+) -> list[int]:
+    """Interrupt running jobs that stopped heart-beating (their process died) and
+    queue their retries. Returns their ids."""
+    from sqlmodel import col, select
+
+    limit = utcnow() - timedelta(seconds=stale_after)
+    with session_scope(engine) as session:
+        stale = session.exec(
+            select(JobRow)
+            .where(col(JobRow.state) == "running", col(JobRow.heartbeat_at) < limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for job in stale:
+            job.state = "interrupted"
+            job.finished_at = utcnow()
+            job.error = "the process running it stopped (killed or crashed)"
+            session.add(job)
+            _retry(session, job, retry_delay)
+        return [job.id for job in stale if job.id is not None]
+
+
+def list_jobs(
+    engine: Engine, *, state: str | None = None, kind: str | None = None, limit: int = 50
+) -> list[JobRow]:
+    from sqlmodel import col, select
+
+    with session_scope(engine, write=False) as session:
+        query = select(JobRow).order_by(col(JobRow.id).desc()).limit(limit)
+        if state:
+            query = query.where(col(JobRow.state) == state)
+        if kind:
+            query = query.where(col(JobRow.kind) == kind)
+        return list(session.exec(query).all())
+
+
+def job_json(job: JobRow) -> dict[str, Any]:
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    duration = (
+        (job.finished_at - job.started_at).total_seconds()
+        if job.finished_at and job.started_at
+        else None
+    )
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "target": job.target,
+        "site": job.site,
+        "state": job.state,
+        "trigger": job.trigger,
+        "schedule": job.schedule_key,
+        "attempt": job.attempts,
+        "max_attempts": job.max_attempts,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "duration_s": round(duration, 3) if duration is not None else None,
+        "instance": job.claimed_by,
+        "params": json.loads(job.params),
+        "result": json.loads(job.result),
+        "error": job.error,
+    }

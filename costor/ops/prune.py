@@ -1,0 +1,60 @@
+"""Prune the pools of the inventory and keep the state's pack catalogue in step."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from costor.ops.context import Context
+from costor.store.progress import Progress
+
+
+def prune_options(ctx: Context, pool: str, **overrides: Any) -> Any:
+    """The pool's declared ``prune`` settings, with command-line ``overrides`` (None:
+    not given) on top."""
+    from costor.config.model import duration_seconds, percentage_fraction
+    from costor.store.prune import PruneOptions
+
+    declared = ctx.pool_config(pool).prune
+    options = PruneOptions(
+        safety_window=duration_seconds(declared.safety_window),
+        repack_threshold=percentage_fraction(declared.repack_threshold),
+        max_repack_bytes=declared.max_repack_mib * 1024 * 1024,
+    )
+    return replace(options, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def prune_pools(
+    ctx: Context,
+    *,
+    pool: str | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    **overrides: Any,
+) -> list[tuple[str, Any]]:
+    """(pool name, PruneReport) per pool."""
+    from sqlmodel import delete
+
+    from costor.db.models import PackRow
+    from costor.db.session import session_scope
+    from costor.store.prune import prune
+
+    reports = []
+    for name in ctx.pool_names(pool):
+        options = prune_options(ctx, name, dry_run=dry_run, **overrides)
+        opened = ctx.open_pool(name, load_index=False)
+        report = prune(opened, options, progress=progress)
+        report.pool = name
+        if report.deleted or report.written:
+            with session_scope(ctx.engine) as session:
+                if report.deleted:
+                    session.execute(
+                        delete(PackRow).where(
+                            PackRow.pool_uuid == opened.uuid,  # type: ignore[arg-type]
+                            PackRow.pack_id.in_(list(report.deleted)),  # type: ignore[attr-defined]
+                        )
+                    )
+                for pack_id, size in report.written.items():
+                    session.merge(PackRow(pool_uuid=opened.uuid, pack_id=pack_id, size=size))
+        reports.append((name, report))
+    return reports

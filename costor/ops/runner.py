@@ -1,0 +1,163 @@
+"""Run one claimed job (in the child process ``costor jobs run ID`` that serve starts):
+do the work, heartbeat meanwhile, record the outcome, notify.
+
+A job's process may be killed at any moment; the work it does is safe to repeat (a
+backup leaves at most unreferenced packs, prune and forget are idempotent) and the
+retry that ``recover`` queues redoes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from typing import Any
+
+from costor.errors import CostorError
+from costor.ops.context import Context
+
+
+class Interrupted(Exception):
+    """serve asked this job to stop (SIGTERM): it is recorded as interrupted and retried."""
+
+
+def execute(ctx: Context, kind: str, target: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Do the work of one job; returns its report, raises CostorError on failure."""
+    if kind == "backup":
+        from costor.ops.backup import run_backup
+
+        outcome = run_backup(ctx, target)
+        return outcome.to_json()
+    if kind == "forget":
+        from costor.ops.forget import forget
+
+        return dict(forget(ctx, client=target).to_json())
+    if kind == "prune":
+        from costor.ops.prune import prune_pools
+
+        [(_name, report)] = prune_pools(ctx, pool=target)
+        return report.to_json()
+    if kind == "check":
+        from costor.config.model import percentage_fraction
+        from costor.errors import DamageFound
+        from costor.ops.check import check_pools
+
+        subset = params.get("read_data_subset")
+        [(_name, report)] = check_pools(
+            ctx, pool=target, subset=percentage_fraction(subset) if subset else None
+        )
+        doc = report.to_json()
+        if not report.ok:
+            raise DamageFound(pool=target, count=len(report.problems), report=doc)
+        return dict(doc)
+    if kind == "selftest":
+        from costor.ops.selftest import selftest
+
+        return selftest(ctx, target, files=int(params.get("files", 20))).to_json()
+    raise CostorError(message=f"unknown job kind {kind!r}")
+
+
+def run_job(ctx: Context, job_id: int) -> int:
+    """Run job ``job_id`` (claimed by serve, or queued and claimed here). Exit code: 0
+    succeeded, 1 failed, 3 damage found, 75 interrupted."""
+    from costor.db.models import JobRow
+    from costor.db.session import session_scope
+    from costor.errors import DamageFound
+    from costor.ops import jobs
+
+    engine = ctx.engine
+    with session_scope(engine, write=False) as session:
+        job = session.get(JobRow, job_id)
+    if job is None:
+        raise CostorError(message=f"no job {job_id}")
+    if job.state == "queued":  # run by hand: claim it here
+        job = _claim_one(ctx, job_id)
+    elif job.state != "running":
+        raise CostorError(message=f"job {job_id} is {job.state}, not queued or running")
+    jobs.heartbeat(engine, job_id, pid=os.getpid())
+    stop = threading.Event()
+    beat = threading.Thread(target=_beat, args=(engine, job_id, stop), daemon=True)
+    beat.start()
+
+    def interrupted(_signum: int, _frame: Any) -> None:
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
+    state, code, result, error = "succeeded", 0, {}, None
+    try:
+        result = execute(ctx, job.kind, job.target, json.loads(job.params))
+    except Interrupted:
+        state, code, error = "interrupted", 75, "stopped by costor serve (SIGTERM)"
+    except CostorError as failure:
+        state, code, error = "failed", failure.exit_code, str(failure)
+        result = failure.fields.get("report") or {}
+        if isinstance(failure, DamageFound):
+            code = 3
+    except Exception as bug:  # noqa: BLE001  (recorded, not retried: it would fail again)
+        import traceback
+
+        state, code = "failed", 1
+        error = f"internal error: {bug!r}\n{traceback.format_exc(limit=8)}"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop.set()
+        beat.join()
+    delay = float(os.environ.get("COSTOR_JOB_RETRY_DELAY", jobs.RETRY_DELAY))
+    finished = jobs.finish(engine, job_id, state, result=result, error=error, retry_delay=delay)
+    if finished is not None:
+        after_job(ctx, finished)
+    return code
+
+
+def after_job(ctx: Context, job: Any) -> None:
+    """What follows a finished job: a forget after a successful scheduled backup (when
+    the policy keeps a retention), and the policy's notification."""
+    from costor.db.session import session_scope
+    from costor.ops import jobs
+    from costor.ops.notify import notify_job
+
+    if job.kind == "backup" and job.state == "succeeded" and job.trigger != "manual":
+        client = ctx.inventory.clients.get(job.target)
+        policy = ctx.inventory.policies.get(client.policy) if client and client.policy else None
+        if policy is not None and policy.retention is not None:
+            jobs.enqueue(ctx.engine, "forget", job.target, site=job.site, trigger="after-backup")
+    doc = jobs.job_json(job)
+    problem = notify_job(ctx, doc)
+    with session_scope(ctx.engine) as session:
+        from costor.db.models import JobRow
+
+        row = session.get(JobRow, job.id)
+        if row is not None:
+            row.notified = problem is None and doc["state"] in ("succeeded", "failed")
+            if problem is not None:
+                row.error = f"{row.error or ''}{'; ' if row.error else ''}notification: {problem}"
+            session.add(row)
+
+
+def _claim_one(ctx: Context, job_id: int) -> Any:
+    from costor.db.models import JobRow
+    from costor.db.session import session_scope
+    from costor.ops.context import utcnow
+
+    with session_scope(ctx.engine) as session:
+        job = session.get(JobRow, job_id, with_for_update=True)
+        if job is None or job.state != "queued":
+            raise CostorError(message=f"job {job_id} was taken by another process")
+        job.state, job.started_at, job.heartbeat_at = "running", utcnow(), utcnow()
+        job.claimed_by = f"cli:{os.getpid()}"
+        job.attempts += 1
+        session.add(job)
+        session.flush()
+        session.refresh(job)
+        return job
+
+
+def _beat(engine: Any, job_id: int, stop: threading.Event) -> None:
+    from costor.ops import jobs
+
+    while not stop.wait(jobs.HEARTBEAT_EVERY):
+        try:
+            jobs.heartbeat(engine, job_id)
+        except Exception:  # noqa: BLE001  (a missed beat is retried; 12 in a row interrupt)
+            continue

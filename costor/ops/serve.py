@@ -1,0 +1,315 @@
+"""``costor serve``: the site daemon. One process runs the scheduler and supervises up to
+N workers; each job runs in a child process (``costor jobs run ID``), so a job that
+crashes or is killed takes nothing else with it and its memory is returned.
+
+Every tick the daemon: beats its heartbeat, interrupts jobs that stopped beating
+(their process died; a retry is queued), queues the runs that are due, reaps finished
+children, and claims new jobs while it has free workers — unless the job's site is in
+maintenance, or the daemon is stopping.
+
+SIGTERM / SIGINT: no new jobs; running ones get ``grace`` seconds to finish, then are
+sent SIGTERM, which records them as interrupted and queues their retry. kill -9 of the
+daemon leaves its children running to the end (they record their own outcome); jobs
+whose process died are found by the next daemon's ``recover``.
+
+Several daemons may share one PostgreSQL database (jobs are claimed with SKIP LOCKED,
+schedules advanced by compare-and-set); on SQLite a second one is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from costor.errors import CostorError
+from costor.ops.context import Context, utcnow
+
+
+class ServeRunning(CostorError):
+    """Another `costor serve` ({holder}) already uses the SQLite state {path}; run one per SQLite state, or use PostgreSQL to run several."""
+
+
+@dataclass
+class Child:
+    job_id: int
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+    started: float = field(default_factory=time.monotonic)
+    terminated: bool = False
+
+
+class Server:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        workers: int = 2,
+        sites: Collection[str] | None = None,
+        tick: float = 1.0,
+        grace: float = 60.0,
+        once: bool = False,
+        retry_delay: float = 30.0,
+        log: Any = None,
+    ) -> None:
+        self.ctx = ctx
+        self.workers = max(1, workers)
+        self.sites = set(sites) if sites else None
+        self.tick = tick
+        self.grace = grace
+        self.once = once
+        self.retry_delay = retry_delay
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.children: dict[int, Child] = {}
+        self.stopping = False
+        self.stop_requested_at: float | None = None
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self._lock_file: IO[str] | None = None
+        self._last_beat = 0.0
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._single_instance()
+        self._register()
+        previous = {
+            sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        self.log(f"costor serve {self.id}: {self.workers} worker(s)")
+        try:
+            while True:
+                self.step()
+                if self.stopping and not self.children:
+                    break
+                if self.once and not self.children and not self._runnable():
+                    break
+                time.sleep(self.tick)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._unregister()
+        self.log(f"costor serve {self.id}: stopped")
+        return 0
+
+    def _request_stop(self, signum: int, _frame: Any) -> None:
+        if not self.stopping:
+            self.log(
+                f"costor serve: {signal.Signals(signum).name}: starting no new jobs, "
+                f"waiting up to {self.grace:.0f} s for {len(self.children)} running"
+            )
+        self.stopping = True
+        self.stop_requested_at = self.stop_requested_at or time.monotonic()
+
+    def step(self) -> None:
+        from costor.ops import jobs
+
+        engine = self.ctx.engine
+        now = time.monotonic()
+        if now - self._last_beat >= jobs.HEARTBEAT_EVERY:
+            self._heartbeat()
+            for job_id in jobs.recover(engine, retry_delay=self.retry_delay):
+                self.log(f"job {job_id}: its process stopped; interrupted, retry queued")
+            self._last_beat = now
+        if not self.stopping:
+            for job_id in jobs.enqueue_due(engine):
+                self.log(f"job {job_id}: queued by its schedule")
+        self._reap()
+        if self.stopping:
+            self._stop_children()
+            return
+        paused = self.paused_sites()
+        while len(self.children) < self.workers:
+            job = jobs.claim(engine, self.id, sites=self.sites, paused_sites=paused)
+            if job is None:
+                break
+            self._spawn(job)
+
+    # --- children ---------------------------------------------------------------------
+
+    def _spawn(self, job: Any) -> None:
+        logs = Path(self.ctx.inventory.costor.state_dir) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = open(logs / f"job-{job.id}.log", "ab")  # noqa: SIM115  (closed when reaped)
+        argv = [
+            sys.executable,
+            "-m",
+            "costor",
+            "jobs",
+            "run",
+            str(job.id),
+            "-c",
+            str(self.ctx.inventory_path),
+        ]
+        env = {**os.environ, "COSTOR_JOB_RETRY_DELAY": str(self.retry_delay)}
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+        )
+        self.children[job.id] = Child(job.id, process, log)
+        self.log(f"job {job.id}: {job.kind} {job.target} started (pid {process.pid})")
+
+    def _reap(self) -> None:
+        from costor.db.models import JobRow
+        from costor.db.session import session_scope
+        from costor.ops import jobs
+        from costor.ops.runner import after_job
+
+        for job_id, child in list(self.children.items()):
+            code = child.process.poll()
+            if code is None:
+                continue
+            del self.children[job_id]
+            child.log.close()
+            with session_scope(self.ctx.engine, write=False) as session:
+                row = session.get(JobRow, job_id)
+            if row is not None and row.state == "running":
+                # The child died without recording an outcome (killed, crashed).
+                how = f"signal {-code}" if code < 0 else f"exit code {code}"
+                finished = jobs.finish(
+                    self.ctx.engine,
+                    job_id,
+                    "interrupted",
+                    error=f"its worker process stopped ({how}) before the job finished",
+                    retry_delay=self.retry_delay,
+                )
+                self.log(f"job {job_id}: worker stopped ({how}); interrupted, retry queued")
+                if finished is not None and finished.state == "failed":
+                    after_job(self.ctx, finished)
+            elif row is not None:
+                self.log(f"job {job_id}: {row.kind} {row.target} {row.state}")
+
+    def _stop_children(self) -> None:
+        assert self.stop_requested_at is not None
+        waited = time.monotonic() - self.stop_requested_at
+        if waited < self.grace:
+            return
+        for child in self.children.values():
+            if not child.terminated:
+                child.process.send_signal(signal.SIGTERM)  # recorded as interrupted
+                child.terminated = True
+            elif waited > self.grace + 30:
+                child.process.kill()
+
+    def _runnable(self) -> bool:
+        from sqlmodel import col, func, select
+
+        from costor.db.models import JobRow
+        from costor.db.session import session_scope
+
+        with session_scope(self.ctx.engine, write=False) as session:
+            count = session.exec(
+                select(func.count())
+                .select_from(JobRow)
+                .where(col(JobRow.state) == "queued", col(JobRow.run_after) <= utcnow())
+            ).one()
+        return bool(count)
+
+    # --- maintenance, instances ----------------------------------------------------------
+
+    def paused_sites(self) -> set[str]:
+        return maintenance_sites(self.ctx)
+
+    def _single_instance(self) -> None:
+        url = self.ctx.database_url
+        if not url.startswith("sqlite:///"):
+            return
+        import fcntl
+
+        path = url.removeprefix("sqlite:///")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handle = open(f"{path}.serve.lock", "a+")  # noqa: SIM115  (held for the lifetime)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ServeRunning(holder=holder, path=path) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        self._lock_file = handle
+
+    def _register(self) -> None:
+        from costor.db.models import InstanceRow
+        from costor.db.session import session_scope
+
+        now = utcnow()
+        with session_scope(self.ctx.engine) as session:
+            session.add(
+                InstanceRow(
+                    id=self.id,
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+            )
+
+    def _heartbeat(self) -> None:
+        from sqlmodel import col, update
+
+        from costor.db.models import InstanceRow
+        from costor.db.session import session_scope
+
+        with session_scope(self.ctx.engine) as session:
+            session.execute(
+                update(InstanceRow)
+                .where(col(InstanceRow.id) == self.id)
+                .values(heartbeat_at=utcnow(), stopping=self.stopping)
+            )
+
+    def _unregister(self) -> None:
+        from sqlmodel import col, delete
+
+        from costor.db.models import InstanceRow
+        from costor.db.session import session_scope
+
+        try:
+            with session_scope(self.ctx.engine) as session:
+                session.execute(delete(InstanceRow).where(col(InstanceRow.id) == self.id))
+        finally:
+            if self._lock_file is not None:
+                self._lock_file.close()
+
+
+def maintenance_sites(ctx: Context) -> set[str]:
+    """Sites in maintenance: ``maintenance = true`` in the inventory, or
+    ``costor maintenance on``."""
+    from sqlmodel import col, select
+
+    from costor.db.models import SiteStateRow
+    from costor.db.session import session_scope
+
+    sites = {name for name, site in ctx.inventory.sites.items() if site.maintenance}
+    with session_scope(ctx.engine, write=False) as session:
+        sites |= set(
+            session.exec(select(SiteStateRow.site).where(col(SiteStateRow.maintenance))).all()
+        )
+    return sites
+
+
+def set_maintenance(ctx: Context, site: str, on: bool, reason: str | None = None) -> None:
+    from costor.db.models import SiteStateRow
+    from costor.db.session import session_scope
+    from costor.errors import UnknownResource
+
+    if site not in ctx.inventory.sites:
+        raise UnknownResource(kind="site", name=site)
+    with session_scope(ctx.engine) as session:
+        row = session.get(SiteStateRow, site) or SiteStateRow(site=site, changed_at=utcnow())
+        row.maintenance, row.reason, row.changed_at = on, reason if on else None, utcnow()
+        session.add(row)

@@ -74,6 +74,7 @@ class Server:
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self._lock_file: IO[str] | None = None
         self._last_beat = 0.0
+        self._claimed = False
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -89,8 +90,8 @@ class Server:
                 self.step()
                 if self.stopping and not self.children:
                     break
-                if self.once and not self.children and not self._runnable():
-                    break
+                if self.once and not self.children and not self._claimed:
+                    break  # nothing running, and nothing could be started this tick
                 time.sleep(self.tick)
         finally:
             for sig, handler in previous.items():
@@ -126,11 +127,13 @@ class Server:
             self._stop_children()
             return
         paused = self.paused_sites()
+        self._claimed = False
         while len(self.children) < self.workers:
             job = jobs.claim(engine, self.id, sites=self.sites, paused_sites=paused)
             if job is None:
                 break
             self._spawn(job)
+            self._claimed = True
 
     # --- children ---------------------------------------------------------------------
 
@@ -201,20 +204,6 @@ class Server:
                 child.terminated = True
             elif waited > self.grace + 30:
                 child.process.kill()
-
-    def _runnable(self) -> bool:
-        from sqlmodel import col, func, select
-
-        from costor.db.models import JobRow
-        from costor.db.session import session_scope
-
-        with session_scope(self.ctx.engine, write=False) as session:
-            count = session.exec(
-                select(func.count())
-                .select_from(JobRow)
-                .where(col(JobRow.state) == "queued", col(JobRow.run_after) <= utcnow())
-            ).one()
-        return bool(count)
 
     # --- maintenance, instances ----------------------------------------------------------
 

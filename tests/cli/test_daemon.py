@@ -291,18 +291,13 @@ def test_two_instances_on_postgresql_run_each_job_once(daemon_site: Site) -> Non
             lambda: len(daemon_site.cli("status", "--json").json()["instances"]) == 2,
             what="two instances",
         )
+        def backups_done(count: int) -> bool:
+            rows = job_rows(daemon_site)
+            return sum(r["kind"] == "backup" and r["state"] == "succeeded" for r in rows) == count
+
         for round_ in range(3):
             make_due(daemon_site, "backup:alpha")
-            wait_for(
-                lambda: (
-                    sum(
-                        r["kind"] == "backup" and r["state"] == "succeeded"
-                        for r in job_rows(daemon_site)
-                    )
-                    == round_ + 1
-                ),
-                what=f"backup {round_ + 1}",
-            )
+            wait_for(lambda n=round_ + 1: backups_done(n), what=f"backup {round_ + 1}")
         for _ in range(4):  # manual jobs, claimed by whichever instance is first
             daemon_site.cli("jobs", "add", "check", "main")
         wait_for(

@@ -35,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.archive == "-" and args.json:
         raise UsageError(message="--json and --archive - both want stdout; choose one")
-    _name, pool, snapshot = resolve(context(args), args.snapshot, load_index=True)
+    from costor.store.leases import reader_lease
+
+    _name, pool, snapshot = resolve(context(args), args.snapshot, load_index=False)
+    lease = reader_lease(pool)  # before the index: see costor/store/leases.py
+    pool.load_index()
     progress = make_progress("restore", json_output=args.json or args.archive == "-")
     try:
         if args.target is not None:
@@ -66,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
             }
     finally:
         progress.close()
+        if lease is not None:
+            lease.release()
     if args.json:
         print_json(document)
     elif args.archive != "-":

@@ -53,12 +53,26 @@ class SelfTestReport:
 def selftest(
     ctx: Context, client: str, *, files: int = 20, seed: int | None = None
 ) -> SelfTestReport:
+    from costor.store.leases import reader_lease
+
+    config = ctx.client_config(client)
+    pool = ctx.open_pool(ctx.client_pool(client), load_index=False)
+    lease = reader_lease(pool, "selftest")
+    try:
+        pool.load_index()
+        return _selftest(ctx, client, config, pool, files, seed)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _selftest(
+    ctx: Context, client: str, config: Any, pool: Any, files: int, seed: int | None
+) -> SelfTestReport:
     import blake3
 
     from costor.store.restorer import Restorer
 
-    config = ctx.client_config(client)
-    pool = ctx.open_pool(ctx.client_pool(client))
     snapshots = pool.list_snapshots(ctx.client_names(client))
     if not snapshots:
         raise SelfTestFailed(client=client, reason="it has no snapshot yet")

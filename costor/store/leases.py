@@ -100,6 +100,16 @@ class Lease:
         self.release()
 
 
+def reader_lease(pool: Pool, kind: str = "restore") -> Lease | None:
+    """A lease for a long read (restore, self-test), so a prune that condemns packs
+    meanwhile waits for it. Best effort: a read-only pool is still readable, and then
+    only the safety window protects the reader."""
+    try:
+        return Lease(pool, kind)
+    except BackendError:
+        return None
+
+
 def list_leases(pool: Pool) -> Iterator[LeaseInfo]:
     """Every lease in the pool, stale ones included (unreadable ones are skipped: a
     lease sealed with another key cannot be this pool's)."""

@@ -116,6 +116,7 @@ class Server:
         now = time.monotonic()
         if now - self._last_beat >= jobs.HEARTBEAT_EVERY:
             self._heartbeat()
+            self._reload_inventory()
             for job_id in jobs.recover(engine, retry_delay=self.retry_delay):
                 self.log(f"job {job_id}: its process stopped; interrupted, retry queued")
             self._last_beat = now
@@ -134,6 +135,17 @@ class Server:
                 break
             self._spawn(job)
             self._claimed = True
+
+    def _reload_inventory(self) -> None:
+        """Follow edits of the inventory (a site's ``maintenance``, notify settings);
+        each job's process reads it afresh anyway. A broken file keeps the last good one."""
+        from costor.config import load_inventory
+        from costor.errors import ConfigError
+
+        try:
+            self.ctx.inventory = load_inventory(self.ctx.inventory_path)
+        except (ConfigError, OSError) as error:
+            self.log(f"costor serve: inventory not reloaded: {error}")
 
     # --- children ---------------------------------------------------------------------
 

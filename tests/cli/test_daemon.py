@@ -423,7 +423,8 @@ def test_subset_checks_cover_the_pool_least_recently_verified_first(
         after = dict(daemon_site.sql("SELECT pack_id, last_verified FROM packs"))
         seen.append({p for p in after if after[p] != before.get(p)})
     assert all(seen) and set().union(*seen) == packs
-    assert sum(len(s) for s in seen) <= len(packs) + 2  # rounding up, no pack read twice early
+    assert not seen[0] & seen[1]  # no pack read twice before every pack was read once
+    assert not (seen[0] | seen[1]) & (seen[2] - seen[0])  # then the oldest ones again
 
 
 def test_prune_cli_reclaims_after_forget(daemon_site: Site, source: Path, tmp_path: Path) -> None:
@@ -439,7 +440,10 @@ def test_prune_cli_reclaims_after_forget(daemon_site: Site, source: Path, tmp_pa
     result = daemon_site.cli("prune", "--json")  # the pool's safety_window is 0
     assert result.code == 0, result.stderr
     report = result.json()["pools"][0]
-    assert report["bytes_reclaimed"] > 3 * 1024 * 1024 * 0.9
+    # gone.bin shared packs with other files: whole packs go, and a pack still mostly
+    # needed stays (below the 50% repack threshold).
+    assert report["bytes_unused"] > 3 * 1024 * 1024 * 0.9
+    assert report["bytes_reclaimed"] > 1024 * 1024
     assert daemon_site.cli("check", "--read-data").code == 0
     target = tmp_path / "restored"
     assert daemon_site.cli("restore", "alpha:latest", "--target", str(target)).code == 0

@@ -29,6 +29,7 @@ VERBS: dict[str, str] = {
     "restore": "restore_cmd",
     "diff": "diff_cmd",
     "check": "check_cmd",
+    "forget": "forget_cmd",
     "prune": "prune_cmd",
     "serve": "serve_cmd",
     "jobs": "jobs_cmd",

@@ -501,3 +501,26 @@ def test_prune_while_a_backup_writes_loses_nothing(
     target = tmp_path / "restored"
     assert daemon_site.cli("restore", "alpha:latest", "--target", str(target)).code == 0
     assert tree_digest(target / str(source).lstrip("/")) == tree_digest(source)
+
+
+def test_a_job_left_running_by_a_dead_daemon_is_retried(daemon_site: Site) -> None:
+    """kill -9 of a whole daemon and its worker: the row still says running, and nothing
+    beats for it. The next daemon interrupts it and runs the retry."""
+    engine = open_engine(daemon_site.database_url)
+    job_id = jobs.enqueue(engine, "backup", "alpha", site="hq")
+    claimed = jobs.claim(engine, "gone-host:1:dead")
+    assert claimed is not None and claimed.id == job_id
+    old = datetime.now(UTC) - timedelta(minutes=5)
+    value: Any = old
+    if daemon_site.database_url.startswith("sqlite"):
+        value = old.strftime("%Y-%m-%d %H:%M:%S.%f")
+    daemon_site.sql("UPDATE jobs SET heartbeat_at = :t WHERE id = :i", t=value, i=job_id)
+    result = daemon_site.run_process(*SERVE, "--once")
+    assert result.code == 0, result.stderr
+    rows = job_rows(daemon_site)
+    assert [(r["kind"], r["state"], r["trigger"]) for r in rows[:2]] == [
+        ("backup", "interrupted", "manual"),
+        ("backup", "succeeded", "retry"),
+    ]
+    assert "stopped (killed or crashed)" in rows[0]["error"]
+    assert rows[1]["attempt"] == 2

@@ -32,6 +32,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="repack packs with at least this share unused, e.g. 50%% (default: the pool's)",
     )
     parser.add_argument(
+        "--max-unused",
+        metavar="PCT",
+        help="repack until at most this share of unused bytes is left, e.g. 5%% "
+        "(default: the pool's prune.max_unused)",
+    )
+    parser.add_argument(
         "--max-repack", metavar="MIB", type=int, help="read at most this many MiB to repack"
     )
     return parser
@@ -46,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["repack_threshold"] = parse_percentage(
             args.repack_threshold, "--repack-threshold"
         )
+    if args.max_unused is not None:
+        overrides["max_unused"] = parse_percentage(args.max_unused, "--max-unused")
     if args.max_repack is not None:
         overrides["max_repack_bytes"] = args.max_repack * 1024 * 1024
     progress = make_progress("repack", json_output=args.json)

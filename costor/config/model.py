@@ -401,6 +401,9 @@ class PrunePolicy(_Model):
     safety_window: Duration = "1h"
     # Repack a pack once this share of its bytes is no longer needed.
     repack_threshold: Percentage = "50%"
+    # Repack more (most unused first) while the unused bytes in partly used packs exceed
+    # this share of the needed bytes.
+    max_unused: Percentage = "5%"
     max_repack_mib: Annotated[StrictInt, Field(ge=0)] = 1024  # repack work of one run
 
 

@@ -19,6 +19,7 @@ def prune_options(ctx: Context, pool: str, **overrides: Any) -> Any:
     options = PruneOptions(
         safety_window=duration_seconds(declared.safety_window),
         repack_threshold=percentage_fraction(declared.repack_threshold),
+        max_unused=percentage_fraction(declared.max_unused),
         max_repack_bytes=declared.max_repack_mib * 1024 * 1024,
     )
     return replace(options, **{k: v for k, v in overrides.items() if v is not None})

@@ -56,6 +56,9 @@ class PruneRefused(PoolError):
 class PruneOptions:
     safety_window: float = 3600.0  # seconds a pack stays condemned before deletion
     repack_threshold: float = 0.5  # repack a pack once this share of its bytes is unused
+    # ...and, most unused first, more packs while the unused bytes left in partly used
+    # packs exceed this share of the needed bytes (restic's --max-unused, 5% too)
+    max_unused: float = 0.05
     max_repack_bytes: int = 1024 * 1024 * 1024  # bound on the repack work of one run
     stale_after: float = STALE_AFTER  # a lease not refreshed this long is a dead writer's
     dry_run: bool = False
@@ -238,7 +241,7 @@ def _prune(
     newly: list[str] = list(recondemn)
     repack: list[tuple[str, list[PackEntry]]] = []
     budget = options.max_repack_bytes
-    candidates: list[tuple[float, str, list[PackEntry]]] = []
+    candidates: list[tuple[float, str, list[PackEntry], int]] = []
     for pack_id in sorted(live):
         used = [e for e in entries[pack_id] if home.get(e.blob_id) == pack_id]
         total = sum(e.length for e in entries[pack_id])
@@ -250,12 +253,19 @@ def _prune(
             continue
         if not used:
             newly.append(pack_id)
-        elif total and unused / total >= options.repack_threshold:
-            candidates.append((unused / total, pack_id, used))
-    for _share, pack_id, used in sorted(candidates, key=lambda c: (-c[0], c[1])):
+        elif total and unused:
+            candidates.append((unused / total, pack_id, used, unused))
+    needed_bytes = sum(
+        e.length for pack_id in live for e in entries[pack_id] if home.get(e.blob_id) == pack_id
+    )
+    left = sum(unused for _share, _p, _u, unused in candidates)
+    for share, pack_id, used, unused in sorted(candidates, key=lambda c: (-c[0], c[1])):
+        if share < options.repack_threshold and left <= options.max_unused * needed_bytes:
+            break
         if stored[pack_id] > budget:
             continue
         budget -= stored[pack_id]
+        left -= unused
         repack.append((pack_id, used))
     report.packs_condemned = len(newly) + len(repack)
     report.packs_repacked = len(repack)

@@ -190,7 +190,9 @@ def test_mostly_empty_packs_are_repacked(tmp_path: Path) -> None:
     restored(fresh(path), kept, tmp_path / "out", src)
     clean(path)
     # Above the threshold nothing is repacked.
-    untouched = prune(fresh(path), PruneOptions(safety_window=0, repack_threshold=0.99))
+    untouched = prune(
+        fresh(path), PruneOptions(safety_window=0, repack_threshold=0.99, max_unused=1.0)
+    )
     assert untouched.packs_repacked == 0
 
 
@@ -285,3 +287,18 @@ def test_prune_killed_at_every_write_leaves_a_consistent_pool(tmp_path: Path) ->
             prune(fresh(path), PruneOptions(safety_window=0, stale_after=0))
         assert pack_count(path) == pack_count(probe), n
         clean(path)
+
+
+def test_repacking_goes_on_while_more_than_max_unused_is_left(tmp_path: Path) -> None:
+    path = tmp_path / "pool"
+    make_pool(path, pack_size=8 * 1024 * 1024)
+    src = tree(tmp_path / "src", 6, files=8, size=600_000)  # one pack
+    first = backup(fresh(path), [src])
+    (src / "f7.bin").unlink()  # 1/8 of the pack: below the 50 % per-pack threshold
+    backup(fresh(path), [src])
+    fresh(path).delete_snapshot(first.id)
+    lenient = prune(fresh(path), PruneOptions(safety_window=0, dry_run=True, max_unused=0.5))
+    assert lenient.packs_repacked == 0
+    strict = prune(fresh(path), PruneOptions(safety_window=0, max_unused=0.05))
+    assert strict.packs_repacked == 1 and strict.bytes_reclaimed > 500_000
+    clean(path)

@@ -80,10 +80,24 @@ def current_revision(connection: Connection) -> str | None:
 
 
 def upgrade_if_needed(engine: Engine) -> None:
-    with engine.connect() as connection:
-        if current_revision(connection) == HEAD_REVISION:
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    # Two processes opening a new SQLite state at once: the one that did not create it
+    # can meet "database is locked" while the file is being switched to WAL, which the
+    # busy timeout does not cover. Trying again a moment later sees the finished file.
+    for attempt in range(5):
+        try:
+            with engine.connect() as connection:
+                if current_revision(connection) == HEAD_REVISION:
+                    return
+            upgrade(engine)
             return
-    upgrade(engine)
+        except OperationalError as error:
+            if "database is locked" not in str(error) or attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 # Any constant: PostgreSQL advisory lock key serialising migrations across instances.

@@ -87,7 +87,14 @@ class Server:
         self.log(f"costor serve {self.id}: {self.workers} worker(s)")
         try:
             while True:
-                self.step()
+                try:
+                    self.step()
+                except Exception as error:  # noqa: BLE001  (a daemon outlives a bad tick)
+                    # A database hiccup (a dropped connection, a lock timeout) must not end
+                    # the daemon: the next tick tries again; the jobs are in the database.
+                    self.log(f"costor serve: tick failed, retrying: {error!r}")
+                    time.sleep(min(5.0, max(self.tick, 1.0)))
+                    continue
                 if self.stopping and not self.children:
                     break
                 if self.once and not self.children and not self._claimed:

@@ -188,6 +188,7 @@ def test_a_worker_killed_mid_backup_is_retried_and_the_pool_is_clean(
             return len(rows) >= 2 and rows[1]["state"] == "succeeded" and rows
 
         rows = wait_for(retried, what="the retry to succeed")
+        assert serve.poll() is None  # the daemon is still up
     finally:
         serve.send_signal(signal.SIGTERM)
         out, err = serve.communicate(timeout=120)

@@ -68,15 +68,16 @@ def enqueue_due(engine: Engine, now: datetime | None = None) -> list[int]:
     compare-and-set on ``next_run``, so among instances ticking at once exactly one
     queues each run. A run is skipped (the schedule still moves) while the previous job
     of the same schedule is queued or running."""
-    from croniter import croniter
     from sqlmodel import col, select, update
+
+    from costor.ops.schedules import next_time
 
     now = now or utcnow()
     queued: list[int] = []
     with session_scope(engine, write=False) as session:
         due = session.exec(select(ScheduleRow).where(col(ScheduleRow.next_run) <= now)).all()
     for schedule in due:
-        following = croniter(schedule.cron, now).get_next(datetime)
+        following = next_time(schedule.cron, now)
         with session_scope(engine) as session:
             moved = session.execute(
                 update(ScheduleRow)
@@ -146,17 +147,29 @@ def claim(
                 col(JobRow.site).not_in(list(paused_sites)) | col(JobRow.site).is_(None)
             )
         job = session.exec(query).first()
-        if job is None:
+        return None if job is None else _start(session, job, instance)
+
+
+def claim_job(engine: Engine, job_id: int, instance: str) -> JobRow | None:
+    """Take one queued job by id (``costor jobs run ID``); None if it is not queued."""
+    with session_scope(engine) as session:
+        job = session.get(JobRow, job_id, with_for_update=True)
+        if job is None or job.state != "queued":
             return None
-        job.state = "running"
-        job.claimed_by = instance
-        job.started_at = now
-        job.heartbeat_at = now
-        job.attempts += 1
-        session.add(job)
-        session.flush()
-        session.refresh(job)
-        return job
+        return _start(session, job, instance)
+
+
+def _start(session: Any, job: JobRow, instance: str) -> JobRow:
+    now = utcnow()
+    job.state = "running"
+    job.claimed_by = instance
+    job.started_at = now
+    job.heartbeat_at = now
+    job.attempts += 1
+    session.add(job)
+    session.flush()
+    session.refresh(job)
+    return job
 
 
 def heartbeat(engine: Engine, job_id: int, pid: int | None = None) -> None:

@@ -72,7 +72,9 @@ def run_job(ctx: Context, job_id: int) -> int:
     if job is None:
         raise CostorError(message=f"no job {job_id}")
     if job.state == "queued":  # run by hand: claim it here
-        job = _claim_one(ctx, job_id)
+        job = jobs.claim_job(engine, job_id, f"cli:{os.getpid()}")
+        if job is None:
+            raise CostorError(message=f"job {job_id} was taken by another process")
     elif job.state != "running":
         raise CostorError(message=f"job {job_id} is {job.state}, not queued or running")
     jobs.heartbeat(engine, job_id, pid=os.getpid())
@@ -133,24 +135,6 @@ def after_job(ctx: Context, job: Any) -> None:
             if problem is not None:
                 row.error = f"{row.error or ''}{'; ' if row.error else ''}notification: {problem}"
             session.add(row)
-
-
-def _claim_one(ctx: Context, job_id: int) -> Any:
-    from costor.db.models import JobRow
-    from costor.db.session import session_scope
-    from costor.ops.context import utcnow
-
-    with session_scope(ctx.engine) as session:
-        job = session.get(JobRow, job_id, with_for_update=True)
-        if job is None or job.state != "queued":
-            raise CostorError(message=f"job {job_id} was taken by another process")
-        job.state, job.started_at, job.heartbeat_at = "running", utcnow(), utcnow()
-        job.claimed_by = f"cli:{os.getpid()}"
-        job.attempts += 1
-        session.add(job)
-        session.flush()
-        session.refresh(job)
-        return job
 
 
 def _beat(engine: Any, job_id: int, stop: threading.Event) -> None:

@@ -82,14 +82,40 @@ def job_rows(site: Site) -> list[dict[str, Any]]:
     return list(reversed(result.json()))
 
 
-def wait_for(predicate: Any, timeout: float = 120, what: str = "") -> Any:
+def wait_for(
+    predicate: Any,
+    timeout: float = 120,
+    what: str = "",
+    serve: Any = None,
+    site: Any = None,
+    every: float = 0.2,
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}" + diagnose(serve, site))
+
+
+def writing(site: Site) -> bool:
+    """Whether a backup has put a first pack in the (empty) pool: it is mid-write."""
+    return any(path.is_file() for path in (site.pool_path / "packs").rglob("*"))
+
+
+def diagnose(serve: Any, site: Any) -> str:
+    """What the daemon and its jobs said, for a test that timed out waiting on them."""
+    parts = []
+    if site is not None:
+        parts.append("jobs: " + json.dumps(job_rows(site), indent=1, default=str))
+        for log in sorted((site.root / ".costor" / "logs").glob("job-*.log")):
+            parts.append(f"{log.name}:\n{log.read_text(errors='replace')[-4000:]}")
+    if serve is not None and serve.poll() is None:
+        serve.kill()
+        _, err = serve.communicate(timeout=30)
+        parts.append("serve stderr:\n" + err.decode(errors="replace")[-8000:])
+    return "\n" + "\n".join(parts)
 
 
 def test_apply_keeps_schedules_and_a_removed_client_loses_its(daemon_site: Site) -> None:
@@ -167,15 +193,11 @@ def test_serve_runs_due_jobs_backup_then_forget(daemon_site: Site, source: Path)
     assert status["instances"] == []  # serve --once has exited
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="flaky under CI load: the retry of a killed worker's job sometimes does not "
-    "start within the wait (seen 2 of 3 full CI runs, never locally); under investigation",
-)
 def test_a_worker_killed_mid_backup_is_retried_and_the_pool_is_clean(
     daemon_site: Site, source: Path, tmp_path: Path
 ) -> None:
-    (source / "big.bin").write_bytes(os.urandom(200 * 1024 * 1024))  # a few seconds' work
+    (source / "big.bin").write_bytes(os.urandom(200 * 1024 * 1024))  # about a second's work
+    assert not writing(daemon_site)
     daemon_site.cli("jobs", "add", "backup", "alpha")
     serve = daemon_site.process(*SERVE)
     try:
@@ -184,15 +206,20 @@ def test_a_worker_killed_mid_backup_is_retried_and_the_pool_is_clean(
             rows = daemon_site.sql("SELECT id, pid FROM jobs WHERE state = 'running'")
             return rows if rows and rows[0][1] else None
 
-        [(job_id, pid)] = wait_for(running, what="the backup to start")
-        time.sleep(1.0)  # in the middle of it
+        [(job_id, pid)] = wait_for(
+            running, what="the backup to start", serve=serve, site=daemon_site
+        )
+        # Kill it in the middle of writing: as soon as its first pack is in the pool (the
+        # whole backup takes about a second, so a fixed sleep can miss it: it did in CI).
+        wait_for(lambda: writing(daemon_site), 60, "a first pack", serve, daemon_site, 0.005)
         os.kill(pid, signal.SIGKILL)
 
         def retried() -> Any:
             rows = job_rows(daemon_site)
+            assert rows[0]["state"] != "succeeded", "the kill came after the backup finished"
             return len(rows) >= 2 and rows[1]["state"] == "succeeded" and rows
 
-        rows = wait_for(retried, what="the retry to succeed")
+        rows = wait_for(retried, what="the retry to succeed", serve=serve, site=daemon_site)
         assert serve.poll() is None  # the daemon is still up
     finally:
         serve.send_signal(signal.SIGTERM)
@@ -209,12 +236,13 @@ def test_a_worker_killed_mid_backup_is_retried_and_the_pool_is_clean(
 
 
 def test_sigterm_lets_the_running_job_finish(daemon_site: Site, source: Path) -> None:
-    (source / "big.bin").write_bytes(os.urandom(100 * 1024 * 1024))
+    (source / "big.bin").write_bytes(os.urandom(300 * 1024 * 1024))
     daemon_site.cli("jobs", "add", "backup", "alpha")
     serve = daemon_site.process(*SERVE, "--grace", "300")
-    wait_for(lambda: daemon_site.sql("SELECT id FROM jobs WHERE state = 'running'"), what="a job")
-    daemon_site.cli("jobs", "add", "selftest", "alpha")  # queued: must not start now
+    wait_for(lambda: writing(daemon_site), 120, "a first pack", serve, daemon_site, 0.005)
+    signalled = datetime.now(UTC)
     serve.send_signal(signal.SIGTERM)
+    daemon_site.cli("jobs", "add", "selftest", "alpha")  # queued: must not start now
     out, err = serve.communicate(timeout=300)
     assert serve.returncode == 0, err.decode()
     assert b"starting no new jobs" in err
@@ -223,16 +251,14 @@ def test_sigterm_lets_the_running_job_finish(daemon_site: Site, source: Path) ->
         ("backup", "succeeded"),
         ("selftest", "queued"),
     ]
+    assert datetime.fromisoformat(rows[0]["finished_at"]) > signalled  # it ran on, to the end
 
 
 def test_sigterm_after_the_grace_interrupts_and_requeues(daemon_site: Site, source: Path) -> None:
     (source / "big.bin").write_bytes(os.urandom(300 * 1024 * 1024))
     daemon_site.cli("jobs", "add", "backup", "alpha")
     serve = daemon_site.process(*SERVE, "--grace", "0")
-    wait_for(
-        lambda: daemon_site.sql("SELECT pid FROM jobs WHERE state = 'running' AND pid > 0"),
-        what="a job",
-    )
+    wait_for(lambda: writing(daemon_site), 120, "a first pack", serve, daemon_site, 0.005)
     serve.send_signal(signal.SIGTERM)
     out, err = serve.communicate(timeout=120)
     assert serve.returncode == 0, err.decode()

@@ -137,12 +137,42 @@ def _with_helper(
     index: Any,
     progress: Progress | None,
 ) -> PullOutcome:
-    from costor.ops.hosts import bloom_filter
-    from costor.remote import helper as protocol
     from costor.store.ingest import Ingest
 
+    ingest = Ingest(
+        pool,
+        client=client.name,
+        paths=list(client.paths),
+        hostname=client.host or client.name,  # replaced by the name in its reply
+        index=index,
+        parent=parent,
+        progress=progress,
+    )
+    try:
+        return _run_helper(ctx, client, pool, remote, helper, index, ingest)
+    except BaseException:
+        ingest.abort()
+        raise
+
+
+def _run_helper(
+    ctx: Context,
+    client: ClientConfig,
+    pool: Pool,
+    remote: Remote,
+    helper: HelperProcess,
+    index: Any,
+    ingest: Ingest,
+) -> PullOutcome:
+    from costor.ops.hosts import bloom_filter
+    from costor.remote import helper as protocol
+
+    cache = _cache_dir(ctx, pool, client)
     try:
         helper.send(protocol.HELLO, json.dumps(_hello(client, pool)).encode())
+        # While the host starts Python and runs the before-hooks (~0.1 s and more), the
+        # first frames of the walk are made ready here: they cost about as much.
+        first = [*_parent_frames(ingest, cache), (protocol.BLOOM, bloom_filter(index.digests()))]
         kind, payload = helper.recv()
         helper.start_reading()
     except RemoteError as error:
@@ -161,7 +191,7 @@ def _with_helper(
         ) from None
     if kind != protocol.HELLO_REPLY:
         raise RemoteError(host=remote.target.display, reason=f"unexpected reply {kind!r}")
-    hello = json.loads(payload)
+    ingest.hostname = str(json.loads(payload).get("hostname") or client.host)
     hooks: list[dict[str, Any]] = []
     while True:
         kind, payload = helper.recv()
@@ -183,36 +213,22 @@ def _with_helper(
     if kind != protocol.READY:
         raise RemoteError(host=remote.target.display, reason=f"unexpected reply {kind!r}")
 
-    ingest = Ingest(
-        pool,
-        client=client.name,
-        paths=list(client.paths),
-        hostname=str(hello.get("hostname") or client.host),
-        index=index,
-        parent=parent,
-        progress=progress,
-    )
-    try:
-        cache = _cache_dir(ctx, pool, client)
-        _send_parent(helper, ingest, cache)
-        helper.send(protocol.BLOOM, bloom_filter(index.digests()))
-        helper.send(protocol.WALK)
-        _read_walk(helper, ingest)
-        missing = ingest.missing()
-        for start in range(0, len(missing.delta), FETCH_BATCH):
-            requests = [ingest.delta_request(p) for p in missing.delta[start : start + FETCH_BATCH]]
-            helper.send(protocol.DELTA, json.dumps(requests).encode())
-            _read_fetched(helper, ingest)
-        whole = missing.whole + ingest.retry
-        for start in range(0, len(whole), FETCH_BATCH):
-            helper.send(protocol.FETCH, json.dumps(whole[start : start + FETCH_BATCH]).encode())
-            _read_fetched(helper, ingest)
-        _after_hooks(helper, hooks)
-        helper.send(protocol.QUIT)
-        snapshot = ingest.finish(bytes_transferred=helper.bytes_sent + helper.bytes_received)
-    except BaseException:
-        ingest.abort()
-        raise
+    for frame_kind, frame in first:
+        helper.send(frame_kind, frame)
+    helper.send(protocol.WALK)
+    _read_walk(helper, ingest)
+    missing = ingest.missing()
+    for start in range(0, len(missing.delta), FETCH_BATCH):
+        requests = [ingest.delta_request(p) for p in missing.delta[start : start + FETCH_BATCH]]
+        helper.send(protocol.DELTA, json.dumps(requests).encode())
+        _read_fetched(helper, ingest)
+    whole = missing.whole + ingest.retry
+    for start in range(0, len(whole), FETCH_BATCH):
+        helper.send(protocol.FETCH, json.dumps(whole[start : start + FETCH_BATCH]).encode())
+        _read_fetched(helper, ingest)
+    _after_hooks(helper, hooks)
+    helper.send(protocol.QUIT)
+    snapshot = ingest.finish(bytes_transferred=helper.bytes_sent + helper.bytes_received)
     _write_cache(cache, ingest, snapshot.id)
     errors = list(ingest.errors)
     for hook in hooks:
@@ -227,7 +243,7 @@ def _with_helper(
     return PullOutcome(snapshot, errors, hooks, "helper")
 
 
-def _send_parent(helper: HelperProcess, ingest: Ingest, cache: Path | None) -> None:
+def _parent_frames(ingest: Ingest, cache: Path | None) -> list[tuple[bytes, bytes]]:
     """The parent's files and directories as fingerprints (the helper recognises what
     did not change without its paths being sent: 12 bytes an entry), and block hashes
     of its large files. From the cache the previous pull left, or by walking the
@@ -238,7 +254,7 @@ def _send_parent(helper: HelperProcess, ingest: Ingest, cache: Path | None) -> N
     from costor.store.ingest import fingerprint
 
     if ingest.parent is None:
-        return
+        return []
     cached = _read_cache(cache, ingest.parent.id)
     if cached is not None:
         fingerprints, large = cached
@@ -252,12 +268,15 @@ def _send_parent(helper: HelperProcess, ingest: Ingest, cache: Path | None) -> N
             if item.blocks:
                 large.append([item.path, base64.b64encode(item.blocks).decode()])
         fingerprints = bytes(built)
-    for start in range(0, len(fingerprints), 12 * PARENT_BATCH):
-        helper.send(protocol.PARENT, fingerprints[start : start + 12 * PARENT_BATCH])
-    for start in range(0, len(large), 100):
-        helper.send(
-            protocol.PARENT_LARGE, zlib.compress(json.dumps(large[start : start + 100]).encode())
-        )
+    frames = [
+        (protocol.PARENT, fingerprints[start : start + 12 * PARENT_BATCH])
+        for start in range(0, len(fingerprints), 12 * PARENT_BATCH)
+    ]
+    frames += [
+        (protocol.PARENT_LARGE, zlib.compress(json.dumps(large[start : start + 100]).encode()))
+        for start in range(0, len(large), 100)
+    ]
+    return frames
 
 
 def _cache_dir(ctx: Context, pool: Pool, client: ClientConfig) -> Path:

@@ -296,7 +296,7 @@ class Ingest:
             self._stack.append(child)
             return ""
         if previous is not None and self._reusable(previous):
-            node = replace(previous)
+            node = previous  # as it was: nothing changes a file's node once it is placed
             self._fingerprint(path, node)
             directory.nodes.append(node)
             self.counters["files_unmodified"] += 1

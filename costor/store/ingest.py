@@ -60,6 +60,73 @@ LARGE_FILE = 64 * 1024 * 1024  # from this size the producer keeps 1 MiB block h
 # Content is cut when this much is buffered: more than FastCDC's largest chunk, so
 # every chunk but the last in the buffer ends where it would in a stream.
 CUT_WINDOW = 32 * 1024 * 1024
+BLOCKS_PERSON = b"costor-blocks"  # the digest of a large file is of its block hashes
+
+
+class ContentDigest:
+    """What proves a file's content (costor/remote/helper.py computes the same): a keyed
+    BLAKE2b of the whole file; for a large file, the keyed 16-byte BLAKE2b of each 1 MiB
+    block, and as digest the BLAKE2b of those. A large file's digest can so be checked
+    from its blocks: one changed block costs hashing that block, not the file.
+
+    Bytes are fed in file order; :meth:`jump` moves to another offset (blocks not fed
+    from their first byte get no hash: the caller knows them otherwise)."""
+
+    def __init__(self, key: bytes, *, large: bool) -> None:
+        self.key = key
+        self.large = large
+        self.whole = None if large else hashlib.blake2b(key=key, digest_size=32)
+        self.blocks: dict[int, bytes] = {}  # block index -> hash, of blocks fed whole
+        self.position = 0
+        self._index = -1
+        self._block: Any = None
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self.whole is not None:
+            self.whole.update(data)
+            self.position += len(data)
+            return
+        view = memoryview(data)
+        while len(view):
+            index, within = divmod(self.position, BLOCK_SIZE)
+            take = min(len(view), BLOCK_SIZE - within)
+            if within == 0:
+                self._index, self._block = index, hashlib.blake2b(key=self.key, digest_size=16)
+            if self._block is not None and self._index == index:
+                self._block.update(view[:take])
+                if within + take == BLOCK_SIZE:
+                    self.blocks[index] = self._block.digest()
+                    self._block = None
+            view = view[take:]
+            self.position += take
+
+    def jump(self, position: int) -> None:
+        assert self.whole is None, "only a large file's blocks can be skipped"
+        self._block, self.position = None, position
+
+    def close(self) -> None:
+        """The file ended: a last, partial block fed from its start has its hash."""
+        if self._block is not None:
+            self.blocks[self._index] = self._block.digest()
+            self._block = None
+
+    def hexdigest(self) -> str:
+        """Of a small file; a large file's is :func:`blocks_digest` of its blocks."""
+        assert self.whole is not None
+        return self.whole.hexdigest()
+
+    def end(self, size: int) -> dict[str, Any]:
+        """What a producer reports at the end of a file fed whole: size, digest, blocks."""
+        self.close()
+        if self.whole is not None:
+            return {"size": size, "digest": self.whole.hexdigest(), "blocks": None}
+        blocks = b"".join(self.blocks[index] for index in range(-(-size // BLOCK_SIZE)))
+        digest = blocks_digest(self.key, blocks)
+        return {"size": size, "digest": digest.hex(), "blocks": base64.b64encode(blocks).decode()}
+
+
+def blocks_digest(key: bytes, blocks: bytes) -> bytes:
+    return hashlib.blake2b(blocks, key=key, digest_size=32, person=BLOCKS_PERSON).digest()
 
 
 class DigestIndex(Protocol):
@@ -383,15 +450,21 @@ class Ingest:
             "xattrs",
         ):
             setattr(waiting.node, key, getattr(fresh, key))
+        large = waiting.node.size >= LARGE_FILE
         if state == "delta" and waiting.base is not None:
-            return ContentSink(self, path, base=waiting.base.content)
-        return ContentSink(self, path, base=None)
+            base, reuse = waiting.base, None
+            if large and waiting.changed_blocks is not None and base.size >= LARGE_FILE:
+                blocks = self.index.blocks(base.content)
+                if blocks:
+                    reuse = _Reuse(self.pool, base, blocks, waiting.changed_blocks)
+            return ContentSink(self, path, base=base.content, large=large, reuse=reuse)
+        return ContentSink(self, path, base=None, large=large)
 
     # --- content -------------------------------------------------------------------------
 
     def content(self, path: str) -> ContentSink:
         """A sink for the whole content of ``path``, which is waiting for it."""
-        return ContentSink(self, path, base=None)
+        return ContentSink(self, path, base=None, large=self._waiting[path].node.size >= LARGE_FILE)
 
     def _resolve(self, path: str, content: list[bytes] | None, size: int) -> None:
         waiting = self._waiting.pop(path)
@@ -561,18 +634,36 @@ class Ingest:
 
 class ContentSink:
     """Bytes of one file as they arrive (whole, or changed blocks over a base), cut and
-    stored as they come; :meth:`finish` checks them against the producer's digest."""
+    stored as they come; :meth:`finish` checks them against the producer's digest.
 
-    def __init__(self, ingest: Ingest, path: str, *, base: list[bytes] | None) -> None:
+    A large file whose changed 1 MiB blocks are known (``reuse``) is not rebuilt whole:
+    the parent's chunks between changes are taken as they are, unread. Around each
+    change the base is cut again from the parent chunk boundary before the changed
+    block until a new boundary falls on a parent one; from there on FastCDC cuts the
+    same bytes the same way (each chunk depends only on the bytes from its start), so
+    the chunks are those a full pass would give. The proof is the block hashes: changed
+    blocks hashed here, the others the parent's, and the host's digest of them all."""
+
+    def __init__(
+        self,
+        ingest: Ingest,
+        path: str,
+        *,
+        base: list[bytes] | None,
+        large: bool = False,
+        reuse: _Reuse | None = None,
+    ) -> None:
         self.ingest = ingest
         self.path = path
         self.buffer = bytearray()
         self.content: list[bytes] = []
         self.size = 0
-        self.digest = hashlib.blake2b(key=ingest.key, digest_size=32)
+        self.digest = ContentDigest(ingest.key, large=large)
         self.compress: bool | None = None
         self.base = _BaseReader(ingest.pool, base) if base is not None else None
         self.cursor = 0  # bytes of the new file produced so far
+        self.reuse = reuse
+        self.changed_end = 0  # the end of the last changed block fed
 
     def write(self, data: bytes) -> None:
         """The next bytes of the file (whole-content mode)."""
@@ -583,9 +674,13 @@ class ContentSink:
         assert self.base is not None
         if offset < self.cursor:
             raise BackupError(client=self.ingest.client, reason=f"{self.path}: blocks out of order")
+        if self.reuse is not None:
+            self._reuse_until(offset - offset % BLOCK_SIZE)
         self._feed_base(offset - self.cursor)
         self._feed(data)
         self.base.skip(len(data))
+        end = offset + len(data)
+        self.changed_end = max(self.changed_end, end + (-end % BLOCK_SIZE))
 
     def finish(self, end: dict[str, Any]) -> None:
         ingest = self.ingest
@@ -594,10 +689,17 @@ class ContentSink:
             ingest._resolve(self.path, None, 0)
             return
         size = int(end["size"])
+        if self.reuse is not None and size:
+            if size == self.reuse.old_size:
+                self._reuse_until(size, to_the_end=True)
+            else:  # its last block is a changed one: hashed here, so cut from its start
+                self._reuse_until((size - 1) // BLOCK_SIZE * BLOCK_SIZE)
         if self.base is not None and size > self.cursor:
             self._feed_base(size - self.cursor)
         self._cut(final=True)
-        if self.size != size or self.digest.hexdigest() != end.get("digest"):
+        self.digest.close()
+        verified = self._verify(size, end)
+        if verified is None:
             if self.base is not None:
                 # A delta that does not rebuild the host's file (it changed meanwhile):
                 # fetch it whole instead.
@@ -607,8 +709,8 @@ class ContentSink:
             ingest._fail(self.path, "content did not match the host's digest; not stored")
             ingest._resolve(self.path, None, 0)
             return
-        blocks = base64.b64decode(end["blocks"]) if end.get("blocks") else None
-        ingest.index.record(self.digest.digest(), self.content, size, blocks)
+        digest, blocks = verified
+        ingest.index.record(digest, self.content, size, blocks)
         if blocks:
             ingest.large_blocks[self.path] = blocks
         ingest.counters["bytes_read"] += size
@@ -617,6 +719,99 @@ class ContentSink:
         ingest.progress.advance(files=1)
 
     # --- internals ---------------------------------------------------------------------
+
+    def _verify(self, size: int, end: dict[str, Any]) -> tuple[bytes, bytes | None] | None:
+        """The digest (and block hashes) of what was rebuilt, if it is the host's file."""
+        if self.size != size:
+            return None
+        if not self.digest.large:
+            return (
+                (bytes.fromhex(self.digest.hexdigest()), None)
+                if self.digest.hexdigest() == end.get("digest") and not end.get("blocks")
+                else None
+            )
+        theirs = base64.b64decode(end["blocks"]) if end.get("blocks") else b""
+        count = -(-size // BLOCK_SIZE)
+        ours = []
+        for index in range(count):
+            known = self.digest.blocks.get(index)
+            if known is None and self.reuse is not None:
+                known = self.reuse.unchanged_block(index)
+            if known is None:
+                return None  # neither hashed here nor known unchanged: not proven
+            ours.append(known)
+        blocks = b"".join(ours)
+        digest = blocks_digest(self.ingest.key, blocks)
+        if blocks != theirs or digest.hex() != end.get("digest"):
+            return None
+        return digest, blocks
+
+    def _reuse_until(self, limit: int, *, to_the_end: bool = False) -> None:
+        """Take the parent's chunks, unread, from here to the last parent boundary at or
+        before ``limit`` (the start of the next changed block; with ``to_the_end``, the
+        end of the file), once the cutting here has fallen back on parent boundaries."""
+        reuse = self.reuse
+        assert reuse is not None and self.base is not None
+        if self.cursor >= limit:
+            return
+        while not (self.buffer == b"" and self.cursor in reuse.starts):
+            # Cut the base on, a parent chunk at a time, until a boundary of ours is a
+            # parent boundary past the changed blocks fed.
+            step = reuse.next_start(self.cursor)
+            if step is None or step > limit:
+                return  # no parent boundary before the next change: cut it all
+            before = self.cursor
+            self._feed_base(step - self.cursor)
+            if self.cursor == before:
+                return  # the parent ended early: nothing more to take from it
+            if self.cursor >= self.changed_end and self._fall_back_on_a_parent_boundary():
+                break
+        target = reuse.old_size if to_the_end else reuse.start_at_or_before(limit)
+        if target <= self.cursor:
+            return
+        self.content += reuse.blobs_between(self.cursor, target)
+        self.size += target - self.cursor
+        self.cursor = target
+        self.digest.jump(target)
+        self.base.seek(reuse.blobs_before(target))
+
+    def _fall_back_on_a_parent_boundary(self) -> bool:
+        """Store the chunks the buffer holds up to its first boundary that is a parent's
+        (past the changed blocks): then stand on it with an empty buffer, the base read
+        from there. False, storing only the chunks that are final, if there is none."""
+        reuse = self.reuse
+        assert reuse is not None and self.base is not None
+        if not self.buffer:
+            return False
+        ingest = self.ingest
+        start = self.cursor - len(self.buffer)
+        view = memoryview(self.buffer)
+        chunks = list(ingest._chunker.cut_buf(view))
+        meet = next(
+            (
+                chunk.offset
+                for chunk in chunks
+                if start + chunk.offset >= self.changed_end and start + chunk.offset in reuse.starts
+            ),
+            None,
+        )
+        keep = chunks[-1].offset if meet is None else meet
+        for chunk in chunks:
+            if chunk.offset >= keep:
+                break
+            piece = view[chunk.offset : chunk.offset + chunk.length]
+            self.content.append(ingest._store(piece, bool(self.compress)))
+        rest = bytes(view[keep:]) if meet is None else b""
+        view.release()
+        self.buffer = bytearray(rest)
+        if meet is None:
+            return False
+        position = start + meet  # the bytes after it were the parent's: read them again
+        self.size -= self.cursor - position
+        self.cursor = position
+        self.digest.jump(position)
+        self.base.seek(reuse.blobs_before(position))
+        return True
 
     def _feed_base(self, count: int) -> None:
         assert self.base is not None
@@ -663,21 +858,62 @@ class ContentSink:
         self.buffer = bytearray(rest)
 
 
+class _Reuse:
+    """The parent version of a large file as chunks at known offsets, its block hashes,
+    and which blocks the producer found changed."""
+
+    def __init__(self, pool: Pool, base: Node, blocks: bytes, changed: list[int]) -> None:
+        self.blobs = list(base.content)
+        self.offsets = [0]
+        for blob in self.blobs:
+            self.offsets.append(self.offsets[-1] + pool.locate(blob).raw_length)
+        self.old_size = self.offsets[-1]
+        self.starts = set(self.offsets[:-1])
+        self.block_hashes = blocks
+        self.changed = set(changed)
+
+    def next_start(self, position: int) -> int | None:
+        """The first parent boundary after ``position`` (the end of the file counts)."""
+        index = bisect.bisect_right(self.offsets, position)
+        return self.offsets[index] if index < len(self.offsets) else None
+
+    def start_at_or_before(self, position: int) -> int:
+        return self.offsets[max(0, bisect.bisect_right(self.offsets[:-1], position) - 1)]
+
+    def blobs_before(self, position: int) -> int:
+        """How many parent chunks end at or before ``position`` (a parent boundary)."""
+        return bisect.bisect_left(self.offsets, position)
+
+    def blobs_between(self, start: int, end: int) -> list[bytes]:
+        return self.blobs[self.blobs_before(start) : self.blobs_before(end)]
+
+    def unchanged_block(self, index: int) -> bytes | None:
+        """The parent's hash of block ``index``, if the producer found it unchanged."""
+        if index in self.changed or 16 * index + 16 > len(self.block_hashes):
+            return None
+        return self.block_hashes[16 * index : 16 * index + 16]
+
+
 class _BaseReader:
     """The parent version of a file, read back from the pool in order."""
 
     def __init__(self, pool: Pool, content: list[bytes]) -> None:
         self.pool = pool
-        self.blobs = iter(content)
+        self.content = content
+        self.next = 0  # the next chunk to read
         self.current = b""
 
     def _fill(self) -> bool:
         while not self.current:
-            blob = next(self.blobs, None)
-            if blob is None:
+            if self.next >= len(self.content):
                 return False
-            self.current = self.pool.read_blob(blob)
+            self.current = self.pool.read_blob(self.content[self.next])
+            self.next += 1
         return True
+
+    def seek(self, chunk: int) -> None:
+        """To the start of parent chunk number ``chunk``."""
+        self.next, self.current = chunk, b""
 
     def read(self, count: int) -> bytes:
         parts = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Site, costor_table, tree_digest
@@ -156,6 +157,68 @@ def test_a_large_file_changed_in_place_sends_only_changed_blocks(
     restored = site.cli("restore", "vm:latest", "--target", str(tmp_path / "r"))
     assert restored.code == 0, restored.stderr
     assert (tmp_path / "r" / str(image).lstrip("/")).read_bytes() == image.read_bytes()
+    assert site.cli("check", "--read-data").code == 0
+
+
+def test_a_large_file_delta_reads_only_around_changes_and_cuts_as_a_full_pass(
+    sshd: Sshd,  # noqa: F811
+    remote_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Changes at the start, two adjacent blocks, near the end, growth, then a cut: the
+    parent's chunks between them are taken unread, and the chunks are exactly those of
+    cutting the new file whole (so deduplication is as good as a full pass)."""
+    from conftest import PASSPHRASE
+
+    from costor.store import ingest
+    from costor.store.backends import LocalBackend
+    from costor.store.pool import Pool
+
+    src = remote_dir / "vm"
+    src.mkdir()
+    image = src / "disk.img"
+    image.write_bytes(os.urandom(96 * MiB))
+    site = ssh_site(tmp_path, sshd, {"vm": {"paths": [src]}})
+    assert site.cli("apply", "--auto-approve").code == 0
+    assert site.cli("backup", "vm").code == 0
+    read: list[int] = []
+    original = ingest._BaseReader.read
+    monkeypatch.setattr(
+        ingest._BaseReader, "read", lambda self, n: read.append(n) or original(self, n)
+    )
+    pool = Pool.open(LocalBackend(site.pool_path), PASSPHRASE)
+
+    def grow(handle: Any) -> None:
+        for offset, size in ((100, 5000), (41 * MiB - 10, 20), (90 * MiB + 7, 4096)):
+            handle.seek(offset)
+            handle.write(os.urandom(size))
+        handle.seek(0, os.SEEK_END)
+        handle.write(os.urandom(3 * MiB))
+
+    def shrink(handle: Any) -> None:
+        handle.seek(60 * MiB)
+        handle.write(os.urandom(10))
+        handle.truncate(97 * MiB - 12345)
+
+    for change in (grow, shrink):
+        with open(image, "r+b") as handle:
+            change(handle)
+        read.clear()
+        result = site.cli("backup", "vm", "--json")
+        assert result.code == 0, result.stderr
+        assert result.json()["files_changed"] == 1 and result.json()["files_failed"] == 0
+        assert sum(read) < 30 * MiB, change  # of ~96 MiB: only around the changes
+        target = tmp_path / change.__name__
+        restored = site.cli("restore", "vm:latest", "--target", str(target))
+        assert restored.code == 0, restored.stderr
+        data = image.read_bytes()
+        assert (target / str(image).lstrip("/")).read_bytes() == data
+        pool.load_index()
+        latest = max(pool.list_snapshots(["vm"]), key=lambda snapshot: snapshot.time)
+        [node] = [n for path, n in pool.walk(bytes.fromhex(latest.tree)) if path.endswith(b".img")]
+        chunks = pool.make_chunker().cut_buf(data)
+        assert node.content == [pool.blob_id(data[c.offset : c.offset + c.length]) for c in chunks]
     assert site.cli("check", "--read-data").code == 0
 
 

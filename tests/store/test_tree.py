@@ -45,9 +45,10 @@ def test_the_encoding_is_canonical() -> None:
     # Keys sorted, no whitespace, entries by raw name: exactly what a sorting encoder
     # gives for the same document.
     document = json.loads(data)
-    assert data == json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode()
+    assert (
+        data
+        == json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    )
     assert [node.get("name", node.get("name_b64")) for node in document["nodes"]] == [
         "a-dir",
         "dév",

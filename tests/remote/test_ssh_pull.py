@@ -179,7 +179,9 @@ def test_a_large_file_delta_reads_only_around_changes_and_cuts_as_a_full_pass(
     src.mkdir()
     image = src / "disk.img"
     image.write_bytes(os.urandom(96 * MiB))
-    site = ssh_site(tmp_path, sshd, {"vm": {"paths": [src]}})
+    twin = remote_dir / "twin"
+    twin.mkdir()
+    site = ssh_site(tmp_path, sshd, {"vm": {"paths": [src]}, "twin": {"paths": [twin]}})
     assert site.cli("apply", "--auto-approve").code == 0
     assert site.cli("backup", "vm").code == 0
     read: list[int] = []
@@ -219,6 +221,12 @@ def test_a_large_file_delta_reads_only_around_changes_and_cuts_as_a_full_pass(
         [node] = [n for path, n in pool.walk(bytes.fromhex(latest.tree)) if path.endswith(b".img")]
         chunks = pool.make_chunker().cut_buf(data)
         assert node.content == [pool.blob_id(data[c.offset : c.offset + c.length]) for c in chunks]
+    # The digest recorded for the rebuilt file is the one another host's copy has.
+    (twin / "disk.img").write_bytes(image.read_bytes())
+    copy = site.cli("backup", "twin", "--json")
+    assert copy.code == 0, copy.stderr
+    assert copy.json()["files_deduplicated"] == 1, copy.stdout
+    assert copy.json()["bytes_transferred"] < MiB
     assert site.cli("check", "--read-data").code == 0
 
 

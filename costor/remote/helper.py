@@ -379,7 +379,7 @@ class Helper(object):
         """The file's digest (costor/store/ingest.py ``ContentDigest``): of the whole file,
         or of a large file's 1 MiB block hashes, which are returned too."""
         whole = None if want_blocks else hashlib.blake2b(key=self.key, digest_size=32)
-        blocks = []
+        blocks = []  # type: list
         with open(path, "rb", buffering=0) as handle:
             for _data in self.hashed_reads(handle, whole, blocks):
                 pass
@@ -420,7 +420,7 @@ class Helper(object):
     def send_content(self, path, want_blocks):
         """The whole file in DATA frames, then END with its digest (and block hashes)."""
         whole = None if want_blocks else hashlib.blake2b(key=self.key, digest_size=32)
-        blocks = []
+        blocks = []  # type: list
         size = 0
         compress = self.compress_level > 0
         try:
@@ -467,7 +467,7 @@ class Helper(object):
         self.channel.send_json(START, self.entry(path, st, "delta"))
         large = st.st_size >= LARGE_FILE
         whole = None if large else hashlib.blake2b(key=self.key, digest_size=32)
-        blocks = []
+        blocks = []  # type: list
         compress = self.compress_level > 0
         wanted = sorted((int(o), int(n), int(b), base64.b64decode(h)) for o, n, b, h in ranges)
         seen = self.walked.pop(path, None)

@@ -143,7 +143,7 @@ class Helper(object):
         self.after_hooks = []
         self.after_done = False
         self.links = {}  # (device, inode) -> first path of a file with several links
-        self.walked = {}  # large changed file -> (stat fingerprint, digest, blocks) seen
+        self.walked = {}  # large changed file -> (stat fingerprint, block hashes) seen
         self.counters = {"files": 0, "sent": 0, "unchanged": 0, "digests": 0, "errors": 0}
 
     # --- commands ----------------------------------------------------------------------
@@ -348,7 +348,7 @@ class Helper(object):
             extra = {"digest": digest.hex()}
             if blocks is not None:
                 extra["blocks"] = base64.b64encode(b"".join(blocks)).decode()
-                self.walked[path] = (self.fingerprint(_stat_key(path, st)), digest, blocks)
+                self.walked[path] = (self.fingerprint(_stat_key(path, st)), blocks)
                 known = self.large.get(path, b"")
                 extra["changed_blocks"] = [
                     i for i, block in enumerate(blocks) if known[16 * i : 16 * i + 16] != block
@@ -473,9 +473,9 @@ class Helper(object):
         seen = self.walked.pop(path, None)
         try:
             if large and seen is not None and seen[0] == self.fingerprint(_stat_key(path, st)):
-                # Unchanged since the walk read it whole: its digest and blocks stand, and
-                # only the wanted blocks and what lies past the old end need reading.
-                blocks = list(seen[2])
+                # Unchanged since the walk read it whole: its block hashes stand, and only
+                # the wanted blocks and what lies past the old end need reading.
+                blocks = list(seen[1])
                 indexes = set(o // BLOCK_SIZE for o, _n, _b, _h in wanted)
                 indexes.update(range(old_size // BLOCK_SIZE, -(-st.st_size // BLOCK_SIZE)))
                 for index in sorted(indexes):

@@ -796,11 +796,7 @@ class ContentSink:
             None,
         )
         keep = chunks[-1].offset if meet is None else meet
-        for chunk in chunks:
-            if chunk.offset >= keep:
-                break
-            piece = view[chunk.offset : chunk.offset + chunk.length]
-            self.content.append(ingest._store(piece, bool(self.compress)))
+        self._store_chunks(view, chunks, keep)
         rest = bytes(view[keep:]) if meet is None else b""
         view.release()
         self.buffer = bytearray(rest)
@@ -848,14 +844,18 @@ class ContentSink:
             return
         chunks = list(ingest._chunker.cut_buf(view))
         keep_from = len(view) if final else chunks[-1].offset
+        self._store_chunks(view, chunks, keep_from)
+        rest = bytes(view[keep_from:])
+        view.release()
+        self.buffer = bytearray(rest)
+
+    def _store_chunks(self, view: memoryview, chunks: list[Any], keep_from: int) -> None:
+        """Store the buffer's chunks that start before ``keep_from``, in order."""
         for chunk in chunks:
             if chunk.offset >= keep_from:
                 break
             piece = view[chunk.offset : chunk.offset + chunk.length]
-            self.content.append(ingest._store(piece, bool(self.compress)))
-        rest = bytes(view[keep_from:])
-        view.release()
-        self.buffer = bytearray(rest)
+            self.content.append(self.ingest._store(piece, bool(self.compress)))
 
 
 class _Reuse:
@@ -878,7 +878,8 @@ class _Reuse:
         return self.offsets[index] if index < len(self.offsets) else None
 
     def start_at_or_before(self, position: int) -> int:
-        return self.offsets[max(0, bisect.bisect_right(self.offsets[:-1], position) - 1)]
+        starts = len(self.offsets) - 1  # the last offset is the end, not a start
+        return self.offsets[max(0, bisect.bisect_right(self.offsets, position, 0, starts) - 1)]
 
     def blobs_before(self, position: int) -> int:
         """How many parent chunks end at or before ``position`` (a parent boundary)."""

@@ -1,6 +1,12 @@
 """``costor serve``: the site daemon. One process runs the scheduler and supervises up to
-N workers; each job runs in a child process (``costor jobs run ID``), so a job that
-crashes or is killed takes nothing else with it and its memory is returned.
+N workers; each job runs in a child process, so a job that crashes or is killed takes
+nothing else with it and its memory is returned.
+
+A child is forked from the daemon, which imported the job code and derived each pool's
+key at start: a job so starts in milliseconds, not the ~1 s a new ``costor jobs run ID``
+process pays in imports and argon2id (docs/benchmarks-ssh.md). The child is what that
+command would be: a session of its own, stdout and stderr to the job's log, the
+inventory read afresh, database connections of its own.
 
 Every tick the daemon: beats its heartbeat, interrupts jobs that stopped beating
 (their process died; a retry is queued), queues the runs that are due, reaps finished
@@ -38,10 +44,32 @@ class ServeRunning(CostorError):
     """Another `costor serve` ({holder}) already uses the SQLite state {path}; run one per SQLite state, or use PostgreSQL to run several."""
 
 
+class Forked:
+    """A forked job process, watched like a :class:`subprocess.Popen`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 @dataclass
 class Child:
     job_id: int
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | Forked
     log: IO[bytes]
     started: float = field(default_factory=time.monotonic)
     terminated: bool = False
@@ -59,8 +87,10 @@ class Server:
         once: bool = False,
         retry_delay: float = 30.0,
         log: Any = None,
+        fork: bool = True,
     ) -> None:
         self.ctx = ctx
+        self.fork = fork and hasattr(os, "fork")
         self.workers = max(1, workers)
         self.sites = set(sites) if sites else None
         self.tick = tick
@@ -85,6 +115,8 @@ class Server:
             sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         self.log(f"costor serve {self.id}: {self.workers} worker(s)")
+        if self.fork:
+            self._preload()
         try:
             while True:
                 try:
@@ -156,31 +188,90 @@ class Server:
 
     # --- children ---------------------------------------------------------------------
 
+    def _preload(self) -> None:
+        """Import what jobs run and derive each served pool's key, once, so that forked
+        jobs start at once. A pool that cannot be opened now is opened by its jobs."""
+        import costor.ops.check
+        import costor.ops.forget
+        import costor.ops.prune
+        import costor.ops.pull
+        import costor.ops.runner
+        import costor.ops.selftest
+        import costor.remote.ssh
+        import costor.store.ingest  # noqa: F401  (imported for the forked jobs)
+
+        for name, pool in sorted(self.ctx.inventory.pools.items()):
+            if self.sites is not None and pool.site not in self.sites:
+                continue
+            try:
+                self.ctx.open_pool(name, load_index=False)
+            except Exception as error:  # noqa: BLE001  (its jobs open it and report)
+                self.log(f"costor serve: pool {name} not opened at start: {error}")
+
     def _spawn(self, job: Any) -> None:
         logs = Path(self.ctx.inventory.costor.state_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = open(logs / f"job-{job.id}.log", "ab")  # noqa: SIM115  (closed when reaped)
-        argv = [
-            sys.executable,
-            "-m",
-            "costor",
-            "jobs",
-            "run",
-            str(job.id),
-            "-c",
-            str(self.ctx.inventory_path),
-        ]
-        env = {**os.environ, "COSTOR_JOB_RETRY_DELAY": str(self.retry_delay)}
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=env,
-            start_new_session=True,
-        )
+        process: subprocess.Popen[bytes] | Forked
+        if self.fork:
+            process = self._fork(job.id, log)
+        else:
+            argv = [
+                sys.executable,
+                "-m",
+                "costor",
+                "jobs",
+                "run",
+                str(job.id),
+                "-c",
+                str(self.ctx.inventory_path),
+            ]
+            env = {**os.environ, "COSTOR_JOB_RETRY_DELAY": str(self.retry_delay)}
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+            )
         self.children[job.id] = Child(job.id, process, log)
         self.log(f"job {job.id}: {job.kind} {job.target} started (pid {process.pid})")
+
+    def _fork(self, job_id: int, log: IO[bytes]) -> Forked:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # or the child writes the daemon's buffered output again
+        pid = os.fork()
+        if pid:
+            return Forked(pid)
+        code = 70
+        try:
+            os.setsid()
+            # Not the daemon's: its SQLite lock (a new daemon may start while this job
+            # runs on) and the other jobs' logs.
+            for inherited in [self._lock_file, *(c.log for c in self.children.values())]:
+                if inherited is not None:
+                    inherited.close()
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            os.environ["COSTOR_JOB_RETRY_DELAY"] = str(self.retry_delay)
+            code = run_forked_job(self.ctx, job_id)
+        except BaseException:  # noqa: BLE001  (the child never returns into the daemon)
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:  # noqa: BLE001, S110  (exiting anyway)
+                    pass
+            os._exit(code)
 
     def _reap(self) -> None:
         from costor.db.models import JobRow
@@ -292,6 +383,23 @@ class Server:
         finally:
             if self._lock_file is not None:
                 self._lock_file.close()
+
+
+def run_forked_job(ctx: Context, job_id: int) -> int:
+    """In a child forked from the daemon: run job ``job_id`` as ``costor jobs run ID``
+    would (same exit codes), with the daemon's imports and pool keys."""
+    from costor.config import load_inventory
+    from costor.ops.runner import run_job
+
+    # The daemon's pooled connections are its own: dropped here unclosed (closing them
+    # would end the daemon's sessions), and new ones made (SQLAlchemy's advice for fork).
+    ctx.engine.dispose(close=False)
+    ctx.inventory = load_inventory(ctx.inventory_path)
+    try:
+        return run_job(ctx, job_id)
+    except CostorError as error:
+        print(f"costor: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 def maintenance_sites(ctx: Context) -> set[str]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import functools
 import hashlib
 import os
 import struct
@@ -60,6 +61,7 @@ LARGE_FILE = 64 * 1024 * 1024  # from this size the producer keeps 1 MiB block h
 # Content is cut when this much is buffered: more than FastCDC's largest chunk, so
 # every chunk but the last in the buffer ends where it would in a stream.
 CUT_WINDOW = 32 * 1024 * 1024
+BASE_KEPT = 64 * 1024 * 1024  # delta bases kept between request and rebuild, at most
 BLOCKS_PERSON = b"costor-blocks"  # the digest of a large file is of its block hashes
 
 
@@ -173,6 +175,7 @@ class _Waiting:
     base: Node | None = None  # the parent's version: fetched as a delta against it
     changed_blocks: list[int] | None = None  # of a large file: its changed 1 MiB blocks
     inline: bool = False  # its content follows in the walk
+    base_data: bytes | None = None  # the base's bytes, read for the delta request
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,7 @@ class Ingest:
         # pull's producer: kept by the caller so that it need not walk this tree again.
         self.fingerprints = bytearray()
         self.large_blocks: dict[str, bytes] = {}  # path -> block hashes of large files
+        self._base_kept = 0  # bytes of delta bases kept in memory (at most BASE_KEPT)
 
     # --- what the producer is told first -------------------------------------------------
 
@@ -418,6 +422,11 @@ class Ingest:
             wanted = [(0, base.size, block)]
         for offset, length, block in wanted:
             data = reader.read(offset, length)
+            if offset == 0 and length == base.size and self._base_kept + length <= BASE_KEPT:
+                # Kept for rebuilding the file when the changed blocks come (a second
+                # read of the same blobs was a third of a small-file delta's cost).
+                waiting.base_data = data
+                self._base_kept += length
             hashes = b"".join(
                 hashlib.blake2b(data[i : i + block], key=self.key, digest_size=8).digest()
                 for i in range(0, len(data), block)
@@ -430,6 +439,8 @@ class Ingest:
         its content goes to (None: it could not be read, reported)."""
         path, state = item[0], item[16]
         waiting = self._waiting[path]
+        kept, waiting.base_data = waiting.base_data, None
+        self._base_kept -= len(kept or b"")
         if state.startswith("error:"):
             self._fail(path, state[len("error:") :])
             self._resolve(path, None, 0)
@@ -457,7 +468,10 @@ class Ingest:
                 blocks = self.index.blocks(base.content)
                 if blocks:
                     reuse = _Reuse(self.pool, base, blocks, waiting.changed_blocks)
-            return ContentSink(self, path, base=base.content, large=large, reuse=reuse)
+            sink = ContentSink(self, path, base=base.content, large=large, reuse=reuse)
+            if kept is not None and sink.base is not None:
+                sink.base.preload(kept)
+            return sink
         return ContentSink(self, path, base=None, large=large)
 
     # --- content -------------------------------------------------------------------------
@@ -912,6 +926,10 @@ class _BaseReader:
             self.next += 1
         return True
 
+    def preload(self, data: bytes) -> None:
+        """The whole base, already read (:meth:`Ingest.delta_request`)."""
+        self.current, self.next = data, len(self.content)
+
     def seek(self, chunk: int) -> None:
         """To the start of parent chunk number ``chunk``."""
         self.next, self.current = chunk, b""
@@ -936,11 +954,19 @@ def fingerprint(
 ) -> bytes:
     """The producer's view of an entry (costor/remote/helper.py ``_stat_key``): a 4-byte
     keyed hash of its path and an 8-byte one of path and stat data."""
-    stat_key = path + b"\0" + struct.pack(">QQQQ", size, mtime_ns, ctime_ns, inode)
-    return (
-        hashlib.blake2b(path, key=key, digest_size=8).digest()[:4]
-        + hashlib.blake2b(stat_key, key=key, digest_size=8).digest()
-    )
+    keyed = _keyed8(key)
+    by_path, by_stat = keyed.copy(), keyed.copy()  # a copy costs half a keyed start
+    by_path.update(path)
+    by_stat.update(path + b"\0" + _STAT.pack(size, mtime_ns, ctime_ns, inode))
+    return by_path.digest()[:4] + by_stat.digest()
+
+
+_STAT = struct.Struct(">QQQQ")
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed8(key: bytes) -> Any:
+    return hashlib.blake2b(key=key, digest_size=8)
 
 
 class RandomReader:

@@ -43,7 +43,14 @@ from costor.errors import (
 from costor.store import crypto
 from costor.store.backends.base import Backend
 from costor.store.condemned import CondemnedPack, read_condemned
-from costor.store.index import SEGMENT_AD, BlobLocation, Index, decode_segment, encode_segment
+from costor.store.index import (
+    SEGMENT_AD,
+    BlobLocation,
+    Index,
+    decode_segment,
+    encode_segment,
+    segment_records,
+)
 from costor.store.leases import Lease
 from costor.store.pack import (
     FOOTER,
@@ -379,21 +386,25 @@ class Pool:
         leases.py for why the order matters)."""
         self.condemned = read_condemned(self)
         for info in self.backend.list("index/"):
-            for pack_id, entries in self.read_segment(info.name).items():
+            for pack_id, records in segment_records(self._open_segment(info.name)):
                 target = self.fallback if pack_id in self.condemned else self.index
-                target.add_pack(pack_id, entries)
+                target.add_records(pack_id, records)
 
     def lease(self, kind: str = "backup") -> Lease:
         """Announce a writer (``with pool.lease(): ...``); see leases.py."""
         return Lease(self, kind)
 
     def read_segment(self, name: str) -> dict[str, list[PackEntry]]:
+        return decode_segment(self._open_segment(name))
+
+    def _open_segment(self, name: str) -> bytes:
+        """An index segment's plaintext (still zstd-compressed), verified."""
         data = self.backend.get(name)
         expected = name.rsplit("/", 1)[-1]
         if crypto.object_hash(data) != expected:
             raise DataCorruption(pack=name, reason="index segment does not match its name")
         try:
-            return decode_segment(self.sealer.open(data, SEGMENT_AD))
+            return self.sealer.open(data, SEGMENT_AD)
         except crypto.AuthenticationFailed as error:
             raise DataCorruption(pack=name, reason=f"index segment: {error}") from error
 

@@ -104,6 +104,12 @@ def writing(site: Site) -> bool:
     return any(path.is_file() for path in (site.pool_path / "packs").rglob("*"))
 
 
+def running_job(site: Site) -> Any:
+    """``[(id, pid)]`` of the running job once its process has said its pid, else None."""
+    rows = site.sql("SELECT id, pid FROM jobs WHERE state = 'running'")
+    return rows if rows and rows[0][1] else None
+
+
 def diagnose(serve: Any, site: Any) -> str:
     """What the daemon and its jobs said, for a test that timed out waiting on them."""
     parts = []
@@ -201,13 +207,11 @@ def test_a_worker_killed_mid_backup_is_retried_and_the_pool_is_clean(
     daemon_site.cli("jobs", "add", "backup", "alpha")
     serve = daemon_site.process(*SERVE)
     try:
-
-        def running() -> Any:
-            rows = daemon_site.sql("SELECT id, pid FROM jobs WHERE state = 'running'")
-            return rows if rows and rows[0][1] else None
-
         [(job_id, pid)] = wait_for(
-            running, what="the backup to start", serve=serve, site=daemon_site
+            lambda: running_job(daemon_site),
+            what="the backup to start",
+            serve=serve,
+            site=daemon_site,
         )
         # Kill it in the middle of writing: as soon as its first pack is in the pool (the
         # whole backup takes about a second, so a fixed sleep can miss it: it did in CI).
@@ -556,3 +560,42 @@ def test_a_job_left_running_by_a_dead_daemon_is_retried(daemon_site: Site) -> No
     ]
     assert "stopped (killed or crashed)" in rows[0]["error"]
     assert rows[1]["attempt"] == 2
+
+
+def test_jobs_are_forked_from_the_daemon_and_outlive_it_holding_none_of_its_locks(
+    daemon_site: Site, source: Path
+) -> None:
+    """A job is a fork of the daemon (its imports and pool keys, no new interpreter): its
+    command line is the daemon's. kill -9 of the daemon leaves it running to its end,
+    and on SQLite a new daemon can start meanwhile: the job holds no lock of the old."""
+    (source / "big.bin").write_bytes(os.urandom(200 * 1024 * 1024))
+    daemon_site.cli("jobs", "add", "backup", "alpha")
+    serve = daemon_site.process(*SERVE)
+    try:
+        [(job_id, pid)] = wait_for(
+            lambda: running_job(daemon_site), what="the backup", serve=serve, site=daemon_site
+        )
+        job_argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        serve_argv = Path(f"/proc/{serve.pid}/cmdline").read_bytes().split(b"\0")
+        assert job_argv == serve_argv and b"serve" in job_argv
+        os.kill(serve.pid, signal.SIGKILL)
+        serve.communicate(timeout=60)
+        successor = daemon_site.process(*SERVE)
+        try:
+            wait_for(
+                lambda: job_rows(daemon_site)[0]["state"] == "succeeded",
+                what="the orphaned job to finish",
+                serve=successor,
+                site=daemon_site,
+            )
+            assert successor.poll() is None, successor.communicate()[1].decode()
+        finally:
+            successor.send_signal(signal.SIGTERM)
+            successor.communicate(timeout=120)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.communicate()
+    [row] = job_rows(daemon_site)
+    assert row["id"] == job_id and row["attempt"] == 1 and row["result"]["snapshot_id"]
+    assert daemon_site.cli("check", "--json").code == 0

@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -69,7 +68,7 @@ class Forked:
 @dataclass
 class Child:
     job_id: int
-    process: subprocess.Popen[bytes] | Forked
+    process: Forked
     log: IO[bytes]
     started: float = field(default_factory=time.monotonic)
     terminated: bool = False
@@ -87,10 +86,8 @@ class Server:
         once: bool = False,
         retry_delay: float = 30.0,
         log: Any = None,
-        fork: bool = True,
     ) -> None:
         self.ctx = ctx
-        self.fork = fork and hasattr(os, "fork")
         self.workers = max(1, workers)
         self.sites = set(sites) if sites else None
         self.tick = tick
@@ -115,8 +112,7 @@ class Server:
             sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         self.log(f"costor serve {self.id}: {self.workers} worker(s)")
-        if self.fork:
-            self._preload()
+        self._preload()
         try:
             while True:
                 try:
@@ -212,40 +208,30 @@ class Server:
         logs = Path(self.ctx.inventory.costor.state_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = open(logs / f"job-{job.id}.log", "ab")  # noqa: SIM115  (closed when reaped)
-        process: subprocess.Popen[bytes] | Forked
-        if self.fork:
-            process = self._fork(job.id, log)
-        else:
-            argv = [
-                sys.executable,
-                "-m",
-                "costor",
-                "jobs",
-                "run",
-                str(job.id),
-                "-c",
-                str(self.ctx.inventory_path),
-            ]
-            env = {**os.environ, "COSTOR_JOB_RETRY_DELAY": str(self.retry_delay)}
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=env,
-                start_new_session=True,
-            )
+        process = self._fork(job.id, log)
         self.children[job.id] = Child(job.id, process, log)
         self.log(f"job {job.id}: {job.kind} {job.target} started (pid {process.pid})")
 
     def _fork(self, job_id: int, log: IO[bytes]) -> Forked:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child writes the daemon's buffered output again
-        pid = os.fork()
+        # Signals wait until the child has its own handlers (the daemon's would only set
+        # a stop flag in the child's copy of it).
+        stops = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+            raise
         if pid:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
             return Forked(pid)
         code = 70
         try:
+            for sig in stops:
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
             os.setsid()
             # Not the daemon's: its SQLite lock (a new daemon may start while this job
             # runs on) and the other jobs' logs.
@@ -256,8 +242,6 @@ class Server:
             os.dup2(devnull, 0)
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, signal.SIG_DFL)
             os.environ["COSTOR_JOB_RETRY_DELAY"] = str(self.retry_delay)
             code = run_forked_job(self.ctx, job_id)
         except BaseException:  # noqa: BLE001  (the child never returns into the daemon)

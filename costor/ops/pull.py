@@ -172,7 +172,8 @@ def _run_helper(
         helper.send(protocol.HELLO, json.dumps(_hello(client, pool)).encode())
         # While the host starts Python and runs the before-hooks (~0.1 s and more), the
         # first frames of the walk are made ready here: they cost about as much.
-        first = [*_parent_frames(ingest, cache), (protocol.BLOOM, bloom_filter(index.digests()))]
+        frames, parent = _parent_frames(ingest, cache, pool)
+        first = [*frames, (protocol.BLOOM, bloom_filter(index.digests()))]
         kind, payload = helper.recv()
         helper.start_reading()
     except RemoteError as error:
@@ -216,7 +217,12 @@ def _run_helper(
     for frame_kind, frame in first:
         helper.send(frame_kind, frame)
     helper.send(protocol.WALK)
-    _read_walk(helper, ingest)
+    try:
+        _read_walk(helper, ingest, parent)
+    except BackupError:
+        if ingest.parent_unreadable:
+            _drop_cache(cache)
+        raise
     missing = ingest.missing()
     for start in range(0, len(missing.delta), FETCH_BATCH):
         requests = [ingest.delta_request(p) for p in missing.delta[start : start + FETCH_BATCH]]
@@ -229,7 +235,7 @@ def _run_helper(
     _after_hooks(helper, hooks)
     helper.send(protocol.QUIT)
     snapshot = ingest.finish(bytes_transferred=helper.bytes_sent + helper.bytes_received)
-    _write_cache(cache, ingest, snapshot.id)
+    _write_cache(cache, ingest, snapshot.id, pool)
     errors = list(ingest.errors)
     for hook in hooks:
         if hook["phase"] == "after" and hook["rc"] != 0:
@@ -243,21 +249,39 @@ def _run_helper(
     return PullOutcome(snapshot, errors, hooks, "helper")
 
 
-def _parent_frames(ingest: Ingest, cache: Path | None) -> list[tuple[bytes, bytes]]:
+@dataclass(frozen=True)
+class _Parent:
+    """What the helper was told of the parent: its fingerprints (12 bytes each) and its
+    directories' hashes (8 bytes each), in the order sent."""
+
+    fingerprints: bytes = b""
+    dir_hashes: bytes = b""
+
+
+def _parent_frames(
+    ingest: Ingest, cache: Path | None, pool: Pool
+) -> tuple[list[tuple[bytes, bytes]], _Parent]:
     """The parent's files and directories as fingerprints (the helper recognises what
-    did not change without its paths being sent: 12 bytes an entry), and block hashes
-    of its large files. From the cache the previous pull left, or by walking the
-    parent's trees."""
+    did not change without its paths being sent: 12 bytes an entry), block hashes of its
+    large files, and the hashes of its directories' names (for a sparse walk). From the
+    cache the previous pull left, or by walking the parent's trees (then no sparse
+    walk: the next pull has the cache)."""
     import base64
 
     from costor.remote import helper as protocol
     from costor.store.ingest import fingerprint
 
     if ingest.parent is None:
-        return []
+        return [], _Parent()
     cached = _read_cache(cache, ingest.parent.id)
+    dir_hashes = b""
     if cached is not None:
-        fingerprints, large = cached
+        fingerprints, large = cached.fingerprints, cached.large
+        # A directory left out of the walk keeps the parent's entries unread: only while
+        # every blob the parent had is still indexed (no segment it knew has gone, no
+        # pack is condemned) is that as safe as a full walk's check of each file.
+        if cached.segments <= pool.segments and not pool.condemned:
+            dir_hashes = cached.dir_hashes
     else:
         built, large = bytearray(), []
         for item in ingest.parent_files():
@@ -273,18 +297,30 @@ def _parent_frames(ingest: Ingest, cache: Path | None) -> list[tuple[bytes, byte
         for start in range(0, len(fingerprints), 12 * PARENT_BATCH)
     ]
     frames += [
+        (protocol.PARENT_DIRS, dir_hashes[start : start + 8 * PARENT_BATCH])
+        for start in range(0, len(dir_hashes), 8 * PARENT_BATCH)
+    ]
+    frames += [
         (protocol.PARENT_LARGE, zlib.compress(json.dumps(large[start : start + 100]).encode()))
         for start in range(0, len(large), 100)
     ]
-    return frames
+    return frames, _Parent(fingerprints, dir_hashes)
 
 
 def _cache_dir(ctx: Context, pool: Pool, client: ClientConfig) -> Path:
     return Path(ctx.inventory.costor.state_dir) / "cache" / pool.uuid / client.name
 
 
-def _read_cache(cache: Path | None, snapshot_id: str) -> tuple[bytes, list[list[str]]] | None:
-    """The fingerprints a pull saved for ``snapshot_id`` (a cache: any doubt, None)."""
+@dataclass(frozen=True)
+class _Cached:
+    fingerprints: bytes
+    large: list[list[str]]
+    dir_hashes: bytes
+    segments: set[str]  # the index segments when it was written
+
+
+def _read_cache(cache: Path | None, snapshot_id: str) -> _Cached | None:
+    """What a pull saved for ``snapshot_id`` (a cache: any doubt, None)."""
     if cache is None:
         return None
     try:
@@ -294,12 +330,20 @@ def _read_cache(cache: Path | None, snapshot_id: str) -> tuple[bytes, list[list[
         return None
     if len(fingerprints) % 12:
         return None
-    return fingerprints, large
+    try:
+        dir_hashes = (cache / f"{snapshot_id}.dirs").read_bytes()
+        segments = set(json.loads((cache / f"{snapshot_id}.segments.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        dir_hashes, segments = b"", set()
+    if len(dir_hashes) % 8:
+        dir_hashes = b""
+    return _Cached(fingerprints, large, dir_hashes, segments)
 
 
-def _write_cache(cache: Path, ingest: Ingest, snapshot_id: str) -> None:
-    """Keep this snapshot's fingerprints for the next pull; older ones go. Large files'
-    block hashes come from this pull or, for unchanged ones, the parent's cache."""
+def _write_cache(cache: Path, ingest: Ingest, snapshot_id: str, pool: Pool) -> None:
+    """Keep this snapshot's fingerprints and directory hashes for the next pull; older
+    ones go. Large files' block hashes come from this pull or, for unchanged ones, the
+    parent's cache."""
     import base64
     import os
 
@@ -308,12 +352,14 @@ def _write_cache(cache: Path, ingest: Ingest, snapshot_id: str) -> None:
         large = {p: base64.b64encode(b).decode() for p, b in ingest.large_blocks.items()}
         if ingest.parent is not None:
             previous = _read_cache(cache, ingest.parent.id)
-            for path, blocks in previous[1] if previous else []:
+            for path, blocks in previous.large if previous else []:
                 large.setdefault(path, blocks)
         for old in cache.iterdir():
             old.unlink()
         for name, data in (
             (f"{snapshot_id}.large.json", json.dumps(sorted(large.items())).encode()),
+            (f"{snapshot_id}.segments.json", json.dumps(sorted(pool.segments)).encode()),
+            (f"{snapshot_id}.dirs", bytes(ingest.dir_hashes)),
             (f"{snapshot_id}.fp", bytes(ingest.fingerprints)),
         ):
             temporary = cache / f".{name}.tmp"
@@ -323,7 +369,17 @@ def _write_cache(cache: Path, ingest: Ingest, snapshot_id: str) -> None:
         pass  # a cache: the next pull walks the tree instead
 
 
-def _read_walk(helper: HelperProcess, ingest: Ingest) -> None:
+def _drop_cache(cache: Path) -> None:
+    """After a sparse walk met a parent tree it could not read: the next pull walks
+    every directory whole."""
+    try:
+        for old in cache.iterdir():
+            old.unlink()
+    except OSError:
+        pass
+
+
+def _read_walk(helper: HelperProcess, ingest: Ingest, parent: _Parent) -> None:
     from costor.remote import helper as protocol
 
     while True:
@@ -333,6 +389,13 @@ def _read_walk(helper: HelperProcess, ingest: Ingest) -> None:
             for entry in entries:
                 if ingest.entry(entry) == "data":
                     _read_content(helper, ingest.content(entry[0]))
+        elif kind == protocol.OMITTED:
+            files, size, dirs = (int(n) for n in json.loads(payload))
+            ingest.omitted(files, size, dirs)
+        elif kind == protocol.MATCHED:
+            seen = zlib.decompress(payload)
+            count = len(parent.fingerprints) // 12
+            ingest.carry(parent.fingerprints, seen[:count], parent.dir_hashes, seen[count:])
         elif kind == protocol.WALK_DONE:
             return
         elif kind == protocol.ERROR:

@@ -16,6 +16,15 @@
 # afterwards, one round trip for all of them), and which are new (their content follows,
 # zlib-compressed).
 #
+# A directory whose entry names are those it had in the parent (PARENT_DIRS holds a
+# keyed hash of each parent directory's path and names) is walked *sparse*: its entry
+# says so, and of its entries only what changed is sent; an unchanged file, or an
+# unchanged directory with nothing changed below it, is left out, and the server takes
+# the parent's node for it (a file with several links is always sent, by its path, so
+# that its other names can refer to it). What was left out is counted (OMITTED), and at
+# the end of the walk MATCHED says which parent fingerprints and directories were seen
+# unchanged, so the server knows the new snapshot's fingerprints without these paths.
+#
 # This module is also imported by the server (costor.remote) for the frame kinds and the
 # exclude rule, which must be the same on both sides.
 
@@ -35,12 +44,13 @@ import sys
 import time
 import zlib
 
-VERSION = 2
+VERSION = 3
 
 # Server -> helper
 HELLO = b"H"  # JSON: options, digest key, hooks
 PARENT = b"P"  # parent files: 4-byte path fingerprint | 8-byte path+stat fingerprint, each
 PARENT_LARGE = b"L"  # zlib(JSON list): [path, base64 1 MiB block hashes] of large parent files
+PARENT_DIRS = b"G"  # the parent's directories: 8-byte keyed hash of path and entry names, each
 BLOOM = b"B"  # the Bloom filter of digests in the pool: u32 k | bits
 WALK = b"W"  # walk the paths and stream entries
 FETCH = b"F"  # JSON list of paths: send their content (digests the pool did not have)
@@ -57,6 +67,8 @@ DATA = b"D"  # flag (0 raw, 1 zlib) | bytes: the next bytes of the current file
 BLOCK = b"X"  # u64 offset | flag | bytes: a changed block of the current file
 END = b"d"  # JSON {size, digest, blocks, error}: the current file is complete
 START = b"S"  # JSON entry: the content of a FETCHed or DELTA file follows
+OMITTED = b"O"  # JSON [files, bytes, dirs]: left out of the walk as unchanged (see below)
+MATCHED = b"U"  # zlib(one byte per PARENT fingerprint, then per PARENT_DIRS hash: 1 if seen)
 WALK_DONE = b"Z"  # JSON: counters of the walk
 DONE = b"z"  # a command without other output finished (AFTER, FETCH)
 ERROR = b"!"  # JSON {error}: the helper failed
@@ -64,6 +76,7 @@ ERROR = b"!"  # JSON {error}: the helper failed
 BLOCK_SIZE = 1024 * 1024  # reads, DATA frames and the blocks of large files
 LARGE_FILE = 64 * 1024 * 1024  # from this size, block hashes are kept for in-place diffs
 BLOCKS_PERSON = b"costor-blocks"  # a large file's digest is of its block hashes
+DIR_PERSON = b"costor-dir"  # a directory's hash: of its path and its entries' names
 
 FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET = "f", "d", "l", "p", "c", "b", "s"
 
@@ -136,15 +149,27 @@ class Helper(object):
         self.channel = channel
         self.users = {}
         self.groups = {}
-        self.unchanged = set()  # fingerprints of the parent's files (path and stat data)
+        self.unchanged = {}  # fingerprint of a parent file (path and stat data) -> its index
         self.known_paths = set()  # fingerprints of the parent's file paths
+        self.parent_dirs = {}  # hash of a parent directory's path and names -> its index
+        self.matched = bytearray()  # per parent fingerprint: 1 once seen unchanged
+        self.matched_dirs = bytearray()  # per parent directory: 1 once seen with its names
+        self.headers = []  # entries of directories not sent yet (sent before their first child)
+        self.omitted = [0, 0, 0]  # files, bytes, directories left out since the last OMITTED
         self.large = {}  # path -> 1 MiB block hashes of the parent's version
         self.bloom = Bloom(struct.pack(">I", 0))
         self.after_hooks = []
         self.after_done = False
         self.links = {}  # (device, inode) -> first path of a file with several links
         self.walked = {}  # large changed file -> (stat fingerprint, block hashes) seen
-        self.counters = {"files": 0, "sent": 0, "unchanged": 0, "digests": 0, "errors": 0}
+        self.counters = {
+            "files": 0,
+            "sent": 0,
+            "unchanged": 0,
+            "digests": 0,
+            "errors": 0,
+            "omitted": 0,
+        }
 
     # --- commands ----------------------------------------------------------------------
 
@@ -177,9 +202,18 @@ class Helper(object):
         while True:
             kind, payload = self.channel.recv()
             if kind == PARENT:
+                index = len(self.matched)
                 for start in range(0, len(payload), 12):
                     self.known_paths.add(payload[start : start + 4])
-                    self.unchanged.add(payload[start + 4 : start + 12])
+                    self.unchanged[payload[start + 4 : start + 12]] = index
+                    index += 1
+                self.matched.extend(bytes(index - len(self.matched)))
+            elif kind == PARENT_DIRS:
+                index = len(self.matched_dirs)
+                for start in range(0, len(payload), 8):
+                    self.parent_dirs[payload[start : start + 8]] = index
+                    index += 1
+                self.matched_dirs.extend(bytes(index - len(self.matched_dirs)))
             elif kind == PARENT_LARGE:
                 for path, blocks in json.loads(zlib.decompress(payload).decode()):
                     self.large[path] = base64.b64decode(blocks)
@@ -265,12 +299,17 @@ class Helper(object):
                 if parts:
                     level[parts[-1]] = True
         root = os.lstat("/")
-        self.emit("/", root, "")
         if self.options["paths"] == ["/"]:
-            self.walk_dir("/", root.st_dev)
+            header = self.entry("/", root, "")
+            self.headers.append(header)
+            self.walk_dir("/", root.st_dev, header)
+            self.open_headers()
         else:
+            self.emit("/", root, "")
             self.walk_virtual("/", spec)
+        self.report_omitted()
         self.flush_entries()
+        self.channel.send(MATCHED, zlib.compress(bytes(self.matched + self.matched_dirs)))
         self.channel.send_json(WALK_DONE, self.counters)
 
     def walk_virtual(self, path, spec):
@@ -291,32 +330,62 @@ class Helper(object):
             else:
                 self.emit_error(child, "is not a directory")
 
-    def walk_dir(self, path, root_device):
+    def walk_dir(self, path, root_device, header):
+        """The entries of a directory whose own entry is ``header`` (not sent yet).
+        Sparse when its names are the parent's: the header says so, and unchanged
+        entries are left out (see the top of this file)."""
         try:
             names = sorted(os.listdir(os.fsencode(path)))
         except OSError as error:
             self.emit_error(path, "cannot list directory: %s" % error.strerror)
             return
+        children = []  # type: list
         for raw in names:
             name = os.fsdecode(raw)
             child = os.path.join(path, name)
             if self.matcher.excluded(child, name):
                 continue
             try:
-                st = os.lstat(child)
+                children.append((raw, child, os.lstat(child)))
             except OSError as error:
-                self.emit_error(child, "cannot stat: %s" % error.strerror)
-                continue
-            self.add(child, st, root_device)
-
-    def add(self, path, st, root_device):
-        if stat.S_ISDIR(st.st_mode):
-            if self.fingerprint(_stat_key(path, st)) in self.unchanged:
-                self.compact(path)  # its own metadata is the parent's; its entries may not be
+                children.append((raw, child, error))
+        sparse = False
+        if self.parent_dirs:
+            listed = b"\0".join(raw for raw, _c, st in children if not isinstance(st, OSError))
+            key = path.encode("utf-8", "surrogateescape") + b"\0" + listed
+            index = self.parent_dirs.get(self.dir_hash(key))
+            if index is not None:
+                sparse = True
+                self.matched_dirs[index] = 1
+                if len(header) == 1:
+                    header.append("sparse")
+                else:
+                    header[16] = "sparse"
+        for _raw, child, st in children:
+            if isinstance(st, OSError):
+                self.emit_error(child, "cannot stat: %s" % st.strerror)
             else:
-                self.emit(path, st, "")
-            if not (self.one_file_system and st.st_dev != root_device):
-                self.walk_dir(path, root_device)
+                self.add(child, st, root_device, sparse)
+
+    def add(self, path, st, root_device, sparse=False):
+        """One entry; in a sparse directory, left out if unchanged."""
+        if stat.S_ISDIR(st.st_mode):
+            same = self.seen(_stat_key(path, st))
+            # Its own metadata unchanged: its path alone; its entries may have changed.
+            header = [path] if same else self.entry(path, st, "")
+            if self.one_file_system and st.st_dev != root_device:
+                self.open_headers()
+                self.push(header)
+                return
+            self.headers.append(header)
+            self.walk_dir(path, root_device, header)
+            if self.headers and self.headers[-1] is header:  # nothing below it was sent
+                self.headers.pop()
+                if sparse and same and len(header) == 2:
+                    self.leave_out(0, 1)
+                else:
+                    self.open_headers()
+                    self.push(header)
             return
         if not stat.S_ISREG(st.st_mode):
             self.emit(path, st, "")
@@ -327,11 +396,14 @@ class Helper(object):
             if first != path:  # its content is the first link's, sent (or not) once
                 self.emit(path, st, "link:" + first)
                 return
-        path_key = self.fingerprint(path.encode("utf-8", "surrogateescape"))
-        if self.fingerprint(_stat_key(path, st)) in self.unchanged:
+        if self.seen(_stat_key(path, st)):
             self.counters["unchanged"] += 1
-            self.compact(path)
+            if sparse and st.st_nlink == 1:
+                self.leave_out(st.st_size, 0)
+            else:
+                self.compact(path)
             return
+        path_key = self.fingerprint(path.encode("utf-8", "surrogateescape"))
         had_parent = path_key[:4] in self.known_paths
         if not had_parent and not self.bloom.size:
             # New, and the pool has no digest to compare with: send at once.
@@ -362,13 +434,52 @@ class Helper(object):
         self.emit(path, st, "data", last=True)
         self.send_content(path, want_blocks=st.st_size >= LARGE_FILE)
 
+    def seen(self, key):
+        """Whether this path and stat data are the parent's (noted for MATCHED)."""
+        index = self.unchanged.get(self.fingerprint(key))
+        if index is None:
+            return False
+        self.matched[index] = 1
+        return True
+
+    def leave_out(self, size, dirs):
+        omitted = self.omitted
+        if dirs:
+            omitted[2] += 1
+        else:
+            omitted[0] += 1
+            omitted[1] += size
+        self.counters["omitted"] += 1
+        if omitted[0] + omitted[2] >= 5000:  # progress for the server, now and then
+            self.report_omitted()
+
+    def report_omitted(self):
+        if any(self.omitted):
+            self.flush_entries()
+            self.channel.send_json(OMITTED, self.omitted)
+            self.omitted = [0, 0, 0]
+
+    def open_headers(self):
+        """Send the entries of the directories above what is sent next."""
+        if self.headers:
+            headers, self.headers = self.headers, []
+            for header in headers:
+                self.push(header)
+
+    def push(self, item):
+        self.batch.append(item)
+        self.batch_bytes += 8 + len(item[0]) if len(item) <= 2 else 80 + len(item[0])
+        if self.batch_bytes >= 64 * 1024:
+            self.flush_entries()
+
     def compact(self, path):
         """An entry unchanged since the parent snapshot: its path alone (the server
         copies the parent's entry)."""
-        self.batch.append([path])
-        self.batch_bytes += 8 + len(path)
-        if self.batch_bytes >= 64 * 1024:
-            self.flush_entries()
+        self.open_headers()
+        self.push([path])
+
+    def dir_hash(self, data):
+        return hashlib.blake2b(data, key=self.key, digest_size=8, person=DIR_PERSON).digest()
 
     def fingerprint(self, data):
         return hashlib.blake2b(data, key=self.key, digest_size=8).digest()
@@ -547,6 +658,7 @@ class Helper(object):
     # --- entries -------------------------------------------------------------------------
 
     def emit(self, path, st, state, last=False, extra=None):
+        self.open_headers()
         self.batch.append(self.entry(path, st, state, extra))
         self.batch_bytes += 80 + len(path)
         # An entry whose content follows ends its batch, so the server reads the entries
@@ -587,6 +699,7 @@ class Helper(object):
         return entry
 
     def emit_error(self, path, message):
+        self.open_headers()
         self.counters["errors"] += 1
         self.batch.append(self.error_entry(path, message))
 

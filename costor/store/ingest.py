@@ -38,6 +38,7 @@ import base64
 import bisect
 import functools
 import hashlib
+import itertools
 import os
 import struct
 import threading
@@ -47,13 +48,23 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from costor.errors import BackupError
+from costor.errors import BackupError, DataCorruption
 from costor.store.compressibility import worth_compressing
 from costor.store.pack import BlobType
 from costor.store.pool import Pool
 from costor.store.progress import Progress
 from costor.store.snapshot import Snapshot
-from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
+from costor.store.tree import (
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    FIFO,
+    FILE,
+    SOCKET,
+    SYMLINK,
+    Node,
+    doc_name,
+)
 
 KINDS = {"f": FILE, "d": DIR, "l": SYMLINK, "p": FIFO, "c": CHARDEV, "b": BLOCKDEV, "s": SOCKET}
 BLOCK_SIZE = 1024 * 1024  # the producer's read and block size (costor/remote/helper.py)
@@ -63,6 +74,7 @@ LARGE_FILE = 64 * 1024 * 1024  # from this size the producer keeps 1 MiB block h
 CUT_WINDOW = 32 * 1024 * 1024
 BASE_KEPT = 64 * 1024 * 1024  # delta bases kept between request and rebuild, at most
 BLOCKS_PERSON = b"costor-blocks"  # the digest of a large file is of its block hashes
+DIR_PERSON = b"costor-dir"  # a directory's hash, of its path and names (the helper's)
 
 
 class ContentDigest:
@@ -153,6 +165,31 @@ class ParentFile:
     blocks: bytes | None  # block hashes of a large file, for in-place diffs
 
 
+class _Previous:
+    """A directory's entries in the parent snapshot, as stored (tree documents); a node
+    is made of one only when asked for."""
+
+    def __init__(self, docs: list[dict[str, Any]]) -> None:
+        self.docs = docs
+        self.positions = {doc_name(doc): i for i, doc in enumerate(docs)}
+        self._nodes: dict[int, Node] = {}
+
+    def get(self, name: bytes) -> Node | None:
+        position = self.positions.get(name)
+        if position is None:
+            return None
+        node = self._nodes.get(position)
+        if node is None:
+            node = self._nodes[position] = Node.from_dict(self.docs[position])
+        return node
+
+    def nodes(self) -> list[Node]:
+        return [self.get(name) or Node(name=name, type="") for name in self.positions]
+
+
+_NOTHING = _Previous([])
+
+
 @dataclass(eq=False)
 class _Dir:
     path: str
@@ -160,9 +197,12 @@ class _Dir:
     parent: _Dir | None
     nodes: list[Node] = field(default_factory=list)
     pending: int = 1  # the walk's hold until it leaves the directory, plus waiting entries
-    previous: dict[bytes, Node] = field(default_factory=dict)
-    previous_tree: bytes | None = None
-    previous_nodes: list[Node] = field(default_factory=list)
+    previous_tree: bytes | None = None  # its tree in the parent snapshot, read when needed
+    loaded: _Previous | None = None  # that tree's entries, once read
+    # Sparse (the producer sends only what changed; what it leaves out is the parent's):
+    # entries that were the parent's and are no longer (they failed).
+    sparse: bool = False
+    removed: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -215,6 +255,7 @@ class Ingest:
             "files_failed": 0,
             "files_deduplicated": 0,
             "dirs": 0,
+            "entries_omitted": 0,  # left out of a sparse walk: the parent's, unchanged
             "bytes_read": 0,
             "bytes_processed": 0,
         }
@@ -234,6 +275,12 @@ class Ingest:
         # This snapshot's fingerprints (4-byte path | 8-byte path and stat), for the next
         # pull's producer: kept by the caller so that it need not walk this tree again.
         self.fingerprints = bytearray()
+        # Its directories' hashes (of path and entry names), for the same: the producer
+        # walks a directory whose names are unchanged sparse (see :meth:`entry`).
+        self.dir_hashes = bytearray()
+        self._stale_dirs: set[bytes] = set()  # parent directory hashes no longer true
+        self._carried_dirs: list[bytes] = []  # parent directory hashes still true, maybe
+        self.parent_unreadable = False  # a sparse walk met a parent tree it cannot read
         self.large_blocks: dict[str, bytes] = {}  # path -> block hashes of large files
         self._base_kept = 0  # bytes of delta bases kept in memory (at most BASE_KEPT)
 
@@ -245,7 +292,7 @@ class Ingest:
         change."""
         if self.parent is None:
             return
-        for path, node in self.pool.walk(bytes.fromhex(self.parent.tree)):
+        for path, node in self._parent_nodes(bytes.fromhex(self.parent.tree), b""):
             if node.type not in (FILE, DIR):
                 continue
             blocks = self.index.blocks(node.content) if node.size >= LARGE_FILE else None
@@ -258,19 +305,33 @@ class Ingest:
                 blocks,
             )
 
+    def _parent_nodes(self, tree: bytes, prefix: bytes) -> Iterator[tuple[bytes, Node]]:
+        """Pool.walk, past trees it cannot read: a damaged parent only costs sending the
+        files below them again (the walk's :meth:`_previous` finds them unreadable too)."""
+        try:
+            nodes = self.pool.load_tree(tree)
+        except DataCorruption:
+            return
+        for node in nodes:
+            path = prefix + b"/" + node.name if prefix else node.name
+            yield path, node
+            if node.type == DIR and node.subtree is not None:
+                yield from self._parent_nodes(node.subtree, path)
+
     # --- the entry stream ----------------------------------------------------------------
 
     def entry(self, item: list[Any]) -> str:
         """Take one entry; returns its state, so the caller knows what follows it."""
         path = item[0]
-        if len(item) == 1:
-            return self._unchanged(path)
+        if len(item) <= 2:
+            return self._unchanged(path, sparse=len(item) == 2)
         state = item[16]
         if state.startswith("error:"):
+            self._failed_entry(path)
             self._fail(path, state[len("error:") :])
             return "error"
         if path == "/":
-            self._open_root()
+            self._open_root(sparse=state == "sparse")
             return ""
         parent_path, name = os.path.split(path)
         self._close_until(parent_path)
@@ -278,7 +339,7 @@ class Ingest:
         node = self._node(item, os.fsencode(name))
         if state.startswith("warning:"):
             self._fail(path, state[len("warning:") :], count=False)
-        previous = directory.previous.get(node.name)
+        previous = self._previous(directory).get(node.name)
         if node.type in (FILE, DIR):
             self._fingerprint(path, node)
         if node.type == DIR:
@@ -286,9 +347,13 @@ class Ingest:
                 self.counters["dirs"] += 1
             directory.nodes.append(node)
             directory.pending += 1
-            child = _Dir(path, node, directory)
+            child = _Dir(path, node, directory, sparse=state == "sparse")
             if previous is not None and previous.type == DIR and previous.subtree:
-                self._load_previous(child, previous.subtree)
+                child.previous_tree = previous.subtree
+            elif child.sparse:
+                raise BackupError(
+                    client=self.client, reason=f"{path}: sparse, but not in the parent"
+                )
             self._stack.append(child)
             return ""
         directory.nodes.append(node)
@@ -321,7 +386,7 @@ class Ingest:
                 self._waiting[first].links.append((directory, node))
             else:
                 self._fail(path, f"hard link to {first}, which is not in the backup")
-                directory.nodes.remove(node)
+                self._drop(directory, node)
             return "link"
         self.counters["files_changed" if previous is not None else "files_new"] += 1
         digest = None
@@ -348,27 +413,30 @@ class Ingest:
         self._waiting[path] = waiting
         return "data" if state == "data" else "wait"
 
-    def _unchanged(self, path: str) -> str:
-        """An entry the producer found unchanged: the parent's node, as it was."""
+    def _unchanged(self, path: str, *, sparse: bool = False) -> str:
+        """An entry the producer found unchanged: the parent's node, as it was. (Its
+        fingerprint is the parent's: :meth:`carry` adds it.)"""
         parent_path, name = os.path.split(path)
         self._close_until(parent_path)
         directory = self._stack[-1]
-        previous = directory.previous.get(os.fsencode(name))
+        previous = self._previous(directory).get(os.fsencode(name))
         if previous is not None and previous.type == DIR:
             node = replace(previous, subtree=None)
-            self._fingerprint(path, node)
             if self._inside_paths(path):
                 self.counters["dirs"] += 1
             directory.nodes.append(node)
             directory.pending += 1
-            child = _Dir(path, node, directory)
-            if previous.subtree:
-                self._load_previous(child, previous.subtree)
+            child = _Dir(path, node, directory, previous_tree=previous.subtree, sparse=sparse)
+            if sparse and not previous.subtree:
+                raise BackupError(
+                    client=self.client, reason=f"{path}: sparse, but not in the parent"
+                )
             self._stack.append(child)
             return ""
+        if sparse:
+            raise BackupError(client=self.client, reason=f"{path}: sparse, but not a directory")
         if previous is not None and self._reusable(previous):
             node = previous  # as it was: nothing changes a file's node once it is placed
-            self._fingerprint(path, node)
             directory.nodes.append(node)
             self.counters["files_unmodified"] += 1
             self.counters["bytes_processed"] += node.size
@@ -483,9 +551,9 @@ class Ingest:
     def _resolve(self, path: str, content: list[bytes] | None, size: int) -> None:
         waiting = self._waiting.pop(path)
         if content is None:
-            waiting.directory.nodes.remove(waiting.node)
+            self._drop(waiting.directory, waiting.node)
             for directory, node in waiting.links:
-                directory.nodes.remove(node)
+                self._drop(directory, node)
                 self._release(directory)
         else:
             waiting.node.content, waiting.node.size = content, size
@@ -532,6 +600,7 @@ class Ingest:
         self._workers.shutdown()
         if self._root.node.subtree is None:
             raise BackupError(client=self.client, reason="the tree could not be completed")
+        self.dir_hashes += b"".join(h for h in self._carried_dirs if h not in self._stale_dirs)
         self.pool.flush()
         counters = dict(self.counters)
         counters.update(
@@ -561,20 +630,49 @@ class Ingest:
 
     # --- directories -------------------------------------------------------------------
 
-    def _open_root(self) -> None:
-        root = _Dir("/", Node(name=b"", type=DIR), None)
+    def _open_root(self, *, sparse: bool = False) -> None:
+        root = _Dir("/", Node(name=b"", type=DIR), None, sparse=sparse)
         if self.parent is not None:
-            self._load_previous(root, bytes.fromhex(self.parent.tree))
+            root.previous_tree = bytes.fromhex(self.parent.tree)
+        elif sparse:
+            raise BackupError(client=self.client, reason="/: sparse, but there is no parent")
         self._root = root
         self._stack = [root]
 
-    def _load_previous(self, directory: _Dir, tree: bytes) -> None:
-        try:
-            nodes = self.pool.load_tree(tree)
-        except Exception:  # a damaged parent only costs sending files again
+    def _previous(self, directory: _Dir) -> _Previous:
+        """The directory's entries in the parent snapshot (read on first use)."""
+        if directory.loaded is None:
+            directory.loaded = _NOTHING
+            if directory.previous_tree is not None:
+                try:
+                    directory.loaded = _Previous(self.pool.load_tree_docs(directory.previous_tree))
+                except Exception as error:
+                    if directory.sparse:  # what the producer left out is in that tree
+                        self.parent_unreadable = True
+                        raise BackupError(
+                            client=self.client,
+                            reason=f"{directory.path}: the parent's tree cannot be read "
+                            f"({error}); the next backup sends this directory whole",
+                        ) from error
+                    directory.previous_tree = None  # a damaged parent costs sending files
+        return directory.loaded
+
+    def _drop(self, directory: _Dir, node: Node) -> None:
+        """Leave out an entry placed in ``directory`` (its content could not be had)."""
+        directory.nodes.remove(node)
+        if directory.sparse:
+            directory.removed.append(node.name)
+
+    def _failed_entry(self, path: str) -> None:
+        """An entry the producer could not read: in a sparse directory, the parent's
+        entry of that name goes too (as it would from a complete listing)."""
+        parent_path, name = os.path.split(path)
+        if not name or not any(d.path == parent_path for d in self._stack):
             return
-        directory.previous_tree, directory.previous_nodes = tree, nodes
-        directory.previous = {node.name: node for node in nodes}
+        self._close_until(parent_path)
+        directory = self._stack[-1]
+        if directory.sparse:
+            directory.removed.append(os.fsencode(name))
 
     def _close_until(self, path: str | None) -> None:
         """Leave every open directory that is not ``path`` or one of its ancestors."""
@@ -592,13 +690,58 @@ class Ingest:
             directory.pending -= 1
             if directory.pending:
                 return
-            nodes = [n for n in directory.nodes if n.type]
-            if directory.previous_tree is not None and nodes == directory.previous_nodes:
-                directory.node.subtree = directory.previous_tree
+            if directory.sparse:
+                directory.node.subtree = self._merge(directory)
             else:
-                directory.node.subtree = self.pool.save_tree(nodes)
-            directory.nodes = nodes
+                nodes = [n for n in directory.nodes if n.type]
+                loaded = directory.loaded
+                if (
+                    directory.previous_tree is not None
+                    and loaded is not None
+                    and nodes == loaded.nodes()
+                ):
+                    directory.node.subtree = directory.previous_tree
+                else:
+                    directory.node.subtree = self.pool.save_tree(nodes)
+                self.dir_hashes += self._dir_hash(directory.path, [n.name for n in nodes])
+                directory.nodes = nodes
             directory = directory.parent
+
+    def _merge(self, directory: _Dir) -> bytes:
+        """A sparse directory's tree: the parent's, with the entries that were sent."""
+        assert directory.previous_tree is not None
+        if not directory.nodes and not directory.removed:  # nothing below it was sent
+            return directory.previous_tree
+        previous = self._previous(directory)
+        docs = list(previous.docs)
+        gone: set[int] = set()
+        added: list[dict[str, Any]] = []
+        replaced = False
+        for node in directory.nodes:
+            position = previous.positions.get(node.name)
+            if not node.type:
+                if position is not None:
+                    gone.add(position)
+                continue
+            doc = node.to_dict()
+            if position is None:
+                added.append(doc)
+            elif docs[position] != doc:
+                docs[position] = doc
+                replaced = True
+        sent = {node.name for node in directory.nodes if node.type}
+        for name in directory.removed:  # failed, and not sent (a directory it cannot list is)
+            position = previous.positions.get(name)
+            if position is not None and name not in sent:
+                gone.add(position)
+        if gone or added:  # its names changed: the parent's hash of them no longer holds
+            self._stale_dirs.add(self._dir_hash(directory.path, list(previous.positions)))
+            docs = [doc for i, doc in enumerate(docs) if i not in gone] + added
+            docs.sort(key=doc_name)
+            self.dir_hashes += self._dir_hash(directory.path, [doc_name(d) for d in docs])
+        elif not replaced:
+            return directory.previous_tree
+        return self.pool.save_tree_docs(docs)
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -608,6 +751,31 @@ class Ingest:
         self.fingerprints += fingerprint(
             self.key, raw, size, node.mtime_ns, node.ctime_ns, node.inode
         )
+
+    def _dir_hash(self, path: str, names: list[bytes]) -> bytes:
+        """costor/remote/helper.py ``dir_hash``: of the path and the sorted names."""
+        data = path.encode("utf-8", "surrogateescape") + b"\0" + b"\0".join(sorted(names))
+        return hashlib.blake2b(data, key=self.key, digest_size=8, person=DIR_PERSON).digest()
+
+    def omitted(self, files: int, size: int, dirs: int) -> None:
+        """Entries a sparse walk left out: the parent's, unchanged."""
+        self.counters["files_unmodified"] += files
+        self.counters["bytes_processed"] += size
+        self.counters["dirs"] += dirs
+        self.counters["entries_omitted"] += files + dirs
+        self.progress.advance(files=files, size=size)
+
+    def carry(self, fingerprints: bytes, seen: bytes, dir_hashes: bytes, dirs_seen: bytes) -> None:
+        """The parent's fingerprints and directory hashes the producer saw unchanged (one
+        flag each, in the order they were sent) hold for this snapshot too."""
+        if len(seen) != len(fingerprints) // 12 or len(dirs_seen) != len(dir_hashes) // 8:
+            raise BackupError(client=self.client, reason="the producer's MATCHED does not fit")
+        self.fingerprints += b"".join(
+            itertools.compress(
+                (fingerprints[i : i + 12] for i in range(0, len(fingerprints), 12)), seen
+            )
+        )
+        self._carried_dirs = [dir_hashes[8 * i : 8 * i + 8] for i, f in enumerate(dirs_seen) if f]
 
     def _inside_paths(self, path: str) -> bool:
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.paths)

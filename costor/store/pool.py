@@ -64,7 +64,7 @@ from costor.store.pack import (
     parse_trailer,
 )
 from costor.store.snapshot import Snapshot
-from costor.store.tree import Node, decode_tree, encode_tree
+from costor.store.tree import Node, decode_docs, decode_tree, encode_docs, encode_tree
 
 IDENTITY_NAME = "costor-pool.json"
 FORMAT_VERSION = 1
@@ -264,6 +264,10 @@ class Pool:
         self._pending: set[bytes] = set()
         self._builders: dict[BlobType, PackBuilder] = {}
         self._unindexed: dict[str, list[PackEntry]] = {}  # written, not yet in a segment
+        # Index segments loaded or written by this process: while all of them stay, no
+        # blob they index has left the index (segments are immutable; only a prune or a
+        # reindex removes one).
+        self.segments: set[str] = set()
         self._tree_cache: OrderedDict[bytes, list[Node]] = OrderedDict()
         self.bytes_added = 0  # sealed bytes of new blobs (after compression)
         self.raw_bytes_added = 0  # their plaintext size: the two give the compression ratio
@@ -386,6 +390,7 @@ class Pool:
         leases.py for why the order matters)."""
         self.condemned = read_condemned(self)
         for info in self.backend.list("index/"):
+            self.segments.add(info.name.rsplit("/", 1)[-1])
             for pack_id, records in segment_records(self._open_segment(info.name)):
                 target = self.fallback if pack_id in self.condemned else self.index
                 target.add_records(pack_id, records)
@@ -532,6 +537,7 @@ class Pool:
         data = self.sealer.seal(encode_segment(packs), SEGMENT_AD)
         name = f"index/{crypto.object_hash(data)}"
         self.backend.put(name, data)
+        self.segments.add(name.rsplit("/", 1)[-1])
         return name
 
     # --- reading blobs ------------------------------------------------------------
@@ -571,6 +577,15 @@ class Pool:
 
     def save_tree(self, nodes: list[Node]) -> bytes:
         return self.put_blob(BlobType.TREE, encode_tree(nodes))
+
+    def save_tree_docs(self, docs: list[dict[str, Any]]) -> bytes:
+        """A tree from node documents in canonical order (tree.py ``encode_docs``)."""
+        return self.put_blob(BlobType.TREE, encode_docs(docs))
+
+    def load_tree_docs(self, tree_id: bytes) -> list[dict[str, Any]]:
+        """A tree's node documents (not cached: the caller turns them into nodes, or
+        copies them into a new tree)."""
+        return decode_docs(self.read_blob(tree_id))
 
     def load_tree(self, tree_id: bytes) -> list[Node]:
         with self._lock:

@@ -116,15 +116,31 @@ class Node:
 
 def encode_tree(nodes: list[Node]) -> bytes:
     ordered = sorted(nodes, key=lambda node: node.name)
-    return json.dumps(
-        {"nodes": [node.to_dict() for node in ordered]},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode()
+    return encode_docs([node.to_dict() for node in ordered])
 
 
 def decode_tree(data: bytes) -> list[Node]:
-    return [Node.from_dict(doc) for doc in json.loads(data)["nodes"]]
+    return [Node.from_dict(doc) for doc in decode_docs(data)]
+
+
+def encode_docs(docs: list[dict[str, Any]]) -> bytes:
+    """A tree of node documents already in canonical form and order: those of
+    :meth:`Node.to_dict`, or as :func:`decode_docs` returned them (JSON objects keep
+    their keys' order, so a document read back encodes to the same bytes)."""
+    return json.dumps({"nodes": docs}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_docs(data: bytes) -> list[dict[str, Any]]:
+    """A tree's node documents, without making nodes of them (a pull that changes a few
+    entries of a directory copies the others as they are)."""
+    docs: list[dict[str, Any]] = json.loads(data)["nodes"]
+    return docs
+
+
+def doc_name(doc: dict[str, Any]) -> bytes:
+    """The raw name of a node document."""
+    name = doc.get("name")
+    return name.encode() if name is not None else (_get_bytes(doc, "name") or b"")
 
 
 def _put_bytes(doc: dict[str, Any], key: str, value: bytes) -> None:

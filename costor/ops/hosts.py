@@ -11,6 +11,8 @@ after the administrator checked it.
 from __future__ import annotations
 
 import hashlib
+import struct
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from costor.errors import HostKeyUnknown
@@ -99,10 +101,44 @@ class StateDigestIndex:
         self.ctx = ctx
         self.pool_uuid = pool_uuid
         self.new: dict[str, tuple[list[bytes], int, bytes | None]] = {}
-        # The pool's digests, once :meth:`digests` has read them: a digest not among them
-        # is answered without a query (a changed file's new digest usually is not; a
-        # query per file cost ~1 ms each).
+        # The pool's digests, once :meth:`digests` has read them, or the Bloom filter of
+        # them :meth:`bloom` gave: a digest not among them is answered without a query (a
+        # changed file's new digest usually is not; a query per file cost ~1 ms each).
         self._known: set[str] | None = None
+        self._bloom: Any = None  # costor.remote.helper.Bloom
+
+    def bloom(self) -> bytes:
+        """The Bloom filter of the pool's digests (:func:`bloom_filter`), for the helper.
+        Kept in the state directory (``cache/POOL_UUID/bloom``) with the number of rows it
+        was made for, and made again when that number changed: reading and hashing every
+        digest cost ~60 ms for 20,000 of them, counting them ~2 ms. A filter that missed a
+        digest (rows replaced, a count that came out the same) costs only that content
+        being sent again; one with digests no longer in the table, a query that says so."""
+        from costor.remote.helper import Bloom
+
+        count = self._count()
+        cached = _read_bloom(self._bloom_path())
+        if cached is not None and cached[0] == count:
+            payload = cached[2]
+        else:
+            payload = bloom_filter(self.digests())
+            _write_bloom(self._bloom_path(), count, count, payload)
+        self._bloom = Bloom(payload)
+        return payload
+
+    def _bloom_path(self) -> Path:
+        return Path(self.ctx.inventory.costor.state_dir) / "cache" / self.pool_uuid / "bloom"
+
+    def _count(self) -> int:
+        from sqlalchemy import func
+        from sqlmodel import select
+
+        from costor.db.models import ContentDigestRow
+        from costor.db.session import session_scope
+
+        with session_scope(self.ctx.engine, write=False) as session:
+            query = select(func.count()).where(ContentDigestRow.pool_uuid == self.pool_uuid)
+            return int(session.exec(query).one())
 
     def digests(self) -> list[bytes]:
         from sqlmodel import select
@@ -126,6 +162,8 @@ class StateDigestIndex:
             content, size, _blocks = self.new[digest.hex()]
             return content, size
         if self._known is not None and digest.hex() not in self._known:
+            return None
+        if self._known is None and self._bloom is not None and not self._bloom.may_contain(digest):
             return None
         with session_scope(self.ctx.engine, write=False) as session:
             row = session.get(ContentDigestRow, (self.pool_uuid, digest.hex()))
@@ -188,7 +226,23 @@ class StateDigestIndex:
                     )
                 )
             session.execute(table.insert(), rows)
+        self._update_bloom([bytes.fromhex(digest) for digest in self.new])
         self.new.clear()
+
+    def _update_bloom(self, added: list[bytes]) -> None:
+        """Add this backup's digests to the kept filter, if it was current before them
+        (else, or once it holds twice the digests it was sized for, the next backup makes
+        it again)."""
+        path = self._bloom_path()
+        cached = _read_bloom(path)
+        if cached is None:
+            return
+        count, sized_for, payload = cached
+        now = self._count()
+        if now > 2 * sized_for or now - count > len(added) or now < count:
+            path.unlink(missing_ok=True)  # another backup added some too: made anew
+            return
+        _write_bloom(path, now, sized_for, bloom_add(payload, added))
 
 
 def content_key(content: list[bytes]) -> str:
@@ -199,22 +253,60 @@ def _split(text: str) -> list[bytes]:
     return [bytes.fromhex(text[i : i + 64]) for i in range(0, len(text), 64)]
 
 
+def _read_bloom(path: Path) -> tuple[int, int, bytes] | None:
+    """A kept Bloom filter: (rows it holds, rows it was sized for, filter); a cache, so
+    any doubt is None."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if len(data) < 20:
+        return None
+    count, sized_for = struct.unpack(">QQ", data[:16])
+    return count, sized_for, data[16:]
+
+
+def _write_bloom(path: Path, count: int, sized_for: int, payload: bytes) -> None:
+    import os
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".bloom.{os.getpid()}.tmp")
+        temporary.write_bytes(struct.pack(">QQ", count, sized_for) + payload)
+        temporary.replace(path)
+    except OSError:
+        pass  # a cache: the next backup reads the digests again
+
+
+def bloom_add(payload: bytes, digests: list[bytes]) -> bytes:
+    """``payload`` (:func:`bloom_filter`) with ``digests`` added."""
+    hashes = struct.unpack(">I", payload[:4])[0]
+    if not hashes:  # made of no digests: no size to add to
+        return bloom_filter(digests) if digests else payload
+    array = bytearray(payload[4:])
+    _set_bits(array, hashes, digests)
+    return payload[:4] + bytes(array)
+
+
+def _set_bits(array: bytearray, hashes: int, digests: list[bytes]) -> None:
+    words, total = struct.Struct(f">{hashes}I"), len(array) * 8
+    for digest in digests:
+        for word in words.unpack_from(digest):
+            position = word % total
+            array[position >> 3] |= 1 << (position & 7)
+
+
 def bloom_filter(digests: list[bytes], *, false_positive: float = 0.01) -> bytes:
     """The helper's Bloom filter (costor/remote/helper.py ``Bloom``): ``u32 k | bits``,
     positions taken from the digests' own bytes (keyed hashes: already uniform)."""
     import math
-    import struct
 
     count = max(len(digests), 1)
     bits = max(64, int(-count * math.log(false_positive) / (math.log(2) ** 2)))
     hashes = max(1, min(7, round(bits / count * math.log(2))))
     size = (bits + 7) // 8
     array = bytearray(size)
-    words, total = struct.Struct(f">{hashes}I"), size * 8
-    for digest in digests:
-        for word in words.unpack_from(digest):
-            position = word % total
-            array[position >> 3] |= 1 << (position & 7)
+    _set_bits(array, hashes, digests)
     return struct.pack(">I", hashes if digests else 0) + bytes(array if digests else b"")
 
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 PARENT_BATCH = 5000  # parent files per PARENT frame
 FETCH_BATCH = 500  # paths per FETCH command
+DELTA_BATCH = 20  # paths per DELTA command
 
 
 @dataclass
@@ -164,7 +165,6 @@ def _run_helper(
     index: Any,
     ingest: Ingest,
 ) -> PullOutcome:
-    from costor.ops.hosts import bloom_filter
     from costor.remote import helper as protocol
 
     cache = _cache_dir(ctx, pool, client)
@@ -173,7 +173,7 @@ def _run_helper(
         # While the host starts Python and runs the before-hooks (~0.1 s and more), the
         # first frames of the walk are made ready here: they cost about as much.
         frames, parent = _parent_frames(ingest, cache, pool)
-        first = [*frames, (protocol.BLOOM, bloom_filter(index.digests()))]
+        first = [*frames, (protocol.BLOOM, index.bloom())]
         kind, payload = helper.recv()
         helper.start_reading()
     except RemoteError as error:
@@ -224,9 +224,18 @@ def _run_helper(
             _drop_cache(cache)
         raise
     missing = ingest.missing()
-    for start in range(0, len(missing.delta), FETCH_BATCH):
-        requests = [ingest.delta_request(p) for p in missing.delta[start : start + FETCH_BATCH]]
+    # Delta requests go in small batches, one ahead of the results read: the host reads
+    # and compares one batch while the next is made here (each needs its base's blocks
+    # hashed from the pool).
+    ahead = 0
+    for start in range(0, len(missing.delta), DELTA_BATCH):
+        requests = [ingest.delta_request(p) for p in missing.delta[start : start + DELTA_BATCH]]
         helper.send(protocol.DELTA, json.dumps(requests).encode())
+        ahead += 1
+        if ahead > 1:
+            _read_fetched(helper, ingest)
+            ahead -= 1
+    for _ in range(ahead):
         _read_fetched(helper, ingest)
     whole = missing.whole + ingest.retry
     for start in range(0, len(whole), FETCH_BATCH):

@@ -88,6 +88,7 @@ class ExcludeMatcher(object):
     def __init__(self, patterns):
         self.path_patterns = [p.rstrip("/") for p in patterns if "/" in p]
         self.name_patterns = [p for p in patterns if "/" not in p]
+        self.active = bool(patterns)
 
     def excluded(self, path, name):
         return any(fnmatch.fnmatchcase(name, p) for p in self.name_patterns) or any(
@@ -339,19 +340,29 @@ class Helper(object):
         except OSError as error:
             self.emit_error(path, "cannot list directory: %s" % error.strerror)
             return
+        # The loop below runs once per entry of the host's tree: kept lean (names bound
+        # locally, no os.path.join, the matcher skipped when there are no patterns).
+        prefix = path if path.endswith("/") else path + "/"
+        excluded = self.matcher.excluded if self.matcher.active else None
+        fsdecode, lstat = os.fsdecode, os.lstat
         children = []  # type: list
+        errors = False
         for raw in names:
-            name = os.fsdecode(raw)
-            child = os.path.join(path, name)
-            if self.matcher.excluded(child, name):
+            name = fsdecode(raw)
+            child = prefix + name
+            if excluded is not None and excluded(child, name):
                 continue
             try:
-                children.append((raw, child, os.lstat(child)))
+                children.append((raw, child, lstat(child)))
             except OSError as error:
                 children.append((raw, child, error))
+                errors = True
         sparse = False
         if self.parent_dirs:
-            listed = b"\0".join(raw for raw, _c, st in children if not isinstance(st, OSError))
+            if errors:
+                listed = b"\0".join(r for r, _c, st in children if not isinstance(st, OSError))
+            else:
+                listed = b"\0".join(r for r, _c, _s in children)
             key = path.encode("utf-8", "surrogateescape") + b"\0" + listed
             index = self.parent_dirs.get(self.dir_hash(key))
             if index is not None:
@@ -361,14 +372,28 @@ class Helper(object):
                     header.append("sparse")
                 else:
                     header[16] = "sparse"
+        add = self.add
         for _raw, child, st in children:
-            if isinstance(st, OSError):
+            if errors and isinstance(st, OSError):
                 self.emit_error(child, "cannot stat: %s" % st.strerror)
             else:
-                self.add(child, st, root_device, sparse)
+                add(child, st, root_device, sparse)
 
     def add(self, path, st, root_device, sparse=False):
         """One entry; in a sparse directory, left out if unchanged."""
+        if sparse and st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
+            # The common case of an incremental walk, first and lean: an unchanged file
+            # with one name, in a directory walked sparse, is left out (and counted when
+            # the omissions are reported).
+            index = self.unchanged.get(self.fingerprint(_stat_key(path, st)))
+            if index is not None:
+                self.matched[index] = 1
+                omitted = self.omitted
+                omitted[0] += 1
+                omitted[1] += st.st_size
+                if omitted[0] + omitted[2] >= 5000:  # progress for the server, now and then
+                    self.report_omitted()
+                return
         if stat.S_ISDIR(st.st_mode):
             same = self.seen(_stat_key(path, st))
             # Its own metadata unchanged: its path alone; its entries may have changed.
@@ -382,7 +407,7 @@ class Helper(object):
             if self.headers and self.headers[-1] is header:  # nothing below it was sent
                 self.headers.pop()
                 if sparse and same and len(header) == 2:
-                    self.leave_out(0, 1)
+                    self.omitted[2] += 1
                 else:
                     self.open_headers()
                     self.push(header)
@@ -398,10 +423,7 @@ class Helper(object):
                 return
         if self.seen(_stat_key(path, st)):
             self.counters["unchanged"] += 1
-            if sparse and st.st_nlink == 1:
-                self.leave_out(st.st_size, 0)
-            else:
-                self.compact(path)
+            self.compact(path)
             return
         path_key = self.fingerprint(path.encode("utf-8", "surrogateescape"))
         had_parent = path_key[:4] in self.known_paths
@@ -442,21 +464,17 @@ class Helper(object):
         self.matched[index] = 1
         return True
 
-    def leave_out(self, size, dirs):
-        omitted = self.omitted
-        if dirs:
-            omitted[2] += 1
-        else:
-            omitted[0] += 1
-            omitted[1] += size
-        self.counters["omitted"] += 1
-        if omitted[0] + omitted[2] >= 5000:  # progress for the server, now and then
-            self.report_omitted()
-
     def report_omitted(self):
-        if any(self.omitted):
+        """Send the count of what was left out since the last report (files, their bytes,
+        directories)."""
+        omitted = self.omitted
+        if any(omitted):
+            counters = self.counters
+            counters["files"] += omitted[0]
+            counters["unchanged"] += omitted[0]
+            counters["omitted"] += omitted[0] + omitted[2]
             self.flush_entries()
-            self.channel.send_json(OMITTED, self.omitted)
+            self.channel.send_json(OMITTED, omitted)
             self.omitted = [0, 0, 0]
 
     def open_headers(self):

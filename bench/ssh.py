@@ -195,7 +195,7 @@ WORKER = """
 import json, sys, time
 from costor.ops.backup import run_backup
 from costor.ops.context import Context
-ctx = Context(sys.argv[1])
+ctx = Context(sys.argv[1], keep_indexes=True)  # as `costor serve` does
 for line in sys.stdin:
     start = time.perf_counter()
     outcome = run_backup(ctx, line.strip())

@@ -61,7 +61,7 @@ def run_backup(
         # The lease before the index: a prune that condemns packs from now on waits for
         # this backup, and packs it condemned before are not reused (store/leases.py).
         lease = pool.lease("backup")
-        pool.load_index()
+        ctx.load_index(pool)
         adopted = pool.adopt_orphan_packs()
         # A renamed client's parent may carry its earlier name ([[moved]]).
         previous = pool.list_snapshots(ctx.client_names(client_name))

@@ -17,14 +17,24 @@ if TYPE_CHECKING:
     from costor.config.model import ClientConfig, Inventory, PoolConfig, SecretRef
     from costor.db.models import SnapshotRow
     from costor.store.backends.base import Backend
+    from costor.store.index import IndexCache
     from costor.store.pool import Pool
     from costor.store.snapshot import Snapshot
 
 
 class Context:
-    def __init__(self, inventory_path: str | Path, *, resolve_secrets: bool = False) -> None:
+    def __init__(
+        self,
+        inventory_path: str | Path,
+        *,
+        resolve_secrets: bool = False,
+        keep_indexes: bool = False,
+    ) -> None:
         """``resolve_secrets``: also check that every secret can be read (plan, apply),
-        so a missing variable is a diagnostic naming file, line and key."""
+        so a missing variable is a diagnostic naming file, line and key.
+        ``keep_indexes``: a long-lived process (``costor serve``) keeps each pool's
+        loaded index segments between backups (``costor/store/index.py``
+        ``IndexCache``); a one-shot command does not pay for the copy."""
         from costor.config import load_inventory
 
         self.inventory_path = Path(inventory_path)
@@ -33,6 +43,8 @@ class Context:
         # process that backs up many clients (backup --all, the scheduler) derives each
         # pool's key once (~0.2 s of argon2id), not once per backup.
         self._masters: dict[tuple[str, str], Any] = {}
+        self.keep_indexes = keep_indexes
+        self._index_caches: dict[str, IndexCache] = {}  # by pool UUID
 
     # --- configuration --------------------------------------------------------------
 
@@ -186,7 +198,7 @@ class Context:
         if cached is not None:
             self._configure(name, cached)
             if load_index:
-                cached.load_index()
+                self.load_index(cached)
             return cached
         passphrase = self.passphrase(name)
         wrong: WrongPassphrase | None = None
@@ -206,8 +218,19 @@ class Context:
         self._masters[(name, pool.uuid)] = pool.master
         self._configure(name, pool)
         if load_index:
-            pool.load_index()
+            self.load_index(pool)
         return pool
+
+    def load_index(self, pool: Pool) -> None:
+        """The pool's index, from the segments this process kept where it keeps them."""
+        pool.load_index(self.index_cache(pool.uuid))
+
+    def index_cache(self, uuid: str) -> IndexCache | None:
+        from costor.store.index import IndexCache
+
+        if not self.keep_indexes:
+            return None
+        return self._index_caches.setdefault(uuid, IndexCache())
 
     def _cached_pool(self, name: str, backend: Backend) -> Pool | None:
         """The pool, opened with the key this process already derived for it (same name,

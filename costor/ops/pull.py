@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from costor.errors import BackupError, HookFailed, RemoteError
 from costor.ops.context import Context
 from costor.store.progress import Progress
+from costor.util import jsonfast
 
 if TYPE_CHECKING:
     from costor.config.model import ClientConfig
@@ -394,7 +395,7 @@ def _read_walk(helper: HelperProcess, ingest: Ingest, parent: _Parent) -> None:
     while True:
         kind, payload = helper.recv()
         if kind == protocol.ENTRIES:
-            entries = json.loads(zlib.decompress(payload).decode("utf-8", "surrogateescape"))
+            entries = jsonfast.loads(zlib.decompress(payload), errors="surrogateescape")
             for entry in entries:
                 if ingest.entry(entry) == "data":
                     _read_content(helper, ingest.content(entry[0]))
@@ -421,7 +422,7 @@ def _read_fetched(helper: HelperProcess, ingest: Ingest) -> None:
     while True:
         kind, payload = helper.recv()
         if kind == protocol.START:
-            sink = ingest.restart(json.loads(payload.decode("utf-8", "surrogateescape")))
+            sink = ingest.restart(jsonfast.loads(payload, errors="surrogateescape"))
             if sink is not None:
                 _read_content(helper, sink)
         elif kind == protocol.DONE:

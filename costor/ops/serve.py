@@ -88,6 +88,7 @@ class Server:
         log: Any = None,
     ) -> None:
         self.ctx = ctx
+        ctx.keep_indexes = True  # loaded at start, refreshed after each job (_preload)
         self.workers = max(1, workers)
         self.sites = set(sites) if sites else None
         self.tick = tick
@@ -102,6 +103,7 @@ class Server:
         self._lock_file: IO[str] | None = None
         self._last_beat = 0.0
         self._claimed = False
+        self._served_pools: list[str] = []  # opened at start: their indexes are kept
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -185,8 +187,10 @@ class Server:
     # --- children ---------------------------------------------------------------------
 
     def _preload(self) -> None:
-        """Import what jobs run and derive each served pool's key, once, so that forked
-        jobs start at once. A pool that cannot be opened now is opened by its jobs."""
+        """Import what jobs run, derive each served pool's key and load its index, once,
+        so that forked jobs start at once (a job reads only the index segments written
+        since: store/index.py ``IndexCache``). A pool that cannot be opened now is
+        opened by its jobs."""
         import costor.ops.check
         import costor.ops.forget
         import costor.ops.prune
@@ -200,9 +204,23 @@ class Server:
             if self.sites is not None and pool.site not in self.sites:
                 continue
             try:
-                self.ctx.open_pool(name, load_index=False)
+                self.ctx.open_pool(name, load_index=True)
             except Exception as error:  # noqa: BLE001  (its jobs open it and report)
                 self.log(f"costor serve: pool {name} not opened at start: {error}")
+            else:
+                self._served_pools.append(name)
+
+    def _refresh_indexes(self) -> None:
+        """After a job: the segments it wrote, into the kept indexes (a few ms; the next
+        job forked reads fewer)."""
+        for name in self._served_pools:
+            try:
+                pool = self.ctx.open_pool(name, load_index=False)
+                cache = self.ctx.index_cache(pool.uuid)
+                if cache is not None:
+                    pool.refresh_index_cache(cache)
+            except Exception as error:  # noqa: BLE001  (its jobs load what they need)
+                self.log(f"costor serve: the index of pool {name} not refreshed: {error}")
 
     def _spawn(self, job: Any) -> None:
         logs = Path(self.ctx.inventory.costor.state_dir) / "logs"
@@ -263,6 +281,7 @@ class Server:
         from costor.ops import jobs
         from costor.ops.runner import after_job
 
+        ended = False
         for job_id, child in list(self.children.items()):
             code = child.process.poll()
             if code is None:
@@ -286,6 +305,9 @@ class Server:
                     after_job(self.ctx, finished)
             elif row is not None:
                 self.log(f"job {job_id}: {row.kind} {row.target} {row.state}")
+            ended = True
+        if ended:
+            self._refresh_indexes()
 
     def _stop_children(self) -> None:
         assert self.stop_requested_at is not None

@@ -51,7 +51,7 @@ from typing import Any, Protocol
 from costor.errors import BackupError, DataCorruption
 from costor.store.compressibility import worth_compressing
 from costor.store.pack import BlobType
-from costor.store.pool import Pool
+from costor.store.pool import READ_WINDOW, Pool
 from costor.store.progress import Progress
 from costor.store.snapshot import Snapshot
 from costor.store.tree import (
@@ -1149,13 +1149,14 @@ class RandomReader:
             self.starts.append(position)
             position += pool.locate(blob).raw_length
         self.size = position
+        self.window = position >= READ_WINDOW  # else each blob alone (Pool.read_blob)
 
     def read(self, offset: int, length: int) -> bytes:
         parts = []
         end = min(offset + length, self.size)
         index = max(bisect.bisect_right(self.starts, offset) - 1, 0)
         while offset < end and index < len(self.content):
-            data = self.pool.read_blob(self.content[index])
+            data = self.pool.read_blob(self.content[index], window=self.window)
             start = self.starts[index]
             parts.append(data[max(offset - start, 0) : end - start])
             offset = start + len(data)

@@ -47,6 +47,7 @@ from costor.store.index import (
     SEGMENT_AD,
     BlobLocation,
     Index,
+    IndexCache,
     decode_segment,
     encode_segment,
     segment_records,
@@ -384,16 +385,47 @@ class Pool:
 
     # --- index --------------------------------------------------------------------
 
-    def load_index(self) -> None:
+    def load_index(self, cache: IndexCache | None = None) -> None:
         """Load every index segment. Packs a prune condemned go to ``fallback``: new
         writes do not reuse them. A backup takes its lease before calling this (see
-        leases.py for why the order matters)."""
+        leases.py for why the order matters). With ``cache``: only the segments it
+        does not hold yet are read (see :class:`IndexCache`)."""
         self.condemned = read_condemned(self)
-        for info in self.backend.list("index/"):
-            self.segments.add(info.name.rsplit("/", 1)[-1])
-            for pack_id, records in segment_records(self._open_segment(info.name)):
-                target = self.fallback if pack_id in self.condemned else self.index
-                target.add_records(pack_id, records)
+        listed = {info.name.rsplit("/", 1)[-1]: info.name for info in self.backend.list("index/")}
+        if cache is None:
+            for name, full_name in listed.items():
+                self.segments.add(name)
+                self._load_segment(full_name, self.index, self.fallback)
+            return
+        with cache.lock:
+            self._update_cache(cache, listed)
+            self.index, self.fallback = cache.index.copy(), cache.fallback.copy()
+            self.segments = set(cache.segments)
+
+    def refresh_index_cache(self, cache: IndexCache) -> None:
+        """Bring ``cache`` up to the segments listed now, without loading this pool's own
+        index (a daemon between jobs: what it forks next starts from there)."""
+        self.condemned = read_condemned(self)
+        listed = {info.name.rsplit("/", 1)[-1]: info.name for info in self.backend.list("index/")}
+        with cache.lock:
+            self._update_cache(cache, listed)
+
+    def _update_cache(self, cache: IndexCache, listed: dict[str, str]) -> None:
+        condemned = frozenset(self.condemned)
+        if (
+            cache.uuid != self.uuid
+            or cache.condemned != condemned
+            or not cache.segments <= listed.keys()
+        ):
+            cache.reset(self.uuid, condemned)
+        for name, full_name in listed.items():
+            if name not in cache.segments:
+                self._load_segment(full_name, cache.index, cache.fallback)
+                cache.segments.add(name)
+
+    def _load_segment(self, name: str, index: Index, fallback: Index) -> None:
+        for pack_id, records in segment_records(self._open_segment(name)):
+            (fallback if pack_id in self.condemned else index).add_records(pack_id, records)
 
     def lease(self, kind: str = "backup") -> Lease:
         """Announce a writer (``with pool.lease(): ...``); see leases.py."""
@@ -550,14 +582,23 @@ class Pool:
             )
         return location
 
-    def read_blob(self, blob_identity: bytes) -> bytes:
+    def read_blob(self, blob_identity: bytes, *, window: bool = True) -> bytes:
+        """A blob's plaintext, verified. ``window``: through the cache of pack windows
+        (reads in order: a restore, a large file); False, the blob's bytes alone (a
+        small file's parent version, wanted once: a 4 MiB window for 8 KiB was most of
+        an incremental pull's reading)."""
         location = self.locate(blob_identity)
-        sealed = self._windows.read(
-            location.pack_id,
-            location.offset,
-            location.length,
-            self.index.data_end(location.pack_id) or self.fallback.data_end(location.pack_id),
-        )
+        if window:
+            sealed = self._windows.read(
+                location.pack_id,
+                location.offset,
+                location.length,
+                self.index.data_end(location.pack_id) or self.fallback.data_end(location.pack_id),
+            )
+        else:
+            sealed = self.backend.get_range(
+                pack_name(location.pack_id), location.offset, location.length
+            )
         try:
             return self.codec.open(location.type, blob_identity, sealed, location.raw_length)
         except BlobCorrupt:

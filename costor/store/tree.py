@@ -12,9 +12,10 @@ would make every tree new on every backup (restore sets atime = mtime).
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from costor.util import jsonfast
 
 FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET = (
     "file",
@@ -127,13 +128,13 @@ def encode_docs(docs: list[dict[str, Any]]) -> bytes:
     """A tree of node documents already in canonical form and order: those of
     :meth:`Node.to_dict`, or as :func:`decode_docs` returned them (JSON objects keep
     their keys' order, so a document read back encodes to the same bytes)."""
-    return json.dumps({"nodes": docs}, separators=(",", ":"), ensure_ascii=False).encode()
+    return jsonfast.dumps({"nodes": docs})
 
 
 def decode_docs(data: bytes) -> list[dict[str, Any]]:
     """A tree's node documents, without making nodes of them (a pull that changes a few
     entries of a directory copies the others as they are)."""
-    docs: list[dict[str, Any]] = json.loads(data)["nodes"]
+    docs: list[dict[str, Any]] = jsonfast.loads(data)["nodes"]
     return docs
 
 

@@ -15,8 +15,9 @@ from conftest import PASSPHRASE, make_pool, open_pool, tree_digest
 from costor.store.archiver import Archiver
 from costor.store.backends import LocalBackend
 from costor.store.backends.base import ForwardingBackend
-from costor.store.checker import check
+from costor.store.checker import check, reindex
 from costor.store.condemned import read_condemned
+from costor.store.index import IndexCache
 from costor.store.leases import list_leases
 from costor.store.pool import Pool
 from costor.store.prune import PruneBusy, PruneOptions, PruneRefused, prune
@@ -302,3 +303,51 @@ def test_repacking_goes_on_while_more_than_max_unused_is_left(tmp_path: Path) ->
     strict = prune(fresh(path), PruneOptions(safety_window=0, max_unused=0.05))
     assert strict.packs_repacked == 1 and strict.bytes_reclaimed > 500_000
     clean(path)
+
+
+def cached_load(path: Path, cache: IndexCache) -> Pool:
+    pool = Pool.open(LocalBackend(path), PASSPHRASE)
+    pool.load_index(cache)
+    return pool
+
+
+def same_index(a: Pool, b: Pool) -> None:
+    assert dict(a.index.items()) == dict(b.index.items())
+    assert dict(a.fallback.items()) == dict(b.fallback.items())
+    assert a.segments == b.segments and set(a.condemned) == set(b.condemned)
+
+
+def test_a_kept_index_reads_only_new_segments_and_follows_prune(two_trees, tmp_path: Path) -> None:
+    """IndexCache (a daemon's jobs): the same index as a whole load, at every step."""
+    path, _a, _b, snap_a, _snap_b = two_trees
+    cache = IndexCache()
+    first = cached_load(path, cache)
+    same_index(first, fresh(path))
+    c = tree(tmp_path / "c", 3)
+    snapshot = backup(fresh(path), [c])
+    opened: list[str] = []
+    real = Pool._open_segment
+
+    def counting(self: Pool, name: str) -> bytes:
+        opened.append(name)
+        return real(self, name)
+
+    Pool._open_segment = counting  # type: ignore[method-assign]
+    try:
+        second = cached_load(path, cache)
+    finally:
+        Pool._open_segment = real  # type: ignore[method-assign]
+    assert len(opened) == 1  # the one segment the backup of c wrote
+    same_index(second, fresh(path))
+    # A prune condemns packs, then deletes them: each time, the kept index is made again.
+    fresh(path).delete_snapshot(snap_a.id)
+    prune(fresh(path), PruneOptions(safety_window=3600))
+    assert read_condemned(fresh(path))
+    same_index(cached_load(path, cache), fresh(path))
+    prune(fresh(path), NOW)
+    same_index(cached_load(path, cache), fresh(path))
+    # A reindex replaces every segment: the kept ones are gone, it loads again whole.
+    reindex(Pool.open(LocalBackend(path), PASSPHRASE))
+    after = cached_load(path, cache)
+    same_index(after, fresh(path))
+    restored(after, snapshot, tmp_path / "out", c)

@@ -37,6 +37,7 @@ from typing import IO, Any
 
 from costor.errors import CostorError
 from costor.ops.context import Context, utcnow
+from costor.util import hashthreads
 
 
 class ServeRunning(CostorError):
@@ -89,6 +90,8 @@ class Server:
     ) -> None:
         self.ctx = ctx
         ctx.keep_indexes = True  # loaded at start, refreshed after each job (_preload)
+        # Its forked jobs must not inherit a started BLAKE3 thread pool (they would hang).
+        hashthreads.keep_fork_safe()
         self.workers = max(1, workers)
         self.sites = set(sites) if sites else None
         self.tick = tick

@@ -29,6 +29,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from costor.errors import PoolError, WrongPassphrase
+from costor.util import hashthreads
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -127,8 +128,9 @@ def blob_id(id_key: bytes, data: bytes | memoryview) -> bytes:
 
 def object_hash(data: bytes | bytearray | memoryview) -> str:
     """Unkeyed BLAKE3-256 of stored bytes, hex: names packs, index segments and snapshots
-    so anyone holding a copy can verify it without the key."""
-    return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
+    so anyone holding a copy can verify it without the key. Threaded where that is safe
+    (costor/util/hashthreads.py)."""
+    return blake3.blake3(data, max_threads=hashthreads.max_threads()).hexdigest()
 
 
 # --- key slots -----------------------------------------------------------------------

@@ -599,3 +599,34 @@ def test_jobs_are_forked_from_the_daemon_and_outlive_it_holding_none_of_its_lock
     [row] = job_rows(daemon_site)
     assert row["id"] == job_id and row["attempt"] == 1 and row["result"]["snapshot_id"]
     assert daemon_site.cli("check", "--json").code == 0
+
+
+def test_a_daemon_that_loaded_a_large_index_forks_jobs_that_finish(
+    daemon_site: Site, source: Path
+) -> None:
+    """The daemon loads each pool's index at start (kept between jobs); hashing a large
+    segment there once started BLAKE3's thread pool, and every forked job then hung in
+    its first pack's hash (util/hashthreads.py)."""
+    many = source / "many"
+    many.mkdir()
+    for number in range(4000):
+        (many / f"{number}.txt").write_bytes(os.urandom(64))
+    assert daemon_site.cli("backup", "alpha").code == 0
+    segments = [p for p in (daemon_site.pool_path / "index").rglob("*") if p.is_file()]
+    assert max(p.stat().st_size for p in segments) > 128 * 1024  # threaded when hashed
+    (source / "big.bin").write_bytes(os.urandom(12 * 1024 * 1024))  # packs to hash
+    daemon_site.cli("jobs", "add", "backup", "alpha")
+    serve = daemon_site.process(*SERVE)
+    try:
+        wait_for(
+            lambda: job_rows(daemon_site)[-1]["state"] == "succeeded",
+            60,
+            "the job forked after the index was loaded",
+            serve,
+            daemon_site,
+        )
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGTERM)
+            serve.communicate(timeout=120)
+    assert daemon_site.cli("check", "--json").code == 0

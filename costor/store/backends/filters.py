@@ -45,6 +45,7 @@ from costor.errors import (
     WriteNotVerified,
 )
 from costor.store.backends.base import Backend, ForwardingBackend, ObjectInfo
+from costor.util import hashthreads
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -58,7 +59,7 @@ def full_jitter(cap: float) -> float:
 
 
 def _digest(data: bytes | bytearray | memoryview) -> bytes:
-    return blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest()
+    return blake3.blake3(data, max_threads=hashthreads.max_threads()).digest()
 
 
 # --- retrying ------------------------------------------------------------------------

@@ -281,7 +281,7 @@ class Costor:
 
         if self.worker is None:
             self.worker = subprocess.Popen(
-                self.cmd("serve", "--tick", "0.05", "--workers", "1"),
+                self.cmd("serve", "--workers", "1"),
                 stdout=subprocess.DEVNULL,
                 stderr=open(self.work / "serve.log", "ab"),  # noqa: SIM115  (serve keeps it)
                 env=self.env,
@@ -450,8 +450,10 @@ def render(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
         "",
         "- *server process*: one long-lived process doing the pulls (Python's imports done "
         "and each pool's key derived once): the cost of the pull itself. "
-        "*`costor serve` job*: a backup queued to a running daemon, which forks each job "
-        "from itself (imports done, keys derived at its start), timed from the claim to "
+        "*`costor serve` job*: a backup queued (`costor jobs add`) to a running daemon "
+        "(its default 1 s tick, so it claims the job once that command has exited), which "
+        "forks each job from itself (imports done, keys derived and indexes loaded at its "
+        "start), timed from the claim to "
         "the recorded outcome (the job table's started_at and finished_at): what a "
         "scheduled backup costs. *`costor backup`*: a new process per pull, paying ~0.8 s "
         "of imports and one argon2id key derivation (~0.2 s) each time. "

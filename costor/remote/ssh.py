@@ -18,6 +18,7 @@ defaults.
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import shlex
 import struct
@@ -79,6 +80,7 @@ class HostKey:
         return cls(key.export_public_key().decode().strip(), key.get_fingerprint("sha256"))
 
 
+@functools.cache  # read once a process: a daemon's jobs send what it was started with
 def helper_source() -> bytes:
     return resources.files("costor.remote").joinpath("helper.py").read_bytes()
 

@@ -63,8 +63,12 @@ from costor.store.tree import (
     SOCKET,
     SYMLINK,
     Node,
+    decode_docs,
     doc_name,
+    find_doc,
+    replace_docs,
 )
+from costor.util import jsonfast
 
 KINDS = {"f": FILE, "d": DIR, "l": SYMLINK, "p": FIFO, "c": CHARDEV, "b": BLOCKDEV, "s": SOCKET}
 BLOCK_SIZE = 1024 * 1024  # the producer's read and block size (costor/remote/helper.py)
@@ -166,28 +170,54 @@ class ParentFile:
 
 
 class _Previous:
-    """A directory's entries in the parent snapshot, as stored (tree documents); a node
-    is made of one only when asked for."""
+    """A directory's entries in the parent snapshot, from its stored tree. An entry asked
+    for by name is found in the tree's bytes and decoded alone (tree.py ``find_doc``);
+    all of them are decoded only when a listing is needed (``docs``, ``positions``)."""
 
-    def __init__(self, docs: list[dict[str, Any]]) -> None:
-        self.docs = docs
-        self.positions = {doc_name(doc): i for i, doc in enumerate(docs)}
-        self._nodes: dict[int, Node] = {}
+    def __init__(self, data: bytes | None = None) -> None:
+        self.data = data
+        self._docs: list[dict[str, Any]] | None = None if data is not None else []
+        self._positions: dict[bytes, int] | None = None if data is not None else {}
+        self._nodes: dict[bytes, Node] = {}
+        self.spans: dict[bytes, tuple[int, int]] = {}  # names found in the bytes
+
+    @property
+    def docs(self) -> list[dict[str, Any]]:
+        if self._docs is None:
+            assert self.data is not None
+            self._docs = decode_docs(self.data)
+        return self._docs
+
+    @property
+    def positions(self) -> dict[bytes, int]:
+        if self._positions is None:
+            self._positions = {doc_name(doc): i for i, doc in enumerate(self.docs)}
+        return self._positions
 
     def get(self, name: bytes) -> Node | None:
-        position = self.positions.get(name)
-        if position is None:
-            return None
-        node = self._nodes.get(position)
+        node = self._nodes.get(name)
         if node is None:
-            node = self._nodes[position] = Node.from_dict(self.docs[position])
+            doc = self._doc(name)
+            if doc is None:
+                return None
+            node = self._nodes[name] = Node.from_dict(doc)
         return node
+
+    def _doc(self, name: bytes) -> dict[str, Any] | None:
+        if self._positions is None and self.data is not None:
+            found = find_doc(self.data, name)
+            if found is not None:
+                start, end, doc = found
+                self.spans[name] = (start, end)
+                return doc
+        position = self.positions.get(name)  # not found so: the whole listing decides
+        return None if position is None else self.docs[position]
 
     def nodes(self) -> list[Node]:
         return [self.get(name) or Node(name=name, type="") for name in self.positions]
 
 
-_NOTHING = _Previous([])
+_NOTHING = _Previous()
 
 
 @dataclass(eq=False)
@@ -645,7 +675,7 @@ class Ingest:
             directory.loaded = _NOTHING
             if directory.previous_tree is not None:
                 try:
-                    directory.loaded = _Previous(self.pool.load_tree_docs(directory.previous_tree))
+                    directory.loaded = _Previous(self.pool.read_blob(directory.previous_tree))
                 except Exception as error:
                     if directory.sparse:  # what the producer left out is in that tree
                         self.parent_unreadable = True
@@ -713,6 +743,9 @@ class Ingest:
         if not directory.nodes and not directory.removed:  # nothing below it was sent
             return directory.previous_tree
         previous = self._previous(directory)
+        spliced = self._splice(directory, previous)
+        if spliced is not None:
+            return spliced
         docs = list(previous.docs)
         gone: set[int] = set()
         added: list[dict[str, Any]] = []
@@ -742,6 +775,24 @@ class Ingest:
         elif not replaced:
             return directory.previous_tree
         return self.pool.save_tree_docs(docs)
+
+    def _splice(self, directory: _Dir, previous: _Previous) -> bytes | None:
+        """:meth:`_merge` when the entries sent only replace entries found in the parent's
+        tree bytes (no name added or gone): those documents replaced in the bytes, the
+        others neither decoded nor encoded again. None: the whole merge decides."""
+        if directory.removed or previous.data is None:
+            return None
+        replacements = []
+        for node in directory.nodes:
+            span = previous.spans.get(node.name)
+            if not node.type or span is None:
+                return None
+            doc = jsonfast.dumps(node.to_dict())
+            if previous.data[span[0] : span[1]] != doc:
+                replacements.append((span[0], span[1], doc))
+        if not replacements:
+            return directory.previous_tree
+        return self.pool.save_tree_data(replace_docs(previous.data, replacements))
 
     # --- helpers -----------------------------------------------------------------------
 

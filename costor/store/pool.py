@@ -623,6 +623,10 @@ class Pool:
         """A tree from node documents in canonical order (tree.py ``encode_docs``)."""
         return self.put_blob(BlobType.TREE, encode_docs(docs))
 
+    def save_tree_data(self, data: bytes) -> bytes:
+        """A tree already encoded (tree.py ``replace_docs``)."""
+        return self.put_blob(BlobType.TREE, data)
+
     def load_tree_docs(self, tree_id: bytes) -> list[dict[str, Any]]:
         """A tree's node documents (not cached: the caller turns them into nodes, or
         copies them into a new tree)."""

@@ -5,8 +5,19 @@ every field."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
-from costor.store.tree import DIR, FILE, SYMLINK, Node, decode_tree, encode_tree
+from costor.store.tree import (
+    DIR,
+    FILE,
+    SYMLINK,
+    Node,
+    decode_tree,
+    encode_tree,
+    find_doc,
+    replace_docs,
+)
+from costor.util import jsonfast
 
 
 def every_field() -> list[Node]:
@@ -69,3 +80,63 @@ def test_the_encoding_of_a_file_has_not_changed() -> None:
         '"type":"file","uid":1001,"user":"alice",'
         '"xattrs":{"user.a":"dGV4dA==","user.b":"AP8="}}]}'
     )
+
+
+def awkward_names() -> list[Node]:
+    """Names the byte-level search must not confuse: quotes, backslashes, ``,{"``, a
+    name that is a prefix of another, non-UTF-8, non-ASCII, and a node whose xattrs hold
+    a key ``name`` whose value looks like another entry's name."""
+    names = [
+        b'q"uote',
+        b"back\\slash",
+        b',{"name":"x",',
+        b"pre",
+        b"prefix",
+        b"\xff\xfe",
+        "é".encode(),
+    ]
+    nodes = [
+        Node(name=name, type=FILE, size=i, content=[bytes([i]) * 32])
+        for i, name in enumerate(names)
+    ]
+    nodes.append(Node(name=b"dir", type=DIR, subtree=bytes(32)))
+    nodes.append(Node(name=b"x", type=SYMLINK, target=b"pre"))
+    # base64 of b"pre" is "cHJl": the key is found first in the xattrs of "a-tricky".
+    nodes.append(Node(name=b"a-tricky", type=FILE, xattrs={"name": b"pre", "z": b""}))
+    nodes.append(Node(name=b"cHJl", type=FILE))
+    return nodes
+
+
+def test_an_entry_is_found_and_replaced_in_the_bytes_as_encoding_would_write_it() -> None:
+    nodes = awkward_names()
+    data = encode_tree(nodes)
+    assert find_doc(data, b"cHJl") is None  # not that document's name: the caller decodes
+    for node in nodes:
+        found = find_doc(data, node.name)
+        if node.name == b"cHJl":
+            continue
+        assert found is not None, node.name
+        start, end, doc = found
+        assert Node.from_dict(doc) == node
+        assert json.loads(data[start:end]) == doc
+    assert find_doc(data, b"absent") is None
+    assert find_doc(data, b"pr") is None  # a prefix of a name is not that name
+    # Replacing any set of entries gives the bytes of encoding the changed nodes.
+    changed = [replace(node, size=node.size + 100, mtime_ns=7) for node in nodes]
+    searchable = [i for i, node in enumerate(nodes) if node.name != b"cHJl"]
+    for chosen in ([0], [3, 4], searchable):
+        replacements = []
+        expected = list(nodes)
+        for i in chosen:
+            start, end, _doc = find_doc(data, nodes[i].name)  # type: ignore[misc]
+            replacements.append((start, end, jsonfast.dumps(changed[i].to_dict())))
+            expected[i] = changed[i]
+        assert replace_docs(data, replacements) == encode_tree(expected)
+
+
+def test_a_tree_not_in_canonical_form_is_not_searched() -> None:
+    nodes = awkward_names()
+    docs = [node.to_dict() for node in sorted(nodes, key=lambda n: n.name)]
+    spaced = json.dumps({"nodes": docs}).encode()  # ", " and ASCII escapes
+    assert all(find_doc(spaced, node.name) is None for node in nodes)
+    assert find_doc(encode_tree([]), b"pre") is None

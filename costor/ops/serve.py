@@ -215,7 +215,7 @@ class Server:
         import costor.store.ingest  # noqa: F401  (imported for the forked jobs)
 
         del pyfastcdc, hkdf
-        costor.remote.ssh.helper_source()
+        costor.remote.ssh.compressed_helper()
 
         for name, pool in sorted(self.ctx.inventory.pools.items()):
             if self.sites is not None and pool.site not in self.sites:

@@ -67,6 +67,7 @@ from costor.store.tree import (
     doc_name,
     find_doc,
     replace_docs,
+    searchable,
 )
 from costor.util import jsonfast
 
@@ -180,6 +181,8 @@ class _Previous:
         self._positions: dict[bytes, int] | None = None if data is not None else {}
         self._nodes: dict[bytes, Node] = {}
         self.spans: dict[bytes, tuple[int, int]] = {}  # names found in the bytes
+        if data is not None and not searchable(data):
+            self.docs  # noqa: B018  (decoded now: a tree that does not decode fails here)
 
     @property
     def docs(self) -> list[dict[str, Any]]:

@@ -153,10 +153,15 @@ def decode_docs(data: bytes) -> list[dict[str, Any]]:
 _TREE_START, _TREE_END, _BETWEEN = b'{"nodes":[', b"]}", b',{"'
 
 
+def searchable(data: bytes) -> bool:
+    """Whether :func:`find_doc` may look in ``data``: a non-empty tree, as encoded."""
+    return data.startswith(_TREE_START + b"{") and data.endswith(b"}" + _TREE_END)
+
+
 def find_doc(data: bytes, name: bytes) -> tuple[int, int, dict[str, Any]] | None:
     """Where the document of entry ``name`` is in an encoded tree (``data[start:end]``),
     and the document; None if not found this way (absent, or not in canonical form)."""
-    if not (data.startswith(_TREE_START) and data.endswith(b"}" + _TREE_END)):
+    if not searchable(data):
         return None
     try:
         key = b'"name":' + jsonfast.dumps(name.decode("utf-8")) + b","

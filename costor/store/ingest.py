@@ -182,7 +182,7 @@ class _Previous:
         self._nodes: dict[bytes, Node] = {}
         self.spans: dict[bytes, tuple[int, int]] = {}  # names found in the bytes
         if data is not None and not searchable(data):
-            self.docs  # noqa: B018  (decoded now: a tree that does not decode fails here)
+            self._docs = decode_docs(data)  # now: a tree that does not decode fails here
 
     @property
     def docs(self) -> list[dict[str, Any]]:

@@ -65,7 +65,7 @@ from costor.store.pack import (
     parse_trailer,
 )
 from costor.store.snapshot import Snapshot
-from costor.store.tree import Node, decode_docs, decode_tree, encode_docs, encode_tree
+from costor.store.tree import Node, decode_tree, encode_docs, encode_tree
 
 IDENTITY_NAME = "costor-pool.json"
 FORMAT_VERSION = 1
@@ -391,7 +391,7 @@ class Pool:
         leases.py for why the order matters). With ``cache``: only the segments it
         does not hold yet are read (see :class:`IndexCache`)."""
         self.condemned = read_condemned(self)
-        listed = {info.name.rsplit("/", 1)[-1]: info.name for info in self.backend.list("index/")}
+        listed = self._listed_segments()
         if cache is None:
             for name, full_name in listed.items():
                 self.segments.add(name)
@@ -406,9 +406,13 @@ class Pool:
         """Bring ``cache`` up to the segments listed now, without loading this pool's own
         index (a daemon between jobs: what it forks next starts from there)."""
         self.condemned = read_condemned(self)
-        listed = {info.name.rsplit("/", 1)[-1]: info.name for info in self.backend.list("index/")}
+        listed = self._listed_segments()
         with cache.lock:
             self._update_cache(cache, listed)
+
+    def _listed_segments(self) -> dict[str, str]:
+        """Each index segment's name, to its object's name."""
+        return {info.name.rsplit("/", 1)[-1]: info.name for info in self.backend.list("index/")}
 
     def _update_cache(self, cache: IndexCache, listed: dict[str, str]) -> None:
         condemned = frozenset(self.condemned)
@@ -626,11 +630,6 @@ class Pool:
     def save_tree_data(self, data: bytes) -> bytes:
         """A tree already encoded (tree.py ``replace_docs``)."""
         return self.put_blob(BlobType.TREE, data)
-
-    def load_tree_docs(self, tree_id: bytes) -> list[dict[str, Any]]:
-        """A tree's node documents (not cached: the caller turns them into nodes, or
-        copies them into a new tree)."""
-        return decode_docs(self.read_blob(tree_id))
 
     def load_tree(self, tree_id: bytes) -> list[Node]:
         with self._lock:

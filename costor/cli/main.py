@@ -9,6 +9,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from costor.cli.common import add_inventory_option, add_json_option
@@ -62,7 +63,28 @@ def _version() -> str:
     return f"costor {__version__}"
 
 
+def quiet_third_party_warnings() -> None:
+    """Deprecation notices from the libraries we use (e.g. asyncssh touching DSA, which
+    the ``cryptography`` package deprecates) are for their authors, not for whoever runs
+    ``costor``: they are ignored. Our own still show, and so does everything when warnings
+    were asked for explicitly (``python -W …`` or ``PYTHONWARNINGS``)."""
+    if sys.warnoptions:
+        return
+    categories: list[type[Warning]] = [DeprecationWarning, PendingDeprecationWarning]
+    try:
+        from cryptography.utils import CryptographyDeprecationWarning
+    except ImportError:  # pragma: no cover - cryptography is a dependency
+        pass
+    else:
+        categories.append(CryptographyDeprecationWarning)  # a UserWarning, not a Deprecation…
+    for category in categories:
+        warnings.filterwarnings("ignore", category=category)
+    for category in categories:  # inserted in front: checked first
+        warnings.filterwarnings("default", category=category, module=r"costor(\.|$)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_third_party_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

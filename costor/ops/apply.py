@@ -334,7 +334,6 @@ class _Executor:
         contact) — exactly that one: a different key now made the plan stale."""
         from costor.db.models import HostKeyRow
         from costor.ops.hosts import record_host_key
-        from costor.remote.ssh import HostKey
 
         if self.change.previous_address:
             old = session.get(HostKeyRow, self.change.previous_address.split(".", 1)[1])
@@ -353,6 +352,8 @@ class _Executor:
                 session.flush()
         planned = self.change.details.get("host_key")
         if planned and client.transport == "ssh":
+            from costor.remote.ssh import HostKey  # only with an SSH client in play
+
             record_host_key(session, client, HostKey.parse(planned))
 
     def _delete_client_snapshots(self) -> None:

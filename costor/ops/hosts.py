@@ -319,6 +319,10 @@ def probe_host_keys(ctx: Context, clients: list[ClientConfig]) -> dict[str, dict
     """For each SSH client: the key its host presents now, and what is recorded or
     pinned — the facts the plan decides host keys on. Unreachable is a fact, not an
     error: the plan says so and goes on."""
+    ssh_clients = [c for c in clients if c.transport == "ssh"]
+    if not ssh_clients:
+        return {}  # a local-only inventory does not import the SSH stack at all
+
     from concurrent.futures import ThreadPoolExecutor
 
     from costor.errors import CostorError
@@ -340,9 +344,6 @@ def probe_host_keys(ctx: Context, clients: list[ClientConfig]) -> dict[str, dict
             facts["error"] = str(error)
         return client.name, facts
 
-    ssh_clients = [c for c in clients if c.transport == "ssh"]
-    if not ssh_clients:
-        return {}
     with ThreadPoolExecutor(min(PROBE_PARALLEL, len(ssh_clients))) as executor:
         return dict(executor.map(probe, ssh_clients))
 

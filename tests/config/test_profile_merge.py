@@ -1,5 +1,6 @@
-"""Profiles are merged in order, then the client's own keys win; tables merge key by
-key, arrays and scalars are replaced; diagnostics point into the file a key came from."""
+"""Profiles are merged in order, then the client's own keys: tables merge key by key,
+scalars are replaced, arrays are concatenated ("!X" removes an inherited X); diagnostics
+point into the file a key or an array element came from."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import inventory_helpers
+import pytest
 
 from costor.config import check_inventory, load_inventory
 from costor.config.positions import PositionMap
-from costor.config.profiles import Profile, merge_client
+from costor.config.profiles import MergeProblem, Profile, merge_client
 
 WriteInventory = Callable[..., Path]
 write_inventory = inventory_helpers.write_inventory  # the fixture
@@ -23,24 +25,63 @@ def profile(name: str, data: dict[str, Any]) -> Profile:
     return Profile(name, f"{name}.toml", Path(f"/p/{name}.toml"), data, PositionMap({}))
 
 
-def test_merge_order_tables_recursive_lists_replaced() -> None:
+def test_merge_order_tables_recursive_lists_composed() -> None:
     first = profile("first", {"exclude": ["/a"], "hooks": {"before": ["x"], "timeout_s": 10}})
-    second = profile("second", {"exclude": ["/b"], "hooks": {"after": ["y"]}})
-    client = {"hooks": {"timeout_s": 20}, "one_file_system": True}
+    second = profile("second", {"exclude": ["/b", "/a"], "hooks": {"after": ["y"]}})
+    client = {"hooks": {"timeout_s": 20, "before": ["z"]}, "one_file_system": True}
 
     merged, origins = merge_client(client, [first, second])
 
     assert merged == {
-        "exclude": ["/b"],  # the later profile replaced the list
-        "hooks": {"before": ["x"], "timeout_s": 20, "after": ["y"]},  # tables merged
+        "exclude": ["/a", "/b"],  # concatenated in order, the repeated "/a" kept once
+        "hooks": {"before": ["x", "z"], "timeout_s": 20, "after": ["y"]},  # tables merged
         "one_file_system": True,
     }
-    assert origins[("exclude",)] == "second"
-    assert origins[("exclude", 0)] == "second"
-    assert origins[("hooks", "before")] == "first"
+    assert origins[("exclude",)] == "second"  # the array's latest writer
+    assert origins[("exclude", 0)] == "first"
+    assert origins[("exclude", 1)] == "second"
+    assert origins[("hooks", "before", 0)] == "first"
+    assert origins[("hooks", "before", 1)] is None  # the client's own entry
     assert origins[("hooks", "after")] == "second"
     assert origins[("hooks", "timeout_s")] is None  # the client's own key
     assert origins[("one_file_system",)] is None
+    # where each element is in the file that wrote it
+    assert origins.source_path(("exclude", 0)) == ("exclude", 0)
+    assert origins.source_path(("exclude", 1)) == ("exclude", 0)
+    assert origins.source_path(("hooks", "before", 1)) == ("hooks", "before", 0)
+
+
+def test_a_bang_entry_removes_an_inherited_one() -> None:
+    base = profile("base", {"exclude": ["/tmp", "/var/tmp", "*.swp"], "paths": ["/etc"]})
+    db = profile("db", {"exclude": ["/var/lib/db", "!*.swp"]})
+    problems: list[MergeProblem] = []
+
+    merged, origins = merge_client(
+        {"exclude": ["!/var/tmp", "*.tmp", "!/var/tmpp"], "paths": ["!", "/srv"]},
+        [base, db],
+        problems,
+    )
+
+    assert merged == {"exclude": ["/tmp", "/var/lib/db", "*.tmp"], "paths": ["/srv"]}
+    assert origins.source_path(("exclude", 2)) == ("exclude", 1)
+    assert [(p.origin, p.path, p.severity) for p in problems] == [(None, ("exclude", 2), "warning")]
+    assert "'!/var/tmpp' removes nothing" in problems[0].message
+
+
+def test_bang_escapes_and_shell_negation() -> None:
+    merged, _ = merge_client(
+        {"exclude": ["\\!important"], "hooks": {"before": ["! test -e /stop", "true"]}},
+        [profile("base", {"hooks": {"before": ["true"]}})],
+    )
+    assert merged == {
+        "exclude": ["!important"],  # \! is a literal "!"
+        "hooks": {"before": ["true", "! test -e /stop"]},  # "! " is the shell's negation
+    }
+
+
+def test_the_profiles_key_is_not_composed() -> None:
+    merged, _ = merge_client({"profiles": ["a", "a"]}, [profile("a", {})])
+    assert merged == {"profiles": ["a", "a"]}  # pydantic or the loader judge it as written
 
 
 def test_merge_does_not_modify_the_profiles() -> None:
@@ -72,8 +113,8 @@ def test_client_keys_win_over_profiles(write_inventory: WriteInventory) -> None:
     )
     inventory = load_inventory(path)
     web1, db1 = inventory.clients["web1"], inventory.clients["db1"]
-    assert web1.exclude == ("*.own",)
-    assert db1.exclude == ("/var/www/cache",)
+    assert web1.exclude == ("/proc", "/var/www/cache", "*.own")
+    assert db1.exclude == ("/proc", "/var/www/cache")
     assert web1.one_file_system and db1.one_file_system
     assert db1.hooks.timeout_s == 30 and db1.hooks.before == ("true",)
     assert db1.profiles == ("base", "web")
@@ -146,3 +187,108 @@ def test_shipped_linux_server_profile(write_inventory: WriteInventory, tmp_path:
     client = load_inventory(path).clients["web1"]
     assert client.one_file_system is True
     assert {"/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "*.swp"} <= set(client.exclude)
+
+
+SHIPPED_EXCLUDES = {"/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/cache/apt/archives"}
+
+
+@pytest.mark.parametrize(
+    "database, data_dir, dump",
+    [
+        ("postgresql", "/var/lib/postgresql", "pg_dumpall"),
+        ("mysql", "/var/lib/mysql", "mysqldump"),
+    ],
+)
+def test_shipped_profiles_compose(
+    write_inventory: WriteInventory, database: str, data_dir: str, dump: str
+) -> None:
+    """docs/ssh.md recommends ``profiles = ["linux-server", DATABASE]``: both profiles'
+    excludes apply, the database's hook runs, and the client adds its own."""
+    path = write_inventory(
+        f"""
+        [costor]
+        profile_paths = ["{REPO / "profiles"}"]
+
+        [clients.db1]
+        site = "hq"
+        pool = "main"
+        profiles = ["linux-server", "{database}"]
+        paths = ["/etc"]
+        exclude = ["*.tmp"]
+        hooks = {{ before = ["sync"] }}
+
+        [clients.db2]
+        site = "hq"
+        pool = "main"
+        profiles = ["linux-server", "{database}"]
+        paths = ["/"]
+        exclude = ["!/var/tmp"]
+        """
+    )
+    inventory, diagnostics = check_inventory(path)
+    assert inventory is not None and diagnostics == []
+    db1, db2 = inventory.clients["db1"], inventory.clients["db2"]
+    assert SHIPPED_EXCLUDES | {data_dir} <= set(db1.exclude)
+    assert db1.exclude[-2:] == (data_dir, "*.tmp")  # linux-server's, the database's, own
+    assert db1.one_file_system is True
+    assert len(db1.hooks.before) == 2 and dump in db1.hooks.before[0]
+    assert db1.hooks.before[1] == "sync"
+    assert db1.hooks.timeout_s == 3600
+    # the dump's directory comes with the profile
+    assert set(db1.paths) == {"/etc", "/var/backups/costor"}
+    assert "/var/tmp" not in db2.exclude
+    assert (SHIPPED_EXCLUDES - {"/var/tmp"}) | {data_dir} <= set(db2.exclude)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs SourceMap.locate to use Origins.source_path (issue 17, diagnostics.py)",
+)
+def test_errors_in_composed_arrays_point_at_the_entry_that_wrote_them(
+    write_inventory: WriteInventory,
+) -> None:
+    path = write_inventory(
+        """
+        [clients.web1]
+        site = "hq"
+        pool = "main"
+        profiles = ["base", "web"]
+        paths = ["/srv"]
+        hooks = { before = ["true", ""] }
+        """,
+        profiles={
+            "base": 'exclude = ["/proc", "/sys"]\nhooks = { before = ["sync"] }\n',
+            "web": '# the web profile\nexclude = ["/var/www/cache", ""]\n',
+        },
+    )
+    _, diagnostics = check_inventory(path)
+    web = str(path.parent / "profiles" / "web.toml")
+    # merged: exclude = /proc /sys /var/www/cache "", hooks.before = sync true ""
+    assert [(Path(d.file).as_posix(), d.line, d.column, d.key) for d in diagnostics] == [
+        (str(path), 14, 29, "clients.web1.hooks.before[2]"),
+        (web, 2, 30, "clients.web1.exclude[3]"),
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True, reason="needs the loader to report merge_client's problems (issue 17)"
+)
+def test_a_removal_that_removes_nothing_is_a_warning(write_inventory: WriteInventory) -> None:
+    path = write_inventory(
+        """
+        [clients.web1]
+        site = "hq"
+        pool = "main"
+        profiles = ["base"]
+        paths = ["/srv"]
+        exclude = ["!/var/tmpp"]
+        """,
+        profiles={"base": 'exclude = ["/var/tmp"]\n'},
+    )
+    inventory, diagnostics = check_inventory(path)
+    assert inventory is not None
+    assert inventory.clients["web1"].exclude == ("/var/tmp",)
+    assert [(d.severity, d.line, d.column, d.key) for d in diagnostics] == [
+        ("warning", 14, 12, "clients.web1.exclude[0]")
+    ]
+    assert "removes nothing" in diagnostics[0].message

@@ -83,6 +83,22 @@ class WrongPassphrase(PoolError):
     """Wrong passphrase for pool {location}: no key slot opens with it."""
 
 
+class KeySlotNotFound(PoolError):
+    """No key slot {slot!r} in pool {location}; `costor pool keys` lists them."""
+
+
+class AmbiguousKeySlot(PoolError):
+    """Key slot {slot!r} matches {count} slots of pool {location}; give more characters."""
+
+
+class LastKeySlot(PoolError):
+    """Refusing to remove key slot {slot}: it is the last key slot of pool {location}, and without one nothing opens the pool."""
+
+
+class KeySlotInUse(PoolError):
+    """Refusing to remove key slot {slot}: it is the only slot that pool {pool}'s configured passphrase opens. Set pools.{pool}.passphrase to another slot's passphrase first (then run this again), or pass --force to remove it anyway."""
+
+
 class StorageFull(PoolError):
     """Pool storage is full while writing {name}: {reason}. Nothing was committed."""
 

@@ -1,4 +1,4 @@
-"""costor pool …: pool maintenance (reindex, key slots)."""
+"""costor pool …: pool maintenance (reindex, key slots, copies)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,38 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="environment variable holding the new passphrase (never on the command line)",
     )
     add_key.add_argument("--kdf", choices=("argon2id", "scrypt"), default="argon2id")
+    add_key.add_argument(
+        "--label",
+        metavar="TEXT",
+        default="",
+        help="a note stored in plain text with the slot, e.g. who holds the passphrase",
+    )
+    keys = actions.add_parser(
+        "keys",
+        help="list the key slots (id, created, KDF, label)",
+        description="Lists the pool's key slots and marks the ones the inventory's passphrase "
+        "opens.",
+    )
+    add_inventory_option(keys)
+    add_json_option(keys)
+    keys.add_argument("--pool", metavar="P", required=True)
+    remove_key = actions.add_parser(
+        "remove-key",
+        help="remove a key slot (its passphrase no longer opens the pool)",
+        description="Removes one key slot (one object; the data is untouched). Refuses the "
+        "last slot, and the only slot the inventory's passphrase opens unless --force. To "
+        "rotate a passphrase: add-key, put the new passphrase in the inventory, remove-key the "
+        "old slot.",
+    )
+    add_inventory_option(remove_key)
+    add_json_option(remove_key)
+    remove_key.add_argument("--pool", metavar="P", required=True)
+    remove_key.add_argument("slot", metavar="SLOT", help="a slot id or a unique prefix of one")
+    remove_key.add_argument(
+        "--force",
+        action="store_true",
+        help="also remove the only slot the inventory's passphrase opens",
+    )
     copy = actions.add_parser(
         "copy",
         help="copy a whole pool (as stored, still encrypted) to another place; incremental",
@@ -48,30 +80,69 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.pool_action == "copy":
         return _copy(args)
+    if args.pool_action in ("keys", "add-key", "remove-key"):
+        return _keys(args)
     ctx = context(args)
-    if args.pool_action == "reindex":
-        from costor.ops.check import reindex_pool
+    from costor.ops.check import reindex_pool
 
-        result = reindex_pool(ctx, args.pool)
-        if args.json:
-            print_json(result)
-        else:
-            print(
-                f"pool {args.pool}: index rebuilt from {result['packs']} pack(s) "
-                f"({result['blobs']} blobs), {result['snapshots']} snapshot(s) catalogued"
-            )
-            for pack in result["unreadable_packs"]:
-                print(f"  unreadable pack left out: {pack}")
-        return 0
-    new_passphrase = os.environ.get(args.new_passphrase_env)
-    if not new_passphrase:
-        raise UsageError(message=f"environment variable {args.new_passphrase_env} is not set")
-    pool = ctx.open_pool(args.pool, load_index=False)
-    slot = pool.add_key_slot(new_passphrase, args.kdf)
+    result = reindex_pool(ctx, args.pool)
     if args.json:
-        print_json({"pool": args.pool, "key_slot": slot})
+        print_json(result)
     else:
-        print(f"pool {args.pool}: added key slot {slot}")
+        print(
+            f"pool {args.pool}: index rebuilt from {result['packs']} pack(s) "
+            f"({result['blobs']} blobs), {result['snapshots']} snapshot(s) catalogued"
+        )
+        for pack in result["unreadable_packs"]:
+            print(f"  unreadable pack left out: {pack}")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from costor.ops import keys
+
+    ctx = context(args)
+    if args.pool_action == "keys":
+        listing = keys.list_keys(ctx, args.pool)
+        if args.json:
+            print_json(listing.to_json())
+            return 0
+        print(f"pool {args.pool} ({listing.uuid}): {len(listing.slots)} key slot(s)")
+        for slot in listing.slots:
+            note = "  <- the inventory's passphrase" if slot.opens_with_inventory_passphrase else ""
+            if not slot.readable:
+                note = "  (unreadable: not a key slot, or damaged)"
+            print(
+                f"  {slot.id}  {slot.created or 'created unknown':20}  {slot.kdf:8}  "
+                f"{slot.label or '-'}{note}"
+            )
+        if not any(slot.opens_with_inventory_passphrase for slot in listing.slots):
+            print("  the inventory's passphrase opens none of these slots")
+        return 0
+    if args.pool_action == "add-key":
+        new_passphrase = os.environ.get(args.new_passphrase_env)
+        if not new_passphrase:
+            raise UsageError(message=f"environment variable {args.new_passphrase_env} is not set")
+        added = keys.add_key(ctx, args.pool, new_passphrase, kdf=args.kdf, label=args.label)
+        if args.json:
+            print_json(added.to_json())
+        else:
+            print(f"pool {args.pool}: added key slot {added.slot.id}")
+        return 0
+    removed = keys.remove_key(ctx, args.pool, args.slot, force=args.force)
+    if args.json:
+        print_json(removed.to_json())
+        return 0
+    print(
+        f"pool {args.pool}: removed key slot {removed.id}"
+        + (f" ({removed.label})" if removed.label else "")
+        + f"; {removed.remaining} slot(s) left"
+    )
+    if not removed.inventory_passphrase_opens:
+        print(
+            f"  the inventory's passphrase no longer opens pool {args.pool}: set "
+            f"pools.{args.pool}.passphrase to a remaining slot's passphrase"
+        )
     return 0
 
 

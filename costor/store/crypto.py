@@ -160,11 +160,18 @@ def _derive(passphrase: str, kdf: str, salt: bytes, params: dict[str, int]) -> b
     raise PoolError(message=f"unknown key derivation function {kdf!r}")
 
 
-def make_key_slot(master: MasterKey, passphrase: str, kdf: str, pool_uuid: str) -> bytes:
+LABEL_MAX = 200  # characters of a key slot's label
+
+
+def make_key_slot(
+    master: MasterKey, passphrase: str, kdf: str, pool_uuid: str, label: str = ""
+) -> bytes:
     """A key slot file: the master key wrapped by a passphrase-derived key. The pool UUID
-    is associated data, so a slot cannot be moved to another pool."""
+    is associated data, so a slot cannot be moved to another pool. ``label`` is a plain,
+    unauthenticated note for people (who holds the passphrase): never a secret."""
     if kdf not in KDFS:
         raise PoolError(message=f"unknown key derivation function {kdf!r}")
+    check_label(label)
     params = dict(ARGON2_PARAMS if kdf == "argon2id" else SCRYPT_PARAMS)
     salt = os.urandom(16)
     wrapping_key = _derive(passphrase, kdf, salt, params)
@@ -178,8 +185,48 @@ def make_key_slot(master: MasterKey, passphrase: str, kdf: str, pool_uuid: str) 
         "wrap": "aes-256-gcm",
         "wrapped_master_key": _b64(wrapped),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "label": label,
     }
     return json.dumps(slot, indent=2).encode()
+
+
+def check_label(label: str) -> None:
+    if len(label) > LABEL_MAX or any(ord(c) < 32 or ord(c) == 127 for c in label):
+        raise PoolError(
+            message=f"a key slot label is at most {LABEL_MAX} characters, without control "
+            "characters"
+        )
+
+
+@dataclass(frozen=True)
+class KeySlotInfo:
+    """What a key slot says of itself in plain text (no passphrase needed). Slots
+    written before labels existed have none (""); ``created`` is None when absent."""
+
+    id: str  # the 32 hex digits of keys/<id>
+    created: str | None
+    kdf: str  # "?" when the slot cannot be parsed
+    label: str
+    readable: bool
+
+    @classmethod
+    def parse(cls, name: str, slot_bytes: bytes) -> KeySlotInfo:
+        slot_id = name.rsplit("/", 1)[-1]
+        try:
+            slot = json.loads(slot_bytes)
+            if not isinstance(slot, dict):
+                raise ValueError("not a JSON object")
+            created = slot.get("created")
+            label = slot.get("label")
+            return cls(
+                id=slot_id,
+                created=created if isinstance(created, str) and created else None,
+                kdf=str(slot["kdf"]),
+                label=label if isinstance(label, str) else "",
+                readable=True,
+            )
+        except (ValueError, KeyError, TypeError):
+            return cls(id=slot_id, created=None, kdf="?", label="", readable=False)
 
 
 def open_key_slot(slot_bytes: bytes, passphrase: str, pool_uuid: str) -> MasterKey:
@@ -196,14 +243,25 @@ def open_key_slot(slot_bytes: bytes, passphrase: str, pool_uuid: str) -> MasterK
     return MasterKey.from_json(plain)
 
 
+def slot_opens(slot_bytes: bytes, passphrase: str, pool_uuid: str) -> bool:
+    """Whether ``passphrase`` opens this slot (an unreadable slot opens with none)."""
+    try:
+        open_key_slot(slot_bytes, passphrase, pool_uuid)
+    except (AuthenticationFailed, ValueError, KeyError, TypeError, PoolError):
+        return False
+    return True
+
+
 def unlock(
     slots: list[tuple[str, bytes]], passphrase: str, pool_uuid: str, location: str
 ) -> MasterKey:
-    """Try each key slot in turn; the first that opens gives the master key."""
+    """Try each key slot in turn; the first that opens gives the master key. A slot that
+    cannot be parsed (damaged, or not a slot) is passed over: it must not lock out the
+    passphrases of the others."""
     for _name, slot_bytes in slots:
         try:
             return open_key_slot(slot_bytes, passphrase, pool_uuid)
-        except AuthenticationFailed:
+        except (AuthenticationFailed, ValueError, KeyError, TypeError, PoolError):
             continue
     raise WrongPassphrase(location=location)
 

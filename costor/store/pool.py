@@ -32,6 +32,8 @@ from costor.errors import (
     AmbiguousSnapshot,
     BackendError,
     DataCorruption,
+    KeySlotNotFound,
+    LastKeySlot,
     ObjectNotFound,
     PoolError,
     PoolExists,
@@ -68,6 +70,7 @@ from costor.store.snapshot import Snapshot
 from costor.store.tree import Node, decode_tree, encode_docs, encode_tree
 
 IDENTITY_NAME = "costor-pool.json"
+KEYS_PREFIX = "keys/"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 SNAPSHOT_AD = b"costor-snapshot"
@@ -236,6 +239,23 @@ def chunk_avg_kib(identity: PoolIdentity) -> int:
 DEFAULT_CHUNK_AVG_KIB = int(DEFAULT_CHUNKER["avg_size"]) * 2 // 1024  # type: ignore[call-overload]
 
 
+def read_key_slots(backend: Backend) -> list[tuple[str, bytes]]:
+    """Every key slot (object name, bytes), in listing order."""
+    return [(info.name, backend.get(info.name)) for info in backend.list(KEYS_PREFIX)]
+
+
+def remove_key_slot(backend: Backend, name: str) -> int:
+    """Delete one key slot (one object: atomic on every backend); returns how many slots
+    remain. The last slot is never removed: without one nothing opens the pool."""
+    names = [info.name for info in backend.list(KEYS_PREFIX)]
+    if name not in names:
+        raise KeySlotNotFound(slot=name.removeprefix(KEYS_PREFIX), location=backend.location)
+    if len(names) == 1:
+        raise LastKeySlot(slot=name.removeprefix(KEYS_PREFIX), location=backend.location)
+    backend.delete(name)
+    return len(names) - 1
+
+
 def read_identity(backend: Backend) -> PoolIdentity:
     """Read the identity file: the cheapest proof that the pool is there and ours."""
     try:
@@ -332,7 +352,7 @@ class Pool:
             raise PoolMismatch(
                 location=backend.location, found=identity.uuid, expected=expected_uuid
             )
-        slots = [(info.name, backend.get(info.name)) for info in backend.list("keys/")]
+        slots = read_key_slots(backend)
         if not slots:
             raise PoolError(message=f"pool at {backend.location} has no key slots")
         master = crypto.unlock(slots, passphrase or "", identity.uuid, backend.location)
@@ -356,10 +376,11 @@ class Pool:
             self.codec = BlobCodec(self.sealer, self.master.id_key, compression_level)
         self.pack_size = pack_size
 
-    def add_key_slot(self, passphrase: str, kdf: str = "argon2id") -> str:
-        name = f"keys/{uuid.uuid4().hex}"
+    def add_key_slot(self, passphrase: str, kdf: str = "argon2id", label: str = "") -> str:
+        """Write a new key slot for ``passphrase``; returns its object name."""
+        name = f"{KEYS_PREFIX}{uuid.uuid4().hex}"
         self.backend.put(
-            name, crypto.make_key_slot(self.master, passphrase, kdf, self.identity.uuid)
+            name, crypto.make_key_slot(self.master, passphrase, kdf, self.identity.uuid, label)
         )
         return name
 

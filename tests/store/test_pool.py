@@ -9,11 +9,20 @@ from pathlib import Path
 import pytest
 from conftest import PASSPHRASE, make_pool, open_pool
 
-from costor.errors import DataCorruption, PoolExists, PoolMismatch, PoolNotFound, WrongPassphrase
+from costor.errors import (
+    DataCorruption,
+    LastKeySlot,
+    PoolError,
+    PoolExists,
+    PoolMismatch,
+    PoolNotFound,
+    WrongPassphrase,
+)
+from costor.store import crypto
 from costor.store.backends import LocalBackend, MemoryBackend
 from costor.store.checker import check, reindex
 from costor.store.pack import BlobType, pack_name, read_entries
-from costor.store.pool import IDENTITY_NAME, Pool
+from costor.store.pool import IDENTITY_NAME, Pool, read_key_slots, remove_key_slot
 
 
 @pytest.mark.parametrize("encryption", ["aes-256-gcm", "chacha20-poly1305", "none"])
@@ -57,6 +66,32 @@ def test_wrong_passphrase_and_several_key_slots(tmp_path: Path) -> None:
         Pool.open(backend, "nope")
     assert raised.value.exit_code == 1
     assert "Wrong passphrase" in str(raised.value)
+
+
+def test_a_damaged_key_slot_does_not_lock_out_the_others(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "p")
+    backend = LocalBackend(tmp_path / "p")
+    backend.put("keys/" + "0" * 32, b"\x00 not a key slot")  # sorts first: tried first
+    backend.put("keys/" + "1" * 32, b'{"kdf": "future-kdf", "params": {}, "salt": ""}')
+    assert Pool.open(backend, PASSPHRASE).master == pool.master
+    with pytest.raises(WrongPassphrase):
+        Pool.open(backend, "nope")
+
+
+def test_key_slot_labels_and_created(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "p")
+    name = pool.add_key_slot("second", "scrypt", label="offsite safe")
+    info = crypto.KeySlotInfo.parse(name, (tmp_path / "p" / name).read_bytes())
+    assert (info.kdf, info.label, info.readable) == ("scrypt", "offsite safe", True)
+    assert info.created is not None and info.id == name.removeprefix("keys/")
+    with pytest.raises(PoolError):
+        pool.add_key_slot("third", label="line\nbreak")
+    # remove_key_slot deletes one object and never the last one.
+    assert remove_key_slot(pool.backend, name) == 1
+    [(last, _bytes)] = read_key_slots(pool.backend)
+    with pytest.raises(LastKeySlot):
+        remove_key_slot(pool.backend, last)
+    assert Pool.open(pool.backend, PASSPHRASE).master == pool.master
 
 
 def test_key_slot_is_bound_to_its_pool(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ message template (filled with the keyword arguments given when raised) and it ca
 the process exit code. Only ``costor.cli`` turns errors into exit codes, and (later)
 only ``costor.server`` turns them into HTTP statuses; everything else raises.
 
-Exit codes (DESIGN.md §4): 0 ok, 1 error, 2 "changes present" (plan), 3 damage found.
+Exit codes (DESIGN.md §4): 0 ok, 1 error, 2 "changes present" (plan), 3 damage found,
+4 "plan blocked" (``costor plan``: apply would refuse the plan; :data:`PLAN_BLOCKED_EXIT`).
 """
 
 from __future__ import annotations
@@ -201,6 +202,11 @@ class PlanBlocked(PlanError):
 
 class ApplyCancelled(CostorError):
     """Apply cancelled."""
+
+
+# ``costor plan`` exits with this when apply would refuse the plan (a blocked change, a
+# plan error), whatever its flags: a blocked plan is never 0 (ok) or 2 (changes present).
+PLAN_BLOCKED_EXIT = 4
 
 
 # --- remote hosts --------------------------------------------------------------------

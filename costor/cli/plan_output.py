@@ -50,6 +50,17 @@ VERBS = {
 
 def render_plan(plan: Plan) -> str:
     lines: list[str] = []
+    blocked = plan.blocked
+    if not plan.applyable:
+        # First, so that nothing above it reads as "all is well" (a pipeline's log).
+        counts = [f"{len(blocked)} resource(s) cannot be planned"] if blocked else []
+        counts += [f"{len(plan.errors)} error(s) in the plan"] if plan.errors else []
+        lines.append(f"Plan blocked: {', '.join(counts)}:")
+        for error in plan.errors:
+            lines.append(f"  Error: {error}")
+        for change in blocked:
+            lines.append(f"  Blocked: {change.blocked}")
+        lines.append("")
     if plan.drift:
         lines.append("Changes made outside CoStor (drift):")
         for item in plan.drift:
@@ -57,13 +68,18 @@ def render_plan(plan: Plan) -> str:
         lines.append("")
     pending = plan.pending
     if not pending:
-        lines.append(
-            "No changes. The state matches the inventory."
-            if not plan.drift
-            else "No changes to apply; the drift above is what differs."
-        )
+        if not plan.applyable:
+            lines.append("Nothing else would change.")
+        elif not plan.drift:
+            lines.append("No changes. The state matches the inventory.")
+        else:
+            lines.append("No changes to apply; the drift above is what differs.")
     else:
-        lines.append("CoStor will perform the following actions:")
+        lines.append(
+            "CoStor will perform the following actions:"
+            if plan.applyable
+            else "Changes that could be planned (none is applied while the plan is blocked):"
+        )
         lines.append("")
         for change in pending:
             lines.extend(_change_lines(change))
@@ -82,20 +98,17 @@ def render_plan(plan: Plan) -> str:
             + ", ".join(plan.targets)
             + " and what they depend on; other changes stay pending."
         )
-    for error in plan.errors:
-        lines.append(f"Error: {error}")
-    for change in plan.blocked:
-        lines.append(f"Blocked: {change.blocked}")
-    if plan.errors or plan.blocked:
-        lines.append("Apply will refuse this plan until the problems above are resolved.")
+    if not plan.applyable:
+        lines.append("Apply will refuse this plan until the blocked items above are resolved.")
     return "\n".join(lines)
 
 
 def _change_lines(change: ResourceChange) -> list[str]:
     symbol = SYMBOLS[change.operation]
     moved = f" (moved from {change.previous_address})" if change.previous_address else ""
+    held = " (blocked: see above)" if change.blocked else ""
     lines = [
-        f"  # {change.address}{moved} {VERBS[change.operation]}",
+        f"  # {change.address}{moved} {VERBS[change.operation]}{held}",
         f"  {symbol} {change.address}: {change.reason}",
     ]
     if change.operation in ("create", "adopt"):

@@ -65,12 +65,18 @@ class ApplyReport:
 
 
 def check_applyable(plan: Plan) -> None:
+    """Refuse a plan with errors or blocked changes: nothing of it is applied."""
     if plan.errors:
-        raise PlanBlocked(reason="; ".join(plan.errors))
+        raise PlanBlocked(
+            reason=f"the plan has {len(plan.errors)} error(s): " + "; ".join(plan.errors)
+        )
     blocked = plan.blocked
     if blocked:
         reasons = "; ".join(c.blocked or "" for c in blocked)
-        raise PlanBlocked(reason=reasons)
+        raise PlanBlocked(
+            reason=f"the plan is blocked ({len(blocked)} resource(s) cannot be planned; "
+            f"nothing was applied): {reasons}"
+        )
 
 
 def check_fresh(ctx: Context, plan: Plan, *, path: str) -> None:

@@ -213,6 +213,12 @@ class Plan:
         return [c for c in self.changes if c.blocked is not None]
 
     @property
+    def applyable(self) -> bool:
+        """False when apply must refuse the plan: a blocked change or a plan error
+        (``costor plan`` then exits 4, whatever its flags)."""
+        return not self.blocked and not self.errors
+
+    @property
     def has_changes(self) -> bool:
         """What ``--detailed-exitcode`` reports as 2: changes to make, or drift to see."""
         return bool(self.pending or self.drift)
@@ -235,7 +241,7 @@ class Plan:
             "timestamp": self.timestamp,
             "refresh_only": self.refresh_only,
             "targets": list(self.targets),
-            "applyable": not self.blocked and not self.errors,
+            "applyable": self.applyable,
             "errors": list(self.errors),
             "summary": self.summary(),
             "resource_changes": [c.to_json() for c in self.changes],

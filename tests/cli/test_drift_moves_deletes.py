@@ -34,7 +34,7 @@ def test_replaced_pool_identity_is_drift_that_apply_refuses(applied: Site) -> No
     other = make_pool(applied.pool_path)  # someone put another pool there
 
     plan = applied.cli("plan", "--detailed-exitcode")
-    assert plan.code == 2
+    assert plan.code == 4  # drift, and blocked: never 2, which a pipeline would apply
     assert "drift" in plan.stdout and other.uuid in plan.stdout
     document = applied.cli("plan", "--json").json()
     [drift] = document["resource_drift"]

@@ -350,3 +350,51 @@ def test_missing_secret_is_a_diagnostic_naming_the_key(site: Site) -> None:
         assert "inventory.toml:" in result.stderr and "users.alice.password" in result.stderr
         assert "COSTOR_TEST_ALICE is not set" in result.stderr
     assert not site.pool_path.exists()
+
+
+def test_blocked_plan_exits_4_never_no_changes_and_apply_refuses(
+    applied: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan with a blocked change is not green in CI: exit 4 (with or without
+    --detailed-exitcode, and with --json), no "No changes" above the blocked line, the
+    blocked items in the JSON, and apply refuses it naming the reason."""
+    monkeypatch.setenv("COSTOR_TEST_PASSPHRASE", "no longer the pool's passphrase")
+    for flags in (("--detailed-exitcode",), ()):
+        plan = applied.cli("plan", *flags)
+        assert plan.code == 4, (flags, plan.stdout, plan.stderr)
+        assert "No changes" not in plan.stdout
+        assert plan.stdout.startswith("Plan blocked: 1 resource(s) cannot be planned")
+        assert "Blocked: pool.main: the passphrase of pools.main.passphrase" in plan.stdout
+        assert "plan blocked" in plan.stderr
+    document = applied.cli("plan", "--json", "--detailed-exitcode")
+    assert document.code == 4
+    assert document.json()["applyable"] is False
+    blocked = [c for c in document.json()["resource_changes"] if c.get("blocked")]
+    assert [c["address"] for c in blocked] == ["pool.main"]
+    assert "does not open the pool" in blocked[0]["blocked"]
+
+    # The changes that could be planned are shown below the blocked lines.
+    append(applied, USERS)
+    plan = applied.cli("plan", "--detailed-exitcode")
+    assert plan.code == 4
+    assert plan.stdout.index("Blocked: pool.main") < plan.stdout.index("+ user.alice")
+    assert "Plan: 2 to add" in plan.stdout and "No changes" not in plan.stdout
+
+    planfile = tmp_path / "blocked.plan"
+    saved = applied.cli("plan", "--out", str(planfile))
+    assert saved.code == 4 and "costor apply" not in saved.stdout
+    for argv in (("apply", str(planfile)), ("apply", "--auto-approve")):
+        refused = applied.cli(*argv)
+        assert refused.code == 1, argv
+        assert "Refusing to apply" in refused.stderr and "the plan is blocked" in refused.stderr
+        assert "does not open the pool" in refused.stderr
+    assert [r for r in applied.sql("SELECT name FROM users")] == []
+
+
+def test_plan_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    from costor.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "4: plan blocked" in text and "2: changes or drift" in text

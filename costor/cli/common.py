@@ -22,9 +22,20 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
 
 
 def context(args: Any) -> Any:
+    """The context of every verb but plan and apply: it runs the applied configuration,
+    so a broken working inventory is a warning here, not an error."""
+    from costor.cli.output import warn
     from costor.ops.context import Context
 
-    return Context(args.inventory)
+    ctx = Context(args.inventory)
+    if ctx.working_problems:
+        first = ctx.working_problems[0]
+        more = len(ctx.working_problems) - 1
+        warn(
+            f"{first}{f' (and {more} more)' if more else ''}; "
+            "the inventory does not validate, so this runs the applied configuration"
+        )
+    return ctx
 
 
 def planning_context(args: Any) -> Any:
@@ -32,7 +43,7 @@ def planning_context(args: Any) -> Any:
     diagnostic naming its key), since the plan compares and apply uses them."""
     from costor.ops.context import Context
 
-    return Context(args.inventory, resolve_secrets=True)
+    return Context(args.inventory, resolve_secrets=True, configuration="working")
 
 
 def add_lock_option(parser: argparse.ArgumentParser) -> None:

@@ -28,11 +28,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.config import load_inventory
+    from costor.config.applied import load_settings
     from costor.db.session import HEAD_REVISION, describe_url, migrate, read_status
 
-    inventory = load_inventory(args.inventory)
-    url = inventory.costor.database_url
+    url = load_settings(args.inventory).database_url
     if args.db_action == "upgrade":
         before, after = migrate(url)
         document = {"database": describe_url(url), "from": before, "to": after}

@@ -23,7 +23,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.serve import maintenance_sites, set_maintenance
+    from costor.ops.serve import maintenance_reasons, set_maintenance
 
     ctx = context(args)
     if args.mode is not None:
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(message="several sites are declared: name one with --site")
             [site] = ctx.inventory.sites
         set_maintenance(ctx, site, args.mode == "on", args.reason)
-    paused = maintenance_sites(ctx)
+    paused = maintenance_reasons(ctx)
     declared = {n for n, s in ctx.inventory.sites.items() if s.maintenance}
     document = {
         "sites": [
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
                 "site": name,
                 "maintenance": name in paused,
                 "by_inventory": name in declared,
+                "reason": paused.get(name),
             }
             for name in sorted(ctx.inventory.sites)
         ]
@@ -50,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for entry in document["sites"]:
         state = "on" if entry["maintenance"] else "off"
-        how = " (maintenance = true in the inventory)" if entry["by_inventory"] else ""
+        how = f" ({entry['reason']})" if entry["maintenance"] and entry["reason"] else ""
         print(f"site {entry['site']}: maintenance {state}{how}")
     return 0

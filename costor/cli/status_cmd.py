@@ -26,8 +26,13 @@ def run(args: argparse.Namespace) -> int:
         print_json(document)
         return 0
     print(f"health: {document['health']}")
+    for problem in document["problems"]:
+        print(f"  {problem}")
     for site in document["sites"]:
-        note = "  (maintenance: no new jobs start)" if site["maintenance"] else ""
+        note = ""
+        if site["maintenance"]:
+            reason = f": {site['maintenance_reason']}" if site["maintenance_reason"] else ""
+            note = f"  (maintenance{reason}; no new jobs start)"
         print(f"site {site['site']}: {site['health']}{note}")
     for client in document["clients"]:
         last = (client["last_backup"] or "never")[:19].replace("T", " ")

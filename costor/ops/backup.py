@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,8 @@ from costor.errors import BackupError
 from costor.ops.context import Context
 from costor.store.progress import Progress
 from costor.store.snapshot import COUNTER_FIELDS
+
+log = logging.getLogger("costor.backup")
 
 
 @dataclass
@@ -42,10 +45,35 @@ class BackupOutcome:
 
 
 def run_backup(
-    ctx: Context, client_name: str, *, progress: Progress | None = None, scan_totals: bool = False
+    ctx: Context,
+    client_name: str,
+    *,
+    progress: Progress | None = None,
+    scan_totals: bool = False,
+    trigger: str | None = "cli",
 ) -> BackupOutcome:
+    """Back ``client_name`` up as applied. Every backup is a job: a run started here
+    (``trigger="cli"``: ``costor backup``) records one of its own, shown by ``costor
+    jobs`` and ``costor status`` like the daemon's; a daemon job passes ``None`` (its
+    job row is the record)."""
+    if trigger is None:
+        return _backup(ctx, client_name, progress=progress, scan_totals=scan_totals)
+    from costor.ops import jobs
 
+    site = ctx.client_config(client_name).site if client_name in ctx.inventory.clients else None
+    with jobs.recorded(ctx.engine, "backup", client_name, site=site, trigger=trigger) as job:
+        outcome = _backup(ctx, client_name, progress=progress, scan_totals=scan_totals)
+        job.result = outcome.to_json()
+    return outcome
+
+
+def _backup(
+    ctx: Context, client_name: str, *, progress: Progress | None, scan_totals: bool
+) -> BackupOutcome:
     client = ctx.client_config(client_name)
+    notice = ctx.drift_notice(f"client.{client_name}")
+    if notice is not None:
+        log.warning("%s", notice)
     if client.transport not in ("local", "ssh"):
         raise BackupError(
             client=client_name, reason=f"transport {client.transport!r} is not available yet"

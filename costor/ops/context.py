@@ -4,17 +4,32 @@ first use) and the pools it names."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from costor.errors import PoolError, PoolMismatch, UnknownResource, WrongPassphrase
+from costor.errors import (
+    CostorError,
+    NotApplied,
+    PoolError,
+    PoolMismatch,
+    UnknownResource,
+    WrongPassphrase,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from costor.config.model import ClientConfig, Inventory, PoolConfig, SecretRef
+    from costor.config.diagnostics import Diagnostic
+    from costor.config.model import (
+        ClientConfig,
+        CostorSettings,
+        Inventory,
+        PoolConfig,
+        SecretRef,
+    )
     from costor.db.models import SnapshotRow
     from costor.store.backends.base import Backend
     from costor.store.index import IndexCache
@@ -29,8 +44,15 @@ class Context:
         *,
         resolve_secrets: bool = False,
         keep_indexes: bool = False,
+        configuration: Literal["applied", "working"] = "applied",
     ) -> None:
-        """``resolve_secrets``: also check that every secret can be read (plan, apply),
+        """``configuration``: what this command runs. ``"applied"`` (every verb but
+        plan and apply): the clients, pools, policies and sites that ``costor apply``
+        recorded in the state, read on first use; the working inventory on disk is only
+        compared with it (:meth:`unapplied_changes`) and may even be broken
+        (:attr:`working_problems`). ``"working"`` (plan, apply): the inventory on disk,
+        which must validate.
+        ``resolve_secrets``: also check that every secret can be read (plan, apply),
         so a missing variable is a diagnostic naming file, line and key.
         ``keep_indexes``: a long-lived process (``costor serve``) keeps each pool's
         loaded index segments between backups (``costor/store/index.py``
@@ -38,7 +60,18 @@ class Context:
         from costor.config import load_inventory
 
         self.inventory_path = Path(inventory_path)
-        self.inventory: Inventory = load_inventory(inventory_path, resolve_secrets=resolve_secrets)
+        self.configuration = configuration
+        self.resolve_secrets = resolve_secrets
+        self.working: Inventory | None = None
+        self.working_problems: list[Diagnostic] = []  # why the working inventory is broken
+        self._inventory: Inventory | None = None
+        self._applied: dict[str, str] | None = None  # address -> canonical applied JSON
+        if configuration == "working":
+            self.working = load_inventory(inventory_path, resolve_secrets=resolve_secrets)
+            self._inventory = self.working
+            self.settings: CostorSettings = self.working.costor
+        else:
+            self.settings = self._read_working()
         # Master keys of the pools opened by this process, by (pool name, UUID): a
         # process that backs up many clients (backup --all, the scheduler) derives each
         # pool's key once (~0.2 s of argon2id), not once per backup.
@@ -46,25 +79,133 @@ class Context:
         self.keep_indexes = keep_indexes
         self._index_caches: dict[str, IndexCache] = {}  # by pool UUID
 
+    # --- applied and working configuration ---------------------------------------------
+
+    @property
+    def inventory(self) -> Inventory:
+        """What runs: the applied configuration (or, for plan and apply, the working
+        inventory). Read from the state on first use."""
+        if self._inventory is None:
+            self._inventory = self._read_applied()
+        return self._inventory
+
+    @inventory.setter
+    def inventory(self, value: Inventory) -> None:
+        self._inventory = value
+
+    def reload(self) -> None:
+        """Read the working inventory and the applied configuration again (a
+        long-lived process follows applies, and notices edits made since)."""
+        if self.configuration == "working":
+            from costor.config import load_inventory
+
+            self.working = load_inventory(self.inventory_path, resolve_secrets=self.resolve_secrets)
+            self._inventory = self.working
+            return
+        self.settings = self._read_working()
+        self._inventory = self._read_applied()
+
+    def _read_working(self) -> CostorSettings:
+        """Load the working inventory for comparison; a broken one is kept as its
+        diagnostics, and ``[costor]`` is then read from it alone."""
+        from costor.config import load_inventory
+        from costor.config.applied import load_settings
+        from costor.errors import InventoryInvalid
+
+        try:
+            self.working = load_inventory(self.inventory_path)
+            self.working_problems = []
+            return self.working.costor
+        except InventoryInvalid as error:
+            self.working = None
+            self.working_problems = list(error.diagnostics)
+            return load_settings(self.inventory_path)
+
+    def _read_applied(self) -> Inventory:
+        from sqlmodel import select
+
+        from costor.config.applied import applied_inventory
+        from costor.db.models import ResourceRow
+        from costor.db.session import session_scope
+
+        with session_scope(self.engine, write=False) as session:
+            rows = [
+                (row.address, row.type, row.name, row.applied)
+                for row in session.exec(select(ResourceRow))
+            ]
+        self._applied = {address: applied for address, _t, _n, applied in rows}
+        return applied_inventory(
+            path=Path(os.path.abspath(self.inventory_path)),
+            base_dir=Path(os.path.abspath(self.inventory_path)).parent,
+            settings=self.settings,
+            resources=[(kind, name, json.loads(applied)) for _a, kind, name, applied in rows],
+        )
+
+    def unapplied_changes(self) -> dict[str, str]:
+        """Resources whose working inventory differs from what was applied, address ->
+        ``"added"`` (declared, never applied), ``"changed"`` or ``"removed"`` (applied,
+        no longer declared). Empty when the working inventory is broken: that is
+        :attr:`working_problems`."""
+        from costor.plan.resources import canonical, desired_resources
+
+        if self.working is None:
+            return {}
+        self.inventory  # noqa: B018  (reads the applied rows)
+        applied = self._applied or {}
+        declared = {r.address: canonical(r.attributes) for r in desired_resources(self.working)}
+        changes = {a: "added" for a in declared if a not in applied}
+        changes |= {a: "removed" for a in applied if a not in declared}
+        changes |= {a: "changed" for a in declared if a in applied and applied[a] != declared[a]}
+        return dict(sorted(changes.items()))
+
+    def drift_notice(self, address: str) -> str | None:
+        """One line for a job's output when ``address`` runs as applied although the
+        working inventory says otherwise (or cannot be read)."""
+        if self.configuration == "working":
+            return None
+        if self.working_problems:
+            return (
+                f"{self.inventory_path} has {len(self.working_problems)} error(s) "
+                "(`costor validate` shows them); running the applied configuration"
+            )
+        change = self.unapplied_changes().get(address)
+        if change is None:
+            return None
+        what = {"changed": "changes", "added": "is not applied yet", "removed": "removal"}
+        if change == "added":
+            return (
+                f"{address} is declared but not applied yet: run `costor plan` and `costor apply`"
+            )
+        return (
+            f"{address} has unapplied {what[change]} in {self.inventory_path}; running it as "
+            "applied (`costor plan` shows the difference)"
+        )
+
     # --- configuration --------------------------------------------------------------
 
     @property
     def database_url(self) -> str:
-        database = self.inventory.costor.database
-        assert database is not None  # the loader fills in the default: SQLite in state_dir
-        return database
+        return self.settings.database_url
 
     def pool_config(self, name: str) -> PoolConfig:
         try:
             return self.inventory.pools[name]
         except KeyError:
-            raise UnknownResource(kind="pool", name=name) from None
+            raise self._unknown("pool", name) from None
 
     def client_config(self, name: str) -> ClientConfig:
         try:
             return self.inventory.clients[name]
         except KeyError:
-            raise UnknownResource(kind="client", name=name) from None
+            raise self._unknown("client", name) from None
+
+    def _unknown(self, kind: str, name: str) -> CostorError:
+        from costor.config.model import RESOURCE_TABLES
+
+        declared = getattr(self.working, RESOURCE_TABLES[kind], {}) if self.working else {}
+        if self.configuration == "applied" and name in declared:
+            return NotApplied(address=f"{kind}.{name}")
+        return UnknownResource(kind=kind, name=name)
 
     def pool_names(self, only: str | None = None) -> list[str]:
         if only is not None:
@@ -166,7 +307,7 @@ class Context:
             # barrier before index segments and snapshots waits for verified packs.
             from costor.store.backends.staging import StagingBackend
 
-            stack = StagingBackend(stack, Path(self.inventory.costor.state_dir) / "staging" / name)
+            stack = StagingBackend(stack, Path(self.settings.state_dir) / "staging" / name)
         return stack
 
     def _secret(self, ref: SecretRef | None, key: str) -> str | None:

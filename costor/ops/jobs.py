@@ -7,14 +7,26 @@ run (serve.py holds a file lock), so the same query is safe there too.
 
 A job that was running when its process died (kill -9, a crash, a reboot) stops
 heart-beating; ``recover`` marks it ``interrupted`` and queues a retry, up to
-``max_attempts`` runs in all.
+``max_attempts`` runs in all. A job whose process still runs on this host is never
+taken for dead, however late its heartbeat (a loaded machine, a stalled database), and
+a job records its own outcome whoever started it: if it was taken for dead meanwhile,
+its outcome replaces the guess and the retry queued for it is cancelled, so a job
+that completed is never run again.
+
+Every backup is a job: ``costor backup`` on a terminal records one too (trigger
+``cli``, see :func:`recorded`), so ``costor jobs`` and ``costor status`` show it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+import os
+import socket
+import threading
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -29,6 +41,7 @@ FINISHED = ("succeeded", "failed", "interrupted")
 HEARTBEAT_EVERY = 5.0  # seconds between a running job's heartbeats
 STALE_AFTER = 60.0  # a running job not heard from this long is interrupted
 RETRY_DELAY = 30.0  # seconds before an interrupted job is tried again
+PRESUMED_DEAD = "the process running it stopped (killed or crashed)"
 
 
 def enqueue(
@@ -200,7 +213,14 @@ def finish(
     left."""
     with session_scope(engine) as session:
         job = session.get(JobRow, job_id, with_for_update=True)
-        if job is None or job.state != "running":
+        if job is None:
+            return None
+        presumed_dead = (job.error or "").startswith(PRESUMED_DEAD)
+        if job.state in ("interrupted", "failed") and presumed_dead and state != "interrupted":
+            # Taken for dead while it ran on (its heartbeat was late): its own outcome
+            # wins, and the retry queued for it must not run what is done.
+            _cancel_retry(session, job)
+        elif job.state != "running":
             return None
         job.state = state
         job.finished_at = utcnow()
@@ -214,7 +234,29 @@ def finish(
         return job
 
 
+def _cancel_retry(session: Any, job: JobRow) -> None:
+    """Delete the retry ``recover`` queued for ``job`` if it has not started."""
+    from sqlmodel import col, select
+
+    retry = session.exec(
+        select(JobRow)
+        .where(
+            col(JobRow.kind) == job.kind,
+            col(JobRow.target) == job.target,
+            col(JobRow.state) == "queued",
+            col(JobRow.trigger) == "retry",
+            col(JobRow.attempts) == job.attempts,
+            col(JobRow.created_at) >= job.finished_at,
+        )
+        .with_for_update()
+    ).first()
+    if retry is not None:
+        session.delete(retry)
+
+
 def _retry(session: Any, job: JobRow, delay: float) -> None:
+    if job.trigger == "cli":
+        return  # a run from a terminal is its operator's to repeat, not the daemon's
     if job.attempts >= job.max_attempts:
         job.error = f"{job.error or 'interrupted'} (gave up after {job.attempts} attempt(s))"
         job.state = "failed"
@@ -246,18 +288,122 @@ def recover(
 
     limit = utcnow() - timedelta(seconds=stale_after)
     with session_scope(engine) as session:
-        stale = session.exec(
+        late = session.exec(
             select(JobRow)
             .where(col(JobRow.state) == "running", col(JobRow.heartbeat_at) < limit)
             .with_for_update(skip_locked=True)
         ).all()
+        stale = [job for job in late if not process_alive(job)]
         for job in stale:
             job.state = "interrupted"
             job.finished_at = utcnow()
-            job.error = "the process running it stopped (killed or crashed)"
+            job.error = PRESUMED_DEAD
             session.add(job)
             _retry(session, job, retry_delay)
         return [job.id for job in stale if job.id is not None]
+
+
+def process_alive(job: JobRow) -> bool:
+    """Whether the process running ``job`` is alive on this host: same host name, the
+    PID exists and started no later than the job (else the PID was reused). A job of
+    another host cannot be seen from here: only its heartbeat tells."""
+    from costor.db.state import process_started
+
+    host = (job.claimed_by or "").split(":", 1)[0]
+    if job.pid is None or host != socket.gethostname() or job.started_at is None:
+        return False
+    ticks = process_started(job.pid)
+    if ticks is None:
+        return False
+    try:
+        booted = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, ValueError):
+        return True  # it exists; when it started cannot be told
+    started = booted + ticks / os.sysconf("SC_CLK_TCK")
+    job_started = (
+        job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=utcnow().tzinfo)
+    )
+    return started <= job_started.timestamp() + 2.0  # /proc's ticks round; the job is later
+
+
+def claimant(kind: str = "cli") -> str:
+    """``claimed_by`` of a job run by this process outside ``serve``: host first, as
+    :func:`process_alive` reads it."""
+    return f"{socket.gethostname()}:{kind}:{os.getpid()}"
+
+
+class Recording:
+    """A job row for work done in this process (``costor backup`` on a terminal): set
+    :attr:`result` before the block ends."""
+
+    def __init__(self, job_id: int) -> None:
+        self.id = job_id
+        self.result: dict[str, Any] = {}
+
+
+@contextmanager
+def recorded(
+    engine: Engine, kind: str, target: str, *, site: str | None, trigger: str = "cli"
+) -> Iterator[Recording]:
+    """Record work done here as a job: running while the block runs (with a heartbeat,
+    so no daemon takes it for dead), then succeeded, failed (a CostorError, whose
+    message becomes the job's error) or interrupted (Ctrl-C, a signal). Never retried
+    by the daemon. The exception is re-raised."""
+    from costor.errors import CostorError
+
+    now = utcnow()
+    with session_scope(engine) as session:
+        row = JobRow(
+            kind=kind,
+            target=target,
+            state="running",
+            trigger=trigger,
+            site=site,
+            run_after=now,
+            created_at=now,
+            started_at=now,
+            heartbeat_at=now,
+            attempts=1,
+            max_attempts=1,
+            claimed_by=claimant(),
+            pid=os.getpid(),
+        )
+        session.add(row)
+        session.flush()
+        assert row.id is not None
+        recording = Recording(row.id)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_EVERY):
+            try:
+                heartbeat(engine, recording.id)
+            except Exception:  # noqa: BLE001, S112  (a missed beat is retried)
+                continue
+
+    beating = threading.Thread(target=beat, daemon=True, name=f"job-{recording.id}-heartbeat")
+    beating.start()
+    state, error, result = "succeeded", None, recording.result
+    try:
+        yield recording
+        result = recording.result
+    except CostorError as failure:
+        state, error = "failed", str(failure)
+        result = failure.fields.get("report") or {}
+        raise
+    except BaseException as stopped:
+        state, error = "interrupted", f"stopped ({type(stopped).__name__})"
+        if not isinstance(stopped, KeyboardInterrupt | SystemExit):
+            state, error = "failed", f"internal error: {stopped!r}"
+        raise
+    finally:
+        stop.set()
+        beating.join()
+        finish(engine, recording.id, state, result=result, error=error)
 
 
 def list_jobs(

@@ -27,7 +27,7 @@ def execute(ctx: Context, kind: str, target: str, params: dict[str, Any]) -> dic
     if kind == "backup":
         from costor.ops.backup import run_backup
 
-        outcome = run_backup(ctx, target)
+        outcome = run_backup(ctx, target, trigger=None)  # this job is the record
         return outcome.to_json()
     if kind == "forget":
         from costor.ops.forget import forget
@@ -58,9 +58,14 @@ def execute(ctx: Context, kind: str, target: str, params: dict[str, Any]) -> dic
     raise CostorError(message=f"unknown job kind {kind!r}")
 
 
-def run_job(ctx: Context, job_id: int) -> int:
+def run_job(ctx: Context, job_id: int, *, log: Any = None) -> int:
     """Run job ``job_id`` (claimed by serve, or queued and claimed here). Exit code: 0
-    succeeded, 1 failed, 3 damage found, 75 interrupted."""
+    succeeded, 1 failed, 3 damage found, 75 interrupted.
+
+    ``log`` (default: stderr, which is the job's log file under ``costor serve``) gets
+    what the same verb would print on a terminal: the start, any notice about the
+    configuration it runs, the outcome and its report."""
+    log = log or _stderr
     from costor.db.models import JobRow
     from costor.db.session import session_scope
     from costor.errors import DamageFound
@@ -72,12 +77,22 @@ def run_job(ctx: Context, job_id: int) -> int:
     if job is None:
         raise CostorError(message=f"no job {job_id}")
     if job.state == "queued":  # run by hand: claim it here
-        job = jobs.claim_job(engine, job_id, f"cli:{os.getpid()}")
+        job = jobs.claim_job(engine, job_id, jobs.claimant())
         if job is None:
             raise CostorError(message=f"job {job_id} was taken by another process")
     elif job.state != "running":
         raise CostorError(message=f"job {job_id} is {job.state}, not queued or running")
     jobs.heartbeat(engine, job_id, pid=os.getpid())
+    log(
+        f"job {job_id}: {job.kind} {job.target} started (attempt {job.attempts} of "
+        f"{job.max_attempts}, {job.trigger}) at {job.started_at:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    if job.kind in ("backup", "forget", "selftest"):
+        notice = ctx.drift_notice(f"client.{job.target}")
+    else:
+        notice = ctx.drift_notice(f"pool.{job.target}")
+    if notice is not None:
+        log(f"job {job_id}: note: {notice}")
     stop = threading.Event()
     beat = threading.Thread(target=_beat, args=(engine, job_id, stop), daemon=True)
     beat.start()
@@ -107,6 +122,9 @@ def run_job(ctx: Context, job_id: int) -> int:
         beat.join()
     delay = float(os.environ.get("COSTOR_JOB_RETRY_DELAY", jobs.RETRY_DELAY))
     finished = jobs.finish(engine, job_id, state, result=result, error=error, retry_delay=delay)
+    log(f"job {job_id}: {job.kind} {job.target} {state}" + (f": {error}" if error else ""))
+    if result:
+        log(json.dumps(result, indent=2, sort_keys=True, default=str))
     if finished is not None:
         after_job(ctx, finished)
     return code
@@ -119,7 +137,7 @@ def after_job(ctx: Context, job: Any) -> None:
     from costor.ops import jobs
     from costor.ops.notify import notify_job
 
-    if job.kind == "backup" and job.state == "succeeded" and job.trigger != "manual":
+    if job.kind == "backup" and job.state == "succeeded" and job.trigger not in ("manual", "cli"):
         client = ctx.inventory.clients.get(job.target)
         policy = ctx.inventory.policies.get(client.policy) if client and client.policy else None
         if policy is not None and policy.retention is not None:
@@ -135,6 +153,12 @@ def after_job(ctx: Context, job: Any) -> None:
             if problem is not None:
                 row.error = f"{row.error or ''}{'; ' if row.error else ''}notification: {problem}"
             session.add(row)
+
+
+def _stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
 
 
 def _beat(engine: Any, job_id: int, stop: threading.Event) -> None:

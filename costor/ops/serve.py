@@ -6,7 +6,7 @@ A child is forked from the daemon, which imported the job code and derived each 
 key at start: a job so starts in milliseconds, not the ~1 s a new ``costor jobs run ID``
 process pays in imports and argon2id (docs/benchmarks-ssh.md). The child is what that
 command would be: a session of its own, stdout and stderr to the job's log, the
-inventory read afresh, database connections of its own.
+applied configuration read afresh from the state, database connections of its own.
 
 Every tick the daemon: beats its heartbeat, interrupts jobs that stopped beating
 (their process died; a retry is queued), queues the runs that are due, reaps finished
@@ -108,6 +108,7 @@ class Server:
         self._last_beat = 0.0
         self._claimed = False
         self._served_pools: list[str] = []  # opened at start: their indexes are kept
+        self._reported: set[str] = set()  # inventory findings logged (each once)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -118,6 +119,7 @@ class Server:
             sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         self.log(f"costor serve {self.id}: {self.workers} worker(s)")
+        self._reload_inventory()  # logs what is wrong with the working inventory at once
         self._preload()
         try:
             while True:
@@ -178,15 +180,33 @@ class Server:
             self._claimed = True
 
     def _reload_inventory(self) -> None:
-        """Follow edits of the inventory (a site's ``maintenance``, notify settings);
-        each job's process reads it afresh anyway. A broken file keeps the last good one."""
-        from costor.config import load_inventory
-        from costor.errors import ConfigError
-
+        """Follow applies: the applied configuration (what jobs run, the sites'
+        ``maintenance``, notify settings) is read from the state again. The working
+        inventory is only watched: each of its errors, and each resource with changes
+        not applied yet, is logged once (and again only if it comes back after a fix);
+        a broken file never stops the site from running what was applied."""
         try:
-            self.ctx.inventory = load_inventory(self.ctx.inventory_path)
-        except (ConfigError, OSError) as error:
-            self.log(f"costor serve: inventory not reloaded: {error}")
+            self.ctx.reload()
+        except CostorError as error:
+            self._report_once([f"costor serve: the configuration was not reloaded: {error}"])
+            return
+        path = self.ctx.inventory_path
+        notes = [
+            f"costor serve: {path} does not validate; running the applied configuration: {problem}"
+            for problem in self.ctx.working_problems
+        ]
+        notes += [
+            f"costor serve: {address} has unapplied changes ({change}) in {path}; jobs run "
+            "it as applied until `costor apply`"
+            for address, change in self.ctx.unapplied_changes().items()
+        ]
+        self._report_once(notes)
+
+    def _report_once(self, notes: list[str]) -> None:
+        for note in notes:
+            if note not in self._reported:
+                self.log(note)
+        self._reported = set(notes)
 
     # --- children ---------------------------------------------------------------------
 
@@ -240,7 +260,7 @@ class Server:
                 self.log(f"costor serve: the index of pool {name} not refreshed: {error}")
 
     def _spawn(self, job: Any) -> None:
-        logs = Path(self.ctx.inventory.costor.state_dir) / "logs"
+        logs = Path(self.ctx.settings.state_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = open(logs / f"job-{job.id}.log", "ab")  # noqa: SIM115  (closed when reaped)
         process = self._fork(job.id, log)
@@ -418,14 +438,13 @@ class Server:
 def run_forked_job(ctx: Context, job_id: int) -> int:
     """In a child forked from the daemon: run job ``job_id`` as ``costor jobs run ID``
     would (same exit codes), with the daemon's imports and pool keys."""
-    from costor.config import load_inventory
     from costor.ops.runner import run_job
 
     # The daemon's pooled connections are its own: dropped here unclosed (closing them
     # would end the daemon's sessions), and new ones made (SQLAlchemy's advice for fork).
     ctx.engine.dispose(close=False)
-    ctx.inventory = load_inventory(ctx.inventory_path)
     try:
+        ctx.reload()  # what was applied last, even if it was applied a moment ago
         return run_job(ctx, job_id)
     except CostorError as error:
         print(f"costor: {error}", file=sys.stderr)
@@ -433,18 +452,27 @@ def run_forked_job(ctx: Context, job_id: int) -> int:
 
 
 def maintenance_sites(ctx: Context) -> set[str]:
-    """Sites in maintenance: ``maintenance = true`` in the inventory, or
+    """Sites in maintenance: ``maintenance = true`` in the applied inventory, or
     ``costor maintenance on``."""
+    return set(maintenance_reasons(ctx))
+
+
+def maintenance_reasons(ctx: Context) -> dict[str, str | None]:
+    """Sites in maintenance -> the reason given (``costor maintenance on --reason``),
+    or a note that the inventory says so."""
     from sqlmodel import col, select
 
     from costor.db.models import SiteStateRow
     from costor.db.session import session_scope
 
-    sites = {name for name, site in ctx.inventory.sites.items() if site.maintenance}
+    sites: dict[str, str | None] = {
+        name: "maintenance = true in the inventory"
+        for name, site in ctx.inventory.sites.items()
+        if site.maintenance
+    }
     with session_scope(ctx.engine, write=False) as session:
-        sites |= set(
-            session.exec(select(SiteStateRow.site).where(col(SiteStateRow.maintenance))).all()
-        )
+        for row in session.exec(select(SiteStateRow).where(col(SiteStateRow.maintenance))):
+            sites[row.site] = row.reason or sites.get(row.site)
     return sites
 
 

@@ -5,7 +5,14 @@ Health, per client: ``critical`` when the last self-test or the last check of it
 failed, or it has no good backup within its RPO; ``warning`` when its last backup job
 failed but a snapshot is still within the RPO, or it was never checked or self-tested
 although its policy schedules it; else ``ok``. A client without a policy is ``ok`` with
-no RPO. The site's health is the worst of its clients'.
+no RPO. A client whose working inventory differs from what was applied says so
+(``unapplied``, and a ``warning``): it keeps running as applied until ``costor apply``.
+The site's health is the worst of its clients'.
+
+The whole installation's health is also ``critical`` when no ``costor serve`` has beaten
+its heartbeat within a minute while schedules exist (nothing would run them), and
+``warning`` when the working inventory does not validate (the site runs what was
+applied; the next ``costor apply`` will fail until it is fixed).
 """
 
 from __future__ import annotations
@@ -33,10 +40,10 @@ def status(ctx: Context) -> dict[str, Any]:
     from sqlmodel import col, select
 
     from costor.config.model import duration_seconds
-    from costor.db.models import ClientRow, InstanceRow, JobRow, SnapshotRow
+    from costor.db.models import ClientRow, InstanceRow, JobRow, ScheduleRow, SnapshotRow
     from costor.db.session import session_scope
     from costor.ops.schedules import interval
-    from costor.ops.serve import maintenance_sites
+    from costor.ops.serve import maintenance_reasons
 
     now = utcnow()
     inventory = ctx.inventory
@@ -51,6 +58,8 @@ def status(ctx: Context) -> dict[str, Any]:
         queued = session.exec(select(JobRow).where(col(JobRow.state) == "queued")).all()
         running = session.exec(select(JobRow).where(col(JobRow.state) == "running")).all()
         instances = session.exec(select(InstanceRow)).all()
+        scheduled = session.exec(select(ScheduleRow.key)).all()
+    unapplied = ctx.unapplied_changes()
     latest_snapshot: dict[str, datetime] = {}
     for taken_by, time in snapshots:
         when = _parse_time(time)
@@ -109,6 +118,15 @@ def status(ctx: Context) -> dict[str, Any]:
             problems.append(("warning", f"pool {client.pool} never checked"))
         if policy is not None and policy.selftest is not None and selftest_job is None:
             problems.append(("warning", "never self-tested"))
+        change = unapplied.get(f"client.{name}")
+        if change is not None:
+            problems.append(
+                (
+                    "warning",
+                    f"the inventory has unapplied {'removal' if change == 'removed' else 'changes'}"
+                    " of this client: it runs as applied until `costor apply`",
+                )
+            )
         health = max((level for level, _ in problems), key=LEVELS.index, default="ok")
         clients.append(
             {
@@ -122,16 +140,24 @@ def status(ctx: Context) -> dict[str, Any]:
                 "last_backup_job": job_doc(backup_job),
                 "last_check": job_doc(check_job),
                 "last_selftest": job_doc(selftest_job),
+                "unapplied": change,
                 "health": health,
                 "problems": [message for _level, message in problems],
             }
         )
-    paused = maintenance_sites(ctx)
+    paused = maintenance_reasons(ctx)
     sites = []
     for site in sorted(inventory.sites):
         mine = [c for c in clients if c["site"] == site]
         site_health = max((str(c["health"]) for c in mine), key=LEVELS.index, default="ok")
-        sites.append({"site": site, "maintenance": site in paused, "health": site_health})
+        sites.append(
+            {
+                "site": site,
+                "maintenance": site in paused,
+                "maintenance_reason": paused.get(site),
+                "health": site_health,
+            }
+        )
     alive = [
         {
             "id": i.id,
@@ -144,8 +170,37 @@ def status(ctx: Context) -> dict[str, Any]:
         for i in instances
         if (now - (_aware(i.heartbeat_at) or now)).total_seconds() < 60
     ]
+    site_problems: list[tuple[str, str]] = []
+    if not alive:
+        site_problems.append(
+            (
+                "critical" if scheduled else "warning",
+                "no `costor serve` is running (no heartbeat in the last 60 s): "
+                + (
+                    f"{len(scheduled)} schedule(s) and {len(queued)} queued job(s) wait"
+                    if scheduled
+                    else f"{len(queued)} queued job(s) wait"
+                ),
+            )
+        )
+    if ctx.working_problems:
+        site_problems.append(
+            (
+                "warning",
+                f"{ctx.inventory_path} does not validate ({len(ctx.working_problems)} "
+                "error(s), `costor validate` shows them): the site runs the applied "
+                "configuration",
+            )
+        )
+    levels = [str(s["health"]) for s in sites] + [level for level, _ in site_problems]
     return {
-        "health": max((s["health"] for s in sites), key=LEVELS.index, default="ok"),
+        "health": max(levels, key=LEVELS.index, default="ok"),
+        "problems": [message for _level, message in site_problems],
+        "inventory": {
+            "valid": not ctx.working_problems,
+            "errors": [str(d) for d in ctx.working_problems],
+            "unapplied": unapplied,
+        },
         "sites": sites,
         "clients": clients,
         "jobs": {"queued": len(queued), "running": len(running)},

@@ -57,6 +57,10 @@ class UnknownResource(CostorError):
     """No {kind} named {name!r} in the inventory."""
 
 
+class NotApplied(CostorError):
+    """{address} is declared but not applied yet: run `costor plan` and `costor apply` (what runs is what was applied)."""
+
+
 # --- the pool ------------------------------------------------------------------------
 
 

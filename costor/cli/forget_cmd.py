@@ -54,22 +54,23 @@ def _print_human(report: Any) -> None:
         if outcome.keep_all and not outcome.errors:
             print(f"  keeps every snapshot: {outcome.keep_all}")
         if outcome.decisions:
-            rows = [("ID", "TIME", "ACTION", "REASONS")]
+            rows = [("ID", "TIME", "POOL", "ACTION", "REASONS")]
             for decision in outcome.decisions:
                 taken_as = outcome.taken_as.get(decision.id)
                 rows.append(
                     (
                         decision.id[:12],
                         decision.time[:19].replace("T", " "),
+                        ",".join(outcome.pools.get(decision.id, [])),
                         "keep" if decision.keep else "remove",
                         ", ".join(decision.reasons)
                         + (f" (taken as {taken_as})" if taken_as else ""),
                     )
                 )
-            widths = [max(len(row[i]) for row in rows) for i in range(3)]
+            widths = [max(len(row[i]) for row in rows) for i in range(4)]
             for row in rows:
                 cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-                print("  " + "  ".join([*cells, row[3]]).rstrip())
+                print("  " + "  ".join([*cells, row[4]]).rstrip())
         else:
             print("  no snapshots")
         removed = len(outcome.removed)

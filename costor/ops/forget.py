@@ -11,10 +11,18 @@ and every declared one. Snapshots are grouped per client, over all the names it 
 (``[[moved]]``). A client keeps everything, and the report says why, when it has no
 policy, when its policy has no ``retention``, or when the policy is no longer declared.
 
+Which pools: a client's snapshots are one set across every pool that holds them (a
+client moved from pool A to pool B keeps what it left in A). Its retention is applied
+over all of them, and each removed snapshot is deleted in the pool that holds it (in
+every pool that holds it: a copied pool has the same snapshots under the same ids).
+
 Safety: a manifest that cannot be loaded might be one of the client's snapshots, and
-deciding without it could remove the wrong ones. So a client whose pool holds an
+deciding without it could remove the wrong ones. So a client whose pools hold an
 unreadable manifest loses nothing, unless the state's catalogue says that manifest
-belongs to another client; the run then fails (exit 1) after the other clients.
+belongs to another client; the run then fails (exit 1) after the other clients. The
+same holds for a pool that cannot be opened, when it is the client's own pool or the
+catalogue records snapshots of the client in it; any other unreadable pool is left
+out of the client's decision (``costor snapshots`` and ``check`` report it).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from costor.errors import CostorError, ObjectNotFound, PoolNotFound, UnknownResource
 from costor.ops.context import Context
+from costor.ops.snapshots import catalogued_pools, open_named_pool, search_pools
 from costor.store.retention import Decision, KeepRules, apply_retention
 
 if TYPE_CHECKING:
@@ -57,6 +66,7 @@ class ClientForget:
     keep_all: str | None = None
     decisions: list[Decision] = field(default_factory=list)
     taken_as: dict[str, str] = field(default_factory=dict)  # snapshot id -> earlier name
+    pools: dict[str, list[str]] = field(default_factory=dict)  # snapshot id -> pools holding it
     errors: list[str] = field(default_factory=list)
     removed_done: bool = False  # the removed snapshots were deleted (not a dry run)
 
@@ -69,7 +79,11 @@ class ClientForget:
         return [d for d in self.decisions if not d.keep]
 
     def _entry(self, decision: Decision, *, reasons: bool) -> dict[str, Any]:
-        entry: dict[str, Any] = {"id": decision.id, "time": decision.time}
+        entry: dict[str, Any] = {
+            "id": decision.id,
+            "time": decision.time,
+            "pools": list(self.pools.get(decision.id, [])),
+        }
         if decision.id in self.taken_as:
             entry["taken_as"] = self.taken_as[decision.id]
         if reasons:
@@ -141,11 +155,17 @@ def forget(ctx: Context, *, client: str | None = None, dry_run: bool = False) ->
         report.clients.append(_decide(ctx, name, rows.get(name), pools))
     if not dry_run:
         for outcome in report.clients:
-            loaded = pools.get(outcome.pool)
-            if outcome.errors or not outcome.removed or not isinstance(loaded, _PoolSnapshots):
+            if outcome.errors or not outcome.removed:
                 continue
-            assert loaded.pool is not None  # removed snapshots came from an opened pool
-            _remove(ctx, loaded.pool, [d.id for d in outcome.removed])
+            by_pool: dict[str, list[str]] = {}
+            for decision in outcome.removed:
+                for pool_name in outcome.pools.get(decision.id, []):
+                    by_pool.setdefault(pool_name, []).append(decision.id)
+            for pool_name, snapshot_ids in by_pool.items():
+                loaded = pools[pool_name]
+                # Removed snapshots came from an opened pool.
+                assert isinstance(loaded, _PoolSnapshots) and loaded.pool is not None
+                _remove(ctx, loaded.pool, snapshot_ids)
             outcome.removed_done = True
     if not report.ok:
         raise ForgetIncomplete(report)
@@ -186,19 +206,30 @@ def _decide(
     else:
         outcome.rules = KeepRules.from_mapping(policy.retention.model_dump())
 
-    loaded = _pool_snapshots(ctx, pool_name, pools)
-    if isinstance(loaded, CostorError):
-        outcome.errors.append(f"pool {pool_name}: {loaded}")
-        return outcome
     client_names = ctx.client_names(name)
+    catalogued = set(catalogued_pools(ctx, client_names))
+    mine: dict[str, Snapshot] = {}
+    unreadable: dict[str, str] = {}
+    for searched in [pool_name, *(p for p in search_pools(ctx, client_names) if p != pool_name)]:
+        loaded = _pool_snapshots(ctx, searched, pools)
+        if isinstance(loaded, CostorError):
+            if searched == pool_name or searched in catalogued:
+                outcome.errors.append(f"pool {searched}: {loaded}")
+            continue
+        for snapshot in loaded.snapshots:
+            if snapshot.client in client_names:
+                mine.setdefault(snapshot.id, snapshot)
+                outcome.pools.setdefault(snapshot.id, []).append(searched)
+        unreadable.update(loaded.unreadable)
+    if outcome.errors:
+        return outcome
     # Only a client that could lose snapshots is held back by an unreadable manifest.
-    blocking = _unreadable_manifests(ctx, loaded.unreadable, client_names) if outcome.rules else {}
+    blocking = _unreadable_manifests(ctx, unreadable, client_names) if outcome.rules else {}
     for snapshot_id, error in blocking.items():
         outcome.errors.append(f"snapshot {snapshot_id[:12]} cannot be loaded: {error}")
-    mine = [s for s in loaded.snapshots if s.client in client_names]
-    outcome.taken_as = {s.id: s.client for s in mine if s.client != name}
+    outcome.taken_as = {s.id: s.client for s in mine.values() if s.client != name}
     rules = outcome.rules if outcome.rules is not None and not blocking else KeepRules()
-    result = apply_retention([(s.id, s.time) for s in mine], rules)
+    result = apply_retention([(s.id, s.time) for s in mine.values()], rules)
     if outcome.rules is None or blocking:
         reason = outcome.keep_all or "not decided: a manifest in the pool cannot be loaded"
         outcome.decisions = [Decision(d.id, d.time, True, (reason,), ()) for d in result.decisions]
@@ -212,7 +243,7 @@ def _pool_snapshots(
 ) -> _PoolSnapshots | CostorError:
     if name not in pools:
         try:
-            opened = ctx.open_pool(name, load_index=False)
+            opened = open_named_pool(ctx, name)
             pools[name] = _load_manifests(opened)
         except PoolNotFound as error:
             # Declared but never applied: it holds no snapshots. A pool the state

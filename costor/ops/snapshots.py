@@ -1,10 +1,23 @@
-"""Finding snapshots across the declared pools."""
+"""Finding snapshots across the pools.
+
+A client's snapshots are one set, whichever pools hold them: a client moved from pool A
+to pool B (and perhaps back) keeps the snapshots it left in A, and they are listed,
+resolved (``CLIENT:latest`` is the newest in any pool) and forgotten with the others.
+So a client filter searches every pool: the declared ones, and the pools the state's
+catalogue records as holding snapshots (``SnapshotRow.pool_uuid`` ↔ ``PoolRow``).
+
+A client need not be declared, nor known to the state at all: on a disaster-recovery
+server whose inventory declares only a surviving pool, ``files:latest`` is found by the
+client name the snapshot manifests carry.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from costor.errors import AmbiguousSnapshot, PoolNotFound, SnapshotNotFound
+from costor.errors import AmbiguousSnapshot, PoolError, PoolNotFound, SnapshotNotFound
 from costor.ops.context import Context
 
 if TYPE_CHECKING:
@@ -12,21 +25,84 @@ if TYPE_CHECKING:
     from costor.store.snapshot import Snapshot
 
 
+def home_pool(ctx: Context, client: str) -> str | None:
+    """The pool a declared (or retired) client backs up into; None for a client neither
+    declared nor recorded (its snapshots may still be in any pool)."""
+    from costor.errors import UnknownResource
+
+    try:
+        return ctx.client_pool(client)
+    except UnknownResource:
+        return None
+
+
+def catalogued_pools(ctx: Context, client_names: Collection[str] | None = None) -> list[str]:
+    """The pools the state's catalogue records as holding snapshots (of one of
+    ``client_names``, when given)."""
+    from sqlmodel import col, select
+
+    from costor.db.models import PoolRow, SnapshotRow
+    from costor.db.session import session_scope
+
+    query = select(PoolRow.name).join(SnapshotRow, col(SnapshotRow.pool_uuid) == PoolRow.uuid)
+    if client_names is not None:
+        query = query.where(col(SnapshotRow.client).in_(list(client_names)))
+    with session_scope(ctx.engine, write=False) as session:
+        return sorted(set(session.exec(query.distinct()).all()))
+
+
+def search_pools(ctx: Context, client_names: Collection[str] | None = None) -> list[str]:
+    """Every pool that may hold snapshots (of ``client_names``): the declared pools,
+    then those only the catalogue knows."""
+    declared = ctx.pool_names()
+    return declared + [name for name in catalogued_pools(ctx, client_names) if name not in declared]
+
+
+def open_named_pool(ctx: Context, name: str, *, load_index: bool = False) -> Pool:
+    """A declared pool, or one only the state records (its location and secrets as
+    recorded at its last apply)."""
+    if name in ctx.inventory.pools:
+        return ctx.open_pool(name, load_index=load_index)
+    from costor.config.model import PoolConfig
+    from costor.db.models import PoolRow, ResourceRow
+    from costor.db.session import session_scope
+    from costor.store.pool import Pool
+
+    with session_scope(ctx.engine, write=False) as session:
+        row = session.get(PoolRow, name)
+        resource = session.get(ResourceRow, f"pool.{name}")
+        attributes = json.loads(resource.attributes) if resource is not None else None
+        uuid, backend_kind, location = (row.uuid, row.backend, row.location) if row else (None,) * 3
+    if attributes is None:
+        if backend_kind != "local" or location is None:
+            raise PoolError(message=f"pool {name}: the state does not record where it is")
+        attributes = {"site": "-", "backend": "local", "path": location, "encryption": "none"}
+    config = PoolConfig.from_recorded(name, attributes, ctx.inventory.base_dir)
+    backend = ctx.backend_for(config)
+    opened = Pool.open(backend, ctx.passphrase_for(config), expected_uuid=uuid)
+    if load_index:
+        ctx.load_index(opened)
+    return opened
+
+
 def list_snapshots(
     ctx: Context, *, client: str | None = None, pool: str | None = None
 ) -> list[tuple[str, Snapshot]]:
-    names = ctx.pool_names(pool)
+    """(pool name, snapshot), oldest first: every pool's (or ``pool``'s), of every
+    client (or of ``client``, under every name it had)."""
     client_names: list[str] | None = None
+    home: str | None = None
     if client is not None:
-        names = [ctx.client_pool(client)] if pool is None else names
         client_names = ctx.client_names(client)
+        home = home_pool(ctx, client)
+    names = ctx.pool_names(pool) if pool is not None else search_pools(ctx, client_names)
     renamed = ctx.current_client_names()
     result: list[tuple[str, Snapshot]] = []
     for name in names:
         try:
-            opened = ctx.open_pool(name, load_index=False)
+            opened = open_named_pool(ctx, name)
         except PoolNotFound:
-            if pool is not None or client is not None:
+            if pool is not None or name == home:
                 raise
             continue  # a declared pool not yet applied holds no snapshots
         for snapshot in opened.list_snapshots(client_names):
@@ -41,25 +117,36 @@ def list_snapshots(
 def resolve(
     ctx: Context, ref: str, *, pool: str | None = None, load_index: bool = True
 ) -> tuple[str, Pool, Snapshot]:
-    """``ref`` is a full id, a unique prefix, or ``CLIENT:latest``."""
+    """``ref`` is a full id, a unique prefix, or ``CLIENT:latest`` (the client's newest
+    snapshot in any pool). The same snapshot in several pools (a copied pool) is one
+    snapshot: the client's own pool is preferred, else the first declared."""
     client_names = None
+    home = None
     if ref.endswith(":latest"):
         client = ref[: -len(":latest")]
-        pool = pool or ctx.client_pool(client)
         client_names = ctx.client_names(client)
+        home = home_pool(ctx, client)
+    names = ctx.pool_names(pool) if pool is not None else search_pools(ctx, client_names)
     found: list[tuple[str, Pool, Snapshot]] = []
-    for name in ctx.pool_names(pool):
+    for name in names:
         try:
-            opened = ctx.open_pool(name, load_index=False)
+            opened = open_named_pool(ctx, name)
             snapshot = opened.find_snapshot(ref, client_names=client_names)
         except (SnapshotNotFound, PoolNotFound):
             continue
         found.append((name, opened, snapshot))
     if not found:
         raise SnapshotNotFound(ref=ref)
-    if len(found) > 1:
-        raise AmbiguousSnapshot(ref=ref, count=len(found))
-    name, opened, snapshot = found[0]
+    if client_names is None:
+        distinct = {snapshot.id for _n, _p, snapshot in found}
+        if len(distinct) > 1:
+            raise AmbiguousSnapshot(ref=ref, count=len(distinct))
+        home = home_pool(ctx, found[0][2].client)
+    # The newest; among copies of one snapshot, the one in the client's own pool, then
+    # the first searched (max keeps the first of equals).
+    name, opened, snapshot = max(
+        found, key=lambda item: (item[2].time, item[2].id, item[0] == home)
+    )
     if load_index:
-        opened.load_index()
+        ctx.load_index(opened)
     return name, opened, snapshot

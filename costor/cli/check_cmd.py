@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
@@ -17,7 +18,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     add_inventory_option(parser)
     add_json_option(parser)
-    parser.add_argument("--pool", metavar="P", help="only this pool (default: all)")
+    parser.add_argument(
+        "--pool",
+        metavar="P",
+        help="only this pool (default: all; a pool that cannot be opened is reported and the "
+        "others are still checked: exit 3 if damage was found, else 1 if a pool could not be "
+        "checked)",
+    )
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument("--read-data", action="store_true", help="read and verify every pack")
     amount.add_argument(
@@ -39,12 +46,12 @@ def parse_percentage(text: str, option: str = "--read-data-subset") -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.check import check_pools
+    from costor.ops.check import check_all
 
     subset = parse_percentage(args.read_data_subset) if args.read_data_subset else None
     progress = make_progress("check", json_output=args.json)
     try:
-        reports = check_pools(
+        outcome = check_all(
             context(args),
             pool=args.pool,
             read_data=args.read_data,
@@ -53,11 +60,12 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         progress.close()
-    damaged = any(not report.ok for _name, report in reports)
+    # The worst outcome: damage anywhere, then a pool that could not be checked.
+    code = 3 if outcome.damaged else 1 if outcome.not_checked else 0
     if args.json:
-        print_json({"ok": not damaged, "pools": [report.to_json() for _n, report in reports]})
-        return 3 if damaged else 0
-    for name, report in reports:
+        print_json(outcome.to_json())
+        return code
+    for name, report in outcome.reports:
         print(
             f"pool {name}: {report.snapshots} snapshot(s), {report.packs} pack(s), "
             f"{report.trees_checked} tree(s) checked"
@@ -83,4 +91,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             "  no errors were found" if report.ok else f"  {len(report.problems)} problem(s) found"
         )
-    return 3 if damaged else 0
+    for failure in outcome.not_checked:
+        print(f"costor: error: pool {failure.pool}: not checked: {failure.error}", file=sys.stderr)
+    if outcome.not_checked:
+        print(
+            f"{len(outcome.reports)} pool(s) checked, {len(outcome.not_checked)} could not be "
+            f"checked ({', '.join(f.pool for f in outcome.not_checked)})"
+        )
+    return code

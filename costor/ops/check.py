@@ -2,10 +2,87 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from costor.errors import CostorError
 from costor.ops.context import Context, snapshot_row, utcnow
 from costor.store.progress import Progress
+
+if TYPE_CHECKING:
+    from costor.store.checker import CheckReport
+
+
+@dataclass(frozen=True)
+class PoolNotChecked:
+    """A pool ``check`` could not check: it could not be opened (missing, unreachable,
+    wrong passphrase, foreign) or its storage failed part-way."""
+
+    pool: str
+    error: str
+    error_type: str
+    exit_code: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "error": self.error,
+            "error_type": self.error_type,
+            "exit_code": self.exit_code,
+        }
+
+
+@dataclass
+class CheckOutcome:
+    """Every pool checked (name, report), and those that could not be."""
+
+    reports: list[tuple[str, CheckReport]] = field(default_factory=list)
+    not_checked: list[PoolNotChecked] = field(default_factory=list)
+
+    @property
+    def damaged(self) -> bool:
+        """Damage was found (or an error that means damage stopped a pool's check)."""
+        return any(not report.ok for _name, report in self.reports) or any(
+            failure.exit_code == 3 for failure in self.not_checked
+        )
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged and not self.not_checked
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "damaged": self.damaged,
+            "pools": [report.to_json() for _name, report in self.reports],
+            "not_checked": [failure.to_json() for failure in self.not_checked],
+        }
+
+
+def check_all(
+    ctx: Context,
+    *,
+    pool: str | None = None,
+    read_data: bool = False,
+    subset: float | None = None,
+    progress: Progress | None = None,
+) -> CheckOutcome:
+    """Check ``pool``, or every pool: one that cannot be opened or read is recorded in
+    the outcome and the others are still checked. A named pool that cannot be checked
+    raises its error, as any command on one pool does."""
+    outcome = CheckOutcome()
+    for name in ctx.pool_names(pool):
+        try:
+            report = _check_one(ctx, name, read_data=read_data, subset=subset, progress=progress)
+        except CostorError as error:
+            if pool is not None:
+                raise
+            outcome.not_checked.append(
+                PoolNotChecked(name, str(error), type(error).__name__, error.exit_code)
+            )
+            continue
+        outcome.reports.append((name, report))
+    return outcome
 
 
 def check_pools(
@@ -16,21 +93,33 @@ def check_pools(
     subset: float | None = None,
     progress: Progress | None = None,
 ) -> list[tuple[str, Any]]:
-    """Returns (pool name, CheckReport) per pool."""
+    """Returns (pool name, CheckReport) per pool; the first pool that cannot be checked
+    raises (a scheduled check of one pool: its job fails with that error)."""
+    return [
+        (name, _check_one(ctx, name, read_data=read_data, subset=subset, progress=progress))
+        for name in ctx.pool_names(pool)
+    ]
+
+
+def _check_one(
+    ctx: Context,
+    name: str,
+    *,
+    read_data: bool,
+    subset: float | None,
+    progress: Progress | None,
+) -> CheckReport:
     from costor.store.checker import check
 
-    reports = []
-    for name in ctx.pool_names(pool):
-        opened = ctx.open_pool(name, load_index=False)
+    opened = ctx.open_pool(name, load_index=False)
 
-        def order(packs: list[str], uuid: str = opened.uuid) -> list[str]:
-            return _least_recently_verified(ctx, uuid, packs)
+    def order(packs: list[str], uuid: str = opened.uuid) -> list[str]:
+        return _least_recently_verified(ctx, uuid, packs)
 
-        report = check(opened, read_data=read_data, subset=subset, progress=progress, order=order)
-        report.pool = name
-        _record_verified(ctx, opened, report.verified)
-        reports.append((name, report))
-    return reports
+    report = check(opened, read_data=read_data, subset=subset, progress=progress, order=order)
+    report.pool = name
+    _record_verified(ctx, opened, report.verified)
+    return report
 
 
 def _least_recently_verified(ctx: Context, pool_uuid: str, packs: list[str]) -> list[str]:

@@ -54,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(document)
         return 0
     print(_summary(args.client, outcome, document))
-    if outcome.errors:
-        print(f"  {len(outcome.errors)} item(s) could not be read (see warnings above)")
+    _print_problems(outcome)
     return 0
 
 
@@ -84,6 +83,7 @@ def _run_all(ctx: Any, args: argparse.Namespace) -> int:
                 print(f"{name}: FAILED: {result}", file=sys.stderr)
             else:
                 print(_summary(name, result, result.to_json()))
+                _print_problems(result, name)
         print(f"{len(results) - len(failed)} of {len(results)} client(s) backed up")
     return 1 if failed else 0
 
@@ -103,3 +103,20 @@ def _summary(name: str, outcome: Any, document: dict[str, Any]) -> str:
         f"added {human_bytes(document['bytes_added'])} to the pool{transferred} "
         f"in {document['duration_s']:.1f} s"
     )
+
+
+def _print_problems(outcome: Any, name: str | None = None) -> None:
+    """After the summary: errors the progress display did not show as they happened
+    (the SFTP fallback's reason, failed after hooks: those without a path), the count
+    of items that could not be read (each was shown then), and the warnings."""
+    prefix = f"{name}: " if name else ""
+    items = 0
+    for error in outcome.errors:
+        if error.get("path"):
+            items += 1
+        else:
+            print(f"{prefix}warning: {error['error']}", file=sys.stderr)
+    if items:
+        print(f"  {items} item(s) could not be read (see the warnings above)")
+    for warning in outcome.warnings:
+        print(f"{prefix}warning: {warning}", file=sys.stderr)

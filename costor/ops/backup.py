@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,8 +9,6 @@ from costor.errors import BackupError
 from costor.ops.context import Context
 from costor.store.progress import Progress
 from costor.store.snapshot import COUNTER_FIELDS
-
-log = logging.getLogger("costor.backup")
 
 
 @dataclass
@@ -22,6 +19,16 @@ class BackupOutcome:
     orphans_adopted: int = 0
     hooks: list[dict[str, Any]] = field(default_factory=list)
     method: str = "local"  # "local" | "helper" | "sftp"
+    # What was stored, but not as the user may think ("/dev/loop0 is a block device: its
+    # node was stored, …"). The archiver and the pull hand them over among the errors,
+    # marked "severity": "warning" (the message names the path); taken out of them here.
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        marked = [e for e in self.errors if e.get("severity") == "warning"]
+        if marked:
+            self.errors = [e for e in self.errors if e.get("severity") != "warning"]
+            self.warnings += [e["error"] for e in marked]
 
     def to_json(self) -> dict[str, Any]:
         counters = self.snapshot.counters
@@ -41,6 +48,7 @@ class BackupOutcome:
                 for hook in self.hooks
             ],
             "errors": self.errors,
+            "warnings": self.warnings,
         }
 
 
@@ -71,9 +79,8 @@ def _backup(
     ctx: Context, client_name: str, *, progress: Progress | None, scan_totals: bool
 ) -> BackupOutcome:
     client = ctx.client_config(client_name)
-    notice = ctx.drift_notice(f"client.{client_name}")
-    if notice is not None:
-        log.warning("%s", notice)
+    # Said in the outcome (a broken inventory is said once by the edge that loaded it).
+    notice = ctx.drift_notice(f"client.{client_name}", broken=False)
     if client.transport not in ("local", "ssh"):
         raise BackupError(
             client=client_name, reason=f"transport {client.transport!r} is not available yet"
@@ -100,7 +107,10 @@ def _backup(
             lease.release()
         raise
     with lease:  # released after the snapshot is stored (or the backup failed)
-        return _run(ctx, client, pool, previous, adopted, connection, progress, scan_totals)
+        outcome = _run(ctx, client, pool, previous, adopted, connection, progress, scan_totals)
+    if notice is not None:
+        outcome.warnings.insert(0, notice)
+    return outcome
 
 
 def _run(

@@ -85,8 +85,16 @@ def sftp_pull(
     finally:
         for command in client.hooks.after:
             hooks.append(_run_hook(remote, client, "after", command))
-    errors = list(ingest.errors)
-    errors.insert(0, {"path": "", "error": f"fell back to SFTP: {reason}"})
+    errors = [{"path": "", "error": f"fell back to SFTP: {reason}"}, *ingest.errors]
+    for hook in hooks:  # as with the helper (costor/ops/pull.py): the snapshot is kept
+        if hook["phase"] == "after" and hook["rc"] != 0:
+            errors.append(
+                {
+                    "path": "",
+                    "error": f"after hook `{hook['command']}` exited with {hook['rc']}: "
+                    f"{(hook.get('stderr') or '').strip()}",
+                }
+            )
     return PullOutcome(snapshot, errors, hooks, "sftp")
 
 

@@ -96,6 +96,23 @@ class _DirJob:
     previous_nodes: list[Node] = field(default_factory=list)
 
 
+def node_only_warning(path: str, kind: str, target: str | None = None) -> dict[str, str]:
+    """The warning for a path given to back up whose node is stored without contents:
+    a block or character device (``kind`` "b" or "c"), or a symbolic link to one
+    (``kind`` "l", ``target`` what it points to). An errors entry marked ``"severity":
+    "warning"`` (:class:`costor.ops.backup.BackupOutcome` lists it apart); it does not
+    count as a failed file."""
+    if kind == "l":
+        message = f"{path} is a symbolic link to the device {target}: the link was stored, "
+        message += "not the device's contents"
+    else:
+        message = f"{path} is a {'block' if kind == 'b' else 'character'} device: its node "
+        message += "was stored, not its contents"
+    if kind in ("b", "l"):
+        message += " (image backups are not available yet)"
+    return {"path": path, "error": message, "severity": "warning"}
+
+
 class ExcludeMatcher:
     """restic-like exclude patterns: a pattern containing ``/`` is matched (fnmatch)
     against the absolute path, any other against the entry's name. An excluded
@@ -246,6 +263,7 @@ class Archiver:
             previous = parent_nodes.get(name)
             if sub is _TARGET:
                 if not self.matcher.excluded(child, name):
+                    self._warn_if_device(child, st)
                     self._add_entry(job, child, name, st, previous, st.st_dev)
             elif stat.S_ISDIR(st.st_mode):
                 node = self._node_from_stat(child, name, st)
@@ -579,6 +597,21 @@ class Archiver:
                 cached = ""
             self._names_cache[key] = cached
         return cached
+
+    def _warn_if_device(self, path: bytes, st: os.stat_result) -> None:
+        """A path given to back up that is a device (or a link to one) gets its node
+        stored, not its contents: say so (``warnings`` of ``backup --json``)."""
+        kind = "b" if stat.S_ISBLK(st.st_mode) else "c" if stat.S_ISCHR(st.st_mode) else ""
+        target = None
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                if stat.S_ISBLK(os.stat(path).st_mode):
+                    kind, target = "l", os.fsdecode(os.path.realpath(path))
+            except OSError:
+                pass  # a dangling link: stored as what it is
+        if kind:
+            with self._errors_lock:
+                self.errors.append(node_only_warning(os.fsdecode(path), kind, target))
 
     def _fail(self, path: bytes, message: str, *, count: bool = True) -> None:
         text = os.fsdecode(path)

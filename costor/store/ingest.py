@@ -49,6 +49,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from costor.errors import BackupError, DataCorruption
+from costor.store.archiver import node_only_warning
 from costor.store.compressibility import worth_compressing
 from costor.store.pack import BlobType
 from costor.store.pool import READ_WINDOW, Pool
@@ -293,6 +294,7 @@ class Ingest:
             "bytes_processed": 0,
         }
         self.errors: list[dict[str, str]] = []
+        self._given = {os.path.normpath(p) for p in paths}  # the paths to back up
         self._stack: list[_Dir] = []
         self._root: _Dir | None = None
         self._waiting: dict[str, _Waiting] = {}  # path -> waiting file
@@ -372,6 +374,8 @@ class Ingest:
         node = self._node(item, os.fsencode(name))
         if state.startswith("warning:"):
             self._fail(path, state[len("warning:") :], count=False)
+        if item[1] in ("b", "c", "l") and path in self._given:
+            self._warn_if_device(path, item[1], item[14])
         previous = self._previous(directory).get(node.name)
         if node.type in (FILE, DIR):
             self._fingerprint(path, node)
@@ -860,6 +864,17 @@ class Ingest:
             rdev=int(rdev),
             xattrs={k: base64.b64decode(v) for k, v in (xattrs or {}).items()},
         )
+
+    def _warn_if_device(self, path: str, kind: str, target: str | None) -> None:
+        """A path given to back up that is a device gets its node stored, not its
+        contents: say so (``warnings`` of ``backup --json``). The host does not say what
+        a link points to: a link given as a path that leads into /dev counts as one to a
+        device (/dev/VG/LV, /dev/disk/by-id/…)."""
+        if kind == "l":
+            target = os.path.normpath(os.path.join(os.path.dirname(path), target or ""))
+            if not target.startswith("/dev/"):
+                return
+        self.errors.append(node_only_warning(path, kind, target))
 
     def _fail(self, path: str, message: str, *, count: bool = True) -> None:
         self.errors.append({"path": path, "error": message})

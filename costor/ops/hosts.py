@@ -315,10 +315,17 @@ def bloom_filter(digests: list[bytes], *, false_positive: float = 0.01) -> bytes
 PROBE_PARALLEL = 16  # hosts asked for their key at once
 
 
-def probe_host_keys(ctx: Context, clients: list[ClientConfig]) -> dict[str, dict[str, Any]]:
+def probe_host_keys(
+    ctx: Context, clients: list[ClientConfig], recorded_as: dict[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
     """For each SSH client: the key its host presents now, and what is recorded or
     pinned — the facts the plan decides host keys on. Unreachable is a fact, not an
-    error: the plan says so and goes on."""
+    error: the plan says so and goes on.
+
+    ``recorded_as`` maps a client renamed by ``[[moved]]`` (not applied yet) to the name
+    the state still records it, and its host key, under: a moved client keeps its key,
+    so it is compared with that one, not trusted anew on first use."""
+    names = recorded_as or {}
     ssh_clients = [c for c in clients if c.transport == "ssh"]
     if not ssh_clients:
         return {}  # a local-only inventory does not import the SSH stack at all
@@ -330,7 +337,7 @@ def probe_host_keys(ctx: Context, clients: list[ClientConfig]) -> dict[str, dict
 
     def probe(client: ClientConfig) -> tuple[str, dict[str, Any]]:
         facts: dict[str, Any] = {"host": client.host}
-        recorded = recorded_host_key(ctx, client.name)
+        recorded = recorded_host_key(ctx, names.get(client.name, client.name))
         facts["recorded"] = recorded.fingerprint if recorded else None
         if client.ssh is not None and client.ssh.host_key:
             facts["pinned"] = HostKey.parse(client.ssh.host_key).fingerprint

@@ -128,7 +128,13 @@ def gather_facts(
 
     facts: dict[str, dict[str, Any]] = {}
     declared_clients = [ctx.inventory.clients[r.name] for r in desired if r.type == "client"]
-    host_keys = probe_host_keys(ctx, declared_clients)
+    # A renamed client's host key is still recorded under its name in the state.
+    renamed = {
+        now.split(".", 1)[1]: was.split(".", 1)[1]
+        for now, was in moves.items()
+        if now.startswith("client.")
+    }
+    host_keys = probe_host_keys(ctx, declared_clients, recorded_as=renamed)
     with session_scope(ctx.engine, write=False) as session:
         pool_names = _pool_names_by_uuid(session)
         former = {old: current for current, names in client_names.items() for old in names[1:]}

@@ -374,6 +374,18 @@ class SiteConfig(_Model):
             raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
         return value
 
+    @field_validator("replicate_to")
+    @classmethod
+    def _replication_available(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Modelled so that it parses, refused until replication exists: accepted, it
+        # would be planned and applied while nothing copies the pools.
+        if value:
+            raise ValueError(
+                "replication (replicate_to) is not available yet: nothing would copy "
+                "this site's pools; remove it"
+            )
+        return value
+
 
 # --- [pools.NAME] ----------------------------------------------------------------------
 

@@ -21,14 +21,14 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
-def context(args: Any) -> Any:
+def context(args: Any, *, warn_broken: bool = True) -> Any:
     """The context of every verb but plan and apply: it runs the applied configuration,
     so a broken working inventory is a warning here, not an error."""
     from costor.cli.output import warn
     from costor.ops.context import Context
 
     ctx = Context(args.inventory)
-    if ctx.working_problems:
+    if ctx.working_problems and warn_broken:
         first = ctx.working_problems[0]
         more = len(ctx.working_problems) - 1
         warn(

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from costor.errors import UnknownResource
     from costor.ops.serve import Server
 
-    ctx = context(args)
+    ctx = context(args, warn_broken=False)  # the daemon logs each finding itself
     for site in args.site or ():
         if site not in ctx.inventory.sites:
             raise UnknownResource(kind="site", name=site)

@@ -158,12 +158,12 @@ class Context:
         changes |= {a: "changed" for a in declared if a in applied and applied[a] != declared[a]}
         return dict(sorted(changes.items()))
 
-    def drift_notice(self, address: str) -> str | None:
+    def drift_notice(self, address: str, *, broken: bool = True) -> str | None:
         """One line for a job's output when ``address`` runs as applied although the
-        working inventory says otherwise (or cannot be read)."""
+        working inventory says otherwise (or, with ``broken``, cannot be read)."""
         if self.configuration == "working":
             return None
-        if self.working_problems:
+        if self.working_problems and broken:
             return (
                 f"{self.inventory_path} has {len(self.working_problems)} error(s) "
                 "(`costor validate` shows them); running the applied configuration"

@@ -67,13 +67,26 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "copy",
         help="copy a whole pool (as stored, still encrypted) to another place; incremental",
         description="SRC and DST are each a declared pool's name, a directory, file:///path, "
-        "or s3://bucket/prefix (endpoint and credentials from COSTOR_S3_ENDPOINT or "
-        "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).",
+        "or s3://bucket/prefix (endpoint and credentials from the declared S3 pool named by "
+        "--like, else from COSTOR_S3_ENDPOINT or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_REGION, COSTOR_S3_PATH_STYLE=1).",
     )
     add_inventory_option(copy)
     add_json_option(copy)
     copy.add_argument("source", metavar="SRC")
     copy.add_argument("destination", metavar="DST")
+    copy.add_argument(
+        "--verify-existing",
+        action="store_true",
+        help="read back what DST already holds (objects are named by the BLAKE3 of their "
+        "bytes) and replace what is damaged from SRC",
+    )
+    copy.add_argument(
+        "--like",
+        metavar="POOL",
+        help="s3:// locations take endpoint, region, path style and credentials from this "
+        "declared S3 pool",
+    )
     return parser
 
 
@@ -150,19 +163,40 @@ def _copy(args: argparse.Namespace) -> int:
     from costor.cli.progress import make_progress
     from costor.ops.pool_copy import copy
 
-    # Plain locations need no inventory; a pool's name needs one.
+    # Plain locations need no inventory; a pool's name (or --like) needs one.
     ctx = context(args) if os.path.exists(args.inventory) else None
     progress = make_progress("copy", json_output=args.json)
     try:
-        report = copy(ctx, args.source, args.destination, progress=progress)
+        report = copy(
+            ctx,
+            args.source,
+            args.destination,
+            progress=progress,
+            verify_existing=args.verify_existing,
+            like=args.like,
+        )
     finally:
         progress.close()
     if args.json:
         print_json(report.to_json())
-    else:
+        return 0
+    print(
+        f"pool {report.uuid}: copied {report.copied} object(s) "
+        f"({human_bytes(report.bytes_copied)}), "
+        + (
+            f"{report.verified} already present and verified, "
+            f"{report.replaced} damaged object(s) replaced, "
+            if report.verify_existing
+            else f"{report.skipped} already present, "
+        )
+        + f"to {report.destination}; every object verified"
+    )
+    for name in sorted(report.replaced_objects):
+        print(f"  replaced damaged {name}")
+    if report.extra_key_slots:
         print(
-            f"pool {report.uuid}: copied {report.copied} object(s) "
-            f"({human_bytes(report.bytes_copied)}), {report.skipped} already present, "
-            f"to {report.destination}; every object verified"
+            f"  {len(report.extra_key_slots)} key slot(s) in the destination are not in the "
+            "source (a removed passphrase still opens the copy): "
+            + ", ".join(name.removeprefix("keys/") for name in report.extra_key_slots)
         )
     return 0

@@ -2,7 +2,13 @@
 
 Incremental: objects are immutable and named by the hash of their bytes, so an object
 the destination already lists under the same name is already there and is skipped
-(identity and key slots, which have fixed or random names, are compared byte for byte).
+(key slots, which have random names, by name and size; the identity file byte for byte).
+
+``verify_existing``: what the destination already holds is read back instead of trusted
+by name: each hash-named object must hash to its name, each key slot must equal the
+source's; what does not (bit rot, a truncated upload, someone's edit) is replaced from
+the source. The replacement overwrites in place (atomic on every backend); a backend that
+kept the old bytes gets the object deleted and written again.
 
 Verified: every hash-named object is checked against its name when read from the
 source (a damaged source object is reported, not spread) and read back from the
@@ -36,10 +42,18 @@ class CopyReport:
     source: str
     destination: str
     uuid: str
-    copied: int = 0
-    skipped: int = 0
-    bytes_copied: int = 0
+    copied: int = 0  # objects the destination lacked
+    skipped: int = 0  # present, trusted by name (no --verify-existing)
+    bytes_copied: int = 0  # copied and replaced
+    verify_existing: bool = False
+    verified: int = 0  # present, read back and sound
+    replaced: int = 0  # present but damaged, replaced from the source
+    bytes_verified: int = 0
+    replaced_objects: list[str] = field(default_factory=list)
     damaged_in_source: list[str] = field(default_factory=list)
+    # Key slots the destination holds and the source does not (e.g. removed from the
+    # source by a passphrase rotation): copies never delete, so they still open it.
+    extra_key_slots: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -49,12 +63,23 @@ class CopyReport:
             "copied": self.copied,
             "skipped": self.skipped,
             "bytes_copied": self.bytes_copied,
+            "verify_existing": self.verify_existing,
+            "verified": self.verified,
+            "replaced": self.replaced,
+            "bytes_verified": self.bytes_verified,
+            "replaced_objects": sorted(self.replaced_objects),
             "damaged_in_source": self.damaged_in_source,
+            "extra_key_slots": self.extra_key_slots,
         }
 
 
 def copy_pool(
-    source: Backend, destination: Backend, *, progress: Progress | None = None, workers: int = 4
+    source: Backend,
+    destination: Backend,
+    *,
+    progress: Progress | None = None,
+    workers: int = 4,
+    verify_existing: bool = False,
 ) -> CopyReport:
     progress = progress or Progress()
     identity = read_identity(source)
@@ -66,28 +91,61 @@ def copy_pool(
         raise PoolMismatch(
             location=destination.location, found=existing.uuid, expected=identity.uuid
         )
-    report = CopyReport(source.location, destination.location, identity.uuid)
+    report = CopyReport(
+        source.location, destination.location, identity.uuid, verify_existing=verify_existing
+    )
     present = {info.name: info.size for info in destination.list("")}
-    plan: list[list[tuple[str, int]]] = []
+    plan: list[tuple[list[tuple[str, int]], list[tuple[str, int]]]] = []
+    source_keys: set[str] = set()
     for family in ORDER:
-        todo = []
+        todo, check = [], []
         for info in source.list(family):
+            if family == "keys/":
+                source_keys.add(info.name)
             if info.name in present and (family in HASH_NAMED or present[info.name] == info.size):
-                report.skipped += 1
+                if verify_existing:
+                    check.append((info.name, present[info.name]))
+                else:
+                    report.skipped += 1
             else:
                 todo.append((info.name, info.size))
-        plan.append(sorted(todo))
-    progress.set_total(sum(len(t) for t in plan), sum(s for t in plan for _n, s in t))
+        plan.append((sorted(todo), sorted(check)))
+    report.extra_key_slots = sorted(
+        name for name in present if name.startswith("keys/") and name not in source_keys
+    )
+    files = sum(len(t) + len(c) for t, c in plan)
+    size = sum(s for t, c in plan for _n, s in t + c)
+    progress.set_total(files, size)
     with ThreadPoolExecutor(workers, thread_name_prefix="copy") as executor:
-        for family_todo in plan:  # one family at a time: the write order above
-            results = executor.map(
-                lambda item: _copy_one(source, destination, item[0], report), family_todo
+        for family_todo, family_check in plan:  # one family at a time: the write order
+            damaged: list[tuple[str, int]] = []
+            results = executor.map(lambda item: _sound(source, destination, item[0]), family_check)
+            for (name, stored_size), sound in zip(family_check, results, strict=True):
+                progress.advance(files=1, size=stored_size)
+                if sound:
+                    report.verified += 1
+                    report.bytes_verified += stored_size
+                else:
+                    damaged.append((name, stored_size))
+            if damaged:
+                files += len(damaged)
+                size += sum(s for _n, s in damaged)
+                progress.set_total(files, size)
+            work = [(name, s, False) for name, s in family_todo]
+            work += [(name, s, True) for name, s in damaged]
+            done = executor.map(
+                lambda item: _copy_one(source, destination, item[0], report, replace=item[2]),
+                work,
             )
-            for (_name, size), copied in zip(family_todo, results, strict=True):
-                if copied:
-                    report.copied += 1
-                    report.bytes_copied += size
-                progress.advance(files=1, size=size)
+            for (name, item_size, replace), copied in zip(work, done, strict=True):
+                if copied is not None:
+                    if replace:
+                        report.replaced += 1
+                        report.replaced_objects.append(name)
+                    else:
+                        report.copied += 1
+                    report.bytes_copied += copied
+                progress.advance(files=1, size=item_size)
     progress.close()
     if not report.damaged_in_source:  # a copy missing objects is never made a pool
         identity_bytes = source.get(IDENTITY_NAME)
@@ -104,15 +162,48 @@ def copy_pool(
     return report
 
 
-def _copy_one(source: Backend, destination: Backend, name: str, report: CopyReport) -> bool:
-    """Runs on worker threads; ``list.append`` on the report is atomic in CPython."""
+def _sound(source: Backend, destination: Backend, name: str) -> bool:
+    """Whether the destination's object is intact: hash-named ones hash to their name,
+    others (key slots) equal the source's. Runs on worker threads."""
+    try:
+        stored = destination.get(name)
+    except ObjectNotFound:
+        return False
+    expected = content_address(name)
+    if expected is not None:
+        return object_hash(stored) == expected
+    return stored == source.get(name)
+
+
+def _copy_one(
+    source: Backend, destination: Backend, name: str, report: CopyReport, *, replace: bool = False
+) -> int | None:
+    """Copy one object; its size, or None when the source's is damaged. Runs on worker
+    threads; ``list.append`` on the report is atomic in CPython."""
     data = source.get(name)
     expected = content_address(name)
     if expected is not None and object_hash(data) != expected:
         report.damaged_in_source.append(name)
-        return False
-    _copy_object(source, destination, name, data=data, verify=_hash_or_bytes)
-    return True
+        return None
+    if replace:
+        _replace_object(destination, name, data)
+    else:
+        _copy_object(source, destination, name, data=data, verify=_hash_or_bytes)
+    return len(data)
+
+
+def _replace_object(destination: Backend, name: str, data: bytes) -> None:
+    """Overwrite a damaged object with good bytes, verified. A backend may keep the old
+    object on a second put (the backend contract allows it): then delete, and put again."""
+    try:
+        destination.put(name, data)
+        stored = destination.get(name)
+    except (WriteNotVerified, ObjectNotFound):
+        stored = b""
+    if _hash_or_bytes(name, data, stored):
+        return
+    destination.delete(name)
+    _copy_object(destination, destination, name, data=data, verify=_hash_or_bytes)
 
 
 def _copy_object(

@@ -6,7 +6,17 @@ import os
 import shutil
 from pathlib import Path
 
-from conftest import PASSPHRASE, Site, make_pool, open_pool, tree_digest
+import pytest
+from conftest import (
+    PASSPHRASE,
+    Site,
+    costor_table,
+    make_pool,
+    open_pool,
+    tree_digest,
+    write_inventory,
+)
+from s3servers import REGION, S3Server, make_s3_backend, moto_server  # noqa: F401
 
 from costor.store.restorer import Restorer
 
@@ -74,3 +84,146 @@ def test_damaged_source_object_is_not_spread(applied: Site, tmp_path: Path) -> N
     assert not (tmp_path / "copy" / pack.relative_to(applied.pool_path)).exists()
     assert not (tmp_path / "copy" / "costor-pool.json").exists()  # not a pool: incomplete
     shutil.rmtree(tmp_path / "copy")
+
+
+def _damage(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _copy_site(root: Path, pool_path: Path) -> Site:
+    """Another site's CoStor that declares the copy as its pool (and adopts it)."""
+    root.mkdir()
+    inventory = write_inventory(root, {})
+    text = inventory.read_text().replace('path = "pool"', f"path = {str(pool_path)!r}")
+    inventory.write_text(text)
+    site = Site(root, inventory, pool_path)
+    applied = site.cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.stderr
+    return site
+
+
+def test_verify_existing_heals_a_damaged_copy(applied: Site, tmp_path: Path) -> None:
+    assert applied.cli("backup", "alpha").code == 0
+    copy_dir = tmp_path / "copy"
+    first = applied.cli("pool", "copy", "main", str(copy_dir), "--json")
+    assert first.code == 0, first.stderr
+    other_site = _copy_site(tmp_path / "other-site", copy_dir)
+    pack = max(copy_dir.glob("packs/*/*/*"), key=lambda p: p.stat().st_size)
+    _damage(pack)
+    snapshot = next(copy_dir.glob("snapshots/*"))
+    _damage(snapshot)
+    assert other_site.cli("check", "--read-data").code == 3
+    [slot] = copy_dir.glob("keys/*")
+    _damage(slot)  # same size: not noticed by a copy that compares sizes
+
+    # A plain copy goes by names: the damage stays.
+    plain = applied.cli("pool", "copy", "main", str(copy_dir), "--json")
+    assert plain.code == 0 and plain.json()["copied"] == 0
+    assert _objects(copy_dir) != _objects(applied.pool_path)
+
+    healed = applied.cli("pool", "copy", "main", str(copy_dir), "--verify-existing", "--json")
+    assert healed.code == 0, healed.stderr
+    report = healed.json()
+    assert report["replaced"] == 3 and report["copied"] == 0
+    assert sorted(report["replaced_objects"]) == sorted(
+        str(p.relative_to(copy_dir)) for p in (pack, snapshot, slot)
+    )
+    assert report["verified"] == len(_objects(applied.pool_path)) - 1 - 3  # not the identity
+    assert _objects(copy_dir) == _objects(applied.pool_path)
+    assert other_site.cli("check", "--read-data").code == 0
+    human = applied.cli("pool", "copy", "main", str(copy_dir), "--verify-existing")
+    assert human.code == 0 and "0 damaged object(s) replaced" in human.stdout
+
+
+def _s3_pool(name: str, server: S3Server, bucket: str, prefix: str = "") -> str:
+    return f"""
+[pools.{name}]
+site = "hq"
+backend = "s3"
+bucket = "{bucket}"
+prefix = "{prefix}"
+endpoint = "{server.endpoint}"
+region = "{REGION}"
+path_style = true
+access_key = {{ file = "s3-access" }}
+secret_key = {{ file = "s3-secret" }}
+passphrase = {{ env = "COSTOR_TEST_PASSPHRASE" }}
+"""
+
+
+def test_s3_destination_like_a_declared_pool_heals(
+    moto_server: S3Server,  # noqa: F811
+    source: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--like cloud``: endpoint, region, path style and credentials of the declared S3
+    pool ``cloud`` (its secrets are files), none from the environment."""
+    for var in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "COSTOR_S3_ENDPOINT",
+        "COSTOR_S3_PATH_STYLE",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    for name, value in (
+        ("s3-access", moto_server.access_key),
+        ("s3-secret", moto_server.secret_key),
+    ):
+        (tmp_path / name).write_text(value + "\n")
+        (tmp_path / name).chmod(0o600)
+    cloud = _s3_pool("cloud", moto_server, moto_server.new_bucket())
+    site = Site(
+        tmp_path,
+        write_inventory(tmp_path, {"alpha": [source]}, extra_pool=cloud),
+        tmp_path / "pool",
+    )
+    assert site.cli("apply", "--auto-approve").code == 0
+    assert site.cli("backup", "alpha").code == 0
+    bucket = moto_server.new_bucket()
+    location = f"s3://{bucket}/replica"
+    first = site.cli("pool", "copy", "main", location, "--like", "cloud", "--json")
+    assert first.code == 0, first.stderr
+    assert first.json()["copied"] == len(_objects(site.pool_path)) - 1
+    assert first.json()["destination"].startswith(f"s3://{bucket}/replica")
+
+    replica = make_s3_backend(moto_server, bucket, "replica")
+    pack = max(replica.list("packs/"), key=lambda info: info.size).name
+    damaged = bytearray(replica.get(pack))
+    damaged[100] ^= 0xFF
+    moto_server.client().put_object(Bucket=bucket, Key=f"replica/{pack}", Body=bytes(damaged))
+    index = next(iter(replica.list("index/"))).name
+    moto_server.client().delete_object(Bucket=bucket, Key=f"replica/{index}")
+
+    healed = site.cli(
+        "pool", "copy", "main", location, "--like", "cloud", "--verify-existing", "--json"
+    )
+    assert healed.code == 0, healed.stderr
+    assert healed.json()["replaced_objects"] == [pack] and healed.json()["copied"] == 1
+    assert replica.get(pack) == (site.pool_path / pack).read_bytes()
+
+    # The healed replica passes check, declared at another site with the same server.
+    other = tmp_path / "other-site"
+    other.mkdir()
+    declared = _s3_pool("replica", moto_server, bucket, prefix="replica")
+    for name in ("s3-access", "s3-secret"):
+        (other / name).write_text((tmp_path / name).read_text())
+    inventory = other / "inventory.toml"
+    inventory.write_text(costor_table() + "[sites.hq]\n" + declared)
+    other_site = Site(other, inventory, other / "unused")
+    assert other_site.cli("apply", "--auto-approve").code == 0
+    checked = other_site.cli("check", "--read-data", "--json")
+    assert checked.code == 0, checked.stdout + checked.stderr
+    assert checked.json()["pools"][0]["packs_read"] == len(list(replica.list("packs/")))
+
+
+def test_like_needs_an_s3_pool(applied: Site, tmp_path: Path) -> None:
+    result = applied.cli("pool", "copy", "main", "s3://bucket/x", "--like", "main")
+    assert result.code == 1 and "not an S3 pool" in result.stderr
+    local = applied.cli("pool", "copy", "main", str(tmp_path / "c"), "--like", "main")
+    assert local.code == 1 and "--like" in local.stderr

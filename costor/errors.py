@@ -169,6 +169,14 @@ class RestoreError(CostorError):
     """Restore failed: {reason}"""
 
 
+class RestoreTargetNotDirectory(RestoreError):
+    """Restore target {target} exists and is not a directory: name a directory (it is created if missing), or use --archive to write a file."""
+
+
+class ArchiveExists(RestoreError):
+    """{path} already exists: choose another name, or give --force to replace it."""
+
+
 class UsageError(CostorError):
     """{message}"""
 

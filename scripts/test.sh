@@ -2,48 +2,172 @@
 # Install what the tests need and run the whole suite (the README's second command;
 # CI runs it too). Safe to run again: it reuses .venv and installs only what is missing.
 #
+# Python: the venv is made from /usr/bin/python3 when it exists (Debian 12's 3.11.2, the
+# oldest Python the project promises), otherwise from `python3`; a .venv made from another
+# interpreter is made again.
+#
 # The suite runs twice: on SQLite (the embedded default), then on PostgreSQL
-# (COSTOR_TEST_DATABASE; each test inventory gets a database of its own). PostgreSQL is
-# installed and started here if it is not running on 127.0.0.1:5432; openssh-server is
-# installed for the SSH tests, which start their own sshd on a loopback port.
+# (COSTOR_TEST_DATABASE; each test inventory gets a database of its own). Both passes run
+# even when the first fails; the script fails if either did. PostgreSQL: the server at
+# COSTOR_TEST_PG (default: postgres@127.0.0.1:5432, what CI provides) when it lets the
+# tests log in without a password; otherwise a throwaway cluster of this script's own
+# (initdb -A trust on a free loopback port in a temporary directory, removed on exit).
+# COSTOR_TEST_PG_THROWAWAY=1 always uses a throwaway cluster. openssh-server is installed
+# for the SSH tests, which start their own sshd on a loopback port.
+#
+# Extra arguments go to pytest, in both passes (e.g. `bash scripts/test.sh -x tests/db`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PG_URL="${COSTOR_TEST_PG:-postgresql+psycopg://postgres@127.0.0.1:5432/postgres}"
+DEFAULT_PG="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+PG_URL="${COSTOR_TEST_PG:-$DEFAULT_PG}"
+VENV="${COSTOR_TEST_VENV:-.venv}"  # another directory: to try this script without touching .venv
 
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; else
-        echo "please run as root or install: $*" >&2
-        exit 1
-    fi
-}
+if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
 
 need_apt=()
-python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ "$PYTHON" = /usr/bin/python3 ] && ! "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1; then
+    need_apt+=(python3-venv)  # Debian: venv needs ensurepip, which python3-venv ships
+fi
 command -v mount >/dev/null 2>&1 || need_apt+=(mount)
-command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)  # the SSH tests run a real sshd
 command -v pkill >/dev/null 2>&1 || need_apt+=(procps)
 command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)  # ssh.sudo = true, tested for real
 if ((${#need_apt[@]})); then
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+    if [ "$(id -u)" != 0 ]; then
+        echo "please run as root or install: ${need_apt[*]}" >&2
+        exit 1
+    fi
+    echo "== installing ${need_apt[*]}"
+    apt_log="$(mktemp)"
+    if ! { apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"; } >"$apt_log" 2>&1; then
+        cat "$apt_log" >&2
+        rm -f "$apt_log"
+        exit 1
+    fi
+    rm -f "$apt_log"
 fi
 
-# PostgreSQL on 127.0.0.1:5432 with trust for local connections (what CI provides).
-if ! pg_isready -q -h 127.0.0.1 -p 5432; then
-    for version in $(ls /etc/postgresql); do
-        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+# --- the venv, from the promised interpreter ----------------------------------------------
+
+interpreter() {  # what identifies an interpreter: its version and installation prefix
+    "$1" -c 'import sys; print(sys.version, sys.base_prefix)' 2>/dev/null
+}
+if ! wanted="$(interpreter "$PYTHON")"; then
+    echo "no Python 3 interpreter: install python3 (Debian: apt-get install python3-venv)" >&2
+    exit 1
+fi
+if [ -e "$VENV" ] && [ "$(interpreter "$VENV/bin/python" || true)" != "$wanted" ]; then
+    echo "== $VENV was not made from $PYTHON ($(interpreter "$VENV/bin/python" || echo broken)); making it again"
+    rm -rf "$VENV"
+fi
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+PY_DESC="Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())') ($PYTHON, venv $VENV)"
+echo "== testing with $PY_DESC"
+
+# --- PostgreSQL --------------------------------------------------------------------------
+
+pg_login() {  # can the tests log in at $1 (a SQLAlchemy URL) without a password?
+    PGCONNECT_TIMEOUT=5 "$VENV/bin/python" - "$1" >/dev/null 2>&1 <<'EOF'
+import sys
+
+import psycopg
+
+url = sys.argv[1].replace("postgresql+psycopg://", "postgresql://", 1)
+with psycopg.connect(url, connect_timeout=5) as connection:
+    connection.execute("select 1")
+EOF
+}
+
+PG_TMP=""
+stop_throwaway() {
+    [ -n "$PG_TMP" ] || return 0
+    if [ -f "$PG_TMP/data/postmaster.pid" ]; then
+        "${pg_as[@]}" "$pg_bin/pg_ctl" -D "$PG_TMP/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$PG_TMP"
+    PG_TMP=""
+}
+
+start_throwaway() {
+    # Debian keeps initdb and pg_ctl out of PATH, in /usr/lib/postgresql/VERSION/bin.
+    pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+    [ -n "$pg_bin" ] || pg_bin="$(dirname "$(command -v initdb)")"
+    PG_TMP="$(mktemp -d /tmp/costor-test-pg.XXXXXX)"
+    trap stop_throwaway EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    if [ "$(id -u)" = 0 ]; then
+        chown postgres: "$PG_TMP"
+        pg_as=(runuser -u postgres --)
+    else
+        pg_as=(env)  # the current user owns the cluster
+    fi
+    if ! "${pg_as[@]}" "$pg_bin/initdb" -A trust -U postgres -D "$PG_TMP/data" >"$PG_TMP/initdb.log" 2>&1; then
+        cat "$PG_TMP/initdb.log" >&2
+        return 1
+    fi
+    local port attempt
+    for attempt in 1 2 3 4 5; do
+        port="$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+        if "${pg_as[@]}" "$pg_bin/pg_ctl" -D "$PG_TMP/data" -l "$PG_TMP/server.log" -w -t 60 \
+            -o "-p $port -k $PG_TMP -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+            start >/dev/null; then
+            PG_URL="postgresql+psycopg://postgres@127.0.0.1:$port/postgres"
+            return 0
+        fi
+        echo "== the throwaway cluster did not start on port $port (attempt $attempt)" >&2
     done
-    for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+    cat "$PG_TMP/server.log" >&2
+    return 1
+}
+
+if [ "${COSTOR_TEST_PG_THROWAWAY:-0}" = 1 ]; then
+    start_throwaway
+elif ! pg_login "$PG_URL"; then
+    # Debian's own cluster may just be stopped (no systemd in containers): start it.
+    if [ "$PG_URL" = "$DEFAULT_PG" ] && [ "$(id -u)" = 0 ] && command -v pg_ctlcluster >/dev/null 2>&1 \
+        && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+        for version in $(ls /etc/postgresql 2>/dev/null); do
+            pg_ctlcluster --skip-systemctl-redirect "$version" main start >/dev/null 2>&1 || true
+        done
+        for _ in $(seq 1 10); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+    fi
+    if ! pg_login "$PG_URL"; then
+        # Nothing answers, or it wants a password (Debian's cluster does not trust TCP).
+        echo "== no PostgreSQL at $PG_URL lets the tests in: starting a throwaway cluster"
+        start_throwaway
+    fi
 fi
 
-if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
-fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# --- the two passes ------------------------------------------------------------------------
+
+describe() {  # pytest's exit code, in words
+    case "$1" in
+        0) echo "passed" ;;
+        5) echo "no tests collected" ;;
+        *) echo "FAILED (pytest exit $1)" ;;
+    esac
+}
 
 echo "== the suite on SQLite"
-.venv/bin/python -m pytest -q "$@"
+sqlite_rc=0
+"$VENV/bin/python" -m pytest -q "$@" || sqlite_rc=$?
+echo "== SQLite pass: $(describe "$sqlite_rc")"
+
 echo "== the suite on PostgreSQL ($PG_URL)"
-COSTOR_TEST_DATABASE="$PG_URL" .venv/bin/python -m pytest -q "$@"
+pg_rc=0
+COSTOR_TEST_DATABASE="$PG_URL" "$VENV/bin/python" -m pytest -q "$@" || pg_rc=$?
+echo "== PostgreSQL pass: $(describe "$pg_rc")"
+
+echo "== $PY_DESC: SQLite $(describe "$sqlite_rc"), PostgreSQL $(describe "$pg_rc")"
+# Exit 5 (nothing collected) is a failure only when no pass ran anything: the arguments
+# selected no test at all.
+for rc in "$sqlite_rc" "$pg_rc"; do
+    if [ "$rc" != 0 ] && [ "$rc" != 5 ]; then exit "$rc"; fi
+done
+if [ "$sqlite_rc" = 5 ] && [ "$pg_rc" = 5 ]; then exit 5; fi
+exit 0

@@ -165,14 +165,15 @@ def copy_pool(
 def _sound(source: Backend, destination: Backend, name: str) -> bool:
     """Whether the destination's object is intact: hash-named ones hash to their name,
     others (key slots) equal the source's. Runs on worker threads."""
-    try:
-        stored = destination.get(name)
-    except ObjectNotFound:
-        return False
     expected = content_address(name)
-    if expected is not None:
-        return object_hash(stored) == expected
-    return stored == source.get(name)
+    for _attempt in range(2):  # read twice: a transfer corrupted in transit is not damage
+        try:
+            stored = destination.get(name)
+        except ObjectNotFound:
+            return False
+        if stored == source.get(name) if expected is None else object_hash(stored) == expected:
+            return True
+    return False
 
 
 def _copy_one(

@@ -1,6 +1,8 @@
 """The shipped database profiles (profiles/postgresql.toml, profiles/mysql.toml), for
-real: a host reached over sshd dumps this machine's running PostgreSQL and MariaDB in
-its before hook, and the dump is in the snapshot. Skipped where a server is absent."""
+real, combined with linux-server as docs/ssh.md recommends: a host reached over sshd
+dumps this machine's running PostgreSQL and MariaDB in its before hook, and the dump is
+in the snapshot (the profile adds its directory to the client's paths). Skipped where a
+server is absent."""
 
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ pool = "main"
 transport = "ssh"
 host = "127.0.0.1"
 ssh = {{ user = "root", port = {sshd.port}, key = {{ file = "{sshd.client_key}" }} }}
-profiles = ["{profile}"]
-paths = ["{DUMPS}"]
+profiles = ["linux-server", "{profile}"]
+paths = ["/etc/hostname"]
 """
     )
     return Site(root, root / "inventory.toml", root / "pool")
@@ -78,5 +80,6 @@ def test_database_profile_dumps_before_the_backup(
         assert restored.code == 0, restored.stderr
         text = (tmp_path / "r" / str(DUMPS).lstrip("/") / dump).read_text()
         assert marker in text
+        assert (tmp_path / "r" / "etc" / "hostname").is_file()  # the client's own path
     finally:
         (DUMPS / dump).unlink(missing_ok=True)

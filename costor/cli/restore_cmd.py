@@ -11,10 +11,21 @@ from costor.cli.output import human_bytes, print_json
 from costor.cli.progress import make_progress
 from costor.errors import UsageError
 
+OVERWRITE_HELP = (
+    "what to do with files that already exist at the target: always (the default, as "
+    "restic's since 0.17: replace every file whose content differs from the snapshot's; "
+    "identical ones are left and only their metadata is set), if-changed (as always, but "
+    "a file with the snapshot's size and mtime is taken as identical without reading it), "
+    "if-newer (replace only if the snapshot's file is newer), never (keep what exists)"
+)
+
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "restore", help="restore a snapshot to a directory or an archive"
+        "restore",
+        help="restore a snapshot to a directory or an archive",
+        description="Restore a snapshot, or a path in it, into a directory (each path "
+        "under it as in the snapshot) or as one archive. See docs/restore.md.",
     )
     add_inventory_option(parser)
     add_json_option(parser)
@@ -25,59 +36,116 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     where.add_argument(
         "--archive",
         metavar="FILE",
-        help="write FILE.tar, FILE.tar.zst or FILE.zip; - for a tar on stdout",
+        help="write FILE.tar, FILE.tar.zst or FILE.zip (format from the name, or --format); "
+        "- for a tar (or --format) on stdout",
+    )
+    parser.add_argument(
+        "--overwrite",
+        choices=("always", "if-changed", "if-newer", "never"),
+        default=None,
+        help=OVERWRITE_HELP,
+    )
+    parser.add_argument(
+        "--include",
+        metavar="PATTERN",
+        action="append",
+        default=[],
+        help="restore only paths (inside the snapshot) matching PATTERN, and what is in "
+        "matching directories; repeatable; *, ?, [..] and ** as in restic; a pattern "
+        "without a leading / matches at any depth",
+    )
+    parser.add_argument(
+        "--exclude",
+        metavar="PATTERN",
+        action="append",
+        default=[],
+        help="leave out paths matching PATTERN (a directory with its content); repeatable",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="decide and count everything, write nothing (-v or --json: list each file)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="list each file and what was done with it"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("tar", "tar.zst", "zip"),
+        help="archive format (default: from the file's name; tar on stdout)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="let --archive replace an existing file"
     )
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.snapshots import resolve
+    from costor.ops.restore import restore
 
-    if args.archive == "-" and args.json:
+    to_stdout = args.archive == "-"
+    if to_stdout and args.json:
         raise UsageError(message="--json and --archive - both want stdout; choose one")
-    from costor.store.leases import reader_lease
-
-    _name, pool, snapshot = resolve(context(args), args.snapshot, load_index=False)
-    lease = reader_lease(pool)  # before the index: see costor/store/leases.py
-    pool.load_index()
-    progress = make_progress("restore", json_output=args.json or args.archive == "-")
+    if to_stdout and args.verbose and not args.dry_run:
+        raise UsageError(message="-v lists on stdout, where --archive - writes; choose one")
+    archive: Any = sys.stdout.buffer if to_stdout and not args.dry_run else args.archive
+    progress = make_progress("restore", json_output=args.json or to_stdout)
     try:
-        if args.target is not None:
-            from costor.store.restorer import Restorer
-
-            result = Restorer(pool, progress=progress).restore(snapshot, args.target, args.path)
-            document = {
-                "snapshot_id": snapshot.id,
-                "target": args.target,
-                "files": result.files,
-                "dirs": result.dirs,
-                "bytes_written": result.bytes_written,
-                "skipped": result.skipped,
-            }
-        else:
-            from costor.store.archive import write_archive
-
-            destination: Any = sys.stdout.buffer if args.archive == "-" else args.archive
-            archived = write_archive(pool, snapshot, args.path, destination, progress=progress)
-            document = {
-                "snapshot_id": snapshot.id,
-                "archive": args.archive,
-                "files": archived.files,
-                "dirs": archived.dirs,
-                "bytes_written": archived.bytes_written,
-                "skipped": archived.skipped,
-                "archive_bytes": archived.archive_bytes,
-            }
+        outcome = restore(
+            context(args),
+            args.snapshot,
+            path=args.path,
+            target=args.target,
+            archive=archive,
+            archive_name=args.archive,
+            format=args.format,
+            force=args.force,
+            overwrite=args.overwrite,
+            include=args.include,
+            exclude=args.exclude,
+            dry_run=args.dry_run,
+            list_entries=args.dry_run or args.verbose,
+            progress=progress,
+        )
     finally:
         progress.close()
-        if lease is not None:
-            lease.release()
     if args.json:
+        document = outcome.to_json()
+        if not (args.dry_run or args.verbose):
+            document.pop("entries", None)
         print_json(document)
-    elif args.archive != "-":
-        where = args.target or args.archive
-        print(
-            f"restored {document['files']} file(s), {human_bytes(document['bytes_written'])} "
-            f"from {snapshot.id[:12]} to {where}"
-        )
+    elif not to_stdout or args.dry_run:
+        if args.verbose or args.dry_run:
+            for entry in outcome.entries or []:
+                print(f"{entry['action']:<16} {entry['path']}")
+        print(_summary(outcome))
     return 0
+
+
+def _summary(outcome: Any) -> str:
+    where = outcome.target if outcome.archive is None else outcome.archive
+    size = human_bytes(outcome.bytes_written)
+    if outcome.archive is not None:
+        text = (
+            f"{outcome.files_written} file(s), {outcome.dirs} dir(s), {size} of content "
+            f"from {outcome.snapshot_id[:12]}"
+        )
+        if outcome.not_restorable:
+            text += f"; {outcome.not_restorable} entr(ies) the format cannot hold left out"
+        if outcome.dry_run:
+            return f"dry run: {outcome.archive} would hold {text}; nothing was written"
+        return f"archived {text} to {where} ({human_bytes(outcome.archive_bytes or 0)})"
+    counts = (
+        f"{outcome.files_written} file(s) ({outcome.files_new} new, "
+        f"{outcome.files_overwritten} overwritten), {size}; "
+        f"skipped {outcome.files_skipped} ({outcome.files_unchanged} unchanged, "
+        f"{outcome.files_not_overwritten} not overwritten: --overwrite {outcome.overwrite})"
+    )
+    if outcome.not_restorable:
+        counts += f"; {outcome.not_restorable} not restorable here"
+    if outcome.dry_run:
+        return (
+            f"dry run: would restore {counts} from {outcome.snapshot_id[:12]} to {where}; "
+            "nothing was written"
+        )
+    return f"restored {counts} from {outcome.snapshot_id[:12]} to {where}"

@@ -30,7 +30,11 @@ What each format keeps:
   does on POSIX.
 
 An archive holds every file's content whatever its original permissions, so a file
-destination is created mode 0600.
+destination is created mode 0600. An existing file is never replaced unless ``force``
+is given (the finished archive is linked into place, which fails if the name was taken
+meanwhile). ``selection`` (``--include``/``--exclude``) keeps some entries and the
+directories leading to them, as a directory restore does; :func:`plan_archive` counts
+(and lists) what an archive would hold without writing one.
 """
 
 from __future__ import annotations
@@ -50,9 +54,10 @@ from typing import IO, BinaryIO, cast
 
 import zstandard
 
-from costor.errors import DataCorruption, PathNotInSnapshot, RestoreError, UsageError
+from costor.errors import ArchiveExists, DataCorruption, PathNotInSnapshot, RestoreError, UsageError
 from costor.store.pool import Pool
 from costor.store.progress import Progress
+from costor.store.restorer import Selection
 from costor.store.snapshot import Snapshot
 from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
 
@@ -79,6 +84,7 @@ class ArchiveResult:
     bytes_written: int = 0  # file content put into the archive (before compression)
     skipped: int = 0  # entries the format cannot hold
     archive_bytes: int = 0  # size of the archive itself
+    entries: list[dict[str, object]] | None = None  # plan_archive(list_entries=True)
 
 
 def write_archive(
@@ -89,23 +95,28 @@ def write_archive(
     *,
     format: str | None = None,
     progress: Progress | None = None,
+    force: bool = False,
+    selection: Selection | None = None,
 ) -> ArchiveResult:
     """Write ``path`` of ``snapshot`` as an archive to ``destination``: a file name (format
-    from its extension unless ``format`` is given), ``-`` for a tar stream on stdout, or an
-    open binary stream (tar unless ``format`` is given).
+    from its extension unless ``format`` is given; an existing file is replaced only with
+    ``force``), ``-`` for a tar stream on stdout, or an open binary stream (tar unless
+    ``format`` is given).
 
     As in a directory restore, ``/`` archives the whole snapshot with its absolute paths
     (without the leading ``/``); any other path is archived under its own name.
     """
-    chosen = _resolve_format(destination, format)
+    chosen = resolve_format(destination, format)
     node = pool.find_node(bytes.fromhex(snapshot.tree), path)
     if node is None:
         raise PathNotInSnapshot(path=path, snapshot=snapshot.id[:12])
-    writer = _ArchiveWriter(pool, node, chosen, progress)
+    writer = _ArchiveWriter(pool, node, chosen, progress, _selecting(selection, path))
     stream: IO[bytes]
     if isinstance(destination, str):
         if destination != "-":
-            return _write_to_file(writer, destination)
+            if not force and os.path.lexists(destination):
+                raise ArchiveExists(path=destination)
+            return _write_to_file(writer, destination, force=force)
         stream = sys.stdout.buffer
     else:
         stream = destination
@@ -119,7 +130,63 @@ def write_archive(
     return result
 
 
-def _resolve_format(destination: str | BinaryIO, format: str | None) -> str:
+def plan_archive(
+    pool: Pool,
+    snapshot: Snapshot,
+    path: str,
+    destination: str | BinaryIO,
+    *,
+    format: str | None = None,
+    selection: Selection | None = None,
+    list_entries: bool = False,
+) -> ArchiveResult:
+    """What :func:`write_archive` would put in the archive (a dry run): the counts, and
+    with ``list_entries`` each entry; nothing is read from the pool but trees."""
+    chosen = resolve_format(destination, format)
+    node = pool.find_node(bytes.fromhex(snapshot.tree), path)
+    if node is None:
+        raise PathNotInSnapshot(path=path, snapshot=snapshot.id[:12])
+    result = ArchiveResult(entries=[] if list_entries else None)
+    kinds = (
+        (DIR, FILE, SYMLINK) if chosen == "zip" else (DIR, FILE, SYMLINK, FIFO, CHARDEV, BLOCKDEV)
+    )
+    for entry in _entries(
+        pool, node, hardlinks=chosen != "zip", select=_selecting(selection, path)
+    ):
+        kind = entry.node.type
+        if kind not in kinds:
+            result.skipped += 1
+        elif kind == DIR:
+            result.dirs += 1
+        elif kind == FILE:
+            result.files += 1
+            result.bytes_written += entry.node.size if entry.reads_content else 0
+        if result.entries is not None:
+            result.entries.append(
+                {
+                    "path": os.fsdecode(entry.name)
+                    .encode("utf-8", "surrogateescape")
+                    .decode("utf-8", "backslashreplace"),
+                    "type": kind,
+                    "size": entry.node.size,
+                    "action": "archive" if kind in kinds else "not-archivable",
+                }
+            )
+    return result
+
+
+def _selecting(selection: Selection | None, path: str) -> tuple[Selection, bytes] | None:
+    """The selection, and the path inside the snapshot of the directory holding the
+    archived node (entry names are relative to it), or None to keep everything."""
+    if selection is None or selection.everything:
+        return None
+    parts = [part for part in os.fsencode(path).split(b"/") if part and part != b"."]
+    return selection, b"/" + b"/".join(parts[:-1]) if len(parts) > 1 else b""
+
+
+def resolve_format(destination: str | BinaryIO, format: str | None) -> str:
+    """The archive format: ``format`` if given, else from the file name's extension;
+    a stream (``-``) is a tar."""
     if format is not None:
         chosen = format.lower().lstrip(".")
         if chosen not in FORMATS:
@@ -136,7 +203,7 @@ def _resolve_format(destination: str | BinaryIO, format: str | None) -> str:
     raise UsageError(
         message=(
             f"cannot tell the archive format of {destination!r}: "
-            "name it .tar, .tar.zst or .zip, or give the format"
+            "name it .tar, .tar.zst or .zip, or name the format (--format tar|tar.zst|zip)"
         )
     )
 
@@ -148,7 +215,7 @@ def _is_terminal(stream: IO[bytes]) -> bool:
         return False
 
 
-def _write_to_file(writer: _ArchiveWriter, destination: str) -> ArchiveResult:
+def _write_to_file(writer: _ArchiveWriter, destination: str, *, force: bool) -> ArchiveResult:
     partial = destination + ".partial"
     try:
         try:
@@ -163,7 +230,10 @@ def _write_to_file(writer: _ArchiveWriter, destination: str) -> ArchiveResult:
             result = writer.write(output)
             output.flush()
             os.fsync(output.fileno())
-        os.replace(partial, destination)
+        if force:
+            os.replace(partial, destination)
+        else:
+            _link_into_place(partial, destination)
     except BaseException as error:
         try:
             os.unlink(partial)
@@ -175,6 +245,22 @@ def _write_to_file(writer: _ArchiveWriter, destination: str) -> ArchiveResult:
             ) from error
         raise
     return result
+
+
+def _link_into_place(partial: str, destination: str) -> None:
+    """Give the finished archive its name unless that name is taken (by something made
+    since the start): a hard link fails rather than replace. Where links are not
+    supported, a last look, then rename."""
+    try:
+        os.link(partial, destination)
+    except FileExistsError:
+        raise ArchiveExists(path=destination) from None
+    except OSError:
+        if os.path.lexists(destination):
+            raise ArchiveExists(path=destination) from None
+        os.replace(partial, destination)
+        return
+    os.unlink(partial)
 
 
 # --- the walk -------------------------------------------------------------------------
@@ -191,13 +277,21 @@ class _Entry:
         return self.node.type == FILE and self.link_to is None
 
 
-def _entries(pool: Pool, node: Node, *, hardlinks: bool) -> Iterator[_Entry]:
+def _entries(
+    pool: Pool,
+    node: Node,
+    *,
+    hardlinks: bool,
+    select: tuple[Selection, bytes] | None = None,
+) -> Iterator[_Entry]:
     """The selected node's entries in archive order, depth first, lazily."""
     items: Iterator[tuple[bytes, Node]]
     if node.name == b"":  # "/": the whole snapshot, no entry for the root itself
         items = pool.walk(node.subtree) if node.subtree is not None else iter(())
     else:
         items = _under(pool, node)
+    if select is not None:
+        items = _select(items, *select)
     first_names: dict[tuple[int, int], tuple[bytes, Node]] = {}
     for name, item in items:
         link_to = None
@@ -210,6 +304,23 @@ def _entries(pool: Pool, node: Node, *, hardlinks: bool) -> Iterator[_Entry]:
             elif first[1].content == item.content and first[1].size == item.size:
                 link_to = first[0]
         yield _Entry(name, item, link_to)
+
+
+def _select(
+    items: Iterator[tuple[bytes, Node]], selection: Selection, where: bytes
+) -> Iterator[tuple[bytes, Node]]:
+    """The entries ``selection`` keeps, each preceded by those of its directories not
+    yet given (held back until something in them is kept), still lazily."""
+    pending: list[tuple[bytes, Node]] = []  # directories walked into, not yet given
+    for name, item in items:
+        while pending and not name.startswith(pending[-1][0] + b"/"):
+            pending.pop()
+        if selection.selected(where + b"/" + name):
+            yield from pending
+            pending.clear()
+            yield name, item
+        elif item.type == DIR:
+            pending.append((name, item))
 
 
 def _under(pool: Pool, node: Node) -> Iterator[tuple[bytes, Node]]:
@@ -369,10 +480,18 @@ class _Sink:
 
 
 class _ArchiveWriter:
-    def __init__(self, pool: Pool, node: Node, format: str, progress: Progress | None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        node: Node,
+        format: str,
+        progress: Progress | None,
+        select: tuple[Selection, bytes] | None = None,
+    ) -> None:
         self.pool = pool
         self.node = node
         self.format = format
+        self.select = select
         self.count_totals = progress is not None  # costs a second walk of the trees
         self.progress = progress or Progress()
         self.result = ArchiveResult()
@@ -381,14 +500,16 @@ class _ArchiveWriter:
     def write(self, output: IO[bytes]) -> ArchiveResult:
         if self.count_totals:
             total_files = total_bytes = 0
-            for entry in _entries(self.pool, self.node, hardlinks=self._hardlinks):
+            for entry in _entries(
+                self.pool, self.node, hardlinks=self._hardlinks, select=self.select
+            ):
                 if entry.node.type == FILE:
                     total_files += 1
                     total_bytes += entry.node.size if entry.reads_content else 0
             self.progress.set_total(total_files, total_bytes)
         sink = _Sink(output)
         executor = ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="archive-read")
-        entries = _entries(self.pool, self.node, hardlinks=self._hardlinks)
+        entries = _entries(self.pool, self.node, hardlinks=self._hardlinks, select=self.select)
         blobs = _ReadAhead(self.pool, entries, executor)
         try:
             if self.format == "zip":
@@ -618,4 +739,4 @@ def _zip_extra(node: Node) -> bytes:
     return extra
 
 
-__all__ = ["FORMATS", "ArchiveResult", "write_archive"]
+__all__ = ["FORMATS", "ArchiveResult", "plan_archive", "resolve_format", "write_archive"]

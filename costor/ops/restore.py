@@ -1,0 +1,210 @@
+"""``costor restore``: a snapshot (or a path in it) into a directory or an archive.
+
+Resolves the snapshot (``CLIENT:latest`` across every pool, a client the inventory does
+not declare too), takes a reader lease before loading the index (a prune meanwhile
+waits for it), and hands over to ``store/restorer.py`` (a directory: overwrite modes,
+include/exclude, dry run) or ``store/archive.py`` (tar, tar.zst, zip; an existing file
+replaced only when forced). ``docs/restore.md`` is the user's guide.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from costor.errors import ArchiveExists, UsageError
+from costor.ops.context import Context
+from costor.ops.snapshots import resolve
+
+if TYPE_CHECKING:
+    from costor.store.progress import Progress
+
+
+@dataclass
+class RestoreOutcome:
+    """One restore (or dry run). ``files_*`` count every entry that is not a directory;
+    ``files_written`` = new + overwritten, ``files_skipped`` = unchanged + not
+    overwritten (see ``store/restorer.py``). An archive counts its entries as new."""
+
+    snapshot_id: str
+    client: str
+    pool: str
+    path: str
+    target: str | None = None
+    archive: str | None = None
+    format: str | None = None
+    overwrite: str | None = None
+    dry_run: bool = False
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    files_new: int = 0
+    files_overwritten: int = 0
+    files_unchanged: int = 0
+    files_not_overwritten: int = 0
+    dirs: int = 0
+    bytes_written: int = 0
+    not_restorable: int = 0  # sockets; device nodes without root; what a format cannot hold
+    archive_bytes: int | None = None
+    entries: list[dict[str, Any]] | None = None
+
+    @property
+    def files_written(self) -> int:
+        return self.files_new + self.files_overwritten
+
+    @property
+    def files_skipped(self) -> int:
+        return self.files_unchanged + self.files_not_overwritten
+
+    def to_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "snapshot_id": self.snapshot_id,
+            "client": self.client,
+            "pool": self.pool,
+            "path": self.path,
+        }
+        if self.archive is not None:
+            document.update(archive=self.archive, format=self.format)
+        else:
+            document.update(target=self.target, overwrite=self.overwrite)
+        document.update(
+            dry_run=self.dry_run,
+            include=list(self.include),
+            exclude=list(self.exclude),
+            files=self.files_written + self.files_skipped,
+            files_written=self.files_written,
+            files_new=self.files_new,
+            files_overwritten=self.files_overwritten,
+            files_skipped=self.files_skipped,
+            files_unchanged=self.files_unchanged,
+            files_not_overwritten=self.files_not_overwritten,
+            dirs=self.dirs,
+            bytes_written=self.bytes_written,
+            not_restorable=self.not_restorable,
+        )
+        if self.archive is not None and not self.dry_run:
+            document["archive_bytes"] = self.archive_bytes
+        if self.entries is not None:
+            document["entries"] = self.entries
+        return document
+
+
+def restore(
+    ctx: Context,
+    ref: str,
+    *,
+    path: str = "/",
+    target: str | None = None,
+    archive: str | BinaryIO | None = None,
+    archive_name: str | None = None,
+    format: str | None = None,
+    force: bool = False,
+    overwrite: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    dry_run: bool = False,
+    list_entries: bool = False,
+    progress: Progress | None = None,
+) -> RestoreOutcome:
+    """Restore ``path`` of snapshot ``ref`` into the directory ``target``, or as an
+    archive to ``archive`` (a file name, or an open stream then shown as
+    ``archive_name``). ``overwrite`` (directories only; default ``always``, as restic):
+    see ``store/restorer.py``; ``force`` (archives only): replace an existing file.
+    ``list_entries``: the outcome lists each entry and what was (or would be) done."""
+    from costor.store.leases import reader_lease
+    from costor.store.restorer import DEFAULT_OVERWRITE, OVERWRITE_MODES, Selection
+
+    if (target is None) == (archive is None):
+        raise UsageError(message="restore needs exactly one of a target directory or an archive")
+    if archive is not None and overwrite is not None:
+        raise UsageError(
+            message="--overwrite applies to a restore into a directory; "
+            "an archive replaces an existing file only with --force"
+        )
+    if target is not None and (force or format is not None):
+        raise UsageError(message="--force and --format apply to --archive only")
+    if overwrite is not None and overwrite not in OVERWRITE_MODES:
+        raise UsageError(
+            message=f"unknown overwrite mode {overwrite!r}; "
+            f"choose one of {', '.join(OVERWRITE_MODES)}"
+        )
+    selection = Selection(include, exclude)  # bad patterns fail before the pool opens
+    if isinstance(archive, str) and archive != "-" and not force and os.path.lexists(archive):
+        raise ArchiveExists(path=archive)
+    if archive is not None:
+        from costor.store.archive import resolve_format
+
+        format = resolve_format(archive, format)  # a bad name fails before the pool opens
+    pool_name, pool, snapshot = resolve(ctx, ref, load_index=False)
+    outcome = RestoreOutcome(
+        snapshot_id=snapshot.id,
+        client=snapshot.client,
+        pool=pool_name,
+        path=path,
+        target=target,
+        format=format,
+        dry_run=dry_run,
+        include=list(include),
+        exclude=list(exclude),
+    )
+    lease = reader_lease(pool)  # before the index: see costor/store/leases.py
+    try:
+        ctx.load_index(pool)
+        if target is not None:
+            from costor.store.restorer import Restorer
+
+            outcome.overwrite = overwrite or DEFAULT_OVERWRITE
+            restorer = Restorer(
+                pool,
+                progress=progress,
+                overwrite=outcome.overwrite,
+                selection=selection,
+                dry_run=dry_run,
+                list_entries=list_entries,
+            )
+            result = restorer.restore(snapshot, target, path)
+            outcome.files_new = result.files_new
+            outcome.files_overwritten = result.files_overwritten
+            outcome.files_unchanged = result.files_unchanged
+            outcome.files_not_overwritten = result.files_not_overwritten
+            outcome.dirs = result.dirs
+            outcome.bytes_written = result.bytes_written
+            outcome.not_restorable = result.skipped
+            outcome.entries = result.entries
+        else:
+            from costor.store.archive import plan_archive, write_archive
+
+            assert archive is not None
+            outcome.archive = archive_name or (archive if isinstance(archive, str) else "-")
+            if dry_run:
+                archived = plan_archive(
+                    pool,
+                    snapshot,
+                    path,
+                    archive,
+                    format=format,
+                    selection=selection,
+                    list_entries=list_entries,
+                )
+            else:
+                archived = write_archive(
+                    pool,
+                    snapshot,
+                    path,
+                    archive,
+                    format=format,
+                    progress=progress,
+                    force=force,
+                    selection=selection,
+                )
+            outcome.files_new = archived.files
+            outcome.dirs = archived.dirs
+            outcome.bytes_written = archived.bytes_written
+            outcome.not_restorable = archived.skipped
+            outcome.archive_bytes = archived.archive_bytes
+            outcome.entries = archived.entries
+    finally:
+        if lease is not None:
+            lease.release()
+    return outcome

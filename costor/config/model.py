@@ -446,6 +446,8 @@ class PoolConfig(_Model):
     access_key: SecretRef | None = None
     secret_key: SecretRef | None = None
     path_style: StrictBool = False  # bucket in the path, not the host name (MinIO, Ceph…)
+    # apply creates the bucket when it does not exist (else the plan is blocked)
+    create_bucket: StrictBool = False
     # storage filters (any backend): read every object back after writing it, for
     # stores that are only eventually consistent. Off by default: AWS S3 and the common
     # S3 servers are strongly consistent and CoStor sends Content-MD5 with every PUT;
@@ -503,6 +505,7 @@ class PoolConfig(_Model):
                 "access_key",
                 "secret_key",
                 "path_style",
+                "create_bucket",
             ):
                 if key in self.model_fields_set:  # written in the inventory (or a profile)
                     findings.invalid(key, f"key {key!r} only applies to backend 's3'")

@@ -432,6 +432,12 @@ class _Executor:
             if pool.uuid != expected:
                 raise PoolMismatch(location=backend.location, found=pool.uuid, expected=expected)
         else:
+            if self.change.details.get("create_bucket"):
+                from costor.ops.plan import s3_backend_of
+
+                s3 = s3_backend_of(backend)
+                if s3 is not None:
+                    s3.create_bucket()  # the plan said so: create_bucket = true
             foreign = next(
                 (i.name for i in backend.list("") if not i.name.startswith("keys/")), None
             )

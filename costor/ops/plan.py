@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from costor.errors import CostorError, PoolNotFound, UsageError
+from costor.errors import BackendError, CostorError, PoolNotFound, UsageError
 from costor.ops.context import Context
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from costor.plan.reconcile import Recorded
     from costor.plan.resources import Resource
     from costor.store.backends.base import Backend
+    from costor.store.backends.s3 import S3Backend
 
 
 def make_plan(ctx: Context, *, targets: tuple[str, ...] = (), refresh_only: bool = False) -> Plan:
@@ -266,6 +267,14 @@ def _location_facts(
     facts: dict[str, Any] = {"location": backend.location, "state_uuid": state_uuid}
     try:
         identity = read_identity(backend)
+    except BackendError:
+        # An S3 pool whose bucket does not exist is a fact to plan with (blocked, or a
+        # bucket to create), not an error that stops the whole plan.
+        missing = missing_bucket(backend)
+        if missing is None:
+            raise
+        facts.update(status="absent", uuid=None, snapshots=0, missing_bucket=missing)
+        return facts
     except PoolNotFound:
         found = foreign_object(backend)
         facts.update(status="foreign" if found else "absent", uuid=None, snapshots=0)
@@ -285,6 +294,34 @@ def _location_facts(
     if owner is not None and owner != state_name:
         facts["recorded_as"] = f"pool.{owner}"
     return facts
+
+
+def s3_backend_of(backend: Backend) -> S3Backend | None:
+    """The S3 backend under the storage filters (``inner``), if the pool is on S3."""
+    from costor.store.backends.s3 import S3Backend
+
+    seen: Any = backend
+    for _ in range(16):  # the filter stack is a few layers deep
+        if isinstance(seen, S3Backend):
+            return seen
+        seen = getattr(seen, "inner", None)
+        if seen is None:
+            break
+    return None
+
+
+def missing_bucket(backend: Backend) -> dict[str, str] | None:
+    """``{"bucket", "endpoint"}`` if ``backend`` is an S3 pool whose bucket does not
+    exist; None otherwise, or when that cannot be told (no permission to ask)."""
+    s3 = s3_backend_of(backend)
+    if s3 is None:
+        return None
+    try:
+        if s3.bucket_exists():
+            return None
+    except CostorError:
+        return None
+    return {"bucket": s3.bucket, "endpoint": s3.endpoint or "the default AWS S3 endpoint"}
 
 
 def _pool_names_by_uuid(session: Session) -> dict[str, str]:

@@ -381,6 +381,7 @@ class _Decide:
                 "chunk_avg_kib",
                 "passphrase",
                 "recorded_as",
+                "missing_bucket",
             )
         }
 
@@ -411,6 +412,8 @@ class _Decide:
                     "a pool over it",
                     facts_used=identity_facts,
                 )
+            if facts.get("missing_bucket"):
+                return self.pool_in_missing_bucket(identity_facts)
             return self.make(
                 "create",
                 f"no pool at {location}; apply initialises one "
@@ -452,6 +455,30 @@ class _Decide:
         else:
             reason = f"pool present at {location} with the recorded UUID"
         return self.pool_identity_checked("update" if fields else "none", reason, identity_facts)
+
+    def missing_bucket_text(self) -> str:
+        missing = self.facts["missing_bucket"]
+        return f"bucket {missing.get('bucket')} does not exist at {missing.get('endpoint')}"
+
+    def pool_in_missing_bucket(self, identity_facts: dict[str, Any]) -> ResourceChange:
+        """A new S3 pool whose bucket does not exist: apply creates the bucket only
+        when the inventory says so (``create_bucket = true``); otherwise blocked."""
+        attributes = self.resource.attributes
+        what = self.missing_bucket_text()
+        if attributes.get("create_bucket"):
+            return self.make(
+                "create",
+                f"{what}; apply creates it (create_bucket = true) and initialises a pool "
+                f"at {self.facts.get('location')} ({attributes.get('encryption')})",
+                facts_used=identity_facts,
+                details={"create_bucket": True},
+            )
+        return self.make(
+            "create",
+            f"no pool at {self.facts.get('location')}: {what}",
+            blocked=f"{self.resource.address}: {what}; create it, or set create_bucket = true",
+            facts_used=identity_facts,
+        )
 
     def fixed_mismatches(self) -> list[KeyPath]:
         """Attributes fixed at init on which the inventory and the identity file differ."""
@@ -527,7 +554,11 @@ class _Decide:
             )
             hint = "restore the pool, or forget it with `--refresh-only`"
         else:
-            why = f"the pool recorded at {location} is gone (no identity file)"
+            why = f"the pool recorded at {location} is gone " + (
+                f"({self.missing_bucket_text()})"
+                if facts.get("missing_bucket")
+                else "(no identity file)"
+            )
             hint = (
                 "restore it or mount its storage; `--refresh-only` forgets it so that the "
                 "next apply creates a new one"
@@ -584,6 +615,15 @@ class _Decide:
                 f"the new location {facts.get('location')} is not empty; CoStor will not "
                 "initialise a pool over other data"
             )
+        details: dict[str, Any] = {"snapshots": snapshots}
+        if facts.get("missing_bucket"):
+            if self.resource.attributes.get("create_bucket"):
+                details["create_bucket"] = True
+                reason += f"; the {self.missing_bucket_text()}: apply creates it"
+            else:
+                problems.append(
+                    f"{self.missing_bucket_text()}; create it, or set create_bucket = true"
+                )
         return self.make(
             "replace",
             reason,
@@ -591,7 +631,7 @@ class _Decide:
             also_changed=fixed,
             blocked=self.blocked_text(problems),
             facts_used={**identity_facts, "snapshots": snapshots},
-            details={"snapshots": snapshots},
+            details=details,
         )
 
 

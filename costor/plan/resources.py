@@ -59,6 +59,10 @@ TYPES: dict[str, TypeSpec] = {
 }
 ORDER = {name: index for index, name in enumerate(TYPES)}
 
+# Attributes added after resources of the type were first recorded, left out while at
+# their default: an upgrade must not show every recorded resource as changed.
+OMITTED_AT_DEFAULT: dict[str, dict[str, Any]] = {"pool": {"create_bucket": False}}
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -94,6 +98,9 @@ def desired_resources(inventory: Inventory) -> list[Resource]:
 
 def _resource(kind: str, spec: TypeSpec, model: BaseModel, inventory: Inventory) -> Resource:
     attributes = model.model_dump(mode="json", by_alias=True, exclude={"name"})
+    for key, default in OMITTED_AT_DEFAULT.get(kind, {}).items():
+        if attributes.get(key) == default:
+            del attributes[key]
     sensitive = []
     for path, ref in iter_secret_refs(model, ()):
         # A reference as written: {"env": "VAR"} or {"file": "/abs/path"}.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,53 @@ def test_foreign_s3_pool_is_refused(server: S3Server, source: Path, tmp_path: Pa
     backend.put(IDENTITY_NAME, identity)
     result = site.cli("check")
     assert result.code == 1 and "UUID" in result.stderr
+
+
+def test_missing_bucket_is_blocked_or_created_with_create_bucket(
+    server: S3Server, source: Path, tmp_path: Path
+) -> None:
+    """A pool whose bucket does not exist does not abort the plan: it is blocked with
+    the reason, in an otherwise complete plan; with ``create_bucket = true`` the plan
+    shows the bucket made, and apply makes it and initialises the pool there."""
+    from s3servers import make_s3_backend
+
+    from costor.store.pool import IDENTITY_NAME
+
+    bucket = f"costor-missing-{uuid.uuid4().hex[:12]}"
+    site = s3_site(tmp_path, source, server.endpoint, bucket)
+
+    def buckets() -> list[str]:
+        return [b["Name"] for b in server.client().list_buckets()["Buckets"]]
+
+    plan = site.cli("plan", "--json", "--detailed-exitcode")
+    assert plan.code == 4, plan.stderr
+    changes = {c["address"]: c for c in plan.json()["resource_changes"]}
+    assert set(changes) == {"site.hq", "pool.cloud", "client.alpha"}
+    pool = changes["pool.cloud"]
+    assert pool["change"]["actions"] == ["create"]
+    assert pool["blocked"] == (
+        f"pool.cloud: bucket {bucket} does not exist at {server.endpoint}; create it, or "
+        "set create_bucket = true"
+    )
+    text = site.cli("plan")
+    assert text.code == 4
+    assert f"Blocked: pool.cloud: bucket {bucket} does not exist" in text.stdout
+    assert "+ client.alpha" in text.stdout
+    refused = site.cli("apply", "--auto-approve")
+    assert refused.code == 1 and "set create_bucket = true" in refused.stderr
+    assert bucket not in buckets()
+
+    site.inventory.write_text(
+        site.inventory.read_text().replace(
+            "verify_writes = true", "verify_writes = true\ncreate_bucket = true"
+        )
+    )
+    plan = site.cli("plan", "--detailed-exitcode")
+    assert plan.code == 2, plan.stdout + plan.stderr
+    assert f"bucket {bucket} does not exist at {server.endpoint}; apply creates it" in plan.stdout
+    applied = site.cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.stderr
+    assert bucket in buckets()
+    assert make_s3_backend(server, bucket, "costor").exists(IDENTITY_NAME)
+    assert site.cli("backup", "alpha").code == 0
+    assert site.cli("plan", "--detailed-exitcode").code == 0

@@ -445,6 +445,52 @@ class S3Backend:
             seen_tokens.add(token)
             request["ContinuationToken"] = token
 
+    # --- the bucket itself (not part of the backend contract) ----------------------
+
+    def bucket_exists(self) -> bool:
+        """Whether the bucket exists: ``HeadBucket`` answers 404 only for a missing
+        one. Any other failure (403: no permission to ask, unreachable…) raises."""
+        label = f"bucket {self.bucket}"
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except botoerr.ClientError as error:
+            status = (error.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            code = str((error.response.get("Error") or {}).get("Code") or "")
+            if status == 404 or code in ("NoSuchBucket", "404", "NotFound"):
+                return False
+            raise self._error(error, label) from error
+        except Exception as error:
+            raise self._error(error, label) from error
+        return True
+
+    def create_bucket(self) -> None:
+        """Create the bucket, in the client's region (``us-east-1`` takes no location
+        constraint). One that already exists and is ours is not an error (AWS says
+        ``BucketAlreadyOwnedByYou``; rclone says ``BucketAlreadyExists`` for its own);
+        a name someone else owns is (it cannot be read: ``HeadBucket`` says 403)."""
+        label = f"bucket {self.bucket}"
+        request: dict[str, Any] = {"Bucket": self.bucket}
+        region = self._client.meta.region_name
+        if region and region != "us-east-1":
+            request["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self._client.create_bucket(**request)
+        except botoerr.ClientError as error:
+            code = str((error.response.get("Error") or {}).get("Code") or "")
+            if code == "BucketAlreadyOwnedByYou":
+                return
+            if code == "BucketAlreadyExists" and self._readable():
+                return
+            raise self._error(error, label) from error
+        except Exception as error:
+            raise self._error(error, label) from error
+
+    def _readable(self) -> bool:
+        try:
+            return self.bucket_exists()
+        except CostorError:
+            return False
+
     def delete(self, name: str) -> None:
         key = self._key(name)
         try:

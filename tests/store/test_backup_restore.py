@@ -295,3 +295,76 @@ def test_restore_sub_path(tmp_path: Path, source: Path) -> None:
     assert (tmp_path / "out" / "docs" / "readme.txt").read_text().startswith("hello")
     restore(open_pool(tmp_path / "pool"), snapshot, tmp_path / "one", str(source / "empty"))
     assert (tmp_path / "one" / "empty").read_bytes() == b""
+
+
+def test_selection_patterns() -> None:
+    from costor.store.restorer import Selection
+
+    txt = Selection(include=["*.txt"])
+    assert txt.selected(b"/srv/a.txt") and txt.selected(b"/a.txt")
+    assert not txt.selected(b"/srv/a.txt.bak")
+    anchored = Selection(include=["/srv/www"])
+    assert anchored.selected(b"/srv/www") and anchored.selected(b"/srv/www/x/y")
+    assert not anchored.selected(b"/other/srv/www") and not anchored.selected(b"/srv/wwwx")
+    deep = Selection(include=["/srv/**/cache/*.db"])
+    assert deep.selected(b"/srv/cache/a.db") and deep.selected(b"/srv/a/b/cache/a.db")
+    assert not deep.selected(b"/srv/a/b/cache/sub")
+    # An excluded directory takes its content with it, whatever the includes say.
+    both = Selection(include=["/srv"], exclude=["cache"])
+    assert both.selected(b"/srv/www/index.html")
+    assert not both.selected(b"/srv/www/cache") and not both.selected(b"/srv/www/cache/x")
+    assert Selection().everything and not both.everything
+    with pytest.raises(Exception, match="empty pattern"):
+        Selection(exclude=["/"])
+
+
+def test_a_link_where_a_directory_goes_is_never_followed(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_bytes(b"from the snapshot")
+    pool = make_pool(tmp_path / "pool")
+    snapshot, _ = backup(pool, [src])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = tmp_path / "out"
+    placed = target / str(src).lstrip("/")
+    placed.mkdir(parents=True)
+    os.symlink(elsewhere, placed / "sub")  # where the snapshot has a directory
+
+    kept = Restorer(open_pool(tmp_path / "pool"), overwrite="never").restore(snapshot, str(target))
+    assert kept.files_not_overwritten == 1 and kept.files_new == 0
+    assert (placed / "sub").is_symlink() and list(elsewhere.iterdir()) == []
+
+    replaced = Restorer(open_pool(tmp_path / "pool")).restore(snapshot, str(target))
+    assert replaced.files_new == 1
+    assert not (placed / "sub").is_symlink()
+    assert (placed / "sub" / "f").read_bytes() == b"from the snapshot"
+    assert list(elsewhere.iterdir()) == []  # nothing was written through the link
+
+
+def test_hard_links_when_the_first_name_is_kept(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"linked content")
+    os.link(src / "a", src / "b")
+    pool = make_pool(tmp_path / "pool")
+    snapshot, _ = backup(pool, [src])
+    target = tmp_path / "out"
+    placed = target / str(src).lstrip("/")
+    placed.mkdir(parents=True)
+    (placed / "a").write_bytes(b"the user's own a")
+    result = Restorer(open_pool(tmp_path / "pool"), overwrite="never").restore(
+        snapshot, str(target)
+    )
+    assert (result.files_not_overwritten, result.files_new) == (1, 1)
+    assert (placed / "a").read_bytes() == b"the user's own a"
+    assert (placed / "b").read_bytes() == b"linked content"  # not a link to the kept a
+    # Restored again with the default: a is replaced and b becomes its link again.
+    again = Restorer(open_pool(tmp_path / "pool")).restore(snapshot, str(target))
+    assert again.files_overwritten == 2
+    assert os.path.samestat(os.stat(placed / "a"), os.stat(placed / "b"))
+    third = Restorer(open_pool(tmp_path / "pool"), dry_run=True, list_entries=True).restore(
+        snapshot, str(target)
+    )
+    assert third.files_unchanged == 2 and third.files == 0
+    assert [e["action"] for e in third.entries or []] == ["unchanged", "unchanged"]

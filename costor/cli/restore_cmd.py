@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             document.pop("entries", None)
         print_json(document)
     elif not to_stdout or args.dry_run:
-        if args.verbose or args.dry_run:
+        if args.verbose:
             for entry in outcome.entries or []:
                 print(f"{entry['action']:<16} {entry['path']}")
         print(_summary(outcome))

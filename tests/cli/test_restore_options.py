@@ -131,7 +131,11 @@ def test_dry_run_lists_and_writes_nothing(backed_up: Site, source: Path, tmp_pat
     }
     root = prepare_existing(backed_up, source, target)
     before = tree_digest(root)
-    human = backed_up.cli("restore", "alpha:latest", "--target", str(target), "--dry-run")
+    quiet = backed_up.cli("restore", "alpha:latest", "--target", str(target), "--dry-run")
+    assert quiet.code == 0, quiet.stderr
+    assert str(source / "empty") not in quiet.stdout  # the list is for -v
+    assert "dry run: would restore 1 file(s) (0 new, 1 overwritten)" in quiet.stdout
+    human = backed_up.cli("restore", "alpha:latest", "--target", str(target), "--dry-run", "-v")
     assert human.code == 0, human.stderr
     assert f"overwrite        {source / 'docs' / 'readme.txt'}" in human.stdout
     assert f"unchanged        {source / 'empty'}" in human.stdout

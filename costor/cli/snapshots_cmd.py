@@ -13,7 +13,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser("snapshots", help="list snapshots")
     add_inventory_option(parser)
     add_json_option(parser)
-    parser.add_argument("--client", metavar="C", help="only this client's snapshots")
+    parser.add_argument(
+        "--client",
+        metavar="C",
+        help="only this client's snapshots, in every pool and under every name it had "
+        "(a client the inventory does not declare too)",
+    )
     parser.add_argument("--pool", metavar="P", help="only this pool")
     return parser
 

@@ -94,7 +94,7 @@ def run_job(ctx: Context, job_id: int, *, log: Any = None) -> int:
     if notice is not None:
         log(f"job {job_id}: note: {notice}")
     stop = threading.Event()
-    beat = threading.Thread(target=_beat, args=(engine, job_id, stop), daemon=True)
+    beat = threading.Thread(target=_beat, args=(engine, job_id, stop, log), daemon=True)
     beat.start()
 
     def interrupted(_signum: int, _frame: Any) -> None:
@@ -123,6 +123,8 @@ def run_job(ctx: Context, job_id: int, *, log: Any = None) -> int:
     delay = float(os.environ.get("COSTOR_JOB_RETRY_DELAY", jobs.RETRY_DELAY))
     finished = jobs.finish(engine, job_id, state, result=result, error=error, retry_delay=delay)
     log(f"job {job_id}: {job.kind} {job.target} {state}" + (f": {error}" if error else ""))
+    if finished is None:
+        log(f"job {job_id}: outcome not recorded: the job is no longer running in the state")
     if result:
         log(json.dumps(result, indent=2, sort_keys=True, default=str))
     if finished is not None:
@@ -157,15 +159,21 @@ def after_job(ctx: Context, job: Any) -> None:
 
 def _stderr(message: str) -> None:
     import sys
+    import time
 
-    print(message, file=sys.stderr, flush=True)
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
-def _beat(engine: Any, job_id: int, stop: threading.Event) -> None:
+def _beat(engine: Any, job_id: int, stop: threading.Event, log: Any) -> None:
     from costor.ops import jobs
 
+    failing = None
     while not stop.wait(jobs.HEARTBEAT_EVERY):
         try:
             jobs.heartbeat(engine, job_id)
-        except Exception:  # noqa: BLE001  (a missed beat is retried; 12 in a row interrupt)
+        except Exception as error:  # noqa: BLE001  (a missed beat is retried)
+            if repr(error) != failing:  # said once per kind of failure, in the job's log
+                failing = repr(error)
+                log(f"job {job_id}: heartbeat not recorded: {failing}")
             continue
+        failing = None

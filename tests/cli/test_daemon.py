@@ -76,10 +76,12 @@ def make_due(site: Site, key: str, when: datetime | None = None) -> None:
     site.sql("UPDATE schedules SET next_run = :t WHERE key = :k", t=value, k=key)
 
 
-def job_rows(site: Site) -> list[dict[str, Any]]:
+def job_rows(site: Site, *, cli: bool = False) -> list[dict[str, Any]]:
+    """The jobs, oldest first; without ``cli``, not the backups run by `costor backup`
+    (each is recorded as a job too: tests/cli/test_jobs_recorded.py)."""
     result = site.cli("jobs", "--json", "--limit", "500")
     assert result.code == 0, result.stderr
-    return list(reversed(result.json()))
+    return [job for job in reversed(result.json()) if cli or job["trigger"] != "cli"]
 
 
 def wait_for(

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from costor.config.positions import KeyPath, Position, PositionMap
+from costor.config.profiles import MergeProblem, Origins
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class SourceMap:
         self.inventory_file = inventory_file
         self.files: dict[str, PositionMap] = {inventory_file: inventory_positions}
         self.profile_files: dict[str, str] = {}  # profile name -> display file name
-        self.client_origins: dict[str, dict[KeyPath, str | None]] = {}
+        self.client_origins: dict[str, Origins] = {}
 
     def add_profile(self, name: str, file: str, positions: PositionMap) -> None:
         self.profile_files[name] = file
@@ -102,11 +103,33 @@ class SourceMap:
             for end in range(len(relative), -1, -1):
                 if relative[:end] in origins:
                     profile = origins[relative[:end]]
+                    # an array element's place in the file that wrote it (arrays from
+                    # profiles and the client are concatenated)
+                    written = origins.source_path(relative)
                     if profile is not None:
                         file = self.profile_files[profile]
-                        return file, self.files[file].find(relative)
+                        return file, self.files[file].find(written)
+                    path = (*path[:2], *written)
                     break
         return self.inventory_file, self.files[self.inventory_file].find(path)
+
+    def merge_diagnostic(self, client: str, problem: MergeProblem) -> Diagnostic:
+        """A finding of the profile merge, placed where its entry was written."""
+        path = problem.path
+        if problem.origin is None:
+            file = self.inventory_file
+            position = self.files[file].find(("clients", client, *path))
+        else:
+            file = self.profile_files[problem.origin]
+            position = self.files[file].find(path)
+        return Diagnostic(
+            file=file,
+            line=position.line,
+            column=position.column,
+            key=format_key(("clients", client, *path)),
+            message=problem.message,
+            severity=problem.severity,
+        )
 
     def diagnostic(self, problem: Problem) -> Diagnostic:
         where = problem.path[:-1] if problem.at_parent else problem.path

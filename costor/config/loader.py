@@ -55,7 +55,7 @@ from costor.config.model import (
     name_problem,
 )
 from costor.config.positions import KeyPath, PositionMap, scan_positions
-from costor.config.profiles import Profile, find_profile_files, merge_client
+from costor.config.profiles import MergeProblem, Profile, find_profile_files, merge_client
 from costor.config.secret import resolve_secret, secret_file_warning
 from costor.errors import InventoryInvalid, SecretUnavailable
 
@@ -245,10 +245,13 @@ class _Check:
         directories = ", ".join(self.display_name(d) for d in searched)
         merged_clients: dict[str, Any] = {}
         for name, client in clients.items():
-            names = client.get("profiles") if isinstance(client, dict) else None
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                merged_clients[name] = client  # no profiles, or a type error pydantic reports
+            if not isinstance(client, dict):
+                merged_clients[name] = client  # not a table: pydantic reports it
                 continue
+            # Merged even without profiles: the client's own "!X" entries are read there.
+            names = client.get("profiles", [])
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                names = []  # a type error pydantic reports
             chosen = []
             for index, profile_name in enumerate(names):
                 if profile_name not in profiles:
@@ -256,8 +259,10 @@ class _Check:
                     self.problems.append(Problem(("clients", name, "profiles", index), message))
                 elif (profile := profiles[profile_name]) is not None:
                     chosen.append(profile)
-            merged, origins = merge_client(client, chosen)
+            found: list[MergeProblem] = []
+            merged, origins = merge_client(client, chosen, found)
             self.source_map.client_origins[name] = origins
+            self.diagnostics.extend(self.source_map.merge_diagnostic(name, p) for p in found)
             merged_clients[name] = merged
         return merged_clients
 

@@ -240,10 +240,6 @@ def test_shipped_profiles_compose(
     assert (SHIPPED_EXCLUDES - {"/var/tmp"}) | {data_dir} <= set(db2.exclude)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs SourceMap.locate to use Origins.source_path (issue 17, diagnostics.py)",
-)
 def test_errors_in_composed_arrays_point_at_the_entry_that_wrote_them(
     write_inventory: WriteInventory,
 ) -> None:
@@ -270,9 +266,6 @@ def test_errors_in_composed_arrays_point_at_the_entry_that_wrote_them(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs the loader to report merge_client's problems (issue 17)"
-)
 def test_a_removal_that_removes_nothing_is_a_warning(write_inventory: WriteInventory) -> None:
     path = write_inventory(
         """

@@ -247,6 +247,7 @@ def test_unknown_client_and_one_not_applied_yet(retention_site: Site, source: Pa
     assert result.code == 1
     assert "nobody" in result.stderr
     # Declared in a pool not initialised yet: no snapshots, nothing to do, no error.
+    # Until applied it is not even considered: what runs is what was applied.
     site.inventory.write_text(
         site.inventory.read_text()
         + '\n[pools.other]\nsite = "hq"\nbackend = "local"\npath = "other"\n'
@@ -254,6 +255,10 @@ def test_unknown_client_and_one_not_applied_yet(retention_site: Site, source: Pa
         + '[clients.delta]\nsite = "hq"\npool = "other"\npolicy = "nightly"\n'
         + f"paths = [{json.dumps(str(source))}]\n"
     )
+    result = site.cli("forget", "--json")
+    assert result.code == 0, result.stderr
+    assert "delta" not in by_client(result.json())
+    assert site.cli("apply", "--auto-approve").code == 0
     result = site.cli("forget", "--json")
     assert result.code == 0, result.stderr
     delta = by_client(result.json())["delta"]
@@ -287,6 +292,8 @@ def test_unreadable_manifest_blocks_its_client(retention_site: Site) -> None:
     # a retention loses any (beta and gamma keep everything anyway: no error for them).
     site.sql("DELETE FROM snapshots WHERE id = :id", id=old[0])
     site.inventory.write_text(site.inventory.read_text().replace('"keepall"', '"nightly"'))
+    applied = site.cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.stderr
     result = site.cli("forget", "--json")
     assert result.code == 1
     clients = by_client(result.json())

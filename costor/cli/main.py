@@ -70,16 +70,14 @@ def quiet_third_party_warnings() -> None:
     were asked for explicitly (``python -W …`` or ``PYTHONWARNINGS``)."""
     if sys.warnoptions:
         return
-    categories: list[type[Warning]] = [DeprecationWarning, PendingDeprecationWarning]
-    try:
-        from cryptography.utils import CryptographyDeprecationWarning
-    except ImportError:  # pragma: no cover - cryptography is a dependency
-        pass
-    else:
-        categories.append(CryptographyDeprecationWarning)  # a UserWarning, not a Deprecation…
-    for category in categories:
+    # cryptography's CryptographyDeprecationWarning is a UserWarning, so notices are also
+    # matched by their text; cryptography itself is not imported for its class (light
+    # commands must not pay for it: tests/cli/test_terminal.py).
+    for category in (DeprecationWarning, PendingDeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
-    for category in categories:  # inserted in front: checked first
+    warnings.filterwarnings("ignore", message=r"(?i).*deprecat", category=UserWarning)
+    for category in (DeprecationWarning, PendingDeprecationWarning, UserWarning):
+        # inserted in front, so checked first: ours still show
         warnings.filterwarnings("default", category=category, module=r"costor(\.|$)")
 
 

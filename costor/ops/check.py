@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from costor.errors import CostorError
+from costor.errors import CostorError, NotApplied
 from costor.ops.context import Context, snapshot_row, utcnow
 from costor.store.progress import Progress
 
@@ -82,6 +82,13 @@ def check_all(
             )
             continue
         outcome.reports.append((name, report))
+    if pool is None and ctx.working is not None:
+        # Declared but never applied: nothing runs it, so it was not checked either.
+        for name in sorted(set(ctx.working.pools) - set(ctx.inventory.pools)):
+            error = NotApplied(address=f"pool.{name}")
+            outcome.not_checked.append(
+                PoolNotChecked(name, str(error), type(error).__name__, error.exit_code)
+            )
     return outcome
 
 

@@ -161,6 +161,11 @@ def test_reindex_rebuilds_index_and_catalogue(applied: Site, tmp_path: Path, sou
     assert applied.cli("backup", "alpha").code == 0
     shutil.rmtree(applied.pool_path / "index")
     applied.lose_state()
+    # What runs is what was applied: a lost state is applied again first (the pool is
+    # adopted as it is), then rebuilt from the pool.
+    refused = applied.cli("pool", "reindex", "--pool", "main")
+    assert refused.code == 1 and "pool.main is declared but not applied yet" in refused.stderr
+    assert applied.cli("apply", "--auto-approve").code == 0
     result = applied.cli("pool", "reindex", "--pool", "main", "--json")
     assert result.code == 0, result.stderr
     assert result.json()["snapshots"] == 1

@@ -157,8 +157,9 @@ def apply_plan(
         report.applied.append(change)
     from costor.ops.schedules import sync_schedules
 
-    # Schedules follow what is applied: a removed client's disappears with it.
-    report.schedules = sync_schedules(ctx.engine, ctx.inventory)
+    # Schedules follow what is applied (read back from the state, so a targeted apply
+    # schedules nothing it did not apply): a removed client's disappears with it.
+    report.schedules = sync_schedules(ctx.engine, ctx.read_applied())
     return report
 
 

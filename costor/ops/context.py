@@ -86,7 +86,7 @@ class Context:
         """What runs: the applied configuration (or, for plan and apply, the working
         inventory). Read from the state on first use."""
         if self._inventory is None:
-            self._inventory = self._read_applied()
+            self._inventory = self.read_applied()
         return self._inventory
 
     @inventory.setter
@@ -103,7 +103,7 @@ class Context:
             self._inventory = self.working
             return
         self.settings = self._read_working()
-        self._inventory = self._read_applied()
+        self._inventory = self.read_applied()
 
     def _read_working(self) -> CostorSettings:
         """Load the working inventory for comparison; a broken one is kept as its
@@ -121,7 +121,9 @@ class Context:
             self.working_problems = list(error.diagnostics)
             return load_settings(self.inventory_path)
 
-    def _read_applied(self) -> Inventory:
+    def read_applied(self) -> Inventory:
+        """The applied configuration, read from the state now (whatever this context
+        runs): apply derives the schedules from it once it has recorded its changes."""
         from sqlmodel import select
 
         from costor.config.applied import applied_inventory

@@ -153,3 +153,23 @@ def test_the_daemon_runs_the_applied_configuration_and_reports_a_broken_inventor
     log = (tmp_path / ".costor" / "logs" / f"job-{job['id']}.log").read_text()
     assert "running the applied configuration" in log
     assert job["result"]["snapshot_id"] in log
+
+
+def test_a_targeted_apply_schedules_only_what_it_applied(tmp_path: Path, source: Path) -> None:
+    inventory = write_inventory(tmp_path, {"alpha": [source]})
+    text = inventory.read_text().replace(
+        'transport = "local"', 'transport = "local"\npolicy = "nightly"'
+    )
+    inventory.write_text(text + '\n[policies.nightly]\nschedule = "0 2 * * *"\n')
+    site = Site(tmp_path, inventory, tmp_path / "pool")
+    assert site.cli("apply", "--auto-approve").code == 0
+    # The policy's schedule changes, and a site is added; only the site is applied.
+    inventory.write_text(
+        inventory.read_text().replace('"0 2 * * *"', '"0 3 * * *"') + "\n[sites.branch]\n"
+    )
+    plan = site.cli("plan", "--target", "site.branch", "--out", str(tmp_path / "p.plan"))
+    assert plan.code == 0, plan.stderr
+    assert site.cli("apply", str(tmp_path / "p.plan")).code == 0
+    assert site.sql("SELECT key, cron FROM schedules") == [("backup:alpha", "0 2 * * *")]
+    assert site.cli("apply", "--auto-approve").code == 0
+    assert site.sql("SELECT key, cron FROM schedules") == [("backup:alpha", "0 3 * * *")]

@@ -270,6 +270,16 @@ class Server:
     def _fork(self, job_id: int, log: IO[bytes]) -> Forked:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child writes the daemon's buffered output again
+        if self.ctx.database_url.startswith("sqlite"):
+            # No SQLite connection stays open across fork (SQLite's own rule, "How To
+            # Corrupt An SQLite Database File" §2.6). Its locks are POSIX locks, owned by a
+            # process and not inherited, but its account of them is memory that fork
+            # copies: a child that opens the database reuses that account, believes it
+            # holds locks it does not, and a daemon started after this one died takes
+            # the database for idle and resets its WAL under the child. A job's
+            # heartbeats and outcome were lost that way (tests/cli/test_daemon.py, the
+            # job that outlives its daemon). Reopening costs the daemon a millisecond.
+            self.ctx.engine.dispose()
         # Signals wait until the child has its own handlers (the daemon's would only set
         # a stop flag in the child's copy of it).
         stops = {signal.SIGTERM, signal.SIGINT}

@@ -64,14 +64,14 @@ def run(args: argparse.Namespace) -> int:
         print("no jobs")
     else:
         header = f"{'ID':>6}  {'STARTED (UTC)':<19}  {'KIND':<8} {'TARGET':<20} {'STATE':<11} {'TOOK':>8}  {'TRIGGER':<9} ERROR"
-        print(header)
+        print(header.rstrip())
     for doc in documents:
         took = f"{doc['duration_s']:.1f}s" if doc["duration_s"] is not None else "-"
         when = (doc["started_at"] or doc["created_at"] or "")[:19].replace("T", " ")
         line = f"{doc['id']:>6}  {when:<19}  {doc['kind']:<8} {doc['target']:<20} {doc['state']:<11} {took:>8}  {doc['trigger']:<9}"
         if doc["error"]:
             line += f"  {doc['error'].splitlines()[0][:100]}"
-        print(line)
+        print(line.rstrip())
     return 0
 
 

@@ -16,6 +16,14 @@ from costor.config.applied import load_settings
 from costor.ops.jobs import HEARTBEAT_EVERY
 
 
+def _rewrite(inventory: Path, root: Path, clients: dict[str, list[Path]], **kwargs: object) -> None:
+    """The inventory written anew with the same [costor] table (on PostgreSQL each
+    written inventory names a database of its own)."""
+    costor = inventory.read_text().split("[sites.hq]")[0]
+    fresh = write_inventory(root, clients, **kwargs)  # type: ignore[arg-type]
+    fresh.write_text(costor + "[sites.hq]" + fresh.read_text().split("[sites.hq]", 1)[1])
+
+
 def _paths_of_snapshot(site: Site, ref: str) -> list[str]:
     listing = site.cli("ls", ref, "--json")
     assert listing.code == 0, listing.stderr
@@ -32,7 +40,9 @@ def test_unapplied_paths_and_excludes_change_nothing_until_apply(
     assert site.cli("apply", "--auto-approve").code == 0
 
     # The working copy now adds a path and excludes a file: plan shows it, nothing runs it.
-    write_inventory(tmp_path, {"alpha": [source, other]}, excludes={"alpha": ["readme.txt"]})
+    _rewrite(
+        site.inventory, tmp_path, {"alpha": [source, other]}, excludes={"alpha": ["readme.txt"]}
+    )
     plan = site.cli("plan", "--detailed-exitcode")
     assert plan.code == 2, plan.stdout + plan.stderr
     backup = site.cli("backup", "alpha", "--json")
@@ -64,7 +74,7 @@ def test_a_declared_client_that_was_never_applied_does_not_run(
 ) -> None:
     site = Site(tmp_path, write_inventory(tmp_path, {"alpha": [source]}), tmp_path / "pool")
     assert site.cli("apply", "--auto-approve").code == 0
-    write_inventory(tmp_path, {"alpha": [source], "beta": [source]})
+    _rewrite(site.inventory, tmp_path, {"alpha": [source], "beta": [source]})
     result = site.cli("backup", "beta")
     assert result.code == 1
     assert "client.beta is declared but not applied yet" in result.stderr

@@ -113,7 +113,7 @@ def restore(
     see ``store/restorer.py``; ``force`` (archives only): replace an existing file.
     ``list_entries``: the outcome lists each entry and what was (or would be) done."""
     from costor.store.leases import reader_lease
-    from costor.store.restorer import DEFAULT_OVERWRITE, OVERWRITE_MODES, Selection
+    from costor.store.restore.directory import DEFAULT_OVERWRITE, OVERWRITE_MODES, Selection
 
     if (target is None) == (archive is None):
         raise UsageError(message="restore needs exactly one of a target directory or an archive")
@@ -133,7 +133,7 @@ def restore(
     if isinstance(archive, str) and archive != "-" and not force and os.path.lexists(archive):
         raise ArchiveExists(path=archive)
     if archive is not None:
-        from costor.store.archive import resolve_format
+        from costor.store.restore.archive import resolve_format
 
         format = resolve_format(archive, format)  # a bad name fails before the pool opens
     pool_name, pool, snapshot = resolve(ctx, ref, load_index=False)
@@ -152,7 +152,7 @@ def restore(
     try:
         ctx.load_index(pool)
         if target is not None:
-            from costor.store.restorer import Restorer
+            from costor.store.restore.directory import Restorer
 
             outcome.overwrite = overwrite or DEFAULT_OVERWRITE
             restorer = Restorer(
@@ -173,7 +173,7 @@ def restore(
             outcome.not_restorable = result.skipped
             outcome.entries = result.entries
         else:
-            from costor.store.archive import plan_archive, write_archive
+            from costor.store.restore.archive import plan_archive, write_archive
 
             assert archive is not None
             outcome.archive = archive_name or (archive if isinstance(archive, str) else "-")

@@ -71,7 +71,7 @@ def _selftest(
 ) -> SelfTestReport:
     import blake3
 
-    from costor.store.restorer import Restorer
+    from costor.store.restore.directory import Restorer
 
     snapshots = pool.list_snapshots(ctx.client_names(client))
     if not snapshots:

@@ -18,7 +18,7 @@ from conftest import (
 )
 from s3servers import REGION, S3Server, make_s3_backend, moto_server  # noqa: F401
 
-from costor.store.restorer import Restorer
+from costor.store.restore.directory import Restorer
 
 
 def _objects(root: Path) -> dict[str, bytes]:

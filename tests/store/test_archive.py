@@ -23,12 +23,12 @@ import pytest
 import zstandard
 
 from costor.errors import DataCorruption, PathNotInSnapshot, UsageError
-from costor.store import archive as archive_module
-from costor.store.archive import ArchiveResult, write_archive
 from costor.store.archiver import Archiver
 from costor.store.backends import LocalBackend
 from costor.store.pool import Pool
 from costor.store.progress import Progress
+from costor.store.restore import archive as archive_module
+from costor.store.restore.archive import ArchiveResult, write_archive
 from costor.store.snapshot import Snapshot
 
 RAW_NAME = b"caf\xe9.txt"  # Latin-1, not valid UTF-8
@@ -413,7 +413,7 @@ def test_tar_to_binary_stream(snap: Source) -> None:
 def test_stdout(snap: Source) -> None:
     script = (
         "import sys\n"
-        "from costor.store.archive import write_archive\n"
+        "from costor.store.restore.archive import write_archive\n"
         "from costor.store.backends import LocalBackend\n"
         "from costor.store.pool import Pool\n"
         "pool = Pool.open(LocalBackend(sys.argv[1]), 'pw')\n"

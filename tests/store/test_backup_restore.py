@@ -17,7 +17,7 @@ from costor.store.backends import LocalBackend
 from costor.store.checker import check
 from costor.store.pack import pack_name
 from costor.store.pool import Pool
-from costor.store.restorer import Restorer
+from costor.store.restore.directory import Restorer
 
 IS_ROOT = os.geteuid() == 0
 
@@ -298,7 +298,7 @@ def test_restore_sub_path(tmp_path: Path, source: Path) -> None:
 
 
 def test_selection_patterns() -> None:
-    from costor.store.restorer import Selection
+    from costor.store.restore.directory import Selection
 
     txt = Selection(include=["*.txt"])
     assert txt.selected(b"/srv/a.txt") and txt.selected(b"/a.txt")

@@ -21,7 +21,7 @@ from costor.store.index import IndexCache
 from costor.store.leases import list_leases
 from costor.store.pool import Pool
 from costor.store.prune import PruneBusy, PruneOptions, PruneRefused, prune
-from costor.store.restorer import Restorer
+from costor.store.restore.directory import Restorer
 from costor.store.snapshot import Snapshot
 
 NOW = PruneOptions(safety_window=0)

@@ -51,7 +51,7 @@ from costor.store.backends.filters import (
 from costor.store.checker import check
 from costor.store.pack import pack_name
 from costor.store.pool import Pool
-from costor.store.restorer import Restorer
+from costor.store.restore.directory import Restorer
 from costor.store.snapshot import Snapshot
 
 # --- helpers ---------------------------------------------------------------------------

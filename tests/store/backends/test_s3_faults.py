@@ -24,7 +24,7 @@ from test_filters import FAULT_CASES, backup_through, src  # noqa: F401  (src: f
 from costor.store.backends.filters import wrap
 from costor.store.checker import check
 from costor.store.pool import Pool
-from costor.store.restorer import Restorer
+from costor.store.restore.directory import Restorer
 from costor.store.snapshot import Snapshot
 
 # A partial object under a temporary name is a local-filesystem failure mode; an S3 PUT

@@ -17,7 +17,7 @@ from s3servers import (  # noqa: F401  (moto_server, rclone_server: fixtures)
 from costor.store.archiver import Archiver
 from costor.store.checker import check
 from costor.store.pool import Pool
-from costor.store.restorer import Restorer
+from costor.store.restore.directory import Restorer
 
 MIB = 1024 * 1024
 # Packs of up to 8 MiB with a 5 MiB multipart threshold: some packs go up in parts.

@@ -20,7 +20,7 @@ from costor.store.backends import Backend, LocalBackend
 from costor.store.backends.staging import StagingBackend
 from costor.store.checker import check
 from costor.store.pool import Pool
-from costor.store.restorer import Restorer
+from costor.store.restore.directory import Restorer
 
 
 class Gate:

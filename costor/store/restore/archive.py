@@ -57,7 +57,7 @@ import zstandard
 from costor.errors import ArchiveExists, DataCorruption, PathNotInSnapshot, RestoreError, UsageError
 from costor.store.pool import Pool
 from costor.store.progress import Progress
-from costor.store.restorer import Selection
+from costor.store.restore.directory import Selection
 from costor.store.snapshot import Snapshot
 from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
 

@@ -76,9 +76,9 @@ def quiet_third_party_warnings() -> None:
     for category in (DeprecationWarning, PendingDeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
     warnings.filterwarnings("ignore", message=r"(?i).*deprecat", category=UserWarning)
-    for category in (DeprecationWarning, PendingDeprecationWarning, UserWarning):
+    for ours in (DeprecationWarning, PendingDeprecationWarning, UserWarning):
         # inserted in front, so checked first: ours still show
-        warnings.filterwarnings("default", category=category, module=r"costor(\.|$)")
+        warnings.filterwarnings("default", category=ours, module=r"costor(\.|$)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -85,9 +85,9 @@ def check_all(
     if pool is None and ctx.working is not None:
         # Declared but never applied: nothing runs it, so it was not checked either.
         for name in sorted(set(ctx.working.pools) - set(ctx.inventory.pools)):
-            error = NotApplied(address=f"pool.{name}")
+            unapplied = NotApplied(address=f"pool.{name}")
             outcome.not_checked.append(
-                PoolNotChecked(name, str(error), type(error).__name__, error.exit_code)
+                PoolNotChecked(name, str(unapplied), "NotApplied", unapplied.exit_code)
             )
     return outcome
 

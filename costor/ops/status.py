@@ -18,6 +18,7 @@ applied; the next ``costor apply`` will fail until it is fixed).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,118 +37,31 @@ def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def status(ctx: Context) -> dict[str, Any]:
-    from sqlmodel import col, select
+@dataclass
+class _Facts:
+    """What status reads from the state, in one read transaction."""
 
-    from costor.config.model import duration_seconds
-    from costor.db.models import ClientRow, InstanceRow, JobRow, ScheduleRow, SnapshotRow
-    from costor.db.session import session_scope
-    from costor.ops.schedules import interval
+    former_names: dict[str, list[str]]
+    latest_snapshot: dict[str, datetime]
+    last_job: dict[tuple[str, str], Any]
+    counts: dict[str, int]
+    instances: list[Any]
+    schedules: int
+
+
+def status(ctx: Context) -> dict[str, Any]:
     from costor.ops.serve import maintenance_reasons
 
     now = utcnow()
-    inventory = ctx.inventory
-    with session_scope(ctx.engine, write=False) as session:
-        rows = {r.name: r for r in session.exec(select(ClientRow)).all()}
-        snapshots = session.exec(select(SnapshotRow.client, SnapshotRow.time)).all()
-        finished = session.exec(
-            select(JobRow)
-            .where(col(JobRow.state).in_(("succeeded", "failed")))
-            .order_by(col(JobRow.finished_at))
-        ).all()
-        queued = session.exec(select(JobRow).where(col(JobRow.state) == "queued")).all()
-        running = session.exec(select(JobRow).where(col(JobRow.state) == "running")).all()
-        instances = session.exec(select(InstanceRow)).all()
-        scheduled = session.exec(select(ScheduleRow.key)).all()
+    facts = _read_facts(ctx)
     unapplied = ctx.unapplied_changes()
-    latest_snapshot: dict[str, datetime] = {}
-    for taken_by, time in snapshots:
-        when = _parse_time(time)
-        if taken_by not in latest_snapshot or when > latest_snapshot[taken_by]:
-            latest_snapshot[taken_by] = when
-    last_job: dict[tuple[str, str], Any] = {}
-    for job in finished:  # oldest first: the last one wins
-        last_job[(job.kind, job.target)] = job
-
-    def job_doc(job: Any) -> dict[str, Any] | None:
-        if job is None:
-            return None
-        return {
-            "id": job.id,
-            "state": job.state,
-            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-            "error": job.error,
-        }
-
-    clients: list[dict[str, Any]] = []
-    for name in sorted(inventory.clients):
-        client = inventory.clients[name]
-        row = rows.get(name)
-        names = [name, *(json.loads(row.former_names) if row else [])]
-        times = [latest_snapshot[n] for n in names if n in latest_snapshot]
-        last = max(times) if times else None
-        policy = inventory.policies.get(client.policy) if client.policy else None
-        rpo: timedelta | None = None
-        if policy is not None:
-            rpo = (
-                timedelta(seconds=duration_seconds(policy.rpo))
-                if policy.rpo
-                else 2 * interval(policy.schedule, now)
-            )
-        age = (now - last) if last else None
-        backup_job = last_job.get(("backup", name))
-        check_job = last_job.get(("check", client.pool))
-        selftest_job = last_job.get(("selftest", name))
-        problems: list[tuple[str, str]] = []
-        if rpo is not None and (age is None or age > rpo):
-            problems.append(
-                (
-                    "critical",
-                    "no backup yet"
-                    if age is None
-                    else f"last good backup {_human(age)} ago, RPO {_human(rpo)}",
-                )
-            )
-        if backup_job is not None and backup_job.state == "failed":
-            problems.append(("warning", f"last backup job failed: {backup_job.error}"))
-        if selftest_job is not None and selftest_job.state == "failed":
-            problems.append(("critical", f"last self-test failed: {selftest_job.error}"))
-        if check_job is not None and check_job.state == "failed":
-            problems.append(("critical", f"last check of pool {client.pool} failed"))
-        if policy is not None and policy.check is not None and check_job is None:
-            problems.append(("warning", f"pool {client.pool} never checked"))
-        if policy is not None and policy.selftest is not None and selftest_job is None:
-            problems.append(("warning", "never self-tested"))
-        change = unapplied.get(f"client.{name}")
-        if change is not None:
-            problems.append(
-                (
-                    "warning",
-                    f"the inventory has unapplied {'removal' if change == 'removed' else 'changes'}"
-                    " of this client: it runs as applied until `costor apply`",
-                )
-            )
-        health = max((level for level, _ in problems), key=LEVELS.index, default="ok")
-        clients.append(
-            {
-                "client": name,
-                "site": client.site,
-                "pool": client.pool,
-                "policy": client.policy,
-                "last_backup": last.isoformat() if last else None,
-                "age_s": round(age.total_seconds()) if age is not None else None,
-                "rpo_s": round(rpo.total_seconds()) if rpo is not None else None,
-                "last_backup_job": job_doc(backup_job),
-                "last_check": job_doc(check_job),
-                "last_selftest": job_doc(selftest_job),
-                "unapplied": change,
-                "health": health,
-                "problems": [message for _level, message in problems],
-            }
-        )
+    clients = [
+        _client_status(ctx, name, facts, unapplied.get(f"client.{name}"), now)
+        for name in sorted(ctx.inventory.clients)
+    ]
     paused = maintenance_reasons(ctx)
     sites = []
-    for site in sorted(inventory.sites):
+    for site in sorted(ctx.inventory.sites):
         mine = [c for c in clients if c["site"] == site]
         site_health = max((str(c["health"]) for c in mine), key=LEVELS.index, default="ok")
         sites.append(
@@ -167,31 +81,10 @@ def status(ctx: Context) -> dict[str, Any]:
             "heartbeat_at": i.heartbeat_at.isoformat(),
             "stopping": i.stopping,
         }
-        for i in instances
+        for i in facts.instances
         if (now - (_aware(i.heartbeat_at) or now)).total_seconds() < 60
     ]
-    site_problems: list[tuple[str, str]] = []
-    if not alive:
-        site_problems.append(
-            (
-                "critical" if scheduled else "warning",
-                "no `costor serve` is running (no heartbeat in the last 60 s): "
-                + (
-                    f"{len(scheduled)} schedule(s) and {len(queued)} queued job(s) wait"
-                    if scheduled
-                    else f"{len(queued)} queued job(s) wait"
-                ),
-            )
-        )
-    if ctx.working_problems:
-        site_problems.append(
-            (
-                "warning",
-                f"{ctx.inventory_path} does not validate ({len(ctx.working_problems)} "
-                "error(s), `costor validate` shows them): the site runs the applied "
-                "configuration",
-            )
-        )
+    site_problems = _site_problems(ctx, alive, facts)
     levels = [str(s["health"]) for s in sites] + [level for level, _ in site_problems]
     return {
         "health": max(levels, key=LEVELS.index, default="ok"),
@@ -203,9 +96,158 @@ def status(ctx: Context) -> dict[str, Any]:
         },
         "sites": sites,
         "clients": clients,
-        "jobs": {"queued": len(queued), "running": len(running)},
+        "jobs": {"queued": facts.counts["queued"], "running": facts.counts["running"]},
         "instances": alive,
     }
+
+
+def _read_facts(ctx: Context) -> _Facts:
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from costor.db import catalogue
+    from costor.db import jobs as job_history
+    from costor.db.models import ClientRow, InstanceRow, ScheduleRow
+    from costor.db.session import session_scope
+
+    with session_scope(ctx.engine, write=False) as session:
+        former = {r.name: json.loads(r.former_names) for r in session.exec(select(ClientRow))}
+        latest = catalogue.latest_snapshot_times(session)
+        last_job = job_history.last_outcomes(session)
+        counts = job_history.count_by_state(session, "queued", "running")
+        instances = list(session.exec(select(InstanceRow)).all())
+        schedules = session.exec(select(func.count()).select_from(ScheduleRow)).one()
+    return _Facts(
+        former_names=former,
+        latest_snapshot={client: _parse_time(time) for client, time in latest.items()},
+        last_job=last_job,
+        counts=counts,
+        instances=instances,
+        schedules=int(schedules),
+    )
+
+
+def _job_doc(job: Any) -> dict[str, Any] | None:
+    if job is None:
+        return None
+    return {
+        "id": job.id,
+        "state": job.state,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "error": job.error,
+    }
+
+
+def _client_status(
+    ctx: Context, name: str, facts: _Facts, change: str | None, now: datetime
+) -> dict[str, Any]:
+    client = ctx.inventory.clients[name]
+    names = [name, *facts.former_names.get(name, [])]
+    times = [facts.latest_snapshot[n] for n in names if n in facts.latest_snapshot]
+    last = max(times) if times else None
+    policy = ctx.inventory.policies.get(client.policy) if client.policy else None
+    rpo = _rpo(policy, now)
+    age = (now - last) if last else None
+    backup_job = facts.last_job.get(("backup", name))
+    check_job = facts.last_job.get(("check", client.pool))
+    selftest_job = facts.last_job.get(("selftest", name))
+    problems = _client_problems(
+        client, policy, rpo, age, backup_job, check_job, selftest_job, change
+    )
+    health = max((level for level, _ in problems), key=LEVELS.index, default="ok")
+    return {
+        "client": name,
+        "site": client.site,
+        "pool": client.pool,
+        "policy": client.policy,
+        "last_backup": last.isoformat() if last else None,
+        "age_s": round(age.total_seconds()) if age is not None else None,
+        "rpo_s": round(rpo.total_seconds()) if rpo is not None else None,
+        "last_backup_job": _job_doc(backup_job),
+        "last_check": _job_doc(check_job),
+        "last_selftest": _job_doc(selftest_job),
+        "unapplied": change,
+        "health": health,
+        "problems": [message for _level, message in problems],
+    }
+
+
+def _rpo(policy: Any, now: datetime) -> timedelta | None:
+    from costor.config.model import duration_seconds
+    from costor.ops.schedules import interval
+
+    if policy is None:
+        return None
+    if policy.rpo:
+        return timedelta(seconds=duration_seconds(policy.rpo))
+    return 2 * interval(policy.schedule, now)
+
+
+def _client_problems(
+    client: Any,
+    policy: Any,
+    rpo: timedelta | None,
+    age: timedelta | None,
+    backup_job: Any,
+    check_job: Any,
+    selftest_job: Any,
+    change: str | None,
+) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if rpo is not None and (age is None or age > rpo):
+        late = (
+            "no backup yet"
+            if age is None
+            else f"last good backup {_human(age)} ago, RPO {_human(rpo)}"
+        )
+        problems.append(("critical", late))
+    if backup_job is not None and backup_job.state == "failed":
+        problems.append(("warning", f"last backup job failed: {backup_job.error}"))
+    if selftest_job is not None and selftest_job.state == "failed":
+        problems.append(("critical", f"last self-test failed: {selftest_job.error}"))
+    if check_job is not None and check_job.state == "failed":
+        problems.append(("critical", f"last check of pool {client.pool} failed"))
+    if policy is not None and policy.check is not None and check_job is None:
+        problems.append(("warning", f"pool {client.pool} never checked"))
+    if policy is not None and policy.selftest is not None and selftest_job is None:
+        problems.append(("warning", "never self-tested"))
+    if change is not None:
+        what = "removal" if change == "removed" else "changes"
+        problems.append(
+            (
+                "warning",
+                f"the inventory has unapplied {what} of this client: it runs as applied "
+                "until `costor apply`",
+            )
+        )
+    return problems
+
+
+def _site_problems(ctx: Context, alive: list[Any], facts: _Facts) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    queued = facts.counts["queued"]
+    if not alive:
+        waiting = (
+            f"{facts.schedules} schedule(s) and {queued} queued job(s) wait"
+            if facts.schedules
+            else f"{queued} queued job(s) wait"
+        )
+        problems.append(
+            (
+                "critical" if facts.schedules else "warning",
+                f"no `costor serve` is running (no heartbeat in the last 60 s): {waiting}",
+            )
+        )
+    if ctx.working_problems:
+        problems.append(
+            (
+                "warning",
+                f"{ctx.inventory_path} does not validate ({len(ctx.working_problems)} "
+                "error(s), `costor validate` shows them): the site runs the applied "
+                "configuration",
+            )
+        )
+    return problems
 
 
 def _human(delta: timedelta) -> str:

@@ -37,7 +37,6 @@ from costor.ops.context import utcnow
 
 KINDS = ("backup", "forget", "prune", "check", "selftest")
 ACTIVE = ("queued", "running")
-FINISHED = ("succeeded", "failed", "interrupted")
 HEARTBEAT_EVERY = 5.0  # seconds between a running job's heartbeats
 STALE_AFTER = 60.0  # a running job not heard from this long is interrupted
 RETRY_DELAY = 30.0  # seconds before an interrupted job is tried again

@@ -147,12 +147,3 @@ def sync_schedules(engine: Engine, inventory: Inventory) -> dict[str, list[str]]
             session.add(row)
     return changes
 
-
-def list_schedules(engine: Engine) -> list[Any]:
-    from sqlmodel import col, select
-
-    from costor.db.models import ScheduleRow
-    from costor.db.session import session_scope
-
-    with session_scope(engine, write=False) as session:
-        return list(session.exec(select(ScheduleRow).order_by(col(ScheduleRow.key))).all())

@@ -5,8 +5,9 @@ message template (filled with the keyword arguments given when raised) and it ca
 the process exit code. Only ``costor.cli`` turns errors into exit codes, and (later)
 only ``costor.server`` turns them into HTTP statuses; everything else raises.
 
-Exit codes (DESIGN.md §4): 0 ok, 1 error, 2 "changes present" (plan), 3 damage found,
-4 "plan blocked" (``costor plan``: apply would refuse the plan; :data:`PLAN_BLOCKED_EXIT`).
+Exit codes (a contract scripts rely on; README.md, docs/plan-apply.md): 0 ok, 1 error,
+2 "changes present" (plan), 3 damage found, 4 "plan blocked" (``costor plan``: apply
+would refuse the plan; :data:`PLAN_BLOCKED_EXIT`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A real block device for tests: a loop device (``losetup -f --show FILE``) on a small
 file in a temp dir, always detached afterwards. Skips where there is no losetup or no
-root (DESIGN.md §12)."""
+root (tests use real parts, not mocks)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Real S3 servers on loopback for tests (DESIGN.md §12): moto's server mode and
+"""Real S3 servers on loopback for tests (real parts, not mocks): moto's server mode and
 ``rclone serve s3``, both driven by boto3 over HTTP.
 
 Use from a test module (or, once registered, from any conftest)::

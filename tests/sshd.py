@@ -1,4 +1,4 @@
-"""A real OpenSSH server for the tests (DESIGN.md §12): Debian's ``/usr/sbin/sshd`` on a
+"""A real OpenSSH server for the tests (real parts, not mocks): Debian's ``/usr/sbin/sshd`` on a
 free loopback port, with its own host key and ``authorized_keys``.
 
 Users: ``root``; ``costortest`` (an ordinary user, created if missing: the tests run as

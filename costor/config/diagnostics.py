@@ -1,6 +1,6 @@
 """Diagnostics: what is wrong in the inventory, and exactly where.
 
-Validation never stops at the first error (DESIGN.md §3): every check adds
+Validation never stops at the first error (every error, at once): every check adds
 :class:`Problem` objects, which name a key path in the *merged* inventory (profiles
 already applied), and :class:`SourceMap` then finds the file, line and column the key
 came from — the inventory itself or a profile file. Pydantic's errors are turned into

@@ -1,7 +1,7 @@
 """Reading and checking an inventory: file -> TOML -> profiles merged -> models.
 
 Every stage adds what it finds and goes on, so that one run reports everything that is
-wrong (DESIGN.md §3), like ``terraform validate``:
+wrong, each with its file, line and column, like ``terraform validate``:
 
 1. read and parse the inventory (``tomllib``); a syntax error ends the run, since
    nothing after it can be trusted — it is still reported with its line and column;

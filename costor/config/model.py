@@ -1,4 +1,4 @@
-"""The inventory as typed, frozen pydantic models (DESIGN.md §3).
+"""The inventory as typed, frozen pydantic models (the keys: ``inventory.example.toml``).
 
 Each table of ``inventory.toml`` has a model here. Conventions, so errors read well:
 
@@ -392,8 +392,8 @@ class SiteConfig(_Model):
 
 class Compression(_Model):
     algorithm: Literal["zstd", "none"] = "zstd"
-    # zstd level 3 is zstd's own default; DESIGN.md §11 measured 120-200 MB/s per core on
-    # text with it, already the ceiling of the data path.
+    # zstd level 3 is zstd's own default; it was measured at 120-200 MB/s per core on text,
+    # already the ceiling of the data path (docs/benchmarks.md).
     level: Annotated[StrictInt, Field(ge=1, le=22)] = 3
 
 
@@ -432,10 +432,10 @@ class PoolConfig(_Model):
     passphrase: SecretRef | None = None
     kdf: Literal["argon2id", "scrypt"] = "argon2id"
     compression: Compression = Compression()
-    # "Tens of MiB" (DESIGN.md §5): few objects and few requests on S3, little waste on
-    # a partial last pack. restic uses 16 MiB by default; 32 leans towards S3.
+    # Tens of MiB (docs/format.md, "Packs"): few objects and few requests on S3, little
+    # waste on a partial last pack. restic uses 16 MiB by default; 32 leans towards S3.
     pack_size_mib: Annotated[StrictInt, Field(ge=4, le=512)] = 32
-    # None: the engine's default (~1 MiB, DESIGN.md §5).
+    # None: the engine's default (~1 MiB average chunks, docs/format.md).
     chunk_avg_kib: StrictInt | None = None
     prevent_destroy: StrictBool = True
     # s3 backend

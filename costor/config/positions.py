@@ -4,7 +4,7 @@ Why a scanner of our own: ``tomllib`` (the parser we trust for values) returns p
 with no positions, and ``tomlkit`` keeps whitespace and comments but exposes no line or
 column per key in its public API (python-poetry/tomlkit#55, "Get the line and column
 numbers of parsed elements", is still open; the add-on that works around it is a third
-package to depend on). Diagnostics must say ``file:line:col`` (DESIGN.md §3), so this
+package to depend on). Diagnostics must say ``file:line:col`` (what editors and CI jump to), so this
 module walks the text once more and records where every key starts.
 
 The scanner is deliberately small because it only ever runs on text that ``tomllib`` has

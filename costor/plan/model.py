@@ -1,7 +1,7 @@
 """A plan as plain, frozen data: what apply will do, why, and what it was made from.
 
 The JSON form (``plan --json``, ``show --json``, plan files) follows Terraform's plan
-JSON in spirit (DESIGN.md §4): ``format_version``, ``resource_changes[]`` with
+JSON in spirit (``terraform show -json``): ``format_version``, ``resource_changes[]`` with
 ``address``, ``type``, ``name``, ``change.actions``, ``change.before``,
 ``change.after`` (secrets masked, with ``before_sensitive`` / ``after_sensitive``),
 ``resource_drift[]``; plus CoStor's own ``reason`` on every change, ``blocked`` on a

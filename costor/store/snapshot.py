@@ -56,7 +56,7 @@ class Snapshot:
         return cls(id=snapshot_id, **doc)
 
     def summary(self) -> dict[str, Any]:
-        """The ``snapshots --json`` document (DESIGN.md §4)."""
+        """The ``snapshots --json`` document (a user-facing contract: scripts read it)."""
         return {
             "id": self.id,
             "short_id": self.id[:12],

@@ -3,7 +3,8 @@
 Every filter takes the backend it wraps as ``inner``, has the same ``location``, keeps
 the contract of ``base`` (a filter never turns a failed ``put`` into a returned one) and
 forwards, unchanged, every operation it has no business with. Behaviour is added by
-stacking filters, never by flags inside a backend (STYLE.md, "Wrap, don't flag"):
+stacking filters, never by flags inside a backend (as restic's and Kopia's wrappers;
+docs/architecture.md, "Storage: backends and filters"):
 
 * :class:`RetryingBackend` — retries :class:`BackendTransient` (throttling included)
   with capped exponential back-off and full jitter, honouring ``retry_after``;
@@ -351,7 +352,7 @@ class VerifyingBackend(ForwardingBackend):
 
 
 # Packs, index segments and snapshots are named by the unkeyed BLAKE3-256 of their
-# stored bytes (DESIGN.md §5, ``costor.store.pool``): ``packs/6e/fa/<hex>``,
+# stored bytes (docs/format.md, ``costor.store.pool``): ``packs/6e/fa/<hex>``,
 # ``index/<hex>``, ``snapshots/<hex>``. Key slots and the identity file are not.
 _CONTENT_ADDRESSED = re.compile(r"(?:packs/[0-9a-f]{2}/[0-9a-f]{2}|index|snapshots)/([0-9a-f]{64})")
 

@@ -13,7 +13,7 @@ def prune_options(ctx: Context, pool: str, **overrides: Any) -> Any:
     """The pool's declared ``prune`` settings, with command-line ``overrides`` (None:
     not given) on top."""
     from costor.config.model import duration_seconds, percentage_fraction
-    from costor.store.prune import PruneOptions
+    from costor.store.gc.prune import PruneOptions
 
     declared = ctx.pool_config(pool).prune
     options = PruneOptions(
@@ -38,7 +38,7 @@ def prune_pools(
 
     from costor.db.models import PackRow
     from costor.db.session import session_scope
-    from costor.store.prune import prune
+    from costor.store.gc.prune import prune
 
     reports = []
     for name in ctx.pool_names(pool):

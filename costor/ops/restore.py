@@ -112,7 +112,7 @@ def restore(
     ``archive_name``). ``overwrite`` (directories only; default ``always``, as restic):
     see ``store/restorer.py``; ``force`` (archives only): replace an existing file.
     ``list_entries``: the outcome lists each entry and what was (or would be) done."""
-    from costor.store.leases import reader_lease
+    from costor.store.gc.leases import reader_lease
     from costor.store.restore.directory import DEFAULT_OVERWRITE, OVERWRITE_MODES, Selection
 
     if (target is None) == (archive is None):

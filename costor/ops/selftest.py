@@ -53,7 +53,7 @@ class SelfTestReport:
 def selftest(
     ctx: Context, client: str, *, files: int = 20, seed: int | None = None
 ) -> SelfTestReport:
-    from costor.store.leases import reader_lease
+    from costor.store.gc.leases import reader_lease
 
     config = ctx.client_config(client)
     pool = ctx.open_pool(ctx.client_pool(client), load_index=False)

@@ -44,7 +44,8 @@ from costor.errors import (
 )
 from costor.store import crypto
 from costor.store.backends.base import Backend
-from costor.store.condemned import CondemnedPack, read_condemned
+from costor.store.gc.condemned import CondemnedPack, read_condemned
+from costor.store.gc.leases import Lease
 from costor.store.index import (
     SEGMENT_AD,
     BlobLocation,
@@ -54,7 +55,6 @@ from costor.store.index import (
     encode_segment,
     segment_records,
 )
-from costor.store.leases import Lease
 from costor.store.pack import (
     FOOTER,
     BlobCodec,
@@ -276,7 +276,7 @@ class Pool:
         self.codec = BlobCodec(self.sealer, master.id_key, level)
         self.pack_size = identity.pack_size
         self.index = Index()
-        # Packs a prune condemned (costor/store/prune.py): not reused for new writes, but
+        # Packs a prune condemned (costor/store/gc/prune.py): not reused for new writes, but
         # still read if a snapshot needs a blob only they hold (a backup that began
         # before they were condemned); ``fallback`` indexes them.
         self.condemned: dict[str, CondemnedPack] = {}
@@ -409,7 +409,7 @@ class Pool:
     def load_index(self, cache: IndexCache | None = None) -> None:
         """Load every index segment. Packs a prune condemned go to ``fallback``: new
         writes do not reuse them. A backup takes its lease before calling this (see
-        leases.py for why the order matters). With ``cache``: only the segments it
+        gc/leases.py for why the order matters). With ``cache``: only the segments it
         does not hold yet are read (see :class:`IndexCache`)."""
         self.condemned = read_condemned(self)
         listed = self._listed_segments()
@@ -453,7 +453,7 @@ class Pool:
             (fallback if pack_id in self.condemned else index).add_records(pack_id, records)
 
     def lease(self, kind: str = "backup") -> Lease:
-        """Announce a writer (``with pool.lease(): ...``); see leases.py."""
+        """Announce a writer (``with pool.lease(): ...``); see gc/leases.py."""
         return Lease(self, kind)
 
     def read_segment(self, name: str) -> dict[str, list[PackEntry]]:

@@ -16,11 +16,11 @@ from costor.store.archiver import Archiver
 from costor.store.backends import LocalBackend
 from costor.store.backends.base import ForwardingBackend
 from costor.store.checker import check, reindex
-from costor.store.condemned import read_condemned
+from costor.store.gc.condemned import read_condemned
+from costor.store.gc.leases import list_leases
+from costor.store.gc.prune import PruneBusy, PruneOptions, PruneRefused, prune
 from costor.store.index import IndexCache
-from costor.store.leases import list_leases
 from costor.store.pool import Pool
-from costor.store.prune import PruneBusy, PruneOptions, PruneRefused, prune
 from costor.store.restore.directory import Restorer
 from costor.store.snapshot import Snapshot
 

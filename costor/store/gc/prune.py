@@ -31,14 +31,14 @@ from typing import Any
 
 from costor.errors import BackendError, DataCorruption, PoolError
 from costor.store import crypto
-from costor.store.condemned import (
+from costor.store.gc.condemned import (
     CondemnedPack,
     condemned_records,
     read_condemned,
     write_condemned,
 )
+from costor.store.gc.leases import STALE_AFTER, LeaseInfo, list_leases
 from costor.store.index import Index
-from costor.store.leases import STALE_AFTER, LeaseInfo, list_leases
 from costor.store.pack import BlobCorrupt, BlobType, PackBuilder, PackEntry, pack_name
 from costor.store.pool import Pool
 from costor.store.progress import Progress

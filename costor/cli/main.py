@@ -85,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_third_party_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
+    # After parsing: --help and --version do not import logging.
+    from costor.util.log import configure
+
+    configure()  # what the daemon and jobs log: to stderr, as plain lines
     try:
         return int(args._run(args) or 0)
     except CostorError as error:

@@ -19,41 +19,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.snapshots import resolve
-    from costor.store.diff import diff_trees
+    from costor.ops.browse import diff_snapshots
 
-    ctx = context(args)
-    _a, pool_a, first = resolve(ctx, args.first)
-    _b, pool_b, second = resolve(ctx, args.second)
-    if pool_a.uuid == pool_b.uuid:
-        pool_b = pool_a
-    differences = list(
-        diff_trees(pool_a, bytes.fromhex(first.tree), pool_b, bytes.fromhex(second.tree))
-    )
-    counts = {kind: 0 for kind in ("added", "removed", "modified", "metadata")}
-    for d in differences:
-        counts[d.change] += 1
+    outcome = diff_snapshots(context(args), first=args.first, second=args.second)
     if args.json:
-        print_json(
-            {
-                "first": first.id,
-                "second": second.id,
-                "changes": [
-                    {
-                        "change": d.change,
-                        "path": d.path,
-                        "type": d.type,
-                        "size_before": d.size_before,
-                        "size_after": d.size_after,
-                    }
-                    for d in differences
-                ],
-                **counts,
-            }
-        )
+        print_json(outcome.to_json())
         return 0
-    for d in differences:
+    for d in outcome.changes:
         print(f"{d.symbol}    {d.path}{'/' if d.type == 'dir' else ''}")
+    counts = outcome.counts()
     print(
         f"\n{counts['added']} added, {counts['removed']} removed, "
         f"{counts['modified']} modified, {counts['metadata']} with changed metadata"

@@ -9,7 +9,6 @@ from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
 from costor.cli.output import print_json
-from costor.errors import PathNotInSnapshot
 
 _TYPE_BITS = {
     "file": stat.S_IFREG,
@@ -33,24 +32,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.snapshots import resolve
+    from costor.ops.browse import list_snapshot
 
-    _name, pool, snapshot = resolve(context(args), args.snapshot, load_index=True)
-    node = pool.find_node(bytes.fromhex(snapshot.tree), args.path)
-    if node is None:
-        raise PathNotInSnapshot(path=args.path, snapshot=snapshot.id[:12])
-    base = "/" + "/".join(p for p in args.path.split("/") if p)
-    entries = []
-    if node.name:
-        entries.append((base, node))
-    if node.type == "dir" and node.subtree is not None:
-        prefix = base.rstrip("/")
-        for relative, child in pool.walk(node.subtree):
-            entries.append((prefix + "/" + relative.decode("utf-8", "surrogateescape"), child))
+    listing = list_snapshot(context(args), snapshot=args.snapshot, path=args.path)
     if args.json:
-        print_json([_entry_json(path, n) for path, n in entries])
+        print_json(listing.to_json())
         return 0
-    for path, n in entries:
+    for path, n in listing.entries:
         shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         if args.long:
             mode = stat.filemode(_TYPE_BITS[n.type] | n.mode)
@@ -61,20 +49,3 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(shown)
     return 0
-
-
-def _entry_json(path: str, node: Any) -> dict[str, Any]:
-    doc = {
-        "path": path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
-        "type": node.type,
-        "size": node.size,
-        "mode": node.mode,
-        "uid": node.uid,
-        "gid": node.gid,
-        "user": node.user,
-        "group": node.group,
-        "mtime_ns": node.mtime_ns,
-    }
-    if node.target is not None:
-        doc["target"] = node.target.decode("utf-8", "backslashreplace")
-    return doc

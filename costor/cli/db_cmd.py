@@ -28,28 +28,27 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.config.applied import load_settings
-    from costor.db.session import HEAD_REVISION, describe_url, migrate, read_status
+    from costor.ops.state import schema_status, upgrade_schema
 
-    url = load_settings(args.inventory).database_url
     if args.db_action == "upgrade":
-        before, after = migrate(url)
-        document = {"database": describe_url(url), "from": before, "to": after}
+        upgrade = upgrade_schema(inventory=args.inventory)
         if args.json:
-            print_json(document)
-        elif before == after:
-            print(f"{describe_url(url)}: schema already at revision {after}")
+            print_json(upgrade.to_json())
+        elif not upgrade.changed:
+            print(f"{upgrade.database}: schema already at revision {upgrade.after}")
         else:
-            print(f"{describe_url(url)}: schema upgraded from {before or 'empty'} to {after}")
+            print(
+                f"{upgrade.database}: schema upgraded from {upgrade.before or 'empty'} "
+                f"to {upgrade.after}"
+            )
         return 0
-    status = read_status(url)
-    status["head"] = HEAD_REVISION
+    status = schema_status(inventory=args.inventory)
     if args.json:
-        print_json(status)
+        print_json(status.to_json())
     else:
-        current = status["revision"] or "empty (no schema yet)"
-        print(f"database: {status['database']}")
-        print(f"schema:   {current} (this CoStor: {HEAD_REVISION})")
-        if status.get("lineage"):
-            print(f"state:    lineage {status['lineage']}, serial {status['serial']}")
+        current = status.revision or "empty (no schema yet)"
+        print(f"database: {status.database}")
+        print(f"schema:   {current} (this CoStor: {status.head})")
+        if status.lineage:
+            print(f"state:    lineage {status.lineage}, serial {status.serial}")
     return 0

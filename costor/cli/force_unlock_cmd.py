@@ -25,11 +25,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.db.state import force_unlock
+    from costor.ops.state import force_unlock
 
-    info = force_unlock(context(args).engine, args.lock_id)
+    unlocked = force_unlock(context(args), lock_id=args.lock_id)
     if args.json:
-        print_json({"unlocked": info.lock_id, "holder": info.who, "operation": info.operation})
+        print_json(unlocked.to_json())
     else:
-        print(f"Removed {info.describe()}.")
+        print(f"Removed {unlocked.description}.")
     return 0

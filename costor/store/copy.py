@@ -73,6 +73,9 @@ class CopyReport:
         }
 
 
+_Listing = list[tuple[str, int]]  # (object name, size)
+
+
 def copy_pool(
     source: Backend,
     destination: Backend,
@@ -94,58 +97,18 @@ def copy_pool(
     report = CopyReport(
         source.location, destination.location, identity.uuid, verify_existing=verify_existing
     )
-    present = {info.name: info.size for info in destination.list("")}
-    plan: list[tuple[list[tuple[str, int]], list[tuple[str, int]]]] = []
-    source_keys: set[str] = set()
-    for family in ORDER:
-        todo, check = [], []
-        for info in source.list(family):
-            if family == "keys/":
-                source_keys.add(info.name)
-            if info.name in present and (family in HASH_NAMED or present[info.name] == info.size):
-                if verify_existing:
-                    check.append((info.name, present[info.name]))
-                else:
-                    report.skipped += 1
-            else:
-                todo.append((info.name, info.size))
-        plan.append((sorted(todo), sorted(check)))
-    report.extra_key_slots = sorted(
-        name for name in present if name.startswith("keys/") and name not in source_keys
-    )
+    plan = _plan(source, destination, report)
     files = sum(len(t) + len(c) for t, c in plan)
     size = sum(s for t, c in plan for _n, s in t + c)
     progress.set_total(files, size)
     with ThreadPoolExecutor(workers, thread_name_prefix="copy") as executor:
         for family_todo, family_check in plan:  # one family at a time: the write order
-            damaged: list[tuple[str, int]] = []
-            results = executor.map(lambda item: _sound(source, destination, item[0]), family_check)
-            for (name, stored_size), sound in zip(family_check, results, strict=True):
-                progress.advance(files=1, size=stored_size)
-                if sound:
-                    report.verified += 1
-                    report.bytes_verified += stored_size
-                else:
-                    damaged.append((name, stored_size))
+            damaged = _verify(executor, source, destination, family_check, report, progress)
             if damaged:
                 files += len(damaged)
                 size += sum(s for _n, s in damaged)
                 progress.set_total(files, size)
-            work = [(name, s, False) for name, s in family_todo]
-            work += [(name, s, True) for name, s in damaged]
-            done = executor.map(
-                lambda item: _copy_one(source, destination, item[0], report, replace=item[2]),
-                work,
-            )
-            for (name, item_size, replace), copied in zip(work, done, strict=True):
-                if copied is not None:
-                    if replace:
-                        report.replaced += 1
-                        report.replaced_objects.append(name)
-                    else:
-                        report.copied += 1
-                    report.bytes_copied += copied
-                progress.advance(files=1, size=item_size)
+            _copy_family(executor, source, destination, family_todo, damaged, report, progress)
     progress.close()
     if not report.damaged_in_source:  # a copy missing objects is never made a pool
         identity_bytes = source.get(IDENTITY_NAME)
@@ -160,6 +123,81 @@ def copy_pool(
             "names; they were not copied (run `costor check --read-data` on the source)",
         )
     return report
+
+
+def _plan(
+    source: Backend, destination: Backend, report: CopyReport
+) -> list[tuple[_Listing, _Listing]]:
+    """For each family in write order: the objects to copy, and those the destination
+    has that are to be verified (``verify_existing``; otherwise they are skipped)."""
+    present = {info.name: info.size for info in destination.list("")}
+    plan: list[tuple[_Listing, _Listing]] = []
+    source_keys: set[str] = set()
+    for family in ORDER:
+        todo, check = [], []
+        for info in source.list(family):
+            if family == "keys/":
+                source_keys.add(info.name)
+            if info.name in present and (family in HASH_NAMED or present[info.name] == info.size):
+                if report.verify_existing:
+                    check.append((info.name, present[info.name]))
+                else:
+                    report.skipped += 1
+            else:
+                todo.append((info.name, info.size))
+        plan.append((sorted(todo), sorted(check)))
+    report.extra_key_slots = sorted(
+        name for name in present if name.startswith("keys/") and name not in source_keys
+    )
+    return plan
+
+
+def _verify(
+    executor: ThreadPoolExecutor,
+    source: Backend,
+    destination: Backend,
+    family_check: _Listing,
+    report: CopyReport,
+    progress: Progress,
+) -> _Listing:
+    """Verify the destination's copies of one family; the damaged ones."""
+    damaged: _Listing = []
+    results = executor.map(lambda item: _sound(source, destination, item[0]), family_check)
+    for (name, stored_size), sound in zip(family_check, results, strict=True):
+        progress.advance(files=1, size=stored_size)
+        if sound:
+            report.verified += 1
+            report.bytes_verified += stored_size
+        else:
+            damaged.append((name, stored_size))
+    return damaged
+
+
+def _copy_family(
+    executor: ThreadPoolExecutor,
+    source: Backend,
+    destination: Backend,
+    family_todo: _Listing,
+    damaged: _Listing,
+    report: CopyReport,
+    progress: Progress,
+) -> None:
+    """Copy one family's missing objects and replace its damaged ones."""
+    work = [(name, s, False) for name, s in family_todo]
+    work += [(name, s, True) for name, s in damaged]
+    done = executor.map(
+        lambda item: _copy_one(source, destination, item[0], report, replace=item[2]),
+        work,
+    )
+    for (name, item_size, replace), copied in zip(work, done, strict=True):
+        if copied is not None:
+            if replace:
+                report.replaced += 1
+                report.replaced_objects.append(name)
+            else:
+                report.copied += 1
+            report.bytes_copied += copied
+        progress.advance(files=1, size=item_size)
 
 
 def _sound(source: Backend, destination: Backend, name: str) -> bool:

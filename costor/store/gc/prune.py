@@ -155,6 +155,31 @@ def prune(pool: Pool, options: PruneOptions, progress: Progress | None = None) -
     return report
 
 
+@dataclass
+class _PoolView:
+    """What prune decides from, read once: every segment, every pack, the records."""
+
+    segments: list[str]  # index segment names
+    entries: dict[str, list[PackEntry]]  # pack id -> its blobs (a segment, else its trailer)
+    stored: dict[str, int]  # pack id -> size, as listed
+    records: list[str]  # condemned record names
+    condemned: dict[str, CondemnedPack]
+    live: list[str]  # present and not condemned, sorted (then the resurrected appended)
+    index: Index  # every copy of every blob, condemned packs last
+
+
+@dataclass
+class _Sweep:
+    """What became of the packs condemned before this run."""
+
+    remaining: dict[str, CondemnedPack] = field(default_factory=dict)  # kept for now
+    to_delete: list[str] = field(default_factory=list)
+    recondemn: list[str] = field(default_factory=list)  # provisional: record them again
+
+
+_Repack = list[tuple[str, list[PackEntry]]]  # pack id, the needed blobs it holds
+
+
 def _prune(
     pool: Pool,
     options: PruneOptions,
@@ -163,7 +188,40 @@ def _prune(
     progress: Progress | None,
 ) -> None:
     progress = progress or Progress()
-    # --- a complete view: every segment, every pack, the condemned records ----------
+    view = _read_view(pool, report)
+
+    # --- what the snapshots need ---------------------------------------------------
+    snapshot_ids = sorted(pool.snapshot_ids())
+    needed = _needed_blobs(pool, snapshot_ids)
+    report.snapshots = len(snapshot_ids)
+    missing = [blob for blob in needed if blob not in view.index]
+    if missing:
+        raise PruneRefused(
+            location=pool.location,
+            reason=f"{len(missing)} blob(s) that snapshots need are in no pack",
+        )
+    home = _homes(view, needed)
+
+    now = time.time()
+    sweep = _sweep(view, needed, home, leases_before, options, report, now)
+    newly, repack = _mark(view, home, sweep, options, report)
+    report.packs_condemned = len(newly) + len(repack)
+    report.packs_repacked = len(repack)
+    for pack_id in sweep.remaining:
+        report.packs_waiting += 1
+        report.bytes_waiting += view.stored[pack_id]
+    if options.dry_run:
+        report.packs_deleted = len(sweep.to_delete)
+        report.bytes_deleted = sum(view.stored[p] for p in sweep.to_delete)
+        report.bytes_written = sum(sum(e.length for e in used) for _p, used in repack)
+        return
+    _commit(pool, view, sweep, newly, repack, snapshot_ids, now, options, report, progress)
+
+
+def _read_view(pool: Pool, report: PruneReport) -> _PoolView:
+    """A complete view: every segment, every pack, the condemned records; the pool's
+    index is replaced by one of every copy of every blob, condemned packs last (reading
+    trees needs them all)."""
     segments = [info.name for info in pool.backend.list("index/")]
     entries: dict[str, list[PackEntry]] = {}
     for name in segments:
@@ -182,82 +240,109 @@ def _prune(
     report.packs = len(stored)
     report.bytes_stored = sum(stored.values())
 
-    # Reading trees needs every copy of every blob, condemned ones last.
     live = sorted(pack_id for pack_id in present if pack_id not in condemned)
     index = Index()
     for pack_id in live + sorted(present - set(live)):
         index.add_pack(pack_id, entries[pack_id])
     pool.index, pool.fallback, pool.condemned = index, Index(), {}
+    return _PoolView(segments, entries, stored, records, condemned, live, index)
 
-    # --- what the snapshots need ---------------------------------------------------
-    snapshot_ids = sorted(pool.snapshot_ids())
-    needed = _needed_blobs(pool, snapshot_ids)
-    report.snapshots = len(snapshot_ids)
-    missing = [blob for blob in needed if blob not in index]
-    if missing:
-        raise PruneRefused(
-            location=pool.location,
-            reason=f"{len(missing)} blob(s) that snapshots need are in no pack",
-        )
 
-    # Each needed blob has one home: the first live pack holding it. Other copies
-    # (two backups storing the same new chunk at once) count as unused.
+def _homes(view: _PoolView, needed: set[bytes]) -> dict[bytes, str]:
+    """Each needed blob has one home: the first live pack holding it. Other copies
+    (two backups storing the same new chunk at once) count as unused."""
     home: dict[bytes, str] = {}
-    for pack_id in live:
-        for entry in entries[pack_id]:
+    for pack_id in view.live:
+        for entry in view.entries[pack_id]:
             if entry.blob_id in needed:
                 home.setdefault(entry.blob_id, pack_id)
-    only_condemned = needed - home.keys()
+    return home
 
-    # --- sweep: condemned packs -----------------------------------------------------
-    now = time.time()
+
+def _sweep(
+    view: _PoolView,
+    needed: set[bytes],
+    home: dict[bytes, str],
+    leases_before: list[LeaseInfo],
+    options: PruneOptions,
+    report: PruneReport,
+    now: float,
+) -> _Sweep:
+    """Sort the condemned packs: taken back (a snapshot needs a blob only they hold),
+    condemned again (a provisional record), kept (window, running backup) or deleted."""
+    only_condemned = needed - home.keys()
     live_leases = {lease.id: lease for lease in leases_before}
-    remaining: dict[str, CondemnedPack] = {}
-    to_delete: list[str] = []
-    recondemn: list[str] = []
-    for pack_id, record in sorted(condemned.items()):
-        if pack_id not in stored:
+    sweep = _Sweep()
+    for pack_id, record in sorted(view.condemned.items()):
+        if pack_id not in view.stored:
             continue  # deleted by an earlier prune that was stopped before its record
-        if pack_id in entries and any(e.blob_id in only_condemned for e in entries[pack_id]):
+        pack_entries = view.entries.get(pack_id)
+        if pack_entries is not None and any(e.blob_id in only_condemned for e in pack_entries):
             report.packs_resurrected += 1  # a snapshot finished after it was condemned
-            for e in entries[pack_id]:
-                if e.blob_id in needed:
-                    home.setdefault(e.blob_id, pack_id)
-            live.append(pack_id)
+            _resurrect(view, pack_id, needed, home)
             continue
         if record.provisional:  # its leases were never listed: record it again
-            recondemn.append(pack_id)
+            sweep.recondemn.append(pack_id)
             continue
         running = [live_leases[i] for i in record.leases if i in live_leases]
         if now - record.since < options.safety_window or running:
-            remaining[pack_id] = record
+            sweep.remaining[pack_id] = record
             for lease in running:
-                if not any(w["lease"] == lease.id for w in report.waiting_for):
-                    report.waiting_for.append(_lease_json(lease))
+                _wait_for(report, lease)
             continue
-        to_delete.append(pack_id)
+        sweep.to_delete.append(pack_id)
+    return sweep
 
-    # --- mark: unused and mostly unused live packs ----------------------------------
-    newly: list[str] = list(recondemn)
-    repack: list[tuple[str, list[PackEntry]]] = []
-    budget = options.max_repack_bytes
+
+def _resurrect(view: _PoolView, pack_id: str, needed: set[bytes], home: dict[bytes, str]) -> None:
+    for e in view.entries[pack_id]:
+        if e.blob_id in needed:
+            home.setdefault(e.blob_id, pack_id)
+    view.live.append(pack_id)
+
+
+def _mark(
+    view: _PoolView,
+    home: dict[bytes, str],
+    sweep: _Sweep,
+    options: PruneOptions,
+    report: PruneReport,
+) -> tuple[list[str], _Repack]:
+    """Unused and mostly unused live packs: those to condemn, those to repack."""
+    newly: list[str] = list(sweep.recondemn)
     candidates: list[tuple[float, str, list[PackEntry], int]] = []
-    for pack_id in sorted(live):
-        used = [e for e in entries[pack_id] if home.get(e.blob_id) == pack_id]
-        total = sum(e.length for e in entries[pack_id])
+    for pack_id in sorted(view.live):
+        pack_entries = view.entries[pack_id]
+        used = [e for e in pack_entries if home.get(e.blob_id) == pack_id]
+        total = sum(e.length for e in pack_entries)
         unused = total - sum(e.length for e in used)
         report.blobs_used += len(used)
-        report.blobs_unused += len(entries[pack_id]) - len(used)
+        report.blobs_unused += len(pack_entries) - len(used)
         report.bytes_unused += unused
-        if pack_id in remaining or pack_id in condemned:
+        if pack_id in sweep.remaining or pack_id in view.condemned:
             continue
         if not used:
             newly.append(pack_id)
         elif total and unused:
             candidates.append((unused / total, pack_id, used, unused))
     needed_bytes = sum(
-        e.length for pack_id in live for e in entries[pack_id] if home.get(e.blob_id) == pack_id
+        e.length
+        for pack_id in view.live
+        for e in view.entries[pack_id]
+        if home.get(e.blob_id) == pack_id
     )
+    return newly, _choose_repacks(candidates, needed_bytes, view.stored, options)
+
+
+def _choose_repacks(
+    candidates: list[tuple[float, str, list[PackEntry], int]],
+    needed_bytes: int,
+    stored: dict[str, int],
+    options: PruneOptions,
+) -> _Repack:
+    """The partly used packs to repack, most unused first, within the run's budget."""
+    budget = options.max_repack_bytes
+    repack: _Repack = []
     left = sum(unused for _share, _p, _u, unused in candidates)
     for share, pack_id, used, unused in sorted(candidates, key=lambda c: (-c[0], c[1])):
         if share < options.repack_threshold and left <= options.max_unused * needed_bytes:
@@ -267,22 +352,27 @@ def _prune(
         budget -= stored[pack_id]
         left -= unused
         repack.append((pack_id, used))
-    report.packs_condemned = len(newly) + len(repack)
-    report.packs_repacked = len(repack)
-    for pack_id in remaining:
-        report.packs_waiting += 1
-        report.bytes_waiting += stored[pack_id]
-    if options.dry_run:
-        report.packs_deleted = len(to_delete)
-        report.bytes_deleted = sum(stored[p] for p in to_delete)
-        report.bytes_written = sum(sum(e.length for e in used) for _p, used in repack)
-        return
+    return repack
 
-    # --- commit, in crash-safe order -------------------------------------------------
+
+def _commit(
+    pool: Pool,
+    view: _PoolView,
+    sweep: _Sweep,
+    newly: list[str],
+    repack: _Repack,
+    snapshot_ids: list[str],
+    now: float,
+    options: PruneOptions,
+    report: PruneReport,
+    progress: Progress,
+) -> None:
+    """Write it all, in crash-safe order: new packs, a provisional record, the leases,
+    the rewritten index, the deletions, the final record."""
     new_packs, failed = _repack(pool, repack, report, progress)
     condemn_now = newly + [pack_id for pack_id, _used in repack if pack_id not in failed]
     provisional = {p: CondemnedPack(now, (), provisional=True) for p in condemn_now}
-    provisional_name = write_condemned(pool, {**remaining, **provisional})
+    provisional_name = write_condemned(pool, {**sweep.remaining, **provisional})
     after = time.time()
     leases_after = [
         lease
@@ -290,6 +380,7 @@ def _prune(
         if lease.kind != "prune" and not lease.stale(after, options.stale_after)
     ]
     lease_ids = tuple(sorted(lease.id for lease in leases_after))
+    to_delete = sweep.to_delete
     # With a zero window and nothing writing, what was just condemned may go now: every
     # backup from here on has seen the provisional record, and none finished unseen
     # (the snapshots are those the marks were made from).
@@ -300,36 +391,53 @@ def _prune(
     ):
         to_delete += condemn_now
         condemn_now = []
-    for lease in leases_after:
-        if condemn_now and not any(w["lease"] == lease.id for w in report.waiting_for):
-            report.waiting_for.append(_lease_json(lease))
+    if condemn_now:
+        for lease in leases_after:
+            _wait_for(report, lease)
 
-    deleting = set(to_delete)
+    _rewrite_index(pool, view, set(to_delete), new_packs, report)
+
+    final = dict(sweep.remaining)
+    for pack_id in condemn_now:
+        final[pack_id] = CondemnedPack(after, lease_ids)
+        report.packs_waiting += 1
+        report.bytes_waiting += view.stored[pack_id]
+    final_name = write_condemned(pool, final)
+    for name in [*view.records, *([provisional_name] if provisional_name else [])]:
+        if name != final_name:
+            pool.backend.delete(name)
+
+
+def _rewrite_index(
+    pool: Pool,
+    view: _PoolView,
+    deleting: set[str],
+    new_packs: dict[str, list[PackEntry]],
+    report: PruneReport,
+) -> None:
+    """One new segment for every pack kept and written; then the old segments and the
+    deleted packs go."""
     keep = {
         pack_id: pack_entries
-        for pack_id, pack_entries in entries.items()
+        for pack_id, pack_entries in view.entries.items()
         if pack_id not in deleting
     }
     keep.update(new_packs)
     new_segment = pool.write_index_segment(keep)
-    for name in segments:
+    for name in view.segments:
         if name != new_segment:
             pool.backend.delete(name)
     for pack_id in sorted(deleting):
         pool.backend.delete(pack_name(pack_id))
-        report.deleted[pack_id] = stored[pack_id]
+        report.deleted[pack_id] = view.stored[pack_id]
     report.packs_deleted = len(report.deleted)
     report.bytes_deleted = sum(report.deleted.values())
 
-    final = dict(remaining)
-    for pack_id in condemn_now:
-        final[pack_id] = CondemnedPack(after, lease_ids)
-        report.packs_waiting += 1
-        report.bytes_waiting += stored[pack_id]
-    final_name = write_condemned(pool, final)
-    for name in [*records, *([provisional_name] if provisional_name else [])]:
-        if name != final_name:
-            pool.backend.delete(name)
+
+def _wait_for(report: PruneReport, lease: LeaseInfo) -> None:
+    """Name a running backup the condemned packs wait for, once."""
+    if not any(w["lease"] == lease.id for w in report.waiting_for):
+        report.waiting_for.append(_lease_json(lease))
 
 
 def _needed_blobs(pool: Pool, snapshot_ids: list[str]) -> set[bytes]:

@@ -64,4 +64,5 @@ def run(args: argparse.Namespace) -> int:
         once=args.once,
         retry_delay=args.retry_delay,
     )
-    return server.run()
+    server.run()
+    return 0

@@ -9,6 +9,7 @@ retry that ``recover`` queues redoes it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -16,6 +17,11 @@ from typing import Any
 
 from costor.errors import CostorError
 from costor.ops.context import Context
+from costor.util.log import JOB, get_logger
+
+# What the same verb would print on a terminal: to stderr, which is the job's log file
+# under ``costor serve``; each line with the time of day (costor.util.log).
+logger = get_logger(JOB)
 
 
 class Interrupted(Exception):
@@ -58,14 +64,13 @@ def execute(ctx: Context, kind: str, target: str, params: dict[str, Any]) -> dic
     raise CostorError(message=f"unknown job kind {kind!r}")
 
 
-def run_job(ctx: Context, job_id: int, *, log: Any = None) -> int:
+def run_job(ctx: Context, job_id: int) -> int:
     """Run job ``job_id`` (claimed by serve, or queued and claimed here). Exit code: 0
     succeeded, 1 failed, 3 damage found, 75 interrupted.
 
-    ``log`` (default: stderr, which is the job's log file under ``costor serve``) gets
-    what the same verb would print on a terminal: the start, any notice about the
-    configuration it runs, the outcome and its report."""
-    log = log or _stderr
+    The job's log (the ``costor.job`` logger) gets what the same verb would print on a
+    terminal: the start, any notice about the configuration it runs, the outcome and its
+    report."""
     from costor.db.models import JobRow
     from costor.db.session import session_scope
     from costor.errors import DamageFound
@@ -83,7 +88,7 @@ def run_job(ctx: Context, job_id: int, *, log: Any = None) -> int:
     elif job.state != "running":
         raise CostorError(message=f"job {job_id} is {job.state}, not queued or running")
     jobs.heartbeat(engine, job_id, pid=os.getpid())
-    log(
+    logger.info(
         f"job {job_id}: {job.kind} {job.target} started (attempt {job.attempts} of "
         f"{job.max_attempts}, {job.trigger}) at {job.started_at:%Y-%m-%d %H:%M:%S} UTC"
     )
@@ -92,9 +97,9 @@ def run_job(ctx: Context, job_id: int, *, log: Any = None) -> int:
     else:
         notice = ctx.drift_notice(f"pool.{job.target}")
     if notice is not None:
-        log(f"job {job_id}: note: {notice}")
+        logger.warning(f"job {job_id}: note: {notice}")
     stop = threading.Event()
-    beat = threading.Thread(target=_beat, args=(engine, job_id, stop, log), daemon=True)
+    beat = threading.Thread(target=_beat, args=(engine, job_id, stop), daemon=True)
     beat.start()
 
     def interrupted(_signum: int, _frame: Any) -> None:
@@ -122,11 +127,16 @@ def run_job(ctx: Context, job_id: int, *, log: Any = None) -> int:
         beat.join()
     delay = float(os.environ.get("COSTOR_JOB_RETRY_DELAY", jobs.RETRY_DELAY))
     finished = jobs.finish(engine, job_id, state, result=result, error=error, retry_delay=delay)
-    log(f"job {job_id}: {job.kind} {job.target} {state}" + (f": {error}" if error else ""))
+    logger.log(
+        logging.INFO if state == "succeeded" else logging.ERROR,
+        f"job {job_id}: {job.kind} {job.target} {state}" + (f": {error}" if error else ""),
+    )
     if finished is None:
-        log(f"job {job_id}: outcome not recorded: the job is no longer running in the state")
+        logger.error(
+            f"job {job_id}: outcome not recorded: the job is no longer running in the state"
+        )
     if result:
-        log(json.dumps(result, indent=2, sort_keys=True, default=str))
+        logger.info(json.dumps(result, indent=2, sort_keys=True, default=str))
     if finished is not None:
         after_job(ctx, finished)
     return code
@@ -157,14 +167,7 @@ def after_job(ctx: Context, job: Any) -> None:
             session.add(row)
 
 
-def _stderr(message: str) -> None:
-    import sys
-    import time
-
-    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
-
-
-def _beat(engine: Any, job_id: int, stop: threading.Event, log: Any) -> None:
+def _beat(engine: Any, job_id: int, stop: threading.Event) -> None:
     from costor.ops import jobs
 
     failing = None
@@ -174,6 +177,6 @@ def _beat(engine: Any, job_id: int, stop: threading.Event, log: Any) -> None:
         except Exception as error:  # noqa: BLE001  (a missed beat is retried)
             if repr(error) != failing:  # said once per kind of failure, in the job's log
                 failing = repr(error)
-                log(f"job {job_id}: heartbeat not recorded: {failing}")
+                logger.warning(f"job {job_id}: heartbeat not recorded: {failing}")
             continue
         failing = None

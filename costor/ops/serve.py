@@ -39,6 +39,9 @@ from typing import IO, Any
 from costor.errors import CostorError
 from costor.ops.context import Context, utcnow
 from costor.util import hashthreads
+from costor.util.log import get_logger
+
+logger = get_logger("serve")  # the daemon's stderr (a forked job's: its log file)
 
 
 class ServeRunning(CostorError):
@@ -87,7 +90,6 @@ class Server:
         grace: float = 60.0,
         once: bool = False,
         retry_delay: float = 30.0,
-        log: Any = None,
     ) -> None:
         self.ctx = ctx
         ctx.keep_indexes = True  # loaded at start, refreshed after each job (_preload)
@@ -103,7 +105,6 @@ class Server:
         self.children: dict[int, Child] = {}
         self.stopping = False
         self.stop_requested_at: float | None = None
-        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self._lock_file: IO[str] | None = None
         self._last_beat = 0.0
         self._claimed = False
@@ -112,13 +113,15 @@ class Server:
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self) -> None:
+        """Serve until stopped (SIGTERM, SIGINT; with ``once``, when nothing is left to
+        run)."""
         self._single_instance()
         self._register()
         previous = {
             sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
         }
-        self.log(f"costor serve {self.id}: {self.workers} worker(s)")
+        logger.info(f"costor serve {self.id}: {self.workers} worker(s)")
         self._reload_inventory()  # logs what is wrong with the working inventory at once
         self._preload()
         try:
@@ -128,7 +131,7 @@ class Server:
                 except Exception as error:  # noqa: BLE001  (a daemon outlives a bad tick)
                     # A database hiccup (a dropped connection, a lock timeout) must not end
                     # the daemon: the next tick tries again; the jobs are in the database.
-                    self.log(f"costor serve: tick failed, retrying: {error!r}")
+                    logger.warning(f"costor serve: tick failed, retrying: {error!r}")
                     time.sleep(min(5.0, max(self.tick, 1.0)))
                     continue
                 if self.stopping and not self.children:
@@ -140,12 +143,11 @@ class Server:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._unregister()
-        self.log(f"costor serve {self.id}: stopped")
-        return 0
+        logger.info(f"costor serve {self.id}: stopped")
 
     def _request_stop(self, signum: int, _frame: Any) -> None:
         if not self.stopping:
-            self.log(
+            logger.info(
                 f"costor serve: {signal.Signals(signum).name}: starting no new jobs, "
                 f"waiting up to {self.grace:.0f} s for {len(self.children)} running"
             )
@@ -161,11 +163,11 @@ class Server:
             self._heartbeat()
             self._reload_inventory()
             for job_id in jobs.recover(engine, retry_delay=self.retry_delay):
-                self.log(f"job {job_id}: its process stopped; interrupted, retry queued")
+                logger.warning(f"job {job_id}: its process stopped; interrupted, retry queued")
             self._last_beat = now
         if not self.stopping:
             for job_id in jobs.enqueue_due(engine):
-                self.log(f"job {job_id}: queued by its schedule")
+                logger.info(f"job {job_id}: queued by its schedule")
         self._reap()
         if self.stopping:
             self._stop_children()
@@ -205,7 +207,7 @@ class Server:
     def _report_once(self, notes: list[str]) -> None:
         for note in notes:
             if note not in self._reported:
-                self.log(note)
+                logger.warning(note)
         self._reported = set(notes)
 
     # --- children ---------------------------------------------------------------------
@@ -243,7 +245,7 @@ class Server:
             try:
                 self.ctx.open_pool(name, load_index=True)
             except Exception as error:  # noqa: BLE001  (its jobs open it and report)
-                self.log(f"costor serve: pool {name} not opened at start: {error}")
+                logger.warning(f"costor serve: pool {name} not opened at start: {error}")
             else:
                 self._served_pools.append(name)
 
@@ -257,7 +259,7 @@ class Server:
                 if cache is not None:
                     pool.refresh_index_cache(cache)
             except Exception as error:  # noqa: BLE001  (its jobs load what they need)
-                self.log(f"costor serve: the index of pool {name} not refreshed: {error}")
+                logger.warning(f"costor serve: the index of pool {name} not refreshed: {error}")
 
     def _spawn(self, job: Any) -> None:
         logs = Path(self.ctx.settings.state_dir) / "logs"
@@ -265,7 +267,7 @@ class Server:
         log = open(logs / f"job-{job.id}.log", "ab")  # noqa: SIM115  (closed when reaped)
         process = self._fork(job.id, log)
         self.children[job.id] = Child(job.id, process, log)
-        self.log(f"job {job.id}: {job.kind} {job.target} started (pid {process.pid})")
+        logger.info(f"job {job.id}: {job.kind} {job.target} started (pid {process.pid})")
 
     def _fork(self, job_id: int, log: IO[bytes]) -> Forked:
         for stream in (sys.stdout, sys.stderr):
@@ -319,7 +321,7 @@ class Server:
         except BaseException:  # noqa: BLE001  (the child never returns into the daemon)
             import traceback
 
-            traceback.print_exc()
+            logger.error(traceback.format_exc().rstrip("\n"))  # as traceback.print_exc()
             code = 1
         finally:
             for stream in (sys.stdout, sys.stderr):
@@ -354,11 +356,11 @@ class Server:
                     error=f"its worker process stopped ({how}) before the job finished",
                     retry_delay=self.retry_delay,
                 )
-                self.log(f"job {job_id}: worker stopped ({how}); interrupted, retry queued")
+                logger.warning(f"job {job_id}: worker stopped ({how}); interrupted, retry queued")
                 if finished is not None and finished.state == "failed":
                     after_job(self.ctx, finished)
             elif row is not None:
-                self.log(f"job {job_id}: {row.kind} {row.target} {row.state}")
+                logger.info(f"job {job_id}: {row.kind} {row.target} {row.state}")
             ended = True
         if ended:
             self._refresh_indexes()
@@ -457,7 +459,7 @@ def run_forked_job(ctx: Context, job_id: int) -> int:
         ctx.reload()  # what was applied last, even if it was applied a moment ago
         return run_job(ctx, job_id)
     except CostorError as error:
-        print(f"costor: {error}", file=sys.stderr)
+        logger.error(f"costor: {error}")
         return error.exit_code
 
 

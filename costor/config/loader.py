@@ -55,7 +55,13 @@ from costor.config.model import (
     name_problem,
 )
 from costor.config.positions import KeyPath, PositionMap, scan_positions
-from costor.config.profiles import MergeProblem, Profile, find_profile_files, merge_client
+from costor.config.profiles import (
+    SHIPPED_PROFILES,
+    MergeProblem,
+    Profile,
+    find_profile_files,
+    merge_client,
+)
 from costor.config.secret import resolve_secret, secret_file_warning
 from costor.errors import InventoryInvalid, SecretUnavailable
 
@@ -202,7 +208,7 @@ class _Check:
                     )
 
         profiles: dict[str, Profile | None] = {}
-        for name, file in find_profile_files(directories):
+        for name, file in find_profile_files(directories, shipped=SHIPPED_PROFILES):
             display = self.display_name(file)
             if name in profiles:
                 shown = profiles[name]
@@ -255,7 +261,10 @@ class _Check:
             chosen = []
             for index, profile_name in enumerate(names):
                 if profile_name not in profiles:
-                    message = f"unknown profile {profile_name!r} (no {profile_name}.toml in {directories})"
+                    message = (
+                        f"unknown profile {profile_name!r} (no {profile_name}.toml in "
+                        f"{directories}, nor among the profiles shipped with CoStor)"
+                    )
                     self.problems.append(Problem(("clients", name, "profiles", index), message))
                 elif (profile := profiles[profile_name]) is not None:
                     chosen.append(profile)

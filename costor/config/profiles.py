@@ -1,5 +1,11 @@
 """Profiles: shared client settings kept in ``profiles/NAME.toml``.
 
+Where they are looked up: the directories of ``[costor] profile_paths`` (default
+``profiles`` next to the inventory), in order, then the profiles shipped with CoStor
+(``costor/profiles/``: ``linux-server``, ``postgresql``, ``mysql``), so that an installed
+CoStor has them without copying them. A file of the same name in a searched directory
+replaces a shipped one.
+
 A profile file holds client keys at its top level (``exclude = […]``,
 ``one_file_system = true``). A client's ``profiles = ["a", "b"]`` are applied in order,
 then the client's own keys:
@@ -45,6 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from costor.config.positions import KeyPath, PositionMap
+
+# The profiles shipped with CoStor (package data): searched after the inventory's own.
+SHIPPED_PROFILES = Path(__file__).parent.parent / "profiles"
 
 # Keys of a client that are not composed: taken as the client wrote them.
 _NOT_COMPOSED = frozenset({"profiles"})
@@ -96,16 +105,27 @@ class Profile:
     positions: PositionMap
 
 
-def find_profile_files(directories: list[Path]) -> list[tuple[str, Path]]:
-    """``(name, file)`` for each ``*.toml`` in ``directories``, in search order.
+def find_profile_files(
+    directories: list[Path], *, shipped: Path | None = None
+) -> list[tuple[str, Path]]:
+    """``(name, file)`` for each ``*.toml`` in ``directories``, in search order; then,
+    with ``shipped`` (:data:`SHIPPED_PROFILES`), each file there whose name no directory
+    has.
 
     A name found in an earlier directory hides the same name in a later one, like a
-    command on ``$PATH``; the caller reports the hidden ones.
+    command on ``$PATH``; the caller reports the hidden ones. A shipped profile is a
+    fallback, not a directory of the user's: one of the same name replaces it without a
+    word (that is how a site adapts ``linux-server``).
     """
     found: list[tuple[str, Path]] = []
     for directory in directories:
         if directory.is_dir():
             found.extend((file.stem, file) for file in sorted(directory.glob("*.toml")))
+    if shipped is not None and shipped.is_dir():
+        names = {name for name, _file in found}
+        found.extend(
+            (file.stem, file) for file in sorted(shipped.glob("*.toml")) if file.stem not in names
+        )
     return found
 
 

@@ -40,7 +40,7 @@ def test_commented_out_keys_are_valid_too(tmp_path: Path, monkeypatch: pytest.Mo
         if "postgresql" not in uncommented:  # one of two alternative `database` lines
             lines.append(uncommented)
     (tmp_path / "inventory.toml").write_text("\n".join(lines) + "\n")
-    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    shutil.copytree(REPO / "costor" / "profiles", tmp_path / "profiles")
 
     _, diagnostics = check_inventory(tmp_path / "inventory.toml", resolve_secrets=False)
 

@@ -8,7 +8,7 @@ What is covered:
   blocks above and under headers, top and bottom of the file, multi-line strings,
   escapes, every scalar type). Also with CRLF line ends and with a byte-order mark.
 - The properties every formatting must have, for every input here (the cases, the
-  repository's ``inventory.example.toml`` and ``profiles/linux-server.toml``, which are
+  repository's ``inventory.example.toml`` and the shipped ``costor/profiles/*.toml``, which are
   canonical already, and the regression documents below): formatting again changes
   nothing, the result parses to the same data with the same types, and every comment of
   the input is in the output.
@@ -42,7 +42,10 @@ from costor.config.positions import scan_layout
 REPO = Path(__file__).resolve().parents[2]
 CASES_DIR = Path(__file__).parent / "fmt_cases"
 CASES = sorted(path.name.removesuffix(".in.toml") for path in CASES_DIR.glob("*.in.toml"))
-CANONICAL_FILES = [REPO / "inventory.example.toml", REPO / "profiles" / "linux-server.toml"]
+CANONICAL_FILES = [
+    REPO / "inventory.example.toml",
+    *sorted((REPO / "costor" / "profiles").glob("*.toml")),
+]
 
 
 def case_input(case: str) -> str:

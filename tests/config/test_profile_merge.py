@@ -13,12 +13,13 @@ import pytest
 
 from costor.config import check_inventory, load_inventory
 from costor.config.positions import PositionMap
-from costor.config.profiles import MergeProblem, Profile, merge_client
+from costor.config.profiles import SHIPPED_PROFILES, MergeProblem, Profile, merge_client
 
 WriteInventory = Callable[..., Path]
 write_inventory = inventory_helpers.write_inventory  # the fixture
 
 REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "costor" / "profiles"  # package data: installed with CoStor
 
 
 def profile(name: str, data: dict[str, Any]) -> Profile:
@@ -172,9 +173,9 @@ def test_a_missing_explicit_profile_directory_is_an_error(write_inventory: Write
 
 def test_shipped_linux_server_profile(write_inventory: WriteInventory, tmp_path: Path) -> None:
     path = write_inventory(
-        """
+        f"""
         [costor]
-        profile_paths = ["%s"]
+        profile_paths = ["{SHIPPED}"]
 
         [clients.web1]
         site = "hq"
@@ -182,11 +183,71 @@ def test_shipped_linux_server_profile(write_inventory: WriteInventory, tmp_path:
         profiles = ["linux-server"]
         paths = ["/"]
         """
-        % (REPO / "profiles")
     )
     client = load_inventory(path).clients["web1"]
     assert client.one_file_system is True
     assert {"/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "*.swp"} <= set(client.exclude)
+
+
+def test_shipped_profiles_are_found_without_a_profiles_directory(
+    write_inventory: WriteInventory, tmp_path: Path
+) -> None:
+    """An installed CoStor has linux-server, postgresql and mysql: searched after the
+    inventory's own directories, with nothing copied next to the inventory."""
+    assert SHIPPED_PROFILES.resolve() == SHIPPED.resolve()
+    path = write_inventory(
+        """
+        [clients.web1]
+        site = "hq"
+        pool = "main"
+        profiles = ["linux-server", "postgresql"]
+        paths = ["/"]
+        """
+    )
+    assert not (tmp_path / "profiles").exists()
+    inventory, diagnostics = check_inventory(path)
+    assert inventory is not None and diagnostics == []
+    client = inventory.clients["web1"]
+    assert client.one_file_system is True
+    assert "/proc" in client.exclude and "/var/backups/costor" in client.paths
+
+
+def test_a_profile_of_the_same_name_replaces_the_shipped_one(
+    write_inventory: WriteInventory,
+) -> None:
+    path = write_inventory(
+        """
+        [clients.web1]
+        site = "hq"
+        pool = "main"
+        profiles = ["linux-server"]
+        paths = ["/"]
+        """,
+        profiles={"linux-server": 'exclude = ["/mine"]\n'},
+    )
+    inventory, diagnostics = check_inventory(path)
+    assert inventory is not None and diagnostics == []  # replaced without a warning
+    client = inventory.clients["web1"]
+    assert client.exclude == ("/mine",) and client.one_file_system is False
+
+
+def test_an_unknown_profile_names_where_it_was_looked_for(
+    write_inventory: WriteInventory, tmp_path: Path
+) -> None:
+    path = write_inventory(
+        """
+        [clients.web1]
+        site = "hq"
+        pool = "main"
+        profiles = ["nosuch"]
+        paths = ["/"]
+        """
+    )
+    _, diagnostics = check_inventory(path)
+    assert [d.message for d in diagnostics] == [
+        f"unknown profile 'nosuch' (no nosuch.toml in {tmp_path / 'profiles'}, nor among "
+        "the profiles shipped with CoStor)"
+    ]
 
 
 SHIPPED_EXCLUDES = {"/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/cache/apt/archives"}
@@ -207,7 +268,7 @@ def test_shipped_profiles_compose(
     path = write_inventory(
         f"""
         [costor]
-        profile_paths = ["{REPO / "profiles"}"]
+        profile_paths = ["{SHIPPED}"]
 
         [clients.db1]
         site = "hq"

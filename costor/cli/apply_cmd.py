@@ -40,9 +40,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from costor.cli.common import planning_context
     from costor.cli.plan_output import SYMBOLS, render_plan
-    from costor.db.state import state_lock
-    from costor.ops.apply import apply_plan, check_applyable
-    from costor.ops.plan import make_plan
+    from costor.ops.apply import run_apply
 
     if args.planfile and (args.target or args.refresh_only):
         raise UsageError(
@@ -52,45 +50,31 @@ def run(args: argparse.Namespace) -> int:
     ctx = planning_context(args)
     human = not args.json
 
+    def show(plan: Any) -> None:
+        print(render_plan(plan))
+
+    def confirm(plan: Any) -> None:
+        _confirm(len(plan.pending), json_output=args.json)
+
     def announce(change: Any) -> None:
-        if human:
-            print(f"{change.address}: {SYMBOLS[change.operation]} {change.operation}…", flush=True)
+        print(f"{change.address}: {SYMBOLS[change.operation]} {change.operation}…", flush=True)
 
-    with state_lock(ctx.engine, "apply", timeout=args.lock_timeout):
-        if args.planfile:
-            plan, shown_as = _read_plan_file(ctx, args.planfile), args.planfile
-        else:
-            plan = make_plan(ctx, targets=tuple(args.target), refresh_only=args.refresh_only)
-            shown_as = "the plan"
-            if human:
-                print(render_plan(plan))
-            # Refused even with nothing to do: a blocked plan means the state and the
-            # world disagree (a pool gone or replaced), which a pipeline must see fail.
-            check_applyable(plan)
-            if plan.pending and not args.auto_approve:
-                _confirm(len(plan.pending), json_output=args.json)
-        if not plan.pending:
-            check_applyable(plan)
-            from costor.ops.schedules import sync_schedules
-
-            # Nothing to change, but schedules still follow the applied inventory (e.g.
-            # after an upgrade that added them).
-            schedules = sync_schedules(ctx.engine, ctx.inventory)
-            if args.json:
-                print_json(
-                    {
-                        "applied": [],
-                        "changes": 0,
-                        "serial": plan.binding.serial,
-                        "schedules": schedules,
-                    }
-                )
-            elif args.planfile:
-                print("No changes in this plan.")
-            return 0
-        report = apply_plan(ctx, plan, path=shown_as, on_change=announce)
+    outcome = run_apply(
+        ctx,
+        plan_file=args.planfile or None,
+        targets=tuple(args.target),
+        refresh_only=args.refresh_only,
+        lock_timeout=args.lock_timeout,
+        show_plan=show if human else None,
+        approve=None if args.auto_approve else confirm,
+        on_change=announce if human else None,
+    )
+    plan, report = outcome.plan, outcome.report
     if args.json:
-        print_json(report.to_json())
+        print_json(outcome.to_json())
+    elif not plan.pending:
+        if args.planfile:
+            print("No changes in this plan.")
     else:
         summary = plan.summary()
         print(
@@ -110,24 +94,3 @@ def _confirm(count: int, *, json_output: bool) -> None:
     answer = input(f"\nApply these {count} change(s)? Only 'yes' will be accepted: ")
     if answer.strip() != "yes":
         raise ApplyCancelled()
-
-
-def _read_plan_file(ctx: Any, path: str) -> Any:
-    from costor.db.state import ensure_meta
-    from costor.errors import PlanFileInvalid, PlanForeign
-    from costor.plan.planfile import decode, verify
-
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        raise PlanFileInvalid(path=path, reason=error.strerror or str(error)) from None
-    plan, document, signature = decode(data, path)
-    meta = ensure_meta(ctx.engine)
-    if plan.binding.lineage != meta.lineage:
-        raise PlanForeign(path=path, plan_lineage=plan.binding.lineage, state_lineage=meta.lineage)
-    if not verify(document, signature, meta.plan_key):
-        raise PlanFileInvalid(
-            path=path, reason="its signature does not match: it was changed after `costor plan`"
-        )
-    return plan

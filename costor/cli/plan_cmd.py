@@ -10,13 +10,12 @@ FILE``; nothing secret is in it.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option
 from costor.cli.output import print_json
-from costor.errors import PLAN_BLOCKED_EXIT, UsageError
+from costor.errors import PLAN_BLOCKED_EXIT
 
 EXIT_CODES = (
     "exit codes: 0 ok (no changes, with --detailed-exitcode); 1 error; 2: changes or drift "
@@ -64,13 +63,13 @@ def add_planning_options(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from costor.cli.common import planning_context
     from costor.cli.plan_output import render_plan
-    from costor.ops.plan import make_plan
+    from costor.ops.plan import make_plan, write_plan_file
 
     ctx = planning_context(args)
     plan = make_plan(ctx, targets=tuple(args.target), refresh_only=args.refresh_only)
     blocked = not plan.applyable
     if args.out:
-        write_plan_file(ctx, plan, args.out)
+        write_plan_file(ctx, plan, path=args.out)
     if args.json:
         print_json(plan.to_json())
     else:
@@ -90,22 +89,3 @@ def run(args: argparse.Namespace) -> int:
     if args.detailed_exitcode:
         return 2 if plan.has_changes else 0
     return 0
-
-
-def write_plan_file(ctx: Any, plan: Any, path: str) -> None:
-    from costor.db.state import ensure_meta
-    from costor.plan.planfile import encode
-
-    data = encode(plan, ensure_meta(ctx.engine).plan_key)
-    # Written whole under a temporary name, then renamed: a reader never sees half a
-    # plan. Mode 0600: the plan lists the installation's layout.
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except OSError as error:
-        raise UsageError(
-            message=f"--out {path}: cannot write the plan file ({error.strerror or error})"
-        ) from None

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from costor.db.state import state_lock
 from costor.errors import (
     CostorError,
     PlanBlocked,
@@ -30,6 +31,8 @@ from costor.errors import (
     PoolNotFound,
 )
 from costor.ops.context import Context, utcnow
+from costor.ops.plan import make_plan, read_plan_file
+from costor.ops.schedules import sync_schedules
 
 if TYPE_CHECKING:
     from sqlmodel import Session
@@ -64,6 +67,58 @@ class ApplyReport:
         }
 
 
+@dataclass
+class ApplyOutcome:
+    """One ``costor apply``: the plan it carried out (made here, or read from a file)
+    and what was done; nothing pending still reports the schedules it kept in step."""
+
+    plan: Plan
+    report: ApplyReport
+
+    def to_json(self) -> dict[str, Any]:
+        return self.report.to_json()
+
+
+def run_apply(
+    ctx: Context,
+    *,
+    plan_file: str | None = None,
+    targets: tuple[str, ...] = (),
+    refresh_only: bool = False,
+    lock_timeout: float = 0.0,
+    show_plan: Callable[[Plan], None] | None = None,
+    approve: Callable[[Plan], None] | None = None,
+    on_change: Callable[[ResourceChange], None] | None = None,
+) -> ApplyOutcome:
+    """Apply ``plan_file`` exactly (the saved plan is the approval), or make a plan and
+    apply it; all under the state lock, waiting up to ``lock_timeout`` seconds for it.
+
+    A plan made here is handed to ``show_plan`` first, then checked (a blocked plan is
+    refused even with nothing to do: the state and the world disagree, which a pipeline
+    must see fail), then, if it changes anything, to ``approve``, which raises to stop
+    (``None``: approved). ``on_change`` hears of each change before it is carried out.
+    """
+    with state_lock(ctx.engine, "apply", timeout=lock_timeout):
+        if plan_file is not None:
+            plan, shown_as = read_plan_file(ctx, path=plan_file), plan_file
+        else:
+            plan = make_plan(ctx, targets=targets, refresh_only=refresh_only)
+            shown_as = "the plan"
+            if show_plan is not None:
+                show_plan(plan)
+            check_applyable(plan)
+            if plan.pending and approve is not None:
+                approve(plan)
+        if not plan.pending:
+            check_applyable(plan)
+            # Nothing to change, but schedules still follow the applied inventory (e.g.
+            # after an upgrade that added them).
+            schedules = sync_schedules(ctx.engine, ctx.inventory)
+            return ApplyOutcome(plan, ApplyReport(serial=plan.binding.serial, schedules=schedules))
+        report = apply_plan(ctx, plan, path=shown_as, on_change=on_change)
+    return ApplyOutcome(plan, report)
+
+
 def check_applyable(plan: Plan) -> None:
     """Refuse a plan with errors or blocked changes: nothing of it is applied."""
     if plan.errors:
@@ -81,7 +136,7 @@ def check_applyable(plan: Plan) -> None:
 
 def check_fresh(ctx: Context, plan: Plan, *, path: str) -> None:
     """Raise :class:`PlanStale` / :class:`PlanForeign` unless ``plan`` is still current."""
-    from costor.ops.plan import make_plan, secrets_digest, source_digests
+    from costor.ops.plan import secrets_digest, source_digests
 
     binding = plan.binding
     from costor.db.state import ensure_meta
@@ -155,7 +210,6 @@ def apply_plan(
             )
             raise
         report.applied.append(change)
-    from costor.ops.schedules import sync_schedules
 
     # Schedules follow what is applied (read back from the state, so a targeted apply
     # schedules nothing it did not apply): a removed client's disappears with it.

@@ -25,8 +25,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from costor.errors import BackendError, CostorError, PoolNotFound, UsageError
+from costor.db.state import ensure_meta
+from costor.errors import (
+    BackendError,
+    CostorError,
+    PlanFileInvalid,
+    PlanForeign,
+    PoolNotFound,
+    UsageError,
+)
 from costor.ops.context import Context
+from costor.plan import planfile
 
 if TYPE_CHECKING:
     from sqlmodel import Session
@@ -41,7 +50,6 @@ if TYPE_CHECKING:
 
 def make_plan(ctx: Context, *, targets: tuple[str, ...] = (), refresh_only: bool = False) -> Plan:
     from costor import __version__
-    from costor.db.state import ensure_meta
     from costor.plan.model import Binding
     from costor.plan.reconcile import Options, reconcile, resolve_moves
     from costor.plan.resources import desired_resources
@@ -416,3 +424,43 @@ def secrets_digest(ctx: Context, key: bytes) -> str:
         name = format_key(path)
         mac.update(name.encode() + b"\0" + resolve_secret(ref, name).encode() + b"\0")
     return mac.hexdigest()
+
+
+# --- saved plans (``costor plan --out FILE``, ``costor apply FILE``) -------------------------
+
+
+def write_plan_file(ctx: Context, plan: Plan, *, path: str) -> None:
+    """Save ``plan`` at ``path``, signed with the state's plan key."""
+    data = planfile.encode(plan, ensure_meta(ctx.engine).plan_key)
+    # Written whole under a temporary name, then renamed: a reader never sees half a
+    # plan. Mode 0600: the plan lists the installation's layout.
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise UsageError(
+            message=f"--out {path}: cannot write the plan file ({error.strerror or error})"
+        ) from None
+
+
+def read_plan_file(ctx: Context, *, path: str) -> Plan:
+    """The plan saved at ``path``, if it was made against this state and not changed
+    since: raises :class:`PlanForeign` (another state's lineage) or
+    :class:`PlanFileInvalid` (unreadable, or its signature does not match)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise PlanFileInvalid(path=path, reason=error.strerror or str(error)) from None
+    plan, document, signature = planfile.decode(data, path)
+    meta = ensure_meta(ctx.engine)
+    if plan.binding.lineage != meta.lineage:
+        raise PlanForeign(path=path, plan_lineage=plan.binding.lineage, state_lineage=meta.lineage)
+    if not planfile.verify(document, signature, meta.plan_key):
+        raise PlanFileInvalid(
+            path=path, reason="its signature does not match: it was changed after `costor plan`"
+        )
+    return plan

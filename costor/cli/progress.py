@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any
 
-from costor.store.progress import Progress
+from costor.ops.progress import Progress
 
 
 class BarProgress(Progress):

@@ -63,7 +63,7 @@ import http.client
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -157,49 +157,70 @@ def translate_error(
         return where + text
 
     if isinstance(error, botoerr.ClientError):
-        details = error.response.get("Error", {}) or {}
-        meta = error.response.get("ResponseMetadata", {}) or {}
-        code = str(details.get("Code") or "")
-        status = int(meta.get("HTTPStatusCode") or 0)
-        message = str(details.get("Message") or "")
-        headers = meta.get("HTTPHeaders") or {}
-        operation = getattr(error, "operation_name", "") or "request"
-        said = [text for text in (_FRIENDLY.get(code), message) if text and text != code]
-        if code.isdigit() and _FRIENDLY.get(code):
-            said = [_FRIENDLY[code]]  # "Forbidden" adds nothing to it
-        text = ": ".join(said) or code or "error"
-        reason = clean(f"{text} ({code or 'no code'}, HTTP {status}, {operation})")
-        if code in _NOT_FOUND_CODES or (status == 404 and not code.startswith("NoSuch")):
-            return ObjectNotFound(name=name)
-        if code in _THROTTLE_CODES or status in (429, 503):
-            return BackendThrottled(
-                name=name, reason=reason, retry_after=_retry_after(headers.get("retry-after"))
-            )
-        if code in _FULL_CODES or status == 507:
-            return StorageFull(name=name, reason=reason)
-        if code in _TRANSIENT_CODES or status in (500, 502, 504):
-            return BackendTransient(
-                name=name, reason=reason, retry_after=_retry_after(headers.get("retry-after"))
-            )
-        return BackendError(name=name, reason=reason)
+        return _translate_client_error(error, name, clean)
+    return _translate_transport_error(error, name, clean)
 
+
+# Failures below the HTTP answer that sending again can cure.
+_TRANSIENT_ERRORS = (
+    botoerr.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, SSL, proxy
+    botoerr.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, streaming
+    botoerr.IncompleteReadError,
+    botoerr.ChecksumError,
+    urllib3.exceptions.HTTPError,  # ProtocolError, timeouts, IncompleteRead
+    http.client.IncompleteRead,
+    ConnectionError,  # ConnectionResetError, BrokenPipeError, ConnectionRefusedError
+    TimeoutError,
+)
+
+
+def _translate_client_error(
+    error: botoerr.ClientError, name: str, clean: Callable[[str], str]
+) -> CostorError:
+    """An answer from the server: by its code, else its HTTP status."""
+    details = error.response.get("Error", {}) or {}
+    meta = error.response.get("ResponseMetadata", {}) or {}
+    code = str(details.get("Code") or "")
+    status = int(meta.get("HTTPStatusCode") or 0)
+    headers = meta.get("HTTPHeaders") or {}
+    reason = clean(_client_reason(error, code, status, str(details.get("Message") or "")))
+    if code in _NOT_FOUND_CODES or (status == 404 and not code.startswith("NoSuch")):
+        return ObjectNotFound(name=name)
+    if code in _THROTTLE_CODES or status in (429, 503):
+        return BackendThrottled(
+            name=name, reason=reason, retry_after=_retry_after(headers.get("retry-after"))
+        )
+    if code in _FULL_CODES or status == 507:
+        return StorageFull(name=name, reason=reason)
+    if code in _TRANSIENT_CODES or status in (500, 502, 504):
+        return BackendTransient(
+            name=name, reason=reason, retry_after=_retry_after(headers.get("retry-after"))
+        )
+    return BackendError(name=name, reason=reason)
+
+
+def _client_reason(error: botoerr.ClientError, code: str, status: int, message: str) -> str:
+    """What the server said, in words where its code has some, with the code, the
+    status and the operation."""
+    operation = getattr(error, "operation_name", "") or "request"
+    said = [text for text in (_FRIENDLY.get(code), message) if text and text != code]
+    if code.isdigit() and _FRIENDLY.get(code):
+        said = [_FRIENDLY[code]]  # "Forbidden" adds nothing to it
+    text = ": ".join(said) or code or "error"
+    return f"{text} ({code or 'no code'}, HTTP {status}, {operation})"
+
+
+def _translate_transport_error(
+    error: BaseException, name: str, clean: Callable[[str], str]
+) -> CostorError:
+    """No answer from the server: the connection, the credentials, the certificate."""
     kind = type(error).__name__
     detail = clean(f"{kind}: {error}")
     if isinstance(error, botoerr.SSLError) and "CERTIFICATE" in str(error).upper():
         return BackendError(name=name, reason=detail)  # a configuration problem
     if isinstance(error, botoerr.NoCredentialsError | botoerr.PartialCredentialsError):
         return BackendError(name=name, reason=clean("no usable S3 credentials were found"))
-    transient = (
-        botoerr.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, SSL, proxy
-        botoerr.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, streaming
-        botoerr.IncompleteReadError,
-        botoerr.ChecksumError,
-        urllib3.exceptions.HTTPError,  # ProtocolError, timeouts, IncompleteRead
-        http.client.IncompleteRead,
-        ConnectionError,  # ConnectionResetError, BrokenPipeError, ConnectionRefusedError
-        TimeoutError,
-    )
-    if isinstance(error, transient):
+    if isinstance(error, _TRANSIENT_ERRORS):
         return BackendTransient(name=name, reason=detail)
     return BackendError(name=name, reason=detail)
 

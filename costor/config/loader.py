@@ -326,13 +326,32 @@ class _Check:
             section: set(table) if isinstance(table, dict) else set()
             for section, table in tables.items()
         }
+        self._check_resource_references(tables, declared)
+        self._check_roles(tables, declared)
+        seen_from = self._check_moved(moved, declared)
+        self._check_removed(removed, declared, seen_from)
+
+    def _check_name(
+        self,
+        declared: dict[str, set[str]],
+        path: tuple[str | int, ...],
+        value: Any,
+        section: str,
+        what: str,
+    ) -> None:
+        if isinstance(value, str) and value not in declared[section]:
+            hint = _did_you_mean(value, declared[section]) or _declared_hint(
+                declared[section], section
+            )
+            self.problems.append(Problem(path, f"unknown {what} {value!r}{hint}"))
+
+    def _check_resource_references(
+        self, tables: dict[str, Any], declared: dict[str, set[str]]
+    ) -> None:
+        """Sites, pools, policies and groups named by pools, clients, sites and users."""
 
         def check(path: tuple[str | int, ...], value: Any, section: str, what: str) -> None:
-            if isinstance(value, str) and value not in declared[section]:
-                hint = _did_you_mean(value, declared[section]) or _declared_hint(
-                    declared[section], section
-                )
-                self.problems.append(Problem(path, f"unknown {what} {value!r}{hint}"))
+            self._check_name(declared, path, value, section, what)
 
         for name, pool in _resources(tables["pools"]):
             check(("pools", name, "site"), pool.get("site"), "sites", "site")
@@ -350,6 +369,9 @@ class _Check:
         for name, user in _resources(tables["users"]):
             for index, group in _items(user.get("groups")):
                 check(("users", name, "groups", index), group, "groups", "group")
+
+    def _check_roles(self, tables: dict[str, Any], declared: dict[str, set[str]]) -> None:
+        """Declared roles do not take a built-in one's name; groups name known roles."""
         for name in declared["roles"] & set(BUILTIN_ROLES):
             message = f"role {name!r} is built in and cannot be redeclared"
             self.problems.append(Problem(("roles", name), message))
@@ -361,6 +383,9 @@ class _Check:
                     message = f"unknown role {role!r}{hint}"
                     self.problems.append(Problem(("groups", name, "roles", index), message))
 
+    def _check_moved(self, moved: Any, declared: dict[str, set[str]]) -> set[str]:
+        """``[[moved]]`` blocks: each address moved once, from a name no longer declared,
+        to one that is (or that moves on); the addresses moved from."""
         seen_from: set[str] = set()
         for index, block in _items(moved):
             if not isinstance(block, dict):
@@ -386,7 +411,13 @@ class _Check:
             ):
                 message = f"{target!r} is not declared in the inventory"
                 self.problems.append(Problem(("moved", index, "to"), message))
+        return seen_from
 
+    def _check_removed(
+        self, removed: Any, declared: dict[str, set[str]], seen_from: set[str]
+    ) -> None:
+        """``[[removed]]`` blocks: each address removed once, no longer declared, and
+        not also moved."""
         seen_removed: set[str] = set()
         for index, block in _items(removed):
             source = block.get("from") if isinstance(block, dict) else None

@@ -46,17 +46,23 @@ import sys
 import tarfile
 import time
 import zipfile
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, BinaryIO, cast
 
 import zstandard
 
-from costor.errors import ArchiveExists, DataCorruption, PathNotInSnapshot, RestoreError, UsageError
+from costor.errors import ArchiveExists, PathNotInSnapshot, RestoreError, UsageError
 from costor.store.pool import Pool
 from costor.store.progress import Progress
+from costor.store.restore.archive_entries import (
+    ContentReader,
+    Entry,
+    ReadAhead,
+    archive_entries,
+    size_mismatch,
+)
 from costor.store.restore.directory import Selection
 from costor.store.snapshot import Snapshot
 from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
@@ -150,7 +156,7 @@ def plan_archive(
     kinds = (
         (DIR, FILE, SYMLINK) if chosen == "zip" else (DIR, FILE, SYMLINK, FIFO, CHARDEV, BLOCKDEV)
     )
-    for entry in _entries(
+    for entry in archive_entries(
         pool, node, hardlinks=chosen != "zip", select=_selecting(selection, path)
     ):
         kind = entry.node.type
@@ -263,173 +269,6 @@ def _link_into_place(partial: str, destination: str) -> None:
     os.unlink(partial)
 
 
-# --- the walk -------------------------------------------------------------------------
-
-
-@dataclass
-class _Entry:
-    name: bytes  # path in the archive
-    node: Node
-    link_to: bytes | None = None  # an earlier name of the same inode (tar hard link)
-
-    @property
-    def reads_content(self) -> bool:
-        return self.node.type == FILE and self.link_to is None
-
-
-def _entries(
-    pool: Pool,
-    node: Node,
-    *,
-    hardlinks: bool,
-    select: tuple[Selection, bytes] | None = None,
-) -> Iterator[_Entry]:
-    """The selected node's entries in archive order, depth first, lazily."""
-    items: Iterator[tuple[bytes, Node]]
-    if node.name == b"":  # "/": the whole snapshot, no entry for the root itself
-        items = pool.walk(node.subtree) if node.subtree is not None else iter(())
-    else:
-        items = _under(pool, node)
-    if select is not None:
-        items = _select(items, *select)
-    first_names: dict[tuple[int, int], tuple[bytes, Node]] = {}
-    for name, item in items:
-        link_to = None
-        if hardlinks and item.type == FILE and item.links > 1 and item.inode:
-            key = (item.device, item.inode)
-            first = first_names.get(key)
-            # Same inode but other content cannot be one file: write both in full.
-            if first is None:
-                first_names[key] = (name, item)
-            elif first[1].content == item.content and first[1].size == item.size:
-                link_to = first[0]
-        yield _Entry(name, item, link_to)
-
-
-def _select(
-    items: Iterator[tuple[bytes, Node]], selection: Selection, where: bytes
-) -> Iterator[tuple[bytes, Node]]:
-    """The entries ``selection`` keeps, each preceded by those of its directories not
-    yet given (held back until something in them is kept), still lazily."""
-    pending: list[tuple[bytes, Node]] = []  # directories walked into, not yet given
-    for name, item in items:
-        while pending and not name.startswith(pending[-1][0] + b"/"):
-            pending.pop()
-        if selection.selected(where + b"/" + name):
-            yield from pending
-            pending.clear()
-            yield name, item
-        elif item.type == DIR:
-            pending.append((name, item))
-
-
-def _under(pool: Pool, node: Node) -> Iterator[tuple[bytes, Node]]:
-    yield node.name, node
-    if node.type == DIR and node.subtree is not None:
-        for relative, item in pool.walk(node.subtree):
-            yield node.name + b"/" + relative, item
-
-
-class _ReadAhead:
-    """Hands out the walk's entries and, in the same order, the content of those that
-    read content, with up to READ_AHEAD_BLOBS blobs being read by the executor ahead."""
-
-    def __init__(self, pool: Pool, entries: Iterator[_Entry], executor: ThreadPoolExecutor):
-        self._pool = pool
-        self._entries = entries
-        self._executor = executor
-        self._ahead: deque[_Entry] = deque()  # walked, not yet handed out
-        self._to_read: deque[bytes] = deque()  # blob ids of those entries, not yet started
-        self._reading: deque[tuple[bytes, Future[bytes]]] = deque()
-        self._walked_all = False
-
-    def __iter__(self) -> Iterator[_Entry]:
-        while self._ahead or self._walk_one():
-            entry = self._ahead.popleft()
-            self._fill()
-            yield entry
-
-    def read(self, blob_id: bytes) -> bytes:
-        """The next blob, which must be ``blob_id`` (the writer consumes in walk order)."""
-        self._fill()
-        expected, future = self._reading.popleft()
-        if expected != blob_id:  # a bug in the writer, never a property of the data
-            raise RuntimeError("archive read-ahead lost step with the writer")
-        data = future.result()  # DataCorruption propagates from here
-        self._fill()
-        return data
-
-    def cancel(self) -> None:
-        for _blob, future in self._reading:
-            future.cancel()
-        self._reading.clear()
-
-    def _walk_one(self) -> bool:
-        if self._walked_all:
-            return False
-        entry = next(self._entries, None)
-        if entry is None:
-            self._walked_all = True
-            return False
-        self._ahead.append(entry)
-        if entry.reads_content:
-            self._to_read.extend(entry.node.content)
-        return True
-
-    def _fill(self) -> None:
-        while len(self._reading) < READ_AHEAD_BLOBS:
-            if self._to_read:
-                blob = self._to_read.popleft()
-                self._reading.append((blob, self._executor.submit(self._pool.read_blob, blob)))
-            elif len(self._ahead) >= READ_AHEAD_ENTRIES or not self._walk_one():
-                return
-
-
-class _ContentReader:
-    """A file's content as the file object ``TarFile.addfile`` reads ``size`` bytes from."""
-
-    def __init__(self, entry: _Entry, blobs: _ReadAhead, progress: Progress) -> None:
-        self._entry = entry
-        self._ids = iter(entry.node.content)
-        self._blobs = blobs
-        self._progress = progress
-        self._buffer = memoryview(b"")
-        self._left = entry.node.size
-
-    def read(self, size: int = -1) -> bytes:
-        size = self._left if size < 0 else min(size, self._left)
-        parts: list[memoryview] = []
-        needed = size
-        while needed:
-            if not self._buffer:
-                blob = next(self._ids, None)
-                if blob is None:
-                    raise _size_mismatch(self._entry, "ends before")
-                data = self._blobs.read(blob)
-                self._progress.advance(size=len(data))
-                self._buffer = memoryview(data)
-            piece = self._buffer[:needed]
-            parts.append(piece)
-            self._buffer = self._buffer[len(piece) :]
-            needed -= len(piece)
-        self._left -= size
-        return b"".join(parts)
-
-    def finish(self) -> None:
-        if self._left or self._buffer or next(self._ids, None) is not None:
-            raise _size_mismatch(self._entry, "does not end at")
-
-
-def _size_mismatch(entry: _Entry, how: str) -> DataCorruption:
-    return DataCorruption(
-        pack="(tree)",
-        reason=(
-            f"content of {os.fsdecode(entry.name)!r} {how} its recorded size "
-            f"of {entry.node.size} bytes"
-        ),
-    )
-
-
 # --- the writers ----------------------------------------------------------------------
 
 
@@ -500,7 +339,7 @@ class _ArchiveWriter:
     def write(self, output: IO[bytes]) -> ArchiveResult:
         if self.count_totals:
             total_files = total_bytes = 0
-            for entry in _entries(
+            for entry in archive_entries(
                 self.pool, self.node, hardlinks=self._hardlinks, select=self.select
             ):
                 if entry.node.type == FILE:
@@ -509,8 +348,16 @@ class _ArchiveWriter:
             self.progress.set_total(total_files, total_bytes)
         sink = _Sink(output)
         executor = ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="archive-read")
-        entries = _entries(self.pool, self.node, hardlinks=self._hardlinks, select=self.select)
-        blobs = _ReadAhead(self.pool, entries, executor)
+        entries = archive_entries(
+            self.pool, self.node, hardlinks=self._hardlinks, select=self.select
+        )
+        blobs = ReadAhead(
+            self.pool,
+            entries,
+            executor,
+            blobs_ahead=READ_AHEAD_BLOBS,
+            entries_ahead=READ_AHEAD_ENTRIES,
+        )
         try:
             if self.format == "zip":
                 self._write_zip(sink, blobs)
@@ -540,7 +387,7 @@ class _ArchiveWriter:
 
     # --- tar -------------------------------------------------------------------------
 
-    def _write_tar(self, output: object, blobs: _ReadAhead) -> None:
+    def _write_tar(self, output: object, blobs: ReadAhead) -> None:
         tar = tarfile.open(  # noqa: SIM115 (closed only on success, see below)
             fileobj=cast(IO[bytes], output),
             mode="w|",
@@ -561,13 +408,13 @@ class _ArchiveWriter:
             raise
         tar.close()
 
-    def _add_tar_entries(self, tar: tarfile.TarFile, blobs: _ReadAhead) -> None:
+    def _add_tar_entries(self, tar: tarfile.TarFile, blobs: ReadAhead) -> None:
         for entry in blobs:
             info = self._tarinfo(entry)
             if info is None:
                 continue
             if entry.reads_content:
-                reader = _ContentReader(entry, blobs, self.progress)
+                reader = ContentReader(entry, blobs, self.progress)
                 tar.addfile(info, cast(IO[bytes], reader))
                 reader.finish()
                 self.result.bytes_written += entry.node.size
@@ -578,7 +425,7 @@ class _ArchiveWriter:
             tar.members.clear()  # type: ignore[attr-defined]
             self._count(entry)
 
-    def _tarinfo(self, entry: _Entry) -> tarfile.TarInfo | None:
+    def _tarinfo(self, entry: Entry) -> tarfile.TarInfo | None:
         node = entry.node
         info = tarfile.TarInfo(os.fsdecode(entry.name))
         info.mode = node.mode & 0o7777
@@ -623,7 +470,7 @@ class _ArchiveWriter:
 
     # --- zip -------------------------------------------------------------------------
 
-    def _write_zip(self, sink: _Sink, blobs: _ReadAhead) -> None:
+    def _write_zip(self, sink: _Sink, blobs: ReadAhead) -> None:
         archive = zipfile.ZipFile(
             cast(IO[bytes], sink),
             "w",
@@ -662,7 +509,7 @@ class _ArchiveWriter:
                         written += len(data)
                         self.progress.advance(size=len(data))
                     if written != node.size:
-                        raise _size_mismatch(entry, "does not end at")
+                        raise size_mismatch(entry, "does not end at")
                     entry_output.close()
                     entry_output = None
                     self.result.bytes_written += written
@@ -680,14 +527,14 @@ class _ArchiveWriter:
 
     # --- shared ----------------------------------------------------------------------
 
-    def _count(self, entry: _Entry) -> None:
+    def _count(self, entry: Entry) -> None:
         if entry.node.type == DIR:
             self.result.dirs += 1
         elif entry.node.type == FILE:
             self.result.files += 1
             self.progress.advance(files=1)
 
-    def _skip(self, entry: _Entry, why: str) -> None:
+    def _skip(self, entry: Entry, why: str) -> None:
         self.result.skipped += 1
         self.progress.warning(os.fsdecode(entry.name), f"{why}; skipped")
 

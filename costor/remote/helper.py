@@ -25,8 +25,8 @@
 # the end of the walk MATCHED says which parent fingerprints and directories were seen
 # unchanged, so the server knows the new snapshot's fingerprints without these paths.
 #
-# This module is also imported by the server (costor.remote) for the frame kinds and the
-# exclude rule, which must be the same on both sides.
+# The server's side of this format is costor/protocol.py, which the helper cannot import:
+# what both need is copied here, and tests/test_protocol.py ties each copy to it.
 
 import base64
 import fnmatch
@@ -43,8 +43,6 @@ import subprocess
 import sys
 import time
 import zlib
-
-VERSION = 3
 
 # Server -> helper
 HELLO = b"H"  # JSON: options, digest key, hooks
@@ -83,7 +81,7 @@ FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET = "f", "d", "l", "p", "c", "
 
 class ExcludeMatcher(object):
     """restic-like: a pattern with '/' matches the absolute path, any other the name.
-    The same rule as costor.store.archiver.ExcludeMatcher, on text."""
+    The same rule as costor.protocol.ExcludeMatcher."""
 
     def __init__(self, patterns):
         self.path_patterns = [p.rstrip("/") for p in patterns if "/" in p]
@@ -185,7 +183,6 @@ class Helper(object):
         self.channel.send_json(
             HELLO_REPLY,
             {
-                "version": VERSION,
                 "python": ".".join(str(n) for n in sys.version_info[:3]),
                 "uid": os.getuid(),
                 "hostname": socket.gethostname(),
@@ -505,7 +502,7 @@ class Helper(object):
     # --- file content --------------------------------------------------------------------
 
     def digest(self, path, want_blocks=False):
-        """The file's digest (costor/store/ingest.py ``ContentDigest``): of the whole file,
+        """The file's digest (costor/protocol.py ``ContentDigest``): of the whole file,
         or of a large file's 1 MiB block hashes, which are returned too."""
         whole = None if want_blocks else hashlib.blake2b(key=self.key, digest_size=32)
         blocks = []  # type: list

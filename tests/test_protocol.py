@@ -1,0 +1,201 @@
+"""costor/protocol.py and the helper's stdlib copy of it (costor/remote/helper.py, which
+runs on hosts and cannot import costor): every constant the helper holds is the
+protocol's, and what both compute (fingerprints, directory hashes, digests, the Bloom
+filter, the exclude rule, entries, frames) comes out the same."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from costor import protocol
+from costor.remote import helper
+
+KEY = bytes(range(32))
+FRAME_KINDS = [
+    "HELLO",
+    "PARENT",
+    "PARENT_LARGE",
+    "PARENT_DIRS",
+    "BLOOM",
+    "WALK",
+    "FETCH",
+    "DELTA",
+    "AFTER",
+    "QUIT",
+    "HELLO_REPLY",
+    "HOOK",
+    "READY",
+    "HOOK_FAILED",
+    "ENTRIES",
+    "DATA",
+    "BLOCK",
+    "END",
+    "START",
+    "OMITTED",
+    "MATCHED",
+    "WALK_DONE",
+    "DONE",
+    "ERROR",
+]
+
+
+def helper_constants() -> dict[str, object]:
+    return {
+        name: value
+        for name, value in vars(helper).items()
+        if name.isupper() and isinstance(value, (bytes, str, int))
+    }
+
+
+def test_every_constant_of_the_helper_is_the_protocols() -> None:
+    constants = helper_constants()
+    assert constants, "the helper holds no constants?"
+    for name, value in constants.items():
+        assert hasattr(protocol, name), f"helper.{name} is not in costor/protocol.py"
+        assert getattr(protocol, name) == value, name
+
+
+def test_every_frame_kind_is_in_the_helper_and_distinct() -> None:
+    kinds = [getattr(protocol, name) for name in FRAME_KINDS]
+    assert len(set(kinds)) == len(kinds)
+    for name in FRAME_KINDS:
+        assert getattr(helper, name) == getattr(protocol, name), name
+
+
+def test_frames_have_the_same_header() -> None:
+    out = io.BytesIO()
+    channel = helper.Channel(io.BytesIO(), out)
+    channel.send(helper.DATA, b"abc")
+    data = out.getvalue()
+    assert protocol.FRAME_HEADER.unpack(data[:5]) == (protocol.DATA, 3)
+    echo = helper.Channel(io.BytesIO(protocol.FRAME_HEADER.pack(b"Q", 2) + b"hi"), io.BytesIO())
+    assert echo.recv() == (b"Q", b"hi")
+
+
+def a_helper() -> helper.Helper:
+    made = helper.Helper(helper.Channel(io.BytesIO(), io.BytesIO()))
+    made.key = KEY
+    made.compress_level = 1
+    made.batch, made.batch_bytes = [], 0
+    return made
+
+
+@pytest.mark.parametrize("content", [b"", b"x" * 10, b"y" * 5000])
+def test_fingerprints_are_the_helpers(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "f\udcff.txt"
+    path.write_bytes(content)
+    st = os.lstat(path)
+    raw = str(path).encode("utf-8", "surrogateescape")
+    ours = protocol.fingerprint(KEY, raw, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    theirs = a_helper()
+    assert len(ours) == protocol.FINGERPRINT_SIZE
+    assert ours[:4] == theirs.fingerprint(raw)[:4]
+    assert ours[4:] == theirs.fingerprint(helper._stat_key(str(path), st))
+
+
+def test_directory_hashes_are_the_helpers() -> None:
+    names = [b"b", b"a", b"\xff"]
+    listed = b"\0".join(sorted(names))
+    theirs = a_helper().dir_hash(b"/some/dir" + b"\0" + listed)
+    assert protocol.dir_hash(KEY, "/some/dir", names) == theirs
+    assert len(theirs) == protocol.DIR_HASH_SIZE
+
+
+@pytest.mark.parametrize("size", [0, 1000, protocol.BLOCK_SIZE + 7])
+@pytest.mark.parametrize("large", [False, True])
+def test_content_digests_are_the_helpers(tmp_path: Path, size: int, large: bool) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "content"
+    path.write_bytes(data)
+    theirs = a_helper()
+    whole = None if large else hashlib.blake2b(key=KEY, digest_size=32)
+    blocks: list[bytes] = []
+    with open(path, "rb", buffering=0) as handle:
+        for _ in theirs.hashed_reads(handle, whole, blocks):
+            pass
+    digest = protocol.ContentDigest(KEY, large=large)
+    digest.update(data)
+    assert digest.end(size) == theirs.end_document(size, whole, blocks)
+    if large:
+        assert protocol.blocks_digest(KEY, b"".join(blocks)) == theirs.blocks_digest(blocks)
+        assert all(len(b) == protocol.BLOCK_HASH_SIZE for b in blocks)
+
+
+def test_delta_pieces_are_hashed_alike() -> None:
+    """The helper compares each piece of a DELTA range with its 8-byte keyed hash: one
+    piece that matches is not sent, one that differs is."""
+    block = 512
+    data = os.urandom(4 * block)
+    hashes = b"".join(
+        protocol.piece_hash(KEY, data[i : i + block]) for i in range(0, 4 * block, block)
+    )
+    changed = bytearray(data)
+    changed[block + 3] ^= 1
+    sent: list[tuple[bytes, bytes]] = []
+    theirs = a_helper()
+    theirs.channel.send = lambda kind, payload=b"": sent.append((kind, payload))  # type: ignore[method-assign]
+    theirs.send_changed(0, bytes(changed), len(data), [(0, len(data), block, hashes)], False)
+    assert len(sent) == 1
+    kind, payload = sent[0]
+    assert kind == protocol.BLOCK
+    assert protocol.BLOCK_OFFSET.unpack(payload[:8]) == (block,)
+    assert protocol.unpack_data(payload[8:]) == bytes(changed[block : 2 * block])
+
+
+def test_the_bloom_filter_reads_the_same_on_both_sides() -> None:
+    present = [os.urandom(32) for _ in range(300)]
+    payload = protocol.bloom_filter(present)
+    theirs, ours = helper.Bloom(payload), protocol.Bloom(payload)
+    assert all(theirs.may_contain(d) and ours.may_contain(d) for d in present)
+    for digest in (os.urandom(32) for _ in range(2000)):
+        assert theirs.may_contain(digest) == ours.may_contain(digest)
+    empty = protocol.bloom_filter([])
+    assert not helper.Bloom(empty).may_contain(present[0])
+    assert not protocol.Bloom(empty).may_contain(present[0])
+
+
+def test_the_exclude_rule_is_the_helpers() -> None:
+    patterns = ["*.tmp", "/var/cache/", "/home/*/Downloads", "cache"]
+    theirs, ours = helper.ExcludeMatcher(patterns), protocol.ExcludeMatcher(patterns)
+    cases = [
+        ("/a/b.tmp", "b.tmp"),
+        ("/var/cache", "cache"),
+        ("/var/cache/x", "x"),
+        ("/home/u/Downloads", "Downloads"),
+        ("/home/u/Documents", "Documents"),
+        ("/srv/cache", "cache"),
+        ("/srv/keep", "keep"),
+    ]
+    for path, name in cases:
+        assert theirs.excluded(path, name) == ours.excluded(path, name), path
+    assert theirs.active == ours.active
+
+
+def test_entries_parse_field_by_field(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"content")
+    os.symlink("file", tmp_path / "link")
+    theirs = a_helper()
+    for name in ("file", "link"):
+        path = str(tmp_path / name)
+        item = theirs.entry(path, os.lstat(path), protocol.DATA_FOLLOWS)
+        assert len(item) == protocol.ENTRY_FIELDS
+        entry = protocol.parse_entry(item)
+        assert list(entry[: protocol.ENTRY_FIELDS]) == item
+        assert entry.extra is None and not entry.compact
+        assert entry.path == path and entry.state == protocol.DATA_FOLLOWS
+    extra = {"digest": "00", "blocks": None, "changed_blocks": []}
+    item = theirs.entry(str(tmp_path / "file"), os.lstat(tmp_path / "file"), "changed", extra)
+    assert protocol.parse_entry(item).extra == extra
+    assert protocol.parse_entry(["/x"]) == protocol.Entry("/x", compact=True)
+    assert protocol.parse_entry(["/x", "sparse"]).state == protocol.SPARSE
+
+
+def test_error_entries_are_the_helpers() -> None:
+    item = a_helper().error_entry("/gone", "cannot stat: No such file")
+    assert list(protocol.error_entry("/gone", "cannot stat: No such file")[:17]) == item
+    assert protocol.parse_entry(item).state.startswith(protocol.ERROR_PREFIX)

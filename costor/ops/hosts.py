@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from costor.errors import HostKeyUnknown
 from costor.ops.context import Context, utcnow
+from costor.protocol import Bloom, bloom_add, bloom_filter
 
 if TYPE_CHECKING:
     from costor.config.model import ClientConfig
@@ -93,7 +94,7 @@ def forget_host_key(session: Any, name: str) -> None:
 
 
 class StateDigestIndex:
-    """:class:`costor.store.ingest.DigestIndex` over the ``content_digests`` table of one
+    """:class:`costor.store.backup.stream.DigestIndex` over the ``content_digests`` table of one
     pool. New digests are kept in memory and written by :meth:`save`, after the
     snapshot: a backup that fails records nothing it did not finish."""
 
@@ -105,7 +106,7 @@ class StateDigestIndex:
         # them :meth:`bloom` gave: a digest not among them is answered without a query (a
         # changed file's new digest usually is not; a query per file cost ~1 ms each).
         self._known: set[str] | None = None
-        self._bloom: Any = None  # costor.remote.helper.Bloom
+        self._bloom: Bloom | None = None
 
     def bloom(self) -> bytes:
         """The Bloom filter of the pool's digests (:func:`bloom_filter`), for the helper.
@@ -114,8 +115,6 @@ class StateDigestIndex:
         digest cost ~60 ms for 20,000 of them, counting them ~2 ms. A filter that missed a
         digest (rows replaced, a count that came out the same) costs only that content
         being sent again; one with digests no longer in the table, a query that says so."""
-        from costor.remote.helper import Bloom
-
         count = self._count()
         cached = _read_bloom(self._bloom_path())
         if cached is not None and cached[0] == count:
@@ -276,38 +275,6 @@ def _write_bloom(path: Path, count: int, sized_for: int, payload: bytes) -> None
         temporary.replace(path)
     except OSError:
         pass  # a cache: the next backup reads the digests again
-
-
-def bloom_add(payload: bytes, digests: list[bytes]) -> bytes:
-    """``payload`` (:func:`bloom_filter`) with ``digests`` added."""
-    hashes = struct.unpack(">I", payload[:4])[0]
-    if not hashes:  # made of no digests: no size to add to
-        return bloom_filter(digests) if digests else payload
-    array = bytearray(payload[4:])
-    _set_bits(array, hashes, digests)
-    return payload[:4] + bytes(array)
-
-
-def _set_bits(array: bytearray, hashes: int, digests: list[bytes]) -> None:
-    words, total = struct.Struct(f">{hashes}I"), len(array) * 8
-    for digest in digests:
-        for word in words.unpack_from(digest):
-            position = word % total
-            array[position >> 3] |= 1 << (position & 7)
-
-
-def bloom_filter(digests: list[bytes], *, false_positive: float = 0.01) -> bytes:
-    """The helper's Bloom filter (costor/remote/helper.py ``Bloom``): ``u32 k | bits``,
-    positions taken from the digests' own bytes (keyed hashes: already uniform)."""
-    import math
-
-    count = max(len(digests), 1)
-    bits = max(64, int(-count * math.log(false_positive) / (math.log(2) ** 2)))
-    hashes = max(1, min(7, round(bits / count * math.log(2))))
-    size = (bits + 7) // 8
-    array = bytearray(size)
-    _set_bits(array, hashes, digests)
-    return struct.pack(">I", hashes if digests else 0) + bytes(array if digests else b"")
 
 
 # --- observing host keys at plan time -------------------------------------------------------

@@ -21,7 +21,6 @@ import asyncio
 import functools
 import queue
 import shlex
-import struct
 import threading
 import zlib
 from collections.abc import Coroutine
@@ -32,6 +31,7 @@ from typing import Any, TypeVar
 import asyncssh
 
 from costor.errors import HostKeyChanged, HostUnreachable, RemoteError
+from costor.protocol import FRAME_HEADER
 
 T = TypeVar("T")
 
@@ -228,7 +228,8 @@ class Remote:
     # --- the helper ----------------------------------------------------------------------
 
     def start_helper(self) -> HelperProcess:
-        """Start the helper; None-free: raises :class:`NoPython` if the host has none."""
+        """Start the helper. A host without python3 is told by the first exchange failing
+        (``costor.ops.pull`` then falls back to SFTP)."""
         return self.run(self._start_helper())
 
     async def _start_helper(self) -> HelperProcess:
@@ -266,10 +267,6 @@ class Remote:
             return process.exit_status, stderr.decode("utf-8", "replace")
 
         return self.run(wait(), timeout=30)
-
-
-class NoPython(RemoteError):
-    """{host}: no usable python3 ({reason}); falling back to SFTP"""
 
 
 class HelperProcess:
@@ -312,7 +309,7 @@ class HelperProcess:
 
     async def _send(self, kind: bytes, payload: bytes) -> None:
         try:
-            self.process.stdin.write(struct.pack(">cI", kind, len(payload)) + payload)
+            self.process.stdin.write(FRAME_HEADER.pack(kind, len(payload)) + payload)
             await self.process.stdin.drain()
         except (OSError, asyncssh.Error, BrokenPipeError) as error:
             raise self._lost(error) from None
@@ -330,7 +327,7 @@ class HelperProcess:
     async def _recv(self) -> tuple[bytes, bytes]:
         try:
             header = await self.process.stdout.readexactly(5)
-            kind, length = struct.unpack(">cI", header)
+            kind, length = FRAME_HEADER.unpack(header)
             payload = await self.process.stdout.readexactly(length) if length else b""
         except (asyncio.IncompleteReadError, OSError, asyncssh.Error) as error:
             raise self._lost(error) from None

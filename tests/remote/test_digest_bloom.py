@@ -9,8 +9,8 @@ import os
 from conftest import Site
 
 from costor.ops.context import Context
-from costor.ops.hosts import StateDigestIndex, bloom_add, bloom_filter
-from costor.remote.helper import Bloom
+from costor.ops.hosts import StateDigestIndex
+from costor.protocol import Bloom, bloom_add, bloom_filter
 
 POOL = "0" * 32
 

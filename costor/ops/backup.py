@@ -123,7 +123,7 @@ def _run(
     progress: Progress | None,
     scan_totals: bool,
 ) -> BackupOutcome:
-    from costor.store.archiver import Archiver
+    from costor.store.backup.walk import Archiver
 
     client_name = client.name
     parent = previous[-1] if previous else None

@@ -9,14 +9,15 @@ The sequence (``docs/ssh.md`` has the user's view):
    ``after`` hooks ran), with no snapshot and the hook's stderr in the error;
 4. the parent snapshot's file stat data and a Bloom filter of the pool's whole-file
    digests go to the helper, which then walks and streams entries and only the content
-   the pool cannot already have (:class:`costor.store.ingest.Ingest` stores it);
+   the pool cannot already have (:class:`costor.store.backup.stream.Ingest` stores it);
 5. files whose digest turned out not to be in the pool (Bloom false positives, blobs
    since pruned) are fetched;
 6. the ``after`` hooks run (the helper runs them itself if the connection breaks);
 7. the snapshot is saved, the new digests recorded.
 
 Bytes over the connection are counted on the helper's channel (frame headers included;
-SSH's own framing and encryption add a few percent on top).
+SSH's own framing and encryption add a few percent on top). What goes over it is
+:mod:`costor.protocol`.
 """
 
 from __future__ import annotations
@@ -27,15 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from costor import protocol
 from costor.errors import BackupError, HookFailed, RemoteError
 from costor.ops.context import Context
+from costor.ops.sftp_pull import sftp_pull
 from costor.store.progress import Progress
 from costor.util import jsonfast
 
 if TYPE_CHECKING:
     from costor.config.model import ClientConfig
     from costor.remote.ssh import HelperProcess, Remote
-    from costor.store.ingest import Ingest
+    from costor.store.backup.sink import ContentSink
+    from costor.store.backup.stream import Ingest
     from costor.store.pool import Pool
     from costor.store.snapshot import Snapshot
 
@@ -98,11 +102,12 @@ def pull(
         try:
             outcome = _with_helper(ctx, client, pool, parent, remote, helper, index, progress)
         except _NoPython as missing:
-            from costor.ops.sftp_pull import sftp_pull
-
             helper.close()
             remote.connect(host_key, compress=True)  # SFTP sends files as they are
-            outcome = sftp_pull(client, pool, parent, remote, index, progress, reason=str(missing))
+            snapshot, errors, hooks = sftp_pull(
+                client, pool, parent, remote, index, progress, reason=str(missing)
+            )
+            outcome = PullOutcome(snapshot, errors, hooks, "sftp")
         else:
             helper.close()
     finally:
@@ -117,7 +122,6 @@ class _NoPython(Exception):
 
 def _hello(client: ClientConfig, pool: Pool) -> dict[str, Any]:
     return {
-        "version": 1,
         "paths": list(client.paths),
         "exclude": list(client.exclude),
         "one_file_system": client.one_file_system,
@@ -139,7 +143,7 @@ def _with_helper(
     index: Any,
     progress: Progress | None,
 ) -> PullOutcome:
-    from costor.store.ingest import Ingest
+    from costor.store.backup.stream import Ingest
 
     ingest = Ingest(
         pool,
@@ -166,9 +170,38 @@ def _run_helper(
     index: Any,
     ingest: Ingest,
 ) -> PullOutcome:
-    from costor.remote import helper as protocol
-
     cache = _cache_dir(ctx, pool, client)
+    first, parent = _start(client, pool, remote, helper, index, ingest, cache)
+    hooks = _before_hooks(client, remote, helper)
+    for frame_kind, frame in first:
+        helper.send(frame_kind, frame)
+    helper.send(protocol.WALK)
+    try:
+        _read_walk(helper, ingest, parent)
+    except BackupError:
+        if ingest.parent_unreadable:
+            _drop_cache(cache)
+        raise
+    _fetch_missing(helper, ingest)
+    _after_hooks(helper, hooks)
+    helper.send(protocol.QUIT)
+    snapshot = ingest.finish(bytes_transferred=helper.bytes_sent + helper.bytes_received)
+    _write_cache(cache, ingest, snapshot.id, pool)
+    return PullOutcome(snapshot, [*ingest.errors, *_after_hook_errors(hooks)], hooks, "helper")
+
+
+def _start(
+    client: ClientConfig,
+    pool: Pool,
+    remote: Remote,
+    helper: HelperProcess,
+    index: Any,
+    ingest: Ingest,
+    cache: Path,
+) -> tuple[list[tuple[bytes, bytes]], _Parent]:
+    """HELLO and its reply; meanwhile the frames that go before the walk are made.
+    A helper that does not start is told apart: no python3 (:class:`_NoPython`), sudo
+    refusing, anything else."""
     try:
         helper.send(protocol.HELLO, json.dumps(_hello(client, pool)).encode())
         # While the host starts Python and runs the before-hooks (~0.1 s and more), the
@@ -178,22 +211,39 @@ def _run_helper(
         kind, payload = helper.recv()
         helper.start_reading()
     except RemoteError as error:
-        status, stderr = helper.close()
-        if status == 127 or "not found" in stderr or "No such file" in stderr:
-            raise _NoPython(stderr.strip() or "python3 not found") from error
-        if client.ssh is not None and client.ssh.sudo and "sudo" in stderr:
-            raise RemoteError(
-                host=remote.target.display,
-                reason=f"sudo -n refused to run the helper: {stderr.strip()} (see the "
-                "sudoers line in docs/ssh.md)",
-            ) from None
-        detail = f": {stderr.strip()}" if stderr.strip() else ""
-        raise RemoteError(
-            host=remote.target.display, reason=f"the helper did not start (exit {status}){detail}"
-        ) from None
+        failure = _not_started(client, remote, helper)
+        if isinstance(failure, _NoPython):
+            raise failure from error
+        raise failure from None
     if kind != protocol.HELLO_REPLY:
         raise RemoteError(host=remote.target.display, reason=f"unexpected reply {kind!r}")
     ingest.hostname = str(json.loads(payload).get("hostname") or client.host)
+    return first, parent
+
+
+def _not_started(client: ClientConfig, remote: Remote, helper: HelperProcess) -> Exception:
+    status, stderr = helper.close()
+    if status == 127 or "not found" in stderr or "No such file" in stderr:
+        return _NoPython(stderr.strip() or "python3 not found")
+    error: Exception
+    if client.ssh is not None and client.ssh.sudo and "sudo" in stderr:
+        error = RemoteError(
+            host=remote.target.display,
+            reason=f"sudo -n refused to run the helper: {stderr.strip()} (see the "
+            "sudoers line in docs/ssh.md)",
+        )
+    else:
+        detail = f": {stderr.strip()}" if stderr.strip() else ""
+        error = RemoteError(
+            host=remote.target.display, reason=f"the helper did not start (exit {status}){detail}"
+        )
+    return error
+
+
+def _before_hooks(
+    client: ClientConfig, remote: Remote, helper: HelperProcess
+) -> list[dict[str, Any]]:
+    """The before hooks' results; one failing ends the backup (after the after hooks)."""
     hooks: list[dict[str, Any]] = []
     while True:
         kind, payload = helper.recv()
@@ -214,16 +264,11 @@ def _run_helper(
         )
     if kind != protocol.READY:
         raise RemoteError(host=remote.target.display, reason=f"unexpected reply {kind!r}")
+    return hooks
 
-    for frame_kind, frame in first:
-        helper.send(frame_kind, frame)
-    helper.send(protocol.WALK)
-    try:
-        _read_walk(helper, ingest, parent)
-    except BackupError:
-        if ingest.parent_unreadable:
-            _drop_cache(cache)
-        raise
+
+def _fetch_missing(helper: HelperProcess, ingest: Ingest) -> None:
+    """What the walk left to fetch: deltas, then whole files."""
     missing = ingest.missing()
     # Delta requests go in small batches, one ahead of the results read: the host reads
     # and compares one batch while the next is made here (each needs its base's blocks
@@ -242,21 +287,19 @@ def _run_helper(
     for start in range(0, len(whole), FETCH_BATCH):
         helper.send(protocol.FETCH, json.dumps(whole[start : start + FETCH_BATCH]).encode())
         _read_fetched(helper, ingest)
-    _after_hooks(helper, hooks)
-    helper.send(protocol.QUIT)
-    snapshot = ingest.finish(bytes_transferred=helper.bytes_sent + helper.bytes_received)
-    _write_cache(cache, ingest, snapshot.id, pool)
-    errors = list(ingest.errors)
-    for hook in hooks:
-        if hook["phase"] == "after" and hook["rc"] != 0:
-            errors.append(
-                {
-                    "path": "",
-                    "error": f"after hook `{hook['command']}` exited with {hook['rc']}: "
-                    f"{(hook.get('stderr') or '').strip()}",
-                }
-            )
-    return PullOutcome(snapshot, errors, hooks, "helper")
+
+
+def _after_hook_errors(hooks: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """An after hook that failed is reported; the snapshot is kept."""
+    return [
+        {
+            "path": "",
+            "error": f"after hook `{hook['command']}` exited with {hook['rc']}: "
+            f"{(hook.get('stderr') or '').strip()}",
+        }
+        for hook in hooks
+        if hook["phase"] == "after" and hook["rc"] != 0
+    ]
 
 
 @dataclass(frozen=True)
@@ -278,9 +321,6 @@ def _parent_frames(
     walk: the next pull has the cache)."""
     import base64
 
-    from costor.remote import helper as protocol
-    from costor.store.ingest import fingerprint
-
     if ingest.parent is None:
         return [], _Parent()
     cached = _read_cache(cache, ingest.parent.id)
@@ -296,19 +336,19 @@ def _parent_frames(
         built, large = bytearray(), []
         for item in ingest.parent_files():
             raw = item.path.encode("utf-8", "surrogateescape")
-            built += fingerprint(
+            built += protocol.fingerprint(
                 ingest.key, raw, item.size, item.mtime_ns, item.ctime_ns, item.inode
             )
             if item.blocks:
                 large.append([item.path, base64.b64encode(item.blocks).decode()])
         fingerprints = bytes(built)
     frames = [
-        (protocol.PARENT, fingerprints[start : start + 12 * PARENT_BATCH])
-        for start in range(0, len(fingerprints), 12 * PARENT_BATCH)
+        (protocol.PARENT, fingerprints[start : start + protocol.FINGERPRINT_SIZE * PARENT_BATCH])
+        for start in range(0, len(fingerprints), protocol.FINGERPRINT_SIZE * PARENT_BATCH)
     ]
     frames += [
-        (protocol.PARENT_DIRS, dir_hashes[start : start + 8 * PARENT_BATCH])
-        for start in range(0, len(dir_hashes), 8 * PARENT_BATCH)
+        (protocol.PARENT_DIRS, dir_hashes[start : start + protocol.DIR_HASH_SIZE * PARENT_BATCH])
+        for start in range(0, len(dir_hashes), protocol.DIR_HASH_SIZE * PARENT_BATCH)
     ]
     frames += [
         (protocol.PARENT_LARGE, zlib.compress(json.dumps(large[start : start + 100]).encode()))
@@ -338,14 +378,14 @@ def _read_cache(cache: Path | None, snapshot_id: str) -> _Cached | None:
         large = json.loads((cache / f"{snapshot_id}.large.json").read_text())
     except (OSError, ValueError):
         return None
-    if len(fingerprints) % 12:
+    if len(fingerprints) % protocol.FINGERPRINT_SIZE:
         return None
     try:
         dir_hashes = (cache / f"{snapshot_id}.dirs").read_bytes()
         segments = set(json.loads((cache / f"{snapshot_id}.segments.json").read_text()))
     except (OSError, ValueError, TypeError):
         dir_hashes, segments = b"", set()
-    if len(dir_hashes) % 8:
+    if len(dir_hashes) % protocol.DIR_HASH_SIZE:
         dir_hashes = b""
     return _Cached(fingerprints, large, dir_hashes, segments)
 
@@ -390,21 +430,20 @@ def _drop_cache(cache: Path) -> None:
 
 
 def _read_walk(helper: HelperProcess, ingest: Ingest, parent: _Parent) -> None:
-    from costor.remote import helper as protocol
-
     while True:
         kind, payload = helper.recv()
         if kind == protocol.ENTRIES:
             entries = jsonfast.loads(zlib.decompress(payload), errors="surrogateescape")
-            for entry in entries:
-                if ingest.entry(entry) == "data":
-                    _read_content(helper, ingest.content(entry[0]))
+            for item in entries:
+                entry = protocol.parse_entry(item)
+                if ingest.entry(entry) == protocol.DATA_FOLLOWS:
+                    _read_content(helper, ingest.content(entry.path))
         elif kind == protocol.OMITTED:
             files, size, dirs = (int(n) for n in json.loads(payload))
             ingest.omitted(files, size, dirs)
         elif kind == protocol.MATCHED:
             seen = zlib.decompress(payload)
-            count = len(parent.fingerprints) // 12
+            count = len(parent.fingerprints) // protocol.FINGERPRINT_SIZE
             ingest.carry(parent.fingerprints, seen[:count], parent.dir_hashes, seen[count:])
         elif kind == protocol.WALK_DONE:
             return
@@ -417,12 +456,11 @@ def _read_walk(helper: HelperProcess, ingest: Ingest, parent: _Parent) -> None:
 
 
 def _read_fetched(helper: HelperProcess, ingest: Ingest) -> None:
-    from costor.remote import helper as protocol
-
     while True:
         kind, payload = helper.recv()
         if kind == protocol.START:
-            sink = ingest.restart(jsonfast.loads(payload, errors="surrogateescape"))
+            entry = protocol.parse_entry(jsonfast.loads(payload, errors="surrogateescape"))
+            sink = ingest.restart(entry)
             if sink is not None:
                 _read_content(helper, sink)
         elif kind == protocol.DONE:
@@ -435,18 +473,14 @@ def _read_fetched(helper: HelperProcess, ingest: Ingest) -> None:
             raise BackupError(client=ingest.client, reason=f"unexpected frame {kind!r} in a fetch")
 
 
-def _read_content(helper: HelperProcess, sink: Any) -> None:
-    import struct
-
-    from costor.remote import helper as protocol
-
+def _read_content(helper: HelperProcess, sink: ContentSink) -> None:
     while True:
         kind, payload = helper.recv()
         if kind == protocol.DATA:
-            sink.write(_unpack(payload))
+            sink.write(protocol.unpack_data(payload))
         elif kind == protocol.BLOCK:
-            (offset,) = struct.unpack(">Q", payload[:8])
-            sink.block(offset, _unpack(payload[8:]))
+            (offset,) = protocol.BLOCK_OFFSET.unpack(payload[:8])
+            sink.block(offset, protocol.unpack_data(payload[8:]))
         elif kind == protocol.END:
             sink.finish(json.loads(payload))
             return
@@ -454,13 +488,7 @@ def _read_content(helper: HelperProcess, sink: Any) -> None:
             raise BackupError(client=sink.ingest.client, reason=f"unexpected frame {kind!r}")
 
 
-def _unpack(payload: bytes) -> bytes:
-    return zlib.decompress(payload[1:]) if payload[:1] == b"\x01" else payload[1:]
-
-
 def _after_hooks(helper: HelperProcess, hooks: list[dict[str, Any]]) -> None:
-    from costor.remote import helper as protocol
-
     helper.send(protocol.AFTER)
     while True:
         kind, payload = helper.recv()

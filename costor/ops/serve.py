@@ -233,8 +233,8 @@ class Server:
         import costor.ops.selftest
         import costor.remote.helper
         import costor.remote.ssh
-        import costor.store.archiver
-        import costor.store.ingest  # noqa: F401  (imported for the forked jobs)
+        import costor.store.backup.stream
+        import costor.store.backup.walk  # noqa: F401  (imported for the forked jobs)
 
         del pyfastcdc, hkdf
         costor.remote.ssh.compressed_helper()

@@ -10,7 +10,9 @@ What SFTP (version 3, as OpenSSH serves it) cannot give, and what that costs:
 - no extended attributes, hard links are separate files; user and group names come
   from the listing's long form.
 
-Hooks still run, as plain SSH commands (under ``sudo -n`` if asked).
+Hooks still run, as plain SSH commands (under ``sudo -n`` if asked). The walk produces
+the same entries as the helper (:class:`costor.protocol.Entry`) for the same
+:class:`costor.store.backup.stream.Ingest`.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import posixpath
 import stat
 from typing import TYPE_CHECKING, Any
 
+from costor import protocol
 from costor.errors import HookFailed, RemoteError
+from costor.protocol import Entry, ExcludeMatcher
 from costor.store.progress import Progress
 
 if TYPE_CHECKING:
     from costor.config.model import ClientConfig
-    from costor.ops.pull import PullOutcome
     from costor.remote.ssh import Remote
+    from costor.store.backup.stream import Ingest
     from costor.store.pool import Pool
     from costor.store.snapshot import Snapshot
 
@@ -42,10 +46,9 @@ def sftp_pull(
     progress: Progress | None,
     *,
     reason: str,
-) -> PullOutcome:
-    from costor.ops.pull import PullOutcome
-    from costor.remote.helper import ExcludeMatcher
-    from costor.store.ingest import Ingest
+) -> tuple[Snapshot, list[dict[str, str]], list[dict[str, Any]]]:
+    """The snapshot, the errors and warnings, and the hooks' results."""
+    from costor.store.backup.stream import Ingest
 
     hooks: list[dict[str, Any]] = []
     for command in client.hooks.before:
@@ -95,7 +98,7 @@ def sftp_pull(
                     f"{(hook.get('stderr') or '').strip()}",
                 }
             )
-    return PullOutcome(snapshot, errors, hooks, "sftp")
+    return snapshot, errors, hooks
 
 
 def _run_hook(remote: Remote, client: ClientConfig, phase: str, command: str) -> dict[str, Any]:
@@ -127,7 +130,12 @@ def _run_hook(remote: Remote, client: ClientConfig, phase: str, command: str) ->
 
 class _Walker:
     def __init__(
-        self, remote: Remote, sftp: Any, ingest: Any, client: ClientConfig, matcher: Any
+        self,
+        remote: Remote,
+        sftp: Any,
+        ingest: Ingest,
+        client: ClientConfig,
+        matcher: ExcludeMatcher,
     ) -> None:
         self.remote = remote
         self.sftp = sftp
@@ -159,7 +167,7 @@ class _Walker:
             else:
                 if parts:
                     level[parts[-1]] = True
-        self.ingest.entry(["/", "d", 0o755, 0, 0, "", "", 0, 0, 0, 0, 0, 0, 0, None, None, ""])
+        self.ingest.entry(Entry("/", protocol.DIR, 0o755))
         if list(self.client.paths) == ["/"]:
             self.walk_dir("/")
         else:
@@ -214,9 +222,9 @@ class _Walker:
             and known.size == attrs.size
             and known.mtime_ns // 10**9 == attrs.mtime
         ):
-            self.emit(path, attrs, "same", longname)
+            self.emit(path, attrs, protocol.SAME, longname)
             return
-        if self.emit(path, attrs, "data", longname) == "data":
+        if self.emit(path, attrs, protocol.DATA_FOLLOWS, longname) == protocol.DATA_FOLLOWS:
             self.send(path)
 
     def emit(self, path: str, attrs: Any, state: str, longname: str) -> str:
@@ -231,34 +239,27 @@ class _Walker:
             try:
                 target = _text(self.call(link()))
             except Exception as error:
-                target, state = "", f"warning:cannot read link: {error}"
+                target, state = "", f"{protocol.WARNING_PREFIX}cannot read link: {error}"
         kind = _kind(mode)
-        entry = [
+        entry = Entry(
             path,
             kind,
-            stat.S_IMODE(mode),
-            attrs.uid or 0,
-            attrs.gid or 0,
-            user,
-            group,
-            attrs.size or 0 if kind == "f" else 0,
-            int(attrs.mtime or 0) * 10**9,
-            0,
-            0,
-            0,
-            attrs.nlink or 1,
-            0,
-            target,
-            None,
-            state,
-        ]
+            mode=stat.S_IMODE(mode),
+            uid=attrs.uid or 0,
+            gid=attrs.gid or 0,
+            user=user,
+            group=group,
+            size=attrs.size or 0 if kind == protocol.FILE else 0,
+            mtime_ns=int(attrs.mtime or 0) * 10**9,
+            links=attrs.nlink or 1,
+            target=target,
+            state=state,
+        )
         return self.ingest.entry(entry)
 
     def send(self, path: str) -> None:
-        from costor.store.ingest import ContentDigest
-
         sink = self.ingest.content(path)
-        whole = ContentDigest(self.ingest.key, large=sink.digest.large)
+        whole = protocol.ContentDigest(self.ingest.key, large=sink.digest.large)
         size = 0
 
         async def read_all() -> None:
@@ -293,9 +294,7 @@ class _Walker:
             return None
 
     def error(self, path: str, message: str) -> None:
-        self.ingest.entry(
-            [path, "", 0, 0, 0, "", "", 0, 0, 0, 0, 0, 0, 0, None, None, "error:" + message]
-        )
+        self.ingest.entry(protocol.error_entry(path, message))
 
 
 def _raw(name: Any) -> bytes:
@@ -314,13 +313,13 @@ def _owners(longname: str) -> tuple[str, str]:
 
 def _kind(mode: int) -> str:
     for test, letter in (
-        (stat.S_ISREG, "f"),
-        (stat.S_ISDIR, "d"),
-        (stat.S_ISLNK, "l"),
-        (stat.S_ISFIFO, "p"),
-        (stat.S_ISCHR, "c"),
-        (stat.S_ISBLK, "b"),
+        (stat.S_ISREG, protocol.FILE),
+        (stat.S_ISDIR, protocol.DIR),
+        (stat.S_ISLNK, protocol.SYMLINK),
+        (stat.S_ISFIFO, protocol.FIFO),
+        (stat.S_ISCHR, protocol.CHARDEV),
+        (stat.S_ISBLK, protocol.BLOCKDEV),
     ):
         if test(mode):
             return letter
-    return "s"
+    return protocol.SOCKET

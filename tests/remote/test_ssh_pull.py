@@ -171,8 +171,8 @@ def test_a_large_file_delta_reads_only_around_changes_and_cuts_as_a_full_pass(
     cutting the new file whole (so deduplication is as good as a full pass)."""
     from conftest import PASSPHRASE
 
-    from costor.store import ingest
     from costor.store.backends import LocalBackend
+    from costor.store.backup import sink
     from costor.store.pool import Pool
 
     src = remote_dir / "vm"
@@ -185,9 +185,9 @@ def test_a_large_file_delta_reads_only_around_changes_and_cuts_as_a_full_pass(
     assert site.cli("apply", "--auto-approve").code == 0
     assert site.cli("backup", "vm").code == 0
     read: list[int] = []
-    original = ingest._BaseReader.read
+    original = sink._BaseReader.read
     monkeypatch.setattr(
-        ingest._BaseReader, "read", lambda self, n: read.append(n) or original(self, n)
+        sink._BaseReader, "read", lambda self, n: read.append(n) or original(self, n)
     )
     pool = Pool.open(LocalBackend(site.pool_path), PASSPHRASE)
 

@@ -23,8 +23,8 @@ import pytest
 import zstandard
 
 from costor.errors import DataCorruption, PathNotInSnapshot, UsageError
-from costor.store.archiver import Archiver
 from costor.store.backends import LocalBackend
+from costor.store.backup.walk import Archiver
 from costor.store.pool import Pool
 from costor.store.progress import Progress
 from costor.store.restore import archive as archive_module

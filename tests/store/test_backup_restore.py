@@ -12,8 +12,8 @@ import pytest
 from conftest import make_pool, open_pool, tree_digest
 
 from costor.errors import DataCorruption, StorageFull
-from costor.store.archiver import Archiver
 from costor.store.backends import LocalBackend
+from costor.store.backup.walk import Archiver
 from costor.store.checker import check
 from costor.store.pack import pack_name
 from costor.store.pool import Pool

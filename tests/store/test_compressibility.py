@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import make_pool, open_pool
 
-from costor.store.archiver import Archiver
+from costor.store.backup.walk import Archiver
 from costor.store.compressibility import worth_compressing
 
 

@@ -207,7 +207,7 @@ def test_memory_backend_pool(tmp_path: Path) -> None:
 
 
 def test_check_reports_a_missing_tree_pack(tmp_path: Path) -> None:
-    from costor.store.archiver import Archiver
+    from costor.store.backup.walk import Archiver
 
     src = tmp_path / "src"
     src.mkdir()

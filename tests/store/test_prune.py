@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import PASSPHRASE, make_pool, open_pool, tree_digest
 
-from costor.store.archiver import Archiver
 from costor.store.backends import LocalBackend
 from costor.store.backends.base import ForwardingBackend
+from costor.store.backup.walk import Archiver
 from costor.store.checker import check, reindex
 from costor.store.gc.condemned import read_condemned
 from costor.store.gc.leases import list_leases

@@ -14,7 +14,7 @@ from s3servers import (  # noqa: F401  (moto_server, rclone_server: fixtures)
     rclone_server,
 )
 
-from costor.store.archiver import Archiver
+from costor.store.backup.walk import Archiver
 from costor.store.checker import check
 from costor.store.pool import Pool
 from costor.store.restore.directory import Restorer

@@ -15,9 +15,9 @@ from faults import FaultyBackend
 from s3servers import moto_server  # noqa: F401  (fixture)
 
 from costor.errors import BackendTransient
-from costor.store.archiver import Archiver
 from costor.store.backends import Backend, LocalBackend
 from costor.store.backends.staging import StagingBackend
+from costor.store.backup.walk import Archiver
 from costor.store.checker import check
 from costor.store.pool import Pool
 from costor.store.restore.directory import Restorer

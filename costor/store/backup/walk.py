@@ -24,7 +24,6 @@ snapshot's node (and whose blobs are all still in the index) is not read again.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import grp
 import os
 import pwd
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from costor.errors import BackupError
+from costor.store.backup.common import ExcludeMatcher, node_only_warning, rfc3339_now
 from costor.store.compressibility import worth_compressing
 from costor.store.pack import BlobType
 from costor.store.pool import Pool
@@ -94,40 +94,6 @@ class _DirJob:
     # tree id is reused without encoding and hashing the tree again.
     previous_tree: bytes | None = None
     previous_nodes: list[Node] = field(default_factory=list)
-
-
-def node_only_warning(path: str, kind: str, target: str | None = None) -> dict[str, str]:
-    """The warning for a path given to back up whose node is stored without contents:
-    a block or character device (``kind`` "b" or "c"), or a symbolic link to one
-    (``kind`` "l", ``target`` what it points to). An errors entry marked ``"severity":
-    "warning"`` (:class:`costor.ops.backup.BackupOutcome` lists it apart); it does not
-    count as a failed file."""
-    if kind == "l":
-        message = f"{path} is a symbolic link to the device {target}: the link was stored, "
-        message += "not the device's contents"
-    else:
-        message = f"{path} is a {'block' if kind == 'b' else 'character'} device: its node "
-        message += "was stored, not its contents"
-    if kind in ("b", "l"):
-        message += " (image backups are not available yet)"
-    return {"path": path, "error": message, "severity": "warning"}
-
-
-class ExcludeMatcher:
-    """restic-like exclude patterns: a pattern containing ``/`` is matched (fnmatch)
-    against the absolute path, any other against the entry's name. An excluded
-    directory is skipped with everything in it."""
-
-    def __init__(self, patterns: Iterable[str]) -> None:
-        self.path_patterns = [p.rstrip("/") for p in patterns if "/" in p]
-        self.name_patterns = [p for p in patterns if "/" not in p]
-
-    def excluded(self, path: bytes, name: bytes) -> bool:
-        text_path = os.fsdecode(path)
-        text_name = os.fsdecode(name)
-        return any(fnmatch.fnmatchcase(text_name, p) for p in self.name_patterns) or any(
-            fnmatch.fnmatchcase(text_path, p) for p in self.path_patterns
-        )
 
 
 class Archiver:
@@ -213,7 +179,7 @@ class Archiver:
         counters = self.counters
         snapshot = Snapshot(
             client=self.client,
-            time=_rfc3339_now(),
+            time=rfc3339_now(),
             paths=self.paths,
             tree=root.node.subtree.hex(),
             hostname=self.hostname,
@@ -721,8 +687,3 @@ def _normalise_paths(paths: list[str]) -> list[str]:
             continue
         result.append(path)
     return result
-
-
-def _rfc3339_now() -> str:
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"

@@ -1,0 +1,47 @@
+"""What the local walk (:mod:`.walk`) and the host stream (:mod:`.stream`) share."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from collections.abc import Iterable
+
+
+def node_only_warning(path: str, kind: str, target: str | None = None) -> dict[str, str]:
+    """The warning for a path given to back up whose node is stored without contents:
+    a block or character device (``kind`` "b" or "c"), or a symbolic link to one
+    (``kind`` "l", ``target`` what it points to). An errors entry marked ``"severity":
+    "warning"`` (:class:`costor.ops.backup.BackupOutcome` lists it apart); it does not
+    count as a failed file."""
+    if kind == "l":
+        message = f"{path} is a symbolic link to the device {target}: the link was stored, "
+        message += "not the device's contents"
+    else:
+        message = f"{path} is a {'block' if kind == 'b' else 'character'} device: its node "
+        message += "was stored, not its contents"
+    if kind in ("b", "l"):
+        message += " (image backups are not available yet)"
+    return {"path": path, "error": message, "severity": "warning"}
+
+
+class ExcludeMatcher:
+    """restic-like exclude patterns: a pattern containing ``/`` is matched (fnmatch)
+    against the absolute path, any other against the entry's name. An excluded
+    directory is skipped with everything in it."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.path_patterns = [p.rstrip("/") for p in patterns if "/" in p]
+        self.name_patterns = [p for p in patterns if "/" not in p]
+
+    def excluded(self, path: bytes, name: bytes) -> bool:
+        text_path = os.fsdecode(path)
+        text_name = os.fsdecode(name)
+        return any(fnmatch.fnmatchcase(text_name, p) for p in self.name_patterns) or any(
+            fnmatch.fnmatchcase(text_path, p) for p in self.path_patterns
+        )
+
+
+def rfc3339_now() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"

@@ -1,6 +1,6 @@
 """SSH to the hosts being backed up: connections with pinned host keys, the helper
-process, SFTP. All SSH goes through asyncssh (DESIGN.md §6); this is the only module
-that imports it.
+process, SFTP. All SSH goes through asyncssh (one SSH stack for exec, SFTP and
+forwarding); this is the only module that imports it.
 
 CoStor's code is synchronous and threaded; asyncssh is asyncio. A :class:`Remote` runs
 one event loop in its own thread for one host and offers blocking calls on it

@@ -1,5 +1,6 @@
 """The pool: identity, key slots, the blob index, packs, trees and snapshots over one
-backend. This is the only module that knows the pool's object layout::
+backend. With ``identity.py`` (the identity file and the key slots, which are read
+before the key is known), this is the only module that knows the pool's object layout::
 
     costor-pool.json          identity (plain JSON; reading it is the connectivity check)
     keys/<slot>               key slots (master key wrapped per passphrase)
@@ -18,34 +19,44 @@ from many threads; sealing and compression run outside the lock.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from costor.errors import (
     AmbiguousSnapshot,
     BackendError,
     DataCorruption,
-    KeySlotNotFound,
-    LastKeySlot,
     ObjectNotFound,
     PoolError,
     PoolExists,
-    PoolFormatUnsupported,
     PoolMismatch,
-    PoolNotFound,
     SnapshotNotFound,
 )
 from costor.store import crypto
 from costor.store.backends.base import Backend
 from costor.store.gc.condemned import CondemnedPack, read_condemned
 from costor.store.gc.leases import Lease
+from costor.store.identity import (
+    DEFAULT_CHUNK_AVG_KIB,
+    DEFAULT_CHUNKER,
+    DEFAULT_PACK_SIZE,
+    FORMAT_VERSION,
+    IDENTITY_NAME,
+    KEYS_PREFIX,
+    SUPPORTED_VERSIONS,
+    PoolIdentity,
+    chunk_avg_kib,
+    count_snapshots,
+    foreign_object,
+    read_identity,
+    read_key_slots,
+    remove_key_slot,
+)
 from costor.store.index import (
     SEGMENT_AD,
     BlobLocation,
@@ -69,75 +80,8 @@ from costor.store.pack import (
 from costor.store.snapshot import Snapshot
 from costor.store.tree import Node, decode_tree, encode_docs, encode_tree
 
-IDENTITY_NAME = "costor-pool.json"
-KEYS_PREFIX = "keys/"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
 SNAPSHOT_AD = b"costor-snapshot"
-
-# FastCDC 2020 as in pyfastcdc: the real average is avg_size + min_size (cut-point
-# skipping, FastCDC paper §3.4), so 512 KiB + 512 KiB gives the ~1 MiB average that
-# restic uses, with restic's 512 KiB minimum and an 8 MiB maximum.
-DEFAULT_CHUNKER = {
-    "algorithm": "fastcdc-2020",
-    "avg_size": 512 * 1024,
-    "min_size": 512 * 1024,
-    "max_size": 8 * 1024 * 1024,
-    "normalization": 1,
-}
-DEFAULT_PACK_SIZE = 32 * 1024 * 1024
 TREE_CACHE_SIZE = 4096
-
-
-@dataclass(frozen=True)
-class PoolIdentity:
-    uuid: str
-    version: int
-    encryption: str
-    compression: dict[str, Any]
-    chunker: dict[str, Any]
-    pack_size: int
-    created: str
-
-    @classmethod
-    def from_bytes(cls, data: bytes, location: str) -> PoolIdentity:
-        try:
-            doc = json.loads(data)
-            if doc.get("format") != "costor-pool":
-                raise ValueError("not a costor pool identity")
-            version = int(doc["version"])
-            if version not in SUPPORTED_VERSIONS:
-                raise PoolFormatUnsupported(
-                    location=location, version=version, supported=SUPPORTED_VERSIONS
-                )
-            return cls(
-                uuid=doc["uuid"],
-                version=version,
-                encryption=doc["encryption"],
-                compression=doc["compression"],
-                chunker=doc["chunker"],
-                pack_size=int(doc["pack_size"]),
-                created=doc.get("created", ""),
-            )
-        except (ValueError, KeyError, TypeError) as error:
-            raise PoolError(
-                message=f"identity file at {location} is unreadable: {error}"
-            ) from error
-
-    def to_bytes(self) -> bytes:
-        doc = {
-            "format": "costor-pool",
-            "version": self.version,
-            "uuid": self.uuid,
-            "created": self.created,
-            "encryption": self.encryption,
-            "id_hash": "blake3-keyed-256",
-            "object_hash": "blake3-256",
-            "compression": self.compression,
-            "chunker": self.chunker,
-            "pack_size": self.pack_size,
-        }
-        return (json.dumps(doc, indent=2) + "\n").encode()
 
 
 # Blobs are read through aligned windows of a pack: restores and tree walks read blobs
@@ -207,62 +151,6 @@ class ReadWindows:
         with self._lock:
             for key in [k for k in self._cache if k[0] == pack_id]:
                 del self._cache[key]
-
-
-def count_snapshots(backend: Backend) -> int:
-    """How many snapshot manifests the pool holds, counted without the key (listing)."""
-    return sum(1 for _info in backend.list("snapshots/"))
-
-
-def foreign_object(backend: Backend) -> str | None:
-    """The name of an object that no CoStor pool init leaves behind, or None.
-
-    With no identity file, a location holding only key slots is an init killed half-way
-    (the identity file is written last): it may be initialised again. Anything else is
-    someone else's data.
-    """
-    return next(
-        (
-            i.name
-            for i in backend.list("")
-            if not i.name.startswith("keys/") and i.name != IDENTITY_NAME
-        ),
-        None,
-    )
-
-
-def chunk_avg_kib(identity: PoolIdentity) -> int:
-    """The average chunk size an inventory's ``chunk_avg_kib`` names, for this pool."""
-    return int(identity.chunker["avg_size"]) * 2 // 1024
-
-
-DEFAULT_CHUNK_AVG_KIB = int(DEFAULT_CHUNKER["avg_size"]) * 2 // 1024  # type: ignore[call-overload]
-
-
-def read_key_slots(backend: Backend) -> list[tuple[str, bytes]]:
-    """Every key slot (object name, bytes), in listing order."""
-    return [(info.name, backend.get(info.name)) for info in backend.list(KEYS_PREFIX)]
-
-
-def remove_key_slot(backend: Backend, name: str) -> int:
-    """Delete one key slot (one object: atomic on every backend); returns how many slots
-    remain. The last slot is never removed: without one nothing opens the pool."""
-    names = [info.name for info in backend.list(KEYS_PREFIX)]
-    if name not in names:
-        raise KeySlotNotFound(slot=name.removeprefix(KEYS_PREFIX), location=backend.location)
-    if len(names) == 1:
-        raise LastKeySlot(slot=name.removeprefix(KEYS_PREFIX), location=backend.location)
-    backend.delete(name)
-    return len(names) - 1
-
-
-def read_identity(backend: Backend) -> PoolIdentity:
-    """Read the identity file: the cheapest proof that the pool is there and ours."""
-    try:
-        data = backend.get(IDENTITY_NAME)
-    except ObjectNotFound as error:
-        raise PoolNotFound(location=backend.location) from error
-    return PoolIdentity.from_bytes(data, backend.location)
 
 
 class Pool:
@@ -744,3 +632,29 @@ class Pool:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# The identity and key-slot names (identity.py) are re-exported: ops and tests import
+# them from here, with the pool they describe.
+__all__ = [
+    "DEFAULT_CHUNKER",
+    "DEFAULT_CHUNK_AVG_KIB",
+    "DEFAULT_PACK_SIZE",
+    "FORMAT_VERSION",
+    "IDENTITY_NAME",
+    "KEYS_PREFIX",
+    "Pool",
+    "PoolIdentity",
+    "READ_WINDOW",
+    "READ_WINDOWS_CACHED",
+    "ReadWindows",
+    "SNAPSHOT_AD",
+    "SUPPORTED_VERSIONS",
+    "TREE_CACHE_SIZE",
+    "chunk_avg_kib",
+    "count_snapshots",
+    "foreign_object",
+    "read_identity",
+    "read_key_slots",
+    "remove_key_slot",
+]

@@ -1,0 +1,145 @@
+"""What can be read of a pool without its key: the identity file (``costor-pool.json``:
+format version, UUID, cipher, chunker and pack parameters; reading it is the
+connectivity check) and the key slots (``keys/``), each wrapping the master key for one
+passphrase. :class:`costor.store.pool.Pool` opens a pool with them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from costor.errors import (
+    KeySlotNotFound,
+    LastKeySlot,
+    ObjectNotFound,
+    PoolError,
+    PoolFormatUnsupported,
+    PoolNotFound,
+)
+from costor.store.backends.base import Backend
+
+IDENTITY_NAME = "costor-pool.json"
+KEYS_PREFIX = "keys/"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+# FastCDC 2020 as in pyfastcdc: the real average is avg_size + min_size (cut-point
+# skipping, FastCDC paper §3.4), so 512 KiB + 512 KiB gives the ~1 MiB average that
+# restic uses, with restic's 512 KiB minimum and an 8 MiB maximum.
+DEFAULT_CHUNKER = {
+    "algorithm": "fastcdc-2020",
+    "avg_size": 512 * 1024,
+    "min_size": 512 * 1024,
+    "max_size": 8 * 1024 * 1024,
+    "normalization": 1,
+}
+DEFAULT_PACK_SIZE = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PoolIdentity:
+    uuid: str
+    version: int
+    encryption: str
+    compression: dict[str, Any]
+    chunker: dict[str, Any]
+    pack_size: int
+    created: str
+
+    @classmethod
+    def from_bytes(cls, data: bytes, location: str) -> PoolIdentity:
+        try:
+            doc = json.loads(data)
+            if doc.get("format") != "costor-pool":
+                raise ValueError("not a costor pool identity")
+            version = int(doc["version"])
+            if version not in SUPPORTED_VERSIONS:
+                raise PoolFormatUnsupported(
+                    location=location, version=version, supported=SUPPORTED_VERSIONS
+                )
+            return cls(
+                uuid=doc["uuid"],
+                version=version,
+                encryption=doc["encryption"],
+                compression=doc["compression"],
+                chunker=doc["chunker"],
+                pack_size=int(doc["pack_size"]),
+                created=doc.get("created", ""),
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise PoolError(
+                message=f"identity file at {location} is unreadable: {error}"
+            ) from error
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "format": "costor-pool",
+            "version": self.version,
+            "uuid": self.uuid,
+            "created": self.created,
+            "encryption": self.encryption,
+            "id_hash": "blake3-keyed-256",
+            "object_hash": "blake3-256",
+            "compression": self.compression,
+            "chunker": self.chunker,
+            "pack_size": self.pack_size,
+        }
+        return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def count_snapshots(backend: Backend) -> int:
+    """How many snapshot manifests the pool holds, counted without the key (listing)."""
+    return sum(1 for _info in backend.list("snapshots/"))
+
+
+def foreign_object(backend: Backend) -> str | None:
+    """The name of an object that no CoStor pool init leaves behind, or None.
+
+    With no identity file, a location holding only key slots is an init killed half-way
+    (the identity file is written last): it may be initialised again. Anything else is
+    someone else's data.
+    """
+    return next(
+        (
+            i.name
+            for i in backend.list("")
+            if not i.name.startswith("keys/") and i.name != IDENTITY_NAME
+        ),
+        None,
+    )
+
+
+def chunk_avg_kib(identity: PoolIdentity) -> int:
+    """The average chunk size an inventory's ``chunk_avg_kib`` names, for this pool."""
+    return int(identity.chunker["avg_size"]) * 2 // 1024
+
+
+DEFAULT_CHUNK_AVG_KIB = int(DEFAULT_CHUNKER["avg_size"]) * 2 // 1024  # type: ignore[call-overload]
+
+
+def read_key_slots(backend: Backend) -> list[tuple[str, bytes]]:
+    """Every key slot (object name, bytes), in listing order."""
+    return [(info.name, backend.get(info.name)) for info in backend.list(KEYS_PREFIX)]
+
+
+def remove_key_slot(backend: Backend, name: str) -> int:
+    """Delete one key slot (one object: atomic on every backend); returns how many slots
+    remain. The last slot is never removed: without one nothing opens the pool."""
+    names = [info.name for info in backend.list(KEYS_PREFIX)]
+    if name not in names:
+        raise KeySlotNotFound(slot=name.removeprefix(KEYS_PREFIX), location=backend.location)
+    if len(names) == 1:
+        raise LastKeySlot(slot=name.removeprefix(KEYS_PREFIX), location=backend.location)
+    backend.delete(name)
+    return len(names) - 1
+
+
+def read_identity(backend: Backend) -> PoolIdentity:
+    """Read the identity file: the cheapest proof that the pool is there and ours."""
+    try:
+        data = backend.get(IDENTITY_NAME)
+    except ObjectNotFound as error:
+        raise PoolNotFound(location=backend.location) from error
+    return PoolIdentity.from_bytes(data, backend.location)

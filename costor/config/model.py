@@ -1,6 +1,8 @@
 """The inventory as typed, frozen pydantic models (the keys: ``inventory.example.toml``).
 
-Each table of ``inventory.toml`` has a model here. Conventions, so errors read well:
+Each table of ``inventory.toml`` has a model here, but roles, groups and users
+(:mod:`costor.config.access`); the value types and the base model are in
+:mod:`costor.config.fields`. Conventions, so errors read well:
 
 - ``extra="forbid"`` everywhere: an unknown key is an error, never silently ignored.
 - Scalars are strict (``StrictInt``, ``StrictBool``, ``StrictStr``): TOML is typed, so
@@ -12,7 +14,7 @@ Each table of ``inventory.toml`` has a model here. Conventions, so errors read w
   not: they must be absolute.
 - Rules that involve several keys of one table (``path`` is required when
   ``backend = "local"``) are checked in one ``after`` validator per model that collects
-  *all* its findings (:class:`_Findings`) and raises them together, each at its own key.
+  *all* its findings (:class:`Findings`) and raises them together, each at its own key.
 - Features that later issues add (the ``s3`` backend, the ``ssh`` and ``agent``
   transports) are modelled already, so that their keys parse, and then refused with
   "not available yet" by one gate each (``AVAILABLE_BACKENDS``, ``AVAILABLE_TRANSPORTS``).
@@ -27,9 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import posixpath
 import re
-import typing
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,20 +37,44 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     StrictInt,
     StrictStr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from costor.config.diagnostics import INVALID_ERROR, MISSING_ERROR, Diagnostic
+from costor.config.access import (
+    BUILTIN_ROLES,
+    PERMISSIONS,
+    GroupConfig,
+    Permission,
+    RoleConfig,
+    UserConfig,
+)
+from costor.config.diagnostics import Diagnostic
+from costor.config.fields import (
+    LITERAL_SECRET_MESSAGE,
+    NAME_PATTERN,
+    RESOURCE_TABLES,
+    AbsoluteClientPath,
+    Address,
+    CronSchedule,
+    Duration,
+    Findings,
+    FrozenModel,
+    NonEmptyStr,
+    Percentage,
+    SecretRef,
+    duration_seconds,
+    inventory_dir,
+    iter_secret_refs,
+    name_problem,
+    percentage_fraction,
+    resolve_local_path,
+)
 from costor.config.positions import KeyPath
 
 # Gates for features that are modelled but not implemented yet. A later issue that adds
@@ -58,238 +82,11 @@ from costor.config.positions import KeyPath
 AVAILABLE_BACKENDS = frozenset({"local", "s3"})
 AVAILABLE_TRANSPORTS = frozenset({"local", "ssh"})
 
-# Names are addresses (``client.web1``) and may become file or directory names, so they
-# are kept to a safe alphabet: no "/", no "..", no leading dot or dash.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-# The kinds of resource a ``[[moved]]`` address can name -> their inventory table.
-RESOURCE_TABLES = {
-    "site": "sites",
-    "pool": "pools",
-    "client": "clients",
-    "policy": "policies",
-    "group": "groups",
-    "user": "users",
-    "role": "roles",
-}
-
-# Roles every installation has without declaring them; a group names them like declared
-# ones. ``[roles.NAME]`` adds more (a declared role may not reuse these names).
-BUILTIN_ROLES: dict[str, tuple[str, ...]] = {
-    "admin": ("admin",),
-    "operator": (
-        "snapshots.read",
-        "snapshots.restore",
-        "backups.run",
-        "jobs.read",
-        "jobs.manage",
-        "config.read",
-    ),
-    "viewer": ("snapshots.read", "jobs.read", "config.read"),
-}
-
-# What a role may grant. "admin" is everything, including users and the audit log.
-Permission = Literal[
-    "admin",
-    "snapshots.read",
-    "snapshots.restore",
-    "backups.run",
-    "jobs.read",
-    "jobs.manage",
-    "config.read",
-    "users.manage",
-    "audit.read",
-]
-PERMISSIONS: tuple[str, ...] = typing.get_args(Permission)
-
-LITERAL_SECRET_MESSAGE = "secrets must be { env = … } or { file = … }, never literal"
-
-
-def name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a resource name, or None if it can."""
-    if NAME_PATTERN.match(name) and ".." not in name:
-        return None
-    return (
-        f"invalid name {name!r}: use up to 63 letters, digits, '.', '_' or '-', "
-        "starting with a letter or digit"
-    )
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class _Findings:
-    """Collects the cross-field problems of one table so they are all reported at once.
-
-    Raising a ``ValidationError`` from a validator makes pydantic merge its line errors
-    into the outer error, with ``loc`` relative to this model: each finding lands on its
-    own key. The custom error types are mapped back to messages in
-    :func:`costor.config.diagnostics.problems_from_validation_error`.
-    """
-
-    def __init__(self, model: BaseModel) -> None:
-        self.title = type(model).__name__
-        self.errors: list[InitErrorDetails] = []
-
-    def missing(self, key: str, why: str) -> None:
-        self._add(MISSING_ERROR, key, f"missing required key {key!r} ({why})")
-
-    def invalid(self, key: str, message: str) -> None:
-        self._add(INVALID_ERROR, key, message)
-
-    def _add(self, kind: str, key: str, message: str) -> None:
-        # The template is "{message}" so braces in messages are never parsed as fields.
-        error = PydanticCustomError(kind, "{message}", {"message": message})
-        self.errors.append(InitErrorDetails(type=error, loc=(key,), input=None))
-
-    def raise_if_any(self) -> None:
-        if self.errors:
-            raise ValidationError.from_exception_data(self.title, self.errors)
-
-
-def _base_dir(info: ValidationInfo) -> Path:
-    context = info.context if isinstance(info.context, dict) else {}
-    base = context.get("base_dir")
-    return Path(base) if base is not None else Path.cwd()
-
-
-def _resolve_local_path(value: Any, info: ValidationInfo) -> Any:
-    """A path on this machine: relative to the inventory's directory, made absolute.
-
-    Only strings are resolved; anything else is left for pydantic to reject with a
-    type error. ``normpath`` rather than ``resolve()``: no symlinks are followed and the
-    path need not exist yet (the state dir and a new pool are created by ``apply``).
-    """
-    if isinstance(value, str):
-        if not value:
-            raise ValueError("must not be empty")
-        return Path(os.path.normpath(_base_dir(info) / value))
-    return value
-
-
-def _absolute_client_path(value: str) -> str:
-    if not value.startswith("/"):
-        raise ValueError(f"must be an absolute path, got {value!r}")
-    # "//srv" and "/srv/" name the same directory as "/srv"; keep one spelling.
-    return "/" + posixpath.normpath(value).lstrip("/")
-
-
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value
-
-
-_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
-_CRON_NICKNAMES = frozenset(
-    {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
-)
-
-
-def _cron_schedule(value: str) -> str:
-    """Shape check only (5 fields or a nickname); the scheduler parses it fully."""
-    fields = value.split()
-    if value.strip() in _CRON_NICKNAMES or (
-        len(fields) == 5 and all(_CRON_FIELD.match(field) for field in fields)
-    ):
-        return " ".join(fields) if len(fields) == 5 else value.strip()
-    raise ValueError(
-        f"invalid schedule {value!r} (expected 5 cron fields like '0 2 * * *', or '@daily')"
-    )
-
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def duration_seconds(text: str) -> float:
-    """``"90s"``, ``"30m"``, ``"1h"``, ``"2d"``, ``"1w"`` or plain seconds, as seconds."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise ValueError(f"expected a duration like '30m', '1h' or '2d', got {text!r}")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def _duration(value: str) -> str:
-    duration_seconds(value)
-    return value.strip()
-
-
-def percentage_fraction(text: str) -> float:
-    return float(text.strip().removesuffix("%")) / 100
-
-
-_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
-
-
-def _percentage(value: str) -> str:
-    match = _PERCENT.match(value.strip())
-    if not match or not 0 < float(match.group(1)) <= 100:
-        raise ValueError(f"expected a percentage between 0% and 100% like '5%', got {value!r}")
-    return value.strip()
-
-
-_ADDRESS = re.compile(r"^(" + "|".join(RESOURCE_TABLES) + r")\.(.+)$")
-
-
-def _address(value: str) -> str:
-    match = _ADDRESS.match(value)
-    if not match or name_problem(match.group(2)):
-        kinds = ", ".join(RESOURCE_TABLES)
-        raise ValueError(f"invalid address {value!r} (expected KIND.NAME with KIND one of {kinds})")
-    return value
-
-
-AbsoluteClientPath = Annotated[StrictStr, AfterValidator(_absolute_client_path)]
-NonEmptyStr = Annotated[StrictStr, AfterValidator(_non_empty)]
-CronSchedule = Annotated[StrictStr, AfterValidator(_cron_schedule)]
-Percentage = Annotated[StrictStr, AfterValidator(_percentage)]
-Duration = Annotated[StrictStr, AfterValidator(_duration)]
-Address = Annotated[StrictStr, AfterValidator(_address)]
-
-
-# --- secrets ---------------------------------------------------------------------------
-
-
-class SecretRef(_Model):
-    """Where a secret is kept: ``{ env = "NAME" }`` or ``{ file = "PATH" }``.
-
-    Never the secret itself: a literal value in a committed file is an error, and the
-    value is read only when needed, by :func:`costor.config.secret.resolve_secret`. Its
-    repr shows the variable name or file path, which are not secret.
-    """
-
-    env: NonEmptyStr | None = None
-    file: Path | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_literal(cls, data: Any) -> Any:
-        # The message must not quote `data`: it is probably the secret.
-        if not isinstance(data, dict):
-            raise ValueError(LITERAL_SECRET_MESSAGE)
-        return data
-
-    @field_validator("file", mode="before")
-    @classmethod
-    def _resolve_file(cls, value: Any, info: ValidationInfo) -> Any:
-        return _resolve_local_path(value, info)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SecretRef:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("a secret needs exactly one of 'env' or 'file'")
-        return self
-
-    def describe(self) -> str:
-        return f"environment variable {self.env}" if self.env is not None else f"file {self.file}"
-
 
 # --- [costor] --------------------------------------------------------------------------
 
 
-class CostorSettings(_Model):
+class CostorSettings(FrozenModel):
     """``[costor]``: where this installation keeps its state."""
 
     # Defaults are strings resolved by the validators below, like values from the file.
@@ -301,13 +98,13 @@ class CostorSettings(_Model):
     @field_validator("state_dir", mode="before")
     @classmethod
     def _resolve_state_dir(cls, value: Any, info: ValidationInfo) -> Any:
-        return _resolve_local_path(value, info)
+        return resolve_local_path(value, info)
 
     @field_validator("profile_paths", mode="before")
     @classmethod
     def _resolve_profile_paths(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, list | tuple):
-            return tuple(_resolve_local_path(item, info) for item in value)
+            return tuple(resolve_local_path(item, info) for item in value)
         return value
 
     @field_validator("database", mode="after")
@@ -321,7 +118,7 @@ class CostorSettings(_Model):
         rest = value[len(prefix) :]
         if rest.startswith("/") or rest.startswith(":memory:") or not rest:
             return value
-        return prefix + os.path.normpath(_base_dir(info) / rest)
+        return prefix + os.path.normpath(inventory_dir(info) / rest)
 
     @model_validator(mode="after")
     def _default_database(self) -> CostorSettings:
@@ -359,7 +156,7 @@ def _postgresql_url(value: str) -> str:
 # --- [sites.NAME] ----------------------------------------------------------------------
 
 
-class SiteConfig(_Model):
+class SiteConfig(FrozenModel):
     """``[sites.NAME]``: one location with its own CoStor server and pools."""
 
     name: StrictStr
@@ -390,21 +187,21 @@ class SiteConfig(_Model):
 # --- [pools.NAME] ----------------------------------------------------------------------
 
 
-class Compression(_Model):
+class Compression(FrozenModel):
     algorithm: Literal["zstd", "none"] = "zstd"
     # zstd level 3 is zstd's own default; it was measured at 120-200 MB/s per core on text,
     # already the ceiling of the data path (docs/benchmarks.md).
     level: Annotated[StrictInt, Field(ge=1, le=22)] = 3
 
 
-class RateLimit(_Model):
+class RateLimit(FrozenModel):
     """At most ``requests`` storage requests every ``per_seconds`` seconds."""
 
     requests: Annotated[StrictInt, Field(ge=1)]
     per_seconds: Annotated[StrictInt, Field(ge=1)] = 1
 
 
-class PrunePolicy(_Model):
+class PrunePolicy(FrozenModel):
     """``prune = { ... }`` on a pool: when ``costor serve`` prunes it, and how."""
 
     schedule: CronSchedule | None = None  # None: only when `costor prune` is run
@@ -419,7 +216,7 @@ class PrunePolicy(_Model):
     max_repack_mib: Annotated[StrictInt, Field(ge=0)] = 1024  # repack work of one run
 
 
-class PoolConfig(_Model):
+class PoolConfig(FrozenModel):
     """``[pools.NAME]``: where and how snapshots are stored."""
 
     name: StrictStr
@@ -482,7 +279,7 @@ class PoolConfig(_Model):
     @field_validator("path", mode="before")
     @classmethod
     def _resolve_path(cls, value: Any, info: ValidationInfo) -> Any:
-        return _resolve_local_path(value, info)
+        return resolve_local_path(value, info)
 
     @field_validator("chunk_avg_kib")
     @classmethod
@@ -493,7 +290,7 @@ class PoolConfig(_Model):
 
     @model_validator(mode="after")
     def _cross_field(self) -> PoolConfig:
-        findings = _Findings(self)
+        findings = Findings(self)
         if self.backend == "local":
             if self.path is None:
                 findings.missing("path", "backend 'local' stores the pool in a directory")
@@ -540,7 +337,7 @@ def _host_key(value: str) -> str:
     return text
 
 
-class SshOptions(_Model):
+class SshOptions(FrozenModel):
     """``ssh = { … }`` of a client with ``transport = "ssh"``."""
 
     user: NonEmptyStr | None = None  # None: the server's user name
@@ -553,7 +350,7 @@ class SshOptions(_Model):
     python: NonEmptyStr = "python3"  # the host's interpreter for the helper
 
 
-class Hooks(_Model):
+class Hooks(FrozenModel):
     """Commands run on the client before and after a backup; a failure fails the backup."""
 
     before: tuple[NonEmptyStr, ...] = ()
@@ -563,7 +360,7 @@ class Hooks(_Model):
     timeout_s: Annotated[StrictInt, Field(ge=1)] = 300
 
 
-class ClientConfig(_Model):
+class ClientConfig(FrozenModel):
     """``[clients.NAME]``: a host to back up, with its profiles already merged in."""
 
     name: StrictStr
@@ -588,7 +385,7 @@ class ClientConfig(_Model):
 
     @model_validator(mode="after")
     def _cross_field(self) -> ClientConfig:
-        findings = _Findings(self)
+        findings = Findings(self)
         if self.transport in ("ssh", "agent") and self.host is None:
             findings.missing("host", f"transport {self.transport!r} connects to a host")
         if self.transport != "ssh" and self.ssh is not None:
@@ -602,7 +399,7 @@ class ClientConfig(_Model):
 # --- [policies.NAME] -------------------------------------------------------------------
 
 
-class Retention(_Model):
+class Retention(FrozenModel):
     """How many snapshots to keep per period (restic/borg ``--keep-*`` semantics)."""
 
     last: Annotated[StrictInt, Field(ge=0)] | None = None
@@ -621,14 +418,14 @@ class Retention(_Model):
         return self
 
 
-class CheckPolicy(_Model):
+class CheckPolicy(FrozenModel):
     schedule: CronSchedule
     # Share of pack data to read and verify on each check, least recently verified
     # packs first; None: metadata only.
     read_data_subset: Percentage | None = None
 
 
-class SelfTestPolicy(_Model):
+class SelfTestPolicy(FrozenModel):
     """``selftest = { schedule, files }``: restore a random sample of files from the
     latest snapshot to a scratch area and verify them."""
 
@@ -636,7 +433,7 @@ class SelfTestPolicy(_Model):
     files: Annotated[StrictInt, Field(ge=1, le=10_000)] = 20
 
 
-class NotifyPolicy(_Model):
+class NotifyPolicy(FrozenModel):
     """``notify = { webhook = { env = "…" }, on = ["failure"] }``: a JSON POST per
     finished job. The URL is a secret (webhook URLs carry their token)."""
 
@@ -645,7 +442,7 @@ class NotifyPolicy(_Model):
     timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
 
 
-class PolicyConfig(_Model):
+class PolicyConfig(FrozenModel):
     """``[policies.NAME]``: when clients back up, what is kept, when pools are checked."""
 
     name: StrictStr
@@ -659,42 +456,10 @@ class PolicyConfig(_Model):
     rpo: Duration | None = None
 
 
-# --- [groups.NAME], [users.NAME] -------------------------------------------------------
-
-
-class RoleConfig(_Model):
-    """``[roles.NAME]``: a named set of permissions that groups grant their members."""
-
-    name: StrictStr
-    permissions: Annotated[tuple[Permission, ...], Field(min_length=1)]
-    description: StrictStr | None = None
-
-
-class GroupConfig(_Model):
-    name: StrictStr
-    # Built-in roles (admin, operator, viewer) or declared [roles.NAME]; checked by the
-    # loader, which sees the whole inventory.
-    roles: tuple[NonEmptyStr, ...] = ()
-
-
-class UserConfig(_Model):
-    name: StrictStr
-    groups: tuple[StrictStr, ...] = ()
-    password: SecretRef
-    email: StrictStr | None = None
-
-    @field_validator("email")
-    @classmethod
-    def _email_shape(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[^@\s]+@[^@\s]+$", value):
-            raise ValueError(f"expected an e-mail address, got {value!r}")
-        return value
-
-
 # --- [[moved]] -------------------------------------------------------------------------
 
 
-class MovedBlock(_Model):
+class MovedBlock(FrozenModel):
     """``[[moved]]``: resource ``from`` is now called ``to``; its history follows it."""
 
     from_: Address = Field(alias="from")
@@ -702,7 +467,7 @@ class MovedBlock(_Model):
 
     @model_validator(mode="after")
     def _same_kind(self) -> MovedBlock:
-        findings = _Findings(self)
+        findings = Findings(self)
         from_kind, to_kind = self.from_.split(".", 1)[0], self.to.split(".", 1)[0]
         if from_kind != to_kind:
             findings.invalid("to", f"cannot move a {from_kind} to a {to_kind}")
@@ -716,7 +481,7 @@ class MovedBlock(_Model):
         return self.to.split(".", 1)[0]
 
 
-class RemovedBlock(_Model):
+class RemovedBlock(FrozenModel):
     """``[[removed]]``: resource ``from`` is gone from the inventory on purpose.
 
     ``destroy = false`` forgets it (the state drops it; a pool's data and a client's
@@ -731,7 +496,7 @@ class RemovedBlock(_Model):
 # --- the whole inventory ---------------------------------------------------------------
 
 
-class Inventory(_Model):
+class Inventory(FrozenModel):
     """The validated inventory: every table typed, profiles merged, paths resolved.
 
     Built only by :func:`costor.config.load_inventory` / ``check_inventory``, which also
@@ -784,17 +549,46 @@ class Inventory(_Model):
             yield from iter_secret_refs(getattr(self, section), (section,))
 
 
-def iter_secret_refs(value: Any, path: KeyPath) -> Iterator[tuple[KeyPath, SecretRef]]:
-    """Walk models, dicts and tuples below ``path`` and yield each SecretRef found."""
-    if isinstance(value, SecretRef):
-        yield path, value
-    elif isinstance(value, BaseModel):
-        for field_name, field in type(value).model_fields.items():
-            key = field.alias or field_name
-            yield from iter_secret_refs(getattr(value, field_name), (*path, key))
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from iter_secret_refs(item, (*path, key))
-    elif isinstance(value, tuple):
-        for index, item in enumerate(value):
-            yield from iter_secret_refs(item, (*path, index))
+# The names that moved to fields.py and access.py are re-exported: ``costor.config.model``
+# stays the one import path of the inventory's model for ops, cli and plan.
+__all__ = [
+    "AVAILABLE_BACKENDS",
+    "AVAILABLE_TRANSPORTS",
+    "BUILTIN_ROLES",
+    "LITERAL_SECRET_MESSAGE",
+    "NAME_PATTERN",
+    "PERMISSIONS",
+    "RESOURCE_TABLES",
+    "AbsoluteClientPath",
+    "Address",
+    "CheckPolicy",
+    "ClientConfig",
+    "Compression",
+    "CostorSettings",
+    "CronSchedule",
+    "Duration",
+    "GroupConfig",
+    "Hooks",
+    "Inventory",
+    "MovedBlock",
+    "NonEmptyStr",
+    "NotifyPolicy",
+    "Percentage",
+    "Permission",
+    "PolicyConfig",
+    "PoolConfig",
+    "PrunePolicy",
+    "RateLimit",
+    "RemovedBlock",
+    "Retention",
+    "RoleConfig",
+    "SecretRef",
+    "SelfTestPolicy",
+    "SiteConfig",
+    "SshOptions",
+    "UserConfig",
+    "duration_seconds",
+    "iter_secret_refs",
+    "name_problem",
+    "percentage_fraction",
+]

@@ -146,4 +146,3 @@ def sync_schedules(engine: Engine, inventory: Inventory) -> dict[str, list[str]]
                 continue
             session.add(row)
     return changes
-

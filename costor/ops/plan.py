@@ -394,10 +394,12 @@ def _password_fact(ctx: Context, session: Session, resource: Resource, state_nam
 
 def source_files(ctx: Context) -> list[Path]:
     """The inventory and every profile file it could use, in a stable order."""
-    from costor.config.profiles import find_profile_files
+    from costor.config.profiles import SHIPPED_PROFILES, find_profile_files
 
+    # The shipped profiles too: a CoStor upgrade that changes one makes a saved plan stale.
+    directories = list(ctx.inventory.costor.profile_paths)
     files = [ctx.inventory.path]
-    files += [file for _name, file in find_profile_files(list(ctx.inventory.costor.profile_paths))]
+    files += [file for _name, file in find_profile_files(directories, shipped=SHIPPED_PROFILES)]
     return files
 
 

@@ -177,7 +177,7 @@ _COMPARISONS = {
     "less_than_equal": "<=",
 }
 
-# Custom error types raised by the model's cross-field checks (see model._Findings).
+# Custom error types raised by the model's cross-field checks (see fields.Findings).
 MISSING_ERROR = "costor_missing"
 INVALID_ERROR = "costor_invalid"
 

@@ -94,7 +94,7 @@ def _backup(
     try:
         pool = ctx.open_pool(client.pool, load_index=False)
         # The lease before the index: a prune that condemns packs from now on waits for
-        # this backup, and packs it condemned before are not reused (store/leases.py).
+        # this backup, and packs it condemned before are not reused (store/gc/leases.py).
         lease = pool.lease("backup")
         ctx.load_index(pool)
         adopted = pool.adopt_orphan_packs()

@@ -2,8 +2,8 @@
 
 Resolves the snapshot (``CLIENT:latest`` across every pool, a client the inventory does
 not declare too), takes a reader lease before loading the index (a prune meanwhile
-waits for it), and hands over to ``store/restorer.py`` (a directory: overwrite modes,
-include/exclude, dry run) or ``store/archive.py`` (tar, tar.zst, zip; an existing file
+waits for it), and hands over to ``store/restore/directory.py`` (a directory: overwrite modes,
+include/exclude, dry run) or ``store/restore/archive.py`` (tar, tar.zst, zip; an existing file
 replaced only when forced). ``docs/restore.md`` is the user's guide.
 """
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class RestoreOutcome:
     """One restore (or dry run). ``files_*`` count every entry that is not a directory;
     ``files_written`` = new + overwritten, ``files_skipped`` = unchanged + not
-    overwritten (see ``store/restorer.py``). An archive counts its entries as new."""
+    overwritten (see ``store/restore/directory.py``). An archive counts its entries as new."""
 
     snapshot_id: str
     client: str
@@ -110,7 +110,7 @@ def restore(
     """Restore ``path`` of snapshot ``ref`` into the directory ``target``, or as an
     archive to ``archive`` (a file name, or an open stream then shown as
     ``archive_name``). ``overwrite`` (directories only; default ``always``, as restic):
-    see ``store/restorer.py``; ``force`` (archives only): replace an existing file.
+    see ``store/restore/directory.py``; ``force`` (archives only): replace an existing file.
     ``list_entries``: the outcome lists each entry and what was (or would be) done."""
     from costor.store.gc.leases import reader_lease
     from costor.store.restore.directory import DEFAULT_OVERWRITE, OVERWRITE_MODES, Selection
@@ -148,7 +148,7 @@ def restore(
         include=list(include),
         exclude=list(exclude),
     )
-    lease = reader_lease(pool)  # before the index: see costor/store/leases.py
+    lease = reader_lease(pool)  # before the index: see costor/store/gc/leases.py
     try:
         ctx.load_index(pool)
         if target is not None:

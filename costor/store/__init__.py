@@ -4,6 +4,7 @@ a backend. It knows nothing of the inventory, the database, SSH or HTTP.
 Modules, bottom up: ``backends`` (raw named objects) → ``crypto`` (keys, AEAD, blob ids)
 → ``pack`` (blobs grouped into packs with an encrypted trailer) → ``index`` (blob →
 pack location) → ``pool`` (identity, keys, index, trees, snapshots) → ``tree`` and
-``snapshot`` (metadata encodings) → ``archiver`` (backup), ``restorer`` / ``archive``
-(restore), ``checker`` (verification).
+``snapshot`` (metadata encodings) → the rooms, by the way data flows: ``backup/`` (the
+local walk and the host stream into the pool), ``restore/`` (to a directory, to an
+archive), ``gc/`` (prune, condemned packs, leases); ``checker`` (verification).
 """

@@ -2,8 +2,16 @@
 
 Every error a user can meet is a :class:`CostorError` subclass. Its docstring is the
 message template (filled with the keyword arguments given when raised) and it carries
-the process exit code. Only ``costor.cli`` turns errors into exit codes, and (later)
-only ``costor.server`` turns them into HTTP statuses; everything else raises.
+the process exit code and the HTTP status the server answers with. Only ``costor.cli``
+turns errors into exit codes, and only the server (to come) turns them into HTTP
+statuses; everything else raises.
+
+HTTP statuses: 400 a request that cannot mean anything (usage, an ambiguous prefix), 404
+a named thing that does not exist, 409 a state that refuses the request now (a lock, a
+stale or blocked plan, the last key slot), 422 a configuration that does not validate,
+502 a host that did not answer or answered wrongly, 503 storage that is unreachable,
+throttling or not opened (a wrong passphrase: the server's configuration, not the
+caller's), 507 storage that is full, 500 everything else (damage included).
 
 Exit codes (a contract scripts rely on; README.md, docs/plan-apply.md): 0 ok, 1 error,
 2 "changes present" (plan), 3 damage found, 4 "plan blocked" (``costor plan``: apply
@@ -19,6 +27,7 @@ class CostorError(Exception):
     """{message}"""
 
     exit_code: ClassVar[int] = 1
+    http_status: ClassVar[int] = 500
 
     def __init__(self, message: str | None = None, **fields: Any) -> None:
         self.fields = fields
@@ -41,6 +50,8 @@ class CostorError(Exception):
 class ConfigError(CostorError):
     """Invalid configuration: {message}"""
 
+    http_status = 422
+
 
 class InventoryInvalid(ConfigError):
     """The inventory has {count} error(s)."""
@@ -57,9 +68,13 @@ class SecretUnavailable(ConfigError):
 class UnknownResource(CostorError):
     """No {kind} named {name!r} in the inventory."""
 
+    http_status = 404
+
 
 class NotApplied(CostorError):
     """{address} is declared but not applied yet: run `costor plan` and `costor apply` (what runs is what was applied)."""
+
+    http_status = 409
 
 
 # --- the pool ------------------------------------------------------------------------
@@ -68,53 +83,79 @@ class NotApplied(CostorError):
 class PoolError(CostorError):
     """Pool error: {message}"""
 
+    http_status = 503
+
 
 class PoolNotFound(PoolError):
     """No CoStor pool at {location} (identity file missing); run `costor apply` to initialise it."""
+
+    http_status = 503
 
 
 class PoolExists(PoolError):
     """A pool already exists at {location}."""
 
+    http_status = 409
+
 
 class PoolMismatch(PoolError):
     """Pool at {location} has UUID {found}, but the state expects {expected}: foreign or replaced pool."""
+
+    http_status = 503
 
 
 class PoolFormatUnsupported(PoolError):
     """Pool at {location} uses format version {version}; this CoStor reads versions {supported}."""
 
+    http_status = 503
+
 
 class WrongPassphrase(PoolError):
     """Wrong passphrase for pool {location}: no key slot opens with it."""
+
+    http_status = 503
 
 
 class KeySlotNotFound(PoolError):
     """No key slot {slot!r} in pool {location}; `costor pool keys` lists them."""
 
+    http_status = 404
+
 
 class AmbiguousKeySlot(PoolError):
     """Key slot {slot!r} matches {count} slots of pool {location}; give more characters."""
+
+    http_status = 400
 
 
 class LastKeySlot(PoolError):
     """Refusing to remove key slot {slot}: it is the last key slot of pool {location}, and without one nothing opens the pool."""
 
+    http_status = 409
+
 
 class KeySlotInUse(PoolError):
     """Refusing to remove key slot {slot}: it is the only slot that pool {pool}'s configured passphrase opens. Set pools.{pool}.passphrase to another slot's passphrase first (then run this again), or pass --force to remove it anyway."""
+
+    http_status = 409
 
 
 class StorageFull(PoolError):
     """Pool storage is full while writing {name}: {reason}. Nothing was committed."""
 
+    http_status = 507
+
 
 class BackendError(PoolError):
     """Storage backend error on {name}: {reason}"""
 
+    http_status = 503
+
 
 class ObjectNotFound(BackendError):
     """Object {name} does not exist in the pool."""
+
+    http_status = 404
 
 
 class BackendTransient(BackendError):
@@ -134,23 +175,32 @@ class BackendThrottled(BackendTransient):
 class WriteNotVerified(BackendError):
     """Write of {name} could not be verified after {attempts} attempt(s): {reason}"""
 
+    http_status = 503
+
 
 class DataCorruption(PoolError):
     """Damaged data in pack {pack}: {reason}"""
 
     exit_code = 3
+    http_status = 500
 
 
 class SnapshotNotFound(PoolError):
     """No snapshot matches {ref!r}."""
 
+    http_status = 404
+
 
 class AmbiguousSnapshot(PoolError):
     """Snapshot reference {ref!r} matches {count} snapshots; give more characters."""
 
+    http_status = 400
+
 
 class PathNotInSnapshot(PoolError):
     """Path {path!r} is not in snapshot {snapshot}."""
+
+    http_status = 404
 
 
 class DamageFound(CostorError):
@@ -173,13 +223,19 @@ class RestoreError(CostorError):
 class RestoreTargetNotDirectory(RestoreError):
     """Restore target {target} exists and is not a directory: name a directory (it is created if missing), or use --archive to write a file."""
 
+    http_status = 400
+
 
 class ArchiveExists(RestoreError):
     """{path} already exists: choose another name, or give --force to replace it."""
 
+    http_status = 409
+
 
 class UsageError(CostorError):
     """{message}"""
+
+    http_status = 400
 
 
 class StateError(CostorError):
@@ -189,6 +245,8 @@ class StateError(CostorError):
 class StateLocked(StateError):
     """The state is locked: {holder}. Wait for it (--lock-timeout) or, if that process is gone, run `costor force-unlock {lock_id}`."""
 
+    http_status = 409
+
 
 # --- plans ---------------------------------------------------------------------------
 
@@ -196,9 +254,13 @@ class StateLocked(StateError):
 class PlanError(CostorError):
     """Plan error: {message}"""
 
+    http_status = 409
+
 
 class PlanFileInvalid(PlanError):
     """{path} is not a CoStor plan file: {reason}"""
+
+    http_status = 400
 
 
 class PlanStale(PlanError):
@@ -227,6 +289,8 @@ PLAN_BLOCKED_EXIT = 4
 
 class RemoteError(CostorError):
     """{host}: {reason}"""
+
+    http_status = 502
 
 
 class HostUnreachable(RemoteError):

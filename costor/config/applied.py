@@ -34,6 +34,8 @@ from costor.errors import ConfigError, InventoryInvalid
 class AppliedStateUnreadable(ConfigError):
     """The applied configuration of {address} cannot be read ({reason}); run `costor plan` and `costor apply` again."""
 
+    http_status = 500
+
 
 def applied_inventory(
     *,

@@ -47,9 +47,13 @@ from costor.store.progress import Progress
 class PruneBusy(PoolError):
     """Another prune holds pool {location} (lease {lease} from {hostname}, pid {pid}); try later."""
 
+    http_status = 409
+
 
 class PruneRefused(PoolError):
     """Prune changed nothing in pool {location}: {reason}. Run `costor check` to see the damage."""
+
+    http_status = 409
 
 
 @dataclass

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     )
     from costor.db.models import SnapshotRow
     from costor.store.backends.base import Backend
+    from costor.store.backends.registry import BackendSettings
     from costor.store.index import IndexCache
     from costor.store.pool import Pool
     from costor.store.snapshot import Snapshot
@@ -273,15 +274,29 @@ class Context:
 
     def backend_for(self, config: PoolConfig) -> Backend:
         """The storage of a pool configuration (declared, or as recorded at its last apply)."""
-        from costor.store.backends.filters import wrap
+        from costor.store.backends.registry import open_backend
+
+        return open_backend(self.backend_settings(config))
+
+    def backend_settings(self, config: PoolConfig) -> BackendSettings:
+        """What the backend registry needs of a pool configuration: its location, its
+        credentials (secrets resolved now) and the storage filters it asks for."""
+        from costor.store.backends.filters import StorageFilters
+        from costor.store.backends.registry import BackendSettings
 
         name = config.name
-        inner: Backend
+        rate = config.rate_limit
+        filters = StorageFilters(
+            verify_writes=config.verify_writes,
+            verify_delay=config.verify_delay_s,
+            rate_limit=(rate.requests, float(rate.per_seconds)) if rate else None,
+            retry=config.backend == "s3",
+        )
+        staging = Path(self.settings.state_dir) / "staging" / name if config.staging else None
         if config.backend == "s3":
-            from costor.store.backends.s3 import S3Backend
-
             assert config.bucket is not None  # the model requires it for s3
-            inner = S3Backend(
+            return BackendSettings(
+                scheme="s3",
                 bucket=config.bucket,
                 prefix=config.prefix or "",
                 endpoint=config.endpoint,
@@ -289,28 +304,14 @@ class Context:
                 access_key=self._secret(config.access_key, f"pools.{name}.access_key"),
                 secret_key=self._secret(config.secret_key, f"pools.{name}.secret_key"),
                 path_style=config.path_style,
+                filters=filters,
+                staging=staging,
             )
-        elif config.path is not None:
-            from costor.store.backends.local import LocalBackend
-
-            inner = LocalBackend(config.path)
-        else:
-            raise PoolError(message=f"pool {name}: backend {config.backend!r} has no location")
-        rate = config.rate_limit
-        stack = wrap(
-            inner,
-            verify_writes=config.verify_writes,
-            verify_delay=config.verify_delay_s,
-            rate_limit=(rate.requests, float(rate.per_seconds)) if rate else None,
-            retry=config.backend == "s3",
-        )
-        if config.staging:
-            # Outermost: uploads go through retry, rate limit and verification, and the
-            # barrier before index segments and snapshots waits for verified packs.
-            from costor.store.backends.staging import StagingBackend
-
-            stack = StagingBackend(stack, Path(self.settings.state_dir) / "staging" / name)
-        return stack
+        if config.path is not None:
+            return BackendSettings(
+                scheme="file", path=config.path, filters=filters, staging=staging
+            )
+        raise PoolError(message=f"pool {name}: backend {config.backend!r} has no location")
 
     def _secret(self, ref: SecretRef | None, key: str) -> str | None:
         if ref is None:

@@ -1,4 +1,5 @@
-"""Storage backends: named immutable objects behind one protocol (see ``base``)."""
+"""Storage backends: named immutable objects behind one protocol (see ``base``), found
+by location scheme in ``registry``."""
 
 from costor.store.backends.base import Backend, ObjectInfo
 from costor.store.backends.local import LocalBackend

@@ -1,4 +1,4 @@
-"""costor/protocol.py and the helper's stdlib copy of it (costor/remote/helper.py, which
+"""costor/protocol.py and the helper's stdlib copy of it (costor/transport/helper.py, which
 runs on hosts and cannot import costor): every constant the helper holds is the
 protocol's, and what both compute (fingerprints, directory hashes, digests, the Bloom
 filter, the exclude rule, entries, frames) comes out the same."""
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from costor import protocol
-from costor.remote import helper
+from costor.transport import helper
 
 KEY = bytes(range(32))
 FRAME_KINDS = [

@@ -21,12 +21,12 @@ from costor.protocol import Bloom, bloom_add, bloom_filter
 
 if TYPE_CHECKING:
     from costor.config.model import ClientConfig
-    from costor.remote.ssh import HostKey, Target
+    from costor.transport.ssh import HostKey, Target
 
 
 def target(ctx: Context, client: ClientConfig) -> Target:
     from costor.config import resolve_secret
-    from costor.remote.ssh import Target
+    from costor.transport.ssh import Target
 
     ssh = client.ssh
     assert client.host is not None  # the model requires a host for ssh
@@ -46,7 +46,7 @@ def target(ctx: Context, client: ClientConfig) -> Target:
 def recorded_host_key(ctx: Context, name: str) -> HostKey | None:
     from costor.db.models import HostKeyRow
     from costor.db.session import session_scope
-    from costor.remote.ssh import HostKey
+    from costor.transport.ssh import HostKey
 
     with session_scope(ctx.engine, write=False) as session:
         row = session.get(HostKeyRow, name)
@@ -55,7 +55,7 @@ def recorded_host_key(ctx: Context, name: str) -> HostKey | None:
 
 def trusted_host_key(ctx: Context, client: ClientConfig) -> HostKey:
     """The key a connection to ``client`` must see: pinned, else recorded."""
-    from costor.remote.ssh import HostKey
+    from costor.transport.ssh import HostKey
 
     if client.ssh is not None and client.ssh.host_key:
         return HostKey.parse(client.ssh.host_key)
@@ -300,7 +300,7 @@ def probe_host_keys(
     from concurrent.futures import ThreadPoolExecutor
 
     from costor.errors import CostorError
-    from costor.remote.ssh import HostKey, Remote
+    from costor.transport.ssh import HostKey, Remote
 
     def probe(client: ClientConfig) -> tuple[str, dict[str, Any]]:
         facts: dict[str, Any] = {"host": client.host}
@@ -328,7 +328,7 @@ def accept_host_key(ctx: Context, name: str, *, lock_timeout: float = 0.0) -> di
     from costor.db.session import session_scope
     from costor.db.state import bump_serial, ensure_meta, state_lock
     from costor.errors import UsageError
-    from costor.remote.ssh import Remote
+    from costor.transport.ssh import Remote
 
     client = ctx.client_config(name)
     if client.transport != "ssh":

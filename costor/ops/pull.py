@@ -3,7 +3,7 @@
 The sequence (``docs/ssh.md`` has the user's view):
 
 1. connect, requiring the pinned host key (:mod:`costor.ops.hosts`);
-2. start the helper (``costor/remote/helper.py``) from memory; a host without python3
+2. start the helper (``costor/transport/helper.py``) from memory; a host without python3
    falls back to SFTP (:mod:`costor.ops.sftp_pull`);
 3. the helper runs the ``before`` hooks: one failing ends the backup here (after the
    ``after`` hooks ran), with no snapshot and the hook's stderr in the error;
@@ -37,11 +37,11 @@ from costor.util import jsonfast
 
 if TYPE_CHECKING:
     from costor.config.model import ClientConfig
-    from costor.remote.ssh import HelperProcess, Remote
     from costor.store.backup.sink import ContentSink
     from costor.store.backup.stream import Ingest
     from costor.store.pool import Pool
     from costor.store.snapshot import Snapshot
+    from costor.transport.ssh import HelperProcess, Remote
 
 PARENT_BATCH = 5000  # parent files per PARENT frame
 FETCH_BATCH = 500  # paths per FETCH command
@@ -64,7 +64,7 @@ class Connection:
         from concurrent.futures import ThreadPoolExecutor
 
         from costor.ops.hosts import target, trusted_host_key
-        from costor.remote.ssh import Remote
+        from costor.transport.ssh import Remote
 
         self.host_key = trusted_host_key(ctx, client)
         self.remote = Remote(target(ctx, client))

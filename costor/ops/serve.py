@@ -231,13 +231,13 @@ class Server:
         import costor.ops.pull
         import costor.ops.runner
         import costor.ops.selftest
-        import costor.remote.helper
-        import costor.remote.ssh
         import costor.store.backup.stream
         import costor.store.backup.walk  # noqa: F401  (imported for the forked jobs)
+        import costor.transport.helper
+        import costor.transport.ssh
 
         del pyfastcdc, hkdf
-        costor.remote.ssh.compressed_helper()
+        costor.transport.ssh.compressed_helper()
 
         for name, pool in sorted(self.ctx.inventory.pools.items()):
             if self.sites is not None and pool.site not in self.sites:

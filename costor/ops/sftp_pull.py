@@ -28,10 +28,10 @@ from costor.store.progress import Progress
 
 if TYPE_CHECKING:
     from costor.config.model import ClientConfig
-    from costor.remote.ssh import Remote
     from costor.store.backup.stream import Ingest
     from costor.store.pool import Pool
     from costor.store.snapshot import Snapshot
+    from costor.transport.ssh import Remote
 
 READ_SIZE = 4 * 1024 * 1024
 ENTRY_OVERHEAD = 64  # bytes per listed entry counted as transferred (attrs + framing)

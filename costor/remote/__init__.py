@@ -1,5 +1,3 @@
-"""Transports to remote hosts: SSH (asyncssh) and the helper shipped over it.
-
-Only this package imports asyncssh. It knows nothing of pools or the state: ``ops``
-joins a remote session to the engine.
-"""
+"""The former name of :mod:`costor.transport`, kept only for the apply's
+``from costor.remote.ssh import HostKey`` (costor/ops/apply_change.py); it goes once
+that line names ``costor.transport.ssh``."""

@@ -54,7 +54,7 @@ def test_local_commands_do_not_import_the_ssh_stack(site: Site, tmp_path: Path) 
         ):
             codes.append(main([argv[0], "-c", inventory, *argv[1:]]))
         loaded = sorted(m for m in sys.modules if m == "asyncssh" or m.startswith(
-            ("asyncssh.", "costor.remote.ssh")))
+            ("asyncssh.", "costor.transport.ssh")))
         print(json.dumps({{"codes": codes, "loaded": loaded}}))
     """
     result = _python(code, tmp_path)

@@ -413,7 +413,7 @@ def sudo_rule() -> object:
 
     if _shutil.which("sudo") is None:
         pytest.skip("sudo is not installed (scripts/test.sh installs it)")
-    from costor.remote.ssh import BOOTSTRAP
+    from costor.transport.ssh import BOOTSTRAP
 
     python = _shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
     SUDOERS.parent.mkdir(exist_ok=True)
@@ -485,7 +485,7 @@ def test_a_key_restricted_to_the_helper_backs_up_and_does_nothing_else(
 ) -> None:
     import subprocess
 
-    from costor.remote.ssh import BOOTSTRAP
+    from costor.transport.ssh import BOOTSTRAP
 
     src = make_tree(remote_dir)
     secret = src / "etc" / "root-only"

@@ -1,4 +1,4 @@
-"""Sparse walks (costor/remote/helper.py, protocol 3): a directory whose names are the
+"""Sparse walks (costor/transport/helper.py, protocol 3): a directory whose names are the
 parent's sends only what changed, and the server takes the parent's entries for the
 rest. Each test pulls the same tree as two clients: ``sparse`` keeps its cache (so its
 pulls walk sparse), ``full`` loses it before every pull (so its pulls send every path).

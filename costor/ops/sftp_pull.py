@@ -10,31 +10,25 @@ What SFTP (version 3, as OpenSSH serves it) cannot give, and what that costs:
 - no extended attributes, hard links are separate files; user and group names come
   from the listing's long form.
 
-Hooks still run, as plain SSH commands (under ``sudo -n`` if asked). The walk produces
-the same entries as the helper (:class:`costor.protocol.Entry`) for the same
-:class:`costor.store.backup.stream.Ingest`.
+Hooks still run, as plain SSH commands (under ``sudo -n`` if asked). The walk
+(:class:`costor.transport.sftp.SftpWalker`) produces the same entries as the helper
+(:class:`costor.protocol.Entry`) for the same :class:`costor.store.backup.stream.Ingest`.
 """
 
 from __future__ import annotations
 
-import posixpath
-import stat
 from typing import TYPE_CHECKING, Any
 
-from costor import protocol
-from costor.errors import HookFailed, RemoteError
-from costor.protocol import Entry, ExcludeMatcher
+from costor.errors import HookFailed
+from costor.protocol import ExcludeMatcher
 from costor.store.progress import Progress
+from costor.transport.sftp import SftpWalker, run_hook
 
 if TYPE_CHECKING:
     from costor.config.model import ClientConfig
-    from costor.store.backup.stream import Ingest
     from costor.store.pool import Pool
     from costor.store.snapshot import Snapshot
     from costor.transport.ssh import Remote
-
-READ_SIZE = 4 * 1024 * 1024
-ENTRY_OVERHEAD = 64  # bytes per listed entry counted as transferred (attrs + framing)
 
 
 def sftp_pull(
@@ -52,11 +46,11 @@ def sftp_pull(
 
     hooks: list[dict[str, Any]] = []
     for command in client.hooks.before:
-        result = _run_hook(remote, client, "before", command)
+        result = _hook(remote, client, "before", command)
         hooks.append(result)
         if result["rc"] != 0:
             for after in client.hooks.after:
-                hooks.append(_run_hook(remote, client, "after", after))
+                hooks.append(_hook(remote, client, "after", after))
             raise HookFailed(
                 client=client.name,
                 phase="before",
@@ -75,7 +69,9 @@ def sftp_pull(
             parent=parent,
             progress=progress,
         )
-        walker = _Walker(remote, sftp, ingest, client, ExcludeMatcher(list(client.exclude)))
+        walker = SftpWalker(
+            remote, sftp, ingest, list(client.paths), ExcludeMatcher(list(client.exclude))
+        )
         try:
             walker.walk()
             missing = ingest.missing()  # "same" files whose blobs the pool lost
@@ -87,7 +83,7 @@ def sftp_pull(
             raise
     finally:
         for command in client.hooks.after:
-            hooks.append(_run_hook(remote, client, "after", command))
+            hooks.append(_hook(remote, client, "after", command))
     errors = [{"path": "", "error": f"fell back to SFTP: {reason}"}, *ingest.errors]
     for hook in hooks:  # as with the helper (costor/ops/pull.py): the snapshot is kept
         if hook["phase"] == "after" and hook["rc"] != 0:
@@ -101,225 +97,6 @@ def sftp_pull(
     return snapshot, errors, hooks
 
 
-def _run_hook(remote: Remote, client: ClientConfig, phase: str, command: str) -> dict[str, Any]:
-    import shlex
-    import time
-
-    connection = remote.connection
-    assert connection is not None
-    full = f"sudo -n sh -c {shlex.quote(command)}" if client.ssh and client.ssh.sudo else command
-    started = time.monotonic()
-
-    async def run() -> Any:
-        return await connection.run(full, timeout=client.hooks.timeout_s)
-
-    try:
-        result = remote.run(run())
-        rc, out, err = result.exit_status, result.stdout, result.stderr
-    except Exception as error:  # a timeout or a dropped connection
-        rc, out, err = -1, "", f"{type(error).__name__}: {error}"
-    return {
-        "phase": phase,
-        "command": command,
-        "rc": rc if rc is not None else -1,
-        "stdout": str(out or "")[-4096:],
-        "stderr": str(err or "")[-4096:],
-        "duration_s": round(time.monotonic() - started, 3),
-    }
-
-
-class _Walker:
-    def __init__(
-        self,
-        remote: Remote,
-        sftp: Any,
-        ingest: Ingest,
-        client: ClientConfig,
-        matcher: ExcludeMatcher,
-    ) -> None:
-        self.remote = remote
-        self.sftp = sftp
-        self.ingest = ingest
-        self.client = client
-        self.matcher = matcher
-        self.transferred = 0
-        self.parent = {item.path: item for item in ingest.parent_files()}
-
-    def call(self, coroutine: Any) -> Any:
-        try:
-            return self.remote.run(coroutine)
-        except OSError:
-            raise
-        except Exception as error:
-            if type(error).__module__.startswith("asyncssh"):
-                raise RemoteError(host=self.remote.target.display, reason=str(error)) from None
-            raise
-
-    def walk(self) -> None:
-        spec: dict[str, Any] = {}
-        for path in self.client.paths:
-            parts = [p for p in path.split("/") if p]
-            level = spec
-            for part in parts[:-1]:
-                level = level.setdefault(part, {})
-                if level is True:
-                    break
-            else:
-                if parts:
-                    level[parts[-1]] = True
-        self.ingest.entry(Entry("/", protocol.DIR, 0o755))
-        if list(self.client.paths) == ["/"]:
-            self.walk_dir("/")
-        else:
-            self.walk_virtual("/", spec)
-
-    def walk_virtual(self, path: str, spec: dict[str, Any]) -> None:
-        for name in sorted(spec, key=lambda n: n.encode("utf-8", "surrogateescape")):
-            child = posixpath.join(path, name)
-            attrs = self.lstat(child)
-            if attrs is None:
-                continue
-            sub = spec[name]
-            if sub is True:
-                if not self.matcher.excluded(child, name):
-                    self.add(child, attrs, "")
-            elif stat.S_ISDIR(attrs.permissions or 0):
-                self.emit(child, attrs, "", "")
-                self.walk_virtual(child, sub)
-            else:
-                self.error(child, "is not a directory")
-
-    def walk_dir(self, path: str) -> None:
-        async def listing() -> Any:
-            return await self.sftp.readdir(path)
-
-        try:
-            names = self.call(listing())
-        except Exception as error:
-            self.error(path, f"cannot list directory: {error}")
-            return
-        names = [n for n in names if n.filename not in (".", "..")]
-        for entry in sorted(names, key=lambda n: _raw(n.filename)):
-            name = _text(entry.filename)
-            self.transferred += ENTRY_OVERHEAD + len(_raw(entry.filename))
-            child = posixpath.join(path, name)
-            if self.matcher.excluded(child, name):
-                continue
-            self.add(child, entry.attrs, _text(entry.longname or ""))
-
-    def add(self, path: str, attrs: Any, longname: str) -> None:
-        mode = attrs.permissions or 0
-        if stat.S_ISDIR(mode):
-            self.emit(path, attrs, "", longname)
-            self.walk_dir(path)
-            return
-        if not stat.S_ISREG(mode):
-            self.emit(path, attrs, "", longname)
-            return
-        known = self.parent.get(path)
-        if (
-            known is not None
-            and known.size == attrs.size
-            and known.mtime_ns // 10**9 == attrs.mtime
-        ):
-            self.emit(path, attrs, protocol.SAME, longname)
-            return
-        if self.emit(path, attrs, protocol.DATA_FOLLOWS, longname) == protocol.DATA_FOLLOWS:
-            self.send(path)
-
-    def emit(self, path: str, attrs: Any, state: str, longname: str) -> str:
-        mode = attrs.permissions or 0
-        user, group = _owners(longname)
-        target = None
-        if stat.S_ISLNK(mode):
-
-            async def link() -> Any:
-                return await self.sftp.readlink(path)
-
-            try:
-                target = _text(self.call(link()))
-            except Exception as error:
-                target, state = "", f"{protocol.WARNING_PREFIX}cannot read link: {error}"
-        kind = _kind(mode)
-        entry = Entry(
-            path,
-            kind,
-            mode=stat.S_IMODE(mode),
-            uid=attrs.uid or 0,
-            gid=attrs.gid or 0,
-            user=user,
-            group=group,
-            size=attrs.size or 0 if kind == protocol.FILE else 0,
-            mtime_ns=int(attrs.mtime or 0) * 10**9,
-            links=attrs.nlink or 1,
-            target=target,
-            state=state,
-        )
-        return self.ingest.entry(entry)
-
-    def send(self, path: str) -> None:
-        sink = self.ingest.content(path)
-        whole = protocol.ContentDigest(self.ingest.key, large=sink.digest.large)
-        size = 0
-
-        async def read_all() -> None:
-            nonlocal size
-            async with self.sftp.open(path, "rb") as handle:
-                while True:
-                    data = await handle.read(READ_SIZE)
-                    if not data:
-                        break
-                    size += len(data)
-                    whole.update(data)
-                    self.transferred += len(data)
-                    sink.write(data)
-
-        try:
-            self.call(read_all())
-        except RemoteError:
-            raise
-        except Exception as error:
-            sink.finish({"error": f"cannot read: {error}"})
-            return
-        sink.finish(whole.end(size))
-
-    def lstat(self, path: str) -> Any:
-        async def get() -> Any:
-            return await self.sftp.lstat(path)
-
-        try:
-            return self.call(get())
-        except Exception as error:
-            self.error(path, f"cannot stat: {error}")
-            return None
-
-    def error(self, path: str, message: str) -> None:
-        self.ingest.entry(protocol.error_entry(path, message))
-
-
-def _raw(name: Any) -> bytes:
-    return name if isinstance(name, bytes) else str(name).encode("utf-8", "surrogateescape")
-
-
-def _text(name: Any) -> str:
-    return name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else str(name)
-
-
-def _owners(longname: str) -> tuple[str, str]:
-    """User and group from an ``ls -l``-style long name (OpenSSH's SFTP listing)."""
-    fields = longname.split()
-    return (fields[2], fields[3]) if len(fields) >= 4 else ("", "")
-
-
-def _kind(mode: int) -> str:
-    for test, letter in (
-        (stat.S_ISREG, protocol.FILE),
-        (stat.S_ISDIR, protocol.DIR),
-        (stat.S_ISLNK, protocol.SYMLINK),
-        (stat.S_ISFIFO, protocol.FIFO),
-        (stat.S_ISCHR, protocol.CHARDEV),
-        (stat.S_ISBLK, protocol.BLOCKDEV),
-    ):
-        if test(mode):
-            return letter
-    return protocol.SOCKET
+def _hook(remote: Remote, client: ClientConfig, phase: str, command: str) -> dict[str, Any]:
+    sudo = bool(client.ssh and client.ssh.sudo)
+    return run_hook(remote, phase, command, sudo=sudo, timeout=client.hooks.timeout_s)

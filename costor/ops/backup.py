@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from costor.errors import BackupError
 from costor.ops.context import Context
@@ -52,6 +53,29 @@ class BackupOutcome:
         }
 
 
+class Source(Protocol):
+    """A host reached by a transport: made (and connecting, on a thread of its own) while
+    the pool is opened; ``pull`` backs the host up into the pool; ``close`` ends the
+    connection whatever happened."""
+
+    def pull(
+        self, ctx: Context, client: Any, pool: Any, parent: Any, *, progress: Progress | None
+    ) -> Any: ...  # costor.ops.pull.PullOutcome
+
+    def close(self) -> None: ...
+
+
+def _ssh(ctx: Context, client: Any) -> Source:
+    from costor.ops.pull import Connection
+
+    return Connection(ctx, client)
+
+
+# The client's ``transport`` -> how a backup reaches its host. "local" walks this
+# machine's own files (store/backup/walk.py): no host, no connection, so no Source.
+TRANSPORTS: dict[str, Callable[[Context, Any], Source] | None] = {"local": None, "ssh": _ssh}
+
+
 def run_backup(
     ctx: Context,
     client_name: str,
@@ -81,15 +105,12 @@ def _backup(
     client = ctx.client_config(client_name)
     # Said in the outcome (a broken inventory is said once by the edge that loaded it).
     notice = ctx.drift_notice(f"client.{client_name}", broken=False)
-    if client.transport not in ("local", "ssh"):
+    if client.transport not in TRANSPORTS:
         raise BackupError(
             client=client_name, reason=f"transport {client.transport!r} is not available yet"
         )
-    connection = None
-    if client.transport == "ssh":
-        from costor.ops.pull import Connection
-
-        connection = Connection(ctx, client)  # connects while the pool is opened
+    reach = TRANSPORTS[client.transport]
+    connection = reach(ctx, client) if reach is not None else None  # connects meanwhile
     lease = None
     try:
         pool = ctx.open_pool(client.pool, load_index=False)
@@ -119,7 +140,7 @@ def _run(
     pool: Any,
     previous: list[Any],
     adopted: int,
-    connection: Any,
+    connection: Source | None,
     progress: Progress | None,
     scan_totals: bool,
 ) -> BackupOutcome:
@@ -130,9 +151,7 @@ def _run(
     written: dict[str, int] = {}
     pool.on_pack_written = written.__setitem__
     if connection is not None:
-        from costor.ops.pull import pull
-
-        pulled = pull(ctx, client, pool, parent, progress=progress, connection=connection)
+        pulled = connection.pull(ctx, client, pool, parent, progress=progress)
         ctx.record_snapshot(pool, pulled.snapshot, written)
         outcome = BackupOutcome(client.pool, pulled.snapshot, pulled.errors, adopted)
         outcome.hooks, outcome.method = pulled.hooks, pulled.method

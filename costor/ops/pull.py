@@ -58,7 +58,8 @@ class PullOutcome:
 
 class Connection:
     """Connecting and starting the helper, on a thread of its own: it overlaps with
-    opening the pool (a key derivation) and reading the state, which it does not need."""
+    opening the pool (a key derivation) and reading the state, which it does not need.
+    The SSH transport's :class:`costor.ops.backup.Source`."""
 
     def __init__(self, ctx: Context, client: ClientConfig) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -77,6 +78,18 @@ class Connection:
 
     def helper(self) -> HelperProcess:
         return self._started.result()
+
+    def pull(
+        self,
+        ctx: Context,
+        client: ClientConfig,
+        pool: Pool,
+        parent: Snapshot | None,
+        *,
+        progress: Progress | None,
+    ) -> PullOutcome:
+        """The backup, through the helper or SFTP (:func:`pull`); closes this."""
+        return pull(ctx, client, pool, parent, progress=progress, connection=self)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

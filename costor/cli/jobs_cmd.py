@@ -12,7 +12,7 @@ from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
 from costor.cli.output import print_json
-from costor.errors import UnknownResource, UsageError
+from costor.errors import UsageError
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -32,8 +32,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops import jobs
-
     ctx = context(args)
     if args.action == "run":
         from costor.ops.runner import run_job
@@ -42,24 +40,32 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(message="usage: costor jobs run ID")
         return run_job(ctx, int(args.operands[0]))
     if args.action == "add":
-        if len(args.operands) != 2 or args.operands[0] not in jobs.KINDS:
-            kinds = "|".join(jobs.KINDS)
+        from costor.ops.job_kinds import KINDS
+        from costor.ops.job_queue import queue_job
+
+        if len(args.operands) != 2 or args.operands[0] not in KINDS:
+            kinds = "|".join(KINDS)
             raise UsageError(message=f"usage: costor jobs add {{{kinds}}} TARGET")
         kind, target = args.operands
-        site = _site_of(ctx, kind, target)
-        job_id = jobs.enqueue(ctx.engine, kind, target, site=site)
+        queued = queue_job(ctx, kind=kind, target=target)
         if args.json:
-            print_json({"id": job_id, "kind": kind, "target": target, "state": "queued"})
+            print_json(queued.to_json())
         else:
-            print(f"job {job_id}: {kind} {target} queued")
+            print(f"job {queued.id}: {queued.kind} {queued.target} queued")
         return 0
     if args.operands:
         raise UsageError(message="usage: costor jobs [--json] [--state S] [--kind K]")
-    rows = jobs.list_jobs(ctx.engine, state=args.state, kind=args.kind, limit=args.limit)
-    documents = [jobs.job_json(row) for row in rows]
+    from costor.ops.job_queue import job_history
+
+    history = job_history(ctx, state=args.state, kind=args.kind, limit=args.limit)
     if args.json:
-        print_json(documents)
+        print_json(history.to_json())
         return 0
+    _print_jobs(history.jobs)
+    return 0
+
+
+def _print_jobs(documents: list[dict[str, Any]]) -> None:
     if not documents:
         print("no jobs")
     else:
@@ -72,15 +78,3 @@ def run(args: argparse.Namespace) -> int:
         if doc["error"]:
             line += f"  {doc['error'].splitlines()[0][:100]}"
         print(line.rstrip())
-    return 0
-
-
-def _site_of(ctx: Any, kind: str, target: str) -> str:
-    inventory = ctx.inventory
-    if kind in ("backup", "forget", "selftest"):
-        if target not in inventory.clients:
-            raise UnknownResource(kind="client", name=target)
-        return str(inventory.clients[target].site)
-    if target not in inventory.pools:
-        raise UnknownResource(kind="pool", name=target)
-    return str(inventory.pools[target].site)

@@ -35,7 +35,6 @@ from costor.db.models import JobRow, ScheduleRow
 from costor.db.session import session_scope
 from costor.ops.context import utcnow
 
-KINDS = ("backup", "forget", "prune", "check", "selftest")
 ACTIVE = ("queued", "running")
 HEARTBEAT_EVERY = 5.0  # seconds between a running job's heartbeats
 STALE_AFTER = 60.0  # a running job not heard from this long is interrupted

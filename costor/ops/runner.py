@@ -17,6 +17,7 @@ from typing import Any
 
 from costor.errors import CostorError
 from costor.ops.context import Context
+from costor.ops.job_kinds import JOB_KINDS, execute
 from costor.util.log import JOB, get_logger
 
 # What the same verb would print on a terminal: to stderr, which is the job's log file
@@ -26,42 +27,6 @@ logger = get_logger(JOB)
 
 class Interrupted(Exception):
     """serve asked this job to stop (SIGTERM): it is recorded as interrupted and retried."""
-
-
-def execute(ctx: Context, kind: str, target: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Do the work of one job; returns its report, raises CostorError on failure."""
-    if kind == "backup":
-        from costor.ops.backup import run_backup
-
-        outcome = run_backup(ctx, target, trigger=None)  # this job is the record
-        return outcome.to_json()
-    if kind == "forget":
-        from costor.ops.forget import forget
-
-        return dict(forget(ctx, client=target).to_json())
-    if kind == "prune":
-        from costor.ops.prune import prune_pools
-
-        [(_name, report)] = prune_pools(ctx, pool=target)
-        return report.to_json()
-    if kind == "check":
-        from costor.config.model import percentage_fraction
-        from costor.errors import DamageFound
-        from costor.ops.check import check_pools
-
-        subset = params.get("read_data_subset")
-        [(_name, report)] = check_pools(
-            ctx, pool=target, subset=percentage_fraction(subset) if subset else None
-        )
-        doc = report.to_json()
-        if not report.ok:
-            raise DamageFound(pool=target, count=len(report.problems), report=doc)
-        return dict(doc)
-    if kind == "selftest":
-        from costor.ops.selftest import selftest
-
-        return selftest(ctx, target, files=int(params.get("files", 20))).to_json()
-    raise CostorError(message=f"unknown job kind {kind!r}")
 
 
 def run_job(ctx: Context, job_id: int) -> int:
@@ -92,10 +57,8 @@ def run_job(ctx: Context, job_id: int) -> int:
         f"job {job_id}: {job.kind} {job.target} started (attempt {job.attempts} of "
         f"{job.max_attempts}, {job.trigger}) at {job.started_at:%Y-%m-%d %H:%M:%S} UTC"
     )
-    if job.kind in ("backup", "forget", "selftest"):
-        notice = ctx.drift_notice(f"client.{job.target}")
-    else:
-        notice = ctx.drift_notice(f"pool.{job.target}")
+    kind = JOB_KINDS.get(job.kind)  # an unknown kind fails below, as the job's outcome
+    notice = ctx.drift_notice(kind.address(job.target) if kind else f"pool.{job.target}")
     if notice is not None:
         logger.warning(f"job {job_id}: note: {notice}")
     stop = threading.Event()

@@ -1,0 +1,105 @@
+"""The kinds of job the daemon runs, in one table: ``{kind: JobKind}``.
+
+A kind says what its target names (a client or a pool: hence the job's site and the
+address whose unapplied changes its log notes) and how one job of it runs: given the
+context, the target and the job's parameters, do the work and return the report the
+job records, or raise :class:`CostorError`. The queue (``costor.ops.jobs``), the runner
+(``costor.ops.runner``) and ``costor jobs add`` all read this table; a new kind is one
+entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from costor.config.model import percentage_fraction
+from costor.errors import CostorError, DamageFound, UnknownResource
+from costor.ops.backup import run_backup
+from costor.ops.check import check_pools
+from costor.ops.context import Context
+from costor.ops.forget import forget
+from costor.ops.prune import prune_pools
+from costor.ops.selftest import selftest
+
+Report = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """``target``: what a job's target names (``"client"`` or ``"pool"``); ``run(ctx,
+    target, params)``: the work, returning the job's report."""
+
+    name: str
+    target: Literal["client", "pool"]
+    run: Callable[[Context, str, dict[str, Any]], Report]
+
+    def address(self, target: str) -> str:
+        """The resource a job of this kind works on, e.g. ``client.web``."""
+        return f"{self.target}.{target}"
+
+    def site_of(self, ctx: Context, target: str) -> str:
+        """The site of the client or pool ``target`` (raises UnknownResource)."""
+        declared = ctx.inventory.clients if self.target == "client" else ctx.inventory.pools
+        if target not in declared:
+            raise UnknownResource(kind=self.target, name=target)
+        return str(declared[target].site)
+
+
+def _backup(ctx: Context, target: str, _params: dict[str, Any]) -> Report:
+    return run_backup(ctx, target, trigger=None).to_json()  # this job is the record
+
+
+def _forget(ctx: Context, target: str, _params: dict[str, Any]) -> Report:
+    return dict(forget(ctx, client=target).to_json())
+
+
+def _prune(ctx: Context, target: str, _params: dict[str, Any]) -> Report:
+    [(_name, report)] = prune_pools(ctx, pool=target)
+    return dict(report.to_json())
+
+
+def _check(ctx: Context, target: str, params: dict[str, Any]) -> Report:
+    subset = params.get("read_data_subset")
+    [(_name, report)] = check_pools(
+        ctx, pool=target, subset=percentage_fraction(subset) if subset else None
+    )
+    doc = report.to_json()
+    if not report.ok:
+        raise DamageFound(pool=target, count=len(report.problems), report=doc)
+    return dict(doc)
+
+
+def _selftest(ctx: Context, target: str, params: dict[str, Any]) -> Report:
+    return selftest(ctx, target, files=int(params.get("files", 20))).to_json()
+
+
+JOB_KINDS: dict[str, JobKind] = {
+    kind.name: kind
+    for kind in (
+        JobKind("backup", "client", _backup),
+        JobKind("forget", "client", _forget),
+        JobKind("prune", "pool", _prune),
+        JobKind("check", "pool", _check),
+        JobKind("selftest", "client", _selftest),
+    )
+}
+KINDS = tuple(JOB_KINDS)
+
+
+def job_kind(kind: str) -> JobKind:
+    try:
+        return JOB_KINDS[kind]
+    except KeyError:
+        raise CostorError(message=f"unknown job kind {kind!r}") from None
+
+
+def execute(ctx: Context, kind: str, target: str, params: dict[str, Any]) -> Report:
+    """Do the work of one job; returns its report, raises CostorError on failure."""
+    return job_kind(kind).run(ctx, target, params)
+
+
+def site_of(ctx: Context, kind: str, target: str) -> str:
+    """The site a job of ``kind`` on ``target`` belongs to."""
+    return job_kind(kind).site_of(ctx, target)

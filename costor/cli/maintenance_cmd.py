@@ -7,7 +7,6 @@ from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
 from costor.cli.output import print_json
-from costor.errors import UsageError
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -23,34 +22,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.serve import maintenance_reasons, set_maintenance
+    from costor.ops.site_maintenance import maintenance
 
     ctx = context(args)
-    if args.mode is not None:
-        site = args.site
-        if site is None:
-            if len(ctx.inventory.sites) != 1:
-                raise UsageError(message="several sites are declared: name one with --site")
-            [site] = ctx.inventory.sites
-        set_maintenance(ctx, site, args.mode == "on", args.reason)
-    paused = maintenance_reasons(ctx)
-    declared = {n for n, s in ctx.inventory.sites.items() if s.maintenance}
-    document = {
-        "sites": [
-            {
-                "site": name,
-                "maintenance": name in paused,
-                "by_inventory": name in declared,
-                "reason": paused.get(name),
-            }
-            for name in sorted(ctx.inventory.sites)
-        ]
-    }
+    on = None if args.mode is None else args.mode == "on"
+    outcome = maintenance(ctx, on=on, site=args.site, reason=args.reason)
     if args.json:
-        print_json(document)
+        print_json(outcome.to_json())
         return 0
-    for entry in document["sites"]:
-        state = "on" if entry["maintenance"] else "off"
-        how = f" ({entry['reason']})" if entry["maintenance"] and entry["reason"] else ""
-        print(f"site {entry['site']}: maintenance {state}{how}")
+    for entry in outcome.sites:
+        state = "on" if entry.maintenance else "off"
+        how = f" ({entry.reason})" if entry.maintenance and entry.reason else ""
+        print(f"site {entry.site}: maintenance {state}{how}")
     return 0

@@ -29,7 +29,7 @@ later an agent) and the site say to each other.
   (``Pool.transfer_key``), with the personalisation strings that keep them apart.
 - **The Bloom filter** of the pool's whole-file digests: ``u32 k | bits``.
 
-The helper (``costor/remote/helper.py``) runs on the host with the standard library
+The helper (``costor/transport/helper.py``) runs on the host with the standard library
 alone and cannot import this module: it keeps its own copy of what it needs, and
 ``tests/test_protocol.py`` ties every copy to this file.
 
@@ -165,7 +165,7 @@ _STAT = struct.Struct(">QQQQ")  # size, mtime_ns, ctime_ns, inode
 def fingerprint(
     key: bytes, path: bytes, size: int, mtime_ns: int, ctime_ns: int, inode: int
 ) -> bytes:
-    """The producer's view of an entry (costor/remote/helper.py ``_stat_key``): a 4-byte
+    """The producer's view of an entry (costor/transport/helper.py ``_stat_key``): a 4-byte
     keyed hash of its path and an 8-byte one of path and stat data."""
     keyed = _keyed8(key)
     by_path, by_stat = keyed.copy(), keyed.copy()  # a copy costs half a keyed start
@@ -180,7 +180,7 @@ def _keyed8(key: bytes) -> Any:
 
 
 def dir_hash(key: bytes, path: str, names: Iterable[bytes]) -> bytes:
-    """costor/remote/helper.py ``dir_hash``: of the path and the sorted names."""
+    """costor/transport/helper.py ``dir_hash``: of the path and the sorted names."""
     data = path.encode("utf-8", "surrogateescape") + b"\0" + b"\0".join(sorted(names))
     return hashlib.blake2b(data, key=key, digest_size=DIR_HASH_SIZE, person=DIR_PERSON).digest()
 
@@ -196,7 +196,7 @@ def blocks_digest(key: bytes, blocks: bytes) -> bytes:
 
 
 class ContentDigest:
-    """What proves a file's content (costor/remote/helper.py computes the same): a keyed
+    """What proves a file's content (costor/transport/helper.py computes the same): a keyed
     BLAKE2b of the whole file; for a large file, the keyed 16-byte BLAKE2b of each 1 MiB
     block, and as digest the BLAKE2b of those. A large file's digest can so be checked
     from its blocks: one changed block costs hashing that block, not the file.
@@ -262,7 +262,7 @@ class ContentDigest:
 
 
 class Bloom:
-    """Reads a filter (costor/remote/helper.py ``Bloom``): bits set at k positions taken
+    """Reads a filter (costor/transport/helper.py ``Bloom``): bits set at k positions taken
     from the digest itself (a keyed hash: uniform)."""
 
     def __init__(self, payload: bytes) -> None:

@@ -216,7 +216,7 @@ class ChangeExecutor:
                 session.flush()
         planned = self.change.details.get("host_key")
         if planned and client.transport == "ssh":
-            from costor.remote.ssh import HostKey  # only with an SSH client in play
+            from costor.transport.ssh import HostKey  # only with an SSH client in play
 
             record_host_key(session, client, HostKey.parse(planned))
 

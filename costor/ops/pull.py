@@ -17,7 +17,8 @@ The sequence (``docs/ssh.md`` has the user's view):
 
 Bytes over the connection are counted on the helper's channel (frame headers included;
 SSH's own framing and encryption add a few percent on top). What goes over it is
-:mod:`costor.protocol`.
+:mod:`costor.protocol`; the frames of the hooks, the walk and the fetches are read and
+written by :mod:`costor.transport.helper_session`.
 """
 
 from __future__ import annotations
@@ -29,23 +30,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from costor import protocol
-from costor.errors import BackupError, HookFailed, RemoteError
+from costor.errors import BackupError, RemoteError
 from costor.ops.context import Context
 from costor.ops.sftp_pull import sftp_pull
 from costor.store.progress import Progress
-from costor.util import jsonfast
+from costor.transport.helper_session import (
+    ParentSent,
+    after_hooks,
+    before_hooks,
+    fetch_missing,
+    read_walk,
+)
 
 if TYPE_CHECKING:
     from costor.config.model import ClientConfig
-    from costor.store.backup.sink import ContentSink
     from costor.store.backup.stream import Ingest
     from costor.store.pool import Pool
     from costor.store.snapshot import Snapshot
     from costor.transport.ssh import HelperProcess, Remote
 
 PARENT_BATCH = 5000  # parent files per PARENT frame
-FETCH_BATCH = 500  # paths per FETCH command
-DELTA_BATCH = 20  # paths per DELTA command
 
 
 @dataclass
@@ -185,18 +189,18 @@ def _run_helper(
 ) -> PullOutcome:
     cache = _cache_dir(ctx, pool, client)
     first, parent = _start(client, pool, remote, helper, index, ingest, cache)
-    hooks = _before_hooks(client, remote, helper)
+    hooks = before_hooks(client.name, remote, helper)
     for frame_kind, frame in first:
         helper.send(frame_kind, frame)
     helper.send(protocol.WALK)
     try:
-        _read_walk(helper, ingest, parent)
+        read_walk(helper, ingest, parent)
     except BackupError:
         if ingest.parent_unreadable:
             _drop_cache(cache)
         raise
-    _fetch_missing(helper, ingest)
-    _after_hooks(helper, hooks)
+    fetch_missing(helper, ingest)
+    after_hooks(helper, hooks)
     helper.send(protocol.QUIT)
     snapshot = ingest.finish(bytes_transferred=helper.bytes_sent + helper.bytes_received)
     _write_cache(cache, ingest, snapshot.id, pool)
@@ -211,7 +215,7 @@ def _start(
     index: Any,
     ingest: Ingest,
     cache: Path,
-) -> tuple[list[tuple[bytes, bytes]], _Parent]:
+) -> tuple[list[tuple[bytes, bytes]], ParentSent]:
     """HELLO and its reply; meanwhile the frames that go before the walk are made.
     A helper that does not start is told apart: no python3 (:class:`_NoPython`), sudo
     refusing, anything else."""
@@ -253,55 +257,6 @@ def _not_started(client: ClientConfig, remote: Remote, helper: HelperProcess) ->
     return error
 
 
-def _before_hooks(
-    client: ClientConfig, remote: Remote, helper: HelperProcess
-) -> list[dict[str, Any]]:
-    """The before hooks' results; one failing ends the backup (after the after hooks)."""
-    hooks: list[dict[str, Any]] = []
-    while True:
-        kind, payload = helper.recv()
-        if kind == protocol.HOOK:
-            hooks.append(json.loads(payload))
-            continue
-        break
-    if kind == protocol.HOOK_FAILED:
-        failed = hooks[-1] if hooks else {"command": "?", "rc": "?", "stderr": ""}
-        _after_hooks(helper, hooks)  # they run whatever happened before
-        helper.send(protocol.QUIT)
-        raise HookFailed(
-            client=client.name,
-            phase="before",
-            command=failed["command"],
-            rc=failed["rc"],
-            stderr=(failed.get("stderr") or "").strip() or "(no stderr)",
-        )
-    if kind != protocol.READY:
-        raise RemoteError(host=remote.target.display, reason=f"unexpected reply {kind!r}")
-    return hooks
-
-
-def _fetch_missing(helper: HelperProcess, ingest: Ingest) -> None:
-    """What the walk left to fetch: deltas, then whole files."""
-    missing = ingest.missing()
-    # Delta requests go in small batches, one ahead of the results read: the host reads
-    # and compares one batch while the next is made here (each needs its base's blocks
-    # hashed from the pool).
-    ahead = 0
-    for start in range(0, len(missing.delta), DELTA_BATCH):
-        requests = [ingest.delta_request(p) for p in missing.delta[start : start + DELTA_BATCH]]
-        helper.send(protocol.DELTA, json.dumps(requests).encode())
-        ahead += 1
-        if ahead > 1:
-            _read_fetched(helper, ingest)
-            ahead -= 1
-    for _ in range(ahead):
-        _read_fetched(helper, ingest)
-    whole = missing.whole + ingest.retry
-    for start in range(0, len(whole), FETCH_BATCH):
-        helper.send(protocol.FETCH, json.dumps(whole[start : start + FETCH_BATCH]).encode())
-        _read_fetched(helper, ingest)
-
-
 def _after_hook_errors(hooks: list[dict[str, Any]]) -> list[dict[str, str]]:
     """An after hook that failed is reported; the snapshot is kept."""
     return [
@@ -315,18 +270,9 @@ def _after_hook_errors(hooks: list[dict[str, Any]]) -> list[dict[str, str]]:
     ]
 
 
-@dataclass(frozen=True)
-class _Parent:
-    """What the helper was told of the parent: its fingerprints (12 bytes each) and its
-    directories' hashes (8 bytes each), in the order sent."""
-
-    fingerprints: bytes = b""
-    dir_hashes: bytes = b""
-
-
 def _parent_frames(
     ingest: Ingest, cache: Path | None, pool: Pool
-) -> tuple[list[tuple[bytes, bytes]], _Parent]:
+) -> tuple[list[tuple[bytes, bytes]], ParentSent]:
     """The parent's files and directories as fingerprints (the helper recognises what
     did not change without its paths being sent: 12 bytes an entry), block hashes of its
     large files, and the hashes of its directories' names (for a sparse walk). From the
@@ -335,7 +281,7 @@ def _parent_frames(
     import base64
 
     if ingest.parent is None:
-        return [], _Parent()
+        return [], ParentSent()
     cached = _read_cache(cache, ingest.parent.id)
     dir_hashes = b""
     if cached is not None:
@@ -367,7 +313,7 @@ def _parent_frames(
         (protocol.PARENT_LARGE, zlib.compress(json.dumps(large[start : start + 100]).encode()))
         for start in range(0, len(large), 100)
     ]
-    return frames, _Parent(fingerprints, dir_hashes)
+    return frames, ParentSent(fingerprints, dir_hashes)
 
 
 def _cache_dir(ctx: Context, pool: Pool, client: ClientConfig) -> Path:
@@ -440,74 +386,3 @@ def _drop_cache(cache: Path) -> None:
             old.unlink()
     except OSError:
         pass
-
-
-def _read_walk(helper: HelperProcess, ingest: Ingest, parent: _Parent) -> None:
-    while True:
-        kind, payload = helper.recv()
-        if kind == protocol.ENTRIES:
-            entries = jsonfast.loads(zlib.decompress(payload), errors="surrogateescape")
-            for item in entries:
-                entry = protocol.parse_entry(item)
-                if ingest.entry(entry) == protocol.DATA_FOLLOWS:
-                    _read_content(helper, ingest.content(entry.path))
-        elif kind == protocol.OMITTED:
-            files, size, dirs = (int(n) for n in json.loads(payload))
-            ingest.omitted(files, size, dirs)
-        elif kind == protocol.MATCHED:
-            seen = zlib.decompress(payload)
-            count = len(parent.fingerprints) // protocol.FINGERPRINT_SIZE
-            ingest.carry(parent.fingerprints, seen[:count], parent.dir_hashes, seen[count:])
-        elif kind == protocol.WALK_DONE:
-            return
-        elif kind == protocol.ERROR:
-            raise BackupError(
-                client=ingest.client, reason=f"helper: {json.loads(payload)['error']}"
-            )
-        else:
-            raise BackupError(client=ingest.client, reason=f"unexpected frame {kind!r} in the walk")
-
-
-def _read_fetched(helper: HelperProcess, ingest: Ingest) -> None:
-    while True:
-        kind, payload = helper.recv()
-        if kind == protocol.START:
-            entry = protocol.parse_entry(jsonfast.loads(payload, errors="surrogateescape"))
-            sink = ingest.restart(entry)
-            if sink is not None:
-                _read_content(helper, sink)
-        elif kind == protocol.DONE:
-            return
-        elif kind == protocol.ERROR:
-            raise BackupError(
-                client=ingest.client, reason=f"helper: {json.loads(payload)['error']}"
-            )
-        else:
-            raise BackupError(client=ingest.client, reason=f"unexpected frame {kind!r} in a fetch")
-
-
-def _read_content(helper: HelperProcess, sink: ContentSink) -> None:
-    while True:
-        kind, payload = helper.recv()
-        if kind == protocol.DATA:
-            sink.write(protocol.unpack_data(payload))
-        elif kind == protocol.BLOCK:
-            (offset,) = protocol.BLOCK_OFFSET.unpack(payload[:8])
-            sink.block(offset, protocol.unpack_data(payload[8:]))
-        elif kind == protocol.END:
-            sink.finish(json.loads(payload))
-            return
-        else:
-            raise BackupError(client=sink.ingest.client, reason=f"unexpected frame {kind!r}")
-
-
-def _after_hooks(helper: HelperProcess, hooks: list[dict[str, Any]]) -> None:
-    helper.send(protocol.AFTER)
-    while True:
-        kind, payload = helper.recv()
-        if kind == protocol.HOOK:
-            hooks.append(json.loads(payload))
-        elif kind == protocol.DONE:
-            return
-        else:
-            raise BackupError(client="?", reason=f"unexpected frame {kind!r} after the hooks")

@@ -11,23 +11,43 @@ from costor.protocol import Entry
 
 
 class ContentWriter(Protocol):
-    """Takes one file's content as it arrives (``digest``: the digest it is proven by)."""
+    """Takes one file's content as it arrives (``digest``: the digest it is proven by):
+    whole (``write``) or, for a delta, changed blocks at their offsets (``block``)."""
 
     digest: Any
+    ingest: Any  # the Consumer it writes for
 
     def write(self, data: bytes) -> None: ...
+
+    def block(self, offset: int, data: bytes) -> None: ...
 
     def finish(self, end: dict[str, Any]) -> None: ...
 
 
 class Consumer(Protocol):
     """Takes a walk's entries in order; for an entry answered with
-    :data:`costor.protocol.DATA_FOLLOWS` the content goes to ``content(path)``."""
+    :data:`costor.protocol.DATA_FOLLOWS` the content goes to ``content(path)``. After
+    the walk, ``missing`` is what it still needs (deltas, whole files, ``retry``), asked
+    for by ``delta_request`` and received through ``restart``."""
 
+    client: str
     key: bytes
+    retry: list[str]
 
     def parent_files(self) -> Iterable[Any]: ...
 
     def entry(self, entry: Entry) -> str: ...
 
     def content(self, path: str) -> ContentWriter: ...
+
+    def omitted(self, files: int, size: int, dirs: int) -> None: ...
+
+    def carry(
+        self, fingerprints: bytes, seen: bytes, dir_hashes: bytes, dirs_seen: bytes
+    ) -> None: ...
+
+    def missing(self) -> Any: ...
+
+    def delta_request(self, path: str) -> list[Any]: ...
+
+    def restart(self, entry: Entry) -> ContentWriter | None: ...

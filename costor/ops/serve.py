@@ -463,39 +463,6 @@ def run_forked_job(ctx: Context, job_id: int) -> int:
         return error.exit_code
 
 
-def maintenance_sites(ctx: Context) -> set[str]:
-    """Sites in maintenance: ``maintenance = true`` in the applied inventory, or
-    ``costor maintenance on``."""
-    return set(maintenance_reasons(ctx))
-
-
-def maintenance_reasons(ctx: Context) -> dict[str, str | None]:
-    """Sites in maintenance -> the reason given (``costor maintenance on --reason``),
-    or a note that the inventory says so."""
-    from sqlmodel import col, select
-
-    from costor.db.models import SiteStateRow
-    from costor.db.session import session_scope
-
-    sites: dict[str, str | None] = {
-        name: "maintenance = true in the inventory"
-        for name, site in ctx.inventory.sites.items()
-        if site.maintenance
-    }
-    with session_scope(ctx.engine, write=False) as session:
-        for row in session.exec(select(SiteStateRow).where(col(SiteStateRow.maintenance))):
-            sites[row.site] = row.reason or sites.get(row.site)
-    return sites
-
-
-def set_maintenance(ctx: Context, site: str, on: bool, reason: str | None = None) -> None:
-    from costor.db.models import SiteStateRow
-    from costor.db.session import session_scope
-    from costor.errors import UnknownResource
-
-    if site not in ctx.inventory.sites:
-        raise UnknownResource(kind="site", name=site)
-    with session_scope(ctx.engine) as session:
-        row = session.get(SiteStateRow, site) or SiteStateRow(site=site, changed_at=utcnow())
-        row.maintenance, row.reason, row.changed_at = on, reason if on else None, utcnow()
-        session.add(row)
+# Which sites are in maintenance is costor/ops/site_maintenance.py's; the daemon asks it
+# before claiming a job, and these names stay importable from here (ops/status.py).
+from costor.ops.site_maintenance import maintenance_reasons, maintenance_sites, set_maintenance  # noqa: E402, F401

@@ -1,5 +1,6 @@
 """``costor maintenance``: pause a site's jobs (running ones finish, no new ones
-start) or resume them, and show which sites are paused and why.
+start) or resume them, and show which sites are paused and why. The daemon asks
+:func:`maintenance_sites` before it claims a job.
 
 (Named for the site, not ``maintenance``: forget, prune, check and self-test are the
 pools' maintenance, a different subject.)
@@ -10,9 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from costor.errors import UsageError
-from costor.ops.context import Context
-from costor.ops.serve import maintenance_reasons, set_maintenance
+from sqlmodel import col, select
+
+from costor.db.models import SiteStateRow
+from costor.db.session import session_scope
+from costor.errors import UnknownResource, UsageError
+from costor.ops.context import Context, utcnow
 
 
 @dataclass(frozen=True)
@@ -69,3 +73,32 @@ def maintenance(
             for name in sorted(ctx.inventory.sites)
         ]
     )
+
+
+def maintenance_sites(ctx: Context) -> set[str]:
+    """Sites in maintenance: ``maintenance = true`` in the applied inventory, or
+    ``costor maintenance on``."""
+    return set(maintenance_reasons(ctx))
+
+
+def maintenance_reasons(ctx: Context) -> dict[str, str | None]:
+    """Sites in maintenance -> the reason given (``costor maintenance on --reason``),
+    or a note that the inventory says so."""
+    sites: dict[str, str | None] = {
+        name: "maintenance = true in the inventory"
+        for name, site in ctx.inventory.sites.items()
+        if site.maintenance
+    }
+    with session_scope(ctx.engine, write=False) as session:
+        for row in session.exec(select(SiteStateRow).where(col(SiteStateRow.maintenance))):
+            sites[row.site] = row.reason or sites.get(row.site)
+    return sites
+
+
+def set_maintenance(ctx: Context, site: str, on: bool, reason: str | None = None) -> None:
+    if site not in ctx.inventory.sites:
+        raise UnknownResource(kind="site", name=site)
+    with session_scope(ctx.engine) as session:
+        row = session.get(SiteStateRow, site) or SiteStateRow(site=site, changed_at=utcnow())
+        row.maintenance, row.reason, row.changed_at = on, reason if on else None, utcnow()
+        session.add(row)

@@ -38,6 +38,7 @@ from typing import IO, Any
 
 from costor.errors import CostorError
 from costor.ops.context import Context, utcnow
+from costor.ops.site_maintenance import maintenance_sites
 from costor.util import hashthreads
 from costor.util.log import get_logger
 
@@ -461,8 +462,3 @@ def run_forked_job(ctx: Context, job_id: int) -> int:
     except CostorError as error:
         logger.error(f"costor: {error}")
         return error.exit_code
-
-
-# Which sites are in maintenance is costor/ops/site_maintenance.py's; the daemon asks it
-# before claiming a job, and these names stay importable from here (ops/status.py).
-from costor.ops.site_maintenance import maintenance_reasons, maintenance_sites, set_maintenance  # noqa: E402, F401

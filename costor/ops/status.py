@@ -50,7 +50,7 @@ class _Facts:
 
 
 def status(ctx: Context) -> dict[str, Any]:
-    from costor.ops.serve import maintenance_reasons
+    from costor.ops.site_maintenance import maintenance_reasons
 
     now = utcnow()
     facts = _read_facts(ctx)

@@ -23,6 +23,15 @@ later an agent) and the site say to each other.
       the content follows;
   ``link:PATH``
       another name of a file already sent in this walk;
+  ``same``
+      unchanged by the producer's own rule (the SFTP walk: size and mtime);
+  ``sparse`` (a directory)
+      walked sparse: only what changed below it is sent; ``""`` for a directory walked
+      whole;
+  ``delta`` (a START frame)
+      changed blocks follow in BLOCK frames;
+  ``warning:MESSAGE``
+      stored, but not as the user may think (a device node without its contents);
   ``error:MESSAGE``
       the producer could not read it: counted, left out of the snapshot.
 - **Fingerprints and digests**: keyed BLAKE2b hashes under the pool's transfer key

@@ -67,6 +67,7 @@ class Context:
         self.working_problems: list[Diagnostic] = []  # why the working inventory is broken
         self._inventory: Inventory | None = None
         self._applied: dict[str, str] | None = None  # address -> canonical applied JSON
+        self._unapplied: dict[str, str] | None = None  # unapplied_changes(), until reload
         if configuration == "working":
             self.working = load_inventory(inventory_path, resolve_secrets=resolve_secrets)
             self._inventory = self.working
@@ -113,6 +114,7 @@ class Context:
         from costor.config.applied import load_settings
         from costor.errors import InventoryInvalid
 
+        self._unapplied = None
         try:
             self.working = load_inventory(self.inventory_path)
             self.working_problems = []
@@ -137,6 +139,7 @@ class Context:
                 for row in session.exec(select(ResourceRow))
             ]
         self._applied = {address: applied for address, _t, _n, applied in rows}
+        self._unapplied = None
         return applied_inventory(
             path=Path(os.path.abspath(self.inventory_path)),
             base_dir=Path(os.path.abspath(self.inventory_path)).parent,
@@ -154,12 +157,15 @@ class Context:
         if self.working is None:
             return {}
         self.inventory  # noqa: B018  (reads the applied rows)
+        if self._unapplied is not None:  # a job asks twice (its log, its outcome)
+            return dict(self._unapplied)
         applied = self._applied or {}
         declared = {r.address: canonical(r.attributes) for r in desired_resources(self.working)}
         changes = {a: "added" for a in declared if a not in applied}
         changes |= {a: "removed" for a in applied if a not in declared}
         changes |= {a: "changed" for a in declared if a in applied and applied[a] != declared[a]}
-        return dict(sorted(changes.items()))
+        self._unapplied = dict(sorted(changes.items()))
+        return dict(self._unapplied)
 
     def drift_notice(self, address: str, *, broken: bool = True) -> str | None:
         """One line for a job's output when ``address`` runs as applied although the

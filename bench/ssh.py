@@ -193,7 +193,7 @@ class Rsync:
 
 WORKER = """
 import json, sys, time
-from costor.ops.backup import run_backup
+from costor.ops.backup.run import run_backup
 from costor.ops.context import Context
 ctx = Context(sys.argv[1], keep_indexes=True)  # as `costor serve` does
 for line in sys.stdin:

@@ -40,7 +40,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from costor.cli.common import planning_context
     from costor.cli.plan_output import SYMBOLS, render_plan
-    from costor.ops.apply import run_apply
+    from costor.ops.control.apply import run_apply
 
     if args.planfile and (args.target or args.refresh_only):
         raise UsageError(

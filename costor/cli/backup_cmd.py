@@ -34,7 +34,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.backup import run_backup
+    from costor.ops.backup.run import run_backup
 
     if bool(args.client) == bool(args.all):
         raise UsageError(message="name one CLIENT, or --all")
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_all(ctx: Any, args: argparse.Namespace) -> int:
-    from costor.ops.backup import run_many
+    from costor.ops.backup.run import run_many
 
     if args.parallel < 1:
         raise UsageError(message="--parallel must be at least 1")

@@ -46,7 +46,7 @@ def parse_percentage(text: str, option: str = "--read-data-subset") -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.check import check_all
+    from costor.ops.maintenance.check import check_all
 
     subset = parse_percentage(args.read_data_subset) if args.read_data_subset else None
     progress = make_progress("check", json_output=args.json)

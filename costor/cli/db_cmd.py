@@ -28,7 +28,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.state import schema_status, upgrade_schema
+    from costor.ops.control.state import schema_status, upgrade_schema
 
     if args.db_action == "upgrade":
         upgrade = upgrade_schema(inventory=args.inventory)

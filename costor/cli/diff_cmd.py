@@ -19,7 +19,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.browse import diff_snapshots
+    from costor.ops.restore.browse import diff_snapshots
 
     outcome = diff_snapshots(context(args), first=args.first, second=args.second)
     if args.json:

@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.state import force_unlock
+    from costor.ops.control.state import force_unlock
 
     unlocked = force_unlock(context(args), lock_id=args.lock_id)
     if args.json:

@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.forget import ForgetIncomplete, forget
+    from costor.ops.maintenance.forget import ForgetIncomplete, forget
 
     try:
         report = forget(context(args), client=args.client, dry_run=args.dry_run)

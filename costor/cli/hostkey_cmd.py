@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.hosts import accept_host_key, show_host_key
+    from costor.ops.control.hosts import accept_host_key, show_host_key
 
     ctx = context(args)
     if args.hostkey_action == "accept":

@@ -34,14 +34,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     ctx = context(args)
     if args.action == "run":
-        from costor.ops.runner import run_job
+        from costor.ops.jobs.runner import run_job
 
         if len(args.operands) != 1 or not args.operands[0].isdigit():
             raise UsageError(message="usage: costor jobs run ID")
         return run_job(ctx, int(args.operands[0]))
     if args.action == "add":
-        from costor.ops.job_kinds import KINDS
-        from costor.ops.job_queue import queue_job
+        from costor.ops.jobs.kinds import KINDS
+        from costor.ops.jobs.requests import queue_job
 
         if len(args.operands) != 2 or args.operands[0] not in KINDS:
             kinds = "|".join(KINDS)
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.operands:
         raise UsageError(message="usage: costor jobs [--json] [--state S] [--kind K]")
-    from costor.ops.job_queue import job_history
+    from costor.ops.jobs.requests import job_history
 
     history = job_history(ctx, state=args.state, kind=args.kind, limit=args.limit)
     if args.json:

@@ -32,7 +32,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.browse import list_snapshot
+    from costor.ops.restore.browse import list_snapshot
 
     listing = list_snapshot(context(args), snapshot=args.snapshot, path=args.path)
     if args.json:

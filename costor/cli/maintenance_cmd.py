@@ -22,7 +22,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.site_maintenance import maintenance
+    from costor.ops.maintenance.site import maintenance
 
     ctx = context(args)
     on = None if args.mode is None else args.mode == "on"

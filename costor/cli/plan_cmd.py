@@ -63,7 +63,7 @@ def add_planning_options(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from costor.cli.common import planning_context
     from costor.cli.plan_output import render_plan
-    from costor.ops.plan import make_plan, write_plan_file
+    from costor.ops.control.plan import make_plan, write_plan_file
 
     ctx = planning_context(args)
     plan = make_plan(ctx, targets=tuple(args.target), refresh_only=args.refresh_only)

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.pool_action in ("keys", "add-key", "remove-key"):
         return _keys(args)
     ctx = context(args)
-    from costor.ops.check import reindex_pool
+    from costor.ops.maintenance.check import reindex_pool
 
     result = reindex_pool(ctx, args.pool)
     if args.json:
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from costor.ops import keys
+    from costor.ops.control import keys
 
     ctx = context(args)
     if args.pool_action == "keys":
@@ -161,7 +161,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 def _copy(args: argparse.Namespace) -> int:
     from costor.cli.progress import make_progress
-    from costor.ops.pool_copy import copy
+    from costor.ops.maintenance.pool_copy import copy
 
     # Plain locations need no inventory; a pool's name (or --like) needs one.
     ctx = context(args) if os.path.exists(args.inventory) else None

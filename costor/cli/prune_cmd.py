@@ -45,7 +45,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from costor.cli.check_cmd import parse_percentage
-    from costor.ops.prune import prune_pools
+    from costor.ops.maintenance.prune import prune_pools
 
     overrides: dict[str, Any] = {"safety_window": args.safety_window}
     if args.repack_threshold is not None:

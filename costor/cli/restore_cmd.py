@@ -81,7 +81,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.restore import restore
+    from costor.ops.restore.run import restore
 
     to_stdout = args.archive == "-"
     if to_stdout and args.json:

@@ -48,8 +48,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from costor.cli.common import context
+    from costor.daemon.server import Server
     from costor.errors import UnknownResource
-    from costor.ops.serve import Server
 
     ctx = context(args, warn_broken=False)  # the daemon logs each finding itself
     for site in args.site or ():

@@ -24,7 +24,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.snapshots import list_snapshots
+    from costor.ops.restore.snapshots import list_snapshots
 
     found = list_snapshots(context(args), client=args.client, pool=args.pool)
     if args.json:

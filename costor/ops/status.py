@@ -50,7 +50,7 @@ class _Facts:
 
 
 def status(ctx: Context) -> dict[str, Any]:
-    from costor.ops.site_maintenance import maintenance_reasons
+    from costor.ops.maintenance.site import maintenance_reasons
 
     now = utcnow()
     facts = _read_facts(ctx)
@@ -174,7 +174,7 @@ def _client_status(
 
 def _rpo(policy: Any, now: datetime) -> timedelta | None:
     from costor.config.model import duration_seconds
-    from costor.ops.schedules import interval
+    from costor.ops.jobs.schedules import interval
 
     if policy is None:
         return None

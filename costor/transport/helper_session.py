@@ -1,7 +1,7 @@
 """The site's side of a helper session: the frames of the before hooks, the walk, the
 fetches and the after hooks (:mod:`costor.protocol`), fed to a
 :class:`costor.transport.source.Consumer`. The use case around it (the HELLO, the
-parent's frames and their cache, the snapshot) is :mod:`costor.ops.pull`."""
+parent's frames and their cache, the snapshot) is :mod:`costor.ops.backup.pull`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Walking a host over SFTP, for hosts without python3 (the use case around it, with
-what SFTP cannot give and what that costs, is :mod:`costor.ops.sftp_pull`).
+what SFTP cannot give and what that costs, is :mod:`costor.ops.backup.sftp_pull`).
 
 The walk produces the same entries as the helper (:class:`costor.protocol.Entry`) for
 the same consumer (:class:`costor.transport.source.Consumer`); hooks run as plain SSH

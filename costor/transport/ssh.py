@@ -229,7 +229,7 @@ class Remote:
 
     def start_helper(self) -> HelperProcess:
         """Start the helper. A host without python3 is told by the first exchange failing
-        (``costor.ops.pull`` then falls back to SFTP)."""
+        (``costor.ops.backup.pull`` then falls back to SFTP)."""
         return self.run(self._start_helper())
 
     async def _start_helper(self) -> HelperProcess:

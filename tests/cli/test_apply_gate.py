@@ -13,7 +13,7 @@ from pathlib import Path
 from conftest import Site, write_inventory
 
 from costor.config.applied import load_settings
-from costor.ops.jobs import HEARTBEAT_EVERY
+from costor.ops.jobs.queue import HEARTBEAT_EVERY
 
 
 def _rewrite(inventory: Path, root: Path, clients: dict[str, list[Path]], **kwargs: object) -> None:

@@ -19,7 +19,7 @@ import pytest
 from conftest import Site, costor_table, tree_digest
 
 from costor.db.session import open_engine
-from costor.ops import jobs
+from costor.ops.jobs import queue as jobs
 
 SERVE = ("serve", "--tick", "0.2", "--retry-delay", "0")
 

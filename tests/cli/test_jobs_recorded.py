@@ -11,7 +11,7 @@ import pytest
 from conftest import Site
 
 from costor.db.session import open_engine
-from costor.ops import jobs
+from costor.ops.jobs import queue as jobs
 
 
 def test_a_backup_from_the_cli_is_a_job_in_jobs_and_status(applied: Site) -> None:

@@ -1,4 +1,4 @@
-"""costor.ops.apply.run_apply: the apply flow under the state lock (plan or saved plan,
+"""costor.ops.control.apply.run_apply: the apply flow under the state lock (plan or saved plan,
 show, check, approve, carry out), called without the CLI."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from conftest import Site
 
 from costor.db.state import state_lock
 from costor.errors import ApplyCancelled, PlanStale, StateLocked
-from costor.ops.apply import run_apply
 from costor.ops.context import Context
-from costor.ops.plan import make_plan, write_plan_file
+from costor.ops.control.apply import run_apply
+from costor.ops.control.plan import make_plan, write_plan_file
 from costor.plan.model import Plan, ResourceChange
 
 

@@ -1,4 +1,4 @@
-"""costor.ops.browse: listing a snapshot and comparing two, called without the CLI."""
+"""costor.ops.restore.browse: listing a snapshot and comparing two, called without the CLI."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from conftest import Site
 
 from costor.errors import PathNotInSnapshot, SnapshotNotFound
-from costor.ops.backup import run_backup
-from costor.ops.browse import diff_snapshots, list_snapshot
+from costor.ops.backup.run import run_backup
 from costor.ops.context import Context
+from costor.ops.restore.browse import diff_snapshots, list_snapshot
 
 
 def test_list_snapshot_under_a_directory_and_a_file(applied: Site, source: Path) -> None:

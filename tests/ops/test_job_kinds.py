@@ -1,4 +1,4 @@
-"""costor.ops.job_kinds and costor.ops.job_queue: the table of job kinds, and queueing
+"""costor.ops.jobs.kinds and costor.ops.jobs.requests: the table of job kinds, and queueing
 and listing jobs, called without the CLI."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from conftest import Site, write_inventory
 
 from costor.errors import CostorError, UnknownResource
 from costor.ops.context import Context
-from costor.ops.job_kinds import JOB_KINDS, KINDS, execute, job_kind, site_of
-from costor.ops.job_queue import JobQueued, job_history, queue_job
+from costor.ops.jobs.kinds import JOB_KINDS, KINDS, execute, job_kind, site_of
+from costor.ops.jobs.requests import JobQueued, job_history, queue_job
 
 
 def test_the_kinds_and_what_their_targets_name() -> None:

@@ -1,4 +1,4 @@
-"""costor.ops.plan's saved plans: written signed under the state's key, read back only
+"""costor.ops.control.plan's saved plans: written signed under the state's key, read back only
 when made against this state and unchanged. Called without the CLI."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from conftest import Site, write_inventory
 
 from costor.errors import PlanFileInvalid, PlanForeign, UsageError
 from costor.ops.context import Context
-from costor.ops.plan import make_plan, read_plan_file, write_plan_file
+from costor.ops.control.plan import make_plan, read_plan_file, write_plan_file
 
 
 def planning(site: Site) -> Context:

@@ -1,4 +1,4 @@
-"""costor.ops.site_maintenance: pausing a site's jobs, called without the CLI."""
+"""costor.ops.maintenance.site: pausing a site's jobs, called without the CLI."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from conftest import Site, write_inventory
 
 from costor.errors import UnknownResource, UsageError
 from costor.ops.context import Context
-from costor.ops.site_maintenance import MaintenanceOutcome, SiteMaintenance, maintenance
+from costor.ops.maintenance.site import MaintenanceOutcome, SiteMaintenance, maintenance
 
 
 def test_on_off_and_show(applied: Site) -> None:

@@ -1,4 +1,4 @@
-"""costor.ops.state: the schema and the lock of the state database, without the CLI."""
+"""costor.ops.control.state: the schema and the lock of the state database, without the CLI."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from conftest import Site
 
 from costor.errors import StateError
 from costor.ops.context import Context
-from costor.ops.state import HEAD_REVISION, force_unlock, schema_status, upgrade_schema
+from costor.ops.control.state import HEAD_REVISION, force_unlock, schema_status, upgrade_schema
 
 
 def test_schema_status_and_upgrade_of_an_empty_database(site: Site) -> None:

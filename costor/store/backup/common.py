@@ -12,7 +12,7 @@ def node_only_warning(path: str, kind: str, target: str | None = None) -> dict[s
     """The warning for a path given to back up whose node is stored without contents:
     a block or character device (``kind`` "b" or "c"), or a symbolic link to one
     (``kind`` "l", ``target`` what it points to). An errors entry marked ``"severity":
-    "warning"`` (:class:`costor.ops.backup.BackupOutcome` lists it apart); it does not
+    "warning"`` (:class:`costor.ops.backup.run.BackupOutcome` lists it apart); it does not
     count as a failed file."""
     if kind == "l":
         message = f"{path} is a symbolic link to the device {target}: the link was stored, "

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from costor.ops import jobs
 from costor.ops.context import Context
-from costor.ops.job_kinds import site_of
+from costor.ops.jobs import queue as jobs
+from costor.ops.jobs.kinds import site_of
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class JobQueued:
 
 @dataclass(frozen=True)
 class JobHistory:
-    """Jobs, newest first, each as :func:`costor.ops.jobs.job_json` documents it."""
+    """Jobs, newest first, each as :func:`costor.ops.jobs.queue.job_json` documents it."""
 
     jobs: list[dict[str, Any]]
 

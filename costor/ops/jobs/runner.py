@@ -17,7 +17,7 @@ from typing import Any
 
 from costor.errors import CostorError
 from costor.ops.context import Context
-from costor.ops.job_kinds import JOB_KINDS, execute
+from costor.ops.jobs.kinds import JOB_KINDS, execute
 from costor.util.log import JOB, get_logger
 
 # What the same verb would print on a terminal: to stderr, which is the job's log file
@@ -39,7 +39,7 @@ def run_job(ctx: Context, job_id: int) -> int:
     from costor.db.models import JobRow
     from costor.db.session import session_scope
     from costor.errors import DamageFound
-    from costor.ops import jobs
+    from costor.ops.jobs import queue as jobs
 
     engine = ctx.engine
     with session_scope(engine, write=False) as session:
@@ -109,8 +109,8 @@ def after_job(ctx: Context, job: Any) -> None:
     """What follows a finished job: a forget after a successful scheduled backup (when
     the policy keeps a retention), and the policy's notification."""
     from costor.db.session import session_scope
-    from costor.ops import jobs
-    from costor.ops.notify import notify_job
+    from costor.ops.jobs import queue as jobs
+    from costor.ops.jobs.notify import notify_job
 
     if job.kind == "backup" and job.state == "succeeded" and job.trigger not in ("manual", "cli"):
         client = ctx.inventory.clients.get(job.target)
@@ -131,7 +131,7 @@ def after_job(ctx: Context, job: Any) -> None:
 
 
 def _beat(engine: Any, job_id: int, stop: threading.Event) -> None:
-    from costor.ops import jobs
+    from costor.ops.jobs import queue as jobs
 
     failing = None
     while not stop.wait(jobs.HEARTBEAT_EVERY):

@@ -3,8 +3,8 @@
 A kind says what its target names (a client or a pool: hence the job's site and the
 address whose unapplied changes its log notes) and how one job of it runs: given the
 context, the target and the job's parameters, do the work and return the report the
-job records, or raise :class:`CostorError`. The queue (``costor.ops.jobs``), the runner
-(``costor.ops.runner``) and ``costor jobs add`` all read this table; a new kind is one
+job records, or raise :class:`CostorError`. The queue (``costor.ops.jobs.queue``), the runner
+(``costor.ops.jobs.runner``) and ``costor jobs add`` all read this table; a new kind is one
 entry here.
 """
 
@@ -16,12 +16,12 @@ from typing import Any, Literal
 
 from costor.config.model import percentage_fraction
 from costor.errors import CostorError, DamageFound, UnknownResource
-from costor.ops.backup import run_backup
-from costor.ops.check import check_pools
+from costor.ops.backup.run import run_backup
 from costor.ops.context import Context
-from costor.ops.forget import forget
-from costor.ops.prune import prune_pools
-from costor.ops.selftest import selftest
+from costor.ops.maintenance.check import check_pools
+from costor.ops.maintenance.forget import forget
+from costor.ops.maintenance.prune import prune_pools
+from costor.ops.maintenance.selftest import selftest
 
 Report = dict[str, Any]
 

@@ -133,7 +133,7 @@ def gather_facts(
     client_names: dict[str, list[str]],
 ) -> dict[str, dict[str, Any]]:
     from costor.db.session import session_scope
-    from costor.ops.hosts import probe_host_keys
+    from costor.ops.control.hosts import probe_host_keys
 
     facts: dict[str, dict[str, Any]] = {}
     declared_clients = [ctx.inventory.clients[r.name] for r in desired if r.type == "client"]

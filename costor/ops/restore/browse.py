@@ -12,7 +12,7 @@ from typing import Any
 
 from costor.errors import PathNotInSnapshot
 from costor.ops.context import Context
-from costor.ops.snapshots import resolve
+from costor.ops.restore.snapshots import resolve
 from costor.store.diff import Difference, diff_trees
 from costor.store.tree import Node
 

@@ -85,7 +85,7 @@ def sftp_pull(
         for command in client.hooks.after:
             hooks.append(_hook(remote, client, "after", command))
     errors = [{"path": "", "error": f"fell back to SFTP: {reason}"}, *ingest.errors]
-    for hook in hooks:  # as with the helper (costor/ops/pull.py): the snapshot is kept
+    for hook in hooks:  # as with the helper (costor/ops/backup/pull.py): the snapshot is kept
         if hook["phase"] == "after" and hook["rc"] != 0:
             errors.append(
                 {

@@ -2,9 +2,9 @@
 
 The sequence (``docs/ssh.md`` has the user's view):
 
-1. connect, requiring the pinned host key (:mod:`costor.ops.hosts`);
+1. connect, requiring the pinned host key (:mod:`costor.ops.control.hosts`);
 2. start the helper (``costor/transport/helper.py``) from memory; a host without python3
-   falls back to SFTP (:mod:`costor.ops.sftp_pull`);
+   falls back to SFTP (:mod:`costor.ops.backup.sftp_pull`);
 3. the helper runs the ``before`` hooks: one failing ends the backup here (after the
    ``after`` hooks ran), with no snapshot and the hook's stderr in the error;
 4. the parent snapshot's file stat data and a Bloom filter of the pool's whole-file
@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from costor import protocol
 from costor.errors import BackupError, RemoteError
+from costor.ops.backup.sftp_pull import sftp_pull
 from costor.ops.context import Context
-from costor.ops.sftp_pull import sftp_pull
 from costor.store.progress import Progress
 from costor.transport.helper_session import (
     ParentSent,
@@ -63,12 +63,12 @@ class PullOutcome:
 class Connection:
     """Connecting and starting the helper, on a thread of its own: it overlaps with
     opening the pool (a key derivation) and reading the state, which it does not need.
-    The SSH transport's :class:`costor.ops.backup.Source`."""
+    The SSH transport's :class:`costor.ops.backup.run.Source`."""
 
     def __init__(self, ctx: Context, client: ClientConfig) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from costor.ops.hosts import target, trusted_host_key
+        from costor.ops.control.hosts import target, trusted_host_key
         from costor.transport.ssh import Remote
 
         self.host_key = trusted_host_key(ctx, client)
@@ -109,7 +109,7 @@ def pull(
     progress: Progress | None = None,
     connection: Connection | None = None,
 ) -> PullOutcome:
-    from costor.ops.hosts import StateDigestIndex
+    from costor.ops.control.hosts import StateDigestIndex
 
     index = StateDigestIndex(ctx, pool.uuid)
     connection = connection or Connection(ctx, client)

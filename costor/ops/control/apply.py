@@ -9,7 +9,7 @@ Otherwise the plan is stale and nothing is done.
 
 Each change commits with a serial bump, so a plan made before any of them is stale
 afterwards. A failure stops the apply; what was done stays recorded, and the next plan
-shows what is left. One change is carried out by :mod:`costor.ops.apply_change`.
+shows what is left. One change is carried out by :mod:`costor.ops.control.apply_change`.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from costor.errors import (
     PlanForeign,
     PlanStale,
 )
-from costor.ops.apply_change import ChangeExecutor
 from costor.ops.context import Context
-from costor.ops.plan import make_plan, read_plan_file
-from costor.ops.schedules import sync_schedules
+from costor.ops.control.apply_change import ChangeExecutor
+from costor.ops.control.plan import make_plan, read_plan_file
+from costor.ops.jobs.schedules import sync_schedules
 
 if TYPE_CHECKING:
     from costor.plan.model import Plan, ResourceChange
@@ -129,7 +129,7 @@ def check_applyable(plan: Plan) -> None:
 
 def check_fresh(ctx: Context, plan: Plan, *, path: str) -> None:
     """Raise :class:`PlanStale` / :class:`PlanForeign` unless ``plan`` is still current."""
-    from costor.ops.plan import secrets_digest, source_digests
+    from costor.ops.control.plan import secrets_digest, source_digests
 
     binding = plan.binding
     from costor.db.state import ensure_meta

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from costor.errors import CostorError, ObjectNotFound, PoolNotFound, UnknownResource
 from costor.ops.context import Context
-from costor.ops.snapshots import catalogued_pools, open_named_pool, search_pools
+from costor.ops.restore.snapshots import catalogued_pools, open_named_pool, search_pools
 from costor.store.retention import Decision, KeepRules, apply_retention
 
 if TYPE_CHECKING:

@@ -60,13 +60,13 @@ class Source(Protocol):
 
     def pull(
         self, ctx: Context, client: Any, pool: Any, parent: Any, *, progress: Progress | None
-    ) -> Any: ...  # costor.ops.pull.PullOutcome
+    ) -> Any: ...  # costor.ops.backup.pull.PullOutcome
 
     def close(self) -> None: ...
 
 
 def _ssh(ctx: Context, client: Any) -> Source:
-    from costor.ops.pull import Connection
+    from costor.ops.backup.pull import Connection
 
     return Connection(ctx, client)
 
@@ -90,7 +90,7 @@ def run_backup(
     job row is the record)."""
     if trigger is None:
         return _backup(ctx, client_name, progress=progress, scan_totals=scan_totals)
-    from costor.ops import jobs
+    from costor.ops.jobs import queue as jobs
 
     site = ctx.client_config(client_name).site if client_name in ctx.inventory.clients else None
     with jobs.recorded(ctx.engine, "backup", client_name, site=site, trigger=trigger) as job:

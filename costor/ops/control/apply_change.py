@@ -1,7 +1,7 @@
 """Carrying out one planned change: the resource type's own work (a pool initialised or
 adopted, a client registered with its host key, a user's password hash), then one
 transaction that records it in the state and bumps the serial. Called by
-:func:`costor.ops.apply.apply_plan`, in the plan's order; never re-decides.
+:func:`costor.ops.control.apply.apply_plan`, in the plan's order; never re-decides.
 
 Storage is always touched before the state records it: a killed apply leaves at most an
 initialised pool the next plan adopts.
@@ -148,7 +148,7 @@ class ChangeExecutor:
                 self._delete_client_snapshots()
 
             def retire(session: Session) -> None:
-                from costor.ops.hosts import forget_host_key
+                from costor.ops.control.hosts import forget_host_key
 
                 row = session.get(ClientRow, change.name)
                 if row is not None:
@@ -197,7 +197,7 @@ class ChangeExecutor:
         """Move a renamed client's host key; record the key the plan showed (first
         contact) — exactly that one: a different key now made the plan stale."""
         from costor.db.models import HostKeyRow
-        from costor.ops.hosts import record_host_key
+        from costor.ops.control.hosts import record_host_key
 
         if self.change.previous_address:
             old = session.get(HostKeyRow, self.change.previous_address.split(".", 1)[1])
@@ -291,7 +291,7 @@ class ChangeExecutor:
                 raise PoolMismatch(location=backend.location, found=pool.uuid, expected=expected)
         else:
             if self.change.details.get("create_bucket"):
-                from costor.ops.plan import s3_backend_of
+                from costor.ops.control.plan import s3_backend_of
 
                 s3 = s3_backend_of(backend)
                 if s3 is not None:

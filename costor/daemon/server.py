@@ -38,7 +38,7 @@ from typing import IO, Any
 
 from costor.errors import CostorError
 from costor.ops.context import Context, utcnow
-from costor.ops.site_maintenance import maintenance_sites
+from costor.ops.maintenance.site import maintenance_sites
 from costor.util import hashthreads
 from costor.util.log import get_logger
 
@@ -156,7 +156,7 @@ class Server:
         self.stop_requested_at = self.stop_requested_at or time.monotonic()
 
     def step(self) -> None:
-        from costor.ops import jobs
+        from costor.ops.jobs import queue as jobs
 
         engine = self.ctx.engine
         now = time.monotonic()
@@ -223,15 +223,15 @@ class Server:
         import pyfastcdc
         from cryptography.hazmat.primitives.kdf import hkdf
 
-        import costor.ops.backup
-        import costor.ops.check
-        import costor.ops.forget
-        import costor.ops.hosts
-        import costor.ops.notify
-        import costor.ops.prune
-        import costor.ops.pull
-        import costor.ops.runner
-        import costor.ops.selftest
+        import costor.ops.backup.pull
+        import costor.ops.backup.run
+        import costor.ops.control.hosts
+        import costor.ops.jobs.notify
+        import costor.ops.jobs.runner
+        import costor.ops.maintenance.check
+        import costor.ops.maintenance.forget
+        import costor.ops.maintenance.prune
+        import costor.ops.maintenance.selftest
         import costor.store.backup.stream
         import costor.store.backup.walk  # noqa: F401  (imported for the forked jobs)
         import costor.transport.helper
@@ -335,8 +335,8 @@ class Server:
     def _reap(self) -> None:
         from costor.db.models import JobRow
         from costor.db.session import session_scope
-        from costor.ops import jobs
-        from costor.ops.runner import after_job
+        from costor.ops.jobs import queue as jobs
+        from costor.ops.jobs.runner import after_job
 
         ended = False
         for job_id, child in list(self.children.items()):
@@ -451,7 +451,7 @@ class Server:
 def run_forked_job(ctx: Context, job_id: int) -> int:
     """In a child forked from the daemon: run job ``job_id`` as ``costor jobs run ID``
     would (same exit codes), with the daemon's imports and pool keys."""
-    from costor.ops.runner import run_job
+    from costor.ops.jobs.runner import run_job
 
     # The daemon's pooled connections are its own: dropped here unclosed (closing them
     # would end the daemon's sessions), and new ones made (SQLAlchemy's advice for fork).

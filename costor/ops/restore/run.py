@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from costor.errors import ArchiveExists, UsageError
 from costor.ops.context import Context
-from costor.ops.snapshots import resolve
+from costor.ops.restore.snapshots import resolve
 
 if TYPE_CHECKING:
     from costor.store.progress import Progress

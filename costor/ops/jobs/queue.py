@@ -81,7 +81,7 @@ def enqueue_due(engine: Engine, now: datetime | None = None) -> list[int]:
     of the same schedule is queued or running."""
     from sqlmodel import col, select, update
 
-    from costor.ops.schedules import next_time
+    from costor.ops.jobs.schedules import next_time
 
     now = now or utcnow()
     queued: list[int] = []

@@ -1,0 +1,1 @@
+"""The control plane: plan, apply, host keys, pool key slots, the state database itself."""

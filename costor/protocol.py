@@ -324,8 +324,9 @@ def _set_bits(array: bytearray, hashes: int, digests: list[bytes]) -> None:
 
 class ExcludeMatcher:
     """HELLO's ``exclude``, restic-like: a pattern with '/' matches the absolute path, any
-    other the name. The same rule as costor.store.backup.common.ExcludeMatcher, on
-    text."""
+    other the name; an excluded directory is skipped with everything in it. The one
+    rule for every walk: the local one (on decoded names), the SFTP walker, and the
+    shipped helper's stdlib copy (tied to this class by tests/test_protocol.py)."""
 
     def __init__(self, patterns: Iterable[str]) -> None:
         patterns = list(patterns)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import fnmatch
-import os
 import time
-from collections.abc import Iterable
 
 
 def node_only_warning(path: str, kind: str, target: str | None = None) -> dict[str, str]:
@@ -23,23 +20,6 @@ def node_only_warning(path: str, kind: str, target: str | None = None) -> dict[s
     if kind in ("b", "l"):
         message += " (image backups are not available yet)"
     return {"path": path, "error": message, "severity": "warning"}
-
-
-class ExcludeMatcher:
-    """restic-like exclude patterns: a pattern containing ``/`` is matched (fnmatch)
-    against the absolute path, any other against the entry's name. An excluded
-    directory is skipped with everything in it."""
-
-    def __init__(self, patterns: Iterable[str]) -> None:
-        self.path_patterns = [p.rstrip("/") for p in patterns if "/" in p]
-        self.name_patterns = [p for p in patterns if "/" not in p]
-
-    def excluded(self, path: bytes, name: bytes) -> bool:
-        text_path = os.fsdecode(path)
-        text_name = os.fsdecode(name)
-        return any(fnmatch.fnmatchcase(text_name, p) for p in self.name_patterns) or any(
-            fnmatch.fnmatchcase(text_path, p) for p in self.path_patterns
-        )
 
 
 def rfc3339_now() -> str:

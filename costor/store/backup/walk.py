@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from costor.errors import BackupError
-from costor.store.backup.common import ExcludeMatcher, node_only_warning, rfc3339_now
+from costor.protocol import ExcludeMatcher
+from costor.store.backup.common import node_only_warning, rfc3339_now
 from costor.store.compressibility import worth_compressing
 from costor.store.pack import BlobType
 from costor.store.pool import Pool
@@ -135,6 +136,11 @@ class Archiver:
 
     # --- entry point ------------------------------------------------------------------
 
+    def _excluded(self, path: bytes, name: bytes) -> bool:
+        """The exclude rule (:class:`costor.protocol.ExcludeMatcher`) on the walk's
+        byte names."""
+        return self.matcher.excluded(os.fsdecode(path), os.fsdecode(name))
+
     def run(self, parent: Snapshot | None = None, *, scan_totals: bool = False) -> Snapshot:
         started = time.monotonic()
         spec: dict[bytes, Any] = {}
@@ -228,7 +234,7 @@ class Archiver:
                 continue
             previous = parent_nodes.get(name)
             if sub is _TARGET:
-                if not self.matcher.excluded(child, name):
+                if not self._excluded(child, name):
                     self._warn_if_device(child, st)
                     self._add_entry(job, child, name, st, previous, st.st_dev)
             elif stat.S_ISDIR(st.st_mode):
@@ -255,7 +261,7 @@ class Archiver:
             self._fail(path, f"cannot list directory: {error.strerror}")
             entries = []
         for name, child in entries:
-            if self.matcher.excluded(child, name):
+            if self._excluded(child, name):
                 continue
             try:
                 st = os.lstat(child)
@@ -602,7 +608,7 @@ class Archiver:
                 try:
                     with os.scandir(path) as scan:
                         for entry in scan:
-                            if not self.matcher.excluded(entry.path, entry.name):
+                            if not self._excluded(entry.path, entry.name):
                                 stack.append(entry.path)
                 except OSError:
                     continue

@@ -10,17 +10,18 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import Site, write_inventory
+from costor.ops.jobs.queue import HEARTBEAT_EVERY
+from support.fixtures import Site
+from support.inventory import write_local_inventory
 
 from costor.config.applied import load_settings
-from costor.ops.jobs.queue import HEARTBEAT_EVERY
 
 
 def _rewrite(inventory: Path, root: Path, clients: dict[str, list[Path]], **kwargs: object) -> None:
     """The inventory written anew with the same [costor] table (on PostgreSQL each
     written inventory names a database of its own)."""
     costor = inventory.read_text().split("[sites.hq]")[0]
-    fresh = write_inventory(root, clients, **kwargs)  # type: ignore[arg-type]
+    fresh = write_local_inventory(root, clients, **kwargs)  # type: ignore[arg-type]
     fresh.write_text(costor + "[sites.hq]" + fresh.read_text().split("[sites.hq]", 1)[1])
 
 
@@ -36,7 +37,7 @@ def test_unapplied_paths_and_excludes_change_nothing_until_apply(
     other = tmp_path / "other"
     other.mkdir()
     (other / "new.txt").write_text("not applied yet\n")
-    site = Site(tmp_path, write_inventory(tmp_path, {"alpha": [source]}), tmp_path / "pool")
+    site = Site(tmp_path, write_local_inventory(tmp_path, {"alpha": [source]}), tmp_path / "pool")
     assert site.cli("apply", "--auto-approve").code == 0
 
     # The working copy now adds a path and excludes a file: plan shows it, nothing runs it.
@@ -72,7 +73,7 @@ def test_unapplied_paths_and_excludes_change_nothing_until_apply(
 def test_a_declared_client_that_was_never_applied_does_not_run(
     tmp_path: Path, source: Path
 ) -> None:
-    site = Site(tmp_path, write_inventory(tmp_path, {"alpha": [source]}), tmp_path / "pool")
+    site = Site(tmp_path, write_local_inventory(tmp_path, {"alpha": [source]}), tmp_path / "pool")
     assert site.cli("apply", "--auto-approve").code == 0
     _rewrite(site.inventory, tmp_path, {"alpha": [source], "beta": [source]})
     result = site.cli("backup", "beta")
@@ -84,7 +85,7 @@ def test_a_declared_client_that_was_never_applied_does_not_run(
 def test_a_broken_inventory_keeps_the_read_only_verbs_and_backups_working(
     tmp_path: Path, source: Path
 ) -> None:
-    inventory = write_inventory(tmp_path, {"alpha": [source]})
+    inventory = write_local_inventory(tmp_path, {"alpha": [source]})
     site = Site(tmp_path, inventory, tmp_path / "pool")
     assert site.cli("apply", "--auto-approve").code == 0
     first = site.cli("backup", "alpha", "--json").json()["snapshot_id"]
@@ -135,7 +136,7 @@ def test_settings_are_found_in_a_file_that_does_not_parse(tmp_path: Path) -> Non
 def test_the_daemon_runs_the_applied_configuration_and_reports_a_broken_inventory_once(
     tmp_path: Path, source: Path
 ) -> None:
-    inventory = write_inventory(tmp_path, {"alpha": [source]})
+    inventory = write_local_inventory(tmp_path, {"alpha": [source]})
     site = Site(tmp_path, inventory, tmp_path / "pool")
     assert site.cli("apply", "--auto-approve").code == 0
     inventory.write_text(
@@ -166,7 +167,7 @@ def test_the_daemon_runs_the_applied_configuration_and_reports_a_broken_inventor
 
 
 def test_a_targeted_apply_schedules_only_what_it_applied(tmp_path: Path, source: Path) -> None:
-    inventory = write_inventory(tmp_path, {"alpha": [source]})
+    inventory = write_local_inventory(tmp_path, {"alpha": [source]})
     text = inventory.read_text().replace(
         'transport = "local"', 'transport = "local"\npolicy = "nightly"'
     )

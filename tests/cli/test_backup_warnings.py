@@ -1,6 +1,6 @@
 """A path given to back up that is a block device (or a link to one) stores only the
 device node: ``costor backup`` says so, in ``warnings`` of ``--json`` and on stderr,
-with a real loop device (tests/loopdev.py)."""
+with a real loop device (tests/support/loopdev.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import os
 import stat
 from pathlib import Path
 
-from conftest import Site, write_inventory
-from loopdev import loop_device  # noqa: F401  (fixture)
+from support.fixtures import Site
+from support.inventory import write_local_inventory
+from support.loopdev import loop_device  # noqa: F401  (fixture)
 
 
 def device_site(tmp_path: Path, paths: list[Path]) -> Site:
-    inventory = write_inventory(tmp_path, {"disk": paths})
+    inventory = write_local_inventory(tmp_path, {"disk": paths})
     site = Site(tmp_path, inventory, tmp_path / "pool")
     applied = site.cli("apply", "--auto-approve")
     assert applied.code == 0, applied.stderr

@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Site, costor_table
+from support.fixtures import Site
+from support.inventory import costor_table
 
 
 def _pool(name: str, passphrase_env: str = "COSTOR_TEST_PASSPHRASE") -> str:

@@ -7,7 +7,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from conftest import Site, tree_digest
+from support.fixtures import Site, tree_digest
 
 from costor.store.pack import pack_name
 
@@ -178,7 +178,7 @@ def test_reindex_rebuilds_index_and_catalogue(applied: Site, tmp_path: Path, sou
 def test_foreign_pool_is_refused(applied: Site, tmp_path: Path) -> None:
     """A pool replaced behind CoStor's back (another UUID) is reported, not used."""
     shutil.rmtree(applied.pool_path)
-    from conftest import make_pool
+    from support.fixtures import make_pool
 
     make_pool(applied.pool_path)
     result = applied.cli("snapshots")

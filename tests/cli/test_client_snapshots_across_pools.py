@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import Site, costor_table
+from support.fixtures import Site
+from support.inventory import costor_table
 
 
 def inventory_text(header: str, source: Path, pool: str) -> str:

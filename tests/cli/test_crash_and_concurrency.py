@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Site, tree_digest, write_inventory
+from support.fixtures import Site, tree_digest
+from support.inventory import write_local_inventory
 
 MiB = 1024 * 1024
 
@@ -43,7 +44,7 @@ def _packs(pool: Path) -> int:
 def test_kill_9_at_any_point(tmp_path: Path) -> None:
     data = tmp_path / "data"
     total = make_data(data, seed=1, big_files=8)
-    site = Site(tmp_path, write_inventory(tmp_path, {"alpha": [data]}), tmp_path / "pool")
+    site = Site(tmp_path, write_local_inventory(tmp_path, {"alpha": [data]}), tmp_path / "pool")
     assert site.cli("apply", "--auto-approve").code == 0
     rng = random.Random(5)
     killed_mid_write = 0
@@ -88,7 +89,9 @@ def test_two_backups_into_one_pool_at_once(tmp_path: Path) -> None:
     shutil.copytree(shared, beta / "copy")
     make_data(beta / "own", seed=3, big_files=2, small=50)
     site = Site(
-        tmp_path, write_inventory(tmp_path, {"alpha": [shared], "beta": [beta]}), tmp_path / "pool"
+        tmp_path,
+        write_local_inventory(tmp_path, {"alpha": [shared], "beta": [beta]}),
+        tmp_path / "pool",
     )
     assert site.cli("apply", "--auto-approve").code == 0
     assert site.cli("backup", "alpha").code == 0  # the pool already holds alpha's data
@@ -122,7 +125,7 @@ def test_killed_apply_can_be_run_again(tmp_path: Path, source: Path) -> None:
     for attempt, delay in enumerate((0.35, 0.5, 0.65, 0.8, 1.0)):
         root = tmp_path / f"attempt{attempt}"
         root.mkdir()
-        site = Site(root, write_inventory(root, {"alpha": [source]}), root / "pool")
+        site = Site(root, write_local_inventory(root, {"alpha": [source]}), root / "pool")
         proc = site.process("apply", "--auto-approve")
         time.sleep(delay)
         if proc.poll() is None:

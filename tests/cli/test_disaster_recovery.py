@@ -12,7 +12,8 @@ import shutil
 import textwrap
 from pathlib import Path
 
-from conftest import Site, costor_table, tree_digest
+from support.fixtures import Site, tree_digest
+from support.inventory import costor_table
 
 
 def lost_site(root: Path, source: Path, other: Path) -> Site:
@@ -69,7 +70,7 @@ def test_restore_on_a_new_server_from_a_copied_pool(tmp_path: Path, source: Path
     shutil.rmtree(old.root)
 
     # Step 1-2: a new server, an inventory declaring just the surviving pool, with the
-    # pool's passphrase (here in COSTOR_TEST_PASSPHRASE, set by conftest).
+    # pool's passphrase (here in COSTOR_TEST_PASSPHRASE, set by support/fixtures.py).
     new_root = tmp_path / "new-server"
     new_root.mkdir()
     inventory = new_root / "inventory.toml"

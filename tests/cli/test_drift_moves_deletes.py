@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Site, make_pool, tree_digest
+from support.fixtures import Site, make_pool, tree_digest
 
 
 def replace(site: Site, old: str, new: str) -> None:

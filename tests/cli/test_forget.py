@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Site, costor_table, tree_digest
+from support.fixtures import Site, tree_digest
+from support.inventory import costor_table
 
 from costor.ops.context import Context
 

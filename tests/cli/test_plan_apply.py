@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Site, run_in_pty
+from support.fixtures import Site, run_in_pty
 
 USERS = """
 [groups.ops]

@@ -7,16 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import (
-    PASSPHRASE,
-    Site,
-    costor_table,
-    make_pool,
-    open_pool,
-    tree_digest,
-    write_inventory,
-)
-from s3servers import REGION, S3Server, make_s3_backend, moto_server  # noqa: F401
+from support.fixtures import PASSPHRASE, Site, make_pool, open_pool, tree_digest
+from support.inventory import costor_table, write_local_inventory
+from support.s3servers import REGION, S3Server, make_s3_backend, moto_server  # noqa: F401
 
 from costor.store.restore.directory import Restorer
 
@@ -95,7 +88,7 @@ def _damage(path: Path) -> None:
 def _copy_site(root: Path, pool_path: Path) -> Site:
     """Another site's CoStor that declares the copy as its pool (and adopts it)."""
     root.mkdir()
-    inventory = write_inventory(root, {})
+    inventory = write_local_inventory(root, {})
     text = inventory.read_text().replace('path = "pool"', f"path = {str(pool_path)!r}")
     inventory.write_text(text)
     site = Site(root, inventory, pool_path)
@@ -180,7 +173,7 @@ def test_s3_destination_like_a_declared_pool_heals(
     cloud = _s3_pool("cloud", moto_server, moto_server.new_bucket())
     site = Site(
         tmp_path,
-        write_inventory(tmp_path, {"alpha": [source]}, extra_pool=cloud),
+        write_local_inventory(tmp_path, {"alpha": [source]}, extra_pool=cloud),
         tmp_path / "pool",
     )
     assert site.cli("apply", "--auto-approve").code == 0

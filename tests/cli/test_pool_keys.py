@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, Site, costor_table
-from s3servers import REGION, S3Server, make_s3_backend, moto_server  # noqa: F401
+from support.fixtures import PASSPHRASE, Site
+from support.inventory import costor_table
+from support.s3servers import REGION, S3Server, make_s3_backend, moto_server  # noqa: F401
 
 NEW = "a new passphrase nobody has seen"
 

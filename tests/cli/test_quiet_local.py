@@ -11,7 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import Site
+from support.fixtures import Site
 
 
 def _env() -> dict[str, str]:

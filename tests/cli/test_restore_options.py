@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import Site, tree_digest
+from support.fixtures import Site, tree_digest
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import Site, costor_table, tree_digest
-from s3servers import (  # noqa: F401  (moto_server, rclone_server: fixtures)
+from support.fixtures import Site, tree_digest
+from support.inventory import costor_table
+from support.s3servers import (  # noqa: F401  (moto_server, rclone_server: fixtures)
     REGION,
     S3Server,
     dead_endpoint,
@@ -128,7 +129,7 @@ def test_foreign_s3_pool_is_refused(server: S3Server, source: Path, tmp_path: Pa
     site = s3_site(tmp_path, source, server.endpoint, bucket)
     assert site.cli("apply", "--auto-approve").code == 0
     # Someone replaces the pool with another one under the same prefix.
-    from s3servers import make_s3_backend
+    from support.s3servers import make_s3_backend
 
     from costor.store.pool import IDENTITY_NAME
 
@@ -145,7 +146,7 @@ def test_missing_bucket_is_blocked_or_created_with_create_bucket(
     """A pool whose bucket does not exist does not abort the plan: it is blocked with
     the reason, in an otherwise complete plan; with ``create_bucket = true`` the plan
     shows the bucket made, and apply makes it and initialises the pool there."""
-    from s3servers import make_s3_backend
+    from support.s3servers import make_s3_backend
 
     from costor.store.pool import IDENTITY_NAME
 

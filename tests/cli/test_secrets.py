@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Site, costor_table
-from s3servers import REGION, S3Server, moto_server  # noqa: F401  (fixture)
+from support.fixtures import Site
+from support.inventory import costor_table
+from support.s3servers import REGION, S3Server, moto_server  # noqa: F401  (fixture)
 
 PASSPHRASE = "pool-passphrase-7f3a91c2"
 WRONG_PASSPHRASE = "wrong-passphrase-55e1d0"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Site, run_in_pty
+from support.fixtures import Site, run_in_pty
 
 
 def test_progress_bar_on_a_terminal_only(applied: Site, tmp_path: Path) -> None:

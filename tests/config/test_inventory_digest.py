@@ -6,14 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import inventory_helpers
 import pytest
 from pydantic import ValidationError
 
 from costor.config import check_inventory, load_inventory
 
 WriteInventory = Callable[..., Path]
-write_inventory = inventory_helpers.write_inventory  # the fixture
 
 CLIENT = """
 [clients.web1]

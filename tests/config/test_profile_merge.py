@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import inventory_helpers
 import pytest
 
 from costor.config import check_inventory, load_inventory
@@ -16,7 +15,6 @@ from costor.config.positions import PositionMap
 from costor.config.profiles import SHIPPED_PROFILES, MergeProblem, Profile, merge_client
 
 WriteInventory = Callable[..., Path]
-write_inventory = inventory_helpers.write_inventory  # the fixture
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "costor" / "profiles"  # package data: installed with CoStor

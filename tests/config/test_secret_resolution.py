@@ -6,14 +6,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import inventory_helpers
 import pytest
 
 from costor.config import SecretRef, check_inventory, load_inventory, resolve_secret
 from costor.errors import InventoryInvalid, SecretUnavailable
 
 WriteInventory = Callable[..., Path]
-write_inventory = inventory_helpers.write_inventory  # the fixture
 SECRET = "s3cr3t-value-that-must-never-be-shown"
 
 

@@ -7,13 +7,11 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import inventory_helpers
 import pytest
 
 from costor.cli import validate_cmd
 
 WriteInventory = Callable[..., Path]
-write_inventory = inventory_helpers.write_inventory  # the fixture
 
 
 def run_validate(*argv: str) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Site
+from support.fixtures import Site
 
 from costor.db.state import state_lock
 from costor.errors import ApplyCancelled, PlanStale, StateLocked

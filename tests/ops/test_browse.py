@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Site
+from support.fixtures import Site
 
 from costor.errors import PathNotInSnapshot, SnapshotNotFound
 from costor.ops.backup.run import run_backup

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Site, write_inventory
+from support.fixtures import Site
+from support.inventory import write_local_inventory
 
 from costor.errors import CostorError, UnknownResource
 from costor.ops.context import Context
@@ -30,7 +31,7 @@ def test_the_kinds_and_what_their_targets_name() -> None:
 
 
 def test_site_of_a_target(tmp_path: Path, source: Path) -> None:
-    inventory = write_inventory(
+    inventory = write_local_inventory(
         tmp_path,
         {"alpha": [source]},
         extra_pool='\n[sites.dr]\n\n[pools.far]\nsite = "dr"\nbackend = "local"\n'

@@ -8,7 +8,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import Site, write_inventory
+from support.fixtures import Site
+from support.inventory import write_local_inventory
 
 from costor.errors import PlanFileInvalid, PlanForeign, UsageError
 from costor.ops.context import Context
@@ -45,7 +46,9 @@ def test_a_changed_plan_file_is_refused(site: Site, tmp_path: Path) -> None:
 def test_a_plan_of_another_state_is_foreign(site: Site, tmp_path: Path, source: Path) -> None:
     other_root = tmp_path / "other"
     other_root.mkdir()
-    other = Site(other_root, write_inventory(other_root, {"alpha": [source]}), other_root / "pool")
+    other = Site(
+        other_root, write_local_inventory(other_root, {"alpha": [source]}), other_root / "pool"
+    )
     path = tmp_path / "other.plan"
     other_ctx = planning(other)
     write_plan_file(other_ctx, make_plan(other_ctx), path=str(path))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Site, write_inventory
+from support.fixtures import Site
+from support.inventory import write_local_inventory
 
 from costor.errors import UnknownResource, UsageError
 from costor.ops.context import Context
@@ -29,7 +30,7 @@ def test_on_off_and_show(applied: Site) -> None:
 
 
 def test_several_sites_need_one_named(tmp_path: Path, source: Path) -> None:
-    inventory = write_inventory(
+    inventory = write_local_inventory(
         tmp_path, {"alpha": [source]}, extra_pool="\n[sites.dr]\nmaintenance = true\n"
     )
     site = Site(tmp_path, inventory, tmp_path / "pool")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Site
+from support.fixtures import Site
 
 from costor.errors import StateError
 from costor.ops.context import Context

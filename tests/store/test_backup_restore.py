@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_pool, open_pool, tree_digest
+from support.fixtures import make_pool, open_pool, tree_digest
 
 from costor.errors import DataCorruption, StorageFull
 from costor.store.backends import LocalBackend

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import make_pool, open_pool
+from support.fixtures import make_pool, open_pool
 
 from costor.store.backup.walk import Archiver
 from costor.store.compressibility import worth_compressing

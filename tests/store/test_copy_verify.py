@@ -1,12 +1,12 @@
-"""copy_pool(verify_existing=True) against faulty destinations (tests/faults.py)."""
+"""copy_pool(verify_existing=True) against faulty destinations (tests/support/faults.py)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from conftest import make_pool
-from faults import FaultyBackend, content_addressed, first_put_of_each
+from support.faults import FaultyBackend, content_addressed, first_put_of_each
+from support.fixtures import make_pool
 
 from costor.store.backends import LocalBackend
 from costor.store.copy import copy_pool

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, make_pool, open_pool
+from support.fixtures import PASSPHRASE, make_pool, open_pool
 
 from costor.errors import (
     DataCorruption,

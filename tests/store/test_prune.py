@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, make_pool, open_pool, tree_digest
+from support.fixtures import PASSPHRASE, make_pool, open_pool, tree_digest
 
 from costor.store.backends import LocalBackend
 from costor.store.backends.base import ForwardingBackend

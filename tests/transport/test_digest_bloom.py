@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from conftest import Site
+from support.fixtures import Site
 
 from costor.ops.context import Context
 from costor.ops.control.hosts import StateDigestIndex

@@ -1,13 +1,13 @@
 """A client renamed with ``[[moved]]`` keeps the host key recorded for it (no second
 trust-on-first-use under the new name, and a changed key is still refused), against a
-real OpenSSH sshd on loopback (tests/sshd.py)."""
+real OpenSSH sshd on loopback (tests/support/sshd.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import Site
-from sshd import Sshd, remote_dir, sshd  # noqa: F401  (fixtures)
+from support.fixtures import Site
+from support.sshd import Sshd, remote_dir, sshd  # noqa: F401  (fixtures)
 from test_ssh_pull import make_tree, ssh_site
 
 

@@ -11,8 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Site, costor_table
-from sshd import Sshd, sshd  # noqa: F401  (fixture)
+from support.fixtures import Site
+from support.inventory import costor_table
+from support.sshd import Sshd, sshd  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 DUMPS = Path("/var/backups/costor")

@@ -1,5 +1,5 @@
-"""Warnings of an SSH pull, against a real sshd (tests/sshd.py): a path that is a block
-device (a real loop device, tests/loopdev.py) stores only its node, through the helper
+"""Warnings of an SSH pull, against a real sshd (tests/support/sshd.py): a path that is a block
+device (a real loop device, tests/support/loopdev.py) stores only its node, through the helper
 and through the SFTP fallback; the SFTP fallback's human output shows the reason it fell
 back (its summary once pointed at "warnings above" that were never printed)."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import Site
-from loopdev import loop_device  # noqa: F401  (fixture)
-from sshd import Sshd, remote_dir, sshd  # noqa: F401  (fixtures)
+from support.fixtures import Site
+from support.loopdev import loop_device  # noqa: F401  (fixture)
+from support.sshd import Sshd, remote_dir, sshd  # noqa: F401  (fixtures)
 from test_ssh_pull import ssh_site
 
 IMAGE = " (image backups are not available yet)"

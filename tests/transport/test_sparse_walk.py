@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import PASSPHRASE, Site, tree_digest
-from sshd import Sshd, remote_dir, sshd  # noqa: F401  (fixtures)
+from support.fixtures import PASSPHRASE, Site, tree_digest
+from support.sshd import Sshd, remote_dir, sshd  # noqa: F401  (fixtures)
 from test_ssh_pull import ssh_site
 
 from costor.store.backends.local import LocalBackend

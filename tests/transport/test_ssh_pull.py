@@ -1,4 +1,4 @@
-"""Agentless pull over SSH against a real OpenSSH sshd on loopback (tests/sshd.py):
+"""Agentless pull over SSH against a real OpenSSH sshd on loopback (tests/support/sshd.py):
 first backup and identical restore, incrementals, cross-client dedup, host keys,
 hooks, the SFTP fallback, dropped connections."""
 
@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Site, costor_table, tree_digest
-from sshd import Sshd, remote_dir, sshd  # noqa: F401  (fixtures)
+from support.fixtures import Site, tree_digest
+from support.inventory import costor_table
+from support.sshd import Sshd, remote_dir, sshd  # noqa: F401  (fixtures)
 
 MiB = 1024 * 1024
 
@@ -169,7 +170,7 @@ def test_a_large_file_delta_reads_only_around_changes_and_cuts_as_a_full_pass(
     """Changes at the start, two adjacent blocks, near the end, growth, then a cut: the
     parent's chunks between them are taken unread, and the chunks are exactly those of
     cutting the new file whole (so deduplication is as good as a full pass)."""
-    from conftest import PASSPHRASE
+    from support.fixtures import PASSPHRASE
 
     from costor.store.backends import LocalBackend
     from costor.store.backup import sink
@@ -275,7 +276,7 @@ def test_a_pinned_host_key_is_required(sshd: Sshd, remote_dir: Path, tmp_path: P
 
 
 def test_an_unreachable_host_fails_alone(sshd: Sshd, remote_dir: Path, tmp_path: Path) -> None:  # noqa: F811
-    from sshd import free_port
+    from support.sshd import free_port
 
     src = make_tree(remote_dir)
     site = ssh_site(

@@ -19,7 +19,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     ReadTimeoutError,
 )
-from s3servers import (  # noqa: F401  (moto_server, rclone_server: fixtures)
+from support.s3servers import (  # noqa: F401  (moto_server, rclone_server: fixtures)
     ConnectionCutter,
     S3Server,
     client_environment,

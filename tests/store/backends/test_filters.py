@@ -2,7 +2,7 @@
 backend contract through every filter, then whole backups through a faulty backend.
 
 The end-to-end tests run a real backup (Archiver over a real Pool) on a real
-LocalBackend made to misbehave by ``tests/faults.py``, through the filters ``wrap``
+LocalBackend made to misbehave by ``tests/support/faults.py``, through the filters ``wrap``
 stacks. Each asserts one of the two acceptable outcomes — the backup completed, the pool
 checks clean with every byte read, and a restore is identical; or the backup failed
 with a CostorError and the pool still checks clean — and that the faults really fired.
@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 import test_contract  # the one conformance suite, run here through every filter
-from conftest import PASSPHRASE, make_pool, tree_digest
-from faults import FaultyBackend, content_addressed, first_put_of_each
+from support.faults import FaultyBackend, content_addressed, first_put_of_each
+from support.fixtures import PASSPHRASE, make_pool, tree_digest
 
 from costor.errors import (
     BackendError,

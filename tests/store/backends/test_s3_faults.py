@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSPHRASE, tree_digest
-from faults import FaultyBackend
-from s3servers import (  # noqa: F401  (moto_server, rclone_server: fixtures)
+from support.faults import FaultyBackend
+from support.fixtures import PASSPHRASE, tree_digest
+from support.s3servers import (  # noqa: F401  (moto_server, rclone_server: fixtures)
     S3Server,
     UploadCutter,
     make_s3_backend,

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, tree_digest
-from s3servers import (  # noqa: F401  (moto_server, rclone_server: fixtures)
+from support.fixtures import PASSPHRASE, tree_digest
+from support.s3servers import (  # noqa: F401  (moto_server, rclone_server: fixtures)
     S3Server,
     make_s3_backend,
     moto_server,

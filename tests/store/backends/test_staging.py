@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, Site, tree_digest, write_inventory
-from faults import FaultyBackend
-from s3servers import moto_server  # noqa: F401  (fixture)
+from support.faults import FaultyBackend
+from support.fixtures import PASSPHRASE, Site, tree_digest
+from support.inventory import write_local_inventory
+from support.s3servers import moto_server  # noqa: F401  (fixture)
 
 from costor.errors import BackendTransient
 from costor.store.backends import Backend, LocalBackend
@@ -82,7 +83,7 @@ def test_pool_through_staging_backs_up_restores_and_checks(
     kind: str, request: pytest.FixtureRequest, source: Path, tmp_path: Path
 ) -> None:
     if kind == "moto":
-        from s3servers import make_s3_backend
+        from support.s3servers import make_s3_backend
 
         server = request.getfixturevalue("moto_server")
         bucket = server.new_bucket()
@@ -112,7 +113,7 @@ def test_kill_9_with_staging_then_the_next_backup_completes(tmp_path: Path) -> N
     data.mkdir()
     for i in range(6):
         (data / f"f{i}").write_bytes(os.urandom(8 * 1024 * 1024))
-    inventory = write_inventory(tmp_path, {"alpha": [data]}, extra_pool="staging = true")
+    inventory = write_local_inventory(tmp_path, {"alpha": [data]}, extra_pool="staging = true")
     site = Site(tmp_path, inventory, tmp_path / "pool")
     assert site.cli("apply", "--auto-approve").code == 0
     staging_dir = tmp_path / ".costor" / "staging" / "main"

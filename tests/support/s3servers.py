@@ -1,9 +1,9 @@
 """Real S3 servers on loopback for tests (real parts, not mocks): moto's server mode and
 ``rclone serve s3``, both driven by boto3 over HTTP.
 
-Use from a test module (or, once registered, from any conftest)::
+Use from a test module::
 
-    from s3servers import S3Server, make_s3_backend, moto_server, rclone_server, s3_server
+    from support.s3servers import S3Server, make_s3_backend, moto_server, rclone_server, s3_server
 
 * ``moto_server`` / ``rclone_server``: one server of each kind per test session,
   started on a free 127.0.0.1 port on first use and stopped (terminate, then kill) at

@@ -7,13 +7,15 @@ schema is behind: Alembic is imported only then, so everyday commands don't pay 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, inspect, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
 from costor.errors import StateError
@@ -80,10 +82,6 @@ def current_revision(connection: Connection) -> str | None:
 
 
 def upgrade_if_needed(engine: Engine) -> None:
-    import time
-
-    from sqlalchemy.exc import OperationalError
-
     # Two processes opening a new SQLite state at once: the one that did not create it
     # can meet "database is locked" while the file is being switched to WAL, which the
     # busy timeout does not cover. Trying again a moment later sees the finished file.
@@ -186,8 +184,6 @@ def session_scope(engine: Engine, *, write: bool = True) -> Iterator[Session]:
 
 def _safe_url(url: str) -> str:
     """The URL for messages: a password in it is never printed (SQLAlchemy's masking)."""
-    from sqlalchemy.engine import make_url
-
     try:
         parsed = make_url(url)
         # Query values may carry credentials too (?password=…, ?sslpassword=…).

@@ -9,7 +9,9 @@ commands.
 from __future__ import annotations
 
 import posixpath
+import shlex
 import stat
+import time
 from typing import TYPE_CHECKING, Any
 
 from costor import protocol
@@ -29,9 +31,6 @@ def run_hook(
 ) -> dict[str, Any]:
     """Runs one hook as a plain SSH command (under ``sudo -n`` if asked): its result as
     the helper reports one."""
-    import shlex
-    import time
-
     connection = remote.connection
     assert connection is not None
     full = f"sudo -n sh -c {shlex.quote(command)}" if sudo else command

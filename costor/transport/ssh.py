@@ -21,6 +21,7 @@ import asyncio
 import functools
 import queue
 import shlex
+import socket
 import threading
 import zlib
 from collections.abc import Coroutine
@@ -99,8 +100,6 @@ def _acknowledge_at_once(connection: asyncssh.SSHClientConnection) -> None:
     loopback, ~3 ms with this. Linux clears the flag as it goes, so it is set again on
     every read (one setsockopt a read). Elsewhere, or through a jump host (no socket of
     our own), nothing changes."""
-    import socket
-
     quickack = getattr(socket, "TCP_QUICKACK", None)
     sock = connection.get_extra_info("socket")
     if quickack is None or sock is None:

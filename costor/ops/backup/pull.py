@@ -23,8 +23,11 @@ written by :mod:`costor.transport.helper_session`.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +36,8 @@ from costor import protocol
 from costor.errors import BackupError, RemoteError
 from costor.ops.backup.sftp_pull import sftp_pull
 from costor.ops.context import Context
+from costor.ops.control.hosts import StateDigestIndex, target, trusted_host_key
+from costor.store.backup.stream import Ingest
 from costor.store.progress import Progress
 from costor.transport.helper_session import (
     ParentSent,
@@ -41,6 +46,7 @@ from costor.transport.helper_session import (
     fetch_missing,
     read_walk,
 )
+from costor.transport.ssh import Remote
 
 if TYPE_CHECKING:
     from costor.config.model import ClientConfig
@@ -66,11 +72,6 @@ class Connection:
     The SSH transport's :class:`costor.ops.backup.run.Source`."""
 
     def __init__(self, ctx: Context, client: ClientConfig) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from costor.ops.control.hosts import target, trusted_host_key
-        from costor.transport.ssh import Remote
-
         self.host_key = trusted_host_key(ctx, client)
         self.remote = Remote(target(ctx, client))
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="connect")
@@ -109,8 +110,6 @@ def pull(
     progress: Progress | None = None,
     connection: Connection | None = None,
 ) -> PullOutcome:
-    from costor.ops.control.hosts import StateDigestIndex
-
     index = StateDigestIndex(ctx, pool.uuid)
     connection = connection or Connection(ctx, client)
     remote, host_key = connection.remote, connection.host_key
@@ -160,8 +159,6 @@ def _with_helper(
     index: Any,
     progress: Progress | None,
 ) -> PullOutcome:
-    from costor.store.backup.stream import Ingest
-
     ingest = Ingest(
         pool,
         client=client.name,
@@ -278,8 +275,6 @@ def _parent_frames(
     large files, and the hashes of its directories' names (for a sparse walk). From the
     cache the previous pull left, or by walking the parent's trees (then no sparse
     walk: the next pull has the cache)."""
-    import base64
-
     if ingest.parent is None:
         return [], ParentSent()
     cached = _read_cache(cache, ingest.parent.id)
@@ -353,9 +348,6 @@ def _write_cache(cache: Path, ingest: Ingest, snapshot_id: str, pool: Pool) -> N
     """Keep this snapshot's fingerprints and directory hashes for the next pull; older
     ones go. Large files' block hashes come from this pull or, for unchanged ones, the
     parent's cache."""
-    import base64
-    import os
-
     try:
         cache.mkdir(parents=True, exist_ok=True)
         large = {p: base64.b64encode(b).decode() for p, b in ingest.large_blocks.items()}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from costor.errors import BackupError
+from costor.errors import BackupError, CostorError
 from costor.ops.context import Context
 from costor.store.progress import Progress
 from costor.store.snapshot import COUNTER_FIELDS
@@ -180,9 +181,6 @@ def run_many(
 ) -> dict[str, BackupOutcome | Exception]:
     """Back up ``names``, ``parallel`` at a time; a failure is that client's result
     (the others go on). Results in the order of ``names``."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from costor.errors import CostorError
 
     def one(name: str) -> BackupOutcome | Exception:
         try:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from costor.errors import HookFailed
 from costor.protocol import ExcludeMatcher
+from costor.store.backup.stream import Ingest
 from costor.store.progress import Progress
 from costor.transport.sftp import SftpWalker, run_hook
 
@@ -42,8 +43,6 @@ def sftp_pull(
     reason: str,
 ) -> tuple[Snapshot, list[dict[str, str]], list[dict[str, Any]]]:
     """The snapshot, the errors and warnings, and the hooks' results."""
-    from costor.store.backup.stream import Ingest
-
     hooks: list[dict[str, Any]] = []
     for command in client.hooks.before:
         result = _hook(remote, client, "before", command)

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from costor.errors import ArchiveExists, UsageError
 from costor.ops.context import Context
 from costor.ops.restore.snapshots import resolve
+from costor.store.gc.leases import reader_lease
+from costor.store.restore.archive import plan_archive, resolve_format, write_archive
+from costor.store.restore.directory import DEFAULT_OVERWRITE, OVERWRITE_MODES, Restorer, Selection
 
 if TYPE_CHECKING:
     from costor.store.progress import Progress
@@ -112,9 +115,6 @@ def restore(
     ``archive_name``). ``overwrite`` (directories only; default ``always``, as restic):
     see ``store/restore/directory.py``; ``force`` (archives only): replace an existing file.
     ``list_entries``: the outcome lists each entry and what was (or would be) done."""
-    from costor.store.gc.leases import reader_lease
-    from costor.store.restore.directory import DEFAULT_OVERWRITE, OVERWRITE_MODES, Selection
-
     if (target is None) == (archive is None):
         raise UsageError(message="restore needs exactly one of a target directory or an archive")
     if archive is not None and overwrite is not None:
@@ -133,8 +133,6 @@ def restore(
     if isinstance(archive, str) and archive != "-" and not force and os.path.lexists(archive):
         raise ArchiveExists(path=archive)
     if archive is not None:
-        from costor.store.restore.archive import resolve_format
-
         format = resolve_format(archive, format)  # a bad name fails before the pool opens
     pool_name, pool, snapshot = resolve(ctx, ref, load_index=False)
     outcome = RestoreOutcome(
@@ -152,8 +150,6 @@ def restore(
     try:
         ctx.load_index(pool)
         if target is not None:
-            from costor.store.restore.directory import Restorer
-
             outcome.overwrite = overwrite or DEFAULT_OVERWRITE
             restorer = Restorer(
                 pool,
@@ -173,8 +169,6 @@ def restore(
             outcome.not_restorable = result.skipped
             outcome.entries = result.entries
         else:
-            from costor.store.restore.archive import plan_archive, write_archive
-
             assert archive is not None
             outcome.archive = archive_name or (archive if isinstance(archive, str) else "-")
             if dry_run:

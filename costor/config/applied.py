@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
-from costor.config.loader import RESOURCE_MODELS
+from costor.config.loader import RESOURCE_MODELS, check_inventory
 from costor.config.model import RESOURCE_TABLES, CostorSettings, Inventory
 from costor.errors import ConfigError, InventoryInvalid
 
@@ -94,8 +94,6 @@ def load_settings(path: str | Path) -> CostorSettings:
     """``[costor]`` of the inventory at ``path``, read even when the rest of the file
     does not validate or does not parse. Raises :class:`InventoryInvalid` only when
     ``[costor]`` itself is wrong (then the state cannot be found)."""
-    from costor.config.loader import check_inventory
-
     file = Path(os.path.abspath(path))
     base_dir = file.parent
     try:

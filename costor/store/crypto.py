@@ -26,10 +26,15 @@ from typing import Any
 
 import blake3
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from costor.errors import PoolError, WrongPassphrase
 from costor.util import hashthreads
+from costor.util.argon2 import LOCK
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -73,9 +78,6 @@ class MasterKey:
     def derive(self, purpose: bytes) -> bytes:
         """A 32-byte key for one purpose, from the id key (HKDF-SHA256): a key given out
         (to a backed-up host, say) reveals nothing of the keys that protect the pool."""
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(
             self.id_key
         )
@@ -139,10 +141,6 @@ def object_hash(data: bytes | bytearray | memoryview) -> str:
 def _derive(passphrase: str, kdf: str, salt: bytes, params: dict[str, int]) -> bytes:
     secret = passphrase.encode()
     if kdf == "argon2id":
-        from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
-
-        from costor.util.argon2 import LOCK
-
         with LOCK:  # concurrent argon2 derivations deadlock (costor/util/argon2.py)
             return Argon2id(
                 salt=salt,
@@ -152,8 +150,6 @@ def _derive(passphrase: str, kdf: str, salt: bytes, params: dict[str, int]) -> b
                 memory_cost=params["memory_cost_kib"],
             ).derive(secret)
     if kdf == "scrypt":
-        from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
         return Scrypt(salt=salt, length=32, n=params["n"], r=params["r"], p=params["p"]).derive(
             secret
         )

@@ -32,10 +32,11 @@ Decisions, each with its reason:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from costor.plan.client import delete_client
 from costor.plan.decision import Decision, Recorded
 from costor.plan.model import Binding, Drift, Plan, ResourceChange
 from costor.plan.pool import PoolDecision, delete_pool
@@ -48,6 +49,19 @@ from costor.plan.resources import (
     sensitive_paths,
     split_address,
 )
+
+# What a resource type decides differently from the generic :class:`Decision`, by type:
+# how a declared one is decided, and how a recorded one no longer declared is deleted
+# (any other type is simply forgotten by the state). A type's static rules (creation
+# order, immutable attributes, references) are its ``TypeSpec`` in resources.TYPES; what
+# ops observes for it and how apply carries it out are the tables in
+# costor/ops/control/plan.py and apply_change.py.
+Deleter = Callable[
+    [Recorded, Mapping[str, Any], "bool | None", Mapping[str, Resource], dict[str, Any]],
+    ResourceChange,
+]
+DECISIONS: dict[str, type[Decision]] = {"pool": PoolDecision}
+DELETES: dict[str, Deleter] = {"pool": delete_pool, "client": delete_client}
 
 
 @dataclass(frozen=True)
@@ -108,7 +122,7 @@ def reconcile(
     drift: list[Drift] = []
     for resource in sorted(desired, key=lambda r: (ORDER[r.type], r.name)):
         record = recorded.get(previous.get(resource.address, resource.address))
-        kind = PoolDecision if resource.type == "pool" else Decision
+        kind = DECISIONS.get(resource.type, Decision)
         decided = kind(resource, record, facts.get(resource.address, {}), previous)
         change, found_drift = decided.run()
         drift.extend(found_drift)
@@ -148,7 +162,6 @@ def _delete(
 ) -> ResourceChange:
     attributes = record.attributes
     secret = sensitive_paths(attributes)
-    snapshots = int(facts.get("snapshots", 0))
     base = dict(
         address=record.address,
         type=record.type,
@@ -157,32 +170,10 @@ def _delete(
         before_sensitive=sensitive_mirror(attributes, secret) if attributes is not None else None,
         facts_digest=digest(dict(facts)),
     )
-    gone = "no longer in the inventory"
-    if record.type == "pool":
-        return delete_pool(record, facts, removed, declared, base)
-    if record.type == "client":
-        pool = (attributes or {}).get("pool", "its pool")
-        pools = facts.get("pools") or {}
-        where = f"in pool {', '.join(pools) if pools else pool}"
-        if removed:
-            return ResourceChange(
-                operation="destroy",
-                reason=f"[[removed]] with destroy = true: no more backups, and its {snapshots} "
-                f"snapshot(s) {where} are deleted (prune reclaims the space)",
-                details={"snapshots": snapshots},
-                **base,
-            )
-        policy = (attributes or {}).get("policy")
-        retention = f" (retention of policy {policy} still applies)" if policy else ""
-        why = "[[removed]] with destroy = false" if removed is False else gone
-        return ResourceChange(
-            operation="retire",
-            reason=f"{why}: no more backups; its {snapshots} snapshot(s) {where} are "
-            f"kept{retention}",
-            details={"snapshots": snapshots},
-            **base,
-        )
-    why = "[[removed]]" if removed is not None else gone
+    delete = DELETES.get(record.type)
+    if delete is not None:
+        return delete(record, facts, removed, declared, base)
+    why = "[[removed]]" if removed is not None else "no longer in the inventory"
     return ResourceChange(operation="delete", reason=f"{why}: the state forgets it", **base)
 
 

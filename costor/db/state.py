@@ -89,6 +89,12 @@ def resource_rows(session: Session) -> list[ResourceRow]:
     return list(session.exec(select(ResourceRow).order_by(ResourceRow.address)))
 
 
+def resource_rows_as_stored(session: Session) -> list[ResourceRow]:
+    """Every resource row in the database's own order (no ORDER BY): the order the
+    applied configuration has always been read in."""
+    return list(session.exec(select(ResourceRow)))
+
+
 # --- the state lock ----------------------------------------------------------------------
 
 

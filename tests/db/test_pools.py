@@ -1,0 +1,94 @@
+"""costor.db.pools on real SQLite or PostgreSQL: pools by UUID, snapshot counts per pool
+and per client, a pool's catalogue dropped, a backup's bytes added."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from costor.db.models import PackRow, PoolRow, SnapshotRow
+from costor.db.pools import (
+    add_pool_bytes,
+    delete_pool_catalogue,
+    delete_snapshots,
+    pool_by_uuid,
+    pool_rows,
+    snapshot_count,
+    snapshot_counts_by_pool,
+    snapshots_of_clients,
+)
+from costor.db.session import open_engine, session_scope
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _pool(name: str, uuid: str) -> PoolRow:
+    return PoolRow(
+        name=name,
+        uuid=uuid,
+        backend="local",
+        location=f"/pools/{name}",
+        encryption="none",
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+def _snapshot(snapshot_id: str, pool_uuid: str, client: str) -> SnapshotRow:
+    return SnapshotRow(
+        id=snapshot_id,
+        pool_uuid=pool_uuid,
+        client=client,
+        time="t",
+        tree="x",
+        paths="[]",
+        counters="{}",
+    )
+
+
+def test_pool_queries(state_url: str) -> None:
+    engine = open_engine(state_url)
+    with session_scope(engine) as session:
+        session.add(_pool("hq", "u-hq"))
+        session.add(_pool("dr", "u-dr"))
+        session.add(_snapshot("s1", "u-hq", "web1"))
+        session.add(_snapshot("s2", "u-hq", "web0"))  # web1's earlier name
+        session.add(_snapshot("s3", "u-dr", "web1"))
+        session.add(_snapshot("s4", "u-gone", "web1"))  # a pool no longer recorded
+        session.add(_snapshot("s5", "u-dr", "db1"))
+        session.add(PackRow(pool_uuid="u-dr", pack_id="p1", size=10))
+        session.add(PackRow(pool_uuid="u-hq", pack_id="p2", size=20))
+
+    with session_scope(engine, write=False) as session:
+        assert sorted(row.name for row in pool_rows(session)) == ["dr", "hq"]
+        found = pool_by_uuid(session, "u-dr")
+        assert found is not None and found.name == "dr"
+        assert pool_by_uuid(session, "u-none") is None
+        assert snapshot_count(session) == 5
+        assert snapshot_count(session, pool_uuid="u-hq") == 2
+        assert snapshot_count(session, client=["web1"]) == 3
+        assert snapshot_count(session, pool_uuid="u-dr", client=["web1", "web0"]) == 1
+        assert sorted(snapshot_counts_by_pool(session, ["web1", "web0"]), key=str) == [
+            ("dr", 1),
+            ("hq", 2),
+            (None, 1),
+        ]
+        assert sorted(s.id for s in snapshots_of_clients(session, ["web0", "db1"])) == [
+            "s2",
+            "s5",
+        ]
+
+    with session_scope(engine) as session:
+        delete_snapshots(session, ["s1", "s4"])
+        delete_pool_catalogue(session, "u-dr")
+        add_pool_bytes(session, "u-hq", raw=100, stored=40)
+        add_pool_bytes(session, "u-hq", raw=1, stored=2)
+
+    with session_scope(engine, write=False) as session:
+        assert sorted(s.id for s in snapshots_of_clients(session, ["web1", "web0", "db1"])) == [
+            "s2"
+        ]
+        assert session.get(PackRow, ("u-dr", "p1")) is None
+        assert session.get(PackRow, ("u-hq", "p2")) is not None
+        hq = session.get(PoolRow, "hq")
+        assert hq is not None and (hq.bytes_raw, hq.bytes_stored) == (101, 42)
+        assert session.get(PoolRow, "dr") is not None  # its row stays

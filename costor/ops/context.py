@@ -5,23 +5,36 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from costor.config import load_inventory, resolve_secret
+from costor.config.applied import applied_inventory, load_settings
+from costor.config.model import RESOURCE_TABLES
+from costor.db.clients import client_rows
+from costor.db.models import ClientRow, PackRow, PoolRow, SnapshotRow
+from costor.db.pools import add_pool_bytes
+from costor.db.session import Engine, open_engine, session_scope
+from costor.db.state import resource_rows_as_stored
 from costor.errors import (
     CostorError,
+    InventoryInvalid,
     NotApplied,
     PoolError,
     PoolMismatch,
     UnknownResource,
     WrongPassphrase,
 )
+from costor.plan.resources import canonical, desired_resources
+from costor.store.backends.filters import StorageFilters
+from costor.store.backends.registry import BackendSettings, open_backend
+from costor.store.index import IndexCache
+from costor.store.pool import Pool, read_identity
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
     from costor.config.diagnostics import Diagnostic
     from costor.config.model import (
         ClientConfig,
@@ -30,11 +43,7 @@ if TYPE_CHECKING:
         PoolConfig,
         SecretRef,
     )
-    from costor.db.models import SnapshotRow
     from costor.store.backends.base import Backend
-    from costor.store.backends.registry import BackendSettings
-    from costor.store.index import IndexCache
-    from costor.store.pool import Pool
     from costor.store.snapshot import Snapshot
 
 
@@ -58,8 +67,6 @@ class Context:
         ``keep_indexes``: a long-lived process (``costor serve``) keeps each pool's
         loaded index segments between backups (``costor/store/index.py``
         ``IndexCache``); a one-shot command does not pay for the copy."""
-        from costor.config import load_inventory
-
         self.inventory_path = Path(inventory_path)
         self.configuration = configuration
         self.resolve_secrets = resolve_secrets
@@ -99,8 +106,6 @@ class Context:
         """Read the working inventory and the applied configuration again (a
         long-lived process follows applies, and notices edits made since)."""
         if self.configuration == "working":
-            from costor.config import load_inventory
-
             self.working = load_inventory(self.inventory_path, resolve_secrets=self.resolve_secrets)
             self._inventory = self.working
             return
@@ -110,10 +115,6 @@ class Context:
     def _read_working(self) -> CostorSettings:
         """Load the working inventory for comparison; a broken one is kept as its
         diagnostics, and ``[costor]`` is then read from it alone."""
-        from costor.config import load_inventory
-        from costor.config.applied import load_settings
-        from costor.errors import InventoryInvalid
-
         self._unapplied = None
         try:
             self.working = load_inventory(self.inventory_path)
@@ -127,16 +128,10 @@ class Context:
     def read_applied(self) -> Inventory:
         """The applied configuration, read from the state now (whatever this context
         runs): apply derives the schedules from it once it has recorded its changes."""
-        from sqlmodel import select
-
-        from costor.config.applied import applied_inventory
-        from costor.db.models import ResourceRow
-        from costor.db.session import session_scope
-
         with session_scope(self.engine, write=False) as session:
             rows = [
                 (row.address, row.type, row.name, row.applied)
-                for row in session.exec(select(ResourceRow))
+                for row in resource_rows_as_stored(session)
             ]
         self._applied = {address: applied for address, _t, _n, applied in rows}
         self._unapplied = None
@@ -152,8 +147,6 @@ class Context:
         ``"added"`` (declared, never applied), ``"changed"`` or ``"removed"`` (applied,
         no longer declared). Empty when the working inventory is broken: that is
         :attr:`working_problems`."""
-        from costor.plan.resources import canonical, desired_resources
-
         if self.working is None:
             return {}
         self.inventory  # noqa: B018  (reads the applied rows)
@@ -209,8 +202,6 @@ class Context:
             raise self._unknown("client", name) from None
 
     def _unknown(self, kind: str, name: str) -> CostorError:
-        from costor.config.model import RESOURCE_TABLES
-
         declared = getattr(self.working, RESOURCE_TABLES[kind], {}) if self.working else {}
         if self.configuration == "applied" and name in declared:
             return NotApplied(address=f"{kind}.{name}")
@@ -226,25 +217,17 @@ class Context:
 
     @cached_property
     def engine(self) -> Engine:
-        from costor.db.session import open_engine
-
         return open_engine(self.database_url)
 
     def client_names(self, name: str) -> list[str]:
         """The client's name and the names it had before (``[[moved]]``), newest first:
         its snapshots carry the name it had when each was taken."""
-        from costor.db.models import ClientRow
-        from costor.db.session import session_scope
-
         with session_scope(self.engine, write=False) as session:
             row = session.get(ClientRow, name)
             return [name, *reversed(json.loads(row.former_names))] if row else [name]
 
     def client_pool(self, name: str) -> str:
         """A declared client's pool, or a retired one's (its snapshots stay listable)."""
-        from costor.db.models import ClientRow
-        from costor.db.session import session_scope
-
         if name in self.inventory.clients:
             return self.inventory.clients[name].pool
         with session_scope(self.engine, write=False) as session:
@@ -255,19 +238,11 @@ class Context:
 
     def current_client_names(self) -> dict[str, str]:
         """Former name -> current name, for every renamed client."""
-        from sqlmodel import select
-
-        from costor.db.models import ClientRow
-        from costor.db.session import session_scope
-
         with session_scope(self.engine, write=False) as session:
-            rows = list(session.exec(select(ClientRow)))
+            rows = client_rows(session)
         return {old: row.name for row in rows for old in json.loads(row.former_names)}
 
     def recorded_pool_uuid(self, name: str) -> str | None:
-        from costor.db.models import PoolRow
-        from costor.db.session import session_scope
-
         with session_scope(self.engine, write=False) as session:
             row = session.get(PoolRow, name)
             return row.uuid if row else None
@@ -280,16 +255,11 @@ class Context:
 
     def backend_for(self, config: PoolConfig) -> Backend:
         """The storage of a pool configuration (declared, or as recorded at its last apply)."""
-        from costor.store.backends.registry import open_backend
-
         return open_backend(self.backend_settings(config))
 
     def backend_settings(self, config: PoolConfig) -> BackendSettings:
         """What the backend registry needs of a pool configuration: its location, its
         credentials (secrets resolved now) and the storage filters it asks for."""
-        from costor.store.backends.filters import StorageFilters
-        from costor.store.backends.registry import BackendSettings
-
         name = config.name
         rate = config.rate_limit
         filters = StorageFilters(
@@ -322,8 +292,6 @@ class Context:
     def _secret(self, ref: SecretRef | None, key: str) -> str | None:
         if ref is None:
             return None
-        from costor.config import resolve_secret
-
         return resolve_secret(ref, key)
 
     def passphrase(self, name: str) -> str | None:
@@ -339,10 +307,6 @@ class Context:
         two are the largest start-up costs of every command (~0.3 s of imports and
         ~0.2 s of argon2id, which releases the GIL), and overlapping them saves ~0.15 s.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
-        from costor.store.pool import Pool, read_identity
-
         backend = self.backend(name)
         cached = self._cached_pool(name, backend)
         if cached is not None:
@@ -376,8 +340,6 @@ class Context:
         pool.load_index(self.index_cache(pool.uuid))
 
     def index_cache(self, uuid: str) -> IndexCache | None:
-        from costor.store.index import IndexCache
-
         if not self.keep_indexes:
             return None
         return self._index_caches.setdefault(uuid, IndexCache())
@@ -385,8 +347,6 @@ class Context:
     def _cached_pool(self, name: str, backend: Backend) -> Pool | None:
         """The pool, opened with the key this process already derived for it (same name,
         same UUID at the location, and the UUID the state recorded)."""
-        from costor.store.pool import Pool, read_identity
-
         if not any(key[0] == name for key in self._masters):
             return None
         identity = read_identity(backend)
@@ -410,29 +370,20 @@ class Context:
     # --- catalogue --------------------------------------------------------------------
 
     def record_snapshot(self, pool: Pool, snapshot: Snapshot, packs: dict[str, int]) -> None:
-        from sqlalchemy import update
-
-        from costor.db.models import PackRow, PoolRow
-        from costor.db.session import session_scope
-
         counters = snapshot.counters
         with session_scope(self.engine) as session:
             session.merge(snapshot_row(pool.uuid, snapshot))
-            session.execute(
-                update(PoolRow)
-                .where(PoolRow.uuid == pool.uuid)  # type: ignore[arg-type]
-                .values(
-                    bytes_raw=PoolRow.bytes_raw + counters.get("bytes_added_raw", 0),
-                    bytes_stored=PoolRow.bytes_stored + counters.get("bytes_added", 0),
-                )
+            add_pool_bytes(
+                session,
+                pool.uuid,
+                raw=counters.get("bytes_added_raw", 0),
+                stored=counters.get("bytes_added", 0),
             )
             for pack_id, size in packs.items():
                 session.merge(PackRow(pool_uuid=pool.uuid, pack_id=pack_id, size=size))
 
 
 def snapshot_row(pool_uuid: str, snapshot: Snapshot) -> SnapshotRow:
-    from costor.db.models import SnapshotRow
-
     return SnapshotRow(
         id=snapshot.id,
         pool_uuid=pool_uuid,

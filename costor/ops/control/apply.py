@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from costor.db.state import state_lock
+from costor.db.state import ensure_meta, state_lock
 from costor.errors import (
     CostorError,
     PlanBlocked,
@@ -27,8 +27,9 @@ from costor.errors import (
 )
 from costor.ops.context import Context
 from costor.ops.control.apply_change import ChangeExecutor
-from costor.ops.control.plan import make_plan, read_plan_file
+from costor.ops.control.plan import make_plan, read_plan_file, secrets_digest, source_digests
 from costor.ops.jobs.schedules import sync_schedules
+from costor.plan.resources import desired_resources
 
 if TYPE_CHECKING:
     from costor.plan.model import Plan, ResourceChange
@@ -129,11 +130,7 @@ def check_applyable(plan: Plan) -> None:
 
 def check_fresh(ctx: Context, plan: Plan, *, path: str) -> None:
     """Raise :class:`PlanStale` / :class:`PlanForeign` unless ``plan`` is still current."""
-    from costor.ops.control.plan import secrets_digest, source_digests
-
     binding = plan.binding
-    from costor.db.state import ensure_meta
-
     meta = ensure_meta(ctx.engine)
     if binding.lineage != meta.lineage:
         raise PlanForeign(path=path, plan_lineage=binding.lineage, state_lineage=meta.lineage)
@@ -184,8 +181,6 @@ def apply_plan(
     on_change: Callable[[ResourceChange], None] | None = None,
 ) -> ApplyReport:
     """Carry out ``plan``; the caller holds the state lock (:func:`costor.db.state.state_lock`)."""
-    from costor.plan.resources import desired_resources
-
     check_applyable(plan)
     check_fresh(ctx, plan, path=path)
     desired = {r.address: r.attributes for r in desired_resources(ctx.inventory)}

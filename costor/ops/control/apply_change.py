@@ -9,17 +9,40 @@ initialised pool the next plan adopts.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from costor.config import resolve_secret
+from costor.config.model import PoolConfig
+from costor.db.clients import move_clients_to_pool
+from costor.db.hostkeys import move_host_key
+from costor.db.models import ClientRow, PoolRow, ResourceRow, UserRow
+from costor.db.pools import (
+    delete_pool_catalogue,
+    delete_snapshots,
+    pool_by_uuid,
+    snapshots_of_clients,
+)
+from costor.db.session import Session, session_scope
+from costor.db.state import bump_serial
 from costor.errors import PlanStale, PoolError, PoolMismatch, PoolNotFound
-from costor.ops.context import Context, utcnow
+from costor.ops.context import Context, snapshot_row, utcnow
+from costor.ops.control.hosts import forget_host_key, record_host_key
+from costor.ops.control.plan import s3_backend_of
+from costor.plan.resources import canonical, digest
+from costor.store.pool import (
+    IDENTITY_NAME,
+    Pool,
+    count_snapshots,
+    foreign_object,
+    read_identity,
+)
+from costor.util.passwords import hash_password
 
 if TYPE_CHECKING:
-    from sqlmodel import Session
-
-    from costor.config.model import PoolConfig
     from costor.plan.model import ResourceChange
 
 
@@ -40,8 +63,6 @@ class ChangeExecutor:
 
     def desired(self) -> dict[str, Any]:
         """The desired attributes from the inventory, proven to be what was planned."""
-        from costor.plan.resources import digest
-
         address = self.change.address
         attributes = self.declared.get(address)
         if attributes is None:
@@ -52,11 +73,6 @@ class ChangeExecutor:
 
     def commit(self, work: Callable[[Session], None] | None = None, *, record: bool = True) -> int:
         """One transaction: rename (a move), the type's own rows, the resource row, serial."""
-        from costor.db.models import ResourceRow
-        from costor.db.session import session_scope
-        from costor.db.state import bump_serial
-        from costor.plan.resources import canonical
-
         change = self.change
         with session_scope(self.ctx.engine) as session:
             created = self.now
@@ -103,10 +119,6 @@ class ChangeExecutor:
     # --- users ---------------------------------------------------------------------------------
 
     def _user(self) -> int:
-        from costor.config import resolve_secret
-        from costor.db.models import UserRow
-        from costor.util.passwords import hash_password
-
         change = self.change
         if change.operation in ("delete", "forget"):
 
@@ -140,16 +152,12 @@ class ChangeExecutor:
     # --- clients -------------------------------------------------------------------------------
 
     def _client(self) -> int:
-        from costor.db.models import ClientRow
-
         change = self.change
         if change.operation in ("retire", "destroy", "forget", "delete"):
             if change.operation == "destroy":
                 self._delete_client_snapshots()
 
             def retire(session: Session) -> None:
-                from costor.ops.control.hosts import forget_host_key
-
                 row = session.get(ClientRow, change.name)
                 if row is not None:
                     row.retired_at = self.now
@@ -196,27 +204,13 @@ class ChangeExecutor:
     def _host_key(self, session: Session, client: Any) -> None:
         """Move a renamed client's host key; record the key the plan showed (first
         contact) — exactly that one: a different key now made the plan stale."""
-        from costor.db.models import HostKeyRow
-        from costor.ops.control.hosts import record_host_key
-
         if self.change.previous_address:
-            old = session.get(HostKeyRow, self.change.previous_address.split(".", 1)[1])
-            if old is not None and session.get(HostKeyRow, client.name) is None:
-                session.add(
-                    HostKeyRow(
-                        client=client.name,
-                        host=old.host,
-                        port=old.port,
-                        key=old.key,
-                        fingerprint=old.fingerprint,
-                        recorded_at=old.recorded_at,
-                    )
-                )
-                session.delete(old)
-                session.flush()
+            move_host_key(session, self.change.previous_address.split(".", 1)[1], client.name)
         planned = self.change.details.get("host_key")
         if planned and client.transport == "ssh":
-            from costor.transport.ssh import HostKey  # only with an SSH client in play
+            # Here, not at the top: it imports asyncssh, which only an SSH client needs (a
+            # local-only apply never imports it: tests/cli/test_quiet_local.py).
+            from costor.transport.ssh import HostKey
 
             record_host_key(session, client, HostKey.parse(planned))
 
@@ -224,24 +218,16 @@ class ChangeExecutor:
         """``[[removed]] destroy = true`` on a client: delete its snapshot manifests in
         every pool that has some (the packs they alone used become unreferenced; prune
         reclaims them)."""
-        from collections import defaultdict
-
-        from sqlmodel import delete, select
-
-        from costor.db.models import ClientRow, PoolRow, ResourceRow, SnapshotRow
-        from costor.db.session import session_scope
-
         name = self.change.name
         by_pool: dict[str, list[str]] = defaultdict(list)
         pools: dict[str, tuple[str, str | None]] = {}
         with session_scope(self.ctx.engine, write=False) as session:
             row = session.get(ClientRow, name)
             names = [name, *json.loads(row.former_names)] if row else [name]
-            query = select(SnapshotRow).where(SnapshotRow.client.in_(names))  # type: ignore[attr-defined]
-            for snapshot in session.exec(query):
+            for snapshot in snapshots_of_clients(session, names):
                 by_pool[snapshot.pool_uuid].append(snapshot.id)
             for pool_uuid, ids in by_pool.items():
-                pool_row = session.exec(select(PoolRow).where(PoolRow.uuid == pool_uuid)).first()
+                pool_row = pool_by_uuid(session, pool_uuid)
                 if pool_row is None:
                     raise PoolError(
                         message=f"{len(ids)} of {name}'s snapshots are in pool {pool_uuid}, "
@@ -254,7 +240,7 @@ class ChangeExecutor:
             for snapshot_id in snapshot_ids:
                 backend.delete(f"snapshots/{snapshot_id}")
             with session_scope(self.ctx.engine) as session:
-                session.exec(delete(SnapshotRow).where(SnapshotRow.id.in_(snapshot_ids)))  # type: ignore[attr-defined]
+                delete_snapshots(session, snapshot_ids)
 
     # --- pools ---------------------------------------------------------------------------------
 
@@ -277,8 +263,6 @@ class ChangeExecutor:
         raise PoolError(message=f"unknown pool operation {operation!r}")
 
     def _pool_create(self, *, drop_catalogue: bool = False) -> int:
-        from costor.store.pool import Pool
-
         name = self.change.name
         config = self.ctx.pool_config(name)
         self.desired()  # proves the inventory entry is the planned one before touching storage
@@ -291,8 +275,6 @@ class ChangeExecutor:
                 raise PoolMismatch(location=backend.location, found=pool.uuid, expected=expected)
         else:
             if self.change.details.get("create_bucket"):
-                from costor.ops.control.plan import s3_backend_of
-
                 s3 = s3_backend_of(backend)
                 if s3 is not None:
                     s3.create_bucket()  # the plan said so: create_bucket = true
@@ -329,10 +311,6 @@ class ChangeExecutor:
         return self.commit(record)
 
     def _pool_update(self) -> int:
-        from sqlalchemy import update
-
-        from costor.db.models import ClientRow, PoolRow
-
         config = self.ctx.pool_config(self.change.name)
         location = self.ctx.backend(self.change.name).location
 
@@ -349,11 +327,7 @@ class ChangeExecutor:
                 session.delete(row)
                 session.flush()
                 # Retired clients too: their snapshots are found through this name.
-                session.execute(
-                    update(ClientRow)
-                    .where(ClientRow.pool == old_name)  # type: ignore[arg-type]
-                    .values(pool=self.change.name)
-                )
+                move_clients_to_pool(session, old_name, self.change.name)
             self._write_pool_row(session, config, uuid, location, encryption, created, raw, stored)
 
         return self.commit(record)
@@ -361,9 +335,6 @@ class ChangeExecutor:
     def _pool_refresh(self) -> int:
         """Accept the pool found at the location (drift): prove the passphrase opens it,
         then record its UUID."""
-        from costor.db.models import PoolRow
-        from costor.store.pool import Pool
-
         name = self.change.name
         backend = self.ctx.backend(name)
         pool = Pool.open(backend, self.ctx.passphrase(name))
@@ -398,8 +369,6 @@ class ChangeExecutor:
         raw: int = 0,
         stored: int = 0,
     ) -> None:
-        from costor.db.models import PoolRow
-
         row = session.get(PoolRow, config.name)
         if row is None:
             row = PoolRow(
@@ -418,22 +387,14 @@ class ChangeExecutor:
         session.add(row)
 
     def _drop_pool_rows(self, session: Session) -> None:
-        from sqlmodel import delete
-
-        from costor.db.models import PackRow, PoolRow, SnapshotRow
-
         row = session.get(PoolRow, self.change.name)
         if row is None:
             return
-        session.exec(delete(SnapshotRow).where(SnapshotRow.pool_uuid == row.uuid))  # type: ignore[arg-type]
-        session.exec(delete(PackRow).where(PackRow.pool_uuid == row.uuid))  # type: ignore[arg-type]
+        delete_pool_catalogue(session, row.uuid)
         session.delete(row)
         session.flush()
 
     def _recorded_backend(self) -> Any:
-        from costor.db.models import ResourceRow
-        from costor.db.session import session_scope
-
         with session_scope(self.ctx.engine, write=False) as session:
             row = session.get(ResourceRow, self.change.previous_address or self.change.address)
             attributes = row.attributes if row else None
@@ -442,8 +403,6 @@ class ChangeExecutor:
     def _pool_backend(self, name: str, attributes: str | None) -> Any:
         """The storage of a pool as recorded at its last apply (the inventory may no
         longer declare it, or declare it somewhere else)."""
-        from costor.config.model import PoolConfig
-
         if attributes is None:
             if name in self.ctx.inventory.pools:
                 return self.ctx.backend(name)
@@ -459,10 +418,6 @@ class ChangeExecutor:
         here: the location must still hold the recorded pool (same UUID) with exactly the
         snapshots the plan counted; anything else stops the apply with nothing deleted.
         """
-        from costor.db.models import PoolRow
-        from costor.db.session import session_scope
-        from costor.store.pool import IDENTITY_NAME, count_snapshots, foreign_object, read_identity
-
         with session_scope(self.ctx.engine, write=False) as session:
             old_name = (self.change.previous_address or self.change.address).split(".", 1)[1]
             row = session.get(PoolRow, old_name)
@@ -499,13 +454,9 @@ class ChangeExecutor:
 def _catalogue(session: Session, pool_uuid: str, snapshots: list[Any]) -> None:
     """Record a pool's snapshots in the catalogue (an adopted pool's, say), so that its
     counts and listings include them."""
-    from costor.ops.context import snapshot_row
-
     for snapshot in snapshots:
         session.merge(snapshot_row(pool_uuid, snapshot))
 
 
 def _client_digest(client: Any) -> str:
-    import hashlib
-
     return hashlib.sha256(client.model_dump_json().encode()).hexdigest()

@@ -10,12 +10,20 @@ after the administrator checked it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from costor.errors import HostKeyUnknown
+from costor.config import resolve_secret
+from costor.db import digests as db_digests
+from costor.db import hostkeys as db_hostkeys
+from costor.db.session import Session, session_scope
+from costor.db.state import bump_serial, ensure_meta, state_lock
+from costor.errors import CostorError, HostKeyUnknown, UsageError
 from costor.ops.context import Context, utcnow
 from costor.protocol import Bloom, bloom_add, bloom_filter
 
@@ -23,10 +31,13 @@ if TYPE_CHECKING:
     from costor.config.model import ClientConfig
     from costor.transport.ssh import HostKey, Target
 
+# costor.transport.ssh (asyncssh) is imported inside the functions that reach a host or
+# make a host key, never here: a local-only command does not import the SSH stack at all
+# (tests/cli/test_quiet_local.py).
+
 
 def target(ctx: Context, client: ClientConfig) -> Target:
-    from costor.config import resolve_secret
-    from costor.transport.ssh import Target
+    from costor.transport.ssh import Target  # SSH only: see the top
 
     ssh = client.ssh
     assert client.host is not None  # the model requires a host for ssh
@@ -44,18 +55,16 @@ def target(ctx: Context, client: ClientConfig) -> Target:
 
 
 def recorded_host_key(ctx: Context, name: str) -> HostKey | None:
-    from costor.db.models import HostKeyRow
-    from costor.db.session import session_scope
-    from costor.transport.ssh import HostKey
+    from costor.transport.ssh import HostKey  # SSH only: see the top
 
     with session_scope(ctx.engine, write=False) as session:
-        row = session.get(HostKeyRow, name)
+        row = db_hostkeys.host_key_row(session, name)
         return HostKey(row.key, row.fingerprint) if row else None
 
 
 def trusted_host_key(ctx: Context, client: ClientConfig) -> HostKey:
     """The key a connection to ``client`` must see: pinned, else recorded."""
-    from costor.transport.ssh import HostKey
+    from costor.transport.ssh import HostKey  # SSH only: see the top
 
     if client.ssh is not None and client.ssh.host_key:
         return HostKey.parse(client.ssh.host_key)
@@ -65,29 +74,21 @@ def trusted_host_key(ctx: Context, client: ClientConfig) -> HostKey:
     return recorded
 
 
-def record_host_key(session: Any, client: ClientConfig, key: HostKey) -> None:
+def record_host_key(session: Session, client: ClientConfig, key: HostKey) -> None:
     """Record ``key`` for ``client`` (in the caller's transaction)."""
-    from costor.db.models import HostKeyRow
-
-    row = session.get(HostKeyRow, client.name) or HostKeyRow(
-        client=client.name,
+    db_hostkeys.record_host_key(
+        session,
+        client.name,
         host=client.host or "",
         port=client.ssh.port if client.ssh else 22,
         key=key.openssh,
         fingerprint=key.fingerprint,
-        recorded_at=utcnow(),
+        now=utcnow(),
     )
-    row.host, row.key, row.fingerprint = client.host or "", key.openssh, key.fingerprint
-    row.port, row.recorded_at = client.ssh.port if client.ssh else 22, utcnow()
-    session.add(row)
 
 
-def forget_host_key(session: Any, name: str) -> None:
-    from costor.db.models import HostKeyRow
-
-    row = session.get(HostKeyRow, name)
-    if row is not None:
-        session.delete(row)
+def forget_host_key(session: Session, name: str) -> None:
+    db_hostkeys.forget_host_key(session, name)
 
 
 # --- whole-file digests ------------------------------------------------------------------------
@@ -129,34 +130,16 @@ class StateDigestIndex:
         return Path(self.ctx.inventory.costor.state_dir) / "cache" / self.pool_uuid / "bloom"
 
     def _count(self) -> int:
-        from sqlalchemy import func
-        from sqlmodel import select
-
-        from costor.db.models import ContentDigestRow
-        from costor.db.session import session_scope
-
         with session_scope(self.ctx.engine, write=False) as session:
-            query = select(func.count()).where(ContentDigestRow.pool_uuid == self.pool_uuid)
-            return int(session.exec(query).one())
+            return db_digests.count_digests(session, self.pool_uuid)
 
     def digests(self) -> list[bytes]:
-        from sqlmodel import select
-
-        from costor.db.models import ContentDigestRow
-        from costor.db.session import session_scope
-
         with session_scope(self.ctx.engine, write=False) as session:
-            query = select(ContentDigestRow.digest).where(
-                ContentDigestRow.pool_uuid == self.pool_uuid
-            )
-            known = list(session.exec(query))
+            known = db_digests.pool_digests(session, self.pool_uuid)
         self._known = set(known)
         return [bytes.fromhex(digest) for digest in known]
 
     def lookup(self, digest: bytes) -> tuple[list[bytes], int] | None:
-        from costor.db.models import ContentDigestRow
-        from costor.db.session import session_scope
-
         if digest.hex() in self.new:
             content, size, _blocks = self.new[digest.hex()]
             return content, size
@@ -165,43 +148,23 @@ class StateDigestIndex:
         if self._known is None and self._bloom is not None and not self._bloom.may_contain(digest):
             return None
         with session_scope(self.ctx.engine, write=False) as session:
-            row = session.get(ContentDigestRow, (self.pool_uuid, digest.hex()))
+            row = db_digests.digest_row(session, self.pool_uuid, digest.hex())
             if row is None:
                 return None
             return _split(row.content), row.size
 
     def blocks(self, content: list[bytes]) -> bytes | None:
-        import base64
-
-        from sqlmodel import select
-
-        from costor.db.models import ContentDigestRow
-        from costor.db.session import session_scope
-
         key = content_key(content)
         with session_scope(self.ctx.engine, write=False) as session:
-            query = select(ContentDigestRow.blocks).where(
-                ContentDigestRow.pool_uuid == self.pool_uuid,
-                ContentDigestRow.content_key == key,
-            )
-            for blocks in session.exec(query):
-                if blocks:
-                    return base64.b64decode(blocks)
-        return None
+            blocks = db_digests.content_blocks(session, self.pool_uuid, key)
+        return base64.b64decode(blocks) if blocks else None
 
     def record(self, digest: bytes, content: list[bytes], size: int, blocks: bytes | None) -> None:
         self.new[digest.hex()] = (content, size, blocks)
 
     def save(self) -> None:
-        import base64
-
-        from costor.db.models import ContentDigestRow
-        from costor.db.session import session_scope
-
         if not self.new:
             return
-        from sqlalchemy import delete
-
         rows = [
             {
                 "pool_uuid": self.pool_uuid,
@@ -213,18 +176,8 @@ class StateDigestIndex:
             }
             for digest, (content, size, blocks) in self.new.items()
         ]
-        # One statement for all (a merge per row took 0.4 ms each: 0.8 s for 2,000).
-        table = ContentDigestRow.__table__  # type: ignore[attr-defined]
         with session_scope(self.ctx.engine) as session:
-            digests = list(self.new)
-            for start in range(0, len(digests), 500):
-                session.execute(
-                    delete(table).where(
-                        table.c.pool_uuid == self.pool_uuid,
-                        table.c.digest.in_(digests[start : start + 500]),
-                    )
-                )
-            session.execute(table.insert(), rows)
+            db_digests.replace_digests(session, self.pool_uuid, list(self.new), rows)
         self._update_bloom([bytes.fromhex(digest) for digest in self.new])
         self.new.clear()
 
@@ -266,8 +219,6 @@ def _read_bloom(path: Path) -> tuple[int, int, bytes] | None:
 
 
 def _write_bloom(path: Path, count: int, sized_for: int, payload: bytes) -> None:
-    import os
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".bloom.{os.getpid()}.tmp")
@@ -297,10 +248,7 @@ def probe_host_keys(
     if not ssh_clients:
         return {}  # a local-only inventory does not import the SSH stack at all
 
-    from concurrent.futures import ThreadPoolExecutor
-
-    from costor.errors import CostorError
-    from costor.transport.ssh import HostKey, Remote
+    from costor.transport.ssh import HostKey, Remote  # SSH only: see the top
 
     def probe(client: ClientConfig) -> tuple[str, dict[str, Any]]:
         facts: dict[str, Any] = {"host": client.host}
@@ -325,10 +273,7 @@ def probe_host_keys(
 def accept_host_key(ctx: Context, name: str, *, lock_timeout: float = 0.0) -> dict[str, Any]:
     """Record the key ``name``'s host presents now (under the state lock; a control-
     plane change, so saved plans made before it are stale)."""
-    from costor.db.session import session_scope
-    from costor.db.state import bump_serial, ensure_meta, state_lock
-    from costor.errors import UsageError
-    from costor.transport.ssh import Remote
+    from costor.transport.ssh import Remote  # SSH only: see the top
 
     client = ctx.client_config(name)
     if client.transport != "ssh":

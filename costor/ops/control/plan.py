@@ -25,7 +25,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from costor.db.state import ensure_meta
+from costor import __version__
+from costor.config import resolve_secret
+from costor.config.diagnostics import format_key
+from costor.config.model import PoolConfig
+from costor.config.profiles import SHIPPED_PROFILES, find_profile_files
+from costor.db.clients import client_rows
+from costor.db.models import PoolRow, UserRow
+from costor.db.pools import pool_rows, snapshot_count, snapshot_counts_by_pool
+from costor.db.session import Session, session_scope
+from costor.db.state import ensure_meta, resource_rows
 from costor.errors import (
     BackendError,
     CostorError,
@@ -33,27 +42,30 @@ from costor.errors import (
     PlanForeign,
     PoolNotFound,
     UsageError,
+    WrongPassphrase,
 )
 from costor.ops.context import Context
+from costor.ops.control.hosts import probe_host_keys
 from costor.plan import planfile
+from costor.plan.model import Binding, Plan
+from costor.plan.reconcile import Options, Recorded, reconcile, resolve_moves
+from costor.plan.resources import Resource, desired_resources
+from costor.store.pool import (
+    DEFAULT_CHUNK_AVG_KIB,
+    Pool,
+    chunk_avg_kib,
+    count_snapshots,
+    foreign_object,
+    read_identity,
+)
+from costor.util.passwords import verify_password
 
 if TYPE_CHECKING:
-    from sqlmodel import Session
-
-    from costor.config.model import PoolConfig
-    from costor.plan.model import Plan
-    from costor.plan.reconcile import Recorded
-    from costor.plan.resources import Resource
     from costor.store.backends.base import Backend
     from costor.store.backends.s3 import S3Backend
 
 
 def make_plan(ctx: Context, *, targets: tuple[str, ...] = (), refresh_only: bool = False) -> Plan:
-    from costor import __version__
-    from costor.plan.model import Binding
-    from costor.plan.reconcile import Options, reconcile, resolve_moves
-    from costor.plan.resources import desired_resources
-
     desired = desired_resources(ctx.inventory)
     meta = ensure_meta(ctx.engine)
     recorded, client_names = load_recorded(ctx)
@@ -98,13 +110,6 @@ def _check_targets(
 
 def load_recorded(ctx: Context) -> tuple[dict[str, Recorded], dict[str, list[str]]]:
     """Recorded resources by address, and every client's names (current first)."""
-    from sqlmodel import select
-
-    from costor.db.models import ClientRow, PoolRow
-    from costor.db.session import session_scope
-    from costor.db.state import resource_rows
-    from costor.plan.reconcile import Recorded
-
     recorded: dict[str, Recorded] = {}
     client_names: dict[str, list[str]] = {}
     with session_scope(ctx.engine, write=False) as session:
@@ -113,9 +118,9 @@ def load_recorded(ctx: Context) -> tuple[dict[str, Recorded], dict[str, list[str
                 row.type, row.name, json.loads(row.attributes), json.loads(row.applied)
             )
         # Rows written by the first apply slice (before resources were recorded).
-        for pool in session.exec(select(PoolRow)):
+        for pool in pool_rows(session):
             recorded.setdefault(f"pool.{pool.name}", Recorded("pool", pool.name, None))
-        for client in session.exec(select(ClientRow)):
+        for client in client_rows(session):
             client_names[client.name] = [client.name, *json.loads(client.former_names)]
             if client.retired_at is None:
                 recorded.setdefault(f"client.{client.name}", Recorded("client", client.name, None))
@@ -132,9 +137,6 @@ def gather_facts(
     moves: dict[str, str],
     client_names: dict[str, list[str]],
 ) -> dict[str, dict[str, Any]]:
-    from costor.db.session import session_scope
-    from costor.ops.control.hosts import probe_host_keys
-
     facts: dict[str, dict[str, Any]] = {}
     declared_clients = [ctx.inventory.clients[r.name] for r in desired if r.type == "client"]
     # A renamed client's host key is still recorded under its name in the state.
@@ -199,17 +201,13 @@ def pool_facts(
     pool_names: dict[str, str],
 ) -> dict[str, Any]:
     """What is at a declared pool's location, and whether its passphrase opens it."""
-    from costor.db.models import PoolRow
-    from costor.errors import WrongPassphrase
-    from costor.store.pool import DEFAULT_CHUNK_AVG_KIB, Pool
-
     backend = ctx.backend_for(config)
     row = session.get(PoolRow, state_name)
     facts = _location_facts(backend, row.uuid if row else None, pool_names, state_name)
     facts["default_chunk_avg_kib"] = DEFAULT_CHUNK_AVG_KIB
     # The recorded pool's snapshots as catalogued: what a replacement would destroy
     # even when the location now shows something else.
-    facts["state_snapshots"] = _snapshot_count(session, pool_uuid=row.uuid) if row else 0
+    facts["state_snapshots"] = snapshot_count(session, pool_uuid=row.uuid) if row else 0
     if facts["status"] == "pool":
         # The pool's own key slots are the only place a passphrase can be checked: a
         # changed variable would otherwise be noticed only by the next backup. Costs one
@@ -230,9 +228,6 @@ def recorded_pool_facts(
     pool_names: dict[str, str],
 ) -> dict[str, Any]:
     """A pool no longer declared: what is at the location the state recorded for it."""
-    from costor.config.model import PoolConfig
-    from costor.db.models import PoolRow
-
     row = session.get(PoolRow, name)
     state_uuid = row.uuid if row else None
     if attributes is None:  # recorded by an earlier CoStor: only a local path is known
@@ -241,7 +236,7 @@ def recorded_pool_facts(
                 "location": row.location if row else None,
                 "state_uuid": state_uuid,
                 "status": "unknown",
-                "snapshots": _snapshot_count(session, pool_uuid=state_uuid),
+                "snapshots": snapshot_count(session, pool_uuid=state_uuid),
             }
         attributes = {"site": "-", "backend": "local", "path": row.location, "encryption": "none"}
     try:
@@ -255,7 +250,7 @@ def recorded_pool_facts(
             "state_uuid": state_uuid,
             "status": "unreachable",
             "error": str(error),
-            "snapshots": _snapshot_count(session, pool_uuid=state_uuid),
+            "snapshots": snapshot_count(session, pool_uuid=state_uuid),
         }
     except ValueError as error:  # recorded attributes this version cannot read
         return {
@@ -263,15 +258,13 @@ def recorded_pool_facts(
             "state_uuid": state_uuid,
             "status": "unknown",
             "error": str(error),
-            "snapshots": _snapshot_count(session, pool_uuid=state_uuid),
+            "snapshots": snapshot_count(session, pool_uuid=state_uuid),
         }
 
 
 def _location_facts(
     backend: Backend, state_uuid: str | None, pool_names: dict[str, str], state_name: str
 ) -> dict[str, Any]:
-    from costor.store.pool import chunk_avg_kib, count_snapshots, foreign_object, read_identity
-
     facts: dict[str, Any] = {"location": backend.location, "state_uuid": state_uuid}
     try:
         identity = read_identity(backend)
@@ -306,6 +299,7 @@ def _location_facts(
 
 def s3_backend_of(backend: Backend) -> S3Backend | None:
     """The S3 backend under the storage filters (``inner``), if the pool is on S3."""
+    # Here, not at the top: it imports boto3, which only a pool on S3 needs.
     from costor.store.backends.s3 import S3Backend
 
     seen: Any = backend
@@ -333,54 +327,19 @@ def missing_bucket(backend: Backend) -> dict[str, str] | None:
 
 
 def _pool_names_by_uuid(session: Session) -> dict[str, str]:
-    from sqlmodel import select
-
-    from costor.db.models import PoolRow
-
-    return {row.uuid: row.name for row in session.exec(select(PoolRow))}
+    return {row.uuid: row.name for row in pool_rows(session)}
 
 
 def _client_facts(session: Session, names: list[str]) -> dict[str, Any]:
     """The client's snapshots in the catalogue, per pool (by name)."""
-    from sqlalchemy import func
-    from sqlmodel import select
-
-    from costor.db.models import PoolRow, SnapshotRow
-
-    query = (
-        select(PoolRow.name, func.count())
-        .select_from(SnapshotRow)
-        .join(PoolRow, PoolRow.uuid == SnapshotRow.pool_uuid, isouter=True)  # type: ignore[arg-type]
-        .where(SnapshotRow.client.in_(names))  # type: ignore[attr-defined]
-        .group_by(PoolRow.name)
-    )
     per_pool = {
-        str(pool or "(a pool no longer recorded)"): int(n) for pool, n in session.exec(query)
+        str(pool or "(a pool no longer recorded)"): n
+        for pool, n in snapshot_counts_by_pool(session, names)
     }
     return {"snapshots": sum(per_pool.values()), "pools": dict(sorted(per_pool.items()))}
 
 
-def _snapshot_count(
-    session: Session, *, pool_uuid: str | None = None, client: list[str] | None = None
-) -> int:
-    from sqlalchemy import func
-    from sqlmodel import select
-
-    from costor.db.models import SnapshotRow
-
-    query = select(func.count()).select_from(SnapshotRow)
-    if pool_uuid is not None:
-        query = query.where(SnapshotRow.pool_uuid == pool_uuid)
-    if client is not None:
-        query = query.where(SnapshotRow.client.in_(client))  # type: ignore[attr-defined]
-    return int(session.exec(query).one())
-
-
 def _password_fact(ctx: Context, session: Session, resource: Resource, state_name: str) -> str:
-    from costor.config import resolve_secret
-    from costor.db.models import UserRow
-    from costor.util.passwords import verify_password
-
     row = session.get(UserRow, state_name)
     if row is None:
         return "missing"
@@ -394,8 +353,6 @@ def _password_fact(ctx: Context, session: Session, resource: Resource, state_nam
 
 def source_files(ctx: Context) -> list[Path]:
     """The inventory and every profile file it could use, in a stable order."""
-    from costor.config.profiles import SHIPPED_PROFILES, find_profile_files
-
     # The shipped profiles too: a CoStor upgrade that changes one makes a saved plan stale.
     directories = list(ctx.inventory.costor.profile_paths)
     files = [ctx.inventory.path]
@@ -418,9 +375,6 @@ def source_digests(ctx: Context) -> dict[str, str]:
 def secrets_digest(ctx: Context, key: bytes) -> str:
     """HMAC-SHA256, keyed by the state's plan key, over every secret value the
     inventory names: a saved plan notices a changed secret without holding it."""
-    from costor.config import resolve_secret
-    from costor.config.diagnostics import format_key
-
     mac = hmac.new(key, digestmod=hashlib.sha256)
     for path, ref in sorted(ctx.inventory.secret_refs(), key=lambda item: format_key(item[0])):
         name = format_key(path)

@@ -24,20 +24,43 @@ schedules advanced by compare-and-set); on SQLite a second one is refused.
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import signal
 import socket
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+# What a job imports (lazily, for the CLI's start-up), imported here once so that forked
+# jobs start at once: an incremental pull forked without these spent ~30 ms importing
+# (pyfastcdc most).
+import pyfastcdc  # noqa: F401  (imported for the forked jobs)
+from cryptography.hazmat.primitives.kdf import hkdf  # noqa: F401  (for the forked jobs)
+
+import costor.ops.backup.pull  # noqa: F401  (imported for the forked jobs)
+import costor.ops.backup.run  # noqa: F401  (imported for the forked jobs)
+import costor.ops.control.hosts  # noqa: F401  (imported for the forked jobs)
+import costor.ops.maintenance.check  # noqa: F401  (imported for the forked jobs)
+import costor.ops.maintenance.forget  # noqa: F401  (imported for the forked jobs)
+import costor.ops.maintenance.prune  # noqa: F401  (imported for the forked jobs)
+import costor.ops.maintenance.selftest  # noqa: F401  (imported for the forked jobs)
+import costor.store.backup.stream  # noqa: F401  (imported for the forked jobs)
+import costor.store.backup.walk  # noqa: F401  (imported for the forked jobs)
+import costor.transport.helper  # noqa: F401  (imported for the forked jobs)
+import costor.transport.ssh
+from costor.db import instances
+from costor.db import queue as jobs
+from costor.db.models import JobRow
 from costor.errors import CostorError
-from costor.ops.context import Context, utcnow
+from costor.ops.context import Context
+from costor.ops.jobs.runner import after_job, run_job
 from costor.ops.maintenance.site import maintenance_sites
 from costor.util import hashthreads
 from costor.util.log import get_logger
@@ -156,8 +179,6 @@ class Server:
         self.stop_requested_at = self.stop_requested_at or time.monotonic()
 
     def step(self) -> None:
-        from costor.ops.jobs import queue as jobs
-
         engine = self.ctx.engine
         now = time.monotonic()
         if now - self._last_beat >= jobs.HEARTBEAT_EVERY:
@@ -217,27 +238,8 @@ class Server:
         """Import what jobs run, derive each served pool's key and load its index, once,
         so that forked jobs start at once (a job reads only the index segments written
         since: store/index.py ``IndexCache``). A pool that cannot be opened now is
-        opened by its jobs."""
-        # What a job imports (lazily, for the CLI's start-up), here once: an incremental
-        # pull forked without these spent ~30 ms importing (pyfastcdc most).
-        import pyfastcdc
-        from cryptography.hazmat.primitives.kdf import hkdf
-
-        import costor.ops.backup.pull
-        import costor.ops.backup.run
-        import costor.ops.control.hosts
-        import costor.ops.jobs.notify
-        import costor.ops.jobs.runner
-        import costor.ops.maintenance.check
-        import costor.ops.maintenance.forget
-        import costor.ops.maintenance.prune
-        import costor.ops.maintenance.selftest
-        import costor.store.backup.stream
-        import costor.store.backup.walk  # noqa: F401  (imported for the forked jobs)
-        import costor.transport.helper
-        import costor.transport.ssh
-
-        del pyfastcdc, hkdf
+        opened by its jobs. (What a job imports is imported with this module, at the
+        top: see there.)"""
         costor.transport.ssh.compressed_helper()
 
         for name, pool in sorted(self.ctx.inventory.pools.items()):
@@ -262,7 +264,8 @@ class Server:
             except Exception as error:  # noqa: BLE001  (its jobs load what they need)
                 logger.warning(f"costor serve: the index of pool {name} not refreshed: {error}")
 
-    def _spawn(self, job: Any) -> None:
+    def _spawn(self, job: JobRow) -> None:
+        assert job.id is not None  # a claimed job is stored
         logs = Path(self.ctx.settings.state_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = open(logs / f"job-{job.id}.log", "ab")  # noqa: SIM115  (closed when reaped)
@@ -320,8 +323,6 @@ class Server:
             os.environ["COSTOR_JOB_RETRY_DELAY"] = str(self.retry_delay)
             code = run_forked_job(self.ctx, job_id)
         except BaseException:  # noqa: BLE001  (the child never returns into the daemon)
-            import traceback
-
             logger.error(traceback.format_exc().rstrip("\n"))  # as traceback.print_exc()
             code = 1
         finally:
@@ -333,11 +334,6 @@ class Server:
             os._exit(code)
 
     def _reap(self) -> None:
-        from costor.db.models import JobRow
-        from costor.db.session import session_scope
-        from costor.ops.jobs import queue as jobs
-        from costor.ops.jobs.runner import after_job
-
         ended = False
         for job_id, child in list(self.children.items()):
             code = child.process.poll()
@@ -345,8 +341,7 @@ class Server:
                 continue
             del self.children[job_id]
             child.log.close()
-            with session_scope(self.ctx.engine, write=False) as session:
-                row = session.get(JobRow, job_id)
+            row = jobs.get_job(self.ctx.engine, job_id)
             if row is not None and row.state == "running":
                 # The child died without recording an outcome (killed, crashed).
                 how = f"signal {-code}" if code < 0 else f"exit code {code}"
@@ -387,8 +382,6 @@ class Server:
         url = self.ctx.database_url
         if not url.startswith("sqlite:///"):
             return
-        import fcntl
-
         path = url.removeprefix("sqlite:///")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         handle = open(f"{path}.serve.lock", "a+")  # noqa: SIM115  (held for the lifetime)
@@ -406,43 +399,14 @@ class Server:
         self._lock_file = handle
 
     def _register(self) -> None:
-        from costor.db.models import InstanceRow
-        from costor.db.session import session_scope
-
-        now = utcnow()
-        with session_scope(self.ctx.engine) as session:
-            session.add(
-                InstanceRow(
-                    id=self.id,
-                    hostname=socket.gethostname(),
-                    pid=os.getpid(),
-                    started_at=now,
-                    heartbeat_at=now,
-                )
-            )
+        instances.register(self.ctx.engine, self.id, hostname=socket.gethostname(), pid=os.getpid())
 
     def _heartbeat(self) -> None:
-        from sqlmodel import col, update
-
-        from costor.db.models import InstanceRow
-        from costor.db.session import session_scope
-
-        with session_scope(self.ctx.engine) as session:
-            session.execute(
-                update(InstanceRow)
-                .where(col(InstanceRow.id) == self.id)
-                .values(heartbeat_at=utcnow(), stopping=self.stopping)
-            )
+        instances.heartbeat(self.ctx.engine, self.id, stopping=self.stopping)
 
     def _unregister(self) -> None:
-        from sqlmodel import col, delete
-
-        from costor.db.models import InstanceRow
-        from costor.db.session import session_scope
-
         try:
-            with session_scope(self.ctx.engine) as session:
-                session.execute(delete(InstanceRow).where(col(InstanceRow.id) == self.id))
+            instances.unregister(self.ctx.engine, self.id)
         finally:
             if self._lock_file is not None:
                 self._lock_file.close()
@@ -451,8 +415,6 @@ class Server:
 def run_forked_job(ctx: Context, job_id: int) -> int:
     """In a child forked from the daemon: run job ``job_id`` as ``costor jobs run ID``
     would (same exit codes), with the daemon's imports and pool keys."""
-    from costor.ops.jobs.runner import run_job
-
     # The daemon's pooled connections are its own: dropped here unclosed (closing them
     # would end the daemon's sessions), and new ones made (SQLAlchemy's advice for fork).
     ctx.engine.dispose(close=False)

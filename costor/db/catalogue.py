@@ -1,12 +1,16 @@
-"""Queries on the snapshot catalogue (the ``snapshots`` table): the state's index of
-what the pools hold, rebuilt from them by ``costor pool reindex``."""
+"""Queries on the catalogue of what the pools hold (the ``snapshots`` and ``packs``
+tables), the state's index of the pools, rebuilt from them by ``costor pool reindex``;
+and which pools (``pools``) hold a client's snapshots."""
 
 from __future__ import annotations
 
-from sqlalchemy import func
-from sqlmodel import Session, col, select
+from collections.abc import Collection, Iterable, Mapping
+from datetime import datetime
 
-from costor.db.models import SnapshotRow
+from sqlalchemy import func
+from sqlmodel import Session, col, delete, select
+
+from costor.db.models import PackRow, PoolRow, SnapshotRow
 
 
 def latest_snapshot_times(session: Session) -> dict[str, str]:
@@ -17,3 +21,82 @@ def latest_snapshot_times(session: Session) -> dict[str, str]:
         select(SnapshotRow.client, func.max(SnapshotRow.time)).group_by(col(SnapshotRow.client))
     ).all()
     return {client: time for client, time in rows if time is not None}
+
+
+def catalogued_pool_names(
+    session: Session, client_names: Collection[str] | None = None
+) -> list[str]:
+    """Names of the pools the catalogue records as holding snapshots (of one of
+    ``client_names``, when given), sorted."""
+    query = select(PoolRow.name).join(SnapshotRow, col(SnapshotRow.pool_uuid) == PoolRow.uuid)
+    if client_names is not None:
+        query = query.where(col(SnapshotRow.client).in_(list(client_names)))
+    return sorted(set(session.exec(query.distinct()).all()))
+
+
+def snapshot_owners(session: Session, snapshot_ids: Collection[str]) -> dict[str, str]:
+    """Snapshot id -> the client it was taken as, for the ids the catalogue has."""
+    return dict(
+        session.exec(
+            select(SnapshotRow.id, SnapshotRow.client).where(
+                col(SnapshotRow.id).in_(list(snapshot_ids))
+            )
+        ).all()
+    )
+
+
+def delete_snapshot_rows(session: Session, snapshot_ids: Collection[str]) -> None:
+    session.exec(delete(SnapshotRow).where(col(SnapshotRow.id).in_(snapshot_ids)))
+
+
+def replace_pool_catalogue(
+    session: Session,
+    pool_uuid: str,
+    snapshots: Iterable[SnapshotRow],
+    packs: Mapping[str, int],
+) -> None:
+    """The pool's snapshot and pack rows become ``snapshots`` and ``packs`` (pack id ->
+    size), as read from the pool: ``costor pool reindex``."""
+    session.exec(delete(SnapshotRow).where(SnapshotRow.pool_uuid == pool_uuid))  # type: ignore[arg-type]
+    session.exec(delete(PackRow).where(PackRow.pool_uuid == pool_uuid))  # type: ignore[arg-type]
+    for row in snapshots:
+        session.add(row)
+    for pack_id, size in packs.items():
+        session.add(PackRow(pool_uuid=pool_uuid, pack_id=pack_id, size=size))
+
+
+def pack_verified_times(session: Session, pool_uuid: str) -> dict[str, datetime | None]:
+    """Pack id -> when a check last read it whole (None: never), of the pool's
+    catalogued packs."""
+    rows = session.exec(
+        select(PackRow.pack_id, PackRow.last_verified).where(col(PackRow.pool_uuid) == pool_uuid)
+    ).all()
+    return {pack_id: verified for pack_id, verified in rows}
+
+
+def pack_rows(session: Session, pool_uuid: str, pack_ids: Collection[str]) -> dict[str, PackRow]:
+    """The catalogue rows of the pool's packs ``pack_ids`` that it has, by pack id."""
+    return {
+        row.pack_id: row
+        for row in session.exec(
+            select(PackRow).where(
+                col(PackRow.pool_uuid) == pool_uuid, col(PackRow.pack_id).in_(list(pack_ids))
+            )
+        ).all()
+    }
+
+
+def update_packs(
+    session: Session, pool_uuid: str, *, deleted: Collection[str], written: Mapping[str, int]
+) -> None:
+    """After a prune: the ``deleted`` packs' rows go, the ``written`` ones (pack id ->
+    size) are added or updated."""
+    if deleted:
+        session.execute(
+            delete(PackRow).where(
+                PackRow.pool_uuid == pool_uuid,  # type: ignore[arg-type]
+                PackRow.pack_id.in_(list(deleted)),  # type: ignore[attr-defined]
+            )
+        )
+    for pack_id, size in written.items():
+        session.merge(PackRow(pool_uuid=pool_uuid, pack_id=pack_id, size=size))

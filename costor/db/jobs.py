@@ -1,5 +1,5 @@
 """Queries on the job queue's history (the ``jobs`` table) for reports; the queue's
-own transitions (enqueue, claim, finish, recover) are in ``costor.ops.jobs.queue``."""
+own transitions (enqueue, claim, finish, recover) are in ``costor.db.queue``."""
 
 from __future__ import annotations
 

@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from costor.ops.context import Context, utcnow
+from costor.config.model import duration_seconds
+from costor.db import catalogue, clients, instances
+from costor.db import jobs as job_history
+from costor.db import schedules as db_schedules
+from costor.db.session import session_scope
+from costor.ops.context import Context
+from costor.ops.maintenance.site import maintenance_reasons
+from costor.util.clock import utcnow
+from costor.util.cron import interval
 
 LEVELS = ("ok", "warning", "critical")
 
@@ -50,8 +58,6 @@ class _Facts:
 
 
 def status(ctx: Context) -> dict[str, Any]:
-    from costor.ops.maintenance.site import maintenance_reasons
-
     now = utcnow()
     facts = _read_facts(ctx)
     unapplied = ctx.unapplied_changes()
@@ -102,28 +108,20 @@ def status(ctx: Context) -> dict[str, Any]:
 
 
 def _read_facts(ctx: Context) -> _Facts:
-    from sqlalchemy import func
-    from sqlmodel import select
-
-    from costor.db import catalogue
-    from costor.db import jobs as job_history
-    from costor.db.models import ClientRow, InstanceRow, ScheduleRow
-    from costor.db.session import session_scope
-
     with session_scope(ctx.engine, write=False) as session:
-        former = {r.name: json.loads(r.former_names) for r in session.exec(select(ClientRow))}
+        former = {r.name: json.loads(r.former_names) for r in clients.client_rows(session)}
         latest = catalogue.latest_snapshot_times(session)
         last_job = job_history.last_outcomes(session)
         counts = job_history.count_by_state(session, "queued", "running")
-        instances = list(session.exec(select(InstanceRow)).all())
-        schedules = session.exec(select(func.count()).select_from(ScheduleRow)).one()
+        alive = instances.all_instances(session)
+        schedules = db_schedules.count_schedules(session)
     return _Facts(
         former_names=former,
         latest_snapshot={client: _parse_time(time) for client, time in latest.items()},
         last_job=last_job,
         counts=counts,
-        instances=instances,
-        schedules=int(schedules),
+        instances=alive,
+        schedules=schedules,
     )
 
 
@@ -173,9 +171,6 @@ def _client_status(
 
 
 def _rpo(policy: Any, now: datetime) -> timedelta | None:
-    from costor.config.model import duration_seconds
-    from costor.ops.jobs.schedules import interval
-
     if policy is None:
         return None
     if policy.rpo:

@@ -10,11 +10,11 @@ import signal
 import time
 from pathlib import Path
 
-from costor.ops.jobs.queue import HEARTBEAT_EVERY
 from support.fixtures import Site
 from support.inventory import write_local_inventory
 
 from costor.config.applied import load_settings
+from costor.db.queue import HEARTBEAT_EVERY
 
 
 def _rewrite(inventory: Path, root: Path, clients: dict[str, list[Path]], **kwargs: object) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from conftest import Site, costor_table, tree_digest
 
+from costor.db import queue as jobs
 from costor.db.session import open_engine
-from costor.ops.jobs import queue as jobs
 
 SERVE = ("serve", "--tick", "0.2", "--retry-delay", "0")
 

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from conftest import Site
 
+from costor.db import queue as jobs
 from costor.db.session import open_engine
-from costor.ops.jobs import queue as jobs
 
 
 def test_a_backup_from_the_cli_is_a_job_in_jobs_and_status(applied: Site) -> None:

@@ -91,7 +91,7 @@ def run_backup(
     job row is the record)."""
     if trigger is None:
         return _backup(ctx, client_name, progress=progress, scan_totals=scan_totals)
-    from costor.ops.jobs import queue as jobs
+    from costor.db import queue as jobs
 
     site = ctx.client_config(client_name).site if client_name in ctx.inventory.clients else None
     with jobs.recorded(ctx.engine, "backup", client_name, site=site, trigger=trigger) as job:

@@ -3,9 +3,12 @@
 A kind says what its target names (a client or a pool: hence the job's site and the
 address whose unapplied changes its log notes) and how one job of it runs: given the
 context, the target and the job's parameters, do the work and return the report the
-job records, or raise :class:`CostorError`. The queue (``costor.ops.jobs.queue``), the runner
-(``costor.ops.jobs.runner``) and ``costor jobs add`` all read this table; a new kind is one
-entry here.
+job records, or raise :class:`CostorError`. The runner (``costor.ops.jobs.runner``),
+``costor jobs add`` (``costor.ops.jobs.requests``), the schedules (which targets exist:
+``costor.ops.jobs.schedules``) and the notifications (whose policy: a client's, or the
+policies of a pool's clients: ``costor.ops.jobs.notify``) all read this table; a new
+kind is one entry here (and, if the inventory schedules it, a line in
+``desired_schedules``). The queue (``costor.db.queue``) stores a kind by name only.
 """
 
 from __future__ import annotations

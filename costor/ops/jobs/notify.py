@@ -14,14 +14,18 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from costor.config.secret import resolve_secret
 from costor.ops.context import Context
+from costor.ops.jobs.kinds import JOB_KINDS
 
 
 def policy_for_job(ctx: Context, job: dict[str, Any]) -> Any:
-    """The policy whose ``notify`` applies: the client's, for client jobs; for pool
-    jobs, the first policy with a ``notify`` among the pool's clients'."""
+    """The policy whose ``notify`` applies: the client's, for jobs whose kind targets a
+    client (the table of kinds says); for pool jobs, the first policy with a ``notify``
+    among the pool's clients'."""
     inventory = ctx.inventory
-    if job["kind"] in ("backup", "forget", "selftest"):
+    kind = JOB_KINDS.get(job["kind"])
+    if kind is not None and kind.target == "client":
         client = inventory.clients.get(job["target"])
         return inventory.policies.get(client.policy) if client and client.policy else None
     for client in inventory.clients.values():
@@ -35,8 +39,6 @@ def policy_for_job(ctx: Context, job: dict[str, Any]) -> Any:
 def notify_job(ctx: Context, job: dict[str, Any]) -> str | None:
     """Send the job's notification if its policy wants this outcome. Returns a short
     error (the job's outcome is not changed by a failed notification), or None."""
-    from costor.config.secret import resolve_secret
-
     event = {"succeeded": "success", "failed": "failure"}.get(job["state"])
     policy = policy_for_job(ctx, job)
     if event is None or policy is None or policy.notify is None or event not in policy.notify.on:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from costor.db import queue as jobs
 from costor.ops.context import Context
-from costor.ops.jobs import queue as jobs
 from costor.ops.jobs.kinds import site_of
 
 
@@ -25,7 +25,7 @@ class JobQueued:
 
 @dataclass(frozen=True)
 class JobHistory:
-    """Jobs, newest first, each as :func:`costor.ops.jobs.queue.job_json` documents it."""
+    """Jobs, newest first, each as :func:`costor.db.queue.job_json` documents it."""
 
     jobs: list[dict[str, Any]]
 

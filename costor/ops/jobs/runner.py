@@ -13,12 +13,19 @@ import logging
 import os
 import signal
 import threading
-from typing import Any
+import traceback
+from typing import TYPE_CHECKING, Any
 
-from costor.errors import CostorError
+from costor.db import queue as jobs
+from costor.db.models import JobRow
+from costor.errors import CostorError, DamageFound
 from costor.ops.context import Context
 from costor.ops.jobs.kinds import JOB_KINDS, execute
+from costor.ops.jobs.notify import notify_job
 from costor.util.log import JOB, get_logger
+
+if TYPE_CHECKING:
+    from costor.db.session import Engine
 
 # What the same verb would print on a terminal: to stderr, which is the job's log file
 # under ``costor serve``; each line with the time of day (costor.util.log).
@@ -36,14 +43,8 @@ def run_job(ctx: Context, job_id: int) -> int:
     The job's log (the ``costor.job`` logger) gets what the same verb would print on a
     terminal: the start, any notice about the configuration it runs, the outcome and its
     report."""
-    from costor.db.models import JobRow
-    from costor.db.session import session_scope
-    from costor.errors import DamageFound
-    from costor.ops.jobs import queue as jobs
-
     engine = ctx.engine
-    with session_scope(engine, write=False) as session:
-        job = session.get(JobRow, job_id)
+    job = jobs.get_job(engine, job_id)
     if job is None:
         raise CostorError(message=f"no job {job_id}")
     if job.state == "queued":  # run by hand: claim it here
@@ -80,8 +81,6 @@ def run_job(ctx: Context, job_id: int) -> int:
         if isinstance(failure, DamageFound):
             code = 3
     except Exception as bug:  # noqa: BLE001  (recorded, not retried: it would fail again)
-        import traceback
-
         state, code = "failed", 1
         error = f"internal error: {bug!r}\n{traceback.format_exc(limit=8)}"
     finally:
@@ -105,13 +104,9 @@ def run_job(ctx: Context, job_id: int) -> int:
     return code
 
 
-def after_job(ctx: Context, job: Any) -> None:
+def after_job(ctx: Context, job: JobRow) -> None:
     """What follows a finished job: a forget after a successful scheduled backup (when
     the policy keeps a retention), and the policy's notification."""
-    from costor.db.session import session_scope
-    from costor.ops.jobs import queue as jobs
-    from costor.ops.jobs.notify import notify_job
-
     if job.kind == "backup" and job.state == "succeeded" and job.trigger not in ("manual", "cli"):
         client = ctx.inventory.clients.get(job.target)
         policy = ctx.inventory.policies.get(client.policy) if client and client.policy else None
@@ -119,20 +114,16 @@ def after_job(ctx: Context, job: Any) -> None:
             jobs.enqueue(ctx.engine, "forget", job.target, site=job.site, trigger="after-backup")
     doc = jobs.job_json(job)
     problem = notify_job(ctx, doc)
-    with session_scope(ctx.engine) as session:
-        from costor.db.models import JobRow
-
-        row = session.get(JobRow, job.id)
-        if row is not None:
-            row.notified = problem is None and doc["state"] in ("succeeded", "failed")
-            if problem is not None:
-                row.error = f"{row.error or ''}{'; ' if row.error else ''}notification: {problem}"
-            session.add(row)
+    assert job.id is not None  # a finished job has been stored
+    jobs.record_notification(
+        ctx.engine,
+        job.id,
+        notified=problem is None and doc["state"] in ("succeeded", "failed"),
+        problem=problem,
+    )
 
 
-def _beat(engine: Any, job_id: int, stop: threading.Event) -> None:
-    from costor.ops.jobs import queue as jobs
-
+def _beat(engine: Engine, job_id: int, stop: threading.Event) -> None:
     failing = None
     while not stop.wait(jobs.HEARTBEAT_EVERY):
         try:

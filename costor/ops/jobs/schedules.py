@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from costor.ops.context import utcnow
+from costor.db import schedules as db_schedules
+from costor.db.models import ScheduleRow
+from costor.db.session import session_scope
+from costor.ops.jobs.kinds import JOB_KINDS
+from costor.util.clock import utcnow
+from costor.util.cron import next_time
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
     from costor.config.model import Inventory
+    from costor.db.session import Engine
 
 
 @dataclass(frozen=True)
@@ -68,55 +71,27 @@ def desired_schedules(inventory: Inventory) -> list[Desired]:
     return list(found.values())
 
 
-def next_time(cron: str, after: datetime) -> datetime:
-    from croniter import croniter
-
-    return croniter(cron, after).get_next(datetime)
-
-
-def interval(cron: str, after: datetime | None = None) -> timedelta:
-    """The time between two consecutive runs of ``cron`` (the next two after ``after``)."""
-    start = next_time(cron, after or utcnow())
-    return next_time(cron, start) - start
-
-
 def sync_schedules(engine: Engine, inventory: Inventory) -> dict[str, list[str]]:
     """Make the schedules table match the inventory; returns the keys added, changed
     and removed."""
-    from sqlmodel import col, select, update
-
-    from costor.db.models import ClientRow, JobRow, PoolRow, ScheduleRow
-    from costor.db.session import session_scope
-
     now = utcnow()
     changes: dict[str, list[str]] = {"added": [], "changed": [], "removed": []}
     with session_scope(engine) as session:
         # Only what exists in the state: a client or pool whose creation failed has none.
-        clients = set(
-            session.exec(select(ClientRow.name).where(col(ClientRow.retired_at).is_(None))).all()
-        )
-        pools = set(session.exec(select(PoolRow.name)).all())
+        clients, pools = db_schedules.schedule_targets(session)
+        present = {"client": clients, "pool": pools}  # by what a kind's target names
         wanted = {
             d.key: d
             for d in desired_schedules(inventory)
-            if (d.target in clients if d.kind in ("backup", "selftest") else d.target in pools)
+            if d.target in present[JOB_KINDS[d.kind].target]
         }
-        existing: dict[str, ScheduleRow] = {
-            r.key: r for r in session.exec(select(ScheduleRow)).all()
-        }
+        existing: dict[str, ScheduleRow] = db_schedules.schedules_by_key(session)
         for key, old in existing.items():
             if key not in wanted:
                 session.delete(old)
                 changes["removed"].append(key)
         if changes["removed"]:  # their queued runs go too
-            session.execute(
-                update(JobRow)
-                .where(
-                    col(JobRow.schedule_key).in_(changes["removed"]),
-                    col(JobRow.state) == "queued",
-                )
-                .values(state="cancelled", finished_at=now, error="its schedule was removed")
-            )
+            db_schedules.cancel_queued_runs(session, changes["removed"], now)
         for key, desired in wanted.items():
             params = json.dumps(desired.params, sort_keys=True)
             row = existing.get(key)

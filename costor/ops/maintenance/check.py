@@ -5,9 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from costor.db import catalogue
+from costor.db.models import PackRow
+from costor.db.session import session_scope
 from costor.errors import CostorError, NotApplied
-from costor.ops.context import Context, snapshot_row, utcnow
+from costor.ops.context import Context, snapshot_row
+from costor.store.checker import check, reindex
 from costor.store.progress import Progress
+from costor.util.clock import utcnow
 
 if TYPE_CHECKING:
     from costor.store.checker import CheckReport
@@ -116,8 +121,6 @@ def _check_one(
     subset: float | None,
     progress: Progress | None,
 ) -> CheckReport:
-    from costor.store.checker import check
-
     opened = ctx.open_pool(name, load_index=False)
 
     def order(packs: list[str], uuid: str = opened.uuid) -> list[str]:
@@ -132,18 +135,8 @@ def _check_one(
 def _least_recently_verified(ctx: Context, pool_uuid: str, packs: list[str]) -> list[str]:
     """Never verified first, then oldest verification first: successive subset checks
     cover the whole pool (5% a week: every pack within 20 weeks)."""
-    from sqlmodel import col, select
-
-    from costor.db.models import PackRow
-    from costor.db.session import session_scope
-
     with session_scope(ctx.engine, write=False) as session:
-        rows = session.exec(
-            select(PackRow.pack_id, PackRow.last_verified).where(
-                col(PackRow.pool_uuid) == pool_uuid
-            )
-        ).all()
-    last = {pack_id: verified for pack_id, verified in rows}
+        last = catalogue.pack_verified_times(session, pool_uuid)
     return sorted(packs, key=lambda p: (last.get(p) is not None, last.get(p) or 0, p))
 
 
@@ -151,22 +144,10 @@ def _record_verified(ctx: Context, pool: Any, packs: list[str]) -> None:
     if not packs:
         return
     pool_uuid = pool.uuid
-    from sqlmodel import col, select
-
-    from costor.db.models import PackRow
-    from costor.db.session import session_scope
-
     now = utcnow()
     sizes: dict[str, int] = {}
     with session_scope(ctx.engine) as session:
-        known = {
-            row.pack_id: row
-            for row in session.exec(
-                select(PackRow).where(
-                    col(PackRow.pool_uuid) == pool_uuid, col(PackRow.pack_id).in_(packs)
-                )
-            ).all()
-        }
+        known = catalogue.pack_rows(session, pool_uuid, packs)
         for pack_id in packs:
             row = known.get(pack_id)
             if row is None:  # a pack the catalogue did not know (e.g. an adopted orphan)
@@ -179,23 +160,14 @@ def _record_verified(ctx: Context, pool: Any, packs: list[str]) -> None:
 def reindex_pool(ctx: Context, name: str) -> dict[str, Any]:
     """Rebuild the pool's index from its packs, and the state's catalogue of its
     snapshots and packs from the pool alone."""
-    from sqlmodel import delete
-
-    from costor.db.models import PackRow, SnapshotRow
-    from costor.db.session import session_scope
-    from costor.store.checker import reindex
-
     opened = ctx.open_pool(name, load_index=False)
     report = reindex(opened)
     snapshots = opened.list_snapshots()
     packs = opened.list_packs()
     with session_scope(ctx.engine) as session:
-        session.exec(delete(SnapshotRow).where(SnapshotRow.pool_uuid == opened.uuid))  # type: ignore[arg-type]
-        session.exec(delete(PackRow).where(PackRow.pool_uuid == opened.uuid))  # type: ignore[arg-type]
-        for snapshot in snapshots:
-            session.add(snapshot_row(opened.uuid, snapshot))
-        for pack_id, size in packs.items():
-            session.add(PackRow(pool_uuid=opened.uuid, pack_id=pack_id, size=size))
+        catalogue.replace_pool_catalogue(
+            session, opened.uuid, [snapshot_row(opened.uuid, s) for s in snapshots], packs
+        )
     return {
         "pool": name,
         "uuid": opened.uuid,

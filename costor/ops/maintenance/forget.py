@@ -31,6 +31,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from costor.db import catalogue, clients
+from costor.db.session import session_scope
 from costor.errors import CostorError, ObjectNotFound, PoolNotFound, UnknownResource
 from costor.ops.context import Context
 from costor.ops.restore.snapshots import catalogued_pools, open_named_pool, search_pools
@@ -174,13 +176,8 @@ def forget(ctx: Context, *, client: str | None = None, dry_run: bool = False) ->
 
 def _client_rows(ctx: Context) -> dict[str, str | None]:
     """Client name -> its policy, as the state records them (retired clients too)."""
-    from sqlmodel import select
-
-    from costor.db.models import ClientRow
-    from costor.db.session import session_scope
-
     with session_scope(ctx.engine, write=False) as session:
-        return {row.name: row.policy for row in session.exec(select(ClientRow))}
+        return {row.name: row.policy for row in clients.client_rows(session)}
 
 
 def _decide(
@@ -276,19 +273,8 @@ def _unreadable_manifests(
     the catalogue records under another client."""
     if not unreadable:
         return {}
-    from sqlmodel import col, select
-
-    from costor.db.models import SnapshotRow
-    from costor.db.session import session_scope
-
     with session_scope(ctx.engine, write=False) as session:
-        owners = dict(
-            session.exec(
-                select(SnapshotRow.id, SnapshotRow.client).where(
-                    col(SnapshotRow.id).in_(list(unreadable))
-                )
-            ).all()
-        )
+        owners = catalogue.snapshot_owners(session, unreadable)
     return {
         snapshot_id: error
         for snapshot_id, error in unreadable.items()
@@ -301,12 +287,7 @@ def _remove(ctx: Context, pool: Pool, snapshot_ids: list[str]) -> None:
     manifests without rows: the pool is the truth, they are still listed, and the next
     run decides and removes them again (deleting a gone manifest is not an error). The
     other order would leave rows naming snapshots that no longer exist."""
-    from sqlmodel import col, delete
-
-    from costor.db.models import SnapshotRow
-    from costor.db.session import session_scope
-
     with session_scope(ctx.engine) as session:
-        session.exec(delete(SnapshotRow).where(col(SnapshotRow.id).in_(snapshot_ids)))
+        catalogue.delete_snapshot_rows(session, snapshot_ids)
     for snapshot_id in snapshot_ids:
         pool.delete_snapshot(snapshot_id)

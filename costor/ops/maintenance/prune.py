@@ -5,16 +5,17 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from costor.config.model import duration_seconds, percentage_fraction
+from costor.db import catalogue
+from costor.db.session import session_scope
 from costor.ops.context import Context
+from costor.store.gc.prune import PruneOptions, prune
 from costor.store.progress import Progress
 
 
 def prune_options(ctx: Context, pool: str, **overrides: Any) -> Any:
     """The pool's declared ``prune`` settings, with command-line ``overrides`` (None:
     not given) on top."""
-    from costor.config.model import duration_seconds, percentage_fraction
-    from costor.store.gc.prune import PruneOptions
-
     declared = ctx.pool_config(pool).prune
     options = PruneOptions(
         safety_window=duration_seconds(declared.safety_window),
@@ -34,12 +35,6 @@ def prune_pools(
     **overrides: Any,
 ) -> list[tuple[str, Any]]:
     """(pool name, PruneReport) per pool."""
-    from sqlmodel import delete
-
-    from costor.db.models import PackRow
-    from costor.db.session import session_scope
-    from costor.store.gc.prune import prune
-
     reports = []
     for name in ctx.pool_names(pool):
         options = prune_options(ctx, name, dry_run=dry_run, **overrides)
@@ -48,14 +43,8 @@ def prune_pools(
         report.pool = name
         if report.deleted or report.written:
             with session_scope(ctx.engine) as session:
-                if report.deleted:
-                    session.execute(
-                        delete(PackRow).where(
-                            PackRow.pool_uuid == opened.uuid,  # type: ignore[arg-type]
-                            PackRow.pack_id.in_(list(report.deleted)),  # type: ignore[attr-defined]
-                        )
-                    )
-                for pack_id, size in report.written.items():
-                    session.merge(PackRow(pool_uuid=opened.uuid, pack_id=pack_id, size=size))
+                catalogue.update_packs(
+                    session, opened.uuid, deleted=report.deleted, written=report.written
+                )
         reports.append((name, report))
     return reports

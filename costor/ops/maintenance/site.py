@@ -11,12 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlmodel import col, select
-
-from costor.db.models import SiteStateRow
-from costor.db.session import session_scope
+from costor.db import sites as db_sites
 from costor.errors import UnknownResource, UsageError
-from costor.ops.context import Context, utcnow
+from costor.ops.context import Context
 
 
 @dataclass(frozen=True)
@@ -89,16 +86,12 @@ def maintenance_reasons(ctx: Context) -> dict[str, str | None]:
         for name, site in ctx.inventory.sites.items()
         if site.maintenance
     }
-    with session_scope(ctx.engine, write=False) as session:
-        for row in session.exec(select(SiteStateRow).where(col(SiteStateRow.maintenance))):
-            sites[row.site] = row.reason or sites.get(row.site)
+    for site, reason in db_sites.paused_sites(ctx.engine).items():
+        sites[site] = reason or sites.get(site)
     return sites
 
 
 def set_maintenance(ctx: Context, site: str, on: bool, reason: str | None = None) -> None:
     if site not in ctx.inventory.sites:
         raise UnknownResource(kind="site", name=site)
-    with session_scope(ctx.engine) as session:
-        row = session.get(SiteStateRow, site) or SiteStateRow(site=site, changed_at=utcnow())
-        row.maintenance, row.reason, row.changed_at = on, reason if on else None, utcnow()
-        session.add(row)
+    db_sites.set_maintenance(ctx.engine, site, on, reason)

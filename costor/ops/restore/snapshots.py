@@ -17,19 +17,27 @@ import json
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from costor.errors import AmbiguousSnapshot, PoolError, PoolNotFound, SnapshotNotFound
+from costor.config.model import PoolConfig
+from costor.db import catalogue
+from costor.db.models import PoolRow, ResourceRow
+from costor.db.session import session_scope
+from costor.errors import (
+    AmbiguousSnapshot,
+    PoolError,
+    PoolNotFound,
+    SnapshotNotFound,
+    UnknownResource,
+)
 from costor.ops.context import Context
+from costor.store.pool import Pool
 
 if TYPE_CHECKING:
-    from costor.store.pool import Pool
     from costor.store.snapshot import Snapshot
 
 
 def home_pool(ctx: Context, client: str) -> str | None:
     """The pool a declared (or retired) client backs up into; None for a client neither
     declared nor recorded (its snapshots may still be in any pool)."""
-    from costor.errors import UnknownResource
-
     try:
         return ctx.client_pool(client)
     except UnknownResource:
@@ -39,16 +47,8 @@ def home_pool(ctx: Context, client: str) -> str | None:
 def catalogued_pools(ctx: Context, client_names: Collection[str] | None = None) -> list[str]:
     """The pools the state's catalogue records as holding snapshots (of one of
     ``client_names``, when given)."""
-    from sqlmodel import col, select
-
-    from costor.db.models import PoolRow, SnapshotRow
-    from costor.db.session import session_scope
-
-    query = select(PoolRow.name).join(SnapshotRow, col(SnapshotRow.pool_uuid) == PoolRow.uuid)
-    if client_names is not None:
-        query = query.where(col(SnapshotRow.client).in_(list(client_names)))
     with session_scope(ctx.engine, write=False) as session:
-        return sorted(set(session.exec(query.distinct()).all()))
+        return catalogue.catalogued_pool_names(session, client_names)
 
 
 def search_pools(ctx: Context, client_names: Collection[str] | None = None) -> list[str]:
@@ -63,11 +63,6 @@ def open_named_pool(ctx: Context, name: str, *, load_index: bool = False) -> Poo
     recorded at its last apply)."""
     if name in ctx.inventory.pools:
         return ctx.open_pool(name, load_index=load_index)
-    from costor.config.model import PoolConfig
-    from costor.db.models import PoolRow, ResourceRow
-    from costor.db.session import session_scope
-    from costor.store.pool import Pool
-
     with session_scope(ctx.engine, write=False) as session:
         row = session.get(PoolRow, name)
         resource = session.get(ResourceRow, f"pool.{name}")

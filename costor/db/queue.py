@@ -1,4 +1,5 @@
-"""The job queue in the state database: enqueue, claim exactly once, finish, retry.
+"""The job queue in the state database (the ``jobs`` and ``schedules`` tables):
+enqueue, claim exactly once, heartbeat, finish, retry, recover.
 
 PostgreSQL: a job is claimed with ``SELECT … FOR UPDATE SKIP LOCKED``, so several
 ``costor serve`` instances take different jobs without waiting for each other. SQLite:
@@ -30,10 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select, update
 
 from costor.db.models import JobRow, ScheduleRow
 from costor.db.session import session_scope
-from costor.ops.context import utcnow
+from costor.db.state import process_started
+from costor.errors import CostorError
+from costor.util.clock import utcnow
+from costor.util.cron import next_time
 
 ACTIVE = ("queued", "running")
 HEARTBEAT_EVERY = 5.0  # seconds between a running job's heartbeats
@@ -79,10 +84,6 @@ def enqueue_due(engine: Engine, now: datetime | None = None) -> list[int]:
     compare-and-set on ``next_run``, so among instances ticking at once exactly one
     queues each run. A run is skipped (the schedule still moves) while the previous job
     of the same schedule is queued or running."""
-    from sqlmodel import col, select, update
-
-    from costor.ops.jobs.schedules import next_time
-
     now = now or utcnow()
     queued: list[int] = []
     with session_scope(engine, write=False) as session:
@@ -135,8 +136,6 @@ def claim(
     """Take the oldest runnable job: queued, due, of a site this instance serves and not
     in maintenance, and whose target has no job running (two backups of one client, or
     two prunes of one pool, never run at once)."""
-    from sqlmodel import col, select
-
     now = utcnow()
     with session_scope(engine) as session:
         running = select(JobRow.target).where(col(JobRow.state) == "running")
@@ -170,7 +169,7 @@ def claim_job(engine: Engine, job_id: int, instance: str) -> JobRow | None:
         return _start(session, job, instance)
 
 
-def _start(session: Any, job: JobRow, instance: str) -> JobRow:
+def _start(session: Session, job: JobRow, instance: str) -> JobRow:
     now = utcnow()
     job.state = "running"
     job.claimed_by = instance
@@ -183,9 +182,27 @@ def _start(session: Any, job: JobRow, instance: str) -> JobRow:
     return job
 
 
-def heartbeat(engine: Engine, job_id: int, pid: int | None = None) -> None:
-    from sqlmodel import col, update
+def get_job(engine: Engine, job_id: int) -> JobRow | None:
+    """Job ``job_id`` as the state has it now (None if there is none)."""
+    with session_scope(engine, write=False) as session:
+        return session.get(JobRow, job_id)
 
+
+def record_notification(
+    engine: Engine, job_id: int, *, notified: bool, problem: str | None
+) -> None:
+    """Record whether the finished job's notification was sent; a ``problem`` sending it
+    is added to the job's error (its outcome stays)."""
+    with session_scope(engine) as session:
+        row = session.get(JobRow, job_id)
+        if row is not None:
+            row.notified = notified
+            if problem is not None:
+                row.error = f"{row.error or ''}{'; ' if row.error else ''}notification: {problem}"
+            session.add(row)
+
+
+def heartbeat(engine: Engine, job_id: int, pid: int | None = None) -> None:
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if pid is not None:
         values["pid"] = pid
@@ -232,10 +249,8 @@ def finish(
         return job
 
 
-def _cancel_retry(session: Any, job: JobRow) -> None:
+def _cancel_retry(session: Session, job: JobRow) -> None:
     """Delete the retry ``recover`` queued for ``job`` if it has not started."""
-    from sqlmodel import col, select
-
     retry = session.exec(
         select(JobRow)
         .where(
@@ -252,7 +267,7 @@ def _cancel_retry(session: Any, job: JobRow) -> None:
         session.delete(retry)
 
 
-def _retry(session: Any, job: JobRow, delay: float) -> None:
+def _retry(session: Session, job: JobRow, delay: float) -> None:
     if job.trigger == "cli":
         return  # a run from a terminal is its operator's to repeat, not the daemon's
     if job.attempts >= job.max_attempts:
@@ -282,8 +297,6 @@ def recover(
 ) -> list[int]:
     """Interrupt running jobs that stopped heart-beating (their process died) and
     queue their retries. Returns their ids."""
-    from sqlmodel import col, select
-
     limit = utcnow() - timedelta(seconds=stale_after)
     with session_scope(engine) as session:
         late = session.exec(
@@ -305,8 +318,6 @@ def process_alive(job: JobRow) -> bool:
     """Whether the process running ``job`` is alive on this host: same host name, the
     PID exists and started no later than the job (else the PID was reused). A job of
     another host cannot be seen from here: only its heartbeat tells."""
-    from costor.db.state import process_started
-
     host = (job.claimed_by or "").split(":", 1)[0]
     if job.pid is None or host != socket.gethostname() or job.started_at is None:
         return False
@@ -351,8 +362,6 @@ def recorded(
     so no daemon takes it for dead), then succeeded, failed (a CostorError, whose
     message becomes the job's error) or interrupted (Ctrl-C, a signal). Never retried
     by the daemon. The exception is re-raised."""
-    from costor.errors import CostorError
-
     now = utcnow()
     with session_scope(engine) as session:
         row = JobRow(
@@ -407,8 +416,6 @@ def recorded(
 def list_jobs(
     engine: Engine, *, state: str | None = None, kind: str | None = None, limit: int = 50
 ) -> list[JobRow]:
-    from sqlmodel import col, select
-
     with session_scope(engine, write=False) as session:
         query = select(JobRow).order_by(col(JobRow.id).desc()).limit(limit)
         if state:

@@ -43,18 +43,32 @@ VERBS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The parser for every verb, or, given the ``verb`` about to run, one whose other
+    verbs are bare names: a command imports its own verb's module and no other
+    (``costor --version`` imports none)."""
     parser = argparse.ArgumentParser(
         prog="costor",
         description="Agentless, deduplicating, encrypted backups declared in TOML.",
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
-    for module_name in VERBS.values():
+    for name, module_name in VERBS.items():
+        if verb is not None and name != verb:
+            sub.add_parser(name)  # known, so an unknown verb's error lists it
+            continue
         module = importlib.import_module(f"costor.cli.{module_name}")
         verb_parser = module.add_parser(sub)
         verb_parser.set_defaults(_run=module.run)
     return parser
+
+
+def verb_of(argv: Sequence[str]) -> str | None:
+    """The verb ``argv`` names (its first argument that is not an option: the top level
+    takes no option with a value), if it is one; ``None`` for ``--help``, an unknown
+    verb or no argument, which then see every verb."""
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return first if first in VERBS else None
 
 
 def _version() -> str:
@@ -83,8 +97,12 @@ def quiet_third_party_warnings() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     quiet_third_party_warnings()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in arguments[:1]:
+        print(_version())  # as argparse's version action: nothing else is read
+        return 0
+    parser = build_parser(verb_of(arguments))
+    args = parser.parse_args(arguments)
     # After parsing: --help and --version do not import logging.
     from costor.util.log import configure
 

@@ -103,3 +103,29 @@ def test_asked_for_warnings_still_show(tmp_path: Path) -> None:
         timeout=60,
     )
     assert "theirs" in result.stderr
+
+
+def test_a_command_imports_its_own_verb_only(site: Site, tmp_path: Path) -> None:
+    """``costor --version`` imports no verb, and a verb none of the others (nor the
+    engine's writing side, nor the state database's migrations)."""
+    code = f"""
+        import json, sys
+        from costor.cli.main import main
+        inventory = {str(site.inventory)!r}
+        seen = {{}}
+        for argv in (["--version"], ["validate", "-c", inventory]):
+            before = set(sys.modules)
+            try:
+                code = main(argv)
+            except SystemExit as exit:
+                code = exit.code
+            seen[argv[0]] = {{"code": code, "loaded": sorted(
+                m for m in set(sys.modules) - before
+                if m.endswith("_cmd") or m.startswith(("pyfastcdc", "alembic", "boto3")))}}
+        print(json.dumps(seen))
+    """
+    result = _python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["--version"] == {"code": 0, "loaded": []}
+    assert seen["validate"] == {"code": 0, "loaded": ["costor.cli.validate_cmd"]}

@@ -19,7 +19,8 @@ from costor.errors import (
     WrongPassphrase,
 )
 from costor.store import crypto
-from costor.store.backends import LocalBackend, MemoryBackend
+from costor.store.backends import LocalBackend
+from costor.store.backends.memory import MemoryBackend
 from costor.store.checker import check, reindex
 from costor.store.pack import BlobType, pack_name, read_entries
 from costor.store.pool import IDENTITY_NAME, Pool, read_key_slots, remove_key_slot

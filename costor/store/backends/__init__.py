@@ -1,8 +1,8 @@
 """Storage backends: named immutable objects behind one protocol (see ``base``), found
-by location scheme in ``registry``."""
+by location scheme in ``registry``. The in-memory backend (``memory``, for tests and
+the conformance suite) is imported from its module, so no command loads it."""
 
 from costor.store.backends.base import Backend, ObjectInfo
 from costor.store.backends.local import LocalBackend
-from costor.store.backends.memory import MemoryBackend
 
-__all__ = ["Backend", "LocalBackend", "MemoryBackend", "ObjectInfo"]
+__all__ = ["Backend", "LocalBackend", "ObjectInfo"]

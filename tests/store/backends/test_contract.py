@@ -38,7 +38,8 @@ from costor.errors import (
     ObjectNotFound,
     StorageFull,
 )
-from costor.store.backends import Backend, LocalBackend, MemoryBackend
+from costor.store.backends import Backend, LocalBackend
+from costor.store.backends.memory import MemoryBackend
 from costor.store.backends.s3 import S3Backend, translate_error
 
 MIB = 1024 * 1024

@@ -35,7 +35,7 @@ from costor.errors import (
     WriteNotVerified,
 )
 from costor.store import crypto
-from costor.store.backends import Backend, LocalBackend, MemoryBackend, ObjectInfo
+from costor.store.backends import Backend, LocalBackend, ObjectInfo
 from costor.store.backends.filters import (
     RateLimitedBackend,
     ReadVerifyingBackend,
@@ -47,6 +47,7 @@ from costor.store.backends.filters import (
     full_jitter,
     wrap,
 )
+from costor.store.backends.memory import MemoryBackend
 from costor.store.backup.walk import Archiver
 from costor.store.checker import check
 from costor.store.pack import pack_name

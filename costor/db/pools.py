@@ -57,11 +57,6 @@ def snapshots_of_clients(session: Session, clients: Sequence[str]) -> list[Snaps
     return list(session.exec(query))
 
 
-def delete_snapshots(session: Session, ids: Sequence[str]) -> None:
-    """Remove the snapshots with these ids from the catalogue."""
-    session.exec(delete(SnapshotRow).where(SnapshotRow.id.in_(ids)))  # type: ignore[attr-defined]
-
-
 def delete_pool_catalogue(session: Session, pool_uuid: str) -> None:
     """Remove a pool's snapshots and packs from the catalogue (its row stays)."""
     session.exec(delete(SnapshotRow).where(SnapshotRow.pool_uuid == pool_uuid))  # type: ignore[arg-type]

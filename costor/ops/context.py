@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -394,8 +393,3 @@ def snapshot_row(pool_uuid: str, snapshot: Snapshot) -> SnapshotRow:
         counters=json.dumps(snapshot.counters, sort_keys=True),
         duration_s=snapshot.duration_s,
     )
-
-
-def utcnow() -> datetime:
-    """Now, aware, in UTC (SQLModel stores aware datetimes as UTC)."""
-    return datetime.now(UTC)

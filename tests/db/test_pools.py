@@ -9,7 +9,6 @@ from costor.db.models import PackRow, PoolRow, SnapshotRow
 from costor.db.pools import (
     add_pool_bytes,
     delete_pool_catalogue,
-    delete_snapshots,
     pool_by_uuid,
     pool_rows,
     snapshot_count,
@@ -78,14 +77,15 @@ def test_pool_queries(state_url: str) -> None:
         ]
 
     with session_scope(engine) as session:
-        delete_snapshots(session, ["s1", "s4"])
         delete_pool_catalogue(session, "u-dr")
         add_pool_bytes(session, "u-hq", raw=100, stored=40)
         add_pool_bytes(session, "u-hq", raw=1, stored=2)
 
     with session_scope(engine, write=False) as session:
         assert sorted(s.id for s in snapshots_of_clients(session, ["web1", "web0", "db1"])) == [
-            "s2"
+            "s1",
+            "s2",
+            "s4",
         ]
         assert session.get(PackRow, ("u-dr", "p1")) is None
         assert session.get(PackRow, ("u-hq", "p2")) is not None

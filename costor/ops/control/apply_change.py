@@ -17,19 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from costor.config import resolve_secret
 from costor.config.model import PoolConfig
+from costor.db.catalogue import delete_snapshot_rows
 from costor.db.clients import move_clients_to_pool
 from costor.db.hostkeys import move_host_key
 from costor.db.models import ClientRow, PoolRow, ResourceRow, UserRow
-from costor.db.pools import (
-    delete_pool_catalogue,
-    delete_snapshots,
-    pool_by_uuid,
-    snapshots_of_clients,
-)
+from costor.db.pools import delete_pool_catalogue, pool_by_uuid, snapshots_of_clients
 from costor.db.session import Session, session_scope
 from costor.db.state import bump_serial
 from costor.errors import PlanStale, PoolError, PoolMismatch, PoolNotFound
-from costor.ops.context import Context, snapshot_row, utcnow
+from costor.ops.context import Context, snapshot_row
 from costor.ops.control.hosts import forget_host_key, record_host_key
 from costor.ops.control.plan import s3_backend_of
 from costor.plan.resources import canonical, digest
@@ -40,6 +36,7 @@ from costor.store.pool import (
     foreign_object,
     read_identity,
 )
+from costor.util.clock import utcnow
 from costor.util.passwords import hash_password
 
 if TYPE_CHECKING:
@@ -240,7 +237,7 @@ class ChangeExecutor:
             for snapshot_id in snapshot_ids:
                 backend.delete(f"snapshots/{snapshot_id}")
             with session_scope(self.ctx.engine) as session:
-                delete_snapshots(session, snapshot_ids)
+                delete_snapshot_rows(session, snapshot_ids)
 
     # --- pools ---------------------------------------------------------------------------------
 

@@ -24,8 +24,9 @@ from costor.db import hostkeys as db_hostkeys
 from costor.db.session import Session, session_scope
 from costor.db.state import bump_serial, ensure_meta, state_lock
 from costor.errors import CostorError, HostKeyUnknown, UsageError
-from costor.ops.context import Context, utcnow
+from costor.ops.context import Context
 from costor.protocol import Bloom, bloom_add, bloom_filter
+from costor.util.clock import utcnow
 
 if TYPE_CHECKING:
     from costor.config.model import ClientConfig

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from costor.config.model import percentage_fraction
+from costor.db import queue
+from costor.db.models import JobRow
 from costor.errors import CostorError, DamageFound, UnknownResource
 from costor.ops.backup.run import run_backup
 from costor.ops.context import Context
@@ -32,11 +34,13 @@ Report = dict[str, Any]
 @dataclass(frozen=True)
 class JobKind:
     """``target``: what a job's target names (``"client"`` or ``"pool"``); ``run(ctx,
-    target, params)``: the work, returning the job's report."""
+    target, params)``: the work, returning the job's report; ``succeeded(ctx, job)``:
+    what follows a job of this kind that succeeded (None: nothing)."""
 
     name: str
     target: Literal["client", "pool"]
     run: Callable[[Context, str, dict[str, Any]], Report]
+    succeeded: Callable[[Context, JobRow], None] | None = None
 
     def address(self, target: str) -> str:
         """The resource a job of this kind works on, e.g. ``client.web``."""
@@ -52,6 +56,17 @@ class JobKind:
 
 def _backup(ctx: Context, target: str, _params: dict[str, Any]) -> Report:
     return run_backup(ctx, target, trigger=None).to_json()  # this job is the record
+
+
+def _forget_after_backup(ctx: Context, job: JobRow) -> None:
+    """A forget after a scheduled backup (not one run by hand), when the client's policy
+    keeps a retention."""
+    if job.trigger in ("manual", "cli"):
+        return
+    client = ctx.inventory.clients.get(job.target)
+    policy = ctx.inventory.policies.get(client.policy) if client and client.policy else None
+    if policy is not None and policy.retention is not None:
+        queue.enqueue(ctx.engine, "forget", job.target, site=job.site, trigger="after-backup")
 
 
 def _forget(ctx: Context, target: str, _params: dict[str, Any]) -> Report:
@@ -81,7 +96,7 @@ def _selftest(ctx: Context, target: str, params: dict[str, Any]) -> Report:
 JOB_KINDS: dict[str, JobKind] = {
     kind.name: kind
     for kind in (
-        JobKind("backup", "client", _backup),
+        JobKind("backup", "client", _backup, succeeded=_forget_after_backup),
         JobKind("forget", "client", _forget),
         JobKind("prune", "pool", _prune),
         JobKind("check", "pool", _check),

@@ -105,13 +105,12 @@ def run_job(ctx: Context, job_id: int) -> int:
 
 
 def after_job(ctx: Context, job: JobRow) -> None:
-    """What follows a finished job: a forget after a successful scheduled backup (when
-    the policy keeps a retention), and the policy's notification."""
-    if job.kind == "backup" and job.state == "succeeded" and job.trigger not in ("manual", "cli"):
-        client = ctx.inventory.clients.get(job.target)
-        policy = ctx.inventory.policies.get(client.policy) if client and client.policy else None
-        if policy is not None and policy.retention is not None:
-            jobs.enqueue(ctx.engine, "forget", job.target, site=job.site, trigger="after-backup")
+    """What follows a finished job: what its kind does after a success (a forget after a
+    scheduled backup, when the policy keeps a retention: costor.ops.jobs.kinds), and the
+    policy's notification."""
+    kind = JOB_KINDS.get(job.kind)
+    if job.state == "succeeded" and kind is not None and kind.succeeded is not None:
+        kind.succeeded(ctx, job)
     doc = jobs.job_json(job)
     problem = notify_job(ctx, doc)
     assert job.id is not None  # a finished job has been stored

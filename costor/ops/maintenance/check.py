@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from costor.db import catalogue
 from costor.db.models import PackRow
 from costor.db.session import session_scope
 from costor.errors import CostorError, NotApplied
 from costor.ops.context import Context, snapshot_row
-from costor.store.checker import check, reindex
+from costor.store.checker import CheckReport, check, reindex
 from costor.store.progress import Progress
 from costor.util.clock import utcnow
-
-if TYPE_CHECKING:
-    from costor.store.checker import CheckReport
 
 
 @dataclass(frozen=True)

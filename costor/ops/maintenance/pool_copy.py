@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 from costor.errors import UsageError
 from costor.store.backends.registry import BackendSettings, open_backend, parse_location
+from costor.store.copy import CopyReport, copy_pool
 from costor.store.progress import Progress
 
 if TYPE_CHECKING:
     from costor.ops.context import Context
     from costor.store.backends.base import Backend
-    from costor.store.copy import CopyReport
 
 
 def resolve_location(ctx: Context | None, text: str, *, like: str | None = None) -> Backend:
@@ -55,8 +55,6 @@ def copy(
 ) -> CopyReport:
     """``like``: the declared S3 pool whose endpoint and credentials the ``s3://``
     locations among ``source`` and ``destination`` use."""
-    from costor.store.copy import copy_pool
-
     if source == destination:
         raise UsageError(message="source and destination are the same")
     if like is not None and not any(t.startswith("s3://") for t in (source, destination)):

@@ -17,8 +17,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import blake3
+
 from costor.errors import CostorError
 from costor.ops.context import Context
+from costor.store.gc.leases import reader_lease
+from costor.store.restore.directory import Restorer
 
 
 class SelfTestFailed(CostorError):
@@ -53,8 +57,6 @@ class SelfTestReport:
 def selftest(
     ctx: Context, client: str, *, files: int = 20, seed: int | None = None
 ) -> SelfTestReport:
-    from costor.store.gc.leases import reader_lease
-
     config = ctx.client_config(client)
     pool = ctx.open_pool(ctx.client_pool(client), load_index=False)
     lease = reader_lease(pool, "selftest")
@@ -69,10 +71,6 @@ def selftest(
 def _selftest(
     ctx: Context, client: str, config: Any, pool: Any, files: int, seed: int | None
 ) -> SelfTestReport:
-    import blake3
-
-    from costor.store.restore.directory import Restorer
-
     snapshots = pool.list_snapshots(ctx.client_names(client))
     if not snapshots:
         raise SelfTestFailed(client=client, reason="it has no snapshot yet")
@@ -133,8 +131,6 @@ def _compare(node: Any, st: os.stat_result, digest: str, expected: str) -> str |
 
 
 def _file_digest(path: bytes | str) -> str:
-    import blake3
-
     digest = blake3.blake3()
     with open(path, "rb") as handle:
         while block := handle.read(1 << 20):

@@ -29,21 +29,27 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from costor.ops.control.hosts import accept_host_key, show_host_key
+    from costor.ops.control.hosts import (
+        HostKeyAccepted,
+        HostKeyReport,
+        accept_host_key,
+        show_host_key,
+    )
 
     ctx = context(args)
+    outcome: HostKeyAccepted | HostKeyReport
     if args.hostkey_action == "accept":
-        document = accept_host_key(ctx, args.client, lock_timeout=args.lock_timeout)
+        outcome = accepted = accept_host_key(ctx, args.client, lock_timeout=args.lock_timeout)
         if not args.json:
-            before = document["previous"] or "nothing"
-            print(f"{args.client}: recorded {document['fingerprint']} (was {before})")
+            before = accepted.previous or "nothing"
+            print(f"{args.client}: recorded {accepted.fingerprint} (was {before})")
     else:
-        document = show_host_key(ctx, args.client)
+        outcome = report = show_host_key(ctx, args.client)
         if not args.json:
-            print(f"{args.client} ({document['host']}):")
-            print(f"  recorded:  {document['recorded'] or '-'}")
-            print(f"  pinned:    {document['pinned'] or '-'}")
-            print(f"  presented: {document['presented'] or document.get('error')}")
+            print(f"{args.client} ({report.host}):")
+            print(f"  recorded:  {report.recorded or '-'}")
+            print(f"  pinned:    {report.pinned or '-'}")
+            print(f"  presented: {report.presented or report.error}")
     if args.json:
-        print_json(document)
+        print_json(outcome.to_json())
     return 0

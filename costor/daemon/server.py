@@ -44,9 +44,10 @@ from typing import IO, Any
 import pyfastcdc  # noqa: F401  (imported for the forked jobs)
 from cryptography.hazmat.primitives.kdf import hkdf  # noqa: F401  (for the forked jobs)
 
+import costor.ops.backup.digest_index  # noqa: F401  (imported for the forked jobs)
+import costor.ops.backup.host  # noqa: F401  (imported for the forked jobs)
 import costor.ops.backup.pull  # noqa: F401  (imported for the forked jobs)
 import costor.ops.backup.run  # noqa: F401  (imported for the forked jobs)
-import costor.ops.control.hosts  # noqa: F401  (imported for the forked jobs)
 import costor.ops.maintenance.check  # noqa: F401  (imported for the forked jobs)
 import costor.ops.maintenance.forget  # noqa: F401  (imported for the forked jobs)
 import costor.ops.maintenance.prune  # noqa: F401  (imported for the forked jobs)

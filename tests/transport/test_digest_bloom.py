@@ -1,4 +1,4 @@
-"""The Bloom filter of a pool's whole-file digests (ops/control/hosts.py): kept in the state
+"""The Bloom filter of a pool's whole-file digests (ops/backup/digest_index.py): kept in the state
 directory between pulls, extended by each pull's new digests, made again from the
 table when its row count no longer matches (another process added digests)."""
 
@@ -8,8 +8,8 @@ import os
 
 from support.fixtures import Site
 
+from costor.ops.backup.digest_index import StateDigestIndex
 from costor.ops.context import Context
-from costor.ops.control.hosts import StateDigestIndex
 from costor.protocol import Bloom, bloom_add, bloom_filter
 
 POOL = "0" * 32

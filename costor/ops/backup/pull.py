@@ -2,7 +2,7 @@
 
 The sequence (``docs/ssh.md`` has the user's view):
 
-1. connect, requiring the pinned host key (:mod:`costor.ops.control.hosts`);
+1. connect, requiring the pinned host key (:mod:`costor.ops.backup.host`);
 2. start the helper (``costor/transport/helper.py``) from memory; a host without python3
    falls back to SFTP (:mod:`costor.ops.backup.sftp_pull`);
 3. the helper runs the ``before`` hooks: one failing ends the backup here (after the
@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 from costor import protocol
 from costor.errors import BackupError, RemoteError
+from costor.ops.backup.digest_index import StateDigestIndex
+from costor.ops.backup.host import target, trusted_host_key
 from costor.ops.backup.sftp_pull import sftp_pull
 from costor.ops.context import Context
-from costor.ops.control.hosts import StateDigestIndex, target, trusted_host_key
 from costor.store.backup.stream import Ingest
 from costor.store.progress import Progress
 from costor.transport.helper_session import (

@@ -100,13 +100,13 @@ def run(args: argparse.Namespace) -> int:
 
     result = reindex_pool(ctx, args.pool)
     if args.json:
-        print_json(result)
+        print_json(result.to_json())
     else:
         print(
-            f"pool {args.pool}: index rebuilt from {result['packs']} pack(s) "
-            f"({result['blobs']} blobs), {result['snapshots']} snapshot(s) catalogued"
+            f"pool {args.pool}: index rebuilt from {result.packs} pack(s) "
+            f"({result.blobs} blobs), {result.snapshots} snapshot(s) catalogued"
         )
-        for pack in result["unreadable_packs"]:
+        for pack in result.unreadable_packs:
             print(f"  unreadable pack left out: {pack}")
     return 0
 

@@ -21,27 +21,27 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from costor.ops.status import status
 
-    document = status(context(args))
+    report = status(context(args))
     if args.json:
-        print_json(document)
+        print_json(report.to_json())
         return 0
-    print(f"health: {document['health']}")
-    for problem in document["problems"]:
+    print(f"health: {report.health}")
+    for problem in report.problems:
         print(f"  {problem}")
-    for site in document["sites"]:
+    for site in report.sites:
         note = ""
         if site["maintenance"]:
             reason = f": {site['maintenance_reason']}" if site["maintenance_reason"] else ""
             note = f"  (maintenance{reason}; no new jobs start)"
         print(f"site {site['site']}: {site['health']}{note}")
-    for client in document["clients"]:
+    for client in report.clients:
         last = (client["last_backup"] or "never")[:19].replace("T", " ")
         print(f"  {client['client']:<20} {client['health']:<8} last backup {last}")
         for problem in client["problems"]:
             print(f"      {problem}")
-    jobs = document["jobs"]
+    jobs = report.jobs
     print(
         f"jobs: {jobs['queued']} queued, {jobs['running']} running; "
-        f"{len(document['instances'])} serve instance(s) alive"
+        f"{len(report.instances)} serve instance(s) alive"
     )
     return 0

@@ -57,7 +57,33 @@ class _Facts:
     schedules: int
 
 
-def status(ctx: Context) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StatusReport:
+    """``costor status``: the installation's health, then each site's and each client's
+    (their documents as ``costor status --json`` shows them), the queue and the live
+    ``costor serve`` instances."""
+
+    health: str
+    problems: list[str]
+    inventory: dict[str, Any]  # valid, errors, unapplied
+    sites: list[dict[str, Any]]
+    clients: list[dict[str, Any]]
+    jobs: dict[str, int]  # queued, running
+    instances: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "health": self.health,
+            "problems": self.problems,
+            "inventory": self.inventory,
+            "sites": self.sites,
+            "clients": self.clients,
+            "jobs": self.jobs,
+            "instances": self.instances,
+        }
+
+
+def status(ctx: Context) -> StatusReport:
     now = utcnow()
     facts = _read_facts(ctx)
     unapplied = ctx.unapplied_changes()
@@ -92,19 +118,19 @@ def status(ctx: Context) -> dict[str, Any]:
     ]
     site_problems = _site_problems(ctx, alive, facts)
     levels = [str(s["health"]) for s in sites] + [level for level, _ in site_problems]
-    return {
-        "health": max(levels, key=LEVELS.index, default="ok"),
-        "problems": [message for _level, message in site_problems],
-        "inventory": {
+    return StatusReport(
+        health=max(levels, key=LEVELS.index, default="ok"),
+        problems=[message for _level, message in site_problems],
+        inventory={
             "valid": not ctx.working_problems,
             "errors": [str(d) for d in ctx.working_problems],
             "unapplied": unapplied,
         },
-        "sites": sites,
-        "clients": clients,
-        "jobs": {"queued": facts.counts["queued"], "running": facts.counts["running"]},
-        "instances": alive,
-    }
+        sites=sites,
+        clients=clients,
+        jobs={"queued": facts.counts["queued"], "running": facts.counts["running"]},
+        instances=alive,
+    )
 
 
 def _read_facts(ctx: Context) -> _Facts:

@@ -154,7 +154,33 @@ def _record_verified(ctx: Context, pool: Any, packs: list[str]) -> None:
             session.add(row)
 
 
-def reindex_pool(ctx: Context, name: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ReindexOutcome:
+    """``costor pool reindex``: what the index and the catalogue were rebuilt from."""
+
+    pool: str
+    uuid: str
+    packs: int
+    blobs: int
+    snapshots: int
+    segments_removed: int
+    unreadable_packs: list[str]
+    reindexed_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "uuid": self.uuid,
+            "packs": self.packs,
+            "blobs": self.blobs,
+            "snapshots": self.snapshots,
+            "segments_removed": self.segments_removed,
+            "unreadable_packs": self.unreadable_packs,
+            "reindexed_at": self.reindexed_at,
+        }
+
+
+def reindex_pool(ctx: Context, name: str) -> ReindexOutcome:
     """Rebuild the pool's index from its packs, and the state's catalogue of its
     snapshots and packs from the pool alone."""
     opened = ctx.open_pool(name, load_index=False)
@@ -165,13 +191,13 @@ def reindex_pool(ctx: Context, name: str) -> dict[str, Any]:
         catalogue.replace_pool_catalogue(
             session, opened.uuid, [snapshot_row(opened.uuid, s) for s in snapshots], packs
         )
-    return {
-        "pool": name,
-        "uuid": opened.uuid,
-        "packs": report.packs,
-        "blobs": report.blobs,
-        "snapshots": len(snapshots),
-        "segments_removed": report.segments_removed,
-        "unreadable_packs": report.unreadable_packs,
-        "reindexed_at": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    return ReindexOutcome(
+        pool=name,
+        uuid=opened.uuid,
+        packs=report.packs,
+        blobs=report.blobs,
+        snapshots=len(snapshots),
+        segments_removed=report.segments_removed,
+        unreadable_packs=list(report.unreadable_packs),
+        reindexed_at=utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )

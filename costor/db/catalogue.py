@@ -1,10 +1,11 @@
 """Queries on the catalogue of what the pools hold (the ``snapshots`` and ``packs``
 tables), the state's index of the pools, rebuilt from them by ``costor pool reindex``;
-and which pools (``pools``) hold a client's snapshots."""
+which pools (``pools``) hold a client's snapshots, and how many snapshots a pool or
+a client has."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy import func
@@ -49,6 +50,46 @@ def delete_snapshot_rows(session: Session, snapshot_ids: Collection[str]) -> Non
     session.exec(delete(SnapshotRow).where(col(SnapshotRow.id).in_(snapshot_ids)))
 
 
+def snapshot_count(
+    session: Session, *, pool_uuid: str | None = None, client: Sequence[str] | None = None
+) -> int:
+    """Catalogued snapshots, of one pool and/or taken under any of the names in
+    ``client``; no filter counts them all."""
+    query = select(func.count()).select_from(SnapshotRow)
+    if pool_uuid is not None:
+        query = query.where(SnapshotRow.pool_uuid == pool_uuid)
+    if client is not None:
+        query = query.where(SnapshotRow.client.in_(client))  # type: ignore[attr-defined]
+    return int(session.exec(query).one())
+
+
+def snapshot_counts_by_pool(
+    session: Session, clients: Sequence[str]
+) -> list[tuple[str | None, int]]:
+    """(pool name, number) of the snapshots taken under any of the names in
+    ``clients``, per pool; the name is None for snapshots of a pool no longer recorded."""
+    query = (
+        select(PoolRow.name, func.count())
+        .select_from(SnapshotRow)
+        .join(PoolRow, PoolRow.uuid == SnapshotRow.pool_uuid, isouter=True)  # type: ignore[arg-type]
+        .where(SnapshotRow.client.in_(clients))  # type: ignore[attr-defined]
+        .group_by(PoolRow.name)
+    )
+    return [(pool, int(number)) for pool, number in session.exec(query)]
+
+
+def snapshots_of_clients(session: Session, clients: Sequence[str]) -> list[SnapshotRow]:
+    """The catalogued snapshots taken under any of the names in ``clients``."""
+    query = select(SnapshotRow).where(SnapshotRow.client.in_(clients))  # type: ignore[attr-defined]
+    return list(session.exec(query))
+
+
+def delete_pool_catalogue(session: Session, pool_uuid: str) -> None:
+    """Remove a pool's snapshots and packs from the catalogue (its row stays)."""
+    session.exec(delete(SnapshotRow).where(SnapshotRow.pool_uuid == pool_uuid))  # type: ignore[arg-type]
+    session.exec(delete(PackRow).where(PackRow.pool_uuid == pool_uuid))  # type: ignore[arg-type]
+
+
 def replace_pool_catalogue(
     session: Session,
     pool_uuid: str,
@@ -57,8 +98,7 @@ def replace_pool_catalogue(
 ) -> None:
     """The pool's snapshot and pack rows become ``snapshots`` and ``packs`` (pack id ->
     size), as read from the pool: ``costor pool reindex``."""
-    session.exec(delete(SnapshotRow).where(SnapshotRow.pool_uuid == pool_uuid))  # type: ignore[arg-type]
-    session.exec(delete(PackRow).where(PackRow.pool_uuid == pool_uuid))  # type: ignore[arg-type]
+    delete_pool_catalogue(session, pool_uuid)
     for row in snapshots:
         session.add(row)
     for pack_id, size in packs.items():

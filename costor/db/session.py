@@ -20,6 +20,20 @@ from sqlmodel import Session, create_engine
 
 from costor.errors import StateError
 
+# Engine and Session are re-exported: the rest of CoStor names them from here, never from
+# sqlalchemy or sqlmodel (only costor.db imports those).
+__all__ = [
+    "Engine",
+    "Session",
+    "describe_url",
+    "migrate",
+    "open_engine",
+    "read_status",
+    "session_scope",
+    "upgrade",
+    "upgrade_if_needed",
+]
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 HEAD_REVISION = "0005"
 

@@ -1,20 +1,19 @@
-"""costor.db.pools on real SQLite or PostgreSQL: pools by UUID, snapshot counts per pool
-and per client, a pool's catalogue dropped, a backup's bytes added."""
+"""costor.db.pools and the catalogue's counts (costor.db.catalogue) on real SQLite or
+PostgreSQL: pools by UUID, snapshot counts per pool and per client, a pool's catalogue
+dropped, a backup's bytes added."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from costor.db.models import PackRow, PoolRow, SnapshotRow
-from costor.db.pools import (
-    add_pool_bytes,
+from costor.db.catalogue import (
     delete_pool_catalogue,
-    pool_by_uuid,
-    pool_rows,
     snapshot_count,
     snapshot_counts_by_pool,
     snapshots_of_clients,
 )
+from costor.db.models import PackRow, PoolRow, SnapshotRow
+from costor.db.pools import add_pool_bytes, pool_by_uuid, pool_rows
 from costor.db.session import open_engine, session_scope
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from costor.config import resolve_secret
 from costor.config.model import PoolConfig
-from costor.db.catalogue import delete_snapshot_rows
+from costor.db.catalogue import delete_pool_catalogue, delete_snapshot_rows, snapshots_of_clients
 from costor.db.clients import move_clients_to_pool
 from costor.db.hostkeys import move_host_key
 from costor.db.models import ClientRow, PoolRow, ResourceRow, UserRow
-from costor.db.pools import delete_pool_catalogue, pool_by_uuid, snapshots_of_clients
+from costor.db.pools import pool_by_uuid
 from costor.db.session import Session, session_scope
 from costor.db.state import bump_serial
 from costor.errors import PlanStale, PoolError, PoolMismatch, PoolNotFound

@@ -30,9 +30,10 @@ from costor.config import resolve_secret
 from costor.config.diagnostics import format_key
 from costor.config.model import PoolConfig
 from costor.config.profiles import SHIPPED_PROFILES, find_profile_files
+from costor.db.catalogue import snapshot_count, snapshot_counts_by_pool
 from costor.db.clients import client_rows
 from costor.db.models import PoolRow, UserRow
-from costor.db.pools import pool_rows, snapshot_count, snapshot_counts_by_pool
+from costor.db.pools import pool_rows
 from costor.db.session import Session, session_scope
 from costor.db.state import ensure_meta, resource_rows
 from costor.errors import (

@@ -7,8 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from costor.db import queue as jobs
 from costor.errors import BackupError, CostorError
 from costor.ops.context import Context
+from costor.store.backup.walk import Archiver
 from costor.store.progress import Progress
 from costor.store.snapshot import COUNTER_FIELDS
 
@@ -67,6 +69,8 @@ class Source(Protocol):
 
 
 def _ssh(ctx: Context, client: Any) -> Source:
+    # Imported when a client is reached over SSH: the pull loads asyncssh, which a
+    # local-only command never imports (tests/cli/test_quiet_local.py).
     from costor.ops.backup.pull import Connection
 
     return Connection(ctx, client)
@@ -91,7 +95,6 @@ def run_backup(
     job row is the record)."""
     if trigger is None:
         return _backup(ctx, client_name, progress=progress, scan_totals=scan_totals)
-    from costor.db import queue as jobs
 
     site = ctx.client_config(client_name).site if client_name in ctx.inventory.clients else None
     with jobs.recorded(ctx.engine, "backup", client_name, site=site, trigger=trigger) as job:
@@ -145,8 +148,6 @@ def _run(
     progress: Progress | None,
     scan_totals: bool,
 ) -> BackupOutcome:
-    from costor.store.backup.walk import Archiver
-
     client_name = client.name
     parent = previous[-1] if previous else None
     written: dict[str, int] = {}

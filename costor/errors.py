@@ -301,6 +301,10 @@ class HostKeyUnknown(RemoteError):
     """No host key is recorded for client {client} ({host}): run `costor apply` while the host is reachable to record it, or pin it as ssh.host_key in the inventory."""
 
 
+class HostKeyNotExpected(RemoteError):
+    """{host} (client {client}) presents the host key {presented}, not {expected} as expected: nothing was recorded. Check the fingerprint on the host (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`)."""
+
+
 class HostKeyChanged(RemoteError):
     """The host key of {host} (client {client}) has changed: recorded {recorded}, presented {presented}. If the host was reinstalled, accept the new key with `costor hostkey accept {client}`; otherwise someone may be intercepting the connection."""
 

@@ -3,7 +3,8 @@ recorded for a client.
 
 ``accept`` records the key the host presents now, replacing the recorded one: run it
 after a host was reinstalled, once its new key was checked (``ssh-keygen -lf
-/etc/ssh/ssh_host_ed25519_key.pub`` on the host shows the fingerprint).
+/etc/ssh/ssh_host_ed25519_key.pub`` on the host shows the fingerprint), or give that
+fingerprint with ``--fingerprint`` so that only that key is recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         add_inventory_option(action)
         add_json_option(action)
         action.add_argument("client", metavar="CLIENT")
+    accept.add_argument(
+        "--fingerprint",
+        metavar="SHA256:…",
+        help="record the key only if the host presents this one (as `ssh-keygen -lf` on "
+        "the host prints it); otherwise refuse and record nothing",
+    )
     add_lock_option(accept)
     return parser
 
@@ -39,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     ctx = context(args)
     outcome: HostKeyAccepted | HostKeyReport
     if args.hostkey_action == "accept":
-        outcome = accepted = accept_host_key(ctx, args.client, lock_timeout=args.lock_timeout)
+        outcome = accepted = accept_host_key(
+            ctx, args.client, lock_timeout=args.lock_timeout, expected=args.fingerprint
+        )
         if not args.json:
             before = accepted.previous or "nothing"
             print(f"{args.client}: recorded {accepted.fingerprint} (was {before})")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from costor.db import hostkeys as db_hostkeys
 from costor.db.session import Session, session_scope
 from costor.db.state import bump_serial, ensure_meta, state_lock
-from costor.errors import CostorError, UsageError
+from costor.errors import CostorError, HostKeyNotExpected, UsageError
 from costor.ops.backup.host import recorded_host_key, target
 from costor.ops.context import Context
 from costor.util.clock import utcnow
@@ -131,9 +131,13 @@ class HostKeyReport:
         }
 
 
-def accept_host_key(ctx: Context, name: str, *, lock_timeout: float = 0.0) -> HostKeyAccepted:
+def accept_host_key(
+    ctx: Context, name: str, *, lock_timeout: float = 0.0, expected: str | None = None
+) -> HostKeyAccepted:
     """Record the key ``name``'s host presents now (under the state lock; a control-
-    plane change, so saved plans made before it are stale)."""
+    plane change, so saved plans made before it are stale). With ``expected`` (a
+    fingerprint, ``SHA256:…``, as ``ssh-keygen -l`` prints it), only if the host presents
+    that key: anything else is refused and nothing is recorded."""
     from costor.transport.ssh import Remote  # SSH only: see the top
 
     client = ctx.client_config(name)
@@ -142,6 +146,13 @@ def accept_host_key(ctx: Context, name: str, *, lock_timeout: float = 0.0) -> Ho
     previous = recorded_host_key(ctx, name)
     with Remote(target(ctx, client)) as remote:
         presented = remote.fetch_host_key()
+    if expected is not None and presented.fingerprint != expected.strip():
+        raise HostKeyNotExpected(
+            host=client.host,
+            client=name,
+            presented=presented.fingerprint,
+            expected=expected.strip(),
+        )
     ensure_meta(ctx.engine)
     with (
         state_lock(ctx.engine, f"hostkey accept {name}", timeout=lock_timeout),

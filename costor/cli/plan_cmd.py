@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         write_plan_file(ctx, plan, path=args.out)
     if args.json:
-        print_json(plan.to_json())
+        print_json(plan.to_json(shown=True))
     else:
         print(render_plan(plan))
         if args.out and blocked:

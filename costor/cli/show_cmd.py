@@ -33,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
             data = handle.read()
     except OSError as error:
         raise PlanFileInvalid(path=args.planfile, reason=error.strerror or str(error)) from None
-    plan, document, _signature = decode(data, args.planfile)
+    plan, _document, _signature = decode(data, args.planfile)
     if args.json:
-        print_json(document)
+        print_json(plan.to_json(shown=True))
     else:
         print(f"Plan made {plan.timestamp} against state serial {plan.binding.serial}.\n")
         print(render_plan(plan))

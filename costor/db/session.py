@@ -7,6 +7,8 @@ schema is behind: Alembic is imported only then, so everyday commands don't pay 
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,7 +53,7 @@ def open_engine(url: str, *, upgrade_schema: bool = True) -> Engine:
 
 def _create(url: str) -> Engine:
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        _private_database_file(Path(url.removeprefix("sqlite:///")))
         engine = create_engine(url, connect_args={"timeout": 60})
 
         @event.listens_for(engine, "connect")
@@ -93,6 +95,25 @@ def current_revision(connection: Connection) -> str | None:
     if not inspect(connection).has_table("alembic_version"):
         return None
     return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def _private_database_file(path: Path) -> None:
+    """A SQLite state is readable by its owner only (0600): it holds the plan-signing
+    key. Created so before SQLite opens it (SQLite gives its -wal and -shm files the
+    database's mode); an existing file of this user's, and its -wal and -shm, are
+    tightened (a state made before this rule)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # made before (or by another process starting at the same moment)
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            status = file.stat()
+        except FileNotFoundError:
+            continue
+        if status.st_uid == os.getuid() and status.st_mode & 0o077:
+            file.chmod(stat.S_IMODE(status.st_mode) & 0o600)
 
 
 def upgrade_if_needed(engine: Engine) -> None:

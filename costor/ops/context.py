@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
@@ -216,6 +217,7 @@ class Context:
 
     @cached_property
     def engine(self) -> Engine:
+        private_directory(Path(self.settings.state_dir))
         return open_engine(self.database_url)
 
     def client_names(self, name: str) -> list[str]:
@@ -380,6 +382,16 @@ class Context:
             )
             for pack_id, size in packs.items():
                 session.merge(PackRow(pool_uuid=pool.uuid, pack_id=pack_id, size=size))
+
+
+def private_directory(path: Path) -> None:
+    """The state directory holds the database (with the plan-signing key), host keys'
+    caches and job logs: only its owner may enter it (0700). Made so when new; an
+    existing one this user owns is tightened (an installation from before this rule)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    status = path.stat()
+    if status.st_uid == os.getuid() and status.st_mode & 0o077:
+        path.chmod(stat.S_IMODE(status.st_mode) & 0o700)
 
 
 def snapshot_row(pool_uuid: str, snapshot: Snapshot) -> SnapshotRow:

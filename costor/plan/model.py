@@ -173,14 +173,20 @@ class Binding:
     inventory_digest: str  # the resolved inventory (config.Inventory.digest)
     secrets_digest: str  # keyed digest of the secret values (never the values)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, *, shown: bool = False) -> dict[str, Any]:
+        """The binding as a plan file stores it; ``shown`` (``plan --json``, ``show
+        --json``): without ``secrets_digest``, which only the signed plan file keeps (a
+        digest of secret values printed where others read it lets them test guesses of
+        a passphrase offline, given the state's plan key)."""
+        document: dict[str, Any] = {
             "lineage": self.lineage,
             "serial": self.serial,
             "sources": dict(sorted(self.sources.items())),
             "inventory_digest": self.inventory_digest,
-            "secrets_digest": self.secrets_digest,
         }
+        if not shown:
+            document["secrets_digest"] = self.secrets_digest
+        return document
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> Binding:
@@ -234,7 +240,9 @@ class Plan:
             counts["move"] += change.previous_address is not None
         return counts
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, shown: bool = False) -> dict[str, Any]:
+        """The plan as a plan file stores it; ``shown``: as ``plan --json`` prints it
+        (see :meth:`Binding.to_json`)."""
         return {
             "format_version": FORMAT_VERSION,
             "costor_version": self.costor_version,
@@ -246,7 +254,7 @@ class Plan:
             "summary": self.summary(),
             "resource_changes": [c.to_json() for c in self.changes],
             "resource_drift": [d.to_json() for d in self.drift],
-            "binding": self.binding.to_json(),
+            "binding": self.binding.to_json(shown=shown),
         }
 
     @classmethod

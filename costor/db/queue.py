@@ -35,10 +35,10 @@ from sqlmodel import Session, col, select, update
 
 from costor.db.models import JobRow, ScheduleRow
 from costor.db.session import session_scope
-from costor.db.state import process_started
 from costor.errors import CostorError
 from costor.util.clock import utcnow
 from costor.util.cron import next_time
+from costor.util.processes import process_started
 
 ACTIVE = ("queued", "running")
 HEARTBEAT_EVERY = 5.0  # seconds between a running job's heartbeats

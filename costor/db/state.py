@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -28,6 +27,7 @@ from sqlmodel import Session, select
 from costor.db.models import ResourceRow, StateLockRow, StateMetaRow
 from costor.db.session import session_scope
 from costor.errors import StateError, StateLocked
+from costor.util.processes import holder_gone, host_id, process_started
 
 LOCK_NAME = "state"
 # PostgreSQL session advisory lock key of the state lock (any constant; distinct from
@@ -135,32 +135,6 @@ def _info(row: StateLockRow) -> LockInfo:
     )
 
 
-def host_id() -> str:
-    """This host as a lock holder: hostname, boot id and PID namespace. Two containers
-    with one hostname, or the same host after a reboot, are different holders."""
-    parts = [socket.gethostname()]
-    try:
-        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
-    except OSError:
-        parts.append("?")
-    try:
-        parts.append(os.readlink("/proc/self/ns/pid"))
-    except OSError:
-        parts.append("?")
-    return "|".join(parts)
-
-
-def process_started(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot; /proc/PID/stat field 22),
-    or None if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces: split after it.
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
 def _holder_is_dead(row: StateLockRow) -> bool:
     """A lock row left by a process of this host that no longer runs (killed -9).
 
@@ -168,10 +142,7 @@ def _holder_is_dead(row: StateLockRow) -> bool:
     is trusted until it releases the lock or someone runs ``costor force-unlock``. A PID
     that now belongs to a process started at another time is a reused PID: dead holder.
     """
-    if row.host_id != host_id():
-        return False
-    started = process_started(row.pid)
-    return started is None or (row.started is not None and started != row.started)
+    return holder_gone(row.host_id, row.pid, row.started)
 
 
 @contextmanager

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,12 +20,13 @@ from costor.store.backends.base import ForwardingBackend
 from costor.store.backup.walk import Archiver
 from costor.store.checker import check, reindex
 from costor.store.gc.condemned import read_condemned
-from costor.store.gc.leases import list_leases
+from costor.store.gc.leases import LeaseInfo, list_leases
 from costor.store.gc.prune import PruneBusy, PruneOptions, PruneRefused, prune
 from costor.store.index import IndexCache
 from costor.store.pool import Pool
 from costor.store.restore.directory import Restorer
 from costor.store.snapshot import Snapshot
+from costor.util.processes import host_id
 
 NOW = PruneOptions(safety_window=0)
 
@@ -173,6 +177,50 @@ def test_a_killed_backup_s_lease_goes_stale(two_trees, tmp_path: Path) -> None:
     second = prune(fresh(path), PruneOptions(safety_window=0, stale_after=0.1))
     assert second.packs_deleted == first.packs_condemned and not second.waiting_for
     clean(path)
+
+
+def test_a_lease_whose_holder_was_killed_on_this_host_is_gone_at_once(
+    two_trees, tmp_path: Path
+) -> None:
+    """A lease names its holder's host and process start: a holder killed -9 on this
+    host blocks no prune, with no wait for the lease to go stale (issue 19, item 10)."""
+    path, _a, _b, snap_a, _sb = two_trees
+    fresh(path).delete_snapshot(snap_a.id)
+    holder = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sys\n"
+            "from costor.store.backends import LocalBackend\n"
+            "from costor.store.pool import Pool\n"
+            "Pool.open(LocalBackend(sys.argv[1]), sys.argv[2]).lease()\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n",
+            str(path),
+            PASSPHRASE,
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert holder.returncode == -signal.SIGKILL, holder.stderr
+    [lease] = list_leases(fresh(path))
+    assert lease.gone(time.time()) and not lease.stale(time.time())
+    report = prune(fresh(path), NOW)
+    assert report.packs_condemned and not report.waiting_for
+    assert report.packs_deleted == report.packs_condemned
+    clean(path)
+
+
+def test_a_lease_of_another_host_or_a_live_process_is_not_gone() -> None:
+    now = time.time()
+    alive = LeaseInfo("a", "backup", "h", os.getpid(), now, now, host_id(), None)
+    assert not alive.gone(now)
+    elsewhere = LeaseInfo("b", "backup", "h", 2**22 + 7, now, now, "another|host|ns", 1)
+    assert not elsewhere.gone(now)  # only its staleness can tell
+    assert elsewhere.gone(now + 3600)
+    old = LeaseInfo("c", "backup", "h", 2**22 + 7, now, now)  # written before hosts
+    assert not old.gone(now)
+    reused = LeaseInfo("d", "backup", "h", os.getpid(), now, now, host_id(), -1)
+    assert reused.gone(now)  # this PID belongs to a process started at another time
 
 
 def test_mostly_empty_packs_are_repacked(tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ A backup takes a lease before it reads the index and drops it after its snapshot
 stored; a prune takes one of kind ``prune`` and refuses to start beside another. A
 lease is refreshed while its holder works, so a lease not refreshed for
 ``STALE_AFTER`` seconds is a killed holder's and counts as gone (restic's stale locks
-work the same way; its default is also 30 minutes).
+work the same way; its default is also 30 minutes). A lease also names its holder's
+host and process start: one whose holder ran on this host and no longer runs (killed
+-9) counts as gone at once.
 
 Prune relies on the ordering, not on clocks: it writes its ``condemned/`` record first
 and lists leases second; a backup writes its lease first and reads the condemned
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from costor.errors import BackendError, ObjectNotFound
 from costor.store import crypto
+from costor.util.processes import holder_gone, host_id, process_started
 
 if TYPE_CHECKING:
     from costor.store.pool import Pool
@@ -44,9 +47,18 @@ class LeaseInfo:
     pid: int
     started: float
     refreshed: float
+    # The holder's host (costor.util.processes.host_id) and process start (ticks since
+    # boot); None in leases written before they were recorded.
+    host: str | None = None
+    pid_started: int | None = None
 
     def stale(self, now: float, stale_after: float = STALE_AFTER) -> bool:
         return now - self.refreshed > stale_after
+
+    def gone(self, now: float, stale_after: float = STALE_AFTER) -> bool:
+        """Stale, or held by a process of this host that no longer runs (killed -9):
+        such a lease counts as gone at once, not after ``stale_after``."""
+        return self.stale(now, stale_after) or holder_gone(self.host, self.pid, self.pid_started)
 
 
 class Lease:
@@ -72,7 +84,11 @@ class Lease:
         doc = {
             "kind": self.kind,
             "hostname": socket.gethostname(),
+            # Read at each write, not at import: a job forked from the daemon is another
+            # process than the one that imported this module.
             "pid": os.getpid(),
+            "host": host_id(),
+            "pid_started": process_started(os.getpid()),
             "started": self.started,
             "refreshed": now,
         }
@@ -125,4 +141,6 @@ def list_leases(pool: Pool) -> Iterator[LeaseInfo]:
             pid=int(doc["pid"]),
             started=float(doc["started"]),
             refreshed=float(doc["refreshed"]),
+            host=doc.get("host"),
+            pid_started=doc.get("pid_started"),
         )

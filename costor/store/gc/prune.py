@@ -131,7 +131,7 @@ def prune(pool: Pool, options: PruneOptions, progress: Progress | None = None) -
     started = time.monotonic()
     report = PruneReport(pool=pool.uuid, dry_run=options.dry_run)
     now = time.time()
-    leases = [lease for lease in list_leases(pool) if not lease.stale(now, options.stale_after)]
+    leases = [lease for lease in list_leases(pool) if not lease.gone(now, options.stale_after)]
     other = next((lease for lease in leases if lease.kind == "prune"), None)
     if other is not None:
         raise PruneBusy(
@@ -144,7 +144,10 @@ def prune(pool: Pool, options: PruneOptions, progress: Progress | None = None) -
             rivals = [
                 lease
                 for lease in list_leases(pool)
-                if lease.kind == "prune" and lease.id != mine.id and lease.started <= mine.started
+                if lease.kind == "prune"
+                and lease.id != mine.id
+                and lease.started <= mine.started
+                and not lease.gone(now, options.stale_after)
             ]
             if rivals:  # two prunes started together: the earlier one goes on
                 raise PruneBusy(
@@ -381,7 +384,7 @@ def _commit(
     leases_after = [
         lease
         for lease in list_leases(pool)
-        if lease.kind != "prune" and not lease.stale(after, options.stale_after)
+        if lease.kind != "prune" and not lease.gone(after, options.stale_after)
     ]
     lease_ids = tuple(sorted(lease.id for lease in leases_after))
     to_delete = sweep.to_delete

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
-from costor.cli.output import human_bytes, print_json
+from costor.cli.output import human_bytes, print_json, terminal_text
 from costor.cli.progress import BarProgress, make_progress
 from costor.errors import UsageError
 
@@ -115,8 +115,8 @@ def _print_problems(outcome: Any, name: str | None = None) -> None:
         if error.get("path"):
             items += 1
         else:
-            print(f"{prefix}warning: {error['error']}", file=sys.stderr)
+            print(f"{prefix}warning: {terminal_text(error['error'])}", file=sys.stderr)
     if items:
         print(f"  {items} item(s) could not be read (see the warnings above)")
     for warning in outcome.warnings:
-        print(f"{prefix}warning: {warning}", file=sys.stderr)
+        print(f"{prefix}warning: {terminal_text(warning)}", file=sys.stderr)

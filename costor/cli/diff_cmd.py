@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
-from costor.cli.output import print_json
+from costor.cli.output import print_json, terminal_text
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(outcome.to_json())
         return 0
     for d in outcome.changes:
-        print(f"{d.symbol}    {d.path}{'/' if d.type == 'dir' else ''}")
+        print(f"{d.symbol}    {terminal_text(d.path)}{'/' if d.type == 'dir' else ''}")
     counts = outcome.counts()
     print(
         f"\n{counts['added']} added, {counts['removed']} removed, "

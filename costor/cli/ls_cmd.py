@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
-from costor.cli.output import print_json
+from costor.cli.output import print_json, terminal_text
 
 _TYPE_BITS = {
     "file": stat.S_IFREG,
@@ -39,12 +39,12 @@ def run(args: argparse.Namespace) -> int:
         print_json(listing.to_json())
         return 0
     for path, n in listing.entries:
-        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        shown = terminal_text(path)
         if args.long:
             mode = stat.filemode(_TYPE_BITS[n.type] | n.mode)
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(n.mtime_ns / 1e9))
             owner = f"{n.user or n.uid}/{n.group or n.gid}"
-            suffix = f" -> {n.target.decode('utf-8', 'backslashreplace')}" if n.target else ""
+            suffix = f" -> {terminal_text(n.target)}" if n.target else ""
             print(f"{mode} {owner:>16} {n.size:>12} {when} {shown}{suffix}")
         else:
             print(shown)

@@ -13,6 +13,7 @@ import sys
 import threading
 from typing import Any
 
+from costor.cli.output import terminal_text
 from costor.ops.progress import Progress
 
 
@@ -69,7 +70,7 @@ class BarProgress(Progress):
 
     def warning(self, path: str, message: str) -> None:
         with self._lock:
-            text = f"costor: warning: {path}: {message}"
+            text = f"costor: warning: {terminal_text(path)}: {terminal_text(message)}"
             if self._bar is not None:
                 self._bar.write(text, file=sys.stderr)
             else:
@@ -87,7 +88,7 @@ class WarningsOnly(Progress):
     """No bar (not a terminal, or --json): warnings still reach stderr as they happen."""
 
     def warning(self, path: str, message: str) -> None:
-        print(f"costor: warning: {path}: {message}", file=sys.stderr)
+        print(f"costor: warning: {terminal_text(path)}: {terminal_text(message)}", file=sys.stderr)
 
 
 def make_progress(description: str, *, json_output: bool) -> Progress:

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
-from costor.cli.output import human_bytes, print_json
+from costor.cli.output import human_bytes, print_json, terminal_text
 from costor.cli.progress import make_progress
 from costor.errors import UsageError
 
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     elif not to_stdout or args.dry_run:
         if args.verbose:
             for entry in outcome.entries or []:
-                print(f"{entry['action']:<16} {entry['path']}")
+                print(f"{entry['action']:<16} {terminal_text(entry['path'])}")
         print(_summary(outcome))
     return 0
 

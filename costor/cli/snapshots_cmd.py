@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
-from costor.cli.output import human_bytes, print_json
+from costor.cli.output import human_bytes, print_json, terminal_text
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                 str(files),
                 human_bytes(c.get("bytes_processed", 0)),
                 human_bytes(c.get("bytes_added", 0)),
-                ", ".join(s.paths),
+                terminal_text(", ".join(s.paths)),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]

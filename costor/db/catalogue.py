@@ -46,6 +46,12 @@ def snapshot_owners(session: Session, snapshot_ids: Collection[str]) -> dict[str
     )
 
 
+def catalogued_snapshots(session: Session, pool_uuid: str) -> dict[str, SnapshotRow]:
+    """Snapshot id -> its catalogue row, for the snapshots recorded in one pool."""
+    rows = session.exec(select(SnapshotRow).where(col(SnapshotRow.pool_uuid) == pool_uuid))
+    return {row.id: row for row in rows}
+
+
 def delete_snapshot_rows(session: Session, snapshot_ids: Collection[str]) -> None:
     session.exec(delete(SnapshotRow).where(col(SnapshotRow.id).in_(snapshot_ids)))
 

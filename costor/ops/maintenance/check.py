@@ -10,7 +10,7 @@ from costor.db.models import PackRow
 from costor.db.session import session_scope
 from costor.errors import CostorError, NotApplied
 from costor.ops.context import Context, snapshot_row
-from costor.store.checker import CheckReport, check, reindex
+from costor.store.checker import CheckReport, Problem, check, reindex
 from costor.store.progress import Progress
 from costor.util.clock import utcnow
 
@@ -123,10 +123,43 @@ def _check_one(
     def order(packs: list[str], uuid: str = opened.uuid) -> list[str]:
         return _least_recently_verified(ctx, uuid, packs)
 
+    with session_scope(ctx.engine, write=False) as session:
+        catalogued = catalogue.catalogued_snapshots(session, opened.uuid)
+    held = set(opened.snapshot_ids())
     report = check(opened, read_data=read_data, subset=subset, progress=progress, order=order)
     report.pool = name
+    report.problems.extend(_missing_snapshots(ctx, name, opened.uuid, catalogued, held))
     _record_verified(ctx, opened, report.verified)
     return report
+
+
+def _missing_snapshots(
+    ctx: Context, name: str, pool_uuid: str, catalogued: dict[str, Any], held: set[str]
+) -> list[Problem]:
+    """Rollback evidence: snapshots the catalogue recorded in this pool that the pool no
+    longer holds (manifests deleted outside CoStor, or the storage rolled back to an
+    older state). Counted only if the catalogue still records them after the check: a
+    forget that ran meanwhile removed its rows, and a backup that started meanwhile was
+    not in the catalogue read before the pool was listed."""
+    missing = set(catalogued) - held
+    if not missing:
+        return []
+    with session_scope(ctx.engine, write=False) as session:
+        still = set(catalogue.catalogued_snapshots(session, pool_uuid))
+    problems = []
+    for snapshot_id in sorted(missing & still):
+        row = catalogued[snapshot_id]
+        problems.append(
+            Problem(
+                "missing_snapshot",
+                f"snapshots/{snapshot_id}",
+                f"the state records snapshot {snapshot_id[:12]} of client {row.client} "
+                f"({row.time[:19].replace('T', ' ')}) in pool {name}, which no longer holds "
+                "it: it was deleted outside CoStor, or the storage was rolled back. If that "
+                f"was intended, `costor pool reindex --pool {name}` accepts the pool as it is",
+            )
+        )
+    return problems
 
 
 def _least_recently_verified(ctx: Context, pool_uuid: str, packs: list[str]) -> list[str]:

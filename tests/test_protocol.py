@@ -188,7 +188,7 @@ def test_entries_parse_field_by_field(tmp_path: Path) -> None:
         assert list(entry[: protocol.ENTRY_FIELDS]) == item
         assert entry.extra is None and not entry.compact
         assert entry.path == path and entry.state == protocol.DATA_FOLLOWS
-    extra = {"digest": "00", "blocks": None, "changed_blocks": []}
+    extra = {"digest": "00" * 32, "blocks": None, "changed_blocks": []}
     item = theirs.entry(str(tmp_path / "file"), os.lstat(tmp_path / "file"), "changed", extra)
     assert protocol.parse_entry(item).extra == extra
     assert protocol.parse_entry(["/x"]) == protocol.Entry("/x", compact=True)

@@ -11,18 +11,16 @@ import time
 from pathlib import Path
 
 from support.fixtures import Site
-from support.inventory import write_local_inventory
+from support.inventory import local_tables, rewrite_tables, write_local_inventory
 
 from costor.config.applied import load_settings
 from costor.db.queue import HEARTBEAT_EVERY
 
 
-def _rewrite(inventory: Path, root: Path, clients: dict[str, list[Path]], **kwargs: object) -> None:
+def _rewrite(inventory: Path, clients: dict[str, list[Path]], **kwargs: object) -> None:
     """The inventory written anew with the same [costor] table (on PostgreSQL each
     written inventory names a database of its own)."""
-    costor = inventory.read_text().split("[sites.hq]")[0]
-    fresh = write_local_inventory(root, clients, **kwargs)  # type: ignore[arg-type]
-    fresh.write_text(costor + "[sites.hq]" + fresh.read_text().split("[sites.hq]", 1)[1])
+    rewrite_tables(inventory, *local_tables(clients, **kwargs))  # type: ignore[arg-type]
 
 
 def _paths_of_snapshot(site: Site, ref: str) -> list[str]:
@@ -41,9 +39,7 @@ def test_unapplied_paths_and_excludes_change_nothing_until_apply(
     assert site.cli("apply", "--auto-approve").code == 0
 
     # The working copy now adds a path and excludes a file: plan shows it, nothing runs it.
-    _rewrite(
-        site.inventory, tmp_path, {"alpha": [source, other]}, excludes={"alpha": ["readme.txt"]}
-    )
+    _rewrite(site.inventory, {"alpha": [source, other]}, excludes={"alpha": ["readme.txt"]})
     plan = site.cli("plan", "--detailed-exitcode")
     assert plan.code == 2, plan.stdout + plan.stderr
     backup = site.cli("backup", "alpha", "--json")
@@ -75,7 +71,7 @@ def test_a_declared_client_that_was_never_applied_does_not_run(
 ) -> None:
     site = Site(tmp_path, write_local_inventory(tmp_path, {"alpha": [source]}), tmp_path / "pool")
     assert site.cli("apply", "--auto-approve").code == 0
-    _rewrite(site.inventory, tmp_path, {"alpha": [source], "beta": [source]})
+    _rewrite(site.inventory, {"alpha": [source], "beta": [source]})
     result = site.cli("backup", "beta")
     assert result.code == 1
     assert "client.beta is declared but not applied yet" in result.stderr

@@ -7,18 +7,11 @@ from pathlib import Path
 
 import pytest
 from support.fixtures import Site
-from support.inventory import costor_table
+from support.inventory import client_table, local_pool, site_table, write_tables
 
 
 def _pool(name: str, passphrase_env: str = "COSTOR_TEST_PASSPHRASE") -> str:
-    return f"""
-[pools.{name}]
-site = "hq"
-backend = "local"
-path = "{name}"
-passphrase = {{ env = "{passphrase_env}" }}
-pack_size_mib = 4
-"""
+    return local_pool(name, path=name, passphrase_env=passphrase_env)
 
 
 @pytest.fixture
@@ -26,19 +19,17 @@ def four_pools(tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch) ->
     """``good`` and ``hurt`` hold a backup each; ``gone`` loses its storage and
     ``locked``'s passphrase is changed in the environment after apply."""
     monkeypatch.setenv("LOCKED_PASSPHRASE", "the passphrase at apply time")
-    inventory = tmp_path / "inventory.toml"
-    inventory.write_text(
-        costor_table()
-        + "[sites.hq]\n"
-        + _pool("good")
-        + _pool("gone")
-        + _pool("hurt")
-        + _pool("locked", "LOCKED_PASSPHRASE")
-        + "".join(
-            f'\n[clients.{client}]\nsite = "hq"\npool = "{pool}"\ntransport = "local"\n'
-            f'paths = ["{source}"]\n'
+    inventory = write_tables(
+        tmp_path,
+        site_table(),
+        _pool("good"),
+        _pool("gone"),
+        _pool("hurt"),
+        _pool("locked", "LOCKED_PASSPHRASE"),
+        *(
+            client_table(client, [source], pool=pool)
             for client, pool in (("alpha", "good"), ("beta", "hurt"))
-        )
+        ),
     )
     site = Site(tmp_path, inventory, tmp_path / "good")
     applied = site.cli("apply", "--auto-approve")

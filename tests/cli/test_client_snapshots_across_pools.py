@@ -8,45 +8,25 @@ each removed snapshot in the pool that holds it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from support.fixtures import Site
-from support.inventory import costor_table
+from support.inventory import client_table, local_pool, rewrite_tables, site_table, write_tables
 
 
-def inventory_text(header: str, source: Path, pool: str) -> str:
-    lines = [header, "[sites.hq]", ""]
-    for name in ("a", "b"):
-        lines += [
-            f"[pools.{name}]",
-            'site = "hq"',
-            'backend = "local"',
-            f'path = "pool-{name}"',
-            'passphrase = { env = "COSTOR_TEST_PASSPHRASE" }',
-            "pack_size_mib = 4",
-            "",
-        ]
-    lines += [
-        "[policies.short]",
-        'schedule = "0 2 * * *"',
-        "retention = { last = 1 }",
-        "",
-        "[clients.c]",
-        'site = "hq"',
-        f'pool = "{pool}"',
-        'transport = "local"',
-        'policy = "short"',
-        f"paths = [{json.dumps(str(source))}]",
-        "",
+def tables(source: Path, pool: str) -> list[str]:
+    """Pools ``a`` and ``b`` (in ./pool-a, ./pool-b), client ``c`` in ``pool``."""
+    return [
+        site_table(),
+        local_pool("a", path="pool-a"),
+        local_pool("b", path="pool-b"),
+        '[policies.short]\nschedule = "0 2 * * *"\nretention = { last = 1 }\n',
+        client_table("c", [source], 'policy = "short"', pool=pool),
     ]
-    return "\n".join(lines)
 
 
 def move_to(site: Site, source: Path, pool: str) -> None:
-    text = site.inventory.read_text()
-    header = text[: text.index("[sites.hq]")]
-    site.inventory.write_text(inventory_text(header, source, pool))
+    rewrite_tables(site.inventory, *tables(source, pool))  # the same [costor] table
     applied = site.cli("apply", "--auto-approve")
     assert applied.code == 0, applied.stderr
 
@@ -72,8 +52,7 @@ def manifests(site: Site, pool: str) -> set[str]:
 def test_a_client_moved_between_pools_keeps_one_set_of_snapshots(
     tmp_path: Path, source: Path
 ) -> None:
-    inventory = tmp_path / "inventory.toml"
-    inventory.write_text(inventory_text(costor_table(), source, "a"))
+    inventory = write_tables(tmp_path, *tables(source, "a"))
     site = Site(tmp_path, inventory, tmp_path / "pool-a")
     assert site.cli("apply", "--auto-approve").code == 0
     first = backup(site)

@@ -7,44 +7,22 @@ declares only that pool restores the lost clients' snapshots by their names.
 
 from __future__ import annotations
 
-import json
 import shutil
-import textwrap
 from pathlib import Path
 
 from support.fixtures import Site, tree_digest
-from support.inventory import costor_table
+from support.inventory import client_table, local_pool, site_table, write_tables
 
 
 def lost_site(root: Path, source: Path, other: Path) -> Site:
     """The server that will be lost: one pool, two clients, backed up."""
     root.mkdir()
-    inventory = root / "inventory.toml"
-    inventory.write_text(
-        costor_table()
-        + textwrap.dedent(
-            f"""
-            [sites.hq]
-
-            [pools.main]
-            site = "hq"
-            backend = "local"
-            path = "pool"
-            passphrase = {{ env = "COSTOR_TEST_PASSPHRASE" }}
-
-            [clients.files]
-            site = "hq"
-            pool = "main"
-            transport = "local"
-            paths = [{json.dumps(str(source))}]
-
-            [clients.mail]
-            site = "hq"
-            pool = "main"
-            transport = "local"
-            paths = [{json.dumps(str(other))}]
-            """
-        )
+    inventory = write_tables(
+        root,
+        site_table(),
+        local_pool(pack_size_mib=None),
+        client_table("files", [source]),
+        client_table("mail", [other]),
     )
     site = Site(root, inventory, root / "pool")
     assert site.cli("apply", "--auto-approve").code == 0
@@ -73,20 +51,10 @@ def test_restore_on_a_new_server_from_a_copied_pool(tmp_path: Path, source: Path
     # pool's passphrase (here in COSTOR_TEST_PASSPHRASE, set by support/fixtures.py).
     new_root = tmp_path / "new-server"
     new_root.mkdir()
-    inventory = new_root / "inventory.toml"
-    inventory.write_text(
-        costor_table()
-        + textwrap.dedent(
-            f"""
-            [sites.dr]
-
-            [pools.offsite]
-            site = "dr"
-            backend = "local"
-            path = {json.dumps(str(copy))}
-            passphrase = {{ env = "COSTOR_TEST_PASSPHRASE" }}
-            """
-        )
+    inventory = write_tables(
+        new_root,
+        site_table("dr"),
+        local_pool("offsite", site="dr", path=str(copy), pack_size_mib=None),
     )
     new = Site(new_root, inventory, copy)
     # Step 3: validate, plan and apply: the existing pool is adopted, not created.

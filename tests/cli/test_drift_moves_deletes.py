@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from support.fixtures import Site, make_pool, tree_digest
+from support.inventory import cut_at
 
 
 def replace(site: Site, old: str, new: str) -> None:
@@ -125,8 +126,7 @@ def test_rename_without_moved_is_delete_and_create(applied: Site) -> None:
 def test_pool_holding_data_is_never_deleted_implicitly(applied: Site) -> None:
     assert applied.cli("backup", "alpha").code == 0
     before = sorted(p.name for p in applied.pool_path.rglob("*"))
-    text = applied.inventory.read_text()
-    applied.inventory.write_text(text[: text.index("[pools.main]")])  # pool and client gone
+    cut_at(applied.inventory, "[pools.main]")  # pool and client gone
 
     plan = applied.cli("plan")
     assert (
@@ -151,8 +151,7 @@ def test_pool_destroyed_after_prevent_destroy_false(applied: Site) -> None:
     assert applied.cli("backup", "alpha").code == 0
     replace(applied, "pack_size_mib = 4", "pack_size_mib = 4\nprevent_destroy = false")
     assert applied.cli("apply", "--auto-approve").code == 0
-    text = applied.inventory.read_text()
-    applied.inventory.write_text(text[: text.index("[pools.main]")])
+    cut_at(applied.inventory, "[pools.main]")
     operations = {c["address"]: c["operation"] for c in pending(applied)}
     assert operations == {"pool.main": "destroy", "client.alpha": "retire"}
     result = applied.cli("apply", "--auto-approve")
@@ -163,10 +162,8 @@ def test_pool_destroyed_after_prevent_destroy_false(applied: Site) -> None:
 
 def test_removed_client_with_destroy_deletes_its_snapshots(applied: Site) -> None:
     assert applied.cli("backup", "alpha").code == 0
-    text = applied.inventory.read_text()
-    applied.inventory.write_text(
-        text[: text.index("[clients.alpha]")]
-        + '[[removed]]\nfrom = "client.alpha"\ndestroy = true\n'
+    cut_at(
+        applied.inventory, "[clients.alpha]", '[[removed]]\nfrom = "client.alpha"\ndestroy = true\n'
     )
     [change] = pending(applied)
     assert change["operation"] == "destroy" and "1 snapshot(s)" in change["reason"]
@@ -199,8 +196,7 @@ def test_state_from_an_earlier_costor_is_adopted(site: Site) -> None:
 
 
 def drop_pool_and_clients(site: Site) -> None:
-    text = site.inventory.read_text()
-    site.inventory.write_text(text[: text.index("[pools.main]")])
+    cut_at(site.inventory, "[pools.main]")
 
 
 def test_an_adopted_pool_counts_its_snapshots_before_any_delete(applied: Site) -> None:
@@ -261,10 +257,10 @@ def test_a_former_name_cannot_be_given_to_another_client(applied: Site, tmp_path
     other = tmp_path / "other-host"
     other.mkdir()
     (other / "b").write_text("another host's file")
-    text = applied.inventory.read_text()
-    applied.inventory.write_text(
-        text[: text.index("[[moved]]")]
-        + f'[clients.alpha]\nsite = "hq"\npool = "main"\npaths = ["{other}"]\n'
+    cut_at(
+        applied.inventory,
+        "[[moved]]",
+        f'[clients.alpha]\nsite = "hq"\npool = "main"\npaths = ["{other}"]\n',
     )
     refused = applied.cli("apply", "--auto-approve")
     assert refused.code == 1 and "'alpha' is a former name of client.beta" in refused.stderr
@@ -272,8 +268,7 @@ def test_a_former_name_cannot_be_given_to_another_client(applied: Site, tmp_path
 
 def test_a_pool_rename_keeps_a_retired_clients_snapshots_reachable(applied: Site) -> None:
     first = applied.cli("backup", "alpha", "--json").json()
-    text = applied.inventory.read_text()
-    applied.inventory.write_text(text[: text.index("[clients.alpha]")])
+    cut_at(applied.inventory, "[clients.alpha]")
     assert applied.cli("apply", "--auto-approve").code == 0  # alpha retired
     replace(applied, "[pools.main]", "[pools.nas]")
     applied.inventory.write_text(
@@ -300,10 +295,8 @@ def test_a_destroyed_client_loses_its_snapshots_in_every_pool(
     replace(applied, 'pool = "main"', 'pool = "second"')
     assert applied.cli("apply", "--auto-approve").code == 0
     assert applied.cli("backup", "alpha").code == 0
-    text = applied.inventory.read_text()
-    applied.inventory.write_text(
-        text[: text.index("[clients.alpha]")]
-        + '[[removed]]\nfrom = "client.alpha"\ndestroy = true\n'
+    cut_at(
+        applied.inventory, "[clients.alpha]", '[[removed]]\nfrom = "client.alpha"\ndestroy = true\n'
     )
     [change] = pending(applied)
     assert "2 snapshot(s) in pool main, second" in change["reason"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from support.fixtures import Site, tree_digest
-from support.inventory import costor_table
+from support.inventory import BASE_TABLES, client_table, rewrite_tables, write_tables
 
 from costor.ops.context import Context
 
@@ -33,55 +33,32 @@ OLD_TIMES = [
 KEPT_OLD = {"2020-03-16T10:00:00.000000Z", "2020-03-09T02:00:00.000000Z"}
 
 
-def inventory_text(
-    clients: dict[str, tuple[Path, str | None]], *, header: str | None = None, nightly: bool = True
-) -> str:
-    """``header``: the ``[costor]`` table to keep (a new one names a new test database)."""
-    lines = [
-        header if header is not None else costor_table(),
-        "[sites.hq]",
-        "",
-        "[pools.main]",
-        'site = "hq"',
-        'backend = "local"',
-        'path = "pool"',
-        'passphrase = { env = "COSTOR_TEST_PASSPHRASE" }',
-        "pack_size_mib = 4",
-        "",
-    ]
+def tables(clients: dict[str, tuple[Path, str | None]], *, nightly: bool = True) -> list[str]:
+    """The base site and pool, the policies, and local clients ``{name: (path, policy)}``."""
+    policies = ['[policies.keepall]\nschedule = "0 3 * * *"\n']
     if nightly:
-        lines += ["[policies.nightly]", 'schedule = "0 2 * * *"', f"retention = {NIGHTLY}", ""]
-    lines += [
-        "[policies.keepall]",
-        'schedule = "0 3 * * *"',
-        "",
+        policies.insert(0, f'[policies.nightly]\nschedule = "0 2 * * *"\nretention = {NIGHTLY}\n')
+    return [
+        *BASE_TABLES,
+        *policies,
+        *(
+            client_table(name, [path], *([f'policy = "{policy}"'] if policy else []))
+            for name, (path, policy) in clients.items()
+        ),
     ]
-    for name, (path, policy) in clients.items():
-        lines += [
-            f"[clients.{name}]",
-            'site = "hq"',
-            'pool = "main"',
-            'transport = "local"',
-            f"paths = [{json.dumps(str(path))}]",
-            *([f'policy = "{policy}"'] if policy else []),
-            "",
-        ]
-    return "\n".join(lines)
 
 
 def rewrite(site: Site, clients: dict[str, tuple[Path, str | None]], **options: Any) -> None:
-    text = site.inventory.read_text()
-    header = text[: text.index("[sites.hq]")]
-    site.inventory.write_text(inventory_text(clients, header=header, **options))
+    rewrite_tables(site.inventory, *tables(clients, **options))  # the same [costor] table
 
 
 @pytest.fixture
 def retention_site(tmp_path: Path, source: Path) -> Site:
-    inventory = tmp_path / "inventory.toml"
-    inventory.write_text(
-        inventory_text(
+    inventory = write_tables(
+        tmp_path,
+        *tables(
             {"alpha": (source, "nightly"), "beta": (source, "keepall"), "gamma": (source, None)}
-        )
+        ),
     )
     site = Site(tmp_path, inventory, tmp_path / "pool")
     applied = site.cli("apply", "--auto-approve")

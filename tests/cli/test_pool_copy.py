@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 from support.fixtures import PASSPHRASE, Site, make_pool, open_pool, tree_digest
-from support.inventory import costor_table, write_local_inventory
-from support.s3servers import REGION, S3Server, make_s3_backend, moto_server  # noqa: F401
+from support.inventory import (
+    BASE_TABLES,
+    client_table,
+    file_secret,
+    local_pool,
+    s3_pool,
+    site_table,
+    write_tables,
+)
+from support.s3servers import S3Server, make_s3_backend, moto_server  # noqa: F401  (fixture)
 
 from costor.store.restore.directory import Restorer
 
@@ -88,9 +96,7 @@ def _damage(path: Path) -> None:
 def _copy_site(root: Path, pool_path: Path) -> Site:
     """Another site's CoStor that declares the copy as its pool (and adopts it)."""
     root.mkdir()
-    inventory = write_local_inventory(root, {})
-    text = inventory.read_text().replace('path = "pool"', f"path = {str(pool_path)!r}")
-    inventory.write_text(text)
+    inventory = write_tables(root, site_table(), local_pool(path=str(pool_path)))
     site = Site(root, inventory, pool_path)
     applied = site.cli("apply", "--auto-approve")
     assert applied.code == 0, applied.stderr
@@ -131,19 +137,15 @@ def test_verify_existing_heals_a_damaged_copy(applied: Site, tmp_path: Path) -> 
 
 
 def _s3_pool(name: str, server: S3Server, bucket: str, prefix: str = "") -> str:
-    return f"""
-[pools.{name}]
-site = "hq"
-backend = "s3"
-bucket = "{bucket}"
-prefix = "{prefix}"
-endpoint = "{server.endpoint}"
-region = "{REGION}"
-path_style = true
-access_key = {{ file = "s3-access" }}
-secret_key = {{ file = "s3-secret" }}
-passphrase = {{ env = "COSTOR_TEST_PASSPHRASE" }}
-"""
+    """An S3 pool whose credentials are the files s3-access and s3-secret."""
+    return s3_pool(
+        name,
+        server.endpoint,
+        bucket,
+        prefix=prefix,
+        access_key=file_secret("s3-access"),
+        secret_key=file_secret("s3-secret"),
+    )
 
 
 def test_s3_destination_like_a_declared_pool_heals(
@@ -173,7 +175,7 @@ def test_s3_destination_like_a_declared_pool_heals(
     cloud = _s3_pool("cloud", moto_server, moto_server.new_bucket())
     site = Site(
         tmp_path,
-        write_local_inventory(tmp_path, {"alpha": [source]}, extra_pool=cloud),
+        write_tables(tmp_path, *BASE_TABLES, cloud, client_table("alpha", [source])),
         tmp_path / "pool",
     )
     assert site.cli("apply", "--auto-approve").code == 0
@@ -206,8 +208,7 @@ def test_s3_destination_like_a_declared_pool_heals(
     declared = _s3_pool("replica", moto_server, bucket, prefix="replica")
     for name in ("s3-access", "s3-secret"):
         (other / name).write_text((tmp_path / name).read_text())
-    inventory = other / "inventory.toml"
-    inventory.write_text(costor_table() + "[sites.hq]\n" + declared)
+    inventory = write_tables(other, site_table(), declared)
     other_site = Site(other, inventory, other / "unused")
     assert other_site.cli("apply", "--auto-approve").code == 0
     checked = other_site.cli("check", "--read-data", "--json")

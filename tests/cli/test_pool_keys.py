@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from support.fixtures import PASSPHRASE, Site
-from support.inventory import costor_table
-from support.s3servers import REGION, S3Server, make_s3_backend, moto_server  # noqa: F401
+from support.inventory import s3_pool, site_table, write_tables
+from support.s3servers import S3Server, make_s3_backend, moto_server  # noqa: F401  (fixture)
 
 NEW = "a new passphrase nobody has seen"
 
@@ -126,25 +126,7 @@ def test_rotation_on_s3(
     bucket = moto_server.new_bucket()
     monkeypatch.setenv("TEST_S3_ACCESS_KEY", moto_server.access_key)
     monkeypatch.setenv("TEST_S3_SECRET_KEY", moto_server.secret_key)
-    inventory = tmp_path / "inventory.toml"
-    inventory.write_text(
-        costor_table()
-        + f"""
-[sites.hq]
-
-[pools.cloud]
-site = "hq"
-backend = "s3"
-bucket = "{bucket}"
-prefix = "costor"
-endpoint = "{moto_server.endpoint}"
-region = "{REGION}"
-path_style = true
-access_key = {{ env = "TEST_S3_ACCESS_KEY" }}
-secret_key = {{ env = "TEST_S3_SECRET_KEY" }}
-passphrase = {{ env = "COSTOR_TEST_PASSPHRASE" }}
-"""
-    )
+    inventory = write_tables(tmp_path, site_table(), s3_pool("cloud", moto_server.endpoint, bucket))
     site = Site(tmp_path, inventory, tmp_path / "unused")
     assert site.cli("apply", "--auto-approve").code == 0
     [old] = _slots(site, "cloud")

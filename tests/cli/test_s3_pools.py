@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from support.fixtures import Site, tree_digest
-from support.inventory import costor_table
+from support.inventory import client_table, s3_pool, site_table, write_tables
 from support.s3servers import (  # noqa: F401  (moto_server, rclone_server: fixtures)
     REGION,
     S3Server,
@@ -21,32 +21,19 @@ from support.s3servers import (  # noqa: F401  (moto_server, rclone_server: fixt
 def s3_site(
     root: Path, source: Path, endpoint: str, bucket: str, *, prefix: str = "costor"
 ) -> Site:
-    inventory = root / "inventory.toml"
-    inventory.write_text(
-        costor_table()
-        + f"""
-[sites.hq]
-
-[pools.cloud]
-site = "hq"
-backend = "s3"
-bucket = "{bucket}"
-prefix = "{prefix}"
-endpoint = "{endpoint}"
-region = "{REGION}"
-path_style = true
-access_key = {{ env = "TEST_S3_ACCESS_KEY" }}
-secret_key = {{ env = "TEST_S3_SECRET_KEY" }}
-passphrase = {{ env = "COSTOR_TEST_PASSPHRASE" }}
-pack_size_mib = 4
-rate_limit = {{ requests = 500, per_seconds = 1 }}
-verify_writes = true
-
-[clients.alpha]
-site = "hq"
-pool = "cloud"
-paths = ["{source}"]
-"""
+    inventory = write_tables(
+        root,
+        site_table(),
+        s3_pool(
+            "cloud",
+            endpoint,
+            bucket,
+            "pack_size_mib = 4",
+            "rate_limit = { requests = 500, per_seconds = 1 }",
+            "verify_writes = true",
+            prefix=prefix,
+        ),
+        client_table("alpha", [source], pool="cloud", transport=None),
     )
     return Site(root, inventory, root / "unused")
 

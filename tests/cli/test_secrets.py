@@ -14,8 +14,15 @@ from pathlib import Path
 
 import pytest
 from support.fixtures import Site
-from support.inventory import costor_table
-from support.s3servers import REGION, S3Server, moto_server  # noqa: F401  (fixture)
+from support.inventory import (
+    client_table,
+    env_secret,
+    local_pool,
+    s3_pool,
+    site_table,
+    write_tables,
+)
+from support.s3servers import S3Server, moto_server  # noqa: F401  (fixture)
 
 PASSPHRASE = "pool-passphrase-7f3a91c2"
 WRONG_PASSPHRASE = "wrong-passphrase-55e1d0"
@@ -24,41 +31,22 @@ NEW_PASSWORD = "alice-password-9c0d11aa"
 
 
 def inventory(root: Path, source: Path, server: S3Server, bucket: str) -> Path:
-    path = root / "inventory.toml"
-    path.write_text(
-        costor_table()
-        + f"""
-[sites.hq]
-
-[pools.local]
-site = "hq"
-backend = "local"
-path = "pool"
-passphrase = {{ env = "SECRET_TEST_PASSPHRASE" }}
-
-[pools.cloud]
-site = "hq"
-backend = "s3"
-bucket = "{bucket}"
-endpoint = "{server.endpoint}"
-region = "{REGION}"
-path_style = true
-access_key = {{ env = "SECRET_TEST_S3_ACCESS" }}
-secret_key = {{ env = "SECRET_TEST_S3_SECRET" }}
-passphrase = {{ env = "SECRET_TEST_PASSPHRASE" }}
-
-[clients.alpha]
-site = "hq"
-pool = "local"
-paths = ["{source}"]
-
-[groups.ops]
-roles = ["admin"]
-
-[users.alice]
-groups = ["ops"]
-password = {{ file = "alice.secret" }}
-"""
+    path = write_tables(
+        root,
+        site_table(),
+        local_pool("local", passphrase_env="SECRET_TEST_PASSPHRASE", pack_size_mib=None),
+        s3_pool(
+            "cloud",
+            server.endpoint,
+            bucket,
+            prefix=None,
+            access_key=env_secret("SECRET_TEST_S3_ACCESS"),
+            secret_key=env_secret("SECRET_TEST_S3_SECRET"),
+            passphrase_env="SECRET_TEST_PASSPHRASE",
+        ),
+        client_table("alpha", [source], pool="local", transport=None),
+        '[groups.ops]\nroles = ["admin"]\n',
+        '[users.alice]\ngroups = ["ops"]\npassword = { file = "alice.secret" }\n',
     )
     secret_file = root / "alice.secret"
     secret_file.write_text(PASSWORD + "\n")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.inventory import client_table
 
 from costor.config import check_inventory, load_inventory
 from costor.config.positions import PositionMap
@@ -18,6 +19,17 @@ WriteInventory = Callable[..., Path]
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "costor" / "profiles"  # package data: installed with CoStor
+SHIPPED_PATHS = f'[costor]\nprofile_paths = ["{SHIPPED}"]\n'
+
+
+def profiled(name: str, profiles: list[str], paths: list[str], *extra: str) -> str:
+    """A client of the base pool with ``profiles`` (no transport key, as written by hand)."""
+    return client_table(name, paths, *extra, transport=None, profiles=profiles)
+
+
+def clients(*tables: str) -> str:
+    """What write_inventory appends to the base tables: a blank line, then ``tables``."""
+    return "\n" + "\n".join(tables)
 
 
 def profile(name: str, data: dict[str, Any]) -> Profile:
@@ -91,20 +103,10 @@ def test_merge_does_not_modify_the_profiles() -> None:
 
 def test_client_keys_win_over_profiles(write_inventory: WriteInventory) -> None:
     path = write_inventory(
-        """
-        [clients.web1]
-        site = "hq"
-        pool = "main"
-        profiles = ["base", "web"]
-        paths = ["/srv"]
-        exclude = ["*.own"]
-
-        [clients.db1]
-        site = "hq"
-        pool = "main"
-        profiles = ["base", "web"]
-        paths = ["/var/lib/db"]
-        """,
+        clients(
+            profiled("web1", ["base", "web"], ["/srv"], 'exclude = ["*.own"]'),
+            profiled("db1", ["base", "web"], ["/var/lib/db"]),
+        ),
         profiles={
             "base": 'exclude = ["/proc"]\none_file_system = true\nhooks = { timeout_s = 30 }\n',
             "web": 'exclude = ["/var/www/cache"]\nhooks = { before = ["true"] }\n',
@@ -123,13 +125,7 @@ def test_error_from_a_profile_names_the_profile_file_and_line(
     write_inventory: WriteInventory,
 ) -> None:
     path = write_inventory(
-        """
-        [clients.web1]
-        site = "hq"
-        pool = "main"
-        profiles = ["base"]
-        paths = ["/srv"]
-        """,
+        clients(profiled("web1", ["base"], ["/srv"])),
         profiles={"base": '# comment\n\nhooks = { timeout_s = 0, befor = ["x"] }\n'},
     )
     _, diagnostics = check_inventory(path)
@@ -143,16 +139,10 @@ def test_first_profile_directory_wins(write_inventory: WriteInventory, tmp_path:
     (tmp_path / "site-profiles").mkdir()
     (tmp_path / "site-profiles" / "base.toml").write_text("one_file_system = true\n")
     path = write_inventory(
-        """
-        [costor]
-        profile_paths = ["site-profiles", "profiles"]
-
-        [clients.web1]
-        site = "hq"
-        pool = "main"
-        profiles = ["base"]
-        paths = ["/srv"]
-        """,
+        clients(
+            '[costor]\nprofile_paths = ["site-profiles", "profiles"]\n',
+            profiled("web1", ["base"], ["/srv"]),
+        ),
         profiles={"base": "one_file_system = false\n"},
     )
     inventory, diagnostics = check_inventory(path)
@@ -170,18 +160,7 @@ def test_a_missing_explicit_profile_directory_is_an_error(write_inventory: Write
 
 
 def test_shipped_linux_server_profile(write_inventory: WriteInventory, tmp_path: Path) -> None:
-    path = write_inventory(
-        f"""
-        [costor]
-        profile_paths = ["{SHIPPED}"]
-
-        [clients.web1]
-        site = "hq"
-        pool = "main"
-        profiles = ["linux-server"]
-        paths = ["/"]
-        """
-    )
+    path = write_inventory(clients(SHIPPED_PATHS, profiled("web1", ["linux-server"], ["/"])))
     client = load_inventory(path).clients["web1"]
     assert client.one_file_system is True
     assert {"/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "*.swp"} <= set(client.exclude)
@@ -193,15 +172,7 @@ def test_shipped_profiles_are_found_without_a_profiles_directory(
     """An installed CoStor has linux-server, postgresql and mysql: searched after the
     inventory's own directories, with nothing copied next to the inventory."""
     assert SHIPPED_PROFILES.resolve() == SHIPPED.resolve()
-    path = write_inventory(
-        """
-        [clients.web1]
-        site = "hq"
-        pool = "main"
-        profiles = ["linux-server", "postgresql"]
-        paths = ["/"]
-        """
-    )
+    path = write_inventory(clients(profiled("web1", ["linux-server", "postgresql"], ["/"])))
     assert not (tmp_path / "profiles").exists()
     inventory, diagnostics = check_inventory(path)
     assert inventory is not None and diagnostics == []
@@ -214,13 +185,7 @@ def test_a_profile_of_the_same_name_replaces_the_shipped_one(
     write_inventory: WriteInventory,
 ) -> None:
     path = write_inventory(
-        """
-        [clients.web1]
-        site = "hq"
-        pool = "main"
-        profiles = ["linux-server"]
-        paths = ["/"]
-        """,
+        clients(profiled("web1", ["linux-server"], ["/"])),
         profiles={"linux-server": 'exclude = ["/mine"]\n'},
     )
     inventory, diagnostics = check_inventory(path)
@@ -232,15 +197,7 @@ def test_a_profile_of_the_same_name_replaces_the_shipped_one(
 def test_an_unknown_profile_names_where_it_was_looked_for(
     write_inventory: WriteInventory, tmp_path: Path
 ) -> None:
-    path = write_inventory(
-        """
-        [clients.web1]
-        site = "hq"
-        pool = "main"
-        profiles = ["nosuch"]
-        paths = ["/"]
-        """
-    )
+    path = write_inventory(clients(profiled("web1", ["nosuch"], ["/"])))
     _, diagnostics = check_inventory(path)
     assert [d.message for d in diagnostics] == [
         f"unknown profile 'nosuch' (no nosuch.toml in {tmp_path / 'profiles'}, nor among "
@@ -263,26 +220,15 @@ def test_shipped_profiles_compose(
 ) -> None:
     """docs/ssh.md recommends ``profiles = ["linux-server", DATABASE]``: both profiles'
     excludes apply, the database's hook runs, and the client adds its own."""
+    composed = ["linux-server", database]
     path = write_inventory(
-        f"""
-        [costor]
-        profile_paths = ["{SHIPPED}"]
-
-        [clients.db1]
-        site = "hq"
-        pool = "main"
-        profiles = ["linux-server", "{database}"]
-        paths = ["/etc"]
-        exclude = ["*.tmp"]
-        hooks = {{ before = ["sync"] }}
-
-        [clients.db2]
-        site = "hq"
-        pool = "main"
-        profiles = ["linux-server", "{database}"]
-        paths = ["/"]
-        exclude = ["!/var/tmp"]
-        """
+        clients(
+            SHIPPED_PATHS,
+            profiled(
+                "db1", composed, ["/etc"], 'exclude = ["*.tmp"]', 'hooks = { before = ["sync"] }'
+            ),
+            profiled("db2", composed, ["/"], 'exclude = ["!/var/tmp"]'),
+        )
     )
     inventory, diagnostics = check_inventory(path)
     assert inventory is not None and diagnostics == []
@@ -303,14 +249,7 @@ def test_errors_in_composed_arrays_point_at_the_entry_that_wrote_them(
     write_inventory: WriteInventory,
 ) -> None:
     path = write_inventory(
-        """
-        [clients.web1]
-        site = "hq"
-        pool = "main"
-        profiles = ["base", "web"]
-        paths = ["/srv"]
-        hooks = { before = ["true", ""] }
-        """,
+        clients(profiled("web1", ["base", "web"], ["/srv"], 'hooks = { before = ["true", ""] }')),
         profiles={
             "base": 'exclude = ["/proc", "/sys"]\nhooks = { before = ["sync"] }\n',
             "web": '# the web profile\nexclude = ["/var/www/cache", ""]\n',
@@ -327,14 +266,7 @@ def test_errors_in_composed_arrays_point_at_the_entry_that_wrote_them(
 
 def test_a_removal_that_removes_nothing_is_a_warning(write_inventory: WriteInventory) -> None:
     path = write_inventory(
-        """
-        [clients.web1]
-        site = "hq"
-        pool = "main"
-        profiles = ["base"]
-        paths = ["/srv"]
-        exclude = ["!/var/tmpp"]
-        """,
+        clients(profiled("web1", ["base"], ["/srv"], 'exclude = ["!/var/tmpp"]')),
         profiles={"base": 'exclude = ["/var/tmp"]\n'},
     )
     inventory, diagnostics = check_inventory(path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from support.fixtures import Site
-from support.inventory import write_local_inventory
+from support.inventory import local_pool, local_tables, site_table, write_tables
 
 from costor.errors import CostorError, UnknownResource
 from costor.ops.context import Context
@@ -31,11 +31,11 @@ def test_the_kinds_and_what_their_targets_name() -> None:
 
 
 def test_site_of_a_target(tmp_path: Path, source: Path) -> None:
-    inventory = write_local_inventory(
+    inventory = write_tables(
         tmp_path,
-        {"alpha": [source]},
-        extra_pool='\n[sites.dr]\n\n[pools.far]\nsite = "dr"\nbackend = "local"\n'
-        'path = "far"\npassphrase = { env = "COSTOR_TEST_PASSPHRASE" }\n',
+        *local_tables({"alpha": [source]}),
+        site_table("dr"),
+        local_pool("far", site="dr", path="far", pack_size_mib=None),
     )
     site = Site(tmp_path, inventory, tmp_path / "pool")
     assert site.cli("apply", "--auto-approve").code == 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from support.fixtures import Site
-from support.inventory import write_local_inventory
+from support.inventory import local_tables, site_table, write_tables
 
 from costor.errors import UnknownResource, UsageError
 from costor.ops.context import Context
@@ -30,8 +30,8 @@ def test_on_off_and_show(applied: Site) -> None:
 
 
 def test_several_sites_need_one_named(tmp_path: Path, source: Path) -> None:
-    inventory = write_local_inventory(
-        tmp_path, {"alpha": [source]}, extra_pool="\n[sites.dr]\nmaintenance = true\n"
+    inventory = write_tables(
+        tmp_path, *local_tables({"alpha": [source]}), site_table("dr", "maintenance = true")
     )
     site = Site(tmp_path, inventory, tmp_path / "pool")
     assert site.cli("apply", "--auto-approve").code == 0

@@ -1,12 +1,12 @@
 """The one builder of test inventories: the tables tests compose, and the writers.
 
 Every test writes its inventory through here. An inventory is text: the ``[costor]`` table
-(:func:`costor_table`), then site, pool and client tables joined by :func:`write`.
+(:func:`costor_table`), then site, pool and client tables joined by :func:`write_tables`.
 
 PostgreSQL runs (``COSTOR_TEST_DATABASE`` set; ``scripts/test.sh`` runs the whole suite a
 second time that way): every call of :func:`costor_table` creates a new, empty database.
 A test that rewrites an inventory must keep its ``[costor]`` table — so its state — and
-does so with :func:`rewrite` (or by editing the file's text), never by calling
+does so with :func:`rewrite_tables` (or by editing the file's text), never by calling
 :func:`costor_table` again.
 """
 
@@ -88,8 +88,9 @@ def toml_list(items: Iterable[object]) -> str:
     return "[" + ", ".join(json.dumps(str(item)) for item in items) + "]"
 
 
-def site_table(name: str = "hq") -> str:
-    return f"[sites.{name}]\n"
+def site_table(name: str = "hq", *extra: str) -> str:
+    """A site; ``extra``: lines of its table (``maintenance = true``)."""
+    return "\n".join([f"[sites.{name}]", *extra]) + "\n"
 
 
 def local_pool(
@@ -105,12 +106,22 @@ def local_pool(
         f"[pools.{name}]",
         f'site = "{site}"',
         'backend = "local"',
-        f'path = "{path}"',
-        f'passphrase = {{ env = "{passphrase_env}" }}',
+        f"path = {json.dumps(path)}",
+        f"passphrase = {env_secret(passphrase_env)}",
     ]
     if pack_size_mib is not None:
         lines.append(f"pack_size_mib = {pack_size_mib}")
     return "\n".join([*lines, *extra]) + "\n"
+
+
+def env_secret(name: str) -> str:
+    """A secret's TOML value read from the environment variable ``name``."""
+    return f'{{ env = "{name}" }}'
+
+
+def file_secret(name: str) -> str:
+    """A secret's TOML value read from the file ``name`` (next to the inventory)."""
+    return f'{{ file = "{name}" }}'
 
 
 def s3_pool(
@@ -120,12 +131,12 @@ def s3_pool(
     *extra: str,
     prefix: str | None = "costor",
     site: str = "hq",
-    access_env: str = "TEST_S3_ACCESS_KEY",
-    secret_env: str = "TEST_S3_SECRET_KEY",
+    access_key: str = env_secret("TEST_S3_ACCESS_KEY"),
+    secret_key: str = env_secret("TEST_S3_SECRET_KEY"),
     passphrase_env: str = PASSPHRASE_ENV,
 ) -> str:
-    """A ``backend = "s3"`` pool on a test S3 server (path-style, the servers' region);
-    credentials and passphrase from the environment; ``extra``: more lines of its table."""
+    """A ``backend = "s3"`` pool on a test S3 server (support/s3servers.py: path-style, its
+    region); ``prefix=None``: no prefix key; ``extra``: more lines of its table."""
     from support.s3servers import REGION
 
     lines = [
@@ -137,9 +148,9 @@ def s3_pool(
         f'endpoint = "{endpoint}"',
         f'region = "{REGION}"',
         "path_style = true",
-        f'access_key = {{ env = "{access_env}" }}',
-        f'secret_key = {{ env = "{secret_env}" }}',
-        f'passphrase = {{ env = "{passphrase_env}" }}',
+        f"access_key = {access_key}",
+        f"secret_key = {secret_key}",
+        f"passphrase = {env_secret(passphrase_env)}",
     ]
     return "\n".join([*lines, *extra]) + "\n"
 
@@ -151,13 +162,17 @@ def client_table(
     site: str = "hq",
     pool: str = "main",
     transport: str | None = "local",
+    profiles: Iterable[str] | None = None,
     connection: Iterable[str] = (),
 ) -> str:
-    """A client backing up ``paths``; ``connection``: lines before ``paths`` (how to reach
-    the host); ``extra``: more lines of its table."""
+    """A client backing up ``paths``; ``transport=None``: no transport key (the config
+    tests'); ``connection``: lines before ``paths`` (how to reach the host); ``extra``:
+    more lines of its table."""
     lines = [f"[clients.{name}]", f'site = "{site}"', f'pool = "{pool}"']
     if transport is not None:
         lines.append(f'transport = "{transport}"')
+    if profiles is not None:
+        lines.append(f"profiles = {toml_list(profiles)}")
     return "\n".join([*lines, *connection, f"paths = {toml_list(paths)}", *extra]) + "\n"
 
 
@@ -171,6 +186,7 @@ def ssh_client(
     port: int | None = None,
     ssh_extra: str = "",
     pool: str = "main",
+    profiles: Iterable[str] | None = None,
 ) -> str:
     """A client pulled over SSH from the test sshd (support/sshd.py) with its client key;
     ``ssh_extra``: more keys of the ``ssh`` table (``, sudo = true``)."""
@@ -179,7 +195,13 @@ def ssh_client(
         f'key = {{ file = "{sshd.client_key}" }}{ssh_extra} }}'
     )
     return client_table(
-        name, paths, *extra, pool=pool, transport="ssh", connection=[f'host = "{host}"', ssh]
+        name,
+        paths,
+        *extra,
+        pool=pool,
+        transport="ssh",
+        profiles=profiles,
+        connection=[f'host = "{host}"', ssh],
     )
 
 
@@ -196,7 +218,7 @@ def inventory_text(*tables: str, costor: str | None = None) -> str:
     return "\n".join(textwrap.dedent(part).strip("\n") + "\n" for part in parts)
 
 
-def write(root: Path, *tables: str, costor: str | None = None) -> Path:
+def write_tables(root: Path, *tables: str, costor: str | None = None) -> Path:
     """Write ``root/inventory.toml``: ``[costor]`` then ``tables``; returns its path."""
     inventory = root / "inventory.toml"
     inventory.write_text(inventory_text(*tables, costor=costor))
@@ -214,11 +236,28 @@ def costor_of(inventory: Path) -> str:
     return "\n".join(lines).strip("\n") + "\n"
 
 
-def rewrite(inventory: Path, *tables: str) -> Path:
+def rewrite_tables(inventory: Path, *tables: str) -> Path:
     """Write ``inventory`` again with other tables but the same ``[costor]`` table (so the
     same state database: see the module's note)."""
     inventory.write_text(inventory_text(*tables, costor=costor_of(inventory)))
     return inventory
+
+
+def local_tables(
+    clients: dict[str, list[Path]],
+    *,
+    extra_pool: str = "",
+    excludes: dict[str, list[str]] | None = None,
+) -> list[str]:
+    """The base site and pool (``extra_pool``: more lines for pool "main") and local
+    clients ``{name: paths}`` (``excludes``: ``{name: patterns}``)."""
+    tables = [site_table(), local_pool("main", textwrap.dedent(extra_pool).strip("\n"))]
+    for name, paths in clients.items():
+        extra = []
+        if excludes and name in excludes:
+            extra.append(f"exclude = {toml_list(excludes[name])}")
+        tables.append(client_table(name, paths, *extra))
+    return tables
 
 
 def write_local_inventory(
@@ -228,15 +267,15 @@ def write_local_inventory(
     extra_pool: str = "",
     excludes: dict[str, list[str]] | None = None,
 ) -> Path:
-    """The base site and pool (``extra_pool``: more lines for pool "main") and local
-    clients ``{name: paths}`` (``excludes``: ``{name: patterns}``)."""
-    tables = [site_table(), local_pool("main", textwrap.dedent(extra_pool).strip("\n"))]
-    for name, paths in clients.items():
-        extra = []
-        if excludes and name in excludes:
-            extra.append(f"exclude = {toml_list(excludes[name])}")
-        tables.append(client_table(name, paths, *extra))
-    return write(root, *tables)
+    """``root/inventory.toml``: a new ``[costor]`` table and :func:`local_tables`."""
+    return write_tables(root, *local_tables(clients, extra_pool=extra_pool, excludes=excludes))
+
+
+def cut_at(inventory: Path, table: str, then: str = "") -> None:
+    """Drop ``table`` (e.g. ``"[pools.main]"``) and everything after it, keeping the
+    ``[costor]`` table and the tables before; then append ``then``."""
+    text = inventory.read_text()
+    inventory.write_text(text[: text.index(table)] + then)
 
 
 # The config tests' base: site "hq" and pool "main", no [costor] table of their own.

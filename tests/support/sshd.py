@@ -22,8 +22,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from support.fixtures import Site
+from support.inventory import BASE_TABLES, ssh_client, write_tables
 
 SSHD = "/usr/sbin/sshd"
 USERS = ("root", "costortest", "nopython")
@@ -157,3 +161,45 @@ def remote_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# --- sites pulled from it -------------------------------------------------------------
+
+
+def ssh_site(root: Path, sshd: Sshd, clients: dict[str, dict[str, Any]]) -> Site:
+    """An inventory in ``root`` (the base site and pool) with clients pulled over SSH from
+    ``sshd``: ``{name: {"paths": [...], "user", "host", "port", "ssh_extra", "extra"}}``
+    (see :func:`support.inventory.ssh_client`; ``extra``: more lines of the client)."""
+    tables = [*BASE_TABLES]
+    for name, options in clients.items():
+        extra = [str(options["extra"])] if options.get("extra") else []
+        tables.append(
+            ssh_client(
+                name,
+                sshd,
+                options["paths"],
+                *extra,
+                user=options.get("user", "root"),
+                host=options.get("host", "127.0.0.1"),
+                port=options.get("port"),
+                ssh_extra=options.get("ssh_extra", ""),
+            )
+        )
+    return Site(root, write_tables(root, *tables), root / "pool")
+
+
+def make_tree(root: Path) -> Path:
+    """A small tree a remote user can read: text, binary (5 MiB), empty, a symbolic and a
+    hard link, a 0640 file."""
+    src = root / "src"
+    (src / "etc" / "deep").mkdir(parents=True)
+    (src / "etc" / "hosts").write_text("127.0.0.1 localhost\n" * 50)
+    (src / "etc" / "deep" / "big.bin").write_bytes(os.urandom(5 * 1024 * 1024 + 3))
+    (src / "etc" / "empty").write_bytes(b"")
+    (src / "link").symlink_to("etc/hosts")
+    os.link(src / "etc" / "hosts", src / "hardlink")
+    os.chmod(src / "etc" / "hosts", 0o640)
+    for path in [src, *src.rglob("*")]:
+        if not path.is_symlink() and path.is_dir():
+            path.chmod(0o755)
+    return src

@@ -7,8 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from support.fixtures import Site
-from support.sshd import Sshd, remote_dir, sshd  # noqa: F401  (fixtures)
-from test_ssh_pull import make_tree, ssh_site
+from support.sshd import Sshd, make_tree, remote_dir, ssh_site, sshd  # noqa: F401  (fixtures)
 
 
 def rename(site: Site, old: str, new: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from support.fixtures import Site
-from support.inventory import costor_table
+from support.inventory import local_pool, site_table, ssh_client, write_tables
 from support.sshd import Sshd, sshd  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,26 +21,11 @@ DUMPS = Path("/var/backups/costor")
 
 def profile_site(root: Path, sshd: Sshd, profile: str) -> Site:  # noqa: F811
     shutil.copytree(REPO / "profiles", root / "profiles")
-    (root / "inventory.toml").write_text(
-        costor_table()
-        + f"""
-[sites.hq]
-
-[pools.main]
-site = "hq"
-backend = "local"
-path = "pool"
-passphrase = {{ env = "COSTOR_TEST_PASSPHRASE" }}
-
-[clients.db]
-site = "hq"
-pool = "main"
-transport = "ssh"
-host = "127.0.0.1"
-ssh = {{ user = "root", port = {sshd.port}, key = {{ file = "{sshd.client_key}" }} }}
-profiles = ["linux-server", "{profile}"]
-paths = ["/etc/hostname"]
-"""
+    write_tables(
+        root,
+        site_table(),
+        local_pool(pack_size_mib=None),
+        ssh_client("db", sshd, ["/etc/hostname"], profiles=["linux-server", profile]),
     )
     return Site(root, root / "inventory.toml", root / "pool")
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from support.fixtures import Site
 from support.loopdev import loop_device  # noqa: F401  (fixture)
-from support.sshd import Sshd, remote_dir, sshd  # noqa: F401  (fixtures)
-from test_ssh_pull import ssh_site
+from support.sshd import Sshd, remote_dir, ssh_site, sshd  # noqa: F401  (fixtures)
 
 IMAGE = " (image backups are not available yet)"
 

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from support.fixtures import PASSPHRASE, Site, tree_digest
-from support.sshd import Sshd, remote_dir, sshd  # noqa: F401  (fixtures)
-from test_ssh_pull import ssh_site
+from support.sshd import Sshd, remote_dir, ssh_site, sshd  # noqa: F401  (fixtures)
 
 from costor.store.backends.local import LocalBackend
 from costor.store.index import BlobLocation

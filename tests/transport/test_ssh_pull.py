@@ -10,58 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fixtures import Site, tree_digest
-from support.inventory import costor_table
-from support.sshd import Sshd, remote_dir, sshd  # noqa: F401  (fixtures)
+from support.fixtures import tree_digest
+from support.sshd import Sshd, make_tree, remote_dir, ssh_site, sshd  # noqa: F401  (fixtures)
 
 MiB = 1024 * 1024
-
-
-def ssh_site(root: Path, sshd: Sshd, clients: dict[str, dict[str, object]]) -> Site:  # noqa: F811
-    lines = [
-        costor_table(),
-        "[sites.hq]",
-        "",
-        "[pools.main]",
-        'site = "hq"',
-        'backend = "local"',
-        'path = "pool"',
-        'passphrase = { env = "COSTOR_TEST_PASSPHRASE" }',
-        "pack_size_mib = 4",
-    ]
-    for name, options in clients.items():
-        user = options.get("user", "root")
-        extra = options.get("extra", "")
-        lines += [
-            "",
-            f"[clients.{name}]",
-            'site = "hq"',
-            'pool = "main"',
-            'transport = "ssh"',
-            f'host = "{options.get("host", "127.0.0.1")}"',
-            f'ssh = {{ user = "{user}", port = {options.get("port", sshd.port)}, '
-            f'key = {{ file = "{sshd.client_key}" }}{options.get("ssh_extra", "")} }}',
-            "paths = [" + ", ".join(json.dumps(str(p)) for p in options["paths"]) + "]",  # type: ignore[attr-defined]
-            str(extra),
-        ]
-    inventory = root / "inventory.toml"
-    inventory.write_text("\n".join(lines) + "\n")
-    return Site(root, inventory, root / "pool")
-
-
-def make_tree(root: Path) -> Path:
-    src = root / "src"
-    (src / "etc" / "deep").mkdir(parents=True)
-    (src / "etc" / "hosts").write_text("127.0.0.1 localhost\n" * 50)
-    (src / "etc" / "deep" / "big.bin").write_bytes(os.urandom(5 * MiB + 3))
-    (src / "etc" / "empty").write_bytes(b"")
-    (src / "link").symlink_to("etc/hosts")
-    os.link(src / "etc" / "hosts", src / "hardlink")
-    os.chmod(src / "etc" / "hosts", 0o640)
-    for path in [src, *src.rglob("*")]:
-        if not path.is_symlink() and path.is_dir():
-            path.chmod(0o755)
-    return src
 
 
 def test_first_backup_restores_identically(sshd: Sshd, remote_dir: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -250,7 +202,13 @@ def test_a_changed_host_key_is_refused_until_accepted(
         assert site.cli("apply", "--auto-approve").code == 1
         shown = site.cli("hostkey", "show", "web", "--json").json()
         assert shown["recorded"] != shown["presented"]
-        accepted = site.cli("hostkey", "accept", "web", "--json")
+        wrong = site.cli("hostkey", "accept", "web", "--fingerprint", shown["recorded"])
+        assert wrong.code == 1, wrong.stderr
+        assert f"not {shown['recorded']} as expected: nothing was recorded" in wrong.stderr
+        assert site.cli("hostkey", "show", "web", "--json").json()["recorded"] == shown["recorded"]
+        accepted = site.cli(
+            "hostkey", "accept", "web", "--json", "--fingerprint", shown["presented"]
+        )
         assert accepted.code == 0, accepted.stderr
         assert accepted.json()["fingerprint"] == shown["presented"]
         assert site.cli("backup", "web").code == 0

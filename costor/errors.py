@@ -185,6 +185,16 @@ class DataCorruption(PoolError):
     http_status = 500
 
 
+class ObjectTruncated(BackendError, DataCorruption):
+    """Damaged object {name}: it holds fewer bytes than were read from it ({got} of {length} at offset {offset}); it was truncated"""
+
+    # Objects are immutable and their ranges come from the pool's own index: a short
+    # read is damage (exit 3, as any other), not a failure of the storage to answer. A
+    # BackendError still (what a backend raises), and a DataCorruption (what it means).
+    exit_code = 3
+    http_status = 500
+
+
 class SnapshotNotFound(PoolError):
     """No snapshot matches {ref!r}."""
 
@@ -311,3 +321,31 @@ class HostKeyChanged(RemoteError):
 
 class HookFailed(BackupError):
     """Backup of {client} failed: {phase} hook `{command}` exited with {rc}: {stderr}"""
+
+
+class PoolParametersTampered(PoolError):
+    """Pool {location}: {reason}: refusing to open it. Restore costor-pool.json from a copy of the pool (`costor pool copy`) or a backup of that file; if it was changed on purpose, put back the values the pool was created with (docs/format.md, "Parameter tag")."""
+
+    exit_code = 3
+    http_status = 500
+
+
+class KeySlotUnsafe(PoolError):
+    """Pool {location}: key slot {slot} asks for {what}, over the cap of {cap}: it was not tried (damaged, or planted by someone who can write the storage), and no other key slot opens with this passphrase. Remove it with `costor pool remove-key`."""
+
+    exit_code = 3
+    http_status = 500
+
+
+class RestoreRefused(RestoreError):
+    """Refused {count} entr(ies) of snapshot {snapshot} that could leave the restore target or clash with an entry restored before them (first: {first}); the rest was {done}. The snapshot was made from a hostile or broken host: see docs/restore.md, "Restoring untrusted snapshots"."""
+
+    http_status = 422
+
+
+class HostProtocolError(RemoteError):
+    """host {host} sent {what}: refused"""
+
+
+class HostTimedOut(RemoteError):
+    """host {host} sent nothing for {seconds} s: {doing} (it may be hung; raise ssh.io_timeout_s if it is only slow)"""

@@ -11,7 +11,7 @@ Contract (every implementation passes ``tests/store/backends/test_contract.py``)
   backends may overwrite or keep the old object.
 * **get / get_range** raise :class:`costor.errors.ObjectNotFound` for a missing object.
   ``get_range`` returns exactly ``length`` bytes or raises ``BackendError`` (a short read
-  is an error, never silently fewer bytes).
+  is :class:`costor.errors.ObjectTruncated`, damage: never silently fewer bytes).
 * **list(prefix)** yields every object whose name starts with ``prefix`` with its size,
   in no particular order. An object whose ``put`` completed before ``list`` began is
   included.

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
-from costor.errors import BackendError, ObjectNotFound, StorageFull
+from costor.errors import BackendError, ObjectNotFound, ObjectTruncated, StorageFull
 from costor.store.backends.base import ObjectInfo, validate_name
 
 _TMP_MARK = ".tmp-"
@@ -80,9 +80,7 @@ class LocalBackend:
         except OSError as error:
             raise BackendError(name=name, reason=str(error)) from error
         if len(data) != length:
-            raise BackendError(
-                name=name, reason=f"short read: {len(data)} of {length} bytes at {offset}"
-            )
+            raise ObjectTruncated(name=name, got=len(data), length=length, offset=offset)
         return data
 
     def _open_cached(self, name: str) -> io.FileIO:

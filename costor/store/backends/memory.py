@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from costor.errors import BackendError, ObjectNotFound
+from costor.errors import ObjectNotFound, ObjectTruncated
 from costor.store.backends.base import ObjectInfo, validate_name
 
 
@@ -29,7 +29,7 @@ class MemoryBackend:
     def get_range(self, name: str, offset: int, length: int) -> bytes:
         data = self.get(name)[offset : offset + length]
         if len(data) != length:
-            raise BackendError(name=name, reason=f"short read: {len(data)} of {length} bytes")
+            raise ObjectTruncated(name=name, got=len(data), length=length, offset=offset)
         return data
 
     def exists(self, name: str) -> bool:

@@ -78,6 +78,7 @@ from costor.errors import (
     BackendTransient,
     CostorError,
     ObjectNotFound,
+    ObjectTruncated,
     StorageFull,
 )
 from costor.store.backends.base import ObjectInfo, validate_name
@@ -422,9 +423,7 @@ class S3Backend:
         elif len(data) > length:
             data = data[offset : offset + length]  # the server ignored Range
         if len(data) != length:
-            raise BackendError(
-                name=name, reason=f"short read: {len(data)} of {length} bytes at {offset}"
-            )
+            raise ObjectTruncated(name=name, got=len(data), length=length, offset=offset)
         return data
 
     def exists(self, name: str) -> bool:

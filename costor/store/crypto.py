@@ -21,7 +21,7 @@ import base64
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import blake3
@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from costor.errors import PoolError, WrongPassphrase
+from costor.errors import KeySlotUnsafe, PoolError, WrongPassphrase
 from costor.util import hashthreads
 from costor.util.argon2 import LOCK
 
@@ -46,6 +46,17 @@ ARGON2_PARAMS = {"iterations": 3, "lanes": 4, "memory_cost_kib": 65536}
 # scrypt: the parameters restic uses (N=2^15… restic uses 2^15 to 2^16, r=8, p=1).
 SCRYPT_PARAMS = {"n": 1 << 15, "r": 8, "p": 1}
 
+# Caps on the KDF parameters a key slot read from the pool may ask for, checked before
+# any derivation: whoever can write the storage can plant a slot, and a slot asking for
+# 16 GiB of memory or a billion passes must not take the server down. Far above what
+# CoStor writes (64 MiB, t=3, p=4; scrypt 32 MiB), so slots tuned up by hand still open.
+KDF_MEMORY_CAP = 1 << 30  # bytes, argon2id and scrypt alike
+ARGON2_ITERATIONS_CAP = 64
+ARGON2_LANES_CAP = 16
+SCRYPT_N_CAP = 1 << 20
+SCRYPT_R_CAP = 32
+SCRYPT_P_CAP = 16
+
 
 class AuthenticationFailed(Exception):
     """An AEAD tag did not verify: wrong key or damaged bytes."""
@@ -53,27 +64,42 @@ class AuthenticationFailed(Exception):
 
 @dataclass(frozen=True)
 class MasterKey:
+    """The pool's keys. ``params_bound`` (stored inside the wrapped, authenticated
+    plaintext of a key slot): the pool's identity file carries a parameter tag, so an
+    identity without one is a rollback, not an old pool (costor/store/pool_params.py).
+    ``with_passphrase`` is not stored: whether the slot that gave this key was opened
+    with a non-empty passphrase (an unencrypted pool's slot opens with the empty one)."""
+
     encryption_key: bytes
     id_key: bytes
     chunker_seed: int
+    params_bound: bool = False
+    with_passphrase: bool = field(default=False, compare=False)
 
     @classmethod
     def generate(cls) -> MasterKey:
-        return cls(os.urandom(32), os.urandom(32), int.from_bytes(os.urandom(8), "little") >> 1)
+        seed = int.from_bytes(os.urandom(8), "little") >> 1
+        return cls(os.urandom(32), os.urandom(32), seed, params_bound=True)
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "encryption_key": _b64(self.encryption_key),
-                "id_key": _b64(self.id_key),
-                "chunker_seed": self.chunker_seed,
-            }
-        ).encode()
+        doc: dict[str, Any] = {
+            "encryption_key": _b64(self.encryption_key),
+            "id_key": _b64(self.id_key),
+            "chunker_seed": self.chunker_seed,
+        }
+        if self.params_bound:
+            doc["params_bound"] = True
+        return json.dumps(doc).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> MasterKey:
         raw = json.loads(data)
-        return cls(_unb64(raw["encryption_key"]), _unb64(raw["id_key"]), int(raw["chunker_seed"]))
+        return cls(
+            _unb64(raw["encryption_key"]),
+            _unb64(raw["id_key"]),
+            int(raw["chunker_seed"]),
+            params_bound=raw.get("params_bound") is True,
+        )
 
     def derive(self, purpose: bytes) -> bytes:
         """A 32-byte key for one purpose, from the id key (HKDF-SHA256): a key given out
@@ -138,8 +164,39 @@ def object_hash(data: bytes | bytearray | memoryview) -> str:
 # --- key slots -----------------------------------------------------------------------
 
 
+def kdf_over_cap(kdf: str, params: Any) -> tuple[str, str] | None:
+    """What a slot's KDF parameters ask for beyond the caps, as (what, cap), or None.
+    Parameters that are not positive integers raise ValueError (an unparseable slot)."""
+    names = {"argon2id": ("iterations", "lanes", "memory_cost_kib"), "scrypt": ("n", "r", "p")}
+    if kdf not in names:
+        return None  # an unknown KDF is refused by _derive without deriving anything
+    if not isinstance(params, dict) or not all(
+        type(params.get(name)) is int and params[name] > 0 for name in names[kdf]
+    ):
+        raise ValueError("key slot KDF parameters are not positive integers")
+    if kdf == "argon2id":
+        limits = {
+            "memory (bytes)": (params["memory_cost_kib"] * 1024, KDF_MEMORY_CAP),
+            "iterations": (params["iterations"], ARGON2_ITERATIONS_CAP),
+            "lanes": (params["lanes"], ARGON2_LANES_CAP),
+        }
+    else:
+        limits = {
+            "memory (bytes)": (128 * params["n"] * params["r"], KDF_MEMORY_CAP),
+            "n": (params["n"], SCRYPT_N_CAP),
+            "r": (params["r"], SCRYPT_R_CAP),
+            "p": (params["p"], SCRYPT_P_CAP),
+        }
+    for name, (value, cap) in limits.items():
+        if value > cap:
+            return (f"{kdf} {name} {value}", str(cap))
+    return None
+
+
 def _derive(passphrase: str, kdf: str, salt: bytes, params: dict[str, int]) -> bytes:
     secret = passphrase.encode()
+    if kdf_over_cap(kdf, params) is not None:
+        raise PoolError(message="key slot KDF parameters over the cap")  # checked before
     if kdf == "argon2id":
         with LOCK:  # concurrent argon2 derivations deadlock (costor/util/argon2.py)
             return Argon2id(
@@ -160,11 +217,17 @@ LABEL_MAX = 200  # characters of a key slot's label
 
 
 def make_key_slot(
-    master: MasterKey, passphrase: str, kdf: str, pool_uuid: str, label: str = ""
+    master: MasterKey,
+    passphrase: str,
+    kdf: str,
+    pool_uuid: str,
+    label: str = "",
+    created: str | None = None,
 ) -> bytes:
     """A key slot file: the master key wrapped by a passphrase-derived key. The pool UUID
     is associated data, so a slot cannot be moved to another pool. ``label`` is a plain,
-    unauthenticated note for people (who holds the passphrase): never a secret."""
+    unauthenticated note for people (who holds the passphrase): never a secret.
+    ``created``: kept when a slot is rewritten (default: now)."""
     if kdf not in KDFS:
         raise PoolError(message=f"unknown key derivation function {kdf!r}")
     check_label(label)
@@ -180,7 +243,7 @@ def make_key_slot(
         "salt": _b64(salt),
         "wrap": "aes-256-gcm",
         "wrapped_master_key": _b64(wrapped),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "label": label,
     }
     return json.dumps(slot, indent=2).encode()
@@ -225,9 +288,21 @@ class KeySlotInfo:
             return cls(id=slot_id, created=None, kdf="?", label="", readable=False)
 
 
+class SlotOverCap(Exception):
+    """A key slot's KDF parameters are over the caps: it was not tried."""
+
+    def __init__(self, what: str, cap: str) -> None:
+        super().__init__(f"{what} (cap {cap})")
+        self.what, self.cap = what, cap
+
+
 def open_key_slot(slot_bytes: bytes, passphrase: str, pool_uuid: str) -> MasterKey:
-    """Unwrap one slot; raises :class:`AuthenticationFailed` for a wrong passphrase."""
+    """Unwrap one slot; raises :class:`AuthenticationFailed` for a wrong passphrase and
+    :class:`SlotOverCap` (before deriving anything) for KDF parameters over the caps."""
     slot: dict[str, Any] = json.loads(slot_bytes)
+    over = kdf_over_cap(slot["kdf"], slot["params"])
+    if over is not None:
+        raise SlotOverCap(*over)
     wrapping_key = _derive(passphrase, slot["kdf"], _unb64(slot["salt"]), slot["params"])
     wrapped = _unb64(slot["wrapped_master_key"])
     try:
@@ -236,14 +311,30 @@ def open_key_slot(slot_bytes: bytes, passphrase: str, pool_uuid: str) -> MasterK
         )
     except InvalidTag as error:
         raise AuthenticationFailed("wrong passphrase") from error
-    return MasterKey.from_json(plain)
+    return replace(MasterKey.from_json(plain), with_passphrase=bool(passphrase))
+
+
+def rewrap_key_slot(slot_bytes: bytes, master: MasterKey, passphrase: str, pool_uuid: str) -> bytes:
+    """The same slot (KDF, label, creation time) wrapping ``master`` anew: how a pool
+    upgrade marks the key of an existing slot as bound to the parameter tag."""
+    slot: dict[str, Any] = json.loads(slot_bytes)
+    label = slot.get("label")
+    created = slot.get("created")
+    return make_key_slot(
+        master,
+        passphrase,
+        slot["kdf"] if slot.get("kdf") in KDFS else "argon2id",
+        pool_uuid,
+        label if isinstance(label, str) else "",
+        created if isinstance(created, str) and created else None,
+    )
 
 
 def slot_opens(slot_bytes: bytes, passphrase: str, pool_uuid: str) -> bool:
     """Whether ``passphrase`` opens this slot (an unreadable slot opens with none)."""
     try:
         open_key_slot(slot_bytes, passphrase, pool_uuid)
-    except (AuthenticationFailed, ValueError, KeyError, TypeError, PoolError):
+    except (AuthenticationFailed, SlotOverCap, ValueError, KeyError, TypeError, PoolError):
         return False
     return True
 
@@ -253,12 +344,22 @@ def unlock(
 ) -> MasterKey:
     """Try each key slot in turn; the first that opens gives the master key. A slot that
     cannot be parsed (damaged, or not a slot) is passed over: it must not lock out the
-    passphrases of the others."""
-    for _name, slot_bytes in slots:
+    passphrases of the others. So is a slot whose KDF parameters are over the caps (no
+    derivation runs for it); if no other slot opens, that is reported as damage
+    (:class:`KeySlotUnsafe`), not as a wrong passphrase."""
+    over_cap: tuple[str, SlotOverCap] | None = None
+    for name, slot_bytes in slots:
         try:
             return open_key_slot(slot_bytes, passphrase, pool_uuid)
+        except SlotOverCap as error:
+            over_cap = over_cap or (name, error)
         except (AuthenticationFailed, ValueError, KeyError, TypeError, PoolError):
             continue
+    if over_cap is not None:
+        slot_name, over = over_cap
+        raise KeySlotUnsafe(
+            location=location, slot=slot_name.rsplit("/", 1)[-1], what=over.what, cap=over.cap
+        )
     raise WrongPassphrase(location=location)
 
 

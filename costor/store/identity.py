@@ -2,6 +2,10 @@
 format version, UUID, cipher, chunker and pack parameters; reading it is the
 connectivity check) and the key slots (``keys/``), each wrapping the master key for one
 passphrase. :class:`costor.store.pool.Pool` opens a pool with them.
+
+From format version 2 the identity file carries ``params_tag``, an HMAC of everything
+else in it under a key derived from the master key: it is read here, and checked once
+the key is known (costor/store/pool_params.py).
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from costor.store.backends.base import Backend
 
 IDENTITY_NAME = "costor-pool.json"
 KEYS_PREFIX = "keys/"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+# 1: no parameter tag (read, with a warning, until `costor pool upgrade`); 2: tagged.
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+ID_HASH = "blake3-keyed-256"
+OBJECT_HASH = "blake3-256"
 
 # FastCDC 2020 as in pyfastcdc: the real average is avg_size + min_size (cut-point
 # skipping, FastCDC paper §3.4), so 512 KiB + 512 KiB gives the ~1 MiB average that
@@ -47,6 +54,7 @@ class PoolIdentity:
     chunker: dict[str, Any]
     pack_size: int
     created: str
+    params_tag: str | None = None  # hex HMAC-SHA256 (pool_params.py); None before v2
 
     @classmethod
     def from_bytes(cls, data: bytes, location: str) -> PoolIdentity:
@@ -59,6 +67,13 @@ class PoolIdentity:
                 raise PoolFormatUnsupported(
                     location=location, version=version, supported=SUPPORTED_VERSIONS
                 )
+            if doc.get("id_hash", ID_HASH) != ID_HASH or doc.get("object_hash", OBJECT_HASH) != (
+                OBJECT_HASH
+            ):
+                raise ValueError("unknown id_hash or object_hash")
+            tag = doc.get("params_tag")
+            if tag is not None and not isinstance(tag, str):
+                raise ValueError("params_tag is not a string")
             return cls(
                 uuid=doc["uuid"],
                 version=version,
@@ -67,25 +82,36 @@ class PoolIdentity:
                 chunker=doc["chunker"],
                 pack_size=int(doc["pack_size"]),
                 created=doc.get("created", ""),
+                params_tag=tag,
             )
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise PoolError(
                 message=f"identity file at {location} is unreadable: {error}"
             ) from error
 
-    def to_bytes(self) -> bytes:
-        doc = {
+    def _doc(self) -> dict[str, Any]:
+        return {
             "format": "costor-pool",
             "version": self.version,
             "uuid": self.uuid,
             "created": self.created,
             "encryption": self.encryption,
-            "id_hash": "blake3-keyed-256",
-            "object_hash": "blake3-256",
+            "id_hash": ID_HASH,
+            "object_hash": OBJECT_HASH,
             "compression": self.compression,
             "chunker": self.chunker,
             "pack_size": self.pack_size,
         }
+
+    def authenticated_bytes(self) -> bytes:
+        """What the parameter tag covers: every field but the tag, as canonical JSON
+        (sorted keys, no whitespace, ASCII)."""
+        return json.dumps(self._doc(), sort_keys=True, separators=(",", ":")).encode()
+
+    def to_bytes(self) -> bytes:
+        doc = self._doc()
+        if self.params_tag is not None:
+            doc["params_tag"] = self.params_tag
         return (json.dumps(doc, indent=2) + "\n").encode()
 
 

@@ -37,7 +37,7 @@ from costor.errors import (
     PoolMismatch,
     SnapshotNotFound,
 )
-from costor.store import crypto
+from costor.store import crypto, pool_params
 from costor.store.backends.base import Backend
 from costor.store.gc.condemned import CondemnedPack, read_condemned
 from costor.store.gc.leases import Lease
@@ -155,6 +155,8 @@ class ReadWindows:
 
 class Pool:
     def __init__(self, backend: Backend, identity: PoolIdentity, master: crypto.MasterKey) -> None:
+        # The parameters below are used only once their tag is checked (pool_params.py).
+        pool_params.verify(identity, master, backend.location)
         self.backend = backend
         self.identity = identity
         self.master = master
@@ -210,6 +212,7 @@ class Pool:
         chunker = dict(DEFAULT_CHUNKER)
         if chunk_avg:
             chunker.update(avg_size=chunk_avg // 2, min_size=chunk_avg // 2, max_size=chunk_avg * 8)
+        master = crypto.MasterKey.generate()
         identity = PoolIdentity(
             uuid=str(uuid.uuid4()),
             version=FORMAT_VERSION,
@@ -223,7 +226,7 @@ class Pool:
             pack_size=pack_size,
             created=_now(),
         )
-        master = crypto.MasterKey.generate()
+        identity = pool_params.bind(identity, master)
         pool = cls(backend, identity, master)
         # Key slot first, identity last: a pool without an identity file is "not there",
         # so an init killed half-way can simply be run again.

@@ -293,6 +293,12 @@ class ApplyCancelled(CostorError):
 # plan error), whatever its flags: a blocked plan is never 0 (ok) or 2 (changes present).
 PLAN_BLOCKED_EXIT = 4
 
+# ``costor backup`` exits with this when the snapshot was stored but some files could
+# not be read (each is named among the warnings; the snapshot holds the rest): a
+# script must not take an incomplete backup for a complete one (restic exits 3 here;
+# CoStor's 3 means damage).
+BACKUP_INCOMPLETE_EXIT = 5
+
 
 # --- remote hosts --------------------------------------------------------------------
 

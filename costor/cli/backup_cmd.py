@@ -14,7 +14,7 @@ from typing import Any
 from costor.cli.common import add_inventory_option, add_json_option, context
 from costor.cli.output import human_bytes, print_json, terminal_text
 from costor.cli.progress import BarProgress, make_progress
-from costor.errors import UsageError
+from costor.errors import BACKUP_INCOMPLETE_EXIT, UsageError
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
     document = outcome.to_json()
     if args.json:
         print_json(document)
-        return 0
-    print(_summary(args.client, outcome, document))
-    _print_problems(outcome)
-    return 0
+    else:
+        print(_summary(args.client, outcome, document))
+        _print_problems(outcome)
+    return BACKUP_INCOMPLETE_EXIT if outcome.incomplete else 0
 
 
 def _run_all(ctx: Any, args: argparse.Namespace) -> int:
@@ -85,7 +85,10 @@ def _run_all(ctx: Any, args: argparse.Namespace) -> int:
                 print(_summary(name, result, result.to_json()))
                 _print_problems(result, name)
         print(f"{len(results) - len(failed)} of {len(results)} client(s) backed up")
-    return 1 if failed else 0
+    if failed:
+        return 1
+    incomplete = any(not isinstance(r, Exception) and r.incomplete for r in results.values())
+    return BACKUP_INCOMPLETE_EXIT if incomplete else 0
 
 
 def _summary(name: str, outcome: Any, document: dict[str, Any]) -> str:

@@ -34,6 +34,13 @@ class BackupOutcome:
             self.errors = [e for e in self.errors if e.get("severity") != "warning"]
             self.warnings += [e["error"] for e in marked]
 
+    @property
+    def incomplete(self) -> bool:
+        """Some files or directories could not be read: the snapshot holds the rest."""
+        return bool(self.snapshot.counters.get("files_failed", 0)) or any(
+            error.get("path") for error in self.errors
+        )
+
     def to_json(self) -> dict[str, Any]:
         counters = self.snapshot.counters
         return {
@@ -51,6 +58,7 @@ class BackupOutcome:
                 {k: hook[k] for k in ("phase", "command", "rc", "duration_s")}
                 for hook in self.hooks
             ],
+            "complete": not self.incomplete,
             "errors": self.errors,
             "warnings": self.warnings,
         }

@@ -1,4 +1,4 @@
-"""costor pool …: pool maintenance (reindex, key slots, copies)."""
+"""costor pool …: pool maintenance (reindex, key slots, copies, format upgrade)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="also remove the only slot the inventory's passphrase opens",
     )
+    upgrade = actions.add_parser(
+        "upgrade",
+        help="bind the pool's parameters to its key (pools made before format version 2)",
+        description="Writes the tag that authenticates costor-pool.json (cipher, chunker, "
+        "compression, pack size) under the pool's key, and re-wraps the key slots the "
+        "inventory's passphrase opens. Until then an old pool opens with a warning. Make "
+        "sure costor-pool.json is the pool's own first: the tag blesses what it says. "
+        "Running it again changes nothing.",
+    )
+    add_inventory_option(upgrade)
+    add_json_option(upgrade)
+    upgrade.add_argument("pool", metavar="POOL", help="a declared pool's name")
     copy = actions.add_parser(
         "copy",
         help="copy a whole pool (as stored, still encrypted) to another place; incremental",
@@ -95,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         return _copy(args)
     if args.pool_action in ("keys", "add-key", "remove-key"):
         return _keys(args)
+    if args.pool_action == "upgrade":
+        return _upgrade(args)
     ctx = context(args)
     from costor.ops.maintenance.check import reindex_pool
 
@@ -155,6 +169,32 @@ def _keys(args: argparse.Namespace) -> int:
         print(
             f"  the inventory's passphrase no longer opens pool {args.pool}: set "
             f"pools.{args.pool}.passphrase to a remaining slot's passphrase"
+        )
+    return 0
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    from costor.ops.maintenance.pool_upgrade import upgrade_pool
+
+    outcome = upgrade_pool(context(args), args.pool)
+    if args.json:
+        print_json(outcome.to_json())
+        return 0
+    result = outcome.result
+    if result.tagged:
+        print(
+            f"pool {args.pool}: upgraded from format version {result.from_version} to "
+            f"{result.to_version}: its parameters are now bound to its key"
+        )
+    else:
+        print(f"pool {args.pool}: already at format version {result.to_version}, parameters tagged")
+    if result.slots_rebound:
+        print(f"  {result.slots_rebound} key slot(s) re-wrapped")
+    if result.slots_other:
+        print(
+            f"  {result.slots_other} key slot(s) of other passphrases left as they are: run "
+            "`costor pool upgrade` with the inventory's passphrase set to each of them in "
+            "turn to re-wrap them too"
         )
     return 0
 

@@ -35,6 +35,12 @@ is given (the finished archive is linked into place, which fails if the name was
 meanwhile). ``selection`` (``--include``/``--exclude``) keeps some entries and the
 directories leading to them, as a directory restore does; :func:`plan_archive` counts
 (and lists) what an archive would hold without writing one.
+
+Member names are made only of checked names (``archive_entries.py``): never ``..``,
+never absolute. An entry whose name could leave its directory, or repeats a name of its
+directory, is refused as in a directory restore: reported, left out, and once the rest
+is written (and a file archive given its name) the run fails with
+:class:`~costor.errors.RestoreRefused`.
 """
 
 from __future__ import annotations
@@ -48,12 +54,18 @@ import time
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, BinaryIO, cast
 
 import zstandard
 
-from costor.errors import ArchiveExists, PathNotInSnapshot, RestoreError, UsageError
+from costor.errors import (
+    ArchiveExists,
+    PathNotInSnapshot,
+    RestoreError,
+    RestoreRefused,
+    UsageError,
+)
 from costor.store.pool import Pool
 from costor.store.progress import Progress
 from costor.store.restore.archive_entries import (
@@ -63,7 +75,8 @@ from costor.store.restore.archive_entries import (
     archive_entries,
     size_mismatch,
 )
-from costor.store.restore.directory import Selection
+from costor.store.restore.confined import REFUSED, Refusal
+from costor.store.restore.selection import Selection
 from costor.store.snapshot import Snapshot
 from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
 
@@ -91,6 +104,27 @@ class ArchiveResult:
     skipped: int = 0  # entries the format cannot hold
     archive_bytes: int = 0  # size of the archive itself
     entries: list[dict[str, object]] | None = None  # plan_archive(list_entries=True)
+    refused: list[dict[str, str]] = field(default_factory=list)  # unsafe names, left out
+
+    def raise_refused(self, snapshot: Snapshot, done: str) -> None:
+        """Entries were refused (see ``confined.py``): the run fails, once the rest is
+        done."""
+        if self.refused:
+            first = self.refused[0]
+            raise RestoreRefused(
+                count=len(self.refused),
+                snapshot=snapshot.id[:12],
+                first=f"{first['path']}: {first['reason']}",
+                done=done,
+                refused=self.refused,
+            )
+
+    def refuse(self, entry: Entry, progress: Progress | None) -> None:
+        shown = _entry_path(entry)
+        assert entry.problem is not None
+        if progress is not None:
+            progress.warning(shown, f"refused: {entry.problem}; not archived")
+        self.refused.append(Refusal(shown, entry.node.type, entry.problem).to_json())
 
 
 def write_archive(
@@ -122,7 +156,9 @@ def write_archive(
         if destination != "-":
             if not force and os.path.lexists(destination):
                 raise ArchiveExists(path=destination)
-            return _write_to_file(writer, destination, force=force)
+            result = _write_to_file(writer, destination, force=force)
+            result.raise_refused(snapshot, "archived")
+            return result
         stream = sys.stdout.buffer
     else:
         stream = destination
@@ -133,6 +169,7 @@ def write_archive(
         stream.flush()
     except OSError as error:
         raise RestoreError(reason=f"writing the archive: {error.strerror or error}") from error
+    result.raise_refused(snapshot, "archived")
     return result
 
 
@@ -159,26 +196,38 @@ def plan_archive(
     for entry in archive_entries(
         pool, node, hardlinks=chosen != "zip", select=_selecting(selection, path)
     ):
-        kind = entry.node.type
-        if kind not in kinds:
-            result.skipped += 1
-        elif kind == DIR:
+        _plan_entry(result, entry, kinds)
+    result.raise_refused(snapshot, "counted (dry run)")
+    return result
+
+
+def _plan_entry(result: ArchiveResult, entry: Entry, kinds: tuple[str, ...]) -> None:
+    kind = entry.node.type
+    if entry.problem is not None:
+        result.refuse(entry, None)
+        action = REFUSED
+    elif kind not in kinds:
+        result.skipped += 1
+        action = "not-archivable"
+    else:
+        action = "archive"
+        if kind == DIR:
             result.dirs += 1
         elif kind == FILE:
             result.files += 1
             result.bytes_written += entry.node.size if entry.reads_content else 0
-        if result.entries is not None:
-            result.entries.append(
-                {
-                    "path": os.fsdecode(entry.name)
-                    .encode("utf-8", "surrogateescape")
-                    .decode("utf-8", "backslashreplace"),
-                    "type": kind,
-                    "size": entry.node.size,
-                    "action": "archive" if kind in kinds else "not-archivable",
-                }
-            )
-    return result
+    if result.entries is not None:
+        result.entries.append(
+            {"path": _entry_path(entry), "type": kind, "size": entry.node.size, "action": action}
+        )
+
+
+def _entry_path(entry: Entry) -> str:
+    return (
+        os.fsdecode(entry.name)
+        .encode("utf-8", "surrogateescape")
+        .decode("utf-8", "backslashreplace")
+    )
 
 
 def _selecting(selection: Selection | None, path: str) -> tuple[Selection, bytes] | None:
@@ -342,7 +391,7 @@ class _ArchiveWriter:
             for entry in archive_entries(
                 self.pool, self.node, hardlinks=self._hardlinks, select=self.select
             ):
-                if entry.node.type == FILE:
+                if entry.node.type == FILE and entry.problem is None:
                     total_files += 1
                     total_bytes += entry.node.size if entry.reads_content else 0
             self.progress.set_total(total_files, total_bytes)
@@ -410,6 +459,9 @@ class _ArchiveWriter:
 
     def _add_tar_entries(self, tar: tarfile.TarFile, blobs: ReadAhead) -> None:
         for entry in blobs:
+            if entry.problem is not None:
+                self.result.refuse(entry, self.progress)
+                continue
             info = self._tarinfo(entry)
             if info is None:
                 continue
@@ -482,6 +534,9 @@ class _ArchiveWriter:
         try:
             for entry in blobs:
                 node = entry.node
+                if entry.problem is not None:
+                    self.result.refuse(entry, self.progress)
+                    continue
                 if node.type not in (DIR, FILE, SYMLINK):
                     self._skip(entry, f"a {node.type} cannot be stored in a zip archive")
                     continue

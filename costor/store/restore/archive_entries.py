@@ -1,6 +1,11 @@
 """What goes into an archive, in order: the entries of a snapshot's subtree, depth first
 and lazily (hard links noticed, a selection applied), and the content of their files
-read a few blobs ahead of the writer, in the same order (:class:`ReadAhead`)."""
+read a few blobs ahead of the writer, in the same order (:class:`ReadAhead`).
+
+Names are checked component by component (``confined.walk_checked``): a member name is
+made only of names that are not empty, ``.`` or ``..`` and hold no ``/`` or NUL, each
+the first of its name in its directory. An entry that fails is given with its
+``problem``: the writers refuse it (report it, write nothing of it)."""
 
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ from dataclasses import dataclass
 from costor.errors import DataCorruption
 from costor.store.pool import Pool
 from costor.store.progress import Progress
-from costor.store.restore.directory import Selection
+from costor.store.restore.confined import shown_path, walk_checked
+from costor.store.restore.selection import Selection
 from costor.store.tree import DIR, FILE, Node
 
 
@@ -22,10 +28,11 @@ class Entry:
     name: bytes  # path in the archive
     node: Node
     link_to: bytes | None = None  # an earlier name of the same inode (tar hard link)
+    problem: str | None = None  # why it is refused (its name), or None
 
     @property
     def reads_content(self) -> bool:
-        return self.node.type == FILE and self.link_to is None
+        return self.node.type == FILE and self.link_to is None and self.problem is None
 
 
 def archive_entries(
@@ -36,15 +43,16 @@ def archive_entries(
     select: tuple[Selection, bytes] | None = None,
 ) -> Iterator[Entry]:
     """The selected node's entries in archive order, depth first, lazily."""
-    items: Iterator[tuple[bytes, Node]]
-    if node.name == b"":  # "/": the whole snapshot, no entry for the root itself
-        items = pool.walk(node.subtree) if node.subtree is not None else iter(())
-    else:
-        items = _under(pool, node)
+    items: Iterator[tuple[bytes, Node, str | None]] = (
+        (shown_path(parts), item, problem) for parts, item, problem in walk_checked(pool, node)
+    )
     if select is not None:
         items = _select(items, *select)
     first_names: dict[tuple[int, int], tuple[bytes, Node]] = {}
-    for name, item in items:
+    for name, item, problem in items:
+        if problem is not None:
+            yield Entry(name, item, problem=problem)
+            continue
         link_to = None
         if hardlinks and item.type == FILE and item.links > 1 and item.inode:
             key = (item.device, item.inode)
@@ -58,27 +66,20 @@ def archive_entries(
 
 
 def _select(
-    items: Iterator[tuple[bytes, Node]], selection: Selection, where: bytes
-) -> Iterator[tuple[bytes, Node]]:
+    items: Iterator[tuple[bytes, Node, str | None]], selection: Selection, where: bytes
+) -> Iterator[tuple[bytes, Node, str | None]]:
     """The entries ``selection`` keeps, each preceded by those of its directories not
     yet given (held back until something in them is kept), still lazily."""
-    pending: list[tuple[bytes, Node]] = []  # directories walked into, not yet given
-    for name, item in items:
+    pending: list[tuple[bytes, Node, str | None]] = []  # walked into, not yet given
+    for name, item, problem in items:
         while pending and not name.startswith(pending[-1][0] + b"/"):
             pending.pop()
         if selection.selected(where + b"/" + name):
             yield from pending
             pending.clear()
-            yield name, item
-        elif item.type == DIR:
-            pending.append((name, item))
-
-
-def _under(pool: Pool, node: Node) -> Iterator[tuple[bytes, Node]]:
-    yield node.name, node
-    if node.type == DIR and node.subtree is not None:
-        for relative, item in pool.walk(node.subtree):
-            yield node.name + b"/" + relative, item
+            yield name, item, problem
+        elif item.type == DIR and problem is None:
+            pending.append((name, item, problem))
 
 
 class ReadAhead:

@@ -1,5 +1,15 @@
 """Restore a snapshot (or a path in it) into a directory, with full metadata.
 
+Whatever a snapshot holds, the restore stays inside its target (see
+``store/restore/confined.py``): every entry is placed from its checked name, relative
+to its parent directory's open descriptor, never through a symbolic link; an entry
+whose name could leave its directory (empty, ``.``, ``..``, with ``/`` or NUL) or
+repeats a name already restored in its directory (a symlink ``x`` then a directory
+``x``) is refused: reported, not written, and the restore goes on with the rest, then
+fails (:class:`~costor.errors.RestoreRefused`). Outside a system restore (the target is
+not ``/`` and ``faithful`` is not given) setuid/setgid bits are cleared, device nodes
+and fifos are not made, and ``security.*``/``trusted.*`` xattrs are left out.
+
 Files are written by a thread pool (blob reads, decryption and decompression release
 the GIL). A blob that fails to verify fails the restore loudly and removes the file
 being written, so wrong bytes are never left under the real name; an existing file is
@@ -35,12 +45,10 @@ writes nothing.
 
 from __future__ import annotations
 
-import errno
-import fnmatch
 import os
 import stat
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,15 +57,34 @@ from costor.errors import (
     DataCorruption,
     PathNotInSnapshot,
     RestoreError,
-    RestoreTargetNotDirectory,
+    RestoreRefused,
     UsageError,
 )
 from costor.store.pool import Pool
 from costor.store.progress import Progress
+from costor.store.restore.confined import (
+    CREATE_FLAGS,
+    READ_FLAGS,
+    REFUSED,
+    Parts,
+    Policy,
+    Refusal,
+    close_fd,
+    lstat_at,
+    make_special_at,
+    open_dir,
+    open_parts,
+    open_target,
+    prepare_target,
+    remove_at,
+    set_metadata_at,
+    set_metadata_fd,
+    walk_checked,
+    write_sparse,
+)
+from costor.store.restore.selection import Selection
 from costor.store.snapshot import Snapshot
 from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
-
-_ZEROS = bytes(8 * 1024 * 1024)
 
 OVERWRITE_MODES = ("always", "if-changed", "if-newer", "never")
 DEFAULT_OVERWRITE = "always"  # restic's default since 0.17
@@ -68,55 +95,12 @@ OVERWRITE = "overwrite"  # something was there: replaced
 UNCHANGED = "unchanged"  # already held the snapshot's content: metadata set again
 NOT_OVERWRITTEN = "not-overwritten"  # something else was there, kept (--overwrite)
 NOT_RESTORABLE = "not-restorable"  # a socket; a device node without root
+# REFUSED (confined.py): its name could leave the target or repeats one; not written
 
-
-class Selection:
-    """restic-like ``--include``/``--exclude`` on paths inside the snapshot.
-
-    A pattern is cut at ``/`` into components, each matched with shell wildcards
-    (``*``, ``?``, ``[...]``, which never match ``/``); ``**`` matches any number of
-    components. A pattern starting with ``/`` is anchored at the snapshot's root; any
-    other matches at any depth (``*.log`` is ``/**/*.log``). A pattern that matches a
-    directory matches everything in it. An entry is selected when no exclude matches
-    it and, if there are includes, one of them does; the directories leading to a
-    selected entry are restored too.
-    """
-
-    def __init__(self, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> None:
-        self.include = [self._parse(p) for p in include]
-        self.exclude = [self._parse(p) for p in exclude]
-
-    @property
-    def everything(self) -> bool:
-        return not self.include and not self.exclude
-
-    @staticmethod
-    def _parse(pattern: str) -> list[bytes]:
-        raw = os.fsencode(pattern)
-        parts = [part for part in raw.split(b"/") if part]
-        if not parts:
-            raise UsageError(message=f"empty pattern {pattern!r}")
-        return parts if raw.startswith(b"/") else [b"**", *parts]
-
-    def selected(self, path: bytes) -> bool:
-        """``path``: absolute, inside the snapshot (``b"/srv/www/index.html"``)."""
-        parts = [part for part in path.split(b"/") if part]
-        if any(_matches(pattern, parts) for pattern in self.exclude):
-            return False
-        return not self.include or any(_matches(pattern, parts) for pattern in self.include)
-
-
-def _matches(pattern: Sequence[bytes], parts: Sequence[bytes]) -> bool:
-    """Does ``pattern`` match ``parts`` or a directory above it (a prefix of it)?"""
-
-    def match(i: int, j: int) -> bool:
-        if i == len(pattern):
-            return True  # the pattern matched parts[:j]: parts is that or inside it
-        if pattern[i] == b"**":
-            return any(match(i + 1, k) for k in range(j, len(parts) + 1))
-        return j < len(parts) and fnmatch.fnmatchcase(parts[j], pattern[i]) and match(i + 1, j + 1)
-
-    return match(0, 0)
+# One selected entry: its components under the target, the node, its path inside the
+# snapshot, and why it is refused (None: it is not).
+Item = tuple[Parts, Node, bytes, str | None]
+IN_FLIGHT_PER_WORKER = 8  # files submitted ahead of the writers (each holds a descriptor)
 
 
 @dataclass
@@ -133,12 +117,55 @@ class RestoreResult:
     files_unchanged: int = 0
     files_not_overwritten: int = 0
     entries: list[dict[str, Any]] | None = None  # with list_entries: each file's action
+    refused: list[dict[str, str]] = field(default_factory=list)  # unsafe names, not written
     _order: list[int] = field(default_factory=list, repr=False)
 
     @property
     def files_skipped(self) -> int:
         """Entries that existed and were left as they were (unchanged or kept)."""
         return self.files_unchanged + self.files_not_overwritten
+
+
+class _Walk:
+    """The state of one restore's walk: the open directories leading to the current
+    entry (each a descriptor, None in a dry run where the directory does not exist),
+    what is left to do at the end, and the work handed to the writers."""
+
+    def __init__(self, root_fd: int | None, executor: ThreadPoolExecutor, in_flight: int):
+        self.root_fd = root_fd
+        self.stack: list[tuple[Parts, int | None]] = [((), root_fd)]
+        self.directories: list[tuple[Parts, Node]] = []  # their metadata, at the end
+        self.hardlinks: dict[tuple[int, int], tuple[Parts, Future[str]]] = {}
+        self.futures: list[Future[Any]] = []
+        self.blocked: list[Parts] = []  # dirs whose content is left out (see module doc)
+        self._executor = executor
+        self._slots = threading.BoundedSemaphore(in_flight)
+
+    def parent(self, parts: Parts) -> int | None:
+        """The descriptor of the directory holding ``parts`` (closing those left)."""
+        while len(self.stack) > 1 and self.stack[-1][0] != parts[:-1]:
+            close_fd(self.stack.pop()[1])
+        if self.stack[-1][0] != parts[:-1]:
+            raise RuntimeError("restore walk lost its place")  # a bug, never the data
+        return self.stack[-1][1]
+
+    def push(self, parts: Parts, fd: int | None) -> None:
+        self.stack.append((parts, fd))
+
+    def is_blocked(self, parts: Parts) -> bool:
+        return any(parts[: len(b)] == b for b in self.blocked)
+
+    def submit(self, job: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run ``job`` on a writer; at most ``in_flight`` wait or run at once."""
+        self._slots.acquire()
+        future = self._executor.submit(job, *args)
+        future.add_done_callback(lambda _done: self._slots.release())
+        self.futures.append(future)
+        return future
+
+    def close(self) -> None:
+        while len(self.stack) > 1:
+            close_fd(self.stack.pop()[1])
 
 
 class Restorer:
@@ -152,7 +179,11 @@ class Restorer:
         selection: Selection | None = None,
         dry_run: bool = False,
         list_entries: bool = False,
+        faithful: bool | None = None,
     ):
+        """``faithful``: recreate setuid/setgid bits, device nodes, fifos and
+        ``security.*``/``trusted.*`` xattrs as the snapshot holds them; None (the
+        default): only when the target is ``/``."""
         if overwrite not in OVERWRITE_MODES:
             raise UsageError(
                 message=f"unknown overwrite mode {overwrite!r}; "
@@ -164,133 +195,166 @@ class Restorer:
         self.overwrite = overwrite
         self.selection = selection or Selection()
         self.dry_run = dry_run
+        self.faithful = faithful
+        self.policy = Policy(bool(faithful))
         self.result = RestoreResult(entries=[] if list_entries else None)
         self._lock = threading.Lock()
         self._is_root = os.geteuid() == 0
+        self._target = b""
+        self._root_fd: int | None = None
 
     def restore(self, snapshot: Snapshot, target: str, path: str = "/") -> RestoreResult:
         node = self.pool.find_node(bytes.fromhex(snapshot.tree), path)
         if node is None:
             raise PathNotInSnapshot(path=path, snapshot=snapshot.id[:12])
-        target_bytes = os.fsencode(os.path.abspath(target))
-        _prepare_target(target_bytes, create=not self.dry_run)
+        self._target = target_bytes = os.fsencode(os.path.abspath(target))
+        prepare_target(target_bytes, create=not self.dry_run)
+        faithful = self.faithful
+        if faithful is None:
+            faithful = os.path.realpath(target_bytes) == b"/"
+        self.policy = Policy(faithful)
         # The path inside the snapshot of the selected node ("" for the root).
         where = b"/".join(part for part in os.fsencode(path).split(b"/") if part and part != b".")
         where = b"/" + where if where else b""
         items = self._selected(node, where)
         total_files = total_bytes = 0
-        for _r, n, _s in items:
-            if n.type == FILE:
+        for _p, n, _s, problem in items:
+            if n.type == FILE and problem is None:
                 total_files += 1
                 total_bytes += n.size
         self.progress.set_total(total_files, total_bytes)
+        self._root_fd = open_target(target_bytes)
         try:
-            self._restore_items(node, target_bytes, items)
+            self._restore_items(items)
         except OSError as error:
             name = os.fsdecode(error.filename) if error.filename else "the target"
             raise RestoreError(reason=f"{name}: {error.strerror or error}") from error
+        finally:
+            close_fd(self._root_fd)
+            self._root_fd = None
+        self._finish(snapshot)
+        return self.result
+
+    def _finish(self, snapshot: Snapshot) -> None:
         if self.result.entries is not None:  # in walk order (workers finish in any)
             pairs = sorted(zip(self.result._order, self.result.entries, strict=True), key=_first)
             self.result.entries = [entry for _number, entry in pairs]
+        summary = self.policy.summary()
+        if summary is not None:
+            self.progress.warning(os.fsdecode(self._target), summary)
         self.progress.close()
-        return self.result
+        refused = self.result.refused
+        if refused:
+            raise RestoreRefused(
+                count=len(refused),
+                snapshot=snapshot.id[:12],
+                first=f"{refused[0]['path']}: {refused[0]['reason']}",
+                done="counted (dry run)" if self.dry_run else "restored",
+                refused=refused,
+            )
 
-    def _selected(self, node: Node, where: bytes) -> list[tuple[bytes, Node, bytes]]:
-        """(path relative to the restored node, node, path inside the snapshot), in walk
-        order: the entries the selection keeps, and the directories leading to them."""
-        items = [(b"", node)] if node.type != DIR else [(b"", node), *self._iter(node)]
-        if node.name == b"":
-            items = items[1:]  # the root is the target itself
-        listed = [
-            (relative, item, where + b"/" + relative if relative else where)
-            for relative, item in items
-        ]
+    def _selected(self, node: Node, where: bytes) -> list[Item]:
+        """The entries the selection keeps, and the directories leading to them, in
+        walk order (the root itself is the target, not an entry)."""
+        listed: list[Item] = []
+        for parts, item, problem in walk_checked(self.pool, node):
+            inside = parts[1:] if node.name else parts
+            snap_path = where + b"/" + b"/".join(inside) if inside else where
+            listed.append((parts, item, snap_path, problem))
         if self.selection.everything:
             return listed
-        chosen = [self.selection.selected(snap_path) for _r, _n, snap_path in listed]
-        needed: set[bytes] = set()
-        for (relative, _n, _s), keep in zip(listed, chosen, strict=True):
+        chosen = [self.selection.selected(entry[2]) for entry in listed]
+        needed: set[Parts] = set()
+        for entry, keep in zip(listed, chosen, strict=True):
             if keep:
-                parent = relative
-                while parent:
-                    parent = parent.rpartition(b"/")[0]
-                    needed.add(parent)
+                needed.update(entry[0][:end] for end in range(1, len(entry[0])))
         return [
             entry
             for entry, keep in zip(listed, chosen, strict=True)
             if keep or (entry[1].type == DIR and entry[0] in needed)
         ]
 
-    def _restore_items(
-        self, node: Node, target_bytes: bytes, items: list[tuple[bytes, Node, bytes]]
-    ) -> None:
-        directories: list[tuple[bytes, Node]] = []
-        hardlinks: dict[tuple[int, int], tuple[bytes, Future[str]]] = {}
-        futures: list[Future[Any]] = []
-        blocked: list[bytes] = []  # relative dirs whose content is left out (see module doc)
-        base = target_bytes if node.name == b"" else os.path.join(target_bytes, node.name)
+    def _restore_items(self, items: list[Item]) -> None:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="restore") as executor:
-            for number, (relative, item, snap_path) in enumerate(items):
-                destination = os.path.join(base, relative) if relative else base
-                if blocked and any(relative.startswith(b + b"/") for b in blocked):
-                    if item.type != DIR:
-                        self._count(number, snap_path, item, NOT_OVERWRITTEN)
-                    continue
-                if item.type == DIR:
-                    state = self._directory(destination)
-                    if state == "blocked":
-                        blocked.append(relative)
-                        continue
-                    self.result.dirs += 1
-                    if state == "made" or self.overwrite in ("always", "if-changed"):
-                        directories.append((destination, item))
-                    continue
-                if item.type == FILE:
-                    key = (item.device, item.inode)
-                    first = hardlinks.get(key) if item.links > 1 else None
-                    if first is not None:
-                        futures.append(
-                            executor.submit(
-                                self._link_after, *first, destination, item, number, snap_path
-                            )
-                        )
-                        continue
-                    future = executor.submit(self._file, destination, item, number, snap_path)
-                    futures.append(future)
-                    if item.links > 1:
-                        hardlinks[key] = (destination, future)
-                else:
-                    self._special(destination, item, number, snap_path)
-            errors = []
-            for waited in futures:
+            walk = _Walk(self._root_fd, executor, self.workers * IN_FLIGHT_PER_WORKER)
+            try:
+                for number, item in enumerate(items):
+                    self._place(walk, number, item)
+            finally:
+                walk.close()
+            _raise_first(walk.futures)
+        if not self.dry_run and self._root_fd is not None:
+            for parts, node in sorted(walk.directories, key=_depth, reverse=True):
+                fd = open_parts(self._root_fd, parts)
                 try:
-                    waited.result()
-                except Exception as error:  # collect, then raise the first
-                    errors.append(error)
-            if errors:
-                first_error = errors[0]
-                if isinstance(first_error, DataCorruption | RestoreError):
-                    raise first_error
-                raise RestoreError(reason=str(first_error)) from first_error
-        if not self.dry_run:
-            for destination, item in sorted(
-                directories, key=lambda d: d[0].count(b"/"), reverse=True
-            ):
-                self._apply_metadata(destination, item)
+                    self._set_metadata_fd(fd, node, parts)
+                finally:
+                    os.close(fd)
 
-    def _iter(self, node: Node) -> list[tuple[bytes, Node]]:
-        if node.type != DIR or node.subtree is None:
-            return []
-        return list(self.pool.walk(node.subtree))
+    def _place(self, walk: _Walk, number: int, item: Item) -> None:
+        parts, node, snap_path, problem = item
+        if problem is not None:
+            self._refuse(number, snap_path, node, problem)
+        elif walk.is_blocked(parts):
+            if node.type != DIR:
+                self._count(number, snap_path, node, NOT_OVERWRITTEN)
+        elif node.type == DIR:
+            self._enter(walk, parts, node)
+        elif node.type == FILE:
+            self._submit_file(walk, number, parts, node, snap_path)
+        else:
+            self._special(walk.parent(parts), parts, node, number, snap_path)
+
+    def _enter(self, walk: _Walk, parts: Parts, node: Node) -> None:
+        state, fd = self._directory(walk.parent(parts), parts)
+        if state == "blocked":
+            walk.blocked.append(parts)
+            return
+        self.result.dirs += 1
+        walk.push(parts, fd)
+        if state == "made" or self.overwrite in ("always", "if-changed"):
+            walk.directories.append((parts, node))
+
+    def _submit_file(
+        self, walk: _Walk, number: int, parts: Parts, node: Node, snap_path: bytes
+    ) -> None:
+        parent = walk.parent(parts)
+        fd = os.dup(parent) if parent is not None else None  # the job closes it
+        key = (node.device, node.inode)
+        first = walk.hardlinks.get(key) if node.links > 1 else None
+        if first is not None:
+            walk.submit(self._job, self._link_after, fd, parts, node, number, snap_path, first)
+            return
+        future = walk.submit(self._job, self._file, fd, parts, node, number, snap_path)
+        if node.links > 1:
+            walk.hardlinks[key] = (parts, future)
+
+    def _job(
+        self,
+        action: Callable[..., str | None],
+        fd: int | None,
+        parts: Parts,
+        *args: Any,
+    ) -> str | None:
+        """Run ``action`` on a writer; it owns ``fd`` and closes it when done."""
+        try:
+            return action(fd, parts, *args)
+        except OSError as error:
+            raise RestoreError(reason=f"{self._shown(parts)}: {error.strerror or error}") from error
+        finally:
+            close_fd(fd)
+
+    def _shown(self, parts: Parts) -> str:
+        return os.fsdecode(os.path.join(self._target, *parts))
 
     # --- deciding -------------------------------------------------------------------
 
-    def _decide(self, destination: bytes, node: Node) -> str:
-        """What to do with a file or special entry at ``destination``."""
-        try:
-            st = os.lstat(destination)
-        except FileNotFoundError:
+    def _decide(self, dir_fd: int | None, name: bytes, node: Node) -> str:
+        """What to do with a file or special entry ``name`` in ``dir_fd``."""
+        st = lstat_at(dir_fd, name) if dir_fd is not None else None
+        if st is None:
             return NEW
+        assert dir_fd is not None
         if self.overwrite == "never":
             return NOT_OVERWRITTEN
         if self.overwrite == "if-newer":
@@ -298,9 +362,10 @@ class Restorer:
         if node.type == FILE and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
             if self.overwrite == "if-changed" and st.st_mtime_ns == node.mtime_ns:
                 return UNCHANGED
-            return UNCHANGED if self._same_content(destination, node) else OVERWRITE
+            return UNCHANGED if self._same_content(dir_fd, name, node) else OVERWRITE
         if node.type == SYMLINK and stat.S_ISLNK(st.st_mode):
-            return UNCHANGED if os.readlink(destination) == (node.target or b"") else OVERWRITE
+            same = os.readlink(name, dir_fd=dir_fd) == (node.target or b"")
+            return UNCHANGED if same else OVERWRITE
         if node.type == FIFO and stat.S_ISFIFO(st.st_mode):
             return UNCHANGED
         if node.type in (CHARDEV, BLOCKDEV) and st.st_rdev == node.rdev:
@@ -308,11 +373,11 @@ class Restorer:
             return UNCHANGED if kind(st.st_mode) else OVERWRITE
         return OVERWRITE
 
-    def _same_content(self, destination: bytes, node: Node) -> bool:
+    def _same_content(self, dir_fd: int, name: bytes, node: Node) -> bool:
         """Does the file hold the snapshot's content? Each chunk of it is hashed with
         the pool's key and compared with the blob's id; nothing is read from the pool."""
         try:
-            fd = os.open(destination, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
         except OSError:
             return False  # unreadable (mode 000 as a user): replace it
         try:
@@ -345,7 +410,7 @@ class Restorer:
                 result.files_unchanged += 1
             elif action == NOT_OVERWRITTEN:
                 result.files_not_overwritten += 1
-            else:
+            elif action != REFUSED:
                 result.skipped += 1
             if result.entries is not None:
                 result.entries.append(
@@ -358,257 +423,260 @@ class Restorer:
                 )
                 result._order.append(number)
 
+    def _refuse(self, number: int, snap_path: bytes, node: Node, reason: str) -> None:
+        """An entry whose name is unsafe: reported, counted as refused, never written."""
+        shown = snap_path.decode("utf-8", "backslashreplace") or "/"
+        self.progress.warning(shown, f"refused: {reason}; not restored")
+        self.result.refused.append(Refusal(shown, node.type, reason).to_json())
+        self._count(number, snap_path, node, REFUSED)
+
     # --- doing ----------------------------------------------------------------------
 
-    def _directory(self, destination: bytes) -> str:
+    def _directory(self, parent_fd: int | None, parts: Parts) -> tuple[str, int | None]:
         """Make the directory (``made``), or find it there (``exists``: its metadata is
         set again only when entries may be replaced); ``blocked`` when something else is
-        there and the overwrite mode keeps it (its content is then left out)."""
-        try:
-            st = os.lstat(destination)
-        except FileNotFoundError:
-            if not self.dry_run:
-                os.mkdir(destination, 0o700)  # its mode is set once its content is in
-            return "made"
-        if stat.S_ISDIR(st.st_mode):
-            return "exists"
-        if self.overwrite in ("never", "if-newer"):
+        there and the overwrite mode keeps it (its content is then left out). With it,
+        the directory's descriptor (None in a dry run, where it is not made)."""
+        name = parts[-1]
+        st = lstat_at(parent_fd, name) if parent_fd is not None else None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            assert parent_fd is not None
+            return "exists", open_dir(parent_fd, name)
+        if st is not None and self.overwrite in ("never", "if-newer"):
             self.progress.warning(
-                os.fsdecode(destination),
+                self._shown(parts),
                 f"exists and is not a directory; kept (--overwrite {self.overwrite}), "
                 "so what the snapshot holds in it is not restored",
             )
-            return "blocked"
-        if not self.dry_run:
-            os.unlink(destination)  # a file or a symbolic link (never followed)
-            os.mkdir(destination, 0o700)
-        return "made"
+            return "blocked", None
+        if self.dry_run:
+            return "made", None
+        assert parent_fd is not None
+        if st is not None:
+            os.unlink(name, dir_fd=parent_fd)  # a file or a symbolic link (never followed)
+        os.mkdir(name, 0o700, dir_fd=parent_fd)  # its mode is set once its content is in
+        return "made", open_dir(parent_fd, name)
 
-    def _file(self, destination: bytes, node: Node, number: int, snap_path: bytes) -> str:
-        action = self._decide(destination, node)
+    def _file(
+        self, dir_fd: int | None, parts: Parts, node: Node, number: int, snap_path: bytes
+    ) -> str:
+        name = parts[-1]
+        action = self._decide(dir_fd, name, node)
         writes = action in (NEW, OVERWRITE)
         if writes and not self.dry_run:
-            written = self._write_file(destination, node)
+            assert dir_fd is not None
+            written = self._write_file(dir_fd, parts, node)
         else:
             written = node.size if writes else 0
             if action == UNCHANGED and not self.dry_run:
-                self._refresh_metadata(destination, node)
+                assert dir_fd is not None
+                self._refresh_metadata(dir_fd, parts, node)
             self.progress.advance(size=node.size, files=1)
         self._count(number, snap_path, node, action, written)
         return action
 
     def _link_after(
         self,
-        first: bytes,
-        written: Future[str],
-        destination: bytes,
+        dir_fd: int | None,
+        parts: Parts,
         node: Node,
         number: int,
         snap_path: bytes,
+        first: tuple[Parts, Future[str]],
     ) -> None:
         # The first name of a hard-link group must be complete before we link to it. It
         # was submitted earlier, so it is running or done: waiting cannot deadlock.
+        first_parts, written = first
         first_action = written.result()
         if first_action == NOT_OVERWRITTEN:
             # The first name keeps other content: this one gets the snapshot's own.
-            self._file(destination, node, number, snap_path)
+            self._file(dir_fd, parts, node, number, snap_path)
             return
-        try:
-            st = os.lstat(destination)
-        except FileNotFoundError:
-            action = NEW
-        else:
-            if self.overwrite == "never":
-                action = NOT_OVERWRITTEN
-            elif self.overwrite == "if-newer":
-                action = OVERWRITE if node.mtime_ns > st.st_mtime_ns else NOT_OVERWRITTEN
-            elif first_action in (NEW, OVERWRITE):
-                action = OVERWRITE  # the first name is new: nothing can be linked to it yet
-            else:
-                # Unchanged only if already a name of the first one's inode: a copy with
-                # the same content would lose the link.
-                try:
-                    same = os.path.samestat(st, os.lstat(first))
-                except FileNotFoundError:
-                    same = False
-                action = UNCHANGED if same else OVERWRITE
+        name = parts[-1]
+        action = self._decide_link(dir_fd, name, node, first_parts, first_action)
         if action in (NEW, OVERWRITE) and not self.dry_run:
-            _remove_existing(destination)
-            os.link(first, destination)
+            assert dir_fd is not None and self._root_fd is not None
+            remove_at(dir_fd, name, self._shown(parts))
+            first_dir = open_parts(self._root_fd, first_parts[:-1])
+            try:
+                os.link(
+                    first_parts[-1],
+                    name,
+                    src_dir_fd=first_dir,
+                    dst_dir_fd=dir_fd,
+                    follow_symlinks=False,
+                )
+            finally:
+                os.close(first_dir)
         self._count(number, snap_path, node, action)
 
-    def _special(self, destination: bytes, node: Node, number: int, snap_path: bytes) -> None:
+    def _decide_link(
+        self, dir_fd: int | None, name: bytes, node: Node, first_parts: Parts, first_action: str
+    ) -> str:
+        st = lstat_at(dir_fd, name) if dir_fd is not None else None
+        if st is None:
+            return NEW
+        if self.overwrite == "never":
+            return NOT_OVERWRITTEN
+        if self.overwrite == "if-newer":
+            return OVERWRITE if node.mtime_ns > st.st_mtime_ns else NOT_OVERWRITTEN
+        if first_action in (NEW, OVERWRITE) or self._root_fd is None:
+            return OVERWRITE  # the first name is new: nothing can be linked to it yet
+        # Unchanged only if already a name of the first one's inode: a copy with the
+        # same content would lose the link.
+        try:
+            first_dir = open_parts(self._root_fd, first_parts[:-1])
+        except OSError:
+            return OVERWRITE
+        try:
+            first_st = lstat_at(first_dir, first_parts[-1])
+        finally:
+            os.close(first_dir)
+        same = first_st is not None and os.path.samestat(st, first_st)
+        return UNCHANGED if same else OVERWRITE
+
+    def _special(
+        self, dir_fd: int | None, parts: Parts, node: Node, number: int, snap_path: bytes
+    ) -> None:
         if node.type == SOCKET:
             # Sockets belong to a running process; not restorable.
             self._count(number, snap_path, node, NOT_RESTORABLE)
             return
-        action = self._decide(destination, node)
+        why_not = self.policy.refuses(node)
+        if why_not is not None:
+            self.progress.warning(self._shown(parts), why_not)
+            self._count(number, snap_path, node, NOT_RESTORABLE)
+            return
+        action = self._decide(dir_fd, parts[-1], node)
         if action in (NEW, OVERWRITE) and not self.dry_run:
-            if not self._make_special(destination, node):
+            assert dir_fd is not None
+            if not self._make_special(dir_fd, parts, node):
                 action = NOT_RESTORABLE
         elif action == UNCHANGED and not self.dry_run:
-            self._apply_metadata(destination, node)
+            assert dir_fd is not None
+            self._set_metadata_at(dir_fd, parts, node)
         self._count(number, snap_path, node, action)
 
-    def _write_file(self, destination: bytes, node: Node) -> int:
+    def _write_file(self, dir_fd: int, parts: Parts, node: Node) -> int:
         # A new name is written in place (O_EXCL proves nothing was there). An existing
         # file is replaced through a temporary name and rename(), so it stays whole
         # until the new content has verified. Either way, a blob that fails to verify
         # removes what was written: never wrong bytes under the real name. (In-place
-        # writing saves the rename, ~8% of a many-small-files restore.)
+        # writing saves the rename, ~8% of a many-small-files restore.) Both are
+        # created in the directory's descriptor, O_NOFOLLOW: never through a link.
+        name = parts[-1]
         try:
-            fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            written_name = destination
+            fd = os.open(name, CREATE_FLAGS, 0o600, dir_fd=dir_fd)
+            written_name = name
         except FileExistsError:
-            written_name = destination + b".costor-restore"
-            fd = os.open(written_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            written_name = name + b".costor-restore"
+            remove_at(dir_fd, written_name, self._shown(parts))  # left by a killed run
+            fd = os.open(written_name, CREATE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
-            position = 0
-            written_to = 0
-            for blob in node.content:
-                data = self.pool.read_blob(blob)
-                end = _write_sparse(fd, data, position)
-                position += len(data)
-                written_to = end or written_to
-                self.progress.advance(size=len(data))
-            if written_to != position:
-                os.ftruncate(fd, position)  # the file ends in a hole
+            position = self._write_content(fd, node)
             # Metadata through the open descriptor: no path lookups, and the times are
             # set last so nothing after them touches the file.
-            self._apply_metadata(fd, node, destination)
+            self._set_metadata_fd(fd, node, parts)
         except BaseException:
             os.close(fd)
-            os.unlink(written_name)
+            os.unlink(written_name, dir_fd=dir_fd)
             raise
         os.close(fd)
-        if written_name != destination:
+        if written_name != name:
             try:
-                os.rename(written_name, destination)
-            except IsADirectoryError as error:
-                os.unlink(written_name)
-                raise RestoreError(
-                    reason=f"{os.fsdecode(destination)} exists and is a directory"
-                ) from error
+                os.rename(written_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except OSError as error:
+                os.unlink(written_name, dir_fd=dir_fd)
+                if isinstance(error, IsADirectoryError):
+                    raise RestoreError(
+                        reason=f"{self._shown(parts)} exists and is a directory"
+                    ) from error
+                raise
         self.progress.advance(files=1)
         return position
 
-    def _refresh_metadata(self, destination: bytes, node: Node) -> None:
+    def _write_content(self, fd: int, node: Node) -> int:
+        position = 0
+        written_to = 0
+        for blob in node.content:
+            data = self.pool.read_blob(blob)
+            end = write_sparse(fd, data, position)
+            position += len(data)
+            written_to = end or written_to
+            self.progress.advance(size=len(data))
+        if written_to != position:
+            os.ftruncate(fd, position)  # the file ends in a hole
+        return position
+
+    def _refresh_metadata(self, dir_fd: int, parts: Parts, node: Node) -> None:
         """An unchanged file's owner, mode, xattrs and times, set again through a
         descriptor opened without following links."""
         try:
-            fd = os.open(destination, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(parts[-1], READ_FLAGS, dir_fd=dir_fd)
         except OSError as error:
-            self.progress.warning(os.fsdecode(destination), f"metadata: {error.strerror}")
+            self.progress.warning(self._shown(parts), f"metadata: {error.strerror}")
             return
         try:
-            self._apply_metadata(fd, node, destination)
+            self._set_metadata_fd(fd, node, parts)
         finally:
             os.close(fd)
 
-    def _make_special(self, destination: bytes, node: Node) -> bool:
+    def _make_special(self, dir_fd: int, parts: Parts, node: Node) -> bool:
         """False when the entry cannot be made here (a device node without root)."""
-        _remove_existing(destination)
-        if node.type == SYMLINK:
-            os.symlink(node.target or b"", destination)
-        elif node.type == FIFO:
-            os.mkfifo(destination, 0o600)
-        elif node.type in (CHARDEV, BLOCKDEV):
-            kind = stat.S_IFCHR if node.type == CHARDEV else stat.S_IFBLK
-            try:
-                os.mknod(destination, 0o600 | kind, node.rdev)
-            except PermissionError:
-                self.progress.warning(os.fsdecode(destination), "device nodes need root; skipped")
-                return False
-        self._apply_metadata(destination, node)
+        remove_at(dir_fd, parts[-1], self._shown(parts))
+        try:
+            make_special_at(dir_fd, parts[-1], node)
+        except PermissionError:
+            if node.type not in (CHARDEV, BLOCKDEV):
+                raise
+            self.progress.warning(self._shown(parts), "device nodes need root; skipped")
+            return False
+        self._set_metadata_at(dir_fd, parts, node)
         return True
 
-    def _apply_metadata(self, target: bytes | int, node: Node, path: bytes = b"") -> None:
-        """Owner (as root), mode, xattrs, then times. ``target`` is a path (applied to
-        the entry itself, never a symlink's target) or an open file descriptor, in which
-        case ``path`` names it in warnings."""
-        # With a descriptor there is no link to follow; with a path, never follow one.
-        follow = isinstance(target, int)
-        shown = os.fsdecode(path if isinstance(target, int) else target)
-        if self._is_root:
-            try:
-                os.chown(target, node.uid, node.gid, follow_symlinks=follow)
-            except OSError as error:
-                self.progress.warning(shown, f"chown: {error.strerror}")
-        if node.type != SYMLINK:
-            os.chmod(target, node.mode)
-        for attribute, value in node.xattrs.items():
-            try:
-                os.setxattr(target, attribute, value, follow_symlinks=follow)
-            except OSError as error:
-                if error.errno not in (errno.ENOTSUP, errno.EPERM):
-                    self.progress.warning(shown, f"xattr {attribute}: {error.strerror}")
-        os.utime(target, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=follow)
+    def _set_metadata_fd(self, fd: int, node: Node, parts: Parts) -> None:
+        set_metadata_fd(
+            fd,
+            node,
+            self.policy,
+            chown=self._is_root,
+            shown=self._shown(parts),
+            warn=self.progress.warning,
+        )
+
+    def _set_metadata_at(self, dir_fd: int, parts: Parts, node: Node) -> None:
+        set_metadata_at(
+            dir_fd,
+            parts[-1],
+            node,
+            self.policy,
+            chown=self._is_root,
+            shown=self._shown(parts),
+            warn=self.progress.warning,
+        )
 
 
-# Zero runs of at least this size become holes. 64 KiB: large enough that the block
-# comparisons cost nothing next to decryption, small enough to keep real sparse files
-# (VM images, databases) sparse; file systems allocate in 4 KiB blocks anyway.
-HOLE_BLOCK = 64 * 1024
+def _raise_first(futures: list[Future[Any]]) -> None:
+    """Wait for every job; then raise the first failure, if any."""
+    errors = []
+    for waited in futures:
+        try:
+            waited.result()
+        except Exception as error:  # collect, then raise the first
+            errors.append(error)
+    if errors:
+        first_error = errors[0]
+        if isinstance(first_error, DataCorruption | RestoreError):
+            raise first_error
+        raise RestoreError(reason=str(first_error)) from first_error
 
 
-def _write_sparse(fd: int, data: bytes, position: int) -> int:
-    """Write ``data`` at ``position``, leaving holes where it holds zero blocks.
-    Returns the file offset just after the last byte written (0 if none)."""
-    if not (data[0] or data[-1]) and data == _ZEROS[: len(data)]:
-        return 0
-    if len(data) <= HOLE_BLOCK:
-        os.pwrite(fd, data, position)
-        return position + len(data)
-    view = memoryview(data)
-    zero_block = _ZEROS[:HOLE_BLOCK]
-    run_start = None
-    end = 0
-    for start in range(0, len(data), HOLE_BLOCK):
-        # bytes slices compare with memcmp; memoryview comparison goes element by
-        # element and was 50x slower on zero runs.
-        block = data[start : start + HOLE_BLOCK]
-        if not (block[0] or block[-1]) and block == zero_block[: len(block)]:
-            if run_start is not None:
-                os.pwrite(fd, view[run_start:start], position + run_start)
-                end = position + start
-                run_start = None
-        elif run_start is None:
-            run_start = start
-    if run_start is not None:
-        os.pwrite(fd, view[run_start:], position + run_start)
-        end = position + len(data)
-    return end
+def _depth(directory: tuple[Parts, Node]) -> int:
+    return len(directory[0])
 
 
 def _first(pair: tuple[int, Any]) -> int:
     return pair[0]
 
 
-def _prepare_target(target: bytes, *, create: bool) -> None:
-    """The target must be a directory (or a symbolic link to one: the user named it),
-    or not exist yet; it is made, with its parents, unless this is a dry run."""
-    try:
-        st = os.stat(target)
-    except FileNotFoundError:
-        if create:
-            try:
-                os.makedirs(target, exist_ok=True)
-            except OSError as error:
-                raise RestoreError(
-                    reason=f"cannot create {os.fsdecode(target)}: {error.strerror or error}"
-                ) from error
-        return
-    except OSError as error:
-        raise RestoreError(reason=f"{os.fsdecode(target)}: {error.strerror or error}") from error
-    if not stat.S_ISDIR(st.st_mode):
-        raise RestoreTargetNotDirectory(target=os.fsdecode(target))
-
-
-def _remove_existing(path: bytes) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        raise RestoreError(reason=f"{os.fsdecode(path)} exists and is a directory")
-    os.unlink(path)
+__all__ = ["DEFAULT_OVERWRITE", "OVERWRITE_MODES", "RestoreResult", "Restorer", "Selection"]

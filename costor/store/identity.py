@@ -67,22 +67,16 @@ class PoolIdentity:
                 raise PoolFormatUnsupported(
                     location=location, version=version, supported=SUPPORTED_VERSIONS
                 )
-            if doc.get("id_hash", ID_HASH) != ID_HASH or doc.get("object_hash", OBJECT_HASH) != (
-                OBJECT_HASH
-            ):
-                raise ValueError("unknown id_hash or object_hash")
-            tag = doc.get("params_tag")
-            if tag is not None and not isinstance(tag, str):
-                raise ValueError("params_tag is not a string")
+            _check_fields(doc)
             return cls(
                 uuid=doc["uuid"],
                 version=version,
                 encryption=doc["encryption"],
                 compression=doc["compression"],
                 chunker=doc["chunker"],
-                pack_size=int(doc["pack_size"]),
+                pack_size=doc["pack_size"],
                 created=doc.get("created", ""),
-                params_tag=tag,
+                params_tag=doc.get("params_tag"),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise PoolError(
@@ -113,6 +107,24 @@ class PoolIdentity:
         if self.params_tag is not None:
             doc["params_tag"] = self.params_tag
         return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def _check_fields(doc: dict[str, Any]) -> None:
+    """The identity's fields have the types readers rely on (ValueError if not)."""
+    if doc.get("id_hash", ID_HASH) != ID_HASH or doc.get("object_hash", OBJECT_HASH) != (
+        OBJECT_HASH
+    ):
+        raise ValueError("unknown id_hash or object_hash")
+    strings = ("uuid", "encryption", "created", "params_tag")
+    if not all(isinstance(doc.get(k, ""), str) for k in strings):
+        raise ValueError(f"{', '.join(strings)} must be strings")
+    if not isinstance(doc["compression"], dict) or not isinstance(doc["chunker"], dict):
+        raise ValueError("compression and chunker must be objects")
+    sizes = [doc["pack_size"]] + [
+        doc["chunker"].get(k) for k in ("avg_size", "min_size", "max_size")
+    ]
+    if not all(type(size) is int and size > 0 for size in sizes):
+        raise ValueError("pack_size and the chunker's sizes must be positive integers")
 
 
 def count_snapshots(backend: Backend) -> int:

@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 from support.fixtures import PASSPHRASE, make_pool
 
-from costor.errors import KeySlotUnsafe, PoolMismatch, PoolParametersTampered, WrongPassphrase
+from costor.errors import (
+    KeySlotUnsafe,
+    PoolError,
+    PoolMismatch,
+    PoolParametersTampered,
+    WrongPassphrase,
+)
 from costor.store import crypto, pool_params
 from costor.store.backends import LocalBackend
 from costor.store.pool import IDENTITY_NAME, Pool, PoolIdentity, read_key_slots
@@ -241,3 +247,25 @@ def test_the_caps_admit_what_costor_writes() -> None:
         crypto.kdf_over_cap("argon2id", {"iterations": 4, "lanes": 16, "memory_cost_kib": 1 << 20})
         is None
     )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"pack_size": "33554432"},
+        {"pack_size": 0},
+        {"chunker": 5},
+        {"compression": None},
+        {"encryption": 1},
+        {"params_tag": 7},
+        {"id_hash": "sha1"},
+    ],
+)
+def test_an_identity_of_the_wrong_shape_is_a_clear_error(
+    tmp_path: Path, change: dict[str, Any]
+) -> None:
+    make_pool(tmp_path / "p")
+    _write_identity(tmp_path / "p", {**_identity(tmp_path / "p"), **change})
+    with pytest.raises(PoolError) as raised:
+        Pool.open(LocalBackend(tmp_path / "p"), PASSPHRASE)
+    assert "is unreadable" in str(raised.value)

@@ -62,6 +62,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="leave out paths matching PATTERN (a directory with its content); repeatable",
     )
     parser.add_argument(
+        "--faithful",
+        action="store_true",
+        help="a system restore: recreate setuid/setgid bits, device nodes, fifos and "
+        "security.*/trusted.* xattrs as the snapshot holds them (the default only when "
+        "--target is /; elsewhere they are left out, as a snapshot of a compromised host "
+        "may hold anything: see docs/restore.md)",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="decide and count everything, write nothing (-v or --json: list each file)",
@@ -105,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             exclude=args.exclude,
             dry_run=args.dry_run,
             list_entries=args.dry_run or args.verbose,
+            faithful=True if args.faithful else None,
             progress=progress,
         )
     finally:

@@ -39,6 +39,7 @@ class RestoreOutcome:
     archive: str | None = None
     format: str | None = None
     overwrite: str | None = None
+    faithful: bool | None = None  # directories: setuid bits, devices, system xattrs kept
     dry_run: bool = False
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
@@ -70,7 +71,9 @@ class RestoreOutcome:
         if self.archive is not None:
             document.update(archive=self.archive, format=self.format)
         else:
-            document.update(target=self.target, overwrite=self.overwrite)
+            document.update(
+                target=self.target, overwrite=self.overwrite, faithful=bool(self.faithful)
+            )
         document.update(
             dry_run=self.dry_run,
             include=list(self.include),
@@ -108,13 +111,19 @@ def restore(
     exclude: Sequence[str] = (),
     dry_run: bool = False,
     list_entries: bool = False,
+    faithful: bool | None = None,
     progress: Progress | None = None,
 ) -> RestoreOutcome:
     """Restore ``path`` of snapshot ``ref`` into the directory ``target``, or as an
     archive to ``archive`` (a file name, or an open stream then shown as
     ``archive_name``). ``overwrite`` (directories only; default ``always``, as restic):
     see ``store/restore/directory.py``; ``force`` (archives only): replace an existing file.
-    ``list_entries``: the outcome lists each entry and what was (or would be) done."""
+    ``list_entries``: the outcome lists each entry and what was (or would be) done.
+    ``faithful`` (directories only): recreate setuid/setgid bits, device nodes, fifos
+    and ``security.*``/``trusted.*`` xattrs as the snapshot holds them; None (the
+    default) does so only when the target is ``/`` (docs/restore.md, "Restoring
+    untrusted snapshots"). Whatever it says, an entry whose name could leave the target
+    is refused (:class:`~costor.errors.RestoreRefused`)."""
     if (target is None) == (archive is None):
         raise UsageError(message="restore needs exactly one of a target directory or an archive")
     if archive is not None and overwrite is not None:
@@ -124,6 +133,11 @@ def restore(
         )
     if target is not None and (force or format is not None):
         raise UsageError(message="--force and --format apply to --archive only")
+    if archive is not None and faithful:
+        raise UsageError(
+            message="--faithful applies to a restore into a directory (--target); "
+            "an archive keeps every entry and mode as the snapshot holds them"
+        )
     if overwrite is not None and overwrite not in OVERWRITE_MODES:
         raise UsageError(
             message=f"unknown overwrite mode {overwrite!r}; "
@@ -158,8 +172,10 @@ def restore(
                 selection=selection,
                 dry_run=dry_run,
                 list_entries=list_entries,
+                faithful=faithful,
             )
             result = restorer.restore(snapshot, target, path)
+            outcome.faithful = restorer.policy.faithful
             outcome.files_new = result.files_new
             outcome.files_overwritten = result.files_overwritten
             outcome.files_unchanged = result.files_unchanged

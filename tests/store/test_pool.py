@@ -112,7 +112,9 @@ def test_key_slot_is_bound_to_its_pool(tmp_path: Path) -> None:
 def test_identity_file_is_plain_and_versioned(tmp_path: Path) -> None:
     pool = make_pool(tmp_path / "p")
     identity = json.loads((tmp_path / "p" / IDENTITY_NAME).read_text())
-    assert identity["version"] == 1
+    assert (
+        identity["version"] == 2
+    )  # format version 2: parameters bound to the key (docs/format.md)
     assert identity["uuid"] == pool.uuid
     assert identity["chunker"]["algorithm"] == "fastcdc-2020"
     with pytest.raises(PoolExists):

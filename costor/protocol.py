@@ -137,13 +137,20 @@ class Entry(NamedTuple):
     compact: bool = False
 
 
-def parse_entry(item: list[Any]) -> Entry:
-    """An entry as received from a host (a decoded JSON list): where host input enters."""
+def parse_entry(item: Any) -> Entry:
+    """An entry as received from a host (a decoded JSON list): where host input enters.
+    Every field is checked (:func:`check_entry`); :class:`Refused` if one is wrong."""
+    if type(item) is not list or not 1 <= len(item) <= ENTRY_FIELDS + 1:
+        raise Refused(f"an entry that is not a list of 1, 2, 17 or 18 fields: {_cut(item)}")
     if len(item) <= 2:
-        return Entry(item[0], state=item[1] if len(item) == 2 else "", compact=True)
+        path, state = item[0], item[1] if len(item) == 2 else ""
+        if type(path) is not str or state not in ("", SPARSE):
+            raise Refused(f"a compact entry that is not [path] or [path, 'sparse']: {_cut(item)}")
+        _check_path(path)
+        return Entry(path, state=state, compact=True)
     if len(item) < ENTRY_FIELDS:
-        raise IndexError(f"an entry has {ENTRY_FIELDS} fields, not {len(item)}")
-    return Entry(*item[: ENTRY_FIELDS + 1])
+        raise Refused(f"an entry of {len(item)} fields (a full entry has {ENTRY_FIELDS})")
+    return check_entry(Entry(*item))
 
 
 def error_entry(path: str, message: str) -> Entry:
@@ -152,8 +159,218 @@ def error_entry(path: str, message: str) -> Entry:
 
 
 def unpack_data(payload: bytes) -> bytes:
-    """The bytes of a DATA frame (or of a BLOCK frame after its offset)."""
-    return zlib.decompress(payload[1:]) if payload[:1] == ZLIB else payload[1:]
+    """The bytes of a DATA frame (or of a BLOCK frame after its offset), at most
+    :data:`MAX_DATA` once inflated."""
+    if payload[:1] == ZLIB:
+        return inflate(payload[1:], MAX_DATA, "a DATA frame")
+    if len(payload) > MAX_DATA + 1:
+        raise Refused(f"a DATA frame of {len(payload) - 1} bytes (at most {MAX_DATA})")
+    return payload[1:]
+
+
+# --- what a host may send -------------------------------------------------------------
+#
+# Everything a host sends is checked where it enters, once, for every producer (the
+# helper, the SFTP walk, a later agent): a violation is :class:`Refused`, which the
+# transport turns into the backup's error (nothing of that run is committed). The limits
+# are generous for real trees and bound what one host can make the server hold.
+
+MAX_FRAME = 128 * 1024 * 1024  # a frame's payload: a 6 TiB file's block hashes (END)
+MAX_INFLATED = 128 * 1024 * 1024  # an ENTRIES frame inflated (the helper sends ~64 KiB)
+MAX_DATA = 16 * 1024 * 1024  # a DATA or BLOCK frame inflated (the helper: 1 MiB)
+MAX_ENTRIES = 100_000  # entries in one ENTRIES frame (the helper: at most ~8,200)
+MAX_PATH = 32 * 1024  # characters of a path (Linux: 4,096 bytes reachable by name)
+MAX_NAME = 1024  # characters of one name (Linux: 255 bytes)
+MAX_TARGET = 32 * 1024  # characters of a symbolic link's target (Linux: 4,095 bytes)
+MAX_OWNER = 256  # characters of a user or group name
+MAX_XATTRS = 4096  # extended attributes of one entry
+MAX_MESSAGE = 64 * 1024  # characters of an error or warning state
+MAX_ID = 2**32 - 1  # uid, gid
+MAX_NUMBER = 2**63 - 1  # size, times (ns, from 1970), inode, device, links, rdev
+MODE_BITS = 0o7777  # an entry's mode: permission bits, setuid/setgid/sticky; no type
+KINDS = frozenset((FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET))
+_STATES = frozenset(("", SAME, DATA_FOLLOWS, CHANGED, DELTA_FOLLOWS, SPARSE))
+_BAD_NAMES = frozenset(("", ".", ".."))
+
+
+class Refused(ValueError):
+    """What a host sent breaks the protocol or its limits; the message says what (the
+    transport adds which host: :class:`costor.errors.HostProtocolError`)."""
+
+
+def inflate(data: bytes, limit: int, what: str) -> bytes:
+    """``data`` decompressed (zlib), refused past ``limit`` bytes: no zlib bomb is
+    inflated further than that."""
+    inflater = zlib.decompressobj()
+    try:
+        inflated = inflater.decompress(data, limit + 1)
+    except zlib.error as error:
+        raise Refused(f"{what} that does not inflate ({error})") from None
+    if len(inflated) > limit:
+        raise Refused(f"{what} that inflates past {limit} bytes")
+    if not inflater.eof:
+        raise Refused(f"{what} whose zlib stream is truncated")
+    return inflated
+
+
+def _cut(value: Any, length: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= length else text[:length] + "…"
+
+
+def _shown(path: str) -> str:
+    return path if path.isprintable() and len(path) <= 200 else _cut(path, 200)
+
+
+def _check_path(path: Any) -> None:
+    if type(path) is not str or not path.startswith("/") or "\0" in path:
+        raise Refused(f"an entry whose path is not an absolute path: {_cut(path)}")
+    if len(path) > MAX_PATH:
+        raise Refused(f"a path of {len(path)} characters (at most {MAX_PATH}): {_cut(path)}")
+
+
+def check_entry(entry: Entry) -> Entry:
+    """``entry``, if each of its fields is of its type and within its limits."""
+    _check_path(entry.path)
+    state = entry.state
+    if type(state) is not str or len(state) > MAX_MESSAGE:
+        raise Refused(f"an entry {_shown(entry.path)} whose state is {_cut(state)}")
+    if state.startswith(ERROR_PREFIX):  # nothing else of it is used
+        return entry
+    if entry.kind not in KINDS:
+        raise Refused(f"an entry {_shown(entry.path)} of unknown type {_cut(entry.kind)}")
+    _check_numbers(entry)
+    _check_strings(entry)
+    _check_state(entry)
+    return entry
+
+
+def _check_numbers(entry: Entry) -> None:
+    numbers = entry[2:5] + entry[7:14]  # mode, uid, gid; size … rdev
+    if set(map(type, numbers)) != {int}:
+        raise Refused(f"an entry {_shown(entry.path)} with a number that is not one")
+    if (
+        min(numbers) < 0
+        or max(numbers) > MAX_NUMBER
+        or entry.mode > MODE_BITS
+        or entry.uid > MAX_ID
+        or entry.gid > MAX_ID
+    ):
+        raise Refused(
+            f"an entry {_shown(entry.path)} with mode {entry.mode:o}, uid {entry.uid}, gid "
+            f"{entry.gid}, size {entry.size}, mtime {entry.mtime_ns}, ctime {entry.ctime_ns}, "
+            f"inode {entry.inode}, device {entry.device}, links {entry.links}, rdev "
+            f"{entry.rdev} (out of range)"
+        )
+
+
+def _check_strings(entry: Entry) -> None:
+    user, group, target, xattrs = entry.user, entry.group, entry.target, entry.xattrs
+    if type(user) is not str or type(group) is not str or max(len(user), len(group)) > MAX_OWNER:
+        raise Refused(f"an entry {_shown(entry.path)} owned by {_cut(user)}:{_cut(group)}")
+    if target is not None and (
+        type(target) is not str or len(target) > MAX_TARGET or "\0" in target
+    ):
+        raise Refused(f"an entry {_shown(entry.path)} whose link target is {_cut(target)}")
+    if entry.kind == SYMLINK and target is None:
+        raise Refused(f"a symbolic link {_shown(entry.path)} without a target")
+    if xattrs is not None:
+        _check_xattrs(entry.path, xattrs)
+
+
+def _check_xattrs(path: str, xattrs: Any) -> None:
+    if type(xattrs) is not dict or len(xattrs) > MAX_XATTRS:
+        raise Refused(f"an entry {_shown(path)} whose extended attributes are {_cut(xattrs)}")
+    for name, value in xattrs.items():
+        if type(name) is not str or not name or "\0" in name or len(name) > MAX_NAME:
+            raise Refused(f"an entry {_shown(path)} with an extended attribute {_cut(name)}")
+        try:
+            base64.b64decode(value, validate=True)
+        except (TypeError, ValueError):
+            raise Refused(
+                f"an entry {_shown(path)} whose extended attribute {_cut(name)} is not base64"
+            ) from None
+
+
+def _check_state(entry: Entry) -> None:
+    state, extra = entry.state, entry.extra
+    if state.startswith(DIGEST_PREFIX):
+        _check_digest(entry.path, state[len(DIGEST_PREFIX) :])
+    elif state.startswith(LINK_PREFIX):
+        _check_path(state[len(LINK_PREFIX) :])
+    elif state not in _STATES and not state.startswith(WARNING_PREFIX):
+        raise Refused(f"an entry {_shown(entry.path)} whose state is {_cut(state)}")
+    if state == SPARSE and entry.kind != DIR:
+        raise Refused(f"an entry {_shown(entry.path)} walked sparse that is not a directory")
+    if state == CHANGED:
+        if type(extra) is not dict:
+            raise Refused(f"a changed file {_shown(entry.path)} without its digest")
+        _check_digest(entry.path, extra.get("digest"))
+        blocks = extra.get("changed_blocks", [])
+        if type(blocks) is not list or not set(map(type, blocks)) <= {int}:
+            raise Refused(f"a changed file {_shown(entry.path)} whose changed blocks are wrong")
+    elif extra is not None:
+        raise Refused(f"an entry {_shown(entry.path)} with an 18th field in state {state!r}")
+
+
+def _check_digest(path: str, digest: Any) -> None:
+    try:
+        ok = type(digest) is str and len(bytes.fromhex(digest)) == DIGEST_SIZE
+    except ValueError:
+        ok = False
+    if not ok:
+        raise Refused(f"an entry {_shown(path)} whose digest is {_cut(digest)}")
+
+
+def check_name(name: str, directory: str) -> None:
+    """A name in ``directory`` (a producer's listing): not empty, ``.`` or ``..``, no
+    ``/`` or NUL, at most :data:`MAX_NAME` characters."""
+    if name in _BAD_NAMES or "/" in name or "\0" in name or len(name) > MAX_NAME:
+        raise Refused(f"an entry named {_cut(name)} in {_shown(directory)}")
+
+
+class WalkCheck:
+    """The entries of one walk, in the order they arrive: the root ``/`` first, a
+    directory before its entries, each entry's path its directory's path and one name
+    (:func:`check_name`), and the names of a directory in strictly increasing byte order
+    (the order every producer walks in): no name twice. Error entries are not placed.
+    Memory: one small record per directory level open."""
+
+    def __init__(self) -> None:
+        # Per open directory: its path with a trailing "/", the last name placed in it
+        # (and its bytes), and whether that entry may be a directory (False: it is not).
+        self._open: list[list[Any]] = []
+
+    def entry(self, entry: Entry) -> None:
+        if entry.state.startswith(ERROR_PREFIX):
+            return
+        path, stack = entry.path, self._open
+        if not stack:
+            if path != "/" or not (entry.compact or entry.kind == DIR):
+                raise Refused(f"an entry {_shown(path)} before the root directory /")
+            stack.append(["/", "", b"", False])
+            return
+        while not path.startswith(stack[-1][0]):
+            stack.pop()  # left: the walk goes on in a directory above
+            if not stack:
+                raise Refused(f"an entry {_shown(path)} outside the walk")
+        top = stack[-1]
+        name = path[len(top[0]) :]
+        if "/" in name and name.partition("/")[0] == top[1] and top[3] is not False:
+            top = [top[0] + top[1] + "/", "", b"", False]  # into the last directory
+            stack.append(top)
+            name = path[len(top[0]) :]
+        directory = top[0][:-1] or "/"
+        check_name(name, directory)
+        try:
+            raw = name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise Refused(f"an entry named {_cut(name)} in {_shown(directory)}") from None
+        if raw <= top[2] and top[1]:
+            what = "two entries" if raw == top[2] else "entries out of order"
+            raise Refused(f"{what} named {_cut(name)} in {_shown(directory)}")
+        top[1], top[2] = name, raw
+        top[3] = None if entry.compact else entry.kind == DIR
 
 
 # --- fingerprints and digests ---------------------------------------------------------

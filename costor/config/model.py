@@ -348,6 +348,11 @@ class SshOptions(FrozenModel):
     # Pinned host key; without it the key is recorded by `costor apply` on first contact.
     host_key: Annotated[StrictStr, AfterValidator(_host_key)] | None = None
     python: NonEmptyStr = "python3"  # the host's interpreter for the helper
+    # How long a read from the host (or a write to it) may wait: past it, the backup of a
+    # host that stopped answering fails instead of hanging (hooks.timeout_s is added
+    # while a hook runs). A changed file is hashed whole on the host before its entry is
+    # sent: raise this for multi-hundred-GB files on slow disks (docs/ssh.md).
+    io_timeout_s: Annotated[StrictInt, Field(ge=1)] = 600
 
 
 class Hooks(FrozenModel):

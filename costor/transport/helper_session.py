@@ -6,12 +6,13 @@ parent's frames and their cache, the snapshot) is :mod:`costor.ops.backup.pull`.
 from __future__ import annotations
 
 import json
-import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from costor import protocol
-from costor.errors import BackupError, HookFailed, RemoteError
+from costor.errors import BackupError, HookFailed, HostProtocolError, RemoteError
 from costor.util import jsonfast
 
 if TYPE_CHECKING:
@@ -31,18 +32,36 @@ class ParentSent:
     dir_hashes: bytes = b""
 
 
-def before_hooks(client: str, remote: Remote, helper: HelperProcess) -> list[dict[str, Any]]:
-    """The before hooks' results; one failing ends the backup (after the after hooks)."""
+@contextmanager
+def refusing(client: str) -> Iterator[None]:
+    """What the host sent, read in this block, breaks the protocol or its limits: the
+    backup fails with :class:`HostProtocolError` naming ``client``."""
+    try:
+        yield
+    except protocol.Refused as refused:
+        raise HostProtocolError(host=client, what=str(refused)) from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+        what = f"a frame that could not be read ({type(error).__name__}: {error})"
+        raise HostProtocolError(host=client, what=what[:500]) from None
+
+
+def before_hooks(
+    client: str, remote: Remote, helper: HelperProcess, hooks_time: float, after_time: float
+) -> list[dict[str, Any]]:
+    """The before hooks' results; one failing ends the backup (after the after hooks).
+    ``hooks_time``, ``after_time``: how long the hooks may run (the helper says nothing
+    meanwhile), on top of the io timeout."""
     hooks: list[dict[str, Any]] = []
     while True:
-        kind, payload = helper.recv()
+        kind, payload = helper.recv(extra=hooks_time, doing="during the before hooks")
         if kind == protocol.HOOK:
-            hooks.append(json.loads(payload))
+            with refusing(client):
+                hooks.append(_hook(json.loads(payload)))
             continue
         break
     if kind == protocol.HOOK_FAILED:
         failed = hooks[-1] if hooks else {"command": "?", "rc": "?", "stderr": ""}
-        after_hooks(helper, hooks)  # they run whatever happened before
+        after_hooks(helper, hooks, after_time)  # they run whatever happened before
         helper.send(protocol.QUIT)
         raise HookFailed(
             client=client,
@@ -56,43 +75,58 @@ def before_hooks(client: str, remote: Remote, helper: HelperProcess) -> list[dic
     return hooks
 
 
+def _hook(document: Any) -> dict[str, Any]:
+    """A HOOK frame's result, as the rest of the pull reads it."""
+    if type(document) is not dict or not {"phase", "command", "rc"} <= document.keys():
+        raise protocol.Refused(f"a hook result that is not one: {str(document)[:80]}")
+    return document
+
+
 def fetch_missing(helper: HelperProcess, ingest: Consumer) -> None:
     """What the walk left to fetch: deltas, then whole files."""
     missing = ingest.missing()
+    batches: list[set[str]] = []  # the paths of each DELTA sent and not read yet
     # Delta requests go in small batches, one ahead of the results read: the host reads
     # and compares one batch while the next is made here (each needs its base's blocks
     # hashed from the pool).
-    ahead = 0
     for start in range(0, len(missing.delta), DELTA_BATCH):
         requests = [ingest.delta_request(p) for p in missing.delta[start : start + DELTA_BATCH]]
         helper.send(protocol.DELTA, json.dumps(requests).encode())
-        ahead += 1
-        if ahead > 1:
-            read_fetched(helper, ingest)
-            ahead -= 1
-    for _ in range(ahead):
-        read_fetched(helper, ingest)
+        batches.append({str(p) for p, _size, _ranges in requests})
+        if len(batches) > 1:
+            read_fetched(helper, ingest, batches.pop(0))
+    for batch in batches:
+        read_fetched(helper, ingest, batch)
     whole = missing.whole + ingest.retry
     for start in range(0, len(whole), FETCH_BATCH):
-        helper.send(protocol.FETCH, json.dumps(whole[start : start + FETCH_BATCH]).encode())
-        read_fetched(helper, ingest)
+        paths = whole[start : start + FETCH_BATCH]
+        helper.send(protocol.FETCH, json.dumps(paths).encode())
+        read_fetched(helper, ingest, set(paths))
 
 
 def read_walk(helper: HelperProcess, ingest: Consumer, parent: ParentSent) -> None:
+    """The walk's frames, each checked (:mod:`costor.protocol`) before it is used."""
+    with refusing(ingest.client):
+        _read_walk(helper, ingest, parent, protocol.WalkCheck())
+
+
+def _read_walk(
+    helper: HelperProcess, ingest: Consumer, parent: ParentSent, check: protocol.WalkCheck
+) -> None:
     while True:
-        kind, payload = helper.recv()
+        kind, payload = helper.recv(doing="during the walk")
         if kind == protocol.ENTRIES:
-            entries = jsonfast.loads(zlib.decompress(payload), errors="surrogateescape")
-            for item in entries:
-                entry = protocol.parse_entry(item)
+            for entry in _entries(payload):
+                check.entry(entry)
                 if ingest.entry(entry) == protocol.DATA_FOLLOWS:
                     read_content(helper, ingest.content(entry.path))
         elif kind == protocol.OMITTED:
             files, size, dirs = (int(n) for n in json.loads(payload))
             ingest.omitted(files, size, dirs)
         elif kind == protocol.MATCHED:
-            seen = zlib.decompress(payload)
             count = len(parent.fingerprints) // protocol.FINGERPRINT_SIZE
+            expected = count + len(parent.dir_hashes) // protocol.DIR_HASH_SIZE
+            seen = protocol.inflate(payload, expected, "a MATCHED frame")
             ingest.carry(parent.fingerprints, seen[:count], parent.dir_hashes, seen[count:])
         elif kind == protocol.WALK_DONE:
             return
@@ -104,11 +138,32 @@ def read_walk(helper: HelperProcess, ingest: Consumer, parent: ParentSent) -> No
             raise BackupError(client=ingest.client, reason=f"unexpected frame {kind!r} in the walk")
 
 
-def read_fetched(helper: HelperProcess, ingest: Consumer) -> None:
+def _entries(payload: bytes) -> list[protocol.Entry]:
+    """An ENTRIES frame's entries, checked one by one."""
+    inflated = protocol.inflate(payload, protocol.MAX_INFLATED, "an ENTRIES frame")
+    items = jsonfast.loads(inflated, errors="surrogateescape")
+    if type(items) is not list or len(items) > protocol.MAX_ENTRIES:
+        count = len(items) if type(items) is list else "no"
+        raise protocol.Refused(
+            f"an ENTRIES frame of {count} entries (at most {protocol.MAX_ENTRIES})"
+        )
+    return [protocol.parse_entry(item) for item in items]
+
+
+def read_fetched(helper: HelperProcess, ingest: Consumer, asked: set[str]) -> None:
+    """The answer to one FETCH or DELTA for the paths ``asked``: each at most once."""
+    with refusing(ingest.client):
+        _read_fetched(helper, ingest, asked)
+
+
+def _read_fetched(helper: HelperProcess, ingest: Consumer, asked: set[str]) -> None:
     while True:
-        kind, payload = helper.recv()
+        kind, payload = helper.recv(doing="while sending the files asked for")
         if kind == protocol.START:
             entry = protocol.parse_entry(jsonfast.loads(payload, errors="surrogateescape"))
+            if entry.path not in asked or entry.compact:
+                raise protocol.Refused(f"a file it was not asked for: {entry.path[:200]!r}")
+            asked.discard(entry.path)
             sink = ingest.restart(entry)
             if sink is not None:
                 read_content(helper, sink)
@@ -124,25 +179,29 @@ def read_fetched(helper: HelperProcess, ingest: Consumer) -> None:
 
 def read_content(helper: HelperProcess, sink: ContentWriter) -> None:
     while True:
-        kind, payload = helper.recv()
+        kind, payload = helper.recv(doing="in the middle of a file")
         if kind == protocol.DATA:
             sink.write(protocol.unpack_data(payload))
         elif kind == protocol.BLOCK:
             (offset,) = protocol.BLOCK_OFFSET.unpack(payload[:8])
             sink.block(offset, protocol.unpack_data(payload[8:]))
         elif kind == protocol.END:
-            sink.finish(json.loads(payload))
+            end = json.loads(payload)
+            if type(end) is not dict:
+                raise protocol.Refused(f"an END frame that is not one: {payload[:80]!r}")
+            sink.finish(end)
             return
         else:
             raise BackupError(client=sink.ingest.client, reason=f"unexpected frame {kind!r}")
 
 
-def after_hooks(helper: HelperProcess, hooks: list[dict[str, Any]]) -> None:
+def after_hooks(helper: HelperProcess, hooks: list[dict[str, Any]], hooks_time: float) -> None:
     helper.send(protocol.AFTER)
     while True:
-        kind, payload = helper.recv()
+        kind, payload = helper.recv(extra=hooks_time, doing="during the after hooks")
         if kind == protocol.HOOK:
-            hooks.append(json.loads(payload))
+            with refusing(helper.remote.target.client):
+                hooks.append(_hook(json.loads(payload)))
         elif kind == protocol.DONE:
             return
         else:

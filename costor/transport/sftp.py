@@ -8,6 +8,7 @@ commands.
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
 import shlex
 import stat
@@ -15,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from costor import protocol
-from costor.errors import RemoteError
+from costor.errors import HostProtocolError, HostTimedOut, RemoteError
 from costor.protocol import Entry, ExcludeMatcher
 
 if TYPE_CHECKING:
@@ -57,7 +58,9 @@ def run_hook(
 class SftpWalker:
     """Walks ``paths`` on the host over SFTP and feeds ``ingest`` the entries and the
     content it asks for; ``send`` reads one file whole (for what the walk left to
-    fetch). ``transferred`` counts the bytes that came over."""
+    fetch). ``transferred`` counts the bytes that came over. Every name and entry is
+    checked (:mod:`costor.protocol`: :class:`HostProtocolError`), and every SFTP call
+    (each read of a file) may wait ``io_timeout`` seconds (:class:`HostTimedOut`)."""
 
     def __init__(
         self,
@@ -66,8 +69,11 @@ class SftpWalker:
         ingest: Consumer,
         paths: list[str],
         matcher: ExcludeMatcher,
+        io_timeout: float = 600.0,
     ) -> None:
         self.remote = remote
+        self.io_timeout = io_timeout
+        self.check = protocol.WalkCheck()
         self.sftp = sftp
         self.ingest = ingest
         self.paths = paths
@@ -75,15 +81,31 @@ class SftpWalker:
         self.transferred = 0
         self.parent = {item.path: item for item in ingest.parent_files()}
 
-    def call(self, coroutine: Any) -> Any:
+    def call(self, coroutine: Any, *, whole: bool = False) -> Any:
+        """Run one SFTP call (``whole``: a coroutine that bounds its own reads)."""
         try:
-            return self.remote.run(coroutine)
+            if whole:
+                return self.remote.run(coroutine)
+            return self.remote.run(asyncio.wait_for(coroutine, self.io_timeout))
+        except TimeoutError:
+            raise HostTimedOut(
+                host=self.ingest.client, seconds=f"{self.io_timeout:g}", doing="over SFTP"
+            ) from None
         except OSError:
             raise
         except Exception as error:
             if type(error).__module__.startswith("asyncssh"):
                 raise RemoteError(host=self.remote.target.display, reason=str(error)) from None
             raise
+
+    def _entry(self, entry: Entry) -> str:
+        """``entry`` given to the consumer once checked (the one check of every host's
+        entries: :func:`costor.protocol.check_entry`, :class:`costor.protocol.WalkCheck`)."""
+        try:
+            self.check.entry(protocol.check_entry(entry))
+        except protocol.Refused as refused:
+            raise HostProtocolError(host=self.ingest.client, what=str(refused)) from None
+        return self.ingest.entry(entry)
 
     def walk(self) -> None:
         spec: dict[str, Any] = {}
@@ -97,7 +119,7 @@ class SftpWalker:
             else:
                 if parts:
                     level[parts[-1]] = True
-        self.ingest.entry(Entry("/", protocol.DIR, 0o755))
+        self._entry(Entry("/", protocol.DIR, 0o755))
         if list(self.paths) == ["/"]:
             self.walk_dir("/")
         else:
@@ -125,12 +147,18 @@ class SftpWalker:
 
         try:
             names = self.call(listing())
+        except RemoteError:
+            raise
         except Exception as error:
             self.error(path, f"cannot list directory: {error}")
             return
-        names = [n for n in names if n.filename not in (".", "..")]
+        names = [n for n in names if n.filename not in (".", "..", b".", b"..")]
         for entry in sorted(names, key=lambda n: _raw(n.filename)):
             name = _text(entry.filename)
+            try:
+                protocol.check_name(name, path)
+            except protocol.Refused as refused:
+                raise HostProtocolError(host=self.ingest.client, what=str(refused)) from None
             self.transferred += ENTRY_OVERHEAD + len(_raw(entry.filename))
             child = posixpath.join(path, name)
             if self.matcher.excluded(child, name):
@@ -168,6 +196,8 @@ class SftpWalker:
 
             try:
                 target = _text(self.call(link()))
+            except RemoteError:
+                raise
             except Exception as error:
                 target, state = "", f"{protocol.WARNING_PREFIX}cannot read link: {error}"
         kind = _kind(mode)
@@ -185,7 +215,7 @@ class SftpWalker:
             target=target,
             state=state,
         )
-        return self.ingest.entry(entry)
+        return self._entry(entry)
 
     def send(self, path: str) -> None:
         sink = self.ingest.content(path)
@@ -194,9 +224,11 @@ class SftpWalker:
 
         async def read_all() -> None:
             nonlocal size
-            async with self.sftp.open(path, "rb") as handle:
+            async with await asyncio.wait_for(
+                self.sftp.open(path, "rb"), self.io_timeout
+            ) as handle:
                 while True:
-                    data = await handle.read(READ_SIZE)
+                    data = await asyncio.wait_for(handle.read(READ_SIZE), self.io_timeout)
                     if not data:
                         break
                     size += len(data)
@@ -205,7 +237,7 @@ class SftpWalker:
                     sink.write(data)
 
         try:
-            self.call(read_all())
+            self.call(read_all(), whole=True)
         except RemoteError:
             raise
         except Exception as error:
@@ -219,12 +251,14 @@ class SftpWalker:
 
         try:
             return self.call(get())
+        except RemoteError:
+            raise
         except Exception as error:
             self.error(path, f"cannot stat: {error}")
             return None
 
     def error(self, path: str, message: str) -> None:
-        self.ingest.entry(protocol.error_entry(path, message))
+        self._entry(protocol.error_entry(path, message))
 
 
 def _raw(name: Any) -> bytes:

@@ -31,8 +31,14 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from costor.errors import HostKeyChanged, HostUnreachable, RemoteError
-from costor.protocol import FRAME_HEADER
+from costor.errors import (
+    HostKeyChanged,
+    HostProtocolError,
+    HostTimedOut,
+    HostUnreachable,
+    RemoteError,
+)
+from costor.protocol import FRAME_HEADER, MAX_FRAME
 
 T = TypeVar("T")
 
@@ -44,6 +50,7 @@ ENCRYPTION_ALGS = [
     "aes256-ctr",
 ]
 CONNECT_TIMEOUT = 15.0
+IO_TIMEOUT = 600.0  # the default of a client's ssh.io_timeout_s (costor/config/model.py)
 # The command that runs the helper: it executes the first line it reads, which loads the
 # rest. No quote, comma, colon or equals sign needs escaping in a sudoers or
 # authorized_keys line (docs/ssh.md), and nothing is written on the host.
@@ -226,10 +233,13 @@ class Remote:
 
     # --- the helper ----------------------------------------------------------------------
 
-    def start_helper(self) -> HelperProcess:
+    def start_helper(self, io_timeout: float = IO_TIMEOUT) -> HelperProcess:
         """Start the helper. A host without python3 is told by the first exchange failing
-        (``costor.ops.backup.pull`` then falls back to SFTP)."""
-        return self.run(self._start_helper())
+        (``costor.ops.backup.pull`` then falls back to SFTP). ``io_timeout``: how long
+        any read from it or write to it may wait (:class:`HostTimedOut`)."""
+        helper = self.run(self._start_helper())
+        helper.io_timeout = io_timeout
+        return helper
 
     async def _start_helper(self) -> HelperProcess:
         assert self.connection is not None
@@ -273,35 +283,70 @@ class HelperProcess:
 
     A reader task on the host's event loop reads frames as they arrive into a queue, so
     the receiving thread takes them without a round trip through the loop each (that
-    hand-off cost ~0.1 ms per frame, most of an incremental pull of small files)."""
+    hand-off cost ~0.1 ms per frame, most of an incremental pull of small files).
+
+    What the host can make the server hold is bounded: a frame's length is checked
+    before its payload is read (:data:`costor.protocol.MAX_FRAME`), and the frames read
+    ahead hold at most :attr:`QUEUED_BYTES` (or one frame). A read that waits longer
+    than ``io_timeout`` seconds for the host fails the backup (:class:`HostTimedOut`)."""
 
     QUEUED_FRAMES = 256  # read ahead, bounded: a slow consumer holds the helper back
+    QUEUED_BYTES = 64 * 1024 * 1024  # and by their size
 
     def __init__(self, remote: Remote, process: Any) -> None:
         self.remote = remote
         self.process = process
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.io_timeout = IO_TIMEOUT
         self.frames: queue.Queue[tuple[bytes, bytes] | BaseException] = queue.Queue(
             self.QUEUED_FRAMES
         )
         self.reader: asyncio.Future[None] | None = None
+        self._queued = 0  # bytes of the frames in the queue
+        self._room = threading.Condition()
+        self._closed = False
 
     def start_reading(self) -> None:
         self.reader = asyncio.run_coroutine_threadsafe(self._read_frames(), self.remote.loop)  # type: ignore[assignment]
 
     async def _read_frames(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 item: tuple[bytes, bytes] | BaseException = await self._recv()
             except BaseException as error:  # handed to the consumer, which raises it
                 item = error
+            if not self._reserve(item, wait=False):
+                await asyncio.to_thread(self._reserve, item, wait=True)
+            if isinstance(item, BaseException):
+                return
+
+    def _reserve(self, item: tuple[bytes, bytes] | BaseException, *, wait: bool) -> bool:
+        """Queue ``item`` when its bytes fit (or nothing is queued); ``wait``: until then
+        (or until the helper is closed)."""
+        size = 0 if isinstance(item, BaseException) else len(item[1])
+        with self._room:
+            while self._queued and self._queued + size > self.QUEUED_BYTES:
+                if not wait or self._closed:
+                    return self._closed
+                self._room.wait(1.0)
             try:
                 self.frames.put_nowait(item)
             except queue.Full:
-                await asyncio.to_thread(self.frames.put, item)
-            if isinstance(item, BaseException):
-                return
+                if not wait:
+                    return False
+            else:
+                self._queued += size
+                return True
+        while not self._closed:  # the queue is full of small frames: wait for a place
+            try:
+                self.frames.put(item, timeout=1.0)
+            except queue.Full:
+                continue
+            with self._room:
+                self._queued += size
+            return True
+        return True
 
     def send(self, kind: bytes, payload: bytes = b"") -> None:
         self.remote.run(self._send(kind, payload))
@@ -309,29 +354,58 @@ class HelperProcess:
     async def _send(self, kind: bytes, payload: bytes) -> None:
         try:
             self.process.stdin.write(FRAME_HEADER.pack(kind, len(payload)) + payload)
-            await self.process.stdin.drain()
+            await asyncio.wait_for(self.process.stdin.drain(), self.io_timeout)
+        except TimeoutError:
+            raise self._timed_out(
+                self.io_timeout, "it stopped reading what the server sends"
+            ) from None
         except (OSError, asyncssh.Error, BrokenPipeError) as error:
             raise self._lost(error) from None
         self.bytes_sent += 5 + len(payload)
 
-    def recv(self) -> tuple[bytes, bytes]:
+    def recv(self, *, extra: float = 0, doing: str = "") -> tuple[bytes, bytes]:
+        """The next frame, waiting at most ``io_timeout`` (plus ``extra``: a hook's own
+        timeout while hooks run) seconds for it."""
+        timeout = self.io_timeout + extra
         if self.reader is None:
-            return self.remote.run(self._recv())
-        item = self.frames.get()
+            return self.remote.run(self._recv(timeout, doing))
+        try:
+            item = self.frames.get(timeout=timeout)
+        except queue.Empty:
+            raise self._timed_out(timeout, doing) from None
         if isinstance(item, BaseException):
             self.frames.put(item)  # every later recv fails the same way
             raise item
+        with self._room:
+            self._queued -= len(item[1])
+            self._room.notify()
         return item
 
-    async def _recv(self) -> tuple[bytes, bytes]:
+    async def _recv(self, timeout: float | None = None, doing: str = "") -> tuple[bytes, bytes]:
+        # The reader task waits without a timeout: the consumer's wait is what counts
+        # (the host may rightly be idle while the server works).
         try:
-            header = await self.process.stdout.readexactly(5)
+            header = await asyncio.wait_for(self.process.stdout.readexactly(5), timeout)
             kind, length = FRAME_HEADER.unpack(header)
-            payload = await self.process.stdout.readexactly(length) if length else b""
+            if length > MAX_FRAME:
+                raise HostProtocolError(
+                    host=self.remote.target.client,
+                    what=f"a frame of {length} bytes (at most {MAX_FRAME})",
+                )
+            payload = await asyncio.wait_for(
+                self.process.stdout.readexactly(length) if length else _nothing(), timeout
+            )
+        except TimeoutError:
+            raise self._timed_out(timeout or 0, doing or "at its start") from None
         except (asyncio.IncompleteReadError, OSError, asyncssh.Error) as error:
             raise self._lost(error) from None
         self.bytes_received += 5 + length
         return kind, payload
+
+    def _timed_out(self, seconds: float, doing: str) -> HostTimedOut:
+        return HostTimedOut(
+            host=self.remote.target.client, seconds=f"{seconds:g}", doing=doing or "waiting"
+        )
 
     def _lost(self, error: BaseException) -> RemoteError:
         return RemoteError(
@@ -340,6 +414,7 @@ class HelperProcess:
         )
 
     def close(self) -> tuple[int | None, str]:
+        self._closed = True
         try:
             self.remote.run(self._close(), timeout=30)
         except Exception:
@@ -351,6 +426,10 @@ class HelperProcess:
 
     async def _close(self) -> None:
         self.process.stdin.write_eof()
+
+
+async def _nothing() -> bytes:
+    return b""
 
 
 def _reason(error: BaseException) -> str:

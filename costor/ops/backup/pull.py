@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from costor import protocol
-from costor.errors import BackupError, RemoteError
+from costor.errors import BackupError, HostProtocolError, HostTimedOut, RemoteError
 from costor.ops.backup.digest_index import StateDigestIndex
 from costor.ops.backup.host import target, trusted_host_key
 from costor.ops.backup.sftp_pull import sftp_pull
@@ -46,8 +46,9 @@ from costor.transport.helper_session import (
     before_hooks,
     fetch_missing,
     read_walk,
+    refusing,
 )
-from costor.transport.ssh import Remote
+from costor.transport.ssh import IO_TIMEOUT, Remote
 
 if TYPE_CHECKING:
     from costor.config.model import ClientConfig
@@ -75,12 +76,13 @@ class Connection:
     def __init__(self, ctx: Context, client: ClientConfig) -> None:
         self.host_key = trusted_host_key(ctx, client)
         self.remote = Remote(target(ctx, client))
+        self.io_timeout = float(client.ssh.io_timeout_s if client.ssh else IO_TIMEOUT)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="connect")
         self._started = self._executor.submit(self._start)
 
     def _start(self) -> HelperProcess:
         self.remote.connect(self.host_key)
-        return self.remote.start_helper()
+        return self.remote.start_helper(self.io_timeout)
 
     def helper(self) -> HelperProcess:
         return self._started.result()
@@ -122,7 +124,14 @@ def pull(
             helper.close()
             remote.connect(host_key, compress=True)  # SFTP sends files as they are
             snapshot, errors, hooks = sftp_pull(
-                client, pool, parent, remote, index, progress, reason=str(missing)
+                client,
+                pool,
+                parent,
+                remote,
+                index,
+                progress,
+                reason=str(missing),
+                io_timeout=connection.io_timeout,
             )
             outcome = PullOutcome(snapshot, errors, hooks, "sftp")
         else:
@@ -187,7 +196,9 @@ def _run_helper(
 ) -> PullOutcome:
     cache = _cache_dir(ctx, pool, client)
     first, parent = _start(client, pool, remote, helper, index, ingest, cache)
-    hooks = before_hooks(client.name, remote, helper)
+    hooks = before_hooks(
+        client.name, remote, helper, _hooks_time(client, "before"), _hooks_time(client, "after")
+    )
     for frame_kind, frame in first:
         helper.send(frame_kind, frame)
     helper.send(protocol.WALK)
@@ -198,7 +209,7 @@ def _run_helper(
             _drop_cache(cache)
         raise
     fetch_missing(helper, ingest)
-    after_hooks(helper, hooks)
+    after_hooks(helper, hooks, _hooks_time(client, "after"))
     helper.send(protocol.QUIT)
     snapshot = ingest.finish(bytes_transferred=helper.bytes_sent + helper.bytes_received)
     _write_cache(cache, ingest, snapshot.id, pool)
@@ -223,8 +234,11 @@ def _start(
         # first frames of the walk are made ready here: they cost about as much.
         frames, parent = _parent_frames(ingest, cache, pool)
         first = [*frames, (protocol.BLOOM, index.bloom())]
-        kind, payload = helper.recv()
+        # The reply comes with the before hooks' results: the hooks' time is theirs.
+        kind, payload = helper.recv(extra=_hooks_time(client, "before"))
         helper.start_reading()
+    except (HostProtocolError, HostTimedOut):
+        raise
     except RemoteError as error:
         failure = _not_started(client, remote, helper)
         if isinstance(failure, _NoPython):
@@ -232,8 +246,18 @@ def _start(
         raise failure from None
     if kind != protocol.HELLO_REPLY:
         raise RemoteError(host=remote.target.display, reason=f"unexpected reply {kind!r}")
-    ingest.hostname = str(json.loads(payload).get("hostname") or client.host)
+    with refusing(client.name):
+        reply = json.loads(payload)
+        hostname = reply.get("hostname") if isinstance(reply, dict) else None
+    ingest.hostname = str(hostname or client.host)[:255]
     return first, parent
+
+
+def _hooks_time(client: ClientConfig, phase: str) -> float:
+    """How long the helper may rightly say nothing while it runs the hooks of ``phase``
+    (it sends their results when all have run): each may take ``hooks.timeout_s``."""
+    hooks = client.hooks.before if phase == "before" else client.hooks.after
+    return float(len(hooks) * (client.hooks.timeout_s + 5))
 
 
 def _not_started(client: ClientConfig, remote: Remote, helper: HelperProcess) -> Exception:

@@ -41,6 +41,7 @@ def sftp_pull(
     progress: Progress | None,
     *,
     reason: str,
+    io_timeout: float = 600.0,
 ) -> tuple[Snapshot, list[dict[str, str]], list[dict[str, Any]]]:
     """The snapshot, the errors and warnings, and the hooks' results."""
     hooks: list[dict[str, Any]] = []
@@ -69,7 +70,12 @@ def sftp_pull(
             progress=progress,
         )
         walker = SftpWalker(
-            remote, sftp, ingest, list(client.paths), ExcludeMatcher(list(client.exclude))
+            remote,
+            sftp,
+            ingest,
+            list(client.paths),
+            ExcludeMatcher(list(client.exclude)),
+            io_timeout=io_timeout,
         )
         try:
             walker.walk()

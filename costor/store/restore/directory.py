@@ -292,6 +292,13 @@ class Restorer:
                     os.close(fd)
 
     def _place(self, walk: _Walk, number: int, item: Item) -> None:
+        try:
+            self._place_one(walk, number, item)
+        except OSError as error:
+            shown = self._shown(item[0])
+            raise RestoreError(reason=f"{shown}: {error.strerror or error}") from error
+
+    def _place_one(self, walk: _Walk, number: int, item: Item) -> None:
         parts, node, snap_path, problem = item
         if problem is not None:
             self._refuse(number, snap_path, node, problem)

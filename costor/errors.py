@@ -355,9 +355,3 @@ class HostProtocolError(RemoteError):
 
 class HostTimedOut(RemoteError):
     """host {host} sent nothing for {seconds} s: {doing} (it may be hung; raise ssh.io_timeout_s if it is only slow)"""
-
-
-class RestoreRefused(RestoreError):
-    """Refused {count} entr(ies) of snapshot {snapshot} that could leave the restore target or clash with an entry restored before them (first: {first}); the rest was {done}. The snapshot was made from a hostile or broken host: see docs/restore.md, "Restoring untrusted snapshots"."""
-
-    http_status = 422

@@ -33,6 +33,7 @@ class PoolDecision(Decision):
                 "encryption",
                 "chunk_avg_kib",
                 "passphrase",
+                "refused",
                 "recorded_as",
                 "missing_bucket",
             )
@@ -165,9 +166,17 @@ class PoolDecision(Decision):
                 f"says {wanted!r} (fixed when a pool is initialised): change the inventory to "
                 "match"
             )
-        if facts.get("passphrase") == "wrong":
-            problems.append(self.wrong_passphrase())
+        problems.extend(self.unopenable())
         return problems
+
+    def unopenable(self) -> list[str]:
+        """Why the pool found there does not open: a wrong passphrase, or a pool that
+        refuses to be opened (changed parameters, a planted key slot)."""
+        if self.facts.get("passphrase") == "wrong":
+            return [self.wrong_passphrase()]
+        if self.facts.get("passphrase") == "refused":
+            return [str(self.facts.get("refused"))]
+        return []
 
     def wrong_passphrase(self) -> str:
         return (
@@ -190,7 +199,7 @@ class PoolDecision(Decision):
             facts.get("state_uuid"),
         )
         if state_uuid is None or (status == "pool" and found_uuid == state_uuid):
-            problems = [self.wrong_passphrase()] if facts.get("passphrase") == "wrong" else []
+            problems = self.unopenable()
             return self.make(
                 operation, reason, blocked=self.blocked_text(problems), facts_used=identity_facts
             )

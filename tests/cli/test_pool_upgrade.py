@@ -85,6 +85,20 @@ def test_a_changed_identity_file_stops_backup_check_and_restore(
     assert not (tmp_path / "t").exists() or not any((tmp_path / "t").iterdir())
 
 
+def test_plan_blocks_a_pool_that_refuses_to_open(applied: Site) -> None:
+    """plan observes a tampered pool as a fact: adopting it (the state was lost) is
+    blocked with the reason (exit 4, "plan blocked"), as for a wrong passphrase; the
+    plan is not aborted."""
+    doc = _identity(applied)
+    doc.update(pack_size=1)
+    _write_identity(applied, doc)
+    applied.lose_state()
+    planned = applied.cli("plan")
+    _no_traceback(planned)
+    assert planned.code == 4, planned.stdout + planned.stderr
+    assert "pool.main" in planned.stdout and "refusing to open it" in planned.stdout
+
+
 def _make_old(site: Site) -> None:
     """Turn the site's pool into one as CoStor wrote them before the tag."""
     backend = LocalBackend(site.pool_path)

@@ -39,9 +39,11 @@ from costor.db.state import ensure_meta, resource_rows
 from costor.errors import (
     BackendError,
     CostorError,
+    KeySlotUnsafe,
     PlanFileInvalid,
     PlanForeign,
     PoolNotFound,
+    PoolParametersTampered,
     UsageError,
     WrongPassphrase,
 )
@@ -218,6 +220,12 @@ def pool_facts(
             facts["passphrase"] = "opens"
         except WrongPassphrase:
             facts["passphrase"] = "wrong"
+        except (PoolParametersTampered, KeySlotUnsafe) as error:
+            # The passphrase is not the question: the pool refuses to be opened (its
+            # parameters were changed, or a planted key slot). A fact that blocks the
+            # plan with the reason, as a wrong passphrase does; not an abort.
+            facts["passphrase"] = "refused"
+            facts["refused"] = str(error)
     return facts
 
 

@@ -82,6 +82,9 @@ def test_no_secret_is_ever_printed_or_stored(
     planfile = tmp_path / "first.plan"
     run("plan")
     document = json.loads(run("plan", "--json"))
+    # The keyed digest of the secrets stays in the signed plan file: printed, with the
+    # state's plan key it would let anyone test guesses of a passphrase offline.
+    assert "secrets_digest" not in document["binding"]
     passphrase = next(c for c in document["resource_changes"] if c["address"] == "pool.local")[
         "change"
     ]
@@ -89,7 +92,7 @@ def test_no_secret_is_ever_printed_or_stored(
     assert passphrase["after_sensitive"]["passphrase"] is True
     run("plan", "--out", str(planfile))
     run("show", str(planfile))
-    run("show", str(planfile), "--json")
+    assert "secrets_digest" not in json.loads(run("show", str(planfile), "--json"))["binding"]
     run("apply", str(planfile))
     run("apply", "--auto-approve", "--json")
     run("backup", "alpha", "--json")

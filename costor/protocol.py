@@ -190,6 +190,7 @@ MAX_NUMBER = 2**63 - 1  # size, times (ns, from 1970), inode, device, links, rde
 MODE_BITS = 0o7777  # an entry's mode: permission bits, setuid/setgid/sticky; no type
 KINDS = frozenset((FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET))
 _STATES = frozenset(("", SAME, DATA_FOLLOWS, CHANGED, DELTA_FOLLOWS, SPARSE))
+_PLAIN = frozenset(("", SAME, DATA_FOLLOWS, DELTA_FOLLOWS))  # states with nothing to check
 _BAD_NAMES = frozenset(("", ".", ".."))
 
 
@@ -230,52 +231,68 @@ def _check_path(path: Any) -> None:
 
 
 def check_entry(entry: Entry) -> Entry:
-    """``entry``, if each of its fields is of its type and within its limits."""
-    _check_path(entry.path)
-    state = entry.state
+    """``entry``, if each of its fields is of its type and within its limits. Runs once per
+    entry of a host's tree: the common case is a few comparisons, the rest only for
+    what is rare (links, extended attributes, digests) or wrong."""
+    path, kind, mode, uid, gid, user, group, size, mtime, ctime, inode, device, links = entry[:13]
+    rdev, target, xattrs, state = entry[13:ENTRY_FIELDS]
+    if type(path) is not str or path[:1] != "/" or "\0" in path or len(path) > MAX_PATH:
+        _check_path(path)
     if type(state) is not str or len(state) > MAX_MESSAGE:
-        raise Refused(f"an entry {_shown(entry.path)} whose state is {_cut(state)}")
+        raise Refused(f"an entry {_shown(path)} whose state is {_cut(state)}")
     if state.startswith(ERROR_PREFIX):  # nothing else of it is used
         return entry
-    if entry.kind not in KINDS:
-        raise Refused(f"an entry {_shown(entry.path)} of unknown type {_cut(entry.kind)}")
-    _check_numbers(entry)
-    _check_strings(entry)
-    _check_state(entry)
+    if kind not in KINDS:
+        raise Refused(f"an entry {_shown(path)} of unknown type {_cut(kind)}")
+    if not (
+        type(mode)
+        is type(uid)
+        is type(gid)
+        is type(size)
+        is type(mtime)
+        is type(ctime)
+        is type(inode)
+        is type(device)
+        is type(links)
+        is type(rdev)
+        is int
+    ):
+        raise Refused(f"an entry {_shown(path)} with a number that is not one")
+    if (
+        min(mode, uid, gid, size, mtime, ctime, inode, device, links, rdev) < 0
+        or max(size, mtime, ctime, inode, device, links, rdev) > MAX_NUMBER
+        or max(uid, gid) > MAX_ID
+        or mode > MODE_BITS
+    ):
+        _out_of_range(entry)
+    if type(user) is not str or type(group) is not str or max(len(user), len(group)) > MAX_OWNER:
+        raise Refused(f"an entry {_shown(path)} owned by {_cut(user)}:{_cut(group)}")
+    if target is not None or kind == SYMLINK:
+        _check_target(entry)
+    if xattrs is not None:
+        _check_xattrs(path, xattrs)
+    if state not in _PLAIN or entry.extra is not None:
+        _check_state(entry)
     return entry
 
 
-def _check_numbers(entry: Entry) -> None:
-    numbers = entry[2:5] + entry[7:14]  # mode, uid, gid; size … rdev
-    if set(map(type, numbers)) != {int}:
-        raise Refused(f"an entry {_shown(entry.path)} with a number that is not one")
-    if (
-        min(numbers) < 0
-        or max(numbers) > MAX_NUMBER
-        or entry.mode > MODE_BITS
-        or entry.uid > MAX_ID
-        or entry.gid > MAX_ID
-    ):
-        raise Refused(
-            f"an entry {_shown(entry.path)} with mode {entry.mode:o}, uid {entry.uid}, gid "
-            f"{entry.gid}, size {entry.size}, mtime {entry.mtime_ns}, ctime {entry.ctime_ns}, "
-            f"inode {entry.inode}, device {entry.device}, links {entry.links}, rdev "
-            f"{entry.rdev} (out of range)"
-        )
+def _out_of_range(entry: Entry) -> None:
+    raise Refused(
+        f"an entry {_shown(entry.path)} with mode {entry.mode:o}, uid {entry.uid}, gid "
+        f"{entry.gid}, size {entry.size}, mtime {entry.mtime_ns}, ctime {entry.ctime_ns}, "
+        f"inode {entry.inode}, device {entry.device}, links {entry.links}, rdev "
+        f"{entry.rdev} (out of range)"
+    )
 
 
-def _check_strings(entry: Entry) -> None:
-    user, group, target, xattrs = entry.user, entry.group, entry.target, entry.xattrs
-    if type(user) is not str or type(group) is not str or max(len(user), len(group)) > MAX_OWNER:
-        raise Refused(f"an entry {_shown(entry.path)} owned by {_cut(user)}:{_cut(group)}")
+def _check_target(entry: Entry) -> None:
+    target = entry.target
     if target is not None and (
         type(target) is not str or len(target) > MAX_TARGET or "\0" in target
     ):
         raise Refused(f"an entry {_shown(entry.path)} whose link target is {_cut(target)}")
     if entry.kind == SYMLINK and target is None:
         raise Refused(f"a symbolic link {_shown(entry.path)} without a target")
-    if xattrs is not None:
-        _check_xattrs(entry.path, xattrs)
 
 
 def _check_xattrs(path: str, xattrs: Any) -> None:

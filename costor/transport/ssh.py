@@ -413,8 +413,15 @@ class HelperProcess:
             reason=f"the connection to the helper was lost ({_reason(error)})",
         )
 
+    def stop_reading(self) -> None:
+        """No one takes frames any more (the backup ended, or failed): the reader stops
+        waiting for room in the queue."""
+        with self._room:
+            self._closed = True
+            self._room.notify_all()
+
     def close(self) -> tuple[int | None, str]:
-        self._closed = True
+        self.stop_reading()
         try:
             self.remote.run(self._close(), timeout=30)
         except Exception:

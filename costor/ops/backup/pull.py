@@ -101,6 +101,8 @@ class Connection:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        if self._started.done() and self._started.exception() is None:
+            self._started.result().stop_reading()  # a failed backup left frames unread
         self.remote.close()
 
 

@@ -186,10 +186,11 @@ MAX_OWNER = 256  # characters of a user or group name
 MAX_XATTRS = 4096  # extended attributes of one entry
 MAX_MESSAGE = 64 * 1024  # characters of an error or warning state
 MAX_ID = 2**32 - 1  # uid, gid
-MAX_NUMBER = 2**63 - 1  # size, times (ns, from 1970), inode, device, links, rdev
+MAX_NUMBER = 2**63 - 1  # size, inode, device, links, rdev; times in ns, ± (see below)
 MODE_BITS = 0o7777  # an entry's mode: permission bits, setuid/setgid/sticky; no type
 KINDS = frozenset((FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET))
 _STATES = frozenset(("", SAME, DATA_FOLLOWS, CHANGED, DELTA_FOLLOWS, SPARSE))
+_FINGERPRINTED = frozenset((FILE, DIR))  # their times are from 1970 (fingerprint: u64)
 _PLAIN = frozenset(("", SAME, DATA_FOLLOWS, DELTA_FOLLOWS))  # states with nothing to check
 _BAD_NAMES = frozenset(("", ".", ".."))
 
@@ -259,7 +260,8 @@ def check_entry(entry: Entry) -> Entry:
     ):
         raise Refused(f"an entry {_shown(path)} with a number that is not one")
     if (
-        min(mode, uid, gid, size, mtime, ctime, inode, device, links, rdev) < 0
+        min(mode, uid, gid, size, inode, device, links, rdev) < 0
+        or min(mtime, ctime) < (0 if kind in _FINGERPRINTED else -MAX_NUMBER)
         or max(size, mtime, ctime, inode, device, links, rdev) > MAX_NUMBER
         or max(uid, gid) > MAX_ID
         or mode > MODE_BITS

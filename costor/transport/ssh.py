@@ -259,13 +259,19 @@ class Remote:
         helper.bytes_sent += len(loader) + len(source)
         return helper
 
-    def sftp(self) -> Any:
-        """An SFTP client (the fallback without python3); its calls go through ``run``."""
+    def sftp(self, io_timeout: float = IO_TIMEOUT) -> Any:
+        """An SFTP client (the fallback without python3); its calls go through ``run``.
+        A host whose SFTP server does not start within ``io_timeout`` is :class:`HostTimedOut`."""
         connection = self.connection
         assert connection is not None
 
         async def start() -> Any:
-            return await connection.start_sftp_client()
+            try:
+                return await asyncio.wait_for(connection.start_sftp_client(), io_timeout)
+            except TimeoutError:
+                raise HostTimedOut(
+                    host=self.target.client, seconds=f"{io_timeout:g}", doing="starting SFTP"
+                ) from None
 
         return self.run(start())
 

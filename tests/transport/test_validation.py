@@ -35,6 +35,7 @@ def test_well_formed_entries_parse() -> None:
     assert protocol.parse_entry(full("/f", xattrs=xattrs)).xattrs == xattrs
     assert protocol.parse_entry(full("/f", state="link:/g")).state == "link:/g"
     assert protocol.parse_entry(full("/f", "c", mode=0o6755, rdev=259)).rdev == 259
+    assert protocol.parse_entry(full("/l", "l", target="x", mtime_ns=-1)).mtime_ns == -1
     error = list(protocol.error_entry("/gone", "cannot stat"))[: protocol.ENTRY_FIELDS]
     assert protocol.parse_entry(error).state == "error:cannot stat"
     assert protocol.parse_entry(["/x"]).compact
@@ -57,7 +58,9 @@ def test_well_formed_entries_parse() -> None:
         (full("/x", uid=2**32), "out of range"),
         (full("/x", gid=-1), "out of range"),
         (full("/x", size=2**63), "out of range"),
-        (full("/x", mtime_ns=-1), "out of range"),
+        (full("/x", mtime_ns=-1), "out of range"),  # a file's fingerprint needs u64
+        (full("/x", "d", ctime_ns=-1), "out of range"),
+        (full("/l", "l", target="x", mtime_ns=-(2**63)), "out of range"),
         (full("/x", size="5"), "not one"),
         (full("/x", links=True), "not one"),
         (full("/x", size=1.5), "not one"),

@@ -59,7 +59,7 @@ def sftp_pull(
                 stderr=result["stderr"].strip() or "(no stderr)",
             )
     try:
-        sftp = remote.sftp()
+        sftp = remote.sftp(io_timeout)
         ingest = Ingest(
             pool,
             client=client.name,

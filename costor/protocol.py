@@ -175,8 +175,8 @@ def unpack_data(payload: bytes) -> bytes:
 # transport turns into the backup's error (nothing of that run is committed). The limits
 # are generous for real trees and bound what one host can make the server hold.
 
-MAX_FRAME = 128 * 1024 * 1024  # a frame's payload: a 6 TiB file's block hashes (END)
-MAX_INFLATED = 128 * 1024 * 1024  # an ENTRIES frame inflated (the helper sends ~64 KiB)
+MAX_FRAME = 128 * 1024 * 1024  # a frame's payload: a ~4 TiB changed file's block hashes
+MAX_INFLATED = 128 * 1024 * 1024  # an ENTRIES frame inflated (the helper: ~64 KiB batches)
 MAX_DATA = 16 * 1024 * 1024  # a DATA or BLOCK frame inflated (the helper: 1 MiB)
 MAX_ENTRIES = 100_000  # entries in one ENTRIES frame (the helper: at most ~8,200)
 MAX_PATH = 32 * 1024  # characters of a path (Linux: 4,096 bytes reachable by name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from pathlib import Path
 
@@ -199,3 +200,43 @@ def test_error_entries_are_the_helpers() -> None:
     item = a_helper().error_entry("/gone", "cannot stat: No such file")
     assert list(protocol.error_entry("/gone", "cannot stat: No such file")[:17]) == item
     assert protocol.parse_entry(item).state.startswith(protocol.ERROR_PREFIX)
+
+
+def frames_of(output: bytes) -> list[tuple[bytes, bytes]]:
+    frames, position = [], 0
+    while position < len(output):
+        kind, length = protocol.FRAME_HEADER.unpack_from(output, position)
+        position += protocol.FRAME_HEADER.size
+        frames.append((kind, output[position : position + length]))
+        position += length
+    return frames
+
+
+def test_every_frame_the_helper_sends_passes_the_checks(tmp_path: Path) -> None:
+    """The limits and checks of costor/protocol.py refuse no walk of the shipped helper:
+    a directory of 9,000 files (more than one ENTRIES batch), long names, a link, a
+    file of several 1 MiB DATA frames."""
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(9000):
+        (many / f"{i:05d}-{'n' * 200}").write_bytes(b"")
+    (tmp_path / "big").write_bytes(os.urandom(3 * protocol.BLOCK_SIZE + 5))
+    (tmp_path / "z-link").symlink_to("big")
+    out = io.BytesIO()
+    theirs = helper.Helper(helper.Channel(io.BytesIO(), out))
+    theirs.key, theirs.compress_level = KEY, 1
+    theirs.options = {"paths": [str(tmp_path)], "exclude": []}
+    theirs.walk()
+    check, entries, data = protocol.WalkCheck(), 0, 0
+    for kind, payload in frames_of(out.getvalue()):
+        assert len(payload) <= protocol.MAX_FRAME
+        if kind == protocol.ENTRIES:
+            inflated = protocol.inflate(payload, protocol.MAX_INFLATED, "ENTRIES")
+            items = json.loads(inflated.decode("utf-8", "surrogateescape"))
+            assert len(items) <= protocol.MAX_ENTRIES
+            for item in items:
+                check.entry(protocol.parse_entry(item))
+                entries += 1
+        elif kind == protocol.DATA:
+            data += len(protocol.unpack_data(payload))
+    assert entries >= 9000 + 3 and data == 3 * protocol.BLOCK_SIZE + 5

@@ -167,6 +167,7 @@ def test_the_harness_backs_up_an_honest_host(hostile: Sshd, tmp_path: Path) -> N
     assert backup.json()["transfer"] == "helper" and len(snapshots(site)) == 1
 
 
+@pytest.mark.timeout(120)  # before this check, a 4 GiB frame or a stall hung forever
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_a_hostile_host_is_refused_and_nothing_is_committed(
     hostile: Sshd, tmp_path: Path, attack: str
@@ -186,6 +187,7 @@ def test_a_hostile_host_is_refused_and_nothing_is_committed(
     assert took < IO_TIMEOUT + 20, took
 
 
+@pytest.mark.timeout(120)
 def test_a_host_that_stalls_mid_file_fails_within_the_io_timeout(
     hostile: Sshd, tmp_path: Path
 ) -> None:

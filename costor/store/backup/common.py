@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 
@@ -20,6 +21,21 @@ def node_only_warning(path: str, kind: str, target: str | None = None) -> dict[s
     if kind in ("b", "l"):
         message += " (image backups are not available yet)"
     return {"path": path, "error": message, "severity": "warning"}
+
+
+def changed_while_read(
+    path: bytes, size: int, mtime_ns: int | None, read: int, after: os.stat_result
+) -> dict[str, str] | None:
+    """The warning for a file that changed while it was read (its size before the read
+    was ``size``, its modification time ``mtime_ns``; ``read`` bytes came, ``after`` is
+    its status once read): the stored copy may mix old and new contents. It is stored
+    (an errors entry marked ``"severity": "warning"``), and the next backup reads it
+    again (its recorded time no longer matches)."""
+    if read == size == after.st_size and mtime_ns in (None, after.st_mtime_ns):
+        return None
+    how = f"{size} bytes before, {read} read" if read != size else "modified meanwhile"
+    message = f"changed while it was being read ({how}): the stored copy may be inconsistent"
+    return {"path": os.fsdecode(path), "error": message, "severity": "warning"}
 
 
 def rfc3339_now() -> str:

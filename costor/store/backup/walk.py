@@ -38,7 +38,8 @@ from typing import Any
 
 from costor.errors import BackupError
 from costor.protocol import ExcludeMatcher
-from costor.store.backup.common import node_only_warning, rfc3339_now
+from costor.store.backup.common import changed_while_read, node_only_warning, rfc3339_now
+from costor.store.backup.reading import PrefixedReader, open_noatime, read_up_to
 from costor.store.compressibility import worth_compressing
 from costor.store.pack import BlobType
 from costor.store.pool import Pool
@@ -317,7 +318,7 @@ class Archiver:
             future = self._hardlinks.get(key)
         if future is None:
             self._queued.acquire()
-            future = self._files.submit(self._read_file, path, st.st_size)
+            future = self._files.submit(self._read_file, path, st.st_size, st.st_mtime_ns)
             future.add_done_callback(lambda _f: self._queued.release())
             if st.st_nlink > 1:
                 self._hardlinks[(st.st_dev, st.st_ino)] = future
@@ -353,7 +354,7 @@ class Archiver:
     def _read_batch(self, batch: list[tuple[_DirJob, Node, bytes, int]]) -> None:
         for job, node, path, size in batch:
             try:
-                node.content, node.size = self._read_file(path, size)
+                node.content, node.size = self._read_file(path, size, node.mtime_ns)
             except _FileSkipped:
                 node.type = ""  # left out of the tree
             self._release(job)
@@ -440,11 +441,13 @@ class Archiver:
             chunker = self._local.chunker = self.pool.make_chunker()
         return chunker
 
-    def _read_file(self, path: bytes, expected_size: int) -> tuple[list[bytes], int]:
+    def _read_file(
+        self, path: bytes, expected_size: int, mtime_ns: int | None = None
+    ) -> tuple[list[bytes], int]:
         if self._fatal is not None:
             raise _FileSkipped()
         try:
-            fd = _open_noatime(path)
+            fd = open_noatime(path)
         except OSError as error:
             self._fail(path, f"cannot read: {error.strerror}")
             raise _FileSkipped() from error
@@ -473,6 +476,10 @@ class Archiver:
                 future.result()
             self._fail(path, f"read error: {error.strerror}")
             raise _FileSkipped() from error
+        else:
+            changed = changed_while_read(path, expected_size, mtime_ns, size, os.fstat(fd))
+            if changed is not None:
+                self._warn(changed)
         finally:
             os.close(fd)
         for future in futures:
@@ -489,9 +496,9 @@ class Archiver:
         call, which dominated small-file backups (py-spy)."""
         # Ask for the size lstat saw plus one byte (to notice growth): a read sized to
         # the file avoids allocating a 16 MiB buffer for every small file.
-        head = _read_up_to(fd, min(expected_size + 1, WHOLE_FILE_LIMIT))
+        head = read_up_to(fd, min(expected_size + 1, WHOLE_FILE_LIMIT))
         if len(head) == expected_size + 1 and len(head) < WHOLE_FILE_LIMIT:
-            head += _read_up_to(fd, WHOLE_FILE_LIMIT - len(head))  # grew since lstat
+            head += read_up_to(fd, WHOLE_FILE_LIMIT - len(head))  # grew since lstat
         if len(head) < WHOLE_FILE_LIMIT:
             if len(head) <= int(self.pool.identity.chunker["min_size"]):
                 if head:
@@ -501,7 +508,7 @@ class Archiver:
             for chunk in self._chunker().cut_buf(view):
                 yield view[chunk.offset : chunk.offset + chunk.length], False
             return
-        stream = _PrefixedReader(head, fd)
+        stream = PrefixedReader(head, fd)
         for chunk in self._chunker().cut_stream(stream):
             yield bytes(chunk.data), False  # cut_stream reuses its buffer: copy
 
@@ -585,6 +592,11 @@ class Archiver:
             with self._errors_lock:
                 self.errors.append(node_only_warning(os.fsdecode(path), kind, target))
 
+    def _warn(self, warning: dict[str, str]) -> None:
+        with self._errors_lock:
+            self.errors.append(warning)
+        self.progress.warning(warning["path"], warning["error"])
+
     def _fail(self, path: bytes, message: str, *, count: bool = True) -> None:
         text = os.fsdecode(path)
         with self._errors_lock:
@@ -622,46 +634,8 @@ class Archiver:
 WHOLE_FILE_LIMIT = 16 * 1024 * 1024
 
 
-def _read_up_to(fd: int, limit: int) -> bytes:
-    parts = []
-    remaining = limit
-    while remaining:
-        data = os.read(fd, remaining)
-        if not data:
-            break
-        parts.append(data)
-        remaining -= len(data)
-    return b"".join(parts) if len(parts) != 1 else parts[0]
-
-
-class _PrefixedReader:
-    """A raw reader over an fd whose first bytes were already read."""
-
-    def __init__(self, head: bytes, fd: int) -> None:
-        self.head = memoryview(head)
-        self.fd = fd
-
-    def readinto(self, buffer: memoryview) -> int:
-        if self.head:
-            count = min(len(buffer), len(self.head))
-            buffer[:count] = self.head[:count]
-            self.head = self.head[count:]
-            return count
-        return os.readv(self.fd, [buffer])
-
-
 class _FileSkipped(Exception):
     """A file could not be read; it was reported and is left out of the snapshot."""
-
-
-def _open_noatime(path: bytes) -> int:
-    # O_NOATIME keeps backups from touching access times; only the owner or root may
-    # use it, so fall back to a plain open.
-    flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0)
-    try:
-        return os.open(path, flags)
-    except PermissionError:
-        return os.open(path, os.O_RDONLY)
 
 
 def _node_type(mode: int) -> str:

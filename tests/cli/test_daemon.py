@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Site, costor_table, tree_digest
+from support.fixtures import Site, tree_digest
+from support.inventory import costor_table
 
 from costor.db import queue as jobs
 from costor.db.session import open_engine
@@ -514,7 +515,7 @@ def test_prune_while_a_backup_writes_loses_nothing(
     first = daemon_site.cli("snapshots", "--json").json()[0]["id"]
     # Forget it by hand (retention keeps 2): its data is unreferenced, but the next
     # backup of the same tree will want it again.
-    from conftest import PASSPHRASE
+    from support.fixtures import PASSPHRASE
 
     from costor.store.backends import LocalBackend
     from costor.store.pool import Pool

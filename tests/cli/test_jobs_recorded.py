@@ -8,7 +8,7 @@ import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import Site
+from support.fixtures import Site
 
 from costor.db import queue as jobs
 from costor.db.session import open_engine

@@ -355,3 +355,17 @@ class HostProtocolError(RemoteError):
 
 class HostTimedOut(RemoteError):
     """host {host} sent nothing for {seconds} s: {doing} (it may be hung; raise ssh.io_timeout_s if it is only slow)"""
+
+
+class SnapshotRolledBack(PoolError):
+    """{ref} would be snapshot {found}, but the state records a newer one, {missing} ({time}), that no pool holds any more: its manifest was deleted outside CoStor, or the storage was rolled back. Restore {found} by its id if that is what you want; `costor check` reports the missing snapshot."""
+
+    exit_code = 3
+    http_status = 500
+
+
+class KeySlotDamaged(WrongPassphrase):
+    """No key slot of pool {location} opens with this passphrase, and key slot {slot} cannot be read ({reason}): it is damaged, or not a key slot. If it was this passphrase's slot, put it back from a copy of the pool, or open the pool with another passphrase and `costor pool add-key` a new slot."""
+
+    exit_code = 3
+    http_status = 500

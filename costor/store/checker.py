@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from zstandard import ZstdError
 
 from costor.errors import BackendError, DataCorruption, ObjectNotFound
 from costor.store import crypto
@@ -100,8 +103,9 @@ def check(
     for info in pool.backend.list("index/"):
         try:
             segment = pool.read_segment(info.name)
-        except (DataCorruption, BackendError) as error:
-            report.problems.append(Problem("damaged_index", info.name, str(error)))
+        except (DataCorruption, BackendError, ValueError, struct.error, ZstdError) as error:
+            reason = f"{error}; its packs are read through their trailers until `costor pool reindex` rewrites the index"
+            report.problems.append(Problem("damaged_index", info.name, reason))
             continue
         for pack_id, entries in segment.items():
             pool.index.add_pack(pack_id, entries)
@@ -110,6 +114,9 @@ def check(
     report.packs = len(stored)
     indexed = pool.index.pack_ids
     report.unindexed_packs = sorted(set(stored) - indexed)
+    # A pack no readable segment names is not lost: its trailer lists its blobs (what a
+    # restore and a backup read too; `costor pool reindex` writes them into the index).
+    pool.adopt_orphan_packs(record=False)
     blobs_by_pack: dict[str, set[bytes]] = {}
     for blob, location in pool.index.items():
         blobs_by_pack.setdefault(location.pack_id, set()).add(blob)

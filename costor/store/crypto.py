@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from costor.errors import KeySlotUnsafe, PoolError, WrongPassphrase
+from costor.errors import KeySlotDamaged, KeySlotUnsafe, PoolError, WrongPassphrase
 from costor.util import hashthreads
 from costor.util.argon2 import LOCK
 
@@ -348,18 +348,25 @@ def unlock(
     derivation runs for it); if no other slot opens, that is reported as damage
     (:class:`KeySlotUnsafe`), not as a wrong passphrase."""
     over_cap: tuple[str, SlotOverCap] | None = None
+    unreadable: tuple[str, Exception] | None = None
     for name, slot_bytes in slots:
         try:
             return open_key_slot(slot_bytes, passphrase, pool_uuid)
         except SlotOverCap as error:
             over_cap = over_cap or (name, error)
-        except (AuthenticationFailed, ValueError, KeyError, TypeError, PoolError):
+        except AuthenticationFailed:
             continue
+        except (ValueError, KeyError, TypeError, PoolError) as error:
+            unreadable = unreadable or (name, error)
     if over_cap is not None:
         slot_name, over = over_cap
         raise KeySlotUnsafe(
             location=location, slot=slot_name.rsplit("/", 1)[-1], what=over.what, cap=over.cap
         )
+    if unreadable is not None:  # damage, not (only) a wrong passphrase
+        slot_name, problem = unreadable
+        reason = f"{type(problem).__name__}: {problem}"[:100]
+        raise KeySlotDamaged(location=location, slot=slot_name.rsplit("/", 1)[-1], reason=reason)
     raise WrongPassphrase(location=location)
 
 

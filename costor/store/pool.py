@@ -20,12 +20,15 @@ from many threads; sealing and compression run outside the lock.
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
+
+import zstandard
 
 from costor.errors import (
     AmbiguousSnapshot,
@@ -179,6 +182,11 @@ class Pool:
         # blob they index has left the index (segments are immutable; only a prune or a
         # reindex removes one).
         self.segments: set[str] = set()
+        # Segments load_index skipped as damaged (name -> why): their packs are found
+        # through their trailers (``locate``); ``check`` reports them as damage.
+        self.bad_segments: dict[str, str] = {}
+        self._adopt_lock = threading.Lock()
+        self._adopted = False
         self._tree_cache: OrderedDict[bytes, list[Node]] = OrderedDict()
         self.bytes_added = 0  # sealed bytes of new blobs (after compression)
         self.raw_bytes_added = 0  # their plaintext size: the two give the compression ratio
@@ -342,8 +350,12 @@ class Pool:
                 cache.segments.add(name)
 
     def _load_segment(self, name: str, index: Index, fallback: Index) -> None:
-        for pack_id, records in segment_records(self._open_segment(name)):
-            (fallback if pack_id in self.condemned else index).add_records(pack_id, records)
+        """A damaged segment is skipped, not fatal (issue 19): the index is rebuildable."""
+        try:
+            for pack_id, records in segment_records(self._open_segment(name)):
+                (fallback if pack_id in self.condemned else index).add_records(pack_id, records)
+        except (DataCorruption, ValueError, struct.error, zstandard.ZstdError) as error:
+            self.bad_segments[name] = str(error)
 
     def lease(self, kind: str = "backup") -> Lease:
         """Announce a writer (``with pool.lease(): ...``); see gc/leases.py."""
@@ -388,10 +400,10 @@ class Pool:
         except BlobCorrupt as error:
             raise DataCorruption(pack=pack_id, reason=str(error)) from error
 
-    def adopt_orphan_packs(self) -> int:
+    def adopt_orphan_packs(self, *, record: bool = True) -> int:
         """Index packs that no segment names (left by a killed backup, or by another
-        backup still running): their blobs are reused, and the next segment lists them.
-        Packs that cannot be read are left for ``check`` to report."""
+        backup still running): their blobs are reused, and (``record``) the next segment
+        lists them. Packs that cannot be read are left for ``check`` to report."""
         known = self.index.pack_ids | self.fallback.pack_ids
         adopted = 0
         for pack_id, size in self.list_packs().items():
@@ -402,8 +414,9 @@ class Pool:
             except (DataCorruption, BackendError):
                 continue
             self.index.add_pack(pack_id, entries)
-            with self._lock:
-                self._unindexed[pack_id] = entries
+            if record:
+                with self._lock:
+                    self._unindexed[pack_id] = entries
             adopted += 1
         return adopted
 
@@ -494,6 +507,14 @@ class Pool:
 
     def locate(self, blob_identity: bytes) -> BlobLocation:
         location = self.index.lookup(blob_identity) or self.fallback.lookup(blob_identity)
+        if location is None:
+            # Not indexed: perhaps in a pack whose segment is missing or damaged (the
+            # index is rebuildable from the trailers). Read them, once per process.
+            with self._adopt_lock:
+                if not self._adopted:
+                    self._adopted = True
+                    self.adopt_orphan_packs(record=False)
+            location = self.index.lookup(blob_identity)
         if location is None:
             raise DataCorruption(
                 pack="(none)", reason=f"blob {blob_identity.hex()} is not in the index"

@@ -26,6 +26,7 @@ from costor.errors import (
     PoolError,
     PoolNotFound,
     SnapshotNotFound,
+    SnapshotRolledBack,
     UnknownResource,
 )
 from costor.ops.context import Context
@@ -123,9 +124,11 @@ def resolve(
         home = home_pool(ctx, client)
     names = ctx.pool_names(pool) if pool is not None else search_pools(ctx, client_names)
     found: list[tuple[str, Pool, Snapshot]] = []
+    searched: list[Pool] = []
     for name in names:
         try:
             opened = open_named_pool(ctx, name)
+            searched.append(opened)
             snapshot = opened.find_snapshot(ref, client_names=client_names)
         except (SnapshotNotFound, PoolNotFound):
             continue
@@ -142,6 +145,32 @@ def resolve(
     name, opened, snapshot = max(
         found, key=lambda item: (item[2].time, item[2].id, item[0] == home)
     )
+    if client_names is not None:
+        _refuse_rolled_back(ctx, ref, client_names, searched, snapshot)
     if load_index:
         ctx.load_index(opened)
     return name, opened, snapshot
+
+
+def _refuse_rolled_back(
+    ctx: Context, ref: str, client_names: Collection[str], pools: list[Pool], newest: Snapshot
+) -> None:
+    """Rollback evidence (issue 19, item 8): ``CLIENT:latest`` must not quietly resolve
+    to an older snapshot when the catalogue records a newer one of the client in a pool
+    that no longer holds it (its manifest deleted, or the storage rolled back). The
+    older snapshot stays restorable by its id; `costor check` reports the missing one."""
+    held = {snapshot_id for pool in pools for snapshot_id in pool.snapshot_ids()}
+    with session_scope(ctx.engine, write=False) as session:
+        for pool in pools:
+            for snapshot_id, row in catalogue.catalogued_snapshots(session, pool.uuid).items():
+                if (
+                    row.client in client_names
+                    and row.time > newest.time
+                    and snapshot_id not in held
+                ):
+                    raise SnapshotRolledBack(
+                        ref=ref,
+                        missing=snapshot_id[:12],
+                        time=row.time[:19].replace("T", " "),
+                        found=newest.id[:12],
+                    )

@@ -369,3 +369,12 @@ class KeySlotDamaged(WrongPassphrase):
 
     exit_code = 3
     http_status = 500
+
+
+class PackMissing(ObjectNotFound, DataCorruption):
+    """Damaged pool: pack {name} is named by the pool's index but does not exist (deleted outside CoStor, or lost by the storage); `costor check` lists what it held"""
+
+    # A missing pack the index names is damage (exit 3), like a truncated one: prune
+    # never deletes a pack a segment still names (docs/format.md, "Write order").
+    exit_code = 3
+    http_status = 500

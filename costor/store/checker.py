@@ -28,7 +28,7 @@ from zstandard import ZstdError
 
 from costor.errors import BackendError, DataCorruption, ObjectNotFound
 from costor.store import crypto
-from costor.store.pack import BlobCorrupt, PackEntry, pack_name, read_entries
+from costor.store.pack import FOOTER, BlobCorrupt, PackEntry, pack_name, read_entries
 from costor.store.pool import Pool
 from costor.store.progress import Progress
 from costor.store.snapshot import Snapshot
@@ -130,9 +130,11 @@ def check(
             )
         )
 
+    short = _short_packs(pool, stored, blobs_by_pack, report)
+
     # Tier 2: read data.
     if read_data or subset:
-        candidates = sorted(set(stored) & indexed) + report.unindexed_packs
+        candidates = sorted(set(stored) & indexed - short) + report.unindexed_packs
         if subset is not None and not read_data:
             count = min(len(candidates), max(1, math.ceil(len(candidates) * subset)))
             if order is not None:
@@ -166,6 +168,21 @@ def check(
         _check_tree(pool, snapshot, bytes.fromhex(snapshot.tree), b"", seen_trees, damaged, report)
     progress.close()
     return report
+
+
+def _short_packs(
+    pool: Pool, stored: dict[str, int], blobs: dict[str, set[bytes]], report: CheckReport
+) -> set[str]:
+    """Packs smaller than their indexed blobs and a footer: truncated, seen from the
+    listing alone (without ``--read-data``)."""
+    short = set()
+    for pack_id in sorted(stored.keys() & blobs.keys()):
+        need = pool.index.data_end(pack_id) + FOOTER.size
+        if stored[pack_id] < need:
+            short.add(pack_id)
+            message = f"pack holds {stored[pack_id]} bytes, its indexed blobs and trailer need at least {need}: truncated"
+            report.problems.append(Problem("damaged_pack", pack_id, message, blobs=blobs[pack_id]))
+    return short
 
 
 def _read_pack(

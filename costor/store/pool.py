@@ -35,6 +35,7 @@ from costor.errors import (
     BackendError,
     DataCorruption,
     ObjectNotFound,
+    PackMissing,
     PoolError,
     PoolExists,
     PoolMismatch,
@@ -527,17 +528,21 @@ class Pool:
         small file's parent version, wanted once: a 4 MiB window for 8 KiB was most of
         an incremental pull's reading)."""
         location = self.locate(blob_identity)
-        if window:
-            sealed = self._windows.read(
-                location.pack_id,
-                location.offset,
-                location.length,
-                self.index.data_end(location.pack_id) or self.fallback.data_end(location.pack_id),
-            )
-        else:
-            sealed = self.backend.get_range(
-                pack_name(location.pack_id), location.offset, location.length
-            )
+        try:
+            if window:
+                sealed = self._windows.read(
+                    location.pack_id,
+                    location.offset,
+                    location.length,
+                    self.index.data_end(location.pack_id)
+                    or self.fallback.data_end(location.pack_id),
+                )
+            else:
+                sealed = self.backend.get_range(
+                    pack_name(location.pack_id), location.offset, location.length
+                )
+        except ObjectNotFound as error:  # the index names it: lost, not a failed read
+            raise PackMissing(name=pack_name(location.pack_id)) from error
         try:
             return self.codec.open(location.type, blob_identity, sealed, location.raw_length)
         except BlobCorrupt:

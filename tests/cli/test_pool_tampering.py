@@ -141,6 +141,10 @@ def test_tampering(
 
     backup = site.cli("backup", "alpha")
     _clean(backup.code, backup.stdout, backup.stderr, "backup")
+    if kind == "pack" and how != "replay":  # another pool's pack, unindexed: unused
+        assert restored.code == 3, restored.stderr
+    if kind == "pack" and how in ("half", "empty", "delete"):  # seen without reading
+        assert checked.code == 3, checked.stdout
     if kind == "index":  # rebuildable: no segment stops a restore or a backup (item 9)
         assert restored.code == 0 and backup.code == 0, restored.stderr + backup.stderr
 

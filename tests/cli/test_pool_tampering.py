@@ -158,3 +158,39 @@ def test_a_garbage_key_slot(site: Site) -> None:
         result = site.cli(*args)
         _clean(result.code, result.stdout, result.stderr, " ".join(args))
         assert result.code == 3 and "cannot be read" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("kind", ["index", "manifest"])
+def test_replayed_from_before_a_prune(site: Site, source: Path, tmp_path: Path, kind: str) -> None:
+    """The same pool's object from before a prune, put back: the second snapshot is
+    dropped (its manifest deleted, the pool accepted as it is), a prune deletes the
+    packs only it used, then its manifest or its index segment comes back. Either now
+    names packs that are gone: damage for ``check``, and a restore of what they held
+    fails (exit 3); the first snapshot's files stay restorable."""
+    _backed_up(site, source)
+    snapshot = _target(site, "manifest")
+    segment = _target(site, "index")
+    kept = {p: p.read_bytes() for p in (snapshot, segment)}
+    snapshot.unlink()
+    assert site.cli("pool", "reindex", "--pool", "main").code == 0
+    pruned = site.cli("prune", "--safety-window", "0s")
+    assert pruned.code == 0 and "delete 0 pack(s)" not in pruned.stdout, pruned.stdout
+    replayed = snapshot if kind == "manifest" else segment
+    replayed.write_bytes(kept[replayed])
+
+    read = site.cli("check", "--read-data")
+    _clean(read.code, read.stdout, read.stderr, "check --read-data")
+    assert read.code == 3, read.stdout
+    out = tmp_path / "out"
+    restored = site.cli("restore", "alpha:latest", "--target", str(out))
+    _clean(restored.code, restored.stdout, restored.stderr, "restore")
+    expected = _files(source)
+    got = _files(out / str(source).lstrip("/")) if out.exists() else {}
+    if kind == "manifest":  # the replayed snapshot is the newest: its data is gone
+        assert restored.code == 3, restored.stderr
+        assert all(expected.get(name) == content for name, content in got.items())
+    else:  # the first snapshot's packs are all there
+        del expected["docs/second.bin"]
+        assert restored.code == 0 and got == expected, restored.stderr
+    backup = site.cli("backup", "alpha")
+    _clean(backup.code, backup.stdout, backup.stderr, "backup")

@@ -378,3 +378,10 @@ class PackMissing(ObjectNotFound, DataCorruption):
     # never deletes a pack a segment still names (docs/format.md, "Write order").
     exit_code = 3
     http_status = 500
+
+
+class ObjectDamaged(DataCorruption):
+    """Damaged pool: {name}: {reason}; `costor check` says what it affects"""
+
+    exit_code = 3
+    http_status = 500

@@ -34,6 +34,7 @@ from costor.errors import (
     AmbiguousSnapshot,
     BackendError,
     DataCorruption,
+    ObjectDamaged,
     ObjectNotFound,
     PackMissing,
     PoolError,
@@ -370,11 +371,11 @@ class Pool:
         data = self.backend.get(name)
         expected = name.rsplit("/", 1)[-1]
         if crypto.object_hash(data) != expected:
-            raise DataCorruption(pack=name, reason="index segment does not match its name")
+            raise ObjectDamaged(name=name, reason="the index segment does not match its name")
         try:
             return self.sealer.open(data, SEGMENT_AD)
         except crypto.AuthenticationFailed as error:
-            raise DataCorruption(pack=name, reason=f"index segment: {error}") from error
+            raise ObjectDamaged(name=name, reason=f"index segment: {error}") from error
 
     def list_packs(self) -> dict[str, int]:
         """Pack id -> size for every pack in the backend."""
@@ -517,8 +518,9 @@ class Pool:
                     self.adopt_orphan_packs(record=False)
             location = self.index.lookup(blob_identity)
         if location is None:
-            raise DataCorruption(
-                pack="(none)", reason=f"blob {blob_identity.hex()} is not in the index"
+            raise ObjectDamaged(
+                name=f"blob {blob_identity.hex()}",
+                reason="no index segment and no pack's trailer lists it (its pack is lost or damaged)",
             )
         return location
 
@@ -621,11 +623,11 @@ class Pool:
         name = f"snapshots/{snapshot_id}"
         data = self.backend.get(name)
         if crypto.object_hash(data) != snapshot_id:
-            raise DataCorruption(pack=name, reason="snapshot does not match its name")
+            raise ObjectDamaged(name=name, reason="the snapshot does not match its name")
         try:
             return Snapshot.from_bytes(self.sealer.open(data, SNAPSHOT_AD), snapshot_id)
         except crypto.AuthenticationFailed as error:
-            raise DataCorruption(pack=name, reason=f"snapshot: {error}") from error
+            raise ObjectDamaged(name=name, reason=f"snapshot: {error}") from error
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         """Remove a snapshot manifest (``forget``). Its data stays until ``prune``

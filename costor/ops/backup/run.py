@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from costor.db import queue as jobs
-from costor.errors import BackupError, CostorError
+from costor.errors import BackupError, CostorError, DataCorruption
 from costor.ops.context import Context
 from costor.store.backup.walk import Archiver
 from costor.store.progress import Progress
@@ -132,7 +132,7 @@ def _backup(
         ctx.load_index(pool)
         adopted = pool.adopt_orphan_packs()
         # A renamed client's parent may carry its earlier name ([[moved]]).
-        previous = pool.list_snapshots(ctx.client_names(client_name))
+        previous = _readable_snapshots(pool, ctx.client_names(client_name))
     except BaseException:
         if connection is not None:
             connection.close()
@@ -200,3 +200,18 @@ def run_many(
     ctx.engine  # noqa: B018  (created once here, not raced for by the threads)
     with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="backup") as executor:
         return dict(zip(names, executor.map(one, names), strict=True))
+
+
+def _readable_snapshots(pool: Any, names: Collection[str]) -> list[Any]:
+    """The client's snapshots, oldest first, to choose the parent from. A damaged
+    manifest (any client's) is passed over rather than stopping every backup to the
+    pool: a parent only saves re-reading files, and `costor check` reports the damage."""
+    found = []
+    for snapshot_id in pool.snapshot_ids():
+        try:
+            snapshot = pool.load_snapshot(snapshot_id)
+        except DataCorruption:
+            continue
+        if snapshot.client in names:
+            found.append(snapshot)
+    return sorted(found, key=lambda s: (s.time, s.id))

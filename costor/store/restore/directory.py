@@ -83,6 +83,7 @@ from costor.store.restore.confined import (
     write_sparse,
 )
 from costor.store.restore.selection import Selection
+from costor.store.restore.walk import Walk, WriterDirs
 from costor.store.snapshot import Snapshot
 from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
 
@@ -100,7 +101,6 @@ NOT_RESTORABLE = "not-restorable"  # a socket; a device node without root
 # One selected entry: its components under the target, the node, its path inside the
 # snapshot, and why it is refused (None: it is not).
 Item = tuple[Parts, Node, bytes, str | None]
-IN_FLIGHT_PER_WORKER = 8  # files submitted ahead of the writers (each holds a descriptor)
 
 
 @dataclass
@@ -124,48 +124,6 @@ class RestoreResult:
     def files_skipped(self) -> int:
         """Entries that existed and were left as they were (unchanged or kept)."""
         return self.files_unchanged + self.files_not_overwritten
-
-
-class _Walk:
-    """The state of one restore's walk: the open directories leading to the current
-    entry (each a descriptor, None in a dry run where the directory does not exist),
-    what is left to do at the end, and the work handed to the writers."""
-
-    def __init__(self, root_fd: int | None, executor: ThreadPoolExecutor, in_flight: int):
-        self.root_fd = root_fd
-        self.stack: list[tuple[Parts, int | None]] = [((), root_fd)]
-        self.directories: list[tuple[Parts, Node]] = []  # their metadata, at the end
-        self.hardlinks: dict[tuple[int, int], tuple[Parts, Future[str]]] = {}
-        self.futures: list[Future[Any]] = []
-        self.blocked: list[Parts] = []  # dirs whose content is left out (see module doc)
-        self._executor = executor
-        self._slots = threading.BoundedSemaphore(in_flight)
-
-    def parent(self, parts: Parts) -> int | None:
-        """The descriptor of the directory holding ``parts`` (closing those left)."""
-        while len(self.stack) > 1 and self.stack[-1][0] != parts[:-1]:
-            close_fd(self.stack.pop()[1])
-        if self.stack[-1][0] != parts[:-1]:
-            raise RuntimeError("restore walk lost its place")  # a bug, never the data
-        return self.stack[-1][1]
-
-    def push(self, parts: Parts, fd: int | None) -> None:
-        self.stack.append((parts, fd))
-
-    def is_blocked(self, parts: Parts) -> bool:
-        return any(parts[: len(b)] == b for b in self.blocked)
-
-    def submit(self, job: Callable[..., Any], *args: Any) -> Future[Any]:
-        """Run ``job`` on a writer; at most ``in_flight`` wait or run at once."""
-        self._slots.acquire()
-        future = self._executor.submit(job, *args)
-        future.add_done_callback(lambda _done: self._slots.release())
-        self.futures.append(future)
-        return future
-
-    def close(self) -> None:
-        while len(self.stack) > 1:
-            close_fd(self.stack.pop()[1])
 
 
 class Restorer:
@@ -202,6 +160,7 @@ class Restorer:
         self._is_root = os.geteuid() == 0
         self._target = b""
         self._root_fd: int | None = None
+        self._writer_dirs = WriterDirs(None)  # the writers' directories, per restore
 
     def restore(self, snapshot: Snapshot, target: str, path: str = "/") -> RestoreResult:
         node = self.pool.find_node(bytes.fromhex(snapshot.tree), path)
@@ -275,14 +234,18 @@ class Restorer:
         ]
 
     def _restore_items(self, items: list[Item]) -> None:
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="restore") as executor:
-            walk = _Walk(self._root_fd, executor, self.workers * IN_FLIGHT_PER_WORKER)
-            try:
-                for number, item in enumerate(items):
-                    self._place(walk, number, item)
-            finally:
-                walk.close()
-            _raise_first(walk.futures)
+        self._writer_dirs = WriterDirs(self._root_fd)
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="restore") as executor:
+                walk = Walk(self._root_fd, executor)
+                try:
+                    for number, item in enumerate(items):
+                        self._place(walk, number, item)
+                finally:
+                    walk.close()
+                _raise_first(walk.futures)
+        finally:
+            self._writer_dirs.close()
         if not self.dry_run and self._root_fd is not None:
             for parts, node in sorted(walk.directories, key=_depth, reverse=True):
                 fd = open_parts(self._root_fd, parts)
@@ -291,14 +254,14 @@ class Restorer:
                 finally:
                     os.close(fd)
 
-    def _place(self, walk: _Walk, number: int, item: Item) -> None:
+    def _place(self, walk: Walk, number: int, item: Item) -> None:
         try:
             self._place_one(walk, number, item)
         except OSError as error:
             shown = self._shown(item[0])
             raise RestoreError(reason=f"{shown}: {error.strerror or error}") from error
 
-    def _place_one(self, walk: _Walk, number: int, item: Item) -> None:
+    def _place_one(self, walk: Walk, number: int, item: Item) -> None:
         parts, node, snap_path, problem = item
         if problem is not None:
             self._refuse(number, snap_path, node, problem)
@@ -312,7 +275,7 @@ class Restorer:
         else:
             self._special(walk.parent(parts), parts, node, number, snap_path)
 
-    def _enter(self, walk: _Walk, parts: Parts, node: Node) -> None:
+    def _enter(self, walk: Walk, parts: Parts, node: Node) -> None:
         state, fd = self._directory(walk.parent(parts), parts)
         if state == "blocked":
             walk.blocked.append(parts)
@@ -323,33 +286,30 @@ class Restorer:
             walk.directories.append((parts, node))
 
     def _submit_file(
-        self, walk: _Walk, number: int, parts: Parts, node: Node, snap_path: bytes
+        self, walk: Walk, number: int, parts: Parts, node: Node, snap_path: bytes
     ) -> None:
-        parent = walk.parent(parts)
-        fd = os.dup(parent) if parent is not None else None  # the job closes it
+        # The writer opens the directory itself (see store/restore/walk.py); None: it does
+        # not exist (a dry run), nor does anything in it.
+        exists = walk.parent(parts) is not None
         key = (node.device, node.inode)
         first = walk.hardlinks.get(key) if node.links > 1 else None
+        args = (exists, parts, node, number, snap_path)
         if first is not None:
-            walk.submit(self._job, self._link_after, fd, parts, node, number, snap_path, first)
+            walk.submit(self._job, self._link_after, *args, first)
             return
-        future = walk.submit(self._job, self._file, fd, parts, node, number, snap_path)
+        future = walk.submit(self._job, self._file, *args)
         if node.links > 1:
             walk.hardlinks[key] = (parts, future)
 
     def _job(
-        self,
-        action: Callable[..., str | None],
-        fd: int | None,
-        parts: Parts,
-        *args: Any,
+        self, action: Callable[..., str | None], exists: bool, parts: Parts, *args: Any
     ) -> str | None:
-        """Run ``action`` on a writer; it owns ``fd`` and closes it when done."""
+        """Run ``action`` on a writer, in the directory holding ``parts``."""
         try:
+            fd = self._writer_dirs.fd(parts[:-1]) if exists else None
             return action(fd, parts, *args)
         except OSError as error:
             raise RestoreError(reason=f"{self._shown(parts)}: {error.strerror or error}") from error
-        finally:
-            close_fd(fd)
 
     def _shown(self, parts: Parts) -> str:
         return os.fsdecode(os.path.join(self._target, *parts))

@@ -40,7 +40,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from costor.config.fmt import FormatError, format_toml
-    from costor.config.loader import decode_error_position
+    from costor.config.loader import TOO_DEEP, decode_error_position
 
     files = _unique([Path(f) for f in args.files] or _default_files(Path(args.inventory)))
     unformatted: list[Path] = []
@@ -64,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         except tomllib.TOMLDecodeError as error:
             line, column, message = decode_error_position(error, text)
             print(f"{file}:{line}:{column}: invalid TOML: {message}", file=sys.stderr)
+            failed = True
+            continue
+        except RecursionError:  # tomllib parses nesting recursively
+            print(f"{file}:1:1: {TOO_DEEP}", file=sys.stderr)
             failed = True
             continue
         except FormatError as error:
@@ -96,7 +100,7 @@ def _default_files(inventory: Path) -> list[Path]:
     files = [inventory]
     try:
         data = tomllib.loads(inventory.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError):  # TOMLDecodeError, UnicodeDecodeError
+    except (OSError, ValueError, RecursionError):  # TOMLDecodeError, UnicodeDecodeError
         return files  # reported when the inventory itself is read
     settings = data.get("costor")
     paths = (

@@ -104,7 +104,7 @@ def load_settings(path: str | Path) -> CostorSettings:
     try:
         data = tomllib.loads(text)
         body = data.get("costor", {})
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):  # too deep: as not valid TOML
         body = _costor_table(text)
     try:
         return CostorSettings.model_validate(body, context={"base_dir": base_dir})
@@ -133,6 +133,6 @@ def _costor_table(text: str) -> dict[str, Any]:
     end = next((i for i in range(start, len(lines)) if _TABLE_HEADER.match(lines[i])), len(lines))
     try:
         body = tomllib.loads("\n".join(lines[start:end]))
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return {}
     return body

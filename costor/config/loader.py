@@ -181,7 +181,9 @@ class _Check:
             self.diagnostics.append(
                 Diagnostic(display, line, column, "", f"invalid TOML: {message}")
             )
-            return None
+        except RecursionError:  # tomllib parses nested arrays and tables recursively
+            self.diagnostics.append(Diagnostic(display, 1, 1, "", TOO_DEEP))
+        return None
 
     def validate(self, model: type[Any], body: Any, prefix: tuple[str | int, ...]) -> Any:
         """``model`` validated from ``body``, or None with its problems recorded."""
@@ -465,6 +467,9 @@ class _Check:
 # --- helpers ---------------------------------------------------------------------------
 
 _TOML_ERROR_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+TOO_DEEP = "invalid TOML: arrays or inline tables are nested too deeply to read"
 
 
 def decode_error_position(error: tomllib.TOMLDecodeError, text: str) -> tuple[int, int, str]:

@@ -159,18 +159,23 @@ def _refuse_rolled_back(
     to an older snapshot when the catalogue records a newer one of the client in a pool
     that no longer holds it (its manifest deleted, or the storage rolled back). The
     older snapshot stays restorable by its id; `costor check` reports the missing one."""
-    held = {snapshot_id for pool in pools for snapshot_id in pool.snapshot_ids()}
+    # The catalogue first, then the pools: a backup that ends meanwhile writes its
+    # manifest before its catalogue row, so a row read here has its manifest listed below.
     with session_scope(ctx.engine, write=False) as session:
-        for pool in pools:
-            for snapshot_id, row in catalogue.catalogued_snapshots(session, pool.uuid).items():
-                if (
-                    row.client in client_names
-                    and row.time > newest.time
-                    and snapshot_id not in held
-                ):
-                    raise SnapshotRolledBack(
-                        ref=ref,
-                        missing=snapshot_id[:12],
-                        time=row.time[:19].replace("T", " "),
-                        found=newest.id[:12],
-                    )
+        rows = [
+            (snapshot_id, row)
+            for pool in pools
+            for snapshot_id, row in catalogue.catalogued_snapshots(session, pool.uuid).items()
+            if row.client in client_names and row.time > newest.time
+        ]
+    if not rows:
+        return
+    held = {snapshot_id for pool in pools for snapshot_id in pool.snapshot_ids()}
+    for snapshot_id, row in rows:
+        if snapshot_id not in held:
+            raise SnapshotRolledBack(
+                ref=ref,
+                missing=snapshot_id[:12],
+                time=row.time[:19].replace("T", " "),
+                found=newest.id[:12],
+            )

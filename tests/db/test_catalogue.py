@@ -4,49 +4,24 @@ replacement, checks' verification times, a prune's pack changes)."""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
+from datetime import UTC
+
+from support.rows import NOW, pool_row, snapshot_row
 
 from costor.db import catalogue
-from costor.db.models import PackRow, PoolRow, SnapshotRow
+from costor.db.models import PackRow
 from costor.db.session import open_engine, session_scope
-
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def _pool(name: str, uuid: str) -> PoolRow:
-    return PoolRow(
-        name=name,
-        uuid=uuid,
-        backend="local",
-        location=f"/pools/{name}",
-        encryption="none",
-        created_at=NOW,
-        updated_at=NOW,
-    )
-
-
-def _snapshot(snapshot_id: str, pool_uuid: str, client: str, time: str) -> SnapshotRow:
-    return SnapshotRow(
-        id=snapshot_id,
-        pool_uuid=pool_uuid,
-        client=client,
-        time=time,
-        tree="t",
-        paths=json.dumps([]),
-        counters="{}",
-    )
 
 
 def test_snapshots_latest_pools_owners_and_deletion(state_url: str) -> None:
     engine = open_engine(state_url)
     with session_scope(engine) as session:
-        session.add_all([_pool("main", "u1"), _pool("far", "u2"), _pool("empty", "u3")])
+        session.add_all([pool_row("main", "u1"), pool_row("far", "u2"), pool_row("empty", "u3")])
         session.add_all(
             [
-                _snapshot("s1", "u1", "web", "2026-01-01T00:00:00.000000Z"),
-                _snapshot("s2", "u2", "web", "2026-01-02T00:00:00.000000Z"),
-                _snapshot("s3", "u1", "db", "2026-01-03T00:00:00.000000Z"),
+                snapshot_row("s1", "u1", "web", "2026-01-01T00:00:00.000000Z"),
+                snapshot_row("s2", "u2", "web", "2026-01-02T00:00:00.000000Z"),
+                snapshot_row("s3", "u1", "db", "2026-01-03T00:00:00.000000Z"),
             ]
         )
     with session_scope(engine, write=False) as session:
@@ -72,8 +47,8 @@ def test_packs_reindex_verification_and_prune(state_url: str) -> None:
     with session_scope(engine) as session:
         session.add_all(
             [
-                _snapshot("old", "u1", "web", "2026-01-01T00:00:00.000000Z"),
-                _snapshot("other", "u2", "web", "2026-01-01T00:00:00.000000Z"),
+                snapshot_row("old", "u1", "web", "2026-01-01T00:00:00.000000Z"),
+                snapshot_row("other", "u2", "web", "2026-01-01T00:00:00.000000Z"),
                 PackRow(pool_uuid="u1", pack_id="stale", size=1),
                 PackRow(pool_uuid="u2", pack_id="p9", size=9),
             ]
@@ -82,7 +57,7 @@ def test_packs_reindex_verification_and_prune(state_url: str) -> None:
         catalogue.replace_pool_catalogue(
             session,
             "u1",
-            [_snapshot("new", "u1", "web", "2026-01-05T00:00:00.000000Z")],
+            [snapshot_row("new", "u1", "web", "2026-01-05T00:00:00.000000Z")],
             {"p1": 10, "p2": 20},
         )
     with session_scope(engine, write=False) as session:

@@ -4,7 +4,7 @@ dropped, a backup's bytes added."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from support.rows import pool_row, snapshot_row
 
 from costor.db.catalogue import (
     delete_pool_catalogue,
@@ -12,47 +12,21 @@ from costor.db.catalogue import (
     snapshot_counts_by_pool,
     snapshots_of_clients,
 )
-from costor.db.models import PackRow, PoolRow, SnapshotRow
+from costor.db.models import PackRow, PoolRow
 from costor.db.pools import add_pool_bytes, pool_by_uuid, pool_rows
 from costor.db.session import open_engine, session_scope
-
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def _pool(name: str, uuid: str) -> PoolRow:
-    return PoolRow(
-        name=name,
-        uuid=uuid,
-        backend="local",
-        location=f"/pools/{name}",
-        encryption="none",
-        created_at=NOW,
-        updated_at=NOW,
-    )
-
-
-def _snapshot(snapshot_id: str, pool_uuid: str, client: str) -> SnapshotRow:
-    return SnapshotRow(
-        id=snapshot_id,
-        pool_uuid=pool_uuid,
-        client=client,
-        time="t",
-        tree="x",
-        paths="[]",
-        counters="{}",
-    )
 
 
 def test_pool_queries(state_url: str) -> None:
     engine = open_engine(state_url)
     with session_scope(engine) as session:
-        session.add(_pool("hq", "u-hq"))
-        session.add(_pool("dr", "u-dr"))
-        session.add(_snapshot("s1", "u-hq", "web1"))
-        session.add(_snapshot("s2", "u-hq", "web0"))  # web1's earlier name
-        session.add(_snapshot("s3", "u-dr", "web1"))
-        session.add(_snapshot("s4", "u-gone", "web1"))  # a pool no longer recorded
-        session.add(_snapshot("s5", "u-dr", "db1"))
+        session.add(pool_row("hq", "u-hq"))
+        session.add(pool_row("dr", "u-dr"))
+        session.add(snapshot_row("s1", "u-hq", "web1"))
+        session.add(snapshot_row("s2", "u-hq", "web0"))  # web1's earlier name
+        session.add(snapshot_row("s3", "u-dr", "web1"))
+        session.add(snapshot_row("s4", "u-gone", "web1"))  # a pool no longer recorded
+        session.add(snapshot_row("s5", "u-dr", "db1"))
         session.add(PackRow(pool_uuid="u-dr", pack_id="p1", size=10))
         session.add(PackRow(pool_uuid="u-hq", pack_id="p2", size=20))
 

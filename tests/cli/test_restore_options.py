@@ -220,3 +220,30 @@ def test_archive_needs_force_to_replace_and_takes_a_format(
         "restore", "alpha:latest", "--archive", str(tmp_path / "y.tar"), "--overwrite", "never"
     )
     assert wrong.code == 1 and "--force" in wrong.stderr
+
+
+def test_zip_archive_renames_a_backslash_and_says_so(
+    applied: Site, source: Path, tmp_path: Path
+) -> None:
+    # `\` is an ordinary character on Linux but a separator to zip readers on Windows.
+    (source / "docs" / "a\\..\\..\\evil").write_text("kept\n")
+    assert applied.cli("backup", "alpha").code == 0
+    archive = tmp_path / "out.zip"
+    result = applied.cli("restore", "alpha:latest", "--archive", str(archive), "--json")
+    assert result.code == 0, result.stderr
+    assert "archived as" in result.stderr and "Windows" in result.stderr
+    with zipfile.ZipFile(archive) as zipped:
+        names = zipped.namelist()
+        evil = next(name for name in names if name.endswith("docs/a_.._.._evil"))
+        assert zipped.read(evil) == b"kept\n"
+    assert not any("\\" in name for name in names)
+    planned = restore_json(applied, "--archive", str(tmp_path / "x.zip"), "--dry-run")
+    (listed,) = [entry for entry in planned["entries"] if "archived_as" in entry]
+    assert listed["path"].endswith("docs/a\\..\\..\\evil")
+    assert listed["archived_as"].endswith("docs/a_.._.._evil")
+    # A tar keeps the name as it is.
+    tar_path = tmp_path / "out.tar"
+    as_tar = applied.cli("restore", "alpha:latest", "--archive", str(tar_path))
+    assert as_tar.code == 0 and "archived as" not in as_tar.stderr
+    with tarfile.open(tar_path) as tar:
+        assert any(name.endswith("docs/a\\..\\..\\evil") for name in tar.getnames())

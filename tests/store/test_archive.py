@@ -22,13 +22,14 @@ from typing import Any, BinaryIO, cast
 import pytest
 import zstandard
 
-from costor.errors import DataCorruption, PathNotInSnapshot, UsageError
+from costor.errors import DataCorruption, PathNotInSnapshot, RestoreRefused, UsageError
 from costor.store.backends import LocalBackend
 from costor.store.backup.walk import Archiver
 from costor.store.pool import Pool
 from costor.store.progress import Progress
 from costor.store.restore import archive as archive_module
 from costor.store.restore.archive import ArchiveResult, write_archive
+from costor.store.restore.selection import Selection
 from costor.store.snapshot import Snapshot
 
 RAW_NAME = b"caf\xe9.txt"  # Latin-1, not valid UTF-8
@@ -663,3 +664,163 @@ def test_failure_on_a_stream_stops_inside_the_failing_file(
             if handle is not None:
                 handle.read()
     assert seen == ["sub", "sub/nested", "sub/nested/deep.txt"]
+
+
+# --- a backslash in a name: a separator to zip readers on Windows ----------------------
+
+# Names a Linux host may hold; `\` is an ordinary character there (systemd's unit names
+# escape with it: dev-disk-by\x2duuid-….swap).
+ESCAPING = "a\\..\\..\\evil"  # on Windows, a zip member of this name would leave its folder
+
+
+def _backslash_source(base: Path, *, clashes: bool) -> tuple[Path, Pool, Snapshot]:
+    src = base / "src"
+    (src / "dir\\with\\backslashes").mkdir(parents=True)
+    (src / ESCAPING).write_bytes(b"kept\n")
+    (src / "plain.txt").write_bytes(b"plain\n")
+    (src / "dev-disk-by\\x2duuid-1.swap").write_bytes(b"[Swap]\n")
+    (src / "dir\\with\\backslashes" / "inner\\file").write_bytes(b"inner\n")
+    (src / "dir\\with\\backslashes" / "ok.txt").write_bytes(b"ok\n")
+    if clashes:
+        (src / "clash\\name").write_bytes(b"renamed would clash\n")
+        (src / "clash_name").write_bytes(b"the real clash_name\n")
+        (src / "p\\_q").write_bytes(b"first to become p__q\n")
+        (src / "p_\\q").write_bytes(b"second to become p__q\n")
+        (src / "d\\e").mkdir()
+        (src / "d\\e" / "inside").write_bytes(b"left out with its directory\n")
+        (src / "d_e").write_bytes(b"the real d_e\n")
+    pool = Pool.init(LocalBackend(base / "pool"), passphrase="pw", pack_size=4 * 1024 * 1024)
+    return src, pool, Archiver(pool, client="c", paths=[str(src)]).run()
+
+
+@pytest.fixture(scope="module")
+def backslashes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pool, Snapshot]:
+    return _backslash_source(tmp_path_factory.mktemp("backslashes"), clashes=False)
+
+
+@pytest.fixture(scope="module")
+def clashing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pool, Snapshot]:
+    return _backslash_source(tmp_path_factory.mktemp("clashing"), clashes=True)
+
+
+RENAMED = {
+    "src/a_.._.._evil": b"kept\n",
+    "src/dev-disk-by_x2duuid-1.swap": b"[Swap]\n",
+    "src/dir_with_backslashes/inner_file": b"inner\n",
+    "src/dir_with_backslashes/ok.txt": b"ok\n",
+    "src/plain.txt": b"plain\n",
+}
+
+
+def _zip_contents(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as zipped:
+        return {info.filename: zipped.read(info) for info in zipped.infolist() if not info.is_dir()}
+
+
+def test_zip_member_names_hold_no_backslash(
+    backslashes: tuple[Path, Pool, Snapshot],
+) -> None:
+    src, pool, snapshot = backslashes
+    buffer = io.BytesIO()
+    progress = Recorder()
+    result = write_archive(pool, snapshot, str(src), buffer, format="zip", progress=progress)
+
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as zipped:
+        names = zipped.namelist()
+    assert not any("\\" in name for name in names), names
+    assert "src/dir_with_backslashes/" in names
+    # Every file is there, its content kept, under its new name.
+    assert _zip_contents(buffer.getvalue()) == RENAMED
+    assert result.files == 5 and not result.refused
+    # Each name that changed is reported once, with its path in the snapshot; what is
+    # inside a renamed directory is under the new name without a report of its own.
+    expected = [
+        ("src/" + ESCAPING, "src/a_.._.._evil"),
+        ("src/dev-disk-by\\x2duuid-1.swap", "src/dev-disk-by_x2duuid-1.swap"),
+        ("src/dir\\with\\backslashes", "src/dir_with_backslashes"),
+        ("src/dir\\with\\backslashes/inner\\file", "src/dir_with_backslashes/inner_file"),
+    ]
+    assert [(r["path"], r["archived_as"]) for r in result.renamed] == expected
+    warned = [(path, message) for path, message in progress.warnings if "Windows" in message]
+    assert [path for path, _message in warned] == [path for path, _name in expected]
+    assert "archived as 'src/a_.._.._evil'" in warned[0][1]
+
+
+def test_tar_keeps_a_backslash(backslashes: tuple[Path, Pool, Snapshot]) -> None:
+    # A POSIX format, meant to keep names as the snapshot has them: `\` is no separator.
+    src, pool, snapshot = backslashes
+    buffer = io.BytesIO()
+    progress = Recorder()
+    result = write_archive(pool, snapshot, str(src), buffer, format="tar", progress=progress)
+    names = _names(buffer)
+    assert "src/" + ESCAPING in names
+    assert "src/dir\\with\\backslashes/inner\\file" in names
+    assert not result.renamed and not progress.warnings
+
+
+def test_zip_dry_run_lists_the_new_names(backslashes: tuple[Path, Pool, Snapshot]) -> None:
+    src, pool, snapshot = backslashes
+    planned = archive_module.plan_archive(pool, snapshot, str(src), "x.zip", list_entries=True)
+    assert planned.entries is not None
+    listed = {entry["path"]: entry.get("archived_as") for entry in planned.entries}
+    assert listed["src/" + ESCAPING] == "src/a_.._.._evil"
+    assert listed["src/dir\\with\\backslashes/ok.txt"] is None  # its own name kept
+    assert listed["src/plain.txt"] is None
+    assert len(planned.renamed) == 4
+    as_tar = archive_module.plan_archive(pool, snapshot, str(src), "x.tar", list_entries=True)
+    assert as_tar.entries is not None and not as_tar.renamed
+    assert not any("archived_as" in entry for entry in as_tar.entries)
+
+
+def test_zip_of_a_path_with_a_backslash_and_a_selection(
+    backslashes: tuple[Path, Pool, Snapshot],
+) -> None:
+    src, pool, snapshot = backslashes
+    buffer = io.BytesIO()
+    inside = str(src / "dir\\with\\backslashes")
+    result = write_archive(pool, snapshot, inside, buffer, format="zip")
+    assert _zip_contents(buffer.getvalue()) == {
+        "dir_with_backslashes/inner_file": b"inner\n",
+        "dir_with_backslashes/ok.txt": b"ok\n",
+    }
+    assert [r["archived_as"] for r in result.renamed] == [
+        "dir_with_backslashes",
+        "dir_with_backslashes/inner_file",
+    ]
+    # --include matches the names in the snapshot, not the archived ones.
+    buffer = io.BytesIO()
+    selection = Selection(["inner\\file"], [])
+    write_archive(pool, snapshot, str(src), buffer, format="zip", selection=selection)
+    assert _zip_contents(buffer.getvalue()) == {"src/dir_with_backslashes/inner_file": b"inner\n"}
+    # The whole snapshot from its root: the directories leading to src keep their names.
+    buffer = io.BytesIO()
+    write_archive(pool, snapshot, "/", buffer, format="zip")
+    prefix = str(src).lstrip("/")
+    assert f"{prefix}/a_.._.._evil" in _zip_contents(buffer.getvalue())
+
+
+def test_a_new_name_that_is_taken_is_refused(
+    clashing: tuple[Path, Pool, Snapshot], tmp_path: Path
+) -> None:
+    # The name already in the directory keeps its entry; the renamed one (a directory
+    # with what is in it) is refused, the rest archived, and the run fails (exit 1).
+    src, pool, snapshot = clashing
+    out = tmp_path / "out.zip"
+    with pytest.raises(RestoreRefused) as raised:
+        write_archive(pool, snapshot, str(src), str(out))
+    refused = raised.value.fields["refused"]
+    assert [entry["path"] for entry in refused] == ["src/clash\\name", "src/d\\e", "src/p_\\q"]
+    assert "'clash_name' is taken in its directory" in refused[0]["reason"]
+    contents = _zip_contents(out.read_bytes())
+    assert contents == {
+        **RENAMED,
+        "src/clash_name": b"the real clash_name\n",
+        "src/d_e": b"the real d_e\n",
+        "src/p__q": b"first to become p__q\n",
+    }
+    with pytest.raises(RestoreRefused):
+        archive_module.plan_archive(pool, snapshot, str(src), "x.zip")
+    # A tar has no such clash.
+    buffer = io.BytesIO()
+    write_archive(pool, snapshot, str(src), buffer)
+    assert "src/d\\e/inside" in _names(buffer)

@@ -40,7 +40,10 @@ Member names are made only of checked names (``archive_entries.py``): never ``..
 never absolute. An entry whose name could leave its directory, or repeats a name of its
 directory, is refused as in a directory restore: reported, left out, and once the rest
 is written (and a file archive given its name) the run fails with
-:class:`~costor.errors.RestoreRefused`.
+:class:`~costor.errors.RestoreRefused`. A zip member name never holds a ``\\`` either,
+which zip readers on Windows take for a directory separator: each becomes ``_``, with a
+warning, and the result lists the entries so renamed (``renamed``); a tar keeps it
+(``archive_entries.ZipNames`` says why).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ import sys
 import tarfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO, cast
@@ -105,6 +108,8 @@ class ArchiveResult:
     archive_bytes: int = 0  # size of the archive itself
     entries: list[dict[str, object]] | None = None  # plan_archive(list_entries=True)
     refused: list[dict[str, str]] = field(default_factory=list)  # unsafe names, left out
+    # Entries whose name a zip cannot keep, archived under another: path, archived_as.
+    renamed: list[dict[str, str]] = field(default_factory=list)
 
     def raise_refused(self, snapshot: Snapshot, done: str) -> None:
         """Entries were refused (see ``confined.py``): the run fails, once the rest is
@@ -125,6 +130,17 @@ class ArchiveResult:
         if progress is not None:
             progress.warning(shown, f"refused: {entry.problem}; not archived")
         self.refused.append(Refusal(shown, entry.node.type, entry.problem).to_json())
+
+    def rename(self, entry: Entry, progress: Progress | None) -> None:
+        """``entry`` is archived under another name (see ``archive_entries.ZipNames``)."""
+        shown, archived_as = _entry_path(entry), _shown(entry.name)
+        if progress is not None:
+            progress.warning(
+                shown,
+                f"the name holds a '\\', which zip readers on Windows take for a directory "
+                f"separator; archived as {archived_as!r} (a tar keeps the name)",
+            )
+        self.renamed.append({"path": shown, "archived_as": archived_as})
 
 
 def write_archive(
@@ -194,7 +210,11 @@ def plan_archive(
         (DIR, FILE, SYMLINK) if chosen == "zip" else (DIR, FILE, SYMLINK, FIFO, CHARDEV, BLOCKDEV)
     )
     for entry in archive_entries(
-        pool, node, hardlinks=chosen != "zip", select=_selecting(selection, path)
+        pool,
+        node,
+        hardlinks=chosen != "zip",
+        select=_selecting(selection, path),
+        zip_names=chosen == "zip",
     ):
         _plan_entry(result, entry, kinds)
     result.raise_refused(snapshot, "counted (dry run)")
@@ -216,18 +236,28 @@ def _plan_entry(result: ArchiveResult, entry: Entry, kinds: tuple[str, ...]) -> 
         elif kind == FILE:
             result.files += 1
             result.bytes_written += entry.node.size if entry.reads_content else 0
+    renamed = entry.renamed and action == "archive"
+    if renamed:
+        result.rename(entry, None)
     if result.entries is not None:
-        result.entries.append(
-            {"path": _entry_path(entry), "type": kind, "size": entry.node.size, "action": action}
-        )
+        listed: dict[str, object] = {
+            "path": _entry_path(entry),
+            "type": kind,
+            "size": entry.node.size,
+            "action": action,
+        }
+        if renamed:
+            listed["archived_as"] = _shown(entry.name)
+        result.entries.append(listed)
 
 
 def _entry_path(entry: Entry) -> str:
-    return (
-        os.fsdecode(entry.name)
-        .encode("utf-8", "surrogateescape")
-        .decode("utf-8", "backslashreplace")
-    )
+    """The entry's path in the snapshot, as text (undecodable bytes escaped)."""
+    return _shown(entry.snapshot_path)
+
+
+def _shown(name: bytes) -> str:
+    return os.fsdecode(name).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _selecting(selection: Selection | None, path: str) -> tuple[Selection, bytes] | None:
@@ -384,25 +414,30 @@ class _ArchiveWriter:
         self.progress = progress or Progress()
         self.result = ArchiveResult()
         self._hardlinks = format != "zip"
+        self._zip_names = format == "zip"
+
+    def _entries(self) -> Iterator[Entry]:
+        return archive_entries(
+            self.pool,
+            self.node,
+            hardlinks=self._hardlinks,
+            select=self.select,
+            zip_names=self._zip_names,
+        )
 
     def write(self, output: IO[bytes]) -> ArchiveResult:
         if self.count_totals:
             total_files = total_bytes = 0
-            for entry in archive_entries(
-                self.pool, self.node, hardlinks=self._hardlinks, select=self.select
-            ):
+            for entry in self._entries():
                 if entry.node.type == FILE and entry.problem is None:
                     total_files += 1
                     total_bytes += entry.node.size if entry.reads_content else 0
             self.progress.set_total(total_files, total_bytes)
         sink = _Sink(output)
         executor = ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="archive-read")
-        entries = archive_entries(
-            self.pool, self.node, hardlinks=self._hardlinks, select=self.select
-        )
         blobs = ReadAhead(
             self.pool,
-            entries,
+            self._entries(),
             executor,
             blobs_ahead=READ_AHEAD_BLOBS,
             entries_ahead=READ_AHEAD_ENTRIES,
@@ -540,6 +575,8 @@ class _ArchiveWriter:
                 if node.type not in (DIR, FILE, SYMLINK):
                     self._skip(entry, f"a {node.type} cannot be stored in a zip archive")
                     continue
+                if entry.renamed:
+                    self.result.rename(entry, self.progress)
                 name = os.fsdecode(entry.name) + ("/" if node.type == DIR else "")
                 info = _RawNameZipInfo(name, _dos_time(node.mtime_ns))
                 info.extra = _zip_extra(node)
@@ -591,7 +628,7 @@ class _ArchiveWriter:
 
     def _skip(self, entry: Entry, why: str) -> None:
         self.result.skipped += 1
-        self.progress.warning(os.fsdecode(entry.name), f"{why}; skipped")
+        self.progress.warning(os.fsdecode(entry.snapshot_path), f"{why}; skipped")
 
 
 def _quietly(action: Callable[[], object]) -> None:

@@ -5,7 +5,19 @@ read a few blobs ahead of the writer, in the same order (:class:`ReadAhead`).
 Names are checked component by component (``confined.walk_checked``): a member name is
 made only of names that are not empty, ``.`` or ``..`` and hold no ``/`` or NUL, each
 the first of its name in its directory. An entry that fails is given with its
-``problem``: the writers refuse it (report it, write nothing of it)."""
+``problem``: the writers refuse it (report it, write nothing of it).
+
+A zip also gets no ``\\`` in a member name (:class:`ZipNames`): many zip readers on
+Windows (Python's ``zipfile`` among them: ``ZipInfo`` turns ``os.sep`` into ``/``) take
+it for a directory separator, so a name ``a\\..\\..\\evil``, harmless on the Linux
+host that had it, leaves the extraction directory in any of them that does not check
+the parts again. Each ``\\`` becomes ``_`` (as 7-Zip does for a character a Windows
+name cannot hold): the entry keeps its content and carries its name in the snapshot
+(``original``), which the writers report. A look-alike such as U+FF3C (fullwidth
+reverse solidus) is not used: Windows' best-fit conversion to an ANSI code page turns
+it back into ``\\``. A tar keeps ``\\``: it is a POSIX format, where a name holds any
+byte but ``/`` and NUL, and the format that keeps everything as the snapshot has it
+(docs/restore.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +30,7 @@ from dataclasses import dataclass
 from costor.errors import DataCorruption
 from costor.store.pool import Pool
 from costor.store.progress import Progress
-from costor.store.restore.confined import shown_path, walk_checked
+from costor.store.restore.confined import Parts, shown_path, walk_checked
 from costor.store.restore.selection import Selection
 from costor.store.tree import DIR, FILE, Node
 
@@ -29,6 +41,18 @@ class Entry:
     node: Node
     link_to: bytes | None = None  # an earlier name of the same inode (tar hard link)
     problem: str | None = None  # why it is refused (its name), or None
+    original: bytes | None = None  # its path in the snapshot, where that is not ``name``
+
+    @property
+    def snapshot_path(self) -> bytes:
+        return self.original if self.original is not None else self.name
+
+    @property
+    def renamed(self) -> bool:
+        """Its own name was changed for the archive (not only a directory's above it)."""
+        return self.original is not None and (
+            self.original.rpartition(b"/")[2] != self.name.rpartition(b"/")[2]
+        )
 
     @property
     def reads_content(self) -> bool:
@@ -41,17 +65,26 @@ def archive_entries(
     *,
     hardlinks: bool,
     select: tuple[Selection, bytes] | None = None,
+    zip_names: bool = False,
 ) -> Iterator[Entry]:
-    """The selected node's entries in archive order, depth first, lazily."""
-    items: Iterator[tuple[bytes, Node, str | None]] = (
-        (shown_path(parts), item, problem) for parts, item, problem in walk_checked(pool, node)
-    )
+    """The selected node's entries in archive order, depth first, lazily. ``zip_names``:
+    member names for a zip (no ``\\``, see :class:`ZipNames`)."""
+    items = walk_checked(pool, node)
     if select is not None:
         items = _select(items, *select)
+    names = ZipNames(pool, node) if zip_names else None
     first_names: dict[tuple[int, int], tuple[bytes, Node]] = {}
-    for name, item, problem in items:
+    for parts, item, problem in items:
+        name, original = shown_path(parts), None
+        if names is not None:
+            named = names.name(parts, item, problem)
+            if named is None:
+                continue  # inside a directory refused here
+            archived, problem = named
+            if archived != parts:
+                name, original = shown_path(archived), name
         if problem is not None:
-            yield Entry(name, item, problem=problem)
+            yield Entry(name, item, problem=problem, original=original)
             continue
         link_to = None
         if hardlinks and item.type == FILE and item.links > 1 and item.inode:
@@ -62,24 +95,103 @@ def archive_entries(
                 first_names[key] = (name, item)
             elif first[1].content == item.content and first[1].size == item.size:
                 link_to = first[0]
-        yield Entry(name, item, link_to)
+        yield Entry(name, item, link_to, original=original)
 
 
 def _select(
-    items: Iterator[tuple[bytes, Node, str | None]], selection: Selection, where: bytes
-) -> Iterator[tuple[bytes, Node, str | None]]:
+    items: Iterator[tuple[Parts, Node, str | None]], selection: Selection, where: bytes
+) -> Iterator[tuple[Parts, Node, str | None]]:
     """The entries ``selection`` keeps, each preceded by those of its directories not
     yet given (held back until something in them is kept), still lazily."""
-    pending: list[tuple[bytes, Node, str | None]] = []  # walked into, not yet given
-    for name, item, problem in items:
+    pending: list[tuple[bytes, tuple[Parts, Node, str | None]]] = []  # not yet given
+    for parts, item, problem in items:
+        name = shown_path(parts)
         while pending and not name.startswith(pending[-1][0] + b"/"):
             pending.pop()
         if selection.selected(where + b"/" + name):
-            yield from pending
+            yield from (walked for _name, walked in pending)
             pending.clear()
-            yield name, item, problem
+            yield parts, item, problem
         elif item.type == DIR and problem is None:
-            pending.append((name, item, problem))
+            pending.append((name, (parts, item, problem)))
+
+
+ZIP_SEPARATOR = b"\\"  # a directory separator to zip readers on Windows
+ZIP_SEPARATOR_SUBSTITUTE = b"_"
+
+
+@dataclass
+class _ZipDir:
+    parts: Parts  # in the snapshot
+    archived: Parts  # in the zip
+    node: Node
+    taken: set[bytes] | None = None  # names in the zip of this directory, once needed
+
+
+class ZipNames:
+    """Member names for a zip, component by component: each ``\\`` of a name becomes
+    ``_``, the names of its directories as they were archived. A changed name that is
+    taken in its directory (``a\\b`` beside ``a_b``, or two names changed alike) is
+    refused, with what is inside it: the name already there keeps its own entry.
+
+    Entries come depth first, each after its directory: a stack of the directories
+    leading to the current entry holds their names in the zip, and the names of one
+    is read (one tree) only once a name in it must change."""
+
+    def __init__(self, pool: Pool, node: Node) -> None:
+        self._pool = pool
+        # Walking the snapshot's root: its entries have the root tree's names beside them;
+        # any other node is archived under its own name alone, with nothing beside it.
+        self._dirs = [_ZipDir((), (), node)] if node.name == b"" else []
+        self._refused_dir: Parts | None = None
+
+    def name(
+        self, parts: Parts, node: Node, problem: str | None
+    ) -> tuple[Parts, str | None] | None:
+        """The entry's name in the zip and why it is refused (None if it is not), or
+        None to leave it out (it is inside a directory refused here)."""
+        refused_dir = self._refused_dir
+        if refused_dir is not None and parts[: len(refused_dir)] == refused_dir:
+            return None
+        self._refused_dir = None
+        while self._dirs and not _inside(parts, self._dirs[-1].parts):
+            self._dirs.pop()
+        parent = self._dirs[-1] if self._dirs else None
+        archived = (*(parent.archived if parent else parts[:-1]), parts[-1])
+        if problem is not None:
+            return archived, problem
+        if ZIP_SEPARATOR in parts[-1]:
+            changed = parts[-1].replace(ZIP_SEPARATOR, ZIP_SEPARATOR_SUBSTITUTE)
+            taken = self._taken(parent)
+            if changed in taken:
+                if node.type == DIR:
+                    self._refused_dir = parts
+                return archived, (
+                    f"the name {_shown(parts[-1])} holds a '\\', which a zip cannot keep, "
+                    f"and {_shown(changed)} is taken in its directory (a tar keeps it)"
+                )
+            taken.add(changed)
+            archived = (*archived[:-1], changed)
+        if node.type == DIR:
+            self._dirs.append(_ZipDir(parts, archived, node))
+        return archived, None
+
+    def _taken(self, parent: _ZipDir | None) -> set[bytes]:
+        if parent is None:
+            return set()  # the archived node alone: nothing beside it
+        if parent.taken is None:
+            subtree = parent.node.subtree
+            items = self._pool.load_tree(subtree) if subtree is not None else []
+            parent.taken = {item.name for item in items}
+        return parent.taken
+
+
+def _inside(parts: Parts, directory: Parts) -> bool:
+    return len(parts) > len(directory) and parts[: len(directory)] == directory
+
+
+def _shown(name: bytes) -> str:
+    return repr(name.decode("utf-8", "backslashreplace"))
 
 
 class ReadAhead:

@@ -37,6 +37,20 @@ later an agent) and the site say to each other.
 - **Fingerprints and digests**: keyed BLAKE2b hashes under the pool's transfer key
   (``Pool.transfer_key``), with the personalisation strings that keep them apart.
 - **The Bloom filter** of the pool's whole-file digests: ``u32 k | bits``.
+- **Heartbeats**: during long work that sends nothing (hashing a huge file whole or
+  by blocks, reading one for a delta, a long sparse walk) the helper sends a
+  ``HEARTBEAT`` whenever it has sent nothing for HELLO's ``heartbeat_s``
+  (:func:`heartbeat_interval`). The site takes one wherever a frame may come, checks it
+  (:func:`check_heartbeat`) and drops it; each one restarts the io timeout. The helper
+  sends them from the work itself, between two reads, not from a timer: a host stuck in
+  one read (a hung NFS mount) still times out.
+- **Changed while read**: a file whose size or modification time moved while the
+  producer read it (size and mtime before, by ``lstat``; after, by ``fstat`` on the open
+  file: the local walk's rule) comes with ``changed_while_read`` = ``[size before,
+  mtime_ns before, bytes read, size after, mtime_ns after]``, in the END of its content
+  or, for a digest computed during the walk, in the entry's ``extra``. The site makes
+  the warning from those numbers (:func:`check_changed_while_read`), as the local walk
+  does, and only for a copy it stores.
 
 The helper (``costor/transport/helper.py``) runs on the host with the standard library
 alone and cannot import this module: it keeps its own copy of what it needs, and
@@ -87,6 +101,7 @@ MATCHED = b"U"  # zlib(one byte per PARENT fingerprint, then per PARENT_DIRS has
 WALK_DONE = b"Z"  # JSON: counters of the walk
 DONE = b"z"  # a command without other output finished (AFTER, FETCH, DELTA)
 ERROR = b"!"  # JSON {error}: the helper failed
+HEARTBEAT = b"."  # empty: busy on long work (hashing, reading), alive; ignored (see below)
 
 BLOCK_OFFSET = struct.Struct(">Q")  # the offset that starts a BLOCK frame
 RAW, ZLIB = b"\x00", b"\x01"  # the flag before the bytes of DATA and BLOCK frames
@@ -108,12 +123,17 @@ ERROR_PREFIX = "error:"  # could not be read: left out of the snapshot
 WARNING_PREFIX = "warning:"  # stored, with a warning (a link whose target is unreadable)
 
 ENTRY_FIELDS = 17  # the fields of a full entry, without ``extra``
+CHANGED_WHILE_READ = "changed_while_read"  # in END and ``extra``: see the top of this module
+
+HEARTBEAT_S = 30.0  # the longest interval between heartbeats (:func:`heartbeat_interval`)
+MIN_HEARTBEAT_S = 0.05  # and the shortest, whatever the io timeout
 
 
 class Entry(NamedTuple):
     """One entry of the walk, its fields in the order the wire sends them. ``extra``
     (an 18th field) comes with state ``changed``: ``{"digest", "blocks",
-    "changed_blocks"}``. ``compact``: not on the wire; a ``[path]`` or ``[path,
+    "changed_blocks"}`` and maybe ``"changed_while_read"``; with ``digest:…`` only
+    ``{"changed_while_read"}`` (see the top of this module). ``compact``: not on the wire; a ``[path]`` or ``[path,
     "sparse"]`` entry (then ``state`` is ``""`` or ``"sparse"``)."""
 
     path: str
@@ -153,6 +173,44 @@ def parse_entry(item: Any) -> Entry:
     return check_entry(Entry(*item))
 
 
+def check_heartbeat(payload: bytes) -> None:
+    """A HEARTBEAT frame: empty from the helper; a few bytes are let through (ignored)."""
+    if len(payload) > MAX_HEARTBEAT:
+        raise Refused(f"a HEARTBEAT frame of {len(payload)} bytes (at most {MAX_HEARTBEAT})")
+
+
+def heartbeat_interval(io_timeout: float) -> float:
+    """HELLO's ``heartbeat_s``: how long the helper may send nothing during long work
+    before it sends a HEARTBEAT. A quarter of the server's io timeout, so that a beat
+    delayed by one slow read (the helper looks at the clock between 1 MiB reads) or by
+    a loaded link still comes well in time; at most :data:`HEARTBEAT_S` (a 5-byte frame
+    every 30 s costs nothing, and a shorter interval would gain nothing)."""
+    return max(min(io_timeout / 4, HEARTBEAT_S), MIN_HEARTBEAT_S)
+
+
+def check_end(document: Any) -> dict[str, Any]:
+    """An END frame's document (a JSON object), its ``changed_while_read`` checked."""
+    if type(document) is not dict:
+        raise Refused(f"an END frame that is not one: {_cut(document)}")
+    if CHANGED_WHILE_READ in document:
+        check_changed_while_read("an END frame", document[CHANGED_WHILE_READ])
+    return document
+
+
+def check_changed_while_read(what: str, facts: Any) -> list[int]:
+    """``[size before, mtime_ns before, bytes read, size after, mtime_ns after]`` of a
+    file that changed while it was read (see the top of this module)."""
+    if (
+        type(facts) is not list
+        or len(facts) != 5
+        or not all(type(n) is int for n in facts)
+        or min(facts[0], facts[2], facts[3]) < 0
+        or max(abs(n) for n in facts) > MAX_NUMBER
+    ):
+        raise Refused(f"{what} whose changed_while_read is {_cut(facts)}")
+    return facts
+
+
 def error_entry(path: str, message: str) -> Entry:
     """What a producer sends for a path it could not read."""
     return Entry(path, state=ERROR_PREFIX + message)
@@ -185,6 +243,7 @@ MAX_TARGET = 32 * 1024  # characters of a symbolic link's target (Linux: 4,095 b
 MAX_OWNER = 256  # characters of a user or group name
 MAX_XATTRS = 4096  # extended attributes of one entry
 MAX_MESSAGE = 64 * 1024  # characters of an error or warning state
+MAX_HEARTBEAT = 16  # bytes of a HEARTBEAT's payload (the helper sends none)
 MAX_ID = 2**32 - 1  # uid, gid
 MAX_NUMBER = 2**63 - 1  # size, inode, device, links, rdev; times in ns, ± (see below)
 MODE_BITS = 0o7777  # an entry's mode: permission bits, setuid/setgid/sticky; no type
@@ -328,8 +387,14 @@ def _check_state(entry: Entry) -> None:
         blocks = extra.get("changed_blocks", [])
         if type(blocks) is not list or not set(map(type, blocks)) <= {int}:
             raise Refused(f"a changed file {_shown(entry.path)} whose changed blocks are wrong")
-    elif extra is not None:
+    elif extra is not None and not (
+        state.startswith(DIGEST_PREFIX)
+        and type(extra) is dict
+        and extra.keys() == {CHANGED_WHILE_READ}
+    ):
         raise Refused(f"an entry {_shown(entry.path)} with an 18th field in state {state!r}")
+    if extra is not None and CHANGED_WHILE_READ in extra:
+        check_changed_while_read(f"an entry {_shown(entry.path)}", extra[CHANGED_WHILE_READ])
 
 
 def _check_digest(path: str, digest: Any) -> None:

@@ -1,7 +1,8 @@
 """costor/protocol.py and the helper's stdlib copy of it (costor/transport/helper.py, which
 runs on hosts and cannot import costor): every constant the helper holds is the
 protocol's, and what both compute (fingerprints, directory hashes, digests, the Bloom
-filter, the exclude rule, entries, frames) comes out the same."""
+filter, the exclude rule, entries, frames, heartbeats, the changed-while-read rule)
+comes out the same."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from costor import protocol
+from costor.store.backup.common import changed_while_read
 from costor.transport import helper
 
 KEY = bytes(range(32))
@@ -42,6 +44,7 @@ FRAME_KINDS = [
     "WALK_DONE",
     "DONE",
     "ERROR",
+    "HEARTBEAT",
 ]
 
 
@@ -240,3 +243,78 @@ def test_every_frame_the_helper_sends_passes_the_checks(tmp_path: Path) -> None:
         elif kind == protocol.DATA:
             data += len(protocol.unpack_data(payload))
     assert entries >= 9000 + 3 and data == 3 * protocol.BLOCK_SIZE + 5
+
+
+def test_heartbeats_pass_the_check_and_come_only_when_due() -> None:
+    out = io.BytesIO()
+    channel = helper.Channel(io.BytesIO(), out)
+    assert channel.interval == helper.HEARTBEAT_S == protocol.HEARTBEAT_S
+    channel.alive()  # just made: nothing sent for less than the interval
+    assert out.getvalue() == b""
+    channel.interval = 0.0
+    channel.alive()
+    assert frames_of(out.getvalue()) == [(protocol.HEARTBEAT, b"")]
+    protocol.check_heartbeat(b"")
+    protocol.check_heartbeat(b"x" * protocol.MAX_HEARTBEAT)
+    with pytest.raises(protocol.Refused, match="a HEARTBEAT frame of 17 bytes"):
+        protocol.check_heartbeat(b"x" * 17)
+
+
+def test_the_heartbeat_interval_is_a_quarter_of_the_io_timeout_at_most_30_s() -> None:
+    assert protocol.heartbeat_interval(600) == 30
+    assert protocol.heartbeat_interval(60) == 15
+    assert protocol.heartbeat_interval(2) == 0.5
+    assert protocol.heartbeat_interval(0.01) == protocol.MIN_HEARTBEAT_S
+
+
+def test_changed_while_read_is_the_local_rule(tmp_path: Path) -> None:
+    """The helper's numbers (lstat before, fstat after) give the local walk's warning,
+    and only when the local rule gives one."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    before = os.lstat(path)
+    with open(path, "rb") as handle:
+        assert helper._changed_while_read(before, 100, handle) is None
+        with open(path, "ab") as writer:
+            writer.write(b"more")
+        facts = helper._changed_while_read(before, 100, handle)
+        short = helper._changed_while_read(before, 60, handle)
+    for read, numbers in ((100, facts), (60, short)):
+        assert numbers is not None
+        assert protocol.check_changed_while_read("x", numbers) == numbers
+        size, mtime_ns, got, after_size, after_mtime = numbers
+        assert (size, mtime_ns, got) == (100, before.st_mtime_ns, read)
+        assert (after_size, after_mtime) == (104, os.stat(path).st_mtime_ns)
+        ours = changed_while_read(str(path), 100, before.st_mtime_ns, read, os.stat(path))
+        assert ours is not None and ours["severity"] == "warning"
+
+
+def test_changed_while_read_in_entries_and_ends_is_checked(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"content")
+    st = os.lstat(tmp_path / "file")
+    theirs = a_helper()
+    facts = [7, st.st_mtime_ns, 9, 9, st.st_mtime_ns + 1]
+    unsteady = {protocol.CHANGED_WHILE_READ: facts}
+    digest = "digest:" + "00" * 32
+    item = theirs.entry(str(tmp_path / "file"), st, digest, unsteady)
+    assert protocol.parse_entry(item).extra == unsteady
+    changed = {"digest": "00" * 32, "blocks": None, "changed_blocks": [], **unsteady}
+    item = theirs.entry(str(tmp_path / "file"), st, "changed", changed)
+    assert protocol.parse_entry(item).extra == changed
+    end = theirs.end_document(9, hashlib.blake2b(key=KEY, digest_size=32), [], facts)
+    assert protocol.check_end(json.loads(json.dumps(end))) == end
+    for wrong in ([1, 2, 3], [-1, 0, 0, 0, 0], [0, 0, 0, 0, 2**63], [0, 0, 0, 0, "1"], "x"):
+        with pytest.raises(protocol.Refused, match="changed_while_read is"):
+            protocol.check_end({"size": 0, protocol.CHANGED_WHILE_READ: wrong})
+        bad = theirs.entry(str(tmp_path / "file"), st, digest, {"changed_while_read": wrong})
+        with pytest.raises(protocol.Refused, match="changed_while_read is"):
+            protocol.parse_entry(bad)
+    for extra in ({"digest": "00" * 32}, {protocol.CHANGED_WHILE_READ: facts, "more": 1}):
+        bad = theirs.entry(str(tmp_path / "file"), st, digest, extra)
+        with pytest.raises(protocol.Refused, match="with an 18th field"):
+            protocol.parse_entry(bad)
+    data = theirs.entry(str(tmp_path / "file"), st, protocol.DATA_FOLLOWS, unsteady)
+    with pytest.raises(protocol.Refused, match="with an 18th field"):
+        protocol.parse_entry(data)
+    with pytest.raises(protocol.Refused, match="an END frame that is not one"):
+        protocol.check_end([1])

@@ -25,6 +25,16 @@
 # the end of the walk MATCHED says which parent fingerprints and directories were seen
 # unchanged, so the server knows the new snapshot's fingerprints without these paths.
 #
+# The server gives up on a host that sends nothing for its io timeout. During long work
+# that sends nothing (hashing a huge file, reading one for a delta, a long sparse walk)
+# the helper sends a HEARTBEAT whenever it has sent nothing for HELLO's heartbeat_s,
+# from the work itself, between two reads: a helper stuck in one read still times out.
+#
+# A file whose size or modification time moved while it was read (lstat before, fstat on
+# the open file after: the local walk's rule) is reported with the numbers, in its END
+# or, for a digest computed during the walk, in its entry (changed_while_read); the
+# server makes the warning.
+#
 # The server's side of this format is costor/protocol.py, which the helper cannot import:
 # what both need is copied here, and tests/test_protocol.py ties each copy to it.
 
@@ -70,11 +80,14 @@ MATCHED = b"U"  # zlib(one byte per PARENT fingerprint, then per PARENT_DIRS has
 WALK_DONE = b"Z"  # JSON: counters of the walk
 DONE = b"z"  # a command without other output finished (AFTER, FETCH)
 ERROR = b"!"  # JSON {error}: the helper failed
+HEARTBEAT = b"."  # empty: busy on long work (hashing, reading), alive; ignored
 
 BLOCK_SIZE = 1024 * 1024  # reads, DATA frames and the blocks of large files
 LARGE_FILE = 64 * 1024 * 1024  # from this size, block hashes are kept for in-place diffs
 BLOCKS_PERSON = b"costor-blocks"  # a large file's digest is of its block hashes
 DIR_PERSON = b"costor-dir"  # a directory's hash: of its path and its entries' names
+HEARTBEAT_S = 30.0  # the interval between heartbeats when HELLO names none
+CHANGED_WHILE_READ = "changed_while_read"  # [size, mtime_ns before, read, size, mtime_ns after]
 
 FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET = "f", "d", "l", "p", "c", "b", "s"
 
@@ -98,6 +111,8 @@ class Channel(object):
     def __init__(self, stream_in, stream_out):
         self.stream_in = stream_in
         self.stream_out = stream_out
+        self.interval = HEARTBEAT_S  # HELLO's heartbeat_s
+        self.flushed = time.monotonic()
 
     def send(self, kind, payload=b""):
         self.stream_out.write(struct.pack(">cI", kind, len(payload)))
@@ -108,6 +123,15 @@ class Channel(object):
 
     def flush(self):
         self.stream_out.flush()
+        self.flushed = time.monotonic()
+
+    def alive(self):
+        """Called during long work: a HEARTBEAT (and the frames written before it) when
+        nothing was sent for ``interval`` seconds. (A frame too large for the buffer went
+        out when it was written: a beat after it is one more than needed, harmless.)"""
+        if time.monotonic() - self.flushed >= self.interval:
+            self.send(HEARTBEAT)
+            self.flush()
 
     def recv(self):
         header = self._read(5)
@@ -180,6 +204,7 @@ class Helper(object):
         self.key = bytes.fromhex(self.options["digest_key"])
         self.compress_level = int(self.options.get("compress_level", 1))
         self.after_hooks = list(self.options.get("hooks_after", []))
+        self.channel.interval = float(self.options.get("heartbeat_s", HEARTBEAT_S))
         self.channel.send_json(
             HELLO_REPLY,
             {
@@ -427,31 +452,37 @@ class Helper(object):
         if not had_parent and not self.bloom.size:
             # New, and the pool has no digest to compare with: send at once.
             self.emit(path, st, "data", last=True)
-            self.send_content(path, want_blocks=st.st_size >= LARGE_FILE)
+            self.send_content(path, st, want_blocks=st.st_size >= LARGE_FILE)
             return
         try:
-            digest, blocks = self.digest(path, want_blocks=st.st_size >= LARGE_FILE)
+            digest, blocks, changed = self.digest(path, st, want_blocks=st.st_size >= LARGE_FILE)
         except OSError as error:
             self.emit_error(path, "cannot read: %s" % error.strerror)
             return
+        # A digest of a file that changed while it was hashed says so: if the server
+        # takes the content it names, that copy is what was read (otherwise the content
+        # is read again, and that read says for itself).
+        unsteady = None if changed is None else {CHANGED_WHILE_READ: changed}
         if had_parent:
             self.counters["digests"] += 1
             extra = {"digest": digest.hex()}
             if blocks is not None:
                 extra["blocks"] = base64.b64encode(b"".join(blocks)).decode()
-                self.walked[path] = (self.fingerprint(_stat_key(path, st)), blocks)
+                if changed is None:  # else these hashes are not the file's: read it again
+                    self.walked[path] = (self.fingerprint(_stat_key(path, st)), blocks)
                 known = self.large.get(path, b"")
                 extra["changed_blocks"] = [
                     i for i, block in enumerate(blocks) if known[16 * i : 16 * i + 16] != block
                 ]
+            extra.update(unsteady or {})
             self.emit(path, st, "changed", extra=extra)
             return
         if self.bloom.may_contain(digest):
             self.counters["digests"] += 1
-            self.emit(path, st, "digest:" + digest.hex())
+            self.emit(path, st, "digest:" + digest.hex(), extra=unsteady)
             return
         self.emit(path, st, "data", last=True)
-        self.send_content(path, want_blocks=st.st_size >= LARGE_FILE)
+        self.send_content(path, st, want_blocks=st.st_size >= LARGE_FILE)
 
     def seen(self, key):
         """Whether this path and stat data are the parent's (noted for MATCHED)."""
@@ -473,6 +504,7 @@ class Helper(object):
             self.flush_entries()
             self.channel.send_json(OMITTED, omitted)
             self.omitted = [0, 0, 0]
+            self.channel.alive()  # a long sparse walk may send nothing else for a while
 
     def open_headers(self):
         """Send the entries of the directories above what is sent next."""
@@ -501,21 +533,25 @@ class Helper(object):
 
     # --- file content --------------------------------------------------------------------
 
-    def digest(self, path, want_blocks=False):
+    def digest(self, path, st, want_blocks=False):
         """The file's digest (costor/protocol.py ``ContentDigest``): of the whole file,
-        or of a large file's 1 MiB block hashes, which are returned too."""
+        or of a large file's 1 MiB block hashes, which are returned too; and whether it
+        changed while it was read (``_changed_while_read``; ``st``: its lstat before)."""
         whole = None if want_blocks else hashlib.blake2b(key=self.key, digest_size=32)
         blocks = []  # type: list
+        read = 0
         with open(path, "rb", buffering=0) as handle:
-            for _data in self.hashed_reads(handle, whole, blocks):
-                pass
+            for data in self.hashed_reads(handle, whole, blocks):
+                read += len(data)
+            changed = _changed_while_read(st, read, handle)
         if whole is None:
-            return self.blocks_digest(blocks), blocks
-        return whole.digest(), None
+            return self.blocks_digest(blocks), blocks, changed
+        return whole.digest(), None, changed
 
     def hashed_reads(self, handle, whole, blocks):
         """The file's 1 MiB reads, each added to the whole-file digest or, without one,
-        to the block hashes, as read."""
+        to the block hashes, as read; a heartbeat between them when due."""
+        alive = self.channel.alive
         while True:
             data = handle.read(BLOCK_SIZE)
             if not data:
@@ -524,6 +560,7 @@ class Helper(object):
                 blocks.append(self.block_hash(data))
             else:
                 whole.update(data)
+            alive()
             yield data
 
     def block_hash(self, data):
@@ -534,17 +571,22 @@ class Helper(object):
             b"".join(blocks), key=self.key, digest_size=32, person=BLOCKS_PERSON
         ).digest()
 
-    def end_document(self, size, whole, blocks):
+    def end_document(self, size, whole, blocks, changed=None):
         if whole is not None:
-            return {"size": size, "digest": whole.hexdigest(), "blocks": None}
-        return {
-            "size": size,
-            "digest": self.blocks_digest(blocks).hex(),
-            "blocks": base64.b64encode(b"".join(blocks)).decode(),
-        }
+            end = {"size": size, "digest": whole.hexdigest(), "blocks": None}
+        else:
+            end = {
+                "size": size,
+                "digest": self.blocks_digest(blocks).hex(),
+                "blocks": base64.b64encode(b"".join(blocks)).decode(),
+            }
+        if changed is not None:
+            end[CHANGED_WHILE_READ] = changed
+        return end
 
-    def send_content(self, path, want_blocks):
-        """The whole file in DATA frames, then END with its digest (and block hashes)."""
+    def send_content(self, path, st, want_blocks):
+        """The whole file in DATA frames, then END with its digest (and block hashes),
+        and whether it changed while it was read (``st``: its lstat before)."""
         whole = None if want_blocks else hashlib.blake2b(key=self.key, digest_size=32)
         blocks = []  # type: list
         size = 0
@@ -558,13 +600,14 @@ class Helper(object):
             for data in self.hashed_reads(handle, whole, blocks):
                 size += len(data)
                 compress = self.send_data(DATA, b"", data, compress)
+            changed = _changed_while_read(st, size, handle)
         except OSError as error:
             self.channel.send_json(END, {"error": "read error: %s" % error.strerror})
             return
         finally:
             handle.close()
         self.counters["sent"] += 1
-        self.channel.send_json(END, self.end_document(size, whole, blocks))
+        self.channel.send_json(END, self.end_document(size, whole, blocks, changed))
 
     def fetch(self, path):
         """A file the server needs whole: its entry again (stat now), then its content."""
@@ -576,7 +619,7 @@ class Helper(object):
             )
             return
         self.channel.send_json(START, self.entry(path, st, "data"))
-        self.send_content(path, want_blocks=st.st_size >= LARGE_FILE)
+        self.send_content(path, st, want_blocks=st.st_size >= LARGE_FILE)
 
     def delta(self, path, old_size, ranges):
         """A changed file: only the blocks that differ from the old version's hashes (the
@@ -611,19 +654,21 @@ class Helper(object):
                     compress = self.send_changed(
                         index * BLOCK_SIZE, data, old_size, wanted, compress
                     )
+                    self.channel.alive()
                 position = st.st_size
             else:
                 position = 0
                 for data in self.hashed_reads(handle, whole, blocks):
                     compress = self.send_changed(position, data, old_size, wanted, compress)
                     position += len(data)
+            changed = _changed_while_read(st, position, handle)
         except OSError as error:
             self.channel.send_json(END, {"error": "read error: %s" % error.strerror})
             return
         finally:
             handle.close()
         self.counters["sent"] += 1
-        self.channel.send_json(END, self.end_document(position, whole, blocks))
+        self.channel.send_json(END, self.end_document(position, whole, blocks, changed))
 
     def send_changed(self, position, data, old_size, wanted, compress):
         """Of ``data`` (the file's bytes at ``position``; reads are 1 MiB and the ranges
@@ -729,6 +774,7 @@ class Helper(object):
             self.channel.send(ENTRIES, zlib.compress(payload, 6))
             self.batch = []
             self.batch_bytes = 0
+            self.channel.alive()
 
     def name(self, cache, lookup, number):
         if number not in cache:
@@ -751,6 +797,16 @@ class Helper(object):
                 continue
             values[attribute] = base64.b64encode(value).decode()
         return values or None
+
+
+def _changed_while_read(st, read, handle):
+    """[size, mtime_ns before, bytes read, size, mtime_ns after] of a file that changed
+    while it was read (``st``: its lstat before; after: fstat on the open file), else
+    None. The rule of costor/store/backup/common.py ``changed_while_read``."""
+    after = os.fstat(handle.fileno())
+    if read == st.st_size == after.st_size and st.st_mtime_ns == after.st_mtime_ns:
+        return None
+    return [st.st_size, st.st_mtime_ns, read, after.st_size, after.st_mtime_ns]
 
 
 def _stat_key(path, st):

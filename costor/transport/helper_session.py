@@ -186,9 +186,10 @@ def read_content(helper: HelperProcess, sink: ContentWriter) -> None:
             (offset,) = protocol.BLOCK_OFFSET.unpack(payload[:8])
             sink.block(offset, protocol.unpack_data(payload[8:]))
         elif kind == protocol.END:
-            end = json.loads(payload)
-            if type(end) is not dict:
-                raise protocol.Refused(f"an END frame that is not one: {payload[:80]!r}")
+            end = protocol.check_end(json.loads(payload))
+            facts = end.get(protocol.CHANGED_WHILE_READ)
+            if facts is not None:  # before finish, which stores it (or not)
+                sink.ingest.changed_while_read(sink.path, facts)
             sink.finish(end)
             return
         else:

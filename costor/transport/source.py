@@ -16,6 +16,7 @@ class ContentWriter(Protocol):
 
     digest: Any
     ingest: Any  # the Consumer it writes for
+    path: str
 
     def write(self, data: bytes) -> None: ...
 
@@ -39,6 +40,8 @@ class Consumer(Protocol):
     def entry(self, entry: Entry) -> str: ...
 
     def content(self, path: str) -> ContentWriter: ...
+
+    def changed_while_read(self, path: str, facts: list[int]) -> None: ...
 
     def omitted(self, files: int, size: int, dirs: int) -> None: ...
 

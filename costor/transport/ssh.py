@@ -38,7 +38,7 @@ from costor.errors import (
     HostUnreachable,
     RemoteError,
 )
-from costor.protocol import FRAME_HEADER, MAX_FRAME
+from costor.protocol import FRAME_HEADER, HEARTBEAT, MAX_FRAME, Refused, check_heartbeat
 
 T = TypeVar("T")
 
@@ -371,8 +371,20 @@ class HelperProcess:
 
     def recv(self, *, extra: float = 0, doing: str = "") -> tuple[bytes, bytes]:
         """The next frame, waiting at most ``io_timeout`` (plus ``extra``: a hook's own
-        timeout while hooks run) seconds for it."""
+        timeout while hooks run) seconds for it. Heartbeats are taken and dropped here,
+        wherever they come (:data:`costor.protocol.HEARTBEAT`): each one shows the host
+        alive and busy, and the wait for the next frame starts again."""
         timeout = self.io_timeout + extra
+        while True:
+            kind, payload = self._next(timeout, doing)
+            if kind != HEARTBEAT:
+                return kind, payload
+            try:
+                check_heartbeat(payload)
+            except Refused as refused:
+                raise HostProtocolError(host=self.remote.target.client, what=str(refused)) from None
+
+    def _next(self, timeout: float, doing: str) -> tuple[bytes, bytes]:
         if self.reader is None:
             return self.remote.run(self._recv(timeout, doing))
         try:

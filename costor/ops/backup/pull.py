@@ -148,7 +148,7 @@ class _NoPython(Exception):
     pass
 
 
-def _hello(client: ClientConfig, pool: Pool) -> dict[str, Any]:
+def _hello(client: ClientConfig, pool: Pool, io_timeout: float) -> dict[str, Any]:
     return {
         "paths": list(client.paths),
         "exclude": list(client.exclude),
@@ -158,6 +158,9 @@ def _hello(client: ClientConfig, pool: Pool) -> dict[str, Any]:
         "hooks_before": list(client.hooks.before),
         "hooks_after": list(client.hooks.after),
         "hook_timeout": client.hooks.timeout_s,
+        # During long work (hashing a huge file) the helper says it is alive this often,
+        # so that the server's io timeout stays the time a host may be stuck.
+        "heartbeat_s": protocol.heartbeat_interval(io_timeout),
     }
 
 
@@ -231,7 +234,7 @@ def _start(
     A helper that does not start is told apart: no python3 (:class:`_NoPython`), sudo
     refusing, anything else."""
     try:
-        helper.send(protocol.HELLO, json.dumps(_hello(client, pool)).encode())
+        helper.send(protocol.HELLO, json.dumps(_hello(client, pool, helper.io_timeout)).encode())
         # While the host starts Python and runs the before-hooks (~0.1 s and more), the
         # first frames of the walk are made ready here: they cost about as much.
         frames, parent = _parent_frames(ingest, cache, pool)

@@ -35,6 +35,7 @@ from costor import protocol
 from costor.errors import BackupError
 from costor.protocol import (
     CHANGED,
+    CHANGED_WHILE_READ,
     DATA_FOLLOWS,
     DELTA_FOLLOWS,
     DIGEST_PREFIX,
@@ -46,7 +47,12 @@ from costor.protocol import (
     WARNING_PREFIX,
     Entry,
 )
-from costor.store.backup.common import node_only_warning, rfc3339_now
+from costor.store.backup.common import (
+    StatusAfter,
+    changed_while_read,
+    node_only_warning,
+    rfc3339_now,
+)
 from costor.store.backup.parent import (
     NOTHING,
     ParentFile,
@@ -191,6 +197,9 @@ class Ingest:
         self.parent_unreadable = False  # a sparse walk met a parent tree it cannot read
         self.large_blocks: dict[str, bytes] = {}  # path -> block hashes of large files
         self._base_kept = 0  # bytes of delta bases kept in memory (at most BASE_KEPT)
+        # Files the producer saw change while it read the content arriving: their
+        # warning, given once that copy is stored (see changed_while_read).
+        self._unsteady: dict[str, dict[str, str]] = {}
 
     # --- what the producer is told first -------------------------------------------------
 
@@ -314,6 +323,11 @@ class Ingest:
         if found is None or not all(blob in self.pool.index for blob in found[0]):
             return False
         node.content, node.size = found
+        facts = (entry.extra or {}).get(CHANGED_WHILE_READ)
+        if facts is not None:  # the digest is of a read during which the file changed
+            warning = _changed_warning(entry.path, facts)
+            if warning is not None:
+                self._warn(warning)
         self.counters["files_deduplicated"] += 1
         self._resolved[entry.path] = node
         self.progress.advance(files=1, size=node.size)
@@ -398,6 +412,7 @@ class Ingest:
         its content goes to (None: it could not be read, reported)."""
         path, state = entry.path, entry.state
         waiting = self._waiting[path]
+        self._unsteady.pop(path, None)  # this read says for itself
         kept, waiting.base_data = waiting.base_data, None
         self._base_kept -= len(kept or b"")
         if state.startswith(ERROR_PREFIX):
@@ -439,8 +454,20 @@ class Ingest:
         """A sink for the whole content of ``path``, which is waiting for it."""
         return ContentSink(self, path, base=None, large=self._waiting[path].node.size >= LARGE_FILE)
 
+    def changed_while_read(self, path: str, facts: list[int]) -> None:
+        """The producer saw ``path`` change while it read the content arriving now
+        (:func:`costor.protocol.check_changed_while_read`'s numbers): the local walk's
+        warning, given if that copy is stored (a failed one needs none; a delta fetched
+        whole again is read again, and that read says for itself)."""
+        warning = _changed_warning(path, facts)
+        if warning is not None:
+            self._unsteady[path] = warning
+
     def _resolve(self, path: str, content: list[bytes] | None, size: int) -> None:
         waiting = self._waiting.pop(path)
+        warning = self._unsteady.pop(path, None)
+        if warning is not None and content is not None:
+            self._warn(warning)
         if content is None:
             self._drop(waiting.directory, waiting.node)
             for directory, node in waiting.links:
@@ -693,8 +720,21 @@ class Ingest:
                 return
         self.errors.append(node_only_warning(path, kind, target))
 
+    def _warn(self, warning: dict[str, str]) -> None:
+        """A warning about a stored file (``"severity": "warning"``), as the local walk
+        gives it."""
+        self.errors.append(warning)
+        self.progress.warning(warning["path"], warning["error"])
+
     def _fail(self, path: str, message: str, *, count: bool = True) -> None:
         self.errors.append({"path": path, "error": message})
         if count:
             self.counters["files_failed"] += 1
         self.progress.warning(path, message)
+
+
+def _changed_warning(path: str, facts: list[int]) -> dict[str, str] | None:
+    """The local walk's warning from a producer's ``changed_while_read`` numbers (None
+    when they show no change)."""
+    size, mtime_ns, read, size_after, mtime_after = facts
+    return changed_while_read(path, size, mtime_ns, read, StatusAfter(size_after, mtime_after))

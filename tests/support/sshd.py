@@ -8,6 +8,9 @@ root, as CI does); ``nopython`` (whose sessions get ``PATH=/nonexistent``, so th
 
 Files a remote user must read cannot live under pytest's ``tmp_path`` (its parent is
 mode 0700): :func:`remote_dir` makes a world-readable directory in /tmp.
+
+:func:`running_sshd` starts one: the session's ``sshd`` fixture, and any test that needs
+its own server (a hostile host whose key forces a command: :meth:`Sshd.force_command`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,35 +125,61 @@ class Sshd:
         except OSError:
             return ""
 
+    def force_command(self, command: str) -> None:
+        """The client key runs ``command`` (without a pty) whatever the client asks: a
+        host that does what the test says. Read by sshd at each login."""
+        key = Path(str(self.client_key) + ".pub").read_text().strip()
+        (self.root / "authorized_keys").write_text(f'command="{command}",no-pty {key}\n')
+
     def kill_sessions(self, user: str) -> None:
         """Drop every SSH session of ``user`` (a network cut, seen from CoStor)."""
         subprocess.run(["pkill", "-KILL", "-u", user, "-f", "stdin.buffer.readline"], check=False)
 
 
-@pytest.fixture(scope="session")
-def sshd() -> Iterator[Sshd]:
+@contextmanager
+def running_sshd(
+    prefix: str = "costor-sshd-", *, prepare: Callable[[Sshd], None] | None = None
+) -> Iterator[Sshd]:
+    """An sshd on a free loopback port, in a new world-readable directory of /tmp named
+    ``prefix…``: new host and client keys, the client key authorized. ``prepare`` runs
+    before the start (write files beside it, :meth:`Sshd.force_command`). Stopped and
+    removed on leaving. Skips the test where sshd is missing or not run as root."""
     if not os.path.exists(SSHD):
         pytest.skip("openssh-server is not installed (scripts/test.sh installs it)")
     if os.geteuid() != 0:
-        pytest.skip("the SSH tests create users and run sshd: they need root")
+        pytest.skip("the SSH tests run sshd (and create users): they need root")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        root.chmod(0o755)
+        for name in ("host_key", "client_key"):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)],
+                check=True,
+            )
+        (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+        (root / "authorized_keys").chmod(0o644)
+        server = Sshd(root, free_port(), root / "client_key")
+        if prepare is not None:
+            prepare(server)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[Sshd]:
+    with running_sshd("costor-sshd-", prepare=lambda _server: _ensure_users()) as server:
+        yield server
+
+
+def _ensure_users() -> None:
     for user in USERS:
         ensure_user(user)
-    Path("/run/sshd").mkdir(exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="costor-sshd-"))
-    root.chmod(0o755)
-    for name in ("host_key", "client_key"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True
-        )
-    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
-    (root / "authorized_keys").chmod(0o644)
-    server = Sshd(root, free_port(), root / "client_key")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

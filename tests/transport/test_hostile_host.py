@@ -7,11 +7,7 @@ bounded. Also: the io timeout does not fire while a long ``before`` hook runs.""
 
 from __future__ import annotations
 
-import os
 import resource
-import shutil
-import subprocess
-import tempfile
 import time
 import zlib
 from collections.abc import Iterator
@@ -20,7 +16,7 @@ from pathlib import Path
 import pytest
 from support.fixtures import Site
 from support.inventory import BASE_TABLES, client_table, inventory_text
-from support.sshd import SSHD, Sshd, free_port
+from support.sshd import Sshd, running_sshd
 
 MiB = 1024 * 1024
 IO_TIMEOUT = 3  # seconds: the test inventory's ssh.io_timeout_s
@@ -105,33 +101,19 @@ ATTACKS = {
 def hostile() -> Iterator[Sshd]:
     """An sshd whose only key runs ``hostile.py`` whatever the client asks; the attack
     is the word in ``mode`` beside it."""
-    if not Path(SSHD).exists():
-        pytest.skip("openssh-server is not installed (scripts/test.sh installs it)")
-    if os.geteuid() != 0:
-        pytest.skip("the SSH tests run sshd: they need root")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="costor-hostile-"))
-    root.chmod(0o755)
-    for name in ("host_key", "client_key"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True
-        )
+    with running_sshd("costor-hostile-", prepare=_prepare_hostile) as server:
+        yield server
+
+
+def _prepare_hostile(server: Sshd) -> None:
+    root = server.root
     (root / "hostile.py").write_text(HOSTILE)
     (root / "mode").write_text("honest")
     packer = zlib.compressobj(9)  # the bomb, made once (slow on a busy machine)
     chunk = b" " * MiB
     parts = [packer.compress(b"["), *(packer.compress(chunk) for _ in range(512))]
     (root / "bomb.z").write_bytes(b"".join(parts) + packer.compress(b"]") + packer.flush())
-    command = f"/usr/bin/python3 {root}/hostile.py"
-    key = (root / "client_key.pub").read_text().strip()
-    (root / "authorized_keys").write_text(f'command="{command}",no-pty {key}\n')
-    server = Sshd(root, free_port(), root / "client_key")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    server.force_command(f"/usr/bin/python3 {root}/hostile.py")
 
 
 def hostile_site(tmp_path: Path, sshd: Sshd, paths: list[str], *extra: str) -> Site:

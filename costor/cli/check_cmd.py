@@ -80,6 +80,13 @@ def run(args: argparse.Namespace) -> int:
                 f"  {len(report.unindexed_packs)} pack(s) not in the index (left by an "
                 "interrupted backup; the next backup reuses them, prune removes them)"
             )
+        for problem in report.healed:
+            print(f"  healed {problem.kind} {problem.object}: {problem.message}")
+        if report.damage_recorded:
+            print(
+                f"  {report.damage_recorded} damaged blob cop(ies) recorded: backups store "
+                "their content again (docs/repair.md)"
+            )
         for problem in report.problems:
             print(f"  DAMAGE {problem.kind} {problem.object}: {problem.message}")
             for item in problem.affected:

@@ -11,6 +11,12 @@
 3. **attribution** — for every damaged or missing blob, the snapshots and paths that use
    it, so the report says what a restore would lose.
 
+A damaged copy of a blob is recorded (damage.py), so reads and backups pass it by. A
+damaged copy of a blob the pool holds another sound copy of (a backup stored it again,
+``costor pool repair`` put it back) is *healed*: reported, but not damage; ``prune``
+removes the bad copy. Copies recorded as damaged by an earlier check or a restore are
+damage until then, without reading them again.
+
 ``reindex`` rebuilds the index from the pack trailers alone, then replaces the old
 segments (new segment first, old ones deleted after: never a moment without an index).
 """
@@ -28,6 +34,7 @@ from zstandard import ZstdError
 
 from costor.errors import BackendError, DataCorruption, ObjectNotFound
 from costor.store import crypto
+from costor.store.damage import read_damage
 from costor.store.pack import FOOTER, BlobCorrupt, PackEntry, pack_name, read_entries
 from costor.store.pool import Pool
 from costor.store.progress import Progress
@@ -63,6 +70,9 @@ class CheckReport:
     trees_checked: int = 0
     unindexed_packs: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    # Damage every blob of which has a sound copy elsewhere: not counted as damage.
+    healed: list[Problem] = field(default_factory=list)
+    damage_recorded: int = 0  # damaged copies newly recorded by this check
     verified: list[str] = field(default_factory=list, repr=False)  # packs read and sound
 
     @property
@@ -82,6 +92,8 @@ class CheckReport:
             "trees_checked": self.trees_checked,
             "unindexed_packs": self.unindexed_packs,
             "problems": [p.to_json() for p in self.problems],
+            "healed": [p.to_json() for p in self.healed],
+            "damage_recorded": self.damage_recorded,
         }
 
 
@@ -118,8 +130,11 @@ def check(
     # restore and a backup read too; `costor pool reindex` writes them into the index).
     pool.adopt_orphan_packs(record=False)
     blobs_by_pack: dict[str, set[bytes]] = {}
-    for blob, location in pool.index.items():
+    for blob, location in pool.index.copies():
         blobs_by_pack.setdefault(location.pack_id, set()).add(blob)
+    pool.damage = read_damage(pool)
+    for blob, pack_id in pool.damage:
+        pool.index.drop(blob, pack_id)
     for pack_id in sorted(indexed - set(stored)):
         report.problems.append(
             Problem(
@@ -152,10 +167,7 @@ def check(
             progress.advance(files=1, size=stored[pack_id])
 
     # Tier 1b: snapshots and trees; tier 3: attribution of damaged blobs.
-    damaged: dict[bytes, Problem] = {}
-    for problem in report.problems:
-        for blob in problem.blobs:
-            damaged[blob] = problem
+    damaged = _unhealed(pool, report)
     snapshots: list[Snapshot] = []
     for snapshot_id in pool.snapshot_ids():
         try:
@@ -167,7 +179,57 @@ def check(
     for snapshot in snapshots:
         _check_tree(pool, snapshot, bytes.fromhex(snapshot.tree), b"", seen_trees, damaged, report)
     progress.close()
+    for problem in list(report.problems):
+        if problem.kind == "damaged_blob" and not problem.affected_count:
+            report.problems.remove(problem)  # recorded, but no snapshot needs it any more
+    try:
+        report.damage_recorded = pool.save_damage()
+    except BackendError:  # a read-only pool: the damage is reported all the same
+        pass
     return report
+
+
+def _unhealed(pool: Pool, report: CheckReport) -> dict[bytes, Problem]:
+    """Record the damaged copies found so far; move damage every blob of which has a
+    sound copy elsewhere to ``report.healed``; report recorded damage not found again
+    (not re-read: a structural check, or a pack not in this subset). Returns the
+    damaged blobs that have no sound copy, for attribution."""
+    for problem in report.problems:
+        if problem.kind in ("damaged_pack", "missing_pack"):
+            for blob in problem.blobs:
+                pool.note_damage(blob, problem.object, problem.message)
+    damaged: dict[bytes, Problem] = {}
+    for problem in list(report.problems):
+        if not problem.blobs:
+            continue
+        lost = {blob for blob in problem.blobs if pool.index.lookup(blob) is None}
+        if lost:
+            if lost != problem.blobs:
+                problem.message += (
+                    f"; {len(problem.blobs) - len(lost)} of its blobs have a sound copy elsewhere"
+                )
+                problem.blobs = lost
+            for blob in lost:
+                damaged[blob] = problem
+            continue
+        report.problems.remove(problem)
+        problem.message += (
+            "; every blob has a sound copy elsewhere: healed (`costor prune` removes this copy)"
+        )
+        report.healed.append(problem)
+    for (blob, pack_id), copy in sorted(pool.damage.items(), key=lambda item: item[0][1]):
+        if blob in damaged or pool.index.lookup(blob) is not None:
+            continue
+        problem = Problem(
+            "damaged_blob",
+            blob.hex(),
+            f"its copy in pack {pack_id} was recorded as damaged ({copy.reason}) and the "
+            "pool holds no other",
+            blobs={blob},
+        )
+        report.problems.append(problem)
+        damaged[blob] = problem
+    return damaged
 
 
 def _short_packs(

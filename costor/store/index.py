@@ -8,7 +8,10 @@ a crash can be listed twice); the union is the index. ``costor pool reindex`` re
 all segments with one rebuilt from the pack trailers.
 
 In memory the index is a dict keyed by the 32-byte blob id; pack ids are interned so
-each entry costs one tuple (about 120 bytes with the dict slot).
+each entry costs one tuple (about 120 bytes with the dict slot). A blob stored in more
+than one pack (two backups storing the same new chunk at once; a good copy stored after
+a damaged one, damage.py) is found at its first copy; the others are kept aside, so a
+copy found damaged can be dropped for the next one (:meth:`Index.drop`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Index:
 
     def __init__(self) -> None:
         self._blobs: dict[bytes, tuple[str, int, int, int, int]] = {}
+        self._others: dict[bytes, list[tuple[str, int, int, int, int]]] = {}  # more copies
         self._packs: dict[str, int] = {}  # pack id -> blob count
         self._data_ends: dict[str, int] = {}  # pack id -> end of its last blob
         self._lock = threading.Lock()
@@ -61,8 +65,13 @@ class Index:
             blobs = self._blobs
             count = data_end = 0
             for blob_identity, blob_type, offset, length, raw_length in records:
-                if blob_identity not in blobs:
+                found = blobs.get(blob_identity)
+                if found is None:
                     blobs[blob_identity] = (pack_id, blob_type, offset, length, raw_length)
+                elif found[0] != pack_id:  # another copy (a pack listed twice is one)
+                    others = self._others.setdefault(blob_identity, [])
+                    if all(other[0] != pack_id for other in others):
+                        others.append((pack_id, blob_type, offset, length, raw_length))
                 count += 1
                 if offset + length > data_end:
                     data_end = offset + length
@@ -73,6 +82,7 @@ class Index:
         copied = Index()
         with self._lock:
             copied._blobs = dict(self._blobs)
+            copied._others = {blob: list(others) for blob, others in self._others.items()}
             copied._packs = dict(self._packs)
             copied._data_ends = dict(self._data_ends)
         return copied
@@ -87,6 +97,38 @@ class Index:
             return None
         pack_id, blob_type, offset, length, raw_length = found
         return BlobLocation(pack_id, BlobType(blob_type), offset, length, raw_length)
+
+    def locations(self, blob_identity: bytes) -> list[BlobLocation]:
+        """Every copy of the blob the index knows, the one :meth:`lookup` gives first."""
+        with self._lock:
+            found = self._blobs.get(blob_identity)
+            rows = [] if found is None else [found, *self._others.get(blob_identity, ())]
+        return [BlobLocation(p, BlobType(t), o, n, r) for p, t, o, n, r in rows]
+
+    def drop(self, blob_identity: bytes, pack_id: str) -> BlobLocation | None:
+        """Forget the blob's copy in ``pack_id`` (found damaged); its next copy, if any,
+        is the one found from now on. Returns the location dropped."""
+        with self._lock:
+            found = self._blobs.get(blob_identity)
+            if found is None:
+                return None
+            others = self._others.get(blob_identity, [])
+            if found[0] == pack_id:
+                if others:
+                    self._blobs[blob_identity] = others.pop(0)
+                else:
+                    del self._blobs[blob_identity]
+                dropped = found
+            else:
+                match = next((o for o in others if o[0] == pack_id), None)
+                if match is None:
+                    return None
+                others.remove(match)
+                dropped = match
+            if not others:
+                self._others.pop(blob_identity, None)
+        pack, blob_type, offset, length, raw_length = dropped
+        return BlobLocation(pack, BlobType(blob_type), offset, length, raw_length)
 
     def __contains__(self, blob_identity: bytes) -> bool:
         return blob_identity in self._blobs
@@ -103,6 +145,17 @@ class Index:
         with self._lock:
             snapshot = list(self._blobs.items())
         for blob_identity, (pack_id, blob_type, offset, length, raw_length) in snapshot:
+            yield (
+                blob_identity,
+                BlobLocation(pack_id, BlobType(blob_type), offset, length, raw_length),
+            )
+
+    def copies(self) -> Iterator[tuple[bytes, BlobLocation]]:
+        """:meth:`items`, and every other copy of a blob stored more than once."""
+        yield from self.items()
+        with self._lock:
+            others = [(blob, row) for blob, rows in self._others.items() for row in rows]
+        for blob_identity, (pack_id, blob_type, offset, length, raw_length) in others:
             yield (
                 blob_identity,
                 BlobLocation(pack_id, BlobType(blob_type), offset, length, raw_length),

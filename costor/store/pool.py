@@ -7,6 +7,7 @@ before the key is known), this is the only module that knows the pool's object l
     packs/xx/yy/<hash>        packs of data or tree blobs
     index/<hash>              index segments
     snapshots/<hash>          snapshot manifests
+    damaged/<hash>            copies of blobs found damaged (damage.py)
 
 Write ordering makes every write crash-safe: a pack is stored whole before the index
 segment naming it, and the index segment before the snapshot that needs it. A killed
@@ -44,6 +45,7 @@ from costor.errors import (
 )
 from costor.store import crypto, pool_params
 from costor.store.backends.base import Backend
+from costor.store.damage import Damage, DamagedCopy, new_copy, read_damage, write_damage
 from costor.store.gc.condemned import CondemnedPack, read_condemned
 from costor.store.gc.leases import Lease
 from costor.store.identity import (
@@ -187,6 +189,10 @@ class Pool:
         # Segments load_index skipped as damaged (name -> why): their packs are found
         # through their trailers (``locate``); ``check`` reports them as damage.
         self.bad_segments: dict[str, str] = {}
+        # Copies of blobs recorded as damaged (damage.py), left out of the index by
+        # load_index; and those this process found, recorded by save_damage (flush).
+        self.damage: Damage = {}
+        self._new_damage: list[DamagedCopy] = []
         self._adopt_lock = threading.Lock()
         self._adopted = False
         self._tree_cache: OrderedDict[bytes, list[Node]] = OrderedDict()
@@ -315,16 +321,20 @@ class Pool:
         gc/leases.py for why the order matters). With ``cache``: only the segments it
         does not hold yet are read (see :class:`IndexCache`)."""
         self.condemned = read_condemned(self)
+        self.damage = read_damage(self)
         listed = self._listed_segments()
         if cache is None:
             for name, full_name in listed.items():
                 self.segments.add(name)
                 self._load_segment(full_name, self.index, self.fallback)
-            return
-        with cache.lock:
-            self._update_cache(cache, listed)
-            self.index, self.fallback = cache.index.copy(), cache.fallback.copy()
-            self.segments = set(cache.segments)
+        else:
+            with cache.lock:
+                self._update_cache(cache, listed)
+                self.index, self.fallback = cache.index.copy(), cache.fallback.copy()
+                self.segments = set(cache.segments)
+        for blob, pack_id in self.damage:
+            self.index.drop(blob, pack_id)
+            self.fallback.drop(blob, pack_id)
 
     def refresh_index_cache(self, cache: IndexCache) -> None:
         """Bring ``cache`` up to the segments listed now, without loading this pool's own
@@ -497,6 +507,7 @@ class Pool:
             unindexed, self._unindexed = self._unindexed, {}
         if unindexed:
             self.write_index_segment(unindexed)
+        self.save_damage()
 
     def write_index_segment(self, packs: dict[str, list[PackEntry]]) -> str:
         data = self.sealer.seal(encode_segment(packs), SEGMENT_AD)
@@ -518,18 +529,72 @@ class Pool:
                     self.adopt_orphan_packs(record=False)
             location = self.index.lookup(blob_identity)
         if location is None:
+            bad = sorted(pack for blob, pack in self._damaged_copies() if blob == blob_identity)
             raise ObjectDamaged(
                 name=f"blob {blob_identity.hex()}",
-                reason="no index segment and no pack's trailer lists it (its pack is lost or damaged)",
+                reason=(
+                    f"every copy of it is damaged (in pack {', '.join(bad)}); a backup of "
+                    "the files that hold it stores it again, or `costor pool repair "
+                    "--from` another copy of the pool"
+                    if bad
+                    else "no index segment and no pack's trailer lists it (its pack is lost or damaged)"
+                ),
             )
         return location
+
+    # --- damage ---------------------------------------------------------------------
+
+    def note_damage(self, blob_identity: bytes, pack_id: str, reason: str) -> None:
+        """A copy of a blob is damaged: reads and backups pass it by from now on, and
+        :meth:`save_damage` records it for the processes that come after (damage.py)."""
+        self.index.drop(blob_identity, pack_id)
+        self.fallback.drop(blob_identity, pack_id)
+        with self._lock:
+            if (blob_identity, pack_id) in self.damage or any(
+                c.blob == blob_identity and c.pack == pack_id for c in self._new_damage
+            ):
+                return
+            self._new_damage.append(new_copy(blob_identity, pack_id, reason))
+
+    def save_damage(self) -> int:
+        """Record the damaged copies this process found (one ``damaged/`` object);
+        returns how many."""
+        with self._lock:
+            found, self._new_damage = self._new_damage, []
+        try:
+            write_damage(self, found)
+        except BaseException:
+            with self._lock:  # kept for the next try
+                self._new_damage = found + self._new_damage
+            raise
+        with self._lock:
+            for copy in found:
+                self.damage[(copy.blob, copy.pack)] = copy
+        return len(found)
+
+    def _damaged_copies(self) -> list[tuple[bytes, str]]:
+        with self._lock:
+            return [*self.damage, *((c.blob, c.pack) for c in self._new_damage)]
 
     def read_blob(self, blob_identity: bytes, *, window: bool = True) -> bytes:
         """A blob's plaintext, verified. ``window``: through the cache of pack windows
         (reads in order: a restore, a large file); False, the blob's bytes alone (a
         small file's parent version, wanted once: a 4 MiB window for 8 KiB was most of
-        an incremental pull's reading)."""
-        location = self.locate(blob_identity)
+        an incremental pull's reading). A copy found damaged is noted
+        (:meth:`note_damage`) and the next copy read, if the pool holds one."""
+        tried: set[str] = set()
+        while True:
+            location = self.locate(blob_identity)
+            try:
+                return self._read_copy(blob_identity, location, window)
+            except DataCorruption as error:
+                self.note_damage(blob_identity, location.pack_id, str(error))
+                tried.add(location.pack_id)
+                following = self.index.lookup(blob_identity) or self.fallback.lookup(blob_identity)
+                if following is None or following.pack_id in tried:
+                    raise
+
+    def _read_copy(self, blob_identity: bytes, location: BlobLocation, window: bool) -> bytes:
         try:
             if window:
                 sealed = self._windows.read(

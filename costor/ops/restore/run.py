@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from costor.errors import ArchiveExists, UsageError
+from costor.errors import ArchiveExists, BackendError, UsageError
 from costor.ops.context import Context
 from costor.ops.restore.snapshots import resolve
 from costor.store.gc.leases import reader_lease
+from costor.store.pool import Pool
 from costor.store.restore.archive import plan_archive, resolve_format, write_archive
 from costor.store.restore.directory import DEFAULT_OVERWRITE, OVERWRITE_MODES, Restorer, Selection
 
@@ -215,6 +216,16 @@ def restore(
             outcome.archive_bytes = archived.archive_bytes
             outcome.entries = archived.entries
     finally:
+        record_damage(pool)
         if lease is not None:
             lease.release()
     return outcome
+
+
+def record_damage(pool: Pool) -> None:
+    """Record the damaged blob copies the restore met (the next backup stores their
+    content again: costor/store/damage.py). A pool it cannot write to keeps none."""
+    try:
+        pool.save_damage()
+    except BackendError:
+        pass

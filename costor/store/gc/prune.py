@@ -18,6 +18,11 @@ Backups take a lease and read the condemned records before using the index, so a
 backup that starts after a pack was condemned does not dedup against it. Nothing here
 waits for a backup, and a backup never waits for prune.
 
+Damaged copies (damage.py): a needed blob is homed in a sound copy when the pool holds
+one, so the damaged copy is unused; a pack holding such a copy is repacked whatever its
+share of unused bytes (within ``max_repack_bytes``), and the records of packs deleted
+are dropped.
+
 Writes are ordered so a prune killed at any point leaves a consistent pool: new packs,
 a provisional record, the leases, the rewritten index (old segments removed only after
 the new one is stored), the deletions, and last the final record.
@@ -31,6 +36,7 @@ from typing import Any
 
 from costor.errors import BackendError, DataCorruption, PoolError
 from costor.store import crypto
+from costor.store.damage import keep_damage, read_damage
 from costor.store.gc.condemned import (
     CondemnedPack,
     condemned_records,
@@ -173,6 +179,7 @@ class _PoolView:
     condemned: dict[str, CondemnedPack]
     live: list[str]  # present and not condemned, sorted (then the resurrected appended)
     index: Index  # every copy of every blob, condemned packs last
+    damaged: set[tuple[bytes, str]]  # copies recorded as damaged: (blob id, pack id)
 
 
 @dataclass
@@ -252,17 +259,25 @@ def _read_view(pool: Pool, report: PruneReport) -> _PoolView:
     for pack_id in live + sorted(present - set(live)):
         index.add_pack(pack_id, entries[pack_id])
     pool.index, pool.fallback, pool.condemned = index, Index(), {}
-    return _PoolView(segments, entries, stored, records, condemned, live, index)
+    damaged = set(read_damage(pool))
+    return _PoolView(segments, entries, stored, records, condemned, live, index, damaged)
 
 
 def _homes(view: _PoolView, needed: set[bytes]) -> dict[bytes, str]:
-    """Each needed blob has one home: the first live pack holding it. Other copies
-    (two backups storing the same new chunk at once) count as unused."""
+    """Each needed blob has one home: the first live pack holding a sound copy of it,
+    else (every copy damaged) the first holding one. Other copies (two backups storing
+    the same new chunk at once, a damaged copy) count as unused."""
     home: dict[bytes, str] = {}
+    damaged_only: dict[bytes, str] = {}
     for pack_id in view.live:
         for entry in view.entries[pack_id]:
             if entry.blob_id in needed:
-                home.setdefault(entry.blob_id, pack_id)
+                if (entry.blob_id, pack_id) in view.damaged:
+                    damaged_only.setdefault(entry.blob_id, pack_id)
+                else:
+                    home.setdefault(entry.blob_id, pack_id)
+    for blob, pack_id in damaged_only.items():
+        home.setdefault(blob, pack_id)
     return home
 
 
@@ -318,6 +333,7 @@ def _mark(
     """Unused and mostly unused live packs: those to condemn, those to repack."""
     newly: list[str] = list(sweep.recondemn)
     candidates: list[tuple[float, str, list[PackEntry], int]] = []
+    with_damage = {pack_id for _blob, pack_id in view.damaged}
     for pack_id in sorted(view.live):
         pack_entries = view.entries[pack_id]
         used = [e for e in pack_entries if home.get(e.blob_id) == pack_id]
@@ -331,7 +347,13 @@ def _mark(
         if not used:
             newly.append(pack_id)
         elif total and unused:
-            candidates.append((unused / total, pack_id, used, unused))
+            # A damaged copy no snapshot needs (a sound one is home): repack first.
+            # (A damaged copy that is home, the only one, is not: repacking would fail.)
+            first = pack_id in with_damage and not any(
+                (e.blob_id, pack_id) in view.damaged for e in used
+            )
+            share = 2.0 if first else unused / total
+            candidates.append((share, pack_id, used, unused))
     needed_bytes = sum(
         e.length
         for pack_id in view.live
@@ -413,6 +435,8 @@ def _commit(
     for name in [*view.records, *([provisional_name] if provisional_name else [])]:
         if name != final_name:
             pool.backend.delete(name)
+    pool.save_damage()  # copies found damaged while reading the trees
+    keep_damage(pool, set(view.stored) - set(to_delete))
 
 
 def _rewrite_index(

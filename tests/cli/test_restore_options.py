@@ -237,6 +237,8 @@ def test_zip_archive_renames_a_backslash_and_says_so(
         evil = next(name for name in names if name.endswith("docs/a_.._.._evil"))
         assert zipped.read(evil) == b"kept\n"
     assert not any("\\" in name for name in names)
+    (renamed,) = result.json()["renamed"]
+    assert renamed["archived_as"].endswith("docs/a_.._.._evil")
     planned = restore_json(applied, "--archive", str(tmp_path / "x.zip"), "--dry-run")
     (listed,) = [entry for entry in planned["entries"] if "archived_as" in entry]
     assert listed["path"].endswith("docs/a\\..\\..\\evil")

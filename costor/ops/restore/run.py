@@ -53,6 +53,8 @@ class RestoreOutcome:
     not_restorable: int = 0  # sockets; device nodes without root; what a format cannot hold
     archive_bytes: int | None = None
     entries: list[dict[str, Any]] | None = None
+    # zip: entries whose name held a backslash, archived under another (archive.py)
+    renamed: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def files_written(self) -> int:
@@ -92,6 +94,8 @@ class RestoreOutcome:
         )
         if self.archive is not None and not self.dry_run:
             document["archive_bytes"] = self.archive_bytes
+        if self.renamed:
+            document["renamed"] = self.renamed
         if self.entries is not None:
             document["entries"] = self.entries
         return document
@@ -214,6 +218,7 @@ def restore(
             outcome.bytes_written = archived.bytes_written
             outcome.not_restorable = archived.skipped
             outcome.archive_bytes = archived.archive_bytes
+            outcome.renamed = list(archived.renamed)
             outcome.entries = archived.entries
     finally:
         record_damage(pool)

@@ -183,7 +183,7 @@ class SftpWalker:
             self.emit(path, attrs, protocol.SAME, longname)
             return
         if self.emit(path, attrs, protocol.DATA_FOLLOWS, longname) == protocol.DATA_FOLLOWS:
-            self.send(path)
+            self.send(path, attrs)
 
     def emit(self, path: str, attrs: Any, state: str, longname: str) -> str:
         mode = attrs.permissions or 0
@@ -217,18 +217,30 @@ class SftpWalker:
         )
         return self._entry(entry)
 
-    def send(self, path: str) -> None:
+    def send(self, path: str, before: Any = None) -> None:
+        """Read ``path`` whole into its sink. ``before``: its attributes as the walk
+        listed them (else the open file's, by fstat); with those after the read
+        (fstat, asked with the read that should find the end: no round trip more),
+        a file that changed meanwhile is reported as the helper reports one."""
         sink = self.ingest.content(path)
         whole = protocol.ContentDigest(self.ingest.key, large=sink.digest.large)
         size = 0
+        after: Any = None
 
         async def read_all() -> None:
-            nonlocal size
-            async with await asyncio.wait_for(
-                self.sftp.open(path, "rb"), self.io_timeout
-            ) as handle:
+            nonlocal size, before, after
+            wait = self.io_timeout
+            async with await asyncio.wait_for(self.sftp.open(path, "rb"), wait) as handle:
+                if before is None:
+                    before = await asyncio.wait_for(handle.stat(), wait)
+                expected = before.size or 0
                 while True:
-                    data = await asyncio.wait_for(handle.read(READ_SIZE), self.io_timeout)
+                    if size >= expected:
+                        data, after = await asyncio.wait_for(
+                            asyncio.gather(handle.read(READ_SIZE), handle.stat()), wait
+                        )
+                    else:
+                        data = await asyncio.wait_for(handle.read(READ_SIZE), wait)
                     if not data:
                         break
                     size += len(data)
@@ -243,6 +255,19 @@ class SftpWalker:
         except Exception as error:
             sink.finish({"error": f"cannot read: {error}"})
             return
+        facts = [
+            int(before.size or 0),
+            int(before.mtime or 0) * 10**9,
+            size,
+            int(after.size or 0),
+            int(after.mtime or 0) * 10**9,
+        ]
+        if not (facts[0] == size == facts[3] and facts[1] == facts[4]):
+            try:
+                protocol.check_changed_while_read(f"an SFTP file {path[:200]!r}", facts)
+            except protocol.Refused as refused:
+                raise HostProtocolError(host=self.ingest.client, what=str(refused)) from None
+            self.ingest.changed_while_read(path, facts)
         sink.finish(whole.end(size))
 
     def lstat(self, path: str) -> Any:

@@ -1,10 +1,14 @@
 """Warnings of an SSH pull, against a real sshd (tests/support/sshd.py): a path that is a block
 device (a real loop device, tests/support/loopdev.py) stores only its node, through the helper
 and through the SFTP fallback; the SFTP fallback's human output shows the reason it fell
-back (its summary once pointed at "warnings above" that were never printed)."""
+back (its summary once pointed at "warnings above" that were never printed); a file
+that grows while the SFTP fallback reads it is warned of as the local walk warns."""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
 
 from support.fixtures import Site
@@ -90,3 +94,40 @@ def test_the_sftp_fallback_says_why_and_warns_of_devices(
     assert document["warnings"] == [
         f"{loop_device} is a block device: its node was stored, not its contents{IMAGE}"
     ]
+
+
+def test_a_file_appended_to_during_an_sftp_pull_is_warned_of(
+    sshd: Sshd,  # noqa: F811
+    remote_dir: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A real writer appends to a large file while the SFTP fallback reads it: stored,
+    with the local walk's warning (size as listed, bytes read, fstat after)."""
+    files = files_in(remote_dir)
+    busy = files / "busy.log"
+    busy.write_bytes(os.urandom(64 * 1024 * 1024))
+    busy.chmod(0o644)
+    site = applied(ssh_site(tmp_path, sshd, {"old": {"paths": [files], "user": "nopython"}}))
+    stop = threading.Event()
+
+    def append() -> None:
+        with open(busy, "ab") as handle:
+            while not stop.is_set():
+                handle.write(b"a line of log\n" * 64)
+                handle.flush()
+                time.sleep(0.001)
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        result = site.cli("backup", "old", "--json")
+    finally:
+        stop.set()
+        writer.join()
+    assert result.code == 0, result.stderr
+    document = result.json()
+    assert document["transfer"] == "sftp" and document["complete"] is True
+    assert [e["error"][:18] for e in document["errors"]] == ["fell back to SFTP:"]
+    assert len(document["warnings"]) == 1, document["warnings"]
+    assert document["warnings"][0].startswith("changed while it was being read (")
+    assert document["warnings"][0].endswith("): the stored copy may be inconsistent")

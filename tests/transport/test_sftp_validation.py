@@ -28,8 +28,8 @@ def attrs(kind: int, size: int = 0) -> SimpleNamespace:
 
 
 class File:
-    def __init__(self, stall: float) -> None:
-        self.stall, self.sent = stall, False
+    def __init__(self, stall: float, size_after: int = 10) -> None:
+        self.stall, self.sent, self.size_after = stall, False, size_after
 
     async def __aenter__(self) -> File:
         return self
@@ -44,14 +44,25 @@ class File:
         self.sent = True
         return b"x" * 10
 
+    async def stat(self) -> SimpleNamespace:
+        return attrs(stat.S_IFREG, self.size_after)  # what fstat says after the reads
+
 
 class HostileSftp:
     """/srv holds ``names`` (files of 10 bytes); ``stall``: seconds a listing or a read
-    of a file waits."""
+    of a file waits; ``size_after``: the size an open file's status says."""
 
-    def __init__(self, names: list[Any], *, stall_listing: float = 0, stall_read: float = 0):
+    def __init__(
+        self,
+        names: list[Any],
+        *,
+        stall_listing: float = 0,
+        stall_read: float = 0,
+        size_after: int = 10,
+    ):
         self.names = names
         self.stall_listing, self.stall_read = stall_listing, stall_read
+        self.size_after = size_after
 
     async def lstat(self, path: str) -> SimpleNamespace:
         return attrs(stat.S_IFDIR) if path == "/srv" else attrs(stat.S_IFREG, 10)
@@ -64,7 +75,7 @@ class HostileSftp:
         ]
 
     async def open(self, path: str, mode: str) -> File:
-        return File(self.stall_read)
+        return File(self.stall_read, self.size_after)
 
 
 class Sink:
@@ -89,6 +100,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
+        self.changed: list[tuple[str, list[int]]] = []
 
     def parent_files(self) -> list[Any]:
         return []
@@ -99,6 +111,9 @@ class Recorder:
 
     def content(self, path: str) -> Sink:
         return Sink()
+
+    def changed_while_read(self, path: str, facts: list[int]) -> None:
+        self.changed.append((path, facts))
 
 
 @pytest.fixture
@@ -151,3 +166,21 @@ def test_a_file_stalled_mid_read_times_out(remote: Remote) -> None:
     with pytest.raises(HostTimedOut, match="host web1 sent nothing for 0.5 s: over SFTP"):
         walk.walk()
     assert time.monotonic() - started < 5
+
+
+def test_a_file_that_changed_while_read_is_reported(remote: Remote) -> None:
+    """As the helper reports one: size and mtime as listed, bytes read, the open file's
+    status after the read (fstat)."""
+    walk, ingest = walker(remote, HostileSftp(["a", "b"]))
+    walk.walk()
+    assert ingest.changed == []
+    walk, ingest = walker(remote, HostileSftp(["a"], size_after=12))
+    walk.walk()
+    second = 1_700_000_000 * 10**9
+    assert ingest.changed == [("/srv/a", [10, second, 10, 12, second])]
+
+
+def test_an_impossible_file_status_is_refused(remote: Remote) -> None:
+    walk, _ingest = walker(remote, HostileSftp(["a"], size_after=2**64 - 1))
+    with pytest.raises(HostProtocolError, match="whose changed_while_read is"):
+        walk.walk()

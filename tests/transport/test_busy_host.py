@@ -16,9 +16,6 @@ test_hostile_host.py. The mode is the word in ``mode`` beside the script:
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +23,7 @@ from pathlib import Path
 import pytest
 from support.fixtures import CliResult, Site
 from support.inventory import BASE_TABLES, client_table, inventory_text
-from support.sshd import SSHD, Sshd, free_port
+from support.sshd import Sshd, running_sshd
 
 from costor.store.backup.common import StatusAfter, changed_while_read
 
@@ -104,32 +101,14 @@ helper["main"]()
 def busy() -> Iterator[Sshd]:
     """An sshd whose only key runs ``busy.py`` whatever the client asks; the mode is
     the word in ``mode`` beside it."""
-    if not Path(SSHD).exists():
-        pytest.skip("openssh-server is not installed (scripts/test.sh installs it)")
-    if os.geteuid() != 0:
-        pytest.skip("the SSH tests run sshd: they need root")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="costor-busy-"))
-    try:
-        root.chmod(0o755)
-        for name in ("host_key", "client_key"):
-            subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)],
-                check=True,
-            )
-        (root / "busy.py").write_text(BUSY)
-        (root / "mode").write_text("honest")
-        key = (root / "client_key.pub").read_text().strip()
-        command = f"/usr/bin/python3 {root}/busy.py"
-        (root / "authorized_keys").write_text(f'command="{command}",no-pty {key}\n')
-        server = Sshd(root, free_port(), root / "client_key")
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with running_sshd("costor-busy-", prepare=_prepare_busy) as server:
+        yield server
+
+
+def _prepare_busy(server: Sshd) -> None:
+    (server.root / "busy.py").write_text(BUSY)
+    (server.root / "mode").write_text("honest")
+    server.force_command(f"/usr/bin/python3 {server.root}/busy.py")
 
 
 def busy_site(tmp_path: Path, sshd: Sshd, paths: list[Path]) -> Site:

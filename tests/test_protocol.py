@@ -218,7 +218,7 @@ def frames_of(output: bytes) -> list[tuple[bytes, bytes]]:
 def test_every_frame_the_helper_sends_passes_the_checks(tmp_path: Path) -> None:
     """The limits and checks of costor/protocol.py refuse no walk of the shipped helper:
     a directory of 9,000 files (more than one ENTRIES batch), long names, a link, a
-    file of several 1 MiB DATA frames."""
+    file of several 1 MiB DATA frames, heartbeats (here as often as the helper looks)."""
     many = tmp_path / "many"
     many.mkdir()
     for i in range(9000):
@@ -229,8 +229,9 @@ def test_every_frame_the_helper_sends_passes_the_checks(tmp_path: Path) -> None:
     theirs = helper.Helper(helper.Channel(io.BytesIO(), out))
     theirs.key, theirs.compress_level = KEY, 1
     theirs.options = {"paths": [str(tmp_path)], "exclude": []}
+    theirs.channel.interval = 0.0
     theirs.walk()
-    check, entries, data = protocol.WalkCheck(), 0, 0
+    check, entries, data, beats = protocol.WalkCheck(), 0, 0, 0
     for kind, payload in frames_of(out.getvalue()):
         assert len(payload) <= protocol.MAX_FRAME
         if kind == protocol.ENTRIES:
@@ -242,7 +243,11 @@ def test_every_frame_the_helper_sends_passes_the_checks(tmp_path: Path) -> None:
                 entries += 1
         elif kind == protocol.DATA:
             data += len(protocol.unpack_data(payload))
+        elif kind == protocol.HEARTBEAT:
+            protocol.check_heartbeat(payload)
+            beats += 1
     assert entries >= 9000 + 3 and data == 3 * protocol.BLOCK_SIZE + 5
+    assert beats >= 3 + 2  # one per 1 MiB read of big, one per ENTRIES batch
 
 
 def test_heartbeats_pass_the_check_and_come_only_when_due() -> None:

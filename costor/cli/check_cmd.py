@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
-from costor.cli.output import human_bytes, print_json
+from costor.cli.output import print_check_report, print_json
 from costor.cli.progress import make_progress
 from costor.errors import UsageError
 
@@ -66,38 +66,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(outcome.to_json())
         return code
     for name, report in outcome.reports:
-        print(
-            f"pool {name}: {report.snapshots} snapshot(s), {report.packs} pack(s), "
-            f"{report.trees_checked} tree(s) checked"
-            + (
-                f", {report.packs_read} pack(s) read ({human_bytes(report.bytes_read)})"
-                if report.packs_read
-                else ""
-            )
-        )
-        if report.unindexed_packs:
-            print(
-                f"  {len(report.unindexed_packs)} pack(s) not in the index (left by an "
-                "interrupted backup; the next backup reuses them, prune removes them)"
-            )
-        for problem in report.healed:
-            print(f"  healed {problem.kind} {problem.object}: {problem.message}")
-        if report.damage_recorded:
-            print(
-                f"  {report.damage_recorded} damaged blob cop(ies) recorded: backups store "
-                "their content again (docs/repair.md)"
-            )
-        for problem in report.problems:
-            print(f"  DAMAGE {problem.kind} {problem.object}: {problem.message}")
-            for item in problem.affected:
-                print(
-                    f"    affects {item['client']} snapshot {item['snapshot'][:12]}: {item['path']}"
-                )
-            if problem.affected_count > len(problem.affected):
-                print(f"    … and {problem.affected_count - len(problem.affected)} more")
-        print(
-            "  no errors were found" if report.ok else f"  {len(report.problems)} problem(s) found"
-        )
+        print_check_report(name, report)
     for failure in outcome.not_checked:
         print(f"costor: error: pool {failure.pool}: not checked: {failure.error}", file=sys.stderr)
     if outcome.not_checked:

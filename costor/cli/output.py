@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from costor.errors import CostorError, InventoryInvalid
+
+if TYPE_CHECKING:
+    from costor.ops.maintenance.check import CheckReport
 
 
 def print_json(document: Any) -> None:
@@ -62,3 +65,48 @@ def human_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count:.1f} TiB"
+
+
+def print_check_report(name: str, report: CheckReport, *, damage_word: str = "DAMAGE") -> None:
+    """One pool's check (``costor check``, and before and after ``costor pool repair``)."""
+    print(
+        f"pool {name}: {report.snapshots} snapshot(s), {report.packs} pack(s), "
+        f"{report.trees_checked} tree(s) checked"
+        + (
+            f", {report.packs_read} pack(s) read ({human_bytes(report.bytes_read)})"
+            if report.packs_read
+            else ""
+        )
+    )
+    if report.unindexed_packs:
+        print(
+            f"  {len(report.unindexed_packs)} pack(s) not in the index (left by an "
+            "interrupted backup; the next backup reuses them, prune removes them)"
+        )
+    for problem in report.healed:
+        print(f"  healed {problem.kind} {problem.object}: {problem.message}")
+    if report.damage_recorded:
+        count = report.damage_recorded
+        print(
+            f"  {count} damaged blob {'copy' if count == 1 else 'copies'} recorded: the next "
+            "backups store their content again where their sources still hold it "
+            "(docs/repair.md)"
+        )
+    if report.damage_cleared:
+        count = report.damage_cleared
+        print(
+            f"  {count} blob {'copy' if count == 1 else 'copies'} recorded as damaged "
+            "earlier read back sound now (put back since): no longer recorded"
+        )
+    for problem in report.problems:
+        print(f"  {damage_word} {problem.kind} {problem.object}: {problem.message}")
+        for item in problem.affected:
+            print(
+                "    affects "
+                + terminal_text(
+                    f"{item['client']} snapshot {item['snapshot'][:12]}: {item['path']}"
+                )
+            )
+        if problem.affected_count > len(problem.affected):
+            print(f"    … and {problem.affected_count - len(problem.affected)} more")
+    print("  no errors were found" if report.ok else f"  {len(report.problems)} problem(s) found")

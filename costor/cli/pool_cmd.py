@@ -1,4 +1,4 @@
-"""costor pool …: pool maintenance (reindex, key slots, copies, format upgrade)."""
+"""costor pool …: pool maintenance (reindex, repair, key slots, copies, format upgrade)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
-from costor.cli.output import human_bytes, print_json
+from costor.cli.output import human_bytes, print_check_report, print_json, terminal_text
 from costor.errors import UsageError
 
 
@@ -99,12 +99,40 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="s3:// locations take endpoint, region, path style and credentials from this "
         "declared S3 pool",
     )
+    repair = actions.add_parser(
+        "repair",
+        help="check a pool and put right what it can: from a copy of the pool (--from), "
+        "and by recording damage so backups store it again",
+        description="Checks the pool (every byte with --read-data) and records the damaged "
+        "blobs it finds, so the next backup of a client whose files still hold their "
+        "content stores it again. With --from, damaged or missing packs, index segments "
+        "and snapshots are put back from SRC, a copy of the same pool (a declared pool's "
+        "name or a location, as for `pool copy`), and lost blobs are stored again from "
+        "SRC's copies. A damaged index is rebuilt. Nothing is deleted. Then checks again "
+        "and lists what is still lost: exit 0 when nothing is, 3 otherwise. See "
+        "docs/repair.md.",
+    )
+    add_inventory_option(repair)
+    add_json_option(repair)
+    repair.add_argument("pool", metavar="POOL", help="a declared pool's name")
+    repair.add_argument("--from", dest="source", metavar="SRC", help="a copy of the pool")
+    repair.add_argument(
+        "--read-data", action="store_true", help="read every pack to find damage (slow)"
+    )
+    repair.add_argument(
+        "--like",
+        metavar="POOL",
+        help="an s3:// SRC takes endpoint, region, path style and credentials from this "
+        "declared S3 pool",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     if args.pool_action == "copy":
         return _copy(args)
+    if args.pool_action == "repair":
+        return _repair(args)
     if args.pool_action in ("keys", "add-key", "remove-key"):
         return _keys(args)
     if args.pool_action == "upgrade":
@@ -240,3 +268,68 @@ def _copy(args: argparse.Namespace) -> int:
             + ", ".join(name.removeprefix("keys/") for name in report.extra_key_slots)
         )
     return 0
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from costor.cli.progress import make_progress
+    from costor.ops.maintenance.repair import repair_pool
+
+    progress = make_progress("check", json_output=args.json)
+    try:
+        report = repair_pool(
+            context(args),
+            args.pool,
+            source=args.source,
+            like=args.like,
+            read_data=args.read_data,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    code = 0 if report.ok else 3
+    if args.json:
+        print_json(report.to_json())
+        return code
+    print_check_report(args.pool, report.found)
+    for name in report.replaced:
+        print(f"  put back from {report.source}: {name}")
+    if report.blobs_stored:
+        print(f"  {report.blobs_stored} blob(s) stored again from {report.source}'s copies")
+    if report.index_rebuilt:
+        print("  index rebuilt from the pack trailers")
+    remaining = report.remaining
+    assert remaining is not None
+    if remaining.ok:
+        print(
+            f"pool {args.pool}: repaired; nothing is lost"
+            if report.found.problems
+            else f"pool {args.pool}: nothing to repair"
+        )
+        if remaining.healed:
+            print("  `costor prune` removes the damaged copies that sound ones now stand in for")
+        return code
+    acted = report.replaced or report.blobs_stored or report.index_rebuilt
+    if acted:
+        print(f"pool {args.pool}: still damaged after the repair:")
+        for problem in remaining.problems:
+            print(f"  LOST {problem.kind} {problem.object}: {problem.message}")
+            for item in problem.affected:
+                print(
+                    "    affects "
+                    + terminal_text(
+                        f"{item['client']} snapshot {item['snapshot'][:12]}: {item['path']}"
+                    )
+                )
+            if problem.affected_count > len(problem.affected):
+                print(f"    … and {problem.affected_count - len(problem.affected)} more")
+    else:
+        print(f"pool {args.pool}: nothing could be repaired here; still damaged as above")
+    clients = sorted({i["client"] for p in remaining.problems for i in p.affected})
+    if clients:
+        print(
+            f"  back up {', '.join(clients)} again: files that still hold the lost content are "
+            "read and stored again"
+            + ("" if report.source else "; or repair --from a copy of the pool")
+            + " (docs/repair.md)"
+        )
+    return code

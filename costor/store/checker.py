@@ -34,7 +34,8 @@ from zstandard import ZstdError
 
 from costor.errors import BackendError, DataCorruption, ObjectNotFound
 from costor.store import crypto
-from costor.store.damage import read_damage
+from costor.store.damage import drop_damage, read_damage
+from costor.store.index import BlobLocation
 from costor.store.pack import FOOTER, BlobCorrupt, PackEntry, pack_name, read_entries
 from costor.store.pool import Pool
 from costor.store.progress import Progress
@@ -73,6 +74,7 @@ class CheckReport:
     # Damage every blob of which has a sound copy elsewhere: not counted as damage.
     healed: list[Problem] = field(default_factory=list)
     damage_recorded: int = 0  # damaged copies newly recorded by this check
+    damage_cleared: int = 0  # recorded copies that read back sound now: records dropped
     verified: list[str] = field(default_factory=list, repr=False)  # packs read and sound
 
     @property
@@ -94,6 +96,7 @@ class CheckReport:
             "problems": [p.to_json() for p in self.problems],
             "healed": [p.to_json() for p in self.healed],
             "damage_recorded": self.damage_recorded,
+            "damage_cleared": self.damage_cleared,
         }
 
 
@@ -133,8 +136,11 @@ def check(
     for blob, location in pool.index.copies():
         blobs_by_pack.setdefault(location.pack_id, set()).add(blob)
     pool.damage = read_damage(pool)
+    recorded: dict[tuple[bytes, str], BlobLocation] = {}
     for blob, pack_id in pool.damage:
-        pool.index.drop(blob, pack_id)
+        dropped = pool.index.drop(blob, pack_id)
+        if dropped is not None:
+            recorded[(blob, pack_id)] = dropped
     for pack_id in sorted(indexed - set(stored)):
         report.problems.append(
             Problem(
@@ -167,6 +173,7 @@ def check(
             progress.advance(files=1, size=stored[pack_id])
 
     # Tier 1b: snapshots and trees; tier 3: attribution of damaged blobs.
+    stale = _read_recorded_again(pool, recorded, report)
     damaged = _unhealed(pool, report)
     snapshots: list[Snapshot] = []
     for snapshot_id in pool.snapshot_ids():
@@ -184,9 +191,39 @@ def check(
             report.problems.remove(problem)  # recorded, but no snapshot needs it any more
     try:
         report.damage_recorded = pool.save_damage()
+        report.damage_cleared = drop_damage(pool, stale) if stale else 0
     except BackendError:  # a read-only pool: the damage is reported all the same
         pass
     return report
+
+
+def _read_recorded_again(
+    pool: Pool, recorded: dict[tuple[bytes, str], BlobLocation], report: CheckReport
+) -> list[tuple[bytes, str]]:
+    """Copies recorded as damaged that read back sound now (their pack was put back by
+    ``pool copy --verify-existing`` or ``pool repair``), unless this check found them
+    damaged: back in the index, and their records to drop. One ranged read each."""
+    found = {
+        (blob, problem.object)
+        for problem in report.problems
+        if problem.kind in ("damaged_pack", "missing_pack")
+        for blob in problem.blobs
+    }
+    stale = []
+    for (blob, pack_id), location in recorded.items():
+        if (blob, pack_id) in found:
+            continue
+        try:
+            pool.read_copy(blob, location)
+        except (DataCorruption, BackendError):
+            continue
+        stale.append((blob, pack_id))
+        del pool.damage[(blob, pack_id)]
+        pool.index.add_records(
+            pack_id,
+            [(blob, int(location.type), location.offset, location.length, location.raw_length)],
+        )
+    return stale
 
 
 def _unhealed(pool: Pool, report: CheckReport) -> dict[bytes, Problem]:
@@ -217,8 +254,14 @@ def _unhealed(pool: Pool, report: CheckReport) -> dict[bytes, Problem]:
             "; every blob has a sound copy elsewhere: healed (`costor prune` removes this copy)"
         )
         report.healed.append(problem)
+    mentioned = {p.object for p in report.problems + report.healed}
+    recorded_healed: dict[str, int] = {}
     for (blob, pack_id), copy in sorted(pool.damage.items(), key=lambda item: item[0][1]):
-        if blob in damaged or pool.index.lookup(blob) is not None:
+        if pool.index.lookup(blob) is not None:
+            if pack_id not in mentioned:
+                recorded_healed[pack_id] = recorded_healed.get(pack_id, 0) + 1
+            continue
+        if blob in damaged:
             continue
         problem = Problem(
             "damaged_blob",
@@ -229,6 +272,16 @@ def _unhealed(pool: Pool, report: CheckReport) -> dict[bytes, Problem]:
         )
         report.problems.append(problem)
         damaged[blob] = problem
+    for pack_id, count in sorted(recorded_healed.items()):
+        report.healed.append(
+            Problem(
+                "damaged_pack",
+                pack_id,
+                f"{count} blob {'copy' if count == 1 else 'copies'} in it recorded as "
+                "damaged, each with a sound copy elsewhere: healed (`costor prune` removes "
+                "the damaged copies)",
+            )
+        )
     return damaged
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -115,13 +115,24 @@ def write_damage(pool: Pool, copies: Iterable[DamagedCopy]) -> str | None:
 
 def keep_damage(pool: Pool, keep: set[str]) -> int:
     """Rewrite the records to hold only copies in the packs ``keep`` (those still
-    stored): one new record first, then the old ones go. Returns how many copies were
-    dropped."""
+    stored). Returns how many copies were dropped."""
+    return _rewrite(pool, lambda copy: copy.pack in keep)
+
+
+def drop_damage(pool: Pool, copies: Collection[tuple[bytes, str]]) -> int:
+    """Rewrite the records without ``copies`` (blob id, pack id): read back sound since
+    (a pack put back by ``pool copy --verify-existing`` or ``pool repair``)."""
+    gone = set(copies)
+    return _rewrite(pool, lambda copy: (copy.blob, copy.pack) not in gone)
+
+
+def _rewrite(pool: Pool, keep: Callable[[DamagedCopy], bool]) -> int:
+    """One new record first, then the old ones go."""
     names = damage_records(pool)
     if not names:
         return 0
     damage = read_damage(pool, names)
-    kept = [copy for copy in damage.values() if copy.pack in keep]
+    kept = [copy for copy in damage.values() if keep(copy)]
     if len(kept) == len(damage) and len(names) == 1:
         return 0
     new_name = write_damage(pool, kept)

@@ -586,7 +586,7 @@ class Pool:
         while True:
             location = self.locate(blob_identity)
             try:
-                return self._read_copy(blob_identity, location, window)
+                return self.read_copy(blob_identity, location, window=window)
             except DataCorruption as error:
                 self.note_damage(blob_identity, location.pack_id, str(error))
                 tried.add(location.pack_id)
@@ -594,7 +594,11 @@ class Pool:
                 if following is None or following.pack_id in tried:
                     raise
 
-    def _read_copy(self, blob_identity: bytes, location: BlobLocation, window: bool) -> bytes:
+    def read_copy(
+        self, blob_identity: bytes, location: BlobLocation, *, window: bool = False
+    ) -> bytes:
+        """The blob's plaintext from one given copy, verified (read twice before it is
+        :class:`DataCorruption`)."""
         try:
             if window:
                 sealed = self._windows.read(

@@ -130,8 +130,17 @@ def test_verify_existing_heals_a_damaged_copy(applied: Site, tmp_path: Path) -> 
         str(p.relative_to(copy_dir)) for p in (pack, snapshot, slot)
     )
     assert report["verified"] == len(_objects(applied.pool_path)) - 1 - 3  # not the identity
+    # The copy's own check recorded the damage it found (damaged/: not copied, each
+    # place's own); once the pack is sound again, its next check drops the record.
+    healed_copy = _objects(copy_dir)
+    assert [name for name in healed_copy if name.startswith("damaged/")]
+    assert {n: b for n, b in healed_copy.items() if not n.startswith("damaged/")} == _objects(
+        applied.pool_path
+    )
+    rechecked = other_site.cli("check", "--read-data", "--json")
+    assert rechecked.code == 0, rechecked.stdout
+    assert rechecked.json()["pools"][0]["damage_cleared"] >= 1
     assert _objects(copy_dir) == _objects(applied.pool_path)
-    assert other_site.cli("check", "--read-data").code == 0
     human = applied.cli("pool", "copy", "main", str(copy_dir), "--verify-existing")
     assert human.code == 0 and "0 damaged object(s) replaced" in human.stdout
 

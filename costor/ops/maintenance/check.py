@@ -128,12 +128,12 @@ def _check_one(
     held = set(opened.snapshot_ids())
     report = check(opened, read_data=read_data, subset=subset, progress=progress, order=order)
     report.pool = name
-    report.problems.extend(_missing_snapshots(ctx, name, opened.uuid, catalogued, held))
+    report.problems.extend(missing_snapshots(ctx, name, opened.uuid, catalogued, held))
     _record_verified(ctx, opened, report.verified)
     return report
 
 
-def _missing_snapshots(
+def missing_snapshots(
     ctx: Context, name: str, pool_uuid: str, catalogued: dict[str, Any], held: set[str]
 ) -> list[Problem]:
     """Rollback evidence: snapshots the catalogue recorded in this pool that the pool no

@@ -1,0 +1,46 @@
+"""``costor pool repair POOL [--from SRC]``: check a pool, put back what another copy of
+it holds, store lost blobs again from it, and say what is still lost (docs/repair.md)."""
+
+from __future__ import annotations
+
+from costor.db import catalogue
+from costor.db.session import session_scope
+from costor.ops.context import Context
+from costor.ops.maintenance.check import missing_snapshots
+from costor.ops.maintenance.pool_copy import resolve_location
+from costor.store.progress import Progress
+from costor.store.repair import RepairReport, repair
+
+
+def repair_pool(
+    ctx: Context,
+    name: str,
+    *,
+    source: str | None = None,
+    like: str | None = None,
+    read_data: bool = False,
+    progress: Progress | None = None,
+) -> RepairReport:
+    """``source``: a declared pool's name or a location (as for ``pool copy``) holding a
+    copy of this pool; ``like``: the declared S3 pool an ``s3://`` source takes its
+    endpoint and credentials from."""
+    pool = ctx.open_pool(name, load_index=False)
+    backend = resolve_location(ctx, source, like=like) if source is not None else None
+    with session_scope(ctx.engine, write=False) as session:
+        catalogued = catalogue.catalogued_snapshots(session, pool.uuid)
+    held = set(pool.snapshot_ids())
+    report = repair(
+        pool,
+        source=backend,
+        read_data=read_data,
+        snapshots=set(catalogued) - held,
+        progress=progress,
+    )
+    report.pool = name
+    assert report.remaining is not None
+    report.found.pool = report.remaining.pool = name
+    report.found.problems.extend(missing_snapshots(ctx, name, pool.uuid, catalogued, held))
+    report.remaining.problems.extend(
+        missing_snapshots(ctx, name, pool.uuid, catalogued, set(pool.snapshot_ids()))
+    )
+    return report

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from support.fixtures import Site, open_pool, tree_digest
+from support.sshd import Sshd, make_tree, remote_dir, ssh_site, sshd  # noqa: F401  (fixtures)
 
 
 def _flip_a_data_byte(site: Site) -> Path:
@@ -106,3 +107,26 @@ def test_a_damage_record_cannot_be_planted_or_break_a_backup(site: Site) -> None
     assert backup.code == 0, backup.stderr
     checked = site.cli("check", "--json")
     assert checked.code == 0, checked.stdout
+
+
+def test_an_ssh_pull_heals_too(sshd: Sshd, remote_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Over the helper, an unchanged file in an unchanged directory is not even sent (a
+    sparse walk): the server must not take the parent's node for it when that node
+    needs a damaged blob."""
+    src = make_tree(remote_dir)
+    site = ssh_site(tmp_path, sshd, {"web": {"paths": [src]}})
+    assert site.cli("apply", "--auto-approve").code == 0
+    assert site.cli("backup", "web").code == 0
+    _flip_a_data_byte(site)
+    assert site.cli("check", "--read-data").code == 3
+
+    healing = site.cli("backup", "web", "--json")
+    assert healing.code == 0, healing.stdout + healing.stderr
+    doc = healing.json()
+    assert doc["files_changed"] == 1, doc  # big.bin, sent again
+    assert doc["bytes_transferred"] > 1024 * 1024
+    target = tmp_path / "restored"
+    restored = site.cli("restore", "web:latest", "--target", str(target))
+    assert restored.code == 0, restored.stdout + restored.stderr
+    assert tree_digest(target / str(src).lstrip("/")) == tree_digest(src)
+    assert site.cli("check", "--read-data").code == 0

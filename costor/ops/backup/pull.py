@@ -307,7 +307,10 @@ def _parent_frames(
     walk: the next pull has the cache)."""
     if ingest.parent is None:
         return [], ParentSent()
-    cached = _read_cache(cache, ingest.parent.id)
+    # Blobs recorded as damaged and held nowhere else: the parent's files that need them
+    # must be sent again (parent_files leaves them out), which the cache cannot say.
+    lost = any(blob not in pool.index for blob, _pack in pool.damage)
+    cached = None if lost else _read_cache(cache, ingest.parent.id)
     dir_hashes = b""
     if cached is not None:
         fingerprints, large = cached.fingerprints, cached.large

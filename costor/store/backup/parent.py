@@ -30,9 +30,15 @@ def parent_files(
     pool: Pool, tree: bytes, blocks: Callable[[list[bytes]], bytes | None]
 ) -> Iterator[ParentFile]:
     """Every regular file and directory below ``tree`` with its stat data, and the block
-    hashes of large files (``blocks``: from the digest index)."""
+    hashes of large files (``blocks``: from the digest index). A file whose content
+    needs a blob recorded as damaged (and held nowhere else) is left out: the producer
+    then sends it again, even from a directory it walks sparse, so the pool gets a
+    good copy (costor/store/damage.py)."""
+    lost = {blob for blob, _pack in pool.damage if blob not in pool.index}
     for path, node in _parent_nodes(pool, tree, b""):
         if node.type not in (FILE, DIR):
+            continue
+        if lost and node.type == FILE and not lost.isdisjoint(node.content):
             continue
         yield ParentFile(
             os.fsdecode(b"/" + path.lstrip(b"/")),

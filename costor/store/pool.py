@@ -86,8 +86,10 @@ from costor.store.pack import (
 )
 from costor.store.snapshot import Snapshot
 from costor.store.tree import Node, decode_tree, encode_docs, encode_tree
+from costor.util.log import get_logger
 
 SNAPSHOT_AD = b"costor-snapshot"
+_log = get_logger("store.pool")
 TREE_CACHE_SIZE = 4096
 
 
@@ -192,6 +194,7 @@ class Pool:
         # Copies of blobs recorded as damaged (damage.py), left out of the index by
         # load_index; and those this process found, recorded by save_damage (flush).
         self.damage: Damage = {}
+        self.unreadable_snapshots: dict[str, str] = {}  # list_snapshots left them out
         self._new_damage: list[DamagedCopy] = []
         self._adopt_lock = threading.Lock()
         self._adopted = False
@@ -708,8 +711,26 @@ class Pool:
 
     def list_snapshots(self, client: str | Collection[str] | None = None) -> list[Snapshot]:
         """Snapshots, oldest first; ``client``: a name, or several (a renamed client's
-        snapshots carry the name it had when they were taken)."""
-        snapshots = [self.load_snapshot(sid) for sid in self.snapshot_ids()]
+        snapshots carry the name it had when they were taken). A manifest that cannot be
+        read is left out, with a warning, and kept in ``unreadable_snapshots`` (id ->
+        why): one damaged snapshot must not hide the others (``check`` reports it)."""
+        snapshots = []
+        for snapshot_id in self.snapshot_ids():
+            try:
+                snapshots.append(self.load_snapshot(snapshot_id))
+            except ObjectNotFound:
+                continue  # forgotten between the listing and the read
+            except DataCorruption as error:
+                if snapshot_id not in self.unreadable_snapshots:
+                    _log.warning(
+                        "pool %s: snapshot %s cannot be read and is left out (%s); "
+                        "`costor check` reports it, `costor pool repair --from` a copy "
+                        "puts it back",
+                        self.location,
+                        snapshot_id[:12],
+                        error,
+                    )
+                self.unreadable_snapshots[snapshot_id] = str(error)
         if client is not None:
             names = {client} if isinstance(client, str) else set(client)
             snapshots = [s for s in snapshots if s.client in names]

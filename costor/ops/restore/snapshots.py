@@ -23,6 +23,7 @@ from costor.db.models import PoolRow, ResourceRow
 from costor.db.session import session_scope
 from costor.errors import (
     AmbiguousSnapshot,
+    ObjectDamaged,
     PoolError,
     PoolNotFound,
     SnapshotNotFound,
@@ -171,6 +172,7 @@ def _refuse_rolled_back(
     if not rows:
         return
     held = {snapshot_id for pool in pools for snapshot_id in pool.snapshot_ids()}
+    unreadable = {sid: why for pool in pools for sid, why in pool.unreadable_snapshots.items()}
     for snapshot_id, row in rows:
         if snapshot_id not in held:
             raise SnapshotRolledBack(
@@ -178,4 +180,13 @@ def _refuse_rolled_back(
                 missing=snapshot_id[:12],
                 time=row.time[:19].replace("T", " "),
                 found=newest.id[:12],
+            )
+        if snapshot_id in unreadable:
+            raise ObjectDamaged(
+                name=f"snapshots/{snapshot_id}",
+                reason=f"{ref} would be snapshot {newest.id[:12]}, but the newer snapshot "
+                f"{snapshot_id[:12]} ({row.time[:19].replace('T', ' ')}) cannot be read "
+                f"({unreadable[snapshot_id]}); restore {newest.id[:12]} by its id if that "
+                "is what you want, or put the newer one back with `costor pool repair "
+                "--from` a copy of the pool",
             )

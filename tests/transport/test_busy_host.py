@@ -181,10 +181,11 @@ def test_a_host_stuck_in_one_read_still_times_out(busy: Sshd, tmp_path: Path) ->
 
 
 def local_warning(path: Path, size: int, mtime_ns: int, read: int, after: int) -> str:
-    """The local walk's message (costor/store/backup/common.py) for these numbers."""
+    """The local walk's warning (costor/store/backup/common.py) for these numbers, as
+    ``backup --json`` lists it: led by the file's path."""
     warning = changed_while_read(str(path), size, mtime_ns, read, StatusAfter(after, mtime_ns + 1))
     assert warning is not None
-    return warning["error"]
+    return f"{path}: {warning['error']}"
 
 
 @pytest.mark.timeout(120)

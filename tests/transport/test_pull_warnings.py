@@ -129,5 +129,5 @@ def test_a_file_appended_to_during_an_sftp_pull_is_warned_of(
     assert document["transfer"] == "sftp" and document["complete"] is True
     assert [e["error"][:18] for e in document["errors"]] == ["fell back to SFTP:"]
     assert len(document["warnings"]) == 1, document["warnings"]
-    assert document["warnings"][0].startswith("changed while it was being read (")
+    assert document["warnings"][0].startswith(f"{busy}: changed while it was being read (")
     assert document["warnings"][0].endswith("): the stored copy may be inconsistent")

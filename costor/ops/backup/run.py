@@ -25,14 +25,14 @@ class BackupOutcome:
     method: str = "local"  # "local" | "helper" | "sftp"
     # What was stored, but not as the user may think ("/dev/loop0 is a block device: its
     # node was stored, …"). The archiver and the pull hand them over among the errors,
-    # marked "severity": "warning" (the message names the path); taken out of them here.
+    # marked "severity": "warning"; taken out of them here, each naming its path.
     warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         marked = [e for e in self.errors if e.get("severity") == "warning"]
         if marked:
             self.errors = [e for e in self.errors if e.get("severity") != "warning"]
-            self.warnings += [e["error"] for e in marked]
+            self.warnings += [_naming_its_path(e) for e in marked]
 
     @property
     def incomplete(self) -> bool:
@@ -62,6 +62,12 @@ class BackupOutcome:
             "errors": self.errors,
             "warnings": self.warnings,
         }
+
+
+def _naming_its_path(warning: dict[str, str]) -> str:
+    """A warning's message, led by its path unless the message already names it."""
+    path, message = warning.get("path", ""), warning["error"]
+    return message if not path or path in message else f"{path}: {message}"
 
 
 class Source(Protocol):

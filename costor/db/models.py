@@ -220,3 +220,65 @@ class InstanceRow(SQLModel, table=True):
     started_at: datetime
     heartbeat_at: datetime
     stopping: bool = False
+
+
+class AuditRow(SQLModel, table=True):
+    """One audited action (docs/audit.md): append-only and hash-chained, each record's
+    ``hash`` covering the previous record's hash and its own fields, so a record changed,
+    deleted or inserted breaks the chain (``costor audit verify``)."""
+
+    __tablename__ = "audit_records"
+
+    id: int | None = Field(default=None, primary_key=True)  # the chain's order
+    time: datetime = Field(index=True)
+    actor: str = Field(index=True)  # "user:NAME", "token:ID", "os:USER@HOST", "system"
+    action: str = Field(index=True)  # e.g. "backup", "restore", "apply", "login"
+    target: str = Field(index=True)  # e.g. "client:web1", "pool:main", "snapshot:ab12…"
+    outcome: str  # "ok" | "failed" | "denied"
+    source: str | None = None  # the client address, or "cli", or "daemon"
+    request_id: str | None = None
+    detail: str = "{}"  # JSON: what else the action says (exit code, counts, error)
+    prev_hash: str
+    hash: str = Field(index=True)
+
+
+class AuditHeadRow(SQLModel, table=True):
+    """The chain's last record, one row: appending locks it (``FOR UPDATE`` on
+    PostgreSQL, the write transaction on SQLite), so concurrent writers form one chain."""
+
+    __tablename__ = "audit_head"
+
+    name: str = Field(primary_key=True)  # "audit"
+    last_id: int = 0
+    last_hash: str = ""
+
+
+class TokenRow(SQLModel, table=True):
+    """An API token (``costor token create``): only a hash of its secret is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: str = Field(primary_key=True)  # the public part, shown in lists and the audit log
+    user: str = Field(index=True)
+    scope: str  # e.g. "admin", "read", "append", "backup-api:read"
+    clients: str = "[]"  # JSON: names or globs the token is limited to ([] = the user's)
+    secret_hash: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+    description: str = ""
+
+
+class SessionRow(SQLModel, table=True):
+    """A web login (a session cookie): only a hash of its secret is kept."""
+
+    __tablename__ = "login_sessions"
+
+    id: str = Field(primary_key=True)  # hash of the cookie's secret
+    user: str = Field(index=True)
+    csrf: str  # the token state-changing requests must carry
+    address: str | None = None
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None = None

@@ -138,3 +138,5 @@ def test_repair_refuses_a_source_that_is_another_pool(backed_up: Site, tmp_path:
     refused = backed_up.cli("pool", "repair", "main", "--from", str(other))
     assert refused.code != 0 and "UUID" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
+    itself = backed_up.cli("pool", "repair", "main", "--from", "main")
+    assert itself.code == 1 and "itself" in itself.stderr, itself.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from costor.db import catalogue
 from costor.db.session import session_scope
+from costor.errors import UsageError
 from costor.ops.context import Context
 from costor.ops.maintenance.check import missing_snapshots
 from costor.ops.maintenance.pool_copy import resolve_location
@@ -26,6 +27,8 @@ def repair_pool(
     endpoint and credentials from."""
     pool = ctx.open_pool(name, load_index=False)
     backend = resolve_location(ctx, source, like=like) if source is not None else None
+    if backend is not None and backend.location == pool.location:
+        raise UsageError(message=f"--from {source}: that is pool {name} itself, not a copy of it")
     with session_scope(ctx.engine, write=False) as session:
         catalogued = catalogue.catalogued_snapshots(session, pool.uuid)
     held = set(pool.snapshot_ids())

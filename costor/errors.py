@@ -385,3 +385,30 @@ class ObjectDamaged(DataCorruption):
 
     exit_code = 3
     http_status = 500
+
+
+# --- the site server: tokens, requests (issue 20) -------------------------------------
+
+
+class NotAuthenticated(CostorError):
+    """Not authenticated: {reason}"""
+
+    http_status = 401
+
+
+class TokenRefused(CostorError):
+    """No token created: {reason}"""
+
+    http_status = 400
+
+
+class TokenNotFound(CostorError):
+    """No API token {token_id!r}."""
+
+    http_status = 404
+
+
+class JobNotFound(CostorError):
+    """No job {job_id}."""
+
+    http_status = 404

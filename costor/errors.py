@@ -412,3 +412,15 @@ class JobNotFound(CostorError):
     """No job {job_id}."""
 
     http_status = 404
+
+
+# --- the audit log (issue 20) ---------------------------------------------------------
+
+
+class AuditUnavailable(CostorError):
+    """The audit log cannot be written, so {action} of {target} did not start: {reason}"""
+
+    # Fail closed: an action that deletes data or reads backed-up content starts only
+    # once its "started" record is written (docs/audit.md, "When the log cannot be
+    # written").
+    http_status = 503

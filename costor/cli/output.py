@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from costor.errors import CostorError, InventoryInvalid
 
 if TYPE_CHECKING:
-    from costor.ops.maintenance.check import CheckReport
+    from costor.ops.maintenance.check import CheckReport, Problem
 
 
 def print_json(document: Any) -> None:
@@ -98,8 +98,14 @@ def print_check_report(name: str, report: CheckReport, *, damage_word: str = "DA
             f"  {count} blob {'copy' if count == 1 else 'copies'} recorded as damaged "
             "earlier read back sound now (put back since): no longer recorded"
         )
-    for problem in report.problems:
-        print(f"  {damage_word} {problem.kind} {problem.object}: {problem.message}")
+    print_problems(report.problems, damage_word)
+    print("  no errors were found" if report.ok else f"  {len(report.problems)} problem(s) found")
+
+
+def print_problems(problems: list[Problem], word: str) -> None:
+    """Each problem a check found, with the snapshots and paths it affects."""
+    for problem in problems:
+        print(f"  {word} {problem.kind} {problem.object}: {problem.message}")
         for item in problem.affected:
             print(
                 "    affects "
@@ -109,4 +115,3 @@ def print_check_report(name: str, report: CheckReport, *, damage_word: str = "DA
             )
         if problem.affected_count > len(problem.affected):
             print(f"    … and {problem.affected_count - len(problem.affected)} more")
-    print("  no errors were found" if report.ok else f"  {len(report.problems)} problem(s) found")

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
-from costor.cli.output import human_bytes, print_check_report, print_json, terminal_text
+from costor.cli.output import human_bytes, print_check_report, print_json, print_problems
 from costor.errors import UsageError
 
 
@@ -311,17 +311,7 @@ def _repair(args: argparse.Namespace) -> int:
     acted = report.replaced or report.blobs_stored or report.index_rebuilt
     if acted:
         print(f"pool {args.pool}: still damaged after the repair:")
-        for problem in remaining.problems:
-            print(f"  LOST {problem.kind} {problem.object}: {problem.message}")
-            for item in problem.affected:
-                print(
-                    "    affects "
-                    + terminal_text(
-                        f"{item['client']} snapshot {item['snapshot'][:12]}: {item['path']}"
-                    )
-                )
-            if problem.affected_count > len(problem.affected):
-                print(f"    … and {problem.affected_count - len(problem.affected)} more")
+        print_problems(remaining.problems, "LOST")
     else:
         print(f"pool {args.pool}: nothing could be repaired here; still damaged as above")
     clients = sorted({i["client"] for p in remaining.problems for i in p.affected})

@@ -5,11 +5,10 @@ copy may mix old and new contents; the next backup reads it again), not silently
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
-from support.fixtures import make_pool
+from support.fixtures import appending, make_pool
 
 from costor.store.backup.common import changed_while_read
 from costor.store.backup.walk import Archiver
@@ -36,24 +35,10 @@ def test_a_file_appended_to_during_the_backup_is_named(tmp_path: Path) -> None:
     source.mkdir()
     busy = source / "busy.log"
     busy.write_bytes(os.urandom(64 * 1024 * 1024))
-    stop = threading.Event()
-
-    def append() -> None:
-        with open(busy, "ab") as handle:
-            while not stop.is_set():
-                handle.write(b"a line of log\n" * 64)
-                handle.flush()
-                time.sleep(0.001)
-
-    writer = threading.Thread(target=append)
-    writer.start()
-    try:
-        pool = make_pool(tmp_path / "pool")
-        archiver = Archiver(pool, client="alpha", paths=[str(source)], workers=2)
+    pool = make_pool(tmp_path / "pool")
+    archiver = Archiver(pool, client="alpha", paths=[str(source)], workers=2)
+    with appending(busy):
         snapshot = archiver.run()
-    finally:
-        stop.set()
-        writer.join()
     warnings = [e for e in archiver.errors if e.get("severity") == "warning"]
     assert [w["path"] for w in warnings] == [str(busy)]
     assert snapshot.counters["files_failed"] == 0  # stored: a warning, not a failure

@@ -20,7 +20,10 @@ import os
 import pty
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,16 @@ from support.inventory import (
     write_local_inventory,
 )
 
-__all__ = ["PASSPHRASE", "CliResult", "Site", "make_pool", "open_pool", "run_in_pty", "tree_digest"]
+__all__ = [
+    "PASSPHRASE",
+    "CliResult",
+    "Site",
+    "appending",
+    "make_pool",
+    "open_pool",
+    "run_in_pty",
+    "tree_digest",
+]
 
 
 @dataclass
@@ -214,3 +226,24 @@ def run_in_pty(argv: list[str], answer: str | None = None) -> tuple[int, str]:
             answer = None
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), screen.decode(errors="replace")
+
+
+@contextmanager
+def appending(path: Path) -> Iterator[None]:
+    """A real writer appending to ``path`` (a log being written) while the block runs."""
+    stop = threading.Event()
+
+    def append() -> None:
+        with open(path, "ab") as handle:
+            while not stop.is_set():
+                handle.write(b"a line of log\n" * 64)
+                handle.flush()
+                time.sleep(0.001)
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        writer.join()

@@ -136,6 +136,25 @@ class Sshd:
         subprocess.run(["pkill", "-KILL", "-u", user, "-f", "stdin.buffer.readline"], check=False)
 
 
+# The start of a forced command that wraps the shipped helper (tests/transport's hostile
+# and busy hosts): it reads the loader line and the compressed helper the server sends,
+# runs the helper's code (not as __main__) into ``helper``, and reads the test's chosen
+# behaviour from the file ``mode`` beside the script. The test's code follows it.
+WRAPPED_HELPER = r"""
+import os, sys, zlib
+
+MODE = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "mode")).read().strip()
+stdin = sys.stdin.buffer
+line = stdin.readline()
+size = int(line.split(b"read(")[1].split(b")")[0])
+source = b""
+while len(source) < size:
+    source += stdin.read(size - len(source))
+helper = {"__name__": "wrapped"}
+exec(compile(zlib.decompress(source), "helper.py", "exec"), helper)
+"""
+
+
 @contextmanager
 def running_sshd(
     prefix: str = "costor-sshd-", *, prepare: Callable[[Sshd], None] | None = None

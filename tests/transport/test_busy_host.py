@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from support.fixtures import CliResult, Site
 from support.inventory import BASE_TABLES, client_table, inventory_text
-from support.sshd import Sshd, running_sshd
+from support.sshd import WRAPPED_HELPER, Sshd, running_sshd
 
 from costor.store.backup.common import StatusAfter, changed_while_read
 
@@ -34,18 +34,11 @@ APPENDED = b"appended while the helper read it\n"
 
 # The forced command: the shipped helper, with the host changed under it by mode.
 BUSY = f"SLOW, STUCK, APPENDED = {SLOW!r}, {3 * IO_TIMEOUT!r}, {APPENDED!r}\n"
-BUSY += r"""
-import hashlib, os, sys, time, zlib
+BUSY += (
+    WRAPPED_HELPER
+    + r"""
+import hashlib, time
 
-MODE = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "mode")).read().strip()
-stdin = sys.stdin.buffer
-line = stdin.readline()
-size = int(line.split(b"read(")[1].split(b")")[0])
-source = b""
-while len(source) < size:
-    source += stdin.read(size - len(source))
-helper = {"__name__": "busy"}
-exec(compile(zlib.decompress(source), "helper.py", "exec"), helper)
 Helper, Channel = helper["Helper"], helper["Channel"]
 
 
@@ -95,6 +88,7 @@ if MODE == "unsteady":
 
 helper["main"]()
 """
+)
 
 
 @pytest.fixture(scope="module")

@@ -16,25 +16,18 @@ from pathlib import Path
 import pytest
 from support.fixtures import Site
 from support.inventory import BASE_TABLES, client_table, inventory_text
-from support.sshd import Sshd, running_sshd
+from support.sshd import WRAPPED_HELPER, Sshd, running_sshd
 
 MiB = 1024 * 1024
 IO_TIMEOUT = 3  # seconds: the test inventory's ssh.io_timeout_s
 
 # The forced command. It reads the loader line and the compressed helper the server
 # sends, runs the shipped helper's code (not as __main__), and replaces its walk.
-HOSTILE = r"""
-import json, os, struct, sys, time, zlib
+HOSTILE = (
+    WRAPPED_HELPER
+    + r"""
+import json, struct, time
 
-MODE = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "mode")).read().strip()
-stdin = sys.stdin.buffer
-line = stdin.readline()
-size = int(line.split(b"read(")[1].split(b")")[0])
-source = b""
-while len(source) < size:
-    source += stdin.read(size - len(source))
-helper = {"__name__": "hostile"}
-exec(compile(zlib.decompress(source), "helper.py", "exec"), helper)
 Helper = helper["Helper"]
 ENTRIES, DATA, MATCHED, WALK_DONE = b"M", b"D", b"U", b"Z"
 
@@ -86,6 +79,7 @@ Helper.honest_walk = Helper.walk
 Helper.walk = walk
 helper["main"]()
 """
+)
 
 ATTACKS = {
     "dotdot": "host hostile sent an entry named '..' in /etc: refused",

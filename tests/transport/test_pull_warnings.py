@@ -7,11 +7,9 @@ that grows while the SFTP fallback reads it is warned of as the local walk warns
 from __future__ import annotations
 
 import os
-import threading
-import time
 from pathlib import Path
 
-from support.fixtures import Site
+from support.fixtures import Site, appending
 from support.loopdev import loop_device  # noqa: F401  (fixture)
 from support.sshd import Sshd, remote_dir, ssh_site, sshd  # noqa: F401  (fixtures)
 
@@ -108,22 +106,8 @@ def test_a_file_appended_to_during_an_sftp_pull_is_warned_of(
     busy.write_bytes(os.urandom(64 * 1024 * 1024))
     busy.chmod(0o644)
     site = applied(ssh_site(tmp_path, sshd, {"old": {"paths": [files], "user": "nopython"}}))
-    stop = threading.Event()
-
-    def append() -> None:
-        with open(busy, "ab") as handle:
-            while not stop.is_set():
-                handle.write(b"a line of log\n" * 64)
-                handle.flush()
-                time.sleep(0.001)
-
-    writer = threading.Thread(target=append)
-    writer.start()
-    try:
+    with appending(busy):
         result = site.cli("backup", "old", "--json")
-    finally:
-        stop.set()
-        writer.join()
     assert result.code == 0, result.stderr
     document = result.json()
     assert document["transfer"] == "sftp" and document["complete"] is True

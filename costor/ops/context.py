@@ -3,9 +3,12 @@ first use) and the pools it names."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import socket
 import stat
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
@@ -45,6 +48,15 @@ if TYPE_CHECKING:
     )
     from costor.store.backends.base import Backend
     from costor.store.snapshot import Snapshot
+
+
+def os_actor() -> str:
+    """``os:USER@HOST``: the actor of a command run from a shell."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = str(os.getuid())
+    return f"os:{user}@{socket.gethostname()}"
 
 
 class Context:
@@ -87,6 +99,12 @@ class Context:
         self._masters: dict[tuple[str, str], Any] = {}
         self.keep_indexes = keep_indexes
         self._index_caches: dict[str, IndexCache] = {}  # by pool UUID
+        # Who runs this command, as the audit log names them (costor.ops.audit): the OS
+        # user here; the daemon's jobs set "system", the server "user:NAME" or
+        # "token:ID", the caller's address as the source and its request's id.
+        self.actor: str = os_actor()
+        self.source: str | None = "cli"
+        self.request_id: str | None = f"cli-{uuid.uuid4().hex[:12]}"  # this command's records
 
     # --- applied and working configuration ---------------------------------------------
 

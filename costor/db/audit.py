@@ -1,0 +1,382 @@
+"""The audit log (the ``audit_records`` and ``audit_head`` tables): append a record to
+the hash chain, read records back, verify the chain (docs/audit.md).
+
+The chain: each record's ``hash`` is SHA-256 of the previous record's hash followed by
+the canonical JSON of its own fields, its id and time included (:func:`record_hash`);
+the first record's previous hash is empty. Records are chained in id order. The
+``audit_head`` row names the last record (its id and hash), so a cut tail shows too.
+
+Appending is serialised by the head row: PostgreSQL locks it (``SELECT … FOR UPDATE``)
+before the record is inserted, so the ids the sequence hands out follow the chain's
+order; SQLite's writing transactions (``BEGIN IMMEDIATE``, costor.db.session) already
+run one at a time. Concurrent writers in any number of processes therefore form one
+unbroken chain.
+
+There is no secret in the hash: the chain detects records changed, deleted or inserted
+by anyone who does not rewrite every later record and the head consistently. Someone
+with write access to the database can do that; docs/audit.md says what would catch it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from costor.db.models import AuditHeadRow, AuditRow
+from costor.db.session import session_scope
+from costor.util.clock import utcnow
+
+HEAD = "audit"  # the one row of audit_head
+GENESIS = ""  # the previous hash of the chain's first record
+_PAGE = 1000  # records read per query while verifying
+
+
+# --- the hash ------------------------------------------------------------------------
+
+
+def record_time(value: datetime) -> str:
+    """A record's time as hashed: UTC, microseconds, ``Z``. SQLite hands stored times
+    back without a zone (they were stored as UTC), PostgreSQL with one."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(timespec="microseconds") + "Z"
+
+
+def canonical_record(row: AuditRow) -> bytes:
+    """The fields a record's hash covers, as canonical JSON (sorted keys, no spaces,
+    non-ASCII escaped). ``detail`` is covered as the text stored."""
+    fields = {
+        "id": row.id,
+        "time": record_time(row.time),
+        "actor": row.actor,
+        "action": row.action,
+        "target": row.target,
+        "outcome": row.outcome,
+        "source": row.source,
+        "request_id": row.request_id,
+        "detail": row.detail,
+    }
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def record_hash(prev_hash: str, row: AuditRow) -> str:
+    """``sha256(prev_hash ‖ canonical JSON of the record)``, hex."""
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical_record(row)).hexdigest()
+
+
+# --- appending -----------------------------------------------------------------------
+
+
+def append(
+    engine: Engine,
+    *,
+    actor: str,
+    action: str,
+    target: str,
+    outcome: str,
+    source: str | None = None,
+    request_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> AuditRow:
+    """Append one record to the chain, in a transaction of its own that holds the head
+    row; returns the stored record (its id and hash set)."""
+    with session_scope(engine, write=True) as session:
+        head = _locked_head(session)
+        row = AuditRow(
+            time=utcnow(),
+            actor=actor,
+            action=action,
+            target=target,
+            outcome=outcome,
+            source=source,
+            request_id=request_id,
+            detail=json.dumps(detail or {}, sort_keys=True, default=str),
+            prev_hash=head.last_hash,
+            hash="",
+        )
+        session.add(row)
+        session.flush()  # the id: assigned now, while the head is held
+        row.hash = record_hash(head.last_hash, row)
+        assert row.id is not None
+        head.last_id, head.last_hash = row.id, row.hash
+        session.add(row)
+        session.add(head)
+    return row
+
+
+def _locked_head(session: Session) -> AuditHeadRow:
+    """The head row, locked for this transaction. Made on the first append (or if it
+    was lost, from the last record, so appending goes on and the chain stays linked;
+    ``verify`` only reports a missing head while no record was appended since). Two
+    first appends at once: one inserts, the other's insert does nothing and waits."""
+    head = session.get(AuditHeadRow, HEAD, with_for_update=True)
+    if head is not None:
+        return head
+    last = session.exec(select(AuditRow).order_by(col(AuditRow.id).desc()).limit(1)).first()
+    values = {
+        "name": HEAD,
+        "last_id": last.id if last is not None and last.id is not None else 0,
+        "last_hash": last.hash if last is not None else GENESIS,
+    }
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    insert = dialect.insert(AuditHeadRow).values(**values)
+    session.execute(insert.on_conflict_do_nothing(index_elements=["name"]))
+    head = session.get(AuditHeadRow, HEAD, with_for_update=True, populate_existing=True)
+    assert head is not None
+    return head
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def find_records(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    target: str | None = None,
+    limit: int = 100,
+) -> list[AuditRow]:
+    """Records matching every filter given, newest first, at most ``limit``.
+    ``actor``, ``action`` and ``target`` match exactly, or as a pattern when they hold
+    ``*`` (any run of characters), e.g. ``user:*`` or ``client:web*``."""
+    query = select(AuditRow)
+    if since is not None:
+        query = query.where(col(AuditRow.time) >= since)
+    if until is not None:
+        query = query.where(col(AuditRow.time) < until)
+    for column, wanted in (
+        (col(AuditRow.actor), actor),
+        (col(AuditRow.action), action),
+        (col(AuditRow.target), target),
+    ):
+        if wanted is None:
+            continue
+        if "*" in wanted:
+            query = query.where(column.like(_like_pattern(wanted), escape="\\"))
+        else:
+            query = query.where(column == wanted)
+    query = query.order_by(col(AuditRow.id).desc()).limit(max(0, limit))
+    with session_scope(engine, write=False) as session:
+        return list(session.exec(query))
+
+
+def _like_pattern(pattern: str) -> str:
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%")
+
+
+def record_json(row: AuditRow) -> dict[str, Any]:
+    """A record as ``costor audit --json`` shows it (``detail`` parsed)."""
+    try:
+        detail: Any = json.loads(row.detail)
+    except ValueError:
+        detail = row.detail  # not JSON (written by another tool): shown as stored
+    return {
+        "id": row.id,
+        "time": record_time(row.time),
+        "actor": row.actor,
+        "action": row.action,
+        "target": row.target,
+        "outcome": row.outcome,
+        "source": row.source,
+        "request_id": row.request_id,
+        "detail": detail,
+        "hash": row.hash,
+    }
+
+
+# --- verifying -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BrokenLink:
+    """Where the chain first breaks: the record named (``record``), how (``kind``:
+    ``changed``, ``deleted``, ``inserted``, ``truncated``, ``head-missing``) and a
+    sentence saying so."""
+
+    record: int
+    kind: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"record": self.record, "kind": self.kind, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    """``costor audit verify``: how many records were found sound (all of them, or those
+    before the break), what the head says, and the first broken link (None: intact)."""
+
+    records: int
+    head_id: int | None
+    head_hash: str | None
+    broken: BrokenLink | None
+
+    @property
+    def intact(self) -> bool:
+        return self.broken is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "intact": self.intact,
+            "records": self.records,
+            "head": None
+            if self.head_id is None
+            else {"record": self.head_id, "hash": self.head_hash},
+            "broken": self.broken.to_json() if self.broken is not None else None,
+        }
+
+
+class _Walk:
+    """The records walked so far: their ids in chain order, and where each hash is."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.position: dict[str, int] = {}  # hash -> index in ids
+        self.previous: AuditRow | None = None
+
+    def add(self, row: AuditRow) -> None:
+        assert row.id is not None
+        self.position.setdefault(row.hash, len(self.ids))
+        self.ids.append(row.id)
+        self.previous = row
+
+    def check(self, row: AuditRow) -> BrokenLink | None:
+        """The break at ``row``, if it does not follow the records walked so far."""
+        assert row.id is not None
+        if record_hash(row.prev_hash, row) != row.hash:
+            return BrokenLink(
+                row.id,
+                "changed",
+                f"record {row.id} was changed or forged: its hash does not match its contents",
+            )
+        previous = self.previous
+        expected = previous.hash if previous is not None else GENESIS
+        if row.prev_hash == expected:
+            return None
+        if row.prev_hash == GENESIS or row.prev_hash in self.position:
+            # It links to an earlier record (or the start): those between were inserted.
+            index = -1 if row.prev_hash == GENESIS else self.position[row.prev_hash]
+            inserted = self.ids[index + 1]
+            before = "the chain's start" if index < 0 else f"record {self.ids[index]}"
+            return BrokenLink(
+                inserted,
+                "inserted",
+                f"record {inserted} was inserted: record {row.id} follows {before}, "
+                f"not record {self.ids[-1]}",
+            )
+        last_id = previous.id if previous is not None and previous.id is not None else 0
+        if row.id - last_id > 1:
+            missing = _span(last_id + 1, row.id - 1)
+            return BrokenLink(
+                last_id + 1,
+                "deleted",
+                f"record {missing} was deleted: record {row.id} links to a record no "
+                "longer in the log",
+            )
+        return BrokenLink(
+            row.id,
+            "deleted",
+            f"a record before record {row.id} was deleted: it links to a record no "
+            "longer in the log",
+        )
+
+    def check_head(self, head: AuditHeadRow | None) -> BrokenLink | None:
+        """Does the head name the last record walked?"""
+        last = self.previous
+        if head is None:
+            if last is None:
+                return None  # an empty log, never written to
+            assert last.id is not None
+            return BrokenLink(
+                last.id, "head-missing", "the chain's head row (audit_head) was deleted"
+            )
+        if last is None:
+            if head.last_id == 0:
+                return None
+            return BrokenLink(
+                head.last_id,
+                "truncated",
+                f"record {head.last_id} was deleted: the log is empty, but its head names "
+                f"record {head.last_id} as the last",
+            )
+        assert last.id is not None
+        if head.last_id == last.id:
+            if head.last_hash == last.hash:
+                return None
+            return BrokenLink(
+                last.id,
+                "changed",
+                f"record {last.id} was changed: its hash is not the one the chain's head recorded",
+            )
+        if head.last_id in self.ids:
+            after = self.ids[self.ids.index(head.last_id) + 1]
+            return BrokenLink(
+                after,
+                "inserted",
+                f"record {after} was inserted: the chain's head ends at record {head.last_id}",
+            )
+        if head.last_id > last.id:
+            cut = _span(last.id + 1, head.last_id)
+            return BrokenLink(
+                head.last_id,
+                "truncated",
+                f"record {cut} was deleted (the log's tail was cut): the chain's head names "
+                f"record {head.last_id} as the last, the log ends at record {last.id}",
+            )
+        return BrokenLink(
+            head.last_id,
+            "deleted",
+            f"record {head.last_id}, the last one the chain's head names, is not in the log",
+        )
+
+
+def _span(first: int, last: int) -> str:
+    return f"{first}" if first == last else f"{first} to {last}"
+
+
+def verify(engine: Engine) -> ChainCheck:
+    """Walk the chain in id order; the first broken link, if any."""
+    walk = _Walk()
+    with session_scope(engine, write=False) as session:
+        head = session.get(AuditHeadRow, HEAD)
+        for row in _in_order(session):
+            broken = walk.check(row)
+            if broken is not None:
+                return _report(walk, head, broken)
+            walk.add(row)
+        return _report(walk, head, walk.check_head(head))
+
+
+def _report(walk: _Walk, head: AuditHeadRow | None, broken: BrokenLink | None) -> ChainCheck:
+    return ChainCheck(
+        records=len(walk.ids),
+        head_id=head.last_id if head is not None else None,
+        head_hash=head.last_hash if head is not None else None,
+        broken=broken,
+    )
+
+
+def _in_order(session: Session) -> Iterator[AuditRow]:
+    """Every record in id order, a page at a time (the log may be long)."""
+    after = None
+    while True:
+        query = select(AuditRow).order_by(col(AuditRow.id)).limit(_PAGE)
+        if after is not None:
+            query = query.where(col(AuditRow.id) > after)
+        page = list(session.exec(query))
+        yield from page
+        if len(page) < _PAGE:
+            return
+        after = page[-1].id

@@ -27,6 +27,7 @@ Models built by hand (not through the loader) skip those checks.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -43,6 +44,7 @@ from pydantic import (
     StrictStr,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -156,13 +158,82 @@ def _postgresql_url(value: str) -> str:
 # --- [sites.NAME] ----------------------------------------------------------------------
 
 
+DEFAULT_LISTEN = "127.0.0.1:8443"
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); ValueError if not."""
+    match = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):([0-9]{1,5})$", text)
+    port = int(match.group(3)) if match else 0
+    if match is None or not 0 < port < 65536:
+        raise ValueError(f"expected HOST:PORT (e.g. {DEFAULT_LISTEN}), got {text!r}")
+    return match.group(1) or match.group(2), port
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``): plain HTTP stays on
+    this machine. Any other name could resolve anywhere, so it is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SiteTls(FrozenModel):
+    """``tls = { cert = "…", key = "…" }``: PEM files (relative to the inventory)."""
+
+    cert: NonEmptyStr
+    key: NonEmptyStr
+
+
+# Keys added with the site server (issue 20), left out of a site's document while at
+# their default: sites recorded before them are not shown as changed.
+_SERVER_DEFAULTS: dict[str, Any] = {"listen": None, "tls": None, "insecure_http": False}
+
+
 class SiteConfig(FrozenModel):
-    """``[sites.NAME]``: one location with its own CoStor server and pools."""
+    """``[sites.NAME]``: one location with its own CoStor server and pools.
+
+    ``listen`` (default ``127.0.0.1:8443``) is where ``costor serve`` answers HTTP; with
+    ``tls`` it answers HTTPS. Plain HTTP is allowed on a loopback address only, unless
+    ``insecure_http = true`` says that something else (a reverse proxy, a private
+    network) protects it."""
 
     name: StrictStr
     url: StrictStr | None = None  # where peers and agents reach this site's server
     replicate_to: tuple[StrictStr, ...] = ()
     maintenance: StrictBool = False
+    listen: StrictStr | None = None
+    tls: SiteTls | None = None
+    insecure_http: StrictBool = False
+
+    @model_serializer(mode="wrap")
+    def _omit_server_defaults(self, handler: Any) -> Any:
+        document = handler(self)
+        for key, default in _SERVER_DEFAULTS.items():
+            if isinstance(document, dict) and document.get(key, default) == default:
+                document.pop(key, None)
+        return document
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _plain_http_on_loopback_only(self) -> SiteConfig:
+        host, _port = split_listen(self.listen or DEFAULT_LISTEN)
+        if self.tls is None and not self.insecure_http and not is_loopback(host):
+            raise ValueError(
+                f"listen = {self.listen!r} is not a loopback address: give the site "
+                "tls = { cert = ..., key = ... }, or set insecure_http = true if a reverse "
+                "proxy or a private network protects plain HTTP"
+            )
+        return self
 
     @field_validator("url")
     @classmethod

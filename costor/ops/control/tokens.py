@@ -1,0 +1,242 @@
+"""API tokens: create one (shown once), list, revoke, and authenticate a request's
+bearer token (the server's only way in, for now).
+
+A token reads ``costor_<id>_<secret>``: ``id`` is public (12 hex digits; lists, logs and
+the audit log name the token by it), ``secret`` is 32 random bytes (64 hex digits). The
+state keeps only ``sha256(secret)``. Not argon2id as for passwords: a password is short
+and guessable, so its hash must be slow; a secret of 256 random bits cannot be guessed
+whatever the hash, and a fast one lets every API request be checked in microseconds
+(argon2id would cost each request ~100 ms and a core). The comparison is constant-time.
+
+Scopes (for now): ``admin`` and ``read`` (every GET of the Admin API). A token never
+exceeds its user: only a user with the ``admin`` role (or a declared role granting the
+``admin`` permission) may hold an ``admin`` token; any other user may hold ``read``
+tokens only. The user must be declared and applied (the ``users`` table); a token whose
+user was removed, or who lost ``admin``, is checked against what the user is now at each
+request (refused, or read only). ``clients`` limits a token to some clients (names or
+globs): it sees only their snapshots, and any other is "not found".
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from costor.config.model import duration_seconds
+from costor.db import tokens as db_tokens
+from costor.db.models import TokenRow
+from costor.db.session import session_scope
+from costor.errors import NotAuthenticated, TokenNotFound, TokenRefused
+from costor.ops.context import Context
+from costor.util.clock import utcnow
+
+SCOPES = ("admin", "read")
+PREFIX = "costor"
+_TOKEN = re.compile(r"^costor_([0-9a-f]{12})_([0-9a-f]{64})$")
+_CLIENT_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]-]+$")
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token as ``costor token list`` shows it (never its secret)."""
+
+    id: str
+    user: str
+    scope: str
+    clients: tuple[str, ...]
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+    last_used_at: str | None
+    description: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user": self.user,
+            "scope": self.scope,
+            "clients": list(self.clients),
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+            "last_used_at": self.last_used_at,
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True)
+class TokenCreated:
+    """A new token: ``token`` is the only time its secret is shown."""
+
+    info: TokenInfo
+    token: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.info.to_json(), "token": self.token}
+
+
+@dataclass(frozen=True)
+class TokenList:
+    tokens: list[TokenInfo]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [token.to_json() for token in self.tokens]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Who a request is, once its token is checked: what it may do and see."""
+
+    token_id: str
+    user: str
+    scope: str  # effective: never more than the user's rights now
+    clients: tuple[str, ...]  # () = every client
+
+    def sees_client(self, name: str) -> bool:
+        return not self.clients or any(fnmatch.fnmatchcase(name, p) for p in self.clients)
+
+
+def create_token(
+    ctx: Context,
+    *,
+    user: str,
+    scope: str,
+    clients: list[str] | None = None,
+    expires: str | None = None,
+    description: str = "",
+) -> TokenCreated:
+    if scope not in SCOPES:
+        raise TokenRefused(reason=f"unknown scope {scope!r} (one of: {', '.join(SCOPES)})")
+    patterns = tuple(clients or ())
+    for pattern in patterns:
+        if not _CLIENT_PATTERN.match(pattern):
+            raise TokenRefused(reason=f"{pattern!r} is not a client name or glob")
+    now = utcnow()
+    expires_at = None
+    if expires is not None:
+        try:
+            expires_at = now + timedelta(seconds=duration_seconds(expires))
+        except ValueError as error:
+            raise TokenRefused(reason=str(error)) from None
+    with session_scope(ctx.engine) as session:
+        _check_user(ctx, session, user, scope)
+        token_id = secrets.token_hex(6)
+        secret = secrets.token_hex(32)
+        row = TokenRow(
+            id=token_id,
+            user=user,
+            scope=scope,
+            clients=json.dumps(list(patterns)),
+            secret_hash=_hash(secret),
+            created_at=now,
+            expires_at=expires_at,
+            description=description,
+        )
+        db_tokens.add_token(session, row)
+        info = _info(row)
+    return TokenCreated(info=info, token=f"{PREFIX}_{token_id}_{secret}")
+
+
+def list_tokens(ctx: Context, *, user: str | None = None) -> TokenList:
+    with session_scope(ctx.engine, write=False) as session:
+        return TokenList(tokens=[_info(row) for row in db_tokens.token_rows(session, user=user)])
+
+
+def revoke_token(ctx: Context, *, token_id: str) -> TokenInfo:
+    """Revoke ``token_id`` (its public id, or a whole token); revoking twice is fine."""
+    match = _TOKEN.match(token_id)
+    token_id = match.group(1) if match else token_id
+    with session_scope(ctx.engine) as session:
+        row = db_tokens.revoke_token(session, token_id, utcnow())
+        if row is None:
+            raise TokenNotFound(token_id=token_id)
+        return _info(row)
+
+
+def authenticate(ctx: Context, token: str | None) -> Grant:
+    """The grant of a bearer ``token``; :class:`NotAuthenticated` (401) when it is
+    missing, malformed, unknown, wrong, revoked, expired, or its user is gone. Notes
+    the use (``last_used_at``)."""
+    if not token:
+        raise NotAuthenticated(reason="no bearer token")
+    match = _TOKEN.match(token)
+    if match is None:
+        raise NotAuthenticated(reason="malformed token")
+    token_id, secret = match.groups()
+    now = utcnow()
+    with session_scope(ctx.engine) as session:
+        row = db_tokens.token_by_id(session, token_id)
+        # Compared even for an unknown id, so the time taken does not say which ids exist.
+        expected = row.secret_hash if row is not None else _hash("")
+        if not hmac.compare_digest(expected, _hash(secret)) or row is None:
+            raise NotAuthenticated(reason="unknown token")
+        if row.revoked_at is not None:
+            raise NotAuthenticated(reason="token revoked")
+        if row.expires_at is not None and _aware(row.expires_at) <= now:
+            raise NotAuthenticated(reason="token expired")
+        if not db_tokens.user_applied(session, row.user) or row.user not in ctx.inventory.users:
+            raise NotAuthenticated(reason="the token's user no longer exists")
+        db_tokens.note_token_used(session, token_id, now)
+        scope = row.scope if _is_admin(ctx, row.user) else "read"
+        return Grant(
+            token_id=row.id, user=row.user, scope=scope, clients=tuple(json.loads(row.clients))
+        )
+
+
+def _check_user(ctx: Context, session: Any, user: str, scope: str) -> None:
+    if user not in ctx.inventory.users or not db_tokens.user_applied(session, user):
+        raise TokenRefused(
+            reason=f"no user {user!r} is applied (declare it in [users.{user}] and "
+            "run `costor apply`)"
+        )
+    if scope == "admin" and not _is_admin(ctx, user):
+        raise TokenRefused(
+            reason=f"user {user!r} has no admin role, so its tokens are read only (--scope read)"
+        )
+
+
+def _is_admin(ctx: Context, user: str) -> bool:
+    """Whether ``user`` (as applied) holds the ``admin`` role, built in or declared."""
+    config = ctx.inventory.users.get(user)
+    if config is None:
+        return False
+    for group in config.groups:
+        group_config = ctx.inventory.groups.get(group)
+        for role in group_config.roles if group_config is not None else ():
+            declared = ctx.inventory.roles.get(role)
+            if role == "admin" or (declared is not None and "admin" in declared.permissions):
+                return True
+    return False
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=utcnow().tzinfo)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return _aware(value).isoformat() if value is not None else None
+
+
+def _info(row: TokenRow) -> TokenInfo:
+    return TokenInfo(
+        id=row.id,
+        user=row.user,
+        scope=row.scope,
+        clients=tuple(json.loads(row.clients)),
+        created_at=_aware(row.created_at).isoformat(),
+        expires_at=_iso(row.expires_at),
+        revoked_at=_iso(row.revoked_at),
+        last_used_at=_iso(row.last_used_at),
+        description=row.description,
+    )

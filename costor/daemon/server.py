@@ -18,6 +18,13 @@ sent SIGTERM, which records them as interrupted and queues their retry. kill -9 
 daemon leaves its children running to the end (they record their own outcome); jobs
 whose process died are found by the next daemon's ``recover``.
 
+The HTTP API (``costor/server``, when a listen address is given) is served on a thread
+of this process (:class:`costor.server.listen.HttpServer`), with a context of its own;
+it starts after the instance is registered and stops with the scheduler. A job is
+forked while the API's gate is held (no request is using the database then, and on
+SQLite the API holds no connection: ``costor/server/gate.py``); the child runs only the
+job, on the thread that forked it.
+
 Several daemons may share one PostgreSQL database (jobs are claimed with SKIP LOCKED,
 schedules advanced by compare-and-set); on SQLite a second one is refused.
 """
@@ -34,9 +41,10 @@ import time
 import traceback
 import uuid
 from collections.abc import Collection
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 # What a job imports (lazily, for the CLI's start-up), imported here once so that forked
 # jobs start at once: an incremental pull forked without these spent ~30 ms importing
@@ -65,6 +73,9 @@ from costor.ops.jobs.runner import after_job, run_job
 from costor.ops.maintenance.site import maintenance_sites
 from costor.util import hashthreads
 from costor.util.log import get_logger
+
+if TYPE_CHECKING:
+    from costor.server.listen import HttpServer
 
 logger = get_logger("serve")  # the daemon's stderr (a forked job's: its log file)
 
@@ -115,8 +126,10 @@ class Server:
         grace: float = 60.0,
         once: bool = False,
         retry_delay: float = 30.0,
+        http: HttpServer | None = None,
     ) -> None:
         self.ctx = ctx
+        self.http = http
         ctx.keep_indexes = True  # loaded at start, refreshed after each job (_preload)
         # Its forked jobs must not inherit a started BLAKE3 thread pool (they would hang).
         hashthreads.keep_fork_safe()
@@ -143,6 +156,12 @@ class Server:
         run)."""
         self._single_instance()
         self._register()
+        try:
+            if self.http is not None:
+                self.http.start()
+        except BaseException:
+            self._unregister()
+            raise
         previous = {
             sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
         }
@@ -167,6 +186,8 @@ class Server:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self.http is not None:
+                self.http.stop()
             self._unregister()
         logger.info(f"costor serve {self.id}: stopped")
 
@@ -297,7 +318,8 @@ class Server:
         # touches (copy-on-write). The daemon collects its own again at once.
         gc.freeze()
         try:
-            pid = os.fork()
+            with self.http.gate.paused() if self.http is not None else nullcontext():
+                pid = os.fork()
         except BaseException:
             gc.unfreeze()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)

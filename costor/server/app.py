@@ -1,0 +1,208 @@
+"""The FastAPI application: ``/healthz``, ``/metrics`` and the Admin API under
+``/api/v1`` (docs/server.md). Each route parses its input, calls one use case through
+the :class:`Gate` and returns the use case's ``to_json()`` document, the one the CLI
+prints with ``--json``.
+
+Who may see what: every ``/api/v1`` route needs a bearer token (``costor token
+create``); scopes ``read`` and ``admin`` may both read (every route here is a GET). A
+token limited to some clients sees only those clients: their snapshots, their jobs,
+their lines of the status; another client's snapshot answers 404 as an unknown one
+would (never 403: a 403 would say that it exists).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from costor import __version__
+from costor.errors import JobNotFound, NotAuthenticated, SnapshotNotFound, UsageError
+from costor.ops.control.tokens import Grant, authenticate
+from costor.ops.jobs.requests import job_history
+from costor.ops.restore.browse import list_snapshot
+from costor.ops.restore.snapshots import list_snapshots, resolve
+from costor.ops.status import status
+from costor.server import documents
+from costor.server.errors import error_response, install_error_handlers
+from costor.server.gate import Gate
+from costor.server.metrics import registry
+
+API = "/api/v1"
+MAX_PAGE = 1000
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastAPI:
+    """The application for the inventory at ``inventory_path`` (nothing is opened
+    until the first request: ``python -m costor.server.openapi`` builds one without an
+    inventory)."""
+    gate = gate or Gate(inventory_path)
+    app = FastAPI(
+        title="CoStor site server",
+        version=__version__,
+        openapi_url=f"{API}/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.gate = gate
+    install_error_handlers(app)
+    app.middleware("http")(_request_id)
+    metrics = registry(gate)
+
+    bearer = HTTPBearer(auto_error=False, description="costor token create")
+
+    def grant(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Grant:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise NotAuthenticated(reason="no bearer token")
+        with gate.use() as ctx:
+            return authenticate(ctx, credentials.credentials.strip())
+
+    who_asks = Depends(grant)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, Any]:
+        """For load balancers: the process serves (no authentication)."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def prometheus() -> Response:
+        """Prometheus text, read from the state database at scrape time."""
+        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get(f"{API}/status", tags=["admin"])
+    def get_status(who: Grant = who_asks) -> dict[str, Any]:
+        """As `costor status --json` (a limited token sees its clients only)."""
+        with gate.use() as ctx:
+            document = status(ctx).to_json()
+        document["clients"] = [c for c in document["clients"] if who.sees_client(c["client"])]
+        return document
+
+    @app.get(f"{API}/clients", tags=["admin"])
+    def get_clients(who: Grant = who_asks) -> list[dict[str, Any]]:
+        """Each client's health against its RPO: the `clients` of `costor status --json`."""
+        with gate.use() as ctx:
+            clients: list[dict[str, Any]] = status(ctx).clients
+        return [c for c in clients if who.sees_client(c["client"])]
+
+    @app.get(f"{API}/pools", tags=["admin"])
+    def get_pools(who: Grant = who_asks) -> list[dict[str, Any]]:
+        """Each pool: site, backend, bytes before and after compression, snapshots."""
+        with gate.use() as ctx:
+            return documents.pool_documents(ctx)
+
+    @app.get(f"{API}/snapshots", tags=["admin"])
+    def get_snapshots(
+        response: Response,
+        request: Request,
+        client: str | None = None,
+        pool: str | None = None,
+        since: Annotated[str | None, Query(description="ISO 8601 time, inclusive")] = None,
+        until: Annotated[str | None, Query(description="ISO 8601 time, exclusive")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        who: Grant = who_asks,
+    ) -> list[dict[str, Any]]:
+        """As `costor snapshots --json`, oldest first (time, then id: a stable order;
+        a new snapshot is newer, so the next page is not shifted by it). One page:
+        `X-Total-Count` says how many match, `Link: <…>; rel="next"` where the next
+        page starts."""
+        if client is not None and not who.sees_client(client):
+            matching: list[dict[str, Any]] = []
+        else:
+            with gate.use() as ctx:
+                found = list_snapshots(ctx, client=client, pool=pool)
+            matching = [
+                {**snapshot.summary(), "pool": name}
+                for name, snapshot in found
+                if who.sees_client(snapshot.client)
+                and (since is None or _utc(snapshot.time) >= _utc(since))
+                and (until is None or _utc(snapshot.time) < _utc(until))
+            ]
+        page = matching[offset : offset + limit]
+        response.headers["X-Total-Count"] = str(len(matching))
+        if offset + limit < len(matching):
+            following = request.url.include_query_params(offset=offset + limit, limit=limit)
+            response.headers["Link"] = f'<{following}>; rel="next"'
+        return page
+
+    @app.get(f"{API}/snapshots/{{snapshot}}", tags=["admin"])
+    def get_snapshot(snapshot: str, who: Grant = who_asks) -> dict[str, Any]:
+        """One snapshot (an id, a unique prefix or CLIENT:latest), as in `snapshots --json`."""
+        with gate.use() as ctx:
+            name, _pool, found = resolve(ctx, snapshot, load_index=False)
+        if not who.sees_client(found.client):
+            raise SnapshotNotFound(ref=snapshot)
+        return {**found.summary(), "pool": name}
+
+    @app.get(f"{API}/snapshots/{{snapshot}}/tree", tags=["admin"])
+    def get_tree(snapshot: str, path: str = "/", who: Grant = who_asks) -> list[dict[str, Any]]:
+        """What the snapshot holds under `path`, as `costor ls SNAPSHOT PATH --json`."""
+        with gate.use() as ctx:
+            _name, _pool, found = resolve(ctx, snapshot, load_index=False)
+            if not who.sees_client(found.client):
+                raise SnapshotNotFound(ref=snapshot)
+            return list_snapshot(ctx, snapshot=found.id, path=path).to_json()
+
+    @app.get(f"{API}/jobs", tags=["admin"])
+    def get_jobs(
+        state: str | None = None,
+        kind: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+        who: Grant = who_asks,
+    ) -> list[dict[str, Any]]:
+        """As `costor jobs --json`, newest first (a limited token: its clients' jobs)."""
+        with gate.use() as ctx:
+            jobs = job_history(ctx, state=state, kind=kind, limit=limit).to_json()
+            clients = set(ctx.inventory.clients)
+        if who.clients:
+            jobs = [j for j in jobs if j["target"] in clients and who.sees_client(j["target"])]
+        return jobs
+
+    @app.get(f"{API}/jobs/{{job_id}}", tags=["admin"])
+    def get_job(job_id: int, who: Grant = who_asks) -> dict[str, Any]:
+        """One job, as in `costor jobs --json`."""
+        with gate.use() as ctx:
+            job = documents.job_document(ctx, job_id)
+            clients = set(ctx.inventory.clients)
+        if who.clients and not (job["target"] in clients and who.sees_client(job["target"])):
+            raise JobNotFound(job_id=job_id)
+        return job
+
+    return app
+
+
+async def _request_id(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+    """Every response carries ``X-Request-Id``: the caller's, when it sent a sane one
+    (a proxy's), else a new one. An error no handler knew is a 500 in the error shape."""
+    given = request.headers.get("x-request-id", "")
+    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    request.state.request_id = request_id
+    try:
+        response = await call_next(request)
+    except Exception as error:  # noqa: BLE001  (answered as a 500, logged by uvicorn)
+        response = error_response(request, error)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+def _utc(text: str) -> datetime:
+    """An ISO 8601 time, aware (UTC when it names no zone); a bad one is a 400."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(message=f"not an ISO 8601 time: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when
+
+
+__all__ = ["API", "create_app"]

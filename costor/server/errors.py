@@ -1,0 +1,72 @@
+"""The one place errors become HTTP answers: a :class:`CostorError` answers with its
+class's ``http_status`` (costor/errors.py says which status means what), every answer
+in one shape: ``{"error": type, "message": text, "request_id": id}``.
+
+A request FastAPI cannot parse (a bad query value) is a ``UsageError`` (400); an unknown
+route is a 404 in the same shape; anything else is a 500 whose message says no more
+than that (the traceback goes to the server's log, never to the caller).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from costor.errors import CostorError, NotAuthenticated
+
+logger = logging.getLogger("costor.server")
+
+
+def error_response(request: Request, error: Exception) -> JSONResponse:
+    request_id = getattr(request.state, "request_id", None)
+    if isinstance(error, CostorError):
+        status, kind, message = error.http_status, type(error).__name__, str(error)
+    else:
+        logger.exception(f"request {request_id}: unexpected error", exc_info=error)
+        status, kind, message = 500, "InternalError", "internal error (see the server's log)"
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, NotAuthenticated) else None
+    return JSONResponse(
+        {"error": kind, "message": message, "request_id": request_id},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def costor_error(request: Request, error: Exception) -> JSONResponse:
+        return error_response(request, error)
+
+    async def invalid_request(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        return JSONResponse(
+            {
+                "error": "UsageError",
+                "message": f"invalid request: {problems}",
+                "request_id": getattr(request.state, "request_id", None),
+            },
+            status_code=400,
+        )
+
+    async def http_error(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, StarletteHTTPException)
+        kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(error.status_code, "HTTPError")
+        return JSONResponse(
+            {
+                "error": kind,
+                "message": str(error.detail),
+                "request_id": getattr(request.state, "request_id", None),
+            },
+            status_code=error.status_code,
+            headers=getattr(error, "headers", None),
+        )
+
+    app.add_exception_handler(CostorError, costor_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)

@@ -1,0 +1,320 @@
+"""The site server for real: a `costor serve --listen 127.0.0.1:PORT` process, asked
+over HTTP with httpx, on SQLite and (the suite's PostgreSQL pass) PostgreSQL.
+
+One served site for the module (two clients, three snapshots, users and tokens): each
+test reads it; none changes what another reads (the revocation test revokes a token of
+its own).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support.fixtures import CliResult, Site
+from support.inventory import PASSPHRASE, PASSPHRASE_ENV, local_tables, write_tables
+
+from costor.cli.main import main
+
+USERS = """
+[policies.nightly]
+schedule = "0 2 * * *"
+
+[groups.admins]
+roles = ["admin"]
+
+[groups.viewers]
+roles = ["viewer"]
+
+[users.alice]
+groups = ["admins"]
+password = { env = "COSTOR_TEST_USER_PASSWORD" }
+
+[users.bob]
+groups = ["viewers"]
+password = { env = "COSTOR_TEST_USER_PASSWORD" }
+"""
+ENV = {PASSPHRASE_ENV: PASSPHRASE, "COSTOR_TEST_USER_PASSWORD": "a long test password"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Served:
+    """The served site: its CLI, its HTTP client, its tokens."""
+
+    def __init__(self, site: Site, base_url: str, process: subprocess.Popen[bytes]) -> None:
+        self.site = site
+        self.base_url = base_url
+        self.process = process
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+        self.tokens: dict[str, str] = {}
+
+    def cli(self, *args: str) -> CliResult:
+        """``costor ARGS`` in this process; ``token ACTION`` takes ``-c`` after its action."""
+        if args[0] != "token":
+            return self.site.cli(*args)
+        argv = [args[0], args[1], "-c", str(self.site.inventory), *args[2:]]
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(argv)
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    def cli_json(self, *args: str) -> Any:
+        result = self.cli(*args, "--json")
+        assert result.code == 0, result.stderr
+        return result.json()
+
+    def get(self, url: str, token: str | None = "admin", **params: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.tokens[token]}"} if token else {}
+        return self.http.get(url, headers=headers, params=params)
+
+    def token(self, *args: str) -> str:
+        result = self.cli("token", "create", *args)
+        assert result.code == 0, result.stderr
+        return result.stdout.strip()
+
+
+def start_serve(site: Site, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = site.process(
+        "serve", "--tick", "0.2", "--listen", f"127.0.0.1:{port}", *extra, env=ENV
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"costor serve exited: {process.communicate()[1].decode()}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return process, base_url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError("costor serve did not answer /healthz")
+
+
+def stop_serve(process: subprocess.Popen[bytes]) -> str:
+    process.terminate()  # SIGTERM: the scheduler and the API stop together
+    try:
+        _out, err = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    assert process.returncode == 0, err.decode()
+    return err.decode()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("served")
+    sources = {}
+    for name in ("alpha", "beta"):
+        source = root / f"src-{name}"
+        (source / "docs" / "deep").mkdir(parents=True)
+        (source / "docs" / "readme.txt").write_text(f"hello {name}\n" * 50)
+        (source / "docs" / "deep" / "data.bin").write_bytes(os.urandom(100_000))
+        (source / "top.txt").write_text("top\n")
+        sources[name] = [source]
+    tables = local_tables(sources)
+    tables = [
+        t.replace("\n", '\npolicy = "nightly"\n', 1) if t.startswith("[clients.") else t
+        for t in tables
+    ]
+    inventory = write_tables(root, *tables, USERS)
+    site = Site(root, inventory, root / "pool")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in ENV.items():
+            patch.setenv(key, value)
+        assert site.cli("apply", "--auto-approve").code == 0
+        for name in ("alpha", "beta", "alpha"):
+            result = site.cli("backup", name)
+            assert result.code == 0, result.stderr
+        process, base_url = start_serve(site)
+        served = Served(site, base_url, process)
+        try:
+            served.tokens["admin"] = served.token("--user", "alice", "--scope", "admin")
+            served.tokens["read"] = served.token("--user", "bob", "--scope", "read")
+            served.tokens["alpha"] = served.token(
+                "--user", "bob", "--scope", "read", "--clients", "alpha"
+            )
+            yield served
+        finally:
+            served.http.close()
+            stop_serve(process)
+
+
+def test_healthz_needs_no_token_and_every_response_has_a_request_id(served: Served) -> None:
+    health = served.get("/healthz", token=None)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    for path, token in [
+        ("/healthz", None),
+        ("/api/v1/status", "admin"),
+        ("/api/v1/status", None),
+        ("/api/v1/snapshots/ffff", "admin"),
+        ("/api/v1/nothing-here", "admin"),
+    ]:
+        response = served.get(path, token=token)
+        assert len(response.headers["X-Request-Id"]) >= 16, path
+    # A caller's (a proxy's) request id is kept, and named in an error's body.
+    response = served.http.get("/api/v1/status", headers={"X-Request-Id": "proxy-42"})
+    assert response.headers["X-Request-Id"] == "proxy-42"
+    assert response.json()["request_id"] == "proxy-42"
+
+
+def test_no_bad_revoked_or_expired_token_is_401(served: Served) -> None:
+    site = served.site
+    served.tokens["doomed"] = served.token("--user", "bob", "--scope", "read")
+    served.tokens["expired"] = served.token("--user", "bob", "--scope", "read", "--expires", "1h")
+    assert served.get("/api/v1/status", token="doomed").status_code == 200
+    revoked_id = served.tokens["doomed"].split("_")[1]
+    assert served.cli("token", "revoke", revoked_id).code == 0
+    expired_id = served.tokens["expired"].split("_")[1]
+    site.sql("UPDATE api_tokens SET expires_at = created_at WHERE id = :id", id=expired_id)
+    wrong = served.tokens["admin"][:-4] + "0000"
+    for headers in [
+        {},
+        {"Authorization": "Basic YWxpY2U6eA=="},
+        {"Authorization": "Bearer nonsense"},
+        {"Authorization": f"Bearer {wrong}"},
+        {"Authorization": f"Bearer {served.tokens['doomed']}"},
+        {"Authorization": f"Bearer {served.tokens['expired']}"},
+    ]:
+        response = served.http.get("/api/v1/snapshots", headers=headers)
+        assert response.status_code == 401, (headers, response.text)
+        body = response.json()
+        assert body["error"] == "NotAuthenticated"
+        assert body["request_id"] == response.headers["X-Request-Id"]
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    listed = {t["id"]: t for t in served.cli_json("token", "list")}
+    assert listed[revoked_id]["revoked_at"] is not None
+    admin_id = served.tokens["admin"].split("_")[1]
+    assert listed[admin_id]["last_used_at"] is not None  # noted at each use
+    assert "token" not in listed[admin_id] and "secret_hash" not in listed[admin_id]
+
+
+def test_documents_equal_the_cli_json(served: Served) -> None:
+    cli_status = served.cli_json("status")
+    api_status = served.get("/api/v1/status").json()
+    # Ages tick between the two reads; everything else is the same document.
+    for document in (cli_status, api_status):
+        for client in document["clients"]:
+            client.pop("age_s")
+        document.pop("instances")
+    assert api_status == cli_status
+    api_clients = served.get("/api/v1/clients").json()
+    for client in api_clients:
+        client.pop("age_s")
+    assert api_clients == cli_status["clients"]
+    snapshots = served.cli_json("snapshots")
+    assert len(snapshots) == 3
+    assert served.get("/api/v1/snapshots").json() == snapshots
+    assert served.get("/api/v1/snapshots", client="beta").json() == served.cli_json(
+        "snapshots", "--client", "beta"
+    )
+    first = snapshots[0]
+    assert served.get(f"/api/v1/snapshots/{first['id']}").json() == first
+    assert served.get(f"/api/v1/snapshots/{first['short_id']}").json() == first
+    assert served.get("/api/v1/snapshots/alpha:latest").json() == snapshots[-1]
+    docs = next(
+        e["path"] for e in served.cli_json("ls", first["id"]) if e["path"].endswith("/docs")
+    )
+    for path in ("/", docs):
+        tree = served.get(f"/api/v1/snapshots/{first['id']}/tree", path=path)
+        assert tree.status_code == 200, tree.text
+        assert tree.json() == served.cli_json("ls", first["id"], path)
+    assert served.get("/api/v1/jobs").json() == served.cli_json("jobs")
+    job = served.cli_json("jobs")[0]
+    assert served.get(f"/api/v1/jobs/{job['id']}").json() == job
+    pools = served.get("/api/v1/pools").json()
+    assert [p["pool"] for p in pools] == ["main"]
+    assert pools[0]["snapshots"] == 3 and pools[0]["bytes_stored"] > 0
+
+
+def test_snapshots_paginate_and_filter_by_time(served: Served) -> None:
+    every = served.get("/api/v1/snapshots").json()
+    pages, url = [], "/api/v1/snapshots?limit=2"
+    while url:
+        response = served.http.get(
+            url, headers={"Authorization": f"Bearer {served.tokens['admin']}"}
+        )
+        assert response.headers["X-Total-Count"] == "3"
+        pages.append(response.json())
+        link = response.headers.get("Link")
+        url = link[1 : link.index(">")] if link else ""
+    assert [len(page) for page in pages] == [2, 1]
+    assert [s for page in pages for s in page] == every
+    assert served.get("/api/v1/snapshots", offset=1, limit=1).json() == every[1:2]
+    middle = every[1]["time"]
+    assert served.get("/api/v1/snapshots", since=middle).json() == every[1:]
+    assert served.get("/api/v1/snapshots", until=middle).json() == every[:1]
+    bad = served.get("/api/v1/snapshots", since="yesterday")
+    assert bad.status_code == 400 and bad.json()["error"] == "UsageError"
+    assert served.get("/api/v1/snapshots", limit=0).status_code == 400
+
+
+def test_a_token_limited_to_clients_sees_only_theirs(served: Served) -> None:
+    every = served.get("/api/v1/snapshots").json()
+    beta = next(s for s in every if s["client"] == "beta")
+    alpha = next(s for s in every if s["client"] == "alpha")
+    mine = served.get("/api/v1/snapshots", token="alpha").json()
+    assert {s["client"] for s in mine} == {"alpha"} and len(mine) == 2
+    assert served.get("/api/v1/snapshots", token="alpha", client="beta").json() == []
+    for path in (f"/api/v1/snapshots/{beta['id']}", f"/api/v1/snapshots/{beta['id']}/tree"):
+        response = served.get(path, token="alpha")
+        assert response.status_code == 404, path  # never 403: it does not exist for them
+        assert response.json()["error"] == "SnapshotNotFound"
+    assert served.get("/api/v1/snapshots/beta:latest", token="alpha").status_code == 404
+    assert served.get(f"/api/v1/snapshots/{alpha['id']}", token="alpha").json() == alpha
+    status = served.get("/api/v1/status", token="alpha").json()
+    assert [c["client"] for c in status["clients"]] == ["alpha"]
+    assert {j["target"] for j in served.get("/api/v1/jobs", token="alpha").json()} == {"alpha"}
+    # The unlimited read token sees both.
+    assert len(served.get("/api/v1/snapshots", token="read").json()) == 3
+
+
+def test_errors_map_to_statuses_in_one_shape(served: Served) -> None:
+    missing = served.get("/api/v1/snapshots/0123456789abcdef")
+    assert missing.status_code == 404
+    body = missing.json()
+    assert body["error"] == "SnapshotNotFound" and "0123456789abcdef" in body["message"]
+    assert body["request_id"] == missing.headers["X-Request-Id"]
+    first = served.get("/api/v1/snapshots").json()[0]["id"]
+    no_path = served.get(f"/api/v1/snapshots/{first}/tree", path="/no/such")
+    assert no_path.status_code == 404 and no_path.json()["error"] == "PathNotInSnapshot"
+    assert served.get("/api/v1/jobs/999999").json()["error"] == "JobNotFound"
+    assert served.get("/api/v1/jobs/not-a-number").status_code == 400
+    unknown = served.get("/api/v1/nothing-here")
+    assert unknown.status_code == 404 and unknown.json()["error"] == "NotFound"
+
+
+def test_metrics_are_prometheus_text_read_from_the_state(served: Served) -> None:
+    response = served.get("/metrics", token=None)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    labels = (("client", "alpha"), ("pool", "main"), ("site", "hq"))
+    assert samples[("costor_client_rpo_seconds", labels)] == 2 * 24 * 3600  # twice the schedule
+    assert 0 <= samples[("costor_client_last_backup_age_seconds", labels)] < 3600
+    assert samples[("costor_client_last_backup_bytes", labels)] > 100_000
+    assert samples[("costor_client_last_backup_duration_seconds", labels)] >= 0
+    assert samples[("costor_pool_stored_bytes", (("pool", "main"),))] > 0
+    assert samples[("costor_pool_snapshots", (("pool", "main"),))] == 3
+    assert samples[("costor_up", ())] == 1
+    assert not any(name.startswith("python_") for name, _labels in samples)  # own registry

@@ -9,19 +9,20 @@ its own).
 from __future__ import annotations
 
 import io
+import json
 import os
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from serving import ENV, start_serve, stop_serve
 from support.fixtures import CliResult, Site
-from support.inventory import PASSPHRASE, PASSPHRASE_ENV, local_tables, write_tables
+from support.inventory import local_tables, write_tables
 
 from costor.cli.main import main
 
@@ -43,13 +44,6 @@ password = { env = "COSTOR_TEST_USER_PASSWORD" }
 groups = ["viewers"]
 password = { env = "COSTOR_TEST_USER_PASSWORD" }
 """
-ENV = {PASSPHRASE_ENV: PASSPHRASE, "COSTOR_TEST_USER_PASSWORD": "a long test password"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Served:
@@ -85,36 +79,6 @@ class Served:
         result = self.cli("token", "create", *args)
         assert result.code == 0, result.stderr
         return result.stdout.strip()
-
-
-def start_serve(site: Site, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    process = site.process(
-        "serve", "--tick", "0.2", "--listen", f"127.0.0.1:{port}", *extra, env=ENV
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"costor serve exited: {process.communicate()[1].decode()}")
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                return process, base_url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError("costor serve did not answer /healthz")
-
-
-def stop_serve(process: subprocess.Popen[bytes]) -> str:
-    process.terminate()  # SIGTERM: the scheduler and the API stop together
-    try:
-        _out, err = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    assert process.returncode == 0, err.decode()
-    return err.decode()
 
 
 @pytest.fixture(scope="module")
@@ -318,3 +282,10 @@ def test_metrics_are_prometheus_text_read_from_the_state(served: Served) -> None
     assert samples[("costor_pool_snapshots", (("pool", "main"),))] == 3
     assert samples[("costor_up", ())] == 1
     assert not any(name.startswith("python_") for name, _labels in samples)  # own registry
+
+
+def test_the_served_openapi_document_is_the_checked_in_one(served: Served) -> None:
+    response = served.get("/api/v1/openapi.json", token=None)
+    assert response.status_code == 200 and "X-Request-Id" in response.headers
+    checked_in = Path(__file__).parents[2] / "docs" / "openapi.json"
+    assert response.json() == json.loads(checked_in.read_text())

@@ -1,0 +1,118 @@
+"""`costor token create|list|revoke` and what a token may be: shown once, stored as a
+hash, never above its user's role, for an applied user only."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+from support.fixtures import CliResult, Site
+from support.inventory import local_tables, write_tables
+
+from costor.cli.main import main
+
+USERS = """
+[groups.admins]
+roles = ["admin"]
+
+[groups.viewers]
+roles = ["viewer"]
+
+[roles.superuser]
+permissions = ["admin"]
+
+[groups.supers]
+roles = ["superuser"]
+
+[users.alice]
+groups = ["admins"]
+password = { env = "COSTOR_TEST_USER_PASSWORD" }
+
+[users.bob]
+groups = ["viewers"]
+password = { env = "COSTOR_TEST_USER_PASSWORD" }
+
+[users.carol]
+groups = ["supers"]
+password = { env = "COSTOR_TEST_USER_PASSWORD" }
+"""
+
+
+def token_cli(site: Site, action: str, *args: str) -> CliResult:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(["token", action, "-c", str(site.inventory), *args])
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def users_site(tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch) -> Site:
+    monkeypatch.setenv("COSTOR_TEST_USER_PASSWORD", "a long test password")
+    inventory = write_tables(tmp_path, *local_tables({"alpha": [source]}), USERS)
+    site = Site(tmp_path, inventory, tmp_path / "pool")
+    assert site.cli("apply", "--auto-approve").code == 0
+    return site
+
+
+def test_a_token_is_shown_once_and_stored_as_a_hash(users_site: Site) -> None:
+    created = token_cli(users_site, "create", "--user", "alice", "--scope", "admin")
+    assert created.code == 0, created.stderr
+    token = created.stdout.strip()
+    match = re.fullmatch(r"costor_([0-9a-f]{12})_([0-9a-f]{64})", token)
+    assert match, token
+    token_id, secret = match.groups()
+    rows = users_site.sql("SELECT id, secret_hash, scope, clients FROM api_tokens")
+    assert rows == [(token_id, hashlib.sha256(secret.encode()).hexdigest(), "admin", "[]")]
+    listed = token_cli(users_site, "list", "--json")
+    assert secret not in listed.stdout
+    assert [t["id"] for t in listed.json()] == [token_id]
+    assert "alice" in token_cli(users_site, "list").stdout
+
+
+def test_a_token_never_exceeds_its_user(users_site: Site) -> None:
+    refused = token_cli(users_site, "create", "--user", "bob", "--scope", "admin")
+    assert refused.code == 1 and "no admin role" in refused.stderr
+    assert token_cli(users_site, "create", "--user", "bob", "--scope", "read").code == 0
+    # A declared role that grants the admin permission is an admin role.
+    assert token_cli(users_site, "create", "--user", "carol", "--scope", "admin").code == 0
+    unknown = token_cli(users_site, "create", "--user", "mallory", "--scope", "read")
+    assert unknown.code == 1 and "no user 'mallory' is applied" in unknown.stderr
+    scope = token_cli(users_site, "create", "--user", "alice", "--scope", "append")
+    assert scope.code == 1 and "unknown scope" in scope.stderr
+    expires = token_cli(
+        users_site, "create", "--user", "alice", "--scope", "read", "--expires", "soon"
+    )
+    assert expires.code == 1
+
+
+def test_limits_expiry_description_and_revocation(users_site: Site) -> None:
+    created = token_cli(
+        users_site,
+        "create",
+        "--user",
+        "bob",
+        "--scope",
+        "read",
+        "--clients",
+        "alpha,web-*",
+        "--expires",
+        "30d",
+        "--description",
+        "grafana",
+        "--json",
+    )
+    assert created.code == 0, created.stderr
+    document = created.json()
+    assert document["clients"] == ["alpha", "web-*"]
+    assert document["description"] == "grafana" and document["expires_at"] is not None
+    revoked = token_cli(users_site, "revoke", document["id"], "--json")
+    assert revoked.code == 0 and revoked.json()["revoked_at"] is not None
+    assert "revoked" in token_cli(users_site, "list").stdout
+    missing = token_cli(users_site, "revoke", "000000000000")
+    assert missing.code == 1 and "No API token" in missing.stderr
+    bad = token_cli(users_site, "create", "--user", "bob", "--scope", "read", "--clients", "a/b")
+    assert bad.code == 1

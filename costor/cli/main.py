@@ -40,6 +40,7 @@ VERBS: dict[str, str] = {
     "db": "db_cmd",
     "hostkey": "hostkey_cmd",
     "force-unlock": "force_unlock_cmd",
+    "audit": "audit_cmd",
     "token": "token_cmd",
 }
 

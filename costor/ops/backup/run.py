@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from costor.db import queue as jobs
 from costor.errors import BackupError, CostorError, DataCorruption
+from costor.ops.audit import audited
 from costor.ops.context import Context
 from costor.store.backup.walk import Archiver
 from costor.store.progress import Progress
@@ -106,7 +107,25 @@ def run_backup(
     """Back ``client_name`` up as applied. Every backup is a job: a run started here
     (``trigger="cli"``: ``costor backup``) records one of its own, shown by ``costor
     jobs`` and ``costor status`` like the daemon's; a daemon job passes ``None`` (its
-    job row is the record)."""
+    job row is the record). Either way the audit log records it (costor.ops.audit)."""
+    with audited(ctx, "backup", f"client:{client_name}", detail={"trigger": trigger}) as noted:
+        outcome = _as_job(
+            ctx, client_name, progress=progress, scan_totals=scan_totals, trigger=trigger
+        )
+        noted.update(
+            snapshot=outcome.snapshot.id, pool=outcome.pool, complete=not outcome.incomplete
+        )
+    return outcome
+
+
+def _as_job(
+    ctx: Context,
+    client_name: str,
+    *,
+    progress: Progress | None,
+    scan_totals: bool,
+    trigger: str | None,
+) -> BackupOutcome:
     if trigger is None:
         return _backup(ctx, client_name, progress=progress, scan_totals=scan_totals)
 

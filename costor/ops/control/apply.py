@@ -25,6 +25,7 @@ from costor.errors import (
     PlanForeign,
     PlanStale,
 )
+from costor.ops.audit import audited
 from costor.ops.context import Context
 from costor.ops.control.apply_change import ChangeExecutor
 from costor.ops.control.plan import make_plan, read_plan_file, secrets_digest, source_digests
@@ -91,7 +92,36 @@ def run_apply(
     refused even with nothing to do: the state and the world disagree, which a pipeline
     must see fail), then, if it changes anything, to ``approve``, which raises to stop
     (``None``: approved). ``on_change`` hears of each change before it is carried out.
+    Recorded in the audit log before the state lock is taken (costor.ops.audit).
     """
+    detail = {"plan_file": plan_file, "targets": list(targets), "refresh_only": refresh_only}
+    with audited(ctx, "apply", "state", detail=detail, before=True) as noted:
+        outcome = _apply(
+            ctx,
+            plan_file=plan_file,
+            targets=targets,
+            refresh_only=refresh_only,
+            lock_timeout=lock_timeout,
+            show_plan=show_plan,
+            approve=approve,
+            on_change=on_change,
+        )
+        report = outcome.report
+        noted.update(serial=report.serial, applied=[c.address for c in report.applied])
+    return outcome
+
+
+def _apply(
+    ctx: Context,
+    *,
+    plan_file: str | None,
+    targets: tuple[str, ...],
+    refresh_only: bool,
+    lock_timeout: float,
+    show_plan: Callable[[Plan], None] | None,
+    approve: Callable[[Plan], None] | None,
+    on_change: Callable[[ResourceChange], None] | None,
+) -> ApplyOutcome:
     with state_lock(ctx.engine, "apply", timeout=lock_timeout):
         if plan_file is not None:
             plan, shown_as = read_plan_file(ctx, path=plan_file), plan_file

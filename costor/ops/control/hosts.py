@@ -16,6 +16,7 @@ from costor.db import hostkeys as db_hostkeys
 from costor.db.session import Session, session_scope
 from costor.db.state import bump_serial, ensure_meta, state_lock
 from costor.errors import CostorError, HostKeyNotExpected, UsageError
+from costor.ops.audit import audited
 from costor.ops.backup.host import recorded_host_key, target
 from costor.ops.context import Context
 from costor.util.clock import utcnow
@@ -137,7 +138,19 @@ def accept_host_key(
     """Record the key ``name``'s host presents now (under the state lock; a control-
     plane change, so saved plans made before it are stale). With ``expected`` (a
     fingerprint, ``SHA256:…``, as ``ssh-keygen -l`` prints it), only if the host presents
-    that key: anything else is refused and nothing is recorded."""
+    that key: anything else is refused and nothing is recorded. Recorded in the audit
+    log first: it decides which host is trusted (costor.ops.audit)."""
+    with audited(
+        ctx, "hostkey.accept", f"client:{name}", detail={"expected": expected}, before=True
+    ) as noted:
+        accepted = _accept(ctx, name, lock_timeout=lock_timeout, expected=expected)
+        noted.update(fingerprint=accepted.fingerprint, previous=accepted.previous)
+    return accepted
+
+
+def _accept(
+    ctx: Context, name: str, *, lock_timeout: float, expected: str | None
+) -> HostKeyAccepted:
     from costor.transport.ssh import Remote  # SSH only: see the top
 
     client = ctx.client_config(name)

@@ -24,6 +24,7 @@ from costor.errors import (
     WriteNotVerified,
     WrongPassphrase,
 )
+from costor.ops.audit import audited
 from costor.store import crypto
 from costor.store.pool import KEYS_PREFIX, read_identity, read_key_slots, remove_key_slot
 
@@ -116,10 +117,19 @@ def list_keys(ctx: Context, pool: str) -> KeyList:
 
 def add_key(ctx: Context, pool: str, passphrase: str, *, kdf: str, label: str = "") -> KeyAdded:
     """A new slot for ``passphrase``, read back and opened before this returns: a slot
-    that did not reach the storage intact is found now, not after the old one is gone."""
+    that did not reach the storage intact is found now, not after the old one is gone.
+    Recorded in the audit log first: a slot is a way into the pool (costor.ops.audit)."""
     if not passphrase:
         raise UsageError(message="the new passphrase is empty")
     crypto.check_label(label)
+    detail = {"label": label, "kdf": kdf}
+    with audited(ctx, "pool.add-key", f"pool:{pool}", detail=detail, before=True) as noted:
+        added = _add_key(ctx, pool, passphrase, kdf=kdf, label=label)
+        noted["slot"] = added.slot.id
+    return added
+
+
+def _add_key(ctx: Context, pool: str, passphrase: str, *, kdf: str, label: str) -> KeyAdded:
     opened = ctx.open_pool(pool, load_index=False)
     name = opened.add_key_slot(passphrase, kdf, label)
     stored = opened.backend.get(name)
@@ -133,7 +143,16 @@ def add_key(ctx: Context, pool: str, passphrase: str, *, kdf: str, label: str = 
 
 
 def remove_key(ctx: Context, pool: str, slot: str, *, force: bool = False) -> KeyRemoved:
-    """Remove the slot ``slot`` (its id, a unique prefix of it, or ``keys/<id>``)."""
+    """Remove the slot ``slot`` (its id, a unique prefix of it, or ``keys/<id>``);
+    recorded in the audit log first (costor.ops.audit)."""
+    detail = {"slot": slot, "force": force}
+    with audited(ctx, "pool.remove-key", f"pool:{pool}", detail=detail, before=True) as noted:
+        removed = _remove_key(ctx, pool, slot, force=force)
+        noted.update(slot=removed.id, remaining=removed.remaining)
+    return removed
+
+
+def _remove_key(ctx: Context, pool: str, slot: str, *, force: bool) -> KeyRemoved:
     backend, identity = _locate(ctx, pool)
     passphrase = ctx.passphrase(pool) or ""
     slots = _slots(backend, identity, passphrase)

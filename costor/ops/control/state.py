@@ -15,7 +15,8 @@ from typing import Any
 from costor.config.applied import load_settings
 from costor.db import session as db_session
 from costor.db import state as db_state
-from costor.ops.context import Context
+from costor.ops.audit import StateCaller, audited
+from costor.ops.context import Context, os_actor
 
 HEAD_REVISION = db_session.HEAD_REVISION
 
@@ -65,9 +66,16 @@ class Unlocked:
 
 
 def upgrade_schema(*, inventory: str | Path) -> SchemaUpgrade:
-    """Migrate the state database named by ``inventory``'s ``[costor]`` table; safe to repeat."""
+    """Migrate the state database named by ``inventory``'s ``[costor]`` table; safe to
+    repeat. Recorded in the audit log once migrated (the log may be what it creates)."""
     url = load_settings(inventory).database_url
-    before, after = db_session.migrate(url)
+    engine = db_session.open_engine(url, upgrade_schema=False)
+    try:
+        with audited(StateCaller(engine, actor=os_actor()), "db.upgrade", "state") as noted:
+            before, after = db_session.migrate(url)
+            noted.update({"from": before, "to": after})
+    finally:
+        engine.dispose()
     return SchemaUpgrade(database=db_session.describe_url(url), before=before, after=after)
 
 
@@ -87,8 +95,11 @@ def schema_status(*, inventory: str | Path) -> SchemaStatus:
 
 
 def force_unlock(ctx: Context, *, lock_id: str) -> Unlocked:
-    """Remove the state lock if it has ``lock_id`` (the id the refused command printed)."""
-    info = db_state.force_unlock(ctx.engine, lock_id)
+    """Remove the state lock if it has ``lock_id`` (the id the refused command printed);
+    recorded in the audit log first (costor.ops.audit)."""
+    with audited(ctx, "force-unlock", "state", detail={"lock_id": lock_id}, before=True) as noted:
+        info = db_state.force_unlock(ctx.engine, lock_id)
+        noted.update(holder=info.who, operation=info.operation)
     return Unlocked(
         lock_id=info.lock_id,
         holder=info.who,

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from costor.db import queue as jobs
+from costor.ops.audit import audited
 from costor.ops.context import Context
-from costor.ops.jobs.kinds import site_of
+from costor.ops.jobs.kinds import job_kind, site_of
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,10 @@ def queue_job(ctx: Context, *, kind: str, target: str) -> JobQueued:
     """Queue a job of ``kind`` on ``target`` (a client or a pool, as the kind says) in
     its site's queue; raises UnknownResource when the target is not declared."""
     site = site_of(ctx, kind, target)
-    return JobQueued(id=jobs.enqueue(ctx.engine, kind, target, site=site), kind=kind, target=target)
+    address = f"{job_kind(kind).target}:{target}"
+    with audited(ctx, "jobs.add", address, detail={"kind": kind}) as noted:
+        noted["job"] = jobs.enqueue(ctx.engine, kind, target, site=site)
+    return JobQueued(id=noted["job"], kind=kind, target=target)
 
 
 def job_history(

@@ -54,6 +54,9 @@ def run_job(ctx: Context, job_id: int) -> int:
     elif job.state != "running":
         raise CostorError(message=f"job {job_id} is {job.state}, not queued or running")
     jobs.heartbeat(engine, job_id, pid=os.getpid())
+    # A job's work is the system's, whoever queued it (the audit log's ``jobs.add``
+    # record names who did, the schedule otherwise); its records name the job.
+    ctx.actor, ctx.source, ctx.request_id = "system", "job", f"job-{job_id}"
     logger.info(
         f"job {job_id}: {job.kind} {job.target} started (attempt {job.attempts} of "
         f"{job.max_attempts}, {job.trigger}) at {job.started_at:%Y-%m-%d %H:%M:%S} UTC"

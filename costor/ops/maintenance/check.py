@@ -9,6 +9,7 @@ from costor.db import catalogue
 from costor.db.models import PackRow
 from costor.db.session import session_scope
 from costor.errors import CostorError, NotApplied
+from costor.ops.audit import audited
 from costor.ops.context import Context, snapshot_row
 from costor.store.checker import CheckReport, Problem, check, reindex
 from costor.store.progress import Progress
@@ -118,6 +119,21 @@ def _check_one(
     subset: float | None,
     progress: Progress | None,
 ) -> CheckReport:
+    detail = {"read_data": read_data, "subset": subset}
+    with audited(ctx, "check", f"pool:{name}", detail=detail) as noted:
+        report = _check(ctx, name, read_data=read_data, subset=subset, progress=progress)
+        noted.update(problems=len(report.problems), packs_read=report.packs_read)
+    return report
+
+
+def _check(
+    ctx: Context,
+    name: str,
+    *,
+    read_data: bool,
+    subset: float | None,
+    progress: Progress | None,
+) -> CheckReport:
     opened = ctx.open_pool(name, load_index=False)
 
     def order(packs: list[str], uuid: str = opened.uuid) -> list[str]:
@@ -215,15 +231,18 @@ class ReindexOutcome:
 
 def reindex_pool(ctx: Context, name: str) -> ReindexOutcome:
     """Rebuild the pool's index from its packs, and the state's catalogue of its
-    snapshots and packs from the pool alone."""
-    opened = ctx.open_pool(name, load_index=False)
-    report = reindex(opened)
-    snapshots = opened.list_snapshots()
-    packs = opened.list_packs()
-    with session_scope(ctx.engine) as session:
-        catalogue.replace_pool_catalogue(
-            session, opened.uuid, [snapshot_row(opened.uuid, s) for s in snapshots], packs
-        )
+    snapshots and packs from the pool alone (recorded in the audit log first: it
+    replaces the index)."""
+    with audited(ctx, "pool.reindex", f"pool:{name}", before=True) as noted:
+        opened = ctx.open_pool(name, load_index=False)
+        report = reindex(opened)
+        snapshots = opened.list_snapshots()
+        packs = opened.list_packs()
+        with session_scope(ctx.engine) as session:
+            catalogue.replace_pool_catalogue(
+                session, opened.uuid, [snapshot_row(opened.uuid, s) for s in snapshots], packs
+            )
+        noted.update(packs=report.packs, segments_removed=report.segments_removed)
     return ReindexOutcome(
         pool=name,
         uuid=opened.uuid,

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from costor.db import catalogue, clients
 from costor.db.session import session_scope
 from costor.errors import CostorError, ObjectNotFound, PoolNotFound, UnknownResource
+from costor.ops.audit import audited
 from costor.ops.context import Context
 from costor.ops.restore.snapshots import catalogued_pools, open_named_pool, search_pools
 from costor.store.retention import Decision, KeepRules, apply_retention
@@ -143,7 +144,29 @@ class _PoolSnapshots:
 
 def forget(ctx: Context, *, client: str | None = None, dry_run: bool = False) -> ForgetReport:
     """Apply retention to ``client`` (default: every client); raises ForgetIncomplete,
-    carrying the report, when a client could not be decided (nothing removed for it)."""
+    carrying the report, when a client could not be decided (nothing removed for it).
+    Recorded in the audit log before anything is removed (costor.ops.audit)."""
+    target = f"client:{client}" if client is not None else "clients:all"
+    with audited(ctx, "forget", target, before=True, dry_run=dry_run) as noted:
+        try:
+            report = _forget(ctx, client=client, dry_run=dry_run)
+        except ForgetIncomplete as error:  # the other clients' snapshots were removed
+            noted["removed"] = _removed(error.report)
+            raise
+        noted["removed"] = _removed(report)
+    return report
+
+
+def _removed(report: ForgetReport) -> dict[str, list[str]]:
+    """Client -> the ids of the snapshots removed (for the audit record)."""
+    return {
+        outcome.client: [decision.id for decision in outcome.removed]
+        for outcome in report.clients
+        if outcome.removed_done
+    }
+
+
+def _forget(ctx: Context, *, client: str | None, dry_run: bool) -> ForgetReport:
     rows = _client_rows(ctx)
     if client is not None:
         if client not in ctx.inventory.clients and client not in rows:

@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from costor.errors import UsageError
+from costor.ops.audit import audited
 from costor.store.backends.registry import BackendSettings, open_backend, parse_location
 from costor.store.copy import CopyReport, copy_pool
 from costor.store.progress import Progress
@@ -54,7 +55,26 @@ def copy(
     like: str | None = None,
 ) -> CopyReport:
     """``like``: the declared S3 pool whose endpoint and credentials the ``s3://``
-    locations among ``source`` and ``destination`` use."""
+    locations among ``source`` and ``destination`` use. Recorded in the audit log
+    before anything is copied (it reads every object of the pool), when there is a
+    state to record it in (``ctx``; a copy between bare locations has none)."""
+    if ctx is None:
+        return _copy(None, source, destination, progress, verify_existing, like)
+    detail = {"source": source, "verify_existing": verify_existing}
+    with audited(ctx, "pool.copy", destination, detail=detail, before=True) as noted:
+        report = _copy(ctx, source, destination, progress, verify_existing, like)
+        noted.update(copied=report.copied, replaced=report.replaced)
+    return report
+
+
+def _copy(
+    ctx: Context | None,
+    source: str,
+    destination: str,
+    progress: Progress | None,
+    verify_existing: bool,
+    like: str | None,
+) -> CopyReport:
     if source == destination:
         raise UsageError(message="source and destination are the same")
     if like is not None and not any(t.startswith("s3://") for t in (source, destination)):

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from costor.ops.audit import audited
 from costor.store import pool_params
 
 if TYPE_CHECKING:
@@ -48,9 +49,11 @@ class PoolUpgradeOutcome:
 
 def upgrade_pool(ctx: Context, pool: str) -> PoolUpgradeOutcome:
     """Upgrade the declared pool ``pool`` with the inventory's passphrase; its UUID must be
-    the one recorded at apply. Running it again changes nothing."""
-    backend = ctx.backend(pool)
-    result = pool_params.upgrade(
-        backend, ctx.passphrase(pool), expected_uuid=ctx.recorded_pool_uuid(pool)
-    )
+    the one recorded at apply. Running it again changes nothing. Recorded in the audit
+    log before the pool is touched (costor.ops.audit)."""
+    with audited(ctx, "pool.upgrade", f"pool:{pool}", before=True):
+        backend = ctx.backend(pool)
+        result = pool_params.upgrade(
+            backend, ctx.passphrase(pool), expected_uuid=ctx.recorded_pool_uuid(pool)
+        )
     return PoolUpgradeOutcome(pool=pool, location=backend.location, result=result)

@@ -8,6 +8,7 @@ from typing import Any
 from costor.config.model import duration_seconds, percentage_fraction
 from costor.db import catalogue
 from costor.db.session import session_scope
+from costor.ops.audit import audited
 from costor.ops.context import Context
 from costor.store.gc.prune import PruneOptions, prune
 from costor.store.progress import Progress
@@ -34,17 +35,24 @@ def prune_pools(
     progress: Progress | None = None,
     **overrides: Any,
 ) -> list[tuple[str, Any]]:
-    """(pool name, PruneReport) per pool."""
+    """(pool name, PruneReport) per pool; each pool's prune is recorded in the audit
+    log before it deletes anything (costor.ops.audit)."""
     reports = []
     for name in ctx.pool_names(pool):
-        options = prune_options(ctx, name, dry_run=dry_run, **overrides)
-        opened = ctx.open_pool(name, load_index=False)
-        report = prune(opened, options, progress=progress)
-        report.pool = name
-        if report.deleted or report.written:
-            with session_scope(ctx.engine) as session:
-                catalogue.update_packs(
-                    session, opened.uuid, deleted=report.deleted, written=report.written
-                )
+        with audited(ctx, "prune", f"pool:{name}", before=True, dry_run=dry_run) as noted:
+            options = prune_options(ctx, name, dry_run=dry_run, **overrides)
+            opened = ctx.open_pool(name, load_index=False)
+            report = prune(opened, options, progress=progress)
+            report.pool = name
+            if report.deleted or report.written:
+                with session_scope(ctx.engine) as session:
+                    catalogue.update_packs(
+                        session, opened.uuid, deleted=report.deleted, written=report.written
+                    )
+            noted.update(
+                packs_condemned=report.packs_condemned,
+                packs_deleted=report.packs_deleted,
+                bytes_deleted=report.bytes_deleted,
+            )
         reports.append((name, report))
     return reports

@@ -21,6 +21,7 @@ from typing import Any
 import blake3
 
 from costor.errors import CostorError
+from costor.ops.audit import audited
 from costor.ops.context import Context
 from costor.store.gc.leases import reader_lease
 from costor.store.restore.directory import Restorer
@@ -58,15 +59,20 @@ class SelfTestReport:
 def selftest(
     ctx: Context, client: str, *, files: int = 20, seed: int | None = None
 ) -> SelfTestReport:
-    config = ctx.client_config(client)
-    pool = ctx.open_pool(ctx.client_pool(client), load_index=False)
-    lease = reader_lease(pool, "selftest")
-    try:
-        pool.load_index()
-        return _selftest(ctx, client, config, pool, files, seed)
-    finally:
-        if lease is not None:
-            lease.release()
+    """Restore a sample of ``client``'s latest snapshot into a scratch directory and
+    compare it; it reads backed-up content, so the audit log records it."""
+    with audited(ctx, "selftest", f"client:{client}", detail={"files": files}) as noted:
+        config = ctx.client_config(client)
+        pool = ctx.open_pool(ctx.client_pool(client), load_index=False)
+        lease = reader_lease(pool, "selftest")
+        try:
+            pool.load_index()
+            report = _selftest(ctx, client, config, pool, files, seed)
+        finally:
+            if lease is not None:
+                lease.release()
+        noted["ok"] = report.ok
+    return report
 
 
 def _selftest(

@@ -13,6 +13,7 @@ from typing import Any
 
 from costor.db import sites as db_sites
 from costor.errors import UnknownResource, UsageError
+from costor.ops.audit import audited
 from costor.ops.context import Context
 
 
@@ -94,4 +95,6 @@ def maintenance_reasons(ctx: Context) -> dict[str, str | None]:
 def set_maintenance(ctx: Context, site: str, on: bool, reason: str | None = None) -> None:
     if site not in ctx.inventory.sites:
         raise UnknownResource(kind="site", name=site)
-    db_sites.set_maintenance(ctx.engine, site, on, reason)
+    action = "maintenance.on" if on else "maintenance.off"
+    with audited(ctx, action, f"site:{site}", detail={"reason": reason} if on else None):
+        db_sites.set_maintenance(ctx.engine, site, on, reason)

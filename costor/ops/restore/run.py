@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from costor.errors import ArchiveExists, BackendError, UsageError
+from costor.ops.audit import audited
 from costor.ops.context import Context
 from costor.ops.restore.snapshots import resolve
 from costor.store.gc.leases import reader_lease
@@ -154,76 +155,97 @@ def restore(
     if archive is not None:
         format = resolve_format(archive, format)  # a bad name fails before the pool opens
     pool_name, pool, snapshot = resolve(ctx, ref, load_index=False)
-    outcome = RestoreOutcome(
-        snapshot_id=snapshot.id,
-        client=snapshot.client,
-        pool=pool_name,
-        path=path,
-        target=target,
-        format=format,
+    # The content is read from here on: recorded first, and not read if the record
+    # cannot be written (costor/ops/audit.py). A dry run reads trees only.
+    with audited(
+        ctx,
+        "restore",
+        f"client:{snapshot.client}",
+        detail={
+            "snapshot": snapshot.id,
+            "pool": pool_name,
+            "path": path,
+            "target": target,
+            "archive": None
+            if archive is None
+            else archive_name or (archive if isinstance(archive, str) else "-"),
+            "include": list(include),
+            "exclude": list(exclude),
+        },
+        before=True,
         dry_run=dry_run,
-        include=list(include),
-        exclude=list(exclude),
-    )
-    lease = reader_lease(pool)  # before the index: see costor/store/gc/leases.py
-    try:
-        ctx.load_index(pool)
-        if target is not None:
-            outcome.overwrite = overwrite or DEFAULT_OVERWRITE
-            restorer = Restorer(
-                pool,
-                progress=progress,
-                overwrite=outcome.overwrite,
-                selection=selection,
-                dry_run=dry_run,
-                list_entries=list_entries,
-                faithful=faithful,
-            )
-            result = restorer.restore(snapshot, target, path)
-            outcome.faithful = restorer.policy.faithful
-            outcome.files_new = result.files_new
-            outcome.files_overwritten = result.files_overwritten
-            outcome.files_unchanged = result.files_unchanged
-            outcome.files_not_overwritten = result.files_not_overwritten
-            outcome.dirs = result.dirs
-            outcome.bytes_written = result.bytes_written
-            outcome.not_restorable = result.skipped
-            outcome.entries = result.entries
-        else:
-            assert archive is not None
-            outcome.archive = archive_name or (archive if isinstance(archive, str) else "-")
-            if dry_run:
-                archived = plan_archive(
+    ) as noted:
+        outcome = RestoreOutcome(
+            snapshot_id=snapshot.id,
+            client=snapshot.client,
+            pool=pool_name,
+            path=path,
+            target=target,
+            format=format,
+            dry_run=dry_run,
+            include=list(include),
+            exclude=list(exclude),
+        )
+        lease = reader_lease(pool)  # before the index: see costor/store/gc/leases.py
+        try:
+            ctx.load_index(pool)
+            if target is not None:
+                outcome.overwrite = overwrite or DEFAULT_OVERWRITE
+                restorer = Restorer(
                     pool,
-                    snapshot,
-                    path,
-                    archive,
-                    format=format,
-                    selection=selection,
-                    list_entries=list_entries,
-                )
-            else:
-                archived = write_archive(
-                    pool,
-                    snapshot,
-                    path,
-                    archive,
-                    format=format,
                     progress=progress,
-                    force=force,
+                    overwrite=outcome.overwrite,
                     selection=selection,
+                    dry_run=dry_run,
+                    list_entries=list_entries,
+                    faithful=faithful,
                 )
-            outcome.files_new = archived.files
-            outcome.dirs = archived.dirs
-            outcome.bytes_written = archived.bytes_written
-            outcome.not_restorable = archived.skipped
-            outcome.archive_bytes = archived.archive_bytes
-            outcome.renamed = list(archived.renamed)
-            outcome.entries = archived.entries
-    finally:
-        record_damage(pool)
-        if lease is not None:
-            lease.release()
+                result = restorer.restore(snapshot, target, path)
+                outcome.faithful = restorer.policy.faithful
+                outcome.files_new = result.files_new
+                outcome.files_overwritten = result.files_overwritten
+                outcome.files_unchanged = result.files_unchanged
+                outcome.files_not_overwritten = result.files_not_overwritten
+                outcome.dirs = result.dirs
+                outcome.bytes_written = result.bytes_written
+                outcome.not_restorable = result.skipped
+                outcome.entries = result.entries
+            else:
+                assert archive is not None
+                outcome.archive = archive_name or (archive if isinstance(archive, str) else "-")
+                if dry_run:
+                    archived = plan_archive(
+                        pool,
+                        snapshot,
+                        path,
+                        archive,
+                        format=format,
+                        selection=selection,
+                        list_entries=list_entries,
+                    )
+                else:
+                    archived = write_archive(
+                        pool,
+                        snapshot,
+                        path,
+                        archive,
+                        format=format,
+                        progress=progress,
+                        force=force,
+                        selection=selection,
+                    )
+                outcome.files_new = archived.files
+                outcome.dirs = archived.dirs
+                outcome.bytes_written = archived.bytes_written
+                outcome.not_restorable = archived.skipped
+                outcome.archive_bytes = archived.archive_bytes
+                outcome.renamed = list(archived.renamed)
+                outcome.entries = archived.entries
+        finally:
+            record_damage(pool)
+            if lease is not None:
+                lease.release()
+        noted.update(files=outcome.files_written, bytes=outcome.bytes_written)
     return outcome
 
 

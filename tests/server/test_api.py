@@ -265,6 +265,13 @@ def test_errors_map_to_statuses_in_one_shape(served: Served) -> None:
 
 
 def test_metrics_are_prometheus_text_read_from_the_state(served: Served) -> None:
+    # A failed check of the pool, as a daemon would have recorded it (read at scrape time).
+    served.site.sql(
+        "INSERT INTO jobs (kind, target, state, trigger, site, run_after, created_at, "
+        "attempts, max_attempts, params, result, error, notified) VALUES ('check', 'main', "
+        "'failed', 'manual', 'hq', :t, :t, 3, 3, '{}', '{}', 'damage found', false)",
+        t=served.get("/api/v1/snapshots").json()[0]["time"][:19].replace("T", " "),
+    )
     response = served.get("/metrics", token=None)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -281,6 +288,7 @@ def test_metrics_are_prometheus_text_read_from_the_state(served: Served) -> None
     assert samples[("costor_pool_stored_bytes", (("pool", "main"),))] > 0
     assert samples[("costor_pool_snapshots", (("pool", "main"),))] == 3
     assert samples[("costor_up", ())] == 1
+    assert samples[("costor_jobs_failed_total", (("kind", "check"),))] == 1
     assert not any(name.startswith("python_") for name, _labels in samples)  # own registry
 
 

@@ -14,6 +14,9 @@ from support.fixtures import CliResult, Site
 from support.inventory import local_tables, write_tables
 
 from costor.cli.main import main
+from costor.errors import NotAuthenticated
+from costor.ops.context import Context
+from costor.ops.control.tokens import authenticate
 
 USERS = """
 [groups.admins]
@@ -116,3 +119,21 @@ def test_limits_expiry_description_and_revocation(users_site: Site) -> None:
     assert missing.code == 1 and "No API token" in missing.stderr
     bad = token_cli(users_site, "create", "--user", "bob", "--scope", "read", "--clients", "a/b")
     assert bad.code == 1
+
+
+def test_a_token_follows_its_user_as_applied_now(users_site: Site) -> None:
+    """Removed user: its tokens stop working. A user who lost the admin role: its admin
+    token reads only. (Checked at each request, against the applied configuration.)"""
+    alice = token_cli(users_site, "create", "--user", "alice", "--scope", "admin").stdout
+    bob = token_cli(users_site, "create", "--user", "bob", "--scope", "read").stdout
+    assert authenticate(Context(users_site.inventory), alice.strip()).scope == "admin"
+    text = users_site.inventory.read_text()
+    text = text.replace('[users.alice]\ngroups = ["admins"]', '[users.alice]\ngroups = ["viewers"]')
+    text = text[: text.index("[users.bob]")] + text[text.index("[users.carol]") :]
+    users_site.inventory.write_text(text)
+    applied = users_site.cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.stderr
+    ctx = Context(users_site.inventory)
+    assert authenticate(ctx, alice.strip()).scope == "read"
+    with pytest.raises(NotAuthenticated, match="no longer exists"):
+        authenticate(ctx, bob.strip())

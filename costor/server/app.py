@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import PlainTextResponse
@@ -25,7 +25,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from costor import __version__
-from costor.errors import JobNotFound, NotAuthenticated, SnapshotNotFound, UsageError
+from costor.errors import (
+    AmbiguousSnapshot,
+    JobNotFound,
+    NotAuthenticated,
+    SnapshotNotFound,
+    UsageError,
+)
+from costor.ops.context import Context
 from costor.ops.control.tokens import Grant, authenticate
 from costor.ops.jobs.requests import job_history
 from costor.ops.restore.browse import list_snapshot
@@ -35,6 +42,9 @@ from costor.server import documents
 from costor.server.errors import error_response, install_error_handlers
 from costor.server.gate import Gate
 from costor.server.metrics import registry
+
+if TYPE_CHECKING:
+    from costor.store.snapshot import Snapshot
 
 API = "/api/v1"
 MAX_PAGE = 1000
@@ -138,18 +148,14 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
     def get_snapshot(snapshot: str, who: Grant = who_asks) -> dict[str, Any]:
         """One snapshot (an id, a unique prefix or CLIENT:latest), as in `snapshots --json`."""
         with gate.use() as ctx:
-            name, _pool, found = resolve(ctx, snapshot, load_index=False)
-        if not who.sees_client(found.client):
-            raise SnapshotNotFound(ref=snapshot)
+            name, found = _resolve_visible(ctx, who, snapshot)
         return {**found.summary(), "pool": name}
 
     @app.get(f"{API}/snapshots/{{snapshot}}/tree", tags=["admin"])
     def get_tree(snapshot: str, path: str = "/", who: Grant = who_asks) -> list[dict[str, Any]]:
         """What the snapshot holds under `path`, as `costor ls SNAPSHOT PATH --json`."""
         with gate.use() as ctx:
-            _name, _pool, found = resolve(ctx, snapshot, load_index=False)
-            if not who.sees_client(found.client):
-                raise SnapshotNotFound(ref=snapshot)
+            _name, found = _resolve_visible(ctx, who, snapshot)
             return list_snapshot(ctx, snapshot=found.id, path=path).to_json()
 
     @app.get(f"{API}/jobs", tags=["admin"])
@@ -178,6 +184,30 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         return job
 
     return app
+
+
+def _resolve_visible(ctx: Context, who: Grant, ref: str) -> tuple[str, Snapshot]:
+    """(pool, snapshot) for ``ref`` as :func:`resolve` finds it, among the snapshots
+    ``who`` may see: for a token limited to some clients, a prefix is matched against
+    their snapshots only (so no answer, not even "ambiguous", tells that another
+    client's snapshot exists) and another client's ``CLIENT:latest`` is not found."""
+    if who.clients:
+        if ref.endswith(":latest"):
+            if not who.sees_client(ref.removesuffix(":latest")):
+                raise SnapshotNotFound(ref=ref)
+        else:
+            ids = {
+                snapshot.id
+                for _pool, snapshot in list_snapshots(ctx)
+                if who.sees_client(snapshot.client) and snapshot.id.startswith(ref.lower())
+            }
+            if not ids:
+                raise SnapshotNotFound(ref=ref)
+            if len(ids) > 1:
+                raise AmbiguousSnapshot(ref=ref, count=len(ids))
+            ref = ids.pop()
+    name, _pool, found = resolve(ctx, ref, load_index=False)
+    return name, found
 
 
 async def _request_id(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:

@@ -241,6 +241,10 @@ def test_a_token_limited_to_clients_sees_only_theirs(served: Served) -> None:
         assert response.status_code == 404, path  # never 403: it does not exist for them
         assert response.json()["error"] == "SnapshotNotFound"
     assert served.get("/api/v1/snapshots/beta:latest", token="alpha").status_code == 404
+    # A prefix is matched among the token's snapshots only.
+    assert served.get(f"/api/v1/snapshots/{beta['id'][:8]}", token="alpha").status_code == 404
+    assert served.get(f"/api/v1/snapshots/{alpha['id'][:8]}", token="alpha").json() == alpha
+    assert served.get("/api/v1/snapshots/alpha:latest", token="alpha").json() == mine[-1]
     assert served.get(f"/api/v1/snapshots/{alpha['id']}", token="alpha").json() == alpha
     status = served.get("/api/v1/status", token="alpha").json()
     assert [c["client"] for c in status["clients"]] == ["alpha"]

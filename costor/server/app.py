@@ -37,7 +37,7 @@ from costor.ops.control.tokens import Grant, authenticate
 from costor.ops.jobs.requests import job_history
 from costor.ops.restore.browse import list_snapshot
 from costor.ops.restore.snapshots import list_snapshots, resolve
-from costor.ops.status import status
+from costor.ops.status import LEVELS, status
 from costor.server import documents
 from costor.server.errors import error_response, install_error_handlers
 from costor.server.gate import Gate
@@ -93,8 +93,7 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         """As `costor status --json` (a limited token sees its clients only)."""
         with gate.use() as ctx:
             document = status(ctx).to_json()
-        document["clients"] = [c for c in document["clients"] if who.sees_client(c["client"])]
-        return document
+        return _status_seen_by(document, who)
 
     @app.get(f"{API}/clients", tags=["admin"])
     def get_clients(who: Grant = who_asks) -> list[dict[str, Any]]:
@@ -105,9 +104,12 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
 
     @app.get(f"{API}/pools", tags=["admin"])
     def get_pools(who: Grant = who_asks) -> list[dict[str, Any]]:
-        """Each pool: site, backend, bytes before and after compression, snapshots."""
+        """Each pool: site, backend, bytes before and after compression, snapshots (a
+        limited token: the pools of its clients)."""
         with gate.use() as ctx:
-            return documents.pool_documents(ctx)
+            pools = documents.pool_documents(ctx)
+            theirs = {c.pool for name, c in ctx.inventory.clients.items() if who.sees_client(name)}
+        return [p for p in pools if not who.clients or p["pool"] in theirs]
 
     @app.get(f"{API}/snapshots", tags=["admin"])
     def get_snapshots(
@@ -184,6 +186,31 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         return job
 
     return app
+
+
+def _status_seen_by(document: dict[str, Any], who: Grant) -> dict[str, Any]:
+    """The status document as a token limited to some clients may see it: their lines,
+    each site's health as the worst of theirs, no word of any other client (unapplied
+    changes of theirs only; the inventory's errors, which may name anything, left out)."""
+    if not who.clients:
+        return document
+    clients = [c for c in document["clients"] if who.sees_client(c["client"])]
+    for site in document["sites"]:
+        mine = [str(c["health"]) for c in clients if c["site"] == site["site"]]
+        site["health"] = max(mine, key=LEVELS.index, default="ok")
+    # The site-wide problems (no daemon alive, a broken inventory) count as they are.
+    levels = [str(site["health"]) for site in document["sites"]]
+    if document["problems"]:
+        levels.append(str(document["health"]))
+    document["health"] = max(levels, key=LEVELS.index, default="ok")
+    inventory = document["inventory"]
+    inventory["errors"] = []
+    inventory["unapplied"] = {
+        address: change
+        for address, change in inventory["unapplied"].items()
+        if address.startswith("client.") and who.sees_client(address.removeprefix("client."))
+    }
+    return {**document, "clients": clients}
 
 
 def _resolve_visible(ctx: Context, who: Grant, ref: str) -> tuple[str, Snapshot]:

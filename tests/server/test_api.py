@@ -248,6 +248,8 @@ def test_a_token_limited_to_clients_sees_only_theirs(served: Served) -> None:
     assert served.get(f"/api/v1/snapshots/{alpha['id']}", token="alpha").json() == alpha
     status = served.get("/api/v1/status", token="alpha").json()
     assert [c["client"] for c in status["clients"]] == ["alpha"]
+    assert "beta" not in json.dumps(status)
+    assert [p["pool"] for p in served.get("/api/v1/pools", token="alpha").json()] == ["main"]
     assert {j["target"] for j in served.get("/api/v1/jobs", token="alpha").json()} == {"alpha"}
     # The unlimited read token sees both.
     assert len(served.get("/api/v1/snapshots", token="read").json()) == 3

@@ -70,11 +70,19 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
 
     bearer = HTTPBearer(auto_error=False, description="costor token create")
 
-    def grant(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Grant:
+    def grant(
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+    ) -> Grant:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise NotAuthenticated(reason="no bearer token")
-        with gate.use() as ctx:
-            return authenticate(ctx, credentials.credentials.strip())
+        with gate.use(**_asking(request, None)) as ctx:
+            found = authenticate(ctx, credentials.credentials.strip())
+        request.state.grant = found
+        return found
+
+    def use(request: Request) -> Any:
+        """The gate, for the use case of a request whose token was checked."""
+        return gate.use(**_asking(request, getattr(request.state, "grant", None)))
 
     who_asks = Depends(grant)
 
@@ -89,24 +97,24 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(f"{API}/status", tags=["admin"])
-    def get_status(who: Grant = who_asks) -> dict[str, Any]:
+    def get_status(request: Request, who: Grant = who_asks) -> dict[str, Any]:
         """As `costor status --json` (a limited token sees its clients only)."""
-        with gate.use() as ctx:
+        with use(request) as ctx:
             document = status(ctx).to_json()
         return _status_seen_by(document, who)
 
     @app.get(f"{API}/clients", tags=["admin"])
-    def get_clients(who: Grant = who_asks) -> list[dict[str, Any]]:
+    def get_clients(request: Request, who: Grant = who_asks) -> list[dict[str, Any]]:
         """Each client's health against its RPO: the `clients` of `costor status --json`."""
-        with gate.use() as ctx:
+        with use(request) as ctx:
             clients: list[dict[str, Any]] = status(ctx).clients
         return [c for c in clients if who.sees_client(c["client"])]
 
     @app.get(f"{API}/pools", tags=["admin"])
-    def get_pools(who: Grant = who_asks) -> list[dict[str, Any]]:
+    def get_pools(request: Request, who: Grant = who_asks) -> list[dict[str, Any]]:
         """Each pool: site, backend, bytes before and after compression, snapshots (a
         limited token: the pools of its clients)."""
-        with gate.use() as ctx:
+        with use(request) as ctx:
             pools = documents.pool_documents(ctx)
             theirs = {c.pool for name, c in ctx.inventory.clients.items() if who.sees_client(name)}
         return [p for p in pools if not who.clients or p["pool"] in theirs]
@@ -130,7 +138,7 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         if client is not None and not who.sees_client(client):
             matching: list[dict[str, Any]] = []
         else:
-            with gate.use() as ctx:
+            with use(request) as ctx:
                 found = list_snapshots(ctx, client=client, pool=pool)
             matching = [
                 {**snapshot.summary(), "pool": name}
@@ -147,28 +155,31 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         return page
 
     @app.get(f"{API}/snapshots/{{snapshot}}", tags=["admin"])
-    def get_snapshot(snapshot: str, who: Grant = who_asks) -> dict[str, Any]:
+    def get_snapshot(request: Request, snapshot: str, who: Grant = who_asks) -> dict[str, Any]:
         """One snapshot (an id, a unique prefix or CLIENT:latest), as in `snapshots --json`."""
-        with gate.use() as ctx:
+        with use(request) as ctx:
             name, found = _resolve_visible(ctx, who, snapshot)
         return {**found.summary(), "pool": name}
 
     @app.get(f"{API}/snapshots/{{snapshot}}/tree", tags=["admin"])
-    def get_tree(snapshot: str, path: str = "/", who: Grant = who_asks) -> list[dict[str, Any]]:
+    def get_tree(
+        request: Request, snapshot: str, path: str = "/", who: Grant = who_asks
+    ) -> list[dict[str, Any]]:
         """What the snapshot holds under `path`, as `costor ls SNAPSHOT PATH --json`."""
-        with gate.use() as ctx:
+        with use(request) as ctx:
             _name, found = _resolve_visible(ctx, who, snapshot)
             return list_snapshot(ctx, snapshot=found.id, path=path).to_json()
 
     @app.get(f"{API}/jobs", tags=["admin"])
     def get_jobs(
+        request: Request,
         state: str | None = None,
         kind: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
         who: Grant = who_asks,
     ) -> list[dict[str, Any]]:
         """As `costor jobs --json`, newest first (a limited token: its clients' jobs)."""
-        with gate.use() as ctx:
+        with use(request) as ctx:
             jobs = job_history(ctx, state=state, kind=kind, limit=limit).to_json()
             clients = set(ctx.inventory.clients)
         if who.clients:
@@ -176,9 +187,9 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         return jobs
 
     @app.get(f"{API}/jobs/{{job_id}}", tags=["admin"])
-    def get_job(job_id: int, who: Grant = who_asks) -> dict[str, Any]:
+    def get_job(request: Request, job_id: int, who: Grant = who_asks) -> dict[str, Any]:
         """One job, as in `costor jobs --json`."""
-        with gate.use() as ctx:
+        with use(request) as ctx:
             job = documents.job_document(ctx, job_id)
             clients = set(ctx.inventory.clients)
         if who.clients and not (job["target"] in clients and who.sees_client(job["target"])):
@@ -186,6 +197,15 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         return job
 
     return app
+
+
+def _asking(request: Request, who: Grant | None) -> dict[str, Any]:
+    """Who asks, as the audit log names them (costor/ops/context.py ``Context.actor``)."""
+    return {
+        "actor": f"token:{who.token_id}" if who is not None else "anonymous",
+        "source": request.client.host if request.client is not None else None,
+        "request_id": getattr(request.state, "request_id", None),
+    }
 
 
 def _status_seen_by(document: dict[str, Any], who: Grant) -> dict[str, Any]:

@@ -34,9 +34,12 @@ class Gate:
         self._loaded_at = 0.0
 
     @contextmanager
-    def use(self) -> Iterator[Context]:
-        """The context, for one request's use case; the applied configuration is read
-        again when older than :data:`RELOAD_EVERY`."""
+    def use(
+        self, *, actor: str = "system", source: str | None = None, request_id: str | None = None
+    ) -> Iterator[Context]:
+        """The context, for one request's use case, naming who asks as the audit log
+        will (``token:ID``, the caller's address, the request's id); the applied
+        configuration is read again when older than :data:`RELOAD_EVERY`."""
         with self._lock:
             now = time.monotonic()
             if self._ctx is None:
@@ -45,6 +48,7 @@ class Gate:
             elif now - self._loaded_at > RELOAD_EVERY:
                 self._ctx.reload()
                 self._loaded_at = now
+            self._ctx.actor, self._ctx.source, self._ctx.request_id = actor, source, request_id
             try:
                 yield self._ctx
             finally:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,10 @@ from costor.util.clock import utcnow
 HEAD = "audit"  # the one row of audit_head
 GENESIS = ""  # the previous hash of the chain's first record
 _PAGE = 1000  # records read per query while verifying
+# Records whose hashes verify keeps in memory, to say that a record links past the one
+# before it (an insertion) rather than to a hash no record has (a deletion). An
+# insertion further back than this is reported as a deletion at the same record.
+WINDOW = 10_000
 
 
 # --- the hash ------------------------------------------------------------------------
@@ -239,17 +244,25 @@ class ChainCheck:
 
 
 class _Walk:
-    """The records walked so far: their ids in chain order, and where each hash is."""
+    """The records walked so far: how many, the first one's id, the last one, and the
+    hashes of the most recent ones (:data:`WINDOW`), each with its id and the id of the
+    record after it, to tell an inserted record from a deleted one in bounded memory."""
 
     def __init__(self) -> None:
-        self.ids: list[int] = []
-        self.position: dict[str, int] = {}  # hash -> index in ids
+        self.count = 0
+        self.first_id = 0
         self.previous: AuditRow | None = None
+        self.recent: OrderedDict[str, list[int]] = OrderedDict()  # hash -> [id, next id]
 
     def add(self, row: AuditRow) -> None:
         assert row.id is not None
-        self.position.setdefault(row.hash, len(self.ids))
-        self.ids.append(row.id)
+        if self.previous is not None and self.previous.hash in self.recent:
+            self.recent[self.previous.hash][1] = row.id
+        self.recent[row.hash] = [row.id, 0]
+        if len(self.recent) > WINDOW:
+            self.recent.popitem(last=False)
+        self.first_id = self.first_id or row.id
+        self.count += 1
         self.previous = row
 
     def check(self, row: AuditRow) -> BrokenLink | None:
@@ -265,22 +278,24 @@ class _Walk:
         expected = previous.hash if previous is not None else GENESIS
         if row.prev_hash == expected:
             return None
-        if row.prev_hash == GENESIS or row.prev_hash in self.position:
+        assert previous is not None and previous.id is not None  # else expected is GENESIS
+        if row.prev_hash == GENESIS or row.prev_hash in self.recent:
             # It links to an earlier record (or the start): those between were inserted.
-            index = -1 if row.prev_hash == GENESIS else self.position[row.prev_hash]
-            inserted = self.ids[index + 1]
-            before = "the chain's start" if index < 0 else f"record {self.ids[index]}"
+            if row.prev_hash == GENESIS:
+                before, inserted = "the chain's start", self.first_id
+            else:
+                linked, inserted = self.recent[row.prev_hash]
+                before = f"record {linked}"
             return BrokenLink(
                 inserted,
                 "inserted",
                 f"record {inserted} was inserted: record {row.id} follows {before}, "
-                f"not record {self.ids[-1]}",
+                f"not record {previous.id}",
             )
-        last_id = previous.id if previous is not None and previous.id is not None else 0
-        if row.id - last_id > 1:
-            missing = _span(last_id + 1, row.id - 1)
+        if row.id - previous.id > 1:
+            missing = _span(previous.id + 1, row.id - 1)
             return BrokenLink(
-                last_id + 1,
+                previous.id + 1,
                 "deleted",
                 f"record {missing} was deleted: record {row.id} links to a record no "
                 "longer in the log",
@@ -292,8 +307,21 @@ class _Walk:
             "longer in the log",
         )
 
-    def check_head(self, head: AuditHeadRow | None) -> BrokenLink | None:
-        """Does the head name the last record walked?"""
+    def check_start(self, row: AuditRow) -> BrokenLink | None:
+        """The first record must start the chain."""
+        assert row.id is not None
+        if record_hash(row.prev_hash, row) != row.hash or row.prev_hash == GENESIS:
+            return self.check(row)
+        missing = f"record {_span(1, row.id - 1)} was" if row.id > 1 else "records were"
+        return BrokenLink(
+            1 if row.id > 1 else row.id,
+            "deleted",
+            f"{missing} deleted: the log's first record, {row.id}, does not start the chain",
+        )
+
+    def check_head(self, head: AuditHeadRow | None, after_head: int | None) -> BrokenLink | None:
+        """Does the head name the last record walked? ``after_head``: the first record
+        after the one the head names, when that one is in the log."""
         last = self.previous
         if head is None:
             if last is None:
@@ -320,20 +348,19 @@ class _Walk:
                 "changed",
                 f"record {last.id} was changed: its hash is not the one the chain's head recorded",
             )
-        if head.last_id in self.ids:
-            after = self.ids[self.ids.index(head.last_id) + 1]
+        if after_head is not None:
             return BrokenLink(
-                after,
+                after_head,
                 "inserted",
-                f"record {after} was inserted: the chain's head ends at record {head.last_id}",
+                f"record {after_head} was inserted: the chain's head ends at record {head.last_id}",
             )
         if head.last_id > last.id:
-            cut = _span(last.id + 1, head.last_id)
             return BrokenLink(
                 head.last_id,
                 "truncated",
-                f"record {cut} was deleted (the log's tail was cut): the chain's head names "
-                f"record {head.last_id} as the last, the log ends at record {last.id}",
+                f"record {_span(last.id + 1, head.last_id)} was deleted (the log's tail was "
+                f"cut): the chain's head names record {head.last_id} as the last, the log "
+                f"ends at record {last.id}",
             )
         return BrokenLink(
             head.last_id,
@@ -352,16 +379,24 @@ def verify(engine: Engine) -> ChainCheck:
     with session_scope(engine, write=False) as session:
         head = session.get(AuditHeadRow, HEAD)
         for row in _in_order(session):
-            broken = walk.check(row)
+            broken = walk.check(row) if walk.count else walk.check_start(row)
             if broken is not None:
                 return _report(walk, head, broken)
             walk.add(row)
-        return _report(walk, head, walk.check_head(head))
+        return _report(walk, head, walk.check_head(head, _after_head(session, head)))
+
+
+def _after_head(session: Session, head: AuditHeadRow | None) -> int | None:
+    """The id of the first record after the one the head names, if that one exists."""
+    if head is None or session.get(AuditRow, head.last_id) is None:
+        return None
+    query = select(AuditRow.id).where(col(AuditRow.id) > head.last_id)
+    return session.exec(query.order_by(col(AuditRow.id)).limit(1)).first()
 
 
 def _report(walk: _Walk, head: AuditHeadRow | None, broken: BrokenLink | None) -> ChainCheck:
     return ChainCheck(
-        records=len(walk.ids),
+        records=walk.count,
         head_id=head.last_id if head is not None else None,
         head_hash=head.last_hash if head is not None else None,
         broken=broken,

@@ -4,7 +4,7 @@ untouched log and names the first broken link after the table is tampered with t
 SQL, as another tool with access to the database would; concurrent commands form one
 chain; an action that must be recorded first does not start when the log cannot be
 written. SQLite, or PostgreSQL in the PostgreSQL pass (costor.db.audit's own tests:
-tests/db/test_audit.py)."""
+tests/db/test_audit_chain.py)."""
 
 from __future__ import annotations
 

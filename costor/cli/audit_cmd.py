@@ -22,6 +22,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
         "audit",
         help="show the audit log; `audit verify` checks its hash chain (exit 3 if broken)",
+        description="costor audit [FILTERS]: the records matching every filter, newest "
+        "first. costor audit verify: walk the hash chain; exit 0 when it is intact, 3 "
+        "naming the first record changed, deleted or inserted (docs/audit.md).",
     )
     add_inventory_option(parser)
     add_json_option(parser)

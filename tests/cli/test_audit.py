@@ -250,6 +250,8 @@ def test_an_action_recorded_first_does_not_start_without_the_log(
             in refused.stderr
         )
         assert not target.exists() or not any(target.iterdir())
+        forget = site.cli("forget", "--client", "alpha")
+        assert forget.code == 1 and "so forget of client:alpha did not start" in forget.stderr
         backup = site.cli("backup", "alpha")
         assert backup.code == 0
         assert "the audit log was not written: backup client:alpha ok" in backup.stderr

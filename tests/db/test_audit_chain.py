@@ -220,3 +220,32 @@ def test_concurrent_writers_form_one_chain(state_url: str, writers: int) -> None
     check = audit.verify(engine)
     assert check.intact, check.broken
     assert check.records == writers * per_writer
+
+
+def test_verify_remembers_a_bounded_window(state_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A well-formed record linking far back: within the hashes verify keeps, the records
+    it skips are named as inserted; beyond them it is still a broken link, named as a
+    deletion at the same place (memory does not grow with the log)."""
+    engine = open_engine(state_url)
+    rows = _chain(engine, 4)
+    last = rows[-1]
+    assert last.id is not None
+    forged = AuditRow(
+        id=last.id + 1,
+        time=utcnow(),
+        actor="system",
+        action="restore",
+        target="client:web1",
+        outcome="ok",
+        detail="{}",
+        prev_hash=rows[0].hash,
+        hash="",
+    )
+    forged.hash = audit.record_hash(rows[0].hash, forged)
+    with engine.begin() as connection:
+        connection.execute(AuditRow.__table__.insert().values(**forged.model_dump()))  # type: ignore[attr-defined]
+    broken = audit.verify(engine).broken
+    assert broken is not None and (broken.record, broken.kind) == (rows[1].id, "inserted")
+    monkeypatch.setattr(audit, "WINDOW", 2)
+    broken = audit.verify(engine).broken
+    assert broken is not None and (broken.record, broken.kind) == (forged.id, "deleted")

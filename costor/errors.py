@@ -424,3 +424,18 @@ class AuditUnavailable(CostorError):
     # once its "started" record is written (docs/audit.md, "When the log cannot be
     # written").
     http_status = 503
+
+
+# --- downloads from the site server (issue 20) ----------------------------------------
+
+
+class NotARegularFile(RestoreError):
+    """{path!r} in snapshot {snapshot} is a {type}, not a regular file: download a directory as an archive."""
+
+    http_status = 400
+
+
+class RangeNotSatisfiable(CostorError):
+    """Range {range!r} cannot be satisfied: the file holds {size} bytes."""
+
+    http_status = 416

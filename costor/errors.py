@@ -414,6 +414,20 @@ class JobNotFound(CostorError):
     http_status = 404
 
 
+class PermissionDenied(CostorError):
+    """Not allowed: {reason}"""
+
+    # Only for what the caller may see: what it may not see is "not found" (404), as a
+    # thing that does not exist would be, so that no answer tells that it exists.
+    http_status = 403
+
+
+class JobNotCancellable(CostorError):
+    """Job {job_id} cannot be cancelled: {reason}"""
+
+    http_status = 409
+
+
 # --- the audit log (issue 20) ---------------------------------------------------------
 
 

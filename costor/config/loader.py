@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from costor.config.access import OWN_CLIENTS_ONLY
 from costor.config.diagnostics import (
     Diagnostic,
     Problem,
@@ -37,6 +38,7 @@ from costor.config.diagnostics import (
     problems_from_validation_error,
     toml_type_name,
 )
+from costor.config.fields import NAME_PATTERN
 from costor.config.model import (
     BUILTIN_ROLES,
     RESOURCE_TABLES,
@@ -373,7 +375,8 @@ class _Check:
                 check(("users", name, "groups", index), group, "groups", "group")
 
     def _check_roles(self, tables: dict[str, Any], declared: dict[str, set[str]]) -> None:
-        """Declared roles do not take a built-in one's name; groups name known roles."""
+        """Declared roles do not take a built-in one's name; groups name known roles, and
+        give a role meant for one's own clients (``end-user``) on named clients only."""
         for name in declared["roles"] & set(BUILTIN_ROLES):
             message = f"role {name!r} is built in and cannot be redeclared"
             self.problems.append(Problem(("roles", name), message))
@@ -384,6 +387,25 @@ class _Check:
                     hint = _did_you_mean(role, roles) or f" (roles: {', '.join(sorted(roles))})"
                     message = f"unknown role {role!r}{hint}"
                     self.problems.append(Problem(("groups", name, "roles", index), message))
+                elif role in OWN_CLIENTS_ONLY and group.get("clients") is None:
+                    message = (
+                        f"role {role!r} is granted on named clients only: give the group "
+                        "clients = [...] (names or globs)"
+                    )
+                    self.problems.append(Problem(("groups", name, "roles", index), message))
+            for index, pattern in _items(group.get("clients")):
+                # A name without a glob that names no client grants nothing: a typo?
+                if (
+                    isinstance(pattern, str)
+                    and NAME_PATTERN.match(pattern)
+                    and (pattern not in declared["clients"])
+                ):
+                    hint = _did_you_mean(pattern, declared["clients"])
+                    message = (
+                        f"no client {pattern!r} is declared{hint}: the group grants nothing on it"
+                    )
+                    path = ("groups", name, "clients", index)
+                    self.problems.append(Problem(path, message, severity="warning"))
 
     def _check_moved(self, moved: Any, declared: dict[str, set[str]]) -> set[str]:
         """``[[moved]]`` blocks: each address moved once, from a name no longer declared,

@@ -2,6 +2,7 @@
 
 costor jobs [--json] [--state S] [--kind K] [--limit N]   # newest first
 costor jobs add KIND TARGET [--json]                      # queue a job now
+costor jobs cancel ID [--json]                            # take it off the queue, or stop it
 costor jobs run ID                                        # run one job here
 """
 
@@ -17,12 +18,18 @@ from costor.errors import UsageError
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "jobs", help="list jobs; `jobs add KIND TARGET` queues one, `jobs run ID` runs one"
+        "jobs",
+        help="list jobs; `jobs add KIND TARGET` queues one, `jobs cancel ID` cancels one, "
+        "`jobs run ID` runs one",
     )
     add_inventory_option(parser)
     add_json_option(parser)
     parser.add_argument(
-        "action", nargs="?", default="list", choices=("list", "add", "run"), help=argparse.SUPPRESS
+        "action",
+        nargs="?",
+        default="list",
+        choices=("list", "add", "cancel", "run"),
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("operands", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--state", help="only jobs in this state (queued, running, failed…)")
@@ -39,6 +46,17 @@ def run(args: argparse.Namespace) -> int:
         if len(args.operands) != 1 or not args.operands[0].isdigit():
             raise UsageError(message="usage: costor jobs run ID")
         return run_job(ctx, int(args.operands[0]))
+    if args.action == "cancel":
+        from costor.ops.jobs.requests import cancel_job
+
+        if len(args.operands) != 1 or not args.operands[0].isdigit():
+            raise UsageError(message="usage: costor jobs cancel ID")
+        cancelled = cancel_job(ctx, job_id=int(args.operands[0])).to_json()
+        if args.json:
+            print_json(cancelled)
+        else:
+            print(f"job {cancelled['id']}: {cancelled['kind']} {cancelled['target']} cancelled")
+        return 0
     if args.action == "add":
         from costor.ops.jobs.kinds import KINDS
         from costor.ops.jobs.requests import queue_job

@@ -113,6 +113,7 @@ class Child:
     log: IO[bytes]
     started: float = field(default_factory=time.monotonic)
     terminated: bool = False
+    cancelled_at: float | None = None  # when it was asked to stop, its job cancelled
 
 
 class Server:
@@ -213,6 +214,7 @@ class Server:
             for job_id in jobs.enqueue_due(engine):
                 logger.info(f"job {job_id}: queued by its schedule")
         self._reap()
+        self._stop_cancelled()
         if self.stopping:
             self._stop_children()
             return
@@ -383,6 +385,22 @@ class Server:
             ended = True
         if ended:
             self._refresh_indexes()
+
+    def _stop_cancelled(self) -> None:
+        """Stop the children whose job was cancelled (``costor jobs cancel``, the API:
+        costor/ops/jobs/requests.py ``cancel_job``): SIGTERM, then SIGKILL if one is
+        still there after the grace. The job stays ``cancelled``: its own outcome finds
+        it no longer running and is not recorded (no retry is queued)."""
+        for child in self.children.values():
+            if child.cancelled_at is not None:
+                if time.monotonic() - child.cancelled_at > self.grace:
+                    child.process.kill()
+                continue
+            row = jobs.get_job(self.ctx.engine, child.job_id)
+            if row is not None and row.state == "cancelled":
+                logger.info(f"job {child.job_id}: cancelled; stopping its process")
+                child.process.send_signal(signal.SIGTERM)
+                child.cancelled_at = time.monotonic()
 
     def _stop_children(self) -> None:
         assert self.stop_requested_at is not None

@@ -1,5 +1,6 @@
 """API tokens: create one (shown once), list, revoke, and authenticate a request's
-bearer token (the server's only way in, for now).
+bearer token (the server's only way in, for now) into a :class:`Grant`: what that
+request may do, decided here and nowhere else.
 
 A token reads ``costor_<id>_<secret>``: ``id`` is public (12 hex digits; lists, logs and
 the audit log name the token by it), ``secret`` is 32 random bytes (64 hex digits). The
@@ -8,13 +9,14 @@ and guessable, so its hash must be slow; a secret of 256 random bits cannot be g
 whatever the hash, and a fast one lets every API request be checked in microseconds
 (argon2id would cost each request ~100 ms and a core). The comparison is constant-time.
 
-Scopes (for now): ``admin`` and ``read`` (every GET of the Admin API). A token never
-exceeds its user: only a user with the ``admin`` role (or a declared role granting the
-``admin`` permission) may hold an ``admin`` token; any other user may hold ``read``
-tokens only. The user must be declared and applied (the ``users`` table); a token whose
-user was removed, or who lost ``admin``, is checked against what the user is now at each
-request (refused, or read only). ``clients`` limits a token to some clients (names or
-globs): it sees only their snapshots, and any other is "not found".
+Scopes: ``read`` (every read, backed-up content included), ``operate`` (also run
+backups and maintenance, restore, cancel jobs), ``admin`` (everything). A token never
+exceeds its user: a request may do what its scope allows **and** the user's roles
+allow now (``costor.config.access.user_grants``, as applied), on the clients both the
+user's grants and the token's ``clients`` (names or globs) cover. A token of a user
+who was removed stops working; one whose user lost a role loses what the role gave.
+At creation, a scope the user could not use is refused (``admin`` needs the ``admin``
+permission, ``operate`` one of the permissions it adds to ``read``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from costor.config.access import PERMISSIONS, RoleGrant, client_pattern, user_grants
 from costor.config.model import duration_seconds
 from costor.db import tokens as db_tokens
 from costor.db.models import TokenRow
@@ -37,11 +40,18 @@ from costor.errors import NotAuthenticated, TokenNotFound, TokenRefused
 from costor.ops.context import Context
 from costor.util.clock import utcnow
 
-SCOPES = ("admin", "read")
+READ = frozenset({"config.read", "jobs.read", "snapshots.list", "snapshots.read", "audit.read"})
+OPERATE = READ | {"backups.run", "maintenance.run", "snapshots.restore", "jobs.manage"}
+# What a token of each scope may do at most, lowest first.
+SCOPE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "read": READ,
+    "operate": OPERATE,
+    "admin": frozenset(PERMISSIONS),
+}
+SCOPES = tuple(SCOPE_PERMISSIONS)
 NOTE_USE_EVERY = timedelta(minutes=1)  # how stale last_used_at may be
 PREFIX = "costor"
 _TOKEN = re.compile(r"^costor_([0-9a-f]{12})_([0-9a-f]{64})$")
-_CLIENT_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]-]+$")
 
 
 @dataclass(frozen=True)
@@ -93,15 +103,46 @@ class TokenList:
 
 @dataclass(frozen=True)
 class Grant:
-    """Who a request is, once its token is checked: what it may do and see."""
+    """Who a request is, once its token is checked, and what it may do: the one place
+    where that is decided (the server's routes ask :meth:`may` and :meth:`sees_client`).
+
+    ``rights`` are the user's grants as applied now, each limited to what the token's
+    scope allows (a grant left with nothing is dropped); ``clients`` are the token's
+    own limits (names or globs; empty: none)."""
 
     token_id: str
     user: str
-    scope: str  # effective: never more than the user's rights now
-    clients: tuple[str, ...]  # () = every client
+    scope: str  # the token's, lowered to the highest scope the user could hold now
+    clients: tuple[str, ...]  # the token's --clients; () = no limit of its own
+    rights: tuple[RoleGrant, ...] = ()
+
+    def _token_covers(self, client: str) -> bool:
+        return not self.clients or any(fnmatch.fnmatchcase(client, p) for p in self.clients)
+
+    def may(self, permission: str, client: str | None = None) -> bool:
+        """Whether ``permission`` is held on ``client``; with ``client=None``, on every
+        client (what the whole site's objects need: a pool, maintenance)."""
+        if client is None:
+            return not self.clients and any(
+                g.clients is None and permission in g.permissions for g in self.rights
+            )
+        return self._token_covers(client) and any(
+            permission in g.permissions and g.covers(client) for g in self.rights
+        )
+
+    def may_somewhere(self, permission: str) -> bool:
+        """Whether ``permission`` is held on any client at all."""
+        return any(permission in g.permissions for g in self.rights)
 
     def sees_client(self, name: str) -> bool:
-        return not self.clients or any(fnmatch.fnmatchcase(name, p) for p in self.clients)
+        """Whether ``name``'s objects exist for this caller: any permission on it.
+        What it does not see is "not found" to it, never "forbidden"."""
+        return self._token_covers(name) and any(g.covers(name) for g in self.rights)
+
+    @property
+    def sees_everything(self) -> bool:
+        """No limit on clients, from the token or from the user's grants."""
+        return not self.clients and any(g.clients is None for g in self.rights)
 
 
 def create_token(
@@ -117,8 +158,10 @@ def create_token(
         raise TokenRefused(reason=f"unknown scope {scope!r} (one of: {', '.join(SCOPES)})")
     patterns = tuple(clients or ())
     for pattern in patterns:
-        if not _CLIENT_PATTERN.match(pattern):
-            raise TokenRefused(reason=f"{pattern!r} is not a client name or glob")
+        try:
+            client_pattern(pattern)
+        except ValueError as error:
+            raise TokenRefused(reason=str(error)) from None
     now = utcnow()
     expires_at = None
     if expires is not None:
@@ -189,9 +232,20 @@ def authenticate(ctx: Context, token: str | None) -> Grant:
         # waits for a running backup's transaction.
         with session_scope(ctx.engine) as session:
             db_tokens.note_token_used(session, token_id, now)
-    scope = row.scope if _is_admin(ctx, row.user) else "read"
+    granted = _user_permissions(ctx, row.user)
+    scope = _highest_scope(granted, up_to=row.scope)
+    allowed = SCOPE_PERMISSIONS[scope]
+    rights = tuple(
+        RoleGrant(grant.permissions & allowed, grant.clients)
+        for grant in _user_rights(ctx, row.user)
+        if grant.permissions & allowed
+    )
     return Grant(
-        token_id=row.id, user=row.user, scope=scope, clients=tuple(json.loads(row.clients))
+        token_id=row.id,
+        user=row.user,
+        scope=scope,
+        clients=tuple(json.loads(row.clients)),
+        rights=rights,
     )
 
 
@@ -201,24 +255,39 @@ def _check_user(ctx: Context, session: Any, user: str, scope: str) -> None:
             reason=f"no user {user!r} is applied (declare it in [users.{user}] and "
             "run `costor apply`)"
         )
-    if scope == "admin" and not _is_admin(ctx, user):
+    granted = _user_permissions(ctx, user)
+    if scope == "admin" and "admin" not in granted:
         raise TokenRefused(
-            reason=f"user {user!r} has no admin role, so its tokens are read only (--scope read)"
+            reason=f"user {user!r} has no admin role, so its tokens cannot be admin "
+            "(--scope operate or read)"
+        )
+    if _highest_scope(granted, up_to=scope) != scope:
+        raise TokenRefused(
+            reason=f"user {user!r} has no role that runs, restores or manages anything, "
+            "so its tokens are read only (--scope read)"
         )
 
 
-def _is_admin(ctx: Context, user: str) -> bool:
-    """Whether ``user`` (as applied) holds the ``admin`` role, built in or declared."""
+def _user_rights(ctx: Context, user: str) -> tuple[RoleGrant, ...]:
+    """``user``'s grants as applied (none for a user who is not declared)."""
     config = ctx.inventory.users.get(user)
     if config is None:
-        return False
-    for group in config.groups:
-        group_config = ctx.inventory.groups.get(group)
-        for role in group_config.roles if group_config is not None else ():
-            declared = ctx.inventory.roles.get(role)
-            if role == "admin" or (declared is not None and "admin" in declared.permissions):
-                return True
-    return False
+        return ()
+    return user_grants(config, ctx.inventory.groups, ctx.inventory.roles)
+
+
+def _user_permissions(ctx: Context, user: str) -> frozenset[str]:
+    return frozenset().union(*(grant.permissions for grant in _user_rights(ctx, user)))
+
+
+def _highest_scope(granted: frozenset[str], *, up_to: str) -> str:
+    """The highest scope, ``up_to`` at most, whose use the user's permissions allow:
+    ``admin`` needs ``admin``; ``operate`` one of the permissions it adds to ``read``."""
+    if up_to == "admin" and "admin" in granted:
+        return "admin"
+    if up_to in ("admin", "operate") and granted & (OPERATE - READ):
+        return "operate"
+    return "read"
 
 
 def _hash(secret: str) -> str:

@@ -1,5 +1,15 @@
-"""``costor jobs``: queue one job now, or read the queue's history. The verb parses
-and formats; these return outcomes whose ``to_json()`` is its ``--json`` document."""
+"""``costor jobs``: queue one job now, cancel one, or read the queue's history. The
+verb parses and formats; these return outcomes whose ``to_json()`` is its ``--json``
+document.
+
+Cancelling is recorded in the state, which is the truth for every daemon: a queued
+job is taken off the queue (claimed, so no daemon can start it meanwhile, and finished
+``cancelled`` at once); a running one is marked ``cancelled`` and the daemon that runs
+it stops its process at its next tick (SIGTERM; costor/daemon/server.py
+``_stop_cancelled``). The job's own outcome then finds it no longer running and is not
+recorded, so no retry is queued and the cancel stands. A backup run from a terminal
+(``costor backup``, trigger ``cli``) is its operator's to stop, not the queue's.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from costor.db import queue as jobs
+from costor.errors import JobNotCancellable, JobNotFound
 from costor.ops.audit import audited
 from costor.ops.context import Context
 from costor.ops.jobs.kinds import job_kind, site_of
@@ -42,6 +53,46 @@ def queue_job(ctx: Context, *, kind: str, target: str) -> JobQueued:
     with audited(ctx, "jobs.add", address, detail={"kind": kind}) as noted:
         noted["job"] = jobs.enqueue(ctx.engine, kind, target, site=site)
     return JobQueued(id=noted["job"], kind=kind, target=target)
+
+
+@dataclass(frozen=True)
+class JobCancelled:
+    """A job cancelled: its document as :func:`costor.db.queue.job_json` gives it."""
+
+    job: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.job
+
+
+def cancel_job(ctx: Context, *, job_id: int) -> JobCancelled:
+    """Cancel job ``job_id`` (queued or running); its document as it is then.
+    :class:`JobNotFound`, or :class:`JobNotCancellable` when it has ended or runs in a
+    terminal."""
+    row = jobs.get_job(ctx.engine, job_id)
+    if row is None:
+        raise JobNotFound(job_id=job_id)
+    with audited(ctx, "jobs.cancel", f"job:{job_id}", detail={"kind": row.kind}) as noted:
+        noted["target"] = row.target
+        if row.trigger == "cli":
+            raise JobNotCancellable(
+                job_id=job_id, reason="it runs in a terminal (costor backup): stop it there"
+            )
+        reason = f"cancelled by {ctx.actor}"
+        if row.state == "queued":
+            # Claimed first: a daemon claiming it at the same moment gets it or not, never
+            # both; a job claimed meanwhile is running now, and is cancelled as such.
+            taken = jobs.claim_job(ctx.engine, job_id, jobs.claimant("cancel"))
+            row = taken or jobs.get_job(ctx.engine, job_id) or row
+        noted["was"] = row.state
+        if row.state != "running":
+            raise JobNotCancellable(job_id=job_id, reason=f"it is {row.state}")
+        finished = jobs.finish(ctx.engine, job_id, "cancelled", error=reason)
+        if finished is None:  # it ended meanwhile
+            ended = jobs.get_job(ctx.engine, job_id)
+            state = ended.state if ended is not None else "gone"
+            raise JobNotCancellable(job_id=job_id, reason=f"it is {state}")
+    return JobCancelled(job=jobs.job_json(finished))
 
 
 def job_history(

@@ -1,0 +1,150 @@
+"""Who asks and what they may do, for every route: the bearer token checked into a
+:class:`~costor.ops.control.tokens.Grant` (which decides), and :func:`requires`, the
+FastAPI dependency by which a route names the permission it needs.
+
+The answers, the same on every route:
+
+- no valid token: **401**;
+- an object the caller may not see (a snapshot, job, client or pool of clients none of
+  its grants or its token covers): **404**, exactly as if it did not exist — never 403,
+  which would tell that it exists;
+- an object it sees, or a route without an object, whose permission it lacks: **403**
+  (:class:`~costor.errors.PermissionDenied`).
+
+A route without an object (a list, the status) needs its permission on some client: it
+then shows only what the caller holds it on (:meth:`Access.allows`). A route on an
+object declares ``per_object=True`` and checks the object with :meth:`Access.client`,
+:meth:`Access.pool` or :meth:`Access.site` before it acts. Objects of the whole site (a
+pool, which holds every client's data; maintenance) need the permission on every client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from costor.errors import (
+    CostorError,
+    JobNotFound,
+    NotAuthenticated,
+    PermissionDenied,
+    UnknownResource,
+)
+from costor.ops.context import Context
+from costor.ops.control.tokens import Grant, authenticate
+
+bearer = HTTPBearer(auto_error=False, description="costor token create")
+
+
+def authenticated(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+) -> Grant:
+    """The grant of the request's bearer token (401 without a valid one)."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise NotAuthenticated(reason="no bearer token")
+    with request.app.state.gate.use(**asking(request, None)) as ctx:
+        found = authenticate(ctx, credentials.credentials.strip())
+    request.state.grant = found
+    return found
+
+
+def asking(request: Request, who: Grant | None) -> dict[str, Any]:
+    """Who asks, as the audit log names them (costor/ops/context.py ``Context.actor``)."""
+    return {
+        "actor": f"token:{who.token_id}" if who is not None else "anonymous",
+        "source": request.client.host if request.client is not None else None,
+        "request_id": getattr(request.state, "request_id", None),
+    }
+
+
+@contextmanager
+def use(request: Request) -> Iterator[Context]:
+    """The gate's context, for the use case of a request whose token was checked,
+    naming who asks."""
+    who = getattr(request.state, "grant", None)
+    with request.app.state.gate.use(**asking(request, who)) as ctx:
+        yield ctx
+
+
+@dataclass(frozen=True)
+class Access:
+    """A request's grant, with the permission its route needs."""
+
+    grant: Grant
+    permission: str
+
+    def allows(self, client: str) -> bool:
+        """Whether the permission is held on ``client`` (what a list shows)."""
+        return self.grant.may(self.permission, client)
+
+    @property
+    def whole_site(self) -> bool:
+        """Whether the permission is held on every client (nothing to leave out)."""
+        return self.grant.may(self.permission)
+
+    def client(self, name: str, *, missing: CostorError) -> None:
+        """``missing`` (404) unless the caller sees client ``name``; 403 unless it
+        holds the permission on it."""
+        if not self.grant.sees_client(name):
+            raise missing
+        if not self.grant.may(self.permission, name):
+            raise self._denied(f"client {name!r}")
+
+    def site(self, *, missing: CostorError | None = None, what: str = "the site") -> None:
+        """For an object of the whole site: ``missing`` (404) unless the caller sees
+        every client (when the object is not for everyone to see), 403 unless it holds
+        the permission on every client."""
+        if missing is not None and not self.grant.sees_everything:
+            raise missing
+        if not self.whole_site:
+            raise self._denied(what)
+
+    def job(self, job: dict[str, Any], clients: set[str]) -> None:
+        """A job is its target's: a client's job is seen by whoever sees the client, a
+        pool's only by a caller who sees every client (``clients``: the declared ones)."""
+        missing = JobNotFound(job_id=job["id"])
+        if job["target"] in clients:
+            self.client(job["target"], missing=missing)
+        else:
+            self.site(missing=missing, what=f"job {job['id']}")
+
+    def pool(self, ctx: Context, name: str) -> None:
+        """A pool: seen by whoever sees one of its clients (or every client), acted on
+        only with the permission on every client (it holds them all)."""
+        clients = [c for c, config in ctx.inventory.clients.items() if config.pool == name]
+        seen = self.grant.sees_everything or any(self.grant.sees_client(c) for c in clients)
+        if name not in ctx.inventory.pools or not seen:
+            raise UnknownResource(kind="pool", name=name)
+        if not self.whole_site:
+            raise self._denied(f"pool {name!r} (it holds other clients' data too)")
+
+    def _denied(self, what: str) -> PermissionDenied:
+        return PermissionDenied(
+            reason=f"{self.permission} on {what} is not granted to this token "
+            f"(user {self.grant.user!r}, scope {self.grant.scope!r})"
+        )
+
+
+def requires(permission: str, *, per_object: bool = False) -> Any:
+    """The dependency of a route that needs ``permission``: its :class:`Access`. Without
+    ``per_object``, a caller who holds it on no client at all is refused (403) here;
+    with it, the route checks its object (404 before 403)."""
+
+    def dependency(grant: Grant = Depends(authenticated)) -> Access:
+        if not per_object and not grant.may_somewhere(permission):
+            raise PermissionDenied(
+                reason=f"{permission} is not granted to this token "
+                f"(user {grant.user!r}, scope {grant.scope!r})"
+            )
+        return Access(grant, permission)
+
+    dependency.__name__ = f"requires_{permission.replace('.', '_')}"
+    return Depends(dependency)
+
+
+__all__ = ["Access", "asking", "authenticated", "requires", "use"]

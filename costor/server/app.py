@@ -4,10 +4,12 @@ the :class:`Gate` and returns the use case's ``to_json()`` document, the one the
 prints with ``--json``.
 
 Who may see what: every ``/api/v1`` route needs a bearer token (``costor token
-create``); scopes ``read`` and ``admin`` may both read (every route here is a GET). A
-token limited to some clients sees only those clients: their snapshots, their jobs,
+create``) and names the permission it needs (``costor/server/permissions.py``
+``requires``; the decision is ``costor.ops.control.tokens.Grant``'s). A caller whose
+grants or token cover some clients only sees only those: their snapshots, their jobs,
 their lines of the status; another client's snapshot answers 404 as an unknown one
-would (never 403: a 403 would say that it exists).
+would (never 403: a 403 would say that it exists). The routes that change things are
+in ``costor/server/actions.py``.
 """
 
 from __future__ import annotations
@@ -19,29 +21,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from costor import __version__
 from costor.errors import (
     AmbiguousSnapshot,
-    JobNotFound,
-    NotAuthenticated,
     SnapshotNotFound,
     UsageError,
 )
 from costor.ops.context import Context
-from costor.ops.control.tokens import Grant, authenticate
+from costor.ops.control.tokens import Grant
 from costor.ops.jobs.requests import job_history
 from costor.ops.restore.browse import list_snapshot
 from costor.ops.restore.snapshots import list_snapshots, resolve
 from costor.ops.status import LEVELS, status
-from costor.server import documents
+from costor.server import actions, documents
 from costor.server.errors import error_response, install_error_handlers
 from costor.server.gate import Gate
 from costor.server.metrics import registry
+from costor.server.permissions import Access, requires, use
 
 if TYPE_CHECKING:
     from costor.store.snapshot import Snapshot
@@ -67,24 +67,7 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
     install_error_handlers(app)
     app.middleware("http")(_request_id)
     metrics = registry(gate)
-
-    bearer = HTTPBearer(auto_error=False, description="costor token create")
-
-    def grant(
-        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
-    ) -> Grant:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise NotAuthenticated(reason="no bearer token")
-        with gate.use(**_asking(request, None)) as ctx:
-            found = authenticate(ctx, credentials.credentials.strip())
-        request.state.grant = found
-        return found
-
-    def use(request: Request) -> Any:
-        """The gate, for the use case of a request whose token was checked."""
-        return gate.use(**_asking(request, getattr(request.state, "grant", None)))
-
-    who_asks = Depends(grant)
+    app.include_router(actions.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
@@ -97,27 +80,31 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(f"{API}/status", tags=["admin"])
-    def get_status(request: Request, who: Grant = who_asks) -> dict[str, Any]:
-        """As `costor status --json` (a limited token sees its clients only)."""
+    def get_status(request: Request, access: Access = requires("config.read")) -> dict[str, Any]:
+        """As `costor status --json` (a caller limited to some clients sees theirs only)."""
         with use(request) as ctx:
             document = status(ctx).to_json()
-        return _status_seen_by(document, who)
+        return _status_seen_by(document, access)
 
     @app.get(f"{API}/clients", tags=["admin"])
-    def get_clients(request: Request, who: Grant = who_asks) -> list[dict[str, Any]]:
+    def get_clients(
+        request: Request, access: Access = requires("config.read")
+    ) -> list[dict[str, Any]]:
         """Each client's health against its RPO: the `clients` of `costor status --json`."""
         with use(request) as ctx:
             clients: list[dict[str, Any]] = status(ctx).clients
-        return [c for c in clients if who.sees_client(c["client"])]
+        return [c for c in clients if access.allows(c["client"])]
 
     @app.get(f"{API}/pools", tags=["admin"])
-    def get_pools(request: Request, who: Grant = who_asks) -> list[dict[str, Any]]:
+    def get_pools(
+        request: Request, access: Access = requires("config.read")
+    ) -> list[dict[str, Any]]:
         """Each pool: site, backend, bytes before and after compression, snapshots (a
-        limited token: the pools of its clients)."""
+        caller limited to some clients: the pools of its clients)."""
         with use(request) as ctx:
             pools = documents.pool_documents(ctx)
-            theirs = {c.pool for name, c in ctx.inventory.clients.items() if who.sees_client(name)}
-        return [p for p in pools if not who.clients or p["pool"] in theirs]
+            theirs = {c.pool for name, c in ctx.inventory.clients.items() if access.allows(name)}
+        return [p for p in pools if access.whole_site or p["pool"] in theirs]
 
     @app.get(f"{API}/snapshots", tags=["admin"])
     def get_snapshots(
@@ -129,13 +116,13 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         until: Annotated[str | None, Query(description="ISO 8601 time, exclusive")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
-        who: Grant = who_asks,
+        access: Access = requires("snapshots.list"),
     ) -> list[dict[str, Any]]:
         """As `costor snapshots --json`, oldest first (time, then id: a stable order;
         a new snapshot is newer, so the next page is not shifted by it). One page:
         `X-Total-Count` says how many match, `Link: <…>; rel="next"` where the next
         page starts."""
-        if client is not None and not who.sees_client(client):
+        if client is not None and not access.allows(client):
             matching: list[dict[str, Any]] = []
         else:
             with use(request) as ctx:
@@ -143,7 +130,7 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
             matching = [
                 {**snapshot.summary(), "pool": name}
                 for name, snapshot in found
-                if who.sees_client(snapshot.client)
+                if access.allows(snapshot.client)
                 and (since is None or _utc(snapshot.time) >= _utc(since))
                 and (until is None or _utc(snapshot.time) < _utc(until))
             ]
@@ -155,19 +142,26 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         return page
 
     @app.get(f"{API}/snapshots/{{snapshot}}", tags=["admin"])
-    def get_snapshot(request: Request, snapshot: str, who: Grant = who_asks) -> dict[str, Any]:
+    def get_snapshot(
+        request: Request,
+        snapshot: str,
+        access: Access = requires("snapshots.list", per_object=True),
+    ) -> dict[str, Any]:
         """One snapshot (an id, a unique prefix or CLIENT:latest), as in `snapshots --json`."""
         with use(request) as ctx:
-            name, found = _resolve_visible(ctx, who, snapshot)
+            name, found = _resolve_visible(ctx, access.grant, snapshot, access.permission)
         return {**found.summary(), "pool": name}
 
     @app.get(f"{API}/snapshots/{{snapshot}}/tree", tags=["admin"])
     def get_tree(
-        request: Request, snapshot: str, path: str = "/", who: Grant = who_asks
+        request: Request,
+        snapshot: str,
+        path: str = "/",
+        access: Access = requires("snapshots.read", per_object=True),
     ) -> list[dict[str, Any]]:
         """What the snapshot holds under `path`, as `costor ls SNAPSHOT PATH --json`."""
         with use(request) as ctx:
-            _name, found = _resolve_visible(ctx, who, snapshot)
+            _name, found = _resolve_visible(ctx, access.grant, snapshot, access.permission)
             return list_snapshot(ctx, snapshot=found.id, path=path).to_json()
 
     @app.get(f"{API}/jobs", tags=["admin"])
@@ -176,45 +170,37 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         state: str | None = None,
         kind: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-        who: Grant = who_asks,
+        access: Access = requires("jobs.read"),
     ) -> list[dict[str, Any]]:
-        """As `costor jobs --json`, newest first (a limited token: its clients' jobs)."""
+        """As `costor jobs --json`, newest first (a caller limited to some clients: their
+        jobs, not the pools')."""
         with use(request) as ctx:
             jobs = job_history(ctx, state=state, kind=kind, limit=limit).to_json()
             clients = set(ctx.inventory.clients)
-        if who.clients:
-            jobs = [j for j in jobs if j["target"] in clients and who.sees_client(j["target"])]
+        if not access.whole_site:
+            jobs = [j for j in jobs if j["target"] in clients and access.allows(j["target"])]
         return jobs
 
     @app.get(f"{API}/jobs/{{job_id}}", tags=["admin"])
-    def get_job(request: Request, job_id: int, who: Grant = who_asks) -> dict[str, Any]:
+    def get_job(
+        request: Request, job_id: int, access: Access = requires("jobs.read", per_object=True)
+    ) -> dict[str, Any]:
         """One job, as in `costor jobs --json`."""
         with use(request) as ctx:
             job = documents.job_document(ctx, job_id)
-            clients = set(ctx.inventory.clients)
-        if who.clients and not (job["target"] in clients and who.sees_client(job["target"])):
-            raise JobNotFound(job_id=job_id)
+            access.job(job, set(ctx.inventory.clients))
         return job
 
     return app
 
 
-def _asking(request: Request, who: Grant | None) -> dict[str, Any]:
-    """Who asks, as the audit log names them (costor/ops/context.py ``Context.actor``)."""
-    return {
-        "actor": f"token:{who.token_id}" if who is not None else "anonymous",
-        "source": request.client.host if request.client is not None else None,
-        "request_id": getattr(request.state, "request_id", None),
-    }
-
-
-def _status_seen_by(document: dict[str, Any], who: Grant) -> dict[str, Any]:
-    """The status document as a token limited to some clients may see it: their lines,
+def _status_seen_by(document: dict[str, Any], access: Access) -> dict[str, Any]:
+    """The status document as a caller limited to some clients may see it: their lines,
     each site's health as the worst of theirs, no word of any other client (unapplied
     changes of theirs only; the inventory's errors, which may name anything, left out)."""
-    if not who.clients:
+    if access.whole_site:
         return document
-    clients = [c for c in document["clients"] if who.sees_client(c["client"])]
+    clients = [c for c in document["clients"] if access.allows(c["client"])]
     for site in document["sites"]:
         mine = [str(c["health"]) for c in clients if c["site"] == site["site"]]
         site["health"] = max(mine, key=LEVELS.index, default="ok")
@@ -228,17 +214,20 @@ def _status_seen_by(document: dict[str, Any], who: Grant) -> dict[str, Any]:
     inventory["unapplied"] = {
         address: change
         for address, change in inventory["unapplied"].items()
-        if address.startswith("client.") and who.sees_client(address.removeprefix("client."))
+        if address.startswith("client.") and access.allows(address.removeprefix("client."))
     }
     return {**document, "clients": clients}
 
 
-def _resolve_visible(ctx: Context, who: Grant, ref: str) -> tuple[str, Snapshot]:
+def _resolve_visible(
+    ctx: Context, who: Grant, ref: str, permission: str = "snapshots.read"
+) -> tuple[str, Snapshot]:
     """(pool, snapshot) for ``ref`` as :func:`resolve` finds it, among the snapshots
-    ``who`` may see: for a token limited to some clients, a prefix is matched against
+    ``who`` may see: for a caller limited to some clients, a prefix is matched against
     their snapshots only (so no answer, not even "ambiguous", tells that another
-    client's snapshot exists) and another client's ``CLIENT:latest`` is not found."""
-    if who.clients:
+    client's snapshot exists) and another client's ``CLIENT:latest`` is not found. Then
+    ``permission`` on the snapshot's client: 403 without it."""
+    if not who.sees_everything:
         if ref.endswith(":latest"):
             if not who.sees_client(ref.removesuffix(":latest")):
                 raise SnapshotNotFound(ref=ref)
@@ -254,6 +243,7 @@ def _resolve_visible(ctx: Context, who: Grant, ref: str) -> tuple[str, Snapshot]
                 raise AmbiguousSnapshot(ref=ref, count=len(ids))
             ref = ids.pop()
     name, _pool, found = resolve(ctx, ref, load_index=False)
+    Access(who, permission).client(found.client, missing=SnapshotNotFound(ref=ref))
     return name, found
 
 

@@ -201,6 +201,36 @@ def record_json(row: AuditRow) -> dict[str, Any]:
     }
 
 
+# --- anchors (costor/store/anchor.py) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainPoint:
+    """Where the chain stands: which chain (its first record's hash), and the record the
+    head names with its hash."""
+
+    chain: str
+    record: int
+    hash: str
+
+
+def chain_point(engine: Engine) -> ChainPoint | None:
+    """The chain's identity and head, for an anchor; None while the log is empty."""
+    with session_scope(engine, write=False) as session:
+        first = session.exec(select(AuditRow).order_by(col(AuditRow.id)).limit(1)).first()
+        head = session.get(AuditHeadRow, HEAD)
+        if first is None or head is None:
+            return None
+        return ChainPoint(first.hash, head.last_id, head.last_hash)
+
+
+def hash_of(engine: Engine, record: int) -> str | None:
+    """The stored hash of record ``record``; None when there is no such record."""
+    with session_scope(engine, write=False) as session:
+        row = session.get(AuditRow, record)
+        return None if row is None else row.hash
+
+
 # --- verifying -----------------------------------------------------------------------
 
 
@@ -227,6 +257,8 @@ class ChainCheck:
     head_id: int | None
     head_hash: str | None
     broken: BrokenLink | None
+    # The pools' anchors compared with the chain (costor/ops/audit.py verify_log).
+    anchors: tuple[dict[str, Any], ...] = ()
 
     @property
     def intact(self) -> bool:
@@ -240,6 +272,7 @@ class ChainCheck:
             if self.head_id is None
             else {"record": self.head_id, "hash": self.head_hash},
             "broken": self.broken.to_json() if self.broken is not None else None,
+            "anchors": list(self.anchors),
         }
 
 

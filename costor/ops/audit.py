@@ -27,19 +27,24 @@ When the log cannot be written, the rule is:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from costor.config.model import duration_seconds
 from costor.db import audit as audit_log
-from costor.db.audit import ChainCheck
+from costor.db.audit import BrokenLink, ChainCheck
 from costor.db.session import Engine
 from costor.errors import AuditUnavailable, CostorError, UsageError
+from costor.store.anchor import Anchor, newest_anchor, read_anchors, write_anchor
 from costor.util.clock import utcnow
 from costor.util.log import get_logger
+
+if TYPE_CHECKING:
+    from costor.ops.context import Context
 
 logger = get_logger("audit")
 
@@ -197,6 +202,76 @@ def parse_since(text: str, option: str) -> datetime:
     return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def verify_log(caller: Caller) -> ChainCheck:
-    """``costor audit verify``: walk the chain; its first broken link, if any."""
-    return audit_log.verify(caller.engine)
+def verify_log(ctx: Context) -> ChainCheck:
+    """``costor audit verify``: walk the chain; its first broken link, if any. An intact
+    chain is then compared with the newest anchor each pool holds
+    (costor/store/anchor.py): a chain that ends before an anchored record, or holds
+    another hash there, was cut or rewritten by someone who could write the database."""
+    check = audit_log.verify(ctx.engine)
+    if not check.intact:
+        return check
+    point = audit_log.chain_point(ctx.engine)
+    seen: list[dict[str, Any]] = []
+    for name in ctx.pool_names():
+        try:
+            pool = ctx.open_pool(name, load_index=False)
+            anchors = read_anchors(pool, point.chain if point is not None else None)
+        except CostorError as error:
+            seen.append({"pool": name, "error": str(error)})
+            continue
+        if not anchors:
+            seen.append({"pool": name, "record": None})
+            continue
+        anchor = anchors[0][1]
+        seen.append({"pool": name, "record": anchor.record, "time": _when(anchor.time)})
+        broken = _against_anchor(ctx.engine, point, anchor, name)
+        if broken is not None:
+            return replace(check, broken=broken, anchors=tuple(seen))
+    return replace(check, anchors=tuple(seen))
+
+
+def _against_anchor(
+    engine: Engine, point: audit_log.ChainPoint | None, anchor: Anchor, pool: str
+) -> BrokenLink | None:
+    written = f"pool {pool}'s anchor of {_when(anchor.time)}"
+    if point is None:
+        return BrokenLink(
+            anchor.record,
+            "truncated",
+            f"the log is empty, but {written} names record {anchor.record}: it was emptied",
+        )
+    if anchor.record > point.record:
+        return BrokenLink(
+            anchor.record,
+            "truncated",
+            f"{written} names record {anchor.record}, but the log ends at record "
+            f"{point.record}: records were cut from its end",
+        )
+    if audit_log.hash_of(engine, anchor.record) != anchor.hash:
+        return BrokenLink(
+            anchor.record,
+            "changed",
+            f"record {anchor.record} is not the one {written} names (another hash, or "
+            "gone): the log was rewritten from there",
+        )
+    return None
+
+
+def anchor_head(ctx: Context, pool_name: str) -> None:
+    """Write the chain's head into the pool (costor/store/anchor.py), when it moved since
+    the pool's newest anchor; best effort: a failure is logged, the work stands."""
+    try:
+        point = audit_log.chain_point(ctx.engine)
+        if point is None:
+            return
+        pool = ctx.open_pool(pool_name, load_index=False)
+        newest = newest_anchor(pool, point.chain)
+        if newest is not None and newest.record >= point.record:
+            return
+        write_anchor(pool, Anchor(point.chain, point.record, point.hash, time.time()))
+    except Exception as error:  # noqa: BLE001  (best effort: the backup, check or prune stands)
+        logger.warning("the audit log's head was not anchored in pool %s: %s", pool_name, error)
+
+
+def _when(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

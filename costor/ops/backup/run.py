@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from costor.db import queue as jobs
 from costor.errors import BackupError, CostorError, DataCorruption
-from costor.ops.audit import audited
+from costor.ops.audit import anchor_head, audited
 from costor.ops.context import Context
 from costor.store.backup.walk import Archiver
 from costor.store.progress import Progress
@@ -115,6 +115,7 @@ def run_backup(
         noted.update(
             snapshot=outcome.snapshot.id, pool=outcome.pool, complete=not outcome.incomplete
         )
+    anchor_head(ctx, outcome.pool)  # the log's head, kept in the pool (docs/audit.md)
     return outcome
 
 

@@ -9,7 +9,7 @@ from costor.db import catalogue
 from costor.db.models import PackRow
 from costor.db.session import session_scope
 from costor.errors import CostorError, NotApplied
-from costor.ops.audit import audited
+from costor.ops.audit import anchor_head, audited
 from costor.ops.context import Context, snapshot_row
 from costor.store.checker import CheckReport, Problem, check, reindex
 from costor.store.progress import Progress
@@ -123,6 +123,7 @@ def _check_one(
     with audited(ctx, "check", f"pool:{name}", detail=detail) as noted:
         report = _check(ctx, name, read_data=read_data, subset=subset, progress=progress)
         noted.update(problems=len(report.problems), packs_read=report.packs_read)
+    anchor_head(ctx, name)
     return report
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from costor.config.model import duration_seconds, percentage_fraction
 from costor.db import catalogue
 from costor.db.session import session_scope
-from costor.ops.audit import audited
+from costor.ops.audit import anchor_head, audited
 from costor.ops.context import Context
 from costor.store.gc.prune import PruneOptions, prune
 from costor.store.progress import Progress
@@ -54,5 +54,7 @@ def prune_pools(
                 packs_deleted=report.packs_deleted,
                 bytes_deleted=report.bytes_deleted,
             )
+        if not dry_run:
+            anchor_head(ctx, name)
         reports.append((name, report))
     return reports

@@ -37,7 +37,7 @@ from costor.ops.jobs.requests import job_history
 from costor.ops.restore.browse import list_snapshot
 from costor.ops.restore.snapshots import list_snapshots, resolve
 from costor.ops.status import LEVELS, status
-from costor.server import actions, documents
+from costor.server import actions, documents, downloads
 from costor.server.errors import error_response, install_error_handlers
 from costor.server.gate import Gate
 from costor.server.metrics import registry
@@ -191,6 +191,7 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
             access.job(job, set(ctx.inventory.clients))
         return job
 
+    app.include_router(downloads.router(_resolve_visible), prefix=API)
     return app
 
 

@@ -91,7 +91,8 @@ ROLES = {
 AU, EU = "auditor", "end-user"
 
 # (method, route, object: "own" | "other" | None) -> status per role, in ROLES' order.
-# {snapshot}, {job}: alpha's ("own") or beta's ("other"); {client}: alpha or beta.
+# {snapshot}, {job}, {file}, {dir}: alpha's ("own") or beta's ("other"); {client}: alpha
+# or beta. Downloads (costor/server/downloads.py) are content: snapshots.read.
 MATRIX: list[tuple[str, str, str | None, tuple[int, ...]]] = [
     # reads: admin, operator, auditor, end-user, viewer, declared
     ("GET", "/api/v1/status", None, (200, 200, 200, 403, 200, 403)),
@@ -103,6 +104,32 @@ MATRIX: list[tuple[str, str, str | None, tuple[int, ...]]] = [
     ("GET", "/api/v1/snapshots/{snapshot}", "other", (200, 200, 200, 404, 200, 403)),
     ("GET", "/api/v1/snapshots/{snapshot}/tree", "own", (200, 200, 403, 200, 200, 403)),
     ("GET", "/api/v1/snapshots/{snapshot}/tree", "other", (200, 200, 403, 404, 200, 403)),
+    ("GET", "/api/v1/snapshots/{snapshot}/file?path={file}", "own", (200, 200, 403, 200, 200, 403)),
+    (
+        "GET",
+        "/api/v1/snapshots/{snapshot}/file?path={file}",
+        "other",
+        (200, 200, 403, 404, 200, 403),
+    ),
+    (
+        "GET",
+        "/api/v1/snapshots/{snapshot}/archive?path={dir}",
+        "own",
+        (200, 200, 403, 200, 200, 403),
+    ),
+    (
+        "GET",
+        "/api/v1/snapshots/{snapshot}/archive?path={dir}",
+        "other",
+        (200, 200, 403, 404, 200, 403),
+    ),
+    ("GET", "/api/v1/clients/{client}/versions?path={file}", "own", (200, 200, 403, 200, 200, 403)),
+    (
+        "GET",
+        "/api/v1/clients/{client}/versions?path={file}",
+        "other",
+        (200, 200, 403, 404, 200, 403),
+    ),
     ("GET", "/api/v1/jobs", None, (200, 200, 200, 200, 200, 200)),
     ("GET", "/api/v1/jobs/{job}", "own", (200, 200, 200, 200, 200, 200)),
     ("GET", "/api/v1/jobs/{job}", "other", (200, 200, 200, 404, 200, 200)),
@@ -175,6 +202,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                     "client": client,
                     "snapshot": next(s["id"] for s in snapshots if s["client"] == client),
                     "job": str(next(j["id"] for j in jobs if j["target"] == client)),
+                    "dir": str(root / f"src-{client}"),
+                    "file": str(root / f"src-{client}" / "file.txt"),
                 }
             yield served
         finally:

@@ -331,7 +331,12 @@ def test_a_client_leaving_mid_download_leaves_the_server_answering(
             for chunk in response.iter_raw():
                 taken += len(chunk)
                 if taken > 1024 * 1024:
-                    break  # and the connection closes
+                    break  # the connection closes at the end of the block
+            # Meanwhile, with the download open and waiting on this client, other
+            # requests are answered: it holds no lock of the API's (the gate).
+            started = time.monotonic()
+            assert served.get("/api/v1/snapshots", params={"client": "alpha"}).status_code == 200
+            assert time.monotonic() - started < 10
     started = time.monotonic()
     assert served.get("/api/v1/status").status_code == 200
     assert time.monotonic() - started < 10

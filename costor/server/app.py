@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -24,6 +23,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from costor import __version__
 from costor.errors import (
@@ -65,7 +66,7 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
     )
     app.state.gate = gate
     install_error_handlers(app)
-    app.middleware("http")(_request_id)
+    app.add_middleware(_RequestIds)
     metrics = registry(gate)
     app.include_router(actions.router)
 
@@ -248,18 +249,42 @@ def _resolve_visible(
     return name, found
 
 
-async def _request_id(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+class _RequestIds:
     """Every response carries ``X-Request-Id``: the caller's, when it sent a sane one
-    (a proxy's), else a new one. An error no handler knew is a 500 in the error shape."""
-    given = request.headers.get("x-request-id", "")
-    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-    request.state.request_id = request_id
-    try:
-        response = await call_next(request)
-    except Exception as error:  # noqa: BLE001  (answered as a 500, logged by uvicorn)
-        response = error_response(request, error)
-    response.headers["X-Request-Id"] = request_id
-    return response
+    (a proxy's), else a new one; an error no handler knew, before the response started,
+    is a 500 in the error shape. Pure ASGI rather than Starlette's BaseHTTPMiddleware:
+    that one ends a streamed body cleanly when the app fails after it started (a
+    download that met damage would look complete); here the error goes on up and the
+    server cuts the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get("x-request-id", "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-Id"] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as error:
+            if started:
+                raise  # mid-body: the connection is cut, never a complete-looking end
+            response = error_response(Request(scope), error)
+            response.headers["X-Request-Id"] = request_id
+            await response(scope, receive, send)
 
 
 def _utc(text: str) -> datetime:

@@ -354,14 +354,7 @@ def test_a_client_leaving_mid_download_leaves_the_server_answering(
     "route",
     [
         "file",
-        pytest.param(
-            "archive",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="app.py's request-id middleware (Starlette BaseHTTPMiddleware) ends "
-                "a chunked body cleanly after an error; a pure ASGI middleware fixes it",
-            ),
-        ),
+        "archive",
     ],
 )
 def test_damage_found_midway_cuts_the_transfer(served: Served, route: str) -> None:

@@ -23,14 +23,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     create = actions.add_parser(
         "create",
         help="make a token for a user (printed once; only its hash is kept)",
-        description="Makes an API token for an applied user. Scopes: read (every GET of the "
-        "Admin API) and admin (only for a user with the admin role). --clients limits what "
-        "the token sees to these clients (names or globs): others answer 404.",
+        description="Makes an API token for an applied user. Scopes: read (look, browse, "
+        "download), operate (also run backups and maintenance jobs, cancel jobs) and admin "
+        "(everything); a token never does more than its user's roles allow. --clients "
+        "limits what the token sees to these clients (names or globs): others answer 404.",
     )
     add_inventory_option(create)
     add_json_option(create)
     create.add_argument("--user", metavar="U", required=True)
-    create.add_argument("--scope", metavar="SCOPE", required=True, help="admin or read")
+    create.add_argument("--scope", metavar="SCOPE", required=True, help="read, operate or admin")
     create.add_argument(
         "--clients", metavar="A,B", default="", help="only these clients (names or globs)"
     )
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if not found.tokens:
         print("no tokens")
         return 0
-    print(f"{'ID':<12}  {'USER':<16} {'SCOPE':<6} {'STATE':<8} {'EXPIRES':<19}  CLIENTS")
+    print(f"{'ID':<12}  {'USER':<16} {'SCOPE':<7} {'STATE':<8} {'EXPIRES':<19}  CLIENTS")
     now = _now()
     for token in found.tokens:
         state = "revoked" if token.revoked_at else "active"
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         expires = (token.expires_at or "never")[:19].replace("T", " ")
         shown = ",".join(token.clients) or "*"
         print(
-            f"{token.id:<12}  {token.user:<16} {token.scope:<6} {state:<8} {expires:<19}  {shown}"
+            f"{token.id:<12}  {token.user:<16} {token.scope:<7} {state:<8} {expires:<19}  {shown}"
         )
     return 0
 

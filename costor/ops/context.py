@@ -97,6 +97,7 @@ class Context:
         # process that backs up many clients (backup --all, the scheduler) derives each
         # pool's key once (~0.2 s of argon2id), not once per backup.
         self._masters: dict[tuple[str, str], Any] = {}
+        self._manifests: dict[str, dict[str, Any]] = {}  # pool UUID -> manifests read
         self.keep_indexes = keep_indexes
         self._index_caches: dict[str, IndexCache] = {}  # by pool UUID
         # Who runs this command, as the audit log names them (costor.ops.audit): the OS
@@ -378,6 +379,8 @@ class Context:
         return Pool(backend, identity, master)
 
     def _configure(self, name: str, pool: Pool) -> None:
+        # Every Pool object this context opens for one pool shares the manifests read.
+        pool.manifests = self._manifests.setdefault(pool.uuid, pool.manifests)
         config = self.pool_config(name)
         pool.configure_writes(
             compression_level=config.compression.level

@@ -78,6 +78,11 @@ class HttpServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit it. Without it, on a kept-alive connection every
+        # response waited ~40 ms: uvicorn writes the headers and the body apart, and
+        # Nagle held the body until the client's delayed ACK of the headers (a served
+        # socket does not get asyncio's own TCP_NODELAY). bench/api.py measures it.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((host, port))
             sock.listen(128)

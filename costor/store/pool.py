@@ -20,6 +20,7 @@ from many threads; sealing and compression run outside the lock.
 
 from __future__ import annotations
 
+import copy
 import os
 import struct
 import threading
@@ -195,6 +196,9 @@ class Pool:
         # load_index; and those this process found, recorded by save_damage (flush).
         self.damage: Damage = {}
         self.unreadable_snapshots: dict[str, str] = {}  # list_snapshots left them out
+        # Manifests read and verified (load_snapshot), by id; a plain dict's get and set
+        # are atomic, so it may be shared between threads and Pool objects of one pool.
+        self.manifests: dict[str, Snapshot] = {}
         self._new_damage: list[DamagedCopy] = []
         self._adopt_lock = threading.Lock()
         self._adopted = False
@@ -692,19 +696,30 @@ class Pool:
         return snapshot_id
 
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
+        """A manifest, verified. Manifests are immutable and named by their hash, so one
+        read once is kept in ``manifests`` (which a long-lived caller may share between
+        the Pool objects it opens for one pool: the site server lists every snapshot per
+        request, and reading them was most of that); a copy is returned, for callers that
+        change what they got."""
+        known = self.manifests.get(snapshot_id)
+        if known is not None:
+            return copy.copy(known)
         name = f"snapshots/{snapshot_id}"
         data = self.backend.get(name)
         if crypto.object_hash(data) != snapshot_id:
             raise ObjectDamaged(name=name, reason="the snapshot does not match its name")
         try:
-            return Snapshot.from_bytes(self.sealer.open(data, SNAPSHOT_AD), snapshot_id)
+            snapshot = Snapshot.from_bytes(self.sealer.open(data, SNAPSHOT_AD), snapshot_id)
         except crypto.AuthenticationFailed as error:
             raise ObjectDamaged(name=name, reason=f"snapshot: {error}") from error
+        self.manifests[snapshot_id] = snapshot
+        return copy.copy(snapshot)
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         """Remove a snapshot manifest (``forget``). Its data stays until ``prune``
         finds it referenced by no other snapshot."""
         self.backend.delete(f"snapshots/{snapshot_id}")
+        self.manifests.pop(snapshot_id, None)
 
     def snapshot_ids(self) -> list[str]:
         return [info.name.rsplit("/", 1)[-1] for info in self.backend.list("snapshots/")]

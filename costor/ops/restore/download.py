@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
@@ -94,21 +95,27 @@ class _Stopped(Exception):
     """The reader left: the archive writer stops at its next write."""
 
 
-class Download:
-    """What both kinds of download share: the pool opened for it, its lease, and the
-    audit record left open until :meth:`close`."""
+class Download(ABC):
+    """What both kinds of download share: the snapshot and path, the pool opened for it,
+    its lease, and the audit record left open until :meth:`close`."""
 
-    def __init__(self, opening: _Opening, audit: ExitStack) -> None:
+    def __init__(
+        self, opening: _Opening, audit: ExitStack, *, snapshot: Snapshot, pool_name: str, path: str
+    ) -> None:
         self.pool = opening.pool
         self._lease = opening.lease
         self._audit = audit
         self._closed = False
         self.bytes_sent = 0
         self.noted = opening.noted  # the audit record's detail, completed at close
+        self.snapshot_id = snapshot.id
+        self.client = snapshot.client
+        self.pool_name = pool_name
+        self.path = path
 
+    @abstractmethod
     def chunks(self) -> Iterator[bytes]:
         """The download's bytes, in pieces (read on any one thread at a time)."""
-        raise NotImplementedError
 
     def close(self, error: BaseException | None = None) -> None:
         """End the download: ``error`` is why it did not complete (None: it did). Writes
@@ -131,7 +138,7 @@ class Download:
                 else:
                     self._audit.__exit__(type(error), error, error.__traceback__)
 
-    def _stop(self) -> None:
+    def _stop(self) -> None:  # noqa: B027  (a hook: only an archive has a thread to stop)
         """Stop the work of a download that produces on a thread of its own."""
 
 
@@ -152,11 +159,7 @@ class FileDownload(Download):
         stop: int,
         partial: bool,
     ) -> None:
-        super().__init__(opening, audit)
-        self.snapshot_id = snapshot.id
-        self.client = snapshot.client
-        self.pool_name = pool_name
-        self.path = path
+        super().__init__(opening, audit, snapshot=snapshot, pool_name=pool_name, path=path)
         self.node = node
         self.size = node.size
         self.start, self.stop, self.partial = start, stop, partial
@@ -203,11 +206,7 @@ class ArchiveDownload(Download):
         path: str,
         format: str,
     ) -> None:
-        super().__init__(opening, audit)
-        self.snapshot_id = snapshot.id
-        self.client = snapshot.client
-        self.pool_name = pool_name
-        self.path = path
+        super().__init__(opening, audit, snapshot=snapshot, pool_name=pool_name, path=path)
         self.format = format
         self.media_type = MEDIA_TYPES[format]
         self._pipe = _Pipe()
@@ -246,7 +245,7 @@ class ArchiveDownload(Download):
         except BaseException as error:  # noqa: BLE001  (handed to the reader, which raises it)
             self._pipe.fail(error)
 
-    def _stop(self) -> None:
+    def _stop(self) -> None:  # noqa: B027  (a hook: only an archive has a thread to stop)
         self._pipe.stop()
         if self._thread.is_alive():
             self._thread.join(JOIN_TIMEOUT)

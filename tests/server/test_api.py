@@ -8,12 +8,10 @@ its own).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 from collections.abc import Iterator
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +21,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving import ENV, start_serve, stop_serve
 from support.fixtures import CliResult, Site
 from support.inventory import local_tables, write_tables
-
-from costor.cli.main import main
 
 USERS = """
 [policies.nightly]
@@ -57,14 +53,8 @@ class Served:
         self.tokens: dict[str, str] = {}
 
     def cli(self, *args: str) -> CliResult:
-        """``costor ARGS`` in this process; ``token ACTION`` takes ``-c`` after its action."""
-        if args[0] != "token":
-            return self.site.cli(*args)
-        argv = [args[0], args[1], "-c", str(self.site.inventory), *args[2:]]
-        out, err = io.StringIO(), io.StringIO()
-        with redirect_stdout(out), redirect_stderr(err):
-            code = main(argv)
-        return CliResult(code, out.getvalue(), err.getvalue())
+        """``costor ARGS`` in this process."""
+        return self.site.cli(*args)
 
     def cli_json(self, *args: str) -> Any:
         result = self.cli(*args, "--json")

@@ -16,7 +16,6 @@ import tarfile
 import time
 import zipfile
 from collections.abc import Iterator
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,6 @@ import zstandard
 from serving import ENV, start_serve, stop_serve
 from support.fixtures import Site
 from support.inventory import local_tables, write_tables
-
-from costor.cli.main import main
 
 USERS = """
 [groups.admins]
@@ -59,12 +56,9 @@ class Served:
         return {"Authorization": f"Bearer {self.tokens[token]}"}
 
     def token(self, *args: str) -> str:
-        argv = ["token", "create", "-c", str(self.site.inventory), *args]
-        out, err = io.StringIO(), io.StringIO()
-        with redirect_stdout(out), redirect_stderr(err):
-            code = main(argv)
-        assert code == 0, err.getvalue()
-        return out.getvalue().strip()
+        result = self.site.cli("token", "create", *args)
+        assert result.code == 0, result.stderr
+        return result.stdout.strip()
 
     def reset_peak(self) -> None:
         """VmHWM starts again from VmRSS (proc(5): clear_refs, 5)."""

@@ -10,11 +10,9 @@ for the whole module, so the jobs the matrix queues stay queued and change nothi
 
 from __future__ import annotations
 
-import io
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
 import httpx
@@ -22,8 +20,6 @@ import pytest
 from serving import ENV, start_serve, stop_serve
 from support.fixtures import CliResult, Site
 from support.inventory import local_tables, write_tables
-
-from costor.cli.main import main
 
 PASSWORD = 'password = { env = "COSTOR_TEST_USER_PASSWORD" }'
 USERS = f"""
@@ -157,10 +153,7 @@ class Served:
         self.objects: dict[str, dict[str, str]] = {}
 
     def token_cli(self, action: str, *args: str) -> CliResult:
-        out, err = io.StringIO(), io.StringIO()
-        with redirect_stdout(out), redirect_stderr(err):
-            code = main(["token", action, "-c", str(self.site.inventory), *args])
-        return CliResult(code, out.getvalue(), err.getvalue())
+        return self.site.cli("token", action, *args)
 
     def token(self, user: str, scope: str, *args: str) -> str:
         result = self.token_cli("create", "--user", user, "--scope", scope, *args)

@@ -4,16 +4,13 @@ hash, never above its user's role, for an applied user only."""
 from __future__ import annotations
 
 import hashlib
-import io
 import re
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 from support.fixtures import CliResult, Site
 from support.inventory import local_tables, write_tables
 
-from costor.cli.main import main
 from costor.errors import NotAuthenticated
 from costor.ops.context import Context
 from costor.ops.control.tokens import authenticate
@@ -46,10 +43,7 @@ password = { env = "COSTOR_TEST_USER_PASSWORD" }
 
 
 def token_cli(site: Site, action: str, *args: str) -> CliResult:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main(["token", action, "-c", str(site.inventory), *args])
-    return CliResult(code, out.getvalue(), err.getvalue())
+    return site.cli("token", action, *args)
 
 
 @pytest.fixture

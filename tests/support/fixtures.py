@@ -53,6 +53,10 @@ __all__ = [
 ]
 
 
+# Verbs whose subcommand takes the options (`costor pool copy -c FILE …`).
+ACTION_VERBS = ("pool", "db", "hostkey", "token")
+
+
 @dataclass
 class CliResult:
     code: int
@@ -105,7 +109,7 @@ class Site:
         out, err = io.StringIO(), io.StringIO()
         verb, rest = args[0], list(args[1:])
         argv = [verb]
-        if verb in ("pool", "db", "hostkey"):  # verbs with an action: the action comes first
+        if verb in ACTION_VERBS:  # verbs with an action: the action comes first
             argv, rest = [verb, rest[0]], rest[1:]
         argv += ["-c", str(self.inventory), *rest]
         with redirect_stdout(out), redirect_stderr(err):
@@ -117,7 +121,7 @@ class Site:
     ) -> subprocess.Popen[bytes]:
         verb, rest = args[0], list(args[1:])
         argv = [verb]
-        if verb in ("pool", "db", "hostkey"):
+        if verb in ACTION_VERBS:
             argv, rest = [verb, rest[0]], rest[1:]
         argv += ["-c", str(self.inventory), *rest]
         full_env = {**os.environ, **(env or {})}

@@ -232,21 +232,27 @@ def authenticate(ctx: Context, token: str | None) -> Grant:
         # waits for a running backup's transaction.
         with session_scope(ctx.engine) as session:
             db_tokens.note_token_used(session, token_id, now)
-    granted = _user_permissions(ctx, row.user)
-    scope = _highest_scope(granted, up_to=row.scope)
+    return user_grant(
+        ctx, row.user, token_id=row.id, scope=row.scope, clients=tuple(json.loads(row.clients))
+    )
+
+
+def user_grant(
+    ctx: Context, user: str, *, token_id: str, scope: str, clients: tuple[str, ...] = ()
+) -> Grant:
+    """What ``user`` may do now through a credential of ``scope`` limited to
+    ``clients``: the user's grants as applied, each cut to what the scope allows (the
+    scope itself lowered to the highest one the user could hold). Tokens and login
+    sessions (``costor.ops.control.logins``) both become a :class:`Grant` here."""
+    granted = _user_permissions(ctx, user)
+    scope = _highest_scope(granted, up_to=scope)
     allowed = SCOPE_PERMISSIONS[scope]
     rights = tuple(
         RoleGrant(grant.permissions & allowed, grant.clients)
-        for grant in _user_rights(ctx, row.user)
+        for grant in _user_rights(ctx, user)
         if grant.permissions & allowed
     )
-    return Grant(
-        token_id=row.id,
-        user=row.user,
-        scope=scope,
-        clients=tuple(json.loads(row.clients)),
-        rights=rights,
-    )
+    return Grant(token_id=token_id, user=user, scope=scope, clients=clients, rights=rights)
 
 
 def _check_user(ctx: Context, session: Any, user: str, scope: str) -> None:

@@ -282,3 +282,38 @@ class SessionRow(SQLModel, table=True):
     created_at: datetime
     expires_at: datetime
     revoked_at: datetime | None = None
+
+
+class JobLogLineRow(SQLModel, table=True):
+    """One line a job's run logged (costor/ops/jobs/logs.py): numbered from 1 per job so
+    a reader can ask for what came after the last line it saw. Only a job's newest
+    lines are kept (costor/db/joblogs.py ``MAX_LINES``)."""
+
+    __tablename__ = "job_log_lines"
+
+    job_id: int = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    time: datetime
+    level: str  # "INFO", "WARNING", "ERROR", "CRITICAL"
+    text: str
+
+
+class ApplyRow(SQLModel, table=True):
+    """One ``costor apply`` and how it ended: who ran it, the changes carried out counted
+    by operation and resource type, the saved plan's hash, the state's serial after it."""
+
+    __tablename__ = "applies"
+
+    id: int | None = Field(default=None, primary_key=True)
+    started_at: datetime = Field(index=True)
+    finished_at: datetime
+    actor: str  # as the audit log names it: "os:USER@HOST", "token:ID"
+    source: str | None = None
+    outcome: str  # "succeeded" | "failed"
+    plan_file: str | None = None
+    plan_hash: str | None = None  # sha256 of the saved plan file's bytes, if one was applied
+    pending: int = 0  # changes the plan held
+    counts: str = "{}"  # JSON: {"created": {"client": 1}, "changed": {…}, "deleted": {…}, …}
+    applied: str = "[]"  # JSON: the addresses changed, in order
+    serial: int | None = None  # the state's serial after it (None: not known)
+    error: str | None = None

@@ -28,24 +28,31 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from costor import __version__
 from costor.errors import (
-    AmbiguousSnapshot,
-    SnapshotNotFound,
     UsageError,
 )
-from costor.ops.context import Context
-from costor.ops.control.tokens import Grant
 from costor.ops.jobs.requests import job_history
 from costor.ops.restore.browse import list_snapshot
-from costor.ops.restore.snapshots import list_snapshots, resolve
+from costor.ops.restore.snapshots import list_snapshots
 from costor.ops.status import LEVELS, status
 from costor.server import actions, documents, downloads
 from costor.server.errors import error_response, install_error_handlers
 from costor.server.gate import Gate
 from costor.server.metrics import registry
 from costor.server.permissions import Access, requires, use
+from costor.server.schemas import (
+    ClientStatus,
+    HealthDocument,
+    JobDocument,
+    PoolDocument,
+    SnapshotDocument,
+    StatusDocument,
+    TreeEntry,
+    error_responses,
+)
+from costor.server.visible import resolve_visible
 
 if TYPE_CHECKING:
-    from costor.store.snapshot import Snapshot
+    pass
 
 API = "/api/v1"
 MAX_PAGE = 1000
@@ -70,7 +77,7 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
     metrics = registry(gate)
     app.include_router(actions.router)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], response_model=HealthDocument)
     def healthz() -> dict[str, Any]:
         """For load balancers: the process serves (no authentication)."""
         return {"status": "ok", "version": __version__}
@@ -80,14 +87,24 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         """Prometheus text, read from the state database at scrape time."""
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get(f"{API}/status", tags=["admin"])
+    @app.get(
+        f"{API}/status",
+        tags=["admin"],
+        response_model=StatusDocument,
+        responses=error_responses(401, 403),
+    )
     def get_status(request: Request, access: Access = requires("config.read")) -> dict[str, Any]:
         """As `costor status --json` (a caller limited to some clients sees theirs only)."""
         with use(request) as ctx:
             document = status(ctx).to_json()
         return _status_seen_by(document, access)
 
-    @app.get(f"{API}/clients", tags=["admin"])
+    @app.get(
+        f"{API}/clients",
+        tags=["admin"],
+        response_model=list[ClientStatus],
+        responses=error_responses(401, 403),
+    )
     def get_clients(
         request: Request, access: Access = requires("config.read")
     ) -> list[dict[str, Any]]:
@@ -96,7 +113,12 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
             clients: list[dict[str, Any]] = status(ctx).clients
         return [c for c in clients if access.allows(c["client"])]
 
-    @app.get(f"{API}/pools", tags=["admin"])
+    @app.get(
+        f"{API}/pools",
+        tags=["admin"],
+        response_model=list[PoolDocument],
+        responses=error_responses(401, 403),
+    )
     def get_pools(
         request: Request, access: Access = requires("config.read")
     ) -> list[dict[str, Any]]:
@@ -107,7 +129,13 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
             theirs = {c.pool for name, c in ctx.inventory.clients.items() if access.allows(name)}
         return [p for p in pools if access.whole_site or p["pool"] in theirs]
 
-    @app.get(f"{API}/snapshots", tags=["admin"])
+    @app.get(
+        f"{API}/snapshots",
+        tags=["admin"],
+        response_model=list[SnapshotDocument],
+        response_model_exclude_unset=True,
+        responses=error_responses(400, 401, 403),
+    )
     def get_snapshots(
         response: Response,
         request: Request,
@@ -142,7 +170,13 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
             response.headers["Link"] = f'<{following}>; rel="next"'
         return page
 
-    @app.get(f"{API}/snapshots/{{snapshot}}", tags=["admin"])
+    @app.get(
+        f"{API}/snapshots/{{snapshot}}",
+        tags=["admin"],
+        response_model=SnapshotDocument,
+        response_model_exclude_unset=True,
+        responses=error_responses(400, 401, 403, 404),
+    )
     def get_snapshot(
         request: Request,
         snapshot: str,
@@ -150,10 +184,16 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
     ) -> dict[str, Any]:
         """One snapshot (an id, a unique prefix or CLIENT:latest), as in `snapshots --json`."""
         with use(request) as ctx:
-            name, found = _resolve_visible(ctx, access.grant, snapshot, access.permission)
+            name, found = resolve_visible(ctx, access.grant, snapshot, access.permission)
         return {**found.summary(), "pool": name}
 
-    @app.get(f"{API}/snapshots/{{snapshot}}/tree", tags=["admin"])
+    @app.get(
+        f"{API}/snapshots/{{snapshot}}/tree",
+        tags=["admin"],
+        response_model=list[TreeEntry],
+        response_model_exclude_unset=True,
+        responses=error_responses(400, 401, 403, 404),
+    )
     def get_tree(
         request: Request,
         snapshot: str,
@@ -162,10 +202,15 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
     ) -> list[dict[str, Any]]:
         """What the snapshot holds under `path`, as `costor ls SNAPSHOT PATH --json`."""
         with use(request) as ctx:
-            _name, found = _resolve_visible(ctx, access.grant, snapshot, access.permission)
+            _name, found = resolve_visible(ctx, access.grant, snapshot, access.permission)
             return list_snapshot(ctx, snapshot=found.id, path=path).to_json()
 
-    @app.get(f"{API}/jobs", tags=["admin"])
+    @app.get(
+        f"{API}/jobs",
+        tags=["admin"],
+        response_model=list[JobDocument],
+        responses=error_responses(400, 401, 403),
+    )
     def get_jobs(
         request: Request,
         state: str | None = None,
@@ -182,7 +227,12 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
             jobs = [j for j in jobs if j["target"] in clients and access.allows(j["target"])]
         return jobs
 
-    @app.get(f"{API}/jobs/{{job_id}}", tags=["admin"])
+    @app.get(
+        f"{API}/jobs/{{job_id}}",
+        tags=["admin"],
+        response_model=JobDocument,
+        responses=error_responses(400, 401, 403, 404),
+    )
     def get_job(
         request: Request, job_id: int, access: Access = requires("jobs.read", per_object=True)
     ) -> dict[str, Any]:
@@ -192,7 +242,7 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
             access.job(job, set(ctx.inventory.clients))
         return job
 
-    app.include_router(downloads.router(_resolve_visible), prefix=API)
+    app.include_router(downloads.router(resolve_visible), prefix=API)
     return app
 
 
@@ -219,34 +269,6 @@ def _status_seen_by(document: dict[str, Any], access: Access) -> dict[str, Any]:
         if address.startswith("client.") and access.allows(address.removeprefix("client."))
     }
     return {**document, "clients": clients}
-
-
-def _resolve_visible(
-    ctx: Context, who: Grant, ref: str, permission: str = "snapshots.read"
-) -> tuple[str, Snapshot]:
-    """(pool, snapshot) for ``ref`` as :func:`resolve` finds it, among the snapshots
-    ``who`` may see: for a caller limited to some clients, a prefix is matched against
-    their snapshots only (so no answer, not even "ambiguous", tells that another
-    client's snapshot exists) and another client's ``CLIENT:latest`` is not found. Then
-    ``permission`` on the snapshot's client: 403 without it."""
-    if not who.sees_everything:
-        if ref.endswith(":latest"):
-            if not who.sees_client(ref.removesuffix(":latest")):
-                raise SnapshotNotFound(ref=ref)
-        else:
-            ids = {
-                snapshot.id
-                for _pool, snapshot in list_snapshots(ctx)
-                if who.sees_client(snapshot.client) and snapshot.id.startswith(ref.lower())
-            }
-            if not ids:
-                raise SnapshotNotFound(ref=ref)
-            if len(ids) > 1:
-                raise AmbiguousSnapshot(ref=ref, count=len(ids))
-            ref = ids.pop()
-    name, _pool, found = resolve(ctx, ref, load_index=False)
-    Access(who, permission).client(found.client, missing=SnapshotNotFound(ref=ref))
-    return name, found
 
 
 class _RequestIds:

@@ -428,6 +428,34 @@ class JobNotCancellable(CostorError):
     http_status = 409
 
 
+class LoginFailed(NotAuthenticated):
+    """Login failed: wrong user name or password."""
+
+    # One message for an unknown user and a wrong password: the answer (and the time it
+    # takes) must not tell which user names exist.
+
+
+class LoginThrottled(CostorError):
+    """Too many failed logins {scope}: try again in {retry_after} s."""
+
+    # The server answers with Retry-After; nothing is checked meanwhile.
+    http_status = 429
+
+
+class CsrfRefused(CostorError):
+    """Refused: {reason}"""
+
+    # A session cookie's request that changes something must carry the session's
+    # X-CSRF-Token (a bearer token needs none: a browser never sends one by itself).
+    http_status = 403
+
+
+class SessionNotFound(CostorError):
+    """No login session {session_id!r}."""
+
+    http_status = 404
+
+
 # --- the audit log (issue 20) ---------------------------------------------------------
 
 

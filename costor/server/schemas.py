@@ -1,0 +1,236 @@
+"""The Admin API's answers as typed models: what the OpenAPI document promises for each
+read route, field for field the ``to_json()`` document of the use case the route calls
+(the one ``--json`` prints), in the same key order.
+
+A route names its model as ``response_model``; FastAPI checks the use case's document
+against it on the way out (a document that drifted from its model is a 500 in the
+error shape, caught by the tests, never a silently different answer) and writes it in
+the model's order. Keys a document sets only sometimes (a snapshot's ``taken_as``, an
+entry's symlink ``target``) have no default in the answer: the routes answer with
+``response_model_exclude_unset``, so a key absent from the document is absent from the
+answer, as in ``--json``.
+
+Errors: every ``4xx`` answer is an :class:`ErrorDocument` (``costor/server/errors.py``
+makes them); :func:`error_responses` declares which statuses a route may answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Health = Literal["ok", "warning", "critical"]
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ErrorDocument(_Document):
+    """Every error answer: the error's class (``costor/errors.py``), its message, and
+    the request's id (also in ``X-Request-Id``)."""
+
+    error: str = Field(description="the error's class, e.g. SnapshotNotFound")
+    message: str
+    request_id: str | None
+
+
+_MEANING = {
+    400: "invalid input (a query value, a body, a time that is not ISO 8601)",
+    401: "no valid bearer token",
+    403: "the token lacks the permission on what it sees",
+    404: "not found, or not the caller's to see (never 403 for what it may not see)",
+    409: "the object's state forbids it",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a route that may answer these error statuses."""
+    return {
+        status: {"model": ErrorDocument, "description": _MEANING[status]} for status in statuses
+    }
+
+
+# --- costor status --json ------------------------------------------------------------
+
+
+class JobOutcome(_Document):
+    """A client's last job of a kind, as ``costor status`` shows it."""
+
+    id: int
+    state: str
+    finished_at: str | None
+    error: str | None
+
+
+class ClientStatus(_Document):
+    """One client's health against its RPO (``costor status --json``'s ``clients``)."""
+
+    client: str
+    site: str
+    pool: str
+    policy: str | None
+    last_backup: str | None
+    age_s: int | None = Field(description="seconds since the last good backup")
+    rpo_s: int | None = Field(description="the policy's RPO, seconds")
+    last_backup_job: JobOutcome | None
+    last_check: JobOutcome | None
+    last_selftest: JobOutcome | None
+    unapplied: Literal["added", "changed", "removed"] | None
+    health: Health
+    problems: list[str]
+
+
+class InventoryState(_Document):
+    valid: bool = Field(description="whether the working inventory validates")
+    errors: list[str]
+    unapplied: dict[str, Literal["added", "changed", "removed"]] = Field(
+        description="address -> how the working inventory differs from what was applied"
+    )
+
+
+class SiteStatus(_Document):
+    site: str
+    maintenance: bool
+    maintenance_reason: str | None
+    health: Health
+
+
+class QueueCounts(_Document):
+    queued: int
+    running: int
+
+
+class Instance(_Document):
+    """A live ``costor serve`` (its heartbeat within a minute)."""
+
+    id: str
+    hostname: str
+    pid: int
+    started_at: str
+    heartbeat_at: str
+    stopping: bool
+
+
+class StatusDocument(_Document):
+    """``costor status --json``."""
+
+    health: Health
+    problems: list[str]
+    inventory: InventoryState
+    sites: list[SiteStatus]
+    clients: list[ClientStatus]
+    jobs: QueueCounts
+    instances: list[Instance]
+
+
+# --- pools, snapshots, trees, jobs -------------------------------------------------
+
+
+class PoolDocument(_Document):
+    """A pool of the applied configuration with the totals the state records."""
+
+    pool: str
+    site: str
+    backend: str
+    uuid: str | None = Field(description="null until `costor apply` created it")
+    applied: bool
+    bytes_raw: int
+    bytes_stored: int
+    compression_ratio: float | None = Field(description="bytes_raw / bytes_stored")
+    snapshots: int
+
+
+class SnapshotDocument(_Document):
+    """A snapshot as ``costor snapshots --json`` shows it, and the pool it is in."""
+
+    id: str
+    short_id: str
+    client: str
+    taken_as: str = Field(
+        default=None,  # absent unless set, never null
+        description="the client's name in the manifest, when it was renamed since "
+        "(absent otherwise)",
+    )
+    time: str
+    paths: list[str]
+    hostname: str
+    parent: str | None
+    tree: str
+    duration_s: float
+    files_new: int
+    files_changed: int
+    files_unmodified: int
+    files_failed: int
+    files_deduplicated: int
+    dirs: int
+    entries_omitted: int
+    bytes_read: int
+    bytes_processed: int
+    bytes_added: int
+    bytes_added_raw: int
+    bytes_transferred: int
+    blobs_added: int
+    blobs_not_compressed: int
+    pool: str
+
+
+class TreeEntry(_Document):
+    """One entry of ``costor ls --json``."""
+
+    path: str = Field(description="absolute, as backed up (undecodable bytes as \\xNN)")
+    type: Literal["file", "dir", "symlink", "fifo", "chardev", "blockdev", "socket"]
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    user: str
+    group: str
+    mtime_ns: int
+    target: str = Field(
+        default=None,  # absent unless a symlink, never null
+        description="a symlink's target (absent for other types)",
+    )
+
+
+class JobDocument(_Document):
+    """A job as ``costor jobs --json`` shows it."""
+
+    id: int
+    kind: str = Field(description="backup, forget, prune, check, selftest")
+    target: str = Field(description="a client's name, or a pool's (check, prune)")
+    site: str | None
+    state: str = Field(description="queued, running, succeeded, failed, interrupted, cancelled")
+    trigger: str = Field(description="schedule, manual, retry")
+    schedule: str | None
+    attempt: int
+    max_attempts: int
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+    instance: str | None = Field(description="the costor serve that ran it")
+    params: dict[str, Any]
+    result: dict[str, Any]
+    error: str | None
+
+
+class HealthDocument(_Document):
+    """``/healthz``."""
+
+    status: Literal["ok"]
+    version: str
+
+
+__all__ = [
+    "ClientStatus",
+    "ErrorDocument",
+    "HealthDocument",
+    "JobDocument",
+    "PoolDocument",
+    "SnapshotDocument",
+    "StatusDocument",
+    "TreeEntry",
+    "error_responses",
+]

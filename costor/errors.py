@@ -481,3 +481,32 @@ class RangeNotSatisfiable(CostorError):
     """Range {range!r} cannot be satisfied: the file holds {size} bytes."""
 
     http_status = 416
+
+
+# --- the Backup API: a pool's objects over HTTP (issue 20) ---------------------------
+
+
+class ObjectNameRefused(CostorError):
+    """{name!r} is not the name of a pool object: {reason}"""
+
+    http_status = 400
+
+
+class ObjectRefused(CostorError):
+    """Object {name} refused: {reason}; nothing was stored."""
+
+    # Bytes that do not hash to the name they were sent under: damaged in transit, or
+    # not what the sender claims. Never stored, so nothing can plant a wrong object.
+    http_status = 422
+
+
+class ObjectExists(CostorError):
+    """Object {name} already exists with other bytes: an object not named by its hash is written once; nothing was stored."""
+
+    http_status = 409
+
+
+class ObjectTooLarge(CostorError):
+    """Object {name} refused: it is larger than {limit} bytes; nothing was stored."""
+
+    http_status = 413

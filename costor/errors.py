@@ -300,6 +300,11 @@ PLAN_BLOCKED_EXIT = 4
 BACKUP_INCOMPLETE_EXIT = 5
 
 
+# ``costor --server URL`` exits with this when the site's TLS certificate is not the one
+# pinned for it in the known-servers file (as ssh refuses a changed host key).
+SERVER_CERTIFICATE_CHANGED_EXIT = 6
+
+
 # --- remote hosts --------------------------------------------------------------------
 
 
@@ -510,3 +515,34 @@ class ObjectTooLarge(CostorError):
     """Object {name} refused: it is larger than {limit} bytes; nothing was stored."""
 
     http_status = 413
+
+
+# --- the CLI against a remote site's API (costor --server URL, issue 20) --------------
+
+
+class SiteServerError(CostorError):
+    """{server}: {reason}"""
+
+    http_status = 502
+
+
+class ServerUnreachable(SiteServerError):
+    """Cannot reach the site server {server}: {reason}"""
+
+
+class ServerCertificateUntrusted(SiteServerError):
+    """The TLS certificate of {server} is not trusted: {reason}"""
+
+
+class ServerCertificateChanged(SiteServerError):
+    """The TLS certificate of {server} has changed: line {line} of {file} pins {recorded}, the server presents {presented}. Someone may be intercepting the connection; if the site's certificate was replaced, check the new fingerprint with the site's administrator, delete line {line} of {file}, and run the command again to pin it."""
+
+    exit_code = SERVER_CERTIFICATE_CHANGED_EXIT
+
+
+class KnownServersInvalid(SiteServerError):
+    """{file} line {line}: {reason}"""
+
+
+class RemoteApiError(SiteServerError):
+    """{server} answered {status} {error}: {detail}"""

@@ -10,7 +10,7 @@ import costor
 from costor import errors
 from costor.errors import CostorError
 
-DOCUMENTED_EXIT_CODES = {1, 3}  # plan's 2 and 4 are outcomes, not errors
+DOCUMENTED_EXIT_CODES = {1, 3, 6}  # plan's 2 and 4 are outcomes, not errors; 6: a changed TLS pin
 
 
 def _every_error_class() -> list[type[CostorError]]:

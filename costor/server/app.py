@@ -18,9 +18,10 @@ import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request, Response
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers, MutableHeaders
@@ -40,7 +41,10 @@ from costor.server.gate import Gate
 from costor.server.metrics import registry
 from costor.server.permissions import Access, requires, use
 from costor.server.schemas import (
+    ERROR_MEANING,
+    ERROR_SCHEMA,
     ClientStatus,
+    ErrorDocument,
     HealthDocument,
     JobDocument,
     PoolDocument,
@@ -50,9 +54,6 @@ from costor.server.schemas import (
     error_responses,
 )
 from costor.server.visible import resolve_visible
-
-if TYPE_CHECKING:
-    pass
 
 API = "/api/v1"
 MAX_PAGE = 1000
@@ -243,7 +244,40 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         return job
 
     app.include_router(downloads.router(resolve_visible), prefix=API)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, saying what the server answers to bad input: FastAPI
+    declares a 422 for every operation with parameters, but ``costor/server/errors.py``
+    (the one place errors are mapped) answers 400 in the error shape; every operation
+    that takes a bearer token may answer 401 and 403 (``permissions.requires``), and
+    every operation on an object (a path parameter) 404. Built once, then kept."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    document = get_openapi(
+        title=app.title, version=app.version, routes=app.routes, description=app.description
+    )
+    shape = {"content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA}}}}
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", {"description": ERROR_MEANING[400], **shape})
+            declared = []
+            if operation.get("security"):  # requires(): no token 401, no permission 403
+                declared += ["401", "403"]
+            if any(p.get("in") == "path" for p in operation.get("parameters", [])):
+                declared.append("404")  # an object that is not there, or not theirs
+            for code in declared:
+                responses.setdefault(code, {"description": ERROR_MEANING[int(code)], **shape})
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    schemas.setdefault("ErrorDocument", ErrorDocument.model_json_schema())
+    app.openapi_schema = document
+    return document
 
 
 def _status_seen_by(document: dict[str, Any], access: Access) -> dict[str, Any]:

@@ -36,7 +36,8 @@ class ErrorDocument(_Document):
     request_id: str | None
 
 
-_MEANING = {
+ERROR_SCHEMA = "#/components/schemas/ErrorDocument"
+ERROR_MEANING = {
     400: "invalid input (a query value, a body, a time that is not ISO 8601)",
     401: "no valid bearer token",
     403: "the token lacks the permission on what it sees",
@@ -48,7 +49,8 @@ _MEANING = {
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The ``responses`` of a route that may answer these error statuses."""
     return {
-        status: {"model": ErrorDocument, "description": _MEANING[status]} for status in statuses
+        status: {"model": ErrorDocument, "description": ERROR_MEANING[status]}
+        for status in statuses
     }
 
 
@@ -149,7 +151,7 @@ class SnapshotDocument(_Document):
     short_id: str
     client: str
     taken_as: str = Field(
-        default=None,  # absent unless set, never null
+        default=None,  # type: ignore[assignment]  # absent unless set: the answer omits it, never null
         description="the client's name in the manifest, when it was renamed since "
         "(absent otherwise)",
     )
@@ -189,7 +191,7 @@ class TreeEntry(_Document):
     group: str
     mtime_ns: int
     target: str = Field(
-        default=None,  # absent unless a symlink, never null
+        default=None,  # type: ignore[assignment]  # absent unless a symlink, never null
         description="a symlink's target (absent for other types)",
     )
 
@@ -224,6 +226,8 @@ class HealthDocument(_Document):
 
 
 __all__ = [
+    "ERROR_MEANING",
+    "ERROR_SCHEMA",
     "ClientStatus",
     "ErrorDocument",
     "HealthDocument",

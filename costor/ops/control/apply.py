@@ -10,30 +10,50 @@ Otherwise the plan is stale and nothing is done.
 Each change commits with a serial bump, so a plan made before any of them is stale
 afterwards. A failure stops the apply; what was done stays recorded, and the next plan
 shows what is left. One change is carried out by :mod:`costor.ops.control.apply_change`.
+
+Every apply, whatever its end, leaves a summary in the state (the ``applies`` table,
+costor/db/applies.py): when, who, the changes carried out counted by operation and
+resource type, the saved plan's hash, succeeded or failed and why. :func:`apply_history`
+reads them back (the Admin API's ``/api/v1/applies`` and ``/api/v1/sites``: plan and
+apply stay in git and the CLI, the API only shows what was applied).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from costor.db import applies as applies_table
+from costor.db.models import ApplyRow
 from costor.db.state import ensure_meta, state_lock
 from costor.errors import (
     CostorError,
     PlanBlocked,
     PlanForeign,
     PlanStale,
+    UsageError,
 )
-from costor.ops.audit import audited
+from costor.ops.audit import MESSAGE_LIMIT, audited
 from costor.ops.context import Context
 from costor.ops.control.apply_change import ChangeExecutor
 from costor.ops.control.plan import make_plan, read_plan_file, secrets_digest, source_digests
 from costor.ops.jobs.schedules import sync_schedules
 from costor.plan.resources import desired_resources
+from costor.util.clock import utcnow
+from costor.util.log import get_logger
 
 if TYPE_CHECKING:
     from costor.plan.model import Plan, ResourceChange
+
+logger = get_logger("apply")
+# How a change's actions are counted in an apply's summary.
+COUNTED = {"create": "created", "update": "changed", "delete": "deleted", "forget": "forgotten"}
+MAX_HISTORY = 1000  # applies one read returns at most
 
 
 @dataclass
@@ -95,24 +115,148 @@ def run_apply(
     Recorded in the audit log before the state lock is taken (costor.ops.audit).
     """
     detail = {"plan_file": plan_file, "targets": list(targets), "refresh_only": refresh_only}
-    with audited(ctx, "apply", "state", detail=detail, before=True) as noted:
-        outcome = _apply(
-            ctx,
-            plan_file=plan_file,
-            targets=targets,
-            refresh_only=refresh_only,
-            lock_timeout=lock_timeout,
-            show_plan=show_plan,
-            approve=approve,
-            on_change=on_change,
-        )
-        report = outcome.report
-        noted.update(serial=report.serial, applied=[c.address for c in report.applied])
+    attempt = _Attempt(started=utcnow(), plan_file=plan_file, plan_hash=_file_hash(plan_file))
+    try:
+        with audited(ctx, "apply", "state", detail=detail, before=True) as noted:
+            outcome = _apply(
+                ctx,
+                attempt,
+                plan_file=plan_file,
+                targets=targets,
+                refresh_only=refresh_only,
+                lock_timeout=lock_timeout,
+                show_plan=show_plan,
+                approve=approve,
+                on_change=on_change,
+            )
+            report = outcome.report
+            noted.update(serial=report.serial, applied=[c.address for c in report.applied])
+    except BaseException as error:
+        _record(ctx, attempt, error)
+        raise
+    _record(ctx, attempt, None)
     return outcome
+
+
+@dataclass
+class _Attempt:
+    """What an apply got to, for its summary: the plan once made or read, the changes
+    carried out so far (also when it fails midway)."""
+
+    started: datetime
+    plan_file: str | None
+    plan_hash: str | None
+    plan: Plan | None = None
+    report: ApplyReport = field(default_factory=ApplyReport)
+
+
+def _file_hash(path: str | None) -> str | None:
+    """sha256 of a saved plan file's bytes (what ``sha256sum`` prints of the artifact a
+    pipeline kept); None without a file or when it cannot be read (apply says why)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def change_counts(changes: list[ResourceChange]) -> dict[str, dict[str, int]]:
+    """The changes counted by what they did and resource type:
+    ``{"created": {"client": 2}, "changed": {}, "deleted": {}, "forgotten": {}, "moved": {}}``
+    (a replacement counts as deleted and created, as its actions say)."""
+    counted: dict[str, Counter[str]] = {name: Counter() for name in (*COUNTED.values(), "moved")}
+    for change in changes:
+        for action in change.actions:
+            if action in COUNTED:
+                counted[COUNTED[action]][change.type] += 1
+        if change.previous_address is not None:
+            counted["moved"][change.type] += 1
+    return {name: dict(sorted(counter.items())) for name, counter in counted.items()}
+
+
+def _record(ctx: Context, attempt: _Attempt, error: BaseException | None) -> None:
+    """Store the apply's summary; best effort: a failure to write it is logged, the
+    apply's own outcome stands (its error, if any, is what the caller sees)."""
+    applied = attempt.report.applied
+    message = None
+    if error is not None:
+        text = str(error).strip() or type(error).__name__
+        message = f"{type(error).__name__}: {text}"[:MESSAGE_LIMIT]
+    row = ApplyRow(
+        started_at=attempt.started,
+        finished_at=utcnow(),
+        actor=ctx.actor,
+        source=ctx.source,
+        outcome="failed" if error is not None else "succeeded",
+        plan_file=attempt.plan_file,
+        plan_hash=attempt.plan_hash,
+        pending=len(attempt.plan.pending) if attempt.plan is not None else 0,
+        counts=json.dumps(change_counts(applied), sort_keys=True),
+        applied=json.dumps([c.address for c in applied]),
+        serial=attempt.report.serial or None,
+        error=message,
+    )
+    try:
+        applies_table.record_apply(ctx.engine, row)
+    except Exception as failure:  # noqa: BLE001  (the apply is done; said on stderr)
+        logger.error(f"costor: error: the apply's summary was not recorded: {failure!r}")
+
+
+def apply_json(row: ApplyRow) -> dict[str, Any]:
+    """One apply's summary, as ``/api/v1/applies`` shows it."""
+    return {
+        "id": row.id,
+        "started_at": _iso(row.started_at),
+        "finished_at": _iso(row.finished_at),
+        "actor": row.actor,
+        "source": row.source,
+        "outcome": row.outcome,
+        "plan_file": row.plan_file,
+        "plan_hash": row.plan_hash,
+        "pending": row.pending,
+        "counts": json.loads(row.counts),
+        "applied": json.loads(row.applied),
+        "serial": row.serial,
+        "error": row.error,
+    }
+
+
+@dataclass(frozen=True)
+class ApplyHistory:
+    """The newest applies (newest first) and the state's serial now (the revision of
+    the applied configuration: bumped by every change an apply commits)."""
+
+    serial: int
+    applies: list[dict[str, Any]]
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        return self.applies[0] if self.applies else None
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return self.applies
+
+
+def apply_history(ctx: Context, *, limit: int = 20) -> ApplyHistory:
+    """The newest ``limit`` (1 to :data:`MAX_HISTORY`) applies' summaries."""
+    if not 1 <= limit <= MAX_HISTORY:
+        raise UsageError(message=f"limit must be from 1 to {MAX_HISTORY}, not {limit}")
+    rows = applies_table.recent_applies(ctx.engine, limit=limit)
+    return ApplyHistory(ensure_meta(ctx.engine).serial, [apply_json(row) for row in rows])
+
+
+def _iso(value: datetime) -> str:
+    """A stored time as ISO 8601 in UTC (SQLite hands it back without its zone)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat()
 
 
 def _apply(
     ctx: Context,
+    attempt: _Attempt,
     *,
     plan_file: str | None,
     targets: tuple[str, ...],
@@ -125,8 +269,10 @@ def _apply(
     with state_lock(ctx.engine, "apply", timeout=lock_timeout):
         if plan_file is not None:
             plan, shown_as = read_plan_file(ctx, path=plan_file), plan_file
+            attempt.plan = plan
         else:
             plan = make_plan(ctx, targets=targets, refresh_only=refresh_only)
+            attempt.plan = plan
             shown_as = "the plan"
             if show_plan is not None:
                 show_plan(plan)
@@ -137,9 +283,10 @@ def _apply(
             check_applyable(plan)
             # Nothing to change, but schedules still follow the applied inventory (e.g.
             # after an upgrade that added them).
-            schedules = sync_schedules(ctx.engine, ctx.inventory)
-            return ApplyOutcome(plan, ApplyReport(serial=plan.binding.serial, schedules=schedules))
-        report = apply_plan(ctx, plan, path=shown_as, on_change=on_change)
+            attempt.report.serial = plan.binding.serial
+            attempt.report.schedules = sync_schedules(ctx.engine, ctx.inventory)
+            return ApplyOutcome(plan, attempt.report)
+        report = apply_plan(ctx, plan, path=shown_as, on_change=on_change, report=attempt.report)
     return ApplyOutcome(plan, report)
 
 
@@ -209,12 +356,15 @@ def apply_plan(
     *,
     path: str = "the plan",
     on_change: Callable[[ResourceChange], None] | None = None,
+    report: ApplyReport | None = None,
 ) -> ApplyReport:
-    """Carry out ``plan``; the caller holds the state lock (:func:`costor.db.state.state_lock`)."""
+    """Carry out ``plan``; the caller holds the state lock (:func:`costor.db.state.state_lock`).
+    ``report`` (a new one by default) is filled as the changes are carried out, so a
+    caller still has what was done when a change fails."""
     check_applyable(plan)
     check_fresh(ctx, plan, path=path)
     desired = {r.address: r.attributes for r in desired_resources(ctx.inventory)}
-    report = ApplyReport()
+    report = report if report is not None else ApplyReport()
     for change in plan.pending:
         if on_change is not None:
             on_change(change)

@@ -21,6 +21,7 @@ from costor.db.models import JobRow
 from costor.errors import CostorError, DamageFound
 from costor.ops.context import Context
 from costor.ops.jobs.kinds import JOB_KINDS, execute
+from costor.ops.jobs.logs import capture_job_log
 from costor.ops.jobs.notify import notify_job
 from costor.util.log import JOB, get_logger
 
@@ -42,7 +43,8 @@ def run_job(ctx: Context, job_id: int) -> int:
 
     The job's log (the ``costor.job`` logger) gets what the same verb would print on a
     terminal: the start, any notice about the configuration it runs, the outcome and its
-    report."""
+    report. What the run logs at INFO and up is also kept in the state, as the job's
+    log that ``costor jobs log ID`` and the API read (costor.ops.jobs.logs)."""
     engine = ctx.engine
     job = jobs.get_job(engine, job_id)
     if job is None:
@@ -54,6 +56,15 @@ def run_job(ctx: Context, job_id: int) -> int:
     elif job.state != "running":
         raise CostorError(message=f"job {job_id} is {job.state}, not queued or running")
     jobs.heartbeat(engine, job_id, pid=os.getpid())
+    with capture_job_log(engine, job_id):
+        return _run_claimed(ctx, job)
+
+
+def _run_claimed(ctx: Context, job: JobRow) -> int:
+    """The run of a job claimed by this process, its log captured (costor.ops.jobs.logs)."""
+    engine = ctx.engine
+    assert job.id is not None  # a claimed job is stored
+    job_id = job.id
     # A job's work is the system's, whoever queued it (the audit log's ``jobs.add``
     # record names who did, the schedule otherwise); its records name the job.
     ctx.actor, ctx.source, ctx.request_id = "system", "job", f"job-{job_id}"

@@ -2,9 +2,16 @@
 :class:`~costor.ops.control.tokens.Grant` (which decides), and :func:`requires`, the
 FastAPI dependency by which a route names the permission it needs.
 
+A request proves who it is with a bearer token (``Authorization: Bearer``) or, from a
+browser, the session cookie :data:`SESSION_COOKIE` of a password login
+(``costor.ops.control.logins``; the token wins when both are sent). A cookie's request
+that changes something (POST, PUT, PATCH, DELETE) must also send the session's CSRF
+token in ``X-CSRF-Token``, else **403** (:class:`~costor.errors.CsrfRefused`): a browser
+sends cookies along with another site's forms and scripts, never a bearer token.
+
 The answers, the same on every route:
 
-- no valid token: **401**;
+- no valid token or session: **401**;
 - an object the caller may not see (a snapshot, job, client or pool of clients none of
   its grants or its token covers): **404**, exactly as if it did not exist — never 403,
   which would tell that it exists;
@@ -26,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from costor.errors import (
     CostorError,
@@ -36,27 +43,50 @@ from costor.errors import (
     UnknownResource,
 )
 from costor.ops.context import Context
+from costor.ops.control.logins import authenticate_session
 from costor.ops.control.tokens import Grant, authenticate
 
+SESSION_COOKIE = "costor_session"
 bearer = HTTPBearer(auto_error=False, description="costor token create")
+session_cookie = APIKeyCookie(
+    name=SESSION_COOKIE, auto_error=False, description="POST /api/v1/login"
+)
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def authenticated(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    cookie: str | None = Depends(session_cookie),
 ) -> Grant:
-    """The grant of the request's bearer token (401 without a valid one)."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise NotAuthenticated(reason="no bearer token")
+    """The grant of the request's bearer token, else of its session cookie (401
+    without a valid one; 403 for a cookie's unsafe request without its CSRF token)."""
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        with request.app.state.gate.use(**asking(request, None)) as ctx:
+            found = authenticate(ctx, credentials.credentials.strip())
+        request.state.grant = found
+        return found
+    if cookie is None:
+        raise NotAuthenticated(reason="no bearer token or session cookie")
     with request.app.state.gate.use(**asking(request, None)) as ctx:
-        found = authenticate(ctx, credentials.credentials.strip())
-    request.state.grant = found
-    return found
+        login = authenticate_session(ctx, cookie.strip())
+    if request.method not in SAFE_METHODS:
+        login.check_csrf(request.headers.get(CSRF_HEADER))
+    request.state.grant = login.grant
+    request.state.login = login
+    return login.grant
 
 
 def asking(request: Request, who: Grant | None) -> dict[str, Any]:
-    """Who asks, as the audit log names them (costor/ops/context.py ``Context.actor``)."""
+    """Who asks, as the audit log names them (costor/ops/context.py ``Context.actor``):
+    ``token:ID``, or ``user:NAME`` for a login session."""
+    actor = "anonymous"
+    if who is not None:
+        is_session = who.token_id.startswith("session:")
+        actor = f"user:{who.user}" if is_session else f"token:{who.token_id}"
     return {
-        "actor": f"token:{who.token_id}" if who is not None else "anonymous",
+        "actor": actor,
         "source": request.client.host if request.client is not None else None,
         "request_id": getattr(request.state, "request_id", None),
     }
@@ -147,4 +177,12 @@ def requires(permission: str, *, per_object: bool = False) -> Any:
     return Depends(dependency)
 
 
-__all__ = ["Access", "asking", "authenticated", "requires", "use"]
+__all__ = [
+    "CSRF_HEADER",
+    "SESSION_COOKIE",
+    "Access",
+    "asking",
+    "authenticated",
+    "requires",
+    "use",
+]

@@ -3,24 +3,30 @@
 costor jobs [--json] [--state S] [--kind K] [--limit N]   # newest first
 costor jobs add KIND TARGET [--json]                      # queue a job now
 costor jobs cancel ID [--json]                            # take it off the queue, or stop it
+costor jobs log ID [--follow] [--json]                    # what the job logged (as it runs)
 costor jobs run ID                                        # run one job here
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+import time
+from typing import TYPE_CHECKING, Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
-from costor.cli.output import print_json
+from costor.cli.output import print_json, terminal_text
 from costor.errors import UsageError
+
+if TYPE_CHECKING:
+    from costor.ops.context import Context
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
         "jobs",
         help="list jobs; `jobs add KIND TARGET` queues one, `jobs cancel ID` cancels one, "
-        "`jobs run ID` runs one",
+        "`jobs log ID [--follow]` shows what one logged, `jobs run ID` runs one",
     )
     add_inventory_option(parser)
     add_json_option(parser)
@@ -28,13 +34,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "action",
         nargs="?",
         default="list",
-        choices=("list", "add", "cancel", "run"),
+        choices=("list", "add", "cancel", "log", "run"),
         help=argparse.SUPPRESS,
     )
     parser.add_argument("operands", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--state", help="only jobs in this state (queued, running, failed…)")
     parser.add_argument("--kind", help="only jobs of this kind (backup, prune…)")
     parser.add_argument("--limit", type=int, default=50, metavar="N")
+    parser.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="jobs log: print new lines as the job logs them, until it ends",
+    )
     return parser
 
 
@@ -57,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"job {cancelled['id']}: {cancelled['kind']} {cancelled['target']} cancelled")
         return 0
+    if args.action == "log":
+        if len(args.operands) != 1 or not args.operands[0].isdigit():
+            raise UsageError(message="usage: costor jobs log ID [--follow] [--json]")
+        return _log(ctx, int(args.operands[0]), follow=args.follow, as_json=args.json)
+    if args.follow:
+        raise UsageError(message="--follow is for `costor jobs log ID`")
     if args.action == "add":
         from costor.ops.jobs.kinds import KINDS
         from costor.ops.jobs.requests import queue_job
@@ -96,3 +114,50 @@ def _print_jobs(documents: list[dict[str, Any]]) -> None:
         if doc["error"]:
             line += f"  {doc['error'].splitlines()[0][:100]}"
         print(line.rstrip())
+
+
+FOLLOW_EVERY = 1.0  # seconds between reads of a followed job's log
+# After the job ended, how long lines may still arrive: its process writes its log every
+# half second and once more as it exits (costor/ops/jobs/logs.py).
+SETTLE = 2.0
+
+
+def _log(ctx: Context, job_id: int, *, follow: bool, as_json: bool) -> int:
+    """Print job ``job_id``'s log; with ``follow``, keep printing new lines until the
+    job has ended and no more come. ``--json``: the document (with ``--follow``, one
+    JSON object per line, each log line as it comes)."""
+    from costor.ops.jobs.logs import job_log
+
+    if not follow:
+        log = job_log(ctx, job_id)
+        if as_json:
+            print_json(log.to_json())
+        elif not log.lines:
+            print(f"job {job_id} ({log.state}): no log lines")
+        else:
+            _print_lines(log.to_json()["lines"], as_json=False)
+        return 0
+    after, ended_at = 0, None
+    while True:
+        log = job_log(ctx, job_id, after=after)
+        document = log.to_json()
+        _print_lines(document["lines"], as_json=as_json)
+        after = log.next
+        if log.more:
+            continue
+        if log.ended:
+            if ended_at is None:
+                ended_at = time.monotonic()
+            elif time.monotonic() - ended_at >= SETTLE and not log.lines:
+                return 0
+        time.sleep(FOLLOW_EVERY)
+
+
+def _print_lines(lines: list[dict[str, Any]], *, as_json: bool) -> None:
+    for line in lines:
+        if as_json:
+            print(json.dumps(line, sort_keys=True), flush=True)
+            continue
+        when = line["time"][:19].replace("T", " ")
+        level = "" if line["level"] == "INFO" else f"{line['level']}: "
+        print(f"{when}  {level}{terminal_text(line['text'])}", flush=True)

@@ -65,3 +65,32 @@ def duration(text: str) -> float:
         return duration_seconds(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s or 5m") from None
+
+
+# The top level's options that take a value (costor --server URL VERB …).
+SERVER_OPTIONS = ("--server", "--server-ca", "--token-file")
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """``costor --server URL VERB``: the verb runs on a remote site, through its API."""
+    parser.add_argument(
+        "--server",
+        metavar="URL",
+        default=os.environ.get("COSTOR_SERVER") or None,
+        help="run the command on the site server at URL (https://HOST:PORT) through its API, "
+        "with the token of $COSTOR_TOKEN or --token-file (default: $COSTOR_SERVER; none: "
+        "here, in process); status, snapshots, ls, restore, backup and jobs run remotely",
+    )
+    parser.add_argument(
+        "--server-ca",
+        metavar="FILE",
+        default=os.environ.get("COSTOR_SERVER_CA") or None,
+        help="verify the server's certificate against this CA (PEM) and its host name "
+        "(default: $COSTOR_SERVER_CA; none: pin the certificate at first use in "
+        "$COSTOR_KNOWN_SERVERS or ~/.config/costor/known_servers)",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="read the API token from FILE (default: $COSTOR_TOKEN)",
+    )

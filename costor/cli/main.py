@@ -12,7 +12,12 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from costor.cli.common import add_inventory_option, add_json_option
+from costor.cli.common import (
+    SERVER_OPTIONS,
+    add_inventory_option,
+    add_json_option,
+    add_server_options,
+)
 from costor.errors import CostorError
 
 __all__ = ["add_inventory_option", "add_json_option", "build_parser", "main"]
@@ -54,6 +59,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         description="Agentless, deduplicating, encrypted backups declared in TOML.",
     )
     parser.add_argument("--version", action="version", version=_version())
+    add_server_options(parser)
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     for name, module_name in VERBS.items():
         if verb is not None and name != verb:
@@ -66,11 +72,16 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 
 
 def verb_of(argv: Sequence[str]) -> str | None:
-    """The verb ``argv`` names (its first argument that is not an option: the top level
-    takes no option with a value), if it is one; ``None`` for ``--help``, an unknown
+    """The verb ``argv`` names (its first argument that is not an option or the value
+    of one of the top level's options), if it is one; ``None`` for ``--help``, an unknown
     verb or no argument, which then see every verb."""
-    first = next((arg for arg in argv if not arg.startswith("-")), None)
-    return first if first in VERBS else None
+    arguments = iter(argv)
+    for argument in arguments:
+        if argument in SERVER_OPTIONS:
+            next(arguments, None)  # its value
+        elif not argument.startswith("-"):
+            return argument if argument in VERBS else None
+    return None
 
 
 def _version() -> str:
@@ -110,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure()  # what the daemon and jobs log: to stderr, as plain lines
     try:
+        if args.server:  # the verb runs on the remote site, through its API
+            from costor.cli.remote import run_remotely
+
+            return run_remotely(args)
         return int(args._run(args) or 0)
     except CostorError as error:
         from costor.cli.output import print_error

@@ -47,6 +47,7 @@ VERBS: dict[str, str] = {
     "force-unlock": "force_unlock_cmd",
     "audit": "audit_cmd",
     "token": "token_cmd",
+    "session": "session_cmd",
 }
 
 

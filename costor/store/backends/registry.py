@@ -5,8 +5,8 @@ the backend (restic's ``internal/backend/location/registry.go``).
 Every way of reaching storage goes through it: a pool of the inventory (``costor.ops``
 turns its ``[pools.NAME]`` entry into :class:`BackendSettings`; the engine never sees
 config) and a location typed on the command line (``costor pool copy``:
-``s3://bucket/prefix``, ``file:///path`` or a plain directory path). A peer site's
-``https://`` object API will be one more :class:`Scheme` here.
+``s3://bucket/prefix``, ``file:///path``, a plain directory path, or a site's Backup
+API, ``https://site:8443/api/v1/pools/NAME``).
 
 Behaviour added on top of a backend (retries, rate limit, write verification, staging)
 stays in wrappers (``filters``, ``staging``): :func:`open_backend` stacks the ones the
@@ -48,6 +48,11 @@ class BackendSettings:
     access_key: str | None = None
     secret_key: str | None = None
     path_style: bool = False
+    # https (and http to loopback): a site's Backup API
+    url: str = ""
+    token: str | None = None
+    server_ca: str | None = None
+    server_fingerprint: str | None = None
     # wrappers
     filters: StorageFilters | None = None
     staging: Path | None = None
@@ -188,3 +193,51 @@ def _open_s3(settings: BackendSettings) -> Backend:
 
 
 register(Scheme("s3", _parse_s3, _redact_s3, _open_s3))
+
+
+# --- https: a pool on a site server, through its Backup API ---------------------------
+
+
+def _parse_https(text: str, environ: Mapping[str, str]) -> BackendSettings:
+    """``https://site:8443/api/v1/pools/NAME`` (``http://`` to a loopback address only);
+    the token from ``COSTOR_TOKEN``, the server's certificate checked against the CA in
+    ``COSTOR_SERVER_CA`` (a PEM file) or pinned by ``COSTOR_SERVER_FINGERPRINT``
+    (``sha256:…``), else against the system's CAs. Retried as S3 is (its transient
+    failures are :class:`~costor.errors.BackendTransient`)."""
+    from costor.store.backends.http import parse_fingerprint, split_location
+
+    try:
+        url, _pool = split_location(text)
+        fingerprint = environ.get("COSTOR_SERVER_FINGERPRINT") or None
+        if fingerprint is not None:
+            parse_fingerprint(fingerprint)
+    except ValueError as error:
+        raise UsageError(message=str(error)) from None
+    return BackendSettings(
+        scheme=scheme_of(text),
+        url=url,
+        token=environ.get("COSTOR_TOKEN") or None,
+        server_ca=environ.get("COSTOR_SERVER_CA") or None,
+        server_fingerprint=fingerprint,
+        filters=StorageFilters(),
+    )
+
+
+def _redact_https(settings: BackendSettings) -> str:
+    return settings.url  # the token is never part of it
+
+
+def _open_https(settings: BackendSettings) -> Backend:
+    # Imported when such a location is opened, as S3's: most commands never need it.
+    from costor.store.backends.http import HttpBackend
+
+    return HttpBackend(
+        settings.url,
+        token=settings.token,
+        ca_file=settings.server_ca,
+        fingerprint=settings.server_fingerprint,
+    )
+
+
+register(Scheme("https", _parse_https, _redact_https, _open_https))
+register(Scheme("http", _parse_https, _redact_https, _open_https))

@@ -11,8 +11,8 @@ queued here is the daemon's to run, as one queued by ``costor jobs add``: the an
 Permissions (costor/server/permissions.py): a client's job needs ``backups.run`` or
 ``maintenance.run`` on that client; a pool's (check, prune) and maintenance need
 ``maintenance.run`` on every client, since a pool holds them all; cancelling needs
-``jobs.manage`` on the job's target. Restore as a job is not here: there is no restore
-job kind yet (costor/ops/jobs/kinds.py).
+``jobs.manage`` on the job's target. A restore job needs ``snapshots.restore`` on the
+snapshot's client and on the client whose machine receives the files.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from costor.errors import UnknownResource
 from costor.ops.jobs.requests import cancel_job, queue_job
 from costor.ops.maintenance.site import maintenance
 from costor.server import documents
 from costor.server.permissions import Access, requires, use
+from costor.server.visible import resolve_visible
 
 API = "/api/v1"
 router = APIRouter(prefix=API, tags=["actions"])
@@ -41,10 +42,35 @@ class MaintenanceChange(BaseModel):
     reason: str | None = Field(default=None, max_length=500)
 
 
-def _queue(request: Request, response: Response, kind: str, target: str) -> dict[str, Any]:
+class RestoreRequest(BaseModel):
+    """``POST /api/v1/snapshots/{snapshot}/restore``: what to restore, where."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="an absolute directory on the receiving client's machine (not /); "
+        "made if missing",
+    )
+    path: str = Field(default="/", max_length=4096, description="the part of the snapshot")
+    client: str | None = Field(
+        default=None, max_length=255, description="the receiving client (default: the snapshot's)"
+    )
+    include: list[str] = Field(default_factory=list, max_length=100)
+    exclude: list[str] = Field(default_factory=list, max_length=100)
+
+
+def _queue(
+    request: Request,
+    response: Response,
+    kind: str,
+    target: str,
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Queue a job as `costor jobs add KIND TARGET` does; its document, 202."""
     with use(request) as ctx:
-        queued = queue_job(ctx, kind=kind, target=target)
+        queued = queue_job(ctx, kind=kind, target=target, params=params)
         job = documents.job_document(ctx, queued.id)
     response.status_code = 202
     response.headers["Location"] = f"{API}/jobs/{queued.id}"
@@ -120,6 +146,33 @@ def prune_now(
 ) -> dict[str, Any]:
     """Reclaim the pool's unreferenced space now: a prune job (`costor jobs add prune POOL`)."""
     return _pool_job(request, response, access, "prune", pool)
+
+
+@router.post("/snapshots/{snapshot}/restore", status_code=202, responses=_QUEUED)
+def restore_job(
+    request: Request,
+    response: Response,
+    snapshot: str,
+    body: RestoreRequest,
+    access: Access = requires("snapshots.restore", per_object=True),
+) -> dict[str, Any]:
+    """Restore a snapshot (or a path in it) onto a client's machine: the snapshot's own
+    client, or `client`, into the directory `target` there (a restore job; over SSH the
+    files arrive through `tar` on the host, which replaces what is there). Needs
+    `snapshots.restore` on both clients; a snapshot or client the caller does not see
+    is 404."""
+    with use(request) as ctx:
+        _name, found = resolve_visible(ctx, access.grant, snapshot, access.permission)
+        client = body.client or found.client
+        access.client(client, missing=UnknownResource(kind="client", name=client))
+    params = {
+        "snapshot": found.id,
+        "target": body.target,
+        "path": body.path,
+        "include": body.include,
+        "exclude": body.exclude,
+    }
+    return _queue(request, response, "restore", client, params)
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -275,6 +275,26 @@ class Remote:
 
         return self.run(start())
 
+    def extract_tar(self, directory: str, io_timeout: float = IO_TIMEOUT) -> TarExtract:
+        """A ``tar -x`` on the host into ``directory`` (made if missing), fed what is
+        written to the returned stream: how a restore reaches a host (the archive is the
+        engine's own, so no second restore protocol). The host's GNU tar refuses member
+        names with ``..`` or a leading ``/`` and defers symbolic links that point outside
+        until the end, and ``--no-overwrite-dir`` keeps the modes of directories that
+        exist; with ``ssh.sudo`` it runs as root and keeps the owners."""
+        connection = self.connection
+        assert connection is not None
+        quoted = shlex.quote(directory)
+        script = f"mkdir -p -- {quoted} && exec tar -x -f - --no-overwrite-dir -C {quoted}"
+        command = f"sh -c {shlex.quote(script)}"
+        if self.target.sudo:
+            command = f"sudo -n {command}"
+
+        async def start() -> Any:
+            return await connection.create_process(command, encoding=None)
+
+        return TarExtract(self, self.run(start()), io_timeout)
+
     def exit_status(self, process: Any) -> tuple[int | None, str]:
         async def wait() -> tuple[int | None, str]:
             await process.wait_closed()
@@ -282,6 +302,69 @@ class Remote:
             return process.exit_status, stderr.decode("utf-8", "replace")
 
         return self.run(wait(), timeout=30)
+
+
+class TarExtract:
+    """The writable end of :meth:`Remote.extract_tar` (a binary stream for the archive
+    writer): each write waits until the host took it, at most ``io_timeout`` seconds;
+    :meth:`close` ends the input and raises :class:`RemoteError` with tar's message when
+    tar failed (a full disk, a directory it may not write)."""
+
+    def __init__(self, remote: Remote, process: Any, io_timeout: float) -> None:
+        self.remote, self.process, self.io_timeout = remote, process, io_timeout
+        self.bytes_sent = 0
+        self.closed = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        async def send() -> None:
+            self.process.stdin.write(bytes(data))
+            await self.process.stdin.drain()
+
+        try:
+            self.remote.run(send(), timeout=self.io_timeout)
+        except TimeoutError:
+            raise HostTimedOut(
+                host=self.remote.target.client,
+                seconds=f"{self.io_timeout:g}",
+                doing="writing the restore",
+            ) from None
+        except (OSError, asyncssh.Error):
+            self._fail()  # tar is gone: its exit status and message say why
+        self.bytes_sent += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+
+        async def end() -> None:
+            self.process.stdin.write_eof()
+
+        try:
+            self.remote.run(end(), timeout=30)
+        except (OSError, asyncssh.Error):
+            pass  # already gone: the status below says why
+        status, message = self.remote.exit_status(self.process)
+        if status != 0:
+            raise RemoteError(
+                host=self.remote.target.display,
+                reason=f"tar on the host failed (exit {status}): {message.strip()[-500:]}",
+            )
+
+    def _fail(self) -> None:
+        self.closed = True
+        status, message = self.remote.exit_status(self.process)
+        raise RemoteError(
+            host=self.remote.target.display,
+            reason=f"tar on the host stopped (exit {status}): {message.strip()[-500:]}",
+        )
 
 
 class HelperProcess:

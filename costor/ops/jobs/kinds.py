@@ -21,6 +21,7 @@ from costor.config.model import percentage_fraction
 from costor.db import queue
 from costor.db.models import JobRow
 from costor.errors import CostorError, DamageFound, UnknownResource
+from costor.ops.backup.restore_to_host import restore_to_host
 from costor.ops.backup.run import run_backup
 from costor.ops.context import Context
 from costor.ops.maintenance.check import check_pools
@@ -93,6 +94,19 @@ def _selftest(ctx: Context, target: str, params: dict[str, Any]) -> Report:
     return selftest(ctx, target, files=int(params.get("files", 20))).to_json()
 
 
+def _restore(ctx: Context, target: str, params: dict[str, Any]) -> Report:
+    """A restore job: its target is the client whose machine receives the files."""
+    return restore_to_host(
+        ctx,
+        str(params["snapshot"]),
+        client=target,
+        target=str(params["target"]),
+        path=str(params.get("path", "/")),
+        include=[str(p) for p in params.get("include", [])],
+        exclude=[str(p) for p in params.get("exclude", [])],
+    ).to_json()
+
+
 JOB_KINDS: dict[str, JobKind] = {
     kind.name: kind
     for kind in (
@@ -101,6 +115,7 @@ JOB_KINDS: dict[str, JobKind] = {
         JobKind("prune", "pool", _prune),
         JobKind("check", "pool", _check),
         JobKind("selftest", "client", _selftest),
+        JobKind("restore", "client", _restore),
     )
 }
 KINDS = tuple(JOB_KINDS)

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from costor.db import queue as jobs
-from costor.errors import JobNotCancellable, JobNotFound
+from costor.errors import JobNotCancellable, JobNotFound, UsageError
 from costor.ops.audit import audited
+from costor.ops.backup.restore_to_host import checked_target
 from costor.ops.context import Context
 from costor.ops.jobs.kinds import job_kind, site_of
+from costor.store.restore.selection import Selection
 
 
 @dataclass(frozen=True)
@@ -45,14 +47,52 @@ class JobHistory:
         return self.jobs
 
 
-def queue_job(ctx: Context, *, kind: str, target: str) -> JobQueued:
+def queue_job(
+    ctx: Context, *, kind: str, target: str, params: dict[str, Any] | None = None
+) -> JobQueued:
     """Queue a job of ``kind`` on ``target`` (a client or a pool, as the kind says) in
-    its site's queue; raises UnknownResource when the target is not declared."""
+    its site's queue, with the kind's ``params`` (a restore's snapshot and directory);
+    raises UnknownResource when the target is not declared."""
     site = site_of(ctx, kind, target)
+    if kind == "restore":
+        params = _restore_params(params or {})
     address = f"{job_kind(kind).target}:{target}"
-    with audited(ctx, "jobs.add", address, detail={"kind": kind}) as noted:
-        noted["job"] = jobs.enqueue(ctx.engine, kind, target, site=site)
+    detail = {"kind": kind, **({"params": params} if params else {})}
+    with audited(ctx, "jobs.add", address, detail=detail) as noted:
+        noted["job"] = jobs.enqueue(
+            ctx.engine,
+            kind,
+            target,
+            site=site,
+            params=params,
+            # A restore that failed half-way is the requester's to look at and ask again.
+            max_attempts=1 if kind == "restore" else 3,
+        )
     return JobQueued(id=noted["job"], kind=kind, target=target)
+
+
+def _restore_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A restore job's parameters, checked before it is queued: the snapshot, an
+    absolute target directory (not ``/``), the path in the snapshot, the patterns."""
+    if not isinstance(params.get("snapshot"), str) or not params["snapshot"]:
+        raise UsageError(
+            message="a restore job needs a snapshot and a target directory "
+            "(POST /api/v1/snapshots/SNAPSHOT/restore; docs/server.md)"
+        )
+    path = params.get("path", "/")
+    patterns = [params.get("include", []), params.get("exclude", [])]
+    if not isinstance(path, str) or not all(
+        isinstance(p, list) and all(isinstance(x, str) for x in p) for p in patterns
+    ):
+        raise UsageError(message="a restore job's path is text, include/exclude lists of text")
+    Selection(*patterns)  # a bad pattern is refused now, not when the job runs
+    return {
+        "snapshot": params["snapshot"],
+        "target": checked_target(str(params.get("target", ""))),
+        "path": path,
+        "include": patterns[0],
+        "exclude": patterns[1],
+    }
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """costor token create|list|revoke: API tokens for the site server (docs/server.md).
 
-costor token create --user U --scope admin|read [--clients a,b] [--expires 30d] [--description T]
+costor token create --user U --scope read|operate|admin|append [--clients a,b] [--expires 30d] [--description T]
 costor token list [--user U] [--json]
 costor token revoke ID
 """
@@ -24,14 +24,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "create",
         help="make a token for a user (printed once; only its hash is kept)",
         description="Makes an API token for an applied user. Scopes: read (look, browse, "
-        "download), operate (also run backups and maintenance jobs, cancel jobs) and admin "
-        "(everything); a token never does more than its user's roles allow. --clients "
-        "limits what the token sees to these clients (names or globs): others answer 404.",
+        "download, and read a pool's objects through the Backup API), operate (also run "
+        "backups and maintenance jobs, cancel jobs), admin (everything) and append (the "
+        "Backup API only: add objects to pools, see which exist, never read one back or "
+        "delete; for agents and peer sites, whose user holds objects.append on every "
+        "client). A token never does more than its user's roles allow. --clients limits "
+        "what the token sees to these clients (names or globs): others answer 404 (not "
+        "with append: a pool holds every client's data).",
     )
     add_inventory_option(create)
     add_json_option(create)
     create.add_argument("--user", metavar="U", required=True)
-    create.add_argument("--scope", metavar="SCOPE", required=True, help="read, operate or admin")
+    create.add_argument(
+        "--scope", metavar="SCOPE", required=True, help="read, operate, admin or append"
+    )
     create.add_argument(
         "--clients", metavar="A,B", default="", help="only these clients (names or globs)"
     )

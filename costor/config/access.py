@@ -21,7 +21,8 @@ from pydantic import AfterValidator, Field, StrictStr, field_validator, model_se
 
 from costor.config.fields import FrozenModel, NonEmptyStr, SecretRef
 
-# What a role may grant. "admin" is everything, including users and the audit log.
+# What a role may grant. "admin" is everything, including users, the audit log and
+# deleting a pool's objects through the Backup API.
 Permission = Literal[
     "admin",
     "snapshots.read",
@@ -34,6 +35,8 @@ Permission = Literal[
     "audit.read",
     "snapshots.list",
     "maintenance.run",
+    "objects.append",
+    "objects.read",
 ]
 PERMISSIONS: tuple[str, ...] = typing.get_args(Permission)
 
@@ -50,6 +53,12 @@ MEANING: dict[str, str] = {
     "maintenance.run": "check, forget, prune, self-test now; maintenance on/off",
     "users.manage": "users and their tokens",
     "audit.read": "the audit log",
+    # The Backup API (a pool's stored objects, as they are: encrypted, no key needed).
+    # A pool holds every client's data, so both are held on the whole site or not at all.
+    "objects.append": "the Backup API: add objects to a pool, see which exist and their "
+    "sizes (never read one back, never delete): agents and peer sites",
+    "objects.read": "the Backup API: read a pool's stored objects and list them (for a "
+    "copy or a replica; still encrypted)",
 }
 
 # A permission that needs another to mean anything brings it: one cannot browse, restore

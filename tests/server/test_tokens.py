@@ -39,6 +39,24 @@ password = { env = "COSTOR_TEST_USER_PASSWORD" }
 [users.carol]
 groups = ["supers"]
 password = { env = "COSTOR_TEST_USER_PASSWORD" }
+
+[roles.replicator]
+permissions = ["objects.append"]
+
+[groups.peers]
+roles = ["replicator"]
+
+[groups.alpha-peers]
+roles = ["replicator"]
+clients = ["alpha"]
+
+[users.peer]
+groups = ["peers"]
+password = { env = "COSTOR_TEST_USER_PASSWORD" }
+
+[users.half-peer]
+groups = ["alpha-peers"]
+password = { env = "COSTOR_TEST_USER_PASSWORD" }
 """
 
 
@@ -78,7 +96,7 @@ def test_a_token_never_exceeds_its_user(users_site: Site) -> None:
     assert token_cli(users_site, "create", "--user", "carol", "--scope", "admin").code == 0
     unknown = token_cli(users_site, "create", "--user", "mallory", "--scope", "read")
     assert unknown.code == 1 and "no user 'mallory' is applied" in unknown.stderr
-    scope = token_cli(users_site, "create", "--user", "alice", "--scope", "append")
+    scope = token_cli(users_site, "create", "--user", "alice", "--scope", "bogus")
     assert scope.code == 1 and "unknown scope" in scope.stderr
     expires = token_cli(
         users_site, "create", "--user", "alice", "--scope", "read", "--expires", "soon"
@@ -131,3 +149,40 @@ def test_a_token_follows_its_user_as_applied_now(users_site: Site) -> None:
     assert authenticate(ctx, alice.strip()).scope == "read"
     with pytest.raises(NotAuthenticated, match="no longer exists"):
         authenticate(ctx, bob.strip())
+
+
+def test_an_append_token_needs_objects_append_on_the_whole_site(users_site: Site) -> None:
+    """The Backup API's write-only scope: for a user whose role grants objects.append on
+    every client; it grants that and nothing else (a pool holds every client's data)."""
+    created = token_cli(users_site, "create", "--user", "peer", "--scope", "append")
+    assert created.code == 0, created.stderr
+    grant = authenticate(Context(users_site.inventory), created.stdout.strip())
+    assert grant.scope == "append"
+    assert grant.may("objects.append") and grant.may("objects.append", "alpha")
+    for permission in ("objects.read", "config.read", "snapshots.list", "snapshots.read"):
+        assert not grant.may(permission) and not grant.may_somewhere(permission)
+    # An admin's append token is cut to objects.append too.
+    alice = token_cli(users_site, "create", "--user", "alice", "--scope", "append").stdout
+    cut = authenticate(Context(users_site.inventory), alice.strip())
+    assert cut.may("objects.append") and not cut.may("objects.read")
+    assert not cut.may_somewhere("config.read") and not cut.may_somewhere("admin")
+    # objects.append on some clients only, or none: refused.
+    for user in ("half-peer", "bob"):
+        refused = token_cli(users_site, "create", "--user", user, "--scope", "append")
+        assert refused.code == 1 and "objects.append on every client" in refused.stderr
+    limited = token_cli(
+        users_site, "create", "--user", "peer", "--scope", "append", "--clients", "alpha"
+    )
+    assert limited.code == 1 and "takes no --clients" in limited.stderr
+    # A peer has nothing to read: its read token can do nothing.
+    assert token_cli(users_site, "create", "--user", "peer", "--scope", "admin").code == 1
+
+
+def test_a_read_token_reads_objects_only_for_a_user_with_objects_read(users_site: Site) -> None:
+    alice = token_cli(users_site, "create", "--user", "alice", "--scope", "read").stdout
+    admin_read = authenticate(Context(users_site.inventory), alice.strip())
+    assert admin_read.may("objects.read") and not admin_read.may("objects.append")
+    bob = token_cli(users_site, "create", "--user", "bob", "--scope", "read").stdout
+    assert not authenticate(Context(users_site.inventory), bob.strip()).may_somewhere(
+        "objects.read"
+    )

@@ -9,14 +9,20 @@ and guessable, so its hash must be slow; a secret of 256 random bits cannot be g
 whatever the hash, and a fast one lets every API request be checked in microseconds
 (argon2id would cost each request ~100 ms and a core). The comparison is constant-time.
 
-Scopes: ``read`` (every read, backed-up content included), ``operate`` (also run
-backups and maintenance, restore, cancel jobs), ``admin`` (everything). A token never
+Scopes: ``read`` (every read, backed-up content included, and reading a pool's
+stored objects through the Backup API), ``operate`` (also run backups and maintenance,
+restore, cancel jobs), ``admin`` (everything), and ``append``, the Backup API's
+write-only scope for agents and peer sites: add objects to a pool, see which exist and
+list them, nothing else (never read an object back, never delete, no Admin API route).
+The Backup API's permissions (``objects.append``, ``objects.read``) are held on the
+whole site or not at all: a pool holds every client's data. A token never
 exceeds its user: a request may do what its scope allows **and** the user's roles
 allow now (``costor.config.access.user_grants``, as applied), on the clients both the
 user's grants and the token's ``clients`` (names or globs) cover. A token of a user
 who was removed stops working; one whose user lost a role loses what the role gave.
 At creation, a scope the user could not use is refused (``admin`` needs the ``admin``
-permission, ``operate`` one of the permissions it adds to ``read``).
+permission, ``operate`` one of the permissions it adds to ``read``, ``append`` the
+``objects.append`` permission on every client, and takes no ``--clients``).
 """
 
 from __future__ import annotations
@@ -40,13 +46,19 @@ from costor.errors import NotAuthenticated, TokenNotFound, TokenRefused
 from costor.ops.context import Context
 from costor.util.clock import utcnow
 
-READ = frozenset({"config.read", "jobs.read", "snapshots.list", "snapshots.read", "audit.read"})
+READ = frozenset(
+    {"config.read", "jobs.read", "snapshots.list", "snapshots.read", "audit.read", "objects.read"}
+)
 OPERATE = READ | {"backups.run", "maintenance.run", "snapshots.restore", "jobs.manage"}
-# What a token of each scope may do at most, lowest first.
+# The Backup API's write-only scope: has, put and list a pool's objects.
+APPEND = frozenset({"objects.append"})
+# What a token of each scope may do at most: read, operate, admin lowest first; append
+# beside them (it reads nothing).
 SCOPE_PERMISSIONS: dict[str, frozenset[str]] = {
     "read": READ,
     "operate": OPERATE,
     "admin": frozenset(PERMISSIONS),
+    "append": APPEND,
 }
 SCOPES = tuple(SCOPE_PERMISSIONS)
 NOTE_USE_EVERY = timedelta(minutes=1)  # how stale last_used_at may be
@@ -157,6 +169,11 @@ def create_token(
     if scope not in SCOPES:
         raise TokenRefused(reason=f"unknown scope {scope!r} (one of: {', '.join(SCOPES)})")
     patterns = tuple(clients or ())
+    if scope == "append" and patterns:
+        raise TokenRefused(
+            reason="an append token writes to pools, which hold every client's data: "
+            "it takes no --clients"
+        )
     for pattern in patterns:
         try:
             client_pattern(pattern)
@@ -262,6 +279,16 @@ def _check_user(ctx: Context, session: Any, user: str, scope: str) -> None:
             "run `costor apply`)"
         )
     granted = _user_permissions(ctx, user)
+    if scope == "append":
+        if not any(
+            g.clients is None and "objects.append" in g.permissions for g in _user_rights(ctx, user)
+        ):
+            raise TokenRefused(
+                reason=f"user {user!r} has no role granting objects.append on every "
+                "client, so it cannot have an append token (a pool holds every client's "
+                "data)"
+            )
+        return
     if scope == "admin" and "admin" not in granted:
         raise TokenRefused(
             reason=f"user {user!r} has no admin role, so its tokens cannot be admin "
@@ -288,7 +315,11 @@ def _user_permissions(ctx: Context, user: str) -> frozenset[str]:
 
 def _highest_scope(granted: frozenset[str], *, up_to: str) -> str:
     """The highest scope, ``up_to`` at most, whose use the user's permissions allow:
-    ``admin`` needs ``admin``; ``operate`` one of the permissions it adds to ``read``."""
+    ``admin`` needs ``admin``; ``operate`` one of the permissions it adds to ``read``.
+    ``append`` stays ``append``: it is no step of that ladder, and a user who lost
+    ``objects.append`` keeps a token that may do nothing."""
+    if up_to == "append":
+        return "append"
     if up_to == "admin" and "admin" in granted:
         return "admin"
     if up_to in ("admin", "operate") and granted & (OPERATE - READ):

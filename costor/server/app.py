@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request, Response
+from fastapi import Path as InPath
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -136,7 +137,7 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         tags=["admin"],
         response_model=list[SnapshotDocument],
         response_model_exclude_unset=True,
-        responses=error_responses(400, 401, 403),
+        responses=error_responses(400, 401, 403, 404),
     )
     def get_snapshots(
         response: Response,
@@ -236,7 +237,9 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         responses=error_responses(400, 401, 403, 404),
     )
     def get_job(
-        request: Request, job_id: int, access: Access = requires("jobs.read", per_object=True)
+        request: Request,
+        job_id: Annotated[int, InPath(ge=1, le=documents.MAX_JOB_ID)],
+        access: Access = requires("jobs.read", per_object=True),
     ) -> dict[str, Any]:
         """One job, as in `costor jobs --json`."""
         with use(request) as ctx:

@@ -20,6 +20,7 @@ from costor.errors import JobNotFound
 from costor.ops.context import Context
 
 FAILED_JOBS_READ = 100_000  # /metrics counts at most this many failed jobs
+MAX_JOB_ID = 2**63 - 1  # the jobs table's ids are 64-bit: a larger one names no job
 
 
 def pool_documents(ctx: Context) -> list[dict[str, Any]]:
@@ -54,7 +55,10 @@ def pool_documents(ctx: Context) -> list[dict[str, Any]]:
 
 
 def job_document(ctx: Context, job_id: int) -> dict[str, Any]:
-    """One job as ``costor jobs --json`` shows it; :class:`JobNotFound` if none."""
+    """One job as ``costor jobs --json`` shows it; :class:`JobNotFound` if none (an id
+    no database column holds too: the database would refuse it, a 500)."""
+    if not 1 <= job_id <= MAX_JOB_ID:
+        raise JobNotFound(job_id=job_id)
     row = jobs.get_job(ctx.engine, job_id)
     if row is None:
         raise JobNotFound(job_id=job_id)

@@ -13,7 +13,8 @@
 # tests log in without a password; otherwise a throwaway cluster of this script's own
 # (initdb -A trust on a free loopback port in a temporary directory, removed on exit).
 # COSTOR_TEST_PG_THROWAWAY=1 always uses a throwaway cluster. openssh-server is installed
-# for the SSH tests, which start their own sshd on a loopback port.
+# for the SSH tests, which start their own sshd on a loopback port; nginx-light for the
+# reverse-proxy test, which starts its own nginx (none is started as a service).
 #
 # Extra arguments go to pytest, in both passes (e.g. `bash scripts/test.sh -x tests/db`).
 set -euo pipefail
@@ -34,6 +35,7 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresq
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)  # the SSH tests run a real sshd
 command -v pkill >/dev/null 2>&1 || need_apt+=(procps)
 command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)  # ssh.sudo = true, tested for real
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)  # docs/server.md's proxy block, run
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" != 0 ]; then
         echo "please run as root or install: ${need_apt[*]}" >&2

@@ -98,6 +98,12 @@ class HttpServer:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            # X-Forwarded-For/-Proto believed from a proxy on this machine only (docs/
+            # server.md "Behind a reverse proxy"): from anyone else they are ignored, so a
+            # caller cannot choose the address the audit log records. Explicit rather
+            # than uvicorn's default, which a FORWARDED_ALLOW_IPS in the environment moves.
+            proxy_headers=True,
+            forwarded_allow_ips="127.0.0.1",
             ssl_certfile=str(self.settings.tls_cert) if self.settings.tls_cert else None,
             ssl_keyfile=str(self.settings.tls_key) if self.settings.tls_key else None,
         )

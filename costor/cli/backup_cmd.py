@@ -24,6 +24,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("client", metavar="CLIENT", nargs="?", help="a declared client")
     parser.add_argument("--all", action="store_true", help="every declared client")
     parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --server: follow the backup job queued on the site until it ends, then "
+        "print its outcome (here a backup always runs to its end)",
+    )
+    parser.add_argument(
         "--parallel",
         metavar="N",
         type=int,
@@ -53,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(document)
     else:
-        print(_summary(args.client, outcome, document))
-        _print_problems(outcome)
+        print(summary(args.client, document))
+        print_problems(document)
     return BACKUP_INCOMPLETE_EXIT if outcome.incomplete else 0
 
 
@@ -82,8 +88,9 @@ def _run_all(ctx: Any, args: argparse.Namespace) -> int:
             if isinstance(result, Exception):
                 print(f"{name}: FAILED: {result}", file=sys.stderr)
             else:
-                print(_summary(name, result, result.to_json()))
-                _print_problems(result, name)
+                document = result.to_json()
+                print(summary(name, document))
+                print_problems(document, name)
         print(f"{len(results) - len(failed)} of {len(results)} client(s) backed up")
     if failed:
         return 1
@@ -91,14 +98,16 @@ def _run_all(ctx: Any, args: argparse.Namespace) -> int:
     return BACKUP_INCOMPLETE_EXIT if incomplete else 0
 
 
-def _summary(name: str, outcome: Any, document: dict[str, Any]) -> str:
+def summary(name: str, document: dict[str, Any]) -> str:
+    """A backup's outcome as text, from its ``--json`` document (here, or a backup job's
+    result from a site's API)."""
     transferred = (
         f", {human_bytes(document['bytes_transferred'])} over the connection"
         if document.get("transfer") in ("helper", "sftp")
         else ""
     )
     return (
-        f"snapshot {document['snapshot_id'][:12]} of {name} saved to pool {outcome.pool}\n"
+        f"snapshot {document['snapshot_id'][:12]} of {name} saved to pool {document['pool']}\n"
         f"  files: {document['files_new']} new, {document['files_changed']} changed, "
         f"{document['files_unmodified']} unmodified, {document['files_failed']} failed\n"
         f"  read {human_bytes(document['bytes_read'])} of "
@@ -108,18 +117,18 @@ def _summary(name: str, outcome: Any, document: dict[str, Any]) -> str:
     )
 
 
-def _print_problems(outcome: Any, name: str | None = None) -> None:
+def print_problems(document: dict[str, Any], name: str | None = None) -> None:
     """After the summary: errors the progress display did not show as they happened
     (the SFTP fallback's reason, failed after hooks: those without a path), the count
     of items that could not be read (each was shown then), and the warnings."""
     prefix = f"{name}: " if name else ""
     items = 0
-    for error in outcome.errors:
+    for error in document["errors"]:
         if error.get("path"):
             items += 1
         else:
             print(f"{prefix}warning: {terminal_text(error['error'])}", file=sys.stderr)
     if items:
         print(f"  {items} item(s) could not be read (see the warnings above)")
-    for warning in outcome.warnings:
+    for warning in document["warnings"]:
         print(f"{prefix}warning: {terminal_text(warning)}", file=sys.stderr)

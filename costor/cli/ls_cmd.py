@@ -38,14 +38,26 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(listing.to_json())
         return 0
-    for path, n in listing.entries:
-        shown = terminal_text(path)
-        if args.long:
-            mode = stat.filemode(_TYPE_BITS[n.type] | n.mode)
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(n.mtime_ns / 1e9))
-            owner = f"{n.user or n.uid}/{n.group or n.gid}"
-            suffix = f" -> {terminal_text(n.target)}" if n.target else ""
-            print(f"{mode} {owner:>16} {n.size:>12} {when} {shown}{suffix}")
+    # A name as it is (any byte but NUL and /), not as JSON carries it.
+    shown = [
+        {**document, "path": path, "target": node.target}
+        for (path, node), document in zip(listing.entries, listing.to_json(), strict=True)
+    ]
+    print_listing(shown, long=args.long)
+    return 0
+
+
+def print_listing(entries: list[dict[str, Any]], *, long: bool) -> None:
+    """Each entry, from its ``--json`` document (here or from a site's API); ``path`` and
+    ``target`` may be text or bytes."""
+    for entry in entries:
+        shown = terminal_text(entry["path"])
+        if long:
+            mode = stat.filemode(_TYPE_BITS.get(entry["type"], 0) | entry["mode"])
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["mtime_ns"] / 1e9))
+            owner = f"{entry['user'] or entry['uid']}/{entry['group'] or entry['gid']}"
+            target = entry.get("target")
+            suffix = f" -> {terminal_text(target)}" if target else ""
+            print(f"{mode} {terminal_text(owner):>16} {entry['size']:>12} {when} {shown}{suffix}")
         else:
             print(shown)
-    return 0

@@ -85,12 +85,29 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--force", action="store_true", help="let --archive replace an existing file"
     )
+    parser.add_argument(
+        "--to-client",
+        metavar="C",
+        help="with --server and --target: restore onto client C's machine (default: the "
+        "snapshot's own client's)",
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --server and --target: follow the restore job until it ends, then print "
+        "its outcome",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from costor.ops.restore.run import restore
 
+    if args.to_client is not None or args.wait:
+        raise UsageError(
+            message="--to-client and --wait are for a restore job on a site (with --server); "
+            "here, --target is a directory of this machine"
+        )
     to_stdout = args.archive == "-"
     if to_stdout and args.json:
         raise UsageError(message="--json and --archive - both want stdout; choose one")
@@ -118,8 +135,8 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         progress.close()
+    document = outcome.to_json()
     if args.json:
-        document = outcome.to_json()
         if not (args.dry_run or args.verbose):
             document.pop("entries", None)
         print_json(document)
@@ -127,34 +144,35 @@ def run(args: argparse.Namespace) -> int:
         if args.verbose:
             for entry in outcome.entries or []:
                 print(f"{entry['action']:<16} {terminal_text(entry['path'])}")
-        print(_summary(outcome))
+        print(summary(document))
     return 0
 
 
-def _summary(outcome: Any) -> str:
-    where = outcome.target if outcome.archive is None else outcome.archive
-    size = human_bytes(outcome.bytes_written)
-    if outcome.archive is not None:
+def summary(outcome: dict[str, Any]) -> str:
+    """A restore's outcome as text, from its ``--json`` document (here, or a restore
+    job's result or an archive downloaded from a site's API)."""
+    archive = outcome.get("archive")
+    where = terminal_text(outcome["target"] if archive is None else archive)
+    size = human_bytes(outcome["bytes_written"])
+    snapshot = outcome["snapshot_id"][:12]
+    if archive is not None:
         text = (
-            f"{outcome.files_written} file(s), {outcome.dirs} dir(s), {size} of content "
-            f"from {outcome.snapshot_id[:12]}"
+            f"{outcome['files_written']} file(s), {outcome['dirs']} dir(s), {size} of content "
+            f"from {snapshot}"
         )
-        if outcome.not_restorable:
-            text += f"; {outcome.not_restorable} entr(ies) the format cannot hold left out"
-        if outcome.dry_run:
-            return f"dry run: {outcome.archive} would hold {text}; nothing was written"
-        return f"archived {text} to {where} ({human_bytes(outcome.archive_bytes or 0)})"
+        if outcome["not_restorable"]:
+            text += f"; {outcome['not_restorable']} entr(ies) the format cannot hold left out"
+        if outcome["dry_run"]:
+            return f"dry run: {where} would hold {text}; nothing was written"
+        return f"archived {text} to {where} ({human_bytes(outcome.get('archive_bytes') or 0)})"
     counts = (
-        f"{outcome.files_written} file(s) ({outcome.files_new} new, "
-        f"{outcome.files_overwritten} overwritten), {size}; "
-        f"skipped {outcome.files_skipped} ({outcome.files_unchanged} unchanged, "
-        f"{outcome.files_not_overwritten} not overwritten: --overwrite {outcome.overwrite})"
+        f"{outcome['files_written']} file(s) ({outcome['files_new']} new, "
+        f"{outcome['files_overwritten']} overwritten), {size}; "
+        f"skipped {outcome['files_skipped']} ({outcome['files_unchanged']} unchanged, "
+        f"{outcome['files_not_overwritten']} not overwritten: --overwrite {outcome['overwrite']})"
     )
-    if outcome.not_restorable:
-        counts += f"; {outcome.not_restorable} not restorable here"
-    if outcome.dry_run:
-        return (
-            f"dry run: would restore {counts} from {outcome.snapshot_id[:12]} to {where}; "
-            "nothing was written"
-        )
-    return f"restored {counts} from {outcome.snapshot_id[:12]} to {where}"
+    if outcome["not_restorable"]:
+        counts += f"; {outcome['not_restorable']} not restorable here"
+    if outcome["dry_run"]:
+        return f"dry run: would restore {counts} from {snapshot} to {where}; nothing was written"
+    return f"restored {counts} from {snapshot} to {where}"

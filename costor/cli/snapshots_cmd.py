@@ -27,23 +27,29 @@ def run(args: argparse.Namespace) -> int:
     from costor.ops.restore.snapshots import list_snapshots
 
     found = list_snapshots(context(args), client=args.client, pool=args.pool)
+    documents = [{**s.summary(), "pool": pool} for pool, s in found]
     if args.json:
-        print_json([{**s.summary(), "pool": pool} for pool, s in found])
-        return 0
+        print_json(documents)
+    else:
+        print_snapshots(documents)
+    return 0
+
+
+def print_snapshots(documents: list[dict[str, Any]]) -> None:
+    """The table of snapshots, from their ``--json`` documents (here or from a site's API)."""
     rows = [("ID", "TIME", "CLIENT", "POOL", "FILES", "SIZE", "ADDED", "PATHS")]
-    for pool, s in found:
-        c = s.counters
-        files = c.get("files_new", 0) + c.get("files_changed", 0) + c.get("files_unmodified", 0)
+    for s in documents:
+        files = s.get("files_new", 0) + s.get("files_changed", 0) + s.get("files_unmodified", 0)
         rows.append(
             (
-                s.id[:12],
-                s.time[:19].replace("T", " "),
-                s.client,
-                pool,
+                s["id"][:12],
+                s["time"][:19].replace("T", " "),
+                terminal_text(s["client"]),
+                terminal_text(s["pool"]),
                 str(files),
-                human_bytes(c.get("bytes_processed", 0)),
-                human_bytes(c.get("bytes_added", 0)),
-                terminal_text(", ".join(s.paths)),
+                human_bytes(s.get("bytes_processed", 0)),
+                human_bytes(s.get("bytes_added", 0)),
+                terminal_text(", ".join(s["paths"])),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -53,5 +59,4 @@ def run(args: argparse.Namespace) -> int:
             + "  "
             + row[-1]
         )
-    print(f"{len(found)} snapshot(s)")
-    return 0
+    print(f"{len(documents)} snapshot(s)")

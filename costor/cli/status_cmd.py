@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
-from costor.cli.output import print_json
+from costor.cli.output import print_json, terminal_text
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -21,27 +21,32 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from costor.ops.status import status
 
-    report = status(context(args))
+    document = status(context(args)).to_json()
     if args.json:
-        print_json(report.to_json())
-        return 0
-    print(f"health: {report.health}")
-    for problem in report.problems:
-        print(f"  {problem}")
-    for site in report.sites:
+        print_json(document)
+    else:
+        print_status(document)
+    return 0
+
+
+def print_status(report: dict[str, Any]) -> None:
+    """The status as text, from its ``--json`` document (here or from a site's API)."""
+    print(f"health: {report['health']}")
+    for problem in report["problems"]:
+        print(f"  {terminal_text(problem)}")
+    for site in report["sites"]:
         note = ""
         if site["maintenance"]:
             reason = f": {site['maintenance_reason']}" if site["maintenance_reason"] else ""
             note = f"  (maintenance{reason}; no new jobs start)"
         print(f"site {site['site']}: {site['health']}{note}")
-    for client in report.clients:
+    for client in report["clients"]:
         last = (client["last_backup"] or "never")[:19].replace("T", " ")
         print(f"  {client['client']:<20} {client['health']:<8} last backup {last}")
         for problem in client["problems"]:
-            print(f"      {problem}")
-    jobs = report.jobs
+            print(f"      {terminal_text(problem)}")
+    jobs = report["jobs"]
     print(
         f"jobs: {jobs['queued']} queued, {jobs['running']} running; "
-        f"{len(report.instances)} serve instance(s) alive"
+        f"{len(report['instances'])} serve instance(s) alive"
     )
-    return 0

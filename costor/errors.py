@@ -455,6 +455,13 @@ class CsrfRefused(CostorError):
     http_status = 403
 
 
+class ServerBusy(CostorError):
+    """The server is busy: {reason}; try again in {retry_after} s."""
+
+    # Answered at once with Retry-After, rather than queueing the request behind others.
+    http_status = 503
+
+
 class SessionNotFound(CostorError):
     """No login session {session_id!r}."""
 

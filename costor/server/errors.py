@@ -4,7 +4,9 @@ in one shape: ``{"error": type, "message": text, "request_id": id}``.
 
 A request FastAPI cannot parse (a bad query value) is a ``UsageError`` (400); an unknown
 route is a 404 in the same shape; anything else is a 500 whose message says no more
-than that (the traceback goes to the server's log, never to the caller).
+than that (the traceback goes to the server's log, never to the caller). An error that says when
+to ask again (a ``retry_after`` field: a throttled login, a busy server) carries it as
+``Retry-After``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ def error_response(request: Request, error: Exception) -> JSONResponse:
     else:
         logger.exception(f"request {request_id}: unexpected error", exc_info=error)
         status, kind, message = 500, "InternalError", "internal error (see the server's log)"
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, NotAuthenticated) else None
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, NotAuthenticated) else {}
+    if isinstance(error, CostorError) and "retry_after" in error.fields:
+        headers["Retry-After"] = str(error.fields["retry_after"])  # 429, 503: when to ask again
     return JSONResponse(
         {"error": kind, "message": message, "request_id": request_id},
         status_code=status,

@@ -88,7 +88,7 @@ logger = get_logger("logins")
 
 POLICY_ENV = "COSTOR_LOGIN_POLICY"
 PUBLIC_ID_LENGTH = db_logins.PUBLIC_ID_LENGTH
-NOTE_USE_EVERY = timedelta(minutes=1)  # how far the idle limit may lag behind use
+NOTE_USE_EVERY = timedelta(minutes=1)  # how far the idle limit may lag behind use (at most)
 FORGET_ENDED_AFTER = timedelta(days=7)  # ended sessions are listed this long, then deleted
 MAX_USER_NAME = 256  # characters: longer names are refused before anything is checked
 MAX_PASSWORD = 4096  # bytes (UTF-8)
@@ -407,7 +407,7 @@ def authenticate_session(
         if not db_tokens.user_applied(session, row.user) or row.user not in ctx.inventory.users:
             raise NotAuthenticated(reason="the session's user no longer exists")
     renewed = min(now + policy.idle, _aware(row.created_at) + policy.lifetime)
-    if renewed - info.expires_at > NOTE_USE_EVERY:
+    if renewed - info.expires_at > min(NOTE_USE_EVERY, policy.idle / 4):
         with session_scope(ctx.engine) as session:
             db_logins.extend_session(session, row.id, renewed)
         info = replace(info, expires_at=renewed)

@@ -1,0 +1,446 @@
+"""The Backup API against a real `costor serve` on loopback: a pool's stored objects,
+put (verified against their names on arrival), has, get (ranges), list and delete, as
+each token scope may; names that could leave the pool refused; `costor pool copy` to
+and from the server's pools over http, and the copy checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import blake3
+import httpx
+import pytest
+from serving import ENV, start_serve, stop_serve
+from support.fixtures import Site
+from support.inventory import local_pool, local_tables, write_tables
+
+# Tests that write put their objects into "scratch"; "main" holds a backup and stays
+# as it made it (the copy test copies it); "mirror" is emptied for that copy.
+POOL = "/api/v1/pools/scratch/objects/"
+MAIN = "/api/v1/pools/main/objects/"
+
+USERS = """
+[groups.admins]
+roles = ["admin"]
+
+[groups.viewers]
+roles = ["viewer"]
+
+[roles.replicator]
+permissions = ["objects.append"]
+
+[groups.peers]
+roles = ["replicator"]
+
+[users.alice]
+groups = ["admins"]
+password = { env = "COSTOR_TEST_USER_PASSWORD" }
+
+[users.bob]
+groups = ["viewers"]
+password = { env = "COSTOR_TEST_USER_PASSWORD" }
+
+[users.peer]
+groups = ["peers"]
+password = { env = "COSTOR_TEST_USER_PASSWORD" }
+"""
+
+
+def pack_name(data: bytes) -> str:
+    digest = blake3.blake3(data).hexdigest()
+    return f"packs/{digest[:2]}/{digest[2:4]}/{digest}"
+
+
+class Served:
+    def __init__(self, site: Site, base_url: str, process: subprocess.Popen[bytes]) -> None:
+        self.site, self.base_url, self.process = site, base_url, process
+        self.http = httpx.Client(base_url=base_url, timeout=60)
+        self.tokens: dict[str, str] = {}
+        self.pool_dir = site.root / "scratch"
+        self.main_dir = site.pool_path
+        self.mirror_dir = site.root / "mirror"
+
+    def ask(
+        self, method: str, url: str, token: str | None = "admin", **kwargs: Any
+    ) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {self.tokens[token]}"
+        return self.http.request(method, url, headers=headers, **kwargs)
+
+    def listing(self, token: str = "admin", prefix: str = "", url: str = POOL) -> list[Any]:
+        answer = self.ask("GET", url, token, params={"prefix": prefix})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"].startswith("application/x-ndjson")
+        return [json.loads(line) for line in answer.text.splitlines()]
+
+    def token(self, *args: str) -> str:
+        result = self.site.cli("token", "create", *args)
+        assert result.code == 0, result.stderr
+        return result.stdout.strip()
+
+    def memory_kib(self, key: str) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == key:
+                return int(value.split()[0])
+        raise AssertionError(key)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("objects")
+    source = root / "src"
+    (source / "docs").mkdir(parents=True)
+    (source / "docs" / "readme.txt").write_text("hello\n" * 500)
+    (source / "data.bin").write_bytes(os.urandom(300_000))
+    tables = local_tables({"alpha": [source]})
+    pools = [local_pool(name, path=name) for name in ("mirror", "scratch")]
+    inventory = write_tables(root, *tables, *pools, USERS)
+    site = Site(root, inventory, root / "pool")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in ENV.items():
+            patch.setenv(key, value)
+        applied = site.cli("apply", "--auto-approve")
+        assert applied.code == 0, applied.stderr
+        backup = site.cli("backup", "alpha")
+        assert backup.code == 0, backup.stderr
+        # The mirror's storage emptied: a place for a copy of "main" to arrive in.
+        shutil.rmtree(root / "mirror")
+        (root / "mirror").mkdir()
+        process, base_url = start_serve(site)
+        served = Served(site, base_url, process)
+        try:
+            served.tokens["admin"] = served.token("--user", "alice", "--scope", "admin")
+            served.tokens["read"] = served.token("--user", "alice", "--scope", "read")
+            served.tokens["append"] = served.token("--user", "peer", "--scope", "append")
+            served.tokens["viewer"] = served.token("--user", "bob", "--scope", "read")
+            served.tokens["alpha"] = served.token(
+                "--user", "alice", "--scope", "read", "--clients", "alpha"
+            )
+            yield served
+        finally:
+            served.http.close()
+            stop_serve(process)
+
+
+def test_put_has_get_range_and_list_round_trip(served: Served) -> None:
+    data = os.urandom(100_000)
+    name = pack_name(data)
+    put = served.ask("PUT", POOL + name, content=data)
+    assert put.status_code == 201, put.text
+    assert put.json() == {"name": name, "size": len(data), "stored": True}
+    assert (served.pool_dir / name).read_bytes() == data
+    has = served.ask("HEAD", POOL + name)
+    assert has.status_code == 200 and int(has.headers["content-length"]) == len(data)
+    got = served.ask("GET", POOL + name)
+    assert got.status_code == 200 and got.content == data
+    ranged = served.ask("GET", POOL + name, headers={"Range": "bytes=1000-1999"})
+    assert ranged.status_code == 206 and ranged.content == data[1000:2000]
+    assert ranged.headers["content-range"] == f"bytes 1000-1999/{len(data)}"
+    tail = served.ask("GET", POOL + name, headers={"Range": "bytes=-10"})
+    assert tail.status_code == 206 and tail.content == data[-10:]
+    past = served.ask("GET", POOL + name, headers={"Range": f"bytes={len(data)}-"})
+    assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{len(data)}"
+    lines = served.listing(prefix=name[:8])
+    assert {"name": name, "size": len(data)} in lines
+    assert lines[-1] == {"end": True, "count": len(lines) - 1}
+    assert all(line["name"].startswith(name[:8]) for line in lines[:-1])
+    # The whole of "main" as the backup stored it: every object of its kinds, sized.
+    everything = {line["name"]: line["size"] for line in served.listing(url=MAIN)[:-1]}
+    on_disk = {
+        str(p.relative_to(served.main_dir)): p.stat().st_size
+        for p in served.main_dir.rglob("*")
+        if p.is_file() and p.relative_to(served.main_dir).parts[0] != "locks"
+    }
+    assert everything == on_disk and "costor-pool.json" in everything
+    assert any(n.startswith("snapshots/") for n in everything)
+    missing = served.ask("HEAD", POOL + pack_name(b"never stored"))
+    assert missing.status_code == 404
+    absent = served.ask("GET", POOL + pack_name(b"never stored"))
+    assert absent.status_code == 404 and absent.json()["error"] == "ObjectNotFound"
+
+
+def test_bytes_that_do_not_hash_to_the_name_are_refused_and_not_stored(served: Served) -> None:
+    name = pack_name(b"what the name promises")
+    refused = served.ask("PUT", POOL + name, content=b"something else")
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"] == "ObjectRefused"
+    assert "nothing was stored" in refused.json()["message"]
+    assert served.ask("HEAD", POOL + name).status_code == 404
+    assert not (served.pool_dir / name).exists()
+    segment = "index/" + blake3.blake3(b"a segment").hexdigest()
+    assert served.ask("PUT", POOL + segment, content=b"a segmenT").status_code == 422
+    assert not (served.pool_dir / segment).exists()
+    # A pack under the wrong directories is no pack name.
+    digest = blake3.blake3(b"x").hexdigest()
+    wrong_dirs = served.ask("PUT", POOL + f"packs/00/00/{digest}", content=b"x")
+    assert wrong_dirs.status_code == 400 and wrong_dirs.json()["error"] == "ObjectNameRefused"
+
+
+def test_puts_are_idempotent_and_key_slots_are_written_once(served: Served) -> None:
+    data = b"the same pack twice"
+    name = pack_name(data)
+    for _ in range(2):
+        again = served.ask("PUT", POOL + name, content=data)
+        assert again.status_code == 201 and again.json()["size"] == len(data)
+    assert (served.pool_dir / name).read_bytes() == data
+    slot = "keys/" + "ab" * 16
+    first = served.ask("PUT", POOL + slot, content=b'{"slot": 1}')
+    assert first.status_code == 201 and first.json()["stored"] is True
+    same = served.ask("PUT", POOL + slot, content=b'{"slot": 1}')
+    assert same.status_code == 200 and same.json()["stored"] is False
+    other = served.ask("PUT", POOL + slot, content=b'{"slot": 2}')
+    assert other.status_code == 409 and other.json()["error"] == "ObjectExists"
+    assert (served.pool_dir / slot).read_bytes() == b'{"slot": 1}'
+    identity = (served.pool_dir / "costor-pool.json").read_bytes()
+    assert served.ask("PUT", POOL + "costor-pool.json", content=identity).status_code == 200
+    replaced = served.ask("PUT", POOL + "costor-pool.json", content=b'{"format": "x"}')
+    assert replaced.status_code == 409
+    assert (served.pool_dir / "costor-pool.json").read_bytes() == identity
+
+
+def test_an_append_token_adds_and_lists_but_never_reads_or_deletes(served: Served) -> None:
+    data = os.urandom(5000)
+    name = pack_name(data)
+    assert served.ask("PUT", POOL + name, "append", content=data).status_code == 201
+    assert served.ask("HEAD", POOL + name, "append").status_code == 200
+    assert served.ask("HEAD", POOL + pack_name(b"no"), "append").status_code == 404
+    assert {"name": name, "size": 5000} in served.listing("append", prefix="packs/")
+    read = served.ask("GET", POOL + name, "append")
+    assert read.status_code == 403 and read.json()["error"] == "PermissionDenied"
+    ranged = served.ask("GET", POOL + name, "append", headers={"Range": "bytes=0-9"})
+    assert ranged.status_code == 403
+    deleted = served.ask("DELETE", POOL + name, "append")
+    assert deleted.status_code == 403
+    assert (served.pool_dir / name).read_bytes() == data
+    # The Admin API: nothing at all.
+    snapshot = served.site.cli("snapshots", "--json").json()[0]["id"]
+    admin_routes = [
+        ("GET", "/api/v1/status"),
+        ("GET", "/api/v1/clients"),
+        ("GET", "/api/v1/pools"),
+        ("GET", "/api/v1/snapshots"),
+        ("GET", f"/api/v1/snapshots/{snapshot}"),
+        ("GET", f"/api/v1/snapshots/{snapshot}/tree"),
+        ("GET", f"/api/v1/snapshots/{snapshot}/file?path=/etc/hostname"),
+        ("GET", f"/api/v1/snapshots/{snapshot}/archive"),
+        ("GET", "/api/v1/clients/alpha/versions?path=/x"),
+        ("GET", "/api/v1/jobs"),
+        ("GET", "/api/v1/maintenance"),
+        ("POST", "/api/v1/clients/alpha/backup"),
+        ("POST", "/api/v1/pools/main/check"),
+        ("POST", "/api/v1/pools/main/prune"),
+        ("POST", "/api/v1/jobs/1/cancel"),
+        ("PUT", "/api/v1/maintenance"),
+    ]
+    for method, route in admin_routes:
+        kwargs: dict[str, Any] = {"json": {"on": True}} if method == "PUT" else {}
+        answer = served.ask(method, route, "append", **kwargs)
+        assert answer.status_code in (403, 404), (method, route, answer.status_code, answer.text)
+    assert served.site.cli("maintenance", "--json").json()["sites"][0]["maintenance"] is False
+
+
+def test_a_read_token_gets_and_lists_but_does_not_put(served: Served) -> None:
+    data = b"read me back"
+    name = pack_name(data)
+    assert served.ask("PUT", POOL + name, content=data).status_code == 201
+    assert served.ask("GET", POOL + name, "read").content == data
+    assert served.ask("HEAD", POOL + name, "read").status_code == 200
+    assert {"name": name, "size": len(data)} in served.listing("read", prefix="packs/")
+    other = b"not from a read token"
+    put = served.ask("PUT", POOL + pack_name(other), "read", content=other)
+    assert put.status_code == 403
+    assert not (served.pool_dir / pack_name(other)).exists()
+    assert served.ask("DELETE", POOL + name, "read").status_code == 403
+    # A user without objects.read (viewer), or a token limited to some clients: a pool
+    # holds every client's data, so neither reads one.
+    for token in ("viewer", "alpha"):
+        assert served.ask("GET", POOL + name, token).status_code == 403
+        assert served.ask("GET", POOL, token).status_code == 403
+
+
+def test_no_token_is_401_and_an_unknown_pool_404(served: Served) -> None:
+    name = pack_name(b"x")
+    for method in ("HEAD", "GET", "PUT", "DELETE"):
+        answer = served.ask(method, POOL + name, None, content=b"x" if method == "PUT" else None)
+        assert answer.status_code == 401, method
+        assert answer.headers["www-authenticate"] == "Bearer"
+    assert served.ask("GET", POOL, None).status_code == 401
+    nowhere = served.ask("GET", "/api/v1/pools/nowhere/objects/" + name)
+    assert nowhere.status_code == 404 and nowhere.json()["error"] == "UnknownResource"
+    assert not (served.pool_dir / name).exists()
+
+
+def raw_request(served: Served, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    """A request sent as written (an HTTP client would normalise ``..`` away)."""
+    host, port = served.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+            f"Authorization: Bearer {served.tokens['admin']}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status = int(answer.split(b" ", 2)[1])
+    return status, answer
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../escape",
+        "../../escape",
+        "%2e%2e/escape",
+        "%2E%2E%2Fescape",
+        "packs/../../escape",
+        "/escape",
+        "%2Fescape",
+        "keys/..%2f..%2fescape",
+        "escape",
+        "locks/" + "0" * 32,
+        "keys/short",
+        "index/" + "A" * 64,
+    ],
+)
+def test_names_that_are_not_pool_objects_are_refused(served: Served, name: str) -> None:
+    for method in ("PUT", "GET", "HEAD", "DELETE"):
+        status, answer = raw_request(served, method, POOL + name, b"payload")
+        assert status in (400, 404), (method, name, answer[:300])
+        if method != "HEAD" and status == 400:
+            assert b"ObjectNameRefused" in answer
+    written = [p for p in served.site.root.rglob("escape")]
+    assert written == []
+    assert not any(p.name == "escape" for p in Path("/tmp").glob("*"))
+
+
+def test_listing_prefixes_that_could_leave_the_pool_are_refused(served: Served) -> None:
+    for prefix in ("../", "/etc", "packs/../..", "a//b", "..\\x"):
+        answer = served.ask("GET", POOL, params={"prefix": prefix})
+        assert answer.status_code == 400, prefix
+        assert answer.json()["error"] == "ObjectNameRefused"
+
+
+def test_delete_is_for_admin_and_audited(served: Served) -> None:
+    data = b"to be deleted"
+    name = pack_name(data)
+    assert served.ask("PUT", POOL + name, content=data).status_code == 201
+    deleted = served.ask("DELETE", POOL + name)
+    assert deleted.status_code == 204
+    assert served.ask("HEAD", POOL + name).status_code == 404
+    assert served.ask("DELETE", POOL + name).status_code == 204  # a missing one: fine
+    records = served.site.cli("audit", "--json").json()
+    mine = [r for r in records if r["action"] == "object.delete"]
+    assert mine and mine[-1]["target"] == "pool:scratch" and mine[-1]["outcome"] == "ok"
+    assert mine[-1]["actor"].startswith("token:")
+
+
+def test_a_large_put_is_streamed_and_verified(served: Served) -> None:
+    """96 MiB, over SPILL_AT: spilled to a temporary file as it arrives, hashed on the
+    way, and handed to the backend as a read-only map. The server's own (anonymous)
+    memory does not grow by the object's size."""
+    data = os.urandom(96 * 1024 * 1024)
+    name = pack_name(data)
+    before = served.memory_kib("RssAnon")
+    samples: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        """1 MiB at a time; the server's anonymous memory noted every 16 MiB sent (a
+        body kept in memory would show as it grew: it is freed once answered)."""
+        view = memoryview(data)
+        for start in range(0, len(data), 1024 * 1024):
+            if start % (16 * 1024 * 1024) == 0:
+                samples.append(served.memory_kib("RssAnon"))
+            yield bytes(view[start : start + 1024 * 1024])
+
+    put = served.ask("PUT", POOL + name, content=chunks())
+    assert put.status_code == 201, put.text
+    samples.append(served.memory_kib("RssAnon"))
+    print(f"RssAnon before {before} KiB, every 16 MiB sent {samples} KiB")
+    assert len(samples) == 7 and (max(samples) - before) / 1024 < 32, (before, samples)
+    assert (served.pool_dir / name).stat().st_size == len(data)
+    assert blake3.blake3((served.pool_dir / name).read_bytes()).hexdigest() == name[-64:]
+    assert list((served.site.root / ".costor" / "uploads").glob("*")) == []
+    # The same size with one byte changed: refused once it has all arrived.
+    damaged = bytearray(data)
+    damaged[-1] ^= 1
+    other = pack_name(bytes(damaged[:-1]) + b"\0")
+    refused = served.ask("PUT", POOL + other, content=bytes(damaged))
+    assert refused.status_code == 422
+    assert not (served.pool_dir / other).exists()
+
+
+def copy(served: Served, token: str, source: str, destination: str) -> dict[str, Any]:
+    """``costor pool copy`` between bare locations, in a process of its own, as an
+    operator would run it (the token in the environment)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "costor", "pool", "copy", source, destination, "--json"],
+        env={**os.environ, "COSTOR_TOKEN": served.tokens[token]},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=served.site.root,
+    )
+    assert result.returncode == 0, result.stderr
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def objects(root: Path) -> dict[str, bytes]:
+    """A pool's objects as copies have them (no leases, audit anchors or records of
+    this place's own)."""
+    skip = ("anchors", "locks", "condemned", "damaged")
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).parts[0] not in skip
+    }
+
+
+def test_pool_copy_to_and_from_the_server_then_check(served: Served, tmp_path: Path) -> None:
+    """Down from the server's pool (read token), up into its empty mirror pool (admin:
+    a copy reads back what it wrote), back down again, and the last copy checked by a
+    site of its own (`costor check --read-data`)."""
+    main = f"{served.base_url}/api/v1/pools/main"
+    mirror = f"{served.base_url}/api/v1/pools/mirror"
+    down = tmp_path / "down"
+    first = copy(served, "read", main, str(down))
+    assert first["copied"] > 0 and first["source"] == main
+    assert objects(down) == objects(served.main_dir)
+    up = copy(served, "admin", str(down), mirror)
+    assert up["copied"] == first["copied"] and up["destination"] == mirror
+    assert objects(served.mirror_dir) == objects(down)
+    assert copy(served, "admin", str(down), mirror)["copied"] == 0  # incremental
+    back = tmp_path / "back"
+    copy(served, "read", mirror, str(back))
+    assert objects(back) == objects(down)
+    # The copy is a pool: a site of its own adopts it and checks every byte.
+    (tmp_path / "site").mkdir()
+    inventory = write_tables(
+        tmp_path / "site",
+        *local_tables({"alpha": [served.site.root / "src"]}),
+        costor=None,
+    )
+    text = inventory.read_text().replace('path = "pool"', f"path = {json.dumps(str(back))}")
+    inventory.write_text(text)
+    site = Site(tmp_path / "site", inventory, back)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in ENV.items():
+            patch.setenv(key, value)
+        adopted = site.cli("apply", "--auto-approve")
+        assert adopted.code == 0, adopted.stderr
+        checked = site.cli("check", "--read-data")
+        assert checked.code == 0, checked.stdout + checked.stderr
+        listed = site.cli("snapshots", "--json")
+        assert [s["client"] for s in listed.json()] == ["alpha"]

@@ -1,8 +1,15 @@
-"""One conformance suite for every backend (the contract in costor/store/backends/base.py)."""
+"""One conformance suite for every backend (the contract in costor/store/backends/base.py).
+
+The names are a pool's own (docs/format.md): packs and index segments named by the
+BLAKE3-256 of their bytes, key slots by 32 hex digits, so that a backend that accepts
+only a pool's objects, verified against their names (a site's Backup API, "http"), runs
+the same suite."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from botocore.exceptions import (
     ClientError,
@@ -19,6 +27,8 @@ from botocore.exceptions import (
     NoCredentialsError,
     ReadTimeoutError,
 )
+from support.fixtures import Site
+from support.inventory import PASSPHRASE, PASSPHRASE_ENV, local_tables, write_tables
 from support.s3servers import (  # noqa: F401  (moto_server, rclone_server: fixtures)
     ConnectionCutter,
     S3Server,
@@ -40,8 +50,10 @@ from costor.errors import (
     StorageFull,
 )
 from costor.store.backends import Backend, LocalBackend
+from costor.store.backends.http import HttpBackend
 from costor.store.backends.memory import MemoryBackend
 from costor.store.backends.s3 import S3Backend, translate_error
+from costor.store.crypto import object_hash
 
 MIB = 1024 * 1024
 # S3's smallest part size, so that the large-object test below is a 3-part upload, and
@@ -49,62 +61,155 @@ MIB = 1024 * 1024
 S3_CONTRACT = {"multipart_threshold": 5 * MIB, "multipart_chunk": 5 * MIB, "list_page_size": 50}
 
 
-@pytest.fixture(params=["memory", "local", "s3-moto", "s3-rclone"])
+def pack(data: bytes) -> str:
+    """A pack's name: packs/<h[0:2]>/<h[2:4]>/<h>, h the BLAKE3-256 of its bytes."""
+    digest = object_hash(data)
+    return f"packs/{digest[:2]}/{digest[2:4]}/{digest}"
+
+
+def segment(data: bytes) -> str:
+    return f"index/{object_hash(data)}"
+
+
+def slot(number: int) -> str:
+    return f"keys/{number:032x}"
+
+
+class BackupApiServer:
+    """A real `costor serve` on loopback whose pool "main" the Backup API serves, with
+    an admin token (the suite deletes); each test empties the pool's directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        inventory = write_tables(root, *local_tables({}), USERS)
+        self.site = Site(root, inventory, root / "pool")
+        env = {PASSPHRASE_ENV: PASSPHRASE, "COSTOR_TEST_USER_PASSWORD": "a long test password"}
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            assert self.site.cli("apply", "--auto-approve").code == 0
+            created = self.site.cli("token", "create", "--user", "admin", "--scope", "admin")
+            assert created.code == 0, created.stderr
+        self.token = created.stdout.strip()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/api/v1/pools/main"
+        self.process = self.site.process("serve", "--listen", f"127.0.0.1:{port}", env=env)
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.process.poll() is None, self.process.communicate()[1].decode()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "costor serve did not answer /healthz"
+                time.sleep(0.1)
+
+    def empty_backend(self) -> HttpBackend:
+        for child in self.site.pool_path.iterdir():
+            if child.is_dir():
+                for path in sorted(child.rglob("*"), reverse=True):
+                    path.unlink() if path.is_file() else path.rmdir()
+                child.rmdir()
+            else:
+                child.unlink()
+        return HttpBackend(self.url, token=self.token)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+
+USERS = """
+[groups.admins]
+roles = ["admin"]
+
+[users.admin]
+groups = ["admins"]
+password = { env = "COSTOR_TEST_USER_PASSWORD" }
+"""
+
+
+@pytest.fixture(scope="module")
+def backup_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackupApiServer]:
+    server = BackupApiServer(tmp_path_factory.mktemp("backup-api"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["memory", "local", "s3-moto", "s3-rclone", "http"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "memory":
         yield MemoryBackend()
     elif request.param == "local":
         yield LocalBackend(tmp_path / "objects")
+    elif request.param == "http":
+        server: BackupApiServer = request.getfixturevalue("backup_api")
+        http = server.empty_backend()
+        yield http
+        http.close()
     else:
-        server: S3Server = request.getfixturevalue(request.param.removeprefix("s3-") + "_server")
+        s3: S3Server = request.getfixturevalue(request.param.removeprefix("s3-") + "_server")
         # A prefix, so every contract test also checks that keys map back to names.
-        backend = make_s3_backend(server, server.new_bucket(), "pools/main", **S3_CONTRACT)
+        backend = make_s3_backend(s3, s3.new_bucket(), "pools/main", **S3_CONTRACT)
         yield backend
         backend.close()
 
 
 def test_put_get_roundtrip(backend: Backend) -> None:
-    backend.put("packs/ab/cd/abcd", b"payload")
-    assert backend.get("packs/ab/cd/abcd") == b"payload"
-    assert backend.exists("packs/ab/cd/abcd")
+    name = pack(b"payload")
+    backend.put(name, b"payload")
+    assert backend.get(name) == b"payload"
+    assert backend.exists(name)
 
 
 def test_put_is_idempotent(backend: Backend) -> None:
-    backend.put("index/x", b"same")
-    backend.put("index/x", b"same")
-    assert backend.get("index/x") == b"same"
-    assert [i.name for i in backend.list("index/")] == ["index/x"]
+    name = segment(b"same")
+    backend.put(name, b"same")
+    backend.put(name, b"same")
+    assert backend.get(name) == b"same"
+    assert [i.name for i in backend.list("index/")] == [name]
 
 
 def test_missing_object_raises_not_found(backend: Backend) -> None:
+    missing = f"snapshots/{object_hash(b'nope')}"
     with pytest.raises(ObjectNotFound):
-        backend.get("snapshots/nope")
+        backend.get(missing)
     with pytest.raises(ObjectNotFound):
-        backend.get_range("snapshots/nope", 0, 1)
-    assert not backend.exists("snapshots/nope")
+        backend.get_range(missing, 0, 1)
+    assert not backend.exists(missing)
 
 
 def test_get_range_exact_or_error(backend: Backend) -> None:
-    backend.put("p", bytes(range(100)))
-    assert backend.get_range("p", 10, 5) == bytes(range(10, 15))
+    name = pack(bytes(range(100)))
+    backend.put(name, bytes(range(100)))
+    assert backend.get_range(name, 10, 5) == bytes(range(10, 15))
     with pytest.raises(ObjectTruncated):  # a BackendError that is damage (exit 3)
-        backend.get_range("p", 98, 5)
+        backend.get_range(name, 98, 5)
 
 
 def test_list_by_prefix_with_sizes(backend: Backend) -> None:
-    backend.put("packs/00/11/a", b"1")
-    backend.put("packs/22/33/b", b"22")
-    backend.put("index/c", b"333")
+    a, b, c = pack(b"1"), pack(b"22"), segment(b"333")
+    backend.put(a, b"1")
+    backend.put(b, b"22")
+    backend.put(c, b"333")
     listed = {i.name: i.size for i in backend.list("packs/")}
-    assert listed == {"packs/00/11/a": 1, "packs/22/33/b": 2}
-    assert {i.name for i in backend.list("")} == {"packs/00/11/a", "packs/22/33/b", "index/c"}
+    assert listed == {a: 1, b: 2}
+    assert {i.name for i in backend.list("")} == {a, b, c}
 
 
 def test_delete_missing_is_not_an_error(backend: Backend) -> None:
-    backend.put("keys/k", b"x")
-    backend.delete("keys/k")
-    backend.delete("keys/k")
-    assert not backend.exists("keys/k")
+    backend.put(slot(1), b"x")
+    backend.delete(slot(1))
+    backend.delete(slot(1))
+    assert not backend.exists(slot(1))
 
 
 @pytest.mark.parametrize("name", ["../escape", "/abs", "a//b", "a/./b", "", "a/../b"])
@@ -116,7 +221,7 @@ def test_names_that_escape_are_refused(backend: Backend, name: str) -> None:
 def test_concurrent_puts(backend: Backend) -> None:
     def writer(n: int) -> None:
         for i in range(20):
-            backend.put(f"packs/{n:02d}/{i:02d}/obj", bytes([n, i]) * 100)
+            backend.put(pack(bytes([n, i]) * 100), bytes([n, i]) * 100)
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
     for t in threads:
@@ -124,41 +229,39 @@ def test_concurrent_puts(backend: Backend) -> None:
     for t in threads:
         t.join()
     assert len(list(backend.list("packs/"))) == 160
-    assert backend.get("packs/03/07/obj") == bytes([3, 7]) * 100
+    assert backend.get(pack(bytes([3, 7]) * 100)) == bytes([3, 7]) * 100
 
 
 def test_large_object_roundtrips_byte_identically(backend: Backend) -> None:
     """On S3 this is a multipart upload (5 + 5 + 2 MiB parts)."""
     data = os.urandom(12 * MIB + 3)
-    backend.put("packs/1a/2b/large", memoryview(data))
-    assert backend.get("packs/1a/2b/large") == data
+    name = pack(data)
+    backend.put(name, memoryview(data))
+    assert backend.get(name) == data
     across_parts = 5 * MIB - 10
-    assert backend.get_range("packs/1a/2b/large", across_parts, 20) == data[across_parts:][:20]
-    assert backend.get_range("packs/1a/2b/large", 12 * MIB, 3) == data[-3:]
-    assert {i.name: i.size for i in backend.list("packs/")} == {"packs/1a/2b/large": len(data)}
+    assert backend.get_range(name, across_parts, 20) == data[across_parts:][:20]
+    assert backend.get_range(name, 12 * MIB, 3) == data[-3:]
+    assert {i.name: i.size for i in backend.list("packs/")} == {name: len(data)}
 
 
 def test_put_accepts_any_bytes_like(backend: Backend) -> None:
-    backend.put("a/bytearray", bytearray(b"ba"))
-    backend.put("a/memoryview", memoryview(b"xxmvxx")[2:4])
-    backend.put("a/empty", b"")
-    assert backend.get("a/bytearray") == b"ba"
-    assert backend.get("a/memoryview") == b"mv"
-    assert backend.get("a/empty") == b""
-    assert backend.get_range("a/memoryview", 1, 0) == b""
-    assert {i.name: i.size for i in backend.list("a/")} == {
-        "a/bytearray": 2,
-        "a/memoryview": 2,
-        "a/empty": 0,
-    }
+    backend.put(slot(1), bytearray(b"ba"))
+    backend.put(slot(2), memoryview(b"xxmvxx")[2:4])
+    backend.put(slot(3), b"")
+    assert backend.get(slot(1)) == b"ba"
+    assert backend.get(slot(2)) == b"mv"
+    assert backend.get(slot(3)) == b""
+    assert backend.get_range(slot(2), 1, 0) == b""
+    assert {i.name: i.size for i in backend.list("keys/")} == {slot(1): 2, slot(2): 2, slot(3): 0}
 
 
 def test_list_returns_every_object_of_a_long_listing(backend: Backend) -> None:
     """Several S3 listing pages (50 keys each here): continuation must lose nothing."""
-    names = {f"packs/{i % 64:02x}/{i // 64:02x}/obj{i}" for i in range(230)}
+    contents = {pack(f"obj{i}".encode()): f"obj{i}".encode() for i in range(230)}
+    names = set(contents)
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda name: backend.put(name, b"x"), names))
-    backend.put("index/other", b"y")
+        list(pool.map(lambda name: backend.put(name, contents[name]), names))
+    backend.put(segment(b"y"), b"y")
     listed = [i.name for i in backend.list("packs/")]
     assert len(listed) == len(names) and set(listed) == names
 

@@ -23,18 +23,21 @@ stops the archive writer's thread (its next write raises), releases the lease an
 records the download as ``failed`` (``ConnectionAbortedError``). An error while
 streaming (damaged data; an archive entry refused, as ``costor restore --archive``
 exits 1) is raised from the body after the status was sent, so that the server ends
-the connection without finishing the response. A file (``Content-Length``) is then
-always cut short. An archive (chunked) is not, yet: app.py's request-id middleware is a
-Starlette ``BaseHTTPMiddleware``, which catches an app's error after the response
-started and ends the body cleanly; the archive itself stays unfinished (the writer
-never ends a tar, a zstd frame or a zip after an error: costor/store/restore/archive.py),
-but the transfer looks complete. A pure ASGI middleware there lets the error through
-(tests/server/test_downloads.py, the damage test, expects it and fails as xfail).
+the connection without finishing the response: a file (``Content-Length``) is cut
+short, an archive (chunked) never gets its last chunk, and the archive itself stays
+unfinished (the writer never ends a tar, a zstd frame or a zip after an error:
+costor/store/restore/archive.py). app.py's request-id middleware is pure ASGI for this
+reason: it lets such an error through (tests/server/test_downloads.py, the damage test).
+
+How many at once: at most :data:`MAX_DOWNLOADS` stream at a time (each holds a pool,
+a lease and the archive writer's read-ahead, ~tens of MiB); one more answers **503**
+with ``Retry-After`` at once rather than queueing behind hours of transfers.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
@@ -43,7 +46,7 @@ import anyio
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response, StreamingResponse
 
-from costor.errors import RangeNotSatisfiable, UnknownResource
+from costor.errors import RangeNotSatisfiable, ServerBusy, UnknownResource
 from costor.ops.context import Context
 from costor.ops.control.tokens import Grant
 from costor.ops.restore.download import (
@@ -71,6 +74,14 @@ _BINARY: dict[str, Any] = {"content": {"application/octet-stream": {}}}
 _ARCHIVES = ("application/x-tar", "application/zstd", "application/zip")
 # Backed-up content: browsing trees, file versions, downloads (costor/config/access.py).
 READ = "snapshots.read"
+MAX_DOWNLOADS = 8  # streaming at once (see the module docstring)
+_streaming = threading.BoundedSemaphore(MAX_DOWNLOADS)
+
+
+def _slot() -> None:
+    """Take one of the :data:`MAX_DOWNLOADS` slots, or refuse at once (503)."""
+    if not _streaming.acquire(blocking=False):
+        raise ServerBusy(reason=f"{MAX_DOWNLOADS} downloads are streaming", retry_after=30)
 
 
 def router(resolve_visible: ResolveVisible) -> APIRouter:
@@ -97,14 +108,19 @@ def router(resolve_visible: ResolveVisible) -> APIRouter:
         """One regular file of the snapshot, verified as it is read; a single byte range
         (`Range: bytes=…`) answers 206 with `Content-Range`. `ETag` names the content."""
         wanted = byte_range(range)
-        with use(request) as ctx:
-            _pool, found = resolve_visible(ctx, access.grant, snapshot, access.permission)
-            try:
+        _slot()
+        try:
+            with use(request) as ctx:
+                _pool, found = resolve_visible(ctx, access.grant, snapshot, access.permission)
                 download = open_file(ctx, snapshot=found.id, path=path, byte_range=wanted)
-            except RangeNotSatisfiable as error:
-                refused = error_response(request, error)
-                refused.headers["Content-Range"] = f"bytes */{error.fields['size']}"
-                return refused
+        except RangeNotSatisfiable as error:
+            _streaming.release()
+            refused = error_response(request, error)
+            refused.headers["Content-Range"] = f"bytes */{error.fields['size']}"
+            return refused
+        except BaseException:
+            _streaming.release()
+            raise
         headers = {
             "Content-Length": str(download.stop - download.start),
             "Content-Disposition": disposition(download.name),
@@ -140,9 +156,14 @@ def router(resolve_visible: ResolveVisible) -> APIRouter:
     ) -> Response:
         """`path` of the snapshot as an archive (`tar`, `tar.zst`, `zip`), streamed as it is
         written: the same bytes as `costor restore SNAPSHOT PATH --archive - --format F`."""
-        with use(request) as ctx:
-            _pool, found = resolve_visible(ctx, access.grant, snapshot, access.permission)
-            download = open_archive(ctx, snapshot=found.id, path=path, format=format)
+        _slot()
+        try:
+            with use(request) as ctx:
+                _pool, found = resolve_visible(ctx, access.grant, snapshot, access.permission)
+                download = open_archive(ctx, snapshot=found.id, path=path, format=format)
+        except BaseException:
+            _streaming.release()
+            raise
         return _DownloadResponse(
             request,
             download,
@@ -203,7 +224,7 @@ class _DownloadResponse(StreamingResponse):
     def __init__(self, request: Request, download: Download, **kwargs: Any) -> None:
         super().__init__(self._chunks(download.chunks()), **kwargs)
         self._request, self._download = request, download
-        self._complete = False
+        self._complete = self._closed = False
 
     async def _chunks(self, chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
         # Each chunk on a worker thread: reading blobs and waiting on the archive
@@ -230,6 +251,13 @@ class _DownloadResponse(StreamingResponse):
             await anyio.to_thread.run_sync(self._close, failure)
 
     def _close(self, failure: BaseException | None) -> None:
-        """Inside the gate, as the request that opened it (see the module docstring)."""
-        with use(self._request):
-            self._download.close(failure)
+        """Inside the gate, as the request that opened it (see the module docstring);
+        its slot is free again whatever happens."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with use(self._request):
+                self._download.close(failure)
+        finally:
+            _streaming.release()

@@ -377,3 +377,54 @@ def test_damage_found_midway_cuts_the_transfer(served: Served, route: str) -> No
     assert newest["outcome"] == "failed"
     assert newest["detail"]["error"] in ("DataCorruption", "ObjectDamaged")
     assert served.get("/api/v1/status").status_code == 200
+
+
+def test_downloads_beyond_the_limit_are_refused_at_once_until_one_ends(served: Served) -> None:
+    """MAX_DOWNLOADS stream at a time; the next answers 503 with Retry-After at once
+    (nothing queued behind hours of transfers), and a slot is free again when a
+    download ends, whether it was read to its end or its client went away."""
+    from costor.server.downloads import MAX_DOWNLOADS
+
+    big = served.snapshots["big"][-1]
+    url = f"/api/v1/snapshots/{big}/archive"
+    params = {"path": str(served.sources["big"]), "format": "tar"}
+    clients = [
+        httpx.Client(base_url=str(served.http.base_url), timeout=60)
+        for _ in range(MAX_DOWNLOADS + 1)
+    ]
+    streams = []
+    try:
+        for client in clients[:MAX_DOWNLOADS]:
+            stream = client.stream("GET", url, params=params, headers=served.headers())
+            response = stream.__enter__()
+            assert response.status_code == 200
+            chunks = response.iter_bytes(65536)
+            next(chunks)  # started, then not read: it stays open (while chunks is held)
+            streams.append((stream, chunks))
+        refused = served.get(url, params=params)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "30"
+        assert refused.json()["error"] == "ServerBusy"
+        # A small file is refused too: every download holds a slot.
+        readme = served.sources["alpha"] / "docs" / "readme.txt"
+        alpha = served.snapshots["alpha"][-1]
+        file_url = f"/api/v1/snapshots/{alpha}/file"
+        assert served.get(file_url, params={"path": str(readme)}).status_code == 503
+        # One client goes away: its slot is free again shortly after.
+        stream, _chunks = streams.pop()
+        stream.__exit__(None, None, None)
+        clients[MAX_DOWNLOADS - 1].close()
+        deadline = time.monotonic() + 30
+        while (answer := served.get(file_url, params={"path": str(readme)})).status_code == 503:
+            assert time.monotonic() < deadline, "the slot of a client that left was not freed"
+            time.sleep(0.2)
+        assert answer.status_code == 200 and answer.content == readme.read_bytes()
+    finally:
+        for stream, _chunks in streams:
+            stream.__exit__(None, None, None)
+        for client in clients:
+            client.close()
+    # All of them ended: every slot is free.
+    deadline = time.monotonic() + 30
+    while served.get(file_url, params={"path": str(readme)}).status_code == 503:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)

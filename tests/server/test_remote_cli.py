@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -284,13 +285,14 @@ def pinned(known: Path, served: Served) -> None:
     known.write_text(f"127.0.0.1:{served.port} {served.fingerprint}\n")
 
 
-def _without_ages(document: object) -> object:
-    """The status document without what moves with the clock between two reads."""
-    text = json.dumps(document)
-    loaded = json.loads(text)
-    for client in loaded.get("clients", []):
-        for key in [k for k in client if "age" in k]:
-            client.pop(key)
+def _without_ages(document: dict[str, Any]) -> dict[str, Any]:
+    """The status document without what moves with the clock between two reads: each
+    client's age, each serve instance's heartbeat."""
+    loaded: dict[str, Any] = json.loads(json.dumps(document))
+    for client in loaded["clients"]:
+        client.pop("age_s")
+    for instance in loaded["instances"]:
+        instance.pop("heartbeat_at", None)
     return loaded
 
 
@@ -525,3 +527,38 @@ def test_backup_now_jobs_and_cancel_remotely(served: Served, known: Path) -> Non
     assert unknown.code == 1 and "No job 999999." in unknown.stderr
     run_here = served.remote("jobs", "run", "1", known=known)
     assert run_here.code == 1 and "runs only on the site itself" in run_here.stderr
+
+
+def test_restore_onto_a_clients_machine_as_a_job(
+    served: Served, known: Path, tmp_path: Path
+) -> None:
+    """A local client's machine is the site's: the job writes the directory there, as
+    `costor restore --target` on the site does."""
+    pinned(known, served)
+    site = served.site
+    docs = str(site.root / "src-alpha" / "docs")
+    local = site.cli("restore", "alpha:latest", docs, "--target", str(tmp_path / "here"))
+    assert local.code == 0, local.stderr
+    remote = served.remote(
+        "restore", "alpha:latest", docs, "--target", str(tmp_path / "there"), "--wait", known=known
+    )
+    assert remote.code == 0, remote.stderr
+    assert remote.stdout == local.stdout.replace("/here", "/there")
+    assert "restore" in remote.stderr and "succeeded" in remote.stderr
+    restored = tmp_path / "there" / "docs"
+    assert (restored / "readme.txt").read_text() == "hello alpha\n" * 50
+    assert (restored / "deep" / "data.bin").read_bytes() == (
+        Path(docs) / "deep" / "data.bin"
+    ).read_bytes()
+    # queued without --wait; what the site refuses is refused before anything is queued
+    queued = served.remote(
+        "restore", "alpha:latest", "--target", str(tmp_path / "later"), "--json", known=known
+    )
+    assert queued.code == 0, queued.stderr
+    assert json.loads(queued.out)["kind"] == "restore"
+    over_root = served.remote("restore", "alpha:latest", "--target", "/", known=known)
+    assert over_root.code == 1 and "does not write over /" in over_root.stderr
+    options = served.remote(
+        "restore", "alpha:latest", "--target", str(tmp_path / "x"), "--dry-run", known=known
+    )
+    assert options.code == 1 and "with --server, restore takes no --dry-run" in options.stderr

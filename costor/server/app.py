@@ -58,6 +58,7 @@ from costor.server.visible import resolve_visible
 
 API = "/api/v1"
 MAX_PAGE = 1000
+MAX_DEPTH = 10_000  # deeper than any path a file system holds (PATH_MAX 4096)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -203,12 +204,22 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         request: Request,
         snapshot: str,
         path: str = "/",
+        depth: Annotated[
+            int | None,
+            Query(
+                ge=0,
+                le=MAX_DEPTH,
+                description="levels below `path` (1: a directory's entries; absent: all, "
+                "as `costor ls`)",
+            ),
+        ] = None,
         access: Access = requires("snapshots.read", per_object=True),
     ) -> list[dict[str, Any]]:
-        """What the snapshot holds under `path`, as `costor ls SNAPSHOT PATH --json`."""
+        """What the snapshot holds under `path`, as `costor ls SNAPSHOT PATH --json`; with
+        `depth=1`, one directory: its own entry and its entries, not their subtrees."""
         with use(request) as ctx:
             _name, found = resolve_visible(ctx, access.grant, snapshot, access.permission)
-            return list_snapshot(ctx, snapshot=found.id, path=path).to_json()
+            return list_snapshot(ctx, snapshot=found.id, path=path, depth=depth).to_json()
 
     @app.get(
         f"{API}/jobs",

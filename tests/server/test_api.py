@@ -197,6 +197,32 @@ def test_documents_equal_the_cli_json(served: Served) -> None:
     assert pools[0]["snapshots"] == 3 and pools[0]["bytes_stored"] > 0
 
 
+def test_a_tree_lists_as_many_levels_as_asked(served: Served) -> None:
+    first = served.cli_json("snapshots")[0]["id"]
+    everything = served.cli_json("ls", first)
+    docs = next(e["path"] for e in everything if e["path"].endswith("/docs"))
+    url = f"/api/v1/snapshots/{first}/tree"
+    under = served.cli_json("ls", first, docs)
+    assert [e["path"] for e in under] == [
+        docs,
+        f"{docs}/deep",
+        f"{docs}/deep/data.bin",
+        f"{docs}/readme.txt",
+    ]
+    # depth=1: the directory and its entries, not what its subdirectories hold.
+    assert served.get(url, path=docs, depth=1).json() == [under[0], under[1], under[3]]
+    assert served.get(url, path=docs, depth=0).json() == under[:1]
+    assert served.get(url, path=docs, depth=2).json() == under
+    assert served.get(url, path=docs).json() == under  # no depth: all, as costor ls
+    # From the root: one level is the first component of the backed-up paths.
+    top = served.get(url, path="/", depth=1).json()
+    assert [e["path"] for e in top] == sorted({"/" + e["path"].split("/")[1] for e in everything})
+    file = f"{docs}/readme.txt"
+    assert served.get(url, path=file, depth=1).json() == under[3:]
+    bad = served.get(url, path=docs, depth=-1)
+    assert bad.status_code == 400 and bad.json()["error"] == "UsageError"
+
+
 def test_snapshots_paginate_and_filter_by_time(served: Served) -> None:
     every = served.get("/api/v1/snapshots").json()
     pages, url = [], "/api/v1/snapshots?limit=2"

@@ -7,13 +7,15 @@ across every pool) and read trees only: nothing is written, no lease is taken.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from costor.errors import PathNotInSnapshot
+from costor.errors import PathNotInSnapshot, UsageError
 from costor.ops.context import Context
 from costor.ops.restore.snapshots import resolve
 from costor.store.diff import Difference, diff_trees
+from costor.store.pool import Pool
 from costor.store.tree import Node
 
 CHANGE_KINDS = ("added", "removed", "modified", "metadata")
@@ -22,11 +24,13 @@ CHANGE_KINDS = ("added", "removed", "modified", "metadata")
 @dataclass
 class Listing:
     """The entries under ``path`` in one snapshot, depth first: ``(absolute path, node)``.
-    A path names a directory (its own entry first, unless it is the root) or a file."""
+    A path names a directory (its own entry first, unless it is the root) or a file.
+    ``depth``: how many levels below ``path`` were listed (None: all of them)."""
 
     snapshot_id: str
     path: str
     entries: list[tuple[str, Node]] = field(default_factory=list)
+    depth: int | None = None
 
     def to_json(self) -> list[dict[str, Any]]:
         return [_entry_json(path, node) for path, node in self.entries]
@@ -64,23 +68,37 @@ class SnapshotDiff:
         }
 
 
-def list_snapshot(ctx: Context, *, snapshot: str, path: str = "/") -> Listing:
-    """Raises :class:`PathNotInSnapshot` when ``path`` is not in the snapshot."""
+def list_snapshot(
+    ctx: Context, *, snapshot: str, path: str = "/", depth: int | None = None
+) -> Listing:
+    """What ``snapshot`` holds under ``path``: everything below it (``costor ls``), or
+    with ``depth`` only that many levels (1: a directory's own entries, so browsing one
+    directory reads one tree, not its whole subtree; 0: the entry itself). Raises
+    :class:`PathNotInSnapshot` when ``path`` is not in the snapshot."""
+    if depth is not None and depth < 0:
+        raise UsageError(message=f"depth must be 0 or more, not {depth}")
     _name, pool, found = resolve(ctx, snapshot, load_index=True)
     node = pool.find_node(bytes.fromhex(found.tree), path)
     if node is None:
         raise PathNotInSnapshot(path=path, snapshot=found.id[:12])
     base = "/" + "/".join(p for p in path.split("/") if p)
-    listing = Listing(snapshot_id=found.id, path=base)
+    listing = Listing(snapshot_id=found.id, path=base, depth=depth)
     if node.name:
         listing.entries.append((base, node))
-    if node.type == "dir" and node.subtree is not None:
-        prefix = base.rstrip("/")
-        for relative, child in pool.walk(node.subtree):
-            listing.entries.append(
-                (prefix + "/" + relative.decode("utf-8", "surrogateescape"), child)
-            )
+    if node.type == "dir" and node.subtree is not None and depth != 0:
+        listing.entries.extend(_walk(pool, node.subtree, base.rstrip("/"), depth))
     return listing
+
+
+def _walk(pool: Pool, tree_id: bytes, prefix: str, depth: int | None) -> Iterator[tuple[str, Node]]:
+    """The nodes under a tree, depth first, named ``prefix/…`` (``surrogateescape``
+    keeps a name's undecodable bytes), down to ``depth`` levels (None: all)."""
+    deeper = None if depth is None else depth - 1
+    for child in pool.load_tree(tree_id):
+        path = prefix + "/" + child.name.decode("utf-8", "surrogateescape")
+        yield path, child
+        if child.type == "dir" and child.subtree is not None and deeper != 0:
+            yield from _walk(pool, child.subtree, path, deeper)
 
 
 def diff_snapshots(ctx: Context, *, first: str, second: str) -> SnapshotDiff:

@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
 from costor.cli.output import print_json, terminal_text
 from costor.errors import UsageError
-
-if TYPE_CHECKING:
-    from costor.ops.context import Context
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -72,7 +70,15 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "log":
         if len(args.operands) != 1 or not args.operands[0].isdigit():
             raise UsageError(message="usage: costor jobs log ID [--follow] [--json]")
-        return _log(ctx, int(args.operands[0]), follow=args.follow, as_json=args.json)
+        from costor.ops.jobs.logs import job_log
+
+        job_id = int(args.operands[0])
+        return print_log(
+            lambda after: job_log(ctx, job_id, after=after).to_json(),
+            job_id,
+            follow=args.follow,
+            as_json=args.json,
+        )
     if args.follow:
         raise UsageError(message="--follow is for `costor jobs log ID`")
     if args.action == "add":
@@ -122,33 +128,33 @@ FOLLOW_EVERY = 1.0  # seconds between reads of a followed job's log
 SETTLE = 2.0
 
 
-def _log(ctx: Context, job_id: int, *, follow: bool, as_json: bool) -> int:
-    """Print job ``job_id``'s log; with ``follow``, keep printing new lines until the
-    job has ended and no more come. ``--json``: the document (with ``--follow``, one
-    JSON object per line, each log line as it comes)."""
-    from costor.ops.jobs.logs import job_log
-
+def print_log(
+    read: Callable[[int | None], dict[str, Any]], job_id: int, *, follow: bool, as_json: bool
+) -> int:
+    """Print job ``job_id``'s log, each part read by ``read(after)`` (its ``--json``
+    document: from the state here, or from a site's API); with ``follow``, keep printing
+    new lines until the job has ended and no more come. ``--json``: the document (with
+    ``--follow``, one JSON object per line, each log line as it comes)."""
     if not follow:
-        log = job_log(ctx, job_id)
+        log = read(None)
         if as_json:
-            print_json(log.to_json())
-        elif not log.lines:
-            print(f"job {job_id} ({log.state}): no log lines")
+            print_json(log)
+        elif not log["lines"]:
+            print(f"job {job_id} ({log['state']}): no log lines")
         else:
-            _print_lines(log.to_json()["lines"], as_json=False)
+            _print_lines(log["lines"], as_json=False)
         return 0
     after, ended_at = 0, None
     while True:
-        log = job_log(ctx, job_id, after=after)
-        document = log.to_json()
+        document = read(after)
         _print_lines(document["lines"], as_json=as_json)
-        after = log.next
-        if log.more:
+        after = document["next"]
+        if document["more"]:
             continue
-        if log.ended:
+        if document["ended"]:
             if ended_at is None:
                 ended_at = time.monotonic()
-            elif time.monotonic() - ended_at >= SETTLE and not log.lines:
+            elif time.monotonic() - ended_at >= SETTLE and not document["lines"]:
                 return 0
         time.sleep(FOLLOW_EVERY)
 

@@ -32,10 +32,11 @@ from costor.ops.control.logins import (
     MAX_USER_NAME,
     LoginThrottle,
     SessionAuth,
+    begin_login,
     configured_policy,
     describe_caller,
+    finish_login,
     list_sessions,
-    log_in,
     log_out,
     revoke_session,
 )
@@ -58,7 +59,17 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "no such session, or not the caller's to see",
         429: "too many failed logins for this user or from this address: Retry-After",
     }
-    return {status: {"model": ErrorDocument, "description": meaning[status]} for status in statuses}
+    answers: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorDocument, "description": meaning[status]} for status in statuses
+    }
+    if 429 in answers:
+        answers[429]["headers"] = {
+            "Retry-After": {
+                "description": "seconds to wait before the next attempt",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        }
+    return answers
 
 
 class LoginRequest(BaseModel):
@@ -147,9 +158,12 @@ def login(request: Request, response: Response, body: LoginRequest) -> Any:
     throttle = _throttle(request)
     try:
         with request.app.state.gate.use(**asking(request, None)) as ctx:
-            logged_in = log_in(
+            attempt = begin_login(
                 ctx, user=body.user, password=body.password, address=address, throttle=throttle
             )
+        attempt.check()  # argon2id outside the gate: other requests go on meanwhile
+        with request.app.state.gate.use(**asking(request, None)) as ctx:
+            logged_in = finish_login(ctx, attempt)
     except LoginThrottled as error:
         refused = error_response(request, error)
         refused.headers["Retry-After"] = str(error.fields["retry_after"])

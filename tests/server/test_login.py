@@ -31,6 +31,8 @@ from support.inventory import local_tables, site_table, write_tables
 from test_serve import self_signed
 
 from costor.cli.main import main
+from costor.errors import ConfigError, LoginThrottled
+from costor.ops.control.logins import LoginPolicy, LoginThrottle
 
 PASSWORD = ENV["COSTOR_TEST_USER_PASSWORD"]
 SECRET = 'password = { env = "COSTOR_TEST_USER_PASSWORD" }'
@@ -499,3 +501,65 @@ def test_the_cookie_is_secure_over_tls(tmp_path: Path, source: Path) -> None:
         assert {"secure", "httponly", "samesite=strict"} <= _cookie_flags(response)
     finally:
         stop_serve(process)
+
+
+# --- the throttle and the policy, without a server -------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_delay_doubles_up_to_its_limit_and_is_forgotten() -> None:
+    clock = FakeClock()
+    policy = LoginPolicy.parse(
+        "user_failures=2,address_failures=100,delay=1s,max_delay=4s,forget=1h"
+    )
+    throttle = LoginThrottle(policy, clock=clock)
+    waits = []
+    for _attempt in range(6):
+        try:
+            throttle.attempt("otto", "192.0.2.1")
+        except LoginThrottled as refused:
+            waits.append(refused.fields["retry_after"])
+            clock.now += refused.fields["retry_after"]
+            throttle.attempt("otto", "192.0.2.1")  # allowed once the wait has passed
+    assert waits == [1, 2, 4, 4]  # after 2 free failures: 1 s, doubled, at most 4 s
+    clock.now += 3601  # an hour without a failure: the count starts again
+    throttle.attempt("otto", "192.0.2.1")
+    throttle.attempt("otto", "192.0.2.1")
+    with pytest.raises(LoginThrottled, match="for this user"):
+        throttle.attempt("otto", "192.0.2.1")
+    throttle = LoginThrottle(policy, clock=clock)
+    throttle.attempt("otto", "192.0.2.1")
+    throttle.attempt("otto", "192.0.2.1")
+    throttle.succeeded("otto", "192.0.2.1")  # a success clears its user's count
+    throttle.attempt("otto", "192.0.2.1")
+
+
+def test_an_ipv6_host_is_counted_by_its_64() -> None:
+    clock = FakeClock()
+    throttle = LoginThrottle(LoginPolicy.parse("user_failures=100,address_failures=2"), clock=clock)
+    throttle.attempt("a", "2001:db8:1:2::1")
+    throttle.attempt("b", "2001:db8:1:2::ffff")
+    with pytest.raises(LoginThrottled, match="from this address"):
+        throttle.attempt("c", "2001:db8:1:2:aaaa::1")
+    throttle.attempt("c", "2001:db8:1:3::1")  # another /64
+
+
+def test_a_bad_policy_names_its_item() -> None:
+    assert LoginPolicy.parse("").lifetime.total_seconds() == 12 * 3600
+    assert LoginPolicy.parse(" idle = 30m , delay=2s").idle.total_seconds() == 1800
+    for text, why in [
+        ("idle", "expected key=value"),
+        ("idle=soon", "expected a duration"),
+        ("user_failures=0", "at least 1"),
+        ("delay=0s", "above 0"),
+        ("colour=blue", "unknown key"),
+    ]:
+        with pytest.raises(ConfigError, match=f"COSTOR_LOGIN_POLICY: '{text}': .*{why}"):
+            LoginPolicy.parse(text)

@@ -324,16 +324,39 @@ class SessionAuth:
             raise CsrfRefused(reason="the X-CSRF-Token header is not this session's")
 
 
-def log_in(
+@dataclass
+class LoginAttempt:
+    """A login between its steps (:func:`begin_login`, :meth:`check`,
+    :func:`finish_login`): the server checks the password, ~30 ms of argon2id, outside
+    the gate its other requests wait for."""
+
+    user: str
+    address: str | None
+    known: bool  # the user is declared and applied (else ``encoded`` is the dummy hash)
+    encoded: str
+    policy: LoginPolicy
+    throttle: LoginThrottle
+    _password: str = field(repr=False)
+    matched: bool | None = None
+
+    def check(self) -> bool:
+        """Verify the password (once; needs no context or database)."""
+        if self.matched is None:
+            self.matched = verify_password(self._password, self.encoded) and self.known
+            self._password = ""
+        return self.matched
+
+
+def begin_login(
     ctx: Context,
     *,
     user: str,
     password: str,
     address: str | None,
     throttle: LoginThrottle,
-) -> LoggedIn:
-    """Check ``user``'s ``password`` and open a session (module docstring): throttled,
-    constant-time for unknown users, audited whatever the outcome."""
+) -> LoginAttempt:
+    """Refuse bad input and throttled attempts (audited), and read the user's hash (the
+    dummy one for an unknown user)."""
     if not user or len(user) > MAX_USER_NAME or not password:
         raise UsageError(
             message=f"a login needs a user (1-{MAX_USER_NAME} characters) and a password"
@@ -341,7 +364,6 @@ def log_in(
     if len(password.encode("utf-8", "surrogateescape")) > MAX_PASSWORD:
         raise UsageError(message=f"a password has at most {MAX_PASSWORD} bytes")
     dummy = _dummy_hash()  # made before the first attempt, so no attempt pays it alone
-    policy = throttle.policy
     try:
         throttle.attempt(user, address)
     except LoginThrottled as error:
@@ -352,12 +374,26 @@ def log_in(
     with session_scope(ctx.engine, write=False) as session:
         row = session.get(UserRow, user) if user in ctx.inventory.users else None
         encoded = row.password_hash if row is not None else dummy
-    matches = verify_password(password, encoded)
-    if row is None or not matches:
-        reason = "unknown user" if row is None else "wrong password"
+    return LoginAttempt(
+        user=user,
+        address=address,
+        known=row is not None,
+        encoded=encoded,
+        policy=throttle.policy,
+        throttle=throttle,
+        _password=password,
+    )
+
+
+def finish_login(ctx: Context, attempt: LoginAttempt) -> LoggedIn:
+    """Audit the attempt's outcome; :class:`LoginFailed`, or a new session. The password
+    is checked here unless :meth:`LoginAttempt.check` did it already."""
+    user, address, policy = attempt.user, attempt.address, attempt.policy
+    if not attempt.check():
+        reason = "wrong password" if attempt.known else "unknown user"
         _record(ctx, user, "failed", {"reason": reason})
         raise LoginFailed()
-    throttle.succeeded(user, address)
+    attempt.throttle.succeeded(user, address)
     secret = secrets.token_hex(32)
     secret_hash = _hash(secret)
     public_id = secret_hash[:PUBLIC_ID_LENGTH]
@@ -381,6 +417,21 @@ def log_in(
         db_logins.forget_ended_sessions(session, now - FORGET_ENDED_AFTER)
         info = _info(new, now, policy)
     return LoggedIn(info=info, secret=secret, csrf_token=csrf_token, absolute_expires_at=absolute)
+
+
+def log_in(
+    ctx: Context,
+    *,
+    user: str,
+    password: str,
+    address: str | None,
+    throttle: LoginThrottle,
+) -> LoggedIn:
+    """Check ``user``'s ``password`` and open a session (module docstring): throttled,
+    constant-time for unknown users, audited whatever the outcome. In one step; the
+    server takes the steps apart (:class:`LoginAttempt`)."""
+    attempt = begin_login(ctx, user=user, password=password, address=address, throttle=throttle)
+    return finish_login(ctx, attempt)
 
 
 def authenticate_session(
@@ -579,14 +630,17 @@ __all__ = [
     "POLICY_ENV",
     "CallerInfo",
     "LoggedIn",
+    "LoginAttempt",
     "LoginPolicy",
     "LoginThrottle",
     "SessionAuth",
     "SessionInfo",
     "SessionList",
     "authenticate_session",
+    "begin_login",
     "configured_policy",
     "describe_caller",
+    "finish_login",
     "list_sessions",
     "log_in",
     "log_out",

@@ -10,7 +10,7 @@ exit code as on the site.
 What runs remotely: ``status``, ``snapshots``, ``ls``, ``restore`` (``--archive FILE|-``
 downloads the archive; ``--target DIR`` queues a restore job onto a client's machine),
 ``backup CLIENT`` (queues a backup job; ``--wait`` follows it), ``jobs`` (list, ``add``,
-``cancel``). Any other verb needs the site's state or inventory and says so.
+``cancel``, ``log``). Any other verb needs the site's state or inventory and says so.
 
 The token comes from ``--token-file`` or ``COSTOR_TOKEN``; the site's certificate is
 pinned at first use, or verified against ``--server-ca`` (``costor.remote.tls``).
@@ -244,7 +244,7 @@ def _backup(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 def _jobs(args: argparse.Namespace, api: ApiClient) -> int:
-    from costor.cli.jobs_cmd import _print_jobs
+    from costor.cli.jobs_cmd import _print_jobs, print_log
 
     operands = args.operands
     one_id = len(operands) == 1 and operands[0].isdigit()
@@ -262,8 +262,17 @@ def _jobs(args: argparse.Namespace, api: ApiClient) -> int:
             raise UsageError(message="usage: costor jobs add KIND TARGET")
         _print_queued(args, api.queue(operands[0], operands[1]))
         return 0
+    if args.action == "log":
+        if not one_id:
+            raise UsageError(message="usage: costor jobs log ID [--follow] [--json]")
+        job_id = int(operands[0])
+        return print_log(
+            lambda after: api.job_log(job_id, after), job_id, follow=args.follow, as_json=args.json
+        )
     if args.action != "list":
         raise UsageError(message=f"jobs {args.action} runs only on the site itself")
+    if args.follow:
+        raise UsageError(message="--follow is for `costor jobs log ID`")
     if operands:
         raise UsageError(message="usage: costor jobs [--json] [--state S] [--kind K]")
     jobs = api.jobs(state=args.state, kind=args.kind, limit=args.limit)

@@ -147,6 +147,12 @@ class ApiClient:
         """``GET /jobs/{id}``: one job, as in ``costor jobs --json``."""
         return self._object("GET", f"/jobs/{int(job_id)}")
 
+    def job_log(self, job_id: int, after: int | None = None) -> dict[str, Any]:
+        """``GET /jobs/{id}/log``: the job's log lines after ``after`` (``costor jobs log
+        ID --json``)."""
+        params = {} if after is None else {"after": after}
+        return self._object("GET", f"/jobs/{int(job_id)}/log", params=params)
+
     def archive(self, ref: str, path: str, format: str, sink: IO[bytes]) -> int:
         """``GET /snapshots/{ref}/archive``: ``path`` as a ``format`` archive, written to
         ``sink`` as it arrives; the bytes written."""
@@ -189,13 +195,21 @@ class ApiClient:
         ref: str,
         *,
         path: str,
-        client: str | None,
-        target: str | None,
-        overwrite: bool,
+        target: str,
+        client: str | None = None,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
     ) -> dict[str, Any]:
-        """``POST /snapshots/{ref}/restore``: a restore job to the snapshot's host (or
-        ``client``'s) into ``target``; the job's document."""
-        body = {"path": path, "client": client, "target": target, "overwrite": overwrite}
+        """``POST /snapshots/{ref}/restore``: a restore job writing ``path`` into the
+        directory ``target`` of the snapshot's client's machine (or ``client``'s); the
+        job's document."""
+        body = {
+            "path": path,
+            "target": target,
+            "client": client,
+            "include": include or [],
+            "exclude": exclude or [],
+        }
         return self._object("POST", f"/snapshots/{_segment(ref)}/restore", json=body)
 
     def follow(

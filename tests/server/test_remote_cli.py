@@ -505,6 +505,14 @@ def test_backup_now_jobs_and_cancel_remotely(served: Served, known: Path) -> Non
     assert "backup beta succeeded" in waited.stderr
     snapshots = served.local("snapshots", "--client", "beta", "--json").json()
     assert len(snapshots) == before + 1
+    # its log, as on the site (followed: it has ended, so the whole log, then the end)
+    job_id = waited.stderr.split("costor: job ", 1)[1].split(":", 1)[0]
+    for args in (("jobs", "log", job_id), ("jobs", "log", job_id, "--json")):
+        local, remote = served.local(*args), served.remote(*args, known=known)
+        assert local.code == remote.code == 0, remote.stderr
+        assert remote.stdout == local.stdout and local.stdout.strip(), args
+    followed = served.remote("jobs", "log", job_id, "--follow", known=known)
+    assert followed.code == 0 and followed.stdout == served.local("jobs", "log", job_id).stdout
     assert snapshots[-1]["id"][:12] in waited.stdout
     # queued without --wait: as `costor jobs add` prints it
     queued = served.remote("backup", "beta", "--json", known=known)

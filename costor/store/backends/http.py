@@ -54,7 +54,9 @@ from costor.errors import (
 from costor.store.backends.base import ObjectInfo, validate_name
 
 _FINGERPRINT = re.compile(r"^sha256:((?:[0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2})$")
-_POOL_PATH = re.compile(r"^(?P<base>(?:/[^/]+)*)/api/v1/pools/(?P<pool>[A-Za-z0-9_.-]+)/?$")
+_POOL_PATH = re.compile(
+    r"^(?P<base>(?:/[^/]+)*)/api/v1/pools/(?P<pool>[A-Za-z0-9_-][A-Za-z0-9_.-]*)/?$"
+)
 _TRANSIENT = {408, 429, 502, 503, 504}
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0  # a 512 MiB pack over a slow link; a stalled server still ends
@@ -290,6 +292,17 @@ def _listing_entry(line: str, shown: str) -> ObjectInfo | None:
 
 
 def _transport_error(error: httpx.HTTPError, name: str, location: str) -> BackendError:
+    """A connection that failed: transient, but for a certificate that does not verify
+    (retrying will not make it trusted)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return BackendError(
+                name=name,
+                reason=f"{location}: the server's certificate is not trusted ({cause.verify_message}): "
+                "give its CA (COSTOR_SERVER_CA) or pin it (COSTOR_SERVER_FINGERPRINT)",
+            )
+        cause = cause.__cause__ or cause.__context__
     return BackendTransient(name=name, reason=f"{location}: {type(error).__name__}: {error}")
 
 

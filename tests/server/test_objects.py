@@ -5,12 +5,17 @@ and from the server's pools over http, and the copy checked."""
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +23,22 @@ from typing import Any
 import blake3
 import httpx
 import pytest
-from serving import ENV, start_serve, stop_serve
+from serving import ENV, free_port, start_serve, stop_serve
 from support.fixtures import Site
-from support.inventory import local_pool, local_tables, write_tables
+from support.inventory import local_pool, local_tables, site_table, write_tables
+from test_serve import self_signed
+
+from costor.errors import (
+    BackendError,
+    BackendThrottled,
+    BackendTransient,
+    ObjectNotFound,
+    ObjectTruncated,
+    StorageFull,
+    UsageError,
+)
+from costor.store.backends.http import HttpBackend
+from costor.store.backends.registry import open_location, parse_location
 
 # Tests that write put their objects into "scratch"; "main" holds a backup and stays
 # as it made it (the copy test copies it); "mirror" is emptied for that copy.
@@ -444,3 +462,191 @@ def test_pool_copy_to_and_from_the_server_then_check(served: Served, tmp_path: P
         assert checked.code == 0, checked.stdout + checked.stderr
         listed = site.cli("snapshots", "--json")
         assert [s["client"] for s in listed.json()] == ["alpha"]
+
+
+# --- the client backend (costor/store/backends/http.py) --------------------------------
+
+
+def test_https_with_a_pinned_fingerprint_or_a_ca(tmp_path: Path) -> None:
+    """A TLS `costor serve` with a certificate made by the test: pinned by its SHA-256
+    fingerprint (checked before anything is sent: a wrong pin never uses the token), or
+    verified against it as a CA file; neither: refused, not retried."""
+    cert, _key = self_signed(tmp_path)
+    der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+    fingerprint = hashlib.sha256(der).hexdigest()
+    port = free_port()
+    tables = local_tables({})
+    tables[0] = site_table(
+        "hq", f'listen = "127.0.0.1:{port}"', 'tls = { cert = "site.crt", key = "site.key" }'
+    )
+    site = Site(tmp_path, write_tables(tmp_path, *tables, USERS), tmp_path / "pool")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in ENV.items():
+            patch.setenv(key, value)
+        assert site.cli("apply", "--auto-approve").code == 0
+        tokens = [site.cli("token", "create", "--user", "alice", "--scope", "admin") for _ in "ab"]
+        assert all(t.code == 0 for t in tokens), tokens
+        process = site.process("serve", "--tick", "0.2", env=ENV)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    httpx.get(f"https://127.0.0.1:{port}/healthz", verify=False)
+                    break
+                except httpx.TransportError:
+                    assert process.poll() is None and time.monotonic() < deadline
+                    time.sleep(0.1)
+            url = f"https://127.0.0.1:{port}/api/v1/pools/main"
+            used, unused = (t.stdout.strip() for t in tokens)
+            shown = ":".join(fingerprint[i : i + 2] for i in range(0, 64, 2)).upper()
+            pinned = open_location(
+                url, environ={"COSTOR_TOKEN": used, "COSTOR_SERVER_FINGERPRINT": f"sha256:{shown}"}
+            )
+            data = b"over TLS, pinned"
+            pinned.put(pack_name(data), data)
+            assert pinned.get(pack_name(data)) == data
+            by_ca = HttpBackend(url, token=used, ca_file=str(cert))
+            assert by_ca.get_range(pack_name(data), 5, 3) == data[5:8]
+            wrong = HttpBackend(url, token=unused, fingerprint="sha256:" + "ab" * 32)
+            with pytest.raises(BackendError, match="not the pinned") as caught:
+                wrong.exists(pack_name(data))
+            assert not isinstance(caught.value, BackendTransient)
+            untrusted = HttpBackend(url, token=unused)  # the system's CAs only
+            with pytest.raises(BackendError, match="not trusted") as refused:
+                untrusted.exists(pack_name(data))
+            assert not isinstance(refused.value, BackendTransient)
+            listed = site.cli("token", "list", "--json").json()
+            never_sent = [t for t in listed if unused.startswith(f"costor_{t['id']}_")]
+            assert never_sent[0]["last_used_at"] is None
+        finally:
+            stop_serve(process)
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://10.0.0.1:8443/api/v1/pools/main",  # plain HTTP off loopback
+        "https://site:8443/pools/main",
+        "https://user:pw@site:8443/api/v1/pools/main",
+        "https://site:8443/api/v1/pools/main?x=1",
+        "https://site:8443/api/v1/pools/../x",
+        "https://site:8443/api/v1/pools/..",
+    ],
+)
+def test_bad_locations_are_usage_errors(location: str) -> None:
+    with pytest.raises(UsageError):
+        parse_location(location, environ={})
+
+
+class _Misbehaving(http.server.BaseHTTPRequestHandler):
+    """A server that answers what the test sets: (status, headers, body)."""
+
+    answer: tuple[int, dict[str, str], bytes] = (200, {}, b"")
+
+    def _reply(self) -> None:
+        status, headers, body = self.answer
+        self.send_response(status)
+        for key, value in {"Content-Length": str(len(body)), **headers}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = do_PUT = do_DELETE = _reply  # noqa: N815
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def misbehaving() -> Iterator[tuple[type[_Misbehaving], HttpBackend]]:
+    handler = type("Handler", (_Misbehaving,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api/v1/pools/main"
+    backend = HttpBackend(url, token="costor_x", read_timeout=5)
+    try:
+        yield handler, backend
+    finally:
+        backend.close()
+        server.shutdown()
+        server.server_close()
+
+
+def _error(kind: str, message: str) -> bytes:
+    return json.dumps({"error": kind, "message": message}).encode()
+
+
+def test_the_client_trusts_no_answer(
+    misbehaving: tuple[type[_Misbehaving], HttpBackend],
+) -> None:
+    handler, backend = misbehaving
+    name = pack_name(b"x")
+    handler.answer = (503, {"Retry-After": "7"}, _error("AuditUnavailable", "busy"))
+    with pytest.raises(BackendThrottled) as throttled:
+        backend.get(name)
+    assert throttled.value.retry_after == 7
+    handler.answer = (503, {}, _error("BackendError", "the disk is gone"))
+    with pytest.raises(BackendTransient, match="the disk is gone"):
+        backend.put(name, b"x")
+    handler.answer = (502, {}, b"bad gateway")
+    with pytest.raises(BackendTransient):
+        backend.exists(name)
+    handler.answer = (404, {}, _error("ObjectNotFound", "no"))
+    with pytest.raises(ObjectNotFound):
+        backend.get(name)
+    assert not backend.exists(name)
+    backend.delete(name)  # a missing object: not an error
+    handler.answer = (403, {}, _error("PermissionDenied", "objects.read is not granted"))
+    with pytest.raises(BackendError, match="objects.read is not granted") as denied:
+        backend.get(name)
+    assert not isinstance(denied.value, BackendTransient | ObjectNotFound)
+    handler.answer = (422, {}, _error("ObjectRefused", "does not hash to its name"))
+    with pytest.raises(BackendError, match="does not hash"):
+        backend.put(name, b"y")
+    handler.answer = (507, {}, _error("StorageFull", "full"))
+    with pytest.raises(StorageFull):
+        backend.put(name, b"x")
+    # A range shorter than asked for, or none at all: damage, never fewer bytes.
+    handler.answer = (206, {"Content-Range": "bytes 0-1/2"}, b"ab")
+    with pytest.raises(ObjectTruncated):
+        backend.get_range(name, 0, 5)
+    handler.answer = (416, {}, b"")
+    with pytest.raises(ObjectTruncated):
+        backend.get_range(name, 10, 5)
+    # A whole object cut short of its Content-Length: transient (read it again).
+    handler.answer = (200, {"Content-Length": "100"}, b"only this")
+    with pytest.raises(BackendTransient):
+        backend.get(name)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"name": "index/a", "size": 1}\n', BackendTransient),  # no end line: cut short
+        (b'{"name": "../x", "size": 1}\n{"end": true, "count": 1}\n', BackendError),
+        (b'{"name": "index/a", "size": -1}\n{"end": true, "count": 1}\n', BackendError),
+        (b'{"name": "keys/a", "size": 1}\n{"end": true, "count": 1}\n', BackendError),  # not asked
+        (b"not json\n", BackendError),
+        (b'{"end": true, "count": 0}\n{"name": "index/a", "size": 1}\n', BackendError),
+    ],
+)
+def test_a_listing_from_the_server_is_checked(
+    misbehaving: tuple[type[_Misbehaving], HttpBackend], body: bytes, expected: type[Exception]
+) -> None:
+    handler, backend = misbehaving
+    handler.answer = (200, {"Content-Type": "application/x-ndjson"}, body)
+    with pytest.raises(expected):
+        list(backend.list("index/"))
+
+
+def test_an_unreachable_server_is_transient() -> None:
+    backend = HttpBackend(f"http://127.0.0.1:{free_port()}/api/v1/pools/main", token="t")
+    for operation in (
+        lambda: backend.get(pack_name(b"x")),
+        lambda: backend.put(pack_name(b"x"), b"x"),
+        lambda: list(backend.list("")),
+    ):
+        with pytest.raises(BackendTransient):
+            operation()

@@ -28,7 +28,7 @@ from costor.config.model import DEFAULT_LISTEN
 from costor.ops.audit import list_records, verify_log
 from costor.ops.context import Context
 from costor.ops.control.apply import MAX_HISTORY, apply_history
-from costor.ops.jobs.logs import job_log
+from costor.ops.jobs.logs import MAX_SEQ, job_log
 from costor.ops.status import LEVELS, status
 from costor.server import documents
 from costor.server.permissions import Access, requires, use
@@ -43,7 +43,9 @@ router = APIRouter(prefix=API, tags=["admin"])
 def get_job_log(
     request: Request,
     job_id: int,
-    after: Annotated[int, Query(ge=0, description="the last line number already read")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_SEQ, description="the last line number already read")
+    ] = 0,
     access: Access = requires("jobs.read", per_object=True),
 ) -> dict[str, Any]:
     """The job's log lines numbered after `after`, oldest first (at most 1,000; `more`

@@ -156,8 +156,9 @@ def test_a_backup_jobs_log_over_the_api(served: Served) -> None:
     assert [line["seq"] for line in later["lines"]] == numbers[2:]
     assert later["lines"] == lines[2:]
     assert served.get("otto", f"/api/v1/jobs/{job['id']}/log", after=log["next"])["lines"] == []
-    bad = served.ask("otto", f"/api/v1/jobs/{job['id']}/log", params={"after": "-1"})
-    assert bad.status_code == 400 and bad.json()["error"] == "UsageError"
+    for bad_after in ("-1", str(2**63), "x"):
+        bad = served.ask("otto", f"/api/v1/jobs/{job['id']}/log", params={"after": bad_after})
+        assert bad.status_code == 400 and bad.json()["error"] == "UsageError", bad.text
     missing = served.ask("otto", "/api/v1/jobs/999999/log")
     assert missing.status_code == 404 and missing.json()["error"] == "JobNotFound"
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 FLUSH_EVERY = 0.5  # seconds between writes of the buffered lines
 RUNNING = ("queued", "running")  # a job in these states may log more
+MAX_SEQ = joblogs.MAX_SEQ  # the largest line number (what ``after`` may be)
 
 
 class JobLogHandler(logging.Handler):
@@ -176,8 +177,8 @@ def job_log(ctx: Context, job_id: int, after: int | None = None) -> JobLog:
     """Job ``job_id``'s log lines numbered after ``after`` (None: from the first kept),
     oldest first, at most :data:`costor.db.joblogs.MAX_READ`. :class:`JobNotFound` when
     there is no such job."""
-    if after is not None and after < 0:
-        raise UsageError(message=f"after must be 0 or more, not {after}")
+    if after is not None and not 0 <= after <= MAX_SEQ:
+        raise UsageError(message=f"after must be from 0 to {MAX_SEQ}, not {after}")
     job = jobs.get_job(ctx.engine, job_id)
     if job is None:
         raise JobNotFound(job_id=job_id)

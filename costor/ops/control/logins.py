@@ -13,7 +13,8 @@ its sessions at once.
 
 **How long it lasts** (:class:`LoginPolicy`): at most 12 hours from the login, and 1
 hour without a request. The row's ``expires_at`` is the idle limit, moved forward by
-use (one write a minute per session at most, as tokens note their use); the absolute
+use (one write a minute per session at most, as tokens note their use, or a quarter
+of the idle limit when that is shorter); the absolute
 limit is the row's ``created_at`` plus the lifetime. Logging out or ``costor session
 revoke`` ends it at once. Ended sessions are deleted 7 days after they ended.
 
@@ -21,7 +22,9 @@ revoke`` ends it at once. Ended sessions are deleted 7 days after they ended.
 (``costor.util.passwords``). A user name that is unknown (or declared but not applied)
 costs one verification against a dummy hash of the same parameters, and answers with
 the same :class:`~costor.errors.LoginFailed`, so neither the answer nor its time tells
-which names exist.
+which names exist. A login is three steps (:func:`begin_login`,
+:meth:`LoginAttempt.check`, :func:`finish_login`; :func:`log_in` takes them at once) so
+that the server can check the password, ~30 ms of argon2id, outside its gate.
 
 **Throttling** (:class:`LoginThrottle`): failed attempts are counted per user name and
 per address (an IPv6 address by its /64). After ``user_failures`` failures for a name,

@@ -276,8 +276,8 @@ class ApiClient:
             return RemoteApiError(
                 server=self.server,
                 status=response.status_code,
-                error="",
-                detail=_clean(response.reason_phrase or "no CoStor error document"),
+                error=_clean(response.reason_phrase or "")[:64] or "(no reason)",
+                detail="not a CoStor error document: is this a CoStor site?",
             )
         name, message = document["error"], _clean(str(document.get("message", "")))
         request_id = _clean(str(document.get("request_id") or ""))

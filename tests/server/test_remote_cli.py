@@ -13,9 +13,11 @@ import datetime
 import ipaddress
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -570,3 +572,124 @@ def test_restore_onto_a_clients_machine_as_a_job(
         "restore", "alpha:latest", "--target", str(tmp_path / "x"), "--dry-run", known=known
     )
     assert options.code == 1 and "with --server, restore takes no --dry-run" in options.stderr
+
+
+def test_a_damaged_known_servers_file_is_an_error_not_a_new_pin(
+    served: Served, known: Path
+) -> None:
+    known.parent.mkdir(parents=True)
+    known.write_text("# pins\n127.0.0.1 not-a-fingerprint\n")
+    result = served.remote("snapshots", known=known)
+    assert result.code == 1 and result.stdout == ""
+    assert f"costor: error: {known} line 2: expected `HOST:PORT FINGERPRINT`" in result.stderr
+    assert known.read_text() == "# pins\n127.0.0.1 not-a-fingerprint\n"
+    # a last line without its end: the pin goes on a line of its own
+    known.write_text("# pins")
+    assert served.remote("snapshots", known=known).code == 0
+    assert known.read_text() == f"# pins\n127.0.0.1:{served.port} {served.fingerprint}\n"
+
+
+# --- a server that is not a well-behaved CoStor site --------------------------------------
+
+
+class RawServer:
+    """A loopback HTTP/1.1 server answering each path with bytes given by the test (and
+    then closing the connection): answers no CoStor site would give."""
+
+    def __init__(self, answers: dict[str, bytes]) -> None:
+        self.answers = answers
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _address = self.sock.accept()
+            except OSError:
+                return
+            with connection:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        break
+                    request += chunk
+                path = request.split(b" ", 2)[1].split(b"?", 1)[0].decode() if request else ""
+                connection.sendall(
+                    self.answers.get(path, b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+                )
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _answer(status: str, body: bytes, content_type: str = "application/json") -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
+
+
+def test_what_an_untrusted_server_answers_is_checked(tmp_path: Path) -> None:
+    snapshot = {"id": "ab" * 32, "client": "alpha", "pool": "main"}
+    server = RawServer(
+        {
+            "/api/v1/status": _answer("200 OK", b"<html>hello</html>", "text/html"),
+            "/api/v1/snapshots": _answer("404 Not Found", b"<html>no</html>", "text/html"),
+            "/api/v1/jobs": _answer(
+                "409 Conflict",
+                json.dumps(
+                    {"error": "Weird", "message": "bad\x1b[31m red", "request_id": "r1"}
+                ).encode(),
+            ),
+            "/api/v1/snapshots/abab/tree": _answer(
+                "500 Internal Server Error",
+                json.dumps(
+                    {"error": "DamageFound", "message": "Check found 2 problem(s)."}
+                ).encode(),
+            ),
+            "/api/v1/snapshots/abab": _answer("200 OK", json.dumps(snapshot).encode()),
+            f"/api/v1/snapshots/{'ab' * 32}/archive": (
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-tar\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"  # then cut: no last chunk
+            ),
+        }
+    )
+
+    def remote(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "costor", "--server", f"http://127.0.0.1:{server.port}", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COSTOR_TOKEN": "costor_000000000000_x"},
+            cwd=tmp_path,
+            timeout=120,
+            check=False,
+        )
+
+    try:
+        not_json = remote("status")
+        assert not_json.returncode == 1 and not_json.stdout == ""
+        assert "the answer to /api/v1/status is not JSON: is this a CoStor site?" in (
+            not_json.stderr
+        )
+        html = remote("snapshots")
+        assert (
+            html.returncode == 1
+            and "answered 404 Not Found: not a CoStor error document" in html.stderr
+        )
+        unknown = remote("jobs")
+        assert unknown.returncode == 1
+        assert "answered 409 Weird: bad?[31m red (request r1)" in unknown.stderr
+        assert "\x1b" not in unknown.stderr
+        known_class = remote("ls", "abab")
+        assert known_class.returncode == 3  # DamageFound's exit code, as on the site
+        assert known_class.stderr == "costor: error: Check found 2 problem(s).\n"
+        cut = remote("restore", "abab", "--archive", "out.tar")
+        assert cut.returncode == 1, cut.stderr
+        assert "the download stopped after 5 bytes, before its end" in cut.stderr
+        assert list(tmp_path.iterdir()) == []  # neither out.tar nor a partial file
+    finally:
+        server.close()

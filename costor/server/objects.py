@@ -61,6 +61,7 @@ import anyio
 import blake3
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from costor.errors import (
@@ -78,6 +79,7 @@ from costor.ops.control.tokens import Grant
 from costor.server.downloads import byte_range
 from costor.server.errors import error_response
 from costor.server.permissions import authenticated, use
+from costor.server.schemas import ERROR_MEANING, ErrorDocument
 from costor.store.backends.base import Backend
 from costor.store.backends.registry import BackendSettings, open_backend
 
@@ -110,6 +112,14 @@ KINDS: tuple[str, ...] = (
 
 router = APIRouter(prefix=f"{API}/pools/{{pool}}/objects", tags=["backup"])
 _write_once = threading.Lock()  # put-if-absent of the objects not named by a hash
+
+
+class Stored(BaseModel):
+    """A put's answer: the object, its size, and whether this put wrote it."""
+
+    name: str
+    size: int
+    stored: bool = Field(description="false: it was there with these bytes already")
 
 
 @dataclass(frozen=True)
@@ -221,6 +231,22 @@ def _pool_for(request: Request, pool: str, grant: Grant, *permissions: str) -> _
 
 
 _BINARY: dict[str, Any] = {"content": {"application/octet-stream": {}}}
+_ERRORS = {
+    **ERROR_MEANING,
+    400: "not the name (or prefix) of a pool object",
+    404: "no such object, or no such pool",
+    409: "an object not named by its hash exists with other bytes",
+    413: "larger than the largest pool object",
+    416: "the range cannot be satisfied",
+    422: "the bytes do not hash to the name: nothing was stored",
+    503: "the pool's storage failed or is unreachable",
+    507: "the pool's storage is full",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route may give, each in the one error shape."""
+    return {status: {"model": ErrorDocument, "description": _ERRORS[status]} for status in statuses}
 
 
 # --- listing ---------------------------------------------------------------------------
@@ -258,7 +284,11 @@ _LISTING: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/", response_class=StreamingResponse, responses=_LISTING)
+@router.get(
+    "/",
+    response_class=StreamingResponse,
+    responses={**_LISTING, **_errors(400, 401, 403, 404, 503)},
+)
 def list_objects(
     request: Request,
     pool: str,
@@ -274,7 +304,13 @@ def list_objects(
 # --- one object ------------------------------------------------------------------------
 
 
-@router.head("/{name:path}", responses={200: {"description": "it exists (Content-Length)"}})
+@router.head(
+    "/{name:path}",
+    responses={
+        200: {"description": "it exists (Content-Length)"},
+        **_errors(400, 401, 403, 404, 503),
+    },
+)
 def has_object(
     request: Request, pool: str, name: str, grant: Grant = Depends(authenticated)
 ) -> Response:
@@ -292,7 +328,7 @@ def has_object(
     responses={
         200: {"description": "the object's bytes", **_BINARY},
         206: {"description": "the range asked for (Content-Range)", **_BINARY},
-        416: {"description": "the range cannot be satisfied"},
+        **_errors(400, 401, 403, 404, 416, 503),
     },
 )
 def get_object(
@@ -344,11 +380,9 @@ def _ranges(backend: Backend, name: str, start: int, stop: int) -> Iterator[byte
     "/{name:path}",
     status_code=201,
     responses={
-        200: {"description": "already stored with these bytes: nothing changed"},
-        201: {"description": "stored"},
-        409: {"description": "an object not named by its hash exists with other bytes"},
-        413: {"description": "larger than the largest pool object"},
-        422: {"description": "the bytes do not hash to the name: nothing stored"},
+        200: {"model": Stored, "description": "already stored with these bytes: unchanged"},
+        201: {"model": Stored, "description": "stored"},
+        **_errors(400, 401, 403, 404, 409, 413, 422, 503, 507),
     },
     openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {}}}},
 )
@@ -358,7 +392,7 @@ async def put_object(
     pool: str,
     name: str,
     grant: Grant = Depends(authenticated),
-) -> dict[str, Any]:
+) -> Stored:
     """Store the body as the object `name`, verified on arrival: an object named by a
     hash of its bytes (packs, index segments, snapshots…) is stored only if its bytes
     hash to that name (else 422, nothing stored); the identity file and key slots only
@@ -380,7 +414,7 @@ async def put_object(
     finally:
         body.close()
     response.status_code = 201 if stored else 200
-    return {"name": name, "size": body.size, "stored": stored}
+    return Stored(name=name, size=body.size, stored=stored)
 
 
 class _Body:
@@ -463,7 +497,11 @@ def _store(backend: Backend, checked: ObjectName, body: _Body) -> bool:
             data.release()
 
 
-@router.delete("/{name:path}", status_code=204, responses={204: {"description": "deleted"}})
+@router.delete(
+    "/{name:path}",
+    status_code=204,
+    responses={204: {"description": "deleted"}, **_errors(400, 401, 403, 404, 503)},
+)
 def delete_object(
     request: Request, pool: str, name: str, grant: Grant = Depends(authenticated)
 ) -> Response:

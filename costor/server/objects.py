@@ -216,13 +216,28 @@ def _open_pool(request: Request, pool: str) -> _Pool:
     return _Pool(pool, _backends.get(pool, settings), spill_dir)
 
 
-def _size(backend: Backend, name: str) -> int:
-    """The stored size of ``name`` (a listing of its own name: the protocol has no
-    stat); :class:`ObjectNotFound` when it is not there."""
-    for info in backend.list(name):
-        if info.name == name:
-            return info.size
-    raise ObjectNotFound(name=name)
+def _found(backend: Backend, checked: ObjectName) -> tuple[int, bytes | None]:
+    """The stored size of an object, and its bytes when they were read to learn it;
+    :class:`ObjectNotFound` when it is not there. The protocol has no stat: the
+    identity file and key slots (small) are read; an object named by its hash is found
+    by a listing of its own name (one request on S3, one directory on a disk — not the
+    whole pool, which a listing by the identity file's name would walk)."""
+    if checked.digest is None:
+        data = backend.get(checked.name)
+        return len(data), data
+    for info in backend.list(checked.name):
+        if info.name == checked.name:
+            return info.size, None
+    raise ObjectNotFound(name=checked.name)
+
+
+def listable(name: str) -> bool:
+    """Whether a stored name is one of this API's objects (what a listing shows)."""
+    try:
+        object_name(name)
+    except ObjectNameRefused:
+        return False
+    return True
 
 
 def _pool_for(request: Request, pool: str, grant: Grant, *permissions: str) -> _Pool:
@@ -255,8 +270,8 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def _lines(backend: Backend, prefix: str) -> Iterator[bytes]:
     count = 0
     for info in backend.list(prefix):
-        if not info.name.startswith(KINDS):
-            continue  # leases and anything not a pool object: not of this API
+        if not listable(info.name):
+            continue  # leases, and anything else that is not an object of this API
         count += 1
         yield json.dumps({"name": info.name, "size": info.size}).encode() + b"\n"
     yield json.dumps({"end": True, "count": count}).encode() + b"\n"
@@ -318,7 +333,7 @@ def has_object(
     `objects.append` or `objects.read` on every client."""
     checked = object_name(name)
     opened = _pool_for(request, pool, grant, "objects.append", "objects.read")
-    size = _size(opened.backend, checked.name)
+    size, _data = _found(opened.backend, checked)
     return Response(headers={"Content-Length": str(size), "Accept-Ranges": "bytes"})
 
 
@@ -343,7 +358,7 @@ def get_object(
     client."""
     checked = object_name(name)
     opened = _pool_for(request, pool, grant, "objects.read")
-    size = _size(opened.backend, checked.name)
+    size, data = _found(opened.backend, checked)
     wanted = byte_range(range)
     start, stop, status = 0, size, 200
     headers = {"Accept-Ranges": "bytes"}
@@ -357,7 +372,10 @@ def get_object(
         status = 206
         headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
     headers["Content-Length"] = str(stop - start)
-    chunks = _ranges(opened.backend, checked.name, start, stop)
+    if data is not None:
+        chunks: Iterator[bytes] = iter([data[start:stop]] if stop > start else [])
+    else:
+        chunks = _ranges(opened.backend, checked.name, start, stop)
     return StreamingResponse(
         _in_threads(chunks),
         status_code=status,

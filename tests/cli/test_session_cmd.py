@@ -101,3 +101,19 @@ def test_a_declared_user_logs_in_only_once_applied(site: Site) -> None:
         login(site, "otto", "not the password")
     assert site.cli("apply", "--auto-approve").code == 0
     assert login(site, "newcomer").info.user == "newcomer"
+
+
+def test_a_new_password_ends_the_users_sessions(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = login(site, "otto")
+    monkeypatch.setenv("COSTOR_TEST_USER_PASSWORD", "another long password")
+    applied = site.cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.stderr
+    ctx = Context(site.inventory)
+    with pytest.raises(NotAuthenticated, match="changed since this login"):
+        authenticate_session(ctx, before.secret)
+    with pytest.raises(LoginFailed):
+        login(site, "otto")  # the old password
+    after = login(site, "otto", "another long password")
+    assert authenticate_session(ctx, after.secret).grant.user == "otto"

@@ -9,7 +9,9 @@ random bytes), which every request of the cookie that changes something must sen
 in ``X-CSRF-Token`` (compared in constant time). A session has its user's full rights
 (:func:`~costor.ops.control.tokens.user_grant` with the ``admin`` scope, lowered to what
 the user's roles allow now); a user removed from the inventory, or not applied, loses
-its sessions at once.
+its sessions at once, and so does a user that ``costor apply`` changed since the login
+(a new password, other groups: the password that opened a session must still be the
+user's).
 
 **How long it lasts** (:class:`LoginPolicy`): at most 12 hours from the login, and 1
 hour without a request. The row's ``expires_at`` is the idle limit, moved forward by
@@ -67,7 +69,6 @@ from typing import Any
 from costor.config.fields import duration_seconds
 from costor.db import audit as audit_log
 from costor.db import logins as db_logins
-from costor.db import tokens as db_tokens
 from costor.db.models import SessionRow, UserRow
 from costor.db.session import session_scope
 from costor.errors import (
@@ -458,8 +459,13 @@ def authenticate_session(
             raise NotAuthenticated(reason="the session has ended (logged out or revoked)")
         if info.state == "expired":
             raise NotAuthenticated(reason="the session has expired (log in again)")
-        if not db_tokens.user_applied(session, row.user) or row.user not in ctx.inventory.users:
+        account = session.get(UserRow, row.user)
+        if account is None or row.user not in ctx.inventory.users:
             raise NotAuthenticated(reason="the session's user no longer exists")
+        if _aware(account.updated_at) > _aware(row.created_at):
+            raise NotAuthenticated(
+                reason="the user was changed since this login (a new password?): log in again"
+            )
     renewed = min(now + policy.idle, _aware(row.created_at) + policy.lifetime)
     if renewed - info.expires_at > min(NOTE_USE_EVERY, policy.idle / 4):
         with session_scope(ctx.engine) as session:

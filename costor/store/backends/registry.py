@@ -202,8 +202,9 @@ def _parse_https(text: str, environ: Mapping[str, str]) -> BackendSettings:
     """``https://site:8443/api/v1/pools/NAME`` (``http://`` to a loopback address only);
     the token from ``COSTOR_TOKEN``, the server's certificate checked against the CA in
     ``COSTOR_SERVER_CA`` (a PEM file) or pinned by ``COSTOR_SERVER_FINGERPRINT``
-    (``sha256:…``), else against the system's CAs. Retried as S3 is (its transient
-    failures are :class:`~costor.errors.BackendTransient`)."""
+    (``sha256:…``), else against the system's CAs. Bare, as every typed location: a
+    caller that wants retries stacks the retry filter (its transient failures are
+    :class:`~costor.errors.BackendTransient`)."""
     from costor.store.backends.http import parse_fingerprint, split_location
 
     try:
@@ -219,7 +220,6 @@ def _parse_https(text: str, environ: Mapping[str, str]) -> BackendSettings:
         token=environ.get("COSTOR_TOKEN") or None,
         server_ca=environ.get("COSTOR_SERVER_CA") or None,
         server_fingerprint=fingerprint,
-        filters=StorageFilters(),
     )
 
 

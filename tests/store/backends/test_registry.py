@@ -27,6 +27,7 @@ ENVIRON = {
     "AWS_SECRET_ACCESS_KEY": "very-secret-key",
     "AWS_REGION": "eu-west-3",
     "COSTOR_S3_PATH_STYLE": "1",
+    "COSTOR_TOKEN": "costor_000000000000_" + "5e" * 32,
 }
 
 
@@ -35,6 +36,14 @@ def examples(tmp_path: Path) -> dict[str, tuple[str, str]]:
     return {
         "file": (f"file://{tmp_path}/pool", f"{tmp_path}/pool"),
         "s3": ("s3://bucket/site-a/pool/", "s3://bucket/site-a/pool"),
+        "https": (
+            "https://peer.example:8443/api/v1/pools/main",
+            "https://peer.example:8443/api/v1/pools/main",
+        ),
+        "http": (
+            "http://127.0.0.1:8443/api/v1/pools/main/",
+            "http://127.0.0.1:8443/api/v1/pools/main",
+        ),
     }
 
 
@@ -50,6 +59,7 @@ def test_each_scheme_parses_redacts_and_opens(tmp_path: Path, scheme: str) -> No
     assert settings.filters is None and settings.staging is None
     assert redact(settings) == shown
     assert ENVIRON["AWS_SECRET_ACCESS_KEY"] not in redact(settings)
+    assert ENVIRON["COSTOR_TOKEN"] not in redact(settings)
     backend = open_backend(settings)
     assert backend.location == shown
     assert not hasattr(backend, "inner")  # a typed location opens the bare backend
@@ -76,10 +86,13 @@ def test_malformed_and_unknown_locations() -> None:
     with pytest.raises(UsageError, match="'s3:///p': no bucket in the S3 location"):
         parse_location("s3:///p", environ={})
     with pytest.raises(UsageError) as raised:
-        parse_location("https://peer.example/pool")
+        parse_location("ftp://peer.example/pool")
     assert str(raised.value) == (
-        "'https://peer.example/pool': unknown location scheme (use a path, file:// or s3://)"
+        "'ftp://peer.example/pool': unknown location scheme "
+        "(use a path, file://, s3://, https:// or http://)"
     )
+    with pytest.raises(UsageError, match="the path must be /api/v1/pools/NAME"):
+        parse_location("https://peer.example/pool")
 
 
 def test_filters_and_staging_wrap_the_backend(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ OPTIONAL_STACKS = {
     "costor.transport.ssh": "asyncssh: only clients reached over SSH need it",
     "costor.ops.backup.pull": "the SSH transport (asyncssh), chosen per client",
     "costor.store.backends.s3": "boto3 (~0.3 s of imports): only pools on S3 need it",
+    "costor.store.backends.http": "httpx (~0.13 s): only https:// pool locations need it",
     "alembic": "only a database whose schema is behind is migrated",
     "alembic.config": "as alembic",
     "pyfastcdc": "only writing a backup chunks data",

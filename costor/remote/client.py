@@ -40,6 +40,7 @@ API = "/api/v1"
 MAX_DOCUMENT = 256 * 1024 * 1024
 MAX_MESSAGE = 2000  # characters of a server's error message shown
 PAGE = 1000  # snapshots asked per page (the API's largest)
+MAX_PAGES = 10_000  # a server that never ends its list is refused past 10 million snapshots
 ENDED = ("succeeded", "failed", "cancelled", "interrupted")  # a job's last states
 _TOKEN = re.compile(r"^[\x21-\x7e]{1,512}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -121,12 +122,13 @@ class ApiClient:
     def snapshots(self, *, client: str | None = None, pool: str | None = None) -> list[Any]:
         """Every snapshot ``GET /snapshots`` lists, page after page, oldest first."""
         found: list[Any] = []
-        while True:
+        for _page in range(MAX_PAGES):
             params = {"limit": PAGE, "offset": len(found), "client": client, "pool": pool}
             page = self._list("GET", "/snapshots", params=_given(params))
             found.extend(page)
             if len(page) < PAGE:
                 return found
+        raise self._malformed("/snapshots", f"more than {MAX_PAGES} pages of {PAGE} snapshots")
 
     def snapshot(self, ref: str) -> dict[str, Any]:
         """``GET /snapshots/{ref}``: one snapshot, as in ``snapshots --json``."""

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -596,7 +596,7 @@ class RawServer:
     """A loopback HTTP/1.1 server answering each path with bytes given by the test (and
     then closing the connection): answers no CoStor site would give."""
 
-    def __init__(self, answers: dict[str, bytes]) -> None:
+    def __init__(self, answers: dict[str, bytes | Callable[[str], bytes]]) -> None:
         self.answers = answers
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -616,10 +616,10 @@ class RawServer:
                     if not chunk:
                         break
                     request += chunk
-                path = request.split(b" ", 2)[1].split(b"?", 1)[0].decode() if request else ""
-                connection.sendall(
-                    self.answers.get(path, b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
-                )
+                target = request.split(b" ", 2)[1].decode() if request else ""
+                path, _, query = target.partition("?")
+                answer = self.answers.get(path, b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+                connection.sendall(answer(query) if callable(answer) else answer)
 
     def close(self) -> None:
         self.sock.close()
@@ -693,3 +693,39 @@ def test_what_an_untrusted_server_answers_is_checked(tmp_path: Path) -> None:
         assert list(tmp_path.iterdir()) == []  # neither out.tar nor a partial file
     finally:
         server.close()
+
+
+def test_snapshots_are_read_page_after_page(tmp_path: Path) -> None:
+    """The API answers at most 1,000 snapshots a request: all are read, in order."""
+    every = [{"id": f"{n:064x}", "time": f"2026-01-01T00:00:{n % 60:02d}"} for n in range(2345)]
+
+    def page(query: str) -> bytes:
+        asked = dict(part.split("=", 1) for part in query.split("&"))
+        offset, limit = int(asked["offset"]), int(asked["limit"])
+        assert limit == 1000 and asked["client"] == "alpha"
+        return _answer("200 OK", json.dumps(every[offset : offset + limit]).encode())
+
+    server = RawServer({"/api/v1/snapshots": page})
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "costor",
+                "--server",
+                f"http://localhost:{server.port}",
+                "snapshots",
+                "--client",
+                "alpha",
+                "--json",
+            ],
+            capture_output=True,
+            env={**os.environ, "COSTOR_TOKEN": "costor_000000000000_x"},
+            cwd=tmp_path,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == every

@@ -160,8 +160,13 @@ def _restore(args: argparse.Namespace, api: ApiClient) -> int:
     if not args.force and os.path.lexists(args.archive):
         raise ArchiveExists(path=args.archive)
     snapshot = api.snapshot(args.snapshot)
-    with _replacing(args.archive) as sink:
-        archive_bytes = api.archive(snapshot["id"], args.path, format, sink)
+    try:
+        with _replacing(args.archive) as sink:
+            archive_bytes = api.archive(snapshot["id"], args.path, format, sink)
+    except OSError as error:
+        raise RestoreError(
+            reason=f"writing the archive {args.archive}: {error.strerror or error}"
+        ) from None
     files, dirs, content = archive_counts(args.archive, format)
     document = {
         "snapshot_id": snapshot["id"],

@@ -382,6 +382,11 @@ def test_restore_archive_downloads_the_same_archive(
     )
     assert forced.code == 0, forced.stderr
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    nowhere = served.remote(
+        "restore", "alpha:latest", "--archive", str(tmp_path / "no" / "a.tar"), known=known
+    )
+    assert nowhere.code == 1 and "Traceback" not in nowhere.stderr
+    assert f"writing the archive {tmp_path / 'no' / 'a.tar'}: No such file" in nowhere.stderr
 
 
 def test_a_changed_certificate_is_refused_with_its_exit_code(

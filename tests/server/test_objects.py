@@ -583,10 +583,15 @@ def test_the_client_trusts_no_answer(
 ) -> None:
     handler, backend = misbehaving
     name = pack_name(b"x")
-    handler.answer = (503, {"Retry-After": "7"}, _error("AuditUnavailable", "busy"))
+    handler.answer = (429, {"Retry-After": "7"}, _error("TooManyRequests", "slow down"))
     with pytest.raises(BackendThrottled) as throttled:
         backend.get(name)
     assert throttled.value.retry_after == 7
+    handler.answer = (503, {"Retry-After": "3"}, _error("AuditUnavailable", "busy"))
+    with pytest.raises(BackendTransient) as unavailable:
+        backend.get(name)
+    assert unavailable.value.retry_after == 3
+    assert not isinstance(unavailable.value, BackendThrottled)
     handler.answer = (503, {}, _error("BackendError", "the disk is gone"))
     with pytest.raises(BackendTransient, match="the disk is gone"):
         backend.put(name, b"x")

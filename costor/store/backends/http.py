@@ -10,8 +10,8 @@ as asked (shorter: :class:`ObjectTruncated`) and a whole object as long as its
 ``Content-Length`` (httpx checks it).
 
 Errors: a connection that fails or is cut, a timeout, 408, 429, 502, 503 and 504 are
-:class:`BackendTransient` (429 and 503 with ``Retry-After`` as ``retry_after``), so the
-retry filter applies; 404 is :class:`ObjectNotFound`; 507 :class:`StorageFull`; a
+:class:`BackendTransient` (``Retry-After`` as ``retry_after``; 429, and the server's
+storage throttling it, :class:`BackendThrottled`), so the retry filter applies; 404 is :class:`ObjectNotFound`; 507 :class:`StorageFull`; a
 server's damage answer (``ObjectTruncated``, 500) is damage here too; anything else (a
 token refused: 401, 403; a name or object refused: 400, 409, 413, 422) is a permanent
 :class:`BackendError` carrying the server's message.
@@ -316,7 +316,7 @@ def _raise_for(response: httpx.Response, name: str, location: str) -> NoReturn:
         raise StorageFull(name=name, reason=reason)
     if status in _TRANSIENT:
         retry_after = _retry_after(response.headers.get("retry-after"))
-        if status in (429, 503) and kind != "BackendError":
+        if status == 429 or kind == "BackendThrottled":
             raise BackendThrottled(name=name, reason=reason, retry_after=retry_after)
         raise BackendTransient(name=name, reason=reason, retry_after=retry_after)
     if kind == "ObjectTruncated":

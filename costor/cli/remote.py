@@ -65,10 +65,13 @@ def connect(args: argparse.Namespace) -> ApiClient:
 def _token(args: argparse.Namespace) -> str:
     if args.token_file:
         try:
-            return Path(args.token_file).read_text(encoding="utf-8").strip()
+            lines = Path(args.token_file).read_text(encoding="utf-8").strip().splitlines()
         except (OSError, UnicodeDecodeError) as error:
             reason = getattr(error, "strerror", None) or str(error)
             raise UsageError(message=f"--token-file {args.token_file}: {reason}") from None
+        if not lines:
+            raise NotAuthenticated(reason=f"--token-file {args.token_file} is empty")
+        return lines[0].strip()  # the first line: a file may say more below it
     token = os.environ.get(TOKEN_ENVIRONMENT, "").strip()
     if not token:
         raise NotAuthenticated(

@@ -470,7 +470,7 @@ def test_errors_are_the_sites_with_their_exit_codes(served: Served, known: Path)
     assert far.returncode == 1 and b"plain http:// only to this machine" in far.stderr
     # the token from a file
     token_file = known.parent / "token"
-    token_file.write_text(served.tokens["carol"] + "\n")
+    token_file.write_text(served.tokens["carol"] + "\n# carol's read token\n")
     result = served.remote(
         "snapshots", "--json", token=None, known=known, top=("--token-file", str(token_file))
     )

@@ -218,8 +218,9 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         """What the snapshot holds under `path`, as `costor ls SNAPSHOT PATH --json`; with
         `depth=1`, one directory: its own entry and its entries, not their subtrees."""
         with use(request) as ctx:
-            _name, found = resolve_visible(ctx, access.grant, snapshot, access.permission)
-            return list_snapshot(ctx, snapshot=found.id, path=path, depth=depth).to_json()
+            name, found = resolve_visible(ctx, access.grant, snapshot, access.permission)
+            listing = list_snapshot(ctx, snapshot=found.id, pool=name, path=path, depth=depth)
+            return listing.to_json()
 
     @app.get(
         f"{API}/jobs",

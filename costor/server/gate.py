@@ -6,6 +6,12 @@ derivation each) and the applied configuration, and is not thread-safe; FastAPI 
 sync routes on a thread pool. A pool of contexts can replace the lock once a benchmark
 (issue 20, ``bench/api.py``) shows requests waiting on it.
 
+Why the context keeps each pool's index (``keep_indexes``): browsing a snapshot reads
+trees, and finding a tree's blob needs the pool's index; without the cache every request
+read every index segment again (a 100,000-file pool: ~60 ms of a 72 ms browse, measured
+with py-spy on ``bench/api.py``'s data set). With it a request reads only the segments
+written since, and copies the rest (a dict copy, a few ms).
+
 Why the daemon takes the gate before it forks a job (:meth:`Gate.paused`): the forked
 child must not inherit a database connection in use, nor an SQLite connection at all
 (SQLite's account of its locks is per process memory that fork copies: see
@@ -43,7 +49,7 @@ class Gate:
         with self._lock:
             now = time.monotonic()
             if self._ctx is None:
-                self._ctx = Context(self.inventory_path)
+                self._ctx = Context(self.inventory_path, keep_indexes=True)
                 self._loaded_at = now
             elif now - self._loaded_at > RELOAD_EVERY:
                 self._ctx.reload()

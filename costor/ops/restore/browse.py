@@ -7,18 +7,21 @@ across every pool) and read trees only: nothing is written, no lease is taken.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from costor.errors import PathNotInSnapshot, UsageError
+from costor.errors import ObjectNotFound, PathNotInSnapshot, SnapshotNotFound, UsageError
 from costor.ops.context import Context
-from costor.ops.restore.snapshots import resolve
+from costor.ops.restore.snapshots import open_named_pool, resolve
 from costor.store.diff import Difference, diff_trees
 from costor.store.pool import Pool
+from costor.store.snapshot import Snapshot
 from costor.store.tree import Node
 
 CHANGE_KINDS = ("added", "removed", "modified", "metadata")
+FULL_ID = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -69,15 +72,42 @@ class SnapshotDiff:
 
 
 def list_snapshot(
-    ctx: Context, *, snapshot: str, path: str = "/", depth: int | None = None
+    ctx: Context,
+    *,
+    snapshot: str,
+    path: str = "/",
+    depth: int | None = None,
+    pool: str | None = None,
 ) -> Listing:
     """What ``snapshot`` holds under ``path``: everything below it (``costor ls``), or
     with ``depth`` only that many levels (1: a directory's own entries, so browsing one
-    directory reads one tree, not its whole subtree; 0: the entry itself). Raises
+    directory reads one tree, not its whole subtree; 0: the entry itself). ``pool``: the
+    pool to look in (a caller that resolved the snapshot already: a full id there is
+    read directly, without listing the pool's snapshots again). Raises
     :class:`PathNotInSnapshot` when ``path`` is not in the snapshot."""
     if depth is not None and depth < 0:
         raise UsageError(message=f"depth must be 0 or more, not {depth}")
-    _name, pool, found = resolve(ctx, snapshot, load_index=True)
+    if pool is not None and FULL_ID.fullmatch(snapshot):
+        pool_, found = _by_full_id(ctx, pool, snapshot)
+    else:
+        _name, pool_, found = resolve(ctx, snapshot, pool=pool, load_index=True)
+    return _listing(pool_, found, path, depth)
+
+
+def _by_full_id(ctx: Context, name: str, snapshot_id: str) -> tuple[Pool, Snapshot]:
+    """The snapshot of that id in pool ``name``, its index loaded. A manifest is named
+    by its hash and read once per process, so this costs no listing and no read."""
+    opened = open_named_pool(ctx, name)
+    try:
+        found = opened.load_snapshot(snapshot_id)
+    except ObjectNotFound:
+        raise SnapshotNotFound(ref=snapshot_id) from None
+    ctx.load_index(opened)
+    return opened, found
+
+
+def _listing(pool: Pool, found: Snapshot, path: str, depth: int | None) -> Listing:
+    """The entries of ``found`` under ``path``, down to ``depth`` levels."""
     node = pool.find_node(bytes.fromhex(found.tree), path)
     if node is None:
         raise PathNotInSnapshot(path=path, snapshot=found.id[:12])

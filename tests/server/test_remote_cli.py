@@ -34,6 +34,7 @@ from serving import ENV, free_port, stop_serve
 from support.fixtures import CliResult, Site
 from support.inventory import local_tables, site_table, write_tables
 
+from costor.cli.main import main, verb_of
 from costor.errors import SERVER_CERTIFICATE_CHANGED_EXIT, NotAuthenticated
 
 USERS = """
@@ -734,3 +735,15 @@ def test_snapshots_are_read_page_after_page(tmp_path: Path) -> None:
         server.close()
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == every
+
+
+def test_an_empty_server_runs_here_despite_costor_server(
+    served: Served, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local = served.local("snapshots", "--json")
+    assert local.code == 0
+    monkeypatch.setenv("COSTOR_SERVER", "https://127.0.0.1:1")  # not asked: nothing listens
+    capsys.readouterr()
+    code = main(["--server", "", "snapshots", "-c", str(served.site.inventory), "--json"])
+    assert code == 0 and capsys.readouterr().out == local.stdout
+    assert verb_of(["--server", "https://x", "--token-file", "ls", "status"]) == "status"

@@ -655,3 +655,22 @@ def test_an_unreachable_server_is_transient() -> None:
     ):
         with pytest.raises(BackendTransient):
             operation()
+
+
+def test_a_body_larger_than_any_pool_object_is_refused_at_once(served: Served) -> None:
+    """A Content-Length over the limit is 413 before a byte of the body is read."""
+    host, port = served.base_url.removeprefix("http://").split(":")
+    name = pack_name(b"huge")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = (
+            f"PUT {POOL}{name} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+            f"Authorization: Bearer {served.tokens['admin']}\r\n"
+            f"Content-Length: {600 * 1024 * 1024}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b"only the start")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"ObjectTooLarge" in answer
+    assert not (served.pool_dir / name).exists()

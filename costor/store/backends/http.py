@@ -36,6 +36,7 @@ import json
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, NoReturn
@@ -128,6 +129,7 @@ class HttpBackend:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._headers = headers
+        self._pinning = threading.Lock()
         self._client: httpx.Client | None = None if not self._checked else self._make_client()
 
     def __repr__(self) -> str:
@@ -146,8 +148,10 @@ class HttpBackend:
 
     def _http(self) -> httpx.Client:
         if self._client is None:
-            self._verify = self._pinned_context()
-            self._client = self._make_client()
+            with self._pinning:  # one probe, one client, whichever thread asks first
+                if self._client is None:
+                    self._verify = self._pinned_context()
+                    self._client = self._make_client()
         return self._client
 
     def _pinned_context(self) -> ssl.SSLContext:

@@ -6,9 +6,11 @@ instance sharing the state can read it while it runs and after.
 job's duration: every record of the ``costor`` loggers at INFO or above, the job's start
 and end lines included, becomes one numbered line per line of its text (a report
 printed as indented JSON is several lines). Records are buffered and written by a thread
-of their own every :data:`FLUSH_EVERY` seconds, and once more when the job ends: a
-record logged while the job holds a write transaction (SQLite admits one writer) must
-not wait for that transaction, which would be waiting for it. The job's log file under
+of their own every :data:`FLUSH_EVERY` seconds, and when the job ends: a record logged
+while the job holds a write transaction (SQLite admits one writer) must not wait for
+that transaction, which would be waiting for it. The runner writes the outcome and
+report before it records the job's end, so a reader who sees the job ended has its
+whole run's log. The job's log file under
 ``costor serve`` (``STATE_DIR/logs/job-ID.log``) still gets everything, tracebacks of
 a crashed child included; the database keeps the newest lines of each job
 (:data:`costor.db.joblogs.MAX_LINES`).

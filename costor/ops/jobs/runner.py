@@ -56,11 +56,11 @@ def run_job(ctx: Context, job_id: int) -> int:
     elif job.state != "running":
         raise CostorError(message=f"job {job_id} is {job.state}, not queued or running")
     jobs.heartbeat(engine, job_id, pid=os.getpid())
-    with capture_job_log(engine, job_id):
-        return _run_claimed(ctx, job)
+    with capture_job_log(engine, job_id) as job_log:
+        return _run_claimed(ctx, job, job_log)
 
 
-def _run_claimed(ctx: Context, job: JobRow) -> int:
+def _run_claimed(ctx: Context, job: JobRow, job_log: logging.Handler) -> int:
     """The run of a job claimed by this process, its log captured (costor.ops.jobs.logs)."""
     engine = ctx.engine
     assert job.id is not None  # a claimed job is stored
@@ -101,19 +101,23 @@ def _run_claimed(ctx: Context, job: JobRow) -> int:
         signal.signal(signal.SIGTERM, previous)
         stop.set()
         beat.join()
-    delay = float(os.environ.get("COSTOR_JOB_RETRY_DELAY", jobs.RETRY_DELAY))
-    finished = jobs.finish(engine, job_id, state, result=result, error=error, retry_delay=delay)
     logger.log(
         logging.INFO if state == "succeeded" else logging.ERROR,
         f"job {job_id}: {job.kind} {job.target} {state}" + (f": {error}" if error else ""),
     )
+    if result:
+        logger.info(json.dumps(result, indent=2, sort_keys=True, default=str))
+    # The outcome and report are in the job's log before its state says it ended: a
+    # reader who sees it ended has read every line of its run (what follows, a
+    # notification's problem, comes within a second).
+    job_log.flush()
+    delay = float(os.environ.get("COSTOR_JOB_RETRY_DELAY", jobs.RETRY_DELAY))
+    finished = jobs.finish(engine, job_id, state, result=result, error=error, retry_delay=delay)
     if finished is None:
         logger.error(
             f"job {job_id}: outcome not recorded: the job is no longer running in the state"
         )
-    if result:
-        logger.info(json.dumps(result, indent=2, sort_keys=True, default=str))
-    if finished is not None:
+    else:
         after_job(ctx, finished)
     return code
 

@@ -9,20 +9,21 @@ import pytest
 from support.fixtures import Site
 from support.inventory import local_pool, local_tables, site_table, write_tables
 
-from costor.errors import CostorError, UnknownResource
+from costor.errors import CostorError, UnknownResource, UsageError
 from costor.ops.context import Context
 from costor.ops.jobs.kinds import JOB_KINDS, KINDS, execute, job_kind, site_of
 from costor.ops.jobs.requests import JobQueued, job_history, queue_job
 
 
 def test_the_kinds_and_what_their_targets_name() -> None:
-    assert KINDS == ("backup", "forget", "prune", "check", "selftest")
+    assert KINDS == ("backup", "forget", "prune", "check", "selftest", "restore")
     assert {name: kind.target for name, kind in JOB_KINDS.items()} == {
         "backup": "client",
         "forget": "client",
         "prune": "pool",
         "check": "pool",
         "selftest": "client",
+        "restore": "client",  # the client whose machine receives the files
     }
     assert job_kind("prune").address("main") == "pool.main"
     assert job_kind("backup").address("alpha") == "client.alpha"
@@ -79,3 +80,23 @@ def test_queue_a_job_and_list_the_history(applied: Site) -> None:
     assert len(job_history(ctx, limit=1).jobs) == 1
     with pytest.raises(UnknownResource):
         queue_job(ctx, kind="backup", target="nobody")
+
+
+def test_a_restore_job_needs_its_snapshot_and_target_before_it_is_queued(applied: Site) -> None:
+    ctx = Context(applied.inventory)
+    with pytest.raises(UsageError, match="needs a snapshot and a target"):
+        queue_job(ctx, kind="restore", target="alpha")  # as `costor jobs add restore alpha`
+    with pytest.raises(UsageError, match="absolute directory"):
+        queue_job(ctx, kind="restore", target="alpha", params={"snapshot": "x", "target": "."})
+    queued = queue_job(
+        ctx, kind="restore", target="alpha", params={"snapshot": "x", "target": "/srv//back/"}
+    )
+    [job] = job_history(ctx, kind="restore").jobs
+    assert job["id"] == queued.id and job["max_attempts"] == 1
+    assert job["params"] == {
+        "snapshot": "x",
+        "target": "/srv/back",
+        "path": "/",
+        "include": [],
+        "exclude": [],
+    }

@@ -1,6 +1,8 @@
 """Who may do what, as data: each built-in role (and a declared one) × each route × an
-owned or a not-owned object → the status a real `costor serve` answers. Then: a token
-never exceeds its user (its scope, its clients, the user's roles as applied now).
+owned or a not-owned object → the status a real `costor serve` answers; every route of
+the application is in the table (a test fails for one that is not). Then each token
+scope (read, operate, admin, append) × route, and: a token never exceeds its user (its
+scope, its clients, the user's roles as applied now).
 
 The end user owns client ``alpha`` (its group grants ``end-user`` on it); ``beta`` is
 not theirs: its objects answer 404 to them, as objects that do not exist would. A
@@ -10,6 +12,7 @@ for the whole module, so the jobs the matrix queues stay queued and change nothi
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,6 +23,8 @@ import pytest
 from serving import ENV, start_serve, stop_serve
 from support.fixtures import CliResult, Site
 from support.inventory import local_tables, write_tables
+
+from costor.server.app import create_app
 
 PASSWORD = 'password = { env = "COSTOR_TEST_USER_PASSWORD" }'
 USERS = f"""
@@ -85,10 +90,13 @@ ROLES = {
     "declared": ("run", "operate"),
 }
 AU, EU = "auditor", "end-user"
+OBJECT = "/api/v1/pools/main/objects"
 
 # (method, route, object: "own" | "other" | None) -> status per role, in ROLES' order.
 # {snapshot}, {job}, {file}, {dir}: alpha's ("own") or beta's ("other"); {client}: alpha
-# or beta. Downloads (costor/server/downloads.py) are content: snapshots.read.
+# or beta; {missing}: a well-formed id nothing has. Downloads (costor/server/downloads.py)
+# are content: snapshots.read. The Backup API's objects (costor/server/objects.py) are a
+# pool's, so the whole site's: objects.read / objects.append / admin on every client.
 MATRIX: list[tuple[str, str, str | None, tuple[int, ...]]] = [
     # reads: admin, operator, auditor, end-user, viewer, declared
     ("GET", "/api/v1/status", None, (200, 200, 200, 403, 200, 403)),
@@ -135,13 +143,56 @@ MATRIX: list[tuple[str, str, str | None, tuple[int, ...]]] = [
     ("POST", "/api/v1/clients/{client}/forget", "own", (202, 202, 403, 403, 403, 403)),
     ("POST", "/api/v1/clients/{client}/forget", "other", (202, 202, 403, 404, 403, 403)),
     ("POST", "/api/v1/clients/{client}/selftest", "own", (202, 202, 403, 403, 403, 403)),
+    ("POST", "/api/v1/clients/{client}/selftest", "other", (202, 202, 403, 404, 403, 403)),
+    ("POST", "/api/v1/snapshots/{snapshot}/restore", "own", (202, 202, 403, 202, 403, 403)),
+    ("POST", "/api/v1/snapshots/{snapshot}/restore", "other", (202, 202, 403, 404, 403, 403)),
     ("POST", "/api/v1/pools/main/check", None, (202, 202, 403, 403, 403, 403)),
     ("POST", "/api/v1/pools/main/prune", None, (202, 202, 403, 403, 403, 403)),
     ("POST", "/api/v1/jobs/{job}/cancel", "own", (409, 409, 403, 403, 403, 403)),
     ("POST", "/api/v1/jobs/{job}/cancel", "other", (409, 409, 403, 404, 403, 403)),
     ("PUT", "/api/v1/maintenance", None, (200, 200, 403, 403, 403, 403)),
+    # records: a job's log as the job; applies, sites (config.read); the audit log
+    ("GET", "/api/v1/jobs/{job}/log", "own", (200, 200, 200, 200, 200, 200)),
+    ("GET", "/api/v1/jobs/{job}/log", "other", (200, 200, 200, 404, 200, 200)),
+    ("GET", "/api/v1/applies", None, (200, 200, 200, 403, 200, 403)),
+    ("GET", "/api/v1/sites", None, (200, 200, 200, 403, 200, 403)),
+    ("GET", "/api/v1/audit", None, (200, 403, 200, 403, 403, 403)),
+    ("GET", "/api/v1/audit/verify", None, (200, 403, 200, 403, 403, 403)),
+    # who asks: anyone with a token; a session nothing has is 404 to everyone
+    ("GET", "/api/v1/session", None, (200, 200, 200, 200, 200, 200)),
+    ("GET", "/api/v1/sessions", None, (200, 200, 200, 200, 200, 200)),
+    ("DELETE", "/api/v1/sessions/{missing}", None, (404, 404, 404, 404, 404, 404)),
+    ("POST", "/api/v1/logout", None, (400, 400, 400, 400, 400, 400)),
+    # the Backup API: a pool's stored objects (a snapshot's manifest; a missing pack)
+    ("GET", "/api/v1/pools/main/objects/?prefix=snapshots/", None, (200, 403, 403, 403, 403, 403)),
+    ("HEAD", f"{OBJECT}/snapshots/{{snapshot}}", None, (200, 403, 403, 403, 403, 403)),
+    ("GET", f"{OBJECT}/snapshots/{{snapshot}}", None, (200, 403, 403, 403, 403, 403)),
+    # (a hash-named object is put again, idempotent: 201 each time)
+    ("PUT", f"{OBJECT}/snapshots/{{snapshot}}", None, (201, 403, 403, 403, 403, 403)),
+    ("DELETE", f"{OBJECT}/index/{{missing}}", None, (204, 403, 403, 403, 403, 403)),
 ]
+# Routes without a token: the same answer whoever asks (their own tests ask them).
+PUBLIC = {("GET", "/healthz"), ("GET", "/metrics"), ("POST", "/api/v1/login")}
 MAINTENANCE_ON = {"on": True, "reason": "the RBAC matrix"}
+
+# Each scope a token of ada (admin) may have: what it is let do, on alpha's objects.
+SCOPES = ("read", "operate", "admin", "append")
+SCOPE_MATRIX: list[tuple[str, str, tuple[int, ...]]] = [
+    # read, operate, admin, append
+    ("GET", "/api/v1/status", (200, 200, 200, 403)),
+    ("GET", "/api/v1/snapshots/{snapshot}/tree", (200, 200, 200, 403)),
+    ("GET", "/api/v1/audit", (200, 200, 200, 403)),
+    ("POST", "/api/v1/clients/{client}/backup", (403, 202, 202, 403)),
+    ("POST", "/api/v1/snapshots/{snapshot}/restore", (403, 202, 202, 403)),
+    ("POST", "/api/v1/jobs/{job}/cancel", (403, 409, 409, 403)),
+    ("PUT", "/api/v1/maintenance", (403, 200, 200, 403)),
+    ("GET", "/api/v1/pools/main/objects/?prefix=snapshots/", (200, 200, 200, 200)),
+    ("HEAD", f"{OBJECT}/snapshots/{{snapshot}}", (200, 200, 200, 200)),
+    ("GET", f"{OBJECT}/snapshots/{{snapshot}}", (200, 200, 200, 403)),
+    ("PUT", f"{OBJECT}/snapshots/{{snapshot}}", (403, 403, 201, 201)),
+    ("DELETE", f"{OBJECT}/index/{{missing}}", (403, 403, 204, 403)),
+    ("GET", "/api/v1/session", (200, 200, 200, 200)),
+]
 
 
 class Served:
@@ -150,7 +201,18 @@ class Served:
         self.process = process
         self.http = httpx.Client(base_url=base_url, timeout=30)
         self.tokens: dict[str, str] = {}
+        self.scoped: dict[str, str] = {}  # ada's token of each scope
         self.objects: dict[str, dict[str, str]] = {}
+        self.manifest = b""  # alpha's snapshot's manifest, as the pool stores it
+
+    def request(self, token: str, method: str, route: str, owned: str | None) -> httpx.Response:
+        """``route`` for the ``owned`` objects, with the body its method takes."""
+        url = route.format(**self.objects[owned or "own"])
+        if method == "PUT" and "/objects/" in route:
+            return self.ask(token, method, url, content=self.manifest)
+        if route.endswith("/restore"):
+            return self.ask(token, method, url, json={"target": self.objects["own"]["target"]})
+        return self.ask(token, method, url, json=MAINTENANCE_ON if method == "PUT" else None)
 
     def token_cli(self, action: str, *args: str) -> CliResult:
         return self.site.cli("token", action, *args)
@@ -188,6 +250,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         try:
             for role, (user, scope) in ROLES.items():
                 served.tokens[role] = served.token(user, scope)
+            served.scoped = {scope: served.token("ada", scope) for scope in SCOPES}
             snapshots = site.cli("snapshots", "--json").json()
             jobs = site.cli("jobs", "--json").json()
             for own, client in (("own", "alpha"), ("other", "beta")):
@@ -197,7 +260,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                     "job": str(next(j["id"] for j in jobs if j["target"] == client)),
                     "dir": str(root / f"src-{client}"),
                     "file": str(root / f"src-{client}" / "file.txt"),
+                    "missing": "0" * 64,
+                    "target": str(root / "restored"),
                 }
+            served.manifest = (
+                root / "pool" / "snapshots" / served.objects["own"]["snapshot"]
+            ).read_bytes()
             yield served
         finally:
             served.http.close()
@@ -212,17 +280,54 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 def test_rbac_matrix(
     served: Served, method: str, route: str, owned: str | None, statuses: tuple[int, ...]
 ) -> None:
-    url = route.format(**served.objects[owned or "own"])
-    body = MAINTENANCE_ON if method == "PUT" else None
     got = {}
     for role in ROLES:
-        response = served.ask(served.tokens[role], method, url, json=body)
+        response = served.request(served.tokens[role], method, route, owned)
         got[role] = response.status_code
-        if response.status_code == 404:
+        if method != "HEAD" and response.status_code == 404:
             assert response.json()["error"] != "NotFound", "an unknown route, not an object"
-        if response.status_code == 403:
+        if method != "HEAD" and response.status_code == 403:
             assert response.json()["error"] == "PermissionDenied"
     assert got == dict(zip(ROLES, statuses, strict=True))
+
+
+def test_every_route_is_in_the_matrix() -> None:
+    """A route added without its row fails here: the table is the whole API."""
+    document = create_app("inventory.toml").openapi()  # no inventory is read to build it
+    objects = {"client": "alpha", "snapshot": "f" * 64, "job": "1", "missing": "0" * 64}
+    objects |= {"dir": "/d", "file": "/f", "target": "/t"}
+    asked = {(method, route.format(**objects).split("?")[0]) for method, route, *_ in MATRIX}
+    missing = []
+    for path, operations in document["paths"].items():
+        # A parameter is one segment; an object's name (objects.py's {name:path}) more.
+        pattern = re.compile("^" + re.sub(r"\\{(\w+)\\}", _segments, re.escape(path)) + "$")
+        for method in (m.upper() for m in operations):
+            if (method, path) in PUBLIC:
+                continue
+            if not any(m == method and pattern.match(url) for m, url in asked):
+                missing.append(f"{method} {path}")
+    assert missing == []
+    assert len(document["paths"]) >= 30  # the document is the whole API, not a part
+
+
+def _segments(parameter: re.Match[str]) -> str:
+    return ".+" if parameter[1] == "name" else "[^/]+"
+
+
+@pytest.mark.parametrize(
+    ("method", "route", "statuses"),
+    SCOPE_MATRIX,
+    ids=[f"{m} {r}" for m, r, _s in SCOPE_MATRIX],
+)
+def test_each_scope_of_a_token(
+    served: Served, method: str, route: str, statuses: tuple[int, ...]
+) -> None:
+    """ada is an admin: what her token of each scope is let do."""
+    tokens = served.scoped
+    got = {
+        scope: served.request(tokens[scope], method, route, "own").status_code for scope in SCOPES
+    }
+    assert got == dict(zip(SCOPES, statuses, strict=True))
 
 
 def test_lists_show_only_what_the_caller_may_see(served: Served) -> None:

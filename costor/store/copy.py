@@ -12,7 +12,12 @@ kept the old bytes gets the object deleted and written again.
 
 Verified: every hash-named object is checked against its name when read from the
 source (a damaged source object is reported, not spread) and read back from the
-destination after writing.
+destination after writing — except on a destination that checks each object itself
+before it stores it (``verifies_on_arrival``: a site's Backup API, which hashes what
+arrives and keeps the identity file and key slots write-once). Such a destination may
+be write-only (a token of scope ``append``: it can add, never read back), so nothing is
+read from it then: its listing says what it has, and a different pool's identity file
+there is refused by it (409) when the copy puts this one.
 
 Crash-safe, in the pool's own write order: key slots, packs, index segments,
 snapshots, and the identity file last, so an interrupted first copy is not yet a pool
@@ -112,7 +117,11 @@ def copy_pool(
     progress.close()
     if not report.damaged_in_source:  # a copy missing objects is never made a pool
         identity_bytes = source.get(IDENTITY_NAME)
-        if existing is None or destination.get(IDENTITY_NAME) != identity_bytes:
+        if (
+            existing is None
+            or _verifies_on_arrival(destination)
+            or destination.get(IDENTITY_NAME) != identity_bytes
+        ):
             _copy_object(
                 source, destination, IDENTITY_NAME, data=identity_bytes, verify=_same_bytes
             )
@@ -256,12 +265,20 @@ def _copy_object(
     if data is None:
         data = source.get(name)
     destination.put(name, data)
+    if _verifies_on_arrival(destination):
+        return  # checked against its name (or write-once bytes) before it was stored
     try:
         stored = destination.get(name)
     except ObjectNotFound:
         stored = b""
     if not verify(name, data, stored):
         raise WriteNotVerified(name=name, attempts=1, reason="read-back differs from the source")
+
+
+def _verifies_on_arrival(backend: Backend) -> bool:
+    """Whether ``backend`` refuses an object that does not match its name (see the
+    module's docstring), so a read-back would prove nothing more."""
+    return bool(getattr(backend, "verifies_on_arrival", False))
 
 
 def _same_bytes(_name: str, written: bytes, stored: bytes) -> bool:

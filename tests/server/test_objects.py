@@ -37,7 +37,7 @@ from costor.errors import (
     StorageFull,
     UsageError,
 )
-from costor.store.backends.http import HttpBackend
+from costor.store.backends.http import HttpBackend, parse_fingerprint
 from costor.store.backends.registry import open_location, parse_location
 
 # Tests that write put their objects into "scratch"; "main" holds a backup and stays
@@ -435,8 +435,9 @@ def objects(root: Path) -> dict[str, bytes]:
 
 
 def test_pool_copy_to_and_from_the_server_then_check(served: Served, tmp_path: Path) -> None:
-    """Down from the server's pool (read token), up into its empty mirror pool (admin:
-    a copy reads back what it wrote), back down again, and the last copy checked by a
+    """Down from the server's pool (read token), up into its empty mirror pool with an
+    append token (a peer site's: it adds and never reads back; the server verifies
+    each object on arrival instead), back down again, and the last copy checked by a
     site of its own (`costor check --read-data`)."""
     main = f"{served.base_url}/api/v1/pools/main"
     mirror = f"{served.base_url}/api/v1/pools/mirror"
@@ -444,10 +445,25 @@ def test_pool_copy_to_and_from_the_server_then_check(served: Served, tmp_path: P
     first = copy(served, "read", main, str(down))
     assert first["copied"] > 0 and first["source"] == main
     assert objects(down) == objects(served.main_dir)
-    up = copy(served, "admin", str(down), mirror)
+    up = copy(served, "append", str(down), mirror)
     assert up["copied"] == first["copied"] and up["destination"] == mirror
     assert objects(served.mirror_dir) == objects(down)
-    assert copy(served, "admin", str(down), mirror)["copied"] == 0  # incremental
+    assert copy(served, "append", str(down), mirror)["copied"] == 0  # incremental
+    # A different pool's copy into it is refused (its identity file is write-once).
+    other = tmp_path / "other"
+    shutil.copytree(down, other)
+    identity = json.loads((other / "costor-pool.json").read_text())
+    identity["uuid"] = "0" * 32 if identity["uuid"] != "0" * 32 else "1" * 32
+    (other / "costor-pool.json").write_text(json.dumps(identity))
+    refused = subprocess.run(
+        [sys.executable, "-m", "costor", "pool", "copy", str(other), mirror],
+        env={**os.environ, "COSTOR_TOKEN": served.tokens["append"]},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode != 0 and "409" in refused.stderr, refused.stderr
+    assert objects(served.mirror_dir) == objects(down)
     back = tmp_path / "back"
     copy(served, "read", mirror, str(back))
     assert objects(back) == objects(down)
@@ -682,3 +698,12 @@ def test_a_body_larger_than_any_pool_object_is_refused_at_once(served: Served) -
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"ObjectTooLarge" in answer
     assert not (served.pool_dir / name).exists()
+
+
+def test_fingerprints_are_read_as_openssl_and_the_known_servers_file_write_them() -> None:
+    colons = ":".join(["AB"] * 32)
+    for text in (f"sha256:{colons}", "sha256:" + "ab" * 32, colons, " " + "AB" * 32 + " "):
+        assert parse_fingerprint(text) == "ab" * 32
+    for bad in ("sha1:" + colons, colons[:-3], "sha256:" + "zz" * 32, ""):
+        with pytest.raises(ValueError, match="not a certificate fingerprint"):
+            parse_fingerprint(bad)

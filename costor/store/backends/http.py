@@ -54,7 +54,7 @@ from costor.errors import (
 )
 from costor.store.backends.base import ObjectInfo, validate_name
 
-_FINGERPRINT = re.compile(r"^sha256:((?:[0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2})$")
+_FINGERPRINT = re.compile(r"^(?:sha256:)?((?:[0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2})$")
 _POOL_PATH = re.compile(
     r"^(?P<base>(?:/[^/]+)*)/api/v1/pools/(?P<pool>[A-Za-z0-9_-][A-Za-z0-9_.-]*)/?$"
 )
@@ -64,7 +64,9 @@ READ_TIMEOUT = 300.0  # a 512 MiB pack over a slow link; a stalled server still 
 
 
 def parse_fingerprint(text: str) -> str:
-    """``sha256:AB:CD:…`` or ``sha256:abcd…`` -> 64 lowercase hex digits."""
+    """``sha256:AB:CD:…``, ``sha256:abcd…`` or ``AB:CD:…`` (as ``openssl x509
+    -fingerprint -sha256`` prints it, and as ``costor --server``'s known-servers file
+    keeps it) -> 64 lowercase hex digits."""
     matched = _FINGERPRINT.match(text.strip())
     if matched is None:
         raise ValueError(f"{text!r} is not a certificate fingerprint (sha256:<64 hex digits>)")
@@ -106,6 +108,11 @@ class HttpBackend:
     """The objects of pool ``url`` (``https://host:port/api/v1/pools/NAME``) through its
     site's Backup API, as ``token`` may (``append``: put, exists, list; ``read``: get,
     list; ``admin``: delete too)."""
+
+    # The server hashes what arrives and refuses a mismatch, and keeps the identity file
+    # and key slots write-once: a copy need not (and, with an append token, cannot)
+    # read back what it wrote (costor/store/copy.py).
+    verifies_on_arrival = True
 
     def __init__(
         self,

@@ -12,8 +12,10 @@ the client, httpx, keep-alive):
 
 - listing snapshots: ``GET /api/v1/snapshots?limit=100`` (the first page and a page in
   the middle) and one client's snapshots;
-- browsing: ``GET /api/v1/snapshots/{id}/tree?path=/…/dNNN`` for random directories of
-  the large tree (100 entries each);
+- browsing as a file browser does, one level (``depth=1``):
+  ``GET /api/v1/snapshots/{id}/tree?path=/…/dNNN&depth=1`` for random directories of the
+  large tree (100 files each), and random ``/…/pNNN`` (10 directories each, 1,000 files
+  below them: the level alone is listed);
 - downloading (when the server has the route): the whole large tree as ``.tar.zst``
   through ``GET /api/v1/snapshots/{id}/archive``, against ``costor restore --archive -
   --format tar.zst`` of the same snapshot in the same run: throughput, and the growth of
@@ -224,8 +226,13 @@ def measure(
     middle = max(0, args.snapshots // 2)
     directories = args.files // 100
     tree_urls = [
-        f"/api/v1/snapshots/{large_id}/tree?path="
+        f"/api/v1/snapshots/{large_id}/tree?depth=1&path="
         + f"{tree}/p{(d := rng.randrange(directories)) // 10:03d}/d{d:04d}"
+        for _ in range(n)
+    ]
+    parent_urls = [
+        f"/api/v1/snapshots/{large_id}/tree?depth=1&path="
+        + f"{tree}/p{rng.randrange(max(1, directories // 10)):03d}"
         for _ in range(n)
     ]
     return {
@@ -237,6 +244,7 @@ def measure(
             timed(client, ["/api/v1/snapshots?client=large&limit=100"] * n)
         ),
         "browse_directory": percentiles(timed(client, tree_urls)),
+        "browse_parent": percentiles(timed(client, parent_urls)),
     }
 
 
@@ -286,7 +294,8 @@ def report(args: argparse.Namespace, result: dict[str, Any], took: float) -> str
         ("List snapshots, first page of 100", api["list_first_page"]),
         (f"List snapshots, page at offset {args.snapshots // 2}", api["list_middle_page"]),
         ("List the large client's snapshots (it has one)", api["list_one_client"]),
-        ("Browse one directory (100 entries)", api["browse_directory"]),
+        ("Browse one directory (100 files, `depth=1`)", api["browse_directory"]),
+        ("Browse one directory of directories (10, `depth=1`)", api["browse_parent"]),
     ]
     lines = [
         "# Site server benchmark",

@@ -55,6 +55,7 @@ from costor.server.schemas import (
     error_responses,
 )
 from costor.server.visible import resolve_visible
+from costor.store.snapshot import Snapshot
 
 API = "/api/v1"
 MAX_PAGE = 1000
@@ -157,19 +158,23 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         a new snapshot is newer, so the next page is not shifted by it). One page:
         `X-Total-Count` says how many match, `Link: <…>; rel="next"` where the next
         page starts."""
+        first = _utc(since) if since is not None else None
+        end = _utc(until) if until is not None else None
         if client is not None and not access.allows(client):
-            matching: list[dict[str, Any]] = []
+            matching: list[tuple[str, Snapshot]] = []
         else:
             with use(request) as ctx:
                 found = list_snapshots(ctx, client=client, pool=pool)
+            allowed = {name: access.allows(name) for name in {s.client for _p, s in found}}
             matching = [
-                {**snapshot.summary(), "pool": name}
+                (name, snapshot)
                 for name, snapshot in found
-                if access.allows(snapshot.client)
-                and (since is None or _utc(snapshot.time) >= _utc(since))
-                and (until is None or _utc(snapshot.time) < _utc(until))
+                if allowed[snapshot.client]
+                and (first is None or _utc(snapshot.time) >= first)
+                and (end is None or _utc(snapshot.time) < end)
             ]
-        page = matching[offset : offset + limit]
+        # Only the page's documents are made (a page of 100 among 1,000 snapshots).
+        page = [{**s.summary(), "pool": name} for name, s in matching[offset : offset + limit]]
         response.headers["X-Total-Count"] = str(len(matching))
         if offset + limit < len(matching):
             following = request.url.include_query_params(offset=offset + limit, limit=limit)

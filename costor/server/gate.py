@@ -12,6 +12,14 @@ read every index segment again (a 100,000-file pool: ~60 ms of a 72 ms browse, m
 with py-spy on ``bench/api.py``'s data set). With it a request reads only the segments
 written since, and copies the rest (a dict copy, a few ms).
 
+Why the first request freezes the garbage collector's view (:func:`gc.freeze`): a full
+collection walks every object the process holds, ~120,000 once FastAPI, pydantic,
+SQLAlchemy and the use cases are imported: 35-45 ms, which was most of the API's p99
+(``bench/api.py``'s data set, by hand: listing p99 52 ms, 18-23 ms with the collector
+off). Those objects live as long as the process; frozen, the collector no longer walks
+them. It is done once, at the first request (everything is imported and built by then,
+and no request's garbage exists yet), after a collection so nothing dead is frozen.
+
 Why the daemon takes the gate before it forks a job (:meth:`Gate.paused`): the forked
 child must not inherit a database connection in use, nor an SQLite connection at all
 (SQLite's account of its locks is per process memory that fork copies: see
@@ -21,6 +29,7 @@ each time a request leaves it, and while the daemon forks no request is inside.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -51,6 +60,8 @@ class Gate:
             if self._ctx is None:
                 self._ctx = Context(self.inventory_path, keep_indexes=True)
                 self._loaded_at = now
+                gc.collect()
+                gc.freeze()  # the process's long-lived objects, out of the collector's walk
             elif now - self._loaded_at > RELOAD_EVERY:
                 self._ctx.reload()
                 self._loaded_at = now

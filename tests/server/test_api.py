@@ -81,6 +81,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         (source / "docs" / "readme.txt").write_text(f"hello {name}\n" * 50)
         (source / "docs" / "deep" / "data.bin").write_bytes(os.urandom(100_000))
         (source / "top.txt").write_text("top\n")
+        (source / "link").symlink_to("top.txt")  # an entry with a target
         sources[name] = [source]
     tables = local_tables(sources)
     tables = [
@@ -159,6 +160,12 @@ def test_no_bad_revoked_or_expired_token_is_401(served: Served) -> None:
     assert "token" not in listed[admin_id] and "secret_hash" not in listed[admin_id]
 
 
+def same(api: Any, cli: Any) -> None:
+    """The same JSON as ``--json`` prints: values, key order, numbers' types (0 vs 0.0)
+    and which keys are absent (``taken_as``, ``target``), not only equal once parsed."""
+    assert json.dumps(api) == json.dumps(cli)
+
+
 def test_documents_equal_the_cli_json(served: Served) -> None:
     cli_status = served.cli_json("status")
     api_status = served.get("/api/v1/status").json()
@@ -167,31 +174,32 @@ def test_documents_equal_the_cli_json(served: Served) -> None:
         for client in document["clients"]:
             client.pop("age_s")
         document.pop("instances")
-    assert api_status == cli_status
+    same(api_status, cli_status)
     api_clients = served.get("/api/v1/clients").json()
     for client in api_clients:
         client.pop("age_s")
-    assert api_clients == cli_status["clients"]
+    same(api_clients, cli_status["clients"])
     snapshots = served.cli_json("snapshots")
     assert len(snapshots) == 3
-    assert served.get("/api/v1/snapshots").json() == snapshots
-    assert served.get("/api/v1/snapshots", client="beta").json() == served.cli_json(
-        "snapshots", "--client", "beta"
+    same(served.get("/api/v1/snapshots").json(), snapshots)
+    same(
+        served.get("/api/v1/snapshots", client="beta").json(),
+        served.cli_json("snapshots", "--client", "beta"),
     )
     first = snapshots[0]
-    assert served.get(f"/api/v1/snapshots/{first['id']}").json() == first
-    assert served.get(f"/api/v1/snapshots/{first['short_id']}").json() == first
-    assert served.get("/api/v1/snapshots/alpha:latest").json() == snapshots[-1]
-    docs = next(
-        e["path"] for e in served.cli_json("ls", first["id"]) if e["path"].endswith("/docs")
-    )
+    same(served.get(f"/api/v1/snapshots/{first['id']}").json(), first)
+    same(served.get(f"/api/v1/snapshots/{first['short_id']}").json(), first)
+    same(served.get("/api/v1/snapshots/alpha:latest").json(), snapshots[-1])
+    listing = served.cli_json("ls", first["id"])
+    assert any("target" in e for e in listing) and not all("target" in e for e in listing)
+    docs = next(e["path"] for e in listing if e["path"].endswith("/docs"))
     for path in ("/", docs):
         tree = served.get(f"/api/v1/snapshots/{first['id']}/tree", path=path)
         assert tree.status_code == 200, tree.text
-        assert tree.json() == served.cli_json("ls", first["id"], path)
-    assert served.get("/api/v1/jobs").json() == served.cli_json("jobs")
+        same(tree.json(), served.cli_json("ls", first["id"], path))
+    same(served.get("/api/v1/jobs").json(), served.cli_json("jobs"))
     job = served.cli_json("jobs")[0]
-    assert served.get(f"/api/v1/jobs/{job['id']}").json() == job
+    same(served.get(f"/api/v1/jobs/{job['id']}").json(), job)
     pools = served.get("/api/v1/pools").json()
     assert [p["pool"] for p in pools] == ["main"]
     assert pools[0]["snapshots"] == 3 and pools[0]["bytes_stored"] > 0

@@ -22,6 +22,9 @@ from serving import ENV, start_serve, stop_serve
 from support.fixtures import CliResult, Site
 from support.inventory import local_tables, write_tables
 
+from costor.server.schemas import SnapshotDocument
+from costor.store.snapshot import Snapshot
+
 USERS = """
 [policies.nightly]
 schedule = "0 2 * * *"
@@ -203,6 +206,22 @@ def test_documents_equal_the_cli_json(served: Served) -> None:
     pools = served.get("/api/v1/pools").json()
     assert [p["pool"] for p in pools] == ["main"]
     assert pools[0]["snapshots"] == 3 and pools[0]["bytes_stored"] > 0
+
+
+def test_models_keep_the_documents_optional_keys_absent() -> None:
+    """A renamed client's snapshot carries ``taken_as``; others have no such key (never
+    null): the routes' models give back exactly the document (exclude_unset)."""
+    renamed = Snapshot(
+        client="web", time="2026-12-07T10:00:00.000000Z", paths=["/srv"], tree="cd" * 32
+    )
+    renamed.id = "ab" * 32
+    renamed.counters, renamed.duration_s = {"files_new": 3}, 1.5
+    for taken_as in ("web-old", None):
+        renamed.taken_as = taken_as
+        document = {**renamed.summary(), "pool": "main"}
+        assert ("taken_as" in document) == (taken_as is not None)
+        answered = SnapshotDocument.model_validate(document).model_dump(exclude_unset=True)
+        assert json.dumps(answered) == json.dumps(document)
 
 
 def test_a_tree_lists_as_many_levels_as_asked(served: Served) -> None:

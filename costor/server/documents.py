@@ -20,7 +20,9 @@ from costor.errors import JobNotFound
 from costor.ops.context import Context
 
 FAILED_JOBS_READ = 100_000  # /metrics counts at most this many failed jobs
-MAX_JOB_ID = 2**63 - 1  # the jobs table's ids are 64-bit: a larger one names no job
+# The jobs table's id is an INTEGER: 32 bits on PostgreSQL (64 on SQLite). A larger id
+# names no job, and the database would refuse it as a parameter (a 500, not a 404).
+MAX_JOB_ID = 2**31 - 1
 
 
 def pool_documents(ctx: Context) -> list[dict[str, Any]]:

@@ -79,6 +79,11 @@ FOUND = {
         "actions.py: the 409 of a job that has ended is not declared",
         True,
     ),
+    ("GET", "/api/v1/jobs/{job_id}/log"): (
+        "records.py: on PostgreSQL ?after= above 2^31-1 is a 500 (job_log_lines.seq is a "
+        "32-bit INTEGER there; records.py bounds it to 64 bits)",
+        False,
+    ),
 }
 
 

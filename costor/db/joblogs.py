@@ -26,7 +26,7 @@ from costor.db.session import session_scope
 MAX_LINES = 2000  # kept per job: the newest
 MAX_LINE_CHARS = 1000  # a longer line is cut, ending in "…"
 MAX_READ = 1000  # lines one read returns at most
-MAX_SEQ = 2**63 - 1  # line numbers are 64-bit integers: none is larger
+MAX_SEQ = 2**31 - 1  # line numbers are INTEGER columns (32-bit on PostgreSQL): none is larger
 
 
 @dataclass(frozen=True)

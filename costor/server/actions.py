@@ -27,6 +27,7 @@ from costor.ops.jobs.requests import cancel_job, queue_job
 from costor.ops.maintenance.site import maintenance
 from costor.server import documents
 from costor.server.permissions import Access, requires, use
+from costor.server.schemas import error_responses
 from costor.server.visible import resolve_visible
 
 API = "/api/v1"
@@ -175,7 +176,7 @@ def restore_job(
     return _queue(request, response, "restore", client, params)
 
 
-@router.post("/jobs/{job_id}/cancel")
+@router.post("/jobs/{job_id}/cancel", responses=error_responses(409))
 def cancel(
     request: Request, job_id: int, access: Access = requires("jobs.manage", per_object=True)
 ) -> dict[str, Any]:

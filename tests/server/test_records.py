@@ -156,7 +156,7 @@ def test_a_backup_jobs_log_over_the_api(served: Served) -> None:
     assert [line["seq"] for line in later["lines"]] == numbers[2:]
     assert later["lines"] == lines[2:]
     assert served.get("otto", f"/api/v1/jobs/{job['id']}/log", after=log["next"])["lines"] == []
-    for bad_after in ("-1", str(2**63), "x"):
+    for bad_after in ("-1", str(2**31), "x"):
         bad = served.ask("otto", f"/api/v1/jobs/{job['id']}/log", params={"after": bad_after})
         assert bad.status_code == 400 and bad.json()["error"] == "UsageError", bad.text
     missing = served.ask("otto", "/api/v1/jobs/999999/log")

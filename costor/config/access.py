@@ -86,7 +86,15 @@ BUILTIN_ROLES: dict[str, tuple[str, ...]] = {
     ),
     "auditor": ("config.read", "jobs.read", "snapshots.list", "audit.read"),
     # Granted on a group's clients only (the loader refuses it in a group without them).
-    "end-user": ("snapshots.list", "snapshots.read", "snapshots.restore", "jobs.read"),
+    # config.read on their clients: their health against the RPO (the status, the
+    # clients and their pool as seen through them), never another client's.
+    "end-user": (
+        "config.read",
+        "snapshots.list",
+        "snapshots.read",
+        "snapshots.restore",
+        "jobs.read",
+    ),
     # Kept for the inventories that name it: reads everything, content included.
     "viewer": ("config.read", "jobs.read", "snapshots.list", "snapshots.read"),
 }

@@ -23,6 +23,7 @@ def test_built_in_roles() -> None:
     assert not role_permissions("auditor", {}) & CONTENT  # no content
     assert "audit.read" in role_permissions("auditor", {})
     assert role_permissions("end-user", {}) == {
+        "config.read",  # their own clients' health
         "snapshots.list",
         "snapshots.read",
         "snapshots.restore",

@@ -99,9 +99,9 @@ OBJECT = "/api/v1/pools/main/objects"
 # pool's, so the whole site's: objects.read / objects.append / admin on every client.
 MATRIX: list[tuple[str, str, str | None, tuple[int, ...]]] = [
     # reads: admin, operator, auditor, end-user, viewer, declared
-    ("GET", "/api/v1/status", None, (200, 200, 200, 403, 200, 403)),
-    ("GET", "/api/v1/clients", None, (200, 200, 200, 403, 200, 403)),
-    ("GET", "/api/v1/pools", None, (200, 200, 200, 403, 200, 403)),
+    ("GET", "/api/v1/status", None, (200, 200, 200, 200, 200, 403)),
+    ("GET", "/api/v1/clients", None, (200, 200, 200, 200, 200, 403)),
+    ("GET", "/api/v1/pools", None, (200, 200, 200, 200, 200, 403)),
     ("GET", "/api/v1/maintenance", None, (200, 200, 200, 403, 200, 403)),
     ("GET", "/api/v1/snapshots", None, (200, 200, 200, 200, 200, 403)),
     ("GET", "/api/v1/snapshots/{snapshot}", "own", (200, 200, 200, 200, 200, 403)),
@@ -155,7 +155,7 @@ MATRIX: list[tuple[str, str, str | None, tuple[int, ...]]] = [
     ("GET", "/api/v1/jobs/{job}/log", "own", (200, 200, 200, 200, 200, 200)),
     ("GET", "/api/v1/jobs/{job}/log", "other", (200, 200, 200, 404, 200, 200)),
     ("GET", "/api/v1/applies", None, (200, 200, 200, 403, 200, 403)),
-    ("GET", "/api/v1/sites", None, (200, 200, 200, 403, 200, 403)),
+    ("GET", "/api/v1/sites", None, (200, 200, 200, 200, 200, 403)),
     ("GET", "/api/v1/audit", None, (200, 403, 200, 403, 403, 403)),
     ("GET", "/api/v1/audit/verify", None, (200, 403, 200, 403, 403, 403)),
     # who asks: anyone with a token; a session nothing has is 404 to everyone

@@ -27,7 +27,6 @@ Models built by hand (not through the loader) skip those checks.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -78,6 +77,7 @@ from costor.config.fields import (
     resolve_local_path,
 )
 from costor.config.positions import KeyPath
+from costor.util.net import is_loopback
 
 # Gates for features that are modelled but not implemented yet. A later issue that adds
 # one extends the set; nothing else changes.
@@ -168,17 +168,6 @@ def split_listen(text: str) -> tuple[str, int]:
     if match is None or not 0 < port < 65536:
         raise ValueError(f"expected HOST:PORT (e.g. {DEFAULT_LISTEN}), got {text!r}")
     return match.group(1) or match.group(2), port
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback address (or ``localhost``): plain HTTP stays on
-    this machine. Any other name could resolve anywhere, so it is not."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class SiteTls(FrozenModel):

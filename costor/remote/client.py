@@ -12,7 +12,6 @@ and the token with it.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import time
@@ -33,6 +32,7 @@ from costor.errors import (
     UsageError,
 )
 from costor.remote.tls import TlsTrust
+from costor.util.net import is_loopback
 
 API = "/api/v1"
 # A JSON answer larger than this is refused: a page of 1,000 snapshots is ~1 MiB, the
@@ -51,16 +51,6 @@ _KINDS = {  # job kind -> the collection its target is in
     "check": "pools",
     "prune": "pools",
 }
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is this machine: plain HTTP goes nowhere else."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ApiClient:

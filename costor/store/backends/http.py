@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import ipaddress
 import json
 import re
 import socket
@@ -53,6 +52,7 @@ from costor.errors import (
     StorageFull,
 )
 from costor.store.backends.base import ObjectInfo, validate_name
+from costor.util.net import is_loopback
 
 _FINGERPRINT = re.compile(r"^(?:sha256:)?((?:[0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2})$")
 _POOL_PATH = re.compile(
@@ -71,15 +71,6 @@ def parse_fingerprint(text: str) -> str:
     if matched is None:
         raise ValueError(f"{text!r} is not a certificate fingerprint (sha256:<64 hex digits>)")
     return matched.group(1).replace(":", "").lower()
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def split_location(url: str) -> tuple[str, str]:

@@ -5,6 +5,7 @@ a client has."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 
@@ -67,6 +68,20 @@ def snapshot_count(
     if client is not None:
         query = query.where(SnapshotRow.client.in_(client))  # type: ignore[attr-defined]
     return int(session.exec(query).one())
+
+
+def logical_bytes_by_pool(session: Session) -> dict[str, int]:
+    """pool uuid -> the sum of its catalogued snapshots' ``bytes_processed`` (what each
+    snapshot holds, before deduplication): the numerator of a pool's dedup ratio. Reads
+    the counters column only."""
+    totals: dict[str, int] = {}
+    for pool_uuid, counters in session.exec(select(SnapshotRow.pool_uuid, SnapshotRow.counters)):
+        try:
+            processed = int(json.loads(counters).get("bytes_processed", 0))
+        except (ValueError, TypeError, AttributeError):
+            processed = 0  # a catalogue row is the state's own; a bad one counts nothing
+        totals[pool_uuid] = totals.get(pool_uuid, 0) + max(processed, 0)
+    return totals
 
 
 def snapshot_counts_by_pool(

@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any
 
 from costor.db import catalogue, pools
+from costor.db import jobs as job_history
 from costor.db import queue as jobs
 from costor.db.session import session_scope
 from costor.errors import JobNotFound
@@ -27,12 +28,20 @@ MAX_JOB_ID = 2**31 - 1
 
 def pool_documents(ctx: Context) -> list[dict[str, Any]]:
     """Each pool of the applied configuration, with the totals the state records
-    (bytes before and after compression, snapshots catalogued), sorted by name."""
+    (bytes before and after compression; what its snapshots hold, before deduplication,
+    and the dedup ratio it gives; snapshots catalogued) and its last check's outcome,
+    sorted by name."""
     with session_scope(ctx.engine, write=False) as session:
         rows = {row.name: row for row in pools.pool_rows(session)}
         counts = {
             name: catalogue.snapshot_count(session, pool_uuid=row.uuid)
             for name, row in rows.items()
+        }
+        logical = catalogue.logical_bytes_by_pool(session)
+        checks = {
+            target: job
+            for (kind, target), job in job_history.last_outcomes(session).items()
+            if kind == "check"
         }
     documents = []
     for name in sorted(ctx.inventory.pools):
@@ -40,6 +49,8 @@ def pool_documents(ctx: Context) -> list[dict[str, Any]]:
         row = rows.get(name)
         raw = row.bytes_raw if row else 0
         stored = row.bytes_stored if row else 0
+        held = logical.get(row.uuid, 0) if row else 0
+        check = checks.get(name)
         documents.append(
             {
                 "pool": name,
@@ -50,7 +61,17 @@ def pool_documents(ctx: Context) -> list[dict[str, Any]]:
                 "bytes_raw": raw,
                 "bytes_stored": stored,
                 "compression_ratio": round(raw / stored, 3) if stored else None,
+                "bytes_in_snapshots": held,
+                "dedup_ratio": round(held / raw, 3) if raw else None,
                 "snapshots": counts.get(name, 0),
+                "last_check": None
+                if check is None
+                else {
+                    "job": check.id,
+                    "state": check.state,
+                    "finished_at": check.finished_at.isoformat() if check.finished_at else None,
+                    "error": check.error,
+                },
             }
         )
     return documents

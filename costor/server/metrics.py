@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -76,7 +77,21 @@ class StateCollector(Collector):
                 added.add_metric(values, newest["bytes_added"])
                 when = datetime.fromisoformat(newest["time"].replace("Z", "+00:00"))
                 last_time.add_metric(values, when.timestamp())
+        selftest_ok = GaugeMetricFamily(
+            "costor_client_last_selftest_ok",
+            "1: the client's last self-test succeeded, 0: it failed (absent: none yet)",
+            labels=labels,
+        )
+        selftest_time = GaugeMetricFamily(
+            "costor_client_last_selftest_timestamp_seconds",
+            "When the client's last self-test ended (Unix time)",
+            labels=labels,
+        )
+        for client in report.clients:
+            values = [client["client"], client["site"] or "", client["pool"] or ""]
+            _outcome(client["last_selftest"], values, selftest_ok, selftest_time)
         yield from (age, rpo, health, duration, processed, added, last_time)
+        yield from (selftest_ok, selftest_time)
 
         failures = CounterMetricFamily(
             "costor_jobs_failed", "Jobs that failed (after their retries), by kind", labels=["kind"]
@@ -98,14 +113,52 @@ class StateCollector(Collector):
         snapshots = GaugeMetricFamily(
             "costor_pool_snapshots", "Snapshots the catalogue records", labels=["pool"]
         )
+        compression = GaugeMetricFamily(
+            "costor_pool_compression_ratio",
+            "Bytes before compression / bytes stored",
+            labels=["pool"],
+        )
+        dedup = GaugeMetricFamily(
+            "costor_pool_dedup_ratio",
+            "What the pool's snapshots hold / bytes it stores before compression",
+            labels=["pool"],
+        )
+        check_ok = GaugeMetricFamily(
+            "costor_pool_last_check_ok",
+            "1: the pool's last check succeeded, 0: it failed (absent: none yet)",
+            labels=["pool"],
+        )
+        check_time = GaugeMetricFamily(
+            "costor_pool_last_check_timestamp_seconds",
+            "When the pool's last check ended (Unix time)",
+            labels=["pool"],
+        )
         for pool in pools:
-            stored.add_metric([pool["pool"]], pool["bytes_stored"])
-            raw.add_metric([pool["pool"]], pool["bytes_raw"])
-            snapshots.add_metric([pool["pool"]], pool["snapshots"])
-        yield from (stored, raw, snapshots)
+            name = [pool["pool"]]
+            stored.add_metric(name, pool["bytes_stored"])
+            raw.add_metric(name, pool["bytes_raw"])
+            snapshots.add_metric(name, pool["snapshots"])
+            if pool["compression_ratio"] is not None:
+                compression.add_metric(name, pool["compression_ratio"])
+            if pool["dedup_ratio"] is not None:
+                dedup.add_metric(name, pool["dedup_ratio"])
+            _outcome(pool["last_check"], name, check_ok, check_time)
+        yield from (stored, raw, snapshots, compression, dedup, check_ok, check_time)
         up = GaugeMetricFamily("costor_up", "1: the state database answered this scrape")
         up.add_metric([], 1)
         yield up
+
+
+def _outcome(
+    job: dict[str, Any] | None, labels: list[str], ok: GaugeMetricFamily, when: GaugeMetricFamily
+) -> None:
+    """A check's or self-test's last outcome: 1 or 0, and when it ended."""
+    if job is None:
+        return
+    ok.add_metric(labels, 1 if job["state"] == "succeeded" else 0)
+    if job["finished_at"]:
+        ended = datetime.fromisoformat(job["finished_at"].replace("Z", "+00:00"))
+        when.add_metric(labels, ended.timestamp())
 
 
 def registry(gate: Gate) -> CollectorRegistry:

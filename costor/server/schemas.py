@@ -130,6 +130,15 @@ class StatusDocument(_Document):
 # --- pools, snapshots, trees, jobs -------------------------------------------------
 
 
+class LastCheck(_Document):
+    """The pool's last check job that ended with an outcome."""
+
+    job: int
+    state: str = Field(description="succeeded | failed")
+    finished_at: str | None
+    error: str | None
+
+
 class PoolDocument(_Document):
     """A pool of the applied configuration with the totals the state records."""
 
@@ -141,7 +150,13 @@ class PoolDocument(_Document):
     bytes_raw: int
     bytes_stored: int
     compression_ratio: float | None = Field(description="bytes_raw / bytes_stored")
+    bytes_in_snapshots: int = Field(
+        description="what the catalogued snapshots hold, summed (bytes_processed), "
+        "before deduplication"
+    )
+    dedup_ratio: float | None = Field(description="bytes_in_snapshots / bytes_raw")
     snapshots: int
+    last_check: LastCheck | None = Field(description="null: never checked by a job")
 
 
 class SnapshotDocument(_Document):

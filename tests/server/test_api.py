@@ -315,12 +315,24 @@ def test_errors_map_to_statuses_in_one_shape(served: Served) -> None:
 
 def test_metrics_are_prometheus_text_read_from_the_state(served: Served) -> None:
     # A failed check of the pool, as a daemon would have recorded it (read at scrape time).
-    served.site.sql(
-        "INSERT INTO jobs (kind, target, state, trigger, site, run_after, created_at, "
-        "attempts, max_attempts, params, result, error, notified) VALUES ('check', 'main', "
-        "'failed', 'manual', 'hq', :t, :t, 3, 3, '{}', '{}', 'damage found', false)",
-        t=served.get("/api/v1/snapshots").json()[0]["time"][:19].replace("T", " "),
-    )
+    # A failed check of the pool and a self-test of alpha that passed, as a daemon would
+    # have recorded them (read at scrape time).
+    when = served.get("/api/v1/snapshots").json()[0]["time"][:19].replace("T", " ")
+    for kind, target, state, error in (
+        ("check", "main", "failed", "damage found"),
+        ("selftest", "alpha", "succeeded", None),
+    ):
+        served.site.sql(
+            "INSERT INTO jobs (kind, target, state, trigger, site, run_after, created_at, "
+            "finished_at, attempts, max_attempts, params, result, error, notified) VALUES "
+            "(:kind, :target, :state, 'manual', 'hq', :t, :t, :t, 3, 3, '{}', '{}', :error, "
+            "false)",
+            kind=kind,
+            target=target,
+            state=state,
+            error=error,
+            t=when,
+        )
     response = served.get("/metrics", token=None)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -338,6 +350,17 @@ def test_metrics_are_prometheus_text_read_from_the_state(served: Served) -> None
     assert samples[("costor_pool_snapshots", (("pool", "main"),))] == 3
     assert samples[("costor_up", ())] == 1
     assert samples[("costor_jobs_failed_total", (("kind", "check"),))] == 1
+    main = (("pool", "main"),)
+    assert samples[("costor_pool_last_check_ok", main)] == 0
+    assert samples[("costor_pool_last_check_timestamp_seconds", main)] > 1.7e9
+    assert samples[("costor_client_last_selftest_ok", labels)] == 1
+    assert ("costor_client_last_selftest_ok", (("client", "beta"), *labels[1:])) not in samples
+    assert samples[("costor_pool_compression_ratio", main)] > 0
+    assert samples[("costor_pool_dedup_ratio", main)] > 1  # three snapshots of alike trees
+    pool = served.get("/api/v1/pools").json()[0]
+    assert pool["last_check"]["state"] == "failed" and pool["last_check"]["error"]
+    assert pool["dedup_ratio"] == samples[("costor_pool_dedup_ratio", main)]
+    assert pool["bytes_in_snapshots"] >= pool["bytes_raw"]
     assert not any(name.startswith("python_") for name, _labels in samples)  # own registry
 
 

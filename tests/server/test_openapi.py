@@ -20,11 +20,13 @@ def test_the_checked_in_document_is_the_served_one() -> None:
     )
 
 
-def test_every_api_route_asks_for_a_bearer_token() -> None:
+def test_every_api_route_asks_for_a_bearer_token_or_a_session() -> None:
+    """Every /api/v1 route but the login takes a bearer token or the session cookie
+    (either one: a list of two alternatives); health and metrics take none."""
     document = openapi_document()
     for path, operations in document["paths"].items():
         for operation in operations.values():
-            if path.startswith("/api/v1/"):
-                assert operation.get("security") == [{"HTTPBearer": []}], path
+            if path.startswith("/api/v1/") and path != "/api/v1/login":
+                assert operation.get("security") == [{"HTTPBearer": []}, {"APIKeyCookie": []}], path
             else:
                 assert "security" not in operation, path

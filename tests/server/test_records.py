@@ -270,7 +270,8 @@ def test_sites_as_applied(served: Served) -> None:
     # Limited to beta: the site's name and beta's health, nothing else.
     beta = next(c for c in status["clients"] if c["client"] == "beta")
     assert served.get("bea", "/api/v1/sites") == [{"site": "hq", "health": beta["health"]}]
-    assert served.ask("enid", "/api/v1/sites").status_code == 403  # no config.read
+    # An end user (config.read on beta, her client): the same, from her client's health.
+    assert served.get("enid", "/api/v1/sites") == [{"site": "hq", "health": beta["health"]}]
 
 
 # --- the audit log -----------------------------------------------------------------------

@@ -19,6 +19,7 @@ from costor.store.backends import LocalBackend
 from costor.store.backends.base import ForwardingBackend
 from costor.store.backup.walk import Archiver
 from costor.store.checker import check, reindex
+from costor.store.crypto import object_hash
 from costor.store.gc.condemned import read_condemned
 from costor.store.gc.leases import LeaseInfo, list_leases
 from costor.store.gc.prune import PruneBusy, PruneOptions, PruneRefused, prune
@@ -124,6 +125,31 @@ def test_the_safety_window_delays_deletion(two_trees, tmp_path: Path) -> None:
     third = prune(fresh(path), NOW)
     assert third.packs_deleted == first.packs_condemned
     restored(fresh(path), again, tmp_path / "out", a)
+    clean(path)
+
+
+def test_a_planted_condemned_record_stops_nothing_and_condemns_nothing(
+    two_trees, tmp_path: Path
+) -> None:
+    """Whoever may add objects without the key (an append token of the Backup API) can
+    name a junk record by its hash, or copy a real record's bytes under another name:
+    both are passed over (no backup, restore or prune stops), condemn nothing, and the
+    next prune deletes them with its own records."""
+    path, a, b, snap_a, snap_b = two_trees
+    junk = os.urandom(300)
+    planted = f"condemned/{object_hash(junk)}"
+    LocalBackend(path).put(planted, junk)
+    misnamed = "condemned/" + "ab" * 32
+    LocalBackend(path).put(misnamed, b"not what the name says")
+    assert read_condemned(fresh(path)) == {}
+    snap_c = backup(fresh(path), [b])  # reads the records first
+    restored(fresh(path), snap_a, tmp_path / "out", a)
+    fresh(path).delete_snapshot(snap_a.id)
+    report = prune(fresh(path), NOW)
+    assert report.packs_deleted > 0
+    assert not LocalBackend(path).exists(planted) and not LocalBackend(path).exists(misnamed)
+    restored(fresh(path), snap_c, tmp_path / "out2", b)
+    restored(fresh(path), snap_b, tmp_path / "out3", b)
     clean(path)
 
 

@@ -10,6 +10,14 @@ when a snapshot finished by one of those backups turned out to need it.
 
 Several records may exist after a prune killed half-way; they are merged (the latest
 time and every lease win, which only makes deletion wait longer).
+
+A record that does not match its name or cannot be opened with the pool's key is
+passed over, not an error: whoever may add objects to the storage without the key (a
+token of the Backup API's ``append`` scope, a compromised host of the storage) could
+otherwise plant one junk record and stop every backup, restore and prune, which read
+the records first. Passing one over only un-condemns packs, which the next prune
+condemns again and deletes a window later; it never deletes anything sooner. Prune
+deletes the records it passed over with the others once it has written its own.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from costor.errors import DataCorruption, ObjectNotFound
+from costor.errors import ObjectNotFound
 from costor.store import crypto
 
 if TYPE_CHECKING:
@@ -62,11 +70,11 @@ def _read_record(pool: Pool, name: str) -> dict[str, CondemnedPack]:
     except ObjectNotFound:
         return {}  # replaced by a prune between list and get
     if crypto.object_hash(data) != name.rsplit("/", 1)[-1]:
-        raise DataCorruption(pack=name, reason="condemned record does not match its name")
+        return {}  # damaged, or planted: passed over (see the module's docstring)
     try:
         doc = json.loads(pool.sealer.open(data, CONDEMNED_AD))
-    except crypto.AuthenticationFailed as error:
-        raise DataCorruption(pack=name, reason=f"condemned record: {error}") from error
+    except crypto.AuthenticationFailed:
+        return {}  # not sealed under this pool's key: planted, or damaged
     return {
         pack_id: CondemnedPack(
             float(entry["since"]), tuple(entry["leases"]), bool(entry.get("provisional"))

@@ -36,7 +36,7 @@ from costor.ops.jobs.requests import job_history
 from costor.ops.restore.browse import list_snapshot
 from costor.ops.restore.snapshots import list_snapshots
 from costor.ops.status import LEVELS, status
-from costor.server import actions, documents, downloads, objects, records, sessions
+from costor.server import actions, documents, downloads, objects, records, sessions, token_routes
 from costor.server.errors import error_response, install_error_handlers
 from costor.server.gate import Gate
 from costor.server.metrics import registry
@@ -83,6 +83,7 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
     app.include_router(records.router)
     app.include_router(sessions.router)
     app.include_router(objects.router)
+    app.include_router(token_routes.router)
 
     @app.get("/healthz", tags=["health"], response_model=HealthDocument)
     def healthz() -> dict[str, Any]:

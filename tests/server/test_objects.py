@@ -249,10 +249,12 @@ def test_an_append_token_adds_and_lists_but_never_reads_or_deletes(served: Serve
         "snapshot": snapshot,
         "job_id": "1",
         "session_id": "0" * 32,
+        "token_id": "0" * 12,
     }
     bodies: dict[str, Any] = {
         "/api/v1/maintenance": {"on": True},
         "/api/v1/snapshots/{snapshot}/restore": {"target": "/tmp/costor-never"},
+        "/api/v1/tokens": {"scope": "append"},
     }
     document = served.ask("GET", "/api/v1/openapi.json", None).json()
     asked = 0

@@ -163,6 +163,10 @@ MATRIX: list[tuple[str, str, str | None, tuple[int, ...]]] = [
     ("GET", "/api/v1/sessions", None, (200, 200, 200, 200, 200, 200)),
     ("DELETE", "/api/v1/sessions/{missing}", None, (404, 404, 404, 404, 404, 404)),
     ("POST", "/api/v1/logout", None, (400, 400, 400, 400, 400, 400)),
+    # tokens: one's own (a read token of one's own user, no more than the caller)
+    ("GET", "/api/v1/tokens", None, (200, 200, 200, 200, 200, 200)),
+    ("POST", "/api/v1/tokens", None, (201, 201, 201, 201, 201, 201)),
+    ("DELETE", "/api/v1/tokens/{missing}", None, (404, 404, 404, 404, 404, 404)),
     # the Backup API: a pool's stored objects (a snapshot's manifest; a missing pack)
     ("GET", "/api/v1/pools/main/objects/?prefix=snapshots/", None, (200, 403, 403, 403, 403, 403)),
     ("HEAD", f"{OBJECT}/snapshots/{{snapshot}}", None, (200, 403, 403, 403, 403, 403)),
@@ -192,6 +196,7 @@ SCOPE_MATRIX: list[tuple[str, str, tuple[int, ...]]] = [
     ("PUT", f"{OBJECT}/snapshots/{{snapshot}}", (403, 403, 201, 201)),
     ("DELETE", f"{OBJECT}/index/{{missing}}", (403, 403, 204, 403)),
     ("GET", "/api/v1/session", (200, 200, 200, 200)),
+    ("POST", "/api/v1/tokens", (201, 201, 201, 403)),
 ]
 
 
@@ -210,6 +215,8 @@ class Served:
         url = route.format(**self.objects[owned or "own"])
         if method == "PUT" and "/objects/" in route:
             return self.ask(token, method, url, content=self.manifest)
+        if route == "/api/v1/tokens" and method == "POST":
+            return self.ask(token, method, url, json={"scope": "read"})
         if route.endswith("/restore"):
             return self.ask(token, method, url, json={"target": self.objects["own"]["target"]})
         return self.ask(token, method, url, json=MAINTENANCE_ON if method == "PUT" else None)

@@ -43,6 +43,7 @@ from costor.db import tokens as db_tokens
 from costor.db.models import TokenRow
 from costor.db.session import session_scope
 from costor.errors import NotAuthenticated, TokenNotFound, TokenRefused
+from costor.ops.audit import audited
 from costor.ops.context import Context
 from costor.util.clock import utcnow
 
@@ -186,10 +187,16 @@ def create_token(
             expires_at = now + timedelta(seconds=duration_seconds(expires))
         except ValueError as error:
             raise TokenRefused(reason=str(error)) from None
-    with session_scope(ctx.engine) as session:
-        _check_user(ctx, session, user, scope)
-        token_id = secrets.token_hex(6)
-        secret = secrets.token_hex(32)
+    with session_scope(ctx.engine, write=False) as session:
+        _check_user(ctx, session, user, scope)  # a refusal changes nothing: not recorded
+    token_id = secrets.token_hex(6)
+    secret = secrets.token_hex(32)
+    detail = {"token": token_id, "scope": scope, "clients": list(patterns), "expires": expires}
+    # It grants access: recorded first, and not made if the record cannot be written.
+    with (
+        audited(ctx, "token.create", f"user:{user}", detail=detail, before=True),
+        session_scope(ctx.engine) as session,
+    ):
         row = TokenRow(
             id=token_id,
             user=user,
@@ -210,11 +217,21 @@ def list_tokens(ctx: Context, *, user: str | None = None) -> TokenList:
         return TokenList(tokens=[_info(row) for row in db_tokens.token_rows(session, user=user)])
 
 
-def revoke_token(ctx: Context, *, token_id: str) -> TokenInfo:
-    """Revoke ``token_id`` (its public id, or a whole token); revoking twice is fine."""
+def revoke_token(ctx: Context, *, token_id: str, user: str | None = None) -> TokenInfo:
+    """Revoke ``token_id`` (its public id, or a whole token); revoking twice is fine.
+    ``user``: only a token of that user (another's is :class:`TokenNotFound`, as an
+    unknown one: the API's "your own tokens")."""
     match = _TOKEN.match(token_id)
     token_id = match.group(1) if match else token_id
-    with session_scope(ctx.engine) as session:
+    with session_scope(ctx.engine, write=False) as session:
+        found = db_tokens.token_by_id(session, token_id)
+        if found is None or (user is not None and found.user != user):
+            raise TokenNotFound(token_id=token_id)
+        owner = found.user
+    with (
+        audited(ctx, "token.revoke", f"token:{token_id}", detail={"user": owner}),
+        session_scope(ctx.engine) as session,
+    ):
         row = db_tokens.revoke_token(session, token_id, utcnow())
         if row is None:
             raise TokenNotFound(token_id=token_id)

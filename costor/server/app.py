@@ -267,7 +267,7 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
             access.job(job, set(ctx.inventory.clients))
         return job
 
-    app.include_router(downloads.router(resolve_visible), prefix=API)
+    app.include_router(downloads.router(), prefix=API)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

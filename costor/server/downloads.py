@@ -1,8 +1,8 @@
 """Downloads (docs/server.md, "Downloads"): one file of a snapshot, with HTTP range
 requests; a directory as a ``.tar``, ``.tar.zst`` or ``.zip`` stream; the versions of a
 path across a client's snapshots. Each route parses, calls one use case of
-costor/ops/restore/download.py and formats; visibility is app.py's (a token limited to
-some clients gets 404 for another client's snapshot or client) and each needs
+costor/ops/restore/download.py and formats; visibility is costor/server/visible.py's (a
+token limited to some clients gets 404 for another client's snapshot or client) and each needs
 ``snapshots.read`` on the snapshot's client (403 without it, costor/server/permissions.py).
 
 Why a download does not hold the gate while it streams: the gate lets one request use
@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import anyio
@@ -47,8 +47,6 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response, StreamingResponse
 
 from costor.errors import RangeNotSatisfiable, ServerBusy, UnknownResource
-from costor.ops.context import Context
-from costor.ops.control.tokens import Grant
 from costor.ops.restore.download import (
     ByteRange,
     Download,
@@ -58,11 +56,7 @@ from costor.ops.restore.download import (
 )
 from costor.server.errors import error_response
 from costor.server.permissions import Access, requires, use
-
-if TYPE_CHECKING:
-    from costor.store.snapshot import Snapshot
-
-ResolveVisible = Callable[[Context, Grant, str, str], "tuple[str, Snapshot]"]
+from costor.server.visible import resolve_visible
 
 # One range, "bytes=first-[last]" or "bytes=-suffix"; anything else (several ranges,
 # another unit, a malformed or invalid one) is ignored and the whole file sent, as
@@ -84,9 +78,9 @@ def _slot() -> None:
         raise ServerBusy(reason=f"{MAX_DOWNLOADS} downloads are streaming", retry_after=30)
 
 
-def router(resolve_visible: ResolveVisible) -> APIRouter:
-    """The download routes; ``resolve_visible`` is app.py's rule for which snapshot a
-    reference names for a caller (passed in: app.py imports this module)."""
+def router() -> APIRouter:
+    """The download routes (which snapshot a reference names for a caller:
+    :func:`costor.server.visible.resolve_visible`)."""
     routes = APIRouter(tags=["downloads"])
 
     @routes.get(

@@ -101,6 +101,14 @@ def use(request: Request) -> Iterator[Context]:
         yield ctx
 
 
+def not_append(grant: Grant, what: str) -> None:
+    """403 for an ``append`` token (an agent's, a peer site's: the Backup API only) on a
+    route that keeps to a user's own things (its tokens, its login sessions), which
+    :func:`requires` does not guard: they need no permission."""
+    if grant.scope == "append":
+        raise PermissionDenied(reason=f"an append token is for the Backup API only, not {what}")
+
+
 @dataclass(frozen=True)
 class Access:
     """A request's grant, with the permission its route needs."""
@@ -183,6 +191,7 @@ __all__ = [
     "Access",
     "asking",
     "authenticated",
+    "not_append",
     "requires",
     "use",
 ]

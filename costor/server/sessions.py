@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from costor.errors import LoginThrottled, PermissionDenied, UsageError
+from costor.errors import LoginThrottled, UsageError
 from costor.ops.control.logins import (
     MAX_PASSWORD,
     MAX_USER_NAME,
@@ -42,7 +42,7 @@ from costor.ops.control.logins import (
 )
 from costor.ops.control.tokens import Grant
 from costor.server.errors import error_response
-from costor.server.permissions import SESSION_COOKIE, asking, authenticated, use
+from costor.server.permissions import SESSION_COOKIE, asking, authenticated, not_append, use
 from costor.server.schemas import ErrorDocument
 
 API = "/api/v1"
@@ -215,7 +215,7 @@ def get_sessions(
 ) -> list[dict[str, Any]]:
     """Login sessions (active ones and those ended in the last 7 days), oldest first:
     the caller's own, or every user's (`user=` to choose one) with users.manage."""
-    _not_append(grant)
+    not_append(grant, "for login sessions")
     if not grant.may("users.manage"):
         if user is not None and user != grant.user:
             return []
@@ -234,16 +234,7 @@ def delete_session(
 ) -> dict[str, Any]:
     """End a session at once: one's own, or anyone's with users.manage (another
     user's answers 404 otherwise). A cookie's request needs X-CSRF-Token."""
-    _not_append(grant)
+    not_append(grant, "for login sessions")
     only = None if grant.may("users.manage") else grant.user
     with use(request) as ctx:
         return revoke_session(ctx, session_id=session_id, user=only).to_json()
-
-
-def _not_append(grant: Grant) -> None:
-    """An ``append`` token (an agent's, a peer site's) is for the Backup API only: it
-    neither lists nor ends its user's login sessions."""
-    if grant.scope == "append":
-        raise PermissionDenied(
-            reason="an append token is for the Backup API only, not for login sessions"
-        )

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from costor.errors import PermissionDenied
 from costor.ops.control.tokens import Grant, create_token, list_tokens, revoke_token
-from costor.server.permissions import authenticated, use
+from costor.server.permissions import authenticated, not_append, use
 from costor.server.schemas import error_responses
 
 API = "/api/v1"
@@ -47,11 +47,6 @@ class TokenRequest(BaseModel):
     )
     expires: str | None = Field(default=None, max_length=32, description="e.g. 30d, 12h")
     description: str = Field(default="", max_length=500)
-
-
-def _not_append(grant: Grant) -> None:
-    if grant.scope == "append":
-        raise PermissionDenied(reason="an append token is for the Backup API only")
 
 
 def _may_manage(grant: Grant) -> bool:
@@ -83,7 +78,7 @@ def get_tokens(
 ) -> list[dict[str, Any]]:
     """Tokens (never their secrets): the caller's own, or with users.manage every
     user's (`user=` to choose one)."""
-    _not_append(grant)
+    not_append(grant, "for tokens")
     if not _may_manage(grant):
         if user is not None and user != grant.user:
             return []
@@ -98,7 +93,7 @@ def post_token(
 ) -> dict[str, Any]:
     """A new token, shown this once (`token`): for the caller's own user, no more than
     the caller; for another user with users.manage. As `costor token create`."""
-    _not_append(grant)
+    not_append(grant, "for tokens")
     user = body.user or grant.user
     if user != grant.user:
         if not _may_manage(grant):
@@ -122,7 +117,7 @@ def delete_token(
 ) -> dict[str, Any]:
     """Revoke a token at once: one's own, or anyone's with users.manage (another
     user's answers 404 otherwise). Revoking twice is fine."""
-    _not_append(grant)
+    not_append(grant, "for tokens")
     with use(request) as ctx:
         only = None if _may_manage(grant) else grant.user
         return revoke_token(ctx, token_id=token_id[:200], user=only).to_json()

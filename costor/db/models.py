@@ -176,6 +176,9 @@ class JobRow(SQLModel, table=True):
     result: str = "{}"  # JSON: the job's report (counters)
     error: str | None = None
     notified: bool = False
+    # JSON: the run's progress document (costor.ops.jobs.progress), rewritten by the
+    # job's process at most twice a second while it runs; its last one once it ended.
+    progress: str | None = None
 
 
 class ScheduleRow(SQLModel, table=True):

@@ -214,6 +214,45 @@ def heartbeat(engine: Engine, job_id: int, pid: int | None = None) -> None:
         )
 
 
+def record_progress(engine: Engine, job_id: int, progress: dict[str, Any]) -> bool:
+    """Store a running job's progress document (costor.ops.jobs.progress); False when
+    the job no longer runs in the state (a late write never replaces an ended job's)."""
+    with session_scope(engine) as session:
+        written = session.execute(
+            update(JobRow)
+            .where(col(JobRow.id) == job_id, col(JobRow.state) == "running")
+            .values(progress=json.dumps(progress, sort_keys=True))
+        )
+        return bool(written.rowcount)  # type: ignore[attr-defined]
+
+
+def previous_run(
+    engine: Engine, kind: str, target: str, *, before: int | None = None
+) -> tuple[float, dict[str, Any] | None] | None:
+    """The newest succeeded job of ``kind`` on ``target`` (older than job ``before``):
+    its duration in seconds and its last progress document (None: it stored none).
+    None when there is no such job: what an ETA starts from."""
+    query = select(JobRow).where(
+        col(JobRow.kind) == kind,
+        col(JobRow.target) == target,
+        col(JobRow.state) == "succeeded",
+        col(JobRow.started_at).is_not(None),
+        col(JobRow.finished_at).is_not(None),
+    )
+    if before is not None:
+        query = query.where(col(JobRow.id) < before)
+    with session_scope(engine, write=False) as session:
+        job = session.exec(query.order_by(col(JobRow.id).desc()).limit(1)).first()
+    if job is None or job.started_at is None or job.finished_at is None:
+        return None
+    duration = (job.finished_at - job.started_at).total_seconds()
+    try:
+        progress = json.loads(job.progress) if job.progress else None
+    except ValueError:
+        progress = None
+    return duration, progress if isinstance(progress, dict) else None
+
+
 def finish(
     engine: Engine,
     job_id: int,
@@ -452,4 +491,5 @@ def job_json(job: JobRow) -> dict[str, Any]:
         "params": json.loads(job.params),
         "result": json.loads(job.result),
         "error": job.error,
+        "progress": json.loads(job.progress) if job.progress else None,
     }

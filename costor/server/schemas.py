@@ -211,6 +211,23 @@ class TreeEntry(_Document):
     )
 
 
+class ProgressDocument(_Document):
+    """A job's progress, as its process last stored it (about twice a second)."""
+
+    phase: str = Field(description="e.g. scanning, transferring, finishing, done; else the kind")
+    files: int = Field(description="files done")
+    files_total: int | None = Field(description="files in all, once known")
+    bytes: int = Field(description="bytes done")
+    bytes_total: int | None = Field(description="bytes in all, once known")
+    rate_bps: float | None = Field(description="smoothed bytes per second (0: stalled)")
+    files_per_s: float | None = Field(description="smoothed files per second")
+    eta_s: float | None = Field(description="seconds left; never 0 while work remains")
+    percent: float | None = Field(description="0-100, when a total is known")
+    elapsed_s: float
+    warnings: int
+    updated_at: str
+
+
 class JobDocument(_Document):
     """A job as ``costor jobs --json`` shows it."""
 
@@ -231,6 +248,10 @@ class JobDocument(_Document):
     params: dict[str, Any]
     result: dict[str, Any]
     error: str | None
+    progress: ProgressDocument | None = Field(
+        default=None,
+        description="the run's progress (null: none reported); the last one once it ended",
+    )
 
 
 class HealthDocument(_Document):
@@ -248,6 +269,7 @@ __all__ = [
     "HealthDocument",
     "JobDocument",
     "PoolDocument",
+    "ProgressDocument",
     "SnapshotDocument",
     "StatusDocument",
     "TreeEntry",

@@ -2,8 +2,9 @@
 
 A kind says what its target names (a client or a pool: hence the job's site and the
 address whose unapplied changes its log notes) and how one job of it runs: given the
-context, the target and the job's parameters, do the work and return the report the
-job records, or raise :class:`CostorError`. The runner (``costor.ops.jobs.runner``),
+context, the target, the job's parameters and where to report its progress (the job's
+row: costor.ops.jobs.progress), do the work and return the report the job records, or
+raise :class:`CostorError`. The runner (``costor.ops.jobs.runner``),
 ``costor jobs add`` (``costor.ops.jobs.requests``), the schedules (which targets exist:
 ``costor.ops.jobs.schedules``) and the notifications (whose policy: a client's, or the
 policies of a pool's clients: ``costor.ops.jobs.notify``) all read this table; a new
@@ -28,6 +29,7 @@ from costor.ops.maintenance.check import check_pools
 from costor.ops.maintenance.forget import forget
 from costor.ops.maintenance.prune import prune_pools
 from costor.ops.maintenance.selftest import selftest
+from costor.ops.progress import Progress
 
 Report = dict[str, Any]
 
@@ -35,12 +37,12 @@ Report = dict[str, Any]
 @dataclass(frozen=True)
 class JobKind:
     """``target``: what a job's target names (``"client"`` or ``"pool"``); ``run(ctx,
-    target, params)``: the work, returning the job's report; ``succeeded(ctx, job)``:
-    what follows a job of this kind that succeeded (None: nothing)."""
+    target, params, progress)``: the work, returning the job's report; ``succeeded(ctx,
+    job)``: what follows a job of this kind that succeeded (None: nothing)."""
 
     name: str
     target: Literal["client", "pool"]
-    run: Callable[[Context, str, dict[str, Any]], Report]
+    run: Callable[[Context, str, dict[str, Any], Progress], Report]
     succeeded: Callable[[Context, JobRow], None] | None = None
 
     def address(self, target: str) -> str:
@@ -55,8 +57,12 @@ class JobKind:
         return str(declared[target].site)
 
 
-def _backup(ctx: Context, target: str, _params: dict[str, Any]) -> Report:
-    return run_backup(ctx, target, trigger=None).to_json()  # this job is the record
+def _backup(ctx: Context, target: str, _params: dict[str, Any], progress: Progress) -> Report:
+    # scan_totals: the totals are counted alongside (a second walk of the metadata, as
+    # under the CLI's bar), for the percent and the ETA a job's watchers see.
+    return run_backup(  # this job is the record: trigger None
+        ctx, target, trigger=None, progress=progress, scan_totals=True
+    ).to_json()
 
 
 def _forget_after_backup(ctx: Context, job: JobRow) -> None:
@@ -70,19 +76,22 @@ def _forget_after_backup(ctx: Context, job: JobRow) -> None:
         queue.enqueue(ctx.engine, "forget", job.target, site=job.site, trigger="after-backup")
 
 
-def _forget(ctx: Context, target: str, _params: dict[str, Any]) -> Report:
+def _forget(ctx: Context, target: str, _params: dict[str, Any], _progress: Progress) -> Report:
     return dict(forget(ctx, client=target).to_json())
 
 
-def _prune(ctx: Context, target: str, _params: dict[str, Any]) -> Report:
-    [(_name, report)] = prune_pools(ctx, pool=target)
+def _prune(ctx: Context, target: str, _params: dict[str, Any], progress: Progress) -> Report:
+    [(_name, report)] = prune_pools(ctx, pool=target, progress=progress)
     return dict(report.to_json())
 
 
-def _check(ctx: Context, target: str, params: dict[str, Any]) -> Report:
+def _check(ctx: Context, target: str, params: dict[str, Any], progress: Progress) -> Report:
     subset = params.get("read_data_subset")
     [(_name, report)] = check_pools(
-        ctx, pool=target, subset=percentage_fraction(subset) if subset else None
+        ctx,
+        pool=target,
+        subset=percentage_fraction(subset) if subset else None,
+        progress=progress,
     )
     doc = report.to_json()
     if not report.ok:
@@ -90,11 +99,11 @@ def _check(ctx: Context, target: str, params: dict[str, Any]) -> Report:
     return dict(doc)
 
 
-def _selftest(ctx: Context, target: str, params: dict[str, Any]) -> Report:
+def _selftest(ctx: Context, target: str, params: dict[str, Any], _progress: Progress) -> Report:
     return selftest(ctx, target, files=int(params.get("files", 20))).to_json()
 
 
-def _restore(ctx: Context, target: str, params: dict[str, Any]) -> Report:
+def _restore(ctx: Context, target: str, params: dict[str, Any], _progress: Progress) -> Report:
     """A restore job: its target is the client whose machine receives the files."""
     return restore_to_host(
         ctx,
@@ -128,9 +137,17 @@ def job_kind(kind: str) -> JobKind:
         raise CostorError(message=f"unknown job kind {kind!r}") from None
 
 
-def execute(ctx: Context, kind: str, target: str, params: dict[str, Any]) -> Report:
-    """Do the work of one job; returns its report, raises CostorError on failure."""
-    return job_kind(kind).run(ctx, target, params)
+def execute(
+    ctx: Context,
+    kind: str,
+    target: str,
+    params: dict[str, Any],
+    *,
+    progress: Progress | None = None,
+) -> Report:
+    """Do the work of one job, reporting to ``progress``; returns its report, raises
+    CostorError on failure."""
+    return job_kind(kind).run(ctx, target, params, progress or Progress())
 
 
 def site_of(ctx: Context, kind: str, target: str) -> str:

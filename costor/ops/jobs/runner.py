@@ -1,5 +1,5 @@
 """Run one claimed job (in the child process ``costor jobs run ID`` that serve starts):
-do the work, heartbeat meanwhile, record the outcome, notify.
+do the work, heartbeat and record its progress meanwhile, record the outcome, notify.
 
 A job's process may be killed at any moment; the work it does is safe to repeat (a
 backup leaves at most unreferenced packs, prune and forget are idempotent) and the
@@ -23,6 +23,7 @@ from costor.ops.context import Context
 from costor.ops.jobs.kinds import JOB_KINDS, execute
 from costor.ops.jobs.logs import capture_job_log
 from costor.ops.jobs.notify import notify_job
+from costor.ops.jobs.progress import JobProgress, Seed, phases_of
 from costor.util.log import JOB, get_logger
 
 if TYPE_CHECKING:
@@ -83,10 +84,12 @@ def _run_claimed(ctx: Context, job: JobRow, job_log: logging.Handler) -> int:
     def interrupted(_signum: int, _frame: Any) -> None:
         raise Interrupted()
 
+    progress = _progress(engine, job)
     previous = signal.signal(signal.SIGTERM, interrupted)
     state, code, result, error = "succeeded", 0, {}, None
     try:
-        result = execute(ctx, job.kind, job.target, json.loads(job.params))
+        progress.start()
+        result = execute(ctx, job.kind, job.target, json.loads(job.params), progress=progress)
     except Interrupted:
         state, code, error = "interrupted", 75, "stopped by costor serve (SIGTERM)"
     except CostorError as failure:
@@ -101,6 +104,9 @@ def _run_claimed(ctx: Context, job: JobRow, job_log: logging.Handler) -> int:
         signal.signal(signal.SIGTERM, previous)
         stop.set()
         beat.join()
+        # Its last document is stored while the job still runs in the state (a write
+        # after ``finish`` is refused), so whoever sees it ended sees its last progress.
+        progress.finish(succeeded=state == "succeeded")
     logger.log(
         logging.INFO if state == "succeeded" else logging.ERROR,
         f"job {job_id}: {job.kind} {job.target} {state}" + (f": {error}" if error else ""),
@@ -120,6 +126,25 @@ def _run_claimed(ctx: Context, job: JobRow, job_log: logging.Handler) -> int:
     else:
         after_job(ctx, finished)
     return code
+
+
+def _progress(engine: Engine, job: JobRow) -> JobProgress:
+    """The job's progress, written to its row; its ETA seeded from the previous
+    successful job of the same kind and target (costor.ops.jobs.progress)."""
+    assert job.id is not None
+    job_id = job.id
+    try:
+        previous = jobs.previous_run(engine, job.kind, job.target, before=job_id)
+    except Exception as error:  # noqa: BLE001  (an ETA without a seed, not a failed job)
+        logger.warning(f"job {job_id}: previous run not read for the ETA: {error!r}")
+        previous = None
+    phase, data_phase = phases_of(job.kind)
+    return JobProgress(
+        lambda doc: jobs.record_progress(engine, job_id, doc),
+        phase=phase,
+        data_phase=data_phase,
+        seed=Seed.from_previous(*previous) if previous is not None else None,
+    )
 
 
 def after_job(ctx: Context, job: JobRow) -> None:

@@ -36,7 +36,17 @@ from costor.ops.jobs.requests import job_history
 from costor.ops.restore.browse import list_snapshot
 from costor.ops.restore.snapshots import list_snapshots
 from costor.ops.status import LEVELS, status
-from costor.server import actions, documents, downloads, objects, records, sessions, token_routes
+from costor.server import (
+    actions,
+    dav,
+    documents,
+    downloads,
+    objects,
+    records,
+    sessions,
+    token_routes,
+    ui,
+)
 from costor.server.errors import error_response, install_error_handlers
 from costor.server.gate import Gate
 from costor.server.metrics import registry
@@ -268,6 +278,8 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         return job
 
     app.include_router(downloads.router(), prefix=API)
+    dav.mount(app)  # /dav/: the read-only WebDAV view of the snapshots (dav.py)
+    ui.mount(app)  # the web UI's pages: after the API, whose paths they never take
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -15,10 +15,10 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from costor.errors import CostorError, NotAuthenticated
+from costor.errors import CostorError, NotAuthenticated, UsageError
 
 logger = logging.getLogger("costor.server")
 
@@ -40,15 +40,25 @@ def error_response(request: Request, error: Exception) -> JSONResponse:
     )
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    async def costor_error(request: Request, error: Exception) -> JSONResponse:
-        return error_response(request, error)
+def _page(request: Request, error: Exception) -> Response | None:
+    """The web UI's page for an error on one of its pages (``app.state.page_error``,
+    set by ``costor.server.ui.mount``), None for the API's routes."""
+    page_error = getattr(request.app.state, "page_error", None)
+    return page_error(request, error) if page_error is not None else None
 
-    async def invalid_request(request: Request, error: Exception) -> JSONResponse:
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def costor_error(request: Request, error: Exception) -> Response:
+        return _page(request, error) or error_response(request, error)
+
+    async def invalid_request(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestValidationError)
         problems = "; ".join(
             f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors()
         )
+        page = _page(request, UsageError(message=f"invalid request: {problems}"))
+        if page is not None:
+            return page
         return JSONResponse(
             {
                 "error": "UsageError",
@@ -58,8 +68,11 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=400,
         )
 
-    async def http_error(request: Request, error: Exception) -> JSONResponse:
+    async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, StarletteHTTPException)
+        page = _page(request, error)
+        if page is not None:
+            return page
         kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(error.status_code, "HTTPError")
         return JSONResponse(
             {

@@ -30,6 +30,7 @@ from costor.errors import LoginThrottled, UsageError
 from costor.ops.control.logins import (
     MAX_PASSWORD,
     MAX_USER_NAME,
+    LoggedIn,
     LoginThrottle,
     SessionAuth,
     begin_login,
@@ -138,6 +139,45 @@ def _throttle(request: Request) -> LoginThrottle:
         return throttle
 
 
+def password_login(request: Request, user: str, password: str) -> LoggedIn:
+    """Check ``user``'s ``password`` and open a session (the API's login and the web
+    UI's): throttled per user and address, argon2id checked outside the gate so that
+    other requests go on meanwhile, audited whatever the outcome. Raises LoginFailed,
+    LoginThrottled (its ``retry_after``) or UsageError."""
+    address = request.client.host if request.client is not None else None
+    throttle = _throttle(request)
+    with request.app.state.gate.use(**asking(request, None)) as ctx:
+        attempt = begin_login(ctx, user=user, password=password, address=address, throttle=throttle)
+    attempt.check()
+    with request.app.state.gate.use(**asking(request, None)) as ctx:
+        return finish_login(ctx, attempt)
+
+
+def set_session_cookie(request: Request, response: Response, logged_in: LoggedIn) -> None:
+    """The session's cookie: HttpOnly, SameSite=Strict, Secure over TLS (module
+    docstring), for the session's whole lifetime."""
+    response.set_cookie(
+        SESSION_COOKIE,
+        logged_in.secret,
+        max_age=int(_throttle(request).policy.lifetime.total_seconds()),
+        path="/",
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="strict",
+    )
+
+
+def clear_session_cookie(request: Request, response: Response) -> None:
+    """Tell the browser to drop the session's cookie (after a logout)."""
+    response.delete_cookie(
+        SESSION_COOKIE,
+        path="/",
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="strict",
+    )
+
+
 def _login_of(request: Request) -> SessionAuth | None:
     login = getattr(request.state, "login", None)
     return login if isinstance(login, SessionAuth) else None
@@ -154,29 +194,11 @@ def login(request: Request, response: Response, body: LoginRequest) -> Any:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise UsageError(message="a login is a JSON body (Content-Type: application/json)")
-    address = request.client.host if request.client is not None else None
-    throttle = _throttle(request)
     try:
-        with request.app.state.gate.use(**asking(request, None)) as ctx:
-            attempt = begin_login(
-                ctx, user=body.user, password=body.password, address=address, throttle=throttle
-            )
-        attempt.check()  # argon2id outside the gate: other requests go on meanwhile
-        with request.app.state.gate.use(**asking(request, None)) as ctx:
-            logged_in = finish_login(ctx, attempt)
+        logged_in = password_login(request, body.user, body.password)
     except LoginThrottled as error:
-        refused = error_response(request, error)
-        refused.headers["Retry-After"] = str(error.fields["retry_after"])
-        return refused
-    response.set_cookie(
-        SESSION_COOKIE,
-        logged_in.secret,
-        max_age=int(throttle.policy.lifetime.total_seconds()),
-        path="/",
-        secure=request.url.scheme == "https",
-        httponly=True,
-        samesite="strict",
-    )
+        return error_response(request, error)  # 429 with Retry-After
+    set_session_cookie(request, response, logged_in)
     return logged_in.to_json()
 
 
@@ -191,13 +213,7 @@ def logout(request: Request, _grant: Grant = Depends(authenticated)) -> JSONResp
     with use(request) as ctx:
         ended = log_out(ctx, request.cookies.get(SESSION_COOKIE, "").strip())
     answer = JSONResponse(ended.to_json())
-    answer.delete_cookie(
-        SESSION_COOKIE,
-        path="/",
-        secure=request.url.scheme == "https",
-        httponly=True,
-        samesite="strict",
-    )
+    clear_session_cookie(request, answer)
     return answer
 
 

@@ -35,7 +35,7 @@ from costor.errors import (
 from costor.ops.jobs.requests import job_history
 from costor.ops.restore.browse import list_snapshot
 from costor.ops.restore.snapshots import list_snapshots
-from costor.ops.status import LEVELS, status
+from costor.ops.status import status
 from costor.server import (
     actions,
     dav,
@@ -64,7 +64,7 @@ from costor.server.schemas import (
     TreeEntry,
     error_responses,
 )
-from costor.server.visible import resolve_visible
+from costor.server.visible import resolve_visible, status_seen_by
 from costor.store.snapshot import Snapshot
 
 API = "/api/v1"
@@ -115,7 +115,7 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
         """As `costor status --json` (a caller limited to some clients sees theirs only)."""
         with use(request) as ctx:
             document = status(ctx).to_json()
-        return _status_seen_by(document, access)
+        return status_seen_by(document, access)
 
     @app.get(
         f"{API}/clients",
@@ -314,31 +314,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     schemas.setdefault("ErrorDocument", ErrorDocument.model_json_schema())
     app.openapi_schema = document
     return document
-
-
-def _status_seen_by(document: dict[str, Any], access: Access) -> dict[str, Any]:
-    """The status document as a caller limited to some clients may see it: their lines,
-    each site's health as the worst of theirs, no word of any other client (unapplied
-    changes of theirs only; the inventory's errors, which may name anything, left out)."""
-    if access.whole_site:
-        return document
-    clients = [c for c in document["clients"] if access.allows(c["client"])]
-    for site in document["sites"]:
-        mine = [str(c["health"]) for c in clients if c["site"] == site["site"]]
-        site["health"] = max(mine, key=LEVELS.index, default="ok")
-    # The site-wide problems (no daemon alive, a broken inventory) count as they are.
-    levels = [str(site["health"]) for site in document["sites"]]
-    if document["problems"]:
-        levels.append(str(document["health"]))
-    document["health"] = max(levels, key=LEVELS.index, default="ok")
-    inventory = document["inventory"]
-    inventory["errors"] = []
-    inventory["unapplied"] = {
-        address: change
-        for address, change in inventory["unapplied"].items()
-        if address.startswith("client.") and access.allows(address.removeprefix("client."))
-    }
-    return {**document, "clients": clients}
 
 
 class _RequestIds:

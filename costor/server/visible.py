@@ -1,15 +1,17 @@
-"""Which snapshot a reference names, among those the caller may see: shared by every
-route that takes a snapshot (browse, downloads, restore), so none tells a caller
-limited to some clients that another client's snapshot exists."""
+"""What a caller may see, shared by the API's routes and the web UI's pages: which
+snapshot a reference names among those it may see (browse, downloads, restore), so
+none tells a caller limited to some clients that another client's snapshot exists;
+and the status document as such a caller may see it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from costor.errors import AmbiguousSnapshot, SnapshotNotFound
 from costor.ops.context import Context
 from costor.ops.control.tokens import Grant
 from costor.ops.restore.snapshots import list_snapshots, resolve
+from costor.ops.status import LEVELS
 from costor.server.permissions import Access
 
 if TYPE_CHECKING:
@@ -44,4 +46,29 @@ def resolve_visible(
     return name, found
 
 
-__all__ = ["resolve_visible"]
+def status_seen_by(document: dict[str, Any], access: Access) -> dict[str, Any]:
+    """The status document as a caller limited to some clients may see it: their lines,
+    each site's health as the worst of theirs, no word of any other client (unapplied
+    changes of theirs only; the inventory's errors, which may name anything, left out)."""
+    if access.whole_site:
+        return document
+    clients = [c for c in document["clients"] if access.allows(c["client"])]
+    for site in document["sites"]:
+        mine = [str(c["health"]) for c in clients if c["site"] == site["site"]]
+        site["health"] = max(mine, key=LEVELS.index, default="ok")
+    # The site-wide problems (no daemon alive, a broken inventory) count as they are.
+    levels = [str(site["health"]) for site in document["sites"]]
+    if document["problems"]:
+        levels.append(str(document["health"]))
+    document["health"] = max(levels, key=LEVELS.index, default="ok")
+    inventory = document["inventory"]
+    inventory["errors"] = []
+    inventory["unapplied"] = {
+        address: change
+        for address, change in inventory["unapplied"].items()
+        if address.startswith("client.") and access.allows(address.removeprefix("client."))
+    }
+    return {**document, "clients": clients}
+
+
+__all__ = ["resolve_visible", "status_seen_by"]

@@ -21,6 +21,14 @@ the client, httpx, keep-alive):
   --format tar.zst`` of the same snapshot in the same run: throughput, and the growth of
   the server's peak RSS (``VmHWM`` before and after) against the CLI's peak RSS.
 
+The web UI, on a second site (``--ui-clients`` clients, 300, sharing ``--ui-snapshots``
+snapshots, 10,000; and one client whose snapshot holds a directory of ``--ui-entries``
+files, 20,000), logged in with a password as a browser is:
+
+- the dashboard and the directory's page: time to the first byte (httpx, p50/p99) and
+  the full load in Debian's chromium driven by Playwright (the navigation's
+  ``loadEventEnd``: HTML, styles, scripts, the page laid out), p50/p99.
+
 p50 and p99 of ``--requests`` requests each. Raw numbers go to WORK/results.json.
 """
 
@@ -288,6 +296,141 @@ def download(
     }
 
 
+def ui_inventory(work: Path, sources: list[Path], big: Path) -> Path:
+    """The UI's site: ``sources`` as clients c000…, and ``big`` as client ``wide``."""
+    path = work / "ui-inventory.toml"
+    head = inventory(work, big, big).read_text().split("[clients.")[0]
+    lines = [
+        head.replace('state_dir = "state"', 'state_dir = "ui-state"').replace(
+            'path = "costor-pool"', 'path = "ui-pool"'
+        )
+    ]
+    for index, source in [*enumerate(sources), (-1, big)]:
+        name = "wide" if index < 0 else f"c{index:03d}"
+        lines.append(
+            f'[clients.{name}]\nsite = "hq"\npool = "main"\npolicy = "daily"\n'
+            f'transport = "local"\npaths = [{json.dumps(str(source))}]\n'
+        )
+    path.write_text("\n".join(lines))
+    return path
+
+
+def ui_snapshots(inv: Path, clients: list[str], count: int) -> float:
+    """``count`` snapshots spread over ``clients``, made in this process."""
+    os.environ["BENCH_PASSPHRASE"] = PASSPHRASE
+    from costor.ops.backup.run import run_backup
+    from costor.ops.context import Context
+
+    started = time.monotonic()
+    ctx = Context(inv)
+    for index in range(count):
+        run_backup(ctx, clients[index % len(clients)], trigger=None)
+    return time.monotonic() - started
+
+
+def ui_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The web UI's pages on a site of many clients and snapshots (module docstring)."""
+    sources = []
+    for index in range(args.ui_clients):
+        source = work / "ui-src" / f"c{index:03d}"
+        source.mkdir(parents=True)
+        (source / "note.txt").write_text(f"client {index}\n")
+        sources.append(source)
+    big = work / "ui-src" / "wide"
+    (big / "many").mkdir(parents=True)
+    for index in range(args.ui_entries):
+        (big / "many" / f"entry-{index:05d}.txt").write_text(f"{index}\n")
+    env = {**os.environ, "BENCH_PASSPHRASE": PASSPHRASE, "BENCH_USER_PASSWORD": USER_PASSWORD}
+    inv = ui_inventory(work, sources, big)
+    run([*COSTOR, "apply", "--auto-approve", "-c", str(inv)], env)
+    result: dict[str, Any] = {"clients": args.ui_clients, "entries": args.ui_entries}
+    names = [f"c{i:03d}" for i in range(args.ui_clients)]
+    result["snapshots_s"] = ui_snapshots(inv, [*names, "wide"], args.ui_snapshots)
+    result["snapshots"] = args.ui_snapshots
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [*COSTOR, "serve", "--listen", f"127.0.0.1:{port}", "-c", str(inv)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with httpx.Client(base_url=base, timeout=600) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit("costor serve did not answer")
+                time.sleep(0.2)
+            login = client.post("/api/v1/login", json={"user": "bench", "password": USER_PASSWORD})
+            if login.status_code != 200:
+                raise SystemExit(f"login: {login.status_code} {login.text}")
+            cookie = client.cookies["costor_session"]
+            wide = client.get("/api/v1/snapshots?client=wide&limit=1").json()[0]["id"]
+            pages = {
+                "dashboard": "/",
+                "directory": f"/snapshots/{wide}/tree?path=" + str(big / "many"),
+            }
+            result["pages"] = {
+                name: {
+                    "ttfb": percentiles(first_bytes(client, [url] * args.requests)),
+                    "browser": browser_loads(base, cookie, url, max(10, args.requests // 5)),
+                }
+                for name, url in pages.items()
+            }
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return result
+
+
+def first_bytes(client: httpx.Client, urls: list[str]) -> list[float]:
+    """Milliseconds to the first byte of each page (the session cookie sent)."""
+    times = []
+    for url in urls:
+        started = time.perf_counter()
+        with client.stream("GET", url) as response:
+            next(response.iter_raw(), b"")
+            times.append((time.perf_counter() - started) * 1000)
+            if response.status_code != 200:
+                raise SystemExit(f"GET {url}: {response.status_code}")
+            response.read()
+    return times
+
+
+def browser_loads(base: str, cookie: str, url: str, count: int) -> dict[str, Any]:
+    """The page loaded ``count`` times in Debian's chromium: time to the first byte and
+    to the load event, as the browser's navigation timing says."""
+    from playwright.sync_api import sync_playwright
+
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run",
+    ]  # fmt: skip
+    ttfb, load = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=flags)
+        context = browser.new_context()
+        context.add_cookies([{"name": "costor_session", "value": cookie, "url": base}])
+        page = context.new_page()
+        for _ in range(count + 1):
+            page.goto(base + url, wait_until="load")
+            timing = page.evaluate(
+                "() => { const n = performance.getEntriesByType('navigation')[0];"
+                " return [n.responseStart - n.startTime, n.loadEventEnd - n.startTime]; }"
+            )
+            ttfb.append(float(timing[0]))
+            load.append(float(timing[1]))
+        browser.close()
+    # The first load warms the server's caches and the browser's: it is left out.
+    return {"ttfb": percentiles(ttfb[1:]), "load": percentiles(load[1:])}
+
+
 def report(args: argparse.Namespace, result: dict[str, Any], took: float) -> str:
     api = result["api"]
     rows = [
@@ -335,6 +478,34 @@ def report(args: argparse.Namespace, result: dict[str, Any], took: float) -> str
             f"{download['cli_bytes'] / MIB / download['cli_s']:.1f} | peak RSS "
             f"{download['cli_peak_rss'] / MIB:.0f} MiB |",
         ]
+    ui = result.get("ui")
+    if ui is not None:
+        lines += [
+            "",
+            "## The web UI",
+            "",
+            f"A second site: {ui['clients']:,} clients and {ui['snapshots']:,} snapshots "
+            f"(made in {ui['snapshots_s']:.0f} s), one of them a directory of "
+            f"{ui['entries']:,} files; logged in with a password. Time to the first byte "
+            f"as httpx sees it ({args.requests} requests), and the page in Debian's "
+            "chromium driven by Playwright (the navigation timing's first byte and load "
+            "event; the first load left out).",
+            "",
+            "| Page | first byte p50 / p99 (ms) | in chromium: first byte p50 (ms) | "
+            "full load p50 / p99 (ms) |",
+            "|---|---|---|---|",
+        ]
+        names = {
+            "dashboard": "Dashboard",
+            "directory": f"A directory of {ui['entries']:,} entries (its first page)",
+        }
+        for key, page in ui["pages"].items():
+            ttfb, browser = page["ttfb"], page["browser"]
+            lines.append(
+                f"| {names[key]} | {ttfb['p50']:.0f} / {ttfb['p99']:.0f} | "
+                f"{browser['ttfb']['p50']:.0f} | "
+                f"{browser['load']['p50']:.0f} / {browser['load']['p99']:.0f} |"
+            )
     lines.append("")
     return "\n".join(lines)
 
@@ -344,17 +515,24 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--snapshots", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--ui-clients", type=int, default=300)
+    parser.add_argument("--ui-snapshots", type=int, default=10_000)
+    parser.add_argument("--ui-entries", type=int, default=20_000)
+    parser.add_argument("--no-ui", action="store_true", help="leave the web UI out")
     parser.add_argument("--quick", action="store_true", help="5,000 files, 100 snapshots")
     parser.add_argument("--work", help="keep the run's files here")
     parser.add_argument("--out", help="write the Markdown report here")
     args = parser.parse_args()
     if args.quick:
         args.files, args.snapshots, args.requests = 5000, 100, 50
+        args.ui_clients, args.ui_snapshots, args.ui_entries = 20, 200, 2000
     work = Path(args.work or tempfile.mkdtemp(prefix="costor-bench-api-"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
         result = one_run(args, work)
+        if not args.no_ui:
+            result["ui"] = ui_run(args, work)
         (work / "results.json").write_text(json.dumps(result, indent=2))
         text = report(args, result, time.monotonic() - started)
     finally:

@@ -28,7 +28,9 @@ no listing is cached across requests.
 
 Read-only: PROPFIND, GET, HEAD and OPTIONS; every method that would change something
 (PUT, DELETE, MKCOL, MOVE, COPY, PROPPATCH, LOCK, UNLOCK) is refused with **405** and
-an ``Allow`` header before anything else is read.
+an ``Allow`` header before anything else is read. A PROPFIND of ``Depth: infinity`` (or
+none, which means it) would read whole snapshots: it is refused with **403** and RFC
+4918's ``propfind-finite-depth`` (file managers ask Depth 0 or 1).
 
 Logging in: HTTP Basic (a file manager knows nothing else), never the session cookie.
 The password is a user's password, checked by the API's login use case with the API's
@@ -58,6 +60,7 @@ time inside), and a download is read outside it, as the API's are.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -75,12 +78,14 @@ from typing import Any, cast
 from a2wsgi import WSGIMiddleware
 from a2wsgi.wsgi_typing import WSGIApp
 from fastapi import FastAPI
+from starlette.responses import PlainTextResponse
 from starlette.routing import Mount
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from wsgidav.dav_error import (
     HTTP_FORBIDDEN,
     HTTP_NOT_FOUND,
     DAVError,
+    PRECONDITION_CODE_PropfindFiniteDepth,
 )
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider, _DAVResource
 from wsgidav.dc.base_dc import BaseDomainController
@@ -122,10 +127,12 @@ LATEST = "latest"
 SHORT_ID = 8  # hex digits of a snapshot's id in its folder's name (more on a clash)
 WORKERS = 10  # a2wsgi threads: WebDAV requests (and streaming downloads) at once
 BLOCK = 256 * 1024  # bytes handed to the response at a time (downloads.py PIPE_CHUNK)
+MAX_BODY = 1024 * 1024  # bytes of a request's body (a PROPFIND's XML is a few hundred)
 MAX_REMEMBERED = 1024  # password logins remembered (the stalest forgotten first)
 READ_METHODS = ("OPTIONS", "GET", "HEAD", "PROPFIND")
 _TOKEN_SHAPE = re.compile(r"^costor_[0-9a-f]{12}_")  # tokens.py _TOKEN
 _GRANT = "costor.dav.grant"
+_GONE = "costor.dav.gone"  # in the ASGI scope: a threading.Event, set when the client left
 _DOOR = "costor.dav.door"
 # XML 1.0 cannot carry these (a PROPFIND answer is XML): shown as U+FFFD in display names.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -161,12 +168,67 @@ def mount(app: FastAPI) -> None:
     }
     dav = WsgiDAVApp(config)
     wsgi = cast(WSGIApp, _ReadOnly(dav, door))
-    app.mount(PREFIX, cast(ASGIApp, WSGIMiddleware(wsgi, workers=WORKERS)))
+    app.mount(PREFIX, _Watched(cast(ASGIApp, WSGIMiddleware(wsgi, workers=WORKERS))))
     # Starlette's pattern for a mount, ``^/dav/(?P<path>.*)$``, would not match a path
     # with a newline in it (a file's name may hold one): ``.`` matches it too here.
     mounted = app.router.routes[-1]
     assert isinstance(mounted, Mount) and mounted.path == PREFIX
     mounted.path_regex = re.compile(mounted.path_regex.pattern, re.DOTALL)
+
+
+class _Watched:
+    """Between the server and a2wsgi: the request's body is read first (at most
+    :data:`MAX_BODY`: a PROPFIND's XML; more is **413**), then the connection is watched,
+    and a client that leaves sets the request's :data:`_GONE` event, which a download
+    checks before each block. Without it a download whose reader left would be read to
+    its end (uvicorn drops what is sent to a closed connection, a2wsgi goes on) and
+    audited as complete."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY:
+                refused = PlainTextResponse(
+                    f"a request body of /dav/ has at most {MAX_BODY} bytes\n", status_code=413
+                )
+                await refused(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        gone = threading.Event()
+        left = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+            left.set()
+
+        given = False
+
+        async def replay() -> Message:
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self.app({**scope, _GONE: gone}, replay, send)
+        finally:
+            watcher.cancel()
 
 
 # --- who asks --------------------------------------------------------------------------
@@ -363,6 +425,13 @@ class _Provider(DAVProvider):
 
     def get_resource_inst(self, path: str, environ: dict[str, Any]) -> _DAVResource | None:
         view = _View.of(environ)
+        depth = environ.get("HTTP_DEPTH", "infinity").strip().lower()  # RFC 4918 §9.1
+        if environ.get("REQUEST_METHOD") == "PROPFIND" and depth == "infinity":
+            raise DAVError(
+                HTTP_FORBIDDEN,
+                "PROPFIND with Depth: infinity would read whole snapshots: ask Depth 1",
+                err_condition=PRECONDITION_CODE_PropfindFiniteDepth,
+            )
         parts = [part for part in path.split("/") if part]
         if ".." in parts:
             return None
@@ -670,7 +739,10 @@ class _Content:
     def read(self, size: int = -1) -> bytes:
         if self._chunks is None:
             self._chunks = self._open().chunks()
+        gone = (self._file.environ.get("asgi.scope") or {}).get(_GONE)
         try:
+            if gone is not None and gone.is_set():
+                raise ConnectionAbortedError("the client disconnected")
             while size < 0 or len(self._buffer) < size:
                 chunk = next(self._chunks, None)
                 if chunk is None:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -56,6 +57,7 @@ groups = ["beta-owners"]
 """
 LOOSE = "user_failures=1000,address_failures=1000"  # failures on purpose: no throttling
 HOSTILE = ("with space.txt", "100% sure.txt", "hash#tag.txt", "what?.txt", "ünï – 日本.txt")
+BIG = 24 * 1024 * 1024
 CONTROL = ("line\nbreak", "bell\x07name")
 DAV = "{DAV:}"
 RCLONE = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).parents[2] / ".venv")) / "bin/rclone"
@@ -143,6 +145,9 @@ def make_site(root: Path) -> tuple[Site, dict[str, Path]]:
         os.symlink("readme.txt", source / "docs" / "link")
     for name in HOSTILE:
         (sources["alpha"] / "docs" / name).write_text(f"I am {name}\n")
+    (sources["alpha"] / "docs" / "deep" / "big.bin").write_bytes(os.urandom(BIG))
+    with open(os.fsencode(sources["alpha"] / "docs") + b"/not-utf8-\xff.txt", "wb") as odd:
+        odd.write(b"a name that is not UTF-8\n")
     for name in CONTROL:
         (sources["alpha"] / "docs" / name).write_text(f"a control character: {name!r}\n")
     inventory = write_tables(root, *local_tables({n: [p] for n, p in sources.items()}), USERS)
@@ -172,6 +177,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         stop_serve(process)
 
 
+def utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def in_snapshot(served: Served, client: str, *parts: str) -> str:
     """The DAV path of a source path in the client's latest snapshot, quoted."""
     inside = str(served.sources[client].joinpath(*parts))
@@ -196,7 +209,7 @@ def test_rclone_lists_only_the_users_client_and_copies_a_snapshot_exactly(
     expected = {
         str(path.relative_to(source)): path.read_bytes()
         for path in source.rglob("*")
-        if path.is_file() and not path.is_symlink()
+        if path.is_file() and not path.is_symlink() and utf8(path.name)
     }
     copied = {
         str(path.relative_to(target)): path.read_bytes()
@@ -333,6 +346,7 @@ def test_hostile_names_are_listed_and_fetched(served: Served) -> None:
     names = {path.removeprefix(base) for path in listed if path != base}
     assert names >= {*HOSTILE, *CONTROL, "readme.txt", "deep/", "empty"}
     assert "link" not in names
+    assert not any("not-utf8" in name for name in names)  # not shown (module docstring)
     assert listed[base + "line\nbreak"]["name"] == "line\nbreak"
     assert listed[base + "bell\x07name"]["name"] == "bell\ufffdname"  # not in XML 1.0
     for name in (*HOSTILE, *CONTROL):
@@ -352,6 +366,33 @@ def test_a_directory_lists_its_own_entries_with_sizes(served: Served) -> None:
     assert listed[base + "data.bin"]["size"] == "700000"
     assert not listed[base + "data.bin"]["collection"]
     assert served.dav("GET", deep).status_code in (403, 405)  # no directory browsing
+
+
+def test_a_propfind_of_infinite_depth_is_refused(served: Served) -> None:
+    for headers in ({"Depth": "infinity"}, {}):
+        answer = served.dav("PROPFIND", "/", headers=headers)
+        assert answer.status_code == 403
+        assert b"propfind-finite-depth" in answer.content
+
+
+def test_a_reader_that_leaves_midway_is_audited_as_failed(served: Served) -> None:
+    big = in_snapshot(served, "alpha", "docs", "deep", "big.bin")
+    before = len(served.audit("download"))
+    with served.http.stream("GET", "/dav" + big, auth=("eve", PASSWORD)) as answer:
+        assert answer.status_code == 200
+        assert int(answer.headers["Content-Length"]) == BIG
+        next(answer.iter_raw(65536))
+    # The server notices at its next write; the record follows.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ended = [r for r in served.audit("download")[before:] if r["outcome"] != "started"]
+        if ended:
+            break
+        time.sleep(0.2)
+    assert [r["outcome"] for r in ended] == ["failed"]
+    assert 0 < ended[0]["detail"]["bytes_sent"] < BIG
+    # And the server answers on.
+    assert served.dav("PROPFIND", "/", headers={"Depth": "0"}).status_code == 207
 
 
 def test_basic_over_plain_http_is_taken_from_this_machine_only(served: Served) -> None:

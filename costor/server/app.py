@@ -41,6 +41,7 @@ from costor.server import (
     dav,
     documents,
     downloads,
+    events,
     objects,
     records,
     sessions,
@@ -91,6 +92,7 @@ def create_app(inventory_path: str | Path, *, gate: Gate | None = None) -> FastA
     metrics = registry(gate)
     app.include_router(actions.router)
     app.include_router(records.router)
+    app.include_router(events.router)
     app.include_router(sessions.router)
     app.include_router(objects.router)
     app.include_router(token_routes.router)

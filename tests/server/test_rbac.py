@@ -154,6 +154,8 @@ MATRIX: list[tuple[str, str, str | None, tuple[int, ...]]] = [
     # records: a job's log as the job; applies, sites (config.read); the audit log
     ("GET", "/api/v1/jobs/{job}/log", "own", (200, 200, 200, 200, 200, 200)),
     ("GET", "/api/v1/jobs/{job}/log", "other", (200, 200, 200, 404, 200, 200)),
+    ("GET", "/api/v1/jobs/{job}/events", "own", (200, 200, 200, 200, 200, 200)),
+    ("GET", "/api/v1/jobs/{job}/events", "other", (200, 200, 200, 404, 200, 200)),
     ("GET", "/api/v1/applies", None, (200, 200, 200, 403, 200, 403)),
     ("GET", "/api/v1/sites", None, (200, 200, 200, 200, 200, 403)),
     ("GET", "/api/v1/audit", None, (200, 403, 200, 403, 403, 403)),

@@ -1,0 +1,285 @@
+"""What the web UI's end-to-end tests share: a real Chromium (Debian's ``/usr/bin/chromium``, driven
+by Playwright) against a real ``costor serve`` on a loopback port, with axe-core
+injected into every page.
+
+What this directory needs beyond the venv (``scripts/test.sh`` installs both):
+
+- Debian's ``chromium`` (``apt-get install chromium``): Playwright launches it by path;
+  its own browser download (``playwright install``) cannot work where the tests run.
+- axe-core from npm, pinned by ``package.json`` and ``package-lock.json`` here:
+  ``npm ci --prefix tests/ui``.
+
+Without them the tests skip with the reason, except under CI (``CI=true``), where a
+missing browser or axe-core is a failure: CI must never pass by not looking.
+
+The site (:func:`e2e_site`): clients ``alpha`` and ``beta`` of ``tests/server/ui_site.py``
+(small, backed up; ``alpha`` twice, with one file changed in between, so it has previous
+versions) and ``gamma``, a few hundred MiB of incompressible files, never backed up and
+under a policy with an RPO, so the dashboard calls it late until the test backs it up.
+Users as in ui_site: ``ada`` admin, ``aud`` auditor, ``eve`` end user of ``alpha``.
+
+Screenshots: each page the tests visit is saved in the test's output directory
+(pytest-playwright's ``--output``, ``test-results/`` by default) and, when
+``COSTOR_UI_SHOTS=DIR`` is set (``scripts/ui_docs.py`` sets it), as ``DIR/<page>.png``
+at a fixed viewport, for docs/ui.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# tests/server's helpers (a real `costor serve`, the UI's site and users): pytest puts
+# each test directory on sys.path only for its own modules.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+
+from serving import ENV, start_serve, stop_serve  # noqa: E402
+from support.fixtures import Site  # noqa: E402
+from support.inventory import client_table, local_tables, write_tables  # noqa: E402
+from ui_site import PASSWORD, USERS  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CHROMIUM = Path(os.environ.get("COSTOR_TEST_CHROMIUM", "/usr/bin/chromium"))
+AXE = HERE / "node_modules" / "axe-core" / "axe.min.js"
+# Debian's chromium as CI and a fresh Debian 12 have it: no sandbox (root in a
+# container), nothing that talks to the network by itself.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+VIEWPORT = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+# gamma's data: enough incompressible bytes that its backup takes several seconds, so
+# the job page's progress bar is seen moving (COSTOR_UI_BIG_MIB to try other sizes).
+BIG_MIB = int(os.environ.get("COSTOR_UI_BIG_MIB", "320"))
+BIG_FILE_MIB = 8
+POLICY = """
+[policies.yearly]
+schedule = "0 0 1 1 *"
+rpo = "1d"
+"""
+
+
+def missing_tools() -> str | None:
+    """What the browser tests lack on this machine (None: nothing)."""
+    if not CHROMIUM.exists():
+        return f"no {CHROMIUM} (Debian: apt-get install chromium)"
+    if not AXE.exists():
+        return f"no {AXE.relative_to(HERE.parents[1])} (npm ci --prefix tests/ui)"
+    return None
+
+
+# --- the site ------------------------------------------------------------------------------
+
+
+def write_big_tree(root: Path, mib: int) -> None:
+    """``mib`` MiB of random (incompressible, never deduplicated) files under ``root``."""
+    root.mkdir(parents=True)
+    for i in range(0, mib, BIG_FILE_MIB):
+        (root / f"blob-{i // BIG_FILE_MIB:03d}.bin").write_bytes(
+            os.urandom(min(BIG_FILE_MIB, mib - i) * 1024 * 1024)
+        )
+
+
+@dataclass
+class E2ESite:
+    """The site under test and the sources its clients back up."""
+
+    site: Site
+    sources: dict[str, Path]
+    base_url: str = ""
+    shots: list[str] = field(default_factory=list)
+
+
+def make_e2e_site(root: Path) -> E2ESite:
+    sources: dict[str, Path] = {}
+    for name in ("alpha", "beta"):
+        source = root / f"src-{name}"
+        (source / "docs" / "deep").mkdir(parents=True)
+        for i in range(3):
+            (source / "docs" / f"note-{i}.txt").write_text(f"{name} note {i}\n")
+        (source / "docs" / "deep" / "data.bin").write_bytes(os.urandom(200_000))
+        (source / "file.txt").write_text(f"{name}\n")
+        sources[name] = source
+    sources["gamma"] = root / "src-gamma"
+    write_big_tree(sources["gamma"], BIG_MIB)
+    tables = local_tables({name: [sources[name]] for name in ("alpha", "beta")})
+    gamma = client_table("gamma", [sources["gamma"]], 'policy = "yearly"')
+    inventory = write_tables(root, *tables, gamma, POLICY, USERS)
+    return E2ESite(Site(root, inventory, root / "pool"), sources)
+
+
+@pytest.fixture(scope="module")
+def e2e_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ESite]:
+    """The site, applied: alpha backed up twice (``docs/note-0.txt`` changed in
+    between), beta once, gamma never."""
+    made = make_e2e_site(tmp_path_factory.mktemp("e2e"))
+    site = made.site
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in ENV.items():
+            patch.setenv(key, value)
+        applied = site.cli("apply", "--auto-approve")
+        assert applied.code == 0, applied.stderr
+        for name in ("alpha", "beta", "alpha"):
+            backup = site.cli("backup", name)
+            assert backup.code == 0, backup.stderr
+            (made.sources["alpha"] / "docs" / "note-0.txt").write_text("alpha note 0, v2\n")
+        yield made
+
+
+@pytest.fixture(scope="module")
+def served(e2e_site: E2ESite) -> Iterator[E2ESite]:
+    """A real ``costor serve`` of the site on a loopback port."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COSTOR_LOGIN_POLICY", "user_failures=1000,address_failures=1000")
+        process, base_url = start_serve(e2e_site.site)
+    e2e_site.base_url = base_url
+    try:
+        yield e2e_site
+    finally:
+        stop_serve(process)
+
+
+# --- the browser ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium, headless, launched by path (never Playwright's download).
+    Launched here rather than through pytest-playwright's session-wide fixtures: the
+    browser (and Playwright's event loop) lives only as long as this module's tests."""
+    missing = missing_tools()
+    if missing is not None:
+        pytest.fail(f"the browser tests cannot run: {missing}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+class AxeViolations(AssertionError):
+    pass
+
+
+@dataclass
+class UI:
+    """One browser session (its own cookies) on the served site, with the checks every
+    page gets: axe-core and a screenshot."""
+
+    page: Any  # playwright.sync_api.Page
+    base_url: str
+    output: Path
+    checked: list[str] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def goto(self, path: str) -> Any:
+        response = self.page.goto(self.url(path))
+        self.page.wait_for_load_state("domcontentloaded")
+        return response
+
+    def log_in(self, user: str, password: str = PASSWORD) -> None:
+        self.goto("/login")
+        self.page.fill("#user", user)
+        self.page.fill("#password", password)
+        with self.page.expect_navigation():
+            self.page.click("form[action='/login'] button[type=submit]")
+        assert "/login" not in self.page.url, self.page.content()
+
+    def log_out(self) -> None:
+        with self.page.expect_navigation():
+            self.page.click("form[action='/logout'] button[type=submit]")
+        assert self.page.url.endswith("/login"), self.page.url
+
+    def check(self, name: str, *, phone: bool = False) -> None:
+        """The page as it is now: no serious or critical axe-core violation (the
+        others are printed), and its screenshot under ``name``."""
+        self.axe(name)
+        self.shot(name)
+        if phone:
+            self.page.set_viewport_size(PHONE)
+            try:
+                self.axe(f"{name}-phone")
+                self.shot(f"{name}-phone", full_page=False)
+            finally:
+                self.page.set_viewport_size(VIEWPORT)
+        self.checked.append(name)
+
+    def axe(self, name: str) -> None:
+        if not self.page.evaluate("() => typeof window.axe !== 'undefined'"):
+            # Not page.add_script_tag: the pages' Content-Security-Policy (scripts from
+            # the server only) refuses an injected inline script, and the tests keep
+            # that policy on. Playwright's own evaluation is outside the page's CSP.
+            self.page.evaluate(AXE.read_text() + "\n;undefined")
+        result = self.page.evaluate(
+            "() => axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa']},"
+            " resultTypes: ['violations']})"
+        )
+        violations = result["violations"]
+        for violation in violations:
+            nodes = [", ".join(node["target"]) for node in violation["nodes"][:5]]
+            print(f"axe {name}: {violation['impact']} {violation['id']}: {nodes}")
+        bad = [v for v in violations if v["impact"] in ("serious", "critical")]
+        if bad:
+            summary = [
+                {
+                    "rule": v["id"],
+                    "impact": v["impact"],
+                    "help": v["help"],
+                    "nodes": [n["html"][:200] for n in v["nodes"][:5]],
+                }
+                for v in bad
+            ]
+            raise AxeViolations(f"{name}: {json.dumps(summary, indent=1)}")
+
+    def shot(self, name: str, *, full_page: bool = True) -> None:
+        """``name``.png in the test's output directory, and in ``$COSTOR_UI_SHOTS``."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(self.output / f"{name}.png"), full_page=full_page)
+        docs = os.environ.get("COSTOR_UI_SHOTS")
+        if docs:
+            Path(docs).mkdir(parents=True, exist_ok=True)
+            self.page.screenshot(path=str(Path(docs) / f"{name}.png"), full_page=full_page)
+
+
+@pytest.fixture
+def open_ui(chromium: Any, served: E2ESite, output_path: str) -> Iterator[Callable[[], UI]]:
+    """Opens fresh browser sessions (each its own cookies) on the served site."""
+    contexts: list[Any] = []
+
+    def one() -> UI:
+        context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
+        context.set_default_timeout(20_000)
+        contexts.append(context)
+        return UI(context.new_page(), served.base_url, Path(output_path))
+
+    try:
+        yield one
+    finally:
+        for context in contexts:
+            context.close()
+
+
+@pytest.fixture
+def ui(open_ui: Callable[[], UI]) -> UI:
+    """A fresh browser session (no cookies) on the served site."""
+    return open_ui()

@@ -1,0 +1,221 @@
+"""The web UI end to end, as a person uses it: Debian's Chromium (Playwright) against a
+real ``costor serve``, axe-core on every page, a screenshot of each (see conftest.py).
+
+The flows of issue 21: an admin backs a client up from its page and watches the job's
+progress bar move, and the dashboard turn from "never backed up" to healthy; browses a
+snapshot, opens a file's previous versions and downloads a directory as .zip, whose
+bytes are the source's; an end user sees only their client, gets the 404 page for
+another's snapshot, and the audit log shows what they did.
+
+The tests run in order and share the module's site: the backup test is the one that
+takes gamma from "never backed up" to backed up.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from e2e import UI, E2ESite
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.browser]
+
+TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
+
+
+def snapshots_of(site: E2ESite, client: str) -> list[dict[str, Any]]:
+    """The client's snapshots, oldest first (as `costor snapshots --json`)."""
+    listed = site.site.cli("snapshots", "--json")
+    assert listed.code == 0, listed.stderr
+    return sorted((s for s in listed.json() if s["client"] == client), key=lambda s: str(s["time"]))
+
+
+def tree(snapshot: str, path: Path | str) -> str:
+    return f"/snapshots/{snapshot}/tree?{urlencode({'path': str(path)})}"
+
+
+def client_row(ui: UI, client: str) -> Any:
+    return ui.page.locator(f"#clients [data-client='{client}']")
+
+
+# --- logging in ------------------------------------------------------------------------
+
+
+def test_the_login_page_refuses_a_wrong_password_then_lets_the_admin_in(ui: UI) -> None:
+    ui.goto("/")
+    assert "/login?next=" in ui.page.url  # a page without a session: the login first
+    ui.check("login")
+    ui.page.fill("#user", "ada")
+    ui.page.fill("#password", "not the password")
+    ui.page.click("form[action='/login'] button[type=submit]")
+    problem = ui.page.locator(".problem")
+    problem.wait_for()
+    assert "Wrong user name or password" in problem.inner_text()
+    ui.check("login-failed")
+    ui.log_in("ada")
+    assert ui.page.locator("h1").inner_text() == "Dashboard"
+    assert "ada" in ui.page.locator("header").inner_text()
+
+
+# --- backing up and watching the job ---------------------------------------------------------
+
+
+def test_an_admin_backs_up_a_client_and_watches_its_progress(ui: UI, served: E2ESite) -> None:
+    ui.log_in("ada")
+    gamma = client_row(ui, "gamma")
+    assert "never backed up" in gamma.inner_text().lower(), gamma.inner_text()
+    assert ui.page.locator("#attention").get_by_text("gamma").count() >= 1
+    ui.check("dashboard", phone=True)
+
+    ui.goto("/clients/gamma")
+    ui.check("client-never-backed-up")
+    with ui.page.expect_navigation():
+        ui.page.click("#backup-now")
+    assert re.search(r"/jobs/\d+$", ui.page.url), ui.page.url
+
+    # The progress bar, as the page shows it while the job runs (pushed by SSE).
+    values: list[str] = []
+    state = ""
+    shot_running = False
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        seen = ui.page.evaluate(
+            """() => {
+                const bar = document.querySelector('#job-progress progress');
+                const state = document.querySelector('#job-state');
+                return [bar ? bar.getAttribute('value') : null,
+                        state ? state.innerText.trim() : ''];
+            }"""
+        )
+        value, state = seen[0], seen[1]
+        if value is not None and (not values or values[-1] != value):
+            values.append(value)
+        if not shot_running and state == "running" and len(values) >= 2:
+            ui.check("job-running")  # mid-job: the bar, the rate and the time left
+            shot_running = True
+        if any(word in state for word in TERMINAL):
+            break
+        time.sleep(0.05)
+    assert "succeeded" in state, (state, ui.page.locator("#job-log").inner_text())
+    assert len(set(values)) >= 3, f"the progress bar showed only {values}"
+    assert [float(v) for v in values] == sorted(float(v) for v in values), values
+    ui.check("job")
+
+    ui.goto("/")
+    gamma = client_row(ui, "gamma")
+    text = gamma.inner_text().lower()
+    assert "never backed up" not in text and "ok" in text, text
+    ui.goto("/clients/gamma")
+    assert ui.page.locator(".timeline a").count() == 1
+    ui.check("client")
+    ui.goto("/jobs")
+    assert ui.page.locator("#jobs [data-job]").count() >= 1
+    ui.check("jobs")
+
+
+# --- browsing, previous versions, a directory as .zip -----------------------------------------
+
+
+def test_an_admin_browses_a_snapshot_and_downloads_a_directory(
+    ui: UI, served: E2ESite, tmp_path: Path
+) -> None:
+    ui.log_in("ada")
+    first, latest = snapshots_of(served, "alpha")
+    source = served.sources["alpha"]
+
+    ui.goto(f"/snapshots/{latest['id']}")
+    ui.check("snapshot")
+    ui.goto(tree(latest["id"], source))
+    entries = ui.page.locator("#entries tbody tr[data-name]")
+    names = entries.evaluate_all("rows => rows.map(r => r.dataset.name)")
+    assert names == ["docs", "file.txt"], names  # directories first, then by name
+    with ui.page.expect_navigation():
+        ui.page.click("#entries tr[data-name='docs'] a")
+    ui.check("directory")
+    with ui.page.expect_navigation():
+        ui.page.click("#entries tr[data-name='note-0.txt'] a")
+    assert ui.page.locator("#current-path").inner_text().endswith("/docs/note-0.txt")
+    ui.check("file")
+
+    with ui.page.expect_navigation():
+        ui.page.click("#versions")
+    versions = ui.page.locator("#versions-table tbody tr")
+    assert versions.count() == 2  # the two contents of note-0.txt, each once
+    ui.check("versions")
+    with ui.page.expect_download() as newest:
+        versions.first.locator("[data-testid=version-download]").first.click()
+    assert Path(newest.value.path()).read_bytes() == (source / "docs/note-0.txt").read_bytes()
+
+    ui.goto(tree(latest["id"], source / "docs"))
+    with ui.page.expect_download() as download:
+        ui.page.click("#download-zip")
+    assert download.value.suggested_filename.endswith(".zip")
+    archive = zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes()))
+    got = {
+        info.filename.split("docs/", 1)[-1]: archive.read(info)
+        for info in archive.infolist()
+        if not info.is_dir()
+    }
+    want = {
+        str(path.relative_to(source / "docs")): path.read_bytes()
+        for path in (source / "docs").rglob("*")
+        if path.is_file()
+    }
+    assert got == want
+
+    ui.goto(f"/compare?{urlencode({'a': first['id'], 'b': latest['id']})}")
+    changed = ui.page.locator("table.changes tr[data-path]").evaluate_all(
+        "rows => rows.map(r => [r.dataset.path, r.cells[1].innerText.trim()])"
+    )
+    files = [path for path, kind in changed if kind != "dir"]
+    assert files == [str(source / "docs" / "note-0.txt")], changed
+    ui.check("compare")
+    ui.goto(f"/snapshots/{latest['id']}/restore?{urlencode({'path': str(source)})}")
+    assert ui.page.locator("#restore-client").input_value() == "alpha"
+    ui.check("restore")
+
+
+# --- an end user --------------------------------------------------------------------------------
+
+
+def test_an_end_user_sees_only_their_client_and_the_audit_log_shows_it(
+    ui: UI, served: E2ESite, open_ui: Callable[[], UI]
+) -> None:
+    ui.log_in("eve")
+    rows = ui.page.locator("#clients [data-client]")
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.client)") == ["alpha"]
+    assert "Audit log" not in ui.page.locator("header nav").inner_text()
+    ui.check("dashboard-end-user")
+
+    beta = snapshots_of(served, "beta")[-1]["id"]
+    for path in (f"/snapshots/{beta}", f"/snapshots/{beta[:12]}", "/clients/beta"):
+        response = ui.goto(path)
+        assert response.status == 404, path
+        assert ui.page.locator("h1").inner_text() == "Not found"
+        assert "beta" not in ui.page.locator("main").inner_text()
+    ui.check("not-found")
+
+    alpha = snapshots_of(served, "alpha")[-1]
+    source = served.sources["alpha"]
+    ui.goto(f"/snapshots/{alpha['id']}/file?{urlencode({'path': str(source / 'file.txt')})}")
+    with ui.page.expect_download() as download:
+        ui.page.click("#download-file")
+    assert Path(download.value.path()).read_bytes() == b"alpha\n"
+    assert ui.goto("/audit").status == 403
+    ui.log_out()
+
+    auditor = open_ui()
+    auditor.log_in("aud")
+    auditor.goto("/audit?" + urlencode({"actor": "user:eve"}))
+    records = auditor.page.locator("#audit-records tbody tr")
+    actions = records.evaluate_all("rows => rows.map(r => r.dataset.action)")
+    assert {"login", "download", "logout"} <= set(actions), actions
+    assert "file.txt" in auditor.page.locator("#audit-records").inner_text()
+    auditor.check("audit")

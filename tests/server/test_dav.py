@@ -337,6 +337,10 @@ def test_every_file_read_is_audited_as_a_download(served: Served) -> None:
         "SELECT request_id FROM audit_records WHERE action = 'download' ORDER BY id"
     )
     assert ("dav-read-1",) in [tuple(r) for r in rows]
+    # As `costor audit` shows them.
+    shown = served.site.cli("audit", "--action", "download", "--actor", "user:eve", "--json")
+    assert shown.code == 0, shown.stderr
+    assert any(r.get("request_id") == "dav-read-1" for r in shown.json())
 
 
 def test_hostile_names_are_listed_and_fetched(served: Served) -> None:
@@ -366,6 +370,15 @@ def test_a_directory_lists_its_own_entries_with_sizes(served: Served) -> None:
     assert listed[base + "data.bin"]["size"] == "700000"
     assert not listed[base + "data.bin"]["collection"]
     assert served.dav("GET", deep).status_code in (403, 405)  # no directory browsing
+
+
+def test_paths_without_their_trailing_slash(served: Served) -> None:
+    for path in ("/alpha", "/alpha/latest"):
+        answer = served.dav("PROPFIND", path, headers={"Depth": "0"})
+        assert answer.status_code == 207, (path, answer.status_code)
+    # /dav itself: a 307 (which keeps the method) to /dav/, as for any mount.
+    moved = served.dav("PROPFIND", "", headers={"Depth": "0"})
+    assert moved.status_code == 307 and moved.headers["Location"].endswith("/dav/")
 
 
 def test_a_propfind_of_infinite_depth_is_refused(served: Served) -> None:

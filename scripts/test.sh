@@ -14,7 +14,9 @@
 # (initdb -A trust on a free loopback port in a temporary directory, removed on exit).
 # COSTOR_TEST_PG_THROWAWAY=1 always uses a throwaway cluster. openssh-server is installed
 # for the SSH tests, which start their own sshd on a loopback port; nginx-light for the
-# reverse-proxy test, which starts its own nginx (none is started as a service).
+# reverse-proxy test, which starts its own nginx (none is started as a service). The web
+# UI's browser tests (tests/ui) drive Debian's chromium (never Playwright's own browser
+# download) and inject axe-core, which `npm ci --prefix tests/ui` installs from its lock.
 #
 # Extra arguments go to pytest, in both passes (e.g. `bash scripts/test.sh -x tests/db`).
 set -euo pipefail
@@ -36,6 +38,8 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresq
 command -v pkill >/dev/null 2>&1 || need_apt+=(procps)
 command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)  # ssh.sudo = true, tested for real
 [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)  # docs/server.md's proxy block, run
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)  # the web UI's browser tests (tests/ui)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)  # axe-core for them, pinned in tests/ui
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" != 0 ]; then
         echo "please run as root or install: ${need_apt[*]}" >&2
@@ -50,6 +54,16 @@ if ((${#need_apt[@]})); then
         exit 1
     fi
     rm -f "$apt_log"
+fi
+
+# --- axe-core for the browser tests, as tests/ui's lock pins it ---------------------------
+
+axe_version() {  # the axe-core version in a package.json or package-lock.json ("" if none)
+    node -p "const d = require('./$1'); (d.packages ? d.packages['node_modules/axe-core'] : d).version" 2>/dev/null || true
+}
+if [ "$(axe_version tests/ui/node_modules/axe-core/package.json)" != "$(axe_version tests/ui/package-lock.json)" ]; then
+    echo "== npm ci --prefix tests/ui (axe-core for the browser tests)"
+    npm ci --prefix tests/ui --no-audit --no-fund --loglevel=error >/dev/null
 fi
 
 # --- the venv, from the promised interpreter ----------------------------------------------

@@ -1,0 +1,89 @@
+"""The dashboard and the client page against a real `costor serve`: what each role
+sees (an end user: their own clients only), the clients' health words, "back up now"
+(backups.run, with the CSRF token), and names escaped."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from ui_site import Served, served, ui_site  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _rows(html: str, attribute: str) -> list[str]:
+    return re.findall(rf'<tr {attribute}="([^"]+)"', html)
+
+
+def test_the_dashboard_shows_attention_sites_pools_clients_and_jobs_to_an_admin(
+    served: Served,
+) -> None:
+    page = served.page("ada")
+    home = page.get("/")
+    assert home.status_code == 200, home.text
+    for block in ('id="attention"', 'id="sites"', 'id="pools"', 'id="clients"', 'id="running-jobs"'):
+        assert block in home.text
+    assert sorted(_rows(home.text, "data-client")) == ["alpha", "beta"]
+    assert _rows(home.text, "data-pool"), home.text
+    assert 'hx-trigger="every 2s"' in home.text
+    running = page.get("/dashboard/running")
+    assert running.status_code == 200 and "No job is running." in running.text
+
+
+def test_an_end_user_sees_only_their_own_client(served: Served) -> None:
+    page = served.page("eve")
+    home = page.get("/")
+    assert home.status_code == 200
+    assert _rows(home.text, "data-client") == ["alpha"]
+    assert "beta" not in home.text
+    assert 'href="/audit"' not in home.text
+    assert page.get("/clients/alpha").status_code == 200
+    hidden = page.get("/clients/beta")
+    missing = page.get("/clients/no-such-client")
+    assert hidden.status_code == missing.status_code == 404
+    assert "Not found" in hidden.text
+    same = re.compile(r"request [0-9a-f]+|beta|no-such-client")
+    assert same.sub("X", hidden.text) == same.sub("X", missing.text)
+    assert 'id="backup-now"' not in page.get("/clients/alpha").text  # no backups.run
+
+
+def test_the_client_page_lists_its_snapshots_newest_first_on_a_timeline(served: Served) -> None:
+    page = served.page("ada")
+    response = page.get("/clients/alpha")
+    assert response.status_code == 200, response.text
+    snapshots = served.site.cli("snapshots", "--client", "alpha", "--json").json()
+    shown = _rows(response.text, "data-snapshot")
+    assert shown == [s["id"] for s in reversed(snapshots)]
+    assert f'href="/snapshots/{snapshots[0]["id"]}"' in response.text
+    assert 'id="timeline"' in response.text and 'class="h-100"' in response.text
+    assert 'data-testid="health"' in response.text
+
+
+def test_back_up_now_needs_backups_run_and_the_csrf_token(served: Served) -> None:
+    otto = served.page("otto")
+    client = otto.get("/clients/beta")
+    assert 'id="backup-now"' in client.text
+    refused = otto.http.post("/clients/beta/backup", data={"csrf": "wrong"})
+    assert refused.status_code == 403
+    no_token = otto.http.post("/clients/beta/backup")
+    assert no_token.status_code == 403
+    queued = otto.post("/clients/beta/backup")
+    assert queued.status_code == 303, queued.text
+    job_url = queued.headers["location"]
+    assert re.fullmatch(r"/jobs/\d+", job_url)
+    job = otto.get(job_url)
+    assert job.status_code == 200 and "backup of beta" in job.text
+    records = served.site.cli("audit", "--json", "--action", "jobs.add").json()
+    assert records[0]["actor"] == "user:otto" and records[0]["target"] == "client:beta"
+    aud = served.page("aud")
+    assert aud.post("/clients/beta/backup").status_code == 403
+    eve = served.page("eve")
+    assert eve.post("/clients/beta/backup").status_code == 404
+    assert eve.post("/clients/alpha/backup").status_code == 403
+
+
+def test_a_page_without_a_session_goes_to_the_login(served: Served) -> None:
+    page = served.page()
+    assert page.get("/clients/alpha").status_code == 303
+    assert page.http.post("/clients/alpha/backup").status_code == 303

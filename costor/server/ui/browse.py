@@ -46,7 +46,7 @@ from costor.server.ui.pages import Viewer, checked_form, render, url_path, viewe
 from costor.server.visible import resolve_visible
 from costor.store.diff import Difference
 from costor.store.snapshot import Snapshot
-from costor.store.tree import Node
+from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
 
 router = APIRouter()
 API = "/api/v1"
@@ -252,7 +252,7 @@ def file_page(
     details = {
         "type": node.type,
         "size": node.size,
-        "mode": f"{stat.filemode(node.mode)} ({node.mode & 0o7777:04o})",
+        "mode": f"{stat.filemode(_with_type(node))} ({node.mode & 0o7777:04o})",
         "owner": f"{node.user or node.uid} ({node.uid})",
         "group": f"{node.group or node.gid} ({node.gid})",
         "mtime": when(node.mtime_ns),
@@ -276,6 +276,21 @@ def file_page(
         versions=link("clients", found.client, "versions", path=path),
         folder=link("snapshots", found.id, "tree", path=path.rsplit("/", 1)[0] or "/"),
     )
+
+
+def _with_type(node: Node) -> int:
+    """A node's mode with its type's bits (a tree keeps the permission bits), so that
+    it reads as ``ls -l`` shows it."""
+    kinds = {
+        FILE: stat.S_IFREG,
+        DIR: stat.S_IFDIR,
+        SYMLINK: stat.S_IFLNK,
+        FIFO: stat.S_IFIFO,
+        SOCKET: stat.S_IFSOCK,
+        CHARDEV: stat.S_IFCHR,
+        BLOCKDEV: stat.S_IFBLK,
+    }
+    return (node.mode & 0o7777) | kinds.get(node.type, 0)
 
 
 @router.get("/clients/{client}/versions", response_class=HTMLResponse)

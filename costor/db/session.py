@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 
 
 def open_engine(url: str, *, upgrade_schema: bool = True) -> Engine:

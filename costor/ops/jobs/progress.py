@@ -126,8 +126,8 @@ def estimate_eta(
       size as last time).
     - Stalled (``rate`` 0) or not measured: the seed alone, else None.
     - Never below :data:`ETA_FLOOR_S` while work remains; 0 only when ``finished``.
-    - None when nothing is known, or when the only estimate is the previous duration and
-      the job already ran longer (it is no guide any more)."""
+    - None when nothing is known, or when the only estimate is the previous run and the
+      job already ran longer, or did more (it is no guide any more)."""
     if finished:
         return 0.0
     if total is None and seed_amount:
@@ -140,6 +140,8 @@ def estimate_eta(
     if seed is not None and seed.duration_s > 0:
         if left is not None and seed_amount:
             from_seed = left / (seed_amount / seed.duration_s)
+        elif seed_amount and done >= seed_amount:
+            pass  # more than the whole of last time: its duration is no guide either
         elif seed.duration_s > elapsed_s:
             from_seed = seed.duration_s - elapsed_s
 

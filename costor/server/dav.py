@@ -374,7 +374,13 @@ def _asking(environ: dict[str, Any], grant: Grant | None) -> dict[str, Any]:
 class _ReadOnly:
     """In front of WsgiDAV: a method that would change something is refused (405, with
     ``Allow``) before any credential or path is looked at; a malformed ``Authorization``
-    header is a 401 (WsgiDAV's own parser would fail on it); the door is handed on."""
+    header is a 401 (WsgiDAV's own parser would fail on it); the door is handed on.
+
+    A response that fails after it started (damaged data met midway through a file) is
+    cut: WsgiDAV's error printer would call ``start_response`` again and append an error
+    page to the file's bytes, which a2wsgi lets through (PEP 3333 says that second call
+    must raise: here it does), so the client sees a broken transfer, never a
+    complete-looking one."""
 
     def __init__(self, dav: WsgiDAVApp, door: _Door) -> None:
         self.dav = dav
@@ -397,7 +403,17 @@ class _ReadOnly:
         if header is not None and not _well_formed(header):
             del environ["HTTP_AUTHORIZATION"]  # WsgiDAV then asks for credentials: 401
         environ[_DOOR] = self.door
-        return self.dav(environ, start_response)
+        started: list[str] = []
+
+        def start_once(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if started:
+                raise ConnectionAbortedError(
+                    f"the response failed after it started ({started[0]}): {status}"
+                )
+            started.append(status)
+            return start_response(status, headers, exc_info)
+
+        return self.dav(environ, start_once)
 
 
 def _well_formed(header: str) -> bool:

@@ -417,6 +417,31 @@ def test_basic_over_plain_http_is_taken_from_this_machine_only(served: Served) -
     assert served.dav("PROPFIND", "/", headers=secure).status_code == 207
 
 
+def test_damage_found_midway_cuts_the_transfer(served: Served) -> None:
+    """Last of the module's server: it damages the pack that holds most of big.bin (a
+    byte flipped; the server then records the damaged copy in the pool)."""
+    packs = sorted((served.site.pool_path / "packs").rglob("*"), key=lambda p: p.stat().st_size)
+    largest = packs[-1]
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    largest.write_bytes(bytes(data))
+    big = in_snapshot(served, "alpha", "docs", "deep", "big.bin")
+    before = len(served.audit("download"))
+    received = 0
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        served.http.stream("GET", "/dav" + big, auth=("eve", PASSWORD)) as answer,
+    ):
+        assert answer.status_code == 200  # sent before the damage was met
+        for chunk in answer.iter_bytes():
+            received += len(chunk)
+    assert received < BIG  # cut, never a complete-looking transfer
+    ended = [r for r in served.audit("download")[before:] if r["outcome"] != "started"]
+    assert [r["outcome"] for r in ended] == ["failed"]
+    assert ended[0]["detail"]["error"] in ("DataCorruption", "ObjectDamaged")
+    assert served.dav("PROPFIND", "/", headers={"Depth": "0"}).status_code == 207
+
+
 # --- throttling: a server of its own ---------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 sees (an end user: their own clients only), the clients' health words, "back up now"
 (backups.run, with the CSRF token), and names escaped."""
 
+# ruff: noqa: F811  (the fixtures imported from ui_site are the tests' parameters)
 from __future__ import annotations
 
 import re
@@ -22,7 +23,13 @@ def test_the_dashboard_shows_attention_sites_pools_clients_and_jobs_to_an_admin(
     page = served.page("ada")
     home = page.get("/")
     assert home.status_code == 200, home.text
-    for block in ('id="attention"', 'id="sites"', 'id="pools"', 'id="clients"', 'id="running-jobs"'):
+    for block in (
+        'id="attention"',
+        'id="sites"',
+        'id="pools"',
+        'id="clients"',
+        'id="running-jobs"',
+    ):
         assert block in home.text
     assert sorted(_rows(home.text, "data-client")) == ["alpha", "beta"]
     assert _rows(home.text, "data-pool"), home.text

@@ -277,7 +277,9 @@ class _Door:
             return remembered
         with self._lock:
             one_at_a_time = self._logging_in.setdefault(key, threading.Lock())
-        with one_at_a_time:  # a file manager's parallel first requests log in once
+        # A file manager's parallel first requests: one logs in, the others then find
+        # its session (one that comes just as the lock is dropped may log in again).
+        with one_at_a_time:
             remembered = self._remembered(key, environ)
             if remembered is not None:
                 return remembered

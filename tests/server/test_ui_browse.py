@@ -107,6 +107,11 @@ def test_an_admin_browses_a_snapshot_directories_first(served: Served) -> None:
     assert newest[:12] in root.text and 'href="/clients/alpha"' in root.text
     for element in ('id="entries"', 'id="download-zip"', 'id="download-tarzst"', 'id="restore"'):
         assert element in root.text
+    backed_up = re.search(r'id="snapshot-paths"><a href="([^"]+)"', root.text)
+    assert backed_up is not None
+    assert (
+        html.unescape(backed_up.group(1)) == f"/snapshots/{newest}/tree?path={quote(src(served))}"
+    )
     top = src(served).split("/")[1]
     assert [(name, kind) for name, kind, _h in rows(root.text)] == [(top, "dir")]
     source = page.get(f"/snapshots/{newest}/tree?path={src(served)}")
@@ -246,6 +251,23 @@ def test_the_restore_form_queues_a_restore_job_that_runs(served: Served, tmp_pat
         time.sleep(0.2)
     restored = list(target.rglob("note-2.txt"))
     assert restored and restored[0].read_text() == "alpha note 2\n"
+
+
+def test_an_operator_restores_onto_another_clients_machine(served: Served, tmp_path: Path) -> None:
+    otto = served.page("otto")
+    newest = snapshot_ids(otto, "alpha")[-1]
+    form = otto.get(f"/snapshots/{newest}/restore")
+    assert re.findall(r'<option value="([^"]+)"', form.text) == ["alpha", "beta"]
+    assert '<option value="alpha" selected>' in form.text  # the snapshot's own by default
+    target = tmp_path / "onto-beta"
+    file_txt = f"{src(served)}/file.txt"
+    queued = otto.post(
+        f"/snapshots/{newest}/restore", {"path": file_txt, "client": "beta", "target": str(target)}
+    )
+    assert queued.status_code == 303, queued.text
+    job = otto.get(f"/api/v1/jobs/{queued.headers['location'].removeprefix('/jobs/')}").json()
+    assert (job["kind"], job["target"]) == ("restore", "beta")
+    assert job["params"]["snapshot"] == newest and job["params"]["path"] == file_txt
 
 
 def test_the_restore_form_needs_its_csrf_token_and_a_good_target(served: Served) -> None:

@@ -136,6 +136,11 @@ def snapshot_facts(found: Snapshot, pool: str) -> dict[str, Any]:
     """What a page's header says of a snapshot: its summary, with its file count."""
     facts = {**found.summary(), "pool": pool}
     facts["files"] = sum(facts[f] for f in ("files_new", "files_changed", "files_unmodified"))
+    # The backed-up paths, a click away: a snapshot's root is often a few levels of
+    # directories above them (/home/…).
+    facts["path_links"] = [
+        (shown(path), link("snapshots", found.id, "tree", path=path)) for path in found.paths
+    ]
     return facts
 
 

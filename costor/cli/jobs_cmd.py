@@ -115,6 +115,9 @@ def _print_jobs(documents: list[dict[str, Any]]) -> None:
         print(header.rstrip())
     for doc in documents:
         took = f"{doc['duration_s']:.1f}s" if doc["duration_s"] is not None else "-"
+        progress = doc.get("progress") or {}
+        if doc["state"] == "running" and progress.get("percent") is not None:
+            took = f"{progress['percent']:.0f}%"  # how far it is (its progress document)
         when = (doc["started_at"] or doc["created_at"] or "")[:19].replace("T", " ")
         line = f"{doc['id']:>6}  {when:<19}  {doc['kind']:<8} {doc['target']:<20} {doc['state']:<11} {took:>8}  {doc['trigger']:<9}"
         if doc["error"]:

@@ -57,6 +57,7 @@ from costor.db import queue as jobs
 from costor.errors import JobNotFound, UsageError
 from costor.ops.jobs.logs import MAX_SEQ, RUNNING
 from costor.server import documents
+from costor.server.gate import Gate
 from costor.server.permissions import Access, requires, use
 from costor.server.schemas import error_responses
 
@@ -114,13 +115,13 @@ def _state_of(job: dict[str, Any], last_seq: int) -> dict[str, Any]:
     }
 
 
-def state_reader(app: FastAPI) -> Reader:
-    """Reads through ``app``'s gate (one request's worth of the context; call it from a
-    worker thread). The row first, then the lines: when the row says the job ended, the
+def state_reader(gate: Gate) -> Reader:
+    """Reads through the app's ``gate`` (one request's worth of the context; call it
+    from a worker thread). The row first, then the lines: when the row says the job ended, the
     lines read after it are all it logged (the runner writes its log before its end)."""
 
     def read(job_id: int, after: int) -> Reading | None:
-        with app.state.gate.use(source="events") as ctx:
+        with gate.use(source="events") as ctx:
             row = jobs.get_job(ctx.engine, job_id)
             if row is None:
                 return None
@@ -152,7 +153,8 @@ class _Watch:
     queues: set[asyncio.Queue[JobEvent | None]] = field(default_factory=set)
     state: dict[str, Any] | None = None
     progress: dict[str, Any] | None = None
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None  # the poller (None: not started, or no job)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # the first read is done
     served: int = 0  # watchers it had in all
 
 
@@ -175,15 +177,11 @@ class WatcherHub:
         queue: asyncio.Queue[JobEvent | None] = asyncio.Queue(QUEUE_LIMIT)
         watch = self._watches.get(job_id)
         if watch is None:
-            first = await run_in_threadpool(self.read, job_id, MAX_SEQ)
-            if first is None:
+            watch = await self._start(job_id)
+        else:
+            await watch.ready.wait()  # the first watcher's read of the job
+            if watch.task is None:
                 raise JobNotFound(job_id=job_id)
-            watch = self._watches.get(job_id)  # another watcher may have come meanwhile
-            if watch is None:
-                watch = _Watch(job_id, cursor=first.state["last_seq"])
-                self._watches[job_id] = watch
-                watch.task = asyncio.create_task(self._poll(watch), name=f"events-{job_id}")
-                logger.info(f"events of job {job_id}: watched")
         watch.queues.add(queue)
         watch.served += 1
         # What the poller saw so far; later changes come through the queue, after these.
@@ -235,6 +233,26 @@ class WatcherHub:
                     f"events of job {job_id}: the last of {watch.served} watcher(s) left; "
                     "polling stopped"
                 )
+
+    async def _start(self, job_id: int) -> _Watch:
+        """Watch ``job_id``: registered at once (the watchers that come meanwhile wait
+        for it, not read it again), its poller started from its last log line."""
+        watch = _Watch(job_id, cursor=0)
+        self._watches[job_id] = watch
+        try:
+            first = await run_in_threadpool(self.read, job_id, MAX_SEQ)
+            if first is None:
+                raise JobNotFound(job_id=job_id)
+        except BaseException:
+            if self._watches.get(job_id) is watch:
+                del self._watches[job_id]
+            watch.ready.set()  # with no task: the waiting watchers raise JobNotFound
+            raise
+        watch.cursor = first.state["last_seq"]
+        watch.task = asyncio.create_task(self._poll(watch), name=f"events-{job_id}")
+        watch.ready.set()
+        logger.info(f"events of job {job_id}: watched")
+        return watch
 
     async def _lines(self, job_id: int, after: int, until: int | None) -> AsyncIterator[JobEvent]:
         """Stored log lines after ``after`` up to ``until`` (None: all), as events."""
@@ -303,7 +321,7 @@ def hub_of(app: FastAPI) -> WatcherHub:
     """The app's hub, made at first use (reading through the app's gate)."""
     hub: WatcherHub | None = getattr(app.state, "watcher_hub", None)
     if hub is None:
-        hub = app.state.watcher_hub = WatcherHub(state_reader(app))
+        hub = app.state.watcher_hub = WatcherHub(state_reader(app.state.gate))
     return hub
 
 

@@ -322,3 +322,16 @@ def test_0008_adds_the_column_to_a_0007_state_and_downgrades(state_url: str) -> 
         assert "progress" not in {c["name"] for c in inspect(check).get_columns("jobs")}
         assert connection.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
     check.dispose()
+
+
+def test_costor_jobs_shows_how_far_a_running_job_is(capsys: pytest.CaptureFixture[str]) -> None:
+    from costor.cli.jobs_cmd import _print_jobs
+
+    base = {"kind": "backup", "target": "web1", "trigger": "manual", "error": None}
+    base |= {"started_at": "2026-12-07T16:00:00+00:00", "created_at": None}
+    running = base | {"id": 1, "state": "running", "duration_s": None}
+    _print_jobs([running | {"progress": {"percent": 41.6}}, running | {"id": 2, "progress": None}])
+    done = base | {"id": 3, "state": "succeeded", "duration_s": 3.0, "progress": {"percent": 100}}
+    _print_jobs([done])
+    shown = capsys.readouterr().out.splitlines()
+    assert " 42%  " in shown[1] and " -  " in shown[2] and " 3.0s  " in shown[4]

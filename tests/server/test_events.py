@@ -5,21 +5,31 @@ PostgreSQL pass) PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import pytest
 from serving import ENV, start_serve, stop_serve
 from support.fixtures import Site
 from support.inventory import local_tables, write_tables
+
+from costor.db import joblogs, queue
+from costor.db.session import open_engine
+from costor.errors import JobNotFound
+from costor.server.events import WatcherHub, state_reader
+from costor.server.gate import Gate
+from costor.util.clock import utcnow
 
 USERS = """
 [groups.ops]
@@ -288,3 +298,93 @@ def test_the_server_said_who_left(served: Served) -> None:
     log = served.stop()
     assert "the last of 1 watcher(s) left; polling stopped" in log, log[-3000:]
     assert "job succeeded; polling stopped (20 watcher(s))" in log
+
+
+# --- the hub in-process, on a real state database: one poller however many watch ------
+
+
+class _Gate:
+    """The gate's door for the hub's reads: the state's engine (costor/server/gate.py)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def use(self, **_who: Any) -> Iterator[Any]:
+        yield SimpleNamespace(engine=self.engine)
+
+
+def _run_job(engine: Any, job_id: int, lines: int, every: float) -> None:
+    """A job's process, roughly: log lines and progress while it runs, then its end."""
+    for n in range(1, lines + 1):
+        joblogs.append_lines(engine, job_id, [joblogs.LogLine(utcnow(), "INFO", f"line {n}")])
+        queue.record_progress(engine, job_id, {"phase": "x", "files": n})
+        time.sleep(every)
+    queue.finish(engine, job_id, "succeeded")
+
+
+def test_fifty_watchers_share_one_poller(state_url: str) -> None:
+    engine = open_engine(state_url)
+    job_id = queue.enqueue(engine, "backup", "alpha")
+    assert queue.claim(engine, "host:1:a") is not None
+    hub = WatcherHub(state_reader(cast(Gate, _Gate(engine))))
+    hub.every = 0.1
+
+    async def watch_all() -> tuple[list[list[Any]], int, float]:
+        started = time.monotonic()
+
+        async def one() -> list[Any]:
+            return [event async for event in hub.watch(job_id)]
+
+        watchers = [asyncio.create_task(one()) for _ in range(50)]
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if hub.watching() == {job_id: 50}:
+                break
+        assert hub.watching() == {job_id: 50}
+        polls = hub.polls
+        worker = asyncio.create_task(asyncio.to_thread(_run_job, engine, job_id, 20, 0.05))
+        results = await asyncio.gather(*watchers)
+        await worker
+        return results, hub.polls - polls, time.monotonic() - started
+
+    results, polls, took = asyncio.run(watch_all())
+    for events in results:
+        lines = [e.data["seq"] for e in events if e.kind == "log"]
+        assert lines == list(range(1, 21))
+        assert events[-1].kind == "state" and events[-1].data["state"] == "succeeded"
+        assert events[-1].id == "20"
+        assert [e.data["files"] for e in events if e.kind == "progress"][-1] == 20
+    # One read per period for all fifty while the job ran, not fifty.
+    assert 3 <= polls <= took / hub.every + 3, (polls, took)
+    assert hub.watching() == {}
+    engine.dispose()
+
+
+def test_a_watcher_that_leaves_stops_the_poller(state_url: str) -> None:
+    engine = open_engine(state_url)
+    job_id = queue.enqueue(engine, "backup", "alpha")
+    hub = WatcherHub(state_reader(cast(Gate, _Gate(engine))))
+    hub.every = 0.05
+
+    async def leave() -> tuple[Any, dict[int, int], int, int]:
+        events = hub.watch(job_id)
+        first = await anext(events)  # the queued job's state
+        watching = hub.watching()
+        await events.aclose()  # the client went away
+        polls = hub.polls
+        await asyncio.sleep(0.3)
+        return first, watching, polls, hub.polls
+
+    first, watching, polls, later = asyncio.run(leave())
+    assert (first.kind, first.data["state"]) == ("state", "queued")
+    assert watching == {job_id: 1}
+    assert hub.watching() == {} and later == polls  # no more reads once it left
+
+    async def missing() -> None:
+        async for _event in hub.watch(999_999):
+            pass
+
+    with pytest.raises(JobNotFound):
+        asyncio.run(missing())
+    engine.dispose()

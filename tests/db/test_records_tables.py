@@ -47,7 +47,7 @@ def test_0007_adds_the_tables_to_a_0006_state_and_downgrades(state_url: str) -> 
     old.dispose()
     engine = open_engine(state_url)
     with engine.connect() as connection:
-        assert current_revision(connection) == HEAD_REVISION == "0007"
+        assert current_revision(connection) == HEAD_REVISION
         tables = set(inspect(connection).get_table_names())
         [(job_id,)] = connection.execute(text("SELECT id FROM jobs")).all()
     assert {"job_log_lines", "applies"} <= tables

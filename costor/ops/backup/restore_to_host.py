@@ -25,6 +25,7 @@ from costor.errors import UnknownResource, UsageError
 from costor.ops.backup.host import target as host_target
 from costor.ops.backup.host import trusted_host_key
 from costor.ops.context import Context
+from costor.ops.progress import Progress
 from costor.ops.restore.run import RestoreOutcome, restore
 from costor.ops.restore.snapshots import resolve
 
@@ -38,9 +39,10 @@ def restore_to_host(
     path: str = "/",
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    progress: Progress | None = None,
 ) -> RestoreOutcome:
     """Restore ``path`` of snapshot ``ref`` into directory ``target`` on ``client``'s
-    machine (default: the snapshot's own client). Raises :class:`UsageError` for a
+    machine (default: the snapshot's own client), reporting to ``progress``. Raises :class:`UsageError` for a
     target that is not an absolute directory other than ``/``, UnknownResource for a
     client that is not declared, and what the connection or the host's tar raise."""
     target = checked_target(target)
@@ -52,7 +54,14 @@ def restore_to_host(
         raise UnknownResource(kind="client", name=client)
     if config.transport == "local":
         return restore(
-            ctx, ref, path=path, target=target, include=include, exclude=exclude, overwrite=None
+            ctx,
+            ref,
+            path=path,
+            target=target,
+            include=include,
+            exclude=exclude,
+            overwrite=None,
+            progress=progress,
         )
     from costor.transport.ssh import IO_TIMEOUT, Remote  # SSH only when a host is reached
 
@@ -70,6 +79,7 @@ def restore_to_host(
                 format="tar",
                 include=include,
                 exclude=exclude,
+                progress=progress,
             )
         except BaseException:
             stream.closed = True  # the connection closes with the Remote: tar ends

@@ -44,6 +44,15 @@ def client_label(client: dict[str, Any]) -> str:
     return str(client["health"])
 
 
+def client_level(client: dict[str, Any]) -> str:
+    """The badge's level: the status's health, except that a client never backed up is
+    at least a warning (without a policy the status calls it ok: nothing is late
+    without an RPO, but no copy of it exists either)."""
+    if client["last_backup"] is None and client["health"] == "ok":
+        return "warning"
+    return str(client["health"])
+
+
 def _worst_first(client: dict[str, Any]) -> tuple[int, float, str]:
     """Worst health first; then the furthest past (or nearest to) its RPO; then name."""
     age, rpo = client["age_s"], client["rpo_s"]
@@ -53,7 +62,7 @@ def _worst_first(client: dict[str, Any]) -> tuple[int, float, str]:
         lateness = (age or 0) / rpo
     else:
         lateness = 0.0
-    return (-LEVELS.index(str(client["health"])), -lateness, str(client["client"]))
+    return (-LEVELS.index(client_level(client)), -lateness, str(client["client"]))
 
 
 def _recent(iso: str | None, now: datetime) -> bool:
@@ -86,13 +95,14 @@ def attention(
                 text = f"site {site['site']} is in maintenance: no job starts ({reason})"
                 items.append({"level": "warning", "text": text, "href": None})
         for client in document["clients"]:
-            if client["health"] == "ok":
+            level = client_level(client)
+            if level == "ok":
                 continue
+            problems = client["problems"] or ["it has no snapshot yet"]
             items.append(
                 {
-                    "level": client["health"],
-                    "text": f"{client['client']} ({client_label(client)}): "
-                    + "; ".join(client["problems"]),
+                    "level": level,
+                    "text": f"{client['client']} ({client_label(client)}): " + "; ".join(problems),
                     "href": None,  # the page makes it: url_path quotes the name
                     "client": client["client"],
                 }
@@ -165,7 +175,7 @@ def dashboard(request: Request, who: Viewer = Depends(viewer)) -> HTMLResponse:
         nav="dashboard",
         document=document,
         attention=attention(document, pools, failed),
-        clients=[{**c, "label": client_label(c)} for c in clients],
+        clients=[{**c, "label": client_label(c), "level": client_level(c)} for c in clients],
         pools=pools,
         **_running(request, who),
     )
@@ -177,4 +187,4 @@ def running_jobs(request: Request, who: Viewer = Depends(viewer)) -> HTMLRespons
     return render(request, "_dashboard_running.html", who, **_running(request, who))
 
 
-__all__ = ["attention", "client_label", "router"]
+__all__ = ["attention", "client_label", "client_level", "router"]

@@ -228,6 +228,8 @@ def directory(request: Request, who: Viewer, ref: str, path: str, page: int, q: 
         rows=rows,
         pager=pager,
         q=q,
+        tree_url=link("snapshots", found.id, "tree"),
+        show_all=link("snapshots", found.id, "tree", path=path),
         parent=link("snapshots", found.id, "tree", path=path.rsplit("/", 1)[0] or "/")
         if path != "/"
         else None,

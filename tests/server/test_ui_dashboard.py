@@ -6,9 +6,13 @@ sees (an end user: their own clients only), the clients' health words, "back up 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from ui_site import Served, served, ui_site  # noqa: F401  (fixtures)
+
+from costor.server.ui.clients import size_class
+from costor.server.ui.dashboard import attention, client_label, client_level
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -94,3 +98,56 @@ def test_a_page_without_a_session_goes_to_the_login(served: Served) -> None:
     page = served.page()
     assert page.get("/clients/alpha").status_code == 303
     assert page.http.post("/clients/alpha/backup").status_code == 303
+
+
+def _client(name: str, **facts: Any) -> dict[str, Any]:
+    line = {
+        "client": name,
+        "site": "hq",
+        "last_backup": "2026-12-07T10:00:00+00:00",
+        "age_s": 600,
+        "rpo_s": 86400,
+        "health": "ok",
+        "problems": [],
+    }
+    return {**line, **facts}
+
+
+def test_what_needs_attention_comes_worst_first() -> None:
+    document: dict[str, Any] = {
+        "health": "critical",
+        "problems": ["no `costor serve` is running"],
+        "sites": [{"site": "hq", "maintenance": False, "maintenance_reason": None}],
+        "clients": [
+            _client("fine"),
+            _client("late", age_s=90000, health="critical", problems=["last good backup 1.0d ago"]),
+            _client("new", last_backup=None, age_s=None, rpo_s=None),
+            _client("flaky", health="warning", problems=["last backup job failed: boom"]),
+        ],
+    }
+    pools = [
+        {"pool": "main", "last_check": {"job": 7, "state": "failed", "error": "bad pack"}},
+        {"pool": "copy", "last_check": {"job": 8, "state": "succeeded", "error": None}},
+    ]
+    failed = [{"id": 9, "kind": "prune", "target": "main", "error": None}]
+    items = attention(document, pools, failed)
+    assert [item["level"] for item in items] == ["critical"] * 3 + ["warning"] * 3
+    texts = " | ".join(item["text"] for item in items)
+    assert "fine" not in texts and "pool main is damaged" in texts and "copy" not in texts
+    assert "late (late)" in texts and "new (never backed up)" in texts
+    assert "job 9 (prune of main) failed" in texts
+    assert attention(None, [], []) == []
+    assert [client_label(c) for c in document["clients"]] == [
+        "ok",
+        "late",
+        "never backed up",
+        "warning",
+    ]
+    assert client_level(document["clients"][2]) == "warning"  # no policy, still no copy
+
+
+def test_timeline_bars_by_size() -> None:
+    assert size_class(0, 0) == "h-10"
+    assert size_class(1, 1000) == "h-10"  # a tenth at least: every snapshot shows
+    assert size_class(500, 1000) == "h-50"
+    assert size_class(1000, 1000) == "h-100"

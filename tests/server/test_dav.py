@@ -397,6 +397,20 @@ def test_paths_without_their_trailing_slash(served: Served) -> None:
     assert moved.status_code == 307 and moved.headers["Location"].endswith("/dav/")
 
 
+def test_a_bad_propfind_body_is_a_400(served: Served) -> None:
+    laughs = (
+        b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+        b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><D:propfind xmlns:D="DAV:">'
+        b"<D:prop><D:displayname>&b;</D:displayname></D:prop></D:propfind>"
+    )
+    for body in (b"<not xml", laughs, b"<other/>"):
+        answer = served.dav("PROPFIND", "/", content=body, headers={"Depth": "0"})
+        assert answer.status_code == 400, (body, answer.status_code)
+    asked = b'<D:propfind xmlns:D="DAV:"><D:prop><D:getetag/></D:prop></D:propfind>'
+    answer = served.dav("PROPFIND", "/", content=asked, headers={"Depth": "0"})
+    assert answer.status_code == 207
+
+
 def test_a_propfind_of_infinite_depth_is_refused(served: Served) -> None:
     for headers in ({"Depth": "infinity"}, {}):
         answer = served.dav("PROPFIND", "/", headers=headers)

@@ -148,6 +148,9 @@ def test_a_file_page_shows_its_details_and_downloads(served: Served) -> None:
     assert details.status_code == 200, details.text
     assert re.search(r'data-testid="content-id">[0-9a-f]{32}<', details.text)
     assert "-rw-" in details.text and 'id="versions"' in details.text
+    assert (
+        attribute(details.text, "restore") == f"/snapshots/{newest}/restore?path={quote(file_txt)}"
+    )
     download = re.search(r'id="download-file" href="([^"]+)"', details.text)
     assert download is not None
     assert page.get(html.unescape(download.group(1))).text == "alpha, changed\n"

@@ -49,7 +49,6 @@ from costor.store.snapshot import Snapshot
 from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
 
 router = APIRouter()
-API = "/api/v1"
 READ = "snapshots.read"  # browsing trees, file details, versions, downloads
 RESTORE = "snapshots.restore"
 PAGE_SIZE = 500  # rows per page (see the module docstring)
@@ -281,6 +280,9 @@ def file_page(
         if node.type == "file"
         else None,
         versions=link("clients", found.client, "versions", path=path),
+        restore=link("snapshots", found.id, "restore", path=path)
+        if who.may(RESTORE, found.client)
+        else None,
         folder=link("snapshots", found.id, "tree", path=path.rsplit("/", 1)[0] or "/"),
     )
 

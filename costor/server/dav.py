@@ -64,6 +64,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import mimetypes
 import re
 import secrets
@@ -82,7 +83,9 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from wsgidav.dav_error import (
+    HTTP_BAD_REQUEST,
     HTTP_FORBIDDEN,
+    HTTP_INTERNAL_ERROR,
     HTTP_NOT_FOUND,
     DAVError,
     PRECONDITION_CODE_PropfindFiniteDepth,
@@ -120,6 +123,7 @@ from costor.store.snapshot import Snapshot
 from costor.store.tree import DIR, FILE, Node
 from costor.util.net import is_loopback
 
+logger = logging.getLogger("costor.server")  # errors.py's
 PREFIX = "/dav"
 REALM = "CoStor"
 READ = "snapshots.read"
@@ -353,6 +357,8 @@ class _Logins(BaseDomainController):
         except LoginThrottled as error:
             seconds = str(error.fields["retry_after"])
             raise DAVError(429, str(error), add_headers=[("Retry-After", seconds)]) from None
+        except Exception as error:  # noqa: BLE001  (as WebDAV's answer: _as_dav_error)
+            raise _as_dav_error(error, environ) from None
         if grant is None:
             return False
         environ[_GRANT] = grant
@@ -504,10 +510,24 @@ class _View:
         try:
             with self.gate.use(**_asking(self.environ, self.grant)) as ctx:
                 yield ctx
-        except (SnapshotNotFound, PathNotInSnapshot, AmbiguousSnapshot) as error:
-            raise DAVError(HTTP_NOT_FOUND) from error
-        except CostorError as error:
-            raise DAVError(error.http_status, str(error)) from error
+        except Exception as error:  # noqa: BLE001  (as WebDAV's answer: _as_dav_error)
+            raise _as_dav_error(error, self.environ) from None
+
+
+def _as_dav_error(error: Exception, environ: dict[str, Any]) -> DAVError:
+    """A use case's error as WebDAV answers it, as costor/server/errors.py maps them for
+    the API: a :class:`CostorError` with its class's status and message (a snapshot or
+    path that is not there: 404 without one); anything else a 500 that says no more
+    (WsgiDAV's page would show the exception), its traceback in the server's log."""
+    if isinstance(error, DAVError):
+        return error
+    if isinstance(error, (SnapshotNotFound, PathNotInSnapshot, AmbiguousSnapshot)):
+        return DAVError(HTTP_NOT_FOUND)
+    if isinstance(error, CostorError):
+        return DAVError(error.http_status, str(error))
+    request_id = _asking(environ, None)["request_id"]
+    logger.error(f"request {request_id}: unexpected error in /dav/", exc_info=error)
+    return DAVError(HTTP_INTERNAL_ERROR, "internal error (see the server's log)")
 
 
 def _join(parts: list[str]) -> str:
@@ -758,14 +778,20 @@ class _Content:
         if self._chunks is None:
             self._chunks = self._open().chunks()
         gone = (self._file.environ.get("asgi.scope") or {}).get(_GONE)
+        if gone is not None and gone.is_set():
+            self._error = ConnectionAbortedError("the client disconnected")
+            # Answered to no one (the response started; _ReadOnly cuts it): any status
+            # but a 500, which WsgiDAV would log as the server's own failure.
+            raise DAVError(HTTP_BAD_REQUEST, str(self._error))
         try:
-            if gone is not None and gone.is_set():
-                raise ConnectionAbortedError("the client disconnected")
             while size < 0 or len(self._buffer) < size:
                 chunk = next(self._chunks, None)
                 if chunk is None:
                     break
                 self._buffer += chunk
+        except Exception as error:
+            self._error = error
+            raise _as_dav_error(error, self._file.environ) from None
         except BaseException as error:
             self._error = error
             raise

@@ -202,6 +202,19 @@ def test_compare_shows_what_changed(served: Served) -> None:
     assert 'id="no-changes"' in same.text
 
 
+def test_a_large_comparison_is_shown_a_page_at_a_time(served: Served) -> None:
+    """alpha against beta: all of alpha (its 20,000-entry directory too) removed."""
+    page = served.page("ada")
+    alpha, beta = snapshot_ids(page, "alpha")[-1], snapshot_ids(page, "beta")[0]
+    compared = page.get(f"/compare?a={alpha}&b={beta}")
+    assert compared.status_code == 200
+    assert compared.text.count("data-path=") == 500
+    assert "Page 1 of " in compared.text and 'rel="next"' in compared.text
+    added = page.get(f"/compare?a={alpha}&b={beta}&kind=added")
+    assert 'data-change="removed"' not in added.text
+    assert f'data-path="{src(served, "beta")}/docs/note-0.txt"' in added.text
+
+
 def test_an_end_user_sees_only_their_own_clients_snapshots(served: Served) -> None:
     admin = served.page("ada")
     beta = snapshot_ids(admin, "beta")[0]

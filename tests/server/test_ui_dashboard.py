@@ -37,6 +37,9 @@ def test_the_dashboard_shows_attention_sites_pools_clients_and_jobs_to_an_admin(
         assert block in home.text
     assert sorted(_rows(home.text, "data-client")) == ["alpha", "beta"]
     assert _rows(home.text, "data-pool"), home.text
+    pool = re.search(r'<tr data-pool="main">(.*?)</tr>', home.text, re.S)
+    assert pool and "never checked" in pool.group(1)
+    assert "Added in 7 days" in home.text and re.search(r">\d[\d.]* (B|KiB)</td>", pool.group(1))
     assert 'hx-trigger="every 2s"' in home.text
     running = page.get("/dashboard/running")
     assert running.status_code == 200 and "No job is running." in running.text

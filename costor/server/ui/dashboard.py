@@ -14,12 +14,16 @@ for days, and a poll that fails once simply comes again).
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
+from costor.db import catalogue
+from costor.db.session import session_scope
+from costor.ops.context import Context
 from costor.ops.status import LEVELS, status
 from costor.server.documents import pool_documents
 from costor.server.permissions import Access, use
@@ -31,6 +35,32 @@ router = APIRouter()
 
 RECENT_FAILURES = timedelta(hours=24)  # a failed job is news on the dashboard this long
 RUNNING_SHOWN = 100
+GROWTH_DAYS = 7  # a pool's growth: what its snapshots of the last week added
+
+
+def growth_by_pool(ctx: Context, pool_uuids: list[str], days: int = GROWTH_DAYS) -> dict[str, int]:
+    """pool uuid -> the bytes its catalogued snapshots of the last ``days`` days added
+    (``bytes_added``: after deduplication and compression, before pruning freed any).
+
+    It reads each pool's catalogue rows, as the pools' dedup ratio
+    (``costor.db.catalogue.logical_bytes_by_pool``) reads every row's counters; a query
+    of the newer rows only belongs in that module (asked for). Snapshot times are ISO
+    8601 in UTC, so comparing the text to the cut-off's (to the second) compares the
+    times."""
+    cutoff = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S")
+    totals: dict[str, int] = {}
+    with session_scope(ctx.engine, write=False) as session:
+        for pool_uuid in pool_uuids:
+            rows = catalogue.catalogued_snapshots(session, pool_uuid).values()
+            totals[pool_uuid] = sum(_added(row.counters) for row in rows if row.time >= cutoff)
+    return totals
+
+
+def _added(counters: str) -> int:
+    try:
+        return max(int(json.loads(counters).get("bytes_added", 0)), 0)
+    except (ValueError, TypeError, AttributeError):
+        return 0  # the state's own row; a bad one counts nothing
 
 
 def client_label(client: dict[str, Any]) -> str:
@@ -158,6 +188,9 @@ def dashboard(request: Request, who: Viewer = Depends(viewer)) -> HTMLResponse:
             document = status_seen_by(status(ctx).to_json(), access)
             theirs = {c.pool for name, c in ctx.inventory.clients.items() if access.allows(name)}
             pools = [p for p in pool_documents(ctx) if access.whole_site or p["pool"] in theirs]
+            growth = growth_by_pool(ctx, [p["uuid"] for p in pools if p["uuid"]])
+        for pool in pools:
+            pool["growth_7d"] = growth.get(pool["uuid"], 0) if pool["uuid"] else None
         if not access.whole_site:
             mine = {c["site"] for c in document["clients"]}
             document["sites"] = [s for s in document["sites"] if s["site"] in mine]

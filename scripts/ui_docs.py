@@ -73,8 +73,9 @@ PAGES: list[tuple[str, str, str]] = [
     (
         "client",
         "A client and its snapshots",
-        "A client's page: its health, its snapshots on a timeline and in a table (size, "
-        "bytes added, files changed), and its recent jobs.",
+        "A client's page: its health, its snapshots on a timeline and in a table, "
+        "newest first (size, bytes added, files new and changed, a link to compare each "
+        "with the one before), and its recent jobs.",
     ),
     (
         "jobs",

@@ -122,7 +122,8 @@ def test_an_admin_backs_up_a_client_and_watches_its_progress(ui: UI, served: E2E
     assert "never backed up" not in text and "ok" in text, text
     ui.goto("/clients/gamma")
     assert ui.page.locator(".timeline a").count() == 1
-    ui.check("client")
+    assert ui.page.locator("#snapshots tr[data-snapshot]").count() == 1
+    ui.axe("client-gamma")
     ui.goto("/jobs")
     assert ui.page.locator("#jobs [data-job]").count() >= 1
     ui.check("jobs")
@@ -138,7 +139,17 @@ def test_an_admin_browses_a_snapshot_and_downloads_a_directory(
     first, latest = snapshots_of(served, "alpha")
     source = served.sources["alpha"]
 
-    ui.goto(f"/snapshots/{latest['id']}")
+    ui.goto("/clients/alpha")
+    rows = ui.page.locator("#snapshots tr[data-snapshot]")
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.snapshot)") == [
+        latest["id"],
+        first["id"],
+    ]  # newest first
+    assert ui.page.locator(".timeline a").count() == 2
+    ui.check("client")
+    with ui.page.expect_navigation():
+        rows.first.locator(f"a[href='/snapshots/{latest['id']}']").click()
+    assert ui.page.locator("#snapshot-id").get_attribute("title") == latest["id"]
     ui.check("snapshot")
     ui.goto(tree(latest["id"], source))
     entries = ui.page.locator("#entries tbody tr[data-name]")

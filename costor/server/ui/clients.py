@@ -32,6 +32,7 @@ router = APIRouter()
 
 PER_PAGE = 50  # snapshots per page (and bars on the timeline)
 RECENT_JOBS = 10
+RECENT_SCAN = 1000  # the site's newest jobs searched for the client's (the jobs page: more)
 MAX_OFFSET = 1_000_000
 
 
@@ -82,7 +83,7 @@ def client_page(
             summary["changed"] = summary["files_new"] + summary["files_changed"]
     jobs: list[dict[str, Any]] = []
     if who.may("jobs.read", client):
-        jobs, _more = visible_jobs(request, who, target=client, limit=RECENT_JOBS)
+        jobs, _more = visible_jobs(request, who, target=client, limit=RECENT_JOBS, scan=RECENT_SCAN)
     page = url_path("clients", client)
     return render(
         request,

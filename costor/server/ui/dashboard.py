@@ -35,6 +35,7 @@ router = APIRouter()
 
 RECENT_FAILURES = timedelta(hours=24)  # a failed job is news on the dashboard this long
 RUNNING_SHOWN = 100
+FAILED_SCAN = 500  # failed jobs looked through for a limited viewer's own (newest first)
 GROWTH_DAYS = 7  # a pool's growth: what its snapshots of the last week added
 
 
@@ -197,7 +198,7 @@ def dashboard(request: Request, who: Viewer = Depends(viewer)) -> HTMLResponse:
     now = datetime.now(UTC)
     failed: list[dict[str, Any]] = []
     if who.may_somewhere("jobs.read"):
-        failed, _more = visible_jobs(request, who, state="failed", limit=20)
+        failed, _more = visible_jobs(request, who, state="failed", limit=20, scan=FAILED_SCAN)
         failed = [job for job in failed if _recent(job["finished_at"], now)]
     clients = sorted(document["clients"], key=_worst_first) if document else []
     return render(

@@ -135,14 +135,17 @@ def visible_jobs(
     target: str | None = None,
     limit: int = PER_PAGE,
     offset: int = 0,
+    scan: int = SCAN,
 ) -> tuple[list[dict[str, Any]], bool]:
     """The page of jobs ``who`` sees (as ``GET /api/v1/jobs``: a viewer limited to some
-    clients sees their clients' jobs only), newest first, and whether more follow."""
+    clients sees their clients' jobs only), newest first, and whether more follow.
+    Filtering by target or by what the viewer sees looks among the newest ``scan``
+    jobs (of the state and kind asked for)."""
     access = Access(who.grant, "jobs.read")
     exact = access.whole_site and not target
     with use(request) as ctx:
         jobs = job_history(
-            ctx, state=state, kind=kind, limit=offset + limit + 1 if exact else SCAN
+            ctx, state=state, kind=kind, limit=offset + limit + 1 if exact else scan
         ).to_json()
         clients = set(ctx.inventory.clients)
     if not access.whole_site:

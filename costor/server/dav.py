@@ -83,7 +83,6 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from wsgidav.dav_error import (
-    HTTP_BAD_REQUEST,
     HTTP_FORBIDDEN,
     HTTP_INTERNAL_ERROR,
     HTTP_NOT_FOUND,
@@ -779,10 +778,10 @@ class _Content:
             self._chunks = self._open().chunks()
         gone = (self._file.environ.get("asgi.scope") or {}).get(_GONE)
         if gone is not None and gone.is_set():
+            # The end, as far as WsgiDAV knows: no one is left to answer, and an error
+            # would only put a traceback in the server's log. close() records why.
             self._error = ConnectionAbortedError("the client disconnected")
-            # Answered to no one (the response started; _ReadOnly cuts it): any status
-            # but a 500, which WsgiDAV would log as the server's own failure.
-            raise DAVError(HTTP_BAD_REQUEST, str(self._error))
+            return b""
         try:
             while size < 0 or len(self._buffer) < size:
                 chunk = next(self._chunks, None)

@@ -8,6 +8,7 @@ or the links."""
 from __future__ import annotations
 
 import html
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ HOSTILE = [
     "new\nline.txt",
     "plus+and space.txt",
 ]
+NOT_UTF8 = b"latin-\xe9t\xe9.txt"  # a name that is not UTF-8 (Latin-1 bytes)
 _ROW = re.compile(
     r'<tr data-name="([^"]*)" data-type="(\w+)">\s*<td class="name"><a href="([^"]+)"'
 )
@@ -48,6 +50,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     (alpha / "weird").mkdir()
     for name in HOSTILE:
         (alpha / "weird" / name).write_bytes(f"content of {name}".encode())
+    with open(os.fsencode(alpha / "weird") + b"/" + NOT_UTF8, "wb") as odd:
+        odd.write(b"not text")
+    os.mkdir(os.fsencode(alpha / "weird") + b"/dir-\xff")
     (alpha / "big").mkdir()
     for i in range(BIG):
         (alpha / "big" / f"f-{i:05d}").touch()
@@ -330,7 +335,18 @@ def test_hostile_names_are_escaped_and_their_links_work(served: Served) -> None:
     assert listing.status_code == 200
     assert "<script>alert" not in listing.text and "<img" not in listing.text
     listed = rows(listing.text)
-    assert sorted(name for name, _k, _h in listed) == sorted(HOSTILE)
+    odd = [entry for entry in listed if entry[0] not in HOSTILE]
+    assert sorted(name for name, _k, _h in listed if name in HOSTILE) == sorted(HOSTILE)
+    assert [name for name, _k, _h in odd] == ["dir-\\xff", "latin-\\xe9t\\xe9.txt"]
+    inside = page.get(odd[0][2])  # its link keeps the raw bytes
+    assert inside.status_code == 200, inside.text
+    assert "dir-\\xff" in inside.text and "This directory is empty." in inside.text
+    assert 'id="download-zip"' not in inside.text  # the API's query takes text only
+    details = page.get(odd[1][2])
+    assert details.status_code == 200, details.text
+    assert 'data-testid="file-size">8 B' in details.text
+    assert 'id="download-file"' not in details.text  # the API's query takes text only
+    listed = [entry for entry in listed if entry[0] in HOSTILE]
     for name, kind, href in listed:
         assert kind == "file"
         assert href.endswith(f"path={quote(src(served))}/weird/{quote(name, safe='')}")

@@ -19,9 +19,10 @@ a filter by name.
 Every name in a snapshot is untrusted: the templates are autoescaped, and each link is
 built here with :func:`urllib.parse.quote` (a name with ``#``, ``%``, ``?``, ``"`` or
 a newline stays one query value). A name that is not UTF-8 is shown with backslash
-escapes; its link carries its raw bytes (``surrogateescape``), which the server's query
-parsing does not give back, so such an entry is listed but cannot be opened here (the
-CLI, WebDAV and the directory's archive still reach it).
+escapes; its link carries its raw bytes (``surrogateescape``), which
+:func:`exact_path` takes back from the raw query (Starlette's parsing would replace
+them), so it opens here; the API's download routes take text only, so such a path
+offers no download or restore of its own (its parent directory's archive holds it).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -92,6 +93,25 @@ class Pager:
 def shown(text: str) -> str:
     """A name or path as a page shows it: undecodable bytes as backslash escapes."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_text(path: str) -> bool:
+    """Whether ``path`` is valid UTF-8 all through (no raw bytes kept as surrogates)."""
+    return path == shown(path)
+
+
+def exact_path(request: Request, parsed: str) -> str:
+    """The ``path`` query parameter with the raw bytes of a name that is not UTF-8 kept
+    (``surrogateescape``, as a snapshot's listing names it): Starlette's parsing
+    replaces them, and the page's own links would lead nowhere. ``parsed``: the value
+    as FastAPI parsed (and validated) it, when the raw query has none."""
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    for key, value in parse_qsl(
+        query, keep_blank_values=True, encoding="utf-8", errors="surrogateescape"
+    ):
+        if key == "path":
+            return value
+    return parsed
 
 
 def link(*parts: str, **query: str | int) -> str:
@@ -179,7 +199,7 @@ def tree_page(
     who: Viewer = Depends(viewer),
 ) -> Response:
     """One directory of a snapshot, a page of its entries (``q``: names containing it)."""
-    return directory(request, who, ref, path, page, q)
+    return directory(request, who, ref, exact_path(request, path), page, q)
 
 
 def directory(request: Request, who: Viewer, ref: str, path: str, page: int, q: str) -> Response:
@@ -214,6 +234,7 @@ def directory(request: Request, who: Viewer, ref: str, path: str, page: int, q: 
         for p, node in children[start : start + PAGE_SIZE]
     ]
     archive = {"path": path}
+    text = is_text(path)  # else the API, whose query is text, would not find it
     return render(
         request,
         "snapshot.html",
@@ -223,7 +244,8 @@ def directory(request: Request, who: Viewer, ref: str, path: str, page: int, q: 
         snapshot=snapshot_facts(found, pool),
         client_href=url_path("clients", found.client),
         path=shown(path),
-        raw_path=path,
+        # The filter form sends the path as text: not for a name that is not UTF-8.
+        raw_path=path if is_text(path) else None,
         rows=rows,
         pager=pager,
         q=q,
@@ -232,12 +254,16 @@ def directory(request: Request, who: Viewer, ref: str, path: str, page: int, q: 
         parent=link("snapshots", found.id, "tree", path=path.rsplit("/", 1)[0] or "/")
         if path != "/"
         else None,
-        download_zip=link("api", "v1", "snapshots", found.id, "archive", **archive, format="zip"),
+        download_zip=link("api", "v1", "snapshots", found.id, "archive", **archive, format="zip")
+        if text
+        else None,
         download_tarzst=link(
             "api", "v1", "snapshots", found.id, "archive", **archive, format="tar.zst"
-        ),
+        )
+        if text
+        else None,
         restore=link("snapshots", found.id, "restore", path=path)
-        if who.may(RESTORE, found.client)
+        if who.may(RESTORE, found.client) and text
         else None,
         compare=link("compare", a=found.id),
     )
@@ -248,7 +274,7 @@ def file_page(
     request: Request, ref: str, path: PathText, who: Viewer = Depends(viewer)
 ) -> Response:
     """One entry of a snapshot: its details, a download and its previous versions."""
-    path = checked_path(path)
+    path = checked_path(exact_path(request, path))
     with use(request) as ctx:
         pool, found = resolve_visible(ctx, who.grant, ref, READ)
         listing = list_snapshot(ctx, snapshot=found.id, pool=pool, path=path, depth=0)
@@ -277,11 +303,11 @@ def file_page(
         name=shown(path.rsplit("/", 1)[-1]),
         details=details,
         download=link("api", "v1", "snapshots", found.id, "file", path=path)
-        if node.type == "file"
+        if node.type == "file" and is_text(path)
         else None,
         versions=link("clients", found.client, "versions", path=path),
         restore=link("snapshots", found.id, "restore", path=path)
-        if who.may(RESTORE, found.client)
+        if who.may(RESTORE, found.client) and is_text(path)
         else None,
         folder=link("snapshots", found.id, "tree", path=path.rsplit("/", 1)[0] or "/"),
     )
@@ -308,7 +334,7 @@ def versions_page(
 ) -> Response:
     """The versions of ``path`` across the client's snapshots: each distinct content
     once, newest first, each with its snapshots and their downloads."""
-    path = checked_path(path)
+    path = checked_path(exact_path(request, path))
     Access(who.grant, READ).client(client, missing=UnknownResource(kind="client", name=client))
     with use(request) as ctx:
         found = file_versions(ctx, client=client, path=path)
@@ -322,7 +348,7 @@ def versions_page(
                 "time": s["time"],
                 "page": link("snapshots", s["id"], "file", path=path),
                 "download": link("api", "v1", "snapshots", s["id"], "file", path=path)
-                if version.type == "file"
+                if version.type == "file" and is_text(path)
                 else None,
             }
             for s in version.snapshots

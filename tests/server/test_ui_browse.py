@@ -346,6 +346,8 @@ def test_hostile_names_are_escaped_and_their_links_work(served: Served) -> None:
     assert details.status_code == 200, details.text
     assert 'data-testid="file-size">8 B' in details.text
     assert 'id="download-file"' not in details.text  # the API's query takes text only
+    odd_versions = page.get(attribute(details.text, "versions"))
+    assert odd_versions.status_code == 200 and odd_versions.text.count("data-content-id=") == 1
     listed = [entry for entry in listed if entry[0] in HOSTILE]
     for name, kind, href in listed:
         assert kind == "file"

@@ -133,10 +133,18 @@ PAGES: list[tuple[str, str, str]] = [
         "404 page as for what does not exist.",
     ),
     (
+        "job-restore",
+        "An end user's restore",
+        "The end user restored a directory of their snapshot onto their own machine (the "
+        "only one the form offers them): a job like any other, followed live until it "
+        "succeeded.",
+    ),
+    (
         "audit",
         "The audit log",
         "For auditors and admins: every action, newest first, filtered by actor, "
-        "action, target and time (here the end user's login, download and logout).",
+        "action, target and time (here the end user's login, downloads, restore job "
+        "and logout).",
     ),
 ]
 

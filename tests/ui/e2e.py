@@ -248,14 +248,13 @@ class UI:
             "() => axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa']},"
             " resultTypes: ['violations']})"
         )
-        violations = result["violations"]
-        for violation in violations:
-            nodes = [", ".join(node["target"]) for node in violation["nodes"][:5]]
-            print(f"axe {name}: {violation['impact']} {violation['id']}: {nodes}")
-        for v in violations:
-            if v["impact"] in ("serious", "critical"):
-                nodes = " | ".join(n["html"][:160] for n in v["nodes"][:3])
-                self.problems.append(f"axe {name}: {v['impact']} {v['id']} ({v['help']}): {nodes}")
+        for violation in result["violations"]:
+            impact, rule = violation["impact"], violation["id"]
+            where = [", ".join(node["target"]) for node in violation["nodes"][:5]]
+            print(f"axe {name}: {impact} {rule}: {where}")
+            if impact in ("serious", "critical"):
+                html = " | ".join(node["html"][:160] for node in violation["nodes"][:3])
+                self.problems.append(f"axe {name}: {impact} {rule} ({violation['help']}): {html}")
 
     def shot(self, name: str, *, full_page: bool = True) -> None:
         """``name``.png in the test's output directory, and in ``$COSTOR_UI_SHOTS``."""
@@ -268,20 +267,23 @@ class UI:
 
 
 @pytest.fixture
-def open_ui(chromium: Any, served: E2ESite, output_path: str) -> Iterator[Callable[[], UI]]:
-    """Opens fresh browser sessions (each its own cookies) on the served site."""
+def open_ui(chromium: Any, served: E2ESite, output_path: str) -> Iterator[Callable[..., UI]]:
+    """Opens fresh browser sessions (each its own cookies) on the served site;
+    ``open_ui(javascript=False)``: a browser with JavaScript off."""
     contexts: list[Any] = []
 
-    def one() -> UI:
-        context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
+    def one(javascript: bool) -> UI:
+        context = chromium.new_context(
+            viewport=VIEWPORT, accept_downloads=True, java_script_enabled=javascript
+        )
         context.set_default_timeout(20_000)
         contexts.append(context)
         return UI(context.new_page(), served.base_url, Path(output_path))
 
     opened: list[UI] = []
 
-    def tracked() -> UI:
-        opened.append(one())
+    def tracked(javascript: bool = True) -> UI:
+        opened.append(one(javascript))
         return opened[-1]
 
     try:
@@ -295,6 +297,6 @@ def open_ui(chromium: Any, served: E2ESite, output_path: str) -> Iterator[Callab
 
 
 @pytest.fixture
-def ui(open_ui: Callable[[], UI]) -> UI:
+def ui(open_ui: Callable[..., UI]) -> UI:
     """A fresh browser session (no cookies) on the served site."""
     return open_ui()

@@ -205,7 +205,7 @@ def test_an_admin_browses_a_snapshot_and_downloads_a_directory(
 
 
 def test_an_end_user_sees_only_their_client_and_the_audit_log_shows_it(
-    ui: UI, served: E2ESite, open_ui: Callable[[], UI]
+    ui: UI, served: E2ESite, open_ui: Callable[..., UI], tmp_path: Path
 ) -> None:
     ui.log_in("eve")
     rows = ui.page.locator("#clients [data-client]")
@@ -227,6 +227,31 @@ def test_an_end_user_sees_only_their_client_and_the_audit_log_shows_it(
     with ui.page.expect_download() as download:
         ui.page.click("#download-file")
     assert Path(download.value.path()).read_bytes() == b"alpha\n"
+
+    # Restore a directory onto their own machine (the only one offered), into a new
+    # directory: a job, followed on its page until it succeeded.
+    ui.goto(tree(alpha["id"], source / "docs"))
+    with ui.page.expect_navigation():
+        ui.page.click("#restore")
+    offered = ui.page.locator("#restore-client option").evaluate_all(
+        "options => options.map(o => o.value)"
+    )
+    assert offered == ["alpha"]
+    ui.page.fill("#restore-target", str(tmp_path / "restored"))
+    with ui.page.expect_navigation():
+        ui.page.click("#restore-submit")
+    assert re.search(r"/jobs/\d+$", ui.page.url), ui.page.locator("main").inner_text()
+    ui.page.wait_for_function(
+        "() => /succeeded|failed|cancelled|interrupted/"
+        ".test(document.querySelector('#job-state').innerText)",
+        timeout=60_000,
+    )
+    assert "succeeded" in ui.page.locator("#job-state").inner_text()
+    ui.check("job-restore")
+    restored = {p.name: p.read_bytes() for p in (tmp_path / "restored").rglob("note-*.txt")}
+    assert restored == {p.name: p.read_bytes() for p in (source / "docs").glob("note-*.txt")}, (
+        sorted((tmp_path / "restored").rglob("*"))
+    )
     assert ui.goto("/audit").status == 403
     ui.log_out()
 
@@ -238,6 +263,53 @@ def test_an_end_user_sees_only_their_client_and_the_audit_log_shows_it(
     )
     assert {row[2] for row in records} == {"user:eve"}, records  # the actor filter
     actions = [row[3] for row in records]
-    assert {"login", "download", "logout"} <= set(actions), actions
+    print("eve's audit records:", actions)
+    assert {"login", "download", "jobs.add", "logout"} <= set(actions), actions
     assert "file.txt" in auditor.page.locator("#audit").inner_text()
     auditor.check("audit")
+
+
+# --- without JavaScript ---------------------------------------------------------------------
+
+
+def test_the_pages_work_without_javascript(open_ui: Callable[..., UI], served: E2ESite) -> None:
+    """Plain links and forms: log in, back up from the client's page, see the job end by
+    reloading its page (no live updates without scripts), browse and download."""
+    ui = open_ui(javascript=False)
+    ui.log_in("otto")  # an operator
+    assert ui.page.locator("#clients [data-client]").count() == 3
+    ui.goto("/clients/beta")
+    with ui.page.expect_navigation():
+        ui.page.click("#backup-now")
+    assert re.search(r"/jobs/\d+$", ui.page.url), ui.page.locator("main").inner_text()
+    deadline = time.monotonic() + 60
+    while not any(w in ui.page.locator("#job-state").inner_text() for w in TERMINAL):
+        assert time.monotonic() < deadline, ui.page.locator("#job-state").inner_text()
+        time.sleep(0.5)
+        ui.page.reload()
+    assert "succeeded" in ui.page.locator("#job-state").inner_text()
+
+    latest = snapshots_of(served, "beta")[-1]
+    ui.goto("/clients/beta")
+    with ui.page.expect_navigation():
+        ui.page.click(f"#snapshots a[href='/snapshots/{latest['id']}']")
+    ui.goto(tree(latest["id"], served.sources["beta"]))
+    with ui.page.expect_navigation():
+        ui.page.click("#entries tr[data-name='file.txt'] a")
+    with ui.page.expect_download() as download:
+        ui.page.click("#download-file")
+    assert Path(download.value.path()).read_bytes() == b"beta\n"
+
+
+def test_the_checks_see_what_a_bad_page_does_wrong(open_ui: Callable[..., UI]) -> None:
+    """The page checks are not vacuous: axe-core, as these tests inject it, finds an
+    image without a text and a nameless button on a page made to have them."""
+    ui = open_ui()
+    ui.page.set_content(
+        '<!doctype html><html lang="en"><title>bad</title><main><h1>Bad</h1>'
+        '<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw="><button></button></main>'
+    )
+    ui.axe("bad")
+    found = {problem.split()[3] for problem in ui.problems}
+    assert {"image-alt", "button-name"} <= found, ui.problems
+    ui.problems.clear()  # seen: not a failure of this test's pages

@@ -12,7 +12,7 @@ import pytest
 from ui_site import Served, served, ui_site  # noqa: F401  (fixtures)
 
 from costor.server.ui.clients import size_class
-from costor.server.ui.dashboard import attention, client_label, client_level
+from costor.server.ui.dashboard import attention, client_label, client_level, span_words
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -154,3 +154,14 @@ def test_timeline_bars_by_size() -> None:
     assert size_class(1, 1000) == "h-10"  # a tenth at least: every snapshot shows
     assert size_class(500, 1000) == "h-50"
     assert size_class(1000, 1000) == "h-100"
+
+
+def test_an_rpo_in_words() -> None:
+    assert [span_words(s) for s in (None, 1800, 3600, 86400, 36 * 3600, 2.5 * 86400)] == [
+        "–",
+        "30 min",
+        "1 h",
+        "1 day",
+        "36 h",
+        "2.5 days",
+    ]

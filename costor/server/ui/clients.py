@@ -24,7 +24,7 @@ from costor.ops.jobs.requests import queue_job
 from costor.ops.restore.snapshots import list_snapshots
 from costor.ops.status import status
 from costor.server.permissions import Access, use
-from costor.server.ui.dashboard import client_label, client_level
+from costor.server.ui.dashboard import client_label, client_level, span_words
 from costor.server.ui.jobs import visible_jobs
 from costor.server.ui.pages import Viewer, checked_form, render, url_path, viewer
 
@@ -53,7 +53,13 @@ def _client_line(request: Request, who: Viewer, client: str) -> dict[str, Any]:
         if client not in ctx.inventory.clients:
             raise missing
         lines = [c for c in status(ctx).clients if c["client"] == client]
-    return {**lines[0], "label": client_label(lines[0]), "level": client_level(lines[0])}
+    line = lines[0]
+    return {
+        **line,
+        "label": client_label(line),
+        "level": client_level(line),
+        "rpo": span_words(line["rpo_s"]),
+    }
 
 
 @router.get("/clients/{client}", response_class=HTMLResponse)

@@ -75,6 +75,18 @@ def client_label(client: dict[str, Any]) -> str:
     return str(client["health"])
 
 
+def span_words(seconds: int | float | None) -> str:
+    """An RPO as people say it: "1 day", "36 h", "2.5 days", "30 min" ("–": none)."""
+    if seconds is None:
+        return "–"
+    if seconds >= 2 * 86400 or (seconds >= 86400 and seconds % 86400 == 0):
+        days = round(seconds / 86400, 1)
+        return f"{days:g} day" + ("" if days == 1 else "s")
+    if seconds >= 3600:
+        return f"{round(seconds / 3600, 1):g} h"
+    return f"{round(seconds / 60):g} min"
+
+
 def client_level(client: dict[str, Any]) -> str:
     """The badge's level: the status's health, except that a client never backed up is
     at least a warning (without a policy the status calls it ok: nothing is late
@@ -209,7 +221,10 @@ def dashboard(request: Request, who: Viewer = Depends(viewer)) -> HTMLResponse:
         nav="dashboard",
         document=document,
         attention=attention(document, pools, failed),
-        clients=[{**c, "label": client_label(c), "level": client_level(c)} for c in clients],
+        clients=[
+            {**c, "label": client_label(c), "level": client_level(c), "rpo": span_words(c["rpo_s"])}
+            for c in clients
+        ],
         pools=pools,
         **_running(request, who),
     )
@@ -221,4 +236,4 @@ def running_jobs(request: Request, who: Viewer = Depends(viewer)) -> HTMLRespons
     return render(request, "_dashboard_running.html", who, **_running(request, who))
 
 
-__all__ = ["attention", "client_label", "client_level", "router"]
+__all__ = ["attention", "client_label", "client_level", "router", "span_words"]

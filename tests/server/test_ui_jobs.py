@@ -175,6 +175,9 @@ def test_a_running_job_is_followed_live(served: Served) -> None:
     names = [name for name, _data in events]
     assert names[-2:] == ["actions", "ended"], names[-5:]
     assert "outcome" in names and "state" in names and "log" in names
+    facts = [data for name, data in events if name == "facts"]
+    assert facts and "Finished" in facts[-1] and "attempt 1 of" in facts[-1]
+    assert 'id="job-state"' in facts[-1] and "succeeded" in facts[-1]
     for name, data in events:
         if name == "progress":
             found = re.search(r'<progress[^>]* value="([\d.]+)"', data)

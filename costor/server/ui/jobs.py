@@ -207,25 +207,29 @@ def _seen_job(request: Request, who: Viewer, job_id: int, permission: str) -> di
     return job
 
 
-def _job_context(who: Viewer, job: dict[str, Any]) -> dict[str, Any]:
-    """What job.html and its fragments show of ``job``."""
+def _job_context(request: Request, who: Viewer, job_id: int) -> dict[str, Any]:
+    """What job.html and its fragments show of the job (if ``who`` sees it)."""
+    job = _seen_job(request, who, job_id, "jobs.read")
+    with use(request) as ctx:
+        is_client = job["target"] in ctx.inventory.clients
+    headline, report = result_items(job["result"] or {})
     return {
         "job": job,
         "progress": progress_view(job["progress"], job["state"]),
-        "result": result_items(job["result"] or {})[0],
-        "report": result_items(job["result"] or {})[1],
+        "result": headline,
+        "report": report,
         "running": job["state"] in RUNNING,
         "may_cancel": job["state"] in RUNNING and who.may("jobs.manage", job["target"]),
+        "target_is_client": is_client,
     }
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: JobId, who: Viewer = Depends(viewer)) -> HTMLResponse:
     """One job: its state, progress, outcome and log (live while it runs)."""
-    job = _seen_job(request, who, job_id, "jobs.read")
+    context = _job_context(request, who, job_id)
     with use(request) as ctx:
         log = job_log(ctx, job_id)
-        is_client = job["target"] in ctx.inventory.clients
     return render(
         request,
         "job.html",
@@ -236,8 +240,7 @@ def job_page(request: Request, job_id: JobId, who: Viewer = Depends(viewer)) -> 
         lines=log.to_json()["lines"],
         after=log.next,
         more=log.more,
-        target_is_client=is_client,
-        **_job_context(who, job),
+        **context,
     )
 
 
@@ -264,7 +267,8 @@ async def job_events(
     who: Viewer = Depends(viewer),
 ) -> EventSourceResponse:
     """The job, live, as HTML fragments: ``progress`` (the progress block), ``log``
-    (a line), ``state`` (the state badge), then ``outcome`` and ``ended`` when it
+    (a line), ``state`` (the state badge) with ``facts`` (the job's facts as they are
+    then), then ``outcome``, ``actions`` (no cancel button) and ``ended`` when it
     ends (the page closes the stream on ``ended``)."""
     start = _resume_point(after, last_event_id)
     await run_in_threadpool(_seen_job, request, who, job_id, "jobs.read")
@@ -282,9 +286,12 @@ async def job_events(
                 else:
                     html = _fragment("_job_state.html", state=data["state"])
                 yield ServerSentEvent(data=html, event=event.kind, id=event.id or None)
-                if event.kind == "state" and data["ended"]:
-                    job = await run_in_threadpool(_seen_job, request, who, job_id, "jobs.read")
-                    context = _job_context(who, job)
+                if event.kind != "state":
+                    continue
+                # The facts (attempt, started, finished) change with the state.
+                context = await run_in_threadpool(_job_context, request, who, job_id)
+                yield ServerSentEvent(data=_fragment("_job_facts.html", **context), event="facts")
+                if data["ended"]:
                     yield ServerSentEvent(
                         data=_fragment("_job_progress.html", **context), event="progress"
                     )

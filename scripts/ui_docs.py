@@ -108,6 +108,12 @@ PAGES: list[tuple[str, str, str]] = [
         "first, with the snapshots that hold it and a download of each.",
     ),
     (
+        "compare-choose",
+        "Choosing what to compare",
+        '"Compare with…" on a snapshot: another snapshot of the same client, newer or '
+        "older, to compare it with.",
+    ),
+    (
         "compare",
         "Comparing two snapshots",
         "What changed from one snapshot to another: added, removed and changed paths, "
@@ -144,7 +150,7 @@ PAGES: list[tuple[str, str, str]] = [
         "The audit log",
         "For auditors and admins: every action, newest first, filtered by actor, "
         "action, target and time (here the end user's login, downloads, restore job "
-        "and logout).",
+        "and logout), and the check of the log's hash chain.",
     ),
 ]
 

@@ -189,7 +189,13 @@ def test_an_admin_browses_a_snapshot_and_downloads_a_directory(
     }
     assert got == want
 
-    ui.goto(f"/compare?{urlencode({'a': first['id'], 'b': latest['id']})}")
+    ui.goto(f"/snapshots/{first['id']}")
+    with ui.page.expect_navigation():
+        ui.page.click("#compare")
+    assert ui.page.locator("#compare-with").input_value() == latest["id"]
+    ui.check("compare-choose")
+    with ui.page.expect_navigation():
+        ui.page.click("#compare-submit")
     changed = ui.page.locator("table.changes tr[data-path]").evaluate_all(
         "rows => rows.map(r => [r.dataset.path, r.cells[1].innerText.trim()])"
     )
@@ -266,6 +272,9 @@ def test_an_end_user_sees_only_their_client_and_the_audit_log_shows_it(
     print("eve's audit records:", actions)
     assert {"login", "download", "jobs.add", "logout"} <= set(actions), actions
     assert "file.txt" in auditor.page.locator("#audit").inner_text()
+    auditor.page.click("#verify-chain")  # htmx puts the check's outcome under the button
+    auditor.page.locator("#chain-check #chain-result").wait_for()
+    assert auditor.page.locator("#chain-result").get_attribute("data-intact") == "true"
     auditor.check("audit")
 
 

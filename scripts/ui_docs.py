@@ -96,6 +96,12 @@ PAGES: list[tuple[str, str, str]] = [
         "can be filtered by name. It downloads as .zip or .tar.zst.",
     ),
     (
+        "big-directory",
+        "A directory of 20,000 entries",
+        "A large directory is shown a page of 500 entries at a time, with the pager "
+        "above and below and the filter by name.",
+    ),
+    (
         "file",
         "A file",
         "A file's details (size, mode, owner, time, content id), its download and the "

@@ -12,9 +12,9 @@ What this directory needs beyond the venv (``scripts/test.sh`` installs both):
 Without them the tests skip with the reason, except under CI (``CI=true``), where a
 missing browser or axe-core is a failure: CI must never pass by not looking.
 
-The site (:func:`e2e_site`): clients ``alpha`` and ``beta`` of ``tests/server/ui_site.py``
+The site (:func:`e2e_site`): clients ``alpha`` and ``beta`` as in ``tests/server/ui_site.py``
 (small, backed up; ``alpha`` twice, with one file changed in between, so it has previous
-versions) and ``gamma``, a few hundred MiB of incompressible files, never backed up and
+versions; ``beta`` with a directory of 20,000 entries) and ``gamma``, a few hundred MiB of incompressible files, never backed up and
 under a policy with an RPO, so the dashboard calls it late until the test backs it up.
 Users as in ui_site: ``ada`` admin, ``aud`` auditor, ``eve`` end user of ``alpha``.
 
@@ -66,6 +66,7 @@ PHONE = {"width": 390, "height": 844}
 # 320 MiB showed the bar only 3 to 6 values; COSTOR_UI_BIG_MIB to try other sizes).
 BIG_MIB = int(os.environ.get("COSTOR_UI_BIG_MIB", "768"))
 BIG_FILE_MIB = 8
+BIG_DIRECTORY = 20_000  # entries of beta's big/: issue 21's directory that must stay usable
 POLICY = """
 [policies.yearly]
 schedule = "0 0 1 1 *"
@@ -114,6 +115,10 @@ def make_e2e_site(root: Path) -> E2ESite:
         (source / "docs" / "deep" / "data.bin").write_bytes(os.urandom(200_000))
         (source / "file.txt").write_text(f"{name}\n")
         sources[name] = source
+    big = sources["beta"] / "big"  # a directory the browser pages through
+    big.mkdir()
+    for i in range(BIG_DIRECTORY):
+        (big / f"entry-{i:05d}").touch()
     sources["gamma"] = root / "src-gamma"
     write_big_tree(sources["gamma"], BIG_MIB)
     tables = local_tables({name: [sources[name]] for name in ("alpha", "beta")})

@@ -207,6 +207,29 @@ def test_an_admin_browses_a_snapshot_and_downloads_a_directory(
     ui.check("restore")
 
 
+def test_a_directory_of_20000_entries_is_paged(ui: UI, served: E2ESite) -> None:
+    ui.log_in("ada")
+    beta = snapshots_of(served, "beta")[0]
+    big = served.sources["beta"] / "big"
+    started = time.monotonic()
+    ui.goto(tree(beta["id"], big))
+    took = time.monotonic() - started
+    rows = ui.page.locator("#entries tbody tr[data-name]")
+    assert rows.count() == 500
+    assert rows.first.get_attribute("data-name") == "entry-00000"
+    assert "Page 1 of 40" in ui.page.locator("#pager").inner_text()
+    print(f"a page of the 20,000-entry directory loaded in {took:.2f} s")
+    ui.check("big-directory")
+    with ui.page.expect_navigation():
+        ui.page.click("#pager [data-testid=pager-next]")
+    assert rows.first.get_attribute("data-name") == "entry-00500"
+    ui.page.fill("#filter-q", "19999")
+    with ui.page.expect_navigation():
+        ui.page.click("#filter button[type=submit]")
+    names = rows.evaluate_all("rows => rows.map(r => r.dataset.name)")
+    assert names == ["entry-19999"]
+
+
 # --- an end user --------------------------------------------------------------------------------
 
 

@@ -166,6 +166,11 @@ def test_a_running_job_is_followed_live(served: Served) -> None:
         (many / f"f{n:05}.bin").write_bytes(os.urandom(FILE_SIZE))
     otto = served.page("otto")
     job_id = _back_up(otto, "alpha")
+    deadline = time.monotonic() + 60
+    while "<progress" not in (running := otto.get("/dashboard/running").text):
+        assert time.monotonic() < deadline, "the job never showed its progress"
+        time.sleep(0.1)
+    assert f'data-job="{job_id}"' in running and f"Job {job_id}: backup of alpha" in running
     values: set[str] = set()
     with otto.http.stream("GET", f"/jobs/{job_id}/events", timeout=120) as stream:
         assert stream.status_code == 200

@@ -228,12 +228,12 @@ class UI:
             self.page.click("form[action='/logout'] button[type=submit]")
         assert self.page.url.endswith("/login"), self.page.url
 
-    def check(self, name: str, *, phone: bool = False) -> None:
+    def check(self, name: str, *, phone: bool = False, full_page: bool = True) -> None:
         """The page as it is now: axe-core's serious and critical violations go to
         :attr:`problems` (the others are printed), its screenshot is saved as
         ``name``."""
         self.axe(name)
-        self.shot(name)
+        self.shot(name, full_page=full_page)
         if phone:
             self.page.set_viewport_size(PHONE)
             try:

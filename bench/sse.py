@@ -216,6 +216,7 @@ def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         stderr=subprocess.DEVNULL,
     )
     runs: list[dict[str, Any]] = []
+    load: list[float] = []  # the 1-minute load average after each run: others' work too
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -234,6 +235,7 @@ def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 when += 10
                 touch_all(tree, when)
                 runs.append(asyncio.run(one_job(base, token, server.pid, watchers)))
+                load.append(os.getloadavg()[0])
                 print(
                     f"run {n + 1}/{args.repeats}, {watchers} watchers: "
                     f"{runs[-1]['duration_s']:.2f} s",
@@ -249,6 +251,7 @@ def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "repeats": args.repeats,
         "warm_up_s": warm["duration_s"],
         "runs": runs,
+        "load": load,
     }
 
 
@@ -264,7 +267,10 @@ def report(args: argparse.Namespace, result: dict[str, Any], took: float) -> str
         "Do not edit by hand.",
         "",
         f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, {platform.system()} {platform.release()}.",
+        f"{platform.python_version()}, {platform.system()} {platform.release()}; "
+        f"1-minute load average after the runs {min(result['load']):.1f}–"
+        f"{max(result['load']):.1f} (other work on the machine, when above the cores, "
+        "adds noise to both columns).",
         f"- One backup job of a local client of {result['files']:,} files of 1–64 KiB "
         f"({result['bytes'] / 1024 / 1024:.0f} MiB, random), run by a real `costor serve` "
         f"on 127.0.0.1 (SQLite state). Each run reads and hashes every file again (their "

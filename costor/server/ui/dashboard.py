@@ -8,8 +8,8 @@ only, through :func:`~costor.server.visible.status_seen_by`), the pools (``GET
 ``jobs.read``). Nothing here reads backed-up content.
 
 The running jobs refresh from ``GET /dashboard/running`` every 2 s (one small request
-for the whole list, whatever the number of jobs; a wall screen may stay on the page
-for days, and a poll that fails once simply comes again).
+for the whole list, whatever the number of jobs; a poll that fails once simply comes
+again), and the rest of the page every minute (a wall screen stays on it for days).
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
 
 from costor.db import catalogue
 from costor.db.session import session_scope
+from costor.errors import NotAuthenticated
 from costor.ops.context import Context
 from costor.ops.status import LEVELS, status
 from costor.server.documents import pool_documents
@@ -190,9 +191,27 @@ def _running(request: Request, who: Viewer) -> dict[str, Any]:
     }
 
 
+def _polled_viewer(request: Request) -> Viewer | None:
+    """The viewer of a page that htmx polls; None when its session ended under an htmx
+    poll (then :data:`TO_LOGIN` sends the whole browser to the login page: following
+    the usual 303 would put the login form inside the polled block)."""
+    try:
+        return viewer(request)
+    except NotAuthenticated:
+        if request.headers.get("HX-Request") == "true":
+            return None
+        raise
+
+
+TO_LOGIN = {"HX-Redirect": "/login?next=%2F"}
+
+
 @router.get("/", response_class=HTMLResponse)
-def dashboard(request: Request, who: Viewer = Depends(viewer)) -> HTMLResponse:
+def dashboard(request: Request) -> Response:
     """What needs attention first, then sites, pools, clients and running jobs."""
+    who = _polled_viewer(request)
+    if who is None:
+        return Response(headers=TO_LOGIN)
     document: dict[str, Any] | None = None
     pools: list[dict[str, Any]] = []
     if who.may_somewhere("config.read"):
@@ -231,8 +250,11 @@ def dashboard(request: Request, who: Viewer = Depends(viewer)) -> HTMLResponse:
 
 
 @router.get("/dashboard/running", response_class=HTMLResponse)
-def running_jobs(request: Request, who: Viewer = Depends(viewer)) -> HTMLResponse:
+def running_jobs(request: Request) -> Response:
     """The running jobs block alone (the dashboard polls it)."""
+    who = _polled_viewer(request)
+    if who is None:
+        return Response(headers=TO_LOGIN)
     return render(request, "_dashboard_running.html", who, **_running(request, who))
 
 

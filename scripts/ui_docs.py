@@ -3,9 +3,9 @@
 
 Runs the browser tests (tests/ui: Debian's chromium against a real ``costor serve``)
 with ``COSTOR_UI_SHOTS=docs/ui``, so each page they visit is saved there at a fixed
-viewport (1280×800, the dashboard also at a phone's 390×844), then writes docs/ui.md:
-one section per page, in the order a person meets them, with a sentence of what it
-shows. The pictures are what the tests saw, so the document cannot drift from the UI:
+viewport (1280×800; the dashboard also at a phone's 390×844 and a wall screen's
+1920×1080), then writes docs/ui.md: one section per page, in the order a person meets
+them, with a sentence of what it shows. The pictures are what the tests saw, so the document cannot drift from the UI:
 run this again after changing a page (it needs what the tests need: chromium and
 ``npm ci --prefix tests/ui``), and commit docs/ui.md with docs/ui/.
 
@@ -51,6 +51,11 @@ PAGES: list[tuple[str, str, str]] = [
         "The dashboard on a phone",
         "The same page on a 390 px wide screen: the tables scroll, the less important "
         "columns are left out.",
+    ),
+    (
+        "dashboard-wall",
+        "The dashboard on a wall screen",
+        "The same page on a 1920×1080 screen, as a wall display in an operations room shows it.",
     ),
     (
         "client-never-backed-up",

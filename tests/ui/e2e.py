@@ -21,7 +21,8 @@ Users as in ui_site: ``ada`` admin, ``aud`` auditor, ``eve`` end user of ``alpha
 Screenshots: each page the tests visit is saved in the test's output directory
 (pytest-playwright's ``--output``, ``test-results/`` by default) and, when
 ``COSTOR_UI_SHOTS=DIR`` is set (``scripts/ui_docs.py`` sets it), as ``DIR/<page>.png``
-at a fixed viewport, for docs/ui.md.
+at a fixed viewport (1280×800; the dashboard also on a phone's 390×844 and a wall
+screen's 1920×1080), for docs/ui.md.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+WALL = {"width": 1920, "height": 1080}
 # gamma's data: enough incompressible bytes that its backup takes several seconds, so
 # the job page's progress bar is seen moving (a backup job reads about 200 MB/s here:
 # 320 MiB showed the bar only 3 to 6 values; COSTOR_UI_BIG_MIB to try other sizes).
@@ -228,19 +230,21 @@ class UI:
             self.page.click("form[action='/logout'] button[type=submit]")
         assert self.page.url.endswith("/login"), self.page.url
 
-    def check(self, name: str, *, phone: bool = False, full_page: bool = True) -> None:
+    def check(self, name: str, *, other_screens: bool = False, full_page: bool = True) -> None:
         """The page as it is now: axe-core's serious and critical violations go to
         :attr:`problems` (the others are printed), its screenshot is saved as
-        ``name``."""
+        ``name``; ``other_screens``: also on a phone (``name-phone``) and a wall
+        screen (``name-wall``), checked again at each size."""
         self.axe(name)
         self.shot(name, full_page=full_page)
-        if phone:
-            self.page.set_viewport_size(PHONE)
-            try:
-                self.axe(f"{name}-phone")
-                self.shot(f"{name}-phone", full_page=False)
-            finally:
-                self.page.set_viewport_size(VIEWPORT)
+        if other_screens:
+            for suffix, size in (("phone", PHONE), ("wall", WALL)):
+                self.page.set_viewport_size(size)
+                try:
+                    self.axe(f"{name}-{suffix}")
+                    self.shot(f"{name}-{suffix}", full_page=False)
+                finally:
+                    self.page.set_viewport_size(VIEWPORT)
         self.checked.append(name)
 
     def axe(self, name: str) -> None:

@@ -72,7 +72,7 @@ def test_an_admin_backs_up_a_client_and_watches_its_progress(ui: UI, served: E2E
     gamma = client_row(ui, "gamma")
     assert "never backed up" in gamma.inner_text().lower(), gamma.inner_text()
     assert ui.page.locator("#attention").get_by_text("gamma").count() >= 1
-    ui.check("dashboard", phone=True)
+    ui.check("dashboard", other_screens=True)
 
     ui.goto("/clients/gamma")
     ui.check("client-never-backed-up")

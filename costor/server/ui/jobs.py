@@ -219,7 +219,10 @@ def _job_context(request: Request, who: Viewer, job_id: int) -> dict[str, Any]:
         "result": headline,
         "report": report,
         "running": job["state"] in RUNNING,
-        "may_cancel": job["state"] in RUNNING and who.may("jobs.manage", job["target"]),
+        # A job run from a terminal (`costor backup`) is that terminal's to stop.
+        "may_cancel": job["state"] in RUNNING
+        and job["trigger"] != "cli"
+        and who.may("jobs.manage", job["target"]),
         "target_is_client": is_client,
     }
 

@@ -240,6 +240,22 @@ def test_an_ended_jobs_stream_and_resuming_it(served: Served) -> None:
     assert bad.status == 400 and bad.events[0].data["error"] == "UsageError"
 
 
+def test_a_restore_job_reports_its_progress(served: Served) -> None:
+    target = served.site.root / "restored"
+    response = served.http.post(
+        "/api/v1/snapshots/alpha:latest/restore",
+        json={"target": str(target)},
+        headers=served.headers("otto"),
+    )
+    assert response.status_code == 202, response.text
+    seen = served.watch("otto", response.json()["id"])
+    assert seen.events[-1].data["state"] == "succeeded", seen.events[-1].data
+    progress = seen.of("progress")
+    assert {p["phase"] for p in progress} <= {"restoring", "finishing", "done"}
+    last = progress[-1]
+    assert (last["phase"], last["files"], last["bytes"]) == ("done", FILES, FILES * FILE_SIZE)
+
+
 def test_another_clients_job_is_not_found(served: Served) -> None:
     job_id = served.start_backup("alpha")
     refused = served.watch("bea", job_id)

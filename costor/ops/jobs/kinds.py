@@ -103,7 +103,7 @@ def _selftest(ctx: Context, target: str, params: dict[str, Any], _progress: Prog
     return selftest(ctx, target, files=int(params.get("files", 20))).to_json()
 
 
-def _restore(ctx: Context, target: str, params: dict[str, Any], _progress: Progress) -> Report:
+def _restore(ctx: Context, target: str, params: dict[str, Any], progress: Progress) -> Report:
     """A restore job: its target is the client whose machine receives the files."""
     return restore_to_host(
         ctx,
@@ -113,6 +113,7 @@ def _restore(ctx: Context, target: str, params: dict[str, Any], _progress: Progr
         path=str(params.get("path", "/")),
         include=[str(p) for p in params.get("include", [])],
         exclude=[str(p) for p in params.get("exclude", [])],
+        progress=progress,
     ).to_json()
 
 

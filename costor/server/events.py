@@ -30,8 +30,9 @@ and hands the events to every watcher's queue: 50 watchers of one job cost one r
 half second, as one does. The poller stops when the last watcher leaves, or after the
 job ended and its watchers were told.
 
-**Why the SSE stream pings** every :data:`PING_EVERY` seconds (a comment line): proxies
-close a connection silent for a minute or so, and a ping written to a client that went
+**Why the SSE stream pings** every :data:`PING_EVERY` seconds (a comment line; the
+environment's ``COSTOR_EVENTS_PING_S`` sets another period): proxies close a connection
+silent for a minute or so, and a ping written to a client that went
 away is how the server notices (sse-starlette then cancels the stream, and its watcher
 leaves the hub).
 """
@@ -41,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -65,7 +67,7 @@ logger = logging.getLogger("costor.server")
 
 API = "/api/v1"
 POLL_EVERY = 0.5  # seconds between a watched job's reads of the state (the issue: ~0.5 s)
-PING_EVERY = 15  # seconds between heartbeat comments on an idle stream
+PING_EVERY = 15.0  # seconds between heartbeat comments (COSTOR_EVENTS_PING_S overrides)
 QUEUE_LIMIT = 10_000  # events a watcher may fall behind before it is dropped
 READ_LIMIT = joblogs.MAX_READ  # log lines per read (more: read again at once)
 
@@ -387,7 +389,8 @@ async def get_job_events(
         finally:
             await events.aclose()
 
-    return EventSourceResponse(stream(), ping=PING_EVERY, send_timeout=30)
+    ping = float(os.environ.get("COSTOR_EVENTS_PING_S", PING_EVERY))
+    return EventSourceResponse(stream(), ping=ping, send_timeout=30)
 
 
 __all__ = [

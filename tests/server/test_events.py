@@ -145,8 +145,9 @@ def parse(lines: Iterator[str], seen: Watched) -> None:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    saved = {key: os.environ.get(key) for key in ENV}
-    os.environ.update(ENV)
+    env = ENV | {"COSTOR_EVENTS_PING_S": "0.5"}  # heartbeats seen within a job's run
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
     root = tmp_path_factory.mktemp("events")
     sources: dict[str, list[Path]] = {}
     for name in ("alpha", "beta"):
@@ -217,6 +218,8 @@ def test_a_watcher_sees_a_backup_job_live(served: Served) -> None:
     states = [state["state"] for state in seen.of("state")]
     order = ["queued", "running", "succeeded"]
     assert states[-1] == "succeeded" and states == sorted(set(states), key=order.index)
+    # Heartbeats: comment lines, between the events.
+    assert seen.comments >= 1
     # The job's document carries the last progress too.
     assert served.job(job_id)["progress"] == last
 

@@ -102,6 +102,7 @@ def test_a_page_without_a_session_goes_to_the_login(served: Served) -> None:
     assert page.get("/clients/alpha").status_code == 303
     assert page.http.post("/clients/alpha/backup").status_code == 303
     assert page.get("/dashboard/running").status_code == 303
+    assert page.get("/jobs").status_code == 303
 
 
 def test_a_poll_after_the_session_ended_sends_the_browser_to_the_login(served: Served) -> None:
@@ -110,7 +111,7 @@ def test_a_poll_after_the_session_ended_sends_the_browser_to_the_login(served: S
     home = page.get("/")
     assert 'id="dashboard-live"' in home.text and 'hx-trigger="every 60s"' in home.text
     assert page.post("/logout").status_code == 303
-    for url in ("/", "/dashboard/running"):
+    for url in ("/", "/dashboard/running", "/jobs"):
         polled = page.get(url, headers={"HX-Request": "true"})
         assert polled.status_code == 200 and polled.headers["HX-Redirect"] == "/login?next=%2F"
         assert polled.text == ""

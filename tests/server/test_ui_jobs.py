@@ -96,6 +96,8 @@ def test_the_history_newest_first_and_its_filters(served: Served) -> None:
     _wait(page, second, ENDED)
     everything = page.get("/jobs")
     assert everything.status_code == 200
+    assert 'hx-trigger="every 10s"' in everything.text  # the first page follows
+    assert 'hx-trigger="every 10s"' not in page.get("/jobs?offset=1").text
     shown = _jobs(everything.text)
     assert shown[:2] == [second, first] and shown == sorted(shown, reverse=True)
     of_beta = _jobs(page.get("/jobs?target=beta").text)

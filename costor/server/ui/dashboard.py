@@ -23,13 +23,12 @@ from fastapi.responses import HTMLResponse, Response
 
 from costor.db import catalogue
 from costor.db.session import session_scope
-from costor.errors import NotAuthenticated
 from costor.ops.context import Context
 from costor.ops.status import LEVELS, status
 from costor.server.documents import pool_documents
 from costor.server.permissions import Access, use
-from costor.server.ui.jobs import progress_view, visible_jobs
-from costor.server.ui.pages import Viewer, render, viewer
+from costor.server.ui.jobs import TO_LOGIN, polled_viewer, progress_view, visible_jobs
+from costor.server.ui.pages import Viewer, render
 from costor.server.visible import status_seen_by
 
 router = APIRouter()
@@ -191,25 +190,10 @@ def _running(request: Request, who: Viewer) -> dict[str, Any]:
     }
 
 
-def _polled_viewer(request: Request) -> Viewer | None:
-    """The viewer of a page that htmx polls; None when its session ended under an htmx
-    poll (then :data:`TO_LOGIN` sends the whole browser to the login page: following
-    the usual 303 would put the login form inside the polled block)."""
-    try:
-        return viewer(request)
-    except NotAuthenticated:
-        if request.headers.get("HX-Request") == "true":
-            return None
-        raise
-
-
-TO_LOGIN = {"HX-Redirect": "/login?next=%2F"}
-
-
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request) -> Response:
     """What needs attention first, then sites, pools, clients and running jobs."""
-    who = _polled_viewer(request)
+    who = polled_viewer(request)
     if who is None:
         return Response(headers=TO_LOGIN)
     document: dict[str, Any] | None = None
@@ -252,7 +236,7 @@ def dashboard(request: Request) -> Response:
 @router.get("/dashboard/running", response_class=HTMLResponse)
 def running_jobs(request: Request) -> Response:
     """The running jobs block alone (the dashboard polls it)."""
-    who = _polled_viewer(request)
+    who = polled_viewer(request)
     if who is None:
         return Response(headers=TO_LOGIN)
     return render(request, "_dashboard_running.html", who, **_running(request, who))

@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from costor.errors import PermissionDenied, UsageError
+from costor.errors import NotAuthenticated, PermissionDenied, UsageError
 from costor.ops.jobs.kinds import KINDS
 from costor.ops.jobs.logs import MAX_SEQ, RUNNING, job_log
 from costor.ops.jobs.requests import cancel_job, job_history
@@ -155,6 +155,22 @@ def visible_jobs(
     return jobs[offset : offset + limit], len(jobs) > offset + limit
 
 
+TO_LOGIN = {"HX-Redirect": "/login?next=%2F"}
+
+
+def polled_viewer(request: Request) -> Viewer | None:
+    """The viewer of a page that htmx polls (the dashboard, the jobs), as
+    :func:`~costor.server.ui.pages.viewer`; but None when the session ended and htmx
+    asks: then the answer is :data:`TO_LOGIN`, which sends the whole browser to the
+    login page (following the usual 303 would put the login form inside the block)."""
+    try:
+        return viewer(request)
+    except NotAuthenticated:
+        if request.headers.get("HX-Request") == "true":
+            return None
+        raise
+
+
 def _query(**params: Any) -> str:
     return urlencode({k: v for k, v in params.items() if v not in (None, "", 0)})
 
@@ -166,9 +182,12 @@ def jobs_page(
     kind: Annotated[str, Query(max_length=20)] = "",
     target: Annotated[str, Query(max_length=255)] = "",
     offset: Annotated[int, Query(ge=0, le=SCAN)] = 0,
-    who: Viewer = Depends(viewer),
-) -> HTMLResponse:
-    """The jobs, newest first, filtered (state, kind, target), a page at a time."""
+) -> Response:
+    """The jobs, newest first, filtered (state, kind, target), a page at a time (the
+    first page refreshes itself every 10 s)."""
+    who = polled_viewer(request)
+    if who is None:
+        return Response(headers=TO_LOGIN)
     if not who.may_somewhere("jobs.read"):
         raise PermissionDenied(reason="jobs.read is not granted to you")
     jobs, more = visible_jobs(
@@ -193,6 +212,7 @@ def jobs_page(
         filtered=any(filters.values()),
         offset=offset,
         per_page=PER_PAGE,
+        here=f"/jobs?{_query(**filters)}",
         newer=f"/jobs?{_query(**filters, offset=max(0, offset - PER_PAGE))}" if offset else None,
         older=f"/jobs?{_query(**filters, offset=offset + PER_PAGE)}" if more else None,
     )
@@ -323,4 +343,12 @@ def _cancel(request: Request, who: Viewer, job_id: int) -> None:
         cancel_job(ctx, job_id=job_id)
 
 
-__all__ = ["eta_words", "progress_view", "result_items", "router", "visible_jobs"]
+__all__ = [
+    "TO_LOGIN",
+    "eta_words",
+    "polled_viewer",
+    "progress_view",
+    "result_items",
+    "router",
+    "visible_jobs",
+]

@@ -63,15 +63,22 @@ def test_an_end_user_sees_only_their_own_client(served: Served) -> None:
 
 
 def test_the_client_page_lists_its_snapshots_newest_first_on_a_timeline(served: Served) -> None:
+    (served.site.root / "src-alpha" / "grown.txt").write_text("more\n" * 5000)
+    assert served.site.cli("backup", "alpha").code == 0
     page = served.page("ada")
     response = page.get("/clients/alpha")
     assert response.status_code == 200, response.text
     snapshots = served.site.cli("snapshots", "--client", "alpha", "--json").json()
+    assert len(snapshots) >= 2
     shown = _rows(response.text, "data-snapshot")
     assert shown == [s["id"] for s in reversed(snapshots)]
     assert f'href="/snapshots/{snapshots[0]["id"]}"' in response.text
-    assert 'id="timeline"' in response.text and 'class="h-100"' in response.text
-    assert 'data-testid="health"' in response.text
+    older, newer = snapshots[-2]["id"], snapshots[-1]["id"]
+    assert f'href="/compare?a={older}&amp;b={newer}"' in response.text
+    bars = re.findall(r'<a class="(h-\d+)" href="/snapshots/(\w+)"', response.text)
+    assert [snapshot for _bar, snapshot in bars] == [s["id"] for s in snapshots]  # oldest left
+    assert bars[-1][0] == "h-100" and bars[0][0] != "h-100"  # the newest is the largest
+    assert 'data-testid="health"' in response.text and "none (no policy)" in response.text
 
 
 def test_back_up_now_needs_backups_run_and_the_csrf_token(served: Served) -> None:

@@ -8,13 +8,15 @@ progress and its log, live, and cancelling a job.
   the viewer does not see), its progress and its log. While it runs the page follows
   ``GET /jobs/{id}/events``: the same events as ``/api/v1/jobs/{id}/events``
   (costor/server/events.py ``watch_job``: one poller per job, whoever watches), sent as
-  HTML fragments htmx swaps in (``progress``, ``log``, ``state``, then ``outcome``
-  and ``ended``, which closes the stream: an EventSource would reconnect otherwise).
+  HTML fragments htmx swaps in (``progress``, ``log``, ``state`` with ``facts``, then
+  ``outcome``, ``actions`` and ``ended``, which closes the stream: an EventSource would
+  reconnect otherwise).
 - ``POST /jobs/{id}/cancel``: as ``POST /api/v1/jobs/{id}/cancel`` (``jobs.manage`` on
   the job's target), from a form with the CSRF token; then back to the job's page.
 
 :func:`progress_view` and :func:`eta_words` say a progress document in words; the
-dashboard shows running jobs with them too.
+dashboard shows running jobs with them too, and polls as the jobs page does
+(:func:`polled_viewer`).
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ router = APIRouter()
 
 STATES = ("queued", "running", "succeeded", "failed", "interrupted", "cancelled")
 PER_PAGE = 50
-# Jobs read at most to filter by target or by what a limited viewer sees (the jobs
-# table can be filtered by state and kind only); deeper pages say so.
+# Jobs read at most to filter by target or by what a limited viewer sees: the jobs
+# table's query filters by state and kind only (docs: "searches the newest 5,000").
 SCAN = 5000
 PING_EVERY = 15  # seconds: a comment line keeps proxies from closing an idle stream
 JobId = Annotated[int, InPath(ge=1, le=documents.MAX_JOB_ID)]

@@ -91,7 +91,11 @@ def progress_view(progress: dict[str, Any] | None, state: str) -> dict[str, Any]
 
 # A report's facts shown first, in this order, when it has them (the rest: "all").
 HEADLINE = (
+    "ok",  # a check, a forget
+    "damaged",
     "snapshot_id",
+    "files_written",  # a restore
+    "bytes_written",
     "files_new",
     "files_changed",
     "files_unmodified",

@@ -80,6 +80,14 @@ def test_an_admin_backs_up_a_client_and_watches_its_progress(ui: UI, served: E2E
         ui.page.click("#backup-now")
     assert re.search(r"/jobs/\d+$", ui.page.url), ui.page.url
 
+    job = ui.page.url.rsplit("/", 1)[1]
+    # Meanwhile, the dashboard in another tab: its running jobs refresh themselves.
+    dashboard = ui.page.context.new_page()
+    dashboard.goto(ui.url("/"))
+    dashboard_bar = dashboard.locator(f"#running-jobs [data-job='{job}'] progress")
+    loaded_with = dashboard_bar.first.get_attribute("value") if dashboard_bar.count() else None
+    dashboard_bars: set[str] = set()
+
     # The progress bar, as the page shows it while the job runs (pushed by SSE), and
     # the time left, which never says 0 s while work remains.
     values: list[str] = []
@@ -104,6 +112,8 @@ def test_an_admin_backs_up_a_client_and_watches_its_progress(ui: UI, served: E2E
             print(f"progress {time.monotonic():.2f}: {value} % {state}, time left {eta!r}")
         if state == "running" and eta:
             etas.append(eta)
+        if dashboard_bar.count():
+            dashboard_bars.add(dashboard_bar.first.get_attribute("value") or "")
         if not shot_running and state == "running" and len(values) >= 2:
             ui.check("job-running")  # mid-job: the bar, the rate and the time left
             shot_running = True
@@ -113,6 +123,10 @@ def test_an_admin_backs_up_a_client_and_watches_its_progress(ui: UI, served: E2E
     assert "succeeded" in state, (state, ui.page.locator("#job-log").inner_text())
     assert len(set(values)) >= 3, f"the progress bar showed only {values}"
     assert [float(v) for v in values] == sorted(float(v) for v in values), values
+    # The dashboard showed the job running with its progress, updated on its own
+    # (polled) from what the page had when it loaded.
+    assert dashboard_bars - {"", loaded_with}, (loaded_with, dashboard_bars)
+    dashboard.close()
     assert etas and not any(re.fullmatch(r"0(\.0+)? ?s", eta) for eta in etas), etas
     ui.check("job")
 

@@ -399,7 +399,8 @@ def first_bytes(client: httpx.Client, urls: list[str]) -> list[float]:
             times.append((time.perf_counter() - started) * 1000)
             if response.status_code != 200:
                 raise SystemExit(f"GET {url}: {response.status_code}")
-            response.read()
+            for _rest in response.iter_raw():
+                pass
     return times
 
 

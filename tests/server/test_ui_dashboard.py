@@ -120,8 +120,17 @@ def test_a_poll_after_the_session_ended_sends_the_browser_to_the_login(served: S
     assert page.post("/logout").status_code == 303
     for url in ("/", "/dashboard/running", "/jobs"):
         polled = page.get(url, headers={"HX-Request": "true"})
-        assert polled.status_code == 200 and polled.headers["HX-Redirect"] == "/login?next=%2F"
+        assert polled.status_code == 204 and polled.headers["HX-Redirect"] == "/login?next=%2F"
         assert polled.text == ""
+    # Back to the page the browser showed (htmx names it), never to another site's.
+    for shown, back in (
+        ("http://127.0.0.1/jobs?state=failed", "/login?next=%2Fjobs%3Fstate%3Dfailed"),
+        ("http://127.0.0.1//evil.example/x", "/login?next=%2F"),
+    ):
+        polled = page.get(
+            "/dashboard/running", headers={"HX-Request": "true", "HX-Current-URL": shown}
+        )
+        assert polled.status_code == 204 and polled.headers["HX-Redirect"] == back
 
 
 def _client(name: str, **facts: Any) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from costor.ops.context import Context
 from costor.ops.status import LEVELS, status
 from costor.server.documents import pool_documents
 from costor.server.permissions import Access, use
-from costor.server.ui.jobs import TO_LOGIN, polled_viewer, progress_view, visible_jobs
-from costor.server.ui.pages import Viewer, render
+from costor.server.ui.jobs import progress_view, visible_jobs
+from costor.server.ui.pages import Viewer, render, viewer
 from costor.server.visible import status_seen_by
 
 router = APIRouter()
@@ -193,9 +193,7 @@ def _running(request: Request, who: Viewer) -> dict[str, Any]:
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request) -> Response:
     """What needs attention first, then sites, pools, clients and running jobs."""
-    who = polled_viewer(request)
-    if who is None:
-        return Response(headers=TO_LOGIN)
+    who = viewer(request)  # an ended session: HX-Redirect to the login (pages.error_page)
     document: dict[str, Any] | None = None
     pools: list[dict[str, Any]] = []
     if who.may_somewhere("config.read"):
@@ -236,9 +234,7 @@ def dashboard(request: Request) -> Response:
 @router.get("/dashboard/running", response_class=HTMLResponse)
 def running_jobs(request: Request) -> Response:
     """The running jobs block alone (the dashboard polls it)."""
-    who = polled_viewer(request)
-    if who is None:
-        return Response(headers=TO_LOGIN)
+    who = viewer(request)  # an ended session: HX-Redirect to the login (pages.error_page)
     return render(request, "_dashboard_running.html", who, **_running(request, who))
 
 

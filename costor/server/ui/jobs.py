@@ -15,8 +15,8 @@ progress and its log, live, and cancelling a job.
   the job's target), from a form with the CSRF token; then back to the job's page.
 
 :func:`progress_view` and :func:`eta_words` say a progress document in words; the
-dashboard shows running jobs with them too, and polls as the jobs page does
-(:func:`polled_viewer`).
+dashboard shows running jobs with them too, and polls as the jobs page does (a poll
+after the session ended sends the browser to the login page: ``pages.error_page``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from costor.errors import NotAuthenticated, PermissionDenied, UsageError
+from costor.errors import PermissionDenied, UsageError
 from costor.ops.jobs.kinds import KINDS
 from costor.ops.jobs.logs import MAX_SEQ, RUNNING, job_log
 from costor.ops.jobs.requests import cancel_job, job_history
@@ -161,22 +161,6 @@ def visible_jobs(
     return jobs[offset : offset + limit], len(jobs) > offset + limit
 
 
-TO_LOGIN = {"HX-Redirect": "/login?next=%2F"}
-
-
-def polled_viewer(request: Request) -> Viewer | None:
-    """The viewer of a page that htmx polls (the dashboard, the jobs), as
-    :func:`~costor.server.ui.pages.viewer`; but None when the session ended and htmx
-    asks: then the answer is :data:`TO_LOGIN`, which sends the whole browser to the
-    login page (following the usual 303 would put the login form inside the block)."""
-    try:
-        return viewer(request)
-    except NotAuthenticated:
-        if request.headers.get("HX-Request") == "true":
-            return None
-        raise
-
-
 def _query(**params: Any) -> str:
     return urlencode({k: v for k, v in params.items() if v not in (None, "", 0)})
 
@@ -191,9 +175,7 @@ def jobs_page(
 ) -> Response:
     """The jobs, newest first, filtered (state, kind, target), a page at a time (the
     first page refreshes itself every 10 s)."""
-    who = polled_viewer(request)
-    if who is None:
-        return Response(headers=TO_LOGIN)
+    who = viewer(request)  # an ended session: HX-Redirect to the login (pages.error_page)
     if not who.may_somewhere("jobs.read"):
         raise PermissionDenied(reason="jobs.read is not granted to you")
     jobs, more = visible_jobs(
@@ -350,9 +332,7 @@ def _cancel(request: Request, who: Viewer, job_id: int) -> None:
 
 
 __all__ = [
-    "TO_LOGIN",
     "eta_words",
-    "polled_viewer",
     "progress_view",
     "result_items",
     "router",

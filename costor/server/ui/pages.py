@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -134,6 +134,14 @@ def error_page(request: Request, error: Exception) -> Response | None:
     if not is_page(request):
         return None
     if isinstance(error, NotAuthenticated):
+        if request.headers.get("HX-Request") == "true":
+            # A fragment htmx asked for (a poll, a live block) after the session ended:
+            # the whole browser goes to the login page, and back to the page it showed.
+            shown = urlsplit(request.headers.get("HX-Current-URL", ""))
+            back = safe_next(shown.path + (f"?{shown.query}" if shown.query else ""))
+            return Response(
+                status_code=204, headers={"HX-Redirect": "/login?" + urlencode({"next": back})}
+            )
         if request.method == "GET":
             return RedirectResponse(login_url(request), status_code=303)
         return RedirectResponse("/login", status_code=303)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import re
+import tarfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import zstandard
 from e2e import UI, E2ESite
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.browser]
@@ -143,7 +145,7 @@ def test_an_admin_backs_up_a_client_and_watches_its_progress(ui: UI, served: E2E
     ui.check("jobs")
 
 
-# --- browsing, previous versions, a directory as .zip -----------------------------------------
+# --- browsing, previous versions, a directory as .zip and .tar.zst -----------------------------------------
 
 
 def test_an_admin_browses_a_snapshot_and_downloads_a_directory(
@@ -201,6 +203,19 @@ def test_an_admin_browses_a_snapshot_and_downloads_a_directory(
         for path in (source / "docs").rglob("*")
         if path.is_file()
     }
+    assert got == want
+    with ui.page.expect_download() as download:
+        ui.page.click("#download-tarzst")
+    assert download.value.suggested_filename.endswith(".tar.zst")
+    with (
+        zstandard.open(download.value.path(), "rb") as stream,
+        tarfile.open(fileobj=stream, mode="r|") as tar,
+    ):
+        got = {}
+        for member in tar:
+            extracted = tar.extractfile(member) if member.isfile() else None
+            if extracted is not None:
+                got[member.name.split("docs/", 1)[-1]] = extracted.read()
     assert got == want
 
     ui.goto(f"/snapshots/{first['id']}")

@@ -68,6 +68,9 @@ WALL = {"width": 1920, "height": 1080}
 # 320 MiB showed the bar only 3 to 6 values; COSTOR_UI_BIG_MIB to try other sizes).
 BIG_MIB = int(os.environ.get("COSTOR_UI_BIG_MIB", "768"))
 BIG_FILE_MIB = 8
+# A file name that is markup with a script: shown as text, never run (autoescaping,
+# and the pages' CSP); a dialog it opened would be a problem of the page.
+HOSTILE = '<img src=x onerror="alert(1)"> & "q" %2F #x.txt'
 BIG_DIRECTORY = 20_000  # entries of beta's big/: issue 21's directory that must stay usable
 POLICY = """
 [policies.yearly]
@@ -117,6 +120,7 @@ def make_e2e_site(root: Path) -> E2ESite:
         (source / "docs" / "deep" / "data.bin").write_bytes(os.urandom(200_000))
         (source / "file.txt").write_text(f"{name}\n")
         sources[name] = source
+    (sources["alpha"] / HOSTILE).write_text("a name that is markup\n")
     big = sources["beta"] / "big"  # a directory the browser pages through
     big.mkdir()
     for i in range(BIG_DIRECTORY):
@@ -208,6 +212,12 @@ class UI:
 
         self.page.on("console", console)
         self.page.on("pageerror", lambda error: self.problems.append(f"script error: {error}"))
+
+        def dialog(opened: Any) -> None:  # an alert() no page has: a name's script ran
+            self.problems.append(f"{self.page.url}: a dialog opened: {opened.message}")
+            opened.dismiss()
+
+        self.page.on("dialog", dialog)
 
     def url(self, path: str) -> str:
         return self.base_url + path

@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 
 import pytest
 import zstandard
-from e2e import UI, E2ESite
+from e2e import HOSTILE, UI, E2ESite
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.browser]
 
@@ -170,7 +170,15 @@ def test_an_admin_browses_a_snapshot_and_downloads_a_directory(
     ui.goto(tree(latest["id"], source))
     entries = ui.page.locator("#entries tbody tr[data-name]")
     names = entries.evaluate_all("rows => rows.map(r => r.dataset.name)")
-    assert names == ["docs", "file.txt"], names  # directories first, then by name
+    # Directories first, then by name; a name that is markup is a name like any other.
+    assert names == ["docs", HOSTILE, "file.txt"], names
+    with ui.page.expect_navigation():
+        ui.page.locator("#entries tbody tr[data-name]").nth(1).locator("a").click()
+    assert ui.page.locator("h1").inner_text() == HOSTILE
+    with ui.page.expect_download() as hostile:
+        ui.page.click("#download-file")
+    assert Path(hostile.value.path()).read_bytes() == b"a name that is markup\n"
+    ui.goto(tree(latest["id"], source))
     with ui.page.expect_navigation():
         ui.page.click("#entries tr[data-name='docs'] a")
     ui.check("directory")

@@ -107,7 +107,6 @@ class E2ESite:
     site: Site
     sources: dict[str, Path]
     base_url: str = ""
-    shots: list[str] = field(default_factory=list)
 
 
 def make_e2e_site(root: Path) -> E2ESite:
@@ -147,6 +146,7 @@ def e2e_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ESite]:
         for name in ("alpha", "beta", "alpha"):
             backup = site.cli("backup", name)
             assert backup.code == 0, backup.stderr
+            # Between alpha's two backups: a second version of one file.
             (made.sources["alpha"] / "docs" / "note-0.txt").write_text("alpha note 0, v2\n")
         yield made
     # gamma's data and the pool that holds it again: not left in pytest's last three
@@ -199,7 +199,6 @@ class UI:
     page: Any  # playwright.sync_api.Page
     base_url: str
     output: Path
-    checked: list[str] = field(default_factory=list)
     # What the pages did wrong: axe-core's serious and critical violations, what the
     # Content-Security-Policy refused, script errors. Collected rather than raised, so
     # one run reports every page's; the test fails at its end when there are any.
@@ -255,7 +254,6 @@ class UI:
                     self.shot(f"{name}-{suffix}", full_page=False)
                 finally:
                     self.page.set_viewport_size(VIEWPORT)
-        self.checked.append(name)
 
     def axe(self, name: str) -> None:
         if not self.page.evaluate("() => typeof window.axe !== 'undefined'"):

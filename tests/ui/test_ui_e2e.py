@@ -1,11 +1,13 @@
 """The web UI end to end, as a person uses it: Debian's Chromium (Playwright) against a
-real ``costor serve``, axe-core on every page, a screenshot of each (see conftest.py).
+real ``costor serve``, axe-core on every page, a screenshot of each (see e2e.py).
 
 The flows of issue 21: an admin backs a client up from its page and watches the job's
 progress bar move, and the dashboard turn from "never backed up" to healthy; browses a
-snapshot, opens a file's previous versions and downloads a directory as .zip, whose
-bytes are the source's; an end user sees only their client, gets the 404 page for
-another's snapshot, and the audit log shows what they did.
+snapshot, opens a file's previous versions and downloads a directory as .zip and
+.tar.zst, whose bytes are the source's; pages through a directory of 20,000 entries; an
+end user sees only their client, gets the 404 page for another's snapshot, restores onto
+their own machine, and the audit log shows what they did; and the pages without
+JavaScript.
 
 The tests run in order and share the module's site: the backup test is the one that
 takes gamma from "never backed up" to backed up.

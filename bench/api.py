@@ -126,6 +126,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_until_serving(client: httpx.Client) -> None:
+    """Until ``costor serve`` answers ``/healthz`` (a minute at most)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if client.get("/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("costor serve did not answer")
+        time.sleep(0.2)
+
+
 def status_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -207,16 +221,7 @@ def one_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         with httpx.Client(
             base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=600
         ) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if client.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("costor serve did not answer")
-                time.sleep(0.2)
+            wait_until_serving(client)
             result["api"] = measure(client, args, large_id, tree)
             result["download"] = download(client, server.pid, large_id, inv, env, work)
     finally:
@@ -357,16 +362,7 @@ def ui_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     )
     try:
         with httpx.Client(base_url=base, timeout=600) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if client.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("costor serve did not answer")
-                time.sleep(0.2)
+            wait_until_serving(client)
             login = client.post("/api/v1/login", json={"user": "bench", "password": USER_PASSWORD})
             if login.status_code != 200:
                 raise SystemExit(f"login: {login.status_code} {login.text}")
@@ -395,11 +391,12 @@ def first_bytes(client: httpx.Client, urls: list[str]) -> list[float]:
     for url in urls:
         started = time.perf_counter()
         with client.stream("GET", url) as response:
-            next(response.iter_raw(), b"")
+            chunks = response.iter_raw()
+            next(chunks, b"")
             times.append((time.perf_counter() - started) * 1000)
             if response.status_code != 200:
                 raise SystemExit(f"GET {url}: {response.status_code}")
-            for _rest in response.iter_raw():
+            for _rest in chunks:
                 pass
     return times
 

@@ -175,6 +175,10 @@ browser and log in with a user of the inventory's `[users]`. Each user sees exac
 their roles allow, as in the API; an end user sees only their own clients. The pages work
 on a phone and on a wall screen, with or without JavaScript (live progress needs it).
 
+What each page shows, who may see it and which API route does the same is in
+[ui-reference.md](ui-reference.md); the read-only WebDAV view of the same snapshots,
+for file managers, in [webdav.md](webdav.md).
+
 These pictures are taken by the browser tests (tests/ui) on a small test site: clients
 `alpha` and `beta`, backed up, and `gamma`, which the test backs up from its page.
 """

@@ -418,9 +418,26 @@ class _ReadOnly:
                     f"the response failed after it started ({started[0]}): {status}"
                 )
             started.append(status)
-            return start_response(status, headers, exc_info)
+            return start_response(status, _confined(method, status, headers), exc_info)
 
         return self.dav(environ, start_once)
+
+
+def _confined(method: str, status: str, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Every answer of ``/dav/`` as something a browser never runs: a snapshot's file
+    is whatever a backed-up machine held (an ``.html`` or ``.svg`` of anyone's), and it
+    comes from the web UI's own origin. So no page of it may run a script or be sniffed
+    into one (a sandbox CSP, ``nosniff``), and a file's GET is a download
+    (``Content-Disposition: attachment``), as the API's downloads are."""
+    names = {name.lower() for name, _value in headers}
+    confined = [*headers]
+    if "content-security-policy" not in names:
+        confined.append(("Content-Security-Policy", "sandbox; default-src 'none'"))
+    if "x-content-type-options" not in names:
+        confined.append(("X-Content-Type-Options", "nosniff"))
+    if method == "GET" and status[:3] in ("200", "206") and "content-disposition" not in names:
+        confined.append(("Content-Disposition", "attachment"))
+    return confined
 
 
 def _well_formed(header: str) -> bool:
@@ -536,6 +553,12 @@ def _join(parts: list[str]) -> str:
 def _named_snapshots(ctx: Context, client: str) -> dict[str, tuple[str, Snapshot]]:
     """The client's snapshots by folder name, oldest first (module docstring)."""
     found = [(pool, s) for pool, s in list_snapshots(ctx, client=client) if s.client == client]
+    return _folder_names(found)
+
+
+def _folder_names(found: list[tuple[str, Snapshot]]) -> dict[str, tuple[str, Snapshot]]:
+    """One client's (pool, snapshot) pairs, oldest first, by folder name: the time and
+    the shortest id prefix (8 hex digits or more) that tells them apart."""
     length = SHORT_ID
     while length < 64:
         prefixes = [s.id[:length] for _p, s in found]
@@ -601,6 +624,20 @@ class _Root(DAVCollection):
             backed_up = {s.client for _p, s in list_snapshots(ctx)}
         return sorted(c for c in declared | backed_up if self.view.grant.may(READ, c))
 
+    def get_member_list(self) -> list[_DAVResource]:
+        """The clients from one listing of the site's snapshots (WsgiDAV's default would
+        look each client up again: a listing of the pools per client)."""
+        with self.view.context() as ctx:
+            declared = set(ctx.inventory.clients)
+            by_client: dict[str, list[tuple[str, Snapshot]]] = {}
+            for pool, snapshot in list_snapshots(ctx):
+                by_client.setdefault(snapshot.client, []).append((pool, snapshot))
+        names = sorted(c for c in declared | set(by_client) if self.view.grant.may(READ, c))
+        return [
+            _Client(_join([c]), self.environ, self.view, c, _folder_names(by_client.get(c, [])))
+            for c in names
+        ]
+
     def get_member(self, name: str) -> _DAVResource | None:
         return self.provider.get_resource_inst(_join([name]), self.environ)
 
@@ -628,6 +665,21 @@ class _Client(DAVCollection):
 
     def get_member_names(self) -> list[str]:
         return [*self.snapshots, LATEST] if self.snapshots else []
+
+    def get_member_list(self) -> list[_DAVResource]:
+        """The snapshots this folder was made with (the client's, listed once, read on
+        it granted), and ``latest`` looked up once. WsgiDAV's default would look each
+        snapshot up again by name: a listing of the pools for each snapshot."""
+        base = self.path.rstrip("/")
+        members: list[_DAVResource] = [
+            _Directory(f"{base}/{name}", self.environ, self.view, pool, snapshot, "/", None)
+            for name, (pool, snapshot) in self.snapshots.items()
+        ]
+        if self.snapshots:
+            latest = self.get_member(LATEST)
+            if latest is not None:
+                members.append(latest)
+        return members
 
     def get_member(self, name: str) -> _DAVResource | None:
         return self.provider.get_resource_inst(_join([self.client, name]), self.environ)
@@ -804,10 +856,11 @@ class _Content:
         end when the request asked for one that starts there)."""
         file = self._file
         wanted: ByteRange | None = None
-        if self._start:
-            asked = byte_range(file.environ.get("HTTP_RANGE"))
-            last = asked.last if asked is not None and asked.first == self._start else None
-            wanted = ByteRange(first=self._start, last=last)
+        asked = byte_range(file.environ.get("HTTP_RANGE"))
+        if asked is not None and asked.first == self._start:  # bytes=0-99 included
+            wanted = ByteRange(first=self._start, last=asked.last)
+        elif self._start:
+            wanted = ByteRange(first=self._start, last=None)
         with file.view.context() as ctx:
             self._download = open_file(
                 ctx, snapshot=file.snapshot.id, path=file.inside, byte_range=wanted

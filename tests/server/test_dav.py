@@ -326,12 +326,17 @@ def test_every_file_read_is_audited_as_a_download(served: Served) -> None:
     part = served.dav("GET", data, headers={"Range": "bytes=1000-1999"})
     assert part.status_code == 206 and part.content == whole.content[1000:2000]
     assert part.headers["Content-Range"] == f"bytes 1000-1999/{len(whole.content)}"
+    head = served.dav("GET", data, headers={"Range": "bytes=0-99"})  # as file managers ask
+    assert head.status_code == 206 and head.content == whole.content[:100]
     served.propfind(in_snapshot(served, "alpha", "docs") + "/")  # a listing: not a read
     records = [r for r in served.audit("download")[before:] if r["outcome"] != "started"]
     assert [(r["actor"], r["target"], r["outcome"]) for r in records] == [
         ("user:eve", "client:alpha", "ok"),
         ("user:eve", "client:alpha", "ok"),
+        ("user:eve", "client:alpha", "ok"),
     ]
+    assert records[2]["detail"]["range"] == "bytes=0-99"
+    assert records[2]["detail"]["bytes_sent"] == 100
     inside = str(served.sources["alpha"] / "docs" / "deep" / "data.bin")
     assert records[0]["detail"]["path"] == inside
     assert records[0]["detail"]["bytes_sent"] == len(whole.content)
@@ -526,3 +531,16 @@ def test_a_password_logs_in_once_then_its_session_serves(strict: Served) -> None
     assert strict.dav("PROPFIND", "/", "ada", PASSWORD, headers={"Depth": "0"}).status_code == 207
     ok = [r for r in strict.audit("login") if r["outcome"] == "ok" and r["actor"] == "user:ada"]
     assert len(ok) == 2
+
+
+def test_no_answer_of_dav_is_a_page_a_browser_would_run(served: Served) -> None:
+    """A snapshot's file is anyone's (an .html, an .svg), served from the web UI's own
+    origin: a download, in a sandbox, never sniffed."""
+    readme = in_snapshot(served, "alpha", "docs", "readme.txt")
+    for method, path in (("GET", readme), ("HEAD", readme), ("PROPFIND", "/")):
+        headers = {"Depth": "1"} if method == "PROPFIND" else {}
+        answer = served.dav(method, path, headers=headers)
+        assert answer.status_code in (200, 207), (method, answer.status_code)
+        assert answer.headers["content-security-policy"] == "sandbox; default-src 'none'"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    assert served.dav("GET", readme).headers["content-disposition"] == "attachment"

@@ -43,6 +43,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ from costor.errors import JobNotFound, UsageError
 from costor.ops.jobs.logs import MAX_SEQ, RUNNING
 from costor.server import documents
 from costor.server.gate import Gate
-from costor.server.permissions import Access, requires, use
+from costor.server.permissions import Access, requires, still_authenticated, use
 from costor.server.schemas import error_responses
 
 logger = logging.getLogger("costor.server")
@@ -68,6 +69,7 @@ logger = logging.getLogger("costor.server")
 API = "/api/v1"
 POLL_EVERY = 0.5  # seconds between a watched job's reads of the state (the issue: ~0.5 s)
 PING_EVERY = 15.0  # seconds between heartbeat comments (COSTOR_EVENTS_PING_S overrides)
+RECHECK_EVERY = 30.0  # seconds between checks that a stream's credential still holds
 QUEUE_LIMIT = 10_000  # events a watcher may fall behind before it is dropped
 READ_LIMIT = joblogs.MAX_READ  # log lines per read (more: read again at once)
 
@@ -356,6 +358,23 @@ def _resume_point(after: int, last_event_id: str | None) -> int:
     return int(text)
 
 
+async def while_authenticated(
+    request: Request, events: AsyncIterator[JobEvent]
+) -> AsyncIterator[JobEvent]:
+    """``events`` for as long as the request's token or session still authenticates,
+    checked again at most every ``COSTOR_EVENTS_RECHECK_S`` seconds (30) as events
+    come: a stream of a job that runs for hours ends soon after a logout, a revocation
+    or an expiry, instead of going on with what its first check let in."""
+    every = float(os.environ.get("COSTOR_EVENTS_RECHECK_S", RECHECK_EVERY))
+    checked_at = time.monotonic()
+    async for event in events:
+        if time.monotonic() - checked_at >= every:
+            if not await run_in_threadpool(still_authenticated, request):
+                return
+            checked_at = time.monotonic()
+        yield event
+
+
 @router.get(
     "/jobs/{job_id}/events",
     response_class=EventSourceResponse,
@@ -384,7 +403,7 @@ async def get_job_events(
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         try:
-            async for event in events:
+            async for event in while_authenticated(request, events):
                 yield event.sse()
         finally:
             await events.aclose()
@@ -395,10 +414,12 @@ async def get_job_events(
 
 __all__ = [
     "POLL_EVERY",
+    "RECHECK_EVERY",
     "JobEvent",
     "Reading",
     "WatcherHub",
     "router",
     "state_reader",
     "watch_job",
+    "while_authenticated",
 ]

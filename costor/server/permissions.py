@@ -78,6 +78,23 @@ def authenticated(
     return login.grant
 
 
+def still_authenticated(request: Request) -> bool:
+    """Whether the request's bearer token or session cookie still authenticates: a
+    stream that outlives its first check (a job's events) ends when a logout, a
+    revocation or an expiry ends what let it in. Renews no session."""
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    try:
+        with request.app.state.gate.use(**asking(request, None)) as ctx:
+            if scheme.lower() == "bearer" and credential.strip():
+                authenticate(ctx, credential.strip())
+            else:
+                cookie = request.cookies.get(SESSION_COOKIE, "").strip()
+                authenticate_session(ctx, cookie, renew=False)
+    except NotAuthenticated:
+        return False
+    return True
+
+
 def asking(request: Request, who: Grant | None) -> dict[str, Any]:
     """Who asks, as the audit log names them (costor/ops/context.py ``Context.actor``):
     ``token:ID``, or ``user:NAME`` for a login session."""
@@ -193,5 +210,6 @@ __all__ = [
     "authenticated",
     "not_append",
     "requires",
+    "still_authenticated",
     "use",
 ]

@@ -5,7 +5,9 @@ the API's stay JSON."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from ui_site import PASSWORD, Served, served, ui_site  # noqa: F401  (fixtures)
@@ -95,3 +97,27 @@ def test_the_static_files_are_served_with_their_licences(served: Served) -> None
     assert htmx.status_code == 200 and "htmx" in htmx.text[:2000]
     licence = page.get("/static/vendor/htmx.LICENSE")
     assert licence.status_code == 200 and re.search("BSD|Zero", licence.text)
+
+
+def test_a_page_that_refreshes_itself_keeps_no_session_alive(served: Served) -> None:
+    """A dashboard left open on a wall polls every 2 s: those polls (X-Costor-Poll) must
+    not push the idle limit on, or a browser left open would stay logged in."""
+    page = served.page("otto")
+    secret = page.http.cookies["costor_session"]
+    session_id = hashlib.sha256(secret.encode()).hexdigest()
+    soon = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    def expires() -> str:
+        [(when,)] = served.site.sql(
+            "SELECT expires_at FROM login_sessions WHERE id = :i", i=session_id
+        )
+        return str(when)
+
+    served.site.sql("UPDATE login_sessions SET expires_at = :t WHERE id = :i", t=soon, i=session_id)
+    before = expires()
+    poll = {"HX-Request": "true", "X-Costor-Poll": "1"}
+    assert page.get("/dashboard/running", headers=poll).status_code == 200
+    assert page.get("/", headers=poll).status_code == 200
+    assert expires() == before
+    assert page.get("/").status_code == 200  # someone looked: the limit moves on
+    assert expires() > before

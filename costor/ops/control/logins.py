@@ -439,11 +439,13 @@ def log_in(
 
 
 def authenticate_session(
-    ctx: Context, secret: str | None, *, policy: LoginPolicy | None = None
+    ctx: Context, secret: str | None, *, policy: LoginPolicy | None = None, renew: bool = True
 ) -> SessionAuth:
     """The session of a cookie's ``secret``: :class:`NotAuthenticated` (401) when it is
     missing, malformed, unknown, logged out, revoked, expired (idle or absolute), or
-    its user is gone. Renews the idle limit (at most one write a minute)."""
+    its user is gone. Renews the idle limit (at most one write a minute) unless
+    ``renew`` is off: a page's own polls and live streams are no sign that someone is
+    there, and must not keep a browser left open logged in."""
     policy = policy or configured_policy()
     if not secret:
         raise NotAuthenticated(reason="no session cookie")
@@ -467,7 +469,7 @@ def authenticate_session(
                 reason="the user was changed since this login (a new password?): log in again"
             )
     renewed = min(now + policy.idle, _aware(row.created_at) + policy.lifetime)
-    if renewed - info.expires_at > min(NOTE_USE_EVERY, policy.idle / 4):
+    if renew and renewed - info.expires_at > min(NOTE_USE_EVERY, policy.idle / 4):
         with session_scope(ctx.engine) as session:
             db_logins.extend_session(session, row.id, renewed)
         info = replace(info, expires_at=renewed)

@@ -37,7 +37,7 @@ from costor.ops.jobs.kinds import KINDS
 from costor.ops.jobs.logs import MAX_SEQ, RUNNING, job_log
 from costor.ops.jobs.requests import cancel_job, job_history
 from costor.server import documents
-from costor.server.events import watch_job
+from costor.server.events import watch_job, while_authenticated
 from costor.server.permissions import Access, use
 from costor.server.ui.pages import Viewer, checked_form, render, size, templates, viewer
 
@@ -82,7 +82,11 @@ def progress_view(progress: dict[str, Any] | None, state: str) -> dict[str, Any]
         + (f" of {files_total:,}" if files_total is not None else ""),
         "bytes": size(progress.get("bytes", 0))
         + (f" of {size(bytes_total)}" if bytes_total is not None else ""),
-        "rate": "stalled" if rate == 0 and running else (f"{size(rate)}/s" if rate else "–"),
+        # A rate of 0 is a stall only once bytes had moved (scanning, a forget or a
+        # check's first steps report none: no rate to speak of yet).
+        "rate": "stalled"
+        if rate == 0 and running and progress.get("bytes", 0) > 0
+        else (f"{size(rate)}/s" if rate else "–"),
         "eta": eta_words(progress.get("eta_s")) if running else "",
         "elapsed_s": progress.get("elapsed_s"),
         "warnings": progress.get("warnings", 0),
@@ -287,7 +291,7 @@ async def job_events(
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         try:
-            async for event in events:
+            async for event in while_authenticated(request, events):
                 data = event.data
                 if event.kind == "log":
                     html = _fragment("_job_log_line.html", line=data)

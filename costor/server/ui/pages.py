@@ -42,6 +42,7 @@ from costor.server.permissions import CSRF_HEADER, SESSION_COOKIE, asking
 PACKAGE = Path(__file__).resolve().parents[2]  # costor/
 TEMPLATES = PACKAGE / "templates" / "ui"
 STATIC = PACKAGE / "server" / "static"
+POLL_HEADER = "X-Costor-Poll"  # sent by what a page polls by itself (hx-headers)
 # Paths that are not pages: their errors stay JSON (the API's shape) or WebDAV's own.
 NOT_PAGES = ("/api/", "/dav", "/static/", "/metrics", "/healthz")
 
@@ -80,8 +81,10 @@ def viewer(request: Request) -> Viewer:
     cookie = request.cookies.get(SESSION_COOKIE, "").strip()
     if not cookie:
         raise NotAuthenticated(reason="no session")
+    # A block that refreshes itself says so (POLL_HEADER): it keeps no session alive.
+    renew = request.headers.get(POLL_HEADER) is None
     with request.app.state.gate.use(**asking(request, None)) as ctx:
-        session = authenticate_session(ctx, cookie)
+        session = authenticate_session(ctx, cookie, renew=renew)
     request.state.grant = session.grant
     request.state.login = session
     return Viewer(grant=session.grant, session=session)
@@ -260,6 +263,7 @@ class PageHeaders:
 
 __all__ = [
     "STATIC",
+    "POLL_HEADER",
     "PageHeaders",
     "Viewer",
     "ago",

@@ -87,9 +87,11 @@ def _run_claimed(ctx: Context, job: JobRow, job_log: logging.Handler) -> int:
     progress = _progress(engine, job)
     previous = signal.signal(signal.SIGTERM, interrupted)
     state, code, result, error = "succeeded", 0, {}, None
+    worked = False  # what passes through as a BaseException (a kill) is no success to show
     try:
         progress.start()
         result = execute(ctx, job.kind, job.target, json.loads(job.params), progress=progress)
+        worked = True
     except Interrupted:
         state, code, error = "interrupted", 75, "stopped by costor serve (SIGTERM)"
     except CostorError as failure:
@@ -106,7 +108,7 @@ def _run_claimed(ctx: Context, job: JobRow, job_log: logging.Handler) -> int:
         beat.join()
         # Its last document is stored while the job still runs in the state (a write
         # after ``finish`` is refused), so whoever sees it ended sees its last progress.
-        progress.finish(succeeded=state == "succeeded")
+        progress.finish(succeeded=worked and state == "succeeded")
     logger.log(
         logging.INFO if state == "succeeded" else logging.ERROR,
         f"job {job_id}: {job.kind} {job.target} {state}" + (f": {error}" if error else ""),

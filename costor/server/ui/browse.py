@@ -106,12 +106,13 @@ def exact_path(request: Request, parsed: str) -> str:
     replaces them, and the page's own links would lead nowhere. ``parsed``: the value
     as FastAPI parsed (and validated) it, when the raw query has none."""
     query = request.scope.get("query_string", b"").decode("latin-1")
+    found = parsed
     for key, value in parse_qsl(
         query, keep_blank_values=True, encoding="utf-8", errors="surrogateescape"
     ):
         if key == "path":
-            return value
-    return parsed
+            found = value  # the last one: FastAPI took (and checked the length of) the last
+    return found if len(found) <= MAX_TEXT else parsed
 
 
 def link(*parts: str, **query: str | int) -> str:

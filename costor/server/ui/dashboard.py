@@ -180,13 +180,13 @@ def _running(request: Request, who: Viewer) -> dict[str, Any]:
     if not who.may_somewhere("jobs.read"):
         return {"may_see_jobs": False, "running": [], "queued": 0}
     running, _more = visible_jobs(request, who, state="running", limit=RUNNING_SHOWN)
-    queued, _more = visible_jobs(request, who, state="queued", limit=RUNNING_SHOWN)
+    queued, more_queued = visible_jobs(request, who, state="queued", limit=RUNNING_SHOWN)
     return {
         "may_see_jobs": True,
         "running": [
             {**job, "view": progress_view(job["progress"], job["state"])} for job in running
         ],
-        "queued": len(queued),
+        "queued": f"More than {len(queued)}" if more_queued else len(queued),
     }
 
 

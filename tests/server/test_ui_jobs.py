@@ -207,7 +207,9 @@ def test_a_running_job_is_followed_live(served: Served) -> None:
             if found:
                 values.add(found.group(1))
             assert ">0 s<" not in data
-    assert len(values) >= 3, values  # the bar moved
+    # The bar moved: seen part way and at the end. (Three values or more are the
+    # browser test's, tests/ui, on a backup made to last; this one may take a second.)
+    assert len(values) >= 2 and min(float(v) for v in values) < 100, values
     states = [data for name, data in events if name == "state"]
     assert "succeeded" in states[-1]
     outcome = next(data for name, data in events if name == "outcome")

@@ -76,8 +76,8 @@ class Viewer:
 
 def viewer(request: Request) -> Viewer:
     """The dependency of every page: the session's viewer, else ``NotAuthenticated``
-    (:func:`error_page` makes it a 303 to the login page). A bearer token is not a page's login: pages are for
-    browsers."""
+    (:func:`error_page` makes it a 303 to the login page). A bearer token is not a
+    page's login: pages are for browsers."""
     cookie = request.cookies.get(SESSION_COOKIE, "").strip()
     if not cookie:
         raise NotAuthenticated(reason="no session")

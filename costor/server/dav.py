@@ -107,9 +107,7 @@ from costor.ops.context import Context
 from costor.ops.control.logins import (
     LoginThrottle,
     authenticate_session,
-    begin_login,
     configured_policy,
-    finish_login,
 )
 from costor.ops.control.tokens import Grant, authenticate
 from costor.ops.restore.browse import list_snapshot
@@ -117,6 +115,7 @@ from costor.ops.restore.download import ByteRange, FileDownload, content_id, ope
 from costor.ops.restore.snapshots import list_snapshots
 from costor.server.downloads import byte_range
 from costor.server.gate import Gate
+from costor.server.sessions import logged_in_through
 from costor.server.visible import resolve_visible
 from costor.store.snapshot import Snapshot
 from costor.store.tree import DIR, FILE, Node
@@ -309,14 +308,17 @@ class _Door:
 
     def _log_in(self, key: str, user: str, password: str, environ: dict[str, Any]) -> Grant | None:
         address = environ.get("REMOTE_ADDR")
+        who = _asking(environ, None)
         try:
-            with self.gate.use(**_asking(environ, None)) as ctx:
-                attempt = begin_login(
-                    ctx, user=user, password=password, address=address, throttle=self.throttle
-                )
-            attempt.check()  # argon2id outside the gate, as the API's login does
-            with self.gate.use(**_asking(environ, None)) as ctx:
-                logged_in = finish_login(ctx, attempt)
+            logged_in = logged_in_through(
+                self.gate,
+                who,
+                user=user,
+                password=password,
+                address=address,
+                throttle=self.throttle,
+            )
+            with self.gate.use(**who) as ctx:
                 grant = authenticate_session(ctx, logged_in.secret).grant
         except (LoginFailed, UsageError):
             return None

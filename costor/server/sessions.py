@@ -43,6 +43,7 @@ from costor.ops.control.logins import (
 )
 from costor.ops.control.tokens import Grant
 from costor.server.errors import error_response
+from costor.server.gate import Gate
 from costor.server.permissions import SESSION_COOKIE, asking, authenticated, not_append, use
 from costor.server.schemas import ErrorDocument
 
@@ -141,15 +142,36 @@ def _throttle(request: Request) -> LoginThrottle:
 
 def password_login(request: Request, user: str, password: str) -> LoggedIn:
     """Check ``user``'s ``password`` and open a session (the API's login and the web
-    UI's): throttled per user and address, argon2id checked outside the gate so that
-    other requests go on meanwhile, audited whatever the outcome. Raises LoginFailed,
-    LoginThrottled (its ``retry_after``) or UsageError."""
+    UI's), with the server's one throttle (:func:`logged_in_through`)."""
     address = request.client.host if request.client is not None else None
-    throttle = _throttle(request)
-    with request.app.state.gate.use(**asking(request, None)) as ctx:
+    return logged_in_through(
+        request.app.state.gate,
+        asking(request, None),
+        user=user,
+        password=password,
+        address=address,
+        throttle=_throttle(request),
+    )
+
+
+def logged_in_through(
+    gate: Gate,
+    who: dict[str, Any],
+    *,
+    user: str,
+    password: str,
+    address: str | None,
+    throttle: LoginThrottle,
+) -> LoggedIn:
+    """A password login through ``gate`` (``who``: the audit log's names for the
+    caller), for every door that takes a password (the API, the web UI, WebDAV):
+    throttled per user and address, argon2id checked outside the gate so that other
+    requests go on meanwhile, audited whatever the outcome. Raises LoginFailed,
+    LoginThrottled (its ``retry_after``) or UsageError."""
+    with gate.use(**who) as ctx:
         attempt = begin_login(ctx, user=user, password=password, address=address, throttle=throttle)
     attempt.check()
-    with request.app.state.gate.use(**asking(request, None)) as ctx:
+    with gate.use(**who) as ctx:
         return finish_login(ctx, attempt)
 
 

@@ -110,6 +110,7 @@ RAW, ZLIB = b"\x00", b"\x01"  # the flag before the bytes of DATA and BLOCK fram
 
 # Kinds of entry (the letters of ``ls -l``).
 FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET = "f", "d", "l", "p", "c", "b", "s"
+IMAGE = "i"  # one of a client's ``images`` (a block device or a file), read as one stream
 
 # States (the entry's last field). Prefixed ones carry a value after the colon.
 SAME = "same"  # unchanged by the producer's own rule (SFTP: size and mtime)
@@ -247,7 +248,7 @@ MAX_HEARTBEAT = 16  # bytes of a HEARTBEAT's payload (the helper sends none)
 MAX_ID = 2**32 - 1  # uid, gid
 MAX_NUMBER = 2**63 - 1  # size, inode, device, links, rdev; times in ns, ± (see below)
 MODE_BITS = 0o7777  # an entry's mode: permission bits, setuid/setgid/sticky; no type
-KINDS = frozenset((FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET))
+KINDS = frozenset((FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET, IMAGE))
 _STATES = frozenset(("", SAME, DATA_FOLLOWS, CHANGED, DELTA_FOLLOWS, SPARSE))
 _FINGERPRINTED = frozenset((FILE, DIR))  # their times are from 1970 (fingerprint: u64)
 _PLAIN = frozenset(("", SAME, DATA_FOLLOWS, DELTA_FOLLOWS))  # states with nothing to check

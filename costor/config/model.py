@@ -425,6 +425,34 @@ class Hooks(FrozenModel):
     timeout_s: Annotated[StrictInt, Field(ge=1)] = 300
 
 
+class ImageSpec(FrozenModel):
+    """One of a client's ``images``: a block device or a file read as one byte stream.
+    Written as its path (``"/dev/vg0/root-snap"``) or as a table with options."""
+
+    path: AbsoluteClientPath
+    # How changed blocks are found over SSH: "read" hashes every block on the host and
+    # sends those that differ from the previous snapshot's; "thin_delta" asks LVM which
+    # blocks of an LVM-thin snapshot changed since ``previous`` (the thin snapshot the
+    # last backup read) and reads only those, falling back to "read" when it cannot.
+    changes: Literal["read", "thin_delta"] = "read"
+    previous: AbsoluteClientPath | None = None  # thin_delta: the last backup's snapshot
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_path(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> ImageSpec:
+        findings = Findings(self)
+        if self.changes == "thin_delta" and self.previous is None:
+            findings.missing("previous", "changes = 'thin_delta' compares with the last snapshot")
+        if self.changes != "thin_delta" and self.previous is not None:
+            findings.invalid("previous", "key 'previous' only applies to changes = 'thin_delta'")
+        findings.raise_if_any()
+        return self
+
+
 class ClientConfig(FrozenModel):
     """``[clients.NAME]``: a host to back up, with its profiles already merged in."""
 
@@ -437,7 +465,8 @@ class ClientConfig(FrozenModel):
     host: NonEmptyStr | None = None
     ssh: SshOptions | None = None
     hooks: Hooks = Hooks()
-    paths: Annotated[tuple[AbsoluteClientPath, ...], Field(min_length=1)]
+    paths: tuple[AbsoluteClientPath, ...] = ()  # at least one of paths and images
+    images: tuple[ImageSpec, ...] = ()  # block devices and image files, one stream each
     exclude: tuple[NonEmptyStr, ...] = ()
     one_file_system: StrictBool = False
 
@@ -457,6 +486,11 @@ class ClientConfig(FrozenModel):
             findings.invalid("ssh", "key 'ssh' only applies to transport 'ssh'")
         if self.transport == "local" and self.host is not None:
             findings.invalid("host", "key 'host' does not apply to transport 'local'")
+        if not self.paths and not self.images:
+            if "paths" in self.model_fields_set:
+                findings.invalid("paths", "must not be empty (a client backs up a path or an image)")
+            else:
+                findings.missing("paths", "a client backs up at least one path or image")
         findings.raise_if_any()
         return self
 

@@ -26,6 +26,11 @@ FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET = (
     "blockdev",
     "socket",
 )
+# An image: a block device or a file named in a client's ``images``, read as one byte
+# stream. Its content is data blobs like a file's (cut by the same chunker, so images
+# dedup against each other and against file data); ``image`` says how it was read.
+IMAGE = "image"
+CONTENT_TYPES = (FILE, IMAGE)  # the types whose ``content`` lists data blobs
 
 
 @dataclass
@@ -48,6 +53,13 @@ class Node:
     target: bytes | None = None  # symlink target
     rdev: int = 0  # device number (device nodes)
     xattrs: dict[str, bytes] = field(default_factory=dict)
+    # Images only: how the image was read. Keys (all optional but ``method``):
+    # ``method`` ("full": every byte read; "blocks": blocks compared with the parent's;
+    # "thin_delta": only the ranges LVM's thin_delta named), ``block_size`` (the
+    # comparison granularity, bytes), ``source`` ("blockdev" or "file"), ``source_id``
+    # (what identifies the snapshot read, for the next changed-block method),
+    # ``full_read`` (why a changed-block method fell back to a full read).
+    image: dict[str, Any] | None = None
 
     @property
     def display_name(self) -> str:
@@ -57,12 +69,14 @@ class Node:
         # Keys are added in sorted order, so the encoder need not sort them (the bytes are
         # the same: tests/store/test_tree.py); a pull encodes every changed directory.
         doc: dict[str, Any] = {}
-        if self.type == FILE:
+        if self.type in CONTENT_TYPES:
             doc["content"] = [blob.hex() for blob in self.content]
         doc["ctime_ns"] = self.ctime_ns
         doc["device"] = self.device
         doc["gid"] = self.gid
         doc["group"] = self.group
+        if self.image is not None:
+            doc["image"] = {key: self.image[key] for key in sorted(self.image)}
         doc["inode"] = self.inode
         doc["links"] = self.links
         doc["mode"] = self.mode
@@ -70,7 +84,7 @@ class Node:
         _put_bytes(doc, "name", self.name)
         if self.rdev:
             doc["rdev"] = self.rdev
-        if self.type == FILE:
+        if self.type in CONTENT_TYPES:
             doc["size"] = self.size
         if self.subtree is not None:
             doc["subtree"] = self.subtree.hex()
@@ -112,6 +126,7 @@ class Node:
             target.encode() if target is not None else _get_bytes(doc, "target"),
             get("rdev", 0),
             {k: base64.b64decode(v) for k, v in xattrs.items()} if xattrs else {},
+            get("image"),
         )
 
 

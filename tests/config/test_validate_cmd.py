@@ -39,7 +39,7 @@ def test_invalid_inventory_human(
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines() == [
-        f"{path}:8:1: clients.web1.paths: missing required key 'paths'",
+        f"{path}:8:1: clients.web1.paths: missing required key 'paths' (a client backs up at least one path or image)",
         f"{path}:10:1: clients.web1.pool: unknown pool 'nope' (declared: main)",
         f"costor: error: {path} has 2 error(s)",
     ]

@@ -57,10 +57,16 @@ def test_blob_ids_are_keyed(tmp_path: Path) -> None:
     assert a.blob_id(b"same") != b.blob_id(b"same")
 
 
+@pytest.mark.product_kdf  # both KDFs at the product's parameters (the suite's are cheap)
 def test_wrong_passphrase_and_several_key_slots(tmp_path: Path) -> None:
     pool = make_pool(tmp_path / "p", kdf="scrypt")
     pool.add_key_slot("second passphrase", "argon2id")
     backend = LocalBackend(tmp_path / "p")
+    slots = [json.loads(data) for _name, data in read_key_slots(backend)]
+    assert {slot["kdf"]: slot["params"] for slot in slots} == {
+        "scrypt": {"n": 1 << 15, "r": 8, "p": 1},  # the documented parameters
+        "argon2id": {"iterations": 3, "lanes": 4, "memory_cost_kib": 65536},
+    }
     assert Pool.open(backend, PASSPHRASE).master == pool.master
     assert Pool.open(backend, "second passphrase").master == pool.master
     with pytest.raises(WrongPassphrase) as raised:

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from costor.cli.main import main
+from costor.store import crypto
 from costor.store.backends import LocalBackend
 from costor.store.pool import Pool
 from support.inventory import (
@@ -144,6 +145,35 @@ class Site:
 @pytest.fixture(autouse=True)
 def _passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PASSPHRASE_ENV, PASSPHRASE)
+
+
+# Key slots made in the test process derive their key cheaply (argon2id 8 MiB, 1 pass,
+# 1 lane; scrypt n=2^10): the product's parameters cost ~0.2 s per opening of a pool and
+# the suite opens pools thousands of times, in this process and in the ``costor``
+# processes, servers and daemons it starts (a slot carries its parameters, so they open
+# it cheaply too). Nothing else changes: same KDFs, same slot format, same checks. Tests
+# of the KDF itself (its cost, its lock) and one round trip per KDF keep the product's
+# parameters with ``@pytest.mark.product_kdf``; ``COSTOR_TEST_PRODUCT_KDF=1`` gives every
+# test the product's parameters.
+PRODUCT_KDF_PARAMS = (dict(crypto.ARGON2_PARAMS), dict(crypto.SCRYPT_PARAMS))
+TEST_KDF_PARAMS = (
+    {"iterations": 1, "lanes": 1, "memory_cost_kib": 8192},
+    {"n": 1 << 10, "r": 8, "p": 1},
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("COSTOR_TEST_PRODUCT_KDF") == "1":
+        return
+    crypto.ARGON2_PARAMS, crypto.SCRYPT_PARAMS = (dict(p) for p in TEST_KDF_PARAMS)
+
+
+@pytest.fixture(autouse=True)
+def _product_kdf(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("product_kdf") is not None:
+        argon2, scrypt = PRODUCT_KDF_PARAMS
+        monkeypatch.setattr(crypto, "ARGON2_PARAMS", dict(argon2))
+        monkeypatch.setattr(crypto, "SCRYPT_PARAMS", dict(scrypt))
 
 
 @pytest.fixture

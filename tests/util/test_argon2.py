@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from costor.store import crypto
 from costor.util.passwords import hash_password, verify_password
+
+# The deadlock needs OpenSSL's threaded argon2 at the product's parameters (4 lanes).
+pytestmark = pytest.mark.product_kdf
 
 
 def test_concurrent_derivations_all_finish() -> None:

@@ -1,4 +1,4 @@
-"""costor restore SNAPSHOT [PATH] (--target DIR | --archive FILE|-)."""
+"""costor restore SNAPSHOT [PATH] (--target DIR | --archive FILE|- | --target-device DEV)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ OVERWRITE_HELP = (
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
         "restore",
-        help="restore a snapshot to a directory or an archive",
+        help="restore a snapshot to a directory, an archive or (an image) a block device",
         description="Restore a snapshot, or a path in it, into a directory (each path "
-        "under it as in the snapshot) or as one archive. See docs/restore.md.",
+        "under it as in the snapshot; an image as a regular, sparse file), as one archive, "
+        "or one image onto a block device. See docs/restore.md and docs/images.md.",
     )
     add_inventory_option(parser)
     add_json_option(parser)
@@ -38,6 +39,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="FILE",
         help="write FILE.tar, FILE.tar.zst or FILE.zip (format from the name, or --format); "
         "- for a tar (or --format) on stdout",
+    )
+    where.add_argument(
+        "--target-device",
+        metavar="DEV",
+        help="write the image PATH names onto the block device DEV, byte for byte; refused "
+        "(nothing written) if DEV is mounted or in use, or smaller than the image",
     )
     parser.add_argument(
         "--overwrite",
@@ -122,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
             path=args.path,
             target=args.target,
             archive=archive,
+            device=args.target_device,
             archive_name=args.archive,
             format=args.format,
             force=args.force,
@@ -152,6 +160,16 @@ def summary(outcome: dict[str, Any]) -> str:
     """A restore's outcome as text, from its ``--json`` document (here, or a restore
     job's result or an archive downloaded from a site's API)."""
     archive = outcome.get("archive")
+    device = outcome.get("device")
+    if device is not None:
+        text = (
+            f"image {terminal_text(outcome['path'])} of {outcome['snapshot_id'][:12]} "
+            f"({human_bytes(outcome['bytes_written'])}) onto {terminal_text(device)} "
+            f"({human_bytes(outcome.get('device_size') or 0)})"
+        )
+        if outcome["dry_run"]:
+            return f"dry run: would write {text}; nothing was written"
+        return f"restored {text}"
     where = terminal_text(outcome["target"] if archive is None else archive)
     size = human_bytes(outcome["bytes_written"])
     snapshot = outcome["snapshot_id"][:12]

@@ -4,7 +4,9 @@ Resolves the snapshot (``CLIENT:latest`` across every pool, a client the invento
 not declare too), takes a reader lease before loading the index (a prune meanwhile
 waits for it), and hands over to ``store/restore/directory.py`` (a directory: overwrite modes,
 include/exclude, dry run) or ``store/restore/archive.py`` (tar, tar.zst, zip; an existing file
-replaced only when forced). ``docs/restore.md`` is the user's guide.
+replaced only when forced) or ``store/restore/device.py`` (one image onto a block device,
+after checking it is not mounted, in use or too small). ``docs/restore.md`` is the
+user's guide.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from costor.ops.restore.snapshots import resolve
 from costor.store.gc.leases import reader_lease
 from costor.store.pool import Pool
 from costor.store.restore.archive import plan_archive, resolve_format, write_archive
+from costor.store.restore.device import image_node, restore_to_device
 from costor.store.restore.directory import DEFAULT_OVERWRITE, OVERWRITE_MODES, Restorer, Selection
 
 if TYPE_CHECKING:
@@ -39,6 +42,8 @@ class RestoreOutcome:
     path: str
     target: str | None = None
     archive: str | None = None
+    device: str | None = None  # --target-device: the block device an image was written to
+    device_size: int | None = None
     format: str | None = None
     overwrite: str | None = None
     faithful: bool | None = None  # directories: setuid bits, devices, system xattrs kept
@@ -74,6 +79,8 @@ class RestoreOutcome:
         }
         if self.archive is not None:
             document.update(archive=self.archive, format=self.format)
+        elif self.device is not None:
+            document.update(device=self.device, device_size=self.device_size)
         else:
             document.update(
                 target=self.target, overwrite=self.overwrite, faithful=bool(self.faithful)
@@ -109,6 +116,7 @@ def restore(
     path: str = "/",
     target: str | None = None,
     archive: str | BinaryIO | None = None,
+    device: str | None = None,
     archive_name: str | None = None,
     format: str | None = None,
     force: bool = False,
@@ -129,9 +137,19 @@ def restore(
     and ``security.*``/``trusted.*`` xattrs as the snapshot holds them; None (the
     default) does so only when the target is ``/`` (docs/restore.md, "Restoring
     untrusted snapshots"). Whatever it says, an entry whose name could leave the target
-    is refused (:class:`~costor.errors.RestoreRefused`)."""
-    if (target is None) == (archive is None):
-        raise UsageError(message="restore needs exactly one of a target directory or an archive")
+    is refused (:class:`~costor.errors.RestoreRefused`). ``device``: write the image
+    ``path`` names onto this block device (``store/restore/device.py``)."""
+    if [target, archive, device].count(None) != 2:
+        raise UsageError(
+            message="restore needs exactly one of a target directory, an archive or a device"
+        )
+    if device is not None and (
+        overwrite is not None or force or format is not None or faithful or include or exclude
+    ):
+        raise UsageError(
+            message="--target-device writes one image: --overwrite, --force, --format, "
+            "--faithful, --include and --exclude do not apply"
+        )
     if archive is not None and overwrite is not None:
         raise UsageError(
             message="--overwrite applies to a restore into a directory; "
@@ -171,6 +189,7 @@ def restore(
             else archive_name or (archive if isinstance(archive, str) else "-"),
             "include": list(include),
             "exclude": list(exclude),
+            **({"device": device} if device is not None else {}),
         },
         before=True,
         dry_run=dry_run,
@@ -189,7 +208,18 @@ def restore(
         lease = reader_lease(pool)  # before the index: see costor/store/gc/leases.py
         try:
             ctx.load_index(pool)
-            if target is not None:
+            if device is not None:
+                node = image_node(pool, snapshot, path)
+                written = restore_to_device(pool, node, device, progress=progress, dry_run=dry_run)
+                outcome.device = device
+                outcome.device_size = written.device_size
+                outcome.files_new = 1
+                outcome.bytes_written = written.bytes_written
+                if list_entries:
+                    outcome.entries = [
+                        {"path": path, "type": node.type, "size": node.size, "action": "new"}
+                    ]
+            elif target is not None:
                 outcome.overwrite = overwrite or DEFAULT_OVERWRITE
                 restorer = Restorer(
                     pool,

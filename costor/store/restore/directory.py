@@ -48,7 +48,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,10 +82,20 @@ from costor.store.restore.confined import (
     walk_checked,
     write_sparse,
 )
+from costor.store.restore.readahead import MANY_BLOBS, blobs_in_order
 from costor.store.restore.selection import Selection
 from costor.store.restore.walk import Walk, WriterDirs
 from costor.store.snapshot import Snapshot
-from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
+from costor.store.tree import (
+    BLOCKDEV,
+    CHARDEV,
+    CONTENT_TYPES,
+    DIR,
+    FIFO,
+    SOCKET,
+    SYMLINK,
+    Node,
+)
 
 OVERWRITE_MODES = ("always", "if-changed", "if-newer", "never")
 DEFAULT_OVERWRITE = "always"  # restic's default since 0.17
@@ -178,7 +188,7 @@ class Restorer:
         items = self._selected(node, where)
         total_files = total_bytes = 0
         for _p, n, _s, problem in items:
-            if n.type == FILE and problem is None:
+            if n.type in CONTENT_TYPES and problem is None:
                 total_files += 1
                 total_bytes += n.size
         self.progress.set_total(total_files, total_bytes)
@@ -270,7 +280,7 @@ class Restorer:
                 self._count(number, snap_path, node, NOT_OVERWRITTEN)
         elif node.type == DIR:
             self._enter(walk, parts, node)
-        elif node.type == FILE:
+        elif node.type in CONTENT_TYPES:  # an image comes back as a regular file
             self._submit_file(walk, number, parts, node, snap_path)
         else:
             self._special(walk.parent(parts), parts, node, number, snap_path)
@@ -326,7 +336,7 @@ class Restorer:
             return NOT_OVERWRITTEN
         if self.overwrite == "if-newer":
             return OVERWRITE if node.mtime_ns > st.st_mtime_ns else NOT_OVERWRITTEN
-        if node.type == FILE and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
+        if node.type in CONTENT_TYPES and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
             if self.overwrite == "if-changed" and st.st_mtime_ns == node.mtime_ns:
                 return UNCHANGED
             return UNCHANGED if self._same_content(dir_fd, name, node) else OVERWRITE
@@ -565,8 +575,11 @@ class Restorer:
     def _write_content(self, fd: int, node: Node) -> int:
         position = 0
         written_to = 0
-        for blob in node.content:
-            data = self.pool.read_blob(blob)
+        if len(node.content) >= MANY_BLOBS:  # an image, a large file: read ahead
+            blobs: Iterable[bytes] = blobs_in_order(self.pool, node.content)
+        else:
+            blobs = (self.pool.read_blob(blob) for blob in node.content)
+        for data in blobs:
             end = write_sparse(fd, data, position)
             position += len(data)
             written_to = end or written_to

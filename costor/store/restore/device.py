@@ -1,0 +1,203 @@
+"""Restore an image (a snapshot's ``image`` entry) onto a block device, byte for byte.
+
+A block device is not a file the restore creates: it holds someone's data already, and
+writing to the wrong one destroys it. So before one byte is written the target is
+checked, and refused (:class:`~costor.errors.RestoreError`, exit 1, nothing written)
+when:
+
+* it is not a block device (a regular file, a directory, a missing name): an image is
+  restored as a file with ``--target DIR`` instead;
+* it is mounted: ``/proc/self/mountinfo`` names the mount point in the message;
+* it is in use: it is opened with ``O_EXCL``, which Linux refuses (``EBUSY``) while the
+  device is mounted, held by device-mapper or LVM (a physical volume, a thin pool's
+  data), an active swap area, a RAID member, or opened ``O_EXCL`` by another program.
+  A program that opened it without ``O_EXCL`` (a VM running on it, ``dd``) is not seen
+  by the kernel's check: stop it first;
+* it is smaller than the image (its size is where ``lseek(SEEK_END)`` lands on the
+  opened device, which is what the kernel will let us write).
+
+The device stays open with ``O_EXCL`` for the whole restore, so nothing can mount it
+meanwhile. Zero chunks are written as zeros: the device holds old data, and a hole
+cannot be left in it (measured against ``BLKZEROOUT``: see docs/images.md). A larger
+device keeps what it held after the image's last byte. The data is flushed
+(``fsync``) before the restore reports success.
+
+Blobs are read ahead by a few threads (decryption and decompression release the GIL)
+and written in order; a blob that fails to verify stops the restore
+(:class:`~costor.errors.DataCorruption`, exit 3): the device then holds a partial image,
+and the message says so.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+from costor.errors import DataCorruption, PathNotInSnapshot, RestoreError, UsageError
+from costor.store.pool import Pool
+from costor.store.progress import Progress
+from costor.store.restore.readahead import blobs_in_order
+from costor.store.snapshot import Snapshot
+from costor.store.tree import IMAGE, Node
+
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+@dataclass
+class DeviceResult:
+    """One image written to a device (or, in a dry run, checked to fit)."""
+
+    device: str
+    device_size: int
+    image_size: int
+    bytes_written: int = 0
+
+
+def image_node(pool: Pool, snapshot: Snapshot, path: str) -> Node:
+    """The image entry at ``path`` in the snapshot; a usage error if it is anything
+    else (a device can only receive an image)."""
+    node = pool.find_node(bytes.fromhex(snapshot.tree), path)
+    if node is None:
+        raise PathNotInSnapshot(path=path, snapshot=snapshot.id[:12])
+    if node.type != IMAGE:
+        shown = "the snapshot's root" if node.name == b"" else f"{path!r}"
+        raise UsageError(
+            message=f"--target-device needs PATH to name an image of the snapshot; {shown} "
+            f"is a {node.type} (`costor ls -l {snapshot.id[:12]}` shows images as 'i'); "
+            "restore files with --target DIR"
+        )
+    return node
+
+
+def mount_points(rdev: int) -> list[str]:
+    """Where the block device ``rdev`` is mounted, from ``/proc/self/mountinfo`` (field
+    3 is the mounted device's major:minor); empty when it is not."""
+    wanted = f"{os.major(rdev)}:{os.minor(rdev)}"
+    found = []
+    try:
+        with open(MOUNTINFO, "rb") as handle:
+            for line in handle:
+                fields = line.split(b" ")
+                if len(fields) > 4 and fields[2].decode("ascii", "replace") == wanted:
+                    found.append(_unescape(fields[4]))
+    except OSError:
+        return []
+    return found
+
+
+def _unescape(field: bytes) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    for code in (b"\\040", b"\\011", b"\\012", b"\\134"):
+        field = field.replace(code, bytes([int(code[1:], 8)]))
+    return os.fsdecode(field)
+
+
+def open_device(device: str, image_size: int) -> tuple[int, int]:
+    """Open ``device`` for writing, exclusively, after every check of the module's
+    docstring; its descriptor and size. Refusals raise :class:`RestoreError`."""
+
+    def refuse(reason: str) -> RestoreError:
+        return RestoreError(reason=f"{device}: {reason}; nothing was written")
+
+    try:
+        st = os.stat(device)  # /dev/vg1/new is a link to /dev/dm-N: followed
+    except OSError as error:
+        raise refuse(error.strerror or str(error)) from error
+    if not stat.S_ISBLK(st.st_mode):
+        raise refuse(
+            "is not a block device (to restore the image as a file, use --target DIR: it "
+            "is written at its path under DIR)"
+        )
+    mounted = mount_points(st.st_rdev)
+    if mounted:
+        raise refuse(f"is mounted on {', '.join(mounted)}: unmount it first")
+    try:
+        fd = os.open(device, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno == errno.EBUSY:
+            raise refuse(
+                "is in use (mounted, or held by LVM/device-mapper, swap, RAID or another "
+                "program that opened it exclusively)"
+            ) from error
+        raise refuse(error.strerror or str(error)) from error
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISBLK(opened.st_mode) or opened.st_rdev != st.st_rdev:
+            raise refuse("changed while it was being opened")
+        size = os.lseek(fd, 0, os.SEEK_END)
+        if size < image_size:
+            raise refuse(
+                f"holds {size} bytes, fewer than the image's {image_size}: "
+                "choose a device at least as large"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, size
+
+
+def restore_to_device(
+    pool: Pool,
+    node: Node,
+    device: str,
+    *,
+    progress: Progress | None = None,
+    dry_run: bool = False,
+) -> DeviceResult:
+    """Write image ``node``'s bytes to the block device ``device`` from offset 0. A dry
+    run makes every check (the device is opened exclusively, then closed) and writes
+    nothing."""
+    progress = progress or Progress()
+    fd, device_size = open_device(device, node.size)
+    result = DeviceResult(device=device, device_size=device_size, image_size=node.size)
+    try:
+        progress.set_total(1, node.size)
+        if dry_run:
+            progress.advance(files=1, size=node.size)
+            result.bytes_written = node.size
+            return result
+        position = 0
+        for data in blobs_in_order(pool, node.content):
+            if position + len(data) > node.size:
+                raise _size_mismatch(node, "goes past")
+            _write_all(fd, data, position)
+            position += len(data)
+            progress.advance(size=len(data))
+        if position != node.size:
+            raise _size_mismatch(node, "ends before")
+        os.fsync(fd)
+        result.bytes_written = position
+        progress.advance(files=1)
+    except DataCorruption as error:
+        raise DataCorruption(
+            pack=error.fields.get("pack", "?"),
+            reason=f"{error.fields.get('reason', error)}; {device} holds a partial image now",
+        ) from error
+    except OSError as error:
+        raise RestoreError(reason=f"{device}: {error.strerror or error}") from error
+    finally:
+        os.close(fd)
+    return result
+
+
+def _write_all(fd: int, data: bytes, position: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, position)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "no space left on the device")
+        view = view[written:]
+        position += written
+
+
+def _size_mismatch(node: Node, how: str) -> DataCorruption:
+    return DataCorruption(
+        pack="(tree)",
+        reason=f"content of image {os.fsdecode(node.name)!r} {how} its recorded size "
+        f"of {node.size} bytes",
+    )
+
+
+__all__ = ["DeviceResult", "image_node", "mount_points", "restore_to_device"]

@@ -1,0 +1,246 @@
+"""Images restored onto real loop devices and as sparse files (issue 23).
+
+The snapshots hold an ``image`` entry made through the store's own API (its blobs put
+in a real pool, as a backup stores them); the targets are real loop devices over files
+in the test's directory, one mounted with a real ext4 file system, one too small.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import stat
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from support.fixtures import make_pool, open_pool
+
+from costor.errors import PathNotInSnapshot, RestoreError, UsageError
+from costor.store.pack import BlobType
+from costor.store.pool import Pool
+from costor.store.restore.device import image_node, mount_points, restore_to_device
+from costor.store.restore.directory import Restorer
+from costor.store.snapshot import Snapshot
+from costor.store.tree import DIR, FILE, IMAGE, Node
+
+MIB = 1024 * 1024
+IMAGE_SIZE = 8 * MIB
+CHUNK = 256 * 1024
+MTIME = 1_700_000_000_000_000_000
+OLD_BYTE = 0xA5  # what a target device holds before the restore
+
+
+def image_bytes() -> bytes:
+    """8 MiB: random data with all-zero stretches (whole chunks and parts of chunks),
+    and a zero tail, as a disk image has."""
+    rng = random.Random(23)
+    data = bytearray(rng.randbytes(IMAGE_SIZE))
+    data[MIB : 3 * MIB] = bytes(2 * MIB)  # whole zero chunks: holes in a file
+    data[5 * MIB + 4096 : 5 * MIB + 200_000] = bytes(200_000 - 4096)
+    data[7 * MIB :] = bytes(MIB)  # the image ends in zeros
+    return bytes(data)
+
+
+def image_node_in(pool: Pool, name: bytes, data: bytes) -> Node:
+    content = [
+        pool.put_blob(BlobType.DATA, data[start : start + CHUNK])
+        for start in range(0, len(data), CHUNK)
+    ]
+    return Node(
+        name=name,
+        type=IMAGE,
+        mode=0o660,
+        size=len(data),
+        content=content,
+        mtime_ns=MTIME,
+        image={"method": "full", "block_size": 4096, "source": "blockdev"},
+    )
+
+
+def dir_node(pool: Pool, name: bytes, children: list[Node]) -> Node:
+    return Node(name=name, type=DIR, mode=stat.S_IFDIR | 0o755, subtree=pool.save_tree(children))
+
+
+@pytest.fixture
+def image_pool(tmp_path: Path) -> tuple[Pool, Snapshot, bytes]:
+    """A pool whose snapshot holds /dev/vg0/root-snap (an image) and /etc/motd (a file)."""
+    pool = make_pool(tmp_path / "pool")
+    data = image_bytes()
+    image = image_node_in(pool, b"root-snap", data)
+    motd = Node(
+        name=b"motd",
+        type=FILE,
+        mode=stat.S_IFREG | 0o644,
+        size=3,
+        content=[pool.put_blob(BlobType.DATA, b"hi\n")],
+        mtime_ns=MTIME,
+    )
+    dev = dir_node(pool, b"dev", [dir_node(pool, b"vg0", [image])])
+    tree = pool.save_tree([dev, dir_node(pool, b"etc", [motd])])
+    pool.flush()
+    snapshot = Snapshot(
+        client="vmhost", time="2026-12-07T20:00:00.000000Z", paths=["/"], tree=tree.hex()
+    )
+    pool.save_snapshot(snapshot)
+    return open_pool(tmp_path / "pool"), snapshot, data
+
+
+def _need_tools(*names: str) -> None:
+    missing = [name for name in names if shutil.which(name) is None]
+    if os.geteuid() != 0 or missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"loop devices need root and {', '.join(missing) or 'losetup'}")
+        pytest.skip("loop devices need root and losetup")
+
+
+def _attach(backing: Path, size: int) -> Path:
+    backing.write_bytes(bytes([OLD_BYTE]) * size)
+    attached = subprocess.run(
+        ["losetup", "-f", "--show", str(backing)], capture_output=True, text=True, timeout=30
+    )
+    assert attached.returncode == 0, attached.stderr
+    return Path(attached.stdout.strip())
+
+
+@pytest.fixture
+def loop_devices(tmp_path: Path) -> Iterator[Callable[[str, int], Path]]:
+    """attach(name, size) -> /dev/loopN over a file of OLD_BYTE bytes; detached after."""
+    _need_tools("losetup")
+    attached: list[Path] = []
+
+    def attach(name: str, size: int) -> Path:
+        device = _attach(tmp_path / name, size)
+        attached.append(device)
+        return device
+
+    try:
+        yield attach
+    finally:
+        for device in attached:
+            subprocess.run(["losetup", "-d", str(device)], capture_output=True, timeout=30)
+
+
+def _read_device(device: Path, length: int) -> bytes:
+    with open(device, "rb") as handle:
+        return handle.read(length)
+
+
+def test_image_is_written_to_a_device_byte_for_byte(image_pool, loop_devices) -> None:
+    pool, snapshot, data = image_pool
+    device = loop_devices("target.img", IMAGE_SIZE + MIB)  # larger: its tail is kept
+    node = image_node(pool, snapshot, "/dev/vg0/root-snap")
+    result = restore_to_device(pool, node, str(device))
+    assert result.bytes_written == IMAGE_SIZE
+    assert result.device_size == IMAGE_SIZE + MIB
+    written = _read_device(device, IMAGE_SIZE + MIB)
+    # The zero chunks were written as zeros over the old bytes, not skipped.
+    assert written[:IMAGE_SIZE] == data
+    assert written[IMAGE_SIZE:] == bytes([OLD_BYTE]) * MIB
+
+
+def test_a_device_smaller_than_the_image_is_refused(image_pool, loop_devices) -> None:
+    pool, snapshot, _data = image_pool
+    device = loop_devices("small.img", IMAGE_SIZE - MIB)
+    node = image_node(pool, snapshot, "/dev/vg0/root-snap")
+    with pytest.raises(RestoreError, match="fewer than the image's 8388608") as raised:
+        restore_to_device(pool, node, str(device))
+    assert "nothing was written" in str(raised.value)
+    assert _read_device(device, IMAGE_SIZE - MIB) == bytes([OLD_BYTE]) * (IMAGE_SIZE - MIB)
+
+
+def test_a_mounted_device_is_refused_and_named(image_pool, loop_devices, tmp_path) -> None:
+    _need_tools("mkfs.ext4", "mount", "umount")
+    pool, snapshot, _data = image_pool
+    device = loop_devices("mounted.img", 16 * MIB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(device)], check=True, timeout=60)
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    subprocess.run(["mount", str(device), str(mount_point)], check=True, timeout=60)
+    try:
+        (mount_point / "precious").write_bytes(b"keep me\n")
+        assert mount_points(os.stat(device).st_rdev) == [str(mount_point)]
+        node = image_node(pool, snapshot, "/dev/vg0/root-snap")
+        with pytest.raises(RestoreError, match=f"is mounted on {mount_point}"):
+            restore_to_device(pool, node, str(device))
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True, timeout=60)
+    # The file system is whole: mount it again and find the file.
+    subprocess.run(["mount", str(device), str(mount_point)], check=True, timeout=60)
+    try:
+        assert (mount_point / "precious").read_bytes() == b"keep me\n"
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True, timeout=60)
+
+
+def test_a_device_held_exclusively_is_refused(image_pool, loop_devices) -> None:
+    """Not mounted, but in use: O_EXCL (as LVM or a mount would hold it) says EBUSY."""
+    pool, snapshot, _data = image_pool
+    device = loop_devices("held.img", 16 * MIB)
+    holder = os.open(device, os.O_RDONLY | os.O_EXCL)
+    try:
+        node = image_node(pool, snapshot, "/dev/vg0/root-snap")
+        with pytest.raises(RestoreError, match="is in use"):
+            restore_to_device(pool, node, str(device))
+    finally:
+        os.close(holder)
+    assert _read_device(device, 4096) == bytes([OLD_BYTE]) * 4096
+
+
+def test_not_a_block_device_is_refused(image_pool, tmp_path) -> None:
+    pool, snapshot, _data = image_pool
+    plain = tmp_path / "plain.img"
+    plain.write_bytes(b"x" * 100)
+    node = image_node(pool, snapshot, "/dev/vg0/root-snap")
+    with pytest.raises(RestoreError, match="is not a block device .*--target DIR"):
+        restore_to_device(pool, node, str(plain))
+    assert plain.read_bytes() == b"x" * 100
+    with pytest.raises(RestoreError, match="No such file"):
+        restore_to_device(pool, node, str(tmp_path / "missing"))
+
+
+def test_only_an_image_goes_to_a_device(image_pool) -> None:
+    pool, snapshot, _data = image_pool
+    with pytest.raises(UsageError, match="'/etc/motd' is a file"):
+        image_node(pool, snapshot, "/etc/motd")
+    with pytest.raises(UsageError, match="root is a dir"):
+        image_node(pool, snapshot, "/")
+    with pytest.raises(PathNotInSnapshot):
+        image_node(pool, snapshot, "/dev/vg0/nothing")
+
+
+def test_dry_run_checks_the_device_and_writes_nothing(image_pool, loop_devices) -> None:
+    pool, snapshot, _data = image_pool
+    device = loop_devices("dry.img", IMAGE_SIZE)
+    node = image_node(pool, snapshot, "/dev/vg0/root-snap")
+    result = restore_to_device(pool, node, str(device), dry_run=True)
+    assert result.bytes_written == IMAGE_SIZE
+    assert _read_device(device, IMAGE_SIZE) == bytes([OLD_BYTE]) * IMAGE_SIZE
+
+
+def test_image_into_a_directory_is_a_sparse_regular_file(image_pool, tmp_path) -> None:
+    pool, snapshot, data = image_pool
+    target = tmp_path / "target"
+    result = Restorer(pool).restore(snapshot, str(target))
+    restored = target / "dev" / "vg0" / "root-snap"
+    st = os.lstat(restored)
+    assert stat.S_ISREG(st.st_mode)  # a file, never a device node
+    assert stat.S_IMODE(st.st_mode) == 0o660
+    assert st.st_mtime_ns == MTIME
+    assert restored.read_bytes() == data
+    # 2 MiB + ~190 KiB + 1 MiB of zeros are holes (64 KiB granularity)
+    assert st.st_blocks * 512 <= IMAGE_SIZE - 3 * MIB
+    assert result.files_new == 2
+    assert result.bytes_written == IMAGE_SIZE + 3
+    # Restored again: recognised as unchanged by its content, not written.
+    again = Restorer(pool).restore(snapshot, str(target))
+    assert again.files_unchanged == 2 and again.bytes_written == 0
+
+
+def test_image_path_alone_lands_under_the_target(image_pool, tmp_path) -> None:
+    pool, snapshot, data = image_pool
+    target = tmp_path / "one"
+    Restorer(pool).restore(snapshot, str(target), "/dev/vg0/root-snap")
+    assert (target / "root-snap").read_bytes() == data

@@ -12,6 +12,8 @@ import random
 import shutil
 import stat
 import subprocess
+import tarfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from support.fixtures import make_pool, open_pool
 from costor.errors import PathNotInSnapshot, RestoreError, UsageError
 from costor.store.pack import BlobType
 from costor.store.pool import Pool
+from costor.store.restore.archive import write_archive
 from costor.store.restore.device import image_node, mount_points, restore_to_device
 from costor.store.restore.directory import Restorer
 from costor.store.snapshot import Snapshot
@@ -244,3 +247,22 @@ def test_image_path_alone_lands_under_the_target(image_pool, tmp_path) -> None:
     target = tmp_path / "one"
     Restorer(pool).restore(snapshot, str(target), "/dev/vg0/root-snap")
     assert (target / "root-snap").read_bytes() == data
+
+
+@pytest.mark.parametrize("name", ["image.tar", "image.zip"])
+def test_an_archive_holds_the_image_as_a_regular_file(image_pool, tmp_path, name) -> None:
+    pool, snapshot, data = image_pool
+    destination = tmp_path / name
+    result = write_archive(pool, snapshot, "/dev", str(destination))
+    assert result.files == 1 and result.bytes_written == IMAGE_SIZE
+    if name.endswith(".tar"):
+        with tarfile.open(destination) as archive:
+            member = archive.getmember("dev/vg0/root-snap")
+            assert member.isreg() and member.size == IMAGE_SIZE and member.mode == 0o660
+            extracted = archive.extractfile(member)
+            assert extracted is not None and extracted.read() == data
+    else:
+        with zipfile.ZipFile(destination) as archive:
+            info = archive.getinfo("dev/vg0/root-snap")
+            assert stat.S_ISREG(info.external_attr >> 16)
+            assert archive.read(info) == data

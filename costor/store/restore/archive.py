@@ -81,7 +81,15 @@ from costor.store.restore.archive_entries import (
 from costor.store.restore.confined import REFUSED, Refusal
 from costor.store.restore.selection import Selection
 from costor.store.snapshot import Snapshot
-from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
+from costor.store.tree import (
+    BLOCKDEV,
+    CHARDEV,
+    CONTENT_TYPES,
+    DIR,
+    FIFO,
+    SYMLINK,
+    Node,
+)
 
 FORMATS = ("tar", "tar.zst", "zip")
 READ_WORKERS = 4  # threads reading blobs ahead of the writer
@@ -207,7 +215,9 @@ def plan_archive(
         raise PathNotInSnapshot(path=path, snapshot=snapshot.id[:12])
     result = ArchiveResult(entries=[] if list_entries else None)
     kinds = (
-        (DIR, FILE, SYMLINK) if chosen == "zip" else (DIR, FILE, SYMLINK, FIFO, CHARDEV, BLOCKDEV)
+        (DIR, *CONTENT_TYPES, SYMLINK)
+        if chosen == "zip"
+        else (DIR, *CONTENT_TYPES, SYMLINK, FIFO, CHARDEV, BLOCKDEV)
     )
     for entry in archive_entries(
         pool,
@@ -233,7 +243,7 @@ def _plan_entry(result: ArchiveResult, entry: Entry, kinds: tuple[str, ...]) -> 
         action = "archive"
         if kind == DIR:
             result.dirs += 1
-        elif kind == FILE:
+        elif kind in CONTENT_TYPES:  # an image is archived as a regular file
             result.files += 1
             result.bytes_written += entry.node.size if entry.reads_content else 0
     renamed = entry.renamed and action == "archive"
@@ -429,7 +439,7 @@ class _ArchiveWriter:
         if self.count_totals:
             total_files = total_bytes = 0
             for entry in self._entries():
-                if entry.node.type == FILE and entry.problem is None:
+                if entry.node.type in CONTENT_TYPES and entry.problem is None:
                     total_files += 1
                     total_bytes += entry.node.size if entry.reads_content else 0
             self.progress.set_total(total_files, total_bytes)
@@ -525,7 +535,7 @@ class _ArchiveWriter:
             pax["mtime"] = _pax_time(node.mtime_ns)
         if node.type == DIR:
             info.type = tarfile.DIRTYPE
-        elif node.type == FILE:
+        elif node.type in CONTENT_TYPES:  # an image: a regular file member
             if entry.link_to is not None:
                 info.type = tarfile.LNKTYPE
                 info.linkname = os.fsdecode(entry.link_to)
@@ -572,7 +582,7 @@ class _ArchiveWriter:
                 if entry.problem is not None:
                     self.result.refuse(entry, self.progress)
                     continue
-                if node.type not in (DIR, FILE, SYMLINK):
+                if node.type not in (DIR, *CONTENT_TYPES, SYMLINK):
                     self._skip(entry, f"a {node.type} cannot be stored in a zip archive")
                     continue
                 if entry.renamed:
@@ -622,7 +632,7 @@ class _ArchiveWriter:
     def _count(self, entry: Entry) -> None:
         if entry.node.type == DIR:
             self.result.dirs += 1
-        elif entry.node.type == FILE:
+        elif entry.node.type in CONTENT_TYPES:
             self.result.files += 1
             self.progress.advance(files=1)
 

@@ -32,7 +32,7 @@ from costor.store.pool import Pool
 from costor.store.progress import Progress
 from costor.store.restore.confined import Parts, shown_path, walk_checked
 from costor.store.restore.selection import Selection
-from costor.store.tree import DIR, FILE, Node
+from costor.store.tree import CONTENT_TYPES, DIR, FILE, Node
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Entry:
 
     @property
     def reads_content(self) -> bool:
-        return self.node.type == FILE and self.link_to is None and self.problem is None
+        return self.node.type in CONTENT_TYPES and self.link_to is None and self.problem is None
 
 
 def archive_entries(

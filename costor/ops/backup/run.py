@@ -52,6 +52,7 @@ class BackupOutcome:
             "parent": self.snapshot.parent,
             "paths": self.snapshot.paths,
             **{name: counters.get(name, 0) for name in COUNTER_FIELDS},
+            "images": counters.get("images", 0),  # images stored (their bytes are counted too)
             "compression_ratio": _ratio(counters),
             "duration_s": round(self.snapshot.duration_s, 3),
             "transfer": self.method,
@@ -196,6 +197,9 @@ def _run(
         pool,
         client=client_name,
         paths=list(client.paths),
+        # Locally every image is read whole (the changed-block methods save transfer
+        # from a host; here unchanged chunks dedup): ``changes`` is for SSH clients.
+        images=[image.path for image in client.images],
         exclude=list(client.exclude),
         one_file_system=client.one_file_system,
         progress=progress,

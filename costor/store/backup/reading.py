@@ -1,9 +1,11 @@
 """Reading one local file for the walk (:mod:`.walk`): opened without touching its
 access time, read in bounded pieces, and handed to the chunker with the piece already
-read in front."""
+read in front; an image (a block device or an image file) read as one stream, the holes
+of a sparse file made without reading them."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -43,3 +45,68 @@ def open_noatime(path: bytes) -> int:
         return os.open(path, flags)
     except PermissionError:
         return os.open(path, os.O_RDONLY)
+
+
+# Zeros copied into the chunker's buffer for a hole, a piece at a time.
+_ZEROS = bytes(1024 * 1024)
+
+
+class ImageReader:
+    """A raw reader over bytes ``[0, size)`` of an image (a block device or an image
+    file), read with ``pread`` from ``fd``. In a sparse file (``sparse``) the holes
+    (``SEEK_DATA``/``SEEK_HOLE``) are not read: their zeros are copied in without I/O.
+    ``io_bytes`` counts the bytes actually read. A device or file that ends early ends
+    the stream there (the caller compares what came with ``size``)."""
+
+    def __init__(self, fd: int, size: int, *, sparse: bool) -> None:
+        self.fd = fd
+        self.size = size
+        self.sparse = sparse
+        self.position = 0
+        self.io_bytes = 0
+        self.hole_bytes = 0
+        # [position, data_end) is known to be data, [position, hole_end) a hole.
+        self.data_end = 0 if sparse else size
+        self.hole_end = 0
+
+    def readinto(self, buffer: memoryview) -> int:
+        want = min(len(buffer), self.size - self.position)
+        if want <= 0:
+            return 0
+        if self.position >= max(self.data_end, self.hole_end):
+            self._locate()
+        if self.position < self.hole_end:
+            count = min(want, self.hole_end - self.position)
+            done = 0
+            while done < count:
+                piece = min(count - done, len(_ZEROS))
+                buffer[done : done + piece] = _ZEROS[:piece]
+                done += piece
+            self.hole_bytes += count
+        else:
+            wanted = min(want, self.data_end - self.position)
+            count = os.preadv(self.fd, [buffer[:wanted]], self.position)
+            self.io_bytes += count
+            if not count:
+                self.size = self.position  # ended early: shrunk while read
+        self.position += count
+        return count
+
+    def _locate(self) -> None:
+        """Where the data or hole at ``position`` ends (a file system without
+        ``SEEK_DATA`` is read whole)."""
+        position = self.position
+        try:
+            data = os.lseek(self.fd, position, os.SEEK_DATA)
+        except OSError as error:
+            if error.errno == errno.ENXIO:  # no data from here on: a hole to the end
+                self.hole_end = self.size
+            else:
+                self.sparse, self.data_end = False, self.size
+            return
+        if data > position:
+            self.hole_end = min(data, self.size)
+            return
+        self.data_end = min(os.lseek(self.fd, position, os.SEEK_HOLE), self.size)
+        if self.data_end <= position:  # grew meanwhile: read what is there
+            self.data_end = self.size

@@ -19,6 +19,16 @@ memory stays flat whatever the file sizes and tree shapes.
 
 Change detection: a file whose type, size, mtime, ctime and inode match the parent
 snapshot's node (and whose blobs are all still in the index) is not read again.
+
+Images (``images``: block devices and image files) are each read as one byte stream by a
+file worker and stored as a node of type ``image`` at their path, content cut by the
+same chunker as files (so they dedup with each other and with file data). Every byte is
+read (``image["method"] = "full"``), except the holes of a sparse image file, which are
+zeros made without I/O; an all-zero chunk's id is computed once per length, not hashed
+again. An image file whose size, mtime, ctime and inode match the parent's image node is
+taken as unchanged, like a file; a block device never is (its mtime does not move when
+its blocks do). An image inside a backed-up directory is stored as the image (the
+entry of the walk is replaced by it), and is never excluded: it was named.
 """
 
 from __future__ import annotations
@@ -31,15 +41,20 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from costor.errors import BackupError
 from costor.protocol import ExcludeMatcher
-from costor.store.backup.common import changed_while_read, node_only_warning, rfc3339_now
-from costor.store.backup.reading import PrefixedReader, open_noatime, read_up_to
+from costor.store.backup.common import (
+    StatusAfter,
+    changed_while_read,
+    node_only_warning,
+    rfc3339_now,
+)
+from costor.store.backup.reading import ImageReader, PrefixedReader, open_noatime, read_up_to
 from costor.store.compressibility import worth_compressing
 from costor.store.pack import BlobType
 from costor.store.pool import Pool
@@ -51,12 +66,14 @@ from costor.store.tree import (
     DIR,
     FIFO,
     FILE,
+    IMAGE,
     SOCKET,
     SYMLINK,
     Node,
 )
 
 _TARGET = object()  # marks a path given to back up in full
+_IMAGE = object()  # marks an image
 
 
 @dataclass
@@ -69,6 +86,7 @@ class Counters:
     files_unmodified: int = 0
     files_failed: int = 0
     dirs: int = 0
+    images: int = 0  # images stored (read, or unchanged image files)
     bytes_read: int = 0
     bytes_processed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -105,6 +123,7 @@ class Archiver:
         *,
         client: str,
         paths: list[str],
+        images: Iterable[str] = (),
         exclude: Iterable[str] = (),
         one_file_system: bool = False,
         progress: Progress | None = None,
@@ -114,6 +133,10 @@ class Archiver:
         self.pool = pool
         self.client = client
         self.paths = _normalise_paths(paths)
+        self.images = _normalise_images(images)
+        self._image_paths = {os.fsencode(image) for image in self.images}
+        if not self.paths and not self.images:
+            raise BackupError(client=client, reason="no paths and no images to back up")
         self.matcher = ExcludeMatcher(exclude)
         self.one_file_system = one_file_system
         self.progress = progress or Progress()
@@ -134,6 +157,8 @@ class Archiver:
         self._batch_bytes = 0
         self._hardlinks: dict[tuple[int, int], Future[tuple[list[bytes], int]]] = {}
         self._names_cache: dict[tuple[str, int], str] = {}
+        self._zeros = b""  # all zeros, as long as the longest zero chunk seen
+        self._zero_blobs: dict[int, bytes] = {}  # length -> the id of so many zeros
 
     # --- entry point ------------------------------------------------------------------
 
@@ -146,17 +171,9 @@ class Archiver:
         started = time.monotonic()
         spec: dict[bytes, Any] = {}
         for path in self.paths:
-            parts = [p for p in os.fsencode(path).split(b"/") if p]
-            if not parts:
-                continue
-            level = spec
-            for part in parts[:-1]:
-                existing = level.setdefault(part, {})
-                if existing is _TARGET:
-                    break
-                level = existing
-            else:
-                level[parts[-1]] = _TARGET
+            _put(spec, os.fsencode(path), _TARGET)
+        for image in self._image_paths:  # after the paths: an image's entry wins
+            _put(spec, image, _IMAGE)
         if scan_totals:
             threading.Thread(target=self._scan_totals, daemon=True).start()
         parent_tree = bytes.fromhex(parent.tree) if parent else None
@@ -187,7 +204,7 @@ class Archiver:
         snapshot = Snapshot(
             client=self.client,
             time=rfc3339_now(),
-            paths=self.paths,
+            paths=sorted({*self.paths, *self.images}),
             tree=root.node.subtree.hex(),
             hostname=self.hostname,
             parent=parent.id if parent else None,
@@ -197,6 +214,7 @@ class Archiver:
                 "files_unmodified": counters.files_unmodified,
                 "files_failed": counters.files_failed,
                 "dirs": counters.dirs,
+                "images": counters.images,
                 "bytes_read": counters.bytes_read,
                 "bytes_processed": counters.bytes_processed,
                 "bytes_added": self.pool.bytes_added,
@@ -228,6 +246,9 @@ class Archiver:
         parent_nodes = self._remember_previous(job, parent_tree)
         for name, sub in sorted(spec.items()):
             child = os.path.join(path, name)
+            if sub is _IMAGE:
+                self._add_image(job, child, name, parent_nodes.get(name))
+                continue
             try:
                 st = os.lstat(child)
             except OSError as error:
@@ -262,6 +283,9 @@ class Archiver:
             self._fail(path, f"cannot list directory: {error.strerror}")
             entries = []
         for name, child in entries:
+            if child in self._image_paths:
+                self._add_image(job, child, name, parent_nodes.get(name))
+                continue
             if self._excluded(child, name):
                 continue
             try:
@@ -286,13 +310,13 @@ class Archiver:
         if node.type == DIR:
             counters.dirs += 1
             child_job = self._open_child(job, node)
+            previous_tree = previous.subtree if previous and previous.type == DIR else None
             if not (self.one_file_system and st.st_dev != root_device):
-                self._walk_dir(
-                    path,
-                    previous.subtree if previous and previous.type == DIR else None,
-                    root_device,
-                    child_job,
-                )
+                self._walk_dir(path, previous_tree, root_device, child_job)
+            else:  # the images named below it are still stored
+                below = self._images_below(path)
+                if below:
+                    self._walk_virtual_dir(path, below, previous_tree, child_job)
             self._release(child_job)
             return
         job.nodes.append(node)
@@ -325,6 +349,66 @@ class Archiver:
         with self._jobs_lock:
             job.pending += 1
         future.add_done_callback(lambda done: self._file_done(job, node, done))
+
+    def _add_image(self, job: _DirJob, path: bytes, name: bytes, previous: Node | None) -> None:
+        """An image: its stat (links followed: ``/dev/vg0/snap`` is a link to the
+        device), its size (a device's by seeking to its end) and a worker to read it."""
+        self._raise_fatal()
+        try:
+            st = os.stat(path)
+        except OSError as error:
+            self._fail(path, f"image cannot be read: {error.strerror}")
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self._fail(path, "image is a directory, not a block device or a file")
+            return
+        device = stat.S_ISBLK(st.st_mode)
+        if not (device or stat.S_ISREG(st.st_mode)):
+            self._fail(path, "image is neither a block device nor a regular file")
+            return
+        node = self._node_from_stat(path, name, st)
+        node.type, node.rdev = IMAGE, 0
+        if device:
+            node.xattrs = {}
+        node.image = {"method": "full", "source": "blockdev" if device else "file"}
+        counters = self.counters
+        if not device and previous is not None and self._unchanged(previous, node):
+            node.content, node.image = previous.content, previous.image
+            job.nodes.append(node)
+            counters.images += 1
+            counters.bytes_processed += node.size
+            self.progress.advance(files=1, size=node.size)
+            return
+        try:
+            fd = open_noatime(path)
+        except OSError as error:
+            self._fail(path, f"image cannot be opened: {error.strerror}")
+            return
+        try:
+            if device:
+                node.size = os.lseek(fd, 0, os.SEEK_END)
+        except OSError as error:
+            os.close(fd)
+            self._fail(path, f"image size cannot be read: {error.strerror}")
+            return
+        job.nodes.append(node)
+        counters.images += 1
+        counters.bytes_processed += node.size
+        self._queued.acquire()
+        future = self._files.submit(self._read_image, path, fd, node.size, st, device)
+        future.add_done_callback(lambda _f: self._queued.release())
+        with self._jobs_lock:
+            job.pending += 1
+        future.add_done_callback(lambda done: self._file_done(job, node, done))
+
+    def _images_below(self, path: bytes) -> dict[bytes, Any]:
+        """The part of the walk's spec naming the images inside directory ``path``."""
+        spec: dict[bytes, Any] = {}
+        prefix = path.rstrip(b"/") + b"/"
+        for image in self._image_paths:
+            if image.startswith(prefix):
+                _put(spec, image[len(prefix) :], _IMAGE)
+        return spec
 
     def _add_to_batch(self, job: _DirJob, node: Node, path: bytes, size: int) -> None:
         """Small files travel to the workers in batches: one hand-off per batch instead
@@ -413,7 +497,8 @@ class Archiver:
 
     def _unchanged(self, previous: Node, node: Node) -> bool:
         return (
-            previous.type == FILE
+            previous.type == node.type
+            and (node.type == FILE or (previous.image or {}).get("source") == "file")
             and previous.size == node.size
             and previous.mtime_ns == node.mtime_ns
             and previous.ctime_ns == node.ctime_ns
@@ -451,15 +536,56 @@ class Archiver:
         except OSError as error:
             self._fail(path, f"cannot read: {error.strerror}")
             raise _FileSkipped() from error
+
+        def after(size: int) -> dict[str, str] | None:
+            return changed_while_read(path, expected_size, mtime_ns, size, os.fstat(fd))
+
+        content, size = self._store_chunks(path, fd, self._chunks(fd, expected_size), after)
+        with self.counters.lock:
+            self.counters.bytes_read += size
+        return content, size
+
+    def _read_image(
+        self, path: bytes, fd: int, expected_size: int, st: os.stat_result, device: bool
+    ) -> tuple[list[bytes], int]:
+        """An image, ``fd`` opened by the walker: every byte up to ``expected_size``,
+        but the holes of a sparse file. A device whose size changed meanwhile, or a file
+        modified meanwhile, is reported like a file changed while read."""
+        if self._fatal is not None:
+            os.close(fd)
+            raise _FileSkipped()
+        reader = ImageReader(fd, expected_size, sparse=not device)
+        chunks = ((bytes(c.data), False) for c in self._chunker().cut_stream(reader))
+
+        def after(size: int) -> dict[str, str] | None:
+            if device:
+                now = StatusAfter(os.lseek(fd, 0, os.SEEK_END), 0)
+                return changed_while_read(path, expected_size, None, size, now)
+            return changed_while_read(path, expected_size, st.st_mtime_ns, size, os.fstat(fd))
+
+        content, size = self._store_chunks(path, fd, chunks, after)
+        with self.counters.lock:
+            self.counters.bytes_read += reader.io_bytes
+        return content, size
+
+    def _store_chunks(
+        self,
+        path: bytes,
+        fd: int,
+        chunks: Iterable[tuple[bytes | memoryview, bool]],
+        after: Callable[[int], dict[str, str] | None],
+    ) -> tuple[list[bytes], int]:
+        """Hash and store the chunks read from ``fd`` (closed here); ``after(size)``
+        says whether the source changed while read. A read error skips the item."""
         content: list[bytes] = []
         futures: list[Future[None]] = []
         size = 0
         compress = True
         try:
-            for data, single in self._chunks(fd, expected_size):
+            for data, single in chunks:
                 if not size:  # the first chunk: decide for the whole file
                     compress = worth_compressing(os.path.basename(path), data)
-                blob = self.pool.blob_id(data)
+                blob = self._zero_blob(data) or self.pool.blob_id(data)
                 content.append(blob)
                 size += len(data)
                 self.progress.advance(size=len(data))
@@ -477,17 +603,32 @@ class Archiver:
             self._fail(path, f"read error: {error.strerror}")
             raise _FileSkipped() from error
         else:
-            changed = changed_while_read(path, expected_size, mtime_ns, size, os.fstat(fd))
+            changed = after(size)
             if changed is not None:
                 self._warn(changed)
         finally:
             os.close(fd)
         for future in futures:
             future.result()  # a storage error (disk full…) propagates and fails the backup
-        with self.counters.lock:
-            self.counters.bytes_read += size
         self.progress.advance(files=1)
         return content, size
+
+    def _zero_blob(self, data: bytes | memoryview) -> bytes | None:
+        """The id of ``data`` if it is all zeros (holes, unused disk blocks), computed
+        once per length: a sparse 256 MiB image is mostly 8 MiB zero chunks, whose
+        hashing would otherwise be most of the backup's work (tests/store/
+        test_image_local.py measures it)."""
+        if data[0] or data[-1]:
+            return None
+        zeros = self._zeros
+        if len(zeros) < len(data):
+            zeros = self._zeros = bytes(len(data))
+        if not zeros.startswith(data):
+            return None
+        blob = self._zero_blobs.get(len(data))
+        if blob is None:
+            blob = self._zero_blobs[len(data)] = self.pool.blob_id(data)
+        return blob
 
     def _chunks(self, fd: int, expected_size: int) -> Iterable[tuple[bytes | memoryview, bool]]:
         """Chunks of an open file, each with "is this the file's only chunk". Most files
@@ -609,9 +750,14 @@ class Archiver:
     def _scan_totals(self) -> None:
         """Count files and bytes for the progress bar's ETA, alongside the backup."""
         files = size = 0
+        for image in self._image_paths:
+            files += 1
+            size += _image_size(image)
         stack = [os.fsencode(p) for p in self.paths]
         while stack:
             path = stack.pop()
+            if path in self._image_paths:
+                continue  # counted above
             try:
                 st = os.lstat(path)
             except OSError:
@@ -654,6 +800,51 @@ def _node_type(mode: int) -> str:
     if stat.S_ISSOCK(mode):
         return SOCKET
     raise BackupError(client="?", reason=f"unknown file type {mode:o}")
+
+
+def _put(spec: dict[bytes, Any], path: bytes, mark: object) -> None:
+    """Mark ``path`` in the walk's spec (nested dicts of names): ``_TARGET`` (backed up
+    in full; what lies below is walked) or ``_IMAGE``. Inside a target, nothing is
+    added: an image there is found by the walk (``Archiver._image_paths``)."""
+    parts = [p for p in path.split(b"/") if p]
+    if not parts:
+        return
+    level = spec
+    for part in parts[:-1]:
+        existing = level.setdefault(part, {})
+        if existing is _TARGET:
+            return
+        level = existing
+    if mark is _IMAGE or level.get(parts[-1]) is not _IMAGE:
+        level[parts[-1]] = mark
+
+
+def _image_size(path: bytes) -> int:
+    """An image's size for the progress totals: a file's, or a device's end (0 if it
+    cannot be opened; the backup reports that)."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISBLK(st.st_mode):
+            return st.st_size if stat.S_ISREG(st.st_mode) else 0
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return 0
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
+
+def _normalise_images(images: Iterable[str]) -> list[str]:
+    """Absolute, normalised, de-duplicated (an image is one stream: nothing lies inside
+    it)."""
+    result = sorted({os.path.normpath(image) for image in images})
+    for image in result:
+        if not os.path.isabs(image) or image == "/":
+            raise BackupError(client="?", reason=f"image {image!r} is not an absolute path")
+    return result
 
 
 def _normalise_paths(paths: list[str]) -> list[str]:

@@ -15,7 +15,9 @@ its own server (a hostile host whose key forces a command: :meth:`Sshd.force_com
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -35,6 +37,7 @@ from support.inventory import BASE_TABLES, ssh_client, write_tables
 
 SSHD = "/usr/sbin/sshd"
 USERS = ("root", "costortest", "nopython")
+USERS_LOCK = "/tmp/costor-test-users.lock"
 
 
 def free_port() -> int:
@@ -46,11 +49,15 @@ def free_port() -> int:
 def ensure_user(name: str) -> None:
     if name == "root":
         return
-    if subprocess.run(["id", name], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True)
-    # A new account's password field is "!" (locked), which sshd refuses without PAM;
-    # "*" allows key logins and no password.
-    subprocess.run(["usermod", "-p", "*", name], check=True)
+    # One process at a time (parallel test workers start their sshd at once): useradd and
+    # usermod fail while another holds /etc/passwd's lock.
+    with open(USERS_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if subprocess.run(["id", name], capture_output=True).returncode != 0:
+            subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True)
+        # A new account's password field is "!" (locked), which sshd refuses without PAM;
+        # "*" allows key logins and no password.
+        subprocess.run(["usermod", "-p", "*", name], check=True)
 
 
 @dataclass
@@ -132,8 +139,37 @@ class Sshd:
         (self.root / "authorized_keys").write_text(f'command="{command}",no-pty {key}\n')
 
     def kill_sessions(self, user: str) -> None:
-        """Drop every SSH session of ``user`` (a network cut, seen from CoStor)."""
-        subprocess.run(["pkill", "-KILL", "-u", user, "-f", "stdin.buffer.readline"], check=False)
+        """Drop every SSH session of ``user`` on this server (a network cut, seen from
+        CoStor): its helpers are killed. Other servers' sessions (another test worker's
+        sshd) are left alone."""
+        assert self.process is not None
+        uid = pwd.getpwnam(user).pw_uid
+        for pid in _descendants(self.process.pid):
+            try:
+                owner = os.stat(f"/proc/{pid}").st_uid
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if owner == uid and b"stdin.buffer.readline" in command:
+                    os.kill(pid, signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # ended meanwhile
+
+
+def _descendants(root: int) -> set[int]:
+    """The processes under ``root`` (children, their children …), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])  # after "(comm)"
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
 
 
 # The start of a forced command that wraps the shipped helper (tests/transport's hostile

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
-from costor.cli.output import print_json, terminal_text
+from costor.cli.output import human_bytes, print_json, terminal_text
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -26,7 +26,10 @@ def run(args: argparse.Namespace) -> int:
         print_json(outcome.to_json())
         return 0
     for d in outcome.changes:
-        print(f"{d.symbol}    {terminal_text(d.path)}{'/' if d.type == 'dir' else ''}")
+        shown = f"{d.symbol}    {terminal_text(d.path)}{'/' if d.type == 'dir' else ''}"
+        if d.type == "image" and d.changed_bytes is not None:
+            shown += f"  ({human_bytes(d.changed_bytes)} of {human_bytes(d.size_after)} changed)"
+        print(shown)
     counts = outcome.counts()
     print(
         f"\n{counts['added']} added, {counts['removed']} removed, "

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import stat
 import time
 from typing import Any
 
 from costor.cli.common import add_inventory_option, add_json_option, context
 from costor.cli.output import print_json, terminal_text
-
-_TYPE_BITS = {
-    "file": stat.S_IFREG,
-    "dir": stat.S_IFDIR,
-    "symlink": stat.S_IFLNK,
-    "fifo": stat.S_IFIFO,
-    "chardev": stat.S_IFCHR,
-    "blockdev": stat.S_IFBLK,
-    "socket": stat.S_IFSOCK,
-}
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -49,11 +38,14 @@ def run(args: argparse.Namespace) -> int:
 
 def print_listing(entries: list[dict[str, Any]], *, long: bool) -> None:
     """Each entry, from its ``--json`` document (here or from a site's API); ``path`` and
-    ``target`` may be text or bytes."""
+    ``target`` may be text or bytes. ``-l`` writes the type as ``ls -l`` does, an image
+    as ``i``."""
+    from costor.ops.restore.browse import mode_text
+
     for entry in entries:
         shown = terminal_text(entry["path"])
         if long:
-            mode = stat.filemode(_TYPE_BITS.get(entry["type"], 0) | entry["mode"])
+            mode = mode_text(entry["type"], entry["mode"])
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["mtime_ns"] / 1e9))
             owner = f"{entry['user'] or entry['uid']}/{entry['group'] or entry['gid']}"
             target = entry.get("target")

@@ -118,7 +118,7 @@ from costor.server.gate import Gate
 from costor.server.sessions import logged_in_through
 from costor.server.visible import resolve_visible
 from costor.store.snapshot import Snapshot
-from costor.store.tree import DIR, FILE, Node
+from costor.store.tree import CONTENT_TYPES, DIR, Node
 from costor.util.net import is_loopback
 
 logger = logging.getLogger("costor.server")  # errors.py's
@@ -596,8 +596,9 @@ def _find(
 
 
 def _shown(node: Node) -> bool:
-    """Directories and regular files whose names are UTF-8 (module docstring)."""
-    if node.type not in (DIR, FILE):
+    """Directories, regular files and images (served as files) whose names are UTF-8
+    (module docstring)."""
+    if node.type != DIR and node.type not in CONTENT_TYPES:
         return False
     try:
         node.name.decode("utf-8")

@@ -193,11 +193,30 @@ class SnapshotDocument(_Document):
     pool: str
 
 
+class ImageFacts(_Document):
+    """How an image entry was read (absent keys: not recorded)."""
+
+    method: str = Field(
+        description='"full" (every byte read), "blocks" (blocks compared with the previous '
+        'snapshot\'s), "thin_delta" (only the ranges LVM\'s thin_delta named), "unknown"'
+    )
+    block_size: int = Field(  # type: ignore[assignment]
+        default=None, description="comparison granularity, bytes"
+    )
+    source: str = Field(default=None, description='"blockdev" or "file"')  # type: ignore[assignment]
+    source_id: str = Field(  # type: ignore[assignment]
+        default=None, description="what identifies the snapshot read (for thin_delta next time)"
+    )
+    full_read: str = Field(  # type: ignore[assignment]
+        default=None, description="why a changed-block method fell back to a full read"
+    )
+
+
 class TreeEntry(_Document):
     """One entry of ``costor ls --json``."""
 
     path: str = Field(description="absolute, as backed up (undecodable bytes as \\xNN)")
-    type: Literal["file", "dir", "symlink", "fifo", "chardev", "blockdev", "socket"]
+    type: Literal["file", "dir", "symlink", "fifo", "chardev", "blockdev", "socket", "image"]
     size: int
     mode: int
     uid: int
@@ -208,6 +227,10 @@ class TreeEntry(_Document):
     target: str = Field(
         default=None,  # type: ignore[assignment]  # absent unless a symlink, never null
         description="a symlink's target (absent for other types)",
+    )
+    image: ImageFacts = Field(
+        default=None,  # type: ignore[assignment]  # absent unless an image, never null
+        description="an image's facts: how it was read (absent for other types)",
     )
 
 
@@ -272,6 +295,7 @@ __all__ = [
     "ProgressDocument",
     "SnapshotDocument",
     "StatusDocument",
+    "ImageFacts",
     "TreeEntry",
     "error_responses",
 ]

@@ -2,15 +2,19 @@
 
 Unchanged subtrees have the same tree id (trees are content-addressed), so they are
 skipped without being read: a diff costs in proportion to what changed.
+
+A file or an image whose content changed also says how many of its bytes are new
+(``changed_bytes``: the lengths of its blobs that the old content does not hold, read
+from the pool's index): for an image, whose size rarely changes, that is what moved.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from costor.store.pool import Pool
-from costor.store.tree import DIR, Node
+from costor.store.tree import CONTENT_TYPES, DIR, Node
 
 METADATA_FIELDS = ("mode", "uid", "gid", "mtime_ns", "target", "rdev", "xattrs", "type")
 
@@ -22,6 +26,9 @@ class Difference:
     type: str
     size_before: int = 0
     size_after: int = 0
+    # modified files and images: bytes of the new content in blobs the old one lacks
+    # (None: not known, e.g. a blob the index does not list)
+    changed_bytes: int | None = None
 
     @property
     def symbol(self) -> str:
@@ -53,7 +60,10 @@ def diff_trees(
                 if old.subtree and new.subtree:
                     yield from diff_trees(pool_a, old.subtree, pool_b, new.subtree, path)
             elif old.content != new.content:
-                yield _difference("modified", path, new, old.size, new.size)
+                modified = _difference("modified", path, new, old.size, new.size)
+                if new.type in CONTENT_TYPES:
+                    modified = replace(modified, changed_bytes=_new_bytes(pool_b, old, new))
+                yield modified
             elif _metadata_differs(old, new):
                 yield _difference("metadata", path, new, old.size, new.size)
 
@@ -75,6 +85,22 @@ def _whole(pool: Pool, node: Node, path: bytes, change: str) -> Iterator[Differe
                 child.size if change == "removed" else 0,
                 child.size if change == "added" else 0,
             )
+
+
+def _new_bytes(pool: Pool, old: Node, new: Node) -> int | None:
+    held = set(old.content)
+    lengths: dict[bytes, int] = {}
+    total = 0
+    for blob in new.content:
+        if blob in held:
+            continue
+        if blob not in lengths:
+            location = pool.index.lookup(blob) or pool.fallback.lookup(blob)
+            if location is None:
+                return None
+            lengths[blob] = location.raw_length
+        total += lengths[blob]
+    return total
 
 
 def _metadata_differs(old: Node, new: Node) -> bool:

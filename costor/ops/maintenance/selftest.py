@@ -86,6 +86,9 @@ def _selftest(
     regular = [
         (path, node)
         for path, node in pool.walk(bytes.fromhex(snapshot.tree))
+        # Regular files only: an image is restored whole (gigabytes into the state
+        # directory) and its source is a live device; `check --read-data` reads and
+        # verifies every blob of it instead.
         if node.type == "file"
     ]
     sample = random.Random(seed).sample(regular, min(files, len(regular)))

@@ -8,6 +8,7 @@ across every pool) and read trees only: nothing is written, no lease is taken.
 from __future__ import annotations
 
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +19,21 @@ from costor.ops.restore.snapshots import open_named_pool, resolve
 from costor.store.diff import Difference, diff_trees
 from costor.store.pool import Pool
 from costor.store.snapshot import Snapshot
-from costor.store.tree import Node
+from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, IMAGE, SOCKET, SYMLINK, Node
 
 CHANGE_KINDS = ("added", "removed", "modified", "metadata")
+# The first letter of ``ls -l`` per entry type; an image, which ``ls`` never shows, is
+# ``i`` (the letter of the helper protocol's image entries, costor/protocol.py).
+TYPE_LETTERS = {
+    FILE: "-",
+    DIR: "d",
+    SYMLINK: "l",
+    FIFO: "p",
+    CHARDEV: "c",
+    BLOCKDEV: "b",
+    SOCKET: "s",
+    IMAGE: "i",
+}
 FULL_ID = re.compile(r"[0-9a-f]{64}")
 
 
@@ -64,6 +77,7 @@ class SnapshotDiff:
                     "type": d.type,
                     "size_before": d.size_before,
                     "size_after": d.size_after,
+                    **({} if d.changed_bytes is None else {"changed_bytes": d.changed_bytes}),
                 }
                 for d in self.changes
             ],
@@ -142,6 +156,13 @@ def diff_snapshots(ctx: Context, *, first: str, second: str) -> SnapshotDiff:
     return SnapshotDiff(first=snapshot_a.id, second=snapshot_b.id, changes=changes)
 
 
+def mode_text(node_type: str, mode: int) -> str:
+    """A mode as ``ls -l`` writes it (``drwxr-x---``), with an image's ``i`` and ``?``
+    for a type this version does not know."""
+    letter = TYPE_LETTERS.get(node_type, "?")
+    return letter + stat.filemode(stat.S_IFREG | (mode & 0o7777))[1:]
+
+
 def _entry_json(path: str, node: Node) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "path": path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
@@ -156,4 +177,30 @@ def _entry_json(path: str, node: Node) -> dict[str, Any]:
     }
     if node.target is not None:
         doc["target"] = node.target.decode("utf-8", "backslashreplace")
+    if node.type == IMAGE:
+        doc["image"] = image_facts(node)
     return doc
+
+
+# What an image entry records of how it was read (costor/store/tree.py), by key and the
+# type a value must have to be shown: a snapshot holds what a host sent, so anything
+# else in it (another key, a nested object) is left out of listings.
+IMAGE_FACTS: dict[str, type] = {
+    "method": str,
+    "block_size": int,
+    "source": str,
+    "source_id": str,
+    "full_read": str,
+}
+
+
+def image_facts(node: Node) -> dict[str, Any]:
+    """An image's ``image`` facts with their expected types only (``method`` always:
+    "unknown" when missing)."""
+    recorded = node.image if isinstance(node.image, dict) else {}
+    facts: dict[str, Any] = {"method": "unknown"}
+    for key, kind in IMAGE_FACTS.items():
+        value = recorded.get(key)
+        if isinstance(value, kind) and not isinstance(value, bool):
+            facts[key] = value
+    return facts

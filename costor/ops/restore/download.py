@@ -52,7 +52,7 @@ from costor.store.gc.leases import Lease, reader_lease
 from costor.store.pool import Pool
 from costor.store.restore.archive import resolve_format, write_archive
 from costor.store.snapshot import Snapshot
-from costor.store.tree import DIR, FILE, SYMLINK, Node
+from costor.store.tree import CONTENT_TYPES, DIR, SYMLINK, Node
 
 PIPE_CHUNK = 256 * 1024  # bytes handed to the HTTP response at a time
 PIPE_CHUNKS = 8  # chunks waiting in the pipe: 2 MiB between the writer and the reader
@@ -323,7 +323,7 @@ def content_id(node: Node) -> str:
     a directory's tree): equal ids, equal content."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(node.type.encode() + b"\0" + str(node.size).encode() + b"\0")
-    if node.type == FILE:
+    if node.type in CONTENT_TYPES:  # a file's or an image's blobs
         digest.update(b"".join(node.content))
     elif node.type == SYMLINK:
         digest.update(node.target or b"")
@@ -358,7 +358,7 @@ def open_file(
             if node is None:
                 raise PathNotInSnapshot(path=path, snapshot=found.id[:12])
             raise NotARegularFile(path=path, snapshot=found.id[:12], type=DIR)
-        if node.type != FILE:
+        if node.type not in CONTENT_TYPES:  # an image downloads as its bytes
             raise NotARegularFile(path=path, snapshot=found.id[:12], type=node.type)
         lengths = [pool.locate(blob).raw_length for blob in node.content]
         if sum(lengths) != node.size:

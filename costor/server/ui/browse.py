@@ -27,7 +27,6 @@ offers no download or restore of its own (its parent directory's archive holds i
 
 from __future__ import annotations
 
-import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -39,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 
 from costor.errors import PermissionDenied, UnknownResource, UsageError
 from costor.ops.jobs.requests import queue_job
-from costor.ops.restore.browse import CHANGE_KINDS, diff_snapshots, list_snapshot
+from costor.ops.restore.browse import CHANGE_KINDS, diff_snapshots, list_snapshot, mode_text
 from costor.ops.restore.download import checked_path, content_id, file_versions
 from costor.ops.restore.snapshots import list_snapshots
 from costor.server.permissions import Access, use
@@ -47,7 +46,7 @@ from costor.server.ui.pages import Viewer, checked_form, render, url_path, viewe
 from costor.server.visible import resolve_visible
 from costor.store.diff import Difference
 from costor.store.snapshot import Snapshot
-from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
+from costor.store.tree import CONTENT_TYPES, Node
 
 router = APIRouter()
 READ = "snapshots.read"  # browsing trees, file details, versions, downloads
@@ -285,7 +284,7 @@ def file_page(
     details = {
         "type": node.type,
         "size": node.size,
-        "mode": f"{stat.filemode(_with_type(node))} ({node.mode & 0o7777:04o})",
+        "mode": f"{mode_text(node.type, node.mode)} ({node.mode & 0o7777:04o})",
         "owner": f"{node.user or node.uid} ({node.uid})",
         "group": f"{node.group or node.gid} ({node.gid})",
         "mtime": when(node.mtime_ns),
@@ -304,7 +303,7 @@ def file_page(
         name=shown(path.rsplit("/", 1)[-1]),
         details=details,
         download=link("api", "v1", "snapshots", found.id, "file", path=path)
-        if node.type == "file" and is_text(path)
+        if node.type in CONTENT_TYPES and is_text(path)
         else None,
         versions=link("clients", found.client, "versions", path=path),
         restore=link("snapshots", found.id, "restore", path=path)
@@ -312,21 +311,6 @@ def file_page(
         else None,
         folder=link("snapshots", found.id, "tree", path=path.rsplit("/", 1)[0] or "/"),
     )
-
-
-def _with_type(node: Node) -> int:
-    """A node's mode with its type's bits (a tree keeps the permission bits), so that
-    it reads as ``ls -l`` shows it."""
-    kinds = {
-        FILE: stat.S_IFREG,
-        DIR: stat.S_IFDIR,
-        SYMLINK: stat.S_IFLNK,
-        FIFO: stat.S_IFIFO,
-        SOCKET: stat.S_IFSOCK,
-        CHARDEV: stat.S_IFCHR,
-        BLOCKDEV: stat.S_IFBLK,
-    }
-    return (node.mode & 0o7777) | kinds.get(node.type, 0)
 
 
 @router.get("/clients/{client}/versions", response_class=HTMLResponse)
@@ -349,7 +333,7 @@ def versions_page(
                 "time": s["time"],
                 "page": link("snapshots", s["id"], "file", path=path),
                 "download": link("api", "v1", "snapshots", s["id"], "file", path=path)
-                if version.type == "file" and is_text(path)
+                if version.type in CONTENT_TYPES and is_text(path)
                 else None,
             }
             for s in version.snapshots

@@ -84,13 +84,15 @@ class Findings:
     def missing(self, key: str, why: str) -> None:
         self._add(MISSING_ERROR, key, f"missing required key {key!r} ({why})")
 
-    def invalid(self, key: str, message: str) -> None:
+    def invalid(self, key: str | tuple[str | int, ...], message: str) -> None:
+        """``key``: a key of this table, or a path below it (``("images", 2)``)."""
         self._add(INVALID_ERROR, key, message)
 
-    def _add(self, kind: str, key: str, message: str) -> None:
+    def _add(self, kind: str, key: str | tuple[str | int, ...], message: str) -> None:
         # The template is "{message}" so braces in messages are never parsed as fields.
         error = PydanticCustomError(kind, "{message}", {"message": message})
-        self.errors.append(InitErrorDetails(type=error, loc=(key,), input=None))
+        loc = (key,) if isinstance(key, str) else key
+        self.errors.append(InitErrorDetails(type=error, loc=loc, input=None))
 
     def raise_if_any(self) -> None:
         if self.errors:

@@ -488,11 +488,41 @@ class ClientConfig(FrozenModel):
             findings.invalid("host", "key 'host' does not apply to transport 'local'")
         if not self.paths and not self.images:
             if "paths" in self.model_fields_set:
-                findings.invalid("paths", "must not be empty (a client backs up a path or an image)")
+                findings.invalid(
+                    "paths", "must not be empty (a client backs up a path or an image)"
+                )
             else:
                 findings.missing("paths", "a client backs up at least one path or image")
+        self._images_apart(findings)
         findings.raise_if_any()
         return self
+
+    def _images_apart(self, findings: Findings) -> None:
+        """Each image named once, and not also a path (an image is read as one stream, a
+        path is walked: say which). An image inside a backed-up directory is allowed: the
+        backup stores it as the image, once."""
+        seen: dict[str, int] = {}
+        for index, image in enumerate(self.images):
+            if image.path in seen:
+                findings.invalid(
+                    ("images", index),
+                    f"image {image.path!r} is listed twice (also images[{seen[image.path]}])",
+                )
+                continue
+            seen[image.path] = index
+            if image.path in self.paths:
+                findings.invalid(
+                    ("images", index),
+                    f"{image.path!r} is both in paths and in images: keep it in one "
+                    "(images reads it as one byte stream, paths walks it)",
+                )
+        for index, path in enumerate(self.paths):
+            inside = next((i for i in seen if path.startswith(i.rstrip("/") + "/")), None)
+            if inside is not None:
+                findings.invalid(
+                    ("paths", index),
+                    f"{path!r} is inside the image {inside!r} (an image is one byte stream)",
+                )
 
 
 # --- [policies.NAME] -------------------------------------------------------------------

@@ -12,7 +12,7 @@ then the client's own keys:
 
 - tables merge key by key (recursively);
 - scalars are replaced: the last one written wins, the client's own over any profile's;
-- arrays compose: ``exclude``, ``paths``, ``hooks.before``, ``hooks.after`` from the
+- arrays compose: ``exclude``, ``paths``, ``images``, ``hooks.before``, ``hooks.after`` from the
   profiles and the client are concatenated in that order, and an entry already there
   is not added again (the first one keeps its place). ``profiles = ["linux-server",
   "postgresql"]`` excludes both profiles' paths and runs both profiles' hooks, then the
@@ -21,7 +21,8 @@ then the client's own keys:
   (``exclude = ["!/var/tmp"]`` backs up /var/tmp although ``linux-server`` excludes it);
   the entry ``"!"`` alone drops everything brought in before it, so ``exclude = ["!",
   "*.tmp"]`` states the complete list. Removal compares the entries' text exactly (it
-  is not a pattern match, and not a re-include of paths below an excluded directory);
+  is not a pattern match, and not a re-include of paths below an excluded directory;
+  an ``images`` entry written as a table is removed by its ``path``);
   a ``"!X"`` that removes nothing is reported as a warning (a typo, or a profile that no
   longer has ``X``). An entry that really starts with ``!`` is written ``\\!`` (TOML
   ``"\\\\!name"`` or ``'\\!name'``), as in ``.gitignore``; ``!`` followed by a space is
@@ -209,7 +210,7 @@ def _compose(
             if not removed:
                 del composed[:], composed.written[:]
                 continue
-            kept = [i for i, item in enumerate(composed) if item != removed]
+            kept = [i for i, item in enumerate(composed) if not _names(item, removed)]
             if len(kept) == len(composed):
                 problems.append(
                     MergeProblem(
@@ -229,6 +230,12 @@ def _compose(
             continue
         composed.append(copy.deepcopy(entry))
         composed.written.append((origin, where))
+
+
+def _names(item: Any, removed: str) -> bool:
+    """Whether ``"!removed"`` removes ``item``: an entry of that text, or a table entry
+    of that ``path`` (``images = [{ path = "/dev/x", … }]`` is removed by ``"!/dev/x"``)."""
+    return item == removed or (isinstance(item, dict) and item.get("path") == removed)
 
 
 def _finish_arrays(target: dict[str, Any], origins: Origins, prefix: KeyPath) -> None:

@@ -61,7 +61,12 @@ ORDER = {name: index for index, name in enumerate(TYPES)}
 
 # Attributes added after resources of the type were first recorded, left out while at
 # their default: an upgrade must not show every recorded resource as changed.
-OMITTED_AT_DEFAULT: dict[str, dict[str, Any]] = {"pool": {"create_bucket": False}}
+OMITTED_AT_DEFAULT: dict[str, dict[str, Any]] = {
+    "pool": {"create_bucket": False},
+    # A client applied before images existed recorded no ``images``: without images it
+    # is unchanged (tests/plan/cases/client_without_images_recorded_before_images).
+    "client": {"images": []},
+}
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,18 @@ def test_a_bang_entry_removes_an_inherited_one() -> None:
     assert "'!/var/tmpp' removes nothing" in problems[0].message
 
 
+def test_images_compose_and_a_table_entry_is_removed_by_its_path() -> None:
+    snap = {"path": "/dev/vg0/root-snap", "changes": "thin_delta", "previous": "/dev/vg0/p"}
+    base = profile("vm-host", {"images": [snap, "/var/lib/libvirt/images/a.img"]})
+
+    merged, origins = merge_client(
+        {"images": ["!/dev/vg0/root-snap", "/dev/sdb", "/var/lib/libvirt/images/a.img"]}, [base]
+    )
+
+    assert merged == {"images": ["/var/lib/libvirt/images/a.img", "/dev/sdb"]}
+    assert origins.source_path(("images", 0)) == ("images", 1)  # where vm-host wrote it
+
+
 def test_bang_escapes_and_shell_negation() -> None:
     merged, _ = merge_client(
         {"exclude": ["\\!important"], "hooks": {"before": ["! test -e /stop", "true"]}},

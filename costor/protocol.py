@@ -105,6 +105,8 @@ HEARTBEAT = b"."  # empty: busy on long work (hashing, reading), alive; ignored 
 
 BLOCK_OFFSET = struct.Struct(">Q")  # the offset that starts a BLOCK frame
 RAW, ZLIB = b"\x00", b"\x01"  # the flag before the bytes of DATA and BLOCK frames
+ZEROS = b"\x02"  # that flag, then u64 N: N zero bytes (a hole or an all-zero block), unsent
+ZEROS_COUNT = struct.Struct(">Q")
 
 # --- entries --------------------------------------------------------------------------
 
@@ -219,9 +221,16 @@ def error_entry(path: str, message: str) -> Entry:
 
 def unpack_data(payload: bytes) -> bytes:
     """The bytes of a DATA frame (or of a BLOCK frame after its offset), at most
-    :data:`MAX_DATA` once inflated."""
+    :data:`MAX_DATA` once inflated (a run of :data:`ZEROS` too)."""
     if payload[:1] == ZLIB:
         return inflate(payload[1:], MAX_DATA, "a DATA frame")
+    if payload[:1] == ZEROS:
+        if len(payload) != 1 + ZEROS_COUNT.size:
+            raise Refused(f"a ZEROS frame of {len(payload)} bytes (the flag and a u64)")
+        (count,) = ZEROS_COUNT.unpack(payload[1:])
+        if not 0 < count <= MAX_DATA:
+            raise Refused(f"a ZEROS frame of {count} bytes (1 to {MAX_DATA})")
+        return bytes(count)
     if len(payload) > MAX_DATA + 1:
         raise Refused(f"a DATA frame of {len(payload) - 1} bytes (at most {MAX_DATA})")
     return payload[1:]
@@ -253,6 +262,85 @@ _STATES = frozenset(("", SAME, DATA_FOLLOWS, CHANGED, DELTA_FOLLOWS, SPARSE))
 _FINGERPRINTED = frozenset((FILE, DIR))  # their times are from 1970 (fingerprint: u64)
 _PLAIN = frozenset(("", SAME, DATA_FOLLOWS, DELTA_FOLLOWS))  # states with nothing to check
 _BAD_NAMES = frozenset(("", ".", ".."))
+
+# --- images ---------------------------------------------------------------------------
+#
+# An image (kind IMAGE: a block device or an image file named in the client's
+# ``images``) is one byte stream sent by the large-file path with a block size of its
+# own: state ``data`` (first backup: the content follows, holes and all-zero blocks as
+# ZEROS) or ``changed`` (its blocks compared with the parent's; the changed ones are
+# fetched as a delta). Its ``extra`` always holds ``image``: how it was read
+# (:func:`check_image`); with ``changed`` also ``digest`` (of its block hashes) and
+# ``changed_blocks`` (indexes of blocks of ``block_size``).
+
+IMAGE_BLOCK_SIZE = 64 * 1024  # images' comparison blocks (bench/image_granularity.py)
+MIN_IMAGE_BLOCK = 4096  # an image's block size: a power of two between these
+MAX_IMAGE_BLOCK = 16 * 1024 * 1024
+MAX_IMAGE_BLOCKS = 1024 * 1024  # an image's blocks: a larger one is compared by larger blocks
+IMAGE_PIECE = 4096  # the pieces of a changed image block a DELTA compares
+IMAGE_METHODS = ("full", "blocks", "thin_delta")  # node.image["method"]
+IMAGE_SOURCES = ("blockdev", "file")  # node.image["source"]
+_IMAGE_KEYS = frozenset(("method", "block_size", "source", "source_id", "full_read", "bytes_read"))
+_IMAGE_STATES = frozenset((DATA_FOLLOWS, CHANGED))
+
+
+def check_image_block(block_size: Any) -> int:
+    """An image's block size: a power of two from :data:`MIN_IMAGE_BLOCK` to
+    :data:`MAX_IMAGE_BLOCK`."""
+    if (
+        type(block_size) is not int
+        or not MIN_IMAGE_BLOCK <= block_size <= MAX_IMAGE_BLOCK
+        or block_size & (block_size - 1)
+    ):
+        raise Refused(
+            f"an image block size of {_cut(block_size)} (a power of two from "
+            f"{MIN_IMAGE_BLOCK} to {MAX_IMAGE_BLOCK})"
+        )
+    return block_size
+
+
+def check_image(path: str, facts: Any) -> dict[str, Any]:
+    """An image entry's ``extra["image"]``: how the host read it (``node.image``)."""
+    if type(facts) is not dict or not facts.keys() <= _IMAGE_KEYS or "method" not in facts:
+        raise Refused(f"an image {_shown(path)} whose facts are {_cut(facts)}")
+    if facts["method"] not in IMAGE_METHODS or facts.get("source", "file") not in IMAGE_SOURCES:
+        raise Refused(f"an image {_shown(path)} read by {_cut(facts)}")
+    check_image_block(facts.get("block_size"))
+    for key in ("source_id", "full_read"):
+        value = facts.get(key)
+        if value is not None and (type(value) is not str or len(value) > MAX_MESSAGE):
+            raise Refused(f"an image {_shown(path)} whose {key} is {_cut(value)}")
+    read = facts.get("bytes_read", 0)
+    if type(read) is not int or not 0 <= read <= MAX_NUMBER:
+        raise Refused(f"an image {_shown(path)} whose bytes_read is {_cut(read)}")
+    return facts
+
+
+def _check_image_entry(entry: Entry) -> None:
+    """An IMAGE entry's state and extra (see above): block indexes inside the image."""
+    state, extra = entry.state, entry.extra
+    if state == DELTA_FOLLOWS and extra is None:  # a START: the walk said the rest
+        return
+    if state not in _IMAGE_STATES or type(extra) is not dict:
+        raise Refused(f"an image {_shown(entry.path)} in state {_cut(state)} with {_cut(extra)}")
+    facts = check_image(entry.path, extra.get("image"))
+    allowed = {"image"} if state == DATA_FOLLOWS else {"image", "digest", "changed_blocks"}
+    if not extra.keys() <= allowed:
+        raise Refused(f"an image {_shown(entry.path)} with {_cut(sorted(extra))}")
+    count = -(-entry.size // facts["block_size"])
+    if count > MAX_IMAGE_BLOCKS:
+        raise Refused(
+            f"an image {_shown(entry.path)} of {count} blocks (at most {MAX_IMAGE_BLOCKS})"
+        )
+    if state == CHANGED:
+        _check_digest(entry.path, extra.get("digest"))
+        blocks = extra.get("changed_blocks")
+        if (
+            type(blocks) is not list
+            or not all(type(i) is int and 0 <= i < count for i in blocks)
+            or len(set(blocks)) != len(blocks)
+        ):
+            raise Refused(f"an image {_shown(entry.path)} whose changed blocks are wrong")
 
 
 class Refused(ValueError):
@@ -329,11 +417,13 @@ def check_entry(entry: Entry) -> Entry:
         _out_of_range(entry)
     if type(user) is not str or type(group) is not str or max(len(user), len(group)) > MAX_OWNER:
         raise Refused(f"an entry {_shown(path)} owned by {_cut(user)}:{_cut(group)}")
+    if kind == IMAGE:
+        _check_image_entry(entry)
     if target is not None or kind == SYMLINK:
         _check_target(entry)
     if xattrs is not None:
         _check_xattrs(path, xattrs)
-    if state not in _PLAIN or entry.extra is not None:
+    if (state not in _PLAIN or entry.extra is not None) and kind != IMAGE:
         _check_state(entry)
     return entry
 
@@ -515,9 +605,10 @@ class ContentDigest:
     Bytes are fed in file order; :meth:`jump` moves to another offset (blocks not fed
     from their first byte get no hash: the caller knows them otherwise)."""
 
-    def __init__(self, key: bytes, *, large: bool) -> None:
+    def __init__(self, key: bytes, *, large: bool, block_size: int = BLOCK_SIZE) -> None:
         self.key = key
         self.large = large
+        self.block_size = block_size  # an image's own (IMAGE_BLOCK_SIZE), else 1 MiB
         self.whole = None if large else hashlib.blake2b(key=key, digest_size=DIGEST_SIZE)
         self.blocks: dict[int, bytes] = {}  # block index -> hash, of blocks fed whole
         self.position = 0
@@ -531,14 +622,14 @@ class ContentDigest:
             return
         view = memoryview(data)
         while len(view):
-            index, within = divmod(self.position, BLOCK_SIZE)
-            take = min(len(view), BLOCK_SIZE - within)
+            index, within = divmod(self.position, self.block_size)
+            take = min(len(view), self.block_size - within)
             if within == 0:
                 self._index = index
                 self._block = hashlib.blake2b(key=self.key, digest_size=BLOCK_HASH_SIZE)
             if self._block is not None and self._index == index:
                 self._block.update(view[:take])
-                if within + take == BLOCK_SIZE:
+                if within + take == self.block_size:
                     self.blocks[index] = self._block.digest()
                     self._block = None
             view = view[take:]
@@ -564,7 +655,7 @@ class ContentDigest:
         self.close()
         if self.whole is not None:
             return {"size": size, "digest": self.whole.hexdigest(), "blocks": None}
-        blocks = b"".join(self.blocks[index] for index in range(-(-size // BLOCK_SIZE)))
+        blocks = b"".join(self.blocks[index] for index in range(-(-size // self.block_size)))
         digest = blocks_digest(self.key, blocks)
         return {"size": size, "digest": digest.hex(), "blocks": base64.b64encode(blocks).decode()}
 

@@ -39,6 +39,7 @@
 # what both need is copied here, and tests/test_protocol.py ties each copy to it.
 
 import base64
+import bisect
 import fnmatch
 import grp
 import hashlib
@@ -83,6 +84,10 @@ ERROR = b"!"  # JSON {error}: the helper failed
 HEARTBEAT = b"."  # empty: busy on long work (hashing, reading), alive; ignored
 
 BLOCK_SIZE = 1024 * 1024  # reads, DATA frames and the blocks of large files
+ZEROS = b"\x02"  # the DATA/BLOCK flag of a run of zero bytes: u64 count, no bytes
+IMAGE_PIECE = 4096  # the pieces of a changed image block a DELTA compares
+MAX_IMAGE_BLOCKS = 1024 * 1024  # an image's blocks: a larger one is compared by larger blocks
+MAX_IMAGE_BLOCK = 16 * 1024 * 1024
 LARGE_FILE = 64 * 1024 * 1024  # from this size, block hashes are kept for in-place diffs
 BLOCKS_PERSON = b"costor-blocks"  # a large file's digest is of its block hashes
 DIR_PERSON = b"costor-dir"  # a directory's hash: of its path and its entries' names
@@ -90,6 +95,7 @@ HEARTBEAT_S = 30.0  # the interval between heartbeats when HELLO names none
 CHANGED_WHILE_READ = "changed_while_read"  # [size, mtime_ns before, read, size, mtime_ns after]
 
 FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET = "f", "d", "l", "p", "c", "b", "s"
+IMAGE = "i"  # one of the client's images (HELLO's "images"), read as one stream
 
 
 class ExcludeMatcher(object):
@@ -185,6 +191,7 @@ class Helper(object):
         self.after_done = False
         self.links = {}  # (device, inode) -> first path of a file with several links
         self.walked = {}  # large changed file -> (stat fingerprint, block hashes) seen
+        self.images = {}  # path -> its spec in HELLO's "images"
         self.counters = {
             "files": 0,
             "sent": 0,
@@ -205,6 +212,7 @@ class Helper(object):
         self.compress_level = int(self.options.get("compress_level", 1))
         self.after_hooks = list(self.options.get("hooks_after", []))
         self.channel.interval = float(self.options.get("heartbeat_s", HEARTBEAT_S))
+        self.images = dict((spec["path"], spec) for spec in self.options.get("images", []))
         self.channel.send_json(
             HELLO_REPLY,
             {
@@ -250,7 +258,10 @@ class Helper(object):
                 self.channel.send(DONE)
             elif kind == DELTA:
                 for path, old_size, ranges in json.loads(payload.decode()):
-                    self.delta(path, old_size, ranges)
+                    if path in self.images:
+                        self.image_delta(path, old_size, ranges)
+                    else:
+                        self.delta(path, old_size, ranges)
                 self.channel.send(DONE)
             elif kind == AFTER:
                 self.run_after_hooks()
@@ -311,7 +322,9 @@ class Helper(object):
         self.batch = []
         self.batch_bytes = 0
         spec = {}  # type: dict
-        for path in self.options["paths"]:
+        # The paths, then the images: an image inside a path is met by that path's walk
+        # (add sends it as an image); one outside them is a leaf of its own.
+        for path in list(self.options["paths"]) + list(self.images):
             parts = [p for p in path.split("/") if p]
             level = spec
             for part in parts[:-1]:
@@ -319,7 +332,7 @@ class Helper(object):
                 if level is True:
                     break
             else:
-                if parts:
+                if parts and level.get(parts[-1]) is not True:
                     level[parts[-1]] = True
         root = os.lstat("/")
         if self.options["paths"] == ["/"]:
@@ -344,7 +357,9 @@ class Helper(object):
                 self.emit_error(child, "cannot stat: %s" % error.strerror)
                 continue
             sub = spec[name]
-            if sub is True:
+            if child in self.images and sub is True:
+                self.add_image(child)
+            elif sub is True:
                 if not self.matcher.excluded(child, name):
                     self.add(child, st, st.st_dev)
             elif stat.S_ISDIR(st.st_mode):
@@ -403,6 +418,9 @@ class Helper(object):
 
     def add(self, path, st, root_device, sparse=False):
         """One entry; in a sparse directory, left out if unchanged."""
+        if self.images and path in self.images:
+            self.add_image(path)
+            return
         if sparse and st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
             # The common case of an incremental walk, first and lean: an unchanged file
             # with one name, in a directory walked sparse, is left out (and counted when
@@ -715,6 +733,223 @@ class Helper(object):
         self.channel.send(kind, prefix + b"\x00" + data)
         return False
 
+    # --- images --------------------------------------------------------------------------
+    #
+    # An image (HELLO's "images": a block device or an image file) is one stream of
+    # blocks of its spec's block_size, hashed like a large file's 1 MiB blocks. With no
+    # usable parent it is sent whole (state "data"); else its block hashes are compared
+    # with the parent's (PARENT_LARGE) and the server fetches the changed blocks as a
+    # delta (state "changed"). Holes of an image file (SEEK_DATA/SEEK_HOLE) are not read
+    # and, like all-zero blocks of a device, cross as ZEROS. With changes = "thin_delta"
+    # only the chunks LVM's thin_delta names as changed since `previous` are read; the
+    # other blocks' hashes are the parent's.
+
+    def add_image(self, path):
+        spec = self.images[path]
+        try:
+            st = os.stat(path)  # /dev/VG/LV is a link to the device
+            if not (stat.S_ISBLK(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                self.emit_error(path, "is not a block device or a regular file")
+                return
+            handle = open(path, "rb", buffering=0)
+        except OSError as error:
+            self.emit_error(path, "cannot read: %s" % error.strerror)
+            return
+        self.counters["files"] += 1
+        try:
+            size = _image_size(handle, st)
+            block = _image_block(int(spec["block_size"]), size)
+            spec["block"] = block  # for its DELTA
+            facts = {
+                "block_size": block,
+                "source": "blockdev" if stat.S_ISBLK(st.st_mode) else "file",
+            }
+            parent = spec.get("parent") or None
+            known = self.large.get(path)
+            if parent is None or known is None or int(parent.get("block_size", 0)) != block:
+                known = None
+            extents = _data_extents(handle, size) if stat.S_ISREG(st.st_mode) else None
+            changed = None
+            if spec.get("changes") == "thin_delta":
+                try:
+                    changed, facts["source_id"] = self.thin_changes(spec, parent, size, known)
+                except ThinFallback as fallback:
+                    facts["full_read"] = str(fallback)
+                    facts["source_id"] = fallback.source_id
+            if known is None:
+                facts["method"] = "full"
+                facts.setdefault("full_read", "no parent to compare with")
+                facts["bytes_read"] = _extent_bytes(extents, 0, size)
+                self.emit_image(path, st, size, "data", {"image": facts})
+                self.send_image(handle, size, block, extents)
+                return
+            blocks, read = self.image_hashes(handle, size, block, extents, changed, known)
+            facts["method"] = "blocks" if changed is None else "thin_delta"
+            facts["bytes_read"] = read
+            self.walked[path] = (self.fingerprint(_stat_key(path, st)), blocks)
+            extra = {
+                "digest": self.blocks_digest(blocks).hex(),
+                "changed_blocks": [
+                    i for i, h in enumerate(blocks) if known[16 * i : 16 * i + 16] != h
+                ],
+                "image": facts,
+            }
+            self.emit_image(path, st, size, "changed", extra)
+        except OSError as error:
+            self.emit_error(path, "read error: %s" % error.strerror)
+        finally:
+            handle.close()
+
+    def emit_image(self, path, st, size, state, extra):
+        entry = self.entry(path, st, state, extra)
+        entry[1], entry[7] = IMAGE, size
+        self.open_headers()
+        self.batch.append(entry)
+        self.flush_entries()
+
+    def image_blocks(self, handle, size, block, extents, wanted=None):
+        """(index, bytes or None, length, bytes read) of the image's blocks (``wanted``:
+        only those indexes); None: all zeros, found so without reading (a hole) or by
+        reading."""
+        indexes = range(-(-size // block)) if wanted is None else wanted
+        zeros = bytes(block)
+        for index in indexes:
+            offset = index * block
+            length = min(block, size - offset)
+            if extents is not None and not _extent_bytes(extents, offset, offset + length):
+                yield index, None, length, 0
+                continue
+            handle.seek(offset)
+            data = handle.read(length)
+            if len(data) != length:
+                raise OSError(5, "the image ended %d bytes early" % (size - offset - len(data)))
+            self.channel.alive()
+            zero = data[:1] == b"\0" and data == zeros[:length]
+            yield index, (None if zero else data), length, length
+
+    def zero_hash(self, length):
+        cache = self.__dict__.setdefault("zero_hashes", {})
+        if length not in cache:
+            cache[length] = self.block_hash(bytes(length))
+        return cache[length]
+
+    def image_hashes(self, handle, size, block, extents, changed, known):
+        """The image's block hashes and the bytes read for them: every block, or with
+        ``changed`` (thin_delta's block indexes) those alone, the others the parent's."""
+        count = -(-size // block)
+        if changed is None:
+            blocks, wanted = [None] * count, None
+        else:
+            blocks = [known[16 * i : 16 * i + 16] for i in range(count)]
+            wanted = sorted(changed)
+        read = 0
+        for index, data, length, got in self.image_blocks(handle, size, block, extents, wanted):
+            blocks[index] = self.zero_hash(length) if data is None else self.block_hash(data)
+            read += got
+        return blocks, read
+
+    def send_image(self, handle, size, block, extents):
+        """The whole image in DATA frames (zero runs as ZEROS), then END."""
+        blocks = []
+        zeros = 0
+        compress = self.compress_level > 0
+        for index, data, length, _got in self.image_blocks(handle, size, block, extents):
+            if data is None:
+                blocks.append(self.zero_hash(length))
+                zeros += length
+                if zeros >= 8 * 1024 * 1024:
+                    self.channel.send(DATA, ZEROS + struct.pack(">Q", zeros))
+                    zeros = 0
+                continue
+            if zeros:
+                self.channel.send(DATA, ZEROS + struct.pack(">Q", zeros))
+                zeros = 0
+            blocks.append(self.block_hash(data))
+            if not index % 64:  # an image's regions differ: try compressing again now and then
+                compress = self.compress_level > 0
+            compress = self.send_data(DATA, b"", data, compress)
+        if zeros:
+            self.channel.send(DATA, ZEROS + struct.pack(">Q", zeros))
+        self.counters["sent"] += 1
+        self.channel.send_json(END, self.end_document(size, None, blocks))
+
+    def image_delta(self, path, old_size, ranges):
+        """The changed blocks of an image the walk compared (DELTA): of each wanted
+        block, the pieces whose hash differs from the parent's."""
+        spec = self.images[path]
+        block = int(spec.get("block", spec["block_size"]))
+        try:
+            st = os.stat(path)
+            handle = open(path, "rb", buffering=0)
+        except OSError as error:
+            self.channel.send_json(
+                START, self.error_entry(path, "cannot read: %s" % error.strerror)
+            )
+            return
+        try:
+            size = _image_size(handle, st)
+            entry = self.entry(path, st, "delta")
+            entry[1], entry[7] = IMAGE, size
+            self.channel.send_json(START, entry)
+            seen = self.walked.pop(path, None)
+            if seen is None or seen[0] != self.fingerprint(_stat_key(path, st)):
+                self.channel.send_json(END, {"error": "changed since the walk compared it"})
+                return
+            blocks = list(seen[1])
+            if len(blocks) != -(-size // block):
+                self.channel.send_json(END, {"error": "its size changed since the walk"})
+                return
+            compress = self.compress_level > 0
+            wanted = sorted((int(o), int(n), int(b), base64.b64decode(h)) for o, n, b, h in ranges)
+            indexes = set(o // block for o, _n, _b, _h in wanted)
+            indexes.update(range(old_size // block, len(blocks)))
+            for index in sorted(indexes):
+                handle.seek(index * block)
+                data = handle.read(min(block, size - index * block))
+                if self.block_hash(data) != blocks[index]:
+                    self.channel.send_json(END, {"error": "changed since the walk read it"})
+                    return
+                compress = self.send_changed(index * block, data, old_size, wanted, compress)
+                self.channel.alive()
+        except OSError as error:
+            self.channel.send_json(END, {"error": "read error: %s" % error.strerror})
+            return
+        finally:
+            handle.close()
+        self.counters["sent"] += 1
+        self.channel.send_json(END, self.end_document(size, None, blocks))
+
+    def thin_changes(self, spec, parent, size, known):
+        """(indexes of the blocks thin_delta says changed since ``previous``, the id of
+        what is read now), or ThinFallback with the reason a full compare is needed."""
+        block = spec["block"]
+        current = _thin_lv(spec["path"])
+        source_id = "%s:%s" % (current["lv_uuid"], current["thin_id"])
+        if parent is None or known is None:
+            raise ThinFallback("first backup (no parent image to compare with)", source_id)
+        previous = _thin_lv(spec["previous"])
+        previous_id = "%s:%s" % (previous["lv_uuid"], previous["thin_id"])
+        if previous_id != parent.get("source_id"):
+            raise ThinFallback(
+                "previous %s is %s, not what the parent snapshot read (%s)"
+                % (spec["previous"], previous_id, parent.get("source_id")),
+                source_id,
+            )
+        if int(parent.get("size", -1)) != size:
+            raise ThinFallback("the image's size changed since the parent snapshot", source_id)
+        if (previous["vg_name"], previous["pool_lv"]) != (current["vg_name"], current["pool_lv"]):
+            raise ThinFallback("previous is in another thin pool", source_id)
+        try:
+            ranges, chunk = _thin_delta(current["vg_name"], current["pool_lv"], previous, current)
+        except (OSError, ValueError, subprocess.SubprocessError) as error:
+            raise ThinFallback("thin_delta failed: %s" % error, source_id) from None
+        changed = set()  # type: set
+        for begin, length in ranges:
+            start, end = begin * chunk, min((begin + length) * chunk, size)
+            if start < end:
+                changed.update(range(start // block, -(-end // block)))
+        return changed, source_id
+
     # --- entries -------------------------------------------------------------------------
 
     def emit(self, path, st, state, last=False, extra=None):
@@ -807,6 +1042,146 @@ def _changed_while_read(st, read, handle):
     if read == st.st_size == after.st_size and st.st_mtime_ns == after.st_mtime_ns:
         return None
     return [st.st_size, st.st_mtime_ns, read, after.st_size, after.st_mtime_ns]
+
+
+class ThinFallback(Exception):
+    """thin_delta cannot say what changed (the message says why): compare every block."""
+
+    def __init__(self, reason, source_id=None):
+        Exception.__init__(self, reason)
+        self.source_id = source_id
+
+
+def _image_block(block, size):
+    """The block size asked for, doubled while the image would have more than
+    MAX_IMAGE_BLOCKS blocks (their hashes cross in one frame)."""
+    while -(-size // block) > MAX_IMAGE_BLOCKS and block < MAX_IMAGE_BLOCK:
+        block *= 2
+    return block
+
+
+def _image_size(handle, st):
+    """An image file's size (stat), a block device's (its end, by seeking)."""
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    size = handle.seek(0, os.SEEK_END)
+    handle.seek(0)
+    return size
+
+
+def _data_extents(handle, size):
+    """The [start, end) ranges of an image file that hold data (SEEK_DATA/SEEK_HOLE);
+    None where the file system cannot say (then everything is read)."""
+    if not hasattr(os, "SEEK_DATA"):
+        return None
+    extents = []
+    fd = handle.fileno()
+    position = 0
+    try:
+        while position < size:
+            try:
+                start = os.lseek(fd, position, os.SEEK_DATA)
+            except OSError as error:
+                if error.errno == 6:  # ENXIO: no data past position
+                    break
+                raise
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            extents.append((start, end))
+            position = end
+    except OSError:
+        return None
+    finally:
+        os.lseek(fd, 0, os.SEEK_SET)
+    return extents
+
+
+def _extent_bytes(extents, start, end):
+    """How many bytes of [start, end) hold data (all of them without extents)."""
+    if extents is None:
+        return end - start
+    total = 0
+    index = max(bisect.bisect_right(extents, (start,)) - 1, 0)
+    while index < len(extents) and extents[index][0] < end:
+        low, high = extents[index]
+        if high > start:
+            total += min(high, end) - max(low, start)
+        index += 1
+    return total
+
+
+def _run(command):
+    result = subprocess.run(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        raise OSError(
+            "%s exited with %d: %s"
+            % (command[0], result.returncode, result.stderr.decode("utf-8", "replace").strip())
+        )
+    return result.stdout.decode("utf-8", "replace")
+
+
+def _thin_lv(path):
+    """uuid, thin id, pool and volume group of the thin LV at ``path`` (lvs)."""
+    try:
+        out = _run(
+            [
+                "lvs",
+                "--noheadings",
+                "--separator",
+                "|",
+                "-o",
+                "lv_uuid,thin_id,pool_lv,vg_name,segtype",
+                path,
+            ]
+        )
+    except OSError as error:
+        raise ThinFallback("lvs cannot say what %s is: %s" % (path, error)) from None
+    fields = [f.strip() for f in out.strip().split("|")]
+    if len(fields) != 5 or fields[4] != "thin" or not fields[1]:
+        raise ThinFallback("%s is not a thin LV (lvs: %r)" % (path, out.strip()[:200]))
+    return {"lv_uuid": fields[0], "thin_id": fields[1], "pool_lv": fields[2], "vg_name": fields[3]}
+
+
+def _thin_delta(vg, pool, previous, current):
+    """The ranges (begin, length, in pool chunks) where ``current`` differs from
+    ``previous`` (thin_delta on a reserved metadata snapshot, released whatever
+    happens), and the chunk size in bytes."""
+    name = "%s-%s" % (vg.replace("-", "--"), pool.replace("-", "--"))
+    _run(["dmsetup", "message", name + "-tpool", "0", "reserve_metadata_snap"])
+    try:
+        out = _run(
+            [
+                "thin_delta",
+                "-m",
+                "--snap1",
+                previous["thin_id"],
+                "--snap2",
+                current["thin_id"],
+                "/dev/mapper/%s_tmeta" % name,
+            ]
+        )
+    finally:
+        _run(["dmsetup", "message", name + "-tpool", "0", "release_metadata_snap"])
+    chunk = None
+    ranges = []
+    for line in out.splitlines():
+        line = line.strip()
+        attributes = dict(
+            (k, v) for k, v in (part.split("=", 1) for part in line.split()[1:] if "=" in part)
+        )
+        values = dict((k, v.strip("/>").strip('"')) for k, v in attributes.items())
+        if line.startswith("<superblock"):
+            chunk = int(values["data_block_size"]) * 512
+        elif line.startswith(("<different", "<right_only", "<left_only")):
+            ranges.append((int(values["begin"]), int(values["length"])))
+    if not chunk:
+        raise ValueError("no data_block_size in its output")
+    return ranges, chunk
 
 
 def _stat_key(path, st):

@@ -38,6 +38,7 @@ from costor.ops.backup.digest_index import StateDigestIndex
 from costor.ops.backup.host import target, trusted_host_key
 from costor.ops.backup.sftp_pull import sftp_pull
 from costor.ops.context import Context
+from costor.store.backup.parent import parent_image
 from costor.store.backup.stream import Ingest
 from costor.store.progress import Progress
 from costor.transport.helper_session import (
@@ -148,9 +149,12 @@ class _NoPython(Exception):
     pass
 
 
-def _hello(client: ClientConfig, pool: Pool, io_timeout: float) -> dict[str, Any]:
+def _hello(
+    client: ClientConfig, pool: Pool, io_timeout: float, images: list[dict[str, Any]]
+) -> dict[str, Any]:
     return {
         "paths": list(client.paths),
+        "images": images,
         "exclude": list(client.exclude),
         "one_file_system": client.one_file_system,
         "digest_key": pool.transfer_key().hex(),
@@ -182,6 +186,7 @@ def _with_helper(
         index=index,
         parent=parent,
         progress=progress,
+        images={image.path: protocol.IMAGE_BLOCK_SIZE for image in client.images},
     )
     try:
         return _run_helper(ctx, client, pool, remote, helper, index, ingest)
@@ -234,11 +239,13 @@ def _start(
     A helper that does not start is told apart: no python3 (:class:`_NoPython`), sudo
     refusing, anything else."""
     try:
-        helper.send(protocol.HELLO, json.dumps(_hello(client, pool, helper.io_timeout)).encode())
+        images, image_blocks = _images(client, pool, ingest, index, cache)
+        hello = _hello(client, pool, helper.io_timeout, images)
+        helper.send(protocol.HELLO, json.dumps(hello).encode())
         # While the host starts Python and runs the before-hooks (~0.1 s and more), the
         # first frames of the walk are made ready here: they cost about as much.
         frames, parent = _parent_frames(ingest, cache, pool)
-        first = [*frames, (protocol.BLOOM, index.bloom())]
+        first = [*frames, *image_blocks, (protocol.BLOOM, index.bloom())]
         # The reply comes with the before hooks' results: the hooks' time is theirs.
         kind, payload = helper.recv(extra=_hooks_time(client, "before"))
         helper.start_reading()
@@ -256,6 +263,44 @@ def _start(
         hostname = reply.get("hostname") if isinstance(reply, dict) else None
     ingest.hostname = str(hostname or client.host)[:255]
     return first, parent
+
+
+def _images(
+    client: ClientConfig, pool: Pool, ingest: Ingest, index: Any, cache: Path
+) -> tuple[list[dict[str, Any]], list[tuple[bytes, bytes]]]:
+    """HELLO's ``images`` (each with what the parent snapshot holds of it: size, block
+    size, ``source_id``) and the PARENT_LARGE frames of the parent's block hashes of
+    each, which the helper compares with (after the large files' frames: they win)."""
+    specs: list[dict[str, Any]] = []
+    large: list[list[str]] = []
+    parent = ingest.parent
+    cached = _read_cache(cache, parent.id) if parent is not None and client.images else None
+    kept: dict[str, str] = {p: b for p, b in cached.large} if cached is not None else {}
+    block = protocol.IMAGE_BLOCK_SIZE
+    for image in client.images:
+        spec: dict[str, Any] = {
+            "path": image.path,
+            "changes": image.changes,
+            "previous": image.previous,
+            "block_size": block,
+            "parent": None,
+        }
+        node = parent_image(pool, bytes.fromhex(parent.tree), image.path) if parent else None
+        facts = (node.image or {}) if node is not None else {}
+        if node is not None and facts.get("block_size") == block:
+            blocks = base64.b64decode(kept[image.path]) if image.path in kept else None
+            if blocks is None or len(blocks) != 16 * -(-node.size // block):
+                blocks = index.blocks(node.content)
+            if blocks is not None and len(blocks) == 16 * -(-node.size // block):
+                spec["parent"] = {
+                    "size": node.size,
+                    "block_size": block,
+                    "source_id": facts.get("source_id"),
+                }
+                large.append([image.path, base64.b64encode(blocks).decode()])
+        specs.append(spec)
+    frames = [(protocol.PARENT_LARGE, zlib.compress(json.dumps([item]).encode())) for item in large]
+    return specs, frames
 
 
 def _hooks_time(client: ClientConfig, phase: str) -> float:

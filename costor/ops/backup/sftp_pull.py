@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from costor.errors import HookFailed
+from costor.errors import BackupError, HookFailed
 from costor.protocol import ExcludeMatcher
 from costor.store.backup.stream import Ingest
 from costor.store.progress import Progress
@@ -43,7 +43,15 @@ def sftp_pull(
     reason: str,
     io_timeout: float = 600.0,
 ) -> tuple[Snapshot, list[dict[str, str]], list[dict[str, Any]]]:
-    """The snapshot, the errors and warnings, and the hooks' results."""
+    """The snapshot, the errors and warnings, and the hooks' results. A client with
+    ``images`` fails here, before any hook runs: SFTP can neither read a block device
+    nor compare an image's blocks on the host."""
+    if client.images:
+        raise BackupError(
+            client=client.name,
+            reason=f"its images ({', '.join(image.path for image in client.images)}) need "
+            f"python3 on the host; the SFTP fallback cannot read them ({reason})",
+        )
     hooks: list[dict[str, Any]] = []
     for command in client.hooks.before:
         result = _hook(remote, client, "before", command)

@@ -12,7 +12,7 @@ from typing import Any
 from costor.errors import DataCorruption
 from costor.protocol import LARGE_FILE
 from costor.store.pool import Pool
-from costor.store.tree import DIR, FILE, Node, decode_docs, doc_name, find_doc, searchable
+from costor.store.tree import DIR, FILE, IMAGE, Node, decode_docs, doc_name, find_doc, searchable
 from costor.util import jsonfast
 
 
@@ -167,3 +167,21 @@ def merge_docs(
         docs = [doc for i, doc in enumerate(docs) if i not in gone] + added
         docs.sort(key=doc_name)
     return docs, bool(gone or added), replaced
+
+
+def parent_image(pool: Pool, tree: bytes, path: str) -> Node | None:
+    """The image node at ``path`` in the parent snapshot's ``tree`` (None: not there, not
+    an image, or a tree on the way that cannot be read)."""
+    node: Node | None = None
+    current: bytes | None = tree
+    for name in os.fsencode(path).strip(b"/").split(b"/"):
+        if current is None:
+            return None
+        try:
+            node = PreviousTree(pool.read_blob(current)).get(name)
+        except DataCorruption:
+            return None
+        if node is None:
+            return None
+        current = node.subtree if node.type == DIR else None
+    return node if node is not None and node.type == IMAGE else None

@@ -10,7 +10,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from costor.errors import BackupError
-from costor.protocol import BLOCK_SIZE, LARGE_FILE, ContentDigest, blocks_digest
+from costor.protocol import BLOCK_SIZE, IMAGE_PIECE, LARGE_FILE, ContentDigest, blocks_digest
 from costor.store.compressibility import worth_compressing
 from costor.store.pool import READ_WINDOW, Pool
 from costor.store.tree import Node
@@ -43,13 +43,16 @@ class ContentSink:
         base: list[bytes] | None,
         large: bool = False,
         reuse: _Reuse | None = None,
+        block_size: int = BLOCK_SIZE,
     ) -> None:
         self.ingest = ingest
         self.path = path
         self.buffer = bytearray()
         self.content: list[bytes] = []
         self.size = 0
-        self.digest = ContentDigest(ingest.key, large=large)
+        # The blocks its proof is made of: 1 MiB for a large file, an image's own.
+        self.block_size = block_size
+        self.digest = ContentDigest(ingest.key, large=large, block_size=block_size)
         self.compress: bool | None = None
         self.base = _BaseReader(ingest.pool, base) if base is not None else None
         self.cursor = 0  # bytes of the new file produced so far
@@ -66,12 +69,12 @@ class ContentSink:
         if offset < self.cursor:
             raise BackupError(client=self.ingest.client, reason=f"{self.path}: blocks out of order")
         if self.reuse is not None:
-            self._reuse_until(offset - offset % BLOCK_SIZE)
+            self._reuse_until(offset - offset % self.block_size)
         self._feed_base(offset - self.cursor)
         self._feed(data)
         self.base.skip(len(data))
         end = offset + len(data)
-        self.changed_end = max(self.changed_end, end + (-end % BLOCK_SIZE))
+        self.changed_end = max(self.changed_end, end + (-end % self.block_size))
 
     def finish(self, end: dict[str, Any]) -> None:
         ingest = self.ingest
@@ -84,7 +87,7 @@ class ContentSink:
             if size == self.reuse.old_size:
                 self._reuse_until(size, to_the_end=True)
             else:  # its last block is a changed one: hashed here, so cut from its start
-                self._reuse_until((size - 1) // BLOCK_SIZE * BLOCK_SIZE)
+                self._reuse_until((size - 1) // self.block_size * self.block_size)
         if self.base is not None and size > self.cursor:
             self._feed_base(size - self.cursor)
         self._cut(final=True)
@@ -122,7 +125,7 @@ class ContentSink:
                 else None
             )
         theirs = base64.b64decode(end["blocks"]) if end.get("blocks") else b""
-        count = -(-size // BLOCK_SIZE)
+        count = -(-size // self.block_size)
         ours = []
         for index in range(count):
             known = self.digest.blocks.get(index)
@@ -353,17 +356,21 @@ class RandomReader:
         return b"".join(parts)
 
 
-def wanted_ranges(size: int, changed_blocks: list[int] | None) -> list[tuple[int, int, int]]:
+def wanted_ranges(
+    size: int, changed_blocks: list[int] | None, *, block_size: int | None = None
+) -> list[tuple[int, int, int]]:
     """The ranges of a parent version of ``size`` bytes to ask a delta for, as ``(offset,
-    length, block size)``. A large file whose changed 1 MiB blocks are known: those
-    blocks, in 4 KiB pieces. Otherwise the whole old file, in blocks of about the square
-    root of its size (rsync's rule; powers of two from 512 B to 64 KiB, so that none
-    spans the producer's 1 MiB reads)."""
-    if changed_blocks is not None and size >= LARGE_FILE:
+    length, block size)``. A large file whose changed 1 MiB blocks are known, or an image
+    (``block_size``: its blocks): those blocks, in 4 KiB pieces. Otherwise the whole old
+    file, in blocks of about the square root of its size (rsync's rule; powers of two
+    from 512 B to 64 KiB, so that none spans the producer's 1 MiB reads)."""
+    if changed_blocks is not None and (size >= LARGE_FILE or block_size is not None):
+        block = block_size or BLOCK_SIZE
+        piece = min(IMAGE_PIECE, block)
         return [
-            (i * BLOCK_SIZE, min(BLOCK_SIZE, size - i * BLOCK_SIZE), 4096)
-            for i in changed_blocks
-            if i * BLOCK_SIZE < size
+            (i * block, min(block, size - i * block), piece)
+            for i in sorted(changed_blocks)
+            if i * block < size
         ]
     block = 512
     while block * block < size and block < 65536:

@@ -72,6 +72,7 @@ from costor.store.tree import (
     DIR,
     FIFO,
     FILE,
+    IMAGE,
     SOCKET,
     SYMLINK,
     Node,
@@ -88,6 +89,7 @@ KINDS = {
     protocol.CHARDEV: CHARDEV,
     protocol.BLOCKDEV: BLOCKDEV,
     protocol.SOCKET: SOCKET,
+    protocol.IMAGE: IMAGE,
 }
 BASE_KEPT = 64 * 1024 * 1024  # delta bases kept between request and rebuild, at most
 
@@ -130,6 +132,7 @@ class _Waiting:
     changed_blocks: list[int] | None = None  # of a large file: its changed 1 MiB blocks
     inline: bool = False  # its content follows in the walk
     base_data: bytes | None = None  # the base's bytes, read for the delta request
+    block_size: int | None = None  # an image's comparison blocks (None: a file)
 
 
 @dataclass(frozen=True)
@@ -152,8 +155,12 @@ class Ingest:
         parent: Snapshot | None = None,
         progress: Progress | None = None,
         workers: int | None = None,
+        images: dict[str, int] | None = None,
     ) -> None:
         self.pool = pool
+        # The client's images: path -> the block size the producer was asked to compare
+        # by. An image entry for another path, or by another block size, is refused.
+        self.images = dict(images or {})
         self.client = client
         self.paths = paths
         self.hostname = hostname
@@ -234,6 +241,8 @@ class Ingest:
             self._fail(path, state[len(WARNING_PREFIX) :], count=False)
         if entry.kind in _NODE_ONLY and path in self._given:
             self._warn_if_device(path, entry.kind, entry.target)
+        if node.type == IMAGE:
+            self._image(entry, node)
         previous = self._previous(directory).get(node.name)
         if node.type in (FILE, DIR):
             self._fingerprint(path, node)
@@ -241,10 +250,23 @@ class Ingest:
             self._open_dir(path, node, directory, previous, sparse=state == SPARSE)
             return ""
         directory.nodes.append(node)
-        if node.type != FILE:
+        if node.type not in (FILE, IMAGE):
             self.progress.advance(files=1)
             return ""
         return self._file(entry, node, directory, previous)
+
+    def _image(self, entry: Entry, node: Node) -> None:
+        """An image's entry (checked by :func:`costor.protocol.check_entry`): one the
+        client names, compared by the block size asked for; ``node.image`` says how the
+        host read it."""
+        facts = dict((entry.extra or {})["image"])
+        wanted = self.images.get(entry.path)
+        if wanted is None or facts["block_size"] < wanted:
+            raise protocol.Refused(
+                f"an image {entry.path[:200]!r} the client does not name, or by blocks "
+                f"smaller than {wanted} bytes"
+            )
+        node.image = facts
 
     def _open_dir(
         self, path: str, node: Node, directory: _Dir, previous: Node | None, *, sparse: bool
@@ -266,7 +288,11 @@ class Ingest:
         content."""
         path, state = entry.path, entry.state
         self.counters["bytes_processed"] += node.size
-        base = previous if previous is not None and self._reusable(previous) else None
+        base = (
+            previous
+            if previous is not None and previous.type == node.type and self._reusable(previous)
+            else None
+        )
         if state == SAME and base is not None:
             # Unchanged by the producer's own rule (SFTP: size and mtime): the parent's
             # content, with the metadata seen now.
@@ -284,6 +310,8 @@ class Ingest:
         # a delta against the parent's version when there is one to compare with.
         directory.pending += 1
         waiting = _Waiting(directory, node, inline=state == DATA_FOLLOWS)
+        if node.image is not None:
+            waiting.block_size = int(node.image["block_size"])
         if base is not None and state != DATA_FOLLOWS and base.size:
             waiting.base = base
             extra = entry.extra or {}
@@ -393,7 +421,8 @@ class Ingest:
         assert base is not None
         reader = RandomReader(self.pool, base.content)
         ranges: list[list[Any]] = []
-        for offset, length, block in wanted_ranges(base.size, waiting.changed_blocks):
+        wanted = wanted_ranges(base.size, waiting.changed_blocks, block_size=waiting.block_size)
+        for offset, length, block in wanted:
             data = reader.read(offset, length)
             if offset == 0 and length == base.size and self._base_kept + length <= BASE_KEPT:
                 # Kept for rebuilding the file when the changed blocks come (a second
@@ -435,24 +464,38 @@ class Ingest:
             "xattrs",
         ):
             setattr(waiting.node, key, getattr(fresh, key))
-        large = waiting.node.size >= LARGE_FILE
+        large, block = self._blocks(waiting)
         if state == DELTA_FOLLOWS and waiting.base is not None:
             base, reuse = waiting.base, None
-            if large and waiting.changed_blocks is not None and base.size >= LARGE_FILE:
+            if (
+                large
+                and waiting.changed_blocks is not None
+                and (base.size >= LARGE_FILE or waiting.block_size is not None)
+            ):
                 blocks = self.index.blocks(base.content)
-                if blocks:
+                if blocks and len(blocks) == 16 * -(-base.size // block):  # of this size
                     reuse = _Reuse(self.pool, base, blocks, waiting.changed_blocks)
-            sink = ContentSink(self, path, base=base.content, large=large, reuse=reuse)
+            sink = ContentSink(
+                self, path, base=base.content, large=large, reuse=reuse, block_size=block
+            )
             if kept is not None and sink.base is not None:
                 sink.base.preload(kept)
             return sink
-        return ContentSink(self, path, base=None, large=large)
+        return ContentSink(self, path, base=None, large=large, block_size=block)
+
+    def _blocks(self, waiting: _Waiting) -> tuple[bool, int]:
+        """Whether a waiting file's proof is block hashes, and their size (an image's
+        always are, by its own block size)."""
+        if waiting.block_size is not None:
+            return True, waiting.block_size
+        return waiting.node.size >= LARGE_FILE, protocol.BLOCK_SIZE
 
     # --- content -------------------------------------------------------------------------
 
     def content(self, path: str) -> ContentSink:
         """A sink for the whole content of ``path``, which is waiting for it."""
-        return ContentSink(self, path, base=None, large=self._waiting[path].node.size >= LARGE_FILE)
+        large, block = self._blocks(self._waiting[path])
+        return ContentSink(self, path, base=None, large=large, block_size=block)
 
     def changed_while_read(self, path: str, facts: list[int]) -> None:
         """The producer saw ``path`` change while it read the content arriving now
@@ -685,7 +728,9 @@ class Ingest:
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.paths)
 
     def _reusable(self, previous: Node) -> bool:
-        return previous.type == FILE and all(blob in self.pool.index for blob in previous.content)
+        return previous.type in (FILE, IMAGE) and all(
+            blob in self.pool.index for blob in previous.content
+        )
 
     def _node(self, entry: Entry, name: bytes) -> Node:
         kind = entry.kind

@@ -106,10 +106,13 @@ def summary(name: str, document: dict[str, Any]) -> str:
         if document.get("transfer") in ("helper", "sftp")
         else ""
     )
+    # Images (block devices, image files) are read whole; their bytes are in the totals.
+    images = f"; images: {document['images']}" if document.get("images") else ""
     return (
         f"snapshot {document['snapshot_id'][:12]} of {name} saved to pool {document['pool']}\n"
         f"  files: {document['files_new']} new, {document['files_changed']} changed, "
-        f"{document['files_unmodified']} unmodified, {document['files_failed']} failed\n"
+        f"{document['files_unmodified']} unmodified, {document['files_failed']} failed"
+        f"{images}\n"
         f"  read {human_bytes(document['bytes_read'])} of "
         f"{human_bytes(document['bytes_processed'])}, "
         f"added {human_bytes(document['bytes_added'])} to the pool{transferred} "

@@ -1,0 +1,177 @@
+"""``costor backup`` of a local client with ``images`` (issue 23): a real loop device and a
+sparse image file beside a backed-up directory, through the CLI on a real inventory; the
+snapshot read back from the pool; the errors and exit codes of images that cannot be
+read; ``validate`` and ``plan`` on images."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.fixtures import Site, open_pool
+from support.inventory import client_table, local_pool, rewrite_tables, site_table, toml_list
+from support.inventory import write_tables as write_inventory_tables
+
+from costor.errors import BACKUP_INCOMPLETE_EXIT
+from costor.store.pool import Pool
+from costor.store.tree import DIR, FILE, IMAGE, Node
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def loop(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A 16 MiB loop device over random bytes, and its backing file (detached after)."""
+    losetup = shutil.which("losetup")
+    if losetup is None or os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("loop devices need losetup and root (the test script provides both)")
+        pytest.skip("loop devices need losetup and root")
+    backing = tmp_path / "disk.img"
+    backing.write_bytes(random.Random(7).randbytes(16 * MIB))
+    done = subprocess.run(
+        [losetup, "-f", "--show", str(backing)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    device = Path(done.stdout.strip())
+    try:
+        yield device, backing
+    finally:
+        subprocess.run([losetup, "-d", str(device)], capture_output=True, timeout=30)
+
+
+def tables(paths: list[Path], images: list[str]) -> list[str]:
+    client = client_table("vm", paths, f"images = {toml_list(images)}" if images else "")
+    return [site_table(), local_pool(), client]
+
+
+def image_site(tmp_path: Path, paths: list[Path], images: list[str]) -> Site:
+    inventory = write_inventory_tables(tmp_path, *tables(paths, images))
+    site = Site(tmp_path, inventory, tmp_path / "pool")
+    applied = site.cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.stderr
+    return site
+
+
+def node_at(pool: Pool, tree_hex: str, path: str) -> Node:
+    tree = bytes.fromhex(tree_hex)
+    parts = [p for p in os.fsencode(path).split(b"/") if p]
+    for index, part in enumerate(parts):
+        nodes = {node.name: node for node in pool.load_tree(tree)}
+        node = nodes[part]
+        if index == len(parts) - 1:
+            return node
+        assert node.type == DIR and node.subtree is not None
+        tree = node.subtree
+    raise AssertionError(path)
+
+
+def sparse_image(path: Path) -> bytes:
+    """64 MiB, 2 MiB of it data: what the image holds."""
+    data = random.Random(9).randbytes(MIB)
+    with open(path, "wb") as handle:
+        handle.truncate(64 * MIB)
+        for where in (5 * MIB, 40 * MIB + 777):
+            handle.seek(where)
+            handle.write(data)
+    return path.read_bytes()
+
+
+def test_backup_of_a_device_and_a_sparse_file_beside_files(
+    tmp_path: Path, loop: tuple[Path, Path]
+) -> None:
+    device, backing = loop
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "a.txt").write_text("some content\n")
+    vm = files / "vm.img"  # inside a backed-up directory: stored once, as the image
+    content = sparse_image(vm)
+    site = image_site(tmp_path, [files], [str(device), str(vm)])
+
+    result = site.cli("backup", "vm", "--json")
+
+    assert result.code == 0, result.stderr
+    document = result.json()
+    assert document["warnings"] == [] and document["errors"] == []
+    assert document["images"] == 2
+    assert document["files_new"] == 1  # a.txt
+    assert document["bytes_processed"] == 16 * MIB + 64 * MIB + len("some content\n")
+    assert document["bytes_read"] < 16 * MIB + 4 * MIB  # the holes were not read
+    assert document["bytes_added"] < 16 * MIB + 4 * MIB  # the zeros stored once
+    assert sorted(document["paths"]) == sorted([str(files), str(device), str(vm)])
+    pool = open_pool(site.pool_path)
+    snapshot = pool.load_snapshot(document["snapshot_id"])
+    for path, source, expected in (
+        (str(device), "blockdev", backing.read_bytes()),
+        (str(vm), "file", content),
+    ):
+        node = node_at(pool, snapshot.tree, path)
+        assert node.type == IMAGE
+        assert node.size == len(expected)
+        assert node.image == {"method": "full", "source": source}
+        assert b"".join(pool.read_blob(blob) for blob in node.content) == expected
+    assert node_at(pool, snapshot.tree, str(files / "a.txt")).type == FILE
+
+    human = site.cli("backup", "vm")
+    assert human.code == 0, human.stderr
+    assert "0 failed; images: 2" in human.stdout
+    assert "warning" not in human.stderr
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_an_image_that_cannot_be_read_makes_the_backup_incomplete(
+    tmp_path: Path, kind: str
+) -> None:
+    """Like a file that cannot be read (restic's exit 3, Borg's warning): the rest is
+    stored, the error names the image, the exit code is the incomplete backup's."""
+    image = tmp_path / "vm.img"
+    if kind == "directory":
+        image.mkdir()
+    good = tmp_path / "good.img"
+    good.write_bytes(b"good" * 1000)
+    site = image_site(tmp_path, [], [str(image), str(good)])
+
+    result = site.cli("backup", "vm", "--json")
+
+    assert result.code == BACKUP_INCOMPLETE_EXIT, result.stderr
+    document = result.json()
+    message = {
+        "missing": "image cannot be read: No such file or directory",
+        "directory": "image is a directory, not a block device or a file",
+    }[kind]
+    assert document["errors"] == [{"path": str(image), "error": message}]
+    assert document["complete"] is False and document["images"] == 1
+
+    human = site.cli("backup", "vm")
+    assert human.code == BACKUP_INCOMPLETE_EXIT
+    assert f"{image}" in human.stderr and message in human.stderr
+    assert "1 item(s) could not be read" in human.stdout
+
+
+def test_validate_names_a_duplicated_image_and_plan_shows_a_change_of_images(
+    tmp_path: Path,
+) -> None:
+    image = tmp_path / "a.img"
+    image.write_bytes(b"a" * 1000)
+    site = image_site(tmp_path, [], [str(image)])
+    assert site.cli("plan").code == 0
+
+    # The same text twice is one entry (arrays compose without repeats, as with paths);
+    # the same image spelt twice is an error.
+    rewrite_tables(site.inventory, *tables([tmp_path], [str(image), str(image) + "/"]))
+    invalid = site.cli("validate")
+    assert invalid.code == 1, invalid.stdout + invalid.stderr  # an invalid inventory
+    text = invalid.stdout + invalid.stderr
+    assert "inventory.toml:18:" in text and "clients.vm.images[1]" in text
+    assert f"image '{image}' is listed twice (also images[0])" in text
+
+    other = tmp_path / "b.img"
+    rewrite_tables(site.inventory, *tables([], [str(image), str(other)]))
+    planned = site.cli("plan")
+    assert planned.code == 0, planned.stderr
+    assert "client.vm" in planned.stdout and "images" in planned.stdout

@@ -17,7 +17,11 @@ from pathlib import Path
 
 import pytest
 from support.fixtures import Site
-from support.inventory import client_table, local_tables, write_tables
+from support.inventory import client_table, local_tables, ssh_client, write_tables
+from support.sshd import Sshd, remote_dir, sshd  # noqa: F401  (fixtures)
+
+from costor.ops.backup.restore_to_host import restore_to_host
+from costor.ops.context import Context
 
 MIB = 1024 * 1024
 BLOCK = 4096
@@ -216,3 +220,31 @@ def test_diff_check_forget_and_prune_treat_the_image_as_data(
     result = site.cli("restore", second_id, str(source), "--target", str(target))
     assert result.code == 0, result.stderr
     assert (target / source.name).read_bytes() == device_bytes(source, IMAGE_SIZE)
+
+
+def test_restore_onto_a_host_over_ssh_writes_the_image_as_a_file(
+    tmp_path: Path,
+    loop: Callable[[str, bytes], Path],
+    sshd: Sshd,  # noqa: F811
+    remote_dir: Path,  # noqa: F811
+) -> None:
+    """A restore job onto an SSH client (``restore_to_host``): the host receives the
+    engine's tar, where an image is a regular file member: a file at its path."""
+    source = loop("source.img", disk_bytes())
+    (remote_dir / "nothing").mkdir()
+    tables = [
+        *local_tables({}),
+        client_table("vm", [], f'images = ["{source}"]'),
+        ssh_client("host", sshd, [remote_dir / "nothing"]),
+    ]
+    site = Site(tmp_path, write_tables(tmp_path, *tables), tmp_path / "pool")
+    assert site.cli("apply", "--auto-approve").code == 0
+    assert site.cli("backup", "vm").code == 0
+    target = remote_dir / "restored"
+    outcome = restore_to_host(
+        Context(site.inventory), "vm:latest", client="host", target=str(target)
+    )
+    assert outcome.bytes_written == IMAGE_SIZE
+    restored = target / str(source).lstrip("/")
+    assert stat.S_ISREG(os.lstat(restored).st_mode)
+    assert restored.read_bytes() == device_bytes(source, IMAGE_SIZE)

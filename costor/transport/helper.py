@@ -1167,14 +1167,22 @@ def _thin_delta(vg, pool, previous, current):
         )
     finally:
         _run(["dmsetup", "message", name + "-tpool", "0", "release_metadata_snap"])
+    return _thin_ranges(out)
+
+
+def _thin_ranges(out):
+    """thin_delta's output read: the ranges (begin, length, in pool chunks) that differ
+    (different, right_only, left_only: mapped only before reads zeros now), and the
+    chunk size in bytes."""
     chunk = None
     ranges = []
     for line in out.splitlines():
         line = line.strip()
-        attributes = dict(
-            (k, v) for k, v in (part.split("=", 1) for part in line.split()[1:] if "=" in part)
-        )
-        values = dict((k, v.strip("/>").strip('"')) for k, v in attributes.items())
+        values = {}
+        for part in line.split()[1:]:
+            if "=" in part:
+                key, value = part.split("=", 1)
+                values[key] = value.strip("/>").strip('"')
         if line.startswith("<superblock"):
             chunk = int(values["data_block_size"]) * 512
         elif line.startswith(("<different", "<right_only", "<left_only")):

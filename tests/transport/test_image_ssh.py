@@ -77,6 +77,16 @@ def image_node(pool: Pool, client: str, path: str) -> Node:
     return found
 
 
+def node_tree(pool: Pool, snapshot: Any, directory: Path) -> bytes:
+    """The tree of ``directory`` in ``snapshot``."""
+    tree = bytes.fromhex(snapshot.tree)
+    for name in str(directory).strip("/").split("/"):
+        found = next(n for n in pool.load_tree(tree) if n.name == name.encode())
+        assert found.subtree is not None
+        tree = found.subtree
+    return tree
+
+
 def content(pool: Pool, node: Node) -> bytes:
     return b"".join(pool.read_blob(blob) for blob in node.content)
 
@@ -131,3 +141,67 @@ def test_a_block_device_incremental_sends_about_the_changed_blocks(
         assert unchanged["bytes_transferred"] < 40 * KiB, unchanged  # hashes, no content
         assert unchanged["bytes_added"] < 20 * KiB
     assert site.cli("check", "--read-data").code == 0
+
+
+def test_a_sparse_image_file_inside_a_path_skips_its_holes_and_stores_zeros_once(
+    sshd: Sshd,  # noqa: F811
+    remote_dir: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    size = 64 * MiB
+    vm = remote_dir / "vm"
+    vm.mkdir()
+    (vm / "notes.txt").write_text("the disk of vm1\n")
+    disk = vm / "disk.img"
+    with open(disk, "wb") as handle:
+        handle.truncate(size)
+        for offset in (0, 20 * MiB + 12345, 50 * MiB):
+            handle.seek(offset)
+            handle.write(os.urandom(MiB))
+        handle.seek(30 * MiB)
+        handle.write(bytes(4 * MiB))  # zeros written out, not a hole
+    site = site_with_images(tmp_path, sshd, vm, [disk])
+    first = site.cli("backup", "img", "--json")
+    assert first.code == 0, first.stderr
+    document = first.json()
+    assert document["bytes_transferred"] < 3 * MiB + 200 * KiB, document
+    assert document["bytes_added"] < 3 * MiB + 200 * KiB, document  # zero runs: one blob
+    pool = open_pool(site.pool_path)
+    node = image_node(pool, "img", str(disk))
+    assert node.image is not None and node.image["source"] == "file"
+    assert node.image["bytes_read"] < 8 * MiB  # the data and the written zeros, no holes
+    assert content(pool, node) == disk.read_bytes()
+    changed = scatter(disk, size, 0.01)
+    second = site.cli("backup", "img", "--json")
+    assert second.code == 0, second.stderr
+    assert second.json()["bytes_transferred"] < 2 * changed + 128 * KiB, second.json()
+    pool = open_pool(site.pool_path)
+    node = image_node(pool, "img", str(disk))
+    assert node.image is not None and node.image["method"] == "blocks"
+    assert content(pool, node) == disk.read_bytes()
+    snapshot = max(pool.list_snapshots("img"), key=lambda s: s.time)
+    assert b"notes.txt" in [n.name for n in pool.load_tree(node_tree(pool, snapshot, vm))]
+
+
+def test_the_sftp_fallback_refuses_images_before_any_hook(
+    sshd: Sshd,  # noqa: F811
+    remote_dir: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    small = remote_dir / "etc"
+    small.mkdir()
+    (small / "hosts").write_text("127.0.0.1 localhost\n")
+    marker = remote_dir / "hook-ran"
+    site = site_with_images(
+        tmp_path,
+        sshd,
+        small,
+        ["/dev/null-image"],
+        user="nopython",
+        extra=f'images = ["/dev/null-image"]\nhooks = {{ before = ["touch {marker}"] }}',
+    )
+    backup = site.cli("backup", "img")
+    assert backup.code == 1, (backup.stdout, backup.stderr)
+    assert "images (/dev/null-image) need python3 on the host" in backup.stderr, backup.stderr
+    assert "Traceback" not in backup.stderr
+    assert not marker.exists()

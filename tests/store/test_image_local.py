@@ -21,6 +21,7 @@ from support.fixtures import make_pool, open_pool
 from costor.errors import BackupError
 from costor.store.backup.walk import Archiver
 from costor.store.pool import Pool
+from costor.store.progress import Progress
 from costor.store.snapshot import Snapshot
 from costor.store.tree import DIR, FILE, IMAGE, Node
 
@@ -160,6 +161,59 @@ def test_sparse_file_holes_are_not_read_and_zero_chunks_stored_once(tmp_path: Pa
     assert pool.bytes_added < 8 * MIB
     assert len(set(node.content)) < len(node.content) // 4  # zero chunks repeat
     print(f"sparse 256 MiB image backed up in {elapsed:.2f} s")
+
+
+def test_a_sparse_file_and_a_full_copy_of_it_are_cut_alike(tmp_path: Path) -> None:
+    """Holes are cut into zero chunks without running the chunker over them, and the
+    chunker restarts after them: the chunks are those of the whole stream, so a sparse
+    image and a full copy (a device holding the same bytes) share every chunk. Data
+    regions start and end at odd offsets, one hole is shorter than a zero chunk, the
+    file starts and ends with holes."""
+    sparse = tmp_path / "sparse.img"
+    rng = random.Random(11)
+    with open(sparse, "wb") as handle:
+        handle.truncate(96 * MIB + 4321)
+        for where, size in ((20 * MIB + 1, 3 * MIB), (23 * MIB + 200 * 1024, 777), (70 * MIB, MIB)):
+            handle.seek(where)
+            handle.write(rng.randbytes(size))
+    full = tmp_path / "full.img"
+    full.write_bytes(sparse.read_bytes())  # every block allocated
+    assert os.stat(full).st_blocks > 4 * os.stat(sparse).st_blocks
+    pool = make_pool(tmp_path / "pool")
+    snapshot, archiver = backup(pool, images=[str(sparse), str(full)])
+    assert archiver.errors == []
+    cut_sparse = node_at(pool, snapshot, str(sparse)).content
+    assert cut_sparse == node_at(pool, snapshot, str(full)).content
+    assert content_of(pool, node_at(pool, snapshot, str(sparse))) == full.read_bytes()
+    assert snapshot.counters["bytes_read"] < 96 * MIB + 8 * MIB  # the full copy, the data
+
+
+def test_a_device_that_shrinks_while_read_is_reported_like_a_changed_file(
+    tmp_path: Path, device: tuple[Path, Path]
+) -> None:
+    """The loop device loses half its size after the first chunk is read (the progress
+    callback runs on the reading thread between chunks): the snapshot keeps what was
+    read, with a warning naming the device."""
+    loop, backing = device
+
+    class Shrink(Progress):
+        done = False
+
+        def advance(self, files: int = 0, size: int = 0) -> None:
+            if size and not self.done:
+                self.done = True
+                os.truncate(backing, 16 * MIB)
+                subprocess.run(["losetup", "-c", str(loop)], check=True, timeout=30)
+
+    pool = make_pool(tmp_path / "pool")
+    snapshot, archiver = backup(pool, images=[str(loop)], progress=Shrink())
+    assert len(archiver.errors) == 1
+    warning = archiver.errors[0]
+    assert warning["path"] == str(loop) and warning["severity"] == "warning"
+    assert warning["error"].startswith("changed while it was being read (33554432 bytes before")
+    node = node_at(pool, snapshot, str(loop))
+    assert node.type == IMAGE and node.size < 32 * MIB
+    assert content_of(pool, node) == backing.read_bytes()[: node.size]
 
 
 def test_unchanged_image_file_is_not_read_again_a_device_always_is(

@@ -92,6 +92,23 @@ class ImageReader:
         self.position += count
         return count
 
+    def seek(self, position: int) -> None:
+        """Go on reading from ``position`` (the chunker restarts there)."""
+        self.position = position
+        if self.sparse:
+            self.data_end = self.hole_end = 0
+
+    def hole_end_at(self, position: int) -> int:
+        """Where the hole at ``position`` ends (``position`` itself if it is data, or
+        not a sparse file)."""
+        if not self.sparse or position >= self.size:
+            return position
+        try:
+            data = os.lseek(self.fd, position, os.SEEK_DATA)
+        except OSError as error:
+            return self.size if error.errno == errno.ENXIO else position
+        return min(data, self.size)
+
     def _locate(self) -> None:
         """Where the data or hole at ``position`` ends (a file system without
         ``SEEK_DATA`` is read whole)."""

@@ -41,7 +41,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,6 +159,7 @@ class Archiver:
         self._names_cache: dict[tuple[str, int], str] = {}
         self._zeros = b""  # all zeros, as long as the longest zero chunk seen
         self._zero_blobs: dict[int, bytes] = {}  # length -> the id of so many zeros
+        self._run: bytes | None = None  # see _zero_run
 
     # --- entry point ------------------------------------------------------------------
 
@@ -555,7 +556,7 @@ class Archiver:
             os.close(fd)
             raise _FileSkipped()
         reader = ImageReader(fd, expected_size, sparse=not device)
-        chunks = ((bytes(c.data), False) for c in self._chunker().cut_stream(reader))
+        chunks = self._image_chunks(reader)
 
         def after(size: int) -> dict[str, str] | None:
             if device:
@@ -567,6 +568,43 @@ class Archiver:
         with self.counters.lock:
             self.counters.bytes_read += reader.io_bytes
         return content, size
+
+    def _image_chunks(self, reader: ImageReader) -> Iterator[tuple[bytes | memoryview, bool]]:
+        """An image's chunks. FastCDC decides each cut from the bytes since the last one
+        alone, so a chunk that starts in a hole with ``len(run)`` zeros ahead is
+        ``run`` (what a long stretch of zeros is cut into, found once): those are
+        produced without chunking, and the chunker restarts after them, cutting the
+        same chunks as over the whole stream (a sparse file and a full copy of it
+        dedup: tests/store/test_image_local.py). Chunking 256 MiB of zeros took 0.15 s
+        here; a 100 GiB thin image that is mostly holes no longer costs a minute."""
+        run = memoryview(self._zero_run())
+        start = 0
+        while start < reader.size:
+            count = (reader.hole_end_at(start) - start) // len(run)
+            for _ in range(count):
+                yield run, False
+            start += count * len(run)
+            reader.seek(start)
+            boundary, restart = start, False
+            for chunk in self._chunker().cut_stream(reader):
+                yield bytes(chunk.data), False  # cut_stream reuses its buffer: copy
+                boundary += chunk.length
+                if reader.hole_end_at(boundary) - boundary >= len(run):
+                    restart = True
+                    break
+            if not restart:
+                return
+            start = boundary
+
+    def _zero_run(self) -> bytes:
+        """The chunk a long stretch of zeros is cut into: every chunk of it starts the
+        chunker in the same state, so it is the same length for the whole pool."""
+        if self._run is None:
+            max_size = int(self.pool.identity.chunker["max_size"])
+            zeros = bytes(2 * max_size + 1)
+            first = next(iter(self._chunker().cut_buf(memoryview(zeros))))
+            self._run = zeros[: first.length]
+        return self._run
 
     def _store_chunks(
         self,
@@ -620,6 +658,10 @@ class Archiver:
         test_image_local.py measures it)."""
         if data[0] or data[-1]:
             return None
+        if isinstance(data, memoryview) and data.obj is self._run:  # a skipped hole's
+            blob = self._zero_blobs.get(len(data))
+            if blob is not None:
+                return blob
         zeros = self._zeros
         if len(zeros) < len(data):
             zeros = self._zeros = bytes(len(data))

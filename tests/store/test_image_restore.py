@@ -24,7 +24,7 @@ from costor.errors import PathNotInSnapshot, RestoreError, UsageError
 from costor.store.pack import BlobType
 from costor.store.pool import Pool
 from costor.store.restore.archive import write_archive
-from costor.store.restore.device import image_node, mount_points, restore_to_device
+from costor.store.restore.device import _Zeroer, image_node, mount_points, restore_to_device
 from costor.store.restore.directory import Restorer
 from costor.store.snapshot import Snapshot
 from costor.store.tree import DIR, FILE, IMAGE, Node
@@ -138,6 +138,8 @@ def test_image_is_written_to_a_device_byte_for_byte(image_pool, loop_devices) ->
     result = restore_to_device(pool, node, str(device))
     assert result.bytes_written == IMAGE_SIZE
     assert result.device_size == IMAGE_SIZE + MIB
+    # The 2 MiB + 1 MiB of whole zero chunks were zeroed by the device (BLKZEROOUT).
+    assert result.bytes_zeroed == 3 * MIB
     written = _read_device(device, IMAGE_SIZE + MIB)
     # The zero chunks were written as zeros over the old bytes, not skipped.
     assert written[:IMAGE_SIZE] == data
@@ -266,3 +268,28 @@ def test_an_archive_holds_the_image_as_a_regular_file(image_pool, tmp_path, name
             info = archive.getinfo("dev/vg0/root-snap")
             assert stat.S_ISREG(info.external_attr >> 16)
             assert archive.read(info) == data
+
+
+def test_zeros_are_written_where_the_device_refuses_blkzeroout(tmp_path) -> None:
+    """A descriptor that refuses the ioctl (here a regular file: ENOTTY) gets zeros
+    written: the run, and every later one."""
+    backing = tmp_path / "old.bin"
+    backing.write_bytes(bytes([OLD_BYTE]) * (4 * MIB))
+    fd = os.open(backing, os.O_WRONLY)
+    try:
+        zeros = _Zeroer(fd)
+        zeros.add(100, MIB)  # unaligned at both ends
+        zeros.add(100 + MIB, MIB)  # contiguous: one run
+        zeros.flush()
+        zeros.add(3 * MIB, 4096)
+        zeros.flush()
+    finally:
+        os.close(fd)
+    assert not zeros.ioctl_works and zeros.zeroed_by_device == 0
+    data = backing.read_bytes()
+    old = bytes([OLD_BYTE])
+    assert data[:100] == old * 100
+    assert data[100 : 100 + 2 * MIB] == bytes(2 * MIB)
+    assert data[100 + 2 * MIB : 3 * MIB] == old * (MIB - 100)
+    assert data[3 * MIB : 3 * MIB + 4096] == bytes(4096)
+    assert data[3 * MIB + 4096 :] == old * (MIB - 4096)

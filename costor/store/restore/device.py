@@ -17,8 +17,9 @@ when:
   opened device, which is what the kernel will let us write).
 
 The device stays open with ``O_EXCL`` for the whole restore, so nothing can mount it
-meanwhile. Zero chunks are written as zeros: the device holds old data, and a hole
-cannot be left in it (measured against ``BLKZEROOUT``: see docs/images.md). A larger
+meanwhile. Zero chunks become zeros on the device (it holds old data, and a hole
+cannot be left in it): through ``BLKZEROOUT`` where the device takes it, written
+otherwise (:class:`_Zeroer`). A larger
 device keeps what it held after the image's last byte. The data is flushed
 (``fsync``) before the restore reports success.
 
@@ -31,8 +32,10 @@ and the message says so.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+import struct
 from dataclasses import dataclass
 
 from costor.errors import DataCorruption, PathNotInSnapshot, RestoreError, UsageError
@@ -43,6 +46,10 @@ from costor.store.snapshot import Snapshot
 from costor.store.tree import IMAGE, Node
 
 MOUNTINFO = "/proc/self/mountinfo"
+BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device (linux/fs.h)
+PAGE = 4096  # BLKZEROOUT ranges are page-aligned, so no page we wrote is dropped
+ZEROOUT_MIN = 64 * 1024  # shorter zero runs are simply written
+_ZERO_BUFFER = bytes(1024 * 1024)
 
 
 @dataclass
@@ -52,7 +59,8 @@ class DeviceResult:
     device: str
     device_size: int
     image_size: int
-    bytes_written: int = 0
+    bytes_written: int = 0  # the image's bytes now on the device (its zeros included)
+    bytes_zeroed: int = 0  # of those, zeros the device made itself (BLKZEROOUT)
 
 
 def image_node(pool: Pool, snapshot: Snapshot, path: str) -> Node:
@@ -158,17 +166,24 @@ def restore_to_device(
             progress.advance(files=1, size=node.size)
             result.bytes_written = node.size
             return result
+        zeros = _Zeroer(fd)
         position = 0
         for data in blobs_in_order(pool, node.content):
             if position + len(data) > node.size:
                 raise _size_mismatch(node, "goes past")
-            _write_all(fd, data, position)
+            if _all_zeros(data):
+                zeros.add(position, len(data))
+            else:
+                zeros.flush()
+                _write_all(fd, data, position)
             position += len(data)
             progress.advance(size=len(data))
+        zeros.flush()
         if position != node.size:
             raise _size_mismatch(node, "ends before")
         os.fsync(fd)
         result.bytes_written = position
+        result.bytes_zeroed = zeros.zeroed_by_device
         progress.advance(files=1)
     except DataCorruption as error:
         raise DataCorruption(
@@ -180,6 +195,61 @@ def restore_to_device(
     finally:
         os.close(fd)
     return result
+
+
+def _all_zeros(data: bytes) -> bool:
+    return not (data[0] or data[-1]) and data.count(0) == len(data)
+
+
+class _Zeroer:
+    """Runs of all-zero chunks, made zero on the device: the page-aligned middle of a
+    run with ``BLKZEROOUT`` (the kernel guarantees zeros afterwards: the device's
+    write-zeroes command, a file-backed loop device's fallocate, or zeros it writes
+    itself), the edges with written zeros. ``BLKDISCARD`` is never used: a discarded
+    block may read back as anything. A device that refuses the ioctl gets zeros
+    written, for this run and the rest.
+
+    Measured (docs/images.md, "Restore"): 512 MiB of zeros onto a loop device
+    took 0.67 s written (768 MiB/s) and 0.08 s with BLKZEROOUT."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.start = self.end = 0
+        self.ioctl_works = True
+        self.zeroed_by_device = 0  # bytes made zero by BLKZEROOUT
+
+    def add(self, position: int, length: int) -> None:
+        if self.end != position:
+            self.flush()
+            self.start = position
+        self.end = position + length
+
+    def flush(self) -> None:
+        start, end = self.start, self.end
+        self.start = self.end = 0
+        if start == end:
+            return
+        first = -(-start // PAGE) * PAGE  # the run's page-aligned middle
+        last = end // PAGE * PAGE
+        if self.ioctl_works and last - first >= ZEROOUT_MIN:
+            try:
+                fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("=QQ", first, last - first))
+            except OSError as error:
+                if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY):
+                    raise
+                self.ioctl_works = False
+            else:
+                self.zeroed_by_device += last - first
+                self._write_zeros(start, first)
+                self._write_zeros(last, end)
+                return
+        self._write_zeros(start, end)
+
+    def _write_zeros(self, start: int, end: int) -> None:
+        while start < end:
+            length = min(end - start, len(_ZERO_BUFFER))
+            _write_all(self.fd, _ZERO_BUFFER[:length], start)
+            start += length
 
 
 def _write_all(fd: int, data: bytes, position: int) -> None:

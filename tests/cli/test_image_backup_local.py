@@ -175,3 +175,66 @@ def test_validate_names_a_duplicated_image_and_plan_shows_a_change_of_images(
     planned = site.cli("plan")
     assert planned.code == 0, planned.stderr
     assert "client.vm" in planned.stdout and "images" in planned.stdout
+
+
+def test_hooks_of_a_local_client_make_the_image_and_drop_it(tmp_path: Path) -> None:
+    """As a snapshot profile does (costor/profiles/lvm-snapshot.toml): the before hook
+    makes what the image is read from, the after hook drops it, here on this machine."""
+    snap = tmp_path / "snap.img"
+    inventory = write_inventory_tables(
+        tmp_path,
+        site_table(),
+        local_pool(),
+        client_table(
+            "vm",
+            [],
+            f"images = {toml_list([snap])}",
+            f"hooks.before = [\"head -c 3000000 /dev/urandom > '{snap}'\"]",
+            f'hooks.after = ["rm \'{snap}\'", "echo dropped >&2; exit 3"]',
+        ),
+    )
+    site = Site(tmp_path, inventory, tmp_path / "pool")
+    assert site.cli("apply", "--auto-approve").code == 0
+
+    result = site.cli("backup", "vm", "--json")
+
+    assert result.code == 0, result.stderr  # a failed after hook keeps the snapshot
+    document = result.json()
+    assert document["images"] == 1 and document["bytes_read"] == 3_000_000
+    assert [(h["phase"], h["rc"]) for h in document["hooks"]] == [
+        ("before", 0),
+        ("after", 0),
+        ("after", 3),
+    ]
+    assert document["errors"] == [
+        {"path": "", "error": "after hook `echo dropped >&2; exit 3` exited with 3: dropped"}
+    ]
+    assert not snap.exists()
+
+
+def test_a_failing_before_hook_stops_a_local_backup(tmp_path: Path) -> None:
+    marker = tmp_path / "after-ran"
+    inventory = write_inventory_tables(
+        tmp_path,
+        site_table(),
+        local_pool(),
+        client_table(
+            "vm",
+            [],
+            f"images = {toml_list([tmp_path / 'snap.img'])}",
+            "hooks.before = [\"echo 'no space in the volume group' >&2; exit 5\"]",
+            f"hooks.after = [\"touch '{marker}'\"]",
+        ),
+    )
+    site = Site(tmp_path, inventory, tmp_path / "pool")
+    assert site.cli("apply", "--auto-approve").code == 0
+
+    result = site.cli("backup", "vm")
+
+    assert result.code == 1
+    assert "before hook `echo 'no space in the volume group' >&2; exit 5` exited with 5" in (
+        result.stderr
+    )
+    assert "no space in the volume group" in result.stderr
+    assert marker.exists()  # the after hooks ran
+    assert site.cli("snapshots", "--json").json() == []

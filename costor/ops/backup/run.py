@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from costor.db import queue as jobs
-from costor.errors import BackupError, CostorError, DataCorruption
+from costor.errors import BackupError, CostorError, DataCorruption, HookFailed
 from costor.ops.audit import anchor_head, audited
 from costor.ops.context import Context
 from costor.store.backup.walk import Archiver
@@ -193,9 +198,48 @@ def _run(
         outcome = BackupOutcome(client.pool, pulled.snapshot, pulled.errors, adopted)
         outcome.hooks, outcome.method = pulled.hooks, pulled.method
         return outcome
+    hooks: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    try:
+        # The hooks run here, on this machine, as over SSH on the host: a before hook
+        # that fails ends the backup (no snapshot), the after hooks always run, and one
+        # that fails is reported with the snapshot kept. A snapshot profile's before
+        # hook makes the LVM/ZFS/btrfs snapshot the image is read from.
+        for command in client.hooks.before:
+            hooks.append(run_local_hook("before", command, client.hooks))
+            if hooks[-1]["rc"] != 0:
+                raise HookFailed(
+                    client=client_name,
+                    phase="before",
+                    command=command,
+                    rc=hooks[-1]["rc"],
+                    stderr=hooks[-1]["stderr"].strip() or "(no stderr)",
+                )
+        snapshot, errors = _archive(client, pool, parent, progress, scan_totals)
+    finally:
+        for command in client.hooks.after:
+            hooks.append(run_local_hook("after", command, client.hooks))
+    ctx.record_snapshot(pool, snapshot, written)
+    errors += [
+        {
+            "path": "",
+            "error": f"after hook `{h['command']}` exited with {h['rc']}: {h['stderr'].strip()}",
+        }
+        for h in hooks
+        if h["phase"] == "after" and h["rc"] != 0
+    ]
+    outcome = BackupOutcome(client.pool, snapshot, errors, adopted)
+    outcome.hooks = hooks
+    return outcome
+
+
+def _archive(
+    client: Any, pool: Any, parent: Any, progress: Progress | None, scan_totals: bool
+) -> tuple[Any, list[dict[str, str]]]:
+    """This machine's own files and images, read by the archiver (store/backup/walk.py)."""
     archiver = Archiver(
         pool,
-        client=client_name,
+        client=client.name,
         paths=list(client.paths),
         # Locally every image is read whole (the changed-block methods save transfer
         # from a host; here unchanged chunks dedup): ``changes`` is for SSH clients.
@@ -204,9 +248,45 @@ def _run(
         one_file_system=client.one_file_system,
         progress=progress,
     )
-    snapshot = archiver.run(parent, scan_totals=scan_totals)
-    ctx.record_snapshot(pool, snapshot, written)
-    return BackupOutcome(client.pool, snapshot, archiver.errors, adopted)
+    return archiver.run(parent, scan_totals=scan_totals), archiver.errors
+
+
+def run_local_hook(phase: str, command: str, hooks: Any) -> dict[str, Any]:
+    """Run one hook of a local client with ``sh -c``, in a session of its own (on
+    timeout the whole group is killed, its children too), as the helper does on a host
+    (costor/transport/helper.py); ``hooks.env`` (where the model has it) is added to
+    the environment. The result is the helper's hook document."""
+    timeout = float(hooks.timeout_s)
+    environment = dict(os.environ, **dict(getattr(hooks, "env", None) or {}))
+    started = time.monotonic()
+    try:
+        process = subprocess.Popen(
+            command,
+            shell=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            env=environment,
+        )
+        try:
+            out, err = process.communicate(timeout=timeout)
+            rc = process.returncode
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+            rc, err = -9, err + f"\ntimed out after {timeout:g}s".encode()
+    except OSError as error:
+        rc, out, err = 127, b"", str(error).encode()
+    return {
+        "phase": phase,
+        "command": command,
+        "rc": rc,
+        "stdout": out[-4096:].decode("utf-8", "replace"),
+        "stderr": err[-4096:].decode("utf-8", "replace"),
+        "duration_s": round(time.monotonic() - started, 3),
+    }
 
 
 def _ratio(counters: dict[str, int]) -> float | None:

@@ -293,3 +293,36 @@ def test_an_image_path_must_be_absolute(tmp_path: Path) -> None:
     pool = make_pool(tmp_path / "pool")
     with pytest.raises(BackupError, match="not an absolute path"):
         Archiver(pool, client="c", paths=[], images=["vm.img"])
+
+
+def test_progress_totals_count_the_images(tmp_path: Path, device: tuple[Path, Path]) -> None:
+    """The totals counted alongside (the bar's ETA) hold each image once, a device by
+    its size, an image inside a backed-up directory not twice."""
+    loop, _ = device
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "a.txt").write_bytes(b"a" * 1000)
+    image = root / "vm.img"
+    image.write_bytes(b"v" * 5000)
+
+    class Totals(Progress):
+        totals: tuple[int, int] | None = None
+        advanced = 0
+
+        def set_total(self, files: int, size: int) -> None:
+            self.totals = (files, size)
+
+        def advance(self, files: int = 0, size: int = 0) -> None:
+            self.advanced += size
+
+    progress = Totals()
+    pool = make_pool(tmp_path / "pool")
+    archiver = Archiver(
+        pool, client="c", paths=[str(root)], images=[str(loop), str(image)], progress=progress
+    )
+    archiver.run(scan_totals=True)
+    deadline = time.monotonic() + 10
+    while progress.totals is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert progress.totals == (3, 32 * MIB + 5000 + 1000)
+    assert progress.advanced == 32 * MIB + 5000 + 1000

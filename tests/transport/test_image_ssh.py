@@ -94,7 +94,8 @@ def content(pool: Pool, node: Node) -> bytes:
 def site_with_images(
     tmp_path: Path, server: Sshd, small: Path, images: list[Any], **options: Any
 ) -> Any:
-    listed = ", ".join(f'"{i}"' if isinstance(i, (str, Path)) else "{ " + i + " }" for i in images)
+    # An image: its path, or the inside of its table ('path = "…", changes = …').
+    listed = ", ".join("{ " + str(i) + " }" if "=" in str(i) else f'"{i}"' for i in images)
     site = ssh_site(
         tmp_path, server, {"img": {"paths": [small], "extra": f"images = [{listed}]", **options}}
     )

@@ -323,3 +323,85 @@ def test_changed_while_read_in_entries_and_ends_is_checked(tmp_path: Path) -> No
         protocol.parse_entry(data)
     with pytest.raises(protocol.Refused, match="an END frame that is not one"):
         protocol.check_end([1])
+
+
+# --- images (issue 23) ------------------------------------------------------------------
+
+
+def image_entry(state: str = "data", size: int = 1 << 20, **extra: object) -> list[object]:
+    facts = {"method": "full", "block_size": 65536, "source": "blockdev"}
+    facts.update(extra.pop("facts", {}))  # type: ignore[call-overload]
+    item: list[object] = ["/dev/vg0/root", "i", 0o660, 0, 6, "root", "disk", size]
+    return [*item, 1, 1, 1, 1, 1, 0, None, None, state, {"image": facts, **extra}]
+
+
+def test_an_image_entry_is_checked_field_by_field() -> None:
+    entry = protocol.parse_entry(image_entry())
+    assert entry.kind == protocol.IMAGE and entry.size == 1 << 20
+    changed = image_entry(
+        "changed", facts={"method": "thin_delta"}, digest="ab" * 32, changed_blocks=[0, 15]
+    )
+    assert protocol.parse_entry(changed).extra["changed_blocks"] == [0, 15]  # type: ignore[index]
+    refused = {
+        "an image block size of 1000": image_entry(facts={"block_size": 1000}),
+        "an image block size of 12288": image_entry(facts={"block_size": 12288}),
+        "read by": image_entry(facts={"method": "guess"}),
+        "whose facts are": image_entry(facts={"colour": "blue"}),
+        "in state 'same'": image_entry("same"),
+        "changed blocks are wrong": image_entry("changed", digest="ab" * 32, changed_blocks=[16]),
+        "whose digest is": image_entry("changed", digest="ab", changed_blocks=[]),
+        "with ['blocks', 'image']": image_entry(blocks="AAAA"),
+        "whose bytes_read is": image_entry(facts={"bytes_read": -1}),
+        "blocks (at most": image_entry(size=(protocol.MAX_IMAGE_BLOCKS + 1) * 65536),
+    }
+    for message, item in refused.items():
+        with pytest.raises(protocol.Refused, match=re_escape(message)):
+            protocol.parse_entry(item)
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def test_zeros_frames_unpack_to_zeros_within_the_limit() -> None:
+    assert protocol.unpack_data(protocol.ZEROS + protocol.ZEROS_COUNT.pack(5)) == bytes(5)
+    for count in (0, protocol.MAX_DATA + 1):
+        with pytest.raises(protocol.Refused, match="a ZEROS frame of"):
+            protocol.unpack_data(protocol.ZEROS + protocol.ZEROS_COUNT.pack(count))
+    with pytest.raises(protocol.Refused, match="the flag and a u64"):
+        protocol.unpack_data(protocol.ZEROS + b"\x01")
+
+
+def test_image_block_hashes_are_the_helpers(tmp_path: Path) -> None:
+    """An image file with a hole and zeros written out: the helper's block hashes (holes
+    not read) are what the server computes from the bytes, by the image's block size."""
+    block = 16 * 1024
+    path = tmp_path / "disk.img"
+    with open(path, "wb") as handle:
+        handle.truncate(40 * block + 100)
+        handle.write(os.urandom(3 * block + 5))
+        handle.seek(20 * block)
+        handle.write(bytes(2 * block))
+        handle.seek(39 * block)
+        handle.write(os.urandom(block))
+    data = path.read_bytes()
+    theirs = a_helper()
+    with open(path, "rb", buffering=0) as handle:
+        extents = helper._data_extents(handle, len(data))
+        blocks, read = theirs.image_hashes(handle, len(data), block, extents, None, b"")
+    digest = protocol.ContentDigest(KEY, large=True, block_size=block)
+    digest.update(data)
+    assert digest.end(len(data)) == theirs.end_document(len(data), None, blocks)
+    assert 0 < read < len(data)  # the holes were not read (where the file system has them)
+
+
+def test_data_extents_count_only_data() -> None:
+    extents = [(0, 10), (100, 150), (400, 401)]
+    assert helper._extent_bytes(extents, 0, 1000) == 61
+    assert helper._extent_bytes(extents, 5, 120) == 25
+    assert helper._extent_bytes(extents, 10, 100) == 0
+    assert helper._extent_bytes(None, 3, 9) == 6
+    assert helper._image_block(65536, 1 << 30) == 65536
+    assert helper._image_block(65536, 1 << 40) == 1 << 20  # at most MAX_IMAGE_BLOCKS blocks

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from support.fixtures import open_pool
 from support.sshd import Sshd, remote_dir, ssh_site, sshd  # noqa: F401  (fixtures)
+from test_ssh_pull import sudo_rule  # noqa: F401  (a fixture: the sudoers line of docs/ssh.md)
 
 from costor.store.pool import Pool
 from costor.store.tree import DIR, Node
@@ -206,3 +207,36 @@ def test_the_sftp_fallback_refuses_images_before_any_hook(
     assert "images (/dev/null-image) need python3 on the host" in backup.stderr, backup.stderr
     assert "Traceback" not in backup.stderr
     assert not marker.exists()
+
+
+def test_sudo_reads_a_device_the_login_user_cannot(
+    sshd: Sshd,  # noqa: F811
+    remote_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    sudo_rule: str,  # noqa: F811
+) -> None:
+    backing = tmp_path / "disk.img"
+    backing.write_bytes(os.urandom(4 * MiB))
+    small = remote_dir / "etc"
+    small.mkdir()
+    (small / "hosts").write_text("127.0.0.1 localhost\n")
+    with loop(backing) as device:
+        (tmp_path / "a").mkdir()
+        plain = site_with_images(tmp_path / "a", sshd, small, [device], user="costortest")
+        refused = plain.cli("backup", "img", "--json")
+        assert refused.json()["files_failed"] == 1, refused.stdout  # root:disk 0660
+        assert "Permission denied" in refused.stdout
+        (tmp_path / "b").mkdir()
+        site = site_with_images(
+            tmp_path / "b",
+            sshd,
+            small,
+            [device],
+            user="costortest",
+            ssh_extra=f', sudo = true, python = "{sudo_rule}"',
+        )
+        backup = site.cli("backup", "img", "--json")
+        assert backup.code == 0, backup.stderr
+        assert backup.json()["files_failed"] == 0
+        pool = open_pool(site.pool_path)
+        assert content(pool, image_node(pool, "img", str(device))) == backing.read_bytes()

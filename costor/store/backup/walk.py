@@ -86,7 +86,7 @@ class Counters:
     files_unmodified: int = 0
     files_failed: int = 0
     dirs: int = 0
-    images: int = 0  # images stored (read, or unchanged image files)
+    images: int = 0  # images stored (read, or unchanged image files); under ``lock``
     bytes_read: int = 0
     bytes_processed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -376,7 +376,8 @@ class Archiver:
         if not device and previous is not None and self._unchanged(previous, node):
             node.content, node.image = previous.content, previous.image
             job.nodes.append(node)
-            counters.images += 1
+            with counters.lock:
+                counters.images += 1
             counters.bytes_processed += node.size
             self.progress.advance(files=1, size=node.size)
             return
@@ -393,7 +394,8 @@ class Archiver:
             self._fail(path, f"image size cannot be read: {error.strerror}")
             return
         job.nodes.append(node)
-        counters.images += 1
+        with counters.lock:
+            counters.images += 1
         counters.bytes_processed += node.size
         self._queued.acquire()
         future = self._files.submit(self._read_image, path, fd, node.size, st, device)
@@ -555,6 +557,16 @@ class Archiver:
         if self._fatal is not None:
             os.close(fd)
             raise _FileSkipped()
+        try:
+            return self._read_image_fd(path, fd, expected_size, st, device)
+        except _FileSkipped:
+            with self.counters.lock:
+                self.counters.images -= 1  # left out of the snapshot
+            raise
+
+    def _read_image_fd(
+        self, path: bytes, fd: int, expected_size: int, st: os.stat_result, device: bool
+    ) -> tuple[list[bytes], int]:
         reader = ImageReader(fd, expected_size, sparse=not device)
         chunks = self._image_chunks(reader)
 
@@ -564,9 +576,11 @@ class Archiver:
                 return changed_while_read(path, expected_size, None, size, now)
             return changed_while_read(path, expected_size, st.st_mtime_ns, size, os.fstat(fd))
 
-        content, size = self._store_chunks(path, fd, chunks, after)
-        with self.counters.lock:
-            self.counters.bytes_read += reader.io_bytes
+        try:
+            content, size = self._store_chunks(path, fd, chunks, after)
+        finally:
+            with self.counters.lock:
+                self.counters.bytes_read += reader.io_bytes
         return content, size
 
     def _image_chunks(self, reader: ImageReader) -> Iterator[tuple[bytes | memoryview, bool]]:

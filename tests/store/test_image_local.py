@@ -251,6 +251,47 @@ def test_image_inside_a_backed_up_directory_is_stored_once_as_the_image(tmp_path
     assert content_of(pool, entries[0]) == image.read_bytes()
 
 
+def test_an_image_in_an_excluded_directory_is_still_stored(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    (root / "cache" / "vms").mkdir(parents=True)
+    (root / "cache" / "junk").write_text("junk")
+    image = root / "cache" / "vms" / "vm1.img"
+    image.write_bytes(b"i" * 3000)
+    pool = make_pool(tmp_path / "pool")
+    snapshot, archiver = backup(pool, paths=[str(root)], images=[str(image)], exclude=["cache"])
+    assert archiver.errors == []
+    cache = node_at(pool, snapshot, str(root / "cache"))
+    assert cache.type == DIR and cache.subtree is not None
+    assert [n.name for n in pool.load_tree(cache.subtree)] == [b"vms"]  # no junk
+    assert content_of(pool, node_at(pool, snapshot, str(image))) == image.read_bytes()
+
+
+def test_an_image_on_another_file_system_is_stored_with_one_file_system(tmp_path: Path) -> None:
+    """``one_file_system`` leaves a mount point's contents out, but not an image listed
+    below it (a real tmpfs mounted in the test's directory)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    root = tmp_path / "data"
+    mount = root / "mnt"
+    mount.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    try:
+        (mount / "other.txt").write_text("other file system")
+        image = mount / "vm.img"
+        image.write_bytes(b"m" * 4000)
+        pool = make_pool(tmp_path / "pool")
+        snapshot, archiver = backup(
+            pool, paths=[str(root)], images=[str(image)], one_file_system=True
+        )
+        assert archiver.errors == []
+        mounted = node_at(pool, snapshot, str(mount))
+        assert mounted.subtree is not None
+        assert [n.name for n in pool.load_tree(mounted.subtree)] == [b"vm.img"]
+        assert content_of(pool, node_at(pool, snapshot, str(image))) == image.read_bytes()
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
 def test_image_beside_paths_under_a_common_directory(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "hosts").write_text("127.0.0.1 localhost\n")

@@ -288,6 +288,9 @@ class Archiver:
                 self._add_image(job, child, name, parent_nodes.get(name))
                 continue
             if self._excluded(child, name):
+                below = self._images_below(child) if self._image_paths else {}
+                if below:  # an excluded directory holding listed images: only those
+                    self._walk_to_images(job, child, name, below, parent_nodes.get(name))
                 continue
             try:
                 st = os.lstat(child)
@@ -403,6 +406,24 @@ class Archiver:
         with self._jobs_lock:
             job.pending += 1
         future.add_done_callback(lambda done: self._file_done(job, node, done))
+
+    def _walk_to_images(
+        self, job: _DirJob, path: bytes, name: bytes, spec: dict[bytes, Any], previous: Node | None
+    ) -> None:
+        """A directory left out of the walk (excluded) that holds listed images: its
+        node, and only the way to them."""
+        try:
+            st = os.lstat(path)
+        except OSError as error:
+            self._fail(path, f"cannot stat: {error.strerror}")
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            return
+        child_job = self._open_child(job, self._node_from_stat(path, name, st))
+        self.counters.dirs += 1
+        previous_tree = previous.subtree if previous and previous.type == DIR else None
+        self._walk_virtual_dir(path, spec, previous_tree, child_job)
+        self._release(child_job)
 
     def _images_below(self, path: bytes) -> dict[bytes, Any]:
         """The part of the walk's spec naming the images inside directory ``path``."""

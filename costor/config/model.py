@@ -510,6 +510,12 @@ class ClientConfig(FrozenModel):
                 )
                 continue
             seen[image.path] = index
+            if image.changes == "thin_delta" and self.transport == "local":
+                findings.invalid(
+                    ("images", index, "changes"),
+                    "changes = 'thin_delta' applies to transport 'ssh' (a local client "
+                    "reads every image whole; unchanged chunks are not stored again)",
+                )
             if image.path in self.paths:
                 findings.invalid(
                     ("images", index),

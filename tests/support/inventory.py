@@ -61,7 +61,10 @@ def recreate_database(url: str) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _drop_test_databases() -> Iterator[None]:
     yield
-    if not _created_databases:
+    # COSTOR_TEST_DATABASE_DISPOSABLE=1: the server is scripts/test.sh's throwaway cluster,
+    # removed whole afterwards (dropping hundreds of databases one by one costs a
+    # checkpoint each).
+    if not _created_databases or os.environ.get("COSTOR_TEST_DATABASE_DISPOSABLE") == "1":
         return
     import psycopg
 

@@ -392,6 +392,27 @@ def render(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def machine() -> dict[str, Any]:
+    """The date, the machine and the tools' versions, for the report's header."""
+
+    def said(*argv: str) -> str:
+        done = subprocess.run(argv, capture_output=True, text=True)
+        return (done.stdout or done.stderr).strip().splitlines()[0]
+
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    models = [line.partition(":")[2].strip() for line in cpuinfo if line.startswith("model name")]
+    return {
+        "date": _dt.date.today().isoformat(),
+        "cpu": models[0] if models else platform.processor(),
+        "cores": os.cpu_count(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "rsync": said("rsync", "--version"),
+        "restic": said("restic", "version").split(" compiled")[0],
+        "sshd": said("ssh", "-V"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=parse_size, default=parse_size("4GiB"))
@@ -426,25 +447,7 @@ def main() -> None:
             runs.append(one_run(work / "run", image, relay, key, seed=100 + repeat))
             log(f"run {repeat + 1}: {json.dumps(runs[-1])}")
         info = {
-            "date": _dt.date.today().isoformat(),
-            "cpu": next(
-                (
-                    line.split(":", 1)[1].strip()
-                    for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")
-                ),
-                platform.processor(),
-            ),
-            "cores": os.cpu_count(),
-            "os": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(),
-            "rsync": subprocess.run(
-                ["rsync", "--version"], capture_output=True, text=True
-            ).stdout.splitlines()[0],
-            "restic": subprocess.run(
-                ["restic", "version"], capture_output=True, text=True
-            ).stdout.split(" compiled")[0],
-            "sshd": subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip(),
+            **machine(),
             "size": args.size,
             "size_arg": size_arg,
             "filled": filled,

@@ -238,3 +238,38 @@ def test_a_failing_before_hook_stops_a_local_backup(tmp_path: Path) -> None:
     assert "no space in the volume group" in result.stderr
     assert marker.exists()  # the after hooks ran
     assert site.cli("snapshots", "--json").json() == []
+
+
+def test_a_device_backed_up_here_restores_onto_another_byte_identical(
+    tmp_path: Path, loop: tuple[Path, Path]
+) -> None:
+    """Backup through the local transport, then ``costor restore --target-device`` onto a
+    second loop device, and the sparse image into a directory."""
+    device, backing = loop
+    target_file = tmp_path / "target.img"
+    target_file.write_bytes(b"\xa5" * 16 * MIB)
+    target = Path(
+        subprocess.run(
+            ["losetup", "-f", "--show", str(target_file)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+    )
+    try:
+        vm = tmp_path / "vm.img"
+        content = sparse_image(vm)
+        site = image_site(tmp_path, [], [str(device), str(vm)])
+        assert site.cli("backup", "vm").code == 0
+
+        onto = site.cli("restore", "vm:latest", str(device), "--target-device", str(target))
+        assert onto.code == 0, onto.stderr
+        with open(target, "rb") as handle:
+            assert handle.read() == backing.read_bytes()
+
+        into = site.cli("restore", "vm:latest", str(vm), "--target", str(tmp_path / "out"))
+        assert into.code == 0, into.stderr
+        assert (tmp_path / "out" / "vm.img").read_bytes() == content  # PATH lands in DIR
+    finally:
+        subprocess.run(["losetup", "-d", str(target)], capture_output=True, timeout=30)

@@ -300,10 +300,14 @@ def write_sparse(fd: int, data: bytes, position: int) -> int:
     zero_block = _ZEROS[:HOLE_BLOCK]
     run_start = None
     end = 0
-    for start in range(0, len(data), HOLE_BLOCK):
+    # Blocks on the file's offsets (not the chunk's): a hole is then whole file-system
+    # blocks, where one that straddles them would leave a block allocated at each end.
+    first = HOLE_BLOCK - position % HOLE_BLOCK  # < len(data): the chunk is longer
+    for start in (0, *range(first, len(data), HOLE_BLOCK)):
+        stop = min(len(data), first if start == 0 else start + HOLE_BLOCK)
         # bytes slices compare with memcmp; memoryview comparison goes element by
         # element and was 50x slower on zero runs.
-        block = data[start : start + HOLE_BLOCK]
+        block = data[start:stop]
         if not (block[0] or block[-1]) and block == zero_block[: len(block)]:
             if run_start is not None:
                 os.pwrite(fd, view[run_start:start], position + run_start)

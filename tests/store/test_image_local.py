@@ -7,10 +7,13 @@ detached; under ``CI=true`` a missing losetup fails the test instead of skipping
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -367,3 +370,56 @@ def test_progress_totals_count_the_images(tmp_path: Path, device: tuple[Path, Pa
         time.sleep(0.01)
     assert progress.totals == (3, 32 * MIB + 5000 + 1000)
     assert progress.advanced == 32 * MIB + 5000 + 1000
+
+
+def test_an_image_that_cannot_be_opened_names_it(tmp_path: Path) -> None:
+    """EACCES, for real: the archiver runs as nobody (setpriv) on an image only root
+    may read; the backup stores the rest and names the image."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("this test needs setpriv (util-linux) and root")
+        pytest.skip("this test needs setpriv and root")
+    shared = Path(tempfile.mkdtemp(prefix="costor-eacces-"))
+    try:
+        os.chmod(shared, 0o777)
+        secret = shared / "secret.img"
+        secret.write_bytes(b"s" * 1000)
+        os.chmod(secret, 0o600)
+        readable = shared / "readable.img"
+        readable.write_bytes(b"r" * 1000)
+        os.chmod(readable, 0o644)
+        script = f"""
+import json, sys
+sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+from support.fixtures import make_pool
+from costor.store.backup.walk import Archiver
+pool = make_pool(__import__("pathlib").Path({str(shared / "pool")!r}))
+archiver = Archiver(pool, client="c", paths=[], images=[{str(secret)!r}, {str(readable)!r}])
+snapshot = archiver.run()
+print(json.dumps({{"errors": archiver.errors, "images": snapshot.counters["images"]}}))
+"""
+        done = subprocess.run(
+            [
+                setpriv,
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                script,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=shared,
+            env={**os.environ, "HOME": str(shared)},
+        )
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result == {
+            "errors": [{"path": str(secret), "error": "image cannot be opened: Permission denied"}],
+            "images": 1,
+        }
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

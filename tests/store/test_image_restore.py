@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from support.fixtures import make_pool, open_pool
 
-from costor.errors import PathNotInSnapshot, RestoreError, UsageError
-from costor.store.pack import BlobType
+from costor.errors import DataCorruption, PathNotInSnapshot, RestoreError, UsageError
+from costor.store.checker import check
+from costor.store.pack import BlobType, pack_name
 from costor.store.pool import Pool
 from costor.store.restore.archive import write_archive
 from costor.store.restore.device import _Zeroer, image_node, mount_points, restore_to_device
@@ -294,3 +295,31 @@ def test_zeros_are_written_where_the_device_refuses_blkzeroout(tmp_path) -> None
     assert data[100 + 2 * MIB : 3 * MIB] == old * (MIB - 100)
     assert data[3 * MIB : 3 * MIB + 4096] == bytes(4096)
     assert data[3 * MIB + 4096 :] == old * (MIB - 4096)
+
+
+def _damage_blob(pool_dir: Path, pool: Pool, blob: bytes) -> None:
+    location = pool.index.lookup(blob)
+    assert location is not None
+    pack = pool_dir / pack_name(location.pack_id)
+    raw = bytearray(pack.read_bytes())
+    raw[location.offset + 20] ^= 0xFF
+    pack.write_bytes(bytes(raw))
+
+
+def test_damage_in_an_image_is_found_by_check_and_stops_a_device_restore(
+    image_pool, loop_devices, tmp_path
+) -> None:
+    pool, snapshot, _data = image_pool
+    node = image_node(pool, snapshot, "/dev/vg0/root-snap")
+    _damage_blob(tmp_path / "pool", pool, node.content[5])
+    report = check(open_pool(tmp_path / "pool"), read_data=True)
+    [problem] = report.problems  # the pack, whose damaged blob is the image's
+    assert problem.kind == "damaged_pack" and "1 of" in problem.message
+    assert problem.affected == [
+        {"snapshot": snapshot.id, "client": "vmhost", "path": "/dev/vg0/root-snap"}
+    ]
+    device = loop_devices("target.img", IMAGE_SIZE)
+    fresh = open_pool(tmp_path / "pool")
+    with pytest.raises(DataCorruption, match="holds a partial image now") as raised:
+        restore_to_device(fresh, image_node(fresh, snapshot, "/dev/vg0/root-snap"), str(device))
+    assert raised.value.exit_code == 3

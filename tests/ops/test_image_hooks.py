@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -144,6 +145,45 @@ def test_a_profile_without_its_parameter_fails_closed(
     site = profile_site(tmp_path, sshd, profile, {"UNRELATED": "1"}, ["/etc/hostname"])
     result = site.cli("backup", "vm", "--json")
     failed_closed(site, result, f"set hooks.env.{REQUIRED[profile]}")
+
+
+@pytest.mark.parametrize("user, transfer", [("root", "helper"), ("nopython", "sftp")])
+def test_hooks_env_reaches_every_hook(
+    sshd: Sshd,  # noqa: F811
+    tmp_path: Path,
+    user: str,
+    transfer: str,
+) -> None:
+    """The profiles' parameters: hooks.env is each hook's environment, through the
+    helper and through the SFTP fallback (a host without python3), quoting kept."""
+    value = "a b'c\"d $HOME"
+    seen = Path(tempfile.mkdtemp(prefix="costor-env-"))  # the remote user writes here
+    seen.chmod(0o777)
+    before, after = (f'printf %s "$COSTOR_PROBE" > {seen / phase}' for phase in ("b", "a"))
+    env = f"env = {{ COSTOR_PROBE = {toml_list([value])[1:-1]} }}"
+    write_tables(
+        tmp_path,
+        site_table(),
+        local_pool(pack_size_mib=None),
+        ssh_client(
+            "vm",
+            sshd,
+            ["/etc/hostname"],
+            f"hooks = {{ before = {toml_list([before])}, after = {toml_list([after])}, {env} }}",
+            user=user,
+        ),
+    )
+    site = Site(tmp_path, tmp_path / "inventory.toml", tmp_path / "pool")
+    assert site.cli("apply", "--auto-approve").code == 0
+    result = site.cli("backup", "vm", "--json")
+    assert result.code == 0, result.stderr
+    done = result.json()
+    assert done["transfer"] == transfer
+    assert [(h["phase"], h["rc"]) for h in done["hooks"]] == [("before", 0), ("after", 0)]
+    try:
+        assert (seen / "b").read_text() == value and (seen / "a").read_text() == value
+    finally:
+        shutil.rmtree(seen)
 
 
 # --- fsfreeze ----------------------------------------------------------------------------

@@ -107,6 +107,12 @@ def test_restore_to_a_device_is_byte_identical(
 ) -> None:
     site, source = imaged
     target = loop("target.img", bytes([OLD_BYTE]) * (IMAGE_SIZE + MIB))
+    dry = site.cli("restore", "vm:latest", str(source), "--target-device", str(target), "--dry-run")
+    assert dry.code == 0, dry.stderr
+    assert (
+        dry.stdout.startswith("dry run: would write image") and "nothing was written" in dry.stdout
+    )
+    assert device_bytes(target, MIB) == bytes([OLD_BYTE]) * MIB
     result = site.cli("restore", "vm:latest", str(source), "--target-device", str(target))
     assert result.code == 0, result.stderr
     assert f"onto {target}" in result.stdout

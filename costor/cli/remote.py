@@ -128,6 +128,12 @@ def _ls(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 def _restore(args: argparse.Namespace, api: ApiClient) -> int:
+    if getattr(args, "target_device", None) is not None:
+        raise UsageError(
+            message="with --server, restore takes no --target-device: a device is written "
+            "by `costor restore` on the machine that has it (the site's API serves the "
+            "image's bytes: GET /api/v1/snapshots/{id}/file?path=PATH)"
+        )
     not_here = [
         name
         for name, given in (

@@ -486,6 +486,10 @@ def test_restore_onto_a_clients_machine_as_a_job(
         "restore", "alpha:latest", "--target", str(tmp_path / "x"), "--dry-run", known=known
     )
     assert options.code == 1 and "with --server, restore takes no --dry-run" in options.stderr
+    device = served.remote(
+        "restore", "alpha:latest", "/dev/loop9", "--target-device", "/dev/loop9", known=known
+    )
+    assert device.code == 1 and "restore takes no --target-device" in device.stderr
 
 
 def test_a_damaged_known_servers_file_is_an_error_not_a_new_pin(

@@ -345,7 +345,12 @@ def render(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
         f"space; then {runs[0]['blocks_changed']} of its 4 KiB blocks (1 %) rewritten with "
         "random bytes at random offsets (seeded); page cache dropped before every step"
         + ("" if info["dropped"] else " (could not be dropped here: warm reads)"),
-        f"- medians of {len(runs)} runs (min–max in brackets); both ends on this machine; "
+        (
+            f"- medians of {len(runs)} runs (min–max in brackets)"
+            if len(runs) > 1
+            else "- one run (`--repeat 1`)"
+        )
+        + "; both ends on this machine; "
         "bytes = TCP payload through one counting relay in front of the sshd, both "
         f"directions, cipher {ssh_bench.CIPHER}",
         "",
@@ -381,7 +386,8 @@ def render(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
         "copy, no history, no encryption; its result is checked byte-identical.",
         "- **restic**: `restic backup IMAGE` on the same machine into a local repository "
         "(restic has no agentless pull, so it reads the file directly and has no wire "
-        'bytes; "added" is what its summary says it added to the repository). It reads '
+        "bytes; \"added\" is its summary's data_added: the new chunks' bytes before "
+        "compression; the repository's size below is after). It reads "
         "and chunks the whole image every time. Restore: `restic restore latest --target "
         "DIR`.",
         f"- Storage after both backups: CoStor's pool {human(median('pool_bytes'))}, "

@@ -142,6 +142,14 @@ def test_a_block_device_incremental_sends_about_the_changed_blocks(
         unchanged = site.cli("backup", "img", "--json").json()
         assert unchanged["bytes_transferred"] < 40 * KiB, unchanged  # hashes, no content
         assert unchanged["bytes_added"] < 20 * KiB
+        # costor restore writes it to another device, byte for byte.
+        (tmp_path / "target.img").write_bytes(bytes(size))
+        with loop(tmp_path / "target.img") as target:
+            restored = site.cli(
+                "restore", "img:latest", str(device), "--target-device", str(target)
+            )
+            assert restored.code == 0, restored.stderr
+        assert (tmp_path / "target.img").read_bytes() == backing.read_bytes()
     assert site.cli("check", "--read-data").code == 0
 
 

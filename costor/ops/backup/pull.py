@@ -382,6 +382,8 @@ def _parent_frames(
         (protocol.PARENT_DIRS, dir_hashes[start : start + protocol.DIR_HASH_SIZE * PARENT_BATCH])
         for start in range(0, len(dir_hashes), protocol.DIR_HASH_SIZE * PARENT_BATCH)
     ]
+    if ingest.images:  # an image's hashes go with its HELLO entry (:func:`_images`)
+        large = [item for item in large if item[0] not in ingest.images]
     frames += [
         (protocol.PARENT_LARGE, zlib.compress(json.dumps(large[start : start + 100]).encode()))
         for start in range(0, len(large), 100)

@@ -893,7 +893,9 @@ class Helper(object):
             self.channel.send_json(START, entry)
             seen = self.walked.pop(path, None)
             if seen is None or seen[0] != self.fingerprint(_stat_key(path, st)):
-                self.channel.send_json(END, {"error": "changed since the walk compared it" + _LIVE})
+                self.channel.send_json(
+                    END, {"error": _in_use("changed since the walk compared it")}
+                )
                 return
             blocks = list(seen[1])
             if len(blocks) != -(-size // block):
@@ -907,7 +909,7 @@ class Helper(object):
                 handle.seek(index * block)
                 data = handle.read(min(block, size - index * block))
                 if self.block_hash(data) != blocks[index]:
-                    self.channel.send_json(END, {"error": "changed while it was read" + _LIVE})
+                    self.channel.send_json(END, {"error": _in_use("changed while it was read")})
                     return
                 compress = self.send_changed(index * block, data, old_size, wanted, compress)
                 self.channel.alive()
@@ -1044,7 +1046,8 @@ def _changed_while_read(st, read, handle):
     return [st.st_size, st.st_mtime_ns, read, after.st_size, after.st_mtime_ns]
 
 
-_LIVE = " (an image in use: back it up from a snapshot, see the consistency profiles)"
+def _in_use(what):
+    return what + " (an image in use: back it up from a snapshot, see the consistency profiles)"
 
 
 class ThinFallback(Exception):

@@ -70,8 +70,9 @@ def profile_site(
     extra = [f"hooks.env = {toml_table(env)}", "hooks.timeout_s = 60"]
     if before:
         extra.append(f"hooks.before = {toml_list(before)}")
-    if images:
-        extra.append(f"images = {toml_list(images)}")
+    if images:  # a path, or a table written as TOML ("{ path = …, changes = … }")
+        written = [i if i.startswith("{") else toml_list([i])[1:-1] for i in images]
+        extra.append(f"images = [{', '.join(written)}]")
     write_tables(
         root,
         site_table(),
@@ -432,27 +433,62 @@ def thin_id(vg: str, lv: str) -> str:
     return run("lvs", "--noheadings", "-o", "thin_id", f"{vg}/{lv}").stdout.strip()
 
 
+def image_facts(site: Site, path: str) -> dict[str, object]:
+    listed = site.cli("ls", "vm:latest", path, "--json")
+    assert listed.code == 0, listed.stderr
+    (entry,) = [e for e in listed.json() if e["path"] == path]
+    return dict(entry["image"])
+
+
+def scribble(device: Path, offset: int, length: int) -> None:
+    with open(device, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(os.urandom(length))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 @needs_dm
 def test_lvm_thin_snapshot_rotates_for_thin_delta(
     sshd: Sshd,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     """Each backup reads a new LV-costor; the one before is LV-costor-prev while it
-    runs (what `changes = "thin_delta"` compares with) and is dropped after."""
+    runs, which `changes = "thin_delta"` compares with, and is dropped after. The
+    second backup finds the changed blocks through thin_delta, and its image is the
+    snapshot's bytes."""
     need_tool("thin_delta")
+    mib = 1024 * 1024
     with volume_group(tmp_path) as vg:
         run("lvcreate", "-q", "--type", "thin-pool", "-L", "40M", "-n", "pool", vg)
         run("lvcreate", "-q", "-V", "16M", "-T", f"{vg}/pool", "-n", "origin")
+        origin = Path(f"/dev/{vg}/origin")
+        scribble(origin, 0, 16 * mib)
+        snapshot = f"/dev/{vg}/origin-costor"
+        image = f'{{ path = "{snapshot}", changes = "thin_delta", previous = "{snapshot}-prev" }}'
         env = {"COSTOR_LVM_LV": f"{vg}/origin"}
         record = tmp_path / "during"
         own = (f"lvs --noheadings -o lv_name {vg} > {record}",)
-        site = profile_site(tmp_path, sshd, "lvm-thin-snapshot", env, ["/etc/hostname"], own)
-        assert site.cli("backup", "vm").code == 0
+        site = profile_site(
+            tmp_path, sshd, "lvm-thin-snapshot", env, ["/etc/hostname"], own, (image,)
+        )
+        first = site.cli("backup", "vm")
+        assert first.code == 0, first.stderr
         assert set(record.read_text().split()) == {"pool", "origin", "origin-costor"}
         assert lv_names(vg) == {"pool", "origin", "origin-costor"}
-        first = thin_id(vg, "origin-costor")
-        assert site.cli("backup", "vm").code == 0
+        first_id = thin_id(vg, "origin-costor")
+
+        scribble(origin, 3 * mib, 64 * 1024)
+        scribble(origin, 11 * mib + 4096, 4096)
+        second = site.cli("backup", "vm")
+        assert second.code == 0, second.stderr
         during = set(record.read_text().split())
         assert during == {"pool", "origin", "origin-costor", "origin-costor-prev"}
         assert lv_names(vg) == {"pool", "origin", "origin-costor"}
-        assert thin_id(vg, "origin-costor") != first
+        assert thin_id(vg, "origin-costor") != first_id
+        assert image_facts(site, snapshot)["method"] == "thin_delta"
+        target = tmp_path / "r"
+        restored = site.cli("restore", "vm:latest", snapshot, "--target", str(target))
+        assert restored.code == 0, restored.stderr
+        (copy,) = [p for p in target.rglob("origin-costor") if p.is_file()]
+        assert copy.read_bytes() == Path(snapshot).read_bytes()

@@ -234,8 +234,11 @@ def test_restore_onto_a_host_over_ssh_writes_the_image_as_a_file(
     remote_dir: Path,  # noqa: F811
 ) -> None:
     """A restore job onto an SSH client (``restore_to_host``): the host receives the
-    engine's tar, where an image is a regular file member: a file at its path."""
-    source = loop("source.img", disk_bytes())
+    engine's tar, where an image is a regular file member (sparse: its zero chunks are
+    holes, which the host's GNU tar makes again), so a file at its path."""
+    rng = random.Random(40)
+    size = 40 * MIB  # 24 MiB of zeros in the middle: the chunker cuts 8 MiB zero chunks
+    source = loop("source.img", rng.randbytes(8 * MIB) + bytes(24 * MIB) + rng.randbytes(8 * MIB))
     (remote_dir / "nothing").mkdir()
     tables = [
         *local_tables({}),
@@ -249,7 +252,9 @@ def test_restore_onto_a_host_over_ssh_writes_the_image_as_a_file(
     outcome = restore_to_host(
         Context(site.inventory), "vm:latest", client="host", target=str(target)
     )
-    assert outcome.bytes_written == IMAGE_SIZE
+    assert outcome.bytes_written == size
     restored = target / str(source).lstrip("/")
     assert stat.S_ISREG(os.lstat(restored).st_mode)
-    assert restored.read_bytes() == device_bytes(source, IMAGE_SIZE)
+    assert restored.read_bytes() == device_bytes(source, size)
+    # Two 8 MiB zero chunks are a hole (less 512 bytes at its start: see SparseLayout).
+    assert os.lstat(restored).st_blocks * 512 <= size - 15 * MIB

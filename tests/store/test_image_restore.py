@@ -263,8 +263,13 @@ def test_an_archive_holds_the_image_as_a_regular_file(image_pool, tmp_path, name
         with tarfile.open(destination) as archive:
             member = archive.getmember("dev/vg0/root-snap")
             assert member.isreg() and member.size == IMAGE_SIZE and member.mode == 0o660
+            # Its 12 zero chunks (2 MiB, then the last 1 MiB) are holes of a sparse
+            # member (GNU format 1.0), not in the archive.
+            assert member.issparse()
+            assert member.sparse == [(0, MIB), (3 * MIB, 4 * MIB), (IMAGE_SIZE, 0)]
             extracted = archive.extractfile(member)
             assert extracted is not None and extracted.read() == data
+        assert destination.stat().st_size < IMAGE_SIZE - 3 * MIB + 64 * 1024
     else:
         with zipfile.ZipFile(destination) as archive:
             info = archive.getinfo("dev/vg0/root-snap")
@@ -323,3 +328,19 @@ def test_damage_in_an_image_is_found_by_check_and_stops_a_device_restore(
     with pytest.raises(DataCorruption, match="holds a partial image now") as raised:
         restore_to_device(fresh, image_node(fresh, snapshot, "/dev/vg0/root-snap"), str(device))
     assert raised.value.exit_code == 3
+
+
+def test_gnu_tar_extracts_an_archived_image_as_a_sparse_file(image_pool, tmp_path) -> None:
+    """What a host does with a restore over SSH (``tar -x``): the holes come back."""
+    if shutil.which("tar") is None:
+        pytest.skip("no tar")
+    pool, snapshot, data = image_pool
+    destination = tmp_path / "image.tar"
+    write_archive(pool, snapshot, "/", str(destination))
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["tar", "-x", "-f", str(destination), "-C", str(out)], check=True, timeout=60)
+    extracted = out / "dev" / "vg0" / "root-snap"
+    assert extracted.read_bytes() == data
+    assert os.stat(extracted).st_blocks * 512 <= IMAGE_SIZE - 3 * MIB
+    assert not (out / "dev" / "vg0" / "GNUSparseFile.0").exists()

@@ -77,6 +77,7 @@ from costor.store.restore.archive_entries import (
     ReadAhead,
     archive_entries,
     size_mismatch,
+    sparse_layout,
 )
 from costor.store.restore.confined import REFUSED, Refusal
 from costor.store.restore.selection import Selection
@@ -87,6 +88,7 @@ from costor.store.tree import (
     CONTENT_TYPES,
     DIR,
     FIFO,
+    IMAGE,
     SYMLINK,
     Node,
 )
@@ -427,13 +429,23 @@ class _ArchiveWriter:
         self._zip_names = format == "zip"
 
     def _entries(self) -> Iterator[Entry]:
-        return archive_entries(
+        entries = archive_entries(
             self.pool,
             self.node,
             hardlinks=self._hardlinks,
             select=self.select,
             zip_names=self._zip_names,
         )
+        return entries if self.format == "zip" else self._sparse_images(entries)
+
+    def _sparse_images(self, entries: Iterator[Entry]) -> Iterator[Entry]:
+        """A tar holds an image with long zero runs as a sparse member (its holes are
+        not in the archive: a mostly empty disk image stays small, and GNU tar
+        extracting it, as onto a host over SSH, writes a sparse file)."""
+        for entry in entries:
+            if entry.node.type == IMAGE and entry.reads_content:
+                entry.sparse = sparse_layout(self.pool, entry.node)
+            yield entry
 
     def write(self, output: IO[bytes]) -> ArchiveResult:
         if self.count_totals:
@@ -539,6 +551,21 @@ class _ArchiveWriter:
             if entry.link_to is not None:
                 info.type = tarfile.LNKTYPE
                 info.linkname = os.fsdecode(entry.link_to)
+            elif entry.sparse is not None:
+                # GNU sparse format 1.0, as GNU tar writes it (tar(5), "GNU.sparse.*"):
+                # the member has a stand-in name and holds the map and the data only.
+                info.type = tarfile.REGTYPE
+                info.size = entry.sparse.member_size
+                head, _slash, tail = info.name.rpartition("/")
+                info.name = f"{head}/GNUSparseFile.0/{tail}" if head else f"GNUSparseFile.0/{tail}"
+                pax.update(
+                    {
+                        "GNU.sparse.major": "1",
+                        "GNU.sparse.minor": "0",
+                        "GNU.sparse.name": os.fsdecode(entry.name),
+                        "GNU.sparse.realsize": str(node.size),
+                    }
+                )
             else:
                 info.type = tarfile.REGTYPE
                 info.size = node.size

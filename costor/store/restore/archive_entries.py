@@ -42,6 +42,8 @@ class Entry:
     link_to: bytes | None = None  # an earlier name of the same inode (tar hard link)
     problem: str | None = None  # why it is refused (its name), or None
     original: bytes | None = None  # its path in the snapshot, where that is not ``name``
+    # A tar's image: its zero chunks left out as a GNU sparse member (see SparseLayout)
+    sparse: SparseLayout | None = None
 
     @property
     def snapshot_path(self) -> bytes:
@@ -57,6 +59,119 @@ class Entry:
     @property
     def reads_content(self) -> bool:
         return self.node.type in CONTENT_TYPES and self.link_to is None and self.problem is None
+
+    @property
+    def blobs_to_read(self) -> list[bytes]:
+        """The blobs whose bytes go into the archive, in order."""
+        return self.sparse.blobs if self.sparse is not None else self.node.content
+
+
+# An image whose zero chunks add up to less than this is archived as a plain member.
+SPARSE_MIN_ZEROS = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SparseLayout:
+    """An image as a GNU tar sparse member (format 1.0, what GNU tar and Python's
+    tarfile read back with holes): a map of its data segments, then their bytes only.
+    A disk image's unused space is long runs of zeros, which the chunker cuts into
+    identical all-zero chunks: those are the holes. Found without reading any data:
+    a blob repeated in the image is compared with the id of zeros of its length.
+
+    GNU tar reads each segment's data in whole 512-byte blocks, so every segment but
+    the last starts and ends on a multiple of 512: a hole is shrunk to the 512-byte
+    blocks inside its zero chunks, and the zeros at its edges are stored as data."""
+
+    pieces: list[tuple[bytes | None, int]]  # the member's data: a blob, or None: zeros
+    segments: list[tuple[int, int]]  # (offset, length) of each data segment
+    size: int  # the image's size
+
+    @property
+    def blobs(self) -> list[bytes]:
+        """The blobs to read, in order."""
+        return [blob for blob, _length in self.pieces if blob is not None]
+
+    @property
+    def data_size(self) -> int:
+        return sum(length for _offset, length in self.segments)
+
+    def map_block(self) -> bytes:
+        """The sparse map that starts the member's data: decimal lines (the number of
+        segments, then each offset and length), padded to 512 bytes."""
+        lines = [str(len(self.segments))]
+        for offset, length in self.segments:
+            lines += [str(offset), str(length)]
+        text = ("\n".join(lines) + "\n").encode()
+        return text + bytes(-len(text) % 512)
+
+    @property
+    def member_size(self) -> int:
+        return len(self.map_block()) + self.data_size
+
+
+def sparse_layout(pool: Pool, node: Node) -> SparseLayout | None:
+    """``node``'s holes as a :class:`SparseLayout`, or None when it has too few zeros
+    (or its blobs do not add up to its size: the plain path reports that)."""
+    counts: dict[bytes, int] = {}
+    for blob in node.content:
+        counts[blob] = counts.get(blob, 0) + 1
+    zero_blobs: set[bytes] = set()
+    lengths: dict[bytes, int] = {}
+    for blob in node.content:
+        if blob not in lengths:
+            lengths[blob] = pool.locate(blob).raw_length
+            if counts[blob] > 1 and blob == pool.blob_id(bytes(lengths[blob])):
+                zero_blobs.add(blob)
+    if not zero_blobs or sum(lengths[blob] for blob in node.content) != node.size:
+        return None
+    holes: list[tuple[int, int]] = []  # runs of zero chunks, shrunk to 512-byte blocks
+    position = 0
+    for blob in node.content:
+        end = position + lengths[blob]
+        if blob in zero_blobs:
+            if holes and holes[-1][1] == position:
+                holes[-1] = (holes[-1][0], end)
+            else:
+                holes.append((position, end))
+        position = end
+    holes = [
+        (-(-start // 512) * 512, end if end == node.size else end // 512 * 512)
+        for start, end in holes
+    ]
+    holes = [(start, end) for start, end in holes if end > start]
+    if sum(end - start for start, end in holes) < SPARSE_MIN_ZEROS:
+        return None
+    segments: list[tuple[int, int]] = []
+    data_from = 0
+    for start, end in holes:
+        if start > data_from:
+            segments.append((data_from, start - data_from))
+        data_from = end
+    if data_from < node.size:
+        segments.append((data_from, node.size - data_from))
+    else:
+        segments.append((node.size, 0))  # GNU tar's way to end on a hole
+    pieces: list[tuple[bytes | None, int]] = []
+    position = 0
+    holes_left = iter(holes)
+    hole = next(holes_left, None)
+    for blob in node.content:
+        end = position + lengths[blob]
+        if blob not in zero_blobs:
+            pieces.append((blob, lengths[blob]))
+        else:  # what of these zeros lies outside the holes
+            at = position
+            while at < end:
+                while hole is not None and hole[1] <= at:
+                    hole = next(holes_left, None)
+                if hole is None or hole[0] >= end:
+                    pieces.append((None, end - at))
+                    break
+                if hole[0] > at:
+                    pieces.append((None, hole[0] - at))
+                at = min(end, hole[1])
+        position = end
+    return SparseLayout(pieces, segments, node.size)
 
 
 def archive_entries(
@@ -247,7 +362,7 @@ class ReadAhead:
             return False
         self._ahead.append(entry)
         if entry.reads_content:
-            self._to_read.extend(entry.node.content)
+            self._to_read.extend(entry.blobs_to_read)
         return True
 
     def _fill(self) -> None:
@@ -260,15 +375,22 @@ class ReadAhead:
 
 
 class ContentReader:
-    """A file's content as the file object ``TarFile.addfile`` reads ``size`` bytes from."""
+    """A file's content as the file object ``TarFile.addfile`` reads ``size`` bytes from
+    (a sparse image's: its map, then its data segments)."""
 
     def __init__(self, entry: Entry, blobs: ReadAhead, progress: Progress) -> None:
         self._entry = entry
-        self._ids = iter(entry.node.content)
+        sparse = entry.sparse
+        self._pieces: Iterator[tuple[bytes | None, int]] = iter(
+            sparse.pieces if sparse is not None else [(blob, -1) for blob in entry.node.content]
+        )
         self._blobs = blobs
         self._progress = progress
-        self._buffer = memoryview(b"")
-        self._left = entry.node.size
+        # A sparse member's data starts with its map; its holes count as done now.
+        self._buffer = memoryview(sparse.map_block() if sparse is not None else b"")
+        self._left = sparse.member_size if sparse is not None else entry.node.size
+        if sparse is not None:
+            progress.advance(size=entry.node.size - sparse.data_size)
 
     def read(self, size: int = -1) -> bytes:
         size = self._left if size < 0 else min(size, self._left)
@@ -276,10 +398,10 @@ class ContentReader:
         needed = size
         while needed:
             if not self._buffer:
-                blob = next(self._ids, None)
-                if blob is None:
+                blob, length = next(self._pieces, (None, 0))
+                if blob is None and not length:
                     raise size_mismatch(self._entry, "ends before")
-                data = self._blobs.read(blob)
+                data = self._blobs.read(blob) if blob is not None else bytes(length)
                 self._progress.advance(size=len(data))
                 self._buffer = memoryview(data)
             piece = self._buffer[:needed]
@@ -290,7 +412,7 @@ class ContentReader:
         return b"".join(parts)
 
     def finish(self) -> None:
-        if self._left or self._buffer or next(self._ids, None) is not None:
+        if self._left or self._buffer or next(self._pieces, None) is not None:
             raise size_mismatch(self._entry, "does not end at")
 
 

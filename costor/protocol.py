@@ -319,8 +319,8 @@ def check_image(path: str, facts: Any) -> dict[str, Any]:
 def _check_image_entry(entry: Entry) -> None:
     """An IMAGE entry's state and extra (see above): block indexes inside the image."""
     state, extra = entry.state, entry.extra
-    if state == DELTA_FOLLOWS and extra is None:  # a START: the walk said the rest
-        return
+    if state in (DELTA_FOLLOWS, DATA_FOLLOWS) and extra is None:  # a START: the walk said
+        return  # the rest
     if state not in _IMAGE_STATES or type(extra) is not dict:
         raise Refused(f"an image {_shown(entry.path)} in state {_cut(state)} with {_cut(extra)}")
     facts = check_image(entry.path, extra.get("image"))

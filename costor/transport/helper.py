@@ -629,6 +629,9 @@ class Helper(object):
 
     def fetch(self, path):
         """A file the server needs whole: its entry again (stat now), then its content."""
+        if path in self.images:
+            self.fetch_image(path)
+            return
         try:
             st = os.lstat(path)
         except OSError as error:
@@ -872,6 +875,31 @@ class Helper(object):
             self.channel.send(DATA, ZEROS + struct.pack(">Q", zeros))
         self.counters["sent"] += 1
         self.channel.send_json(END, self.end_document(size, None, blocks))
+
+    def fetch_image(self, path):
+        """An image the server needs whole after all (its copy of the parent is gone, or
+        a delta did not rebuild it): its entry, then every block (holes as ZEROS)."""
+        spec = self.images[path]
+        try:
+            st = os.stat(path)
+            handle = open(path, "rb", buffering=0)
+        except OSError as error:
+            self.channel.send_json(
+                START, self.error_entry(path, "cannot read: %s" % error.strerror)
+            )
+            return
+        try:
+            size = _image_size(handle, st)
+            block = int(spec.get("block", spec["block_size"]))
+            extents = _data_extents(handle, size) if stat.S_ISREG(st.st_mode) else None
+            entry = self.entry(path, st, "data")
+            entry[1], entry[7] = IMAGE, size
+            self.channel.send_json(START, entry)
+            self.send_image(handle, size, block, extents)
+        except OSError as error:
+            self.channel.send_json(END, {"error": "read error: %s" % error.strerror})
+        finally:
+            handle.close()
 
     def image_delta(self, path, old_size, ranges):
         """The changed blocks of an image the walk compared (DELTA): of each wanted

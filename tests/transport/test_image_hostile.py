@@ -42,6 +42,7 @@ CRAFTED = {
     "range": ("/etc/img", "changed", dict(facts(method="blocks"), digest="00" * 32,
                                          changed_blocks=[0, 99])),
     "zeros": ("/etc/img", "data", facts()),
+    "nofacts": ("/etc/img", "data", None),
 }
 
 
@@ -73,6 +74,7 @@ ATTACKS = {
     "extra": "an image /etc/img with ['blocks', 'image']",
     "range": "an image /etc/img whose changed blocks are wrong",
     "zeros": "a ZEROS frame of 1099511627776 bytes",
+    "nofacts": "an image '/etc/img' without its facts",
 }
 
 

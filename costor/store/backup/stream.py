@@ -259,7 +259,9 @@ class Ingest:
         """An image's entry (checked by :func:`costor.protocol.check_entry`): one the
         client names, compared by the block size asked for; ``node.image`` says how the
         host read it."""
-        facts = dict((entry.extra or {})["image"])
+        if entry.extra is None:
+            raise protocol.Refused(f"an image {entry.path[:200]!r} without its facts")
+        facts = dict(entry.extra["image"])
         wanted = self.images.get(entry.path)
         if wanted is None or facts["block_size"] < wanted:
             raise protocol.Refused(

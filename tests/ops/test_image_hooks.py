@@ -1,7 +1,8 @@
 """The shipped consistency profiles (costor/profiles: lvm-snapshot, lvm-thin-snapshot,
 zfs-snapshot, btrfs-snapshot, fsfreeze), for real: their hooks run through a backup
-pulled over the test sshd (the local transport runs no hooks) on real loop devices,
-filesystems and volume groups made by the test and removed in ``finally`` blocks.
+pulled over the test sshd (and, for some, read by this machine: transport "local") on
+real loop devices, filesystems and volume groups made by the test and removed in
+``finally`` blocks.
 
 What is asserted: the snapshot exists while the backup reads (the backed-up content is
 the origin's when the before hook ran, not what was written after), it is gone
@@ -24,7 +25,14 @@ from pathlib import Path
 
 import pytest
 from support.fixtures import CliResult, Site
-from support.inventory import local_pool, site_table, ssh_client, toml_list, write_tables
+from support.inventory import (
+    client_table,
+    local_pool,
+    site_table,
+    ssh_client,
+    toml_list,
+    write_tables,
+)
 from support.sshd import Sshd, sshd  # noqa: F401  (fixture)
 
 from costor.config.model import Hooks
@@ -57,15 +65,16 @@ def toml_table(values: dict[str, str]) -> str:
 
 def profile_site(
     root: Path,
-    sshd: Sshd,  # noqa: F811
+    sshd: Sshd | None,  # noqa: F811
     profile: str,
     env: dict[str, str],
     paths: list[str],
     before: tuple[str, ...] = (),
     images: tuple[str, ...] = (),
 ) -> Site:
-    """A site whose client "vm" is pulled over sshd as root with ``profile``, its
-    parameters ``env`` and its own ``before`` hooks (run after the profile's)."""
+    """A site whose client "vm" is pulled over sshd as root (``sshd`` None: read by
+    this machine, transport "local") with ``profile``, its parameters ``env`` and its
+    own ``before`` hooks (run after the profile's)."""
     root.mkdir(parents=True, exist_ok=True)
     extra = [f"hooks.env = {toml_table(env)}", "hooks.timeout_s = 60"]
     if before:
@@ -77,7 +86,9 @@ def profile_site(
         root,
         site_table(),
         local_pool(pack_size_mib=None),
-        ssh_client("vm", sshd, paths, *extra, profiles=[profile]),
+        ssh_client("vm", sshd, paths, *extra, profiles=[profile])
+        if sshd is not None
+        else client_table("vm", paths, *extra, profiles=[profile]),
     )
     site = Site(root, root / "inventory.toml", root / "pool")
     applied = site.cli("apply", "--auto-approve")
@@ -135,15 +146,18 @@ REQUIRED = {
 }
 
 
+@pytest.mark.parametrize("transport", ["ssh", "local"])
 @pytest.mark.parametrize("profile", sorted(REQUIRED))
 def test_a_profile_without_its_parameter_fails_closed(
     sshd: Sshd,  # noqa: F811
     tmp_path: Path,
     profile: str,
+    transport: str,
 ) -> None:
     """Nothing is read when the client did not say what to snapshot: the first before
     hook names the missing hooks.env key, and the after hooks (which ran) fail nothing."""
-    site = profile_site(tmp_path, sshd, profile, {"UNRELATED": "1"}, ["/etc/hostname"])
+    host = sshd if transport == "ssh" else None
+    site = profile_site(tmp_path, host, profile, {"UNRELATED": "1"}, ["/etc/hostname"])
     result = site.cli("backup", "vm", "--json")
     failed_closed(site, result, f"set hooks.env.{REQUIRED[profile]}")
 
@@ -210,10 +224,12 @@ def ext4_mount(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             yield device, mount
 
 
+@pytest.mark.parametrize("transport", ["ssh", "local"])
 def test_fsfreeze_freezes_during_the_read_and_thaws_after(
     sshd: Sshd,  # noqa: F811
     tmp_path: Path,
     ext4_mount: tuple[str, Path],
+    transport: str,
 ) -> None:
     """The device under the mount is read as an image while the filesystem is frozen:
     what was written just before (still in the page cache, not on the device) is in
@@ -222,8 +238,9 @@ def test_fsfreeze_freezes_during_the_read_and_thaws_after(
     device, mount = ext4_mount
     (mount / "data").write_text("written before the backup\n")  # not synced
     env = {"COSTOR_FSFREEZE_MOUNT": str(mount)}
+    host = sshd if transport == "ssh" else None
     site = profile_site(
-        tmp_path, sshd, "fsfreeze", env, ["/etc/hostname"], (FROZEN_PROBE,), (device,)
+        tmp_path, host, "fsfreeze", env, ["/etc/hostname"], (FROZEN_PROBE,), (device,)
     )
     result = site.cli("backup", "vm", "--json")
     assert result.code == 0, result.stderr

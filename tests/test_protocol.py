@@ -405,3 +405,53 @@ def test_data_extents_count_only_data() -> None:
     assert helper._extent_bytes(None, 3, 9) == 6
     assert helper._image_block(65536, 1 << 30) == 65536
     assert helper._image_block(65536, 1 << 40) == 1 << 20  # at most MAX_IMAGE_BLOCKS blocks
+
+
+def test_an_image_walked_and_fetched_passes_the_checks_and_rebuilds(tmp_path: Path) -> None:
+    """The helper's frames for an image file with holes, in the walk (no parent: sent
+    whole) and when fetched whole after all (FETCH): every entry and frame passes the
+    checks, holes cross as ZEROS, and the bytes and END are the file's."""
+    block = 64 * 1024
+    disk = tmp_path / "vm" / "disk.img"
+    disk.parent.mkdir()
+    with open(disk, "wb") as handle:
+        handle.truncate(64 * block)
+        handle.seek(5 * block + 7)
+        handle.write(os.urandom(3 * block))
+    data = disk.read_bytes()
+    for command in ("walk", "fetch"):
+        out = io.BytesIO()
+        theirs = helper.Helper(helper.Channel(io.BytesIO(), out))
+        theirs.key, theirs.compress_level = KEY, 1
+        theirs.images = {str(disk): {"path": str(disk), "block_size": block, "parent": None}}
+        theirs.options = {"paths": [str(tmp_path / "vm")], "exclude": []}
+        if command == "walk":
+            theirs.walk()
+        else:
+            theirs.fetch(str(disk))
+        rebuilt, zeros, end, images = bytearray(), 0, None, []
+        for kind, payload in frames_of(out.getvalue()):
+            if kind in (protocol.ENTRIES, protocol.START):
+                raw = (
+                    protocol.inflate(payload, protocol.MAX_INFLATED, "ENTRIES")
+                    if kind == protocol.ENTRIES
+                    else b"[" + payload + b"]"
+                )
+                for item in json.loads(raw):
+                    entry = protocol.parse_entry(item)
+                    if entry.kind == protocol.IMAGE:
+                        images.append(entry)
+            elif kind == protocol.DATA:
+                zeros += payload[:1] == protocol.ZEROS
+                rebuilt += protocol.unpack_data(payload)
+            elif kind == protocol.END:
+                end = protocol.check_end(json.loads(payload))
+        assert [e.size for e in images] == [len(data)] and bytes(rebuilt) == data, command
+        assert zeros >= 2  # the holes before and after the data
+        digest = protocol.ContentDigest(KEY, large=True, block_size=block)
+        digest.update(data)
+        assert end == digest.end(len(data))
+        if command == "walk":
+            facts = (images[0].extra or {})["image"]
+            assert (facts["method"], facts["source"]) == ("full", "file")
+            assert facts["bytes_read"] < len(data)

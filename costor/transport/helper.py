@@ -46,6 +46,7 @@ import hashlib
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
 import stat
@@ -1144,8 +1145,13 @@ def _extent_bytes(extents, start, end):
 
 
 def _run(command):
+    """A system tool's output (lvs, dmsetup, thin_delta: in /usr/sbin, which a user's
+    PATH may lack); OSError with its stderr if it fails."""
+    found = shutil.which(command[0], path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    if found is None:
+        raise OSError("%s is not installed" % command[0])
     result = subprocess.run(
-        command,
+        [found] + list(command[1:]),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -11,8 +11,10 @@ import os
 import random
 import shutil
 import stat
+import struct
 import subprocess
 import tarfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +27,14 @@ from costor.store.checker import check
 from costor.store.pack import BlobType, pack_name
 from costor.store.pool import Pool
 from costor.store.restore.archive import write_archive
-from costor.store.restore.device import _Zeroer, image_node, mount_points, restore_to_device
+from costor.store.restore.device import (
+    _Zeroer,
+    holders,
+    image_node,
+    mount_points,
+    partitions,
+    restore_to_device,
+)
 from costor.store.restore.directory import Restorer
 from costor.store.snapshot import Snapshot
 from costor.store.tree import DIR, FILE, IMAGE, Node
@@ -344,3 +353,73 @@ def test_gnu_tar_extracts_an_archived_image_as_a_sparse_file(image_pool, tmp_pat
     assert extracted.read_bytes() == data
     assert os.stat(extracted).st_blocks * 512 <= IMAGE_SIZE - 3 * MIB
     assert not (out / "dev" / "vg0" / "GNUSparseFile.0").exists()
+
+
+def _mbr_with_one_partition(size: int) -> bytes:
+    """A disk of ``size`` bytes whose MBR names one Linux partition from 1 MiB to the end."""
+    start, sectors = 2048, size // 512 - 2048
+    entry = bytes([0, 0, 0, 0, 0x83, 0, 0, 0]) + struct.pack("<II", start, sectors)
+    mbr = bytearray(512)
+    mbr[446 : 446 + 16] = entry
+    mbr[510:512] = b"\x55\xaa"
+    return bytes(mbr) + bytes(size - 512)
+
+
+def test_a_disk_whose_partition_is_mounted_is_refused(image_pool, tmp_path) -> None:
+    _need_tools("losetup", "mkfs.ext4", "mount", "umount")
+    pool, snapshot, _data = image_pool
+    backing = tmp_path / "disk.img"
+    backing.write_bytes(_mbr_with_one_partition(24 * MIB))
+    attached = subprocess.run(
+        ["losetup", "-P", "-f", "--show", str(backing)], capture_output=True, text=True, timeout=30
+    )
+    assert attached.returncode == 0, attached.stderr
+    disk = Path(attached.stdout.strip())
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    try:
+        found: list[tuple[str, int]] = []
+        for _wait in range(50):  # the kernel reads the partition table as it attaches
+            found = partitions(os.stat(disk).st_rdev)
+            if found:
+                break
+            time.sleep(0.1)
+        if not found:
+            pytest.skip("this kernel makes no partitions on loop devices (loop max_part=0)")
+        [(name, rdev)] = found
+        partition = Path(f"/dev/{name}")
+        if not partition.exists():  # no udev here: a node of our own
+            partition = tmp_path / name
+            os.mknod(partition, stat.S_IFBLK | 0o600, rdev)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(partition)], check=True, timeout=60)
+        subprocess.run(["mount", str(partition), str(mount_point)], check=True, timeout=60)
+        try:
+            node = image_node(pool, snapshot, "/dev/vg0/root-snap")
+            with pytest.raises(
+                RestoreError, match=f"its partition {name} is mounted on {mount_point}"
+            ):
+                restore_to_device(pool, node, str(disk))
+        finally:
+            subprocess.run(["umount", str(mount_point)], check=True, timeout=60)
+    finally:
+        subprocess.run(["losetup", "-d", str(disk)], capture_output=True, timeout=30)
+    assert backing.read_bytes()[446:462] == _mbr_with_one_partition(24 * MIB)[446:462]
+
+
+def test_a_device_held_by_device_mapper_is_refused_and_named(image_pool, loop_devices) -> None:
+    _need_tools("dmsetup")
+    if "device-mapper" not in Path("/proc/misc").read_text():
+        pytest.skip("the kernel has no device-mapper (not in /proc/misc)")
+    pool, snapshot, _data = image_pool
+    device = loop_devices("pv.img", 16 * MIB)
+    name = f"costor-test-{os.getpid()}"
+    table = f"0 {16 * MIB // 512} linear {device} 0"
+    subprocess.run(["dmsetup", "create", name, "--table", table], check=True, timeout=60)
+    try:
+        assert any(name in holder for holder in holders(os.stat(device).st_rdev))
+        node = image_node(pool, snapshot, "/dev/vg0/root-snap")
+        with pytest.raises(RestoreError, match=rf"is in use: held by dm-\d+ \({name}\)"):
+            restore_to_device(pool, node, str(device))
+    finally:
+        subprocess.run(["dmsetup", "remove", name], capture_output=True, timeout=60)
+    assert _read_device(device, 4096) == bytes([OLD_BYTE]) * 4096

@@ -7,7 +7,11 @@ when:
 
 * it is not a block device (a regular file, a directory, a missing name): an image is
   restored as a file with ``--target DIR`` instead;
-* it is mounted: ``/proc/self/mountinfo`` names the mount point in the message;
+* it, or one of its partitions, is mounted: ``/proc/self/mountinfo`` names the mount
+  point in the message;
+* it, or one of its partitions, is held by another block device
+  (``/sys/dev/block/M:m/holders``: an LVM volume or another device-mapper device, a
+  RAID array), named in the message;
 * it is in use: it is opened with ``O_EXCL``, which Linux refuses (``EBUSY``) while the
   device is mounted, held by device-mapper or LVM (a physical volume, a thin pool's
   data), an active swap area, a RAID member, or opened ``O_EXCL`` by another program.
@@ -46,6 +50,7 @@ from costor.store.snapshot import Snapshot
 from costor.store.tree import IMAGE, Node
 
 MOUNTINFO = "/proc/self/mountinfo"
+SYS_DEV_BLOCK = "/sys/dev/block"
 BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device (linux/fs.h)
 PAGE = 4096  # BLKZEROOUT ranges are page-aligned, so no page we wrote is dropped
 ZERO_BLOCK = 64 * 1024  # zeros are looked for in blocks of this size (a sparse file's too)
@@ -96,6 +101,71 @@ def mount_points(rdev: int) -> list[str]:
     return found
 
 
+def partitions(rdev: int) -> list[tuple[str, int]]:
+    """The partitions of block device ``rdev`` (``/sys/dev/block/M:m/NAME/partition``
+    exists for each), as (name, device number)."""
+    found = []
+    base = _sys_dir(rdev)
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        return []
+    for name in names:
+        if not os.path.exists(os.path.join(base, name, "partition")):
+            continue
+        try:
+            with open(os.path.join(base, name, "dev")) as handle:
+                major, minor = handle.read().strip().split(":")
+            found.append((name, os.makedev(int(major), int(minor))))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def holders(rdev: int) -> list[str]:
+    """What holds block device ``rdev`` (``/sys/dev/block/M:m/holders``: device-mapper
+    devices — LVM volumes, crypt, multipath — and RAID arrays), each as its kernel name
+    and, for device-mapper, its own name: ``dm-3 (vg1-new)``."""
+    directory = os.path.join(_sys_dir(rdev), "holders")
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    shown = []
+    for name in names:
+        try:
+            with open(os.path.join(directory, name, "dm", "name")) as handle:
+                shown.append(f"{name} ({handle.read().strip()})")
+        except OSError:
+            shown.append(name)
+    return shown
+
+
+def _sys_dir(rdev: int) -> str:
+    return f"{SYS_DEV_BLOCK}/{os.major(rdev)}:{os.minor(rdev)}"
+
+
+def _in_use(rdev: int) -> str | None:
+    """Why the device ``rdev`` is in use, as far as mountinfo and sysfs tell: it or one
+    of its partitions is mounted or held; None when nothing says so."""
+    mounted = mount_points(rdev)
+    if mounted:
+        return f"is mounted on {', '.join(mounted)}: unmount it first"
+    for name, partition in partitions(rdev):
+        mounted = mount_points(partition)
+        if mounted:
+            return f"its partition {name} is mounted on {', '.join(mounted)}: unmount it first"
+    held = holders(rdev)
+    for name, partition in partitions(rdev):
+        held += [f"{holder} on its partition {name}" for holder in holders(partition)]
+    if held:
+        return (
+            f"is in use: held by {', '.join(held)} (an LVM volume, a device-mapper or "
+            "RAID device on it): remove that first"
+        )
+    return None
+
+
 def _unescape(field: bytes) -> str:
     """mountinfo writes space, tab, newline and backslash as octal escapes."""
     for code in (b"\\040", b"\\011", b"\\012", b"\\134"):
@@ -119,9 +189,9 @@ def open_device(device: str, image_size: int) -> tuple[int, int]:
             "is not a block device (to restore the image as a file, use --target DIR: it "
             "is written at its path under DIR)"
         )
-    mounted = mount_points(st.st_rdev)
-    if mounted:
-        raise refuse(f"is mounted on {', '.join(mounted)}: unmount it first")
+    in_use = _in_use(st.st_rdev)
+    if in_use is not None:
+        raise refuse(in_use)
     try:
         fd = os.open(device, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
     except OSError as error:
@@ -287,4 +357,11 @@ def _size_mismatch(node: Node, how: str) -> DataCorruption:
     )
 
 
-__all__ = ["DeviceResult", "image_node", "mount_points", "restore_to_device"]
+__all__ = [
+    "DeviceResult",
+    "holders",
+    "image_node",
+    "partitions",
+    "mount_points",
+    "restore_to_device",
+]

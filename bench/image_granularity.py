@@ -69,12 +69,15 @@ def scatter(path: Path, size: int, fraction: float, seed: int = 23) -> int:
 
 
 class Worker:
-    def __init__(self, work: Path, port: int, key: Path, image: Path, block: int) -> None:
+    def __init__(
+        self, work: Path, port: int, key: Path, image: Path, block: int, chunk_avg: int | None
+    ) -> None:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         lines = ["[costor]", 'state_dir = ".costor"', "", "[sites.bench]", "", "[pools.bench]"]
         lines += ['site = "bench"', 'backend = "local"', 'path = "pool"']
-        lines += ['passphrase = { env = "BENCH_PASSPHRASE" }', ""]
+        lines += ['passphrase = { env = "BENCH_PASSPHRASE" }']
+        lines += [f"chunk_avg_kib = {chunk_avg}" if chunk_avg else "", ""]
         lines += ["[clients.img]", 'site = "bench"', 'pool = "bench"', 'transport = "ssh"']
         lines += ['host = "127.0.0.1"']
         lines += [
@@ -140,6 +143,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--blocks", default="1024,256,64,16", help="block sizes in KiB")
     parser.add_argument("--fraction", type=float, default=0.01)
+    parser.add_argument("--chunk-avg-kib", type=int, help="the pool's chunk_avg_kib")
     args = parser.parse_args()
     size = args.size_mib * MIB
     ssh_bench.ensure_user()
@@ -155,13 +159,14 @@ def main() -> None:
     write_random(pristine, size)
     (work / "sshd").mkdir()
     process, port, key, _host = ssh_bench.start_sshd(work / "sshd")
-    rows = []
+    rows: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
     changed_bytes = 0
     try:
         for kib in (int(k) for k in args.blocks.split(",")):
             shutil.copyfile(pristine, image)
             image.chmod(0o644)
-            worker = Worker(work / f"site-{kib}", port, key, image, kib * KIB)
+            site = work / f"site-{kib}"
+            worker = Worker(site, port, key, image, kib * KIB, args.chunk_avg_kib)
             try:
                 ssh_bench.log(f"{kib} KiB: the full backup")
                 first = worker.backup()
@@ -171,7 +176,7 @@ def main() -> None:
             finally:
                 worker.stop()
             rows.append((f"CoStor, {kib} KiB blocks", second, first))
-            shutil.rmtree(work / f"site-{kib}", ignore_errors=True)
+            shutil.rmtree(site, ignore_errors=True)
         ssh_bench.log("rsync --inplace --no-whole-file")
         rows.append(
             ("rsync --inplace --no-whole-file", rsync_row(port, key, pristine, image, work), None)
@@ -179,21 +184,25 @@ def main() -> None:
     finally:
         process.terminate()
         process.wait()
+    chunks = f"chunk_avg_kib = {args.chunk_avg_kib}" if args.chunk_avg_kib else "default chunks"
     print(
-        f"Image {args.size_mib} MiB, {args.fraction:.0%} of its 4 KiB blocks rewritten at random "
-        f"offsets ({changed_bytes / MIB:.1f} MiB); {os.cpu_count()} cores, loopback sshd.\n"
+        f"Pool: {chunks}. Image {args.size_mib} MiB, {args.fraction:.0%} of its 4 KiB blocks "
+        f"rewritten at random offsets ({changed_bytes / MIB:.1f} MiB); {os.cpu_count()} cores, loopback sshd.\n"
     )
     print(
-        "| method | incremental: bytes over the wire | × changed bytes | time (s) | full backup time (s) |"
+        "| method | incremental: bytes over the wire | × changed bytes | time (s) "
+        "| added to the pool | full backup time (s) |"
     )
-    print("|---|---:|---:|---:|---:|")
-    for name, second, first in rows:
-        wire = second["bytes_transferred"]
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, incremental, whole in rows:
+        wire = incremental["bytes_transferred"]
+        added = (
+            f"{incremental['bytes_added'] / MIB:.0f} MiB" if "bytes_added" in incremental else "–"
+        )
+        full = f"{whole['elapsed']:.1f}" if whole else "–"
         print(
             f"| {name} | {wire / MIB:.1f} MiB | {wire / changed_bytes:.2f} | "
-            f"{second['elapsed']:.1f} | {first['elapsed']:.1f} |"
-            if first
-            else f"| {name} | {wire / MIB:.1f} MiB | {wire / changed_bytes:.2f} | {second['elapsed']:.1f} | – |"
+            f"{incremental['elapsed']:.1f} | {added} | {full} |"
         )
     shutil.rmtree(work, ignore_errors=True)
 

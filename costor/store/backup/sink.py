@@ -342,13 +342,18 @@ class RandomReader:
             position += pool.locate(blob).raw_length
         self.size = position
         self.window = position >= READ_WINDOW  # else each blob alone (Pool.read_blob)
+        self._last: tuple[int, bytes] = (-1, b"")  # the blob read last: the next range's too
 
     def read(self, offset: int, length: int) -> bytes:
         parts = []
         end = min(offset + length, self.size)
         index = max(bisect.bisect_right(self.starts, offset) - 1, 0)
         while offset < end and index < len(self.content):
-            data = self.pool.read_blob(self.content[index], window=self.window)
+            if self._last[0] == index:
+                data = self._last[1]
+            else:
+                data = self.pool.read_blob(self.content[index], window=self.window)
+                self._last = (index, data)
             start = self.starts[index]
             parts.append(data[max(offset - start, 0) : end - start])
             offset = start + len(data)

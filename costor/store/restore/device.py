@@ -21,11 +21,10 @@ when:
   opened device, which is what the kernel will let us write).
 
 The device stays open with ``O_EXCL`` for the whole restore, so nothing can mount it
-meanwhile. Zero chunks become zeros on the device (it holds old data, and a hole
+meanwhile. The image's zeros become zeros on the device (it holds old data, and a hole
 cannot be left in it): through ``BLKZEROOUT`` where the device takes it, written
-otherwise (:class:`_Zeroer`). A larger
-device keeps what it held after the image's last byte. The data is flushed
-(``fsync``) before the restore reports success.
+otherwise (:class:`_Zeroer`). A larger device keeps what it held after the image's
+last byte. The data is flushed (``fsync``) before the restore reports success.
 
 Blobs are read ahead by a few threads (decryption and decompression release the GIL)
 and written in order; a blob that fails to verify stops the restore

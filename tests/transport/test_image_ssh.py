@@ -232,6 +232,7 @@ def test_sudo_reads_a_device_the_login_user_cannot(
         (tmp_path / "a").mkdir()
         plain = site_with_images(tmp_path / "a", sshd, small, [device], user="costortest")
         refused = plain.cli("backup", "img", "--json")
+        assert refused.code == 5, refused.stderr  # stored, incomplete
         assert refused.json()["files_failed"] == 1, refused.stdout  # root:disk 0660
         assert "Permission denied" in refused.stdout
         (tmp_path / "b").mkdir()

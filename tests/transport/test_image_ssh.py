@@ -249,3 +249,36 @@ def test_sudo_reads_a_device_the_login_user_cannot(
         assert backup.json()["files_failed"] == 0
         pool = open_pool(site.pool_path)
         assert content(pool, image_node(pool, "img", str(device))) == backing.read_bytes()
+
+
+def test_an_image_file_that_grows_and_shrinks_is_rebuilt_exactly(
+    sshd: Sshd,  # noqa: F811
+    remote_dir: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    disk = remote_dir / "disk.img"
+    disk.write_bytes(os.urandom(8 * MiB + 1000))
+    small = remote_dir / "etc"
+    small.mkdir()
+    (small / "hosts").write_text("127.0.0.1 localhost\n")
+    site = site_with_images(tmp_path, sshd, small, [disk])
+    assert site.cli("backup", "img").code == 0
+    with open(disk, "r+b") as handle:  # a block changed, and 300 KiB more at the end
+        handle.seek(3 * MiB + 5)
+        handle.write(b"changed")
+        handle.seek(0, os.SEEK_END)
+        handle.write(os.urandom(300 * KiB))
+    grown = site.cli("backup", "img", "--json")
+    assert grown.code == 0, grown.stderr
+    assert grown.json()["bytes_transferred"] < 300 * KiB + 64 * KiB
+    pool = open_pool(site.pool_path)
+    node = image_node(pool, "img", str(disk))
+    assert node.image is not None and node.image["method"] == "blocks"
+    assert content(pool, node) == disk.read_bytes()
+    with open(disk, "r+b") as handle:
+        handle.truncate(5 * MiB + 17)
+    shrunk = site.cli("backup", "img", "--json")
+    assert shrunk.code == 0, shrunk.stderr
+    assert shrunk.json()["bytes_transferred"] < 64 * KiB
+    pool = open_pool(site.pool_path)
+    assert content(pool, image_node(pool, "img", str(disk))) == disk.read_bytes()

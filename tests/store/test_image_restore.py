@@ -26,6 +26,7 @@ from costor.errors import DataCorruption, PathNotInSnapshot, RestoreError, Usage
 from costor.store.checker import check
 from costor.store.pack import BlobType, pack_name
 from costor.store.pool import Pool
+from costor.store.progress import Progress
 from costor.store.restore.archive import write_archive
 from costor.store.restore.device import (
     _Zeroer,
@@ -423,3 +424,41 @@ def test_a_device_held_by_device_mapper_is_refused_and_named(image_pool, loop_de
     finally:
         subprocess.run(["dmsetup", "remove", name], capture_output=True, timeout=60)
     assert _read_device(device, 4096) == bytes([OLD_BYTE]) * 4096
+
+
+class _Warnings(Progress):
+    def __init__(self) -> None:
+        self.warnings: list[tuple[str, str]] = []
+
+    def warning(self, path: str, message: str) -> None:
+        self.warnings.append((path, message))
+
+
+def test_an_image_never_replaces_a_device_node_in_a_directory(image_pool, tmp_path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("device nodes need root")
+    pool, snapshot, _data = image_pool
+    target = tmp_path / "target"
+    (target / "dev" / "vg0").mkdir(parents=True)
+    node_path = target / "dev" / "vg0" / "root-snap"
+    os.mknod(node_path, stat.S_IFBLK | 0o600, os.makedev(7, 250))
+    progress = _Warnings()
+    result = Restorer(pool, progress=progress).restore(snapshot, str(target))
+    assert stat.S_ISBLK(os.lstat(node_path).st_mode)  # still the node, not 8 MiB of file
+    assert result.skipped == 1 and result.files_new == 1  # motd is restored
+    assert progress.warnings == [
+        (str(node_path), "is a device node, not replaced by the image: use --target-device DEV")
+    ]
+
+
+def test_an_image_is_not_written_into_a_live_systems_tree(image_pool) -> None:
+    """With the target / (a system restore), an image would land in /dev: refused
+    (checked with a dry run, which writes nothing)."""
+    pool, snapshot, _data = image_pool
+    progress = _Warnings()
+    result = Restorer(pool, progress=progress, dry_run=True, list_entries=True).restore(
+        snapshot, "/", "/dev/vg0/root-snap"
+    )
+    assert result.skipped == 1 and result.files == 0
+    assert result.entries is not None and result.entries[0]["action"] == "not-restorable"
+    assert "not written into a live system's tree" in progress.warnings[0][1]

@@ -92,6 +92,7 @@ from costor.store.tree import (
     CONTENT_TYPES,
     DIR,
     FIFO,
+    IMAGE,
     SOCKET,
     SYMLINK,
     Node,
@@ -105,7 +106,8 @@ NEW = "new"  # nothing was there: written
 OVERWRITE = "overwrite"  # something was there: replaced
 UNCHANGED = "unchanged"  # already held the snapshot's content: metadata set again
 NOT_OVERWRITTEN = "not-overwritten"  # something else was there, kept (--overwrite)
-NOT_RESTORABLE = "not-restorable"  # a socket; a device node without root
+NOT_RESTORABLE = "not-restorable"  # a socket; a device node without root; an image into /
+# or over a device node
 # REFUSED (confined.py): its name could leave the target or repeats one; not written
 
 # One selected entry: its components under the target, the node, its path inside the
@@ -169,6 +171,7 @@ class Restorer:
         self._lock = threading.Lock()
         self._is_root = os.geteuid() == 0
         self._target = b""
+        self._system_target = False  # the target is / (a system restore)
         self._root_fd: int | None = None
         self._writer_dirs = WriterDirs(None)  # the writers' directories, per restore
 
@@ -179,8 +182,9 @@ class Restorer:
         self._target = target_bytes = os.fsencode(os.path.abspath(target))
         prepare_target(target_bytes, create=not self.dry_run)
         faithful = self.faithful
+        self._system_target = os.path.realpath(target_bytes) == b"/"
         if faithful is None:
-            faithful = os.path.realpath(target_bytes) == b"/"
+            faithful = self._system_target
         self.policy = Policy(faithful)
         # The path inside the snapshot of the selected node ("" for the root).
         where = b"/".join(part for part in os.fsencode(path).split(b"/") if part and part != b".")
@@ -438,6 +442,12 @@ class Restorer:
         self, dir_fd: int | None, parts: Parts, node: Node, number: int, snap_path: bytes
     ) -> str:
         name = parts[-1]
+        why_not = self._image_refused(dir_fd, name, node)
+        if why_not is not None:
+            self.progress.warning(self._shown(parts), why_not)
+            self.progress.advance(size=node.size, files=1)
+            self._count(number, snap_path, node, NOT_RESTORABLE)
+            return NOT_RESTORABLE
         action = self._decide(dir_fd, name, node)
         writes = action in (NEW, OVERWRITE)
         if writes and not self.dry_run:
@@ -451,6 +461,24 @@ class Restorer:
             self.progress.advance(size=node.size, files=1)
         self._count(number, snap_path, node, action, written)
         return action
+
+    def _image_refused(self, dir_fd: int | None, name: bytes, node: Node) -> str | None:
+        """Why image ``node`` is not written as a file here, or None. Into a live
+        system's tree (the target is ``/``) an image would land in ``/dev`` (a file
+        system in memory) or over the very device it was read from; over a device node
+        it would replace the node with gigabytes of file. A device takes an image with
+        ``--target-device``."""
+        if node.type != IMAGE:
+            return None
+        if self._system_target:
+            return (
+                "an image is not written into a live system's tree: restore it onto a "
+                "device with --target-device DEV, or as a file under another --target"
+            )
+        st = lstat_at(dir_fd, name) if dir_fd is not None else None
+        if st is not None and (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+            return "is a device node, not replaced by the image: use --target-device DEV"
+        return None
 
     def _link_after(
         self,

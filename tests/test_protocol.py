@@ -455,3 +455,25 @@ def test_an_image_walked_and_fetched_passes_the_checks_and_rebuilds(tmp_path: Pa
             facts = (images[0].extra or {})["image"]
             assert (facts["method"], facts["source"]) == ("full", "file")
             assert facts["bytes_read"] < len(data)
+
+
+def test_an_image_file_written_while_it_is_sent_says_so(tmp_path: Path) -> None:
+    """An image file that changes while the helper sends it (a running VM's disk, no
+    snapshot): its END carries changed_while_read, which the server warns about."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(os.urandom(256 * 1024))
+
+    class Writing(helper.Helper):  # the VM writes while the first block is hashed
+        def block_hash(self, data: bytes) -> bytes:
+            with open(disk, "ab") as handle:
+                handle.write(b"more")
+            return super().block_hash(data)
+
+    out = io.BytesIO()
+    theirs = Writing(helper.Channel(io.BytesIO(), out))
+    theirs.key, theirs.compress_level = KEY, 1
+    theirs.images = {str(disk): {"path": str(disk), "block_size": 65536}}
+    theirs.fetch(str(disk))
+    ends = [json.loads(p) for k, p in frames_of(out.getvalue()) if k == protocol.END]
+    facts = protocol.check_end(ends[0])[protocol.CHANGED_WHILE_READ]
+    assert facts[0] == facts[2] == 256 * 1024 and facts[3] > facts[0]

@@ -785,7 +785,7 @@ class Helper(object):
                 facts.setdefault("full_read", "no parent to compare with")
                 facts["bytes_read"] = _extent_bytes(extents, 0, size)
                 self.emit_image(path, st, size, "data", {"image": facts})
-                self.send_image(handle, size, block, extents)
+                self.send_image(handle, size, block, extents, st)
                 return
             blocks, read = self.image_hashes(handle, size, block, extents, changed, known)
             facts["method"] = "blocks" if changed is None else "thin_delta"
@@ -852,8 +852,9 @@ class Helper(object):
             read += got
         return blocks, read
 
-    def send_image(self, handle, size, block, extents):
-        """The whole image in DATA frames (zero runs as ZEROS), then END."""
+    def send_image(self, handle, size, block, extents, st):
+        """The whole image in DATA frames (zero runs as ZEROS), then END; for an image
+        file, whether it changed while it was read (a device's times say nothing)."""
         blocks = []
         zeros = 0
         compress = self.compress_level > 0
@@ -875,7 +876,8 @@ class Helper(object):
         if zeros:
             self.channel.send(DATA, ZEROS + struct.pack(">Q", zeros))
         self.counters["sent"] += 1
-        self.channel.send_json(END, self.end_document(size, None, blocks))
+        changed = _changed_while_read(st, size, handle) if stat.S_ISREG(st.st_mode) else None
+        self.channel.send_json(END, self.end_document(size, None, blocks, changed))
 
     def fetch_image(self, path):
         """An image the server needs whole after all (its copy of the parent is gone, or
@@ -896,7 +898,7 @@ class Helper(object):
             entry = self.entry(path, st, "data")
             entry[1], entry[7] = IMAGE, size
             self.channel.send_json(START, entry)
-            self.send_image(handle, size, block, extents)
+            self.send_image(handle, size, block, extents, st)
         except OSError as error:
             self.channel.send_json(END, {"error": "read error: %s" % error.strerror})
         finally:

@@ -34,6 +34,9 @@ later an agent) and the site say to each other.
       stored, but not as the user may think (a device node without its contents);
   ``error:MESSAGE``
       the producer could not read it: counted, left out of the snapshot.
+- **Images** (kind ``i``: a block device or an image file the client names in ``images``)
+  go through the large-file path by blocks of their own size (see "images" below);
+  DATA and BLOCK frames may carry a run of zeros as a count (:data:`ZEROS`).
 - **Fingerprints and digests**: keyed BLAKE2b hashes under the pool's transfer key
   (``Pool.transfer_key``), with the personalisation strings that keep them apart.
 - **The Bloom filter** of the pool's whole-file digests: ``u32 k | bits``.

@@ -35,6 +35,11 @@
 # or, for a digest computed during the walk, in its entry (changed_while_read); the
 # server makes the warning.
 #
+# An image (HELLO's "images": a block device or an image file) is one stream hashed by
+# blocks of its own size (64 KiB) and sent like a large file: whole the first time (holes
+# and zero blocks as counts), then only the blocks whose hash differs from the parent's,
+# or with changes = "thin_delta" only the chunks LVM says changed (see add_image).
+#
 # The server's side of this format is costor/protocol.py, which the helper cannot import:
 # what both need is copied here, and tests/test_protocol.py ties each copy to it.
 

@@ -282,3 +282,9 @@ def test_an_image_file_that_grows_and_shrinks_is_rebuilt_exactly(
     assert shrunk.json()["bytes_transferred"] < 64 * KiB
     pool = open_pool(site.pool_path)
     assert content(pool, image_node(pool, "img", str(disk))) == disk.read_bytes()
+    # Unchanged since (size, times, inode): not read again, the parent's entry kept.
+    same = site.cli("backup", "img", "--json")
+    assert same.code == 0, same.stderr
+    assert same.json()["files_unmodified"] == 2, same.stdout  # the image and hosts
+    pool = open_pool(site.pool_path)
+    assert content(pool, image_node(pool, "img", str(disk))) == disk.read_bytes()

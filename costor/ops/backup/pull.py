@@ -287,6 +287,10 @@ def _images(
         }
         node = parent_image(pool, bytes.fromhex(parent.tree), image.path) if parent else None
         facts = (node.image or {}) if node is not None else {}
+        if node is not None and facts.get("source") == "file":
+            # An image file whose size, times and inode are these is unchanged (the
+            # rule for files); a device's times say nothing: it is always compared.
+            spec["stat"] = [node.size, node.mtime_ns, node.ctime_ns, node.inode]
         if node is not None and facts.get("block_size") == block:
             blocks = base64.b64decode(kept[image.path]) if image.path in kept else None
             if blocks is None or len(blocks) != 16 * -(-node.size // block):

@@ -447,6 +447,9 @@ class Helper(object):
             if self.one_file_system and st.st_dev != root_device:
                 self.open_headers()
                 self.push(header)
+                below = self.images_below(path)
+                if below:  # an image on another file system (/dev) is still read
+                    self.walk_virtual(path, below)
                 return
             self.headers.append(header)
             self.walk_dir(path, root_device, header)
@@ -752,6 +755,19 @@ class Helper(object):
     # and, like all-zero blocks of a device, cross as ZEROS. With changes = "thin_delta"
     # only the chunks LVM's thin_delta names as changed since `previous` are read; the
     # other blocks' hashes are the parent's.
+
+    def images_below(self, directory):
+        """The images below ``directory``, as walk_virtual's spec (None: none)."""
+        spec = {}  # type: dict
+        prefix = directory.rstrip("/") + "/"
+        for path in self.images:
+            if path.startswith(prefix):
+                level = spec
+                parts = path[len(prefix) :].split("/")
+                for part in parts[:-1]:
+                    level = level.setdefault(part, {})
+                level[parts[-1]] = True
+        return spec or None
 
     def add_image(self, path):
         spec = self.images[path]

@@ -288,3 +288,47 @@ def test_an_image_file_that_grows_and_shrinks_is_rebuilt_exactly(
     assert same.json()["files_unmodified"] == 2, same.stdout  # the image and hosts
     pool = open_pool(site.pool_path)
     assert content(pool, image_node(pool, "img", str(disk))) == disk.read_bytes()
+
+
+def test_an_image_across_a_mount_is_read_and_an_excluded_one_is_reported(
+    sshd: Sshd,  # noqa: F811
+    remote_dir: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """one_file_system stops the walk at a mount, not at an image named below it (/dev
+    under paths = ["/"]); an image an exclude pattern hides is reported, not lost."""
+    needs("mount")
+    mounted = remote_dir / "mnt"
+    mounted.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mounted)])
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (remote_dir / "notes.txt").write_text("beside the mount\n")
+        disk = mounted / "disk.img"
+        disk.write_bytes(os.urandom(MiB))
+        (mounted / "other.bin").write_bytes(b"not backed up: another file system")
+        hidden = remote_dir / "hidden.img"
+        hidden.write_bytes(os.urandom(4096))
+        site = site_with_images(
+            tmp_path,
+            sshd,
+            remote_dir,
+            [disk, hidden],
+            extra=f'images = ["{disk}", "{hidden}"]\none_file_system = true\n'
+            'exclude = ["hidden.img"]',
+        )
+        backup = site.cli("backup", "img", "--json")
+        assert backup.code == 5, backup.stderr  # stored; hidden.img reported
+        document = backup.json()
+        assert any(
+            error["path"] == str(hidden) and "not read" in error["error"]
+            for error in document["errors"]
+        ), document
+        pool = open_pool(site.pool_path)
+        assert content(pool, image_node(pool, "img", str(disk))) == disk.read_bytes()
+        snapshot = max(pool.list_snapshots("img"), key=lambda s: s.time)
+        names = [n.name for n in pool.load_tree(node_tree(pool, snapshot, mounted))]
+        assert names == [b"disk.img"]
+    finally:
+        subprocess.run(["umount", str(mounted)], capture_output=True)

@@ -161,6 +161,7 @@ class Ingest:
         # The client's images: path -> the block size the producer was asked to compare
         # by. An image entry for another path, or by another block size, is refused.
         self.images = dict(images or {})
+        self._images_seen: set[str] = set()
         self.client = client
         self.paths = paths
         self.hostname = hostname
@@ -224,6 +225,8 @@ class Ingest:
         """Take one entry (:func:`costor.protocol.parse_entry`); returns its state, so the
         caller knows what follows it."""
         path, state = entry.path, entry.state
+        if self.images and path in self.images:
+            self._images_seen.add(path)
         if entry.compact:
             return self._unchanged(path, sparse=state == SPARSE)
         if state.startswith(ERROR_PREFIX):
@@ -557,6 +560,10 @@ class Ingest:
         for path in list(self._waiting):
             self._fail(path, "its content never arrived")
             self._resolve(path, None, 0)
+        for path in sorted(set(self.images) - self._images_seen):
+            # Neither sent nor said unreadable (an exclude pattern covers it): said
+            # here, so that no image is missed silently.
+            self._fail(path, "this image was not read (does an exclude pattern cover it?)")
         self._close_until(None)
         for future in self._futures:
             future.result()

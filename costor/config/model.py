@@ -415,11 +415,26 @@ class SshOptions(FrozenModel):
     io_timeout_s: Annotated[StrictInt, Field(ge=1)] = 600
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        raise ValueError("an environment variable's name is letters, digits and _")
+    return value
+
+
+_EnvValue = Annotated[StrictStr, Field(pattern=r"^[^\x00]*$")]
+
+
 class Hooks(FrozenModel):
     """Commands run on the client before and after a backup; a failure fails the backup."""
 
     before: tuple[NonEmptyStr, ...] = ()
     after: tuple[NonEmptyStr, ...] = ()
+    # Environment variables of every hook command (a profile's parameters: the LV of
+    # `lvm-snapshot`). A table: a profile's entries are defaults, the client's win.
+    env: dict[Annotated[StrictStr, AfterValidator(_env_name)], _EnvValue] = {}
     # Per command. Generous enough for a database dump of a small site; raise it for
     # large ones rather than let a hung hook block the schedule forever.
     timeout_s: Annotated[StrictInt, Field(ge=1)] = 300

@@ -294,6 +294,7 @@ class Helper(object):
             process = subprocess.Popen(
                 command,
                 shell=True,
+                env=dict(os.environ, **self.options.get("hooks_env", {})),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

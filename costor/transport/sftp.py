@@ -28,13 +28,20 @@ ENTRY_OVERHEAD = 64  # bytes per listed entry counted as transferred (attrs + fr
 
 
 def run_hook(
-    remote: Remote, phase: str, command: str, *, sudo: bool, timeout: float | None
+    remote: Remote,
+    phase: str,
+    command: str,
+    *,
+    sudo: bool,
+    timeout: float | None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Runs one hook as a plain SSH command (under ``sudo -n`` if asked): its result as
     the helper reports one."""
     connection = remote.connection
     assert connection is not None
-    full = f"sudo -n sh -c {shlex.quote(command)}" if sudo else command
+    exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in (env or {}).items())
+    full = f"sudo -n sh -c {shlex.quote(exports + command)}" if sudo else exports + command
     started = time.monotonic()
 
     async def run() -> Any:

@@ -162,6 +162,7 @@ def _hello(
         "hooks_before": list(client.hooks.before),
         "hooks_after": list(client.hooks.after),
         "hook_timeout": client.hooks.timeout_s,
+        "hooks_env": dict(client.hooks.env),
         # During long work (hashing a huge file) the helper says it is alive this often,
         # so that the server's io timeout stays the time a host may be stuck.
         "heartbeat_s": protocol.heartbeat_interval(io_timeout),

@@ -112,4 +112,11 @@ def sftp_pull(
 
 def _hook(remote: Remote, client: ClientConfig, phase: str, command: str) -> dict[str, Any]:
     sudo = bool(client.ssh and client.ssh.sudo)
-    return run_hook(remote, phase, command, sudo=sudo, timeout=client.hooks.timeout_s)
+    return run_hook(
+        remote,
+        phase,
+        command,
+        sudo=sudo,
+        timeout=client.hooks.timeout_s,
+        env=dict(client.hooks.env),
+    )

@@ -182,6 +182,7 @@ class SnapshotDocument(_Document):
     files_failed: int
     files_deduplicated: int
     dirs: int
+    images: int = 0  # block devices and image files (snapshots made before images: 0)
     entries_omitted: int
     bytes_read: int
     bytes_processed: int

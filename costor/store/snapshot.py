@@ -17,6 +17,7 @@ COUNTER_FIELDS = (
     "files_failed",
     "files_deduplicated",  # content found in the pool by digest, not sent (remote hosts)
     "dirs",
+    "images",  # block devices and image files stored (their bytes are in the byte counts)
     "entries_omitted",  # files and directories an SSH pull's sparse walk did not send
     "bytes_read",
     "bytes_processed",

@@ -35,7 +35,7 @@ def test_a_block_device_path_is_a_warning(tmp_path: Path, loop_device: Path) -> 
 
     assert result.code == 0, result.stderr
     document = result.json()
-    image = " (image backups are not available yet)"
+    image = " (list it in the client's images to back up its contents)"
     assert document["warnings"] == [
         f"{loop_device} is a block device: its node was stored, not its contents{image}",
         f"{link} is a symbolic link to the device {loop_device}: the link was stored, "

@@ -13,7 +13,7 @@ from support.fixtures import Site, appending
 from support.loopdev import loop_device  # noqa: F401  (fixture)
 from support.sshd import Sshd, remote_dir, ssh_site, sshd  # noqa: F401  (fixtures)
 
-IMAGE = " (image backups are not available yet)"
+IMAGE = " (list it in the client's images to back up its contents)"
 
 
 def files_in(remote_dir: Path) -> Path:  # noqa: F811

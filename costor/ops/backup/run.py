@@ -57,7 +57,6 @@ class BackupOutcome:
             "parent": self.snapshot.parent,
             "paths": self.snapshot.paths,
             **{name: counters.get(name, 0) for name in COUNTER_FIELDS},
-            "images": counters.get("images", 0),  # images stored (their bytes are counted too)
             "compression_ratio": _ratio(counters),
             "duration_s": round(self.snapshot.duration_s, 3),
             "transfer": self.method,

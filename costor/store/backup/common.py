@@ -20,7 +20,7 @@ def node_only_warning(path: str, kind: str, target: str | None = None) -> dict[s
         message = f"{path} is a {'block' if kind == 'b' else 'character'} device: its node "
         message += "was stored, not its contents"
     if kind in ("b", "l"):
-        message += " (image backups are not available yet)"
+        message += " (list it in the client's images to back up its contents)"
     return {"path": path, "error": message, "severity": "warning"}
 
 

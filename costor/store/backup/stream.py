@@ -177,6 +177,7 @@ class Ingest:
             "files_failed": 0,
             "files_deduplicated": 0,
             "dirs": 0,
+            "images": 0,
             "entries_omitted": 0,  # left out of a sparse walk: the parent's, unchanged
             "bytes_read": 0,
             "bytes_processed": 0,
@@ -246,6 +247,7 @@ class Ingest:
             self._warn_if_device(path, entry.kind, entry.target)
         if node.type == IMAGE:
             self._image(entry, node)
+            self.counters["images"] += 1
         previous = self._previous(directory).get(node.name)
         if node.type in (FILE, DIR):
             self._fingerprint(path, node)

@@ -148,6 +148,8 @@ def drop_caches() -> None:
 class Costor(ssh_bench.Costor):
     """bench/ssh.py's runner (mode "inproc") with one client, "vm", whose image is read."""
 
+    chunk_avg_kib = 64  # an image pool's chunks (docs/images.md): --chunk-avg-kib
+
     def setup_image(self, image: Path) -> None:
         self.stop()
         shutil.rmtree(self.work, ignore_errors=True)
@@ -166,6 +168,7 @@ class Costor(ssh_bench.Costor):
             'site = "bench"',
             'backend = "local"',
             'path = "pool"',
+            f"chunk_avg_kib = {self.chunk_avg_kib}",
             'passphrase = { env = "BENCH_PASSPHRASE" }',
             "",
             "[clients.vm]",
@@ -374,7 +377,9 @@ def render(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
         "long-lived process (imports done, the pool's key derived once) through its helper "
         "on the host: the first backup reads the image (holes skipped), cuts it into "
         "content-defined chunks and stores them deduplicated, zstd-compressed and "
-        "encrypted; the incremental hashes the image on the host in "
+        f"encrypted (a pool with `chunk_avg_kib = {Costor.chunk_avg_kib}`, as docs/images.md "
+        "advises for images: smaller chunks keep a scattered change's new chunks few); "
+        "the incremental hashes the image on the host in "
         f"{human(block) if block else '?'} blocks against the previous snapshot's block "
         f"list and sends only the blocks that differ (method `{facts.get('method', '?')}`). "
         "Restore: `costor restore vm:latest IMAGE --target DIR` (a new process: imports "
@@ -425,7 +430,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--work", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--chunk-avg-kib",
+        type=int,
+        default=Costor.chunk_avg_kib,
+        help="CoStor's pool chunk_avg_kib (default 64: the image pool docs/images.md advises)",
+    )
     args = parser.parse_args()
+    Costor.chunk_avg_kib = args.chunk_avg_kib
     size_arg = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--size"), "4GiB")
     for tool in ("rsync", "restic", "mkfs.ext4"):
         if shutil.which(tool) is None:

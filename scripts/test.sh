@@ -189,7 +189,7 @@ describe() {  # pytest's exit code, in words
 WORKERS="${COSTOR_TEST_WORKERS:-2}"
 parallel=()
 if [ "$WORKERS" != 0 ]; then
-    parallel=(-n "$WORKERS" --dist loadgroup --no-loadscope-reorder)
+    parallel=(-n "$WORKERS" --dist loadfile --no-loadscope-reorder)
 fi
 
 echo "== the suite on SQLite"

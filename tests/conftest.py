@@ -1,19 +1,20 @@
 """Registers the shared fixtures (tests/support) for every test; helpers are imported
 from ``support.<module>``, never from here.
 
-Parallel runs (pytest-xdist: ``scripts/test.sh`` runs ``-n 2 --dist loadgroup``): each
+Parallel runs (pytest-xdist: ``scripts/test.sh`` runs ``-n 2 --dist loadfile``): each
 test file runs whole on one worker, so that its module-scoped servers and sites are set
 up once, and every file that uses block devices (loop devices, LVM, device-mapper, file
-systems made with mkfs) runs on one and the same worker, one file after the other:
-loop devices, volume groups and mounts are global on the machine. A file counts as one
-when its text names one of :data:`DEVICE_WORDS`. Files start longest first
-(:data:`LONG_FILES`, measured), so that no long file is left to start last.
+systems made with mkfs, mounts) runs on one and the same worker, one file after the
+other: loop devices, volume groups and mounts are global on the machine. A file counts
+as one when its text names one of :data:`DEVICE_WORDS`. The device files start first,
+then :data:`LONG_FILES` (the slowest, measured), so that no long file starts last.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,28 +28,47 @@ DEVICE_WORDS = re.compile(
 )
 DEVICES = "devices"
 
-# The slowest files (relative to tests/), slowest first: they start first. The devices
-# group starts first of all.
+# The slowest files (relative to tests/), slowest first: they start right after the
+# device files.
 LONG_FILES: tuple[str, ...] = ()
 
+_groups: dict[Path, str] = {}
 
-def _group(path: Path, cache: dict[Path, str]) -> str:
-    if path not in cache:
+
+def group_of(path: Path) -> str:
+    """The worker group of a test file: "devices", or the file (relative to tests/)."""
+    path = path.resolve()
+    if path not in _groups:
         try:
             uses_devices = DEVICE_WORDS.search(path.read_bytes()) is not None
         except OSError:
             uses_devices = False
-        cache[path] = DEVICES if uses_devices else str(path.relative_to(TESTS))
-    return cache[path]
+        relative = path.relative_to(TESTS) if path.is_relative_to(TESTS) else path
+        _groups[path] = DEVICES if uses_devices else str(relative)
+    return _groups[path]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On an xdist worker: the files in the order they are to start (the controller's
+    scheduler hands out groups in the order of the workers' collection)."""
     if not hasattr(config, "workerinput"):
-        return  # not an xdist worker: nothing to group
-    cache: dict[Path, str] = {}
-    groups = {item: _group(item.path, cache) for item in items}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(groups[item]))
+        return
     first = {name: rank for rank, name in enumerate((DEVICES, *LONG_FILES))}
-    items.sort(key=lambda item: first.get(groups[item], len(first)))  # stable: else as collected
+    items.sort(key=lambda item: first.get(group_of(item.path), len(first)))  # stable
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``, with the device files as one unit (see the module's note).
+    (Not xdist's ``loadgroup``: with pytest 9 its marks no longer reach the scheduler.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    root = Path(str(config.rootpath))
+
+    class FileOrDevices(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(root / nodeid.split("::", 1)[0])
+
+    return FileOrDevices(config, log)

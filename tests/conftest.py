@@ -67,7 +67,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     root = Path(str(config.rootpath))
 
-    class FileOrDevices(LoadScopeScheduling):  # type: ignore[misc]
+    class FileOrDevices(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return group_of(root / nodeid.split("::", 1)[0])
 

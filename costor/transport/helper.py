@@ -180,6 +180,11 @@ class Bloom(object):
 
 
 class Helper(object):
+    # An image's full scan for block hashes: threads, and the bytes each reads at a time
+    # (tuning of this helper, not protocol).
+    scan_threads = 4
+    scan_run = 4 * 1024 * 1024
+
     def __init__(self, channel):
         self.channel = channel
         self.users = {}
@@ -874,14 +879,60 @@ class Helper(object):
         ``changed`` (thin_delta's block indexes) those alone, the others the parent's."""
         count = -(-size // block)
         if changed is None:
-            blocks, wanted = [None] * count, None
-        else:
-            blocks = [known[16 * i : 16 * i + 16] for i in range(count)]
-            wanted = sorted(changed)
+            return self.scan_hashes(handle.fileno(), size, block, extents)
+        blocks = [known[16 * i : 16 * i + 16] for i in range(count)]
         read = 0
-        for index, data, length, got in self.image_blocks(handle, size, block, extents, wanted):
+        for index, data, length, got in self.image_blocks(
+            handle, size, block, extents, sorted(changed)
+        ):
             blocks[index] = self.zero_hash(length) if data is None else self.block_hash(data)
             read += got
+        return blocks, read
+
+    def scan_hashes(self, fd, size, block, extents):
+        """Every block's hash, read and hashed by a few threads in runs of ``scan_run``
+        bytes (os.pread and hashlib release the GIL, so a full scan uses the host's
+        cores: 512 MiB in page cache took 0.81 s in one thread, 0.60 s in two, on a
+        2-core machine with other work). The results come back in order to this
+        thread, which says it is alive between runs."""
+        import concurrent.futures  # here: only an image's full scan needs threads
+
+        per_run = max(1, self.scan_run // block)
+        count = -(-size // block)
+        zero_hash = self.zero_hash(block)
+        zeros = bytes(block)
+
+        def run(first):
+            hashes, read = [], 0
+            for index in range(first, min(first + per_run, count)):
+                offset = index * block
+                length = min(block, size - offset)
+                if extents is not None and not _extent_bytes(extents, offset, offset + length):
+                    hashes.append(self.zero_hash(length) if length != block else zero_hash)
+                    continue
+                data = os.pread(fd, length, offset)
+                if len(data) != length:
+                    raise OSError(5, "the image ended %d bytes early" % (size - offset - len(data)))
+                read += length
+                if data[:1] == b"\0" and data == zeros[:length]:
+                    hashes.append(self.zero_hash(length) if length != block else zero_hash)
+                else:
+                    hashes.append(self.block_hash(data))
+            return hashes, read
+
+        blocks, read = [], 0
+        workers = max(1, min(self.scan_threads, os.cpu_count() or 1))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            starts = list(range(0, count, per_run))
+            ahead = 2 * workers  # runs queued: bounded memory (ahead x scan_run at most)
+            pending = [pool.submit(run, first) for first in starts[:ahead]]
+            for first in starts[ahead:] + [None] * len(pending):
+                hashes, got = pending.pop(0).result()
+                blocks.extend(hashes)
+                read += got
+                self.channel.alive()
+                if first is not None:
+                    pending.append(pool.submit(run, first))
         return blocks, read
 
     def send_image(self, handle, size, block, extents, st):

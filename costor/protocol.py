@@ -222,12 +222,15 @@ def error_entry(path: str, message: str) -> Entry:
     return Entry(path, state=ERROR_PREFIX + message)
 
 
-def unpack_data(payload: bytes) -> bytes:
+def unpack_data(payload: bytes, *, zeros: bool = True) -> bytes:
     """The bytes of a DATA frame (or of a BLOCK frame after its offset), at most
-    :data:`MAX_DATA` once inflated (a run of :data:`ZEROS` too)."""
+    :data:`MAX_DATA` once inflated (a run of :data:`ZEROS` too; ``zeros=False``: an
+    image's content alone may hold ZEROS runs, whose length its size bounds)."""
     if payload[:1] == ZLIB:
         return inflate(payload[1:], MAX_DATA, "a DATA frame")
     if payload[:1] == ZEROS:
+        if not zeros:
+            raise Refused("a ZEROS run in the content of a file (only images send them)")
         if len(payload) != 1 + ZEROS_COUNT.size:
             raise Refused(f"a ZEROS frame of {len(payload)} bytes (the flag and a u64)")
         (count,) = ZEROS_COUNT.unpack(payload[1:])

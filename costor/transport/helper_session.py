@@ -178,13 +178,27 @@ def _read_fetched(helper: HelperProcess, ingest: Consumer, asked: set[str]) -> N
 
 
 def read_content(helper: HelperProcess, sink: ContentWriter) -> None:
+    """One file's or image's content, until its END. An image's is bounded by its size
+    (a file's is not: a file that grows while it is read is read to its end); only an
+    image's may hold ZEROS runs (9 bytes for 16 MiB: unbounded, they would let a host
+    keep the server cutting zeros forever)."""
+    limit = sink.limit
+    image = limit is not None
+    received = 0
     while True:
         kind, payload = helper.recv(doing="in the middle of a file")
         if kind == protocol.DATA:
-            sink.write(protocol.unpack_data(payload))
+            data = protocol.unpack_data(payload, zeros=image)
+            received += len(data)
+            if limit is not None and received > limit:
+                raise protocol.Refused(f"more than the {limit} bytes of the image {sink.path!r}")
+            sink.write(data)
         elif kind == protocol.BLOCK:
             (offset,) = protocol.BLOCK_OFFSET.unpack(payload[:8])
-            sink.block(offset, protocol.unpack_data(payload[8:]))
+            data = protocol.unpack_data(payload[8:], zeros=image)
+            if limit is not None and offset + len(data) > limit:
+                raise protocol.Refused(f"a block past the end of the image {sink.path!r}")
+            sink.block(offset, data)
         elif kind == protocol.END:
             end = protocol.check_end(json.loads(payload))
             facts = end.get(protocol.CHANGED_WHILE_READ)

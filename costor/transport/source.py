@@ -17,6 +17,7 @@ class ContentWriter(Protocol):
     digest: Any
     ingest: Any  # the Consumer it writes for
     path: str
+    limit: int | None  # an image's size: its content is never longer (None: a file's)
 
     def write(self, data: bytes) -> None: ...
 

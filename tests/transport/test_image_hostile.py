@@ -43,6 +43,8 @@ CRAFTED = {
                                          changed_blocks=[0, 99])),
     "zeros": ("/etc/img", "data", facts()),
     "nofacts": ("/etc/img", "data", None),
+    "long": ("/etc/img", "data", facts()),
+    "filezeros": ("/etc/hostname", "data", None),
 }
 
 
@@ -50,11 +52,14 @@ def walk(self):
     if MODE not in CRAFTED:
         return Helper.honest_walk(self)
     path, state, extra = CRAFTED[MODE]
-    items = [entry("/"), entry("/etc"), entry(path, "i", state, 1 << 20, extra)]
+    kind = "f" if MODE == "filezeros" else "i"
+    items = [entry("/"), entry("/etc"), entry(path, kind, state, 1 << 20, extra)]
     self.channel.send(ENTRIES, zlib.compress(json.dumps(items).encode()))
     if state == "data":
         count = (1 << 40) if MODE == "zeros" else (1 << 20)
         self.channel.send(DATA, b"\x02" + struct.pack(">Q", count))
+        if MODE == "long":  # past the image's size
+            self.channel.send(DATA, b"\x02" + struct.pack(">Q", count))
         self.channel.send_json(END, {"size": 1 << 20, "digest": "00" * 32, "blocks": ""})
     self.channel.send(MATCHED, zlib.compress(bytes(self.matched + self.matched_dirs)))
     self.channel.send_json(WALK_DONE, self.counters)
@@ -75,6 +80,8 @@ ATTACKS = {
     "range": "an image /etc/img whose changed blocks are wrong",
     "zeros": "a ZEROS frame of 1099511627776 bytes",
     "nofacts": "an image '/etc/img' without its facts",
+    "long": "more than the 1048576 bytes of the image '/etc/img'",
+    "filezeros": "a ZEROS run in the content of a file (only images send them)",
 }
 
 

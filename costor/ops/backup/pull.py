@@ -288,18 +288,25 @@ def _images(
         }
         node = parent_image(pool, bytes.fromhex(parent.tree), image.path) if parent else None
         facts = (node.image or {}) if node is not None else {}
-        if node is not None and facts.get("source") == "file":
+        whole = node is not None and all(blob in pool.index for blob in node.content)
+        if node is not None and facts.get("source") == "file" and whole:
             # An image file whose size, times and inode are these is unchanged (the
             # rule for files); a device's times say nothing: it is always compared.
+            # Only while the parent's copy is whole in the pool: else the host sends
+            # the image again (a damaged or pruned copy heals, as a file's does).
             spec["stat"] = [node.size, node.mtime_ns, node.ctime_ns, node.inode]
-        if node is not None and facts.get("block_size") == block:
+        # The parent's block size: the least one, or a larger one the helper chose for
+        # an image of more than protocol.MAX_IMAGE_BLOCKS blocks (it chooses the same again for
+        # the same size; a size that crosses the line is compared from scratch).
+        used = facts.get("block_size")
+        if node is not None and isinstance(used, int) and used >= block and not used & (used - 1):
             blocks = base64.b64decode(kept[image.path]) if image.path in kept else None
-            if blocks is None or len(blocks) != 16 * -(-node.size // block):
+            if blocks is None or len(blocks) != 16 * -(-node.size // used):
                 blocks = index.blocks(node.content)
-            if blocks is not None and len(blocks) == 16 * -(-node.size // block):
+            if blocks is not None and len(blocks) == 16 * -(-node.size // used):
                 spec["parent"] = {
                     "size": node.size,
-                    "block_size": block,
+                    "block_size": used,
                     "source_id": facts.get("source_id"),
                 }
                 large.append([image.path, base64.b64encode(blocks).decode()])

@@ -44,9 +44,11 @@ class ContentSink:
         large: bool = False,
         reuse: _Reuse | None = None,
         block_size: int = BLOCK_SIZE,
+        limit: int | None = None,
     ) -> None:
         self.ingest = ingest
         self.path = path
+        self.limit = limit  # an image's size: its content is never longer
         self.buffer = bytearray()
         self.content: list[bytes] = []
         self.size = 0

@@ -483,12 +483,25 @@ class Ingest:
                 if blocks and len(blocks) == 16 * -(-base.size // block):  # of this size
                     reuse = _Reuse(self.pool, base, blocks, waiting.changed_blocks)
             sink = ContentSink(
-                self, path, base=base.content, large=large, reuse=reuse, block_size=block
+                self,
+                path,
+                base=base.content,
+                large=large,
+                reuse=reuse,
+                block_size=block,
+                limit=self._limit(waiting),
             )
             if kept is not None and sink.base is not None:
                 sink.base.preload(kept)
             return sink
-        return ContentSink(self, path, base=None, large=large, block_size=block)
+        return ContentSink(
+            self, path, base=None, large=large, block_size=block, limit=self._limit(waiting)
+        )
+
+    @staticmethod
+    def _limit(waiting: _Waiting) -> int | None:
+        """An image's size (its content is never longer); None for a file."""
+        return waiting.node.size if waiting.node.type == IMAGE else None
 
     def _blocks(self, waiting: _Waiting) -> tuple[bool, int]:
         """Whether a waiting file's proof is block hashes, and their size (an image's
@@ -501,8 +514,11 @@ class Ingest:
 
     def content(self, path: str) -> ContentSink:
         """A sink for the whole content of ``path``, which is waiting for it."""
-        large, block = self._blocks(self._waiting[path])
-        return ContentSink(self, path, base=None, large=large, block_size=block)
+        waiting = self._waiting[path]
+        large, block = self._blocks(waiting)
+        return ContentSink(
+            self, path, base=None, large=large, block_size=block, limit=self._limit(waiting)
+        )
 
     def changed_while_read(self, path: str, facts: list[int]) -> None:
         """The producer saw ``path`` change while it read the content arriving now

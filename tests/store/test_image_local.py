@@ -309,6 +309,28 @@ def test_image_beside_paths_under_a_common_directory(tmp_path: Path) -> None:
     assert node_at(pool, snapshot, str(tmp_path / "etc" / "hosts")).type == FILE
 
 
+def test_an_image_the_walk_cannot_reach_is_a_failure_not_silently_missing(
+    tmp_path: Path,
+) -> None:
+    # /x/var is backed up; /x/var/lib is a link to ../srv, stored as the link, so the
+    # walk never reaches the image named below it: the backup says so (exit 5).
+    (tmp_path / "x" / "var").mkdir(parents=True)
+    (tmp_path / "x" / "srv").mkdir()
+    (tmp_path / "x" / "srv" / "vm.img").write_bytes(b"\x02" * 100_000)
+    (tmp_path / "x" / "var" / "lib").symlink_to("../srv")
+    image = tmp_path / "x" / "var" / "lib" / "vm.img"
+    pool = make_pool(tmp_path / "pool")
+    snapshot, archiver = backup(pool, paths=[str(tmp_path / "x" / "var")], images=[str(image)])
+    assert archiver.errors == [
+        {
+            "path": str(image),
+            "error": "image was not read: a directory on its path is a symbolic link or not "
+            "a directory (name the image by its real path)",
+        }
+    ]
+    assert snapshot.counters["images"] == 0 and snapshot.counters["files_failed"] == 1
+
+
 @pytest.mark.parametrize("kind", ["missing", "directory", "fifo"])
 def test_an_image_that_cannot_be_read_is_a_failure_naming_it(tmp_path: Path, kind: str) -> None:
     image = tmp_path / "vm.img"

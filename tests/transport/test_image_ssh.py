@@ -286,6 +286,7 @@ def test_an_image_file_that_grows_and_shrinks_is_rebuilt_exactly(
     same = site.cli("backup", "img", "--json")
     assert same.code == 0, same.stderr
     assert same.json()["files_unmodified"] == 2, same.stdout  # the image and hosts
+    assert same.json()["images"] == 1 and str(disk) in same.json()["paths"], same.stdout
     pool = open_pool(site.pool_path)
     assert content(pool, image_node(pool, "img", str(disk))) == disk.read_bytes()
 

@@ -228,6 +228,8 @@ class Ingest:
         path, state = entry.path, entry.state
         if self.images and path in self.images:
             self._images_seen.add(path)
+            if entry.compact:  # an unchanged image file: stored (the parent's copy)
+                self.counters["images"] += 1
         if entry.compact:
             return self._unchanged(path, sparse=state == SPARSE)
         if state.startswith(ERROR_PREFIX):
@@ -535,6 +537,8 @@ class Ingest:
         if warning is not None and content is not None:
             self._warn(warning)
         if content is None:
+            if waiting.node.type == IMAGE:  # counted when its entry came: not stored
+                self.counters["images"] -= 1
             self._drop(waiting.directory, waiting.node)
             for directory, node in waiting.links:
                 self._drop(directory, node)
@@ -601,7 +605,7 @@ class Ingest:
         snapshot = Snapshot(
             client=self.client,
             time=rfc3339_now(),
-            paths=self.paths,
+            paths=sorted({*self.paths, *self.images}),  # as a local backup's
             tree=self._root.node.subtree.hex(),
             hostname=self.hostname,
             parent=self.parent.id if self.parent else None,

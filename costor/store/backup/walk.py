@@ -160,6 +160,7 @@ class Archiver:
         self._zeros = b""  # all zeros, as long as the longest zero chunk seen
         self._zero_blobs: dict[int, bytes] = {}  # length -> the id of so many zeros
         self._run: bytes | None = None  # see _zero_run
+        self._images_met: set[bytes] = set()  # the images the walk reached (_add_image)
 
     # --- entry point ------------------------------------------------------------------
 
@@ -199,6 +200,14 @@ class Archiver:
             except BaseException:
                 self._fatal = self._fatal or BackupError(client=self.client, reason="aborted")
                 raise
+        for image in sorted(self._image_paths - self._images_met):
+            # The walk never reached it: a directory on its way is a symbolic link (stored
+            # as the link) or no directory. Said, never silently missing (exit 5).
+            self._fail(
+                image,
+                "image was not read: a directory on its path is a symbolic link or not a "
+                "directory (name the image by its real path)",
+            )
         assert root.node.subtree is not None
         self.pool.flush()
         counters = self.counters
@@ -358,6 +367,7 @@ class Archiver:
         """An image: its stat (links followed: ``/dev/vg0/snap`` is a link to the
         device), its size (a device's by seeking to its end) and a worker to read it."""
         self._raise_fatal()
+        self._images_met.add(path)
         try:
             st = os.stat(path)
         except OSError as error:

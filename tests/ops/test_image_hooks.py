@@ -35,13 +35,6 @@ from support.inventory import (
 )
 from support.sshd import Sshd, sshd  # noqa: F401  (fixture)
 
-from costor.config.model import Hooks
-
-pytestmark = pytest.mark.skipif(
-    "env" not in Hooks.model_fields,
-    reason="hooks.env is not in the model yet (requested: the profiles' parameters)",
-)
-
 IN_CI = os.environ.get("CI") == "true"
 LVM_ENV = dict(os.environ, LVM_SUPPRESS_FD_WARNINGS="1")
 

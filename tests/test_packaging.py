@@ -106,9 +106,14 @@ def test_the_wheel_runs_the_readme_demo_and_has_the_shipped_profiles(tmp_path: P
     assert Path(imported).is_relative_to(tmp_path / "venv"), imported
     shipped = Path(imported).parent / "profiles"
     assert sorted(p.name for p in shipped.glob("*.toml")) == [
+        "btrfs-snapshot.toml",
+        "fsfreeze.toml",
         "linux-server.toml",
+        "lvm-snapshot.toml",
+        "lvm-thin-snapshot.toml",
         "mysql.toml",
         "postgresql.toml",
+        "zfs-snapshot.toml",
     ]
 
     # The README's first command, from a directory with only the example inventory.

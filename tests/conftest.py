@@ -1,13 +1,14 @@
 """Registers the shared fixtures (tests/support) for every test; helpers are imported
 from ``support.<module>``, never from here.
 
-Parallel runs (pytest-xdist: ``scripts/test.sh`` runs ``-n 2 --dist loadfile``): each
-test file runs whole on one worker, so that its module-scoped servers and sites are set
-up once, and every file that uses block devices (loop devices, LVM, device-mapper, file
-systems made with mkfs, mounts) runs on one and the same worker, one file after the
-other: loop devices, volume groups and mounts are global on the machine. A file counts
-as one when its text names one of :data:`DEVICE_WORDS`. The device files start first,
-then :data:`LONG_FILES` (the slowest, measured), so that no long file starts last.
+Parallel runs (pytest-xdist: ``scripts/test.sh`` runs ``-n 2 --dist loadfile``; plain
+``-n N`` is scheduled the same way): each test file runs whole on one worker, so that
+its module-scoped servers and sites are set up once, and every file that uses block
+devices (loop devices, LVM, device-mapper, file systems made with mkfs, mounts) runs on
+one and the same worker, one file after the other: loop devices, volume groups and
+mounts are global on the machine. A file counts as one when its text names one of
+:data:`DEVICE_WORDS`. The device files start first, then :data:`LONG_FILES` (the
+slowest, measured), so that no long file starts last.
 """
 
 from __future__ import annotations
@@ -73,11 +74,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadfile``, with the device files as one unit (see the module's note).
-    (Not xdist's ``loadgroup``: with pytest 9 its marks no longer reach the scheduler.)"""
-    if config.getvalue("dist") != "loadfile":
+    """``--dist loadfile`` (and plain ``-n N``, whose default is ``load``: device tests
+    must not run side by side however the suite is started), with the device files as
+    one unit, in the order of the workers' collection (see the module's note). Not
+    xdist's ``loadgroup``: with pytest 9 its marks no longer reach the scheduler."""
+    if config.getvalue("dist") not in ("load", "loadfile"):
         return None
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # our order, not the largest file first
 
     root = Path(str(config.rootpath))
 

@@ -1277,7 +1277,16 @@ def _thin_delta(vg, pool, previous, current):
     ``previous`` (thin_delta on a reserved metadata snapshot, released whatever
     happens), and the chunk size in bytes."""
     name = "%s-%s" % (vg.replace("-", "--"), pool.replace("-", "--"))
-    _run(["dmsetup", "message", name + "-tpool", "0", "reserve_metadata_snap"])
+    reserve = ["dmsetup", "message", name + "-tpool", "0", "reserve_metadata_snap"]
+    release = ["dmsetup", "message", name + "-tpool", "0", "release_metadata_snap"]
+    try:
+        _run(reserve)
+    except OSError:
+        # A pool holds one metadata snapshot: one left by a helper killed before its
+        # release would make every later backup read in full. Released, then reserved
+        # again (a second failure is the fallback's, with its reason).
+        _run(release)
+        _run(reserve)
     try:
         out = _run(
             [
@@ -1291,7 +1300,7 @@ def _thin_delta(vg, pool, previous, current):
             ]
         )
     finally:
-        _run(["dmsetup", "message", name + "-tpool", "0", "release_metadata_snap"])
+        _run(release)
     return _thin_ranges(out)
 
 

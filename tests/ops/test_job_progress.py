@@ -210,6 +210,15 @@ def test_the_flusher_writes_about_twice_a_second() -> None:
     assert docs[-1]["files"] == docs[-1]["bytes"] > 1000
 
 
+def test_a_cancel_between_the_flushers_making_and_its_start_still_finishes() -> None:
+    # A SIGTERM raised in start() after the thread was made, before it started.
+    docs, write = _written()
+    progress = JobProgress(write, phase="x")
+    progress._flusher = threading.Thread(target=lambda: None)
+    progress.finish(succeeded=False)
+    assert docs[-1]["phase"] == "x" and docs[-1]["eta_s"] is None
+
+
 def test_many_threads_report_and_nothing_is_lost() -> None:
     docs, write = _written()
     progress = JobProgress(write, phase="x", every=0.01).start()

@@ -244,8 +244,14 @@ class JobProgress(Progress):
         """Stop the flusher and write the last document: phase ``done`` with an ETA of 0
         when the job succeeded; otherwise its phase as it was, rate 0 and no ETA."""
         self._stop.set()
-        if self._flusher is not None and self._flusher is not threading.current_thread():
-            self._flusher.join()
+        flusher = self._flusher
+        # Not started yet when a cancel (SIGTERM) came between its making and its start.
+        if (
+            flusher is not None
+            and flusher.ident is not None
+            and flusher is not threading.current_thread()
+        ):
+            flusher.join()
         with self._lock:
             self._finished = True
             self._succeeded = succeeded

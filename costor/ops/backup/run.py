@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from costor.db import queue as jobs
 from costor.errors import BackupError, CostorError, DataCorruption, HookFailed
@@ -19,6 +19,9 @@ from costor.ops.context import Context
 from costor.store.backup.walk import Archiver
 from costor.store.progress import Progress
 from costor.store.snapshot import COUNTER_FIELDS
+
+if TYPE_CHECKING:
+    from costor.config.model import Hooks
 
 
 @dataclass
@@ -250,13 +253,13 @@ def _archive(
     return archiver.run(parent, scan_totals=scan_totals), archiver.errors
 
 
-def run_local_hook(phase: str, command: str, hooks: Any) -> dict[str, Any]:
+def run_local_hook(phase: str, command: str, hooks: Hooks) -> dict[str, Any]:
     """Run one hook of a local client with ``sh -c``, in a session of its own (on
     timeout the whole group is killed, its children too), as the helper does on a host
-    (costor/transport/helper.py); ``hooks.env`` (where the model has it) is added to
-    the environment. The result is the helper's hook document."""
+    (costor/transport/helper.py); ``hooks.env`` is added to the environment. The result
+    is the helper's hook document."""
     timeout = float(hooks.timeout_s)
-    environment = dict(os.environ, **dict(getattr(hooks, "env", None) or {}))
+    environment = dict(os.environ, **hooks.env)
     started = time.monotonic()
     try:
         process = subprocess.Popen(

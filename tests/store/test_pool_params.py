@@ -240,6 +240,7 @@ def test_a_planted_key_slot_over_the_caps_is_refused_without_deriving(
     assert real_bytes
 
 
+@pytest.mark.product_kdf  # the product's parameters, not the suite's cheap ones
 def test_the_caps_admit_what_costor_writes() -> None:
     assert crypto.kdf_over_cap("argon2id", crypto.ARGON2_PARAMS) is None
     assert crypto.kdf_over_cap("scrypt", crypto.SCRYPT_PARAMS) is None

@@ -841,9 +841,36 @@ class Helper(object):
         finally:
             handle.close()
 
-    def emit_image(self, path, st, size, state, extra):
+    def image_entry(self, path, st, size, state, extra=None):
+        """An image's entry: kind IMAGE and its byte length (a device's stat says 0)."""
         entry = self.entry(path, st, state, extra)
         entry[1], entry[7] = IMAGE, size
+        return entry
+
+    def start_image(self, path, state):
+        """Open an image the server asked for (FETCH or DELTA) and send its START:
+        (handle, stat, size), or None when it cannot be read (its START says why)."""
+        try:
+            st = os.stat(path)
+            handle = open(path, "rb", buffering=0)
+        except OSError as error:
+            self.channel.send_json(
+                START, self.error_entry(path, "cannot read: %s" % error.strerror)
+            )
+            return None
+        try:
+            size = _image_size(handle, st)
+        except OSError as error:
+            handle.close()
+            self.channel.send_json(
+                START, self.error_entry(path, "cannot read: %s" % error.strerror)
+            )
+            return None
+        self.channel.send_json(START, self.image_entry(path, st, size, state))
+        return handle, st, size
+
+    def emit_image(self, path, st, size, state, extra):
+        entry = self.image_entry(path, st, size, state, extra)
         self.open_headers()
         self.batch.append(entry)
         self.flush_entries()
@@ -966,21 +993,13 @@ class Helper(object):
         """An image the server needs whole after all (its copy of the parent is gone, or
         a delta did not rebuild it): its entry, then every block (holes as ZEROS)."""
         spec = self.images[path]
-        try:
-            st = os.stat(path)
-            handle = open(path, "rb", buffering=0)
-        except OSError as error:
-            self.channel.send_json(
-                START, self.error_entry(path, "cannot read: %s" % error.strerror)
-            )
+        started = self.start_image(path, "data")
+        if started is None:
             return
+        handle, st, size = started
         try:
-            size = _image_size(handle, st)
             block = int(spec.get("block", spec["block_size"]))
             extents = _data_extents(handle, size) if stat.S_ISREG(st.st_mode) else None
-            entry = self.entry(path, st, "data")
-            entry[1], entry[7] = IMAGE, size
-            self.channel.send_json(START, entry)
             self.send_image(handle, size, block, extents, st)
         except OSError as error:
             self.channel.send_json(END, {"error": "read error: %s" % error.strerror})
@@ -992,19 +1011,11 @@ class Helper(object):
         block, the pieces whose hash differs from the parent's."""
         spec = self.images[path]
         block = int(spec.get("block", spec["block_size"]))
-        try:
-            st = os.stat(path)
-            handle = open(path, "rb", buffering=0)
-        except OSError as error:
-            self.channel.send_json(
-                START, self.error_entry(path, "cannot read: %s" % error.strerror)
-            )
+        started = self.start_image(path, "delta")
+        if started is None:
             return
+        handle, st, size = started
         try:
-            size = _image_size(handle, st)
-            entry = self.entry(path, st, "delta")
-            entry[1], entry[7] = IMAGE, size
-            self.channel.send_json(START, entry)
             seen = self.walked.pop(path, None)
             if seen is None or seen[0] != self.fingerprint(_stat_key(path, st)):
                 self.channel.send_json(

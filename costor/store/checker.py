@@ -426,9 +426,9 @@ def reindex(pool: Pool) -> ReindexReport:
             continue
         report.blobs += len(packs[pack_id])
     report.packs = len(packs)
-    new_name = pool.write_index_segment(packs)
+    new_names = set(pool.write_index_segment(packs))
     for name in old_segments:
-        if name != new_name:
+        if name not in new_names:
             pool.backend.delete(name)
             report.segments_removed += 1
     pool.index = type(pool.index)()

@@ -70,9 +70,10 @@ from costor.store.index import (
     BlobLocation,
     Index,
     IndexCache,
+    SegmentLoader,
     decode_segment,
     encode_segment,
-    segment_records,
+    split_segments,
 )
 from costor.store.pack import (
     FOOTER,
@@ -331,9 +332,11 @@ class Pool:
         self.damage = read_damage(self)
         listed = self._listed_segments()
         if cache is None:
+            loader = SegmentLoader(self.index, self.fallback, self.condemned)
             for name, full_name in listed.items():
                 self.segments.add(name)
-                self._load_segment(full_name, self.index, self.fallback)
+                self._load_segment(full_name, loader)
+            loader.finish()
         else:
             with cache.lock:
                 self._update_cache(cache, listed)
@@ -363,16 +366,18 @@ class Pool:
             or not cache.segments <= listed.keys()
         ):
             cache.reset(self.uuid, condemned)
+        loader = SegmentLoader(cache.index, cache.fallback, condemned)
         for name, full_name in listed.items():
             if name not in cache.segments:
-                self._load_segment(full_name, cache.index, cache.fallback)
+                self._load_segment(full_name, loader)
                 cache.segments.add(name)
+        loader.finish()
 
-    def _load_segment(self, name: str, index: Index, fallback: Index) -> None:
-        """A damaged segment is skipped, not fatal (issue 19): the index is rebuildable."""
+    def _load_segment(self, name: str, loader: SegmentLoader) -> None:
+        """A damaged segment is skipped, not fatal (issue 19): the index is rebuildable
+        (what the loader took of it is given back)."""
         try:
-            for pack_id, records in segment_records(self._open_segment(name)):
-                (fallback if pack_id in self.condemned else index).add_records(pack_id, records)
+            loader.add_segment(self._open_segment(name))
         except (DataCorruption, ValueError, struct.error, zstandard.ZstdError) as error:
             self.bad_segments[name] = str(error)
 
@@ -516,12 +521,17 @@ class Pool:
             self.write_index_segment(unindexed)
         self.save_damage()
 
-    def write_index_segment(self, packs: dict[str, list[PackEntry]]) -> str:
-        data = self.sealer.seal(encode_segment(packs), SEGMENT_AD)
-        name = f"index/{crypto.object_hash(data)}"
-        self.backend.put(name, data)
-        self.segments.add(name.rsplit("/", 1)[-1])
-        return name
+    def write_index_segment(self, packs: dict[str, list[PackEntry]]) -> list[str]:
+        """Segments listing ``packs`` (one for every :data:`SEGMENT_BLOBS` blobs, so
+        that no reader needs a large one whole); their object names."""
+        names = []
+        for part in split_segments(packs):
+            data = self.sealer.seal(encode_segment(part), SEGMENT_AD)
+            name = f"index/{crypto.object_hash(data)}"
+            self.backend.put(name, data)
+            self.segments.add(name.rsplit("/", 1)[-1])
+            names.append(name)
+        return names
 
     # --- reading blobs ------------------------------------------------------------
 

@@ -454,9 +454,9 @@ def _rewrite_index(
         if pack_id not in deleting
     }
     keep.update(new_packs)
-    new_segment = pool.write_index_segment(keep)
+    new_segments = set(pool.write_index_segment(keep))
     for name in view.segments:
-        if name != new_segment:
+        if name not in new_segments:
             pool.backend.delete(name)
     for pack_id in sorted(deleting):
         pool.backend.delete(pack_name(pack_id))

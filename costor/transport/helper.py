@@ -184,6 +184,15 @@ class Helper(object):
     # (tuning of this helper, not protocol).
     scan_threads = 4
     scan_run = 4 * 1024 * 1024
+    # Before deflating a frame, its first compress_sample bytes are looked at: as many
+    # distinct byte values as random bytes have (~251 of 256 in 1 KiB) say the data is
+    # already compressed or encrypted, and it is sent as it is. Measured on bench/run.py's
+    # tree, /usr/bin and /usr/share/doc/*.gz: compressible files had at most ~140 distinct
+    # values in their first KiB, incompressible ones at least ~220. The look costs ~5 us,
+    # where deflating a small random file only to send it raw cost ~120 us (zlib's set-up
+    # alone is ~50 us a call): 0.7-1.0 s less of the host's CPU on that tree's first pull.
+    compress_sample = 1024
+    random_looking = 200  # distinct byte values in the sample from which it is not deflated
 
     def __init__(self, channel):
         self.channel = channel
@@ -742,7 +751,10 @@ class Helper(object):
     def send_data(self, kind, prefix, data, compress):
         """One frame of file bytes, zlib-compressed unless that does not pay; returns
         whether to keep trying compression for this file (not after a block that did
-        not shrink: already-compressed data stays incompressible)."""
+        not shrink, or that looked random: already-compressed data stays incompressible)."""
+        sample = self.compress_sample
+        if compress and len(data) >= sample and len(set(data[:sample])) >= self.random_looking:
+            compress = False
         if compress:
             packed = zlib.compress(data, self.compress_level)
             if len(packed) < len(data) * 0.95:

@@ -67,6 +67,7 @@ from costor.store.identity import (
 )
 from costor.store.index import (
     SEGMENT_AD,
+    SEGMENT_BLOBS,
     BlobLocation,
     Index,
     IndexCache,
@@ -186,6 +187,7 @@ class Pool:
         self._pending: set[bytes] = set()
         self._builders: dict[BlobType, PackBuilder] = {}
         self._unindexed: dict[str, list[PackEntry]] = {}  # written, not yet in a segment
+        self._unindexed_blobs = 0
         # Index segments loaded or written by this process: while all of them stay, no
         # blob they index has left the index (segments are immutable; only a prune or a
         # reindex removes one).
@@ -498,11 +500,19 @@ class Pool:
         pack_id = crypto.object_hash(data)
         self.backend.put(pack_name(pack_id), data)
         self.index.add_pack(pack_id, builder.entries)
+        segment: dict[str, list[PackEntry]] = {}
         with self._lock:
             self._unindexed[pack_id] = builder.entries
+            self._unindexed_blobs += len(builder.entries)
             for entry in builder.entries:
                 self._pending.discard(entry.blob_id)
             self.packs_written += 1
+            if self._unindexed_blobs >= SEGMENT_BLOBS // 4:
+                # A long backup lists its packs as it goes (a segment every 256 Ki
+                # blobs), not all at the end: their entries are not all held at once.
+                segment, self._unindexed, self._unindexed_blobs = self._unindexed, {}, 0
+        if segment:
+            self.write_index_segment(segment)
         if self.on_pack_written is not None:
             self.on_pack_written(pack_id, len(data))
 
@@ -516,7 +526,7 @@ class Pool:
             if builder.entries:
                 self._write_pack(builder)
         with self._lock:
-            unindexed, self._unindexed = self._unindexed, {}
+            unindexed, self._unindexed, self._unindexed_blobs = self._unindexed, {}, 0
         if unindexed:
             self.write_index_segment(unindexed)
         self.save_damage()

@@ -182,7 +182,7 @@ def test_a_damaged_segment_adds_nothing() -> None:
     raw = b"".join(
         [
             PACK_RECORD.pack(bytes.fromhex(bad[0]), 10),
-            b"x" * ENTRY.size * 10,
+            b"".join(ENTRY.pack(*record) for record in bad[1]),
             PACK_RECORD.pack(b"y" * 32, 99),
         ]
     )
@@ -193,6 +193,10 @@ def test_a_damaged_segment_adds_nothing() -> None:
         loader.add_segment(zstandard.ZstdCompressor().compress(raw))
     with pytest.raises(zstandard.ZstdError):
         loader.add_segment(b"not zstd at all")
+    blob, _kind, offset, length, raw_length = bad[1][0]
+    unknown = PACK_RECORD.pack(bytes.fromhex(bad[0]), 1) + ENTRY.pack(blob, 9, offset, length, 1)
+    with pytest.raises(ValueError, match="unknown type"):
+        loader.add_segment(zstandard.ZstdCompressor().compress(unknown))
     loader.finish()
     assert index.pack_ids == {good[0]}
     assert len(index) == len({r[0] for r in good[1]})

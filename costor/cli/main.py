@@ -115,7 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--version" in arguments[:1]:
         print(_version())  # as argparse's version action: nothing else is read
         return 0
-    parser = build_parser(verb_of(arguments))
+    verb = verb_of(arguments)
+    if verb is not None:
+        from costor.cli.early import derive_ahead
+
+        derive_ahead(verb, arguments)  # the pool's key, on another core, during the imports
+    parser = build_parser(verb)
     args = parser.parse_args(arguments)
     # After parsing: --help and --version do not import logging.
     from costor.util.log import configure

@@ -17,3 +17,10 @@ class Progress:
 
     def close(self) -> None:
         """The run is over."""
+
+
+def wants_totals(progress: Progress) -> bool:
+    """Whether ``progress`` uses totals (it overrides :meth:`Progress.set_total`).
+    Counting them can cost a walk of its own (a restore walks every tree twice), done
+    only when something shows them."""
+    return type(progress).set_total is not Progress.set_total

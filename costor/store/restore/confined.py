@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from costor.errors import RestoreError, RestoreTargetNotDirectory
 from costor.store.pool import Pool
-from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, SYMLINK, Node
+from costor.store.tree import BLOCKDEV, CHARDEV, DIR, FIFO, SYMLINK, Node, decode_tree
 
 Parts = tuple[bytes, ...]
 Warn = Callable[[str, str], None]
@@ -76,7 +76,9 @@ def _walk_tree(
     pool: Pool, tree_id: bytes, parent: Parts
 ) -> Iterator[tuple[Parts, Node, str | None]]:
     seen: set[bytes] = set()
-    for item in pool.load_tree(tree_id):
+    # Read past the pool's tree cache: a walk reads each tree once, and the cache's 4,096
+    # decoded trees of a 1,000,000-file snapshot held ~400,000 nodes (~250 MB).
+    for item in decode_tree(pool.read_blob(tree_id)):
         problem = name_problem(item.name)
         if problem is None and item.name in seen:
             problem = f"a second entry named {_shown(item.name)} in one directory"

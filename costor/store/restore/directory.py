@@ -48,7 +48,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +61,7 @@ from costor.errors import (
     UsageError,
 )
 from costor.store.pool import Pool
-from costor.store.progress import Progress
+from costor.store.progress import Progress, wants_totals
 from costor.store.restore.confined import (
     CREATE_FLAGS,
     READ_FLAGS,
@@ -189,16 +189,18 @@ class Restorer:
         # The path inside the snapshot of the selected node ("" for the root).
         where = b"/".join(part for part in os.fsencode(path).split(b"/") if part and part != b".")
         where = b"/" + where if where else b""
-        items = self._selected(node, where)
-        total_files = total_bytes = 0
-        for _p, n, _s, problem in items:
-            if n.type in CONTENT_TYPES and problem is None:
-                total_files += 1
-                total_bytes += n.size
-        self.progress.set_total(total_files, total_bytes)
+        if wants_totals(self.progress):
+            # A walk of the trees of its own: the entries are never all held at once
+            # (1,000,000 files took 3 GB when they were), so they are walked twice.
+            total_files = total_bytes = 0
+            for _p, n, _s, problem in self._selected(node, where):
+                if n.type in CONTENT_TYPES and problem is None:
+                    total_files += 1
+                    total_bytes += n.size
+            self.progress.set_total(total_files, total_bytes)
         self._root_fd = open_target(target_bytes)
         try:
-            self._restore_items(items)
+            self._restore_items(self._selected(node, where))
         except OSError as error:
             name = os.fsdecode(error.filename) if error.filename else "the target"
             raise RestoreError(reason=f"{name}: {error.strerror or error}") from error
@@ -226,38 +228,40 @@ class Restorer:
                 refused=refused,
             )
 
-    def _selected(self, node: Node, where: bytes) -> list[Item]:
+    def _selected(self, node: Node, where: bytes) -> Iterator[Item]:
         """The entries the selection keeps, and the directories leading to them, in
-        walk order (the root itself is the target, not an entry)."""
-        listed: list[Item] = []
+        walk order (the root itself is the target, not an entry), one at a time: a
+        directory the selection does not keep waits (with those above it) until an
+        entry inside it is kept, and is dropped if none is."""
+        everything = self.selection.everything
+        waiting: list[Item] = []  # directories not kept, on the way to the current entry
         for parts, item, problem in walk_checked(self.pool, node):
             inside = parts[1:] if node.name else parts
             snap_path = where + b"/" + b"/".join(inside) if inside else where
-            listed.append((parts, item, snap_path, problem))
-        if self.selection.everything:
-            return listed
-        chosen = [self.selection.selected(entry[2]) for entry in listed]
-        needed: set[Parts] = set()
-        for entry, keep in zip(listed, chosen, strict=True):
-            if keep:
-                needed.update(entry[0][:end] for end in range(1, len(entry[0])))
-        return [
-            entry
-            for entry, keep in zip(listed, chosen, strict=True)
-            if keep or (entry[1].type == DIR and entry[0] in needed)
-        ]
+            entry = (parts, item, snap_path, problem)
+            if everything:
+                yield entry
+                continue
+            while waiting and parts[: len(waiting[-1][0])] != waiting[-1][0]:
+                waiting.pop()  # walked past it: nothing inside it was kept
+            if self.selection.selected(snap_path):
+                yield from waiting
+                waiting.clear()
+                yield entry
+            elif item.type == DIR:
+                waiting.append(entry)
 
-    def _restore_items(self, items: list[Item]) -> None:
+    def _restore_items(self, items: Iterable[Item]) -> None:
         self._writer_dirs = WriterDirs(self._root_fd)
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="restore") as executor:
-                walk = Walk(self._root_fd, executor)
+                walk = Walk(self._root_fd, executor, self.workers)
                 try:
                     for number, item in enumerate(items):
                         self._place(walk, number, item)
                 finally:
                     walk.close()
-                _raise_first(walk.futures)
+                _raise(walk.wait())
         finally:
             self._writer_dirs.close()
         if not self.dry_run and self._root_fd is not None:
@@ -311,8 +315,8 @@ class Restorer:
         if first is not None:
             walk.submit(self._job, self._link_after, *args, first)
             return
-        future = walk.submit(self._job, self._file, *args)
-        if node.links > 1:
+        future = walk.submit(self._job, self._file, *args, size=node.size, outcome=node.links > 1)
+        if future is not None:
             walk.hardlinks[key] = (parts, future)
 
     def _job(
@@ -664,19 +668,13 @@ class Restorer:
         )
 
 
-def _raise_first(futures: list[Future[Any]]) -> None:
-    """Wait for every job; then raise the first failure, if any."""
-    errors = []
-    for waited in futures:
-        try:
-            waited.result()
-        except Exception as error:  # collect, then raise the first
-            errors.append(error)
-    if errors:
-        first_error = errors[0]
-        if isinstance(first_error, DataCorruption | RestoreError):
-            raise first_error
-        raise RestoreError(reason=str(first_error)) from first_error
+def _raise(first_error: BaseException | None) -> None:
+    """Raise the walk's first failure (every job has run), if any."""
+    if first_error is None:
+        return
+    if isinstance(first_error, DataCorruption | RestoreError):
+        raise first_error
+    raise RestoreError(reason=str(first_error)) from first_error
 
 
 def _depth(directory: tuple[Parts, Node]) -> int:

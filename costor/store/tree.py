@@ -33,8 +33,10 @@ IMAGE = "image"
 CONTENT_TYPES = (FILE, IMAGE)  # the types whose ``content`` lists data blobs
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
+    # slots: no per-node __dict__ (56 bytes less of ~630 a file's node; a backup and a
+    # restore hold the nodes of the directories in progress, a pull those of a parent).
     name: bytes
     type: str
     mode: int = 0

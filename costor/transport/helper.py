@@ -125,16 +125,21 @@ class Channel(object):
         self.stream_out = stream_out
         self.interval = HEARTBEAT_S  # HELLO's heartbeat_s
         self.flushed = time.monotonic()
+        self.writing = 0.0  # seconds in writes: waiting for the connection (WALK_DONE)
 
     def send(self, kind, payload=b""):
+        started = time.perf_counter()
         self.stream_out.write(struct.pack(">cI", kind, len(payload)))
         self.stream_out.write(payload)
+        self.writing += time.perf_counter() - started
 
     def send_json(self, kind, document):
         self.send(kind, json.dumps(document, separators=(",", ":")).encode())
 
     def flush(self):
+        started = time.perf_counter()
         self.stream_out.flush()
+        self.writing += time.perf_counter() - started
         self.flushed = time.monotonic()
 
     def alive(self):
@@ -220,6 +225,10 @@ class Helper(object):
             "errors": 0,
             "omitted": 0,
         }
+        # Where the walk's time went on this host, sent with WALK_DONE ("seconds"): for
+        # bench/ssh.py's breakdown; the server does not need it.
+        self.reading = 0.0  # reading files and hashing what was read
+        self.compressing = 0.0  # zlib
 
     # --- commands ----------------------------------------------------------------------
 
@@ -338,6 +347,7 @@ class Helper(object):
     # --- walking -------------------------------------------------------------------------
 
     def walk(self):
+        started = time.perf_counter()
         self.matcher = ExcludeMatcher(self.options.get("exclude", []))
         self.one_file_system = bool(self.options.get("one_file_system"))
         self.batch = []
@@ -367,7 +377,13 @@ class Helper(object):
         self.report_omitted()
         self.flush_entries()
         self.channel.send(MATCHED, zlib.compress(bytes(self.matched + self.matched_dirs)))
-        self.channel.send_json(WALK_DONE, self.counters)
+        seconds = {
+            "walk": round(time.perf_counter() - started, 4),
+            "read_hash": round(self.reading, 4),
+            "compress": round(self.compressing, 4),
+            "write": round(self.channel.writing, 4),
+        }
+        self.channel.send_json(WALK_DONE, dict(self.counters, seconds=seconds))
 
     def walk_virtual(self, path, spec):
         for name in sorted(spec, key=os.fsencode):
@@ -594,14 +610,18 @@ class Helper(object):
         """The file's 1 MiB reads, each added to the whole-file digest or, without one,
         to the block hashes, as read; a heartbeat between them when due."""
         alive = self.channel.alive
+        clock = time.perf_counter
         while True:
+            started = clock()
             data = handle.read(BLOCK_SIZE)
             if not data:
+                self.reading += clock() - started
                 return
             if whole is None:
                 blocks.append(self.block_hash(data))
             else:
                 whole.update(data)
+            self.reading += clock() - started
             alive()
             yield data
 
@@ -756,7 +776,9 @@ class Helper(object):
         if compress and len(data) >= sample and len(set(data[:sample])) >= self.random_looking:
             compress = False
         if compress:
+            started = time.perf_counter()
             packed = zlib.compress(data, self.compress_level)
+            self.compressing += time.perf_counter() - started
             if len(packed) < len(data) * 0.95:
                 self.channel.send(kind, prefix + b"\x01" + packed)
                 return True

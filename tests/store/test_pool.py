@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,8 +162,10 @@ def test_pack_size_bounds_packs(tmp_path: Path) -> None:
 
 
 def test_orphan_packs_are_adopted(tmp_path: Path) -> None:
-    """Packs written by a backup that died before its index segment are reused."""
+    """Packs written by a backup that has not listed them yet (still running, or died
+    before its index segment: its lease says so) are reused."""
     pool = make_pool(tmp_path / "p")
+    pool.lease("backup")  # held, never released: the writer is still at work
     blob = pool.put_blob(BlobType.DATA, os.urandom(1024 * 1024))
     pool._write_pack(pool._builders.pop(BlobType.DATA))  # pack stored, no segment yet
     assert not list(LocalBackend(tmp_path / "p").list("index/"))
@@ -172,6 +176,55 @@ def test_orphan_packs_are_adopted(tmp_path: Path) -> None:
     assert not fresh.reserve(blob)
     fresh.flush()
     assert blob in open_pool(tmp_path / "p").index
+
+
+def test_no_writer_lease_no_listing_of_packs(tmp_path: Path) -> None:
+    """A backup lists the pool's packs only when a writer's lease says some may be
+    unlisted; a pack left without one (no writer does that) is not looked for."""
+    pool = make_pool(tmp_path / "p")
+    pool.put_blob(BlobType.DATA, os.urandom(1024 * 1024))
+    pool._write_pack(pool._builders.pop(BlobType.DATA))
+    fresh = open_pool(tmp_path / "p")
+    reader = fresh.lease("restore")  # a reader's lease leaves no pack
+    other = open_pool(tmp_path / "p")
+    assert other.adopt_orphan_packs() == 0
+    assert len(other.index) == 0
+    assert other.adopt_orphan_packs(record=False) == 1  # check, a missing blob: always
+    reader.release()
+
+
+def test_a_failed_writer_lists_its_packs_when_it_drops_its_lease(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "p")
+    with pytest.raises(RuntimeError), pool.lease("backup"):
+        blob = pool.put_blob(BlobType.DATA, os.urandom(1024 * 1024))
+        pool._write_pack(pool._builders.pop(BlobType.DATA))
+        raise RuntimeError("the backup failed")
+    assert not list(LocalBackend(tmp_path / "p").list("locks/"))
+    assert blob in open_pool(tmp_path / "p").index
+
+
+def test_a_killed_writers_packs_are_adopted_and_its_lease_removed(tmp_path: Path) -> None:
+    make_pool(tmp_path / "p")
+    script = (
+        "import os, sys\n"
+        "from costor.store.backends import LocalBackend\n"
+        "from costor.store.pack import BlobType\n"
+        "from costor.store.pool import Pool\n"
+        "pool = Pool.open(LocalBackend(sys.argv[1]), sys.argv[2])\n"
+        "pool.lease('backup')\n"
+        "pool.put_blob(BlobType.DATA, os.urandom(100_000))\n"
+        "pool._write_pack(pool._builders.pop(BlobType.DATA))\n"
+        "os._exit(9)  # no release, no segment: killed\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "p"), PASSPHRASE])
+    assert done.returncode == 9
+    assert len(list(LocalBackend(tmp_path / "p").list("locks/"))) == 1
+    fresh = open_pool(tmp_path / "p")
+    assert len(fresh.index) == 0
+    assert fresh.adopt_orphan_packs() == 1
+    fresh.flush()  # the adopted pack listed: the gone lease is removed
+    assert not list(LocalBackend(tmp_path / "p").list("locks/"))
+    assert len(open_pool(tmp_path / "p").index) == 1
 
 
 def test_reindex_rebuilds_from_packs_alone(tmp_path: Path) -> None:

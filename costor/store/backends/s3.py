@@ -256,7 +256,7 @@ def _make_client(**kwargs: Any) -> Any:
         return _SESSION.client("s3", **kwargs)
 
 
-def _md5(data: bytes) -> str:
+def _md5(data: bytes | bytearray) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
@@ -341,8 +341,8 @@ class S3Backend:
         if view.format != "B" or not view.c_contiguous:
             view = memoryview(view.tobytes())
         if view.nbytes <= self.multipart_threshold:
-            # Packs arrive as bytes already: no 32 MiB copy for them.
-            body = data if isinstance(data, bytes) else bytes(view)
+            # Packs arrive as a bytearray (botocore sends one as it is): no 32 MiB copy.
+            body = data if isinstance(data, bytes | bytearray) else bytes(view)
             try:
                 self._client.put_object(
                     Bucket=self.bucket, Key=key, Body=body, ContentMD5=_md5(body)

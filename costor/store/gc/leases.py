@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from costor.store.pool import Pool
 
 LEASE_AD = b"costor-lease"
+# Kinds of lease whose holders only read: they leave no pack behind when killed.
+READER_LEASES = frozenset({"restore", "download", "selftest"})
 REFRESH_EVERY = 300.0
 STALE_AFTER = 1800.0
 
@@ -102,12 +104,18 @@ class Lease:
                 continue  # the next refresh tries again; stale only after STALE_AFTER
 
     def release(self) -> None:
+        """Drop the lease. A writer's packs not yet listed (it failed before its last
+        segment) are listed first: the next backup adopts packs only when a lease says
+        there may be some (``Pool.adopt_orphan_packs``). If that fails, the lease stays:
+        once its holder is gone, the next backup lists the packs it left."""
         self._stop.set()
         self._thread.join()
         try:
+            if self.kind not in READER_LEASES:
+                self.pool.flush_index()
             self.pool.backend.delete(self.name)
         except (BackendError, ObjectNotFound):
-            pass  # a lease left behind goes stale; nothing depends on its removal
+            pass  # a lease left behind goes stale (and its packs are adopted)
 
     def __enter__(self) -> Lease:
         return self

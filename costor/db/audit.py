@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -131,12 +131,19 @@ def _locked_head(session: Session) -> AuditHeadRow:
         "last_id": last.id if last is not None and last.id is not None else 0,
         "last_hash": last.hash if last is not None else GENESIS,
     }
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    insert = dialect.insert(AuditHeadRow).values(**values)
+    insert = _dialect(session).insert(AuditHeadRow).values(**values)
     session.execute(insert.on_conflict_do_nothing(index_elements=["name"]))
     head = session.get(AuditHeadRow, HEAD, with_for_update=True, populate_existing=True)
     assert head is not None
     return head
+
+
+def _dialect(session: Session) -> Any:
+    """The database's dialect package (``sqlalchemy.dialects.sqlite`` or ``.postgresql``:
+    its ``insert`` has ``on_conflict_do_nothing``), loaded when the engine was made.
+    Not imported here at the top: the PostgreSQL one is ~20 ms of imports that every
+    audited command on SQLite paid for nothing."""
+    return sys.modules[f"sqlalchemy.dialects.{session.get_bind().dialect.name}"]
 
 
 # --- reading -------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -48,7 +49,8 @@ SEGMENT_BLOBS = 1 << 20  # at most so many blobs per written segment (~49 MiB ra
 CHUNK_BITS = 20
 CHUNK_ROWS = 1 << CHUNK_BITS  # rows per column chunk; a row number is chunk << 20 | row
 _ROW_MASK = CHUNK_ROWS - 1
-_READ_BLOCK = 1 << 24  # bytes of a segment decompressed at a time
+_READ_BLOCK = 1 << 22  # bytes of a segment decompressed at a time
+_SORT_ROWS = 1 << 18  # rows sorted at a time while the lookup is built
 _MAX_RECORD = 1 << 31  # a pack record larger than this is damage, not data
 _MERGE_MIN = 1 << 18  # the overlay is merged into the table past max(this, rows / 16)
 
@@ -128,20 +130,22 @@ class _Pending:
     def __init__(self, expected: int = 0) -> None:
         self.expected = expected
         self.chunks: list[_Chunk] = []
-        self.pack_raws: list[bytes] = []  # per record (a pack may be listed twice)
-        self.pack_ends: list[int] = []
+        # Per pack record (a pack may be listed twice): its id, 32 bytes each, and the
+        # end of its last blob; flat, not a Python object per record.
+        self.pack_raws = bytearray()
+        self.pack_ends = array("Q")
         self.rows = 0
 
     def mark(self) -> tuple[int, int, int]:
         last = self.chunks[-1].n if self.chunks else 0
-        return len(self.chunks), last, len(self.pack_raws)
+        return len(self.chunks), last, len(self.pack_ends)
 
     def rollback(self, mark: tuple[int, int, int]) -> None:
         chunks, last, records = mark
         del self.chunks[chunks:]
         if self.chunks:
             self.chunks[-1].n = last
-        del self.pack_raws[records:], self.pack_ends[records:]
+        del self.pack_raws[records * 32 :], self.pack_ends[records:]
         self.rows = sum(c.n for c in self.chunks)
 
     def add(self, records: list[tuple[bytes, memoryview, int]]) -> None:
@@ -149,12 +153,13 @@ class _Pending:
         trailer format."""
         if not records:
             return
-        first = len(self.pack_raws)
+        first = len(self.pack_ends)
         counts = np.fromiter((count for _, _, count in records), np.int64, len(records))
         data = b"".join(entries for _, entries, _ in records)
         total = int(counts.sum())
         if total == 0:
-            self.pack_raws.extend(raw for raw, _, _ in records)
+            for raw, _, _ in records:
+                self.pack_raws += raw
             self.pack_ends.extend(0 for _ in records)
             return
         table = np.frombuffer(data, _ENTRY_DTYPE, total)
@@ -167,8 +172,9 @@ class _Pending:
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))[nonempty]
         record_ends = np.zeros(len(records), np.uint64)
         record_ends[nonempty] = np.maximum.reduceat(ends, starts)
-        self.pack_raws.extend(raw for raw, _, _ in records)
-        self.pack_ends.extend(int(e) for e in record_ends)
+        for raw, _, _ in records:
+            self.pack_raws += raw
+        self.pack_ends.extend(record_ends.tolist())
         done = 0
         while done < total:
             chunk = self._room()
@@ -297,24 +303,22 @@ class _Table:
         table.id_bytes = list(self.id_bytes)
         known = len(self.pack_raw)
         new_packs: dict[bytes, int] = {}
-        remap = np.empty(len(pending.pack_raws), np.uint32)
-        ends: dict[int, int] = {}
-        for record, (raw, end) in enumerate(zip(pending.pack_raws, pending.pack_ends, strict=True)):
+        remap = np.empty(len(pending.pack_ends), np.uint32)
+        raws = bytes(pending.pack_raws)
+        for record in range(len(pending.pack_ends)):
+            raw = raws[record * 32 : record * 32 + 32]
             number = new_packs.get(raw)
             if number is None:
                 number = self.pack_number_raw(raw)
                 if number is None:
                     number = new_packs[raw] = known + len(new_packs)
             remap[record] = number
-            if end > ends.get(number, 0):
-                ends[number] = end
+        del raws
         pack_raw = np.frombuffer(b"".join(new_packs), np.uint8).reshape(-1, 32)
         del new_packs
         table.pack_raw = np.concatenate((self.pack_raw, pack_raw))
         table.pack_end = np.concatenate((self.pack_end, np.zeros(len(pack_raw), np.uint64)))
-        for number, end in ends.items():
-            if end > table.pack_end[number]:
-                table.pack_end[number] = end
+        np.maximum.at(table.pack_end, remap, np.frombuffer(pending.pack_ends, np.uint64))
         table.pack_hex = [*self.pack_hex, *([None] * len(pack_raw))]
         keys = table.pack_raw[:, :8].copy().view(">u8").reshape(-1).astype(np.uint64)
         table.pack_key_no = np.argsort(keys, kind="stable").astype(np.uint32)
@@ -332,42 +336,70 @@ class _Table:
         return table
 
     def _build_lookup(self, hidden: frozenset[int], dropped: set[int]) -> None:
-        """``order``, ``starts``, ``groups`` over every row (8 bytes a row while it runs)."""
-        combined = np.empty(self.rows, np.uint64)
-        position = 0
-        for number, chunk in enumerate(self.chunks):
-            lead = chunk.ids[: chunk.n, :4].copy().view(">u4").reshape(-1)
-            combined[position : position + chunk.n] = lead.astype(np.uint64) << np.uint64(32)
-            combined[position : position + chunk.n] |= np.arange(
-                number << CHUNK_BITS, (number << CHUNK_BITS) + chunk.n, dtype=np.uint64
-            )
-            position += chunk.n
-        combined.sort()
+        """``order``, ``starts``, ``groups`` over every row, by a counting sort of the
+        rows on their bucket, chunk by chunk: besides ``order`` itself, a bucket counter
+        and one chunk's temporaries (a global argsort would hold 8 bytes a row more,
+        the largest cost of opening a big index). Within a bucket rows stay in row
+        order, so the first copy of an id is found first."""
         bits = max(1, min(32, self.rows.bit_length() - 2))  # ~2 to 4 rows a bucket
         self.shift = 32 - bits
-        firsts = np.arange(1 << bits, dtype=np.uint64) << np.uint64(self.shift + 32)
-        starts = np.empty((1 << bits) + 1, np.uint32)
-        starts[:-1] = np.searchsorted(combined, firsts)
-        starts[-1] = self.rows
+        shift = np.uint32(self.shift)
+        fill = np.zeros(1 << bits, np.uint32)  # first, each bucket's count
+        for chunk in self.chunks:
+            np.add.at(fill, _leads(chunk) >> shift, 1)
+        starts = np.zeros((1 << bits) + 1, np.uint32)
+        np.cumsum(fill, dtype=np.uint32, out=starts[1:])
+        fill[:] = starts[:-1]  # now where each bucket's next row goes
+        order = np.empty(self.rows, np.uint32)
+        for number, chunk in enumerate(self.chunks):
+            for low in range(0, chunk.n, _SORT_ROWS):  # a slice at a time: small temporaries
+                high = min(chunk.n, low + _SORT_ROWS)
+                buckets = _leads(chunk, low, high) >> shift
+                sort = np.argsort(buckets, kind="stable")
+                buckets = buckets[sort]
+                firsts = np.flatnonzero(np.concatenate(([True], buckets[1:] != buckets[:-1])))
+                runs = np.diff(np.append(firsts, len(buckets)))
+                rank = np.arange(len(buckets)) - np.repeat(firsts, runs)
+                rows = sort + ((number << CHUNK_BITS) + low)
+                order[fill[buckets].astype(np.int64) + rank] = rows
+                fill[buckets[firsts]] += runs.astype(np.uint32)
+        del fill
         self.starts_view = starts.data
-        self.order = combined.astype(np.uint32)  # the low 32 bits: the row
-        self.order_view = self.order.data
-        self.groups, self.hidden = self._find_groups(combined, hidden, dropped)
+        self.order = order
+        self.order_view = order.data
+        self.groups, self.hidden = self._find_groups(hidden, dropped)
 
     def _find_groups(
-        self, combined: np.ndarray, hidden: frozenset[int], dropped: set[int]
+        self, hidden: frozenset[int], dropped: set[int]
     ) -> tuple[dict[bytes, list[int]], frozenset[int]]:
-        """Ids held in several rows. Candidates share their first 32 bits (adjacent in
-        ``combined``): ~n²/2³³ pairs; each such id's rows are then found in full."""
-        candidates: set[bytes] = set()
-        step = 1 << 20
-        for start in range(0, max(0, len(combined) - 1), step):
-            block = combined[start : start + step + 1] >> np.uint64(32)
-            for at in np.flatnonzero(block[1:] == block[:-1]).tolist():
-                for position in (start + at, start + at + 1):
-                    candidates.add(self.row_id(int(combined[position] & np.uint64(0xFFFFFFFF))))
-        groups: dict[bytes, list[int]] = {}
+        """Ids held in several rows. Candidates share their first 32 bits (~n²/2³³
+        pairs, found by sorting those bits a range of buckets at a time: equal bits are
+        in one bucket); each one's rows are then found in full."""
         hide = set(hidden)
+        groups: dict[bytes, list[int]] = {}
+        if self.rows < 2:
+            return groups, frozenset(hide)
+        starts, order = self.starts_view, self.order_view
+        order_array = np.frombuffer(order, np.uint32)
+        bounds = np.frombuffer(starts, np.uint32)
+        candidates: set[bytes] = set()
+        step = max(1, len(bounds) >> 4)  # ~1/16 of the rows at a time, whole buckets
+        for first in range(0, len(bounds) - 1, step):
+            low, high = int(bounds[first]), int(bounds[min(first + step, len(bounds) - 1)])
+            block = order_array[low:high]
+            leads = np.empty(len(block), np.uint32)
+            for number, chunk in enumerate(self.chunks):
+                mine = (block >> CHUNK_BITS) == number
+                if mine.any():
+                    at = (block[mine] & _ROW_MASK).astype(np.int64)
+                    leads[mine] = chunk.ids[at, :4].copy().view(">u4").reshape(-1)
+            leads.sort()
+            for lead in np.unique(leads[1:][leads[1:] == leads[:-1]]).tolist():
+                bucket = lead >> self.shift
+                for position in range(starts[bucket], starts[bucket + 1]):
+                    blob = self.row_id(order[position])
+                    if _LEAD(blob)[0] == lead:
+                        candidates.add(blob)
         for blob in candidates:  # every row of an id is in its bucket, in row order
             rows = list(self.find(blob))
             if len(rows) < 2:
@@ -382,6 +414,12 @@ class _Table:
                     hide.add(row)  # the same pack listed in two segments: one copy
                 seen.add(pack)
         return groups, frozenset(hide)
+
+
+def _leads(chunk: _Chunk, low: int = 0, high: int | None = None) -> np.ndarray:
+    """The first 32 bits of (some of) a chunk's ids, as numbers."""
+    rows = chunk.ids[low : chunk.n if high is None else high, :4]
+    return rows.copy().view(">u4").reshape(-1).astype(np.uint32)
 
 
 class Index:
@@ -433,7 +471,7 @@ class Index:
     def _absorb(self, pending: _Pending) -> None:
         """Rows loaded in bulk (:class:`SegmentLoader`) join the table."""
         with self._lock:
-            if pending.rows or pending.pack_raws:
+            if pending.rows or pending.pack_ends:
                 if self._blobs or self._extra or self._packs:
                     self._merge_overlay()  # added before these: found before them
                 self._table = self._table.extended(pending, self._dropped)
@@ -457,7 +495,7 @@ class Index:
             for pack, pack_rows in by_pack.items():
                 pending.add_rows(pack, pack_rows)
         for pack in self._packs:  # every pack, even one whose blobs were all known
-            pending.pack_raws.append(bytes.fromhex(pack))
+            pending.pack_raws += bytes.fromhex(pack)
             pending.pack_ends.append(self._data_ends.get(pack, 0))
         self._table = self._table.extended(pending, self._dropped)
         self._blobs, self._extra, self._packs, self._data_ends = {}, {}, set(), {}
@@ -667,9 +705,24 @@ class SegmentLoader:
             raise
 
     def finish(self) -> None:
+        _give_back_freed_memory()  # before the lookup is built: its peak is the open's
         self._index._absorb(self._main)
         self._fallback._absorb(self._other)
         self._main, self._other = _Pending(), _Pending()
+        _give_back_freed_memory()
+
+
+def _give_back_freed_memory() -> None:
+    """Loading frees many buffers of a few MiB (decompressed blocks, grown chunks) that
+    glibc keeps in its heap once its mmap threshold has risen (it rises whenever such a
+    buffer is freed): ~10 % of a 10-million-blob index's RSS stayed held for nothing.
+    ``malloc_trim`` returns it (a few ms); elsewhere than glibc, nothing to do."""
+    try:
+        import ctypes  # noqa: PLC0415 (only here, once a load is done)
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class IndexCache:

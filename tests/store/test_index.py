@@ -223,10 +223,12 @@ def test_segments_are_split_and_read_back() -> None:
 
 
 def test_a_large_index_spans_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows past one chunk (chunks made small here) and lookups through them."""
+    """Rows past one chunk (chunks made small here) and lookups through them, ids
+    sharing leading bytes across chunks included."""
     monkeypatch.setattr(index_module, "CHUNK_ROWS", 64)
+    monkeypatch.setattr(index_module, "_SORT_ROWS", 16)  # several sorts a chunk
     rng = random.Random(10)
-    ids = [rng.randbytes(32) for _ in range(1000)]
+    ids = make_ids(rng, 1000)
     index, model = Index(), Model()
     loader = SegmentLoader(index, Index())
     packs = {}
@@ -235,5 +237,10 @@ def test_a_large_index_spans_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
         packs[pack] = records
         model.add(pack, records)
     loader.add_segment(segment(packs))
+    again = dict([make_pack(rng, ids, 300), make_pack(rng, ids, 300), next(iter(packs.items()))])
+    for pack, records in again.items():
+        model.add(pack, records)
+    loader.add_segment(segment(again))  # second copies, and a pack listed twice
     loader.finish()
-    agree(index, model, ids[:50] + [rng.randbytes(32)])
+    agree(index, model, ids + [rng.randbytes(32)])
+    assert sum(len(rows) for rows in model.live().values()) > len(ids) + 400

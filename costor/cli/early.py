@@ -11,7 +11,8 @@ passphrase, salt and parameters).
 This is a guess and only a guess: what is opened is still what was applied, read from
 the state; a guess that does not match (an edited inventory, a pool elsewhere than a
 local path, an unreadable slot) costs CPU and nothing else. Nothing here raises, prints
-or imports more than the standard library and ``costor.util.argon2``.
+or imports more than the standard library, and ``costor.util.argon2`` only for a verb
+that opens pools.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-
-from costor.util import argon2
 
 # The verbs that open pools; which pools: the named client's, else every declared one.
 POOL_VERBS = frozenset({"backup", "snapshots", "ls", "restore", "diff"})
@@ -42,6 +41,8 @@ def derive_ahead(verb: str, arguments: list[str]) -> None:
 
 def _derive_ahead(verb: str, arguments: list[str]) -> None:
     import tomllib
+
+    from costor.util import argon2  # cryptography: not for the verbs that open no pool
 
     inventory = Path(_option(arguments, "-c", "--inventory") or _default_inventory())
     document = tomllib.loads(inventory.read_text(encoding="utf-8"))

@@ -6,6 +6,7 @@ codes. Verb modules import their heavy dependencies inside ``run`` so that
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -110,8 +111,32 @@ def quiet_third_party_warnings() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command ``argv`` (default: this process's arguments); its exit code.
+
+    Called with no ``argv`` it is the process's own command (the ``costor`` script,
+    ``python -m costor``), which ends when it returns: then what it made is left out of
+    the interpreter's last garbage collections (:func:`_ending`)."""
+    if argv is not None:
+        return _main(list(argv))
+    try:
+        return _main(sys.argv[1:])
+    finally:
+        _ending()
+
+
+def _ending() -> None:
+    """The process ends next: what the command left is collected once (its context,
+    the state database's connections, files: closed as always), and what is still alive
+    (the modules and what they hold) is frozen out of the collector. Python's
+    finalization collects the whole heap a few times as it tears the modules down; after
+    a backup of a host that took 0.17-0.20 s of the process's wall time, against
+    0.075-0.09 s collected once and frozen (a no-change pull of bench/ssh.py's tree)."""
+    gc.collect()
+    gc.freeze()
+
+
+def _main(arguments: list[str]) -> int:
     quiet_third_party_warnings()
-    arguments = list(sys.argv[1:] if argv is None else argv)
     if "--version" in arguments[:1]:
         print(_version())  # as argparse's version action: nothing else is read
         return 0

@@ -192,3 +192,25 @@ def test_an_unknown_client_derives_nothing(tmp_path: Path, monkeypatch: pytest.M
     early.derive_ahead("backup", ["backup", "nobody", "-c", path])
     early.derive_ahead("ls", ["ls", "nobody:latest", "-c", path])
     assert argon2._AHEAD == {}
+
+
+def test_the_process_command_freezes_its_heap_at_the_end(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``costor`` as the process's command (no argv): what is alive at its end is frozen
+    out of the interpreter's last collections (cli/main.py _ending); a command run with
+    its argv (as here, in tests) leaves the collector alone."""
+    import gc
+
+    from costor.cli.main import main
+
+    gc.unfreeze()
+    try:
+        assert main(["--version"]) == 0
+        assert gc.get_freeze_count() == 0
+        monkeypatch.setattr("sys.argv", ["costor", "--version"])
+        assert main() == 0
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+    assert capsys.readouterr().out.startswith("costor ")

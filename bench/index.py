@@ -139,6 +139,9 @@ def main() -> None:
     parser.add_argument("--blobs-per-pack", type=int, default=32)
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--work", type=Path, help="keep the pool here (default: a temp dir)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure the pool an earlier run left in --work"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -146,61 +149,82 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="costor-index-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, COSTOR_BENCH_PASSPHRASE=PASSPHRASE, PYTHONPATH=str(ROOT))
-    costor = [sys.executable, "-m", "costor"]
     try:
-        tree, pool = work / "tree", work / "pool"
+        tree = work / "tree"
         if not tree.exists():
             make_tree(tree, args.files)
-        inventory = work / "inventory.toml"
-        inventory.write_text(
-            '[costor]\nstate_dir = ".costor"\n[sites.bench]\n[pools.bench]\nsite = "bench"\n'
-            f'backend = "local"\npath = {json.dumps(str(pool))}\n'
-            'passphrase = { env = "COSTOR_BENCH_PASSPHRASE" }\n'
-            '[clients.data]\nsite = "bench"\npool = "bench"\ntransport = "local"\n'
-            f"paths = [{json.dumps(str(tree))}]\n"
-        )
-        sh([*costor, "apply", "-c", str(inventory), "--auto-approve"], env, work)
-        sh([*costor, "backup", "-c", str(inventory), "data"], env, work)
-        backup = [*costor, "backup", "-c", str(inventory), "--json", "data"]
+        # Two pools with the same tree backed up: "small" holds only its blobs, "large"
+        # the synthetic ones too. --reuse keeps both from an earlier run (filling takes
+        # minutes); each run measures both with the code of the day.
+        small_site, large_site = Site(work / "small", tree), Site(work / "large", tree)
+        if not (args.reuse and (large_site.pool / "index").exists()):
+            for site in (small_site, large_site):
+                shutil.rmtree(site.base, ignore_errors=True)
+                site.create(env)
+            fill_started = time.monotonic()
+            print(fill(args, large_site.pool, env), flush=True)
+            (work / "fill.json").write_text(json.dumps(time.monotonic() - fill_started))
+        fill_seconds = json.loads((work / "fill.json").read_text())
         small = {
-            "open": open_index(pool, "compact", env),
-            "backup": timed(backup, env, work),
+            "open": open_index(small_site.pool, "compact", env),
+            "backup": small_site.backup(env),
         }
-        print(f"small pool: {small}", flush=True)
-        fill_started = time.monotonic()
-        print(
-            sh(
-                [
-                    sys.executable,
-                    "-c",
-                    FILL_SCRIPT,
-                    str(pool),
-                    PASSPHRASE,
-                    str(args.blobs),
-                    str(args.blob_size),
-                    str(args.blobs_per_pack),
-                ],
-                env,
-            ),
-            flush=True,
-        )
-        fill_seconds = time.monotonic() - fill_started
         large = {
-            "open": open_index(pool, "compact", env),
-            "dict": open_index(pool, "dict", env),
-            "backup": timed(backup, env, work),
+            "open": open_index(large_site.pool, "compact", env),
+            "dict": open_index(large_site.pool, "dict", env),
+            "backup": large_site.backup(env),
         }
-        print(f"large pool: {large}", flush=True)
-        packs = sum(1 for _ in (pool / "packs").rglob("*") if _.is_file())
-        segments = sum(1 for _ in (pool / "index").iterdir())
+        print(f"small pool: {small}\nlarge pool: {large}", flush=True)
+        packs = sum(1 for _ in (large_site.pool / "packs").rglob("*") if _.is_file())
+        segments = sum(1 for _ in (large_site.pool / "index").iterdir())
         write(args, small, large, fill_seconds, packs, segments, time.monotonic() - started)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def per_blob(large: float, small: float, blobs: int) -> float:
-    return (large - small) / max(1, blobs)
+class Site:
+    """A state directory, an inventory and a pool holding one client's tree."""
+
+    def __init__(self, base: Path, tree: Path) -> None:
+        self.base, self.tree = base, tree
+        self.pool = base / "pool"
+        self.inventory = base / "inventory.toml"
+        self.costor = [sys.executable, "-m", "costor"]
+
+    def create(self, env: dict[str, str]) -> None:
+        self.base.mkdir(parents=True)
+        self.inventory.write_text(
+            '[costor]\nstate_dir = ".costor"\n[sites.bench]\n[pools.bench]\nsite = "bench"\n'
+            f'backend = "local"\npath = {json.dumps(str(self.pool))}\n'
+            'passphrase = { env = "COSTOR_BENCH_PASSPHRASE" }\n'
+            '[clients.data]\nsite = "bench"\npool = "bench"\ntransport = "local"\n'
+            f"paths = [{json.dumps(str(self.tree))}]\n"
+        )
+        sh([*self.costor, "apply", "-c", str(self.inventory), "--auto-approve"], env, self.base)
+        sh([*self.costor, "backup", "-c", str(self.inventory), "data"], env, self.base)
+
+    def backup(self, env: dict[str, str]) -> dict[str, float]:
+        """A no-change backup, measured."""
+        command = [*self.costor, "backup", "-c", str(self.inventory), "--json", "data"]
+        return timed(command, env, self.base)
+
+
+def fill(args: argparse.Namespace, pool: Path, env: dict[str, str]) -> str:
+    """The synthetic blobs, stored by another process."""
+    return sh(
+        [
+            sys.executable,
+            "-c",
+            FILL_SCRIPT,
+            str(pool),
+            PASSPHRASE,
+            str(args.blobs),
+            str(args.blob_size),
+            str(args.blobs_per_pack),
+        ],
+        env,
+    )
 
 
 def write(

@@ -435,15 +435,16 @@ class Pool:
         backup still running): their blobs are reused, and (``record``) the next segment
         lists them. Packs that cannot be read are left for ``check`` to report.
 
-        With ``record`` (a backup starting), only when a writer's lease says there may
-        be such packs: another writer running, or one whose holder is gone (killed). A
-        writer that stops, even by an exception, lists its packs before it drops its
-        lease (:meth:`flush_index`), so no lease, no orphan; listing every pack at every
+        With ``record`` (a backup starting), only when a segment could not be read (its
+        packs are listed again) or a writer's lease says there may be such packs:
+        another writer running, or one whose holder is gone (killed). A writer that
+        stops, even by an exception, lists its packs before it drops its lease
+        (:meth:`flush_index`), so no lease, no orphan; listing every pack at every
         backup cost seconds on a pool of 300,000 packs (bench/index.py). The gone
         leases are removed once the packs they left are listed in a segment."""
         if record:
             writers = self._other_writers()
-            if not writers:
+            if not writers and not self.bad_segments:
                 return 0
             self._gone_leases = [lease.id for lease in writers if lease.gone(time.time())]
         known = self.index.pack_ids | self.fallback.pack_ids

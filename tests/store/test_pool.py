@@ -193,6 +193,18 @@ def test_no_writer_lease_no_listing_of_packs(tmp_path: Path) -> None:
     reader.release()
 
 
+def test_a_damaged_segments_packs_are_listed_again_by_the_next_backup(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "p")
+    blob = pool.put_blob(BlobType.DATA, os.urandom(100_000))
+    pool.flush()
+    (segment,) = (tmp_path / "p" / "index").iterdir()
+    segment.write_bytes(b"damaged" + segment.read_bytes()[7:])
+    fresh = open_pool(tmp_path / "p")
+    assert fresh.bad_segments and blob not in fresh.index
+    assert fresh.adopt_orphan_packs() == 1  # no lease: the damaged segment says so
+    assert blob in fresh.index
+
+
 def test_a_failed_writer_lists_its_packs_when_it_drops_its_lease(tmp_path: Path) -> None:
     pool = make_pool(tmp_path / "p")
     with pytest.raises(RuntimeError), pool.lease("backup"):

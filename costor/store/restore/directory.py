@@ -255,7 +255,7 @@ class Restorer:
         self._writer_dirs = WriterDirs(self._root_fd)
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="restore") as executor:
-                walk = Walk(self._root_fd, executor, self.workers)
+                walk = Walk(self._root_fd, executor)
                 try:
                     for number, item in enumerate(items):
                         self._place(walk, number, item)

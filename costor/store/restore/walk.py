@@ -3,14 +3,15 @@ current entry (the walk's own descriptors), the writer threads' work, and each
 writer's own descriptors of the directories it writes in.
 
 The walk hands files to the writers as it goes, in batches (:data:`BATCH_FILES` files
-or :data:`BATCH_BYTES` of content, a large file alone), and waits only when
-:data:`BATCHES_AHEAD` batches per writer are queued. A walk that waited for room at
-every file, woken as writers finish, took the GIL from them at every file (a restore of
-20,000 small files took twice as long); one that never waited kept a job, a future and
-its lock for every file of the snapshot until the end (3 GB for 1,000,000 files). So a
-batch costs one hand-off, memory stays flat whatever the number of files, and a job
-keeps no future unless another job needs its outcome (the first name of a hard-link
-group). A job does not keep the walk's descriptor of its directory open; a writer opens
+or :data:`BATCH_BYTES` of content, a large file alone). When :data:`BATCHES_HIGH`
+batches are queued it waits until only :data:`BATCHES_LOW` are left, then walks on in
+one burst. A walk that never waited kept a job, a future and its lock for every file of
+the snapshot until the end (3 GB for 1,000,000 files); one woken whenever a writer
+finished a batch (or a file) competed with the writers for the GIL all along, and the
+writers' system calls with it: a restore of 20,000 small files took twice as long, with
+twice the system time. So memory stays flat whatever the number of files, the walk
+wakes once per ~1,500 files, and a job keeps no future unless another job needs its
+outcome (the first name of a hard-link group). A job does not keep the walk's descriptor of its directory open; a writer opens
 the directory itself, one component at a time without following links, and keeps the
 few it wrote in last (:class:`WriterDirs`)."""
 
@@ -30,7 +31,8 @@ WRITER_DIRS = 16  # directories each writer keeps open (most files follow their 
 # A batch of files for one writer: one hand-off per batch, not per file.
 BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024  # content bytes; a file this large goes alone
-BATCHES_AHEAD = 4  # batches queued per writer before the walk waits
+BATCHES_HIGH = 32  # batches queued (~2,000 files) when the walk stops ...
+BATCHES_LOW = 8  # ... until only so many are left
 
 # One job of a batch: its place in the walk (the first failure by that order is the one
 # raised), the future of its outcome if another job waits for it, the job and its args.
@@ -42,7 +44,7 @@ class Walk:
     entry (each a descriptor, None in a dry run where the directory does not exist),
     what is left to do at the end, and the work handed to the writers in batches."""
 
-    def __init__(self, root_fd: int | None, executor: ThreadPoolExecutor, writers: int) -> None:
+    def __init__(self, root_fd: int | None, executor: ThreadPoolExecutor) -> None:
         self.root_fd = root_fd
         self.stack: list[tuple[Parts, int | None]] = [((), root_fd)]
         self.directories: list[tuple[Parts, Node]] = []  # their metadata, at the end
@@ -52,7 +54,8 @@ class Walk:
         self._batch: list[_Job] = []
         self._batch_bytes = 0
         self._jobs = 0
-        self._room = threading.BoundedSemaphore(max(1, writers) * BATCHES_AHEAD)
+        self._queued = 0  # batches handed over and not finished
+        self._drained = threading.Condition()
         self._batches: deque[Future[None]] = deque()
         self._errors: list[tuple[int, BaseException]] = []
         self._errors_lock = threading.Lock()
@@ -93,11 +96,14 @@ class Walk:
         if not self._batch:
             return
         batch, self._batch, self._batch_bytes = self._batch, [], 0
-        self._room.acquire()
+        with self._drained:
+            if self._queued >= BATCHES_HIGH:
+                self._drained.wait_for(self._low)
+            self._queued += 1
         try:
             self._batches.append(self._executor.submit(self._run, batch))
         except BaseException:
-            self._room.release()
+            self._done()
             raise
         while self._batches and self._batches[0].done():
             self._batches.popleft()
@@ -116,7 +122,16 @@ class Walk:
                     if future is not None:
                         future.set_result(result)
         finally:
-            self._room.release()
+            self._done()
+
+    def _low(self) -> bool:
+        return self._queued <= BATCHES_LOW
+
+    def _done(self) -> None:
+        with self._drained:
+            self._queued -= 1
+            if self._queued == BATCHES_LOW:
+                self._drained.notify()
 
     def wait(self) -> BaseException | None:
         """Hand over the last batch and wait for every job; the first failure (in walk

@@ -93,16 +93,21 @@ from costor.util.log import get_logger
 
 SNAPSHOT_AD = b"costor-snapshot"
 _log = get_logger("store.pool")
+# Decoded trees kept for walks that come back to them (browsing, diff): at most so many
+# trees and so many entries in them. By trees alone, 4,096 directories of 100 files held
+# ~250 MB on a 1,000,000-file snapshot.
 TREE_CACHE_SIZE = 4096
+TREE_CACHE_NODES = 50_000
 
 
 # Blobs are read through aligned windows of a pack: restores and tree walks read blobs
 # in roughly the order the backup wrote them, so one ranged read serves many blobs. On
 # S3 a per-blob GET made a 20,000-file restore 11x slower than restic's
-# (docs/benchmarks-s3.md); locally it saves a syscall per blob. 4 MiB x 16 windows =
-# 64 MiB at most.
+# (docs/benchmarks-s3.md); locally it saves a syscall per blob. Two windows for each
+# core that may be reading (a restore runs a writer per core), between 4 and 16: 4 MiB x
+# 4 = 16 MiB on 2 cores (64 MiB, a quarter of a restore's peak, before), 64 MiB at most.
 READ_WINDOW = 4 * 1024 * 1024
-READ_WINDOWS_CACHED = 16
+READ_WINDOWS_CACHED = max(4, min(16, 2 * (os.cpu_count() or 2)))
 
 
 class ReadWindows:
@@ -208,6 +213,7 @@ class Pool:
         self._adopt_lock = threading.Lock()
         self._adopted = False
         self._tree_cache: OrderedDict[bytes, list[Node]] = OrderedDict()
+        self._tree_cache_nodes = 0  # entries held by the cached trees
         self.bytes_added = 0  # sealed bytes of new blobs (after compression)
         self.raw_bytes_added = 0  # their plaintext size: the two give the compression ratio
         self.blobs_added = 0
@@ -719,9 +725,14 @@ class Pool:
                 return cached
         nodes = decode_tree(self.read_blob(tree_id))
         with self._lock:
-            self._tree_cache[tree_id] = nodes
-            if len(self._tree_cache) > TREE_CACHE_SIZE:
-                self._tree_cache.popitem(last=False)
+            if tree_id not in self._tree_cache:
+                self._tree_cache[tree_id] = nodes
+                self._tree_cache_nodes += len(nodes)
+            while self._tree_cache and (
+                len(self._tree_cache) > TREE_CACHE_SIZE
+                or self._tree_cache_nodes > TREE_CACHE_NODES
+            ):
+                self._tree_cache_nodes -= len(self._tree_cache.popitem(last=False)[1])
         return nodes
 
     def walk(self, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:

@@ -16,7 +16,13 @@ The raw files (``WORK/profile-MODE.txt``, collapsed stacks, one per line with a 
 stay for flame-graph tools; this script prints per thread group (MainThread = the
 walker, ``file`` = read/chunk/hash workers, ``blob`` = compress/seal workers) the
 leaf functions (self samples) and the CoStor functions with the most inclusive samples.
-Stdlib only.
+
+``--memory`` instead measures where the memory goes (issue 22), on a fresh pool: a
+first backup, a no-change incremental and a restore, each run twice: once under
+``/usr/bin/time`` (its peak RSS, undisturbed), once with ``tracemalloc`` on (which
+inflates RSS with its own traces) to print, at the traced peak, the source lines that
+hold the most memory. What tracemalloc does not see (argon2's 64 MiB, zstd contexts,
+memory glibc keeps after it is freed) is the difference between the two. Stdlib only.
 """
 
 from __future__ import annotations
@@ -37,6 +43,29 @@ MODES = {
     "gil": ["--threads", "--gil"],
 }
 PASSPHRASE = "costor-bench-passphrase-not-secret"
+# Run inside the costor process for --memory: the CLI's main under tracemalloc, with a
+# sampler keeping the snapshot taken at the highest traced size; its top lines on stderr.
+TRACED = """
+import sys, threading, tracemalloc
+tracemalloc.start(1)
+best, stop = [0, None], threading.Event()
+def sample():
+    while not stop.wait(0.05):
+        size = tracemalloc.get_traced_memory()[0]
+        if size > best[0] * 1.05 + (1 << 20):
+            best[0], best[1] = size, tracemalloc.take_snapshot()
+threading.Thread(target=sample, daemon=True).start()
+from costor.cli.main import main
+try:
+    code = main(sys.argv[1:])
+finally:
+    stop.set()
+    top = (best[1] or tracemalloc.take_snapshot()).statistics("lineno")[:TOP]
+    print(f"@@ traced peak {tracemalloc.get_traced_memory()[1] / 2**20:.1f} MiB", file=sys.stderr)
+    for stat in top:
+        print(f"@@ {stat.size / 2**20:8.1f} MiB {stat.count:9d} blocks  {stat.traceback[0]}", file=sys.stderr)
+sys.exit(code)
+"""
 THREAD = re.compile(r"^thread \((?P<tid>[^)]*)\)(?::\s*(?P<name>[^;]*))?$")
 
 
@@ -73,6 +102,78 @@ def parse(path: Path) -> tuple[dict[str, Counter[str]], dict[str, Counter[str]],
 def _short(frame: str) -> str:
     # "Pool.store_blob (costor/store/pool.py:339)" -> keep the function and file, drop line
     return re.sub(r":\d+\)$", ")", frame.strip())
+
+
+def memory(args: argparse.Namespace, costor: str) -> None:
+    """Peak RSS and tracemalloc's top lines of a first backup, a no-change incremental
+    and a restore of ``args.data`` into a fresh pool."""
+    run_dir = args.work / "run-memory"
+    inventory, env = _prepare(run_dir, args, costor)
+    python = str(Path(costor).parent / "python")
+    traced = [python, "-c", TRACED.replace("TOP", str(args.top))]
+    steps = {
+        "first backup": ["backup", "-c", str(inventory), "--json", "data"],
+        "no-change incremental": ["backup", "-c", str(inventory), "--json", "data"],
+        "restore": [
+            "restore",
+            "-c",
+            str(inventory),
+            "--json",
+            "--target",
+            "RESTORE",
+            "data:latest",
+        ],
+    }
+    for number, (step, command) in enumerate(steps.items()):
+        rss = []
+        for prefix in ([costor], traced):
+            target = run_dir / f"restore-{len(rss)}"
+            shutil.rmtree(target, ignore_errors=True)
+            full = [*prefix, *[str(target) if part == "RESTORE" else part for part in command]]
+            timed = ["/usr/bin/time", "-f", "@@RSS %M", *full]
+            proc = subprocess.run(timed, env=env, cwd=run_dir, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{step} failed: {proc.stderr[-2000:]}")
+            lines = [line[2:] for line in proc.stderr.splitlines() if line.startswith("@@")]
+            rss.append(int(lines[-1].split()[1]) / 1024)
+            shutil.rmtree(target, ignore_errors=True)
+            if step != "restore" and prefix == [costor] and number == 0:
+                # the traced run of a first backup must find an empty pool again
+                shutil.rmtree(run_dir)
+                inventory, env = _prepare(run_dir, args, costor)
+        print(f"## {step}: peak RSS {rss[0]:.0f} MiB ({rss[1]:.0f} MiB with tracemalloc on)")
+        for line in lines[:-1]:
+            print(f"   {line}")
+        print(flush=True)
+
+
+def _prepare(run_dir: Path, args: argparse.Namespace, costor: str) -> tuple[Path, dict[str, str]]:
+    """A fresh pool at ``run_dir`` (made by ``costor apply``); its inventory and env."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    inventory = run_dir / "inventory.toml"
+    inventory.write_text(
+        '[costor]\nstate_dir = ".costor"\n[sites.bench]\n[pools.bench]\nsite = "bench"\n'
+        f'backend = "local"\npath = {json.dumps(str(run_dir / "pool"))}\n'
+        'passphrase = { env = "COSTOR_BENCH_PASSPHRASE" }\n'
+        '[clients.data]\nsite = "bench"\npool = "bench"\ntransport = "local"\n'
+        f"paths = [{json.dumps(str(args.data))}]\n"
+    )
+    env = dict(
+        os.environ,
+        COSTOR_BENCH_PASSPHRASE=PASSPHRASE,
+        PYTHONPYCACHEPREFIX=str(args.work / "pycache"),
+    )
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run(
+        [costor, "apply", "-c", str(inventory), "--auto-approve"],
+        env=env,
+        cwd=run_dir,
+        check=True,
+        capture_output=True,
+    )
+    return inventory, env
 
 
 def record(mode: str, args: argparse.Namespace, costor: str, pyspy: str) -> Path:
@@ -156,6 +257,9 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=100)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--summarise-only", action="store_true", help="re-read existing raw files")
+    parser.add_argument(
+        "--memory", action="store_true", help="peak RSS and tracemalloc's top lines instead"
+    )
     args = parser.parse_args()
     args.data = args.data.resolve()
     args.work = args.work.resolve()
@@ -163,6 +267,11 @@ def main() -> int:
     bindir = Path(sys.executable).parent
     costor = str(bindir / "costor") if (bindir / "costor").exists() else shutil.which("costor")
     pyspy = str(bindir / "py-spy") if (bindir / "py-spy").exists() else shutil.which("py-spy")
+    if args.memory:
+        if not costor:
+            raise SystemExit("costor must be installed (activate the venv)")
+        memory(args, costor)
+        return 0
     if not costor or not pyspy:
         raise SystemExit("costor and py-spy must be installed (activate the venv)")
     for mode in [m for m in args.modes.split(",") if m]:

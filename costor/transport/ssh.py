@@ -18,6 +18,7 @@ defaults.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes.util
 import functools
 import glob
@@ -416,15 +417,20 @@ class HelperProcess:
 
     A reader task on the host's event loop reads frames as they arrive into a queue, so
     the receiving thread takes them without a round trip through the loop each (that
-    hand-off cost ~0.1 ms per frame, most of an incremental pull of small files).
+    hand-off cost ~0.1 ms per frame, most of an incremental pull of small files). It
+    reads what the channel holds (up to :attr:`READ_SIZE`) and cuts every whole frame
+    out of it at once: one read and one hand-off for many small frames, where reading
+    each header and payload on its own cost two reads and a hand-off per frame (a first
+    pull of 20,000 small files is ~45,000 frames).
 
     What the host can make the server hold is bounded: a frame's length is checked
     before its payload is read (:data:`costor.protocol.MAX_FRAME`), and the frames read
-    ahead hold at most :attr:`QUEUED_BYTES` (or one frame). A read that waits longer
+    ahead hold at most :attr:`QUEUED_BYTES` (or one read's frames). A read that waits longer
     than ``io_timeout`` seconds for the host fails the backup (:class:`HostTimedOut`)."""
 
-    QUEUED_FRAMES = 256  # read ahead, bounded: a slow consumer holds the helper back
-    QUEUED_BYTES = 64 * 1024 * 1024  # and by their size
+    QUEUED_FRAMES = 256  # batches of frames read ahead, bounded: a slow consumer holds
+    QUEUED_BYTES = 64 * 1024 * 1024  # the helper back; and by their size
+    READ_SIZE = 256 * 1024  # asked of the channel at a time (it answers with what it has)
 
     def __init__(self, remote: Remote, process: Any) -> None:
         self.remote = remote
@@ -432,9 +438,10 @@ class HelperProcess:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.io_timeout = IO_TIMEOUT
-        self.frames: queue.Queue[tuple[bytes, bytes] | BaseException] = queue.Queue(
+        self.frames: queue.Queue[list[tuple[bytes, bytes]] | BaseException] = queue.Queue(
             self.QUEUED_FRAMES
         )
+        self._ready: collections.deque[tuple[bytes, bytes]] = collections.deque()
         self.reader: asyncio.Future[None] | None = None
         self._queued = 0  # bytes of the frames in the queue
         self._room = threading.Condition()
@@ -444,9 +451,10 @@ class HelperProcess:
         self.reader = asyncio.run_coroutine_threadsafe(self._read_frames(), self.remote.loop)  # type: ignore[assignment]
 
     async def _read_frames(self) -> None:
+        unread = bytearray()  # read from the channel, not yet cut into frames
         while not self._closed:
             try:
-                item: tuple[bytes, bytes] | BaseException = await self._recv()
+                item: list[tuple[bytes, bytes]] | BaseException = await self._recv_frames(unread)
             except BaseException as error:  # handed to the consumer, which raises it
                 item = error
             if not self._reserve(item, wait=False):
@@ -454,10 +462,46 @@ class HelperProcess:
             if isinstance(item, BaseException):
                 return
 
-    def _reserve(self, item: tuple[bytes, bytes] | BaseException, *, wait: bool) -> bool:
+    async def _recv_frames(self, unread: bytearray) -> list[tuple[bytes, bytes]]:
+        """The whole frames ``unread`` holds once it holds at least one, reading from
+        the channel as needed (the bytes of a frame not whole yet stay in ``unread``).
+        A frame's length is checked as soon as its header is there, before its payload
+        is waited for (:data:`costor.protocol.MAX_FRAME`): at most one frame and one
+        read are ever held unqueued."""
+        while True:
+            frames: list[tuple[bytes, bytes]] = []
+            offset, size = 0, len(unread)
+            while size - offset >= 5:
+                kind, length = FRAME_HEADER.unpack_from(unread, offset)
+                if length > MAX_FRAME:
+                    if frames:
+                        break  # the frames before it first; it is refused next time
+                    raise HostProtocolError(
+                        host=self.remote.target.client,
+                        what=f"a frame of {length} bytes (at most {MAX_FRAME})",
+                    )
+                end = offset + 5 + length
+                if end > size:
+                    break
+                frames.append((kind, bytes(unread[offset + 5 : end])))
+                offset = end
+            if offset:
+                del unread[:offset]
+                self.bytes_received += offset
+            if frames:
+                return frames
+            try:
+                data = await self.process.stdout.read(self.READ_SIZE)
+            except (OSError, asyncssh.Error) as error:
+                raise self._lost(error) from None
+            if not data:
+                raise self._lost(asyncio.IncompleteReadError(bytes(unread), None))
+            unread += data
+
+    def _reserve(self, item: list[tuple[bytes, bytes]] | BaseException, *, wait: bool) -> bool:
         """Queue ``item`` when its bytes fit (or nothing is queued); ``wait``: until then
         (or until the helper is closed)."""
-        size = 0 if isinstance(item, BaseException) else len(item[1])
+        size = 0 if isinstance(item, BaseException) else _payload_bytes(item)
         with self._room:
             while self._queued and self._queued + size > self.QUEUED_BYTES:
                 if not wait or self._closed:
@@ -512,6 +556,8 @@ class HelperProcess:
                 raise HostProtocolError(host=self.remote.target.client, what=str(refused)) from None
 
     def _next(self, timeout: float, doing: str) -> tuple[bytes, bytes]:
+        if self._ready:
+            return self._ready.popleft()
         if self.reader is None:
             return self.remote.run(self._recv(timeout, doing))
         try:
@@ -522,9 +568,10 @@ class HelperProcess:
             self.frames.put(item)  # every later recv fails the same way
             raise item
         with self._room:
-            self._queued -= len(item[1])
+            self._queued -= _payload_bytes(item)
             self._room.notify()
-        return item
+        self._ready.extend(item)
+        return self._ready.popleft()
 
     async def _recv(self, timeout: float | None = None, doing: str = "") -> tuple[bytes, bytes]:
         # The reader task waits without a timeout: the consumer's wait is what counts
@@ -582,6 +629,10 @@ class HelperProcess:
 
 async def _nothing() -> bytes:
     return b""
+
+
+def _payload_bytes(frames: list[tuple[bytes, bytes]]) -> int:
+    return sum(len(payload) for _kind, payload in frames)
 
 
 def _reason(error: BaseException) -> str:

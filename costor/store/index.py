@@ -12,10 +12,10 @@ all segments with new ones rebuilt from the pack trailers. A segment lists at mo
 columns of numpy arrays, 1 Mi rows per chunk — the blob id (32 bytes), the type (1),
 offset, stored and raw length (4 each) and a pack number (4) into a table of pack ids:
 49 bytes a row. A lookup goes through a bucket table keyed by the id's leading bits
-(``starts``: where each bucket's rows begin in ``order``, the row numbers sorted by the
-id's first 32 bits), about two rows a bucket: 4 more bytes a row for ``order``, ~2 for
-``starts``. A dict of tuples, what this was before, cost ~200 bytes a blob (10 million
-blobs, ~2 GB); a blob here costs ~55. The structure is Borg's and Kopia's idea (a
+(``starts``: where each bucket's rows begin in ``order``, the row numbers sorted by
+bucket), four to eight rows a bucket: 4 more bytes a row for ``order``, ~1 for
+``starts``. A dict of tuples, what this was before, cost ~230 bytes a blob (10 million
+blobs, 2.2 GB); a blob here costs ~56 (bench/index.py). The structure is Borg's and Kopia's idea (a
 fixed-size table over sorted fixed-width records) with the hashing left to the ids,
 which are already uniform; numpy builds and sorts it without a Python loop per blob.
 
@@ -79,43 +79,52 @@ class BlobLocation:
 
 class _Chunk:
     """Up to :data:`CHUNK_ROWS` rows in columns. Filled while pending, then never
-    written again (copies of an index share it)."""
+    written again (copies of an index share it). The ids live in a ``bytearray``
+    (numpy writes into it through a view): ``bytearray.startswith(key, offset)`` compares
+    an id without making a slice — the lookup's inner step — and sealing trims it in
+    place instead of copying it."""
 
     __slots__ = ("ids", "id_bytes", "types", "offsets", "lengths", "raws", "packs", "n", "views")
 
     def __init__(self, capacity: int) -> None:
-        self.ids = np.empty((capacity, 32), np.uint8)
+        self.id_bytes = bytearray(capacity * 32)
+        self.ids = self._id_array(capacity)
         self.types = np.empty(capacity, np.uint8)
         self.offsets = np.empty(capacity, np.uint32)
         self.lengths = np.empty(capacity, np.uint32)
         self.raws = np.empty(capacity, np.uint32)
         self.packs = np.empty(capacity, np.uint32)  # pending: record no.; then pack no.
         self.n = 0
-        self.id_bytes = b""
         self.views: tuple[memoryview, ...] = ()
+
+    def _id_array(self, rows: int) -> np.ndarray:
+        return np.frombuffer(self.id_bytes, np.uint8).reshape(rows, 32)
 
     @property
     def capacity(self) -> int:
         return len(self.types)
 
     def grow(self, capacity: int) -> None:
-        for name in ("ids", "types", "offsets", "lengths", "raws", "packs"):
+        """To ``capacity`` rows (more, or fewer down to the rows held)."""
+        for name in ("types", "offsets", "lengths", "raws", "packs"):
             old = getattr(self, name)
-            new = np.empty((capacity, *old.shape[1:]), old.dtype)
+            new = np.empty(capacity, old.dtype)
             new[: self.n] = old[: self.n]
             setattr(self, name, new)
+        self.ids = np.empty((0, 32), np.uint8)  # no view of the bytes while they resize
+        if capacity * 32 > len(self.id_bytes):
+            self.id_bytes += bytes(capacity * 32 - len(self.id_bytes))
+        else:  # a copy: a bytearray cut by less than half keeps its whole allocation
+            self.id_bytes = bytearray(memoryview(self.id_bytes)[: capacity * 32])
+        self.ids = self._id_array(capacity)
 
     def seal(self) -> None:
-        """Trim to the rows held; the ids as one ``bytes`` (``bytes.startswith(key,
-        offset)`` compares an id without making a slice: the lookup's inner step) and
-        memoryviews for reading one row without numpy's per-element cost (an int from a
-        memoryview is ~40 ns, from numpy ~100)."""
+        """Trim to the rows held; memoryviews for reading one row without numpy's
+        per-element cost (an int from a memoryview is ~40 ns, from numpy ~100)."""
         if self.n < self.capacity:
             self.grow(self.n)
-        self.id_bytes = self.ids.tobytes()  # one chunk's copy at a time, then the array's
-        self.ids = np.frombuffer(self.id_bytes, np.uint8).reshape(self.n, 32)
         self.views = (
-            memoryview(self.id_bytes),
+            memoryview(self.id_bytes),  # held: the bytes cannot be resized any more
             self.types.data,
             self.offsets.data,
             self.lengths.data,
@@ -201,7 +210,7 @@ class _Pending:
         if self.chunks and self.chunks[-1].n < CHUNK_ROWS:
             chunk = self.chunks[-1]
             if chunk.n == chunk.capacity:
-                chunk.grow(min(CHUNK_ROWS, chunk.capacity * 2))
+                chunk.grow(min(CHUNK_ROWS, chunk.capacity * 4))
             return chunk
         left = self.expected - self.rows
         chunk = _Chunk(min(CHUNK_ROWS, max(1024, left)))
@@ -214,7 +223,7 @@ class _Table:
 
     def __init__(self) -> None:
         self.chunks: list[_Chunk] = []
-        self.id_bytes: list[bytes] = []  # each chunk's ids
+        self.id_bytes: list[bytearray] = []  # each chunk's ids
         self.rows = 0  # rows held, every copy of every blob
         self.pack_raw = np.empty((0, 32), np.uint8)  # pack no. -> pack id
         self.pack_end = np.empty(0, np.uint64)  # pack no. -> end of its last blob
@@ -341,12 +350,15 @@ class _Table:
         and one chunk's temporaries (a global argsort would hold 8 bytes a row more,
         the largest cost of opening a big index). Within a bucket rows stay in row
         order, so the first copy of an id is found first."""
-        bits = max(1, min(32, self.rows.bit_length() - 2))  # ~2 to 4 rows a bucket
+        bits = max(1, min(32, self.rows.bit_length() - 3))  # ~4 to 8 rows a bucket
         self.shift = 32 - bits
         shift = np.uint32(self.shift)
         fill = np.zeros(1 << bits, np.uint32)  # first, each bucket's count
         for chunk in self.chunks:
-            np.add.at(fill, _leads(chunk) >> shift, 1)
+            for low in range(0, chunk.n, _SORT_ROWS):  # np.add.at: 5 s for 10 M rows
+                buckets = np.sort(_leads(chunk, low, low + _SORT_ROWS) >> shift)
+                firsts = np.flatnonzero(np.concatenate(([True], buckets[1:] != buckets[:-1])))
+                fill[buckets[firsts]] += np.diff(np.append(firsts, len(buckets))).astype(np.uint32)
         starts = np.zeros((1 << bits) + 1, np.uint32)
         np.cumsum(fill, dtype=np.uint32, out=starts[1:])
         fill[:] = starts[:-1]  # now where each bucket's next row goes
@@ -555,23 +567,30 @@ class Index:
 
     def data_end(self, pack_id: str) -> int:
         """Where the pack's blobs end (its trailer follows): reads may extend to here."""
+        ends = self._data_ends  # before the table: see lookup
         table = self._table
         number = table.pack_number(pack_id)
         end = int(table.pack_end[number]) if number is not None else 0
-        return max(end, self._data_ends.get(pack_id, 0))
+        return max(end, ends.get(pack_id, 0))
 
     def lookup(self, blob_identity: bytes) -> BlobLocation | None:
+        # The overlay first, then the table: a merge sets the new table before it
+        # empties the overlay, so a row is always in one of what this reads.
+        blobs, extra = self._blobs, self._extra
         table = self._table
         row = self._first_live(table, blob_identity)
         if row >= 0:
             found = table.row(row)
         else:
-            first = self._blobs.get(blob_identity)
+            first = blobs.get(blob_identity)
             if first is None:
-                extra = self._extra.get(blob_identity)
-                if not extra:
+                if not extra.get(blob_identity):
                     return None
-                first = extra[0]
+                with self._lock:  # a further copy, perhaps being dropped
+                    copies = self._extra.get(blob_identity)
+                    if not copies:
+                        return None
+                    first = copies[0]
             found = first
         pack_id, blob_type, offset, length, raw_length = found
         return BlobLocation(pack_id, _TYPES[blob_type], offset, length, raw_length)
@@ -611,9 +630,10 @@ class Index:
         return BlobLocation(pack, _TYPES[blob_type], offset, length, raw_length)
 
     def __contains__(self, blob_identity: bytes) -> bool:
+        blobs, extra = self._blobs, self._extra  # before the table: see lookup
         if self._first_live(self._table, blob_identity) >= 0:
             return True
-        return blob_identity in self._blobs or bool(self._extra.get(blob_identity))
+        return blob_identity in blobs or bool(extra.get(blob_identity))
 
     def __len__(self) -> int:
         """Blobs with at least one live copy."""

@@ -50,7 +50,9 @@ CHUNK_BITS = 20
 CHUNK_ROWS = 1 << CHUNK_BITS  # rows per column chunk; a row number is chunk << 20 | row
 _ROW_MASK = CHUNK_ROWS - 1
 _READ_BLOCK = 1 << 22  # bytes of a segment decompressed at a time
-_SORT_ROWS = 1 << 18  # rows sorted at a time while the lookup is built
+_SORT_ROWS = 1 << 18  # rows sorted at a time while the lookup is built (at most 2**18)
+_SLICE_BITS = np.uint64(18)
+_SLICE_MASK = np.uint64((1 << 18) - 1)
 _MAX_RECORD = 1 << 31  # a pack record larger than this is damage, not data
 _MERGE_MIN = 1 << 18  # the overlay is merged into the table past max(this, rows / 16)
 
@@ -313,9 +315,9 @@ class _Table:
         known = len(self.pack_raw)
         new_packs: dict[bytes, int] = {}
         remap = np.empty(len(pending.pack_ends), np.uint32)
-        raws = bytes(pending.pack_raws)
+        raws = memoryview(pending.pack_raws)
         for record in range(len(pending.pack_ends)):
-            raw = raws[record * 32 : record * 32 + 32]
+            raw = bytes(raws[record * 32 : record * 32 + 32])
             number = new_packs.get(raw)
             if number is None:
                 number = self.pack_number_raw(raw)
@@ -328,6 +330,7 @@ class _Table:
         table.pack_raw = np.concatenate((self.pack_raw, pack_raw))
         table.pack_end = np.concatenate((self.pack_end, np.zeros(len(pack_raw), np.uint64)))
         np.maximum.at(table.pack_end, remap, np.frombuffer(pending.pack_ends, np.uint64))
+        pending.pack_raws, pending.pack_ends = bytearray(), array("Q")  # not held any more
         table.pack_hex = [*self.pack_hex, *([None] * len(pack_raw))]
         keys = table.pack_raw[:, :8].copy().view(">u8").reshape(-1).astype(np.uint64)
         table.pack_key_no = np.argsort(keys, kind="stable").astype(np.uint32)
@@ -356,9 +359,11 @@ class _Table:
         fill = np.zeros(1 << bits, np.uint32)  # first, each bucket's count
         for chunk in self.chunks:
             for low in range(0, chunk.n, _SORT_ROWS):  # np.add.at: 5 s for 10 M rows
-                buckets = np.sort(_leads(chunk, low, low + _SORT_ROWS) >> shift)
-                firsts = np.flatnonzero(np.concatenate(([True], buckets[1:] != buckets[:-1])))
-                fill[buckets[firsts]] += np.diff(np.append(firsts, len(buckets))).astype(np.uint32)
+                counts = np.bincount(
+                    _leads(chunk, low, low + _SORT_ROWS) >> shift, minlength=1 << bits
+                )
+                np.add(fill, counts, out=fill, casting="unsafe")  # < 2**32 rows: exact
+                del counts
         starts = np.zeros((1 << bits) + 1, np.uint32)
         np.cumsum(fill, dtype=np.uint32, out=starts[1:])
         fill[:] = starts[:-1]  # now where each bucket's next row goes
@@ -366,9 +371,14 @@ class _Table:
         for number, chunk in enumerate(self.chunks):
             for low in range(0, chunk.n, _SORT_ROWS):  # a slice at a time: small temporaries
                 high = min(chunk.n, low + _SORT_ROWS)
-                buckets = _leads(chunk, low, high) >> shift
-                sort = np.argsort(buckets, kind="stable")
-                buckets = buckets[sort]
+                # (bucket, row in the slice) as one number: a plain sort of distinct
+                # numbers is stable, and much faster than a stable argsort.
+                keys = (_leads(chunk, low, high) >> shift).astype(np.uint64) << _SLICE_BITS
+                keys |= np.arange(high - low, dtype=np.uint64)
+                keys.sort()
+                sort = (keys & _SLICE_MASK).astype(np.int64)
+                buckets = (keys >> _SLICE_BITS).astype(np.uint32)
+                del keys
                 firsts = np.flatnonzero(np.concatenate(([True], buckets[1:] != buckets[:-1])))
                 runs = np.diff(np.append(firsts, len(buckets)))
                 rank = np.arange(len(buckets)) - np.repeat(firsts, runs)
@@ -398,13 +408,21 @@ class _Table:
         step = max(1, len(bounds) >> 4)  # ~1/16 of the rows at a time, whole buckets
         for first in range(0, len(bounds) - 1, step):
             low, high = int(bounds[first]), int(bounds[min(first + step, len(bounds) - 1)])
-            block = order_array[low:high]
-            leads = np.empty(len(block), np.uint32)
-            for number, chunk in enumerate(self.chunks):
-                mine = (block >> CHUNK_BITS) == number
-                if mine.any():
-                    at = (block[mine] & _ROW_MASK).astype(np.int64)
-                    leads[mine] = chunk.ids[at, :4].copy().view(">u4").reshape(-1)
+            if high - low < 2:
+                continue
+            # Which leads repeat, not where: the block's rows sorted are chunk by chunk.
+            block = np.sort(order_array[low:high])
+            edges = np.searchsorted(block, np.arange(len(self.chunks) + 1) << CHUNK_BITS)
+            parts = [
+                np.take(
+                    chunk.ids.view(">u4")[:, 0],
+                    (block[edges[n] : edges[n + 1]] & _ROW_MASK).astype(np.intp),
+                )
+                for n, chunk in enumerate(self.chunks)
+                if edges[n] < edges[n + 1]
+            ]
+            leads = np.concatenate(parts).astype(np.uint32)
+            del parts, block
             leads.sort()
             for lead in np.unique(leads[1:][leads[1:] == leads[:-1]]).tolist():
                 bucket = lead >> self.shift
@@ -430,8 +448,7 @@ class _Table:
 
 def _leads(chunk: _Chunk, low: int = 0, high: int | None = None) -> np.ndarray:
     """The first 32 bits of (some of) a chunk's ids, as numbers."""
-    rows = chunk.ids[low : chunk.n if high is None else high, :4]
-    return rows.copy().view(">u4").reshape(-1).astype(np.uint32)
+    return chunk.ids[low : chunk.n if high is None else high].view(">u4")[:, 0].astype(np.uint32)
 
 
 class Index:

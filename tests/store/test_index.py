@@ -6,6 +6,7 @@ uses; ids are crafted to share leading bytes so buckets and duplicate groups are
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 import zstandard
@@ -244,3 +245,39 @@ def test_a_large_index_spans_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     loader.finish()
     agree(index, model, ids + [rng.randbytes(32)])
     assert sum(len(rows) for rows in model.live().values()) > len(ids) + 400
+
+
+def test_readers_always_find_what_was_added_while_the_overlay_merges(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lookups from other threads while packs are added and the overlay is merged into
+    the table again and again: a blob added is found from then on, never missed in the
+    moment a merge moves it (lookup reads the overlay before the table)."""
+    monkeypatch.setattr(index_module, "_MERGE_MIN", 30)
+    rng = random.Random(11)
+    index = Index()
+    published: list[bytes] = []
+    misses: list[bytes] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        local = random.Random()
+        while not stop.is_set():
+            for blob in local.sample(published, min(len(published), 50)):
+                if index.lookup(blob) is None or blob not in index:
+                    misses.append(blob)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for thread in readers:
+        thread.start()
+    try:
+        for _ in range(400):
+            pack, records = make_pack(rng, [rng.randbytes(32) for _ in range(10)], 10)
+            index.add_records(pack, records)
+            published.extend(record[0] for record in records)
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+    assert not misses
+    assert len(index) == len(published) == 4000

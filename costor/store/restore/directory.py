@@ -299,7 +299,7 @@ class Restorer:
             walk.blocked.append(parts)
             return
         self.result.dirs += 1
-        walk.push(parts, fd)
+        walk.push(parts, fd, made=state == "made")
         if state == "made" or self.overwrite in ("always", "if-changed"):
             walk.directories.append((parts, node))
 
@@ -315,7 +315,13 @@ class Restorer:
         if first is not None:
             walk.submit(self._job, self._link_after, *args, first)
             return
-        future = walk.submit(self._job, self._file, *args, size=node.size, outcome=node.links > 1)
+        # In a directory this restore made there is nothing to decide (one lstat less
+        # a file: NEW); a name that appeared there meanwhile is still not written through
+        # (O_EXCL), but replaced as an existing file is.
+        fresh = walk.in_made(parts)
+        future = walk.submit(
+            self._job, self._file, *args, fresh, size=node.size, outcome=node.links > 1
+        )
         if future is not None:
             walk.hardlinks[key] = (parts, future)
 
@@ -443,7 +449,13 @@ class Restorer:
         return "made", open_dir(parent_fd, name)
 
     def _file(
-        self, dir_fd: int | None, parts: Parts, node: Node, number: int, snap_path: bytes
+        self,
+        dir_fd: int | None,
+        parts: Parts,
+        node: Node,
+        number: int,
+        snap_path: bytes,
+        fresh: bool = False,
     ) -> str:
         name = parts[-1]
         why_not = self._image_refused(dir_fd, name, node)
@@ -452,7 +464,7 @@ class Restorer:
             self.progress.advance(size=node.size, files=1)
             self._count(number, snap_path, node, NOT_RESTORABLE)
             return NOT_RESTORABLE
-        action = self._decide(dir_fd, name, node)
+        action = NEW if fresh else self._decide(dir_fd, name, node)
         writes = action in (NEW, OVERWRITE)
         if writes and not self.dry_run:
             assert dir_fd is not None

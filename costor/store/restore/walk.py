@@ -47,6 +47,7 @@ class Walk:
     def __init__(self, root_fd: int | None, executor: ThreadPoolExecutor) -> None:
         self.root_fd = root_fd
         self.stack: list[tuple[Parts, int | None]] = [((), root_fd)]
+        self.made: set[Parts] = set()  # directories on the stack this restore made
         self.directories: list[tuple[Parts, Node]] = []  # their metadata, at the end
         self.hardlinks: dict[tuple[int, int], tuple[Parts, Future[str]]] = {}
         self.blocked: list[Parts] = []  # dirs whose content is left out (see module doc)
@@ -63,13 +64,24 @@ class Walk:
     def parent(self, parts: Parts) -> int | None:
         """The descriptor of the directory holding ``parts`` (closing those left)."""
         while len(self.stack) > 1 and self.stack[-1][0] != parts[:-1]:
-            close_fd(self.stack.pop()[1])
+            left, fd = self.stack.pop()
+            self.made.discard(left)
+            close_fd(fd)
         if self.stack[-1][0] != parts[:-1]:
             raise RuntimeError("restore walk lost its place")  # a bug, never the data
         return self.stack[-1][1]
 
-    def push(self, parts: Parts, fd: int | None) -> None:
+    def push(self, parts: Parts, fd: int | None, *, made: bool = False) -> None:
+        """Enter a directory; ``made``: this restore made it (it was not there)."""
         self.stack.append((parts, fd))
+        if made:
+            self.made.add(parts)
+
+    def in_made(self, parts: Parts) -> bool:
+        """Is the entry ``parts`` in a directory this restore made? Then nothing can be
+        there yet (its mode is 0700 until the end, and a repeated name is refused by
+        the walk): no need to look before writing."""
+        return parts[:-1] in self.made
 
     def is_blocked(self, parts: Parts) -> bool:
         return any(parts[: len(b)] == b for b in self.blocked)

@@ -462,7 +462,9 @@ def render(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
         "# SSH pull: CoStor vs rsync over the same sshd",
         "",
         f"- date: {info['date']}; machine: {info['cpu']}, {info['cores']} cores, {info['os']}; "
-        f"Python {info['python']}; {info['rsync']}; OpenSSH {info['sshd']}",
+        f"Python {info['python']}; {info['rsync']}; OpenSSH {info['sshd']}; load average "
+        f"(1 min) {' → '.join(f'{load:.1f}' for load in info.get('load', []))} across the run "
+        "(the machine is shared: both tools are slowed alike in each step)",
         f"- data: bench/run.py's generated tree ({info['files']} files, {mib(info['bytes'])}); "
         f"a {mib(info['image'])} image of random bytes",
         f"- command: `python bench/ssh.py --repeat {len(runs)} --out …`; medians of "
@@ -471,8 +473,8 @@ def render(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
         "as a dedicated user with /bin/sh",
         "",
         "| step | rsync -a | CoStor, server process | CoStor, `costor serve` job "
-        "| CoStor, `costor backup` | rsync bytes | CoStor bytes |",
-        "|---|---|---|---|---|---|---|",
+        "| CoStor, `costor backup` | `costor backup` / rsync | rsync bytes | CoStor bytes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for step, name in (
         ("first pull", "first"),
@@ -484,6 +486,7 @@ def render(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
             f"{med('inproc_' + name, 0):.2f} s{spread('inproc_' + name)} | "
             f"{med('serve_' + name, 0):.2f} s{spread('serve_' + name)} | "
             f"{med('costor_' + name, 0):.2f} s{spread('costor_' + name)} | "
+            f"{med('costor_' + name, 0) / med('rsync_' + name, 0):.2f}× | "
             f"{mib(med('rsync_' + name, 1))} | {mib(med('costor_' + name, 1))} |"
         )
     twin = med("costor_twin", 1)
@@ -545,6 +548,7 @@ def main() -> None:
     work.chmod(0o755)  # the SSH user reads the data below it
     ensure_user()
     startup.compile_bytecode()
+    loads = [os.getloadavg()[0]]
     floor = statistics.median(
         startup.run_timed([sys.executable, "-c", "pass"], dict(os.environ), work) for _ in range(9)
     )
@@ -603,6 +607,7 @@ def main() -> None:
             "bytes": info_bytes,
             "image": image.stat().st_size,
             "python_floor": floor,
+            "load": [loads[0], os.getloadavg()[0]],
         }
         (work / "results.json").write_text(json.dumps({"info": info, "runs": runs}, indent=1))
         report = render(runs, info)

@@ -83,11 +83,15 @@ def timed(module, attribute, name, interval=False):
                     intervals.append([name, thread, begin - started, end - started])
     setattr(owner, path[-1], wrapper)
 
-from costor.cli import early
 from costor.cli.main import verb_of
 verb = verb_of(arguments)
 timed("costor.util.argon2", "_argon2id", "argon2id derivation (util)", interval=True)
-early.derive_ahead(verb, arguments)  # as cli/main.py does, before the imports
+try:
+    from costor.cli import early
+except ImportError:  # a CoStor from before it
+    early = None
+if early is not None:
+    early.derive_ahead(verb, arguments)  # as cli/main.py does, before the imports
 for module in modules:
     importlib.import_module(module)
 imported = time.perf_counter()

@@ -46,6 +46,8 @@ from costor.errors import (
 )
 from costor.store import crypto, pool_params
 from costor.store.backends.base import Backend
+from costor.store.backends.local import LocalBackend
+from costor.store.backends.memory import MemoryBackend
 from costor.store.damage import Damage, DamagedCopy, new_copy, read_damage, write_damage
 from costor.store.gc.condemned import CondemnedPack, read_condemned
 from costor.store.gc.leases import READER_LEASES, Lease, LeaseInfo, list_leases
@@ -103,11 +105,27 @@ TREE_CACHE_NODES = 50_000
 # Blobs are read through aligned windows of a pack: restores and tree walks read blobs
 # in roughly the order the backup wrote them, so one ranged read serves many blobs. On
 # S3 a per-blob GET made a 20,000-file restore 11x slower than restic's
-# (docs/benchmarks-s3.md); locally it saves a syscall per blob. Two windows for each
-# core that may be reading (a restore runs a writer per core), between 4 and 16: 4 MiB x
-# 4 = 16 MiB on 2 cores (64 MiB, a quarter of a restore's peak, before), 64 MiB at most.
+# (docs/benchmarks-s3.md); locally it saves a syscall per blob. Windows of several packs
+# are read in turn when a snapshot's files lie in the packs of many backups (an aged
+# pool): with 4 windows, restoring the 4th of 4 incrementals read 714 MiB for 98 with 16
+# (bench/aging.py). So many windows, and small ones where a read costs little: on a
+# local disk 32 x 1 MiB (read 114 MiB there, and 32 MiB at most held, not 64); on
+# object storage, where each window is a request, 16 x 4 MiB.
 READ_WINDOW = 4 * 1024 * 1024
-READ_WINDOWS_CACHED = max(4, min(16, 2 * (os.cpu_count() or 2)))
+READ_WINDOWS_CACHED = 16
+LOCAL_READ_WINDOW = 1024 * 1024
+LOCAL_READ_WINDOWS_CACHED = 32
+
+
+def _is_local(backend: Backend) -> bool:
+    """A disk the pool reads directly (under whatever wrappers: retries, limits)."""
+    while True:
+        if isinstance(backend, LocalBackend | MemoryBackend):
+            return True
+        inner = getattr(backend, "inner", None)
+        if inner is None:
+            return False
+        backend = inner
 
 
 class ReadWindows:
@@ -219,7 +237,10 @@ class Pool:
         self.blobs_added = 0
         self.blobs_not_compressed = 0  # skipped by the caller's hint (compressibility.py)
         self.packs_written = 0
-        self._windows = ReadWindows(backend)
+        if _is_local(backend):
+            self._windows = ReadWindows(backend, LOCAL_READ_WINDOW, LOCAL_READ_WINDOWS_CACHED)
+        else:
+            self._windows = ReadWindows(backend)
         # Called with (pack_id, size) after each pack is stored; the db layer hooks in.
         self.on_pack_written: Callable[[str, int], None] | None = None
 

@@ -16,7 +16,7 @@ from support.s3servers import (  # noqa: F401  (moto_server, rclone_server: fixt
 
 from costor.store.backup.walk import Archiver
 from costor.store.checker import check
-from costor.store.pool import Pool
+from costor.store.pool import READ_WINDOW, Pool
 from costor.store.restore.directory import Restorer
 
 MIB = 1024 * 1024
@@ -48,6 +48,10 @@ def test_pool_on_s3_backs_up_restores_and_checks(
     target = tmp_path / "restored"
     Restorer(reopened).restore(reopened.find_snapshot(snapshot.id[:8]), str(target))
     assert tree_digest(target / source.relative_to("/")) == tree_digest(source)
+    # Object storage reads blobs through 4 MiB windows (a GET serves many blobs),
+    # whatever wraps the backend; a local disk reads each blob on its own.
+    assert reopened._windows.size == READ_WINDOW
+    assert 0 < reopened._windows.reads < len(reopened.index)
 
     report = check(reopened, read_data=True)
     assert report.ok, report.to_json()

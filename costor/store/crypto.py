@@ -28,13 +28,11 @@ import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from costor.errors import KeySlotDamaged, KeySlotUnsafe, PoolError, WrongPassphrase
-from costor.util import hashthreads
-from costor.util.argon2 import LOCK
+from costor.util import argon2, hashthreads
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -198,14 +196,16 @@ def _derive(passphrase: str, kdf: str, salt: bytes, params: dict[str, int]) -> b
     if kdf_over_cap(kdf, params) is not None:
         raise PoolError(message="key slot KDF parameters over the cap")  # checked before
     if kdf == "argon2id":
-        with LOCK:  # concurrent argon2 derivations deadlock (costor/util/argon2.py)
-            return Argon2id(
-                salt=salt,
-                length=32,
-                iterations=params["iterations"],
-                lanes=params["lanes"],
-                memory_cost=params["memory_cost_kib"],
-            ).derive(secret)
+        # Under one lock (concurrent derivations deadlock), and the result of a
+        # derivation the CLI started ahead for these inputs when there is one
+        # (costor/cli/early.py): deriving again cost ~0.17 s and another 64 MiB.
+        return argon2.derive(
+            secret,
+            salt,
+            iterations=params["iterations"],
+            lanes=params["lanes"],
+            memory_kib=params["memory_cost_kib"],
+        )
     if kdf == "scrypt":
         return Scrypt(salt=salt, length=32, n=params["n"], r=params["r"], p=params["p"]).derive(
             secret

@@ -112,8 +112,8 @@ def main() -> None:
     started = time.monotonic()
     work = args.work or Path(tempfile.mkdtemp(prefix="costor-aging-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    restore_to = args.restore_to or default_restore_dir(work)
-    args.restore_to_shown = describe(restore_to)
+    restore_to = args.restore_to or local_bench.default_restore_dir(work, 2 * 1024 * MIB)
+    args.restore_to_shown = f"`{restore_to}` ({local_bench.mount_kind(restore_to)})"
     try:
         data = work / "data"
         params = local_bench.generated_params(True)
@@ -171,30 +171,6 @@ def main() -> None:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def default_restore_dir(work: Path) -> Path:
-    """/dev/shm when it is a writable tmpfs with room, else the work directory: on this
-    machine's ext4 each file created cost ~0.5 ms and varied by a second a run, more
-    than any difference between snapshots."""
-    shm = Path("/dev/shm")
-    try:
-        room = shutil.disk_usage(shm).free
-    except OSError:
-        return work
-    return shm if os.access(shm, os.W_OK) and room > 2 * 1024 * MIB else work
-
-
-def describe(path: Path) -> str:
-    kind = "a directory"
-    try:
-        for line in Path("/proc/mounts").read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 2 and fields[1] == str(path):
-                kind = fields[2]
-    except OSError:
-        pass
-    return f"`{path}` ({kind})"
 
 
 def count_packs(tool: local_bench.Tool) -> int:

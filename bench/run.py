@@ -13,9 +13,13 @@ every tool it measures, on a fresh repository:
 3. incremental backup after changing 1% of the files (a deterministic, seeded choice:
    a small region rewritten and bytes appended, reverted afterwards so every tool sees
    the very same data);
-4. restore of the latest snapshot into an empty directory, then a comparison of the
-   restored tree with the source (content, type, mode, mtime, symlink targets);
+4. restore of the latest snapshot into an empty directory (on a tmpfs, /dev/shm, when
+   there is one: ``--restore-to``), then a comparison of the restored tree with the
+   source (content, type, mode, mtime, symlink targets);
 5. the repository size (``du -sb``) after the three backups;
+6. one more first backup, no-change incremental and restore of CoStor through
+   bench/startup.py's driver: where its time goes (imports, key derivation, index,
+   walk, ids, compression, encryption, I/O), shown under each data set's table;
 
 with the wall time of each command and its peak RSS (``/usr/bin/time -f %M``). The page
 cache cannot be dropped here, so the data set is read once before each tool starts (all
@@ -697,7 +701,13 @@ class ToolRun:
 
 
 def bench_dataset(
-    name: str, data: Path, work: Path, tools: list[str], repeat: int, costor_exe: str
+    name: str,
+    data: Path,
+    work: Path,
+    tools: list[str],
+    repeat: int,
+    costor_exe: str,
+    restore_to: Path,
 ) -> tuple[dict[str, ToolRun], dict[str, Tool], int]:
     base = work / "runs" / name
     changes = plan_changes(data)
@@ -734,7 +744,7 @@ def bench_dataset(
                     f"  {metric:9s} {measured.seconds:7.2f} s  {measured.rss_mib:7.1f} MiB RSS  "
                     f"{measured.user:.2f} user {measured.system:.2f} sys  {counters}"
                 )
-            target = base / f"restore-{tool}"
+            target = restore_to / f"costor-bench-restore-{tool}"
             rmtree(target)
             target.mkdir(parents=True)
             try:
@@ -760,7 +770,86 @@ def bench_dataset(
                 log(f"  check     {record.extra['check']}")
             if isinstance(instance, Restic):
                 record.extra["repo_version"] = instance.repo_version()
+    if "costor" in tools:
+        runs["costor"].extra["breakdown"] = costor_breakdown(
+            name, data, base, costor_exe, restore_to
+        )
     return runs, instances, len(changes)
+
+
+# The modules of each step's use case (the breakdown's "imports" line).
+BREAKDOWN_MODULES = {
+    "first": "costor.ops.backup.run",
+    "unchanged": "costor.ops.backup.run",
+    "restore": "costor.ops.restore.run",
+}
+
+
+def costor_breakdown(
+    name: str, data: Path, base: Path, costor_exe: str, restore_to: Path
+) -> dict[str, Any]:
+    """One more CoStor first backup, no-change incremental and restore, each a new
+    process through bench/startup.py's driver, which says where the time goes: imports,
+    key derivation, index, walk and file workers, ids, compression and encryption, I/O.
+    Not part of the table's medians (the driver's timers cost a little)."""
+    import startup  # bench/startup.py: the driver
+
+    instance = CoStor(base / "costor-breakdown", data, costor_exe)
+    instance.reset()
+    instance.init()
+    warm_up(data)
+    target = restore_to / "costor-bench-restore-breakdown"
+    rmtree(target)
+    target.mkdir(parents=True)
+    steps: dict[str, Any] = {}
+    inventory = str(instance.inventory)
+    arguments = {
+        "first": ["backup", "-c", inventory, "--json", "data"],
+        "unchanged": ["backup", "-c", inventory, "--json", "data"],
+        "restore": ["restore", "-c", inventory, "--json", "--target", str(target), "data:latest"],
+    }
+    try:
+        for step, argv in arguments.items():
+            out = base / f"breakdown-{step}.json"
+            document = startup.breakdown(
+                BREAKDOWN_MODULES[step], argv, instance.env, instance.base, out
+            )
+            document.pop("stdout", None)
+            steps[step] = document
+            log(f"[{name}] breakdown {step}: {document['wall']:.2f} s wall")
+    finally:
+        rmtree(target)
+        rmtree(instance.base)
+    steps["python_floor"] = startup.run_timed([sys.executable, "-c", "pass"], instance.env, base)
+    return steps
+
+
+def breakdown_section(runs: dict[str, ToolRun]) -> list[str]:
+    """Where CoStor's time goes, step by step (the map for the next optimisation)."""
+    costor = runs.get("costor")
+    steps = costor.extra.get("breakdown") if costor else None
+    if not steps:
+        return []
+    import startup
+
+    lines = [
+        "",
+        "Where CoStor's time goes: one more first backup, no-change incremental and"
+        " restore, each a new `costor` process run through bench/startup.py's driver,"
+        " which times the imports of the step's use case and the named functions inside"
+        " it (seconds summed over calls and threads: a worker thread's time overlaps the"
+        " main thread's, and an *of which* line is part of the line above it). Not in the"
+        " medians above.",
+    ]
+    for step, label in (
+        ("first", "First backup"),
+        ("unchanged", "Incremental, nothing changed"),
+        ("restore", "Restore"),
+    ):
+        if step in steps:
+            lines += ["", f"*{label}*", ""]
+            lines += startup.breakdown_lines(steps[step], steps.get("python_floor"))
+    return lines
 
 
 # --- environment -----------------------------------------------------------------------
@@ -802,6 +891,35 @@ def machine_info(work: Path) -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
+
+
+def default_restore_dir(work: Path, room: int) -> Path:
+    """/dev/shm when it is a writable tmpfs with ``room`` bytes free, else ``work``: on
+    this VM's ext4 (mounted with ``discard``) creating files cost ~0.5 ms each and the
+    same restore took 2 s or 18 s of which most was the kernel's time, for every tool
+    alike: on a tmpfs what is measured is the tool, not the disk."""
+    shm = Path("/dev/shm")
+    try:
+        free = shutil.disk_usage(shm).free
+    except OSError:
+        return work
+    return shm if os.access(shm, os.W_OK) and free > room else work
+
+
+def mount_kind(path: Path) -> str:
+    """The filesystem type of the mount ``path`` is on (longest mount point prefix)."""
+    best, kind = "", "?"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    resolved = str(path.resolve())
+    for line in mounts:
+        fields = line.split()
+        inside = len(fields) > 2 and (resolved + "/").startswith(fields[1].rstrip("/") + "/")
+        if inside and len(fields[1]) >= len(best):
+            best, kind = fields[1], fields[2]
+    return kind
 
 
 def costor_commit() -> str:
@@ -947,7 +1065,7 @@ def dataset_table(
         value = counters[-1].get("files_changed") if counters else None
         changed.append("—" if value is None else str(value))
     lines.append("| Files detected as changed (1% step) | " + " | ".join(changed) + " |")
-    return lines
+    return lines + breakdown_section(runs)
 
 
 def _ratio_sentence(
@@ -1015,8 +1133,9 @@ def render(report: dict[str, Any]) -> str:
         "- For each data set and tool: a fresh repository; first backup; incremental with "
         "nothing changed; incremental after changing 1% of the regular files (seeded choice: "
         "256 bytes rewritten in place and 16 B–4 KiB appended; reverted afterwards so each "
-        "tool sees the same data); restore of the latest snapshot into an empty directory; "
-        "`du -sb` of the repository."
+        "tool sees the same data); restore of the latest snapshot into an empty directory"
+        + (f" under {report['restore_to']}" if report.get("restore_to") else "")
+        + "; `du -sb` of the repository."
     )
     out.append(
         "- The page cache cannot be dropped here, so every file of the data set is read once "
@@ -1247,6 +1366,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="RESULTS_JSON",
         help="only re-render the report from a previous run's results.json (no measuring)",
     )
+    parser.add_argument(
+        "--restore-to",
+        type=Path,
+        help="restore into this directory (default: /dev/shm, a tmpfs, when it exists and"
+        " has room: this VM's ext4 varied a restore's time from 2 s to 18 s between"
+        " identical runs)",
+    )
     args = parser.parse_args(argv)
     if args.render_from:
         return rerender(args.render_from, args.out)
@@ -1267,12 +1393,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     datasets = prepare_data(data_dir, args.quick, args.real_cap_mib * MIB)
+    restore_to = (args.restore_to or default_restore_dir(work, 4 * 1024 * MIB)).resolve()
+    restore_to.mkdir(parents=True, exist_ok=True)
     wanted = [d for d in args.datasets.split(",") if d]
     command = (
         "python bench/run.py"
         + (" --quick" if args.quick else "")
         + (f" --repeat {args.repeat}" if args.repeat != 1 else "")
         + (f" --out {args.out}" if args.out else "")
+        + (f" --restore-to {args.restore_to}" if args.restore_to else "")
     )
     report: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -1282,6 +1411,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": costor_commit(),
         "tools": tools,
         "repeat": args.repeat,
+        "restore_to": f"`{restore_to}` ({mount_kind(restore_to)})",
         "datasets": [],
         "startup": {},
     }
@@ -1291,7 +1421,9 @@ def main(argv: list[str] | None = None) -> int:
         data = datasets[name]
         stats = tree_stats(data)
         log(f"[{name}] {data}: {stats}")
-        runs, instances, changed = bench_dataset(name, data, work, tools, args.repeat, costor_exe)
+        runs, instances, changed = bench_dataset(
+            name, data, work, tools, args.repeat, costor_exe, restore_to
+        )
         per_dataset[name] = runs
         if name == "generated" or not report["startup"]:
             log(f"[{name}] start-up timings")

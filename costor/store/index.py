@@ -30,6 +30,7 @@ next copy is found from then on.
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import threading
 from array import array
@@ -755,11 +756,10 @@ def _give_back_freed_memory() -> None:
     buffer is freed): ~10 % of a 10-million-blob index's RSS stayed held for nothing.
     ``malloc_trim`` returns it (a few ms); elsewhere than glibc, nothing to do."""
     try:
-        import ctypes  # noqa: PLC0415 (only here, once a load is done)
-
-        ctypes.CDLL(None).malloc_trim(0)
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
-        pass
+        return  # not glibc: its allocator gives memory back its own way
+    trim(0)
 
 
 class IndexCache:

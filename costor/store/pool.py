@@ -753,8 +753,7 @@ class Pool:
                 self._tree_cache[tree_id] = nodes
                 self._tree_cache_nodes += len(nodes)
             while self._tree_cache and (
-                len(self._tree_cache) > TREE_CACHE_SIZE
-                or self._tree_cache_nodes > TREE_CACHE_NODES
+                len(self._tree_cache) > TREE_CACHE_SIZE or self._tree_cache_nodes > TREE_CACHE_NODES
             ):
                 self._tree_cache_nodes -= len(self._tree_cache.popitem(last=False)[1])
         return nodes

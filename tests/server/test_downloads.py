@@ -344,41 +344,6 @@ def test_a_client_leaving_mid_download_leaves_the_server_answering(
     assert gone and gone[0]["detail"]["error"] == "ConnectionAbortedError"
 
 
-@pytest.mark.parametrize(
-    "route",
-    [
-        "file",
-        "archive",
-    ],
-)
-def test_damage_found_midway_cuts_the_transfer(served: Served, route: str) -> None:
-    """Last in the module: it damages a pack of client big (a byte of the largest pack
-    flipped; the server then records the damaged copy in the pool)."""
-    packs = sorted((served.site.pool_path / "packs").rglob("*"), key=lambda p: p.stat().st_size)
-    largest = packs[-1]
-    data = bytearray(largest.read_bytes())
-    data[len(data) // (2 if route == "file" else 3)] ^= 0xFF  # another blob each time
-    largest.write_bytes(bytes(data))
-    snapshot = served.snapshots["big"][-1]
-    docs = served.sources["big"] / "docs"
-    params = {"path": str(docs / "big.bin")} if route == "file" else {"path": str(docs)}
-    received = 0
-    url = f"/api/v1/snapshots/{snapshot}/{route}"
-    with (
-        pytest.raises(httpx.RemoteProtocolError),
-        served.http.stream("GET", url, params=params, headers=served.headers()) as response,
-    ):
-        assert response.status_code == 200  # sent before the damage was met
-        for chunk in response.iter_bytes():
-            received += len(chunk)
-    assert received < BIG  # cut, never a complete-looking transfer
-    records = served.site.run_process("audit", "--action", "download", "--json", env=ENV)
-    newest = json.loads(records.stdout)[0]
-    assert newest["outcome"] == "failed"
-    assert newest["detail"]["error"] in ("DataCorruption", "ObjectDamaged")
-    assert served.get("/api/v1/status").status_code == 200
-
-
 def test_downloads_beyond_the_limit_are_refused_at_once_until_one_ends(served: Served) -> None:
     """MAX_DOWNLOADS stream at a time; the next answers 503 with Retry-After at once
     (nothing queued behind hours of transfers), and a slot is free again when a
@@ -428,3 +393,40 @@ def test_downloads_beyond_the_limit_are_refused_at_once_until_one_ends(served: S
     while served.get(file_url, params={"path": str(readme)}).status_code == 503:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        "file",
+        "archive",
+    ],
+)
+def test_damage_found_midway_cuts_the_transfer(served: Served, route: str) -> None:
+    """Last in the module, and it must stay last: it damages a pack of client big (a
+    byte of the largest pack flipped; the server then records the damaged copy in the
+    pool), so a test after it that reads big's archive fails when its reads reach that
+    blob (test_downloads_beyond_the_limit_... did, when the machine was slow)."""
+    packs = sorted((served.site.pool_path / "packs").rglob("*"), key=lambda p: p.stat().st_size)
+    largest = packs[-1]
+    data = bytearray(largest.read_bytes())
+    data[len(data) // (2 if route == "file" else 3)] ^= 0xFF  # another blob each time
+    largest.write_bytes(bytes(data))
+    snapshot = served.snapshots["big"][-1]
+    docs = served.sources["big"] / "docs"
+    params = {"path": str(docs / "big.bin")} if route == "file" else {"path": str(docs)}
+    received = 0
+    url = f"/api/v1/snapshots/{snapshot}/{route}"
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        served.http.stream("GET", url, params=params, headers=served.headers()) as response,
+    ):
+        assert response.status_code == 200  # sent before the damage was met
+        for chunk in response.iter_bytes():
+            received += len(chunk)
+    assert received < BIG  # cut, never a complete-looking transfer
+    records = served.site.run_process("audit", "--action", "download", "--json", env=ENV)
+    newest = json.loads(records.stdout)[0]
+    assert newest["outcome"] == "failed"
+    assert newest["detail"]["error"] in ("DataCorruption", "ObjectDamaged")
+    assert served.get("/api/v1/status").status_code == 200

@@ -179,28 +179,7 @@ def _prepare(run_dir: Path, args: argparse.Namespace, costor: str) -> tuple[Path
 def record(mode: str, args: argparse.Namespace, costor: str, pyspy: str) -> Path:
     work: Path = args.work
     run_dir = work / f"run-{mode}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    inventory = run_dir / "inventory.toml"
-    inventory.write_text(
-        '[costor]\nstate_dir = ".costor"\n[sites.bench]\n[pools.bench]\nsite = "bench"\n'
-        f'backend = "local"\npath = {json.dumps(str(run_dir / "pool"))}\n'
-        'passphrase = { env = "COSTOR_BENCH_PASSPHRASE" }\n'
-        '[clients.data]\nsite = "bench"\npool = "bench"\ntransport = "local"\n'
-        f"paths = [{json.dumps(str(args.data))}]\n"
-    )
-    env = dict(
-        os.environ, COSTOR_BENCH_PASSPHRASE=PASSPHRASE, PYTHONPYCACHEPREFIX=str(work / "pycache")
-    )  # as bench/run.py: bytecode cached
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    subprocess.run(
-        [costor, "apply", "-c", str(inventory), "--auto-approve"],
-        env=env,
-        cwd=run_dir,
-        check=True,
-        capture_output=True,
-    )
+    inventory, env = _prepare(run_dir, args, costor)  # bytecode cached, as bench/run.py
     # warm cache, as in bench/run.py
     for dirpath, _dirs, files in os.walk(args.data):
         for name in files:

@@ -113,7 +113,10 @@ def test_a_restore_job_puts_the_snapshot_back_on_a_host(
     response = _restore(admin, "web:latest", {"target": str(target)})
     assert response.status_code == 202, response.text
     job = response.json()
-    assert (job["kind"], job["target"], job["state"]) == ("restore", "web", "queued")
+    # The document is read after the job is queued: the scheduler (ticking every
+    # 0.2 s) may have claimed it already, which a slow machine showed once in CI.
+    assert (job["kind"], job["target"]) == ("restore", "web")
+    assert job["state"] in ("queued", "running"), job
     assert response.headers["Location"] == f"/api/v1/jobs/{job['id']}"
     done = admin.wait(job["id"])
     assert done["state"] == "succeeded", done["error"]
